@@ -1,0 +1,227 @@
+//! Wire <-> domain: validating what clients send and rendering records.
+
+use crate::domain::audit::AuditEntry;
+use crate::domain::model::{Promotion, PromotionId, State, Time};
+use crate::domain::names::{Repository, Source};
+use crate::error::Error;
+use crate::pb;
+use crate::promotions::RequestInput;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// Longest free-text field (reason, comment).
+pub const MAX_TEXT: usize = 4096;
+/// Longest idempotency key.
+pub const MAX_REQUEST_ID: usize = 256;
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+fn invalid(field: &'static str, message: impl Into<String>) -> Error {
+    Error::InvalidArgument {
+        field,
+        message: message.into(),
+    }
+}
+
+pub fn timestamp(t: Time) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.seconds,
+        // Always below 1e9, so it fits.
+        nanos: i32::try_from(t.nanos).unwrap_or(0),
+    }
+}
+
+pub fn time(field: &'static str, ts: &prost_types::Timestamp) -> Result<Time, Error> {
+    let nanos = u32::try_from(ts.nanos)
+        .ok()
+        .filter(|n| *n < 1_000_000_000)
+        .ok_or_else(|| invalid(field, "nanos must be in 0..1e9"))?;
+    Ok(Time {
+        seconds: ts.seconds,
+        nanos,
+    })
+}
+
+/// `2026-11-26T18:00:00.123456789Z`, for messages.
+pub fn rfc3339(t: Time) -> String {
+    let secs = u64::try_from(t.seconds).unwrap_or(0);
+    let st = UNIX_EPOCH + Duration::new(secs, t.nanos);
+    humantime::format_rfc3339_nanos(st).to_string()
+}
+
+pub fn state(s: State) -> pb::PromotionState {
+    match s {
+        State::PendingApproval => pb::PromotionState::PendingApproval,
+        State::Approved => pb::PromotionState::Approved,
+        State::Promoted => pb::PromotionState::Promoted,
+        State::Rejected => pb::PromotionState::Rejected,
+        State::Cancelled => pb::PromotionState::Cancelled,
+        State::Expired => pb::PromotionState::Expired,
+        State::Failed => pb::PromotionState::Failed,
+    }
+}
+
+/// A state filter: 0 is "any".
+pub fn state_filter(n: i32) -> Result<Option<State>, Error> {
+    let s = pb::PromotionState::try_from(n)
+        .map_err(|_| invalid("state", format!("{n} is not a PromotionState")))?;
+    Ok(State::ALL.into_iter().find(|x| state(*x) == s))
+}
+
+pub fn promotion(p: &Promotion) -> pb::Promotion {
+    pb::Promotion {
+        id: p.id.to_string(),
+        repository: p.repository.clone(),
+        environment: p.environment.clone(),
+        target_tag: p.target_tag.clone(),
+        source: p.source.clone(),
+        digest: p.digest.clone(),
+        state: state(p.state) as i32,
+        requested_by: p.requested_by.clone(),
+        reason: p.reason.clone(),
+        approvals: p
+            .approvals
+            .iter()
+            .map(|a| pb::Approval {
+                approver: a.approver.clone(),
+                comment: a.comment.clone(),
+                time: Some(timestamp(a.time)),
+            })
+            .collect(),
+        required_approvals: p.required_approvals,
+        previous_digest: p.previous_digest.clone(),
+        created_at: Some(timestamp(p.created_at)),
+        updated_at: Some(timestamp(p.updated_at)),
+        promoted_at: p.promoted_at.map(timestamp),
+        failure_message: p.failure_message.clone(),
+        expires_at: Some(timestamp(p.expires_at)),
+    }
+}
+
+pub fn audit_entry(e: &AuditEntry) -> pb::AuditEntry {
+    pb::AuditEntry {
+        sequence: e.sequence,
+        time: Some(timestamp(e.time)),
+        actor: e.event.actor.clone(),
+        action: e.event.action.number() as i32,
+        promotion_id: e.event.promotion_id.to_string(),
+        repository: e.event.repository.clone(),
+        environment: e.event.environment.clone(),
+        digest: e.event.digest.clone(),
+        previous_digest: e.event.previous_digest.clone(),
+        comment: e.event.comment.clone(),
+        prev_hash: hex::encode(e.prev_hash),
+        hash: hex::encode(e.hash),
+    }
+}
+
+pub fn promotion_id(s: &str) -> Result<PromotionId, Error> {
+    if s.is_empty() {
+        return Err(invalid("promotion_id", "is required"));
+    }
+    match s.parse::<PromotionId>() {
+        Ok(id) if id > 0 && !s.starts_with(['+', '0']) => Ok(id),
+        _ => Err(invalid(
+            "promotion_id",
+            format!(
+                "{:?} is not a promotion id (a positive decimal number)",
+                truncate(s)
+            ),
+        )),
+    }
+}
+
+/// An optional filter: empty means "any".
+pub fn optional(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+pub fn text(field: &'static str, s: &str) -> Result<String, Error> {
+    if s.len() > MAX_TEXT {
+        return Err(invalid(
+            field,
+            format!("is {} bytes; at most {MAX_TEXT} are allowed", s.len()),
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+pub fn page_size(n: u32) -> Result<usize, Error> {
+    match n {
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        n if n <= MAX_PAGE_SIZE => Ok(n as usize),
+        n => Err(invalid(
+            "page_size",
+            format!("{n} is more than the maximum of {MAX_PAGE_SIZE}"),
+        )),
+    }
+}
+
+/// Echoes a refused value without repeating megabytes of it.
+fn truncate(s: &str) -> String {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+pub fn repository(field: &'static str, s: &str) -> Result<Repository, Error> {
+    Repository::parse(s).map_err(|e| invalid(field, format!("{:?} {e}", truncate(s))))
+}
+
+/// A repository filter must be well-formed when present.
+pub fn repository_filter(s: &str) -> Result<Option<String>, Error> {
+    optional(s)
+        .map(|r| repository("repository", &r).map(|r| r.to_string()))
+        .transpose()
+}
+
+pub fn request_input(r: pb::RequestPromotionRequest) -> Result<RequestInput, Error> {
+    let repository = repository("repository", &r.repository)?;
+    let source = Source::parse(&r.source)
+        .map_err(|e| invalid("source", format!("{:?} {e}", truncate(&r.source))))?;
+    if r.environment.is_empty() {
+        return Err(invalid("environment", "is required"));
+    }
+    if r.request_id.len() > MAX_REQUEST_ID || r.request_id.chars().any(char::is_control) {
+        return Err(invalid(
+            "request_id",
+            format!("must be at most {MAX_REQUEST_ID} bytes without control characters"),
+        ));
+    }
+    Ok(RequestInput {
+        repository,
+        source,
+        environment: text("environment", &r.environment)?,
+        reason: text("reason", &r.reason)?,
+        request_id: r.request_id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_and_sizes() {
+        assert_eq!(promotion_id("42").unwrap(), 42);
+        for bad in [
+            "",
+            "0",
+            "-1",
+            "+1",
+            "01",
+            "x",
+            "1.5",
+            "99999999999999999999999",
+        ] {
+            assert!(promotion_id(bad).is_err(), "{bad}");
+        }
+        assert_eq!(page_size(0).unwrap(), DEFAULT_PAGE_SIZE);
+        assert_eq!(page_size(1000).unwrap(), 1000);
+        assert!(page_size(1001).is_err());
+        assert!(text("reason", &"x".repeat(4097)).is_err());
+        assert!(state_filter(99).is_err());
+        assert_eq!(state_filter(0).unwrap(), None);
+        assert_eq!(state_filter(3).unwrap(), Some(State::Promoted));
+    }
+}

@@ -1,0 +1,51 @@
+//! The one mapping from the service's errors to gRPC statuses. Exhaustive on
+//! purpose: a new variant must be placed here, not fall into INTERNAL.
+
+use crate::domain::machine::DomainError;
+use crate::error::Error;
+use crate::registry::RegistryError;
+use crate::store::StoreError;
+use tonic::Status;
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        let msg = e.to_string();
+        match e {
+            Error::InvalidArgument { .. } => Status::invalid_argument(msg),
+            Error::PromotionNotFound(_) | Error::SourceNotFound(_) => Status::not_found(msg),
+            Error::PrerequisiteNotMet(_) | Error::Expired { .. } => {
+                Status::failed_precondition(msg)
+            }
+            Error::RequestIdReused { .. } => Status::already_exists(msg),
+            Error::Domain(d) => match d {
+                DomainError::NotApprover { .. }
+                | DomainError::SelfApproval { .. }
+                | DomainError::NotAllowedToCancel { .. } => Status::permission_denied(msg),
+                DomainError::NotPending { .. } | DomainError::NotApproved { .. } => {
+                    Status::failed_precondition(msg)
+                }
+            },
+            Error::Registry(r) => match r {
+                RegistryError::NotFound { .. } => Status::not_found(msg),
+                RegistryError::Unavailable { .. } | RegistryError::Protocol { .. } => {
+                    Status::unavailable(msg)
+                }
+                RegistryError::Denied { .. } | RegistryError::DigestMismatch { .. } => {
+                    Status::failed_precondition(msg)
+                }
+            },
+            Error::Store(s) => {
+                tracing::error!(error = %s, "storage failure");
+                match s {
+                    StoreError::Corrupt { .. } => Status::data_loss(msg),
+                    StoreError::Sled(_)
+                    | StoreError::Flush(_)
+                    | StoreError::Poisoned
+                    | StoreError::Closed => Status::unavailable(format!(
+                        "the change was not recorded, so nothing was changed: {msg}"
+                    )),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! `prodgate.v1.PromotionService`: each handler authenticates, validates and
+//! converts, calls the use case, and maps the error. Nothing else.
+
+use super::convert;
+use super::page_token::{self, Kind};
+use crate::auth::principal;
+use crate::pb;
+use crate::pb::promotion_service_server::PromotionService;
+use crate::promotions::Promotions;
+use crate::store::{HistoryFilter, ListFilter};
+use tonic::{Request, Response, Status};
+
+pub struct PromotionApi {
+    promotions: Promotions,
+}
+
+impl PromotionApi {
+    pub fn new(promotions: Promotions) -> Self {
+        Self { promotions }
+    }
+}
+
+fn token_error(e: String) -> Status {
+    Status::invalid_argument(format!("page_token {e}"))
+}
+
+#[tonic::async_trait]
+impl PromotionService for PromotionApi {
+    async fn request_promotion(
+        &self,
+        req: Request<pb::RequestPromotionRequest>,
+    ) -> Result<Response<pb::Promotion>, Status> {
+        let who = principal(&req)?;
+        let input = convert::request_input(req.into_inner())?;
+        let p = self.promotions.request(who, input).await?;
+        Ok(Response::new(convert::promotion(&p)))
+    }
+
+    async fn approve(
+        &self,
+        req: Request<pb::ApproveRequest>,
+    ) -> Result<Response<pb::Promotion>, Status> {
+        let who = principal(&req)?;
+        let r = req.into_inner();
+        let id = convert::promotion_id(&r.promotion_id)?;
+        let comment = convert::text("comment", &r.comment)?;
+        let p = self.promotions.approve(who, id, comment).await?;
+        Ok(Response::new(convert::promotion(&p)))
+    }
+
+    async fn reject(
+        &self,
+        req: Request<pb::RejectRequest>,
+    ) -> Result<Response<pb::Promotion>, Status> {
+        let who = principal(&req)?;
+        let r = req.into_inner();
+        let id = convert::promotion_id(&r.promotion_id)?;
+        let comment = convert::text("comment", &r.comment)?;
+        let p = self.promotions.reject(who, id, comment).await?;
+        Ok(Response::new(convert::promotion(&p)))
+    }
+
+    async fn cancel(
+        &self,
+        req: Request<pb::CancelRequest>,
+    ) -> Result<Response<pb::Promotion>, Status> {
+        let who = principal(&req)?;
+        let r = req.into_inner();
+        let id = convert::promotion_id(&r.promotion_id)?;
+        let comment = convert::text("comment", &r.comment)?;
+        let p = self.promotions.cancel(who, id, comment).await?;
+        Ok(Response::new(convert::promotion(&p)))
+    }
+
+    async fn get_promotion(
+        &self,
+        req: Request<pb::GetPromotionRequest>,
+    ) -> Result<Response<pb::Promotion>, Status> {
+        principal(&req)?;
+        let id = convert::promotion_id(&req.get_ref().promotion_id)?;
+        let p = self.promotions.get(id).await?;
+        Ok(Response::new(convert::promotion(&p)))
+    }
+
+    async fn list_promotions(
+        &self,
+        req: Request<pb::ListPromotionsRequest>,
+    ) -> Result<Response<pb::ListPromotionsResponse>, Status> {
+        principal(&req)?;
+        let r = req.into_inner();
+        let filter = ListFilter {
+            repository: convert::repository_filter(&r.repository)?,
+            environment: convert::optional(&r.environment),
+            state: convert::state_filter(r.state)?,
+        };
+        let limit = convert::page_size(r.page_size)?;
+        let fp = page_token::fingerprint(&[&r.repository, &r.environment, &r.state.to_string()]);
+        let after = page_token::decode(&r.page_token, Kind::Promotions, fp).map_err(token_error)?;
+        let page = self.promotions.list(filter, after, limit).await?;
+        let next_page_token = match (page.more, page.items.last()) {
+            (true, Some(last)) => page_token::encode(Kind::Promotions, fp, last.id),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListPromotionsResponse {
+            promotions: page.items.iter().map(convert::promotion).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn history(
+        &self,
+        req: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        principal(&req)?;
+        let r = req.into_inner();
+        let filter = HistoryFilter {
+            repository: convert::repository_filter(&r.repository)?,
+            environment: convert::optional(&r.environment),
+            promotion_id: convert::optional(&r.promotion_id)
+                .map(|id| convert::promotion_id(&id))
+                .transpose()?,
+            since: r
+                .since
+                .as_ref()
+                .map(|t| convert::time("since", t))
+                .transpose()?,
+            until: r
+                .until
+                .as_ref()
+                .map(|t| convert::time("until", t))
+                .transpose()?,
+        };
+        let limit = convert::page_size(r.page_size)?;
+        let fp = page_token::fingerprint(&[
+            &r.repository,
+            &r.environment,
+            &r.promotion_id,
+            &format!("{:?}", filter.since),
+            &format!("{:?}", filter.until),
+        ]);
+        let after = page_token::decode(&r.page_token, Kind::History, fp).map_err(token_error)?;
+        let page = self.promotions.history(filter, after, limit).await?;
+        let next_page_token = match (page.more, page.items.last()) {
+            (true, Some(last)) => page_token::encode(Kind::History, fp, last.sequence),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::HistoryResponse {
+            entries: page.items.iter().map(convert::audit_entry).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn verify_audit_log(
+        &self,
+        req: Request<pb::VerifyAuditLogRequest>,
+    ) -> Result<Response<pb::VerifyAuditLogResponse>, Status> {
+        principal(&req)?;
+        let v = self.promotions.verify().await?;
+        Ok(Response::new(pb::VerifyAuditLogResponse {
+            ok: v.first_bad_sequence.is_none(),
+            entries_checked: v.entries_checked,
+            first_bad_sequence: v.first_bad_sequence.unwrap_or(0),
+            head_hash: hex::encode(v.head_hash),
+            message: v.message,
+        }))
+    }
+}

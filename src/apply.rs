@@ -1,0 +1,178 @@
+//! The worker that moves tags. It watches committed changes for APPROVED
+//! promotions (and, at start-up, picks up every APPROVED promotion a previous
+//! run left behind), and applies them one at a time per repository and
+//! environment, in approval order. Transient registry errors are retried with
+//! capped, jittered exponential backoff; permanent ones end the promotion as
+//! FAILED.
+
+use crate::domain::machine;
+use crate::domain::model::{Promotion, PromotionId, State};
+use crate::domain::names::Repository;
+use crate::error::Error;
+use crate::registry::{Moved, Registry, RegistryError};
+use crate::store::Store;
+use rand::Rng;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc};
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Applies approved promotions until the store's change stream closes.
+pub async fn run(store: Store, registry: Arc<dyn Registry>) {
+    // Subscribe before the scan so nothing approved in between is missed; a
+    // promotion seen twice is skipped the second time by its state.
+    let mut changes = store.subscribe();
+    let mut lanes = Lanes {
+        store: store.clone(),
+        registry,
+        lanes: HashMap::new(),
+    };
+    lanes.enqueue_all_approved().await;
+    loop {
+        match changes.recv().await {
+            Ok(p) if p.state == State::Approved => lanes.enqueue(&p),
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(
+                    missed = n,
+                    "change stream lagged; rescanning approved promotions"
+                );
+                lanes.enqueue_all_approved().await;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+struct Lanes {
+    store: Store,
+    registry: Arc<dyn Registry>,
+    lanes: HashMap<(String, String), mpsc::UnboundedSender<PromotionId>>,
+}
+
+impl Lanes {
+    async fn enqueue_all_approved(&mut self) {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.in_state(State::Approved)).await {
+            Ok(Ok(mut approved)) => {
+                approved.sort_by_key(|p| (p.updated_at, p.id));
+                for p in &approved {
+                    self.enqueue(p);
+                }
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot list approved promotions"),
+            Err(e) => tracing::error!(error = %e, "cannot list approved promotions"),
+        }
+    }
+
+    fn enqueue(&mut self, p: &Promotion) {
+        let key = (p.repository.clone(), p.environment.clone());
+        let lane = self.lanes.entry(key).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(run_lane(self.store.clone(), self.registry.clone(), rx));
+            tx
+        });
+        // The lane task ends only when this sender is dropped.
+        let _ = lane.send(p.id);
+    }
+}
+
+async fn run_lane(
+    store: Store,
+    registry: Arc<dyn Registry>,
+    mut rx: mpsc::UnboundedReceiver<PromotionId>,
+) {
+    while let Some(id) = rx.recv().await {
+        apply_one(&store, registry.as_ref(), id).await;
+    }
+}
+
+async fn current(store: &Store, id: PromotionId) -> Option<Promotion> {
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || store.get(id)).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            tracing::error!(promotion = id, error = %e, "cannot read promotion");
+            None
+        }
+        Err(e) => {
+            tracing::error!(promotion = id, error = %e, "cannot read promotion");
+            None
+        }
+    }
+}
+
+async fn apply_one(store: &Store, registry: &dyn Registry, id: PromotionId) {
+    let mut backoff = FIRST_BACKOFF;
+    let mut attempt = 0u32;
+    loop {
+        // Re-read every attempt: it may have been applied already or ended elsewhere.
+        let Some(p) = current(store, id).await else {
+            return;
+        };
+        if p.state != State::Approved {
+            return;
+        }
+        attempt += 1;
+        let result = match Repository::parse(&p.repository) {
+            Ok(repo) => registry.move_tag(&repo, &p.digest, &p.target_tag).await,
+            Err(e) => Err(RegistryError::Protocol {
+                registry: String::new(),
+                message: format!("stored repository {:?} is invalid: {e}", p.repository),
+            }),
+        };
+        match result {
+            Ok(moved) => {
+                tracing::info!(promotion = id, repository = %p.repository, tag = %p.target_tag,
+                    digest = %p.digest, previous = %moved.previous_digest, attempt, "tag applied");
+                record(store, id, Ok(moved)).await;
+                return;
+            }
+            Err(e) if e.is_transient() => {
+                let wait = match &e {
+                    RegistryError::Unavailable {
+                        retry_after: Some(r),
+                        ..
+                    } => (*r).min(MAX_BACKOFF),
+                    _ => jitter(backoff),
+                };
+                tracing::warn!(promotion = id, attempt, error = %e, retry_in = ?wait, "tag move failed; retrying");
+                tokio::time::sleep(wait).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(e) => {
+                tracing::error!(promotion = id, attempt, error = %e, "tag move failed for good");
+                record(store, id, Err(e.to_string())).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Between half and all of `d`, so many waiting lanes do not retry in step.
+fn jitter(d: Duration) -> Duration {
+    let half = d / 2;
+    half + Duration::from_millis(rand::rng().random_range(0..=half.as_millis() as u64))
+}
+
+async fn record(store: &Store, id: PromotionId, outcome: Result<Moved, String>) {
+    let written = store
+        .write(move |tx| {
+            let p = tx.get(id)?.ok_or(Error::PromotionNotFound(id))?;
+            let now = tx.now();
+            let o = match &outcome {
+                Ok(moved) => machine::applied(&p, &moved.previous_digest, now)?,
+                Err(message) => machine::apply_failed(&p, message, now)?,
+            };
+            tx.commit(Some(&p), &o.promotion, o.event)?;
+            Ok::<_, Error>(())
+        })
+        .await;
+    if let Err(e) = written {
+        // The promotion stays APPROVED and is applied again after a restart.
+        tracing::error!(promotion = id, error = %e, "cannot record the tag move");
+    }
+}

@@ -1,0 +1,390 @@
+//! Configuration: a TOML file, validated once at start-up into the typed
+//! [`Config`] the rest of the service uses. Unknown keys are errors, and every
+//! error names the key it is about.
+
+use crate::domain::names::{Repository, validate_tag};
+use crate::domain::policy::{Approver, EnvironmentPolicy};
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+pub const DEFAULT_DATA_DIR: &str = "./data";
+pub const DEFAULT_APPROVAL_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long Approve waits for the tag move before answering APPROVED.
+pub const DEFAULT_APPLY_WAIT: Duration = Duration::from_secs(1);
+/// Deadline of one registry request.
+pub const DEFAULT_REGISTRY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often pending promotions are checked for expiry.
+pub const DEFAULT_EXPIRY_SWEEP: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    apply_wait: Option<String>,
+    registry_timeout: Option<String>,
+    expiry_sweep_interval: Option<String>,
+    #[serde(default)]
+    registry: Vec<RawRegistry>,
+    #[serde(default)]
+    principal: Vec<RawPrincipal>,
+    #[serde(default)]
+    environment: Vec<RawEnvironment>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistry {
+    host: String,
+    #[serde(default)]
+    insecure: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrincipal {
+    name: String,
+    token_sha256: String,
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnvironment {
+    name: String,
+    tag: String,
+    requires: Option<String>,
+    #[serde(default)]
+    approvers: Vec<String>,
+    required_approvals: u32,
+    #[serde(default)]
+    allow_self_approval: bool,
+    approval_ttl: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryConfig {
+    pub host: String,
+    pub insecure: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrincipalConfig {
+    pub name: String,
+    pub token_sha256: [u8; 32],
+    pub groups: Vec<String>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub apply_wait: Duration,
+    pub registry_timeout: Duration,
+    pub expiry_sweep_interval: Duration,
+    pub registries: Vec<RegistryConfig>,
+    pub principals: Vec<PrincipalConfig>,
+    pub environments: Vec<EnvironmentPolicy>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        raw.validate()
+    }
+
+    pub fn environment(&self, name: &str) -> Option<&EnvironmentPolicy> {
+        self.environments.iter().find(|e| e.name == name)
+    }
+
+    pub fn registry(&self, host: &str) -> Option<&RegistryConfig> {
+        self.registries.iter().find(|r| r.host == host)
+    }
+}
+
+fn duration(key: &str, value: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) => {
+            let d = humantime::parse_duration(v)
+                .map_err(|e| invalid(key, format!("{v:?} is not a duration like \"24h\": {e}")))?;
+            if d.is_zero() {
+                return Err(invalid(key, "must be greater than zero"));
+            }
+            Ok(d)
+        }
+    }
+}
+
+/// A name used in storage keys and approver lists.
+fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control()) {
+        return Err(invalid(
+            key,
+            "must be 1 to 128 characters without control characters",
+        ));
+    }
+    Ok(())
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, ConfigError> {
+        let listen = self.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        if listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "listen",
+                format!("{listen:?} is not an address like \"127.0.0.1:50051\""),
+            ));
+        }
+        let mut registries = Vec::new();
+        let mut hosts = HashSet::new();
+        for (i, r) in self.registry.into_iter().enumerate() {
+            let key = format!("registry[{i}].host");
+            // A repository on this host must parse, so check the host through it.
+            Repository::parse(&format!("{}/x", r.host))
+                .map_err(|e| invalid(&key, format!("{:?} is not a registry host: {e}", r.host)))?;
+            if !hosts.insert(r.host.clone()) {
+                return Err(invalid(key, format!("{:?} is listed twice", r.host)));
+            }
+            registries.push(RegistryConfig {
+                host: r.host,
+                insecure: r.insecure,
+            });
+        }
+        let mut principals = Vec::new();
+        let mut names = HashSet::new();
+        for (i, p) in self.principal.into_iter().enumerate() {
+            check_name(&format!("principal[{i}].name"), &p.name)?;
+            if p.name == crate::domain::model::SERVICE_ACTOR {
+                return Err(invalid(
+                    format!("principal[{i}].name"),
+                    "\"prodgate\" is reserved for the service itself",
+                ));
+            }
+            if !names.insert(p.name.clone()) {
+                return Err(invalid(
+                    format!("principal[{i}].name"),
+                    format!("{:?} is listed twice", p.name),
+                ));
+            }
+            let mut token_sha256 = [0u8; 32];
+            hex::decode_to_slice(&p.token_sha256, &mut token_sha256).map_err(|_| {
+                invalid(
+                    format!("principal[{i}].token_sha256"),
+                    "must be 64 hex characters: the SHA-256 of the token (`printf %s TOKEN | sha256sum`)",
+                )
+            })?;
+            for (j, g) in p.groups.iter().enumerate() {
+                check_name(&format!("principal[{i}].groups[{j}]"), g)?;
+            }
+            principals.push(PrincipalConfig {
+                name: p.name,
+                token_sha256,
+                groups: p.groups,
+            });
+        }
+        let mut environments: Vec<EnvironmentPolicy> = Vec::new();
+        for (i, e) in self.environment.iter().enumerate() {
+            let key = |field: &str| format!("environment[{i}].{field}");
+            check_name(&key("name"), &e.name)?;
+            if environments.iter().any(|x| x.name == e.name) {
+                return Err(invalid(
+                    key("name"),
+                    format!("{:?} is listed twice", e.name),
+                ));
+            }
+            validate_tag(&e.tag).map_err(|err| invalid(key("tag"), err.to_string()))?;
+            if environments.iter().any(|x| x.tag == e.tag) {
+                return Err(invalid(
+                    key("tag"),
+                    format!("tag {:?} belongs to another environment", e.tag),
+                ));
+            }
+            if let Some(req) = &e.requires
+                && !self.environment.iter().any(|x| &x.name == req)
+            {
+                return Err(invalid(
+                    key("requires"),
+                    format!("no environment is named {req:?}"),
+                ));
+            }
+            if e.requires.as_deref() == Some(e.name.as_str()) {
+                return Err(invalid(
+                    key("requires"),
+                    "an environment cannot require itself",
+                ));
+            }
+            if e.required_approvals > 0 && e.approvers.is_empty() {
+                return Err(invalid(
+                    key("approvers"),
+                    format!(
+                        "required_approvals is {} but no approvers are designated",
+                        e.required_approvals
+                    ),
+                ));
+            }
+            for (j, a) in e.approvers.iter().enumerate() {
+                check_name(&format!("environment[{i}].approvers[{j}]"), a)?;
+            }
+            environments.push(EnvironmentPolicy {
+                name: e.name.clone(),
+                tag: e.tag.clone(),
+                requires: e.requires.clone(),
+                approvers: e.approvers.iter().map(|a| Approver::parse(a)).collect(),
+                required_approvals: e.required_approvals,
+                allow_self_approval: e.allow_self_approval,
+                approval_ttl: duration(
+                    &key("approval_ttl"),
+                    e.approval_ttl.as_deref(),
+                    DEFAULT_APPROVAL_TTL,
+                )?,
+            });
+        }
+        Ok(Config {
+            listen,
+            data_dir: self
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            apply_wait: match self.apply_wait.as_deref() {
+                // Zero is meaningful here: answer at once, never wait for the tag move.
+                Some("0s") | Some("0") => Duration::ZERO,
+                v => duration("apply_wait", v, DEFAULT_APPLY_WAIT)?,
+            },
+            registry_timeout: duration(
+                "registry_timeout",
+                self.registry_timeout.as_deref(),
+                DEFAULT_REGISTRY_TIMEOUT,
+            )?,
+            expiry_sweep_interval: duration(
+                "expiry_sweep_interval",
+                self.expiry_sweep_interval.as_deref(),
+                DEFAULT_EXPIRY_SWEEP,
+            )?,
+            registries,
+            principals,
+            environments,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN_HASH: &str = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b";
+
+    fn base() -> String {
+        format!(
+            r#"
+listen = "127.0.0.1:0"
+[[registry]]
+host = "127.0.0.1:5000"
+insecure = true
+[[principal]]
+name = "alice"
+token_sha256 = "{TOKEN_HASH}"
+groups = ["rm"]
+[[environment]]
+name = "staging"
+tag = "staging"
+required_approvals = 0
+[[environment]]
+name = "production"
+tag = "production"
+requires = "staging"
+approvers = ["group:rm", "carol"]
+required_approvals = 1
+approval_ttl = "2h"
+"#
+        )
+    }
+
+    #[test]
+    fn parses_the_documented_shape() {
+        let c = Config::parse(&base()).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        let prod = c.environment("production").unwrap();
+        assert_eq!(prod.approval_ttl, Duration::from_secs(7200));
+        assert_eq!(prod.requires.as_deref(), Some("staging"));
+        assert_eq!(
+            c.environment("staging").unwrap().approval_ttl,
+            DEFAULT_APPROVAL_TTL
+        );
+        assert!(c.registry("127.0.0.1:5000").unwrap().insecure);
+    }
+
+    fn err(text: &str) -> String {
+        Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(err(&format!("{}\nbogus = 1", base())).contains("bogus"));
+        assert!(
+            err(&base().replace("insecure = true", "insecure = true\ncolour = 1"))
+                .contains("colour")
+        );
+        assert!(err(&base().replace("\"2h\"", "\"soon\"")).contains("environment[1].approval_ttl"));
+        assert!(err(&base().replace(TOKEN_HASH, "abc")).contains("principal[0].token_sha256"));
+        assert!(
+            err(&base().replace("requires = \"staging\"", "requires = \"qa\""))
+                .contains("environment[1].requires")
+        );
+        assert!(
+            err(&base().replace("tag = \"production\"", "tag = \"bad tag\""))
+                .contains("environment[1].tag")
+        );
+        assert!(
+            err(&base().replace("\"127.0.0.1:5000\"", "\"not a host\""))
+                .contains("registry[0].host")
+        );
+        assert!(err(&base().replace("127.0.0.1:0", "nowhere")).contains("listen"));
+        assert!(
+            err(&base().replace("approvers = [\"group:rm\", \"carol\"]", ""))
+                .contains("environment[1].approvers")
+        );
+    }
+}

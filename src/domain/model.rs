@@ -1,0 +1,185 @@
+//! The promotion record, its states, and the audit events it produces.
+
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A point in time with the precision the audit hash covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Time {
+    pub seconds: i64,
+    pub nanos: u32,
+}
+
+impl Time {
+    pub const ZERO: Time = Time {
+        seconds: 0,
+        nanos: 0,
+    };
+
+    pub fn from_system(t: SystemTime) -> Self {
+        match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => Self {
+                seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+                nanos: d.subsec_nanos(),
+            },
+            Err(_) => Self::ZERO,
+        }
+    }
+
+    pub fn now() -> Self {
+        Self::from_system(SystemTime::now())
+    }
+
+    pub fn plus(self, d: Duration) -> Self {
+        let total = i128::from(self.nanos) + i128::from(d.subsec_nanos());
+        let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+        Self {
+            seconds: self
+                .seconds
+                .saturating_add(secs)
+                .saturating_add(i64::from(total >= 1_000_000_000)),
+            nanos: u32::try_from(total % 1_000_000_000).unwrap_or(0),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum State {
+    PendingApproval,
+    Approved,
+    Promoted,
+    Rejected,
+    Cancelled,
+    Expired,
+    Failed,
+}
+
+impl State {
+    pub const ALL: [State; 7] = [
+        State::PendingApproval,
+        State::Approved,
+        State::Promoted,
+        State::Rejected,
+        State::Cancelled,
+        State::Expired,
+        State::Failed,
+    ];
+
+    /// Terminal states never change again.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, State::PendingApproval | State::Approved)
+    }
+
+    /// Stable one-byte code used in storage keys.
+    pub fn code(self) -> u8 {
+        match self {
+            State::PendingApproval => 1,
+            State::Approved => 2,
+            State::Promoted => 3,
+            State::Rejected => 4,
+            State::Cancelled => 5,
+            State::Expired => 6,
+            State::Failed => 7,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            State::PendingApproval => "PENDING_APPROVAL",
+            State::Approved => "APPROVED",
+            State::Promoted => "PROMOTED",
+            State::Rejected => "REJECTED",
+            State::Cancelled => "CANCELLED",
+            State::Expired => "EXPIRED",
+            State::Failed => "FAILED",
+        }
+    }
+}
+
+/// What an audit entry records. The numbers are part of the hash format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Action {
+    Requested,
+    Approved,
+    Rejected,
+    Cancelled,
+    Expired,
+    Applied,
+    ApplyFailed,
+}
+
+impl Action {
+    pub fn number(self) -> u32 {
+        match self {
+            Action::Requested => 1,
+            Action::Approved => 2,
+            Action::Rejected => 3,
+            Action::Cancelled => 4,
+            Action::Expired => 5,
+            Action::Applied => 6,
+            Action::ApplyFailed => 7,
+        }
+    }
+
+    pub fn from_number(n: u32) -> Option<Self> {
+        Some(match n {
+            1 => Action::Requested,
+            2 => Action::Approved,
+            3 => Action::Rejected,
+            4 => Action::Cancelled,
+            5 => Action::Expired,
+            6 => Action::Applied,
+            7 => Action::ApplyFailed,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    pub approver: String,
+    pub comment: String,
+    pub time: Time,
+}
+
+pub type PromotionId = u64;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Promotion {
+    pub id: PromotionId,
+    pub repository: String,
+    pub environment: String,
+    pub target_tag: String,
+    pub source: String,
+    /// Pinned when the promotion is requested; the only digest it can move.
+    pub digest: String,
+    pub state: State,
+    pub requested_by: String,
+    pub reason: String,
+    pub approvals: Vec<Approval>,
+    pub required_approvals: u32,
+    pub previous_digest: String,
+    pub created_at: Time,
+    pub updated_at: Time,
+    pub promoted_at: Option<Time>,
+    pub failure_message: String,
+    pub expires_at: Time,
+    /// The requester's idempotency key, if any.
+    pub request_id: String,
+}
+
+/// The content of one audit entry before it is numbered and chained.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub action: Action,
+    pub actor: String,
+    pub promotion_id: PromotionId,
+    pub repository: String,
+    pub environment: String,
+    pub digest: String,
+    pub previous_digest: String,
+    pub comment: String,
+}
+
+/// The actor of entries the service writes on its own.
+pub const SERVICE_ACTOR: &str = "prodgate";

@@ -1,0 +1,39 @@
+//! The service's error: every way a use case can fail, structured so that
+//! `api::error` maps each to one precise gRPC status.
+
+use crate::domain::machine::DomainError;
+use crate::registry::RegistryError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request field is malformed or names something not configured.
+    #[error("{field}: {message}")]
+    InvalidArgument {
+        field: &'static str,
+        message: String,
+    },
+    #[error("promotion {0} does not exist")]
+    PromotionNotFound(u64),
+    /// The source tag or digest is not in the registry.
+    #[error("{0} was not found in the registry")]
+    SourceNotFound(String),
+    /// The prerequisite environment's tag does not carry the digest.
+    #[error("{0}")]
+    PrerequisiteNotMet(String),
+    #[error(
+        "request_id {request_id:?} was already used by this principal for promotion {promotion_id} with different parameters"
+    )]
+    RequestIdReused {
+        request_id: String,
+        promotion_id: u64,
+    },
+    #[error("promotion {id} expired at {expires_at} without enough approvals")]
+    Expired { id: u64, expires_at: String },
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

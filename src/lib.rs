@@ -1,0 +1,38 @@
+//! prodgate: a gRPC service that moves an image's production tag only after
+//! the image passed the previous stage and designated approvers signed off,
+//! copying the approved manifest in the registry (no layer transfer) and
+//! keeping a hash-chained audit log of every step.
+//!
+//! # Layout
+//! - [`config`]: the TOML file, validated at start-up; errors name the key.
+//! - [`domain`]: promotion records, the state machine, policy, name grammar and
+//!   the audit hash chain. Pure: no I/O.
+//! - [`store`]: sled; one writer thread commits record + audit entry in one
+//!   transaction and flushes before anyone is answered.
+//! - [`registry`]: resolving tags and copying manifests, behind a trait.
+//! - [`promotions`]: the use cases the RPCs call.
+//! - [`apply`]: the worker that moves tags of APPROVED promotions.
+//! - [`auth`]: the caller's identity from credentials.
+//! - [`api`]: gRPC handlers, conversions, page tokens, error -> status.
+//! - [`server`]: wires it all up and serves until shutdown.
+//! - [`error`]: the service error every use case returns.
+
+pub mod api;
+pub mod apply;
+pub mod auth;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod promotions;
+pub mod registry;
+pub mod server;
+pub mod store;
+
+/// Generated protobuf types and gRPC stubs of `proto/prodgate/v1`.
+pub mod pb {
+    tonic::include_proto!("prodgate.v1");
+
+    /// Encoded descriptors, served by reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("prodgate_descriptor");
+}

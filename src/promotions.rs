@@ -1,0 +1,339 @@
+//! The use cases behind the RPCs: each takes validated input and the caller,
+//! asks the registry what it must, and hands the state change to the store's
+//! writer, where the domain state machine decides it.
+
+use crate::config::Config;
+use crate::domain::audit::{AuditEntry, Verification};
+use crate::domain::machine::{self, NewPromotion, Outcome};
+use crate::domain::model::{Promotion, PromotionId, State, Time};
+use crate::domain::names::{Repository, Source};
+use crate::domain::policy::{EnvironmentPolicy, Principal};
+use crate::error::Error;
+use crate::registry::Registry;
+use crate::store::{HistoryFilter, ListFilter, Page, Store, StoreError, Tx};
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+/// A validated RequestPromotion.
+#[derive(Debug, Clone)]
+pub struct RequestInput {
+    pub repository: Repository,
+    pub source: Source,
+    pub environment: String,
+    pub reason: String,
+    pub request_id: String,
+}
+
+/// What an approver-facing call does to a pending promotion.
+#[derive(Debug, Clone, Copy)]
+enum Decision {
+    Approve,
+    Reject,
+    Cancel,
+}
+
+#[derive(Clone)]
+pub struct Promotions {
+    config: Arc<Config>,
+    store: Store,
+    registry: Arc<dyn Registry>,
+}
+
+/// Runs blocking store reads off the async worker threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Store(StoreError::Sled(format!("read task failed: {e}"))))?
+        .map_err(Error::from)
+}
+
+impl Promotions {
+    pub fn new(config: Arc<Config>, store: Store, registry: Arc<dyn Registry>) -> Self {
+        Self {
+            config,
+            store,
+            registry,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn policy(&self, environment: &str) -> Result<&EnvironmentPolicy, Error> {
+        self.config
+            .environment(environment)
+            .ok_or_else(|| Error::InvalidArgument {
+                field: "environment",
+                message: format!(
+                    "no environment named {environment:?} is configured (known: {})",
+                    self.config
+                        .environments
+                        .iter()
+                        .map(|e| e.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })
+    }
+
+    pub async fn request(&self, who: Principal, input: RequestInput) -> Result<Promotion, Error> {
+        let policy = self.policy(&input.environment)?.clone();
+        if self.config.registry(input.repository.host()).is_none() {
+            return Err(Error::InvalidArgument {
+                field: "repository",
+                message: format!(
+                    "registry {} is not configured; prodgate only promotes within its configured registries",
+                    input.repository.host()
+                ),
+            });
+        }
+        // A retried request answers from the record, whatever the tags do now.
+        if !input.request_id.is_empty() {
+            let store = self.store.clone();
+            let (name, rid) = (who.name.clone(), input.request_id.clone());
+            if let Some(existing) = blocking(move || store.find_request(&name, &rid)).await? {
+                return same_request(existing, &input);
+            }
+        }
+        let source_ref = input.source.as_reference().to_owned();
+        let digest = self
+            .registry
+            .resolve(&input.repository, &source_ref)
+            .await?
+            .ok_or_else(|| Error::SourceNotFound(format!("{}:{source_ref}", input.repository)))?;
+        if let Some(required) = &policy.requires {
+            let prereq = self.policy(required)?;
+            let carried = self
+                .registry
+                .resolve(&input.repository, &prereq.tag)
+                .await?;
+            if carried.as_deref() != Some(digest.as_str()) {
+                return Err(Error::PrerequisiteNotMet(format!(
+                    "environment {} requires {}: {digest} must first be promoted there, but {}:{} {}",
+                    policy.name,
+                    prereq.name,
+                    input.repository,
+                    prereq.tag,
+                    carried
+                        .map_or_else(|| "does not exist".to_owned(), |d| format!("points to {d}")),
+                )));
+            }
+        }
+        let mut changes = self.store.subscribe();
+        let new = NewPromotion {
+            repository: input.repository.to_string(),
+            environment: input.environment.clone(),
+            source: source_ref,
+            digest,
+            reason: input.reason.clone(),
+            request_id: input.request_id.clone(),
+        };
+        let created = self
+            .store
+            .write(move |tx| {
+                if !new.request_id.is_empty()
+                    && let Some(id) = tx.find_request(&who.name, &new.request_id)?
+                {
+                    let existing = tx.get(id)?.ok_or(Error::PromotionNotFound(id))?;
+                    return same_request(existing, &input);
+                }
+                let now = tx.now();
+                let o = machine::request(tx.next_id(), new, &who, &policy, now);
+                tx.commit(None, &o.promotion, o.event)?;
+                Ok(o.promotion)
+            })
+            .await?;
+        Ok(self.settled(created, &mut changes).await)
+    }
+
+    pub async fn approve(
+        &self,
+        who: Principal,
+        id: PromotionId,
+        comment: String,
+    ) -> Result<Promotion, Error> {
+        let mut changes = self.store.subscribe();
+        let p = self.decide(Decision::Approve, who, id, comment).await?;
+        Ok(self.settled(p, &mut changes).await)
+    }
+
+    pub async fn reject(
+        &self,
+        who: Principal,
+        id: PromotionId,
+        comment: String,
+    ) -> Result<Promotion, Error> {
+        self.decide(Decision::Reject, who, id, comment).await
+    }
+
+    pub async fn cancel(
+        &self,
+        who: Principal,
+        id: PromotionId,
+        comment: String,
+    ) -> Result<Promotion, Error> {
+        self.decide(Decision::Cancel, who, id, comment).await
+    }
+
+    async fn decide(
+        &self,
+        decision: Decision,
+        who: Principal,
+        id: PromotionId,
+        comment: String,
+    ) -> Result<Promotion, Error> {
+        let config = self.config.clone();
+        self.store
+            .write(move |tx| {
+                let p = tx.get(id)?.ok_or(Error::PromotionNotFound(id))?;
+                let now = tx.now();
+                expire_due(tx, &p, now)?;
+                let policy = config.environment(&p.environment).ok_or_else(|| {
+                    Error::Domain(machine::DomainError::NotApprover {
+                        principal: who.name.clone(),
+                        environment: format!("{} (no longer configured)", p.environment),
+                    })
+                })?;
+                let o: Outcome = match decision {
+                    Decision::Approve => machine::approve(&p, &who, policy, &comment, now)?,
+                    Decision::Reject => machine::reject(&p, &who, policy, &comment, now)?,
+                    Decision::Cancel => machine::cancel(&p, &who, policy, &comment, now)?,
+                };
+                if o.event.is_some() {
+                    tx.commit(Some(&p), &o.promotion, o.event)?;
+                }
+                Ok(o.promotion)
+            })
+            .await
+    }
+
+    /// Waits up to `apply_wait` for an APPROVED promotion's tag move, so the
+    /// common case answers PROMOTED; a slow registry answers APPROVED.
+    async fn settled(
+        &self,
+        p: Promotion,
+        changes: &mut broadcast::Receiver<Promotion>,
+    ) -> Promotion {
+        if p.state != State::Approved || self.config.apply_wait.is_zero() {
+            return p;
+        }
+        let id = p.id;
+        let wait = async {
+            loop {
+                match changes.recv().await {
+                    Ok(c) if c.id == id && c.state.is_terminal() => return Some(c),
+                    Ok(_) => {}
+                    // Missed messages: the record itself is the truth.
+                    Err(broadcast::error::RecvError::Lagged(_)) => return None,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        };
+        match tokio::time::timeout(self.config.apply_wait, wait).await {
+            Ok(Some(done)) => done,
+            _ => self.get(id).await.unwrap_or(p),
+        }
+    }
+
+    /// The promotion, recording its expiry first if it is overdue.
+    pub async fn get(&self, id: PromotionId) -> Result<Promotion, Error> {
+        let store = self.store.clone();
+        let p = blocking(move || store.get(id))
+            .await?
+            .ok_or(Error::PromotionNotFound(id))?;
+        if machine::expire_if_due(&p, Time::now()).is_none() {
+            return Ok(p);
+        }
+        self.expire(id).await
+    }
+
+    /// Records the expiry of `id` if it is (still) overdue; returns the record.
+    pub async fn expire(&self, id: PromotionId) -> Result<Promotion, Error> {
+        self.store
+            .write(move |tx| {
+                let p = tx.get(id)?.ok_or(Error::PromotionNotFound(id))?;
+                let now = tx.now();
+                match machine::expire_if_due(&p, now) {
+                    Some(o) => {
+                        tx.commit(Some(&p), &o.promotion, o.event)?;
+                        Ok(o.promotion)
+                    }
+                    None => Ok(p),
+                }
+            })
+            .await
+    }
+
+    /// Records the expiry of every overdue pending promotion.
+    pub async fn sweep_expired(&self) -> Result<usize, Error> {
+        let store = self.store.clone();
+        let pending = blocking(move || store.in_state(State::PendingApproval)).await?;
+        let now = Time::now();
+        let mut n = 0;
+        for p in pending.into_iter().filter(|p| p.expires_at <= now) {
+            if self.expire(p.id).await?.state == State::Expired {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    pub async fn list(
+        &self,
+        filter: ListFilter,
+        after: Option<PromotionId>,
+        limit: usize,
+    ) -> Result<Page<Promotion>, Error> {
+        let store = self.store.clone();
+        blocking(move || store.list(&filter, after, limit)).await
+    }
+
+    pub async fn history(
+        &self,
+        filter: HistoryFilter,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Page<AuditEntry>, Error> {
+        let store = self.store.clone();
+        blocking(move || store.history(&filter, after, limit)).await
+    }
+
+    pub async fn verify(&self) -> Result<Verification, Error> {
+        let store = self.store.clone();
+        blocking(move || store.verify()).await
+    }
+}
+
+/// Writes the EXPIRED entry of an overdue promotion and refuses the call.
+fn expire_due(tx: &mut Tx<'_>, p: &Promotion, now: Time) -> Result<(), Error> {
+    match machine::expire_if_due(p, now) {
+        Some(o) => {
+            tx.commit(Some(p), &o.promotion, o.event)?;
+            Err(Error::Expired {
+                id: p.id,
+                expires_at: crate::api::convert::rfc3339(p.expires_at),
+            })
+        }
+        None => Ok(()),
+    }
+}
+
+/// An idempotent retry returns the original; a reused key with other
+/// parameters is refused.
+fn same_request(existing: Promotion, input: &RequestInput) -> Result<Promotion, Error> {
+    let same = existing.repository == input.repository.to_string()
+        && existing.source == input.source.as_reference()
+        && existing.environment == input.environment
+        && existing.reason == input.reason;
+    if same {
+        Ok(existing)
+    } else {
+        Err(Error::RequestIdReused {
+            request_id: input.request_id.clone(),
+            promotion_id: existing.id,
+        })
+    }
+}

@@ -1,0 +1,79 @@
+//! Key layout. Numbers are big-endian so sled's byte order is numeric order.
+//!
+//! | tree         | key                                   | value           |
+//! |--------------|---------------------------------------|-----------------|
+//! | `promotions` | id                                    | JSON Promotion  |
+//! | `audit`      | sequence                              | JSON AuditEntry |
+//! | `index`      | `P` id sequence                       | (empty)         |
+//! |              | `R` repository 0x00 sequence          | (empty)         |
+//! | `index`      | `E` environment 0x00 sequence         | (empty)         |
+//! |              | `S` state-code id                     | (empty)         |
+//! |              | `r` repository 0x00 id                | (empty)         |
+//! |              | `I` principal 0x00 request_id         | id              |
+//! | `meta`       | `next_id`                             | u64             |
+//!
+//! Repository, environment and principal names never contain 0x00: the
+//! repository grammar forbids it and config validation refuses it.
+
+use crate::domain::model::{PromotionId, State};
+
+pub const NEXT_ID: &[u8] = b"next_id";
+
+pub fn u64_key(n: u64) -> [u8; 8] {
+    n.to_be_bytes()
+}
+
+pub fn read_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+/// The trailing 8 bytes of an index key: the id or sequence it points at.
+pub fn tail_u64(key: &[u8]) -> Option<u64> {
+    key.len()
+        .checked_sub(8)
+        .and_then(|start| read_u64(&key[start..]))
+}
+
+fn named(tag: u8, name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(name.len() + 10);
+    k.push(tag);
+    k.extend_from_slice(name.as_bytes());
+    k.push(0);
+    k
+}
+
+fn with_u64(mut prefix: Vec<u8>, n: u64) -> Vec<u8> {
+    prefix.extend_from_slice(&n.to_be_bytes());
+    prefix
+}
+
+pub fn audit_by_promotion_prefix(id: PromotionId) -> Vec<u8> {
+    with_u64(vec![b'P'], id)
+}
+
+pub fn audit_by_repository_prefix(repository: &str) -> Vec<u8> {
+    named(b'R', repository)
+}
+
+pub fn audit_by_environment_prefix(environment: &str) -> Vec<u8> {
+    named(b'E', environment)
+}
+
+pub fn promotions_by_state_prefix(state: State) -> Vec<u8> {
+    vec![b'S', state.code()]
+}
+
+pub fn promotions_by_repository_prefix(repository: &str) -> Vec<u8> {
+    named(b'r', repository)
+}
+
+pub fn request_id(principal: &str, request_id: &str) -> Vec<u8> {
+    let mut k = named(b'I', principal);
+    k.extend_from_slice(request_id.as_bytes());
+    k
+}
+
+/// Index key = prefix followed by the id or sequence.
+pub fn indexed(prefix: &[u8], n: u64) -> Vec<u8> {
+    with_u64(prefix.to_vec(), n)
+}

@@ -1,0 +1,617 @@
+//! All durable state, in sled: promotion records, the hash-chained audit log
+//! and the indexes that serve List and History without full scans.
+//!
+//! Writes go through one writer thread ([`Store::write`]). It runs each job
+//! against the current state (so read-modify-write is serialized: concurrent
+//! approvals cannot both count), commits the record and its audit entry in one
+//! sled transaction, and then flushes once for every job that arrived while it
+//! was busy: a job's caller is answered only after that flush, so nothing is
+//! acknowledged before it is on disk, and many writes share one fsync.
+//!
+//! If a flush fails the store refuses every later write (fail closed): sled's
+//! memory may then hold changes that never reached the disk.
+
+mod keys;
+
+use crate::domain::audit::{AuditEntry, GENESIS, Hash, Verification, Verifier};
+use crate::domain::model::{Event, Promotion, PromotionId, State, Time};
+use serde::{Serialize, de::DeserializeOwned};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use std::path::Path;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// How many queued jobs one flush may acknowledge at most.
+const MAX_BATCH: usize = 512;
+/// Depth of the writer's queue; callers wait (asynchronously) beyond it.
+const QUEUE_DEPTH: usize = 4096;
+/// Committed changes kept for slow subscribers before they lag.
+const CHANGES_CAPACITY: usize = 1024;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage error: {0}")]
+    Sled(String),
+    #[error("stored record {what} is unreadable: {reason}")]
+    Corrupt { what: String, reason: String },
+    #[error("the data directory could not be flushed to disk: {0}")]
+    Flush(String),
+    #[error("storage refuses writes after an earlier flush failure; restart prodgate")]
+    Poisoned,
+    #[error("the storage writer has stopped")]
+    Closed,
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Sled(e.to_string())
+    }
+}
+
+#[derive(Clone)]
+struct Trees {
+    db: sled::Db,
+    promotions: sled::Tree,
+    audit: sled::Tree,
+    index: sled::Tree,
+    meta: sled::Tree,
+}
+
+type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+type Job = Box<dyn FnOnce(&mut Tx<'_>) -> Completion + Send>;
+
+/// Handle to the database. Cheap to clone; the writer stops when the last
+/// handle is dropped, after a final flush.
+#[derive(Clone)]
+pub struct Store {
+    trees: Trees,
+    jobs: mpsc::Sender<Job>,
+    changes: broadcast::Sender<Promotion>,
+}
+
+/// Filters of ListPromotions; empty fields match all.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct ListFilter {
+    pub repository: Option<String>,
+    pub environment: Option<String>,
+    pub state: Option<State>,
+}
+
+/// Filters of History; empty fields match all.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct HistoryFilter {
+    pub repository: Option<String>,
+    pub environment: Option<String>,
+    pub promotion_id: Option<PromotionId>,
+    pub since: Option<Time>,
+    pub until: Option<Time>,
+}
+
+/// One page of results and whether more follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub more: bool,
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serializing plain structs of strings and numbers cannot fail.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn decode<T: DeserializeOwned>(
+    what: impl FnOnce() -> String,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        what: what(),
+        reason: e.to_string(),
+    })
+}
+
+fn decode_entry(key: &[u8], bytes: &[u8]) -> Result<AuditEntry, StoreError> {
+    decode(
+        || format!("audit entry {}", keys::read_u64(key).unwrap_or(0)),
+        bytes,
+    )
+}
+
+impl Store {
+    /// Opens (or creates) the database under `dir` and starts the writer.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            // Durability comes from the writer's explicit flush, not a timer.
+            .flush_every_ms(None)
+            .open()?;
+        let trees = Trees {
+            promotions: db.open_tree("promotions")?,
+            audit: db.open_tree("audit")?,
+            index: db.open_tree("index")?,
+            meta: db.open_tree("meta")?,
+            db,
+        };
+        let state = WriterState::load(trees.clone())?;
+        let (jobs, rx) = mpsc::channel(QUEUE_DEPTH);
+        let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
+        let tx_changes = changes.clone();
+        std::thread::Builder::new()
+            .name("prodgate-store-writer".into())
+            .spawn(move || run_writer(state, rx, tx_changes))
+            .map_err(|e| StoreError::Sled(format!("cannot start the writer thread: {e}")))?;
+        Ok(Store {
+            trees,
+            jobs,
+            changes,
+        })
+    }
+
+    /// Runs `job` on the writer thread and answers after its writes are flushed.
+    /// The job's own error (a refusal) is returned as is.
+    pub async fn write<T, E>(
+        &self,
+        job: impl FnOnce(&mut Tx<'_>) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let boxed: Job = Box::new(move |t: &mut Tx<'_>| {
+            let before = t.writes;
+            let result = job(t);
+            let wrote = t.writes != before;
+            Box::new(move |flushed: Result<(), StoreError>| {
+                let answer = match flushed {
+                    Err(e) if wrote => Err(E::from(e)),
+                    _ => result,
+                };
+                // The caller may have gone away; the write stands regardless.
+                let _ = tx.send(answer);
+            })
+        });
+        self.jobs
+            .send(boxed)
+            .await
+            .map_err(|_| E::from(StoreError::Closed))?;
+        rx.await.map_err(|_| E::from(StoreError::Closed))?
+    }
+
+    /// Every committed, flushed change to a promotion, in commit order.
+    pub fn subscribe(&self) -> broadcast::Receiver<Promotion> {
+        self.changes.subscribe()
+    }
+
+    pub fn get(&self, id: PromotionId) -> Result<Option<Promotion>, StoreError> {
+        get_promotion(&self.trees.promotions, id)
+    }
+
+    /// The promotion a principal opened with this idempotency key, if any.
+    pub fn find_request(
+        &self,
+        principal: &str,
+        request_id: &str,
+    ) -> Result<Option<Promotion>, StoreError> {
+        match self
+            .trees
+            .index
+            .get(keys::request_id(principal, request_id))?
+            .and_then(|v| keys::read_u64(&v))
+        {
+            Some(id) => self.get(id),
+            None => Ok(None),
+        }
+    }
+
+    /// Promotions in a state, oldest id first.
+    pub fn in_state(&self, state: State) -> Result<Vec<Promotion>, StoreError> {
+        let prefix = keys::promotions_by_state_prefix(state);
+        let mut out = Vec::new();
+        for kv in self.trees.index.scan_prefix(&prefix) {
+            let (k, _) = kv?;
+            if let Some(id) = keys::tail_u64(&k)
+                && let Some(p) = self.get(id)?
+            {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One page of promotions in id order, after `after` (exclusive).
+    pub fn list(
+        &self,
+        filter: &ListFilter,
+        after: Option<PromotionId>,
+        limit: usize,
+    ) -> Result<Page<Promotion>, StoreError> {
+        let start = after.map_or(0, |a| a.saturating_add(1));
+        let matches = |p: &Promotion| {
+            filter
+                .repository
+                .as_ref()
+                .is_none_or(|r| *r == p.repository)
+                && filter
+                    .environment
+                    .as_ref()
+                    .is_none_or(|e| *e == p.environment)
+                && filter.state.is_none_or(|s| s == p.state)
+        };
+        let index_prefix = match (&filter.repository, filter.state) {
+            (Some(r), _) => Some(keys::promotions_by_repository_prefix(r)),
+            (None, Some(s)) => Some(keys::promotions_by_state_prefix(s)),
+            (None, None) => None,
+        };
+        let mut items = Vec::new();
+        let mut more = false;
+        let mut visit = |p: Promotion| {
+            if !matches(&p) {
+                return true;
+            }
+            if items.len() == limit {
+                more = true;
+                return false;
+            }
+            items.push(p);
+            true
+        };
+        match index_prefix {
+            Some(prefix) => {
+                let from = keys::indexed(&prefix, start);
+                for kv in self.trees.index.range(from..) {
+                    let (k, _) = kv?;
+                    if !k.starts_with(&prefix) {
+                        break;
+                    }
+                    let Some(id) = keys::tail_u64(&k) else {
+                        continue;
+                    };
+                    if let Some(p) = self.get(id)?
+                        && !visit(p)
+                    {
+                        break;
+                    }
+                }
+            }
+            None => {
+                for kv in self.trees.promotions.range(keys::u64_key(start)..) {
+                    let (k, v) = kv?;
+                    let p: Promotion = decode(
+                        || format!("promotion {}", keys::read_u64(&k).unwrap_or(0)),
+                        &v,
+                    )?;
+                    if !visit(p) {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(Page { items, more })
+    }
+
+    /// One page of audit entries in sequence order, after `after` (exclusive).
+    pub fn history(
+        &self,
+        filter: &HistoryFilter,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Page<AuditEntry>, StoreError> {
+        let start = after.map_or(1, |a| a.saturating_add(1));
+        let matches = |e: &AuditEntry| {
+            filter
+                .repository
+                .as_ref()
+                .is_none_or(|r| *r == e.event.repository)
+                && filter
+                    .environment
+                    .as_ref()
+                    .is_none_or(|env| *env == e.event.environment)
+                && filter
+                    .promotion_id
+                    .is_none_or(|id| id == e.event.promotion_id)
+                && filter.since.is_none_or(|s| e.time >= s)
+        };
+        let past_until = |e: &AuditEntry| filter.until.is_some_and(|u| e.time > u);
+        let index_prefix = if let Some(id) = filter.promotion_id {
+            Some(keys::audit_by_promotion_prefix(id))
+        } else if let Some(r) = &filter.repository {
+            Some(keys::audit_by_repository_prefix(r))
+        } else {
+            filter
+                .environment
+                .as_deref()
+                .map(keys::audit_by_environment_prefix)
+        };
+        let mut items = Vec::new();
+        let mut more = false;
+        // Entry times never decrease along the sequence, so `until` ends the scan.
+        let mut visit = |e: AuditEntry| {
+            if past_until(&e) {
+                return false;
+            }
+            if !matches(&e) {
+                return true;
+            }
+            if items.len() == limit {
+                more = true;
+                return false;
+            }
+            items.push(e);
+            true
+        };
+        match index_prefix {
+            Some(prefix) => {
+                for kv in self.trees.index.range(keys::indexed(&prefix, start)..) {
+                    let (k, _) = kv?;
+                    if !k.starts_with(&prefix) {
+                        break;
+                    }
+                    let Some(seq) = keys::tail_u64(&k) else {
+                        continue;
+                    };
+                    let Some(v) = self.trees.audit.get(keys::u64_key(seq))? else {
+                        continue;
+                    };
+                    if !visit(decode_entry(&keys::u64_key(seq), &v)?) {
+                        break;
+                    }
+                }
+            }
+            None => {
+                for kv in self.trees.audit.range(keys::u64_key(start)..) {
+                    let (k, v) = kv?;
+                    if !visit(decode_entry(&k, &v)?) {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(Page { items, more })
+    }
+
+    /// Recomputes the whole chain from the stored entries.
+    pub fn verify(&self) -> Result<Verification, StoreError> {
+        verify_tree(&self.trees.audit)
+    }
+}
+
+/// Checks the audit chain of the database under `dir` without a running server.
+pub fn verify_offline(dir: &Path) -> Result<Verification, StoreError> {
+    let db = sled::Config::new().path(dir).open()?;
+    verify_tree(&db.open_tree("audit")?)
+}
+
+fn verify_tree(audit: &sled::Tree) -> Result<Verification, StoreError> {
+    let mut v = Verifier::default();
+    for kv in audit.iter() {
+        let (k, val) = kv?;
+        match decode_entry(&k, &val) {
+            Ok(e) => {
+                if !v.push(&e) {
+                    break;
+                }
+            }
+            Err(e) => {
+                v.fail(keys::read_u64(&k).unwrap_or(0), e.to_string());
+                break;
+            }
+        }
+    }
+    Ok(v.finish())
+}
+
+fn get_promotion(tree: &sled::Tree, id: PromotionId) -> Result<Option<Promotion>, StoreError> {
+    tree.get(keys::u64_key(id))?
+        .map(|v| decode(|| format!("promotion {id}"), &v))
+        .transpose()
+}
+
+/// What only the writer thread knows: the chain's head and the id counter.
+struct WriterState {
+    trees: Trees,
+    next_sequence: u64,
+    head_hash: Hash,
+    last_time: Time,
+    next_id: PromotionId,
+    poisoned: bool,
+}
+
+impl WriterState {
+    fn load(trees: Trees) -> Result<Self, StoreError> {
+        let (next_sequence, head_hash, last_time) = match trees.audit.last()? {
+            Some((k, v)) => {
+                let e = decode_entry(&k, &v)?;
+                (e.sequence + 1, e.hash, e.time)
+            }
+            None => (1, GENESIS, Time::ZERO),
+        };
+        let next_id = trees
+            .meta
+            .get(keys::NEXT_ID)?
+            .and_then(|v| keys::read_u64(&v))
+            .unwrap_or(1);
+        Ok(Self {
+            trees,
+            next_sequence,
+            head_hash,
+            last_time,
+            next_id,
+            poisoned: false,
+        })
+    }
+}
+
+/// A write job's view of the store, valid on the writer thread only.
+pub struct Tx<'a> {
+    state: &'a mut WriterState,
+    changed: &'a mut Vec<Promotion>,
+    writes: usize,
+}
+
+impl Tx<'_> {
+    /// The wall clock, never earlier than the last audit entry, so entry times
+    /// follow sequence order.
+    pub fn now(&mut self) -> Time {
+        let now = Time::now().max(self.state.last_time);
+        self.state.last_time = now;
+        now
+    }
+
+    pub fn get(&self, id: PromotionId) -> Result<Option<Promotion>, StoreError> {
+        get_promotion(&self.state.trees.promotions, id)
+    }
+
+    /// The promotion a principal opened with this idempotency key, if any.
+    pub fn find_request(
+        &self,
+        principal: &str,
+        request_id: &str,
+    ) -> Result<Option<PromotionId>, StoreError> {
+        Ok(self
+            .state
+            .trees
+            .index
+            .get(keys::request_id(principal, request_id))?
+            .and_then(|v| keys::read_u64(&v)))
+    }
+
+    /// The id the next new promotion will get.
+    pub fn next_id(&self) -> PromotionId {
+        self.state.next_id
+    }
+
+    /// Writes `after` (replacing `before`, if any) and chains `event` into the
+    /// audit log, all in one transaction. Nothing is written if it fails.
+    pub fn commit(
+        &mut self,
+        before: Option<&Promotion>,
+        after: &Promotion,
+        event: Option<Event>,
+    ) -> Result<Option<AuditEntry>, StoreError> {
+        if self.state.poisoned {
+            return Err(StoreError::Poisoned);
+        }
+        let time = after.updated_at.max(self.state.last_time);
+        let entry = event
+            .map(|e| AuditEntry::chain(self.state.head_hash, self.state.next_sequence, time, e));
+        let is_new = before.is_none();
+        let t = &self.state.trees;
+        let result: Result<(), TransactionError<StoreError>> =
+            (&t.promotions, &t.audit, &t.index, &t.meta).transaction(
+                |(promotions, audit, index, meta)| {
+                    let id = after.id;
+                    promotions.insert(&keys::u64_key(id), encode(after))?;
+                    if let Some(b) = before
+                        && b.state != after.state
+                    {
+                        index.remove(keys::indexed(
+                            &keys::promotions_by_state_prefix(b.state),
+                            id,
+                        ))?;
+                    }
+                    index.insert(
+                        keys::indexed(&keys::promotions_by_state_prefix(after.state), id),
+                        &[],
+                    )?;
+                    if is_new {
+                        index.insert(
+                            keys::indexed(
+                                &keys::promotions_by_repository_prefix(&after.repository),
+                                id,
+                            ),
+                            &[],
+                        )?;
+                        if !after.request_id.is_empty() {
+                            index.insert(
+                                keys::request_id(&after.requested_by, &after.request_id),
+                                &keys::u64_key(id),
+                            )?;
+                        }
+                        meta.insert(keys::NEXT_ID, &keys::u64_key(id + 1))?;
+                    }
+                    if let Some(e) = &entry {
+                        let seq = e.sequence;
+                        audit.insert(&keys::u64_key(seq), encode(e))?;
+                        for prefix in [
+                            keys::audit_by_promotion_prefix(id),
+                            keys::audit_by_repository_prefix(&e.event.repository),
+                            keys::audit_by_environment_prefix(&e.event.environment),
+                        ] {
+                            index.insert(keys::indexed(&prefix, seq), &[])?;
+                        }
+                    }
+                    Ok::<(), ConflictableTransactionError<StoreError>>(())
+                },
+            );
+        match result {
+            Ok(()) => {}
+            Err(TransactionError::Abort(e)) => return Err(e),
+            Err(TransactionError::Storage(e)) => return Err(e.into()),
+        }
+        self.writes += 1;
+        if is_new {
+            self.state.next_id = self.state.next_id.max(after.id + 1);
+        }
+        if let Some(e) = &entry {
+            self.state.next_sequence = e.sequence + 1;
+            self.state.head_hash = e.hash;
+            self.state.last_time = e.time;
+        }
+        self.changed.push(after.clone());
+        Ok(entry)
+    }
+}
+
+fn run_writer(
+    mut state: WriterState,
+    mut rx: mpsc::Receiver<Job>,
+    changes: broadcast::Sender<Promotion>,
+) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut changed = Vec::new();
+        let mut completions = Vec::with_capacity(batch.len());
+        let mut writes = 0;
+        for job in batch {
+            let mut tx = Tx {
+                state: &mut state,
+                changed: &mut changed,
+                writes: 0,
+            };
+            completions.push(job(&mut tx));
+            writes += tx.writes;
+        }
+        let flushed = if writes == 0 {
+            Ok(())
+        } else if state.poisoned {
+            Err(StoreError::Poisoned)
+        } else {
+            match state.trees.db.flush() {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    tracing::error!(error = %e, "flush failed; refusing all further writes");
+                    state.poisoned = true;
+                    Err(StoreError::Flush(e.to_string()))
+                }
+            }
+        };
+        for c in completions {
+            c(flushed.clone());
+        }
+        if flushed.is_ok() {
+            for p in changed {
+                // No subscriber is fine.
+                let _ = changes.send(p);
+            }
+        }
+    }
+    if let Err(e) = state.trees.db.flush() {
+        tracing::error!(error = %e, "final flush failed");
+    }
+}

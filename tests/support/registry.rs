@@ -1,0 +1,438 @@
+//! A throwaway OCI registry for integration tests.
+//!
+//! [`TestRegistry`] owns one `docker-registry serve` process (Debian's CNCF Distribution 2.8.2)
+//! on a free loopback port, together with its temporary directory (config, storage and log) and a
+//! plain-HTTP client. Its helpers push blobs, images, indexes and raw manifests, read manifests
+//! back, retag and delete. Dropping it kills the process and removes the directory.
+
+use std::fmt::Display;
+use std::fs::{self, File};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, LOCATION};
+use reqwest::{Client, Response, StatusCode, Url};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// Without the index media types the registry answers 404 for an index.
+const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
+     application/vnd.oci.image.index.v1+json, \
+     application/vnd.docker.distribution.manifest.v2+json, \
+     application/vnd.docker.distribution.manifest.list.v2+json";
+const DIGEST_HEADER: &str = "Docker-Content-Digest";
+
+const REGISTRY_BIN: &str = "docker-registry";
+const LOG_FILE: &str = "registry.log";
+const STARTUP_DEADLINE: Duration = Duration::from_secs(20);
+const POLL_INTERVAL: Duration = Duration::from_millis(25);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const PORT_ATTEMPTS: usize = 3;
+/// Set by the registry (its `http.headers` config) on every response, so that readiness is never
+/// confirmed by some other server that grabbed the port between our probe and its bind.
+const TOKEN_HEADER: &str = "X-Prodgate-Test-Registry";
+
+pub struct TestRegistry {
+    /// `127.0.0.1:PORT`
+    pub host: String,
+    child: Child,
+    http: Client,
+    token: String,
+    dir: TempDir,
+}
+
+enum Startup {
+    Ready,
+    PortTaken,
+}
+
+impl TestRegistry {
+    /// Starts a fresh, empty registry and waits until `GET /v2/` answers 200.
+    pub async fn start() -> TestRegistry {
+        let http = http_client();
+        let deadline = Instant::now() + STARTUP_DEADLINE;
+        for _ in 0..PORT_ATTEMPTS {
+            let mut registry = Self::spawn(http.clone(), free_port());
+            match registry.wait_until_ready(deadline).await {
+                Startup::Ready => return registry,
+                // Dropping it reaps the exited process and removes its directory.
+                Startup::PortTaken => drop(registry),
+            }
+        }
+        panic!("{REGISTRY_BIN}: the chosen port was taken in each of {PORT_ATTEMPTS} attempts");
+    }
+
+    fn spawn(http: Client, port: u16) -> TestRegistry {
+        let dir = tempfile::Builder::new()
+            .prefix("prodgate-registry-")
+            .tempdir()
+            .expect("create a temporary directory for the registry");
+        let host = format!("127.0.0.1:{port}");
+        let token = format!("{:016x}", rand::random::<u64>());
+        let config = dir.path().join("config.yml");
+        let yaml = config_yaml(&dir.path().join("storage"), &host, &token);
+        fs::write(&config, yaml).expect("write the registry config");
+        let log = File::create(dir.path().join(LOG_FILE)).expect("create the registry log");
+        let child = Command::new(REGISTRY_BIN)
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the registry log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("spawn {REGISTRY_BIN} (apt-get install docker-registry): {e}")
+            });
+        TestRegistry {
+            host,
+            child,
+            http,
+            token,
+            dir,
+        }
+    }
+
+    async fn wait_until_ready(&mut self, deadline: Instant) -> Startup {
+        let probe = self.url("/v2/");
+        loop {
+            let exited = self
+                .child
+                .try_wait()
+                .expect("check whether the registry is running");
+            if let Some(status) = exited {
+                let log = self.log();
+                if log.contains("address already in use") {
+                    return Startup::PortTaken;
+                }
+                panic!(
+                    "{REGISTRY_BIN} on {} exited early ({status}); log:\n{log}",
+                    self.host
+                );
+            }
+            if self.is_ready(&probe).await {
+                return Startup::Ready;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{REGISTRY_BIN} on {} not ready within {STARTUP_DEADLINE:?}; log:\n{}",
+                self.host,
+                self.log()
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    async fn is_ready(&self, probe: &str) -> bool {
+        match self.http.get(probe).timeout(PROBE_TIMEOUT).send().await {
+            Ok(resp) => {
+                resp.status() == StatusCode::OK
+                    && resp
+                        .headers()
+                        .get(TOKEN_HEADER)
+                        .is_some_and(|v| v.as_bytes() == self.token.as_bytes())
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Process id of the registry (for SIGSTOP/SIGCONT).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `http://{host}{path}`
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.host, path)
+    }
+
+    /// The registry's output so far: warnings, errors and its access log.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join(LOG_FILE))
+            .unwrap_or_else(|e| format!("<cannot read the registry log: {e}>"))
+    }
+
+    /// Monolithic blob upload; returns `sha256:<hex>`.
+    pub async fn push_blob(&self, repo: &str, data: &[u8]) -> String {
+        let digest = sha256_digest(data);
+        let start = self.url(&format!("/v2/{repo}/blobs/uploads/"));
+        let resp = self
+            .http
+            .post(&start)
+            .send()
+            .await
+            .expect("POST a blob upload");
+        let resp = expect_status(resp, StatusCode::ACCEPTED, format!("POST {start}")).await;
+        // Location may be absolute or relative and usually already carries a `_state` query.
+        let mut put = Url::parse(&self.url("/"))
+            .and_then(|base| base.join(&header(&resp, LOCATION.as_str())))
+            .expect("upload Location is a URL reference");
+        put.query_pairs_mut().append_pair("digest", &digest);
+        let resp = self
+            .http
+            .put(put.clone())
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .body(data.to_vec())
+            .send()
+            .await
+            .expect("PUT a blob");
+        let resp = expect_status(resp, StatusCode::CREATED, format!("PUT {put}")).await;
+        assert_eq!(
+            header(&resp, DIGEST_HEADER),
+            digest,
+            "registry's digest of the blob"
+        );
+        digest
+    }
+
+    /// Pushes a single-layer linux/amd64 OCI image whose layer is `layer_bytes` pseudo-random
+    /// bytes derived from `seed` (its config also records `seed`, so images differ even when
+    /// empty). Pushed by digest, and under `tag` if given; returns the manifest digest.
+    pub async fn push_image(
+        &self,
+        repo: &str,
+        tag: Option<&str>,
+        layer_bytes: usize,
+        seed: u64,
+    ) -> String {
+        let mut layer = vec![0; layer_bytes];
+        StdRng::seed_from_u64(seed).fill_bytes(&mut layer);
+        let layer_digest = self.push_blob(repo, &layer).await;
+        let config = serde_json::to_vec(&json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "config": { "Labels": { "prodgate.test.seed": seed.to_string() } },
+            // The layer is an uncompressed tar type, so its diff_id is its digest.
+            "rootfs": { "type": "layers", "diff_ids": [layer_digest] },
+        }))
+        .expect("serialize the image config");
+        let config_digest = self.push_blob(repo, &config).await;
+        let manifest = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": { "mediaType": OCI_CONFIG, "digest": config_digest, "size": config.len() },
+            "layers": [{ "mediaType": OCI_LAYER, "digest": layer_digest, "size": layer.len() }],
+        }))
+        .expect("serialize the image manifest");
+        self.push_manifest(repo, tag, OCI_MANIFEST, &manifest).await
+    }
+
+    /// Pushes an OCI image index over `manifests` (`(digest, architecture)`, all linux), which
+    /// must already be in `repo`. Pushed by digest, and under `tag` if given; returns its digest.
+    pub async fn push_index(
+        &self,
+        repo: &str,
+        tag: Option<&str>,
+        manifests: &[(String, &str)],
+    ) -> String {
+        let mut descriptors = Vec::with_capacity(manifests.len());
+        for (digest, arch) in manifests {
+            let (media_type, bytes) = self
+                .manifest(repo, digest)
+                .await
+                .unwrap_or_else(|| panic!("manifest {digest} is not in {repo}"));
+            descriptors.push(json!({
+                "mediaType": media_type,
+                "digest": digest,
+                "size": bytes.len(),
+                "platform": { "architecture": arch, "os": "linux" },
+            }));
+        }
+        let index = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": descriptors,
+        }))
+        .expect("serialize the image index");
+        self.push_manifest(repo, tag, OCI_INDEX, &index).await
+    }
+
+    /// PUTs `bytes` by digest, then under `tag` if given; returns the digest.
+    async fn push_manifest(
+        &self,
+        repo: &str,
+        tag: Option<&str>,
+        content_type: &str,
+        bytes: &[u8],
+    ) -> String {
+        let digest = sha256_digest(bytes);
+        let pushed = self
+            .put_manifest_bytes(repo, &digest, content_type, bytes)
+            .await;
+        assert_eq!(pushed, digest, "registry's digest of the manifest");
+        if let Some(tag) = tag {
+            let tagged = self
+                .put_manifest_bytes(repo, tag, content_type, bytes)
+                .await;
+            assert_eq!(
+                tagged, digest,
+                "registry's digest of the manifest tagged {tag}"
+            );
+        }
+        digest
+    }
+
+    /// Raw manifest PUT; asserts 201 and returns the registry's `Docker-Content-Digest`.
+    pub async fn put_manifest_bytes(
+        &self,
+        repo: &str,
+        reference: &str,
+        content_type: &str,
+        bytes: &[u8],
+    ) -> String {
+        let url = self.manifest_url(repo, reference);
+        let resp = self
+            .http
+            .put(&url)
+            .header(CONTENT_TYPE, content_type)
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .expect("PUT a manifest");
+        let resp = expect_status(resp, StatusCode::CREATED, format!("PUT {url}")).await;
+        header(&resp, DIGEST_HEADER)
+    }
+
+    /// The manifest's content type and exact bytes; `None` if the registry answers 404.
+    pub async fn manifest(&self, repo: &str, reference: &str) -> Option<(String, Vec<u8>)> {
+        let url = self.manifest_url(repo, reference);
+        let resp = self
+            .http
+            .get(&url)
+            .header(ACCEPT, MANIFEST_ACCEPT)
+            .send()
+            .await
+            .expect("GET a manifest");
+        if resp.status() == StatusCode::NOT_FOUND {
+            return None;
+        }
+        let resp = expect_status(resp, StatusCode::OK, format!("GET {url}")).await;
+        let content_type = header(&resp, CONTENT_TYPE.as_str());
+        let bytes = resp.bytes().await.expect("read a manifest body");
+        Some((content_type, bytes.to_vec()))
+    }
+
+    /// The digest `tag` (or any reference) resolves to; `None` if the registry answers 404.
+    pub async fn tag_digest(&self, repo: &str, tag: &str) -> Option<String> {
+        let url = self.manifest_url(repo, tag);
+        let resp = self
+            .http
+            .head(&url)
+            .header(ACCEPT, MANIFEST_ACCEPT)
+            .send()
+            .await
+            .expect("HEAD a manifest");
+        if resp.status() == StatusCode::NOT_FOUND {
+            return None;
+        }
+        let resp = expect_status(resp, StatusCode::OK, format!("HEAD {url}")).await;
+        Some(header(&resp, DIGEST_HEADER))
+    }
+
+    /// Copies the manifest at `from_reference` to `to_tag` within `repo`; returns its digest.
+    pub async fn retag(&self, repo: &str, from_reference: &str, to_tag: &str) -> String {
+        let (content_type, bytes) = self
+            .manifest(repo, from_reference)
+            .await
+            .unwrap_or_else(|| panic!("retag: {repo}:{from_reference} not found"));
+        self.put_manifest_bytes(repo, to_tag, &content_type, &bytes)
+            .await
+    }
+
+    /// Deletes a manifest by digest (removing every tag that points at it); asserts 202.
+    pub async fn delete_manifest(&self, repo: &str, digest: &str) {
+        let url = self.manifest_url(repo, digest);
+        let resp = self
+            .http
+            .delete(&url)
+            .send()
+            .await
+            .expect("DELETE a manifest");
+        expect_status(resp, StatusCode::ACCEPTED, format!("DELETE {url}")).await;
+    }
+
+    fn manifest_url(&self, repo: &str, reference: &str) -> String {
+        self.url(&format!("/v2/{repo}/manifests/{reference}"))
+    }
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        // SIGKILL also ends a process that a test left stopped with SIGSTOP.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_client() -> Client {
+    // The crate builds reqwest with `rustls-no-provider`, so even a plain-HTTP client needs a
+    // process-wide rustls provider; Err only means one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Client::builder()
+        .no_proxy()
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .expect("build the HTTP client")
+}
+
+/// A port that was free a moment ago; the registry may still lose it to someone else.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("bind an ephemeral loopback port")
+        .port()
+}
+
+fn config_yaml(storage: &Path, addr: &str, token: &str) -> String {
+    // A JSON string is a valid YAML scalar, which quotes any path safely.
+    let root = json!(storage.to_str().expect("temporary path is UTF-8"));
+    format!(
+        "version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: {root}
+  delete:
+    enabled: true
+http:
+  addr: {addr}
+  headers:
+    {TOKEN_HEADER}: [\"{token}\"]
+"
+    )
+}
+
+fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+fn header(resp: &Response, name: &str) -> String {
+    resp.headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("{} response has no {name} header", resp.url()))
+        .to_str()
+        .unwrap_or_else(|e| panic!("{name} header is not visible ASCII: {e}"))
+        .to_owned()
+}
+
+async fn expect_status(resp: Response, expected: StatusCode, what: impl Display) -> Response {
+    let status = resp.status();
+    if status != expected {
+        let body = resp.text().await.unwrap_or_default();
+        panic!("{what}: expected {expected}, got {status}: {body}");
+    }
+    resp
+}

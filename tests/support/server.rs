@@ -1,0 +1,225 @@
+//! Starts a real `prodgate serve` process on a free loopback port with a
+//! config and data directory of its own, and gives typed gRPC clients that
+//! authenticate as the test principals.
+
+use prodgate::pb::promotion_service_client::PromotionServiceClient;
+use sha2::{Digest, Sha256};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tempfile::TempDir;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// Principals of the standard test config: name, groups.
+pub const PRINCIPALS: &[(&str, &[&str])] = &[
+    ("alice", &["developers"]),
+    ("bob", &["release-managers"]),
+    ("carol", &[]),
+    ("dave", &["release-managers"]),
+    ("erin", &["release-managers"]),
+    ("rita", &["developers", "release-managers"]),
+    ("mallory", &[]),
+];
+
+/// Every test principal's token is `<name>-token`.
+pub fn token(name: &str) -> String {
+    format!("{name}-token")
+}
+
+/// `[[registry]]` and `[[principal]]` sections for `registry_host`, plus the
+/// environments every test uses: `staging` (no approval), `production`
+/// (requires staging, one of release-managers or carol), `prod2` (two
+/// approvals), `shortlived` (expires after a second) and `selfok` (self
+/// approval allowed).
+pub fn standard_config(registry_host: &str) -> String {
+    let mut s = format!(
+        "registry_timeout = \"3s\"\nexpiry_sweep_interval = \"200ms\"\n\
+         [[registry]]\nhost = \"{registry_host}\"\ninsecure = true\n"
+    );
+    for (name, groups) in PRINCIPALS {
+        let hash = hex::encode(Sha256::digest(token(name).as_bytes()));
+        let groups: Vec<String> = groups.iter().map(|g| format!("{g:?}")).collect();
+        s.push_str(&format!(
+            "[[principal]]\nname = \"{name}\"\ntoken_sha256 = \"{hash}\"\ngroups = [{}]\n",
+            groups.join(", ")
+        ));
+    }
+    s.push_str(
+        r#"
+[[environment]]
+name = "staging"
+tag = "staging"
+required_approvals = 0
+
+[[environment]]
+name = "production"
+tag = "production"
+requires = "staging"
+approvers = ["group:release-managers", "carol"]
+required_approvals = 1
+
+[[environment]]
+name = "prod2"
+tag = "prod2"
+requires = "staging"
+approvers = ["group:release-managers", "carol"]
+required_approvals = 2
+
+[[environment]]
+name = "shortlived"
+tag = "shortlived"
+approvers = ["group:release-managers"]
+required_approvals = 1
+approval_ttl = "1s"
+
+[[environment]]
+name = "selfok"
+tag = "selfok"
+approvers = ["group:release-managers"]
+required_approvals = 1
+allow_self_approval = true
+"#,
+    );
+    s
+}
+
+pub struct TestServer {
+    pub addr: String,
+    child: Child,
+    dir: TempDir,
+}
+
+impl TestServer {
+    /// Starts `prodgate serve` with `config` (listen and data_dir are set here).
+    pub fn start(config: &str) -> TestServer {
+        let dir = tempfile::Builder::new()
+            .prefix("prodgate-test-")
+            .tempdir()
+            .expect("create a temp dir for the server");
+        std::fs::write(dir.path().join("prodgate.toml"), config).expect("write the config");
+        Self::spawn(dir)
+    }
+
+    fn spawn(dir: TempDir) -> TestServer {
+        let (child, addr) = spawn_child(dir.path());
+        TestServer { addr, child, dir }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the process with SIGKILL (no chance to flush anything more) and
+    /// starts a new one on the same config and data directory.
+    pub fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, addr) = spawn_child(self.dir.path());
+        self.child = child;
+        self.addr = addr;
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .expect("valid uri")
+            .timeout(Duration::from_secs(30))
+            .connect()
+            .await
+            .expect("connect to prodgate")
+    }
+
+    /// A client authenticated as `name` (see [`token`]).
+    pub async fn client(&self, name: &str) -> Client {
+        self.client_with_token(&token(name)).await
+    }
+
+    pub async fn client_with_token(&self, token: &str) -> Client {
+        PromotionServiceClient::with_interceptor(
+            self.channel().await,
+            Bearer(Some(format!("Bearer {token}"))),
+        )
+    }
+
+    /// A client that sends no credentials.
+    pub async fn anonymous(&self) -> Client {
+        PromotionServiceClient::with_interceptor(self.channel().await, Bearer(None))
+    }
+}
+
+/// Runs `prodgate serve` in `dir` and returns once it is listening.
+fn spawn_child(dir: &Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_prodgate"))
+        .arg("serve")
+        .arg("--config")
+        .arg(dir.join("prodgate.toml"))
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .env("RUST_LOG", "prodgate=debug,info")
+        .stdout(Stdio::piped())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("server.log"))
+                .expect("open the server log"),
+        )
+        .spawn()
+        .expect("start prodgate serve");
+    // The server prints its address once the socket is bound, so connecting
+    // right after this line cannot race its start-up.
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read the server's first line");
+    match line.trim().strip_prefix("prodgate listening on ") {
+        Some(addr) => (child, addr.to_owned()),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "prodgate did not start; first line {line:?}; log:\n{}",
+                std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
+            );
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub type Client = PromotionServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// Adds `authorization` metadata to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<String>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut()
+                .insert("authorization", v.parse().expect("ascii token"));
+        }
+        Ok(req)
+    }
+}
