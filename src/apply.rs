@@ -4,6 +4,11 @@
 //! environment, in approval order. Transient registry errors are retried with
 //! capped, jittered exponential backoff; permanent ones end the promotion as
 //! FAILED.
+//!
+//! On shutdown the worker stops taking new promotions and lets each lane finish
+//! the tag move it is in (a safe point), so no move is left half-recorded. A
+//! crash instead leaves the promotion APPROVED; the next start applies it again,
+//! which is idempotent for the registry.
 
 use crate::domain::machine;
 use crate::domain::model::{Promotion, PromotionId, State};
@@ -15,34 +20,57 @@ use rand::Rng;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinSet;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// Applies approved promotions until the store's change stream closes.
-pub async fn run(store: Store, registry: Arc<dyn Registry>) {
+/// How long shutdown waits for tag moves in progress.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+
+/// Applies approved promotions until `stop` turns true (or the store closes),
+/// then waits up to [`SHUTDOWN_GRACE`] for the moves in progress.
+pub async fn run(store: Store, registry: Arc<dyn Registry>, mut stop: watch::Receiver<bool>) {
     // Subscribe before the scan so nothing approved in between is missed; a
     // promotion seen twice is skipped the second time by its state.
     let mut changes = store.subscribe();
     let mut lanes = Lanes {
         store: store.clone(),
         registry,
+        stop: stop.clone(),
         lanes: HashMap::new(),
+        tasks: JoinSet::new(),
     };
     lanes.enqueue_all_approved().await;
     loop {
-        match changes.recv().await {
-            Ok(p) if p.state == State::Approved => lanes.enqueue(&p),
-            Ok(_) => {}
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!(
-                    missed = n,
-                    "change stream lagged; rescanning approved promotions"
-                );
-                lanes.enqueue_all_approved().await;
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
+        tokio::select! {
+            _ = stopped(&mut stop) => break,
+            change = changes.recv() => match change {
+                Ok(p) if p.state == State::Approved => lanes.enqueue(&p),
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "change stream lagged; rescanning approved promotions");
+                    lanes.enqueue_all_approved().await;
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+        }
+    }
+    lanes.lanes.clear();
+    if tokio::time::timeout(SHUTDOWN_GRACE, lanes.tasks.join_all())
+        .await
+        .is_err()
+    {
+        tracing::warn!("tag moves still running at shutdown; they resume on the next start");
+    }
+}
+
+/// Completes once shutdown was asked for (or the server is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            return;
         }
     }
 }
@@ -50,7 +78,9 @@ pub async fn run(store: Store, registry: Arc<dyn Registry>) {
 struct Lanes {
     store: Store,
     registry: Arc<dyn Registry>,
+    stop: watch::Receiver<bool>,
     lanes: HashMap<(String, String), mpsc::UnboundedSender<PromotionId>>,
+    tasks: JoinSet<()>,
 }
 
 impl Lanes {
@@ -72,7 +102,12 @@ impl Lanes {
         let key = (p.repository.clone(), p.environment.clone());
         let lane = self.lanes.entry(key).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(run_lane(self.store.clone(), self.registry.clone(), rx));
+            self.tasks.spawn(run_lane(
+                self.store.clone(),
+                self.registry.clone(),
+                rx,
+                self.stop.clone(),
+            ));
             tx
         });
         // The lane task ends only when this sender is dropped.
@@ -84,9 +119,18 @@ async fn run_lane(
     store: Store,
     registry: Arc<dyn Registry>,
     mut rx: mpsc::UnboundedReceiver<PromotionId>,
+    mut stop: watch::Receiver<bool>,
 ) {
-    while let Some(id) = rx.recv().await {
-        apply_one(&store, registry.as_ref(), id).await;
+    loop {
+        let id = tokio::select! {
+            biased;
+            _ = stopped(&mut stop) => return,
+            id = rx.recv() => match id {
+                Some(id) => id,
+                None => return,
+            },
+        };
+        apply_one(&store, registry.as_ref(), id, &mut stop).await;
     }
 }
 
@@ -105,7 +149,12 @@ async fn current(store: &Store, id: PromotionId) -> Option<Promotion> {
     }
 }
 
-async fn apply_one(store: &Store, registry: &dyn Registry, id: PromotionId) {
+async fn apply_one(
+    store: &Store,
+    registry: &dyn Registry,
+    id: PromotionId,
+    stop: &mut watch::Receiver<bool>,
+) {
     let mut backoff = FIRST_BACKOFF;
     let mut attempt = 0u32;
     loop {
@@ -125,7 +174,19 @@ async fn apply_one(store: &Store, registry: &dyn Registry, id: PromotionId) {
             }),
         };
         match result {
-            Ok(moved) => {
+            Ok(mut moved) => {
+                if moved.previous_digest == p.digest {
+                    // Resumed after a crash between the push and its record:
+                    // the tag already carries this digest, so what it carried
+                    // before is the digest prodgate last moved it to.
+                    let store2 = store.clone();
+                    let (repo, env) = (p.repository.clone(), p.environment.clone());
+                    if let Ok(Ok(Some(d))) =
+                        tokio::task::spawn_blocking(move || store2.last_applied(&repo, &env)).await
+                    {
+                        moved.previous_digest = d;
+                    }
+                }
                 tracing::info!(promotion = id, repository = %p.repository, tag = %p.target_tag,
                     digest = %p.digest, previous = %moved.previous_digest, attempt, "tag applied");
                 record(store, id, Ok(moved)).await;
@@ -140,7 +201,11 @@ async fn apply_one(store: &Store, registry: &dyn Registry, id: PromotionId) {
                     _ => jitter(backoff),
                 };
                 tracing::warn!(promotion = id, attempt, error = %e, retry_in = ?wait, "tag move failed; retrying");
-                tokio::time::sleep(wait).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    // Stopping between attempts is safe: nothing was moved.
+                    _ = stopped(stop) => return,
+                }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             Err(e) => {

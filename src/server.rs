@@ -18,6 +18,9 @@ use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 
+/// How long shutdown waits for clients to finish their calls and hang up.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Largest request accepted; the biggest legitimate one is a few KiB of text.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
@@ -62,7 +65,8 @@ pub async fn run(
     )?);
     let promotions = Promotions::new(config.clone(), store.clone(), registry.clone());
 
-    let applier = tokio::spawn(apply::run(store.clone(), registry));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let applier = tokio::spawn(apply::run(store.clone(), registry, stop_rx));
     let sweeper = {
         let promotions = promotions.clone();
         let every = config.expiry_sweep_interval;
@@ -97,7 +101,8 @@ pub async fn run(
 
     let addr = listener.local_addr().ok();
     tracing::info!(?addr, data_dir = %config.data_dir.display(), "serving");
-    let result = tonic::transport::Server::builder()
+    let (draining_tx, draining) = tokio::sync::oneshot::channel::<()>();
+    let serve = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(authenticated)
@@ -109,12 +114,36 @@ pub async fn run(
                     .set_service_status("", ServingStatus::NotServing)
                     .await;
                 health.set_not_serving::<Svc>().await;
-                tracing::info!("shutting down");
+                tracing::info!("shutting down: no new connections, finishing in-flight calls");
+                let _ = draining_tx.send(());
             },
-        )
-        .await;
-    applier.abort();
+        );
+    // Graceful shutdown waits for every client to close its connection; one
+    // that never does must not keep the process alive past the grace period.
+    let result = tokio::select! {
+        r = serve => r,
+        _ = async {
+            if draining.await.is_ok() {
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; closing them");
+            Ok(())
+        }
+    };
+    // In-flight RPCs are done; let the worker reach a safe point, then flush.
     sweeper.abort();
+    let _ = stop_tx.send(true);
+    if let Err(e) = applier.await {
+        tracing::error!(error = %e, "apply worker failed");
+    }
+    let flushed = tokio::task::spawn_blocking(move || store.flush()).await;
+    if !matches!(flushed, Ok(Ok(()))) {
+        tracing::error!("final flush failed");
+    }
     result?;
+    tracing::info!("stopped");
     Ok(())
 }

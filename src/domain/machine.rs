@@ -176,7 +176,7 @@ pub fn approve(
         });
     }
     require_pending(p, "approved")?;
-    if false {
+    if p.approvals.iter().any(|a| a.approver == who.name) {
         return Ok(Outcome {
             promotion: p.clone(),
             event: None,

@@ -14,7 +14,7 @@
 mod keys;
 
 use crate::domain::audit::{AuditEntry, GENESIS, Hash, Verification, Verifier};
-use crate::domain::model::{Event, Promotion, PromotionId, State, Time};
+use crate::domain::model::{Action, Event, Promotion, PromotionId, State, Time};
 use serde::{Serialize, de::DeserializeOwned};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -367,6 +367,36 @@ impl Store {
             }
         }
         Ok(Page { items, more })
+    }
+
+    /// The digest prodgate last moved `environment`'s tag of `repository` to,
+    /// from the audit log.
+    pub fn last_applied(
+        &self,
+        repository: &str,
+        environment: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let prefix = keys::audit_by_repository_prefix(repository);
+        for kv in self.trees.index.scan_prefix(&prefix).rev() {
+            let (k, _) = kv?;
+            let Some(seq) = keys::tail_u64(&k) else {
+                continue;
+            };
+            let Some(v) = self.trees.audit.get(keys::u64_key(seq))? else {
+                continue;
+            };
+            let e = decode_entry(&keys::u64_key(seq), &v)?;
+            if e.event.environment == environment && e.event.action == Action::Applied {
+                return Ok(Some(e.event.digest));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Writes everything to disk (acknowledged writes already are).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.trees.db.flush()?;
+        Ok(())
     }
 
     /// Recomputes the whole chain from the stored entries.

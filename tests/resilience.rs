@@ -1,0 +1,383 @@
+//! Crash safety and registry faults against real processes: prodgate killed
+//! with SIGKILL mid-write, the registry frozen with SIGSTOP, graceful
+//! shutdown, and offline verification of a tampered audit log.
+
+mod support;
+
+use prodgate::pb::{
+    ApproveRequest, AuditAction, GetPromotionRequest, HistoryRequest, PromotionState,
+    RejectRequest, RequestPromotionRequest, VerifyAuditLogRequest,
+};
+use rand::Rng;
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::World;
+use support::server::Client;
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill {sig} {pid} failed");
+}
+
+fn request(repo: &str) -> RequestPromotionRequest {
+    RequestPromotionRequest {
+        repository: repo.to_owned(),
+        source: "staging".into(),
+        environment: "production".into(),
+        reason: "crash test".into(),
+        request_id: String::new(),
+    }
+}
+
+async fn history(c: &mut Client, promotion_id: &str) -> Vec<prodgate::pb::AuditEntry> {
+    let mut all = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = c
+            .history(HistoryRequest {
+                promotion_id: promotion_id.to_owned(),
+                page_size: 1000,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .expect("history")
+            .into_inner();
+        all.extend(page.entries);
+        if page.next_page_token.is_empty() {
+            return all;
+        }
+        token = page.next_page_token;
+    }
+}
+
+async fn get(c: &mut Client, id: &str) -> prodgate::pb::Promotion {
+    c.get_promotion(GetPromotionRequest {
+        promotion_id: id.to_owned(),
+    })
+    .await
+    .expect("get")
+    .into_inner()
+}
+
+/// Polls until `id` reaches `want`, failing after `limit`.
+async fn wait_for_state(c: &mut Client, id: &str, want: PromotionState, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let p = get(c, id).await;
+        if p.state == want as i32 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} never reached {want:?}: {p:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What a client was told, which must survive any crash.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Ack {
+    Requested,
+    Rejected,
+    Approved,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_sigkill() {
+    let cycles: usize = std::env::var("PRODGATE_CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let w = World::start().await;
+    w.registry.push_image("app", Some("staging"), 1024, 1).await;
+    let repo = w.repo("app");
+    let World {
+        registry: _registry,
+        mut server,
+    } = w;
+    let acks: Arc<Mutex<HashMap<String, Vec<Ack>>>> = Arc::default();
+    let mut rng = rand::rng();
+    for cycle in 0..cycles {
+        let mut workers = Vec::new();
+        for worker in 0..6 {
+            let mut alice = server.client("alice").await;
+            let mut bob = server.client("bob").await;
+            let acks = acks.clone();
+            let repo = repo.clone();
+            workers.push(tokio::spawn(async move {
+                for i in 0.. {
+                    let Ok(p) = alice.request_promotion(request(&repo)).await else {
+                        return;
+                    };
+                    let id = p.into_inner().id;
+                    acks.lock()
+                        .unwrap()
+                        .entry(id.clone())
+                        .or_default()
+                        .push(Ack::Requested);
+                    let decide = ApproveRequest {
+                        promotion_id: id.clone(),
+                        comment: String::new(),
+                    };
+                    // Mostly rejections; now and then a real tag move.
+                    let ack = if (worker + i) % 5 == 0 {
+                        bob.approve(decide).await.map(|_| Ack::Approved)
+                    } else {
+                        bob.reject(RejectRequest {
+                            promotion_id: id.clone(),
+                            comment: String::new(),
+                        })
+                        .await
+                        .map(|_| Ack::Rejected)
+                    };
+                    match ack {
+                        Ok(a) => acks.lock().unwrap().entry(id).or_default().push(a),
+                        Err(_) => return,
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(10..120))).await;
+        server.kill_and_restart();
+        for w in workers {
+            w.await.expect("worker");
+        }
+
+        let mut c = server.client("bob").await;
+        let v = c
+            .verify_audit_log(VerifyAuditLogRequest {})
+            .await
+            .expect("verify")
+            .into_inner();
+        assert!(v.ok, "cycle {cycle}: {v:?}");
+        let acks = acks.lock().unwrap().clone();
+        for (id, told) in &acks {
+            let p = get(&mut c, id).await;
+            let actions: Vec<i32> = history(&mut c, id).await.iter().map(|e| e.action).collect();
+            for a in told {
+                let (state_ok, action) = match a {
+                    Ack::Requested => (true, AuditAction::Requested),
+                    Ack::Rejected => (
+                        p.state == PromotionState::Rejected as i32,
+                        AuditAction::Rejected,
+                    ),
+                    Ack::Approved => (
+                        [PromotionState::Approved, PromotionState::Promoted]
+                            .iter()
+                            .any(|s| *s as i32 == p.state),
+                        AuditAction::Approved,
+                    ),
+                };
+                assert!(
+                    state_ok,
+                    "cycle {cycle}: {id} was acknowledged {a:?} but is {p:?}"
+                );
+                assert_eq!(
+                    actions.iter().filter(|x| **x == action as i32).count(),
+                    1,
+                    "cycle {cycle}: {id} acknowledged {a:?}; entries {actions:?}"
+                );
+            }
+        }
+    }
+    let acks = acks.lock().unwrap().clone();
+    assert!(
+        acks.len() >= cycles,
+        "too little work got through: {}",
+        acks.len()
+    );
+    // Every acknowledged approval ends as exactly one tag move.
+    let mut c = server.client("bob").await;
+    for (id, told) in acks.iter() {
+        if told.contains(&Ack::Approved) {
+            wait_for_state(
+                &mut c,
+                id,
+                PromotionState::Promoted,
+                Duration::from_secs(30),
+            )
+            .await;
+            let applied = history(&mut c, id)
+                .await
+                .iter()
+                .filter(|e| e.action == AuditAction::Applied as i32)
+                .count();
+            assert_eq!(applied, 1, "{id}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_frozen_registry_does_not_block_approval() {
+    let w = World::start().await;
+    let digest = w.registry.push_image("app", Some("staging"), 1024, 1).await;
+    let repo = w.repo("app");
+    let mut alice = w.server.client("alice").await;
+    let p = alice
+        .request_promotion(request(&repo))
+        .await
+        .expect("request")
+        .into_inner();
+    signal(w.registry.pid(), "-STOP");
+    let started = Instant::now();
+    let approved = w
+        .server
+        .client("bob")
+        .await
+        .approve(ApproveRequest {
+            promotion_id: p.id.clone(),
+            comment: String::new(),
+        })
+        .await;
+    let took = started.elapsed();
+    signal(w.registry.pid(), "-CONT");
+    let approved = approved.expect("approve").into_inner();
+    assert_eq!(approved.state, PromotionState::Approved as i32);
+    assert!(took < Duration::from_secs(2), "Approve took {took:?}");
+    wait_for_state(
+        &mut alice,
+        &p.id,
+        PromotionState::Promoted,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        w.registry.tag_digest("app", "production").await.as_deref(),
+        Some(digest.as_str())
+    );
+}
+
+#[tokio::test]
+async fn an_approved_move_resumes_after_a_crash() {
+    let w = World::start().await;
+    let digest = w.registry.push_image("app", Some("staging"), 1024, 1).await;
+    let repo = w.repo("app");
+    let World {
+        registry,
+        mut server,
+    } = w;
+    let p = server
+        .client("alice")
+        .await
+        .request_promotion(request(&repo))
+        .await
+        .expect("request")
+        .into_inner();
+    signal(registry.pid(), "-STOP");
+    let approved = server
+        .client("bob")
+        .await
+        .approve(ApproveRequest {
+            promotion_id: p.id.clone(),
+            comment: String::new(),
+        })
+        .await
+        .expect("approve")
+        .into_inner();
+    assert_eq!(approved.state, PromotionState::Approved as i32);
+    server.kill_and_restart();
+    signal(registry.pid(), "-CONT");
+    let mut c = server.client("alice").await;
+    wait_for_state(
+        &mut c,
+        &p.id,
+        PromotionState::Promoted,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        registry.tag_digest("app", "production").await.as_deref(),
+        Some(digest.as_str())
+    );
+    let actions: Vec<i32> = history(&mut c, &p.id)
+        .await
+        .iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            AuditAction::Requested as i32,
+            AuditAction::Approved as i32,
+            AuditAction::Applied as i32
+        ]
+    );
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_cleanly() {
+    let w = World::start().await;
+    w.registry.push_image("app", Some("staging"), 1024, 1).await;
+    let mut alice = w.server.client("alice").await;
+    alice
+        .request_promotion(request(&w.repo("app")))
+        .await
+        .expect("request");
+    let World {
+        registry: _r,
+        mut server,
+    } = w;
+    // Hang up first: terminate() blocks this (single-threaded) runtime, so the
+    // client could not answer the server's goodbye.
+    drop(alice);
+    let code = server.terminate();
+    assert_eq!(code, Some(0), "log:\n{}", server.log());
+    assert!(server.log().contains("stopped"), "{}", server.log());
+}
+
+#[tokio::test]
+async fn verify_log_offline_names_a_tampered_entry() {
+    let w = World::start().await;
+    w.registry.push_image("app", Some("staging"), 1024, 1).await;
+    let mut alice = w.server.client("alice").await;
+    for _ in 0..3 {
+        alice
+            .request_promotion(request(&w.repo("app")))
+            .await
+            .expect("request");
+    }
+    let World {
+        registry: _r,
+        mut server,
+    } = w;
+    drop(alice);
+    assert_eq!(server.terminate(), Some(0));
+    let data = server.data_dir();
+    let verify = || {
+        Command::new(env!("CARGO_BIN_EXE_prodgate"))
+            .args(["verify-log", "--data-dir"])
+            .arg(&data)
+            .output()
+            .expect("run verify-log")
+    };
+    let ok = verify();
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("3 entries"));
+    {
+        let db = sled::open(&data).expect("open data dir");
+        let audit = db.open_tree("audit").expect("audit tree");
+        let key = 2u64.to_be_bytes();
+        let stored = audit.get(key).expect("read").expect("entry 2");
+        let text = String::from_utf8(stored.to_vec()).expect("json");
+        assert!(text.contains("crash test"));
+        audit
+            .insert(
+                key,
+                text.replace("crash test", "nothing to see").into_bytes(),
+            )
+            .expect("tamper");
+        db.flush().expect("flush");
+    }
+    let bad = verify();
+    assert!(!bad.status.success());
+    let out = String::from_utf8_lossy(&bad.stdout);
+    assert!(out.contains("sequence 2"), "{out}");
+}
