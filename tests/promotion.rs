@@ -9,7 +9,7 @@ use prodgate::pb::{
     VerifyAuditLogRequest,
 };
 use sha2::{Digest, Sha256};
-use support::World;
+use support::{World, history};
 use support::server::Client;
 use tonic::Code;
 
@@ -32,26 +32,6 @@ fn approve(id: &str) -> ApproveRequest {
 
 fn state(p: &pb::Promotion) -> PromotionState {
     PromotionState::try_from(p.state).expect("known state")
-}
-
-async fn history(c: &mut Client, filter: HistoryRequest) -> Vec<pb::AuditEntry> {
-    let mut all = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = c
-            .history(HistoryRequest {
-                page_token: token.clone(),
-                ..filter.clone()
-            })
-            .await
-            .expect("history")
-            .into_inner();
-        all.extend(page.entries);
-        if page.next_page_token.is_empty() {
-            return all;
-        }
-        token = page.next_page_token;
-    }
 }
 
 async fn all_entries(c: &mut Client) -> Vec<pb::AuditEntry> {

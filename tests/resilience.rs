@@ -5,16 +5,16 @@
 mod support;
 
 use prodgate::pb::{
-    ApproveRequest, AuditAction, GetPromotionRequest, HistoryRequest, PromotionState,
-    RejectRequest, RequestPromotionRequest, VerifyAuditLogRequest,
+    ApproveRequest, AuditAction, HistoryRequest, PromotionState, RejectRequest,
+    RequestPromotionRequest, VerifyAuditLogRequest,
 };
 use rand::Rng;
 use std::collections::HashMap;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::World;
 use support::server::Client;
+use support::{World, get, wait_for_state};
 
 fn signal(pid: u32, sig: &str) {
     let ok = Command::new("kill")
@@ -36,50 +36,15 @@ fn request(repo: &str) -> RequestPromotionRequest {
 }
 
 async fn history(c: &mut Client, promotion_id: &str) -> Vec<prodgate::pb::AuditEntry> {
-    let mut all = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = c
-            .history(HistoryRequest {
-                promotion_id: promotion_id.to_owned(),
-                page_size: 1000,
-                page_token: token,
-                ..Default::default()
-            })
-            .await
-            .expect("history")
-            .into_inner();
-        all.extend(page.entries);
-        if page.next_page_token.is_empty() {
-            return all;
-        }
-        token = page.next_page_token;
-    }
-}
-
-async fn get(c: &mut Client, id: &str) -> prodgate::pb::Promotion {
-    c.get_promotion(GetPromotionRequest {
-        promotion_id: id.to_owned(),
-    })
+    support::history(
+        c,
+        HistoryRequest {
+            promotion_id: promotion_id.to_owned(),
+            page_size: 1000,
+            ..Default::default()
+        },
+    )
     .await
-    .expect("get")
-    .into_inner()
-}
-
-/// Polls until `id` reaches `want`, failing after `limit`.
-async fn wait_for_state(c: &mut Client, id: &str, want: PromotionState, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let p = get(c, id).await;
-        if p.state == want as i32 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{id} never reached {want:?}: {p:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// What a client was told, which must survive any crash.

@@ -26,3 +26,75 @@ impl World {
         format!("{}/{}", self.registry.host, path)
     }
 }
+
+use prodgate::pb::{self, GetPromotionRequest, HistoryRequest, PromotionState};
+use server::Client;
+use std::time::{Duration, Instant};
+
+/// Every History entry matching `filter`, following page tokens.
+pub async fn history(c: &mut Client, filter: HistoryRequest) -> Vec<pb::AuditEntry> {
+    let mut all = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = c
+            .history(HistoryRequest {
+                page_token: token,
+                ..filter.clone()
+            })
+            .await
+            .expect("history")
+            .into_inner();
+        all.extend(page.entries);
+        if page.next_page_token.is_empty() {
+            return all;
+        }
+        token = page.next_page_token;
+    }
+}
+
+/// The audit actions recorded for one promotion, in order.
+pub async fn actions_of(c: &mut Client, promotion_id: &str) -> Vec<pb::AuditAction> {
+    history(
+        c,
+        HistoryRequest {
+            promotion_id: promotion_id.to_owned(),
+            ..Default::default()
+        },
+    )
+    .await
+    .iter()
+    .map(|e| pb::AuditAction::try_from(e.action).expect("known action"))
+    .collect()
+}
+
+pub async fn get(c: &mut Client, id: &str) -> pb::Promotion {
+    c.get_promotion(GetPromotionRequest {
+        promotion_id: id.to_owned(),
+    })
+    .await
+    .expect("get")
+    .into_inner()
+}
+
+/// Polls until `id` reaches `want`, failing after `limit`. The states come
+/// from a background worker in another process, so polling is the only way
+/// to observe them.
+pub async fn wait_for_state(
+    c: &mut Client,
+    id: &str,
+    want: PromotionState,
+    limit: Duration,
+) -> pb::Promotion {
+    let deadline = Instant::now() + limit;
+    loop {
+        let p = get(c, id).await;
+        if p.state == want as i32 {
+            return p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} never reached {want:?}: {p:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

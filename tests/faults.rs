@@ -1,0 +1,207 @@
+//! Registry faults injected by a proxy in front of the real registry:
+//! transient errors are retried (honouring Retry-After), permanent ones fail
+//! the promotion at once.
+
+mod support;
+
+use prodgate::pb::{ApproveRequest, AuditAction, PromotionState, RequestPromotionRequest};
+use std::time::Duration;
+use support::proxy::{Fault, FaultProxy};
+use support::registry::TestRegistry;
+use support::server::{Client, TestServer, standard_config};
+use support::{actions_of, wait_for_state};
+
+/// prodgate talks to the registry only through the proxy.
+struct Faulty {
+    registry: TestRegistry,
+    proxy: FaultProxy,
+    server: TestServer,
+}
+
+impl Faulty {
+    async fn start() -> Faulty {
+        let registry = TestRegistry::start().await;
+        let proxy = FaultProxy::start(&registry.host).await;
+        let server = TestServer::start(&standard_config(&proxy.host));
+        Faulty {
+            registry,
+            proxy,
+            server,
+        }
+    }
+
+    /// A pending production promotion of a freshly pushed image.
+    async fn pending(&self) -> (String, String, Client) {
+        let digest = self
+            .registry
+            .push_image("app", Some("staging"), 4096, 1)
+            .await;
+        let mut alice = self.server.client("alice").await;
+        let p = alice
+            .request_promotion(RequestPromotionRequest {
+                repository: format!("{}/app", self.proxy.host),
+                source: "staging".into(),
+                environment: "production".into(),
+                reason: "faults".into(),
+                request_id: String::new(),
+            })
+            .await
+            .expect("request")
+            .into_inner();
+        (p.id, digest, alice)
+    }
+
+    async fn approve(&self, id: &str) -> prodgate::pb::Promotion {
+        self.server
+            .client("bob")
+            .await
+            .approve(ApproveRequest {
+                promotion_id: id.to_owned(),
+                comment: String::new(),
+            })
+            .await
+            .expect("approve")
+            .into_inner()
+    }
+}
+
+#[tokio::test]
+async fn transient_errors_are_retried_until_the_tag_moves() {
+    let f = Faulty::start().await;
+    let (id, digest, mut alice) = f.pending().await;
+    let put = "/manifests/production";
+    f.proxy.inject(
+        "PUT",
+        put,
+        Fault::Status {
+            code: 503,
+            retry_after: None,
+        },
+        2,
+    );
+    f.proxy.inject("PUT", put, Fault::Drop, 1);
+    f.proxy.inject(
+        "GET",
+        "/manifests/sha256:",
+        Fault::Status {
+            code: 500,
+            retry_after: None,
+        },
+        1,
+    );
+    f.approve(&id).await;
+    wait_for_state(
+        &mut alice,
+        &id,
+        PromotionState::Promoted,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        f.registry.tag_digest("app", "production").await.as_deref(),
+        Some(digest.as_str())
+    );
+    let puts: Vec<_> = f
+        .proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PUT" && r.path.ends_with(put))
+        .collect();
+    assert_eq!(puts.len(), 4, "{puts:?}");
+    assert!(puts[..3].iter().all(|r| r.fault.is_some()));
+    assert_eq!(puts[3].status, 201);
+    assert_eq!(
+        actions_of(&mut alice, &id).await,
+        [
+            AuditAction::Requested,
+            AuditAction::Approved,
+            AuditAction::Applied
+        ],
+        "attempts are logged, not audited one by one"
+    );
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let f = Faulty::start().await;
+    let (id, _, mut alice) = f.pending().await;
+    f.proxy.inject(
+        "GET",
+        "/manifests/sha256:",
+        Fault::Status {
+            code: 429,
+            retry_after: Some(2),
+        },
+        1,
+    );
+    f.approve(&id).await;
+    wait_for_state(
+        &mut alice,
+        &id,
+        PromotionState::Promoted,
+        Duration::from_secs(30),
+    )
+    .await;
+    let gets: Vec<_> = f
+        .proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path.contains("/manifests/sha256:"))
+        .collect();
+    assert_eq!(gets.len(), 2, "{gets:?}");
+    assert_eq!(gets[0].status, 429);
+    let waited = gets[1].at - gets[0].at;
+    assert!(
+        waited >= Duration::from_millis(1900),
+        "retried after {waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn permanent_errors_fail_fast() {
+    for (code, needle) in [
+        (401u16, "credentials"),
+        (403, "credentials"),
+        (404, "not in the registry"),
+    ] {
+        let f = Faulty::start().await;
+        let (id, _, mut alice) = f.pending().await;
+        f.proxy.inject(
+            "GET",
+            "/manifests/sha256:",
+            Fault::Status {
+                code,
+                retry_after: None,
+            },
+            10,
+        );
+        let answer = f.approve(&id).await;
+        // A permanent failure is terminal within Approve's wait for the move.
+        assert_eq!(
+            answer.state,
+            PromotionState::Failed as i32,
+            "{code}: {answer:?}"
+        );
+        assert!(
+            answer.failure_message.contains(needle),
+            "{code}: {}",
+            answer.failure_message
+        );
+        let tries = f
+            .proxy
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "GET" && r.path.contains("/manifests/sha256:"))
+            .count();
+        assert!(tries <= 2, "{code}: {tries} attempts");
+        assert_eq!(f.registry.tag_digest("app", "production").await, None);
+        assert_eq!(
+            actions_of(&mut alice, &id).await,
+            [
+                AuditAction::Requested,
+                AuditAction::Approved,
+                AuditAction::ApplyFailed
+            ]
+        );
+    }
+}
