@@ -9,8 +9,8 @@ use prodgate::pb::{
     VerifyAuditLogRequest,
 };
 use sha2::{Digest, Sha256};
-use support::{World, history};
 use support::server::Client;
+use support::{World, history};
 use tonic::Code;
 
 fn request(repo: &str, source: &str, env: &str) -> RequestPromotionRequest {

@@ -346,3 +346,116 @@ async fn verify_log_offline_names_a_tampered_entry() {
     let out = String::from_utf8_lossy(&bad.stdout);
     assert!(out.contains("sequence 2"), "{out}");
 }
+
+/// A small tmpfs mounted over a temp dir, unmounted on drop. Needs root, as
+/// the tests and CI run here.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount() -> Tmpfs {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount")
+            .success();
+        assert!(ok, "mounting a tmpfs needs root");
+        Tmpfs { dir }
+    }
+
+    /// Takes every free byte, so the next write fails with ENOSPC.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.filler()).expect("create filler");
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        // Sub-chunk leftovers.
+        while f.write_all(&[0]).is_ok() {}
+    }
+
+    fn unfill(&self) {
+        std::fs::remove_file(self.filler()).expect("remove filler");
+    }
+
+    fn filler(&self) -> std::path::PathBuf {
+        self.dir.path().join("filler")
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_fails_closed() {
+    let fs = Tmpfs::mount();
+    let registry = support::registry::TestRegistry::start().await;
+    registry.push_image("app", Some("staging"), 1024, 1).await;
+    let repo = format!("{}/app", registry.host);
+    let mut server = support::server::TestServer::start_with_data_dir(
+        &support::server::standard_config(&registry.host),
+        &fs.dir.path().join("data"),
+    );
+    let mut alice = server.client("alice").await;
+    let p = alice
+        .request_promotion(request(&repo))
+        .await
+        .expect("request")
+        .into_inner();
+
+    fs.fill();
+    // sled still has room in the log segment it is writing; keep writing until
+    // it needs more, which the full disk refuses.
+    let mut acknowledged = 0;
+    let refusal = loop {
+        match alice.request_promotion(request(&repo)).await {
+            Ok(_) => acknowledged += 1,
+            Err(e) => break e,
+        }
+        assert!(acknowledged < 20_000, "the disk never filled up");
+    };
+    assert_eq!(refusal.code(), tonic::Code::Unavailable, "{refusal:?}");
+    assert!(
+        refusal.message().contains("nothing was changed"),
+        "{}",
+        refusal.message()
+    );
+    // From now on every change is refused, the approval included.
+    let e = server
+        .client("bob")
+        .await
+        .approve(ApproveRequest {
+            promotion_id: p.id.clone(),
+            comment: String::new(),
+        })
+        .await
+        .expect_err("cannot be recorded");
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert_eq!(registry.tag_digest("app", "production").await, None);
+
+    fs.unfill();
+    server.kill_and_restart();
+    let mut c = server.client("alice").await;
+    let after = get(&mut c, &p.id).await;
+    assert_eq!(
+        after.state,
+        PromotionState::PendingApproval as i32,
+        "{after:?}"
+    );
+    assert_eq!(history(&mut c, "").await.len(), 1 + acknowledged);
+    let v = c
+        .verify_audit_log(VerifyAuditLogRequest {})
+        .await
+        .expect("verify")
+        .into_inner();
+    assert!(v.ok, "{v:?}");
+    assert_eq!(registry.tag_digest("app", "production").await, None);
+}

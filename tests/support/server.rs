@@ -89,6 +89,7 @@ pub struct TestServer {
     pub addr: String,
     child: Child,
     dir: TempDir,
+    data_dir: PathBuf,
 }
 
 impl TestServer {
@@ -99,16 +100,32 @@ impl TestServer {
             .tempdir()
             .expect("create a temp dir for the server");
         std::fs::write(dir.path().join("prodgate.toml"), config).expect("write the config");
-        Self::spawn(dir)
+        let data_dir = dir.path().join("data");
+        Self::spawn(dir, data_dir)
     }
 
-    fn spawn(dir: TempDir) -> TestServer {
-        let (child, addr) = spawn_child(dir.path());
-        TestServer { addr, child, dir }
+    /// Like [`TestServer::start`], with the data directory at `data_dir`.
+    pub fn start_with_data_dir(config: &str, data_dir: &Path) -> TestServer {
+        let dir = tempfile::Builder::new()
+            .prefix("prodgate-test-")
+            .tempdir()
+            .expect("create a temp dir for the server");
+        std::fs::write(dir.path().join("prodgate.toml"), config).expect("write the config");
+        Self::spawn(dir, data_dir.to_owned())
+    }
+
+    fn spawn(dir: TempDir, data_dir: PathBuf) -> TestServer {
+        let (child, addr) = spawn_child(dir.path(), &data_dir);
+        TestServer {
+            addr,
+            child,
+            dir,
+            data_dir,
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.data_dir.clone()
     }
 
     pub fn dir(&self) -> &Path {
@@ -128,7 +145,7 @@ impl TestServer {
     pub fn kill_and_restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (child, addr) = spawn_child(self.dir.path());
+        let (child, addr) = spawn_child(self.dir.path(), &self.data_dir);
         self.child = child;
         self.addr = addr;
     }
@@ -171,7 +188,7 @@ impl TestServer {
 }
 
 /// Runs `prodgate serve` in `dir` and returns once it is listening.
-fn spawn_child(dir: &Path) -> (Child, String) {
+fn spawn_child(dir: &Path, data_dir: &Path) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_prodgate"))
         .arg("serve")
         .arg("--config")
@@ -179,7 +196,7 @@ fn spawn_child(dir: &Path) -> (Child, String) {
         .arg("--listen")
         .arg("127.0.0.1:0")
         .arg("--data-dir")
-        .arg(dir.join("data"))
+        .arg(data_dir)
         .env("RUST_LOG", "prodgate=debug,info")
         .stdout(Stdio::piped())
         .stderr(
