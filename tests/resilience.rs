@@ -459,3 +459,47 @@ async fn a_full_disk_fails_closed() {
     assert!(v.ok, "{v:?}");
     assert_eq!(registry.tag_digest("app", "production").await, None);
 }
+
+#[tokio::test]
+async fn moves_of_one_tag_apply_in_approval_order() {
+    let w = World::start().await;
+    let repo = w.repo("app");
+    let mut alice = w.server.client("alice").await;
+    let mut bob = w.server.client("bob").await;
+    let a = w.registry.push_image("app", Some("staging"), 1024, 1).await;
+    let first = alice
+        .request_promotion(request(&repo))
+        .await
+        .expect("request")
+        .into_inner();
+    let b = w.registry.push_image("app", Some("staging"), 1024, 2).await;
+    let second = alice
+        .request_promotion(request(&repo))
+        .await
+        .expect("request")
+        .into_inner();
+    signal(w.registry.pid(), "-STOP");
+    // Approved in the opposite order of their requests.
+    for id in [&second.id, &first.id] {
+        let p = bob
+            .approve(ApproveRequest {
+                promotion_id: id.clone(),
+                comment: String::new(),
+            })
+            .await
+            .expect("approve")
+            .into_inner();
+        assert_eq!(p.state, PromotionState::Approved as i32);
+    }
+    signal(w.registry.pid(), "-CONT");
+    let limit = Duration::from_secs(30);
+    let s = wait_for_state(&mut alice, &second.id, PromotionState::Promoted, limit).await;
+    let f = wait_for_state(&mut alice, &first.id, PromotionState::Promoted, limit).await;
+    let at = |p: &prodgate::pb::Promotion| p.promoted_at.map(|t| (t.seconds, t.nanos));
+    assert!(at(&s) < at(&f), "{s:?} {f:?}");
+    assert_eq!(f.previous_digest, b);
+    assert_eq!(
+        w.registry.tag_digest("app", "production").await.as_deref(),
+        Some(a.as_str())
+    );
+}
