@@ -181,10 +181,11 @@ async fn apply_one(
                     // before is the digest prodgate last moved it to.
                     let store2 = store.clone();
                     let (repo, env) = (p.repository.clone(), p.environment.clone());
-                    if let Ok(Ok(Some(d))) =
-                        tokio::task::spawn_blocking(move || store2.last_applied(&repo, &env)).await
+                    if let Ok(Ok(Some(e))) =
+                        tokio::task::spawn_blocking(move || store2.deployed_at(&repo, &env, None))
+                            .await
                     {
-                        moved.previous_digest = d;
+                        moved.previous_digest = e.event.digest;
                     }
                 }
                 tracing::info!(promotion = id, repository = %p.repository, tag = %p.target_tag,

@@ -28,6 +28,12 @@ pub enum Error {
         request_id: String,
         promotion_id: u64,
     },
+    #[error("prodgate has not moved the {environment} tag of {repository} (as of {at})")]
+    NothingDeployed {
+        repository: String,
+        environment: String,
+        at: String,
+    },
     #[error("promotion {id} expired at {expires_at} without enough approvals")]
     Expired { id: u64, expires_at: String },
     #[error(transparent)]

@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::registry::Registry;
 use crate::store::{HistoryFilter, ListFilter, Page, Store, StoreError, Tx};
 use std::sync::Arc;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 /// A validated RequestPromotion.
 #[derive(Debug, Clone)]
@@ -299,6 +299,63 @@ impl Promotions {
     ) -> Result<Page<AuditEntry>, Error> {
         let store = self.store.clone();
         blocking(move || store.history(&filter, after, limit)).await
+    }
+
+    /// The current state of `id` now, then every change until a terminal
+    /// state or until the receiver is dropped.
+    pub async fn watch(&self, id: PromotionId) -> Result<mpsc::Receiver<Promotion>, Error> {
+        // Subscribe before reading, so no change between the two is missed.
+        let mut changes = self.store.subscribe();
+        let first = self.get(id).await?;
+        let (tx, rx) = mpsc::channel(16);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut last = first;
+            if tx.send(last.clone()).await.is_err() {
+                return;
+            }
+            while !last.state.is_terminal() {
+                let next = tokio::select! {
+                    _ = tx.closed() => return,
+                    change = changes.recv() => match change {
+                        Ok(p) if p.id == id => p,
+                        Ok(_) => continue,
+                        // Missed changes: the record is the truth.
+                        Err(broadcast::error::RecvError::Lagged(_)) => match this.get(id).await {
+                            Ok(p) => p,
+                            Err(_) => return,
+                        },
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                };
+                if next != last {
+                    last = next;
+                    if tx.send(last.clone()).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    /// The APPLIED entry behind what `environment`'s tag carried at `at`.
+    pub async fn deployed(
+        &self,
+        repository: &Repository,
+        environment: &str,
+        at: Option<Time>,
+    ) -> Result<AuditEntry, Error> {
+        self.policy(environment)?;
+        let store = self.store.clone();
+        let (repo, env) = (repository.to_string(), environment.to_owned());
+        blocking(move || store.deployed_at(&repo, &env, at))
+            .await?
+            .ok_or_else(|| Error::NothingDeployed {
+                repository: repository.to_string(),
+                environment: environment.to_owned(),
+                at: at.map_or_else(|| "now".to_owned(), |t| crate::api::convert::rfc3339(t)),
+            })
     }
 
     pub async fn verify(&self) -> Result<Verification, Error> {

@@ -12,7 +12,9 @@ impl From<Error> for Status {
         let msg = e.to_string();
         match e {
             Error::InvalidArgument { .. } => Status::invalid_argument(msg),
-            Error::PromotionNotFound(_) | Error::SourceNotFound(_) => Status::not_found(msg),
+            Error::PromotionNotFound(_)
+            | Error::SourceNotFound(_)
+            | Error::NothingDeployed { .. } => Status::not_found(msg),
             Error::PrerequisiteNotMet(_) | Error::Expired { .. } => {
                 Status::failed_precondition(msg)
             }

@@ -24,8 +24,49 @@ fn token_error(e: String) -> Status {
     Status::invalid_argument(format!("page_token {e}"))
 }
 
+type PromotionStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Promotion, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl PromotionService for PromotionApi {
+    type WatchPromotionStream = PromotionStream;
+
+    async fn watch_promotion(
+        &self,
+        req: Request<pb::WatchPromotionRequest>,
+    ) -> Result<Response<Self::WatchPromotionStream>, Status> {
+        principal(&req)?;
+        let id = convert::promotion_id(&req.get_ref().promotion_id)?;
+        let changes = self.promotions.watch(id).await?;
+        let stream = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::ReceiverStream::new(changes),
+            |p| Ok(convert::promotion(&p)),
+        );
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_deployed(
+        &self,
+        req: Request<pb::GetDeployedRequest>,
+    ) -> Result<Response<pb::Deployed>, Status> {
+        principal(&req)?;
+        let r = req.into_inner();
+        let repository = convert::repository("repository", &r.repository)?;
+        if r.environment.is_empty() {
+            return Err(Status::invalid_argument("environment: is required"));
+        }
+        let at = r.at.as_ref().map(|t| convert::time("at", t)).transpose()?;
+        let e = self
+            .promotions
+            .deployed(&repository, &r.environment, at)
+            .await?;
+        Ok(Response::new(pb::Deployed {
+            digest: e.event.digest,
+            promotion_id: e.event.promotion_id.to_string(),
+            since: Some(convert::timestamp(e.time)),
+        }))
+    }
+
     async fn request_promotion(
         &self,
         req: Request<pb::RequestPromotionRequest>,

@@ -369,14 +369,16 @@ impl Store {
         Ok(Page { items, more })
     }
 
-    /// The digest prodgate last moved `environment`'s tag of `repository` to,
-    /// from the audit log.
-    pub fn last_applied(
+    /// The APPLIED entry that put `environment`'s tag of `repository` where it
+    /// was at `at` (now if `None`): the last one at or before that moment.
+    pub fn deployed_at(
         &self,
         repository: &str,
         environment: &str,
-    ) -> Result<Option<String>, StoreError> {
+        at: Option<Time>,
+    ) -> Result<Option<AuditEntry>, StoreError> {
         let prefix = keys::audit_by_repository_prefix(repository);
+        // Newest first; entry times never decrease along the sequence.
         for kv in self.trees.index.scan_prefix(&prefix).rev() {
             let (k, _) = kv?;
             let Some(seq) = keys::tail_u64(&k) else {
@@ -386,8 +388,11 @@ impl Store {
                 continue;
             };
             let e = decode_entry(&keys::u64_key(seq), &v)?;
+            if at.is_some_and(|t| e.time > t) {
+                continue;
+            }
             if e.event.environment == environment && e.event.action == Action::Applied {
-                return Ok(Some(e.event.digest));
+                return Ok(Some(e));
             }
         }
         Ok(None)
