@@ -354,7 +354,7 @@ impl Promotions {
             .ok_or_else(|| Error::NothingDeployed {
                 repository: repository.to_string(),
                 environment: environment.to_owned(),
-                at: at.map_or_else(|| "now".to_owned(), |t| crate::api::convert::rfc3339(t)),
+                at: at.map_or_else(|| "now".to_owned(), Time::rfc3339),
             })
     }
 
@@ -371,7 +371,7 @@ fn expire_due(tx: &mut Tx<'_>, p: &Promotion, now: Time) -> Result<(), Error> {
             tx.commit(Some(p), &o.promotion, o.event)?;
             Err(Error::Expired {
                 id: p.id,
-                expires_at: crate::api::convert::rfc3339(p.expires_at),
+                expires_at: p.expires_at.rfc3339(),
             })
         }
         None => Ok(()),

@@ -6,7 +6,6 @@ use crate::domain::names::{Repository, Source};
 use crate::error::Error;
 use crate::pb;
 use crate::promotions::RequestInput;
-use std::time::{Duration, UNIX_EPOCH};
 
 /// Longest free-text field (reason, comment).
 pub const MAX_TEXT: usize = 4096;
@@ -39,13 +38,6 @@ pub fn time(field: &'static str, ts: &prost_types::Timestamp) -> Result<Time, Er
         seconds: ts.seconds,
         nanos,
     })
-}
-
-/// `2026-11-26T18:00:00.123456789Z`, for messages.
-pub fn rfc3339(t: Time) -> String {
-    let secs = u64::try_from(t.seconds).unwrap_or(0);
-    let st = UNIX_EPOCH + Duration::new(secs, t.nanos);
-    humantime::format_rfc3339_nanos(st).to_string()
 }
 
 pub fn state(s: State) -> pb::PromotionState {

@@ -30,6 +30,13 @@ impl Time {
         Self::from_system(SystemTime::now())
     }
 
+    /// `2026-11-26T18:00:00.123456789Z`, for messages.
+    pub fn rfc3339(self) -> String {
+        let secs = u64::try_from(self.seconds).unwrap_or(0);
+        let st = UNIX_EPOCH + Duration::new(secs, self.nanos);
+        humantime::format_rfc3339_nanos(st).to_string()
+    }
+
     pub fn plus(self, d: Duration) -> Self {
         let total = i128::from(self.nanos) + i128::from(d.subsec_nanos());
         let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
