@@ -48,6 +48,12 @@ struct RawConfig {
     apply_wait: Option<String>,
     registry_timeout: Option<String>,
     expiry_sweep_interval: Option<String>,
+    metrics_listen: Option<String>,
+    log_format: Option<String>,
+    docker_config: Option<PathBuf>,
+    tls: Option<RawTls>,
+    #[serde(default)]
+    notify: Vec<RawNotify>,
     #[serde(default)]
     registry: Vec<RawRegistry>,
     #[serde(default)]
@@ -62,13 +68,32 @@ struct RawRegistry {
     host: String,
     #[serde(default)]
     insecure: bool,
+    username: Option<String>,
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    url: String,
+    events: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPrincipal {
     name: String,
-    token_sha256: String,
+    token_sha256: Option<String>,
+    certificate_cn: Option<String>,
     #[serde(default)]
     groups: Vec<String>,
 }
@@ -87,17 +112,97 @@ struct RawEnvironment {
     approval_ttl: Option<String>,
 }
 
+/// How prodgate authenticates to a registry. The secret is read at start-up
+/// from the environment or a file, never from the config itself, and is
+/// never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryCredentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryCredentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistryConfig {
     pub host: String,
     pub insecure: bool,
+    /// From `username` + `password_env`/`password_file`, else from the
+    /// Docker config's `auths`, else none (anonymous).
+    pub credentials: Option<RegistryCredentials>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrincipalConfig {
     pub name: String,
-    pub token_sha256: [u8; 32],
+    /// SHA-256 of the principal's bearer token, if it uses one.
+    pub token_sha256: Option<[u8; 32]>,
+    /// Common name of the principal's client certificate (mTLS), if any.
+    pub certificate_cn: Option<String>,
     pub groups: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by this CA.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Events a webhook can subscribe to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NotifyEvent {
+    Requested,
+    Approved,
+    Promoted,
+    Rejected,
+    Failed,
+    Cancelled,
+    Expired,
+}
+
+impl NotifyEvent {
+    pub const ALL: [NotifyEvent; 7] = [
+        NotifyEvent::Requested,
+        NotifyEvent::Approved,
+        NotifyEvent::Promoted,
+        NotifyEvent::Rejected,
+        NotifyEvent::Failed,
+        NotifyEvent::Cancelled,
+        NotifyEvent::Expired,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            NotifyEvent::Requested => "requested",
+            NotifyEvent::Approved => "approved",
+            NotifyEvent::Promoted => "promoted",
+            NotifyEvent::Rejected => "rejected",
+            NotifyEvent::Failed => "failed",
+            NotifyEvent::Cancelled => "cancelled",
+            NotifyEvent::Expired => "expired",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifyConfig {
+    pub url: String,
+    pub events: Vec<NotifyEvent>,
 }
 
 /// The validated configuration.
@@ -108,6 +213,10 @@ pub struct Config {
     pub apply_wait: Duration,
     pub registry_timeout: Duration,
     pub expiry_sweep_interval: Duration,
+    pub metrics_listen: Option<String>,
+    pub log_format: LogFormat,
+    pub tls: Option<TlsConfig>,
+    pub notify: Vec<NotifyConfig>,
     pub registries: Vec<RegistryConfig>,
     pub principals: Vec<PrincipalConfig>,
     pub environments: Vec<EnvironmentPolicy>,
@@ -179,6 +288,7 @@ impl RawConfig {
                 format!("{listen:?} is not an address like \"127.0.0.1:50051\""),
             ));
         }
+        let docker_auths = docker_config_auths(self.docker_config.as_deref())?;
         let mut registries = Vec::new();
         let mut hosts = HashSet::new();
         for (i, r) in self.registry.into_iter().enumerate() {
@@ -189,9 +299,11 @@ impl RawConfig {
             if !hosts.insert(r.host.clone()) {
                 return Err(invalid(key, format!("{:?} is listed twice", r.host)));
             }
+            let credentials = registry_credentials(i, &r, docker_auths.as_ref())?;
             registries.push(RegistryConfig {
                 host: r.host,
                 insecure: r.insecure,
+                credentials,
             });
         }
         let mut principals = Vec::new();
@@ -210,19 +322,35 @@ impl RawConfig {
                     format!("{:?} is listed twice", p.name),
                 ));
             }
-            let mut token_sha256 = [0u8; 32];
-            hex::decode_to_slice(&p.token_sha256, &mut token_sha256).map_err(|_| {
-                invalid(
-                    format!("principal[{i}].token_sha256"),
-                    "must be 64 hex characters: the SHA-256 of the token (`printf %s TOKEN | sha256sum`)",
-                )
-            })?;
+            let token_sha256 = match &p.token_sha256 {
+                Some(hex_hash) => {
+                    let mut h = [0u8; 32];
+                    hex::decode_to_slice(hex_hash, &mut h).map_err(|_| {
+                        invalid(
+                            format!("principal[{i}].token_sha256"),
+                            "must be 64 hex characters: the SHA-256 of the token (`printf %s TOKEN | sha256sum`)",
+                        )
+                    })?;
+                    Some(h)
+                }
+                None => None,
+            };
+            if let Some(cn) = &p.certificate_cn {
+                check_name(&format!("principal[{i}].certificate_cn"), cn)?;
+            }
+            if token_sha256.is_none() && p.certificate_cn.is_none() {
+                return Err(invalid(
+                    format!("principal[{i}]"),
+                    "needs token_sha256 or certificate_cn to authenticate",
+                ));
+            }
             for (j, g) in p.groups.iter().enumerate() {
                 check_name(&format!("principal[{i}].groups[{j}]"), g)?;
             }
             principals.push(PrincipalConfig {
                 name: p.name,
                 token_sha256,
+                certificate_cn: p.certificate_cn,
                 groups: p.groups,
             });
         }
@@ -283,7 +411,68 @@ impl RawConfig {
                 )?,
             });
         }
+        let metrics_listen = match self.metrics_listen {
+            Some(m) if m.parse::<std::net::SocketAddr>().is_err() => {
+                return Err(invalid(
+                    "metrics_listen",
+                    format!("{m:?} is not an address like \"127.0.0.1:9090\""),
+                ));
+            }
+            m => m,
+        };
+        let log_format = match self.log_format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(invalid(
+                    "log_format",
+                    format!("{other:?} is not one of \"text\", \"json\""),
+                ));
+            }
+        };
+        let tls = self.tls.map(|t| TlsConfig {
+            cert: t.cert,
+            key: t.key,
+            client_ca: t.client_ca,
+        });
+        let cert_principals = principals.iter().any(|p| p.certificate_cn.is_some());
+        if cert_principals && tls.as_ref().is_none_or(|t| t.client_ca.is_none()) {
+            return Err(invalid(
+                "tls.client_ca",
+                "principals with certificate_cn need [tls] with client_ca",
+            ));
+        }
+        let mut notify = Vec::new();
+        for (i, n) in self.notify.into_iter().enumerate() {
+            if !(n.url.starts_with("http://") || n.url.starts_with("https://")) {
+                return Err(invalid(
+                    format!("notify[{i}].url"),
+                    format!("{:?} is not an http(s) URL", n.url),
+                ));
+            }
+            let mut events = Vec::new();
+            for (j, e) in n.events.iter().enumerate() {
+                let ev = NotifyEvent::ALL
+                    .into_iter()
+                    .find(|x| x.name() == e)
+                    .ok_or_else(|| {
+                        invalid(
+                            format!("notify[{i}].events[{j}]"),
+                            format!(
+                                "{e:?} is not one of {}",
+                                NotifyEvent::ALL.map(NotifyEvent::name).join(", ")
+                            ),
+                        )
+                    })?;
+                events.push(ev);
+            }
+            notify.push(NotifyConfig { url: n.url, events });
+        }
         Ok(Config {
+            metrics_listen,
+            log_format,
+            tls,
+            notify,
             listen,
             data_dir: self
                 .data_dir
@@ -308,6 +497,123 @@ impl RawConfig {
             environments,
         })
     }
+}
+
+/// `username` + `password_env`/`password_file` of `registry[i]`, or the
+/// Docker config's entry for its host.
+fn registry_credentials(
+    i: usize,
+    r: &RawRegistry,
+    docker_auths: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> Result<Option<RegistryCredentials>, ConfigError> {
+    let key = |f: &str| format!("registry[{i}].{f}");
+    let password = match (&r.password_env, &r.password_file) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                key("password_env"),
+                "set password_env or password_file, not both",
+            ));
+        }
+        (Some(var), None) => Some(std::env::var(var).map_err(|_| {
+            invalid(
+                key("password_env"),
+                format!("environment variable {var} is not set"),
+            )
+        })?),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| {
+                    invalid(
+                        key("password_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    match (&r.username, password) {
+        (Some(u), Some(p)) => Ok(Some(RegistryCredentials {
+            username: u.clone(),
+            password: p,
+        })),
+        (Some(_), None) => Err(invalid(
+            key("username"),
+            "needs password_env or password_file",
+        )),
+        (None, Some(_)) => Err(invalid(key("username"), "is required with a password")),
+        (None, None) => Ok(docker_auths.and_then(|a| docker_auth_for(a, &r.host))),
+    }
+}
+
+/// Where Docker keeps credentials: `$DOCKER_CONFIG/config.json`, else
+/// `~/.docker/config.json`.
+fn default_docker_config() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("DOCKER_CONFIG") {
+        return Some(PathBuf::from(dir).join("config.json"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker").join("config.json"))
+}
+
+/// The `auths` map of a Docker config. An explicitly named file must exist;
+/// the default location is optional.
+fn docker_config_auths(
+    explicit: Option<&Path>,
+) -> Result<Option<serde_json::Map<String, serde_json::Value>>, ConfigError> {
+    let path = match explicit {
+        Some(p) => p.to_owned(),
+        None => match default_docker_config() {
+            Some(p) if p.exists() => p,
+            _ => return Ok(None),
+        },
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        invalid(
+            "docker_config",
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        invalid(
+            "docker_config",
+            format!("{} is not JSON: {e}", path.display()),
+        )
+    })?;
+    Ok(v.get("auths").and_then(|a| a.as_object()).cloned())
+}
+
+/// A `user:password` entry of `auths` for `host` (keys may carry a scheme).
+fn docker_auth_for(
+    auths: &serde_json::Map<String, serde_json::Value>,
+    host: &str,
+) -> Option<RegistryCredentials> {
+    use base64::Engine;
+    let entry = auths.iter().find_map(|(k, v)| {
+        let bare = k
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .trim_end_matches('/');
+        (bare == host || bare.split('/').next() == Some(host)).then_some(v)
+    })?;
+    if let (Some(u), Some(p)) = (
+        entry.get("username").and_then(|v| v.as_str()),
+        entry.get("password").and_then(|v| v.as_str()),
+    ) {
+        return Some(RegistryCredentials {
+            username: u.to_owned(),
+            password: p.to_owned(),
+        });
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(entry.get("auth")?.as_str()?)
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (u, p) = text.split_once(':')?;
+    Some(RegistryCredentials {
+        username: u.to_owned(),
+        password: p.to_owned(),
+    })
 }
 
 #[cfg(test)]

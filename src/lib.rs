@@ -16,6 +16,7 @@
 //! - [`api`]: gRPC handlers, conversions, page tokens, error -> status.
 //! - [`server`]: wires it all up and serves until shutdown.
 //! - [`error`]: the service error every use case returns.
+//! - [`telemetry`]: logs (text or JSON).
 
 pub mod api;
 pub mod apply;
@@ -27,6 +28,7 @@ pub mod promotions;
 pub mod registry;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 
 /// Generated protobuf types and gRPC stubs of `proto/prodgate/v1`.
 pub mod pb {

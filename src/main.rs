@@ -40,15 +40,6 @@ enum Command {
     CheckConfig { file: PathBuf },
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -85,11 +76,11 @@ async fn main() -> ExitCode {
             listen,
             data_dir,
         } => {
-            init_tracing();
             let mut config = match Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => return fail(e),
             };
+            prodgate::telemetry::init(config.log_format);
             if let Some(l) = listen {
                 config.listen = l;
             }
