@@ -1,6 +1,8 @@
-//! Who is calling. The principal comes only from the call's credentials, a
-//! bearer token matched against configured SHA-256 hashes in constant time,
-//! never from a request field.
+//! Who is calling. The principal comes only from the call's credentials,
+//! never from a request field: a bearer token matched against configured
+//! SHA-256 hashes in constant time, or, with mTLS, the common name of the
+//! verified client certificate. A token, when sent, takes precedence, so a
+//! job holding a machine certificate can still act as a token principal.
 
 use crate::config::PrincipalConfig;
 use crate::domain::policy::Principal;
@@ -16,6 +18,24 @@ pub struct Authenticator {
 impl Authenticator {
     pub fn new(principals: Vec<PrincipalConfig>) -> Self {
         Self { principals }
+    }
+
+    /// The principal whose verified client certificate (DER) has this CN.
+    pub fn authenticate_certificate(&self, der: &[u8]) -> Result<Principal, Status> {
+        let cn = common_name(der)
+            .ok_or_else(|| Status::unauthenticated("the client certificate has no common name"))?;
+        self.principals
+            .iter()
+            .find(|p| p.certificate_cn.as_deref() == Some(cn.as_str()))
+            .map(|p| Principal {
+                name: p.name.clone(),
+                groups: p.groups.clone(),
+            })
+            .ok_or_else(|| {
+                Status::unauthenticated(format!(
+                    "no principal is bound to client certificate CN {cn:?}"
+                ))
+            })
     }
 
     pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Principal, Status> {
@@ -59,9 +79,21 @@ impl Authenticator {
 #[derive(Clone)]
 pub struct AuthInterceptor(pub Arc<Authenticator>);
 
+fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_owned)
+}
+
 impl tonic::service::Interceptor for AuthInterceptor {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        let principal = self.0.authenticate(req.metadata())?;
+        let certificate = req
+            .peer_certs()
+            .and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()));
+        let principal = match (req.metadata().contains_key("authorization"), certificate) {
+            (false, Some(der)) => self.0.authenticate_certificate(&der)?,
+            _ => self.0.authenticate(req.metadata())?,
+        };
         req.extensions_mut().insert(principal);
         Ok(req)
     }

@@ -17,6 +17,8 @@
 //! - [`server`]: wires it all up and serves until shutdown.
 //! - [`error`]: the service error every use case returns.
 //! - [`telemetry`]: logs (text or JSON).
+//! - [`metrics`]: Prometheus counters and the `/metrics` endpoint.
+//! - [`notify`]: webhook notifications of promotion events.
 
 pub mod api;
 pub mod apply;
@@ -24,6 +26,8 @@ pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod metrics;
+pub mod notify;
 pub mod promotions;
 pub mod registry;
 pub mod server;

@@ -1,11 +1,13 @@
 //! Builds and runs the gRPC server: the promotion service behind
-//! authentication, plus unauthenticated health and reflection; starts the
-//! apply worker and the expiry sweep; stops when `shutdown` completes.
+//! authentication, plus unauthenticated health and reflection, optionally
+//! over TLS/mTLS; starts the apply worker, the expiry sweep, the metrics
+//! endpoint and webhook delivery; stops when `shutdown` completes.
 
 use crate::api::promotion::PromotionApi;
 use crate::apply;
 use crate::auth::{AuthInterceptor, Authenticator};
-use crate::config::Config;
+use crate::config::{Config, TlsConfig};
+use crate::metrics::{Metrics, RpcMetricsLayer};
 use crate::pb::promotion_service_server::PromotionServiceServer;
 use crate::promotions::Promotions;
 use crate::registry::Registry;
@@ -14,12 +16,14 @@ use crate::store::{Store, StoreError};
 use oci_client::secrets::RegistryAuth;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
 /// How long shutdown waits for clients to finish their calls and hang up.
-pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Largest request accepted; the biggest legitimate one is a few KiB of text.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -32,6 +36,19 @@ pub enum ServerError {
     Registry(#[from] crate::registry::RegistryError),
     #[error("cannot build server reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cannot set up metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    MetricsListen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("tls.{key}: cannot read {path}: {source}")]
+    TlsFile {
+        key: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -42,6 +59,43 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+fn read_pem(key: &'static str, path: &std::path::Path) -> Result<Vec<u8>, ServerError> {
+    std::fs::read(path).map_err(|source| ServerError::TlsFile {
+        key,
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// With `client_ca`, clients must present a certificate it signed.
+fn tls_config(tls: &TlsConfig) -> Result<ServerTlsConfig, ServerError> {
+    let identity = Identity::from_pem(read_pem("cert", &tls.cert)?, read_pem("key", &tls.key)?);
+    let mut c = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &tls.client_ca {
+        c = c.client_ca_root(Certificate::from_pem(read_pem("client_ca", ca)?));
+    }
+    Ok(c)
+}
+
+fn registry_hosts(config: &Config) -> Vec<RegistryHost> {
+    config
+        .registries
+        .iter()
+        .map(|r| RegistryHost {
+            host: r.host.clone(),
+            insecure: r.insecure,
+            auth: r.credentials.as_ref().map_or(RegistryAuth::Anonymous, |c| {
+                RegistryAuth::Basic(c.username.clone(), c.password.clone())
+            }),
+        })
+        .collect()
+}
+
+/// Completes once `stop` turns true.
+async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
 /// Serves on `listener` until `shutdown` completes.
 pub async fn run(
     config: Config,
@@ -50,23 +104,18 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     install_crypto_provider();
     let config = Arc::new(config);
+    let metrics = Metrics::new()?;
     let store = Store::open(&config.data_dir)?;
     let registry: Arc<dyn Registry> = Arc::new(OciRegistry::new(
-        config
-            .registries
-            .iter()
-            .map(|r| RegistryHost {
-                host: r.host.clone(),
-                insecure: r.insecure,
-                auth: RegistryAuth::Anonymous,
-            })
-            .collect(),
+        registry_hosts(&config),
         config.registry_timeout,
+        Some(metrics.clone()),
     )?);
     let promotions = Promotions::new(config.clone(), store.clone(), registry.clone());
+    let tls = config.tls.as_ref().map(tls_config).transpose()?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let applier = tokio::spawn(apply::run(store.clone(), registry, stop_rx));
+    let applier = tokio::spawn(apply::run(store.clone(), registry, stop_rx.clone()));
     let sweeper = {
         let promotions = promotions.clone();
         let every = config.expiry_sweep_interval;
@@ -82,6 +131,29 @@ pub async fn run(
                 }
             }
         })
+    };
+    let counting = tokio::spawn(crate::metrics::follow_changes(
+        metrics.clone(),
+        store.subscribe(),
+    ));
+    let notifier = tokio::spawn(crate::notify::run(config.notify.clone(), store.subscribe()));
+    let metrics_server = match &config.metrics_listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::MetricsListen {
+                    addr: addr.clone(),
+                    source,
+                })?;
+            tracing::info!(addr = ?l.local_addr().ok(), "serving metrics at /metrics");
+            Some(tokio::spawn(crate::metrics::serve(
+                l,
+                metrics.clone(),
+                store.clone(),
+                stopped(stop_rx.clone()),
+            )))
+        }
+        None => None,
     };
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -100,9 +172,14 @@ pub async fn run(
     );
 
     let addr = listener.local_addr().ok();
-    tracing::info!(?addr, data_dir = %config.data_dir.display(), "serving");
+    tracing::info!(?addr, tls = tls.is_some(), data_dir = %config.data_dir.display(), "serving");
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
     let (draining_tx, draining) = tokio::sync::oneshot::channel::<()>();
-    let serve = tonic::transport::Server::builder()
+    let serve = builder
+        .layer(RpcMetricsLayer(metrics))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(authenticated)
@@ -135,9 +212,14 @@ pub async fn run(
     };
     // In-flight RPCs are done; let the worker reach a safe point, then flush.
     sweeper.abort();
+    counting.abort();
+    notifier.abort();
     let _ = stop_tx.send(true);
     if let Err(e) = applier.await {
         tracing::error!(error = %e, "apply worker failed");
+    }
+    if let Some(m) = metrics_server {
+        let _ = m.await;
     }
     let flushed = tokio::task::spawn_blocking(move || store.flush()).await;
     if !matches!(flushed, Ok(Ok(()))) {

@@ -166,3 +166,384 @@ async fn get_deployed_answers_for_any_moment() {
         assert_eq!(e.code(), Code::InvalidArgument);
     }
 }
+
+mod operated {
+    //! Metrics, registry credentials, TLS and webhooks: each starts its own
+    //! server with the extra configuration it needs.
+
+    use super::request;
+    use crate::support::registry::TestRegistry;
+    use crate::support::server::{Bearer, TestServer, standard_config, token};
+    use base64::Engine;
+    use prodgate::pb::promotion_service_client::PromotionServiceClient;
+    use prodgate::pb::{ApproveRequest, PromotionState};
+    use std::collections::HashMap;
+    use tonic::Code;
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port()
+    }
+
+    /// `name{labels} value` lines of a Prometheus text exposition.
+    fn parse_metrics(text: &str) -> HashMap<String, f64> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|l| {
+                let (k, v) = l.rsplit_once(' ').expect("sample line");
+                (k.to_owned(), v.parse::<f64>().expect("sample value"))
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn metrics_describe_a_flow() {
+        let registry = TestRegistry::start().await;
+        registry.push_image("app", Some("staging"), 1024, 1).await;
+        let metrics_addr = format!("127.0.0.1:{}", free_port());
+        let server = TestServer::start(&format!(
+            "metrics_listen = \"{metrics_addr}\"\n{}",
+            standard_config(&registry.host)
+        ));
+        let repo = format!("{}/app", registry.host);
+        let mut alice = server.client("alice").await;
+        let p = alice
+            .request_promotion(request(&repo))
+            .await
+            .expect("request")
+            .into_inner();
+        let e = alice
+            .approve(ApproveRequest {
+                promotion_id: p.id.clone(),
+                comment: String::new(),
+            })
+            .await
+            .expect_err("not an approver");
+        assert_eq!(e.code(), Code::PermissionDenied);
+        let done = server
+            .client("bob")
+            .await
+            .approve(ApproveRequest {
+                promotion_id: p.id.clone(),
+                comment: String::new(),
+            })
+            .await
+            .expect("approve")
+            .into_inner();
+        assert_eq!(done.state, PromotionState::Promoted as i32);
+        alice
+            .request_promotion(request(&repo))
+            .await
+            .expect("second, left pending");
+
+        let body = reqwest::get(format!("http://{metrics_addr}/metrics"))
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("body");
+        let m = parse_metrics(&body);
+        let get = |k: &str| {
+            *m.get(k)
+                .unwrap_or_else(|| panic!("{k} missing in:\n{body}"))
+        };
+        assert_eq!(
+            get(r#"prodgate_rpcs_total{code="OK",method="PromotionService/RequestPromotion"}"#),
+            2.0
+        );
+        assert_eq!(
+            get(
+                r#"prodgate_rpcs_total{code="PERMISSION_DENIED",method="PromotionService/Approve"}"#
+            ),
+            1.0
+        );
+        assert_eq!(
+            get(r#"prodgate_rpcs_total{code="OK",method="PromotionService/Approve"}"#),
+            1.0
+        );
+        assert_eq!(
+            get(r#"prodgate_promotions_total{environment="production",state="PROMOTED"}"#),
+            1.0
+        );
+        assert_eq!(
+            get(r#"prodgate_apply_duration_seconds_count{environment="production"}"#),
+            1.0
+        );
+        assert_eq!(
+            get(r#"prodgate_registry_requests_total{operation="PUT manifest",outcome="201"}"#),
+            1.0
+        );
+        assert_eq!(
+            get(r#"prodgate_pending_approvals{environment="production"}"#),
+            1.0
+        );
+        assert_eq!(get("prodgate_audit_entries"), 4.0);
+    }
+
+    #[tokio::test]
+    async fn basic_auth_registries_with_password_file_or_docker_config() {
+        let password = "s3cret-registry-pass";
+        let registry = TestRegistry::start_with_basic_auth("ci", password).await;
+        let digest = registry.push_image("app", Some("staging"), 1024, 1).await;
+        let repo = format!("{}/app", registry.host);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let password_file = dir.path().join("registry-password");
+        std::fs::write(&password_file, format!("{password}\n")).expect("write password");
+        let docker_config = dir.path().join("config.json");
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("ci:{password}"));
+        std::fs::write(
+            &docker_config,
+            format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, registry.host),
+        )
+        .expect("write docker config");
+        let base = standard_config(&registry.host);
+        let with_file = base.replace(
+            "insecure = true\n",
+            &format!(
+                "insecure = true\nusername = \"ci\"\npassword_file = {:?}\n",
+                password_file.to_str().expect("utf-8 path")
+            ),
+        );
+        let with_docker = format!(
+            "docker_config = {:?}\n{base}",
+            docker_config.to_str().expect("utf-8 path")
+        );
+        for config in [with_file, with_docker] {
+            let server = TestServer::start(&config);
+            let mut alice = server.client("alice").await;
+            let p = alice
+                .request_promotion(request(&repo))
+                .await
+                .expect("request through basic auth")
+                .into_inner();
+            assert_eq!(p.digest, digest);
+            let done = server
+                .client("bob")
+                .await
+                .approve(ApproveRequest {
+                    promotion_id: p.id.clone(),
+                    comment: String::new(),
+                })
+                .await
+                .expect("approve")
+                .into_inner();
+            assert_eq!(done.state, PromotionState::Promoted as i32, "{done:?}");
+            assert!(!server.log().contains(password), "the password was logged");
+            assert!(!server.log().contains(&auth), "the credentials were logged");
+        }
+        // Without credentials the registry refuses prodgate, and the caller is told why.
+        let empty = tempfile::tempdir().expect("tempdir");
+        std::fs::write(empty.path().join("none.json"), "{}").expect("write empty config");
+        let anonymous = TestServer::start(&format!(
+            "docker_config = {:?}\n{}",
+            empty.path().join("none.json").to_str().expect("utf-8"),
+            standard_config(&registry.host)
+        ));
+        let e = anonymous
+            .client("alice")
+            .await
+            .request_promotion(request(&repo))
+            .await
+            .expect_err("no credentials");
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains("credentials"), "{}", e.message());
+    }
+
+    struct Pki {
+        ca_pem: String,
+        server: (String, String),
+        client: (String, String),
+        stranger: (String, String),
+    }
+
+    fn pki() -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().expect("ca key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "prodgate test CA");
+        let ca = ca_params.self_signed(&ca_key).expect("ca cert");
+        let issuer = Issuer::from_params(&ca_params, &ca_key);
+        let leaf = |names: Vec<String>, cn: &str, issuer: &Issuer<'_, &KeyPair>| {
+            let key = KeyPair::generate().expect("leaf key");
+            let mut params = CertificateParams::new(names).expect("leaf params");
+            params.distinguished_name.push(DnType::CommonName, cn);
+            let cert = params.signed_by(&key, issuer).expect("leaf cert");
+            (cert.pem(), key.serialize_pem())
+        };
+        // A certificate from a CA the server does not trust.
+        let other_key = KeyPair::generate().expect("other ca key");
+        let other_issuer = Issuer::from_params(&ca_params, &other_key);
+        Pki {
+            ca_pem: ca.pem(),
+            server: leaf(
+                vec!["localhost".into(), "127.0.0.1".into()],
+                "prodgate",
+                &issuer,
+            ),
+            client: leaf(vec![], "deploy-bot", &issuer),
+            stranger: leaf(vec![], "deploy-bot", &other_issuer),
+        }
+    }
+
+    async fn tls_channel(
+        addr: &str,
+        ca: &str,
+        identity: Option<&(String, String)>,
+    ) -> Result<Channel, tonic::transport::Error> {
+        prodgate::server::install_crypto_provider();
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca))
+            .domain_name("localhost");
+        if let Some((cert, key)) = identity {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        Channel::from_shared(format!("https://{addr}"))
+            .expect("uri")
+            .tls_config(tls)?
+            .connect()
+            .await
+    }
+
+    #[tokio::test]
+    async fn tls_and_client_certificates() {
+        let registry = TestRegistry::start().await;
+        registry.push_image("app", Some("staging"), 1024, 1).await;
+        let repo = format!("{}/app", registry.host);
+        let pki = pki();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).expect("write pem");
+            p.to_str().expect("utf-8").to_owned()
+        };
+        let (cert, key, ca) = (
+            write("server.pem", &pki.server.0),
+            write("server.key", &pki.server.1),
+            write("ca.pem", &pki.ca_pem),
+        );
+        let config = format!(
+            "{}\n[[principal]]\nname = \"deploy-bot\"\ncertificate_cn = \"deploy-bot\"\ngroups = []\n\n[tls]\ncert = {cert:?}\nkey = {key:?}\nclient_ca = {ca:?}\n",
+            standard_config(&registry.host)
+        );
+        let server = TestServer::start(&config);
+
+        // The certificate alone identifies the caller.
+        let channel = tls_channel(&server.addr, &pki.ca_pem, Some(&pki.client))
+            .await
+            .expect("mTLS connect");
+        let mut bot = PromotionServiceClient::new(channel.clone());
+        let p = bot
+            .request_promotion(request(&repo))
+            .await
+            .expect("request as the certificate's principal")
+            .into_inner();
+        assert_eq!(p.requested_by, "deploy-bot");
+        // A token sent over the same connection takes precedence.
+        let mut bob =
+            PromotionServiceClient::with_interceptor(channel, Bearer::token(&token("bob")));
+        let done = bob
+            .approve(ApproveRequest {
+                promotion_id: p.id.clone(),
+                comment: String::new(),
+            })
+            .await
+            .expect("approve as bob")
+            .into_inner();
+        assert_eq!(done.approvals[0].approver, "bob");
+
+        // No client certificate, or one from another CA: refused.
+        for identity in [None, Some(&pki.stranger)] {
+            let refused = match tls_channel(&server.addr, &pki.ca_pem, identity).await {
+                Err(_) => true,
+                Ok(ch) => PromotionServiceClient::new(ch)
+                    .request_promotion(request(&repo))
+                    .await
+                    .is_err(),
+            };
+            assert!(
+                refused,
+                "a client without a trusted certificate got through"
+            );
+        }
+        // Plain HTTP to a TLS port does not work either.
+        let plain = Channel::from_shared(format!("http://{}", server.addr))
+            .expect("uri")
+            .connect()
+            .await;
+        if let Ok(ch) = plain {
+            assert!(
+                PromotionServiceClient::new(ch)
+                    .request_promotion(request(&repo))
+                    .await
+                    .is_err()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn webhooks_get_events_and_a_dead_one_changes_nothing() {
+        use axum::{Router, routing::post};
+        use tokio::sync::mpsc;
+        let (tx, mut rx) = mpsc::unbounded_channel::<serde_json::Value>();
+        let app = Router::new().route(
+            "/hook",
+            post(move |body: String| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(serde_json::from_str(&body).expect("json body"));
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
+        let hook = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let registry = TestRegistry::start().await;
+        let digest = registry.push_image("app", Some("staging"), 1024, 1).await;
+        let dead = format!("http://127.0.0.1:{}/gone", free_port());
+        let config = format!(
+            "{}\n[[notify]]\nurl = \"http://{hook}/hook\"\nevents = [\"requested\", \"approved\", \"promoted\", \"rejected\", \"failed\"]\n\n[[notify]]\nurl = \"{dead}\"\nevents = [\"requested\", \"approved\", \"promoted\"]\n",
+            standard_config(&registry.host)
+        );
+        let server = TestServer::start(&config);
+        let repo = format!("{}/app", registry.host);
+        let p = server
+            .client("alice")
+            .await
+            .request_promotion(request(&repo))
+            .await
+            .expect("request")
+            .into_inner();
+        let done = server
+            .client("bob")
+            .await
+            .approve(ApproveRequest {
+                promotion_id: p.id.clone(),
+                comment: String::new(),
+            })
+            .await
+            .expect("approve")
+            .into_inner();
+        assert_eq!(done.state, PromotionState::Promoted as i32);
+        let mut events = Vec::new();
+        for _ in 0..3 {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(20), rx.recv())
+                .await
+                .expect("notification in time")
+                .expect("receiver open");
+            assert_eq!(n["promotion_id"], p.id.as_str());
+            assert_eq!(n["digest"], digest.as_str());
+            events.push(n["event"].as_str().expect("event").to_owned());
+        }
+        assert_eq!(events, ["requested", "approved", "promoted"]);
+    }
+}

@@ -38,6 +38,7 @@ pub struct RegistryHost {
 }
 
 pub struct OciRegistry {
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
     http: reqwest::Client,
     oci: Client,
     hosts: Vec<RegistryHost>,
@@ -54,7 +55,11 @@ struct Answer {
 }
 
 impl OciRegistry {
-    pub fn new(hosts: Vec<RegistryHost>, timeout: Duration) -> Result<Self, RegistryError> {
+    pub fn new(
+        hosts: Vec<RegistryHost>,
+        timeout: Duration,
+        metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+    ) -> Result<Self, RegistryError> {
         let insecure: Vec<String> = hosts
             .iter()
             .filter(|h| h.insecure)
@@ -77,6 +82,7 @@ impl OciRegistry {
                 message: format!("cannot build the HTTP client: {e}"),
             })?;
         Ok(Self {
+            metrics,
             http,
             oci,
             hosts,
@@ -185,7 +191,15 @@ impl OciRegistry {
                     .header(CONTENT_TYPE, content_type.clone())
                     .body(bytes.clone());
             }
-            let res = req.send().await.map_err(|e| transport_error(repo, e))?;
+            let sent = req.send().await;
+            if let Some(m) = &self.metrics {
+                let outcome = match &sent {
+                    Ok(r) => r.status().as_u16().to_string(),
+                    Err(_) => "error".to_owned(),
+                };
+                m.registry_request(&format!("{method} manifest"), &outcome);
+            }
+            let res = sent.map_err(|e| transport_error(repo, e))?;
             let status = res.status();
             let headers = res.headers().clone();
             let body = res.bytes().await.map_err(|e| transport_error(repo, e))?;

@@ -398,6 +398,16 @@ impl Store {
         Ok(None)
     }
 
+    /// How many entries the audit log holds (its last sequence number).
+    pub fn audit_len(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .trees
+            .audit
+            .last()?
+            .and_then(|(k, _)| keys::read_u64(&k))
+            .unwrap_or(0))
+    }
+
     /// Writes everything to disk (acknowledged writes already are).
     pub fn flush(&self) -> Result<(), StoreError> {
         self.trees.db.flush()?;

@@ -62,10 +62,20 @@ enum Startup {
 impl TestRegistry {
     /// Starts a fresh, empty registry and waits until `GET /v2/` answers 200.
     pub async fn start() -> TestRegistry {
-        let http = http_client();
+        Self::start_with_auth(None).await
+    }
+
+    /// A registry that demands HTTP basic auth (htpasswd, bcrypt) for every
+    /// request; this harness's own requests send `user`/`password`.
+    pub async fn start_with_basic_auth(user: &str, password: &str) -> TestRegistry {
+        Self::start_with_auth(Some((user, password))).await
+    }
+
+    async fn start_with_auth(auth: Option<(&str, &str)>) -> TestRegistry {
+        let http = http_client(auth);
         let deadline = Instant::now() + STARTUP_DEADLINE;
         for _ in 0..PORT_ATTEMPTS {
-            let mut registry = Self::spawn(http.clone(), free_port());
+            let mut registry = Self::spawn(http.clone(), free_port(), auth);
             match registry.wait_until_ready(deadline).await {
                 Startup::Ready => return registry,
                 // Dropping it reaps the exited process and removes its directory.
@@ -75,7 +85,7 @@ impl TestRegistry {
         panic!("{REGISTRY_BIN}: the chosen port was taken in each of {PORT_ATTEMPTS} attempts");
     }
 
-    fn spawn(http: Client, port: u16) -> TestRegistry {
+    fn spawn(http: Client, port: u16, auth: Option<(&str, &str)>) -> TestRegistry {
         let dir = tempfile::Builder::new()
             .prefix("prodgate-registry-")
             .tempdir()
@@ -83,7 +93,16 @@ impl TestRegistry {
         let host = format!("127.0.0.1:{port}");
         let token = format!("{:016x}", rand::random::<u64>());
         let config = dir.path().join("config.yml");
-        let yaml = config_yaml(&dir.path().join("storage"), &host, &token);
+        let mut yaml = config_yaml(&dir.path().join("storage"), &host, &token);
+        if let Some((user, password)) = auth {
+            let hash = bcrypt::hash(password, 4).expect("bcrypt the test password");
+            let htpasswd = dir.path().join("htpasswd");
+            fs::write(&htpasswd, format!("{user}:{hash}\n")).expect("write htpasswd");
+            yaml.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: basic-realm\n    path: {}\n",
+                json!(htpasswd.to_str().expect("temporary path is UTF-8"))
+            ));
+        }
         fs::write(&config, yaml).expect("write the registry config");
         let log = File::create(dir.path().join(LOG_FILE)).expect("create the registry log");
         let child = Command::new(REGISTRY_BIN)
@@ -376,11 +395,21 @@ impl Drop for TestRegistry {
     }
 }
 
-fn http_client() -> Client {
+fn http_client(auth: Option<(&str, &str)>) -> Client {
     // The crate builds reqwest with `rustls-no-provider`, so even a plain-HTTP client needs a
     // process-wide rustls provider; Err only means one is installed already.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some((user, password)) = auth {
+        use base64::Engine;
+        let b = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Basic {b}").parse().expect("ascii credentials"),
+        );
+    }
     Client::builder()
+        .default_headers(headers)
         .no_proxy()
         .timeout(REQUEST_TIMEOUT)
         .build()

@@ -1,0 +1,274 @@
+//! Prometheus metrics and the `/metrics` endpoint. Counters are fed from
+//! three places: a tower layer around the gRPC server (RPCs by method and
+//! status), the registry client (requests by operation and outcome), and the
+//! store's stream of committed changes (final states, apply latency). Gauges
+//! that describe stored state (pending approvals, audit entries) are read
+//! from the store at scrape time, so they cannot drift.
+
+use crate::domain::model::{Promotion, State, Time};
+use crate::store::Store;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::sync::broadcast;
+
+pub struct Metrics {
+    registry: Registry,
+    rpcs: IntCounterVec,
+    promotions: IntCounterVec,
+    apply_seconds: HistogramVec,
+    registry_requests: IntCounterVec,
+    pending: IntGaugeVec,
+    audit_entries: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Arc<Self>, prometheus::Error> {
+        let registry = Registry::new_custom(Some("prodgate".into()), None)?;
+        let rpcs = IntCounterVec::new(
+            Opts::new("rpcs_total", "gRPC calls by method and status code"),
+            &["method", "code"],
+        )?;
+        let promotions = IntCounterVec::new(
+            Opts::new(
+                "promotions_total",
+                "Promotions that reached a final state, by environment and state",
+            ),
+            &["environment", "state"],
+        )?;
+        let apply_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "apply_duration_seconds",
+                "Time from the final approval to the tag move (or its failure)",
+            )
+            .buckets(vec![
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ]),
+            &["environment"],
+        )?;
+        let registry_requests = IntCounterVec::new(
+            Opts::new(
+                "registry_requests_total",
+                "Requests to registries by operation and outcome",
+            ),
+            &["operation", "outcome"],
+        )?;
+        let pending = IntGaugeVec::new(
+            Opts::new("pending_approvals", "Promotions waiting for approval"),
+            &["environment"],
+        )?;
+        let audit_entries = IntGauge::new("audit_entries", "Entries in the audit log")?;
+        registry.register(Box::new(rpcs.clone()))?;
+        registry.register(Box::new(promotions.clone()))?;
+        registry.register(Box::new(apply_seconds.clone()))?;
+        registry.register(Box::new(registry_requests.clone()))?;
+        registry.register(Box::new(pending.clone()))?;
+        registry.register(Box::new(audit_entries.clone()))?;
+        Ok(Arc::new(Self {
+            registry,
+            rpcs,
+            promotions,
+            apply_seconds,
+            registry_requests,
+            pending,
+            audit_entries,
+        }))
+    }
+
+    /// One registry request: `operation` like "GET manifest", `outcome` the
+    /// HTTP status or "error".
+    pub fn registry_request(&self, operation: &str, outcome: &str) {
+        self.registry_requests
+            .with_label_values(&[operation, outcome])
+            .inc();
+    }
+
+    fn observe_change(&self, p: &Promotion) {
+        if !p.state.is_terminal() {
+            return;
+        }
+        self.promotions
+            .with_label_values(&[p.environment.as_str(), p.state.label()])
+            .inc();
+        if matches!(p.state, State::Promoted | State::Failed) {
+            let approved = p
+                .approvals
+                .iter()
+                .map(|a| a.time)
+                .max()
+                .unwrap_or(p.created_at);
+            let done = p.promoted_at.unwrap_or(p.updated_at);
+            self.apply_seconds
+                .with_label_values(&[p.environment.as_str()])
+                .observe(seconds_between(approved, done));
+        }
+    }
+
+    /// The exposition text, with state gauges read from `store` now.
+    pub fn render(&self, store: &Store) -> String {
+        self.pending.reset();
+        match store.in_state(State::PendingApproval) {
+            Ok(pending) => {
+                for p in pending {
+                    self.pending
+                        .with_label_values(&[p.environment.as_str()])
+                        .inc();
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot count pending promotions"),
+        }
+        match store.audit_len() {
+            Ok(n) => self.audit_entries.set(i64::try_from(n).unwrap_or(i64::MAX)),
+            Err(e) => tracing::warn!(error = %e, "cannot count audit entries"),
+        }
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+fn seconds_between(a: Time, b: Time) -> f64 {
+    let secs = (b.seconds - a.seconds) as f64 + (f64::from(b.nanos) - f64::from(a.nanos)) / 1e9;
+    secs.max(0.0)
+}
+
+/// Counts final states and apply latencies from committed changes.
+pub async fn follow_changes(metrics: Arc<Metrics>, mut changes: broadcast::Receiver<Promotion>) {
+    loop {
+        match changes.recv().await {
+            Ok(p) => metrics.observe_change(&p),
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "metrics missed promotion changes");
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    store: Store,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let (metrics, store) = (metrics.clone(), store.clone());
+            async move {
+                let body = tokio::task::spawn_blocking(move || metrics.render(&store))
+                    .await
+                    .unwrap_or_default();
+                (
+                    [(
+                        http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    body,
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Tower layer counting gRPC calls by method and status code.
+#[derive(Clone)]
+pub struct RpcMetricsLayer(pub Arc<Metrics>);
+
+impl<S> tower::Layer<S> for RpcMetricsLayer {
+    type Service = RpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcMetrics {
+            inner,
+            metrics: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RpcMetrics<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B, RB> tower::Service<http::Request<B>> for RpcMetrics<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Send,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    RB: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        // "/prodgate.v1.PromotionService/Approve" -> "PromotionService/Approve"
+        let method = req
+            .uri()
+            .path()
+            .trim_start_matches('/')
+            .rsplit_once('.')
+            .map_or_else(|| req.uri().path().to_owned(), |(_, m)| m.to_owned());
+        let metrics = self.metrics.clone();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let res = fut.await;
+            if let Ok(r) = &res {
+                // Errors of unary calls come as trailers-only responses, with
+                // the status in the headers; a success puts it in trailers.
+                let code = r
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map_or("OK", |c| code_name(tonic::Code::from(c)));
+                metrics
+                    .rpcs
+                    .with_label_values(&[method.as_str(), code])
+                    .inc();
+            }
+            res
+        })
+    }
+}
+
+fn code_name(c: tonic::Code) -> &'static str {
+    match c {
+        tonic::Code::Ok => "OK",
+        tonic::Code::Cancelled => "CANCELLED",
+        tonic::Code::Unknown => "UNKNOWN",
+        tonic::Code::InvalidArgument => "INVALID_ARGUMENT",
+        tonic::Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        tonic::Code::NotFound => "NOT_FOUND",
+        tonic::Code::AlreadyExists => "ALREADY_EXISTS",
+        tonic::Code::PermissionDenied => "PERMISSION_DENIED",
+        tonic::Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        tonic::Code::FailedPrecondition => "FAILED_PRECONDITION",
+        tonic::Code::Aborted => "ABORTED",
+        tonic::Code::OutOfRange => "OUT_OF_RANGE",
+        tonic::Code::Unimplemented => "UNIMPLEMENTED",
+        tonic::Code::Internal => "INTERNAL",
+        tonic::Code::Unavailable => "UNAVAILABLE",
+        tonic::Code::DataLoss => "DATA_LOSS",
+        tonic::Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}

@@ -1,0 +1,144 @@
+//! Webhook notifications: a JSON POST per promotion event to each configured
+//! `[[notify]]` URL that subscribed to it. Each webhook has its own bounded
+//! queue and delivery task with retries, so a slow or dead receiver never
+//! blocks or fails a promotion; when its queue is full, events are dropped
+//! with a warning.
+
+use crate::config::{NotifyConfig, NotifyEvent};
+use crate::domain::model::{Promotion, State};
+use serde::Serialize;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc};
+
+const QUEUE: usize = 1000;
+const ATTEMPTS: u32 = 5;
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The body of a notification.
+#[derive(Debug, Clone, Serialize)]
+pub struct Notification {
+    pub event: &'static str,
+    pub promotion_id: String,
+    pub repository: String,
+    pub environment: String,
+    pub target_tag: String,
+    pub digest: String,
+    pub state: &'static str,
+    pub requested_by: String,
+    pub reason: String,
+    pub approvers: Vec<String>,
+    pub required_approvals: u32,
+    pub previous_digest: String,
+    pub failure_message: String,
+}
+
+/// The event a committed change represents, if any.
+pub fn event_of(p: &Promotion) -> Option<NotifyEvent> {
+    let is_new = p.created_at == p.updated_at;
+    Some(match p.state {
+        State::PendingApproval if is_new => NotifyEvent::Requested,
+        State::PendingApproval => return None,
+        // Environments without approvals skip straight to APPROVED.
+        State::Approved if is_new => NotifyEvent::Requested,
+        State::Approved => NotifyEvent::Approved,
+        State::Promoted => NotifyEvent::Promoted,
+        State::Rejected => NotifyEvent::Rejected,
+        State::Failed => NotifyEvent::Failed,
+        State::Cancelled => NotifyEvent::Cancelled,
+        State::Expired => NotifyEvent::Expired,
+    })
+}
+
+fn notification(event: NotifyEvent, p: &Promotion) -> Notification {
+    Notification {
+        event: event.name(),
+        promotion_id: p.id.to_string(),
+        repository: p.repository.clone(),
+        environment: p.environment.clone(),
+        target_tag: p.target_tag.clone(),
+        digest: p.digest.clone(),
+        state: p.state.label(),
+        requested_by: p.requested_by.clone(),
+        reason: p.reason.clone(),
+        approvers: p.approvals.iter().map(|a| a.approver.clone()).collect(),
+        required_approvals: p.required_approvals,
+        previous_digest: p.previous_digest.clone(),
+        failure_message: p.failure_message.clone(),
+    }
+}
+
+/// Fans committed changes out to the webhooks until the change stream closes.
+pub async fn run(hooks: Vec<NotifyConfig>, mut changes: broadcast::Receiver<Promotion>) {
+    if hooks.is_empty() {
+        return;
+    }
+    let client = match reqwest::Client::builder()
+        .timeout(TIMEOUT)
+        .no_proxy()
+        .user_agent(concat!("prodgate/", env!("CARGO_PKG_VERSION")))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the webhook client; notifications are off");
+            return;
+        }
+    };
+    let queues: Vec<(NotifyConfig, mpsc::Sender<Notification>)> = hooks
+        .into_iter()
+        .map(|h| {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            tokio::spawn(deliver(client.clone(), h.url.clone(), rx));
+            (h, tx)
+        })
+        .collect();
+    loop {
+        let p = match changes.recv().await {
+            Ok(p) => p,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "webhooks missed promotion changes");
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(event) = event_of(&p) else { continue };
+        for (hook, tx) in &queues {
+            if hook.events.contains(&event) && tx.try_send(notification(event, &p)).is_err() {
+                tracing::warn!(url = %hook.url, event = event.name(), "webhook queue full; event dropped");
+            }
+        }
+    }
+}
+
+async fn deliver(client: reqwest::Client, url: String, mut rx: mpsc::Receiver<Notification>) {
+    while let Some(n) = rx.recv().await {
+        let body = match serde_json::to_vec(&n) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a notification");
+                continue;
+            }
+        };
+        let mut backoff = FIRST_BACKOFF;
+        for attempt in 1..=ATTEMPTS {
+            let sent = client
+                .post(&url)
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(body.clone())
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status().is_success() => break,
+                Ok(r) => tracing::warn!(%url, attempt, status = %r.status(), "webhook refused"),
+                Err(e) => tracing::warn!(%url, attempt, error = %e, "webhook unreachable"),
+            }
+            if attempt == ATTEMPTS {
+                tracing::error!(%url, event = n.event, promotion = %n.promotion_id, "webhook gave up");
+            } else {
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+        }
+    }
+}
