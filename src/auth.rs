@@ -99,12 +99,15 @@ impl tonic::service::Interceptor for AuthInterceptor {
     }
 }
 
-/// The principal the interceptor attached.
+/// The principal the interceptor attached; also named on the call's span.
 pub fn principal<T>(req: &Request<T>) -> Result<Principal, Status> {
-    req.extensions()
+    let p = req
+        .extensions()
         .get::<Principal>()
         .cloned()
-        .ok_or_else(|| Status::unauthenticated("no credentials"))
+        .ok_or_else(|| Status::unauthenticated("no credentials"))?;
+    tracing::Span::current().record("principal", p.name.as_str());
+    Ok(p)
 }
 
 #[cfg(test)]

@@ -182,7 +182,9 @@ pub async fn serve(
         .await
 }
 
-/// Tower layer counting gRPC calls by method and status code.
+/// Tower layer around every gRPC call: a `rpc` tracing span (method, and the
+/// principal and promotion id once the handler knows them) and the call
+/// counter by method and status code.
 #[derive(Clone)]
 pub struct RpcMetricsLayer(pub Arc<Metrics>);
 
@@ -229,8 +231,18 @@ where
             .rsplit_once('.')
             .map_or_else(|| req.uri().path().to_owned(), |(_, m)| m.to_owned());
         let metrics = self.metrics.clone();
-        let fut = self.inner.call(req);
-        Box::pin(async move {
+        let span = tracing::info_span!(
+            "rpc",
+            method = %method,
+            principal = tracing::field::Empty,
+            promotion = tracing::field::Empty
+        );
+        let fut = {
+            let _entered = span.enter();
+            self.inner.call(req)
+        };
+        let started = std::time::Instant::now();
+        let call = async move {
             let res = fut.await;
             if let Ok(r) = &res {
                 // Errors of unary calls come as trailers-only responses, with
@@ -245,9 +257,15 @@ where
                     .rpcs
                     .with_label_values(&[method.as_str(), code])
                     .inc();
+                tracing::info!(
+                    code,
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "rpc"
+                );
             }
             res
-        })
+        };
+        Box::pin(tracing::Instrument::instrument(call, span))
     }
 }
 

@@ -352,6 +352,58 @@ mod operated {
         assert!(e.message().contains("credentials"), "{}", e.message());
     }
 
+    // Multi-threaded: terminate() blocks one thread while the clients'
+    // connection tasks answer the server's goodbye on the other.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn json_logs_carry_a_span_per_rpc() {
+        let registry = TestRegistry::start().await;
+        registry.push_image("app", Some("staging"), 1024, 1).await;
+        let mut server = TestServer::start(&format!(
+            "log_format = \"json\"\n{}",
+            standard_config(&registry.host)
+        ));
+        let p = server
+            .client("alice")
+            .await
+            .request_promotion(request(&format!("{}/app", registry.host)))
+            .await
+            .expect("request")
+            .into_inner();
+        let e = server
+            .client("mallory")
+            .await
+            .approve(ApproveRequest {
+                promotion_id: p.id.clone(),
+                comment: String::new(),
+            })
+            .await
+            .expect_err("not an approver");
+        assert_eq!(e.code(), Code::PermissionDenied);
+        assert_eq!(server.terminate(), Some(0));
+        let lines: Vec<serde_json::Value> = server
+            .log()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        let rpc = |method: &str| {
+            lines
+                .iter()
+                .find(|l| l["message"] == "rpc" && l["span"]["method"] == method)
+                .unwrap_or_else(|| panic!("no rpc line for {method}"))
+                .clone()
+        };
+        let req = rpc("PromotionService/RequestPromotion");
+        assert_eq!(req["span"]["principal"], "alice");
+        assert_eq!(req["code"], "OK");
+        let denied = rpc("PromotionService/Approve");
+        assert_eq!(denied["span"]["principal"], "mallory");
+        assert_eq!(
+            denied["span"]["promotion"],
+            p.id.parse::<u64>().expect("numeric id")
+        );
+        assert_eq!(denied["code"], "PERMISSION_DENIED");
+    }
+
     struct Pki {
         ca_pem: String,
         server: (String, String),

@@ -111,7 +111,10 @@ pub fn promotion_id(s: &str) -> Result<PromotionId, Error> {
         return Err(invalid("promotion_id", "is required"));
     }
     match s.parse::<PromotionId>() {
-        Ok(id) if id > 0 && !s.starts_with(['+', '0']) => Ok(id),
+        Ok(id) if id > 0 && !s.starts_with(['+', '0']) => {
+            tracing::Span::current().record("promotion", id);
+            Ok(id)
+        }
         _ => Err(invalid(
             "promotion_id",
             format!(
