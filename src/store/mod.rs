@@ -25,6 +25,9 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 const MAX_BATCH: usize = 512;
 /// Depth of the writer's queue; callers wait (asynchronously) beyond it.
 const QUEUE_DEPTH: usize = 4096;
+/// sled's page cache. Its default (1 GiB) would dominate the process's memory;
+/// the working set (pending promotions, recent audit pages) is far smaller.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 /// Committed changes kept for slow subscribers before they lag.
 const CHANGES_CAPACITY: usize = 1024;
 
@@ -123,6 +126,7 @@ impl Store {
             .path(dir)
             // Durability comes from the writer's explicit flush, not a timer.
             .flush_every_ms(None)
+            .cache_capacity(CACHE_BYTES)
             .open()?;
         let trees = Trees {
             promotions: db.open_tree("promotions")?,
