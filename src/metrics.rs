@@ -8,8 +8,8 @@
 use crate::domain::model::{Promotion, State, Time};
 use crate::store::Store;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use std::future::Future;
 use std::pin::Pin;
@@ -25,6 +25,8 @@ pub struct Metrics {
     registry_requests: IntCounterVec,
     pending: IntGaugeVec,
     audit_entries: IntGauge,
+    store_commits: IntCounter,
+    store_flushes: IntCounter,
 }
 
 impl Metrics {
@@ -63,6 +65,16 @@ impl Metrics {
             &["environment"],
         )?;
         let audit_entries = IntGauge::new("audit_entries", "Entries in the audit log")?;
+        let store_commits = IntCounter::new(
+            "store_commits_total",
+            "Record changes committed and flushed since start",
+        )?;
+        let store_flushes = IntCounter::new(
+            "store_flushes_total",
+            "Flushes (fsyncs) of the database since start; commits/flushes is the group-commit factor",
+        )?;
+        registry.register(Box::new(store_commits.clone()))?;
+        registry.register(Box::new(store_flushes.clone()))?;
         registry.register(Box::new(rpcs.clone()))?;
         registry.register(Box::new(promotions.clone()))?;
         registry.register(Box::new(apply_seconds.clone()))?;
@@ -77,6 +89,8 @@ impl Metrics {
             registry_requests,
             pending,
             audit_entries,
+            store_commits,
+            store_flushes,
         }))
     }
 
@@ -125,6 +139,15 @@ impl Metrics {
         match store.audit_len() {
             Ok(n) => self.audit_entries.set(i64::try_from(n).unwrap_or(i64::MAX)),
             Err(e) => tracing::warn!(error = %e, "cannot count audit entries"),
+        }
+        let stats = store.stats();
+        // The writer counts; bring the exported counters up to its values.
+        for (counter, source) in [
+            (&self.store_commits, &stats.commits),
+            (&self.store_flushes, &stats.flushes),
+        ] {
+            let now = source.load(std::sync::atomic::Ordering::Relaxed);
+            counter.inc_by(now.saturating_sub(counter.get()));
         }
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {

@@ -281,6 +281,10 @@ mod operated {
             1.0
         );
         assert_eq!(get("prodgate_audit_entries"), 4.0);
+        // Four record changes, each flushed before it was acknowledged.
+        assert_eq!(get("prodgate_store_commits_total"), 4.0);
+        let flushes = get("prodgate_store_flushes_total");
+        assert!((1.0..=4.0).contains(&flushes), "{flushes}");
     }
 
     #[tokio::test]

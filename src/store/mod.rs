@@ -19,6 +19,8 @@ use serde::{Serialize, de::DeserializeOwned};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// How many queued jobs one flush may acknowledge at most.
@@ -70,6 +72,17 @@ pub struct Store {
     trees: Trees,
     jobs: mpsc::Sender<Job>,
     changes: broadcast::Sender<Promotion>,
+    stats: Arc<WriterStats>,
+}
+
+/// Counters of the writer, for metrics and benchmarks: how many commits one
+/// flush acknowledges is the point of group commit.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Committed record changes (each with at most one audit entry).
+    pub commits: AtomicU64,
+    /// Successful flushes (fsyncs) of the database.
+    pub flushes: AtomicU64,
 }
 
 /// Filters of ListPromotions; empty fields match all.
@@ -139,14 +152,17 @@ impl Store {
         let (jobs, rx) = mpsc::channel(QUEUE_DEPTH);
         let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
         let tx_changes = changes.clone();
+        let stats = Arc::new(WriterStats::default());
+        let writer_stats = stats.clone();
         std::thread::Builder::new()
             .name("prodgate-store-writer".into())
-            .spawn(move || run_writer(state, rx, tx_changes))
+            .spawn(move || run_writer(state, rx, tx_changes, writer_stats))
             .map_err(|e| StoreError::Sled(format!("cannot start the writer thread: {e}")))?;
         Ok(Store {
             trees,
             jobs,
             changes,
+            stats,
         })
     }
 
@@ -179,6 +195,10 @@ impl Store {
             .await
             .map_err(|_| E::from(StoreError::Closed))?;
         rx.await.map_err(|_| E::from(StoreError::Closed))?
+    }
+
+    pub fn stats(&self) -> &WriterStats {
+        &self.stats
     }
 
     /// Every committed, flushed change to a promotion, in commit order.
@@ -615,6 +635,7 @@ fn run_writer(
     mut state: WriterState,
     mut rx: mpsc::Receiver<Job>,
     changes: broadcast::Sender<Promotion>,
+    stats: Arc<WriterStats>,
 ) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
@@ -642,7 +663,11 @@ fn run_writer(
             Err(StoreError::Poisoned)
         } else {
             match state.trees.db.flush() {
-                Ok(_) => Ok(()),
+                Ok(_) => {
+                    stats.flushes.fetch_add(1, Ordering::Relaxed);
+                    stats.commits.fetch_add(writes as u64, Ordering::Relaxed);
+                    Ok(())
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "flush failed; refusing all further writes");
                     state.poisoned = true;
