@@ -205,3 +205,74 @@ async fn permanent_errors_fail_fast() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_concurrent_writer_is_detected_not_overwritten() {
+    let f = Faulty::start().await;
+    let (id, _, mut alice) = f.pending().await;
+    let intruder = f.registry.push_image("app", None, 2048, 99).await;
+    // Both reads of the target tag are slowed, so another writer can move it
+    // between prodgate's push and its read-back.
+    f.proxy.inject(
+        "HEAD",
+        "/manifests/production",
+        Fault::Delay(Duration::from_millis(1500)),
+        2,
+    );
+    let mut bob = f.server.client("bob").await;
+    let approve = tokio::spawn(async move {
+        bob.approve(ApproveRequest {
+            promotion_id: id.clone(),
+            comment: String::new(),
+        })
+        .await
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !f
+        .proxy
+        .requests()
+        .iter()
+        .any(|r| r.method == "PUT" && r.path.ends_with("/manifests/production") && r.status == 201)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "prodgate never pushed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f.registry.retag("app", &intruder, "production").await;
+    let answer = approve.await.expect("join").expect("approve").into_inner();
+    let id = answer.id.clone();
+    let failed = wait_for_state(
+        &mut alice,
+        &id,
+        PromotionState::Failed,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(
+        failed.failure_message.contains(&intruder),
+        "{}",
+        failed.failure_message
+    );
+    // The other writer's tag stands: prodgate did not push again.
+    assert_eq!(
+        f.registry.tag_digest("app", "production").await.as_deref(),
+        Some(intruder.as_str())
+    );
+    let puts = f
+        .proxy
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PUT" && r.path.ends_with("/manifests/production"))
+        .count();
+    assert_eq!(puts, 1);
+    assert_eq!(
+        actions_of(&mut alice, &id).await,
+        [
+            AuditAction::Requested,
+            AuditAction::Approved,
+            AuditAction::ApplyFailed
+        ]
+    );
+}
