@@ -14,7 +14,7 @@ use crate::domain::machine;
 use crate::domain::model::{Promotion, PromotionId, State};
 use crate::domain::names::Repository;
 use crate::error::Error;
-use crate::registry::{Moved, Registry, RegistryError};
+use crate::registry::{Manifest, Moved, Registry, RegistryError};
 use crate::store::Store;
 use rand::Rng;
 use std::collections::HashMap;
@@ -167,7 +167,7 @@ async fn apply_one(
         }
         attempt += 1;
         let result = match Repository::parse(&p.repository) {
-            Ok(repo) => registry.move_tag(&repo, &p.digest, &p.target_tag).await,
+            Ok(repo) => move_pinned(store, registry, &repo, &p).await,
             Err(e) => Err(RegistryError::Protocol {
                 registry: String::new(),
                 message: format!("stored repository {:?} is invalid: {e}", p.repository),
@@ -216,6 +216,37 @@ async fn apply_one(
             }
         }
     }
+}
+
+/// Pushes the manifest pinned at request time; a promotion stored without
+/// one (written by an older version) fetches it by digest first.
+async fn move_pinned(
+    store: &Store,
+    registry: &dyn Registry,
+    repo: &Repository,
+    p: &Promotion,
+) -> Result<Moved, RegistryError> {
+    let s = store.clone();
+    let digest = p.digest.clone();
+    let pinned = tokio::task::spawn_blocking(move || s.manifest(&digest))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
+    let manifest = match pinned {
+        Some(m) => Manifest {
+            digest: p.digest.clone(),
+            media_type: m.media_type,
+            bytes: m.bytes,
+        },
+        None => registry
+            .fetch(repo, &p.digest)
+            .await?
+            .ok_or_else(|| RegistryError::NotFound {
+                reference: format!("{repo}@{}", p.digest),
+            })?,
+    };
+    registry.move_tag(repo, &manifest, &p.target_tag).await
 }
 
 /// Between half and all of `d`, so many waiting lanes do not retry in step.

@@ -10,7 +10,7 @@ use crate::domain::names::{Repository, Source};
 use crate::domain::policy::{EnvironmentPolicy, Principal};
 use crate::error::Error;
 use crate::registry::Registry;
-use crate::store::{HistoryFilter, ListFilter, Page, Store, StoreError, Tx};
+use crate::store::{HistoryFilter, ListFilter, Page, Store, StoreError, StoredManifest, Tx};
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc};
 
@@ -99,17 +99,23 @@ impl Promotions {
             }
         }
         let source_ref = input.source.as_reference().to_owned();
-        let digest = self
+        // Pin the manifest itself: the apply pushes these exact bytes.
+        let manifest = self
             .registry
-            .resolve(&input.repository, &source_ref)
+            .fetch(&input.repository, &source_ref)
             .await?
             .ok_or_else(|| Error::SourceNotFound(format!("{}:{source_ref}", input.repository)))?;
+        let digest = manifest.digest.clone();
         if let Some(required) = &policy.requires {
             let prereq = self.policy(required)?;
-            let carried = self
-                .registry
-                .resolve(&input.repository, &prereq.tag)
-                .await?;
+            // The source tag is the prerequisite's tag: the fetch just read it.
+            let carried = if source_ref == prereq.tag {
+                Some(digest.clone())
+            } else {
+                self.registry
+                    .resolve(&input.repository, &prereq.tag)
+                    .await?
+            };
             if carried.as_deref() != Some(digest.as_str()) {
                 return Err(Error::PrerequisiteNotMet(format!(
                     "environment {} requires {}: {digest} must first be promoted there, but {}:{} {}",
@@ -122,6 +128,10 @@ impl Promotions {
                 )));
             }
         }
+        let pinned = StoredManifest {
+            media_type: manifest.media_type,
+            bytes: manifest.bytes,
+        };
         let mut changes = self.store.subscribe();
         let new = NewPromotion {
             repository: input.repository.to_string(),
@@ -142,6 +152,7 @@ impl Promotions {
                 }
                 let now = tx.now();
                 let o = machine::request(tx.next_id(), new, &who, &policy, now);
+                tx.put_manifest(&o.promotion.digest, &pinned)?;
                 tx.commit(None, &o.promotion, o.event)?;
                 Ok(o.promotion)
             })

@@ -81,8 +81,8 @@ async fn transient_errors_are_retried_until_the_tag_moves() {
     );
     f.proxy.inject("PUT", put, Fault::Drop, 1);
     f.proxy.inject(
-        "GET",
-        "/manifests/sha256:",
+        "HEAD",
+        "/manifests/production",
         Fault::Status {
             code: 500,
             retry_after: None,
@@ -126,8 +126,8 @@ async fn retry_after_is_honoured() {
     let f = Faulty::start().await;
     let (id, _, mut alice) = f.pending().await;
     f.proxy.inject(
-        "GET",
-        "/manifests/sha256:",
+        "PUT",
+        "/manifests/production",
         Fault::Status {
             code: 429,
             retry_after: Some(2),
@@ -142,15 +142,15 @@ async fn retry_after_is_honoured() {
         Duration::from_secs(30),
     )
     .await;
-    let gets: Vec<_> = f
+    let puts: Vec<_> = f
         .proxy
         .requests()
         .into_iter()
-        .filter(|r| r.method == "GET" && r.path.contains("/manifests/sha256:"))
+        .filter(|r| r.method == "PUT" && r.path.ends_with("/manifests/production"))
         .collect();
-    assert_eq!(gets.len(), 2, "{gets:?}");
-    assert_eq!(gets[0].status, 429);
-    let waited = gets[1].at - gets[0].at;
+    assert_eq!(puts.len(), 2, "{puts:?}");
+    assert_eq!(puts[0].status, 429);
+    let waited = puts[1].at - puts[0].at;
     assert!(
         waited >= Duration::from_millis(1900),
         "retried after {waited:?}"
@@ -167,8 +167,8 @@ async fn permanent_errors_fail_fast() {
         let f = Faulty::start().await;
         let (id, _, mut alice) = f.pending().await;
         f.proxy.inject(
-            "GET",
-            "/manifests/sha256:",
+            "PUT",
+            "/manifests/production",
             Fault::Status {
                 code,
                 retry_after: None,
@@ -191,7 +191,7 @@ async fn permanent_errors_fail_fast() {
             .proxy
             .requests()
             .into_iter()
-            .filter(|r| r.method == "GET" && r.path.contains("/manifests/sha256:"))
+            .filter(|r| r.method == "PUT" && r.path.ends_with("/manifests/production"))
             .count();
         assert!(tries <= 2, "{code}: {tries} attempts");
         assert_eq!(f.registry.tag_digest("app", "production").await, None);
@@ -274,5 +274,32 @@ async fn a_concurrent_writer_is_detected_not_overwritten() {
             AuditAction::Approved,
             AuditAction::ApplyFailed
         ]
+    );
+}
+
+#[tokio::test]
+async fn an_apply_is_three_manifest_requests_and_no_blob() {
+    let f = Faulty::start().await;
+    let (id, digest, _) = f.pending().await;
+    let before = f.proxy.requests().len();
+    let done = f.approve(&id).await;
+    assert_eq!(done.state, PromotionState::Promoted as i32, "{done:?}");
+    let during: Vec<String> = f.proxy.requests()[before..]
+        .iter()
+        .map(|r| format!("{} {} {}", r.method, r.path, r.status))
+        .collect();
+    let app = "/v2/app/manifests/production";
+    assert_eq!(
+        during,
+        [
+            format!("HEAD {app} 404"),
+            format!("PUT {app} 201"),
+            format!("HEAD {app} 200")
+        ],
+        "the manifest was pinned at request time"
+    );
+    assert_eq!(
+        f.registry.tag_digest("app", "production").await.as_deref(),
+        Some(digest.as_str())
     );
 }

@@ -45,6 +45,15 @@ impl RegistryError {
     }
 }
 
+/// A manifest exactly as the registry stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// `sha256:` of `bytes`, verified.
+    pub digest: String,
+    pub media_type: String,
+    pub bytes: Vec<u8>,
+}
+
 /// What a tag move found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Moved {
@@ -61,12 +70,19 @@ pub trait Registry: Send + Sync + 'static {
         reference: &str,
     ) -> Result<Option<String>, RegistryError>;
 
-    /// Points `tag` at `digest` by pushing the exact manifest bytes stored
-    /// under `digest` (no blob moves), then reads the tag back to confirm.
+    /// The manifest `reference` (a tag or digest) points to now, or `None`.
+    async fn fetch(
+        &self,
+        repo: &Repository,
+        reference: &str,
+    ) -> Result<Option<Manifest>, RegistryError>;
+
+    /// Points `tag` at `manifest` by pushing its exact bytes (no blob moves):
+    /// reads where the tag points first, pushes, reads the tag back to confirm.
     async fn move_tag(
         &self,
         repo: &Repository,
-        digest: &str,
+        manifest: &Manifest,
         tag: &str,
     ) -> Result<Moved, RegistryError>;
 }

@@ -5,7 +5,7 @@
 //! request it does not need; `oci-client` negotiates credentials (bearer-token
 //! challenges) when a registry answers 401. Every request has a deadline.
 
-use super::{Moved, Registry, RegistryError};
+use super::{Manifest, Moved, Registry, RegistryError};
 use crate::domain::names::Repository;
 use async_trait::async_trait;
 use oci_client::secrets::RegistryAuth;
@@ -340,48 +340,78 @@ impl Registry for OciRegistry {
         self.head(repo, reference).await
     }
 
-    async fn move_tag(
+    async fn fetch(
         &self,
         repo: &Repository,
-        digest: &str,
-        tag: &str,
-    ) -> Result<Moved, RegistryError> {
-        let got = self.send(repo, Method::GET, digest, None).await?;
-        check(repo, digest, &got)?;
-        let actual = sha256_digest(&got.body);
-        if actual != digest {
+        reference: &str,
+    ) -> Result<Option<Manifest>, RegistryError> {
+        let got = self.send(repo, Method::GET, reference, None).await?;
+        if got.status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        check(repo, reference, &got)?;
+        let digest = sha256_digest(&got.body);
+        // By digest the body must hash to it; by tag, to what the registry says.
+        let expected = if reference.starts_with("sha256:") {
+            Some(reference.to_owned())
+        } else {
+            got.headers
+                .get(DIGEST_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        if let Some(expected) = expected
+            && expected != digest
+        {
             return Err(RegistryError::DigestMismatch {
-                reference: format!("{repo}@{digest}"),
-                expected: digest.to_owned(),
-                actual,
+                reference: format!("{repo}@{reference}"),
+                expected,
+                actual: digest,
             });
         }
-        // Push with the type the registry stored it under, so the copy is exact.
-        let content_type = got
+        // Keep the type the registry stored it under, so a copy is exact.
+        let media_type = got
             .headers
             .get(CONTENT_TYPE)
-            .filter(|v| {
-                v.to_str()
-                    .is_ok_and(|s| s.contains("manifest") || s.contains("index"))
-            })
-            .cloned()
-            .or_else(|| media_type_of(&got.body).and_then(|m| HeaderValue::from_str(&m).ok()))
+            .and_then(|v| v.to_str().ok())
+            .filter(|s| s.contains("manifest") || s.contains("index"))
+            .map(str::to_owned)
+            .or_else(|| media_type_of(&got.body))
             .ok_or_else(|| RegistryError::Protocol {
                 registry: repo.host().to_owned(),
                 message: format!("manifest {digest} has no recognizable media type"),
             })?;
+        Ok(Some(Manifest {
+            digest,
+            media_type,
+            bytes: got.body.to_vec(),
+        }))
+    }
+
+    async fn move_tag(
+        &self,
+        repo: &Repository,
+        manifest: &Manifest,
+        tag: &str,
+    ) -> Result<Moved, RegistryError> {
+        let content_type =
+            HeaderValue::from_str(&manifest.media_type).map_err(|_| RegistryError::Protocol {
+                registry: repo.host().to_owned(),
+                message: format!("invalid media type {:?}", manifest.media_type),
+            })?;
         // Compare before write: what the tag carries right before the push.
         let previous_digest = self.head(repo, tag).await?.unwrap_or_default();
+        let body = bytes::Bytes::from(manifest.bytes.clone());
         let put = self
-            .send(repo, Method::PUT, tag, Some((got.body, content_type)))
+            .send(repo, Method::PUT, tag, Some((body, content_type)))
             .await?;
         check(repo, tag, &put)?;
         // Read back: a concurrent writer between our PUT and now is reported.
         match self.head(repo, tag).await? {
-            Some(now) if now == digest => Ok(Moved { previous_digest }),
+            Some(now) if now == manifest.digest => Ok(Moved { previous_digest }),
             now => Err(RegistryError::DigestMismatch {
                 reference: format!("{repo}:{tag}"),
-                expected: digest.to_owned(),
+                expected: manifest.digest.clone(),
                 actual: now.unwrap_or_else(|| "nothing".into()),
             }),
         }

@@ -60,6 +60,36 @@ struct Trees {
     audit: sled::Tree,
     index: sled::Tree,
     meta: sled::Tree,
+    /// Pinned manifests by digest: the exact bytes a promotion will push.
+    manifests: sled::Tree,
+}
+
+/// A manifest's exact bytes and media type, as pinned at request time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredManifest {
+    pub media_type: String,
+    pub bytes: Vec<u8>,
+}
+
+impl StoredManifest {
+    /// `u32 BE length of media_type | media_type | bytes`
+    fn encode(&self) -> Vec<u8> {
+        let mt = self.media_type.as_bytes();
+        let mut out = Vec::with_capacity(4 + mt.len() + self.bytes.len());
+        out.extend_from_slice(&u32::try_from(mt.len()).unwrap_or(u32::MAX).to_be_bytes());
+        out.extend_from_slice(mt);
+        out.extend_from_slice(&self.bytes);
+        out
+    }
+
+    fn decode(v: &[u8]) -> Option<Self> {
+        let len = u32::from_be_bytes(v.get(..4)?.try_into().ok()?) as usize;
+        let media_type = std::str::from_utf8(v.get(4..4 + len)?).ok()?.to_owned();
+        Some(Self {
+            media_type,
+            bytes: v.get(4 + len..)?.to_vec(),
+        })
+    }
 }
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
@@ -146,6 +176,7 @@ impl Store {
             audit: db.open_tree("audit")?,
             index: db.open_tree("index")?,
             meta: db.open_tree("meta")?,
+            manifests: db.open_tree("manifests")?,
             db,
         };
         let state = WriterState::load(trees.clone())?;
@@ -208,6 +239,20 @@ impl Store {
 
     pub fn get(&self, id: PromotionId) -> Result<Option<Promotion>, StoreError> {
         get_promotion(&self.trees.promotions, id)
+    }
+
+    /// The manifest pinned under `digest`, if one was stored.
+    pub fn manifest(&self, digest: &str) -> Result<Option<StoredManifest>, StoreError> {
+        self.trees
+            .manifests
+            .get(digest.as_bytes())?
+            .map(|v| {
+                StoredManifest::decode(&v).ok_or_else(|| StoreError::Corrupt {
+                    what: format!("manifest {digest}"),
+                    reason: "bad encoding".into(),
+                })
+            })
+            .transpose()
     }
 
     /// The promotion a principal opened with this idempotency key, if any.
@@ -542,6 +587,19 @@ impl Tx<'_> {
             .index
             .get(keys::request_id(principal, request_id))?
             .and_then(|v| keys::read_u64(&v)))
+    }
+
+    /// Pins a manifest's bytes (content-addressed, so writing it twice is
+    /// harmless); it reaches the disk with the job's flush.
+    pub fn put_manifest(&mut self, digest: &str, m: &StoredManifest) -> Result<(), StoreError> {
+        if self.state.poisoned {
+            return Err(StoreError::Poisoned);
+        }
+        self.state
+            .trees
+            .manifests
+            .insert(digest.as_bytes(), m.encode())?;
+        Ok(())
     }
 
     /// The id the next new promotion will get.
