@@ -15,6 +15,7 @@
 //! - [`auth`]: the caller's identity from credentials.
 //! - [`api`]: gRPC handlers, conversions, page tokens, error -> status.
 //! - [`server`]: wires it all up and serves until shutdown.
+//! - [`cli`]: the command line: `serve`, local tools, the gRPC client subcommands.
 //! - [`error`]: the service error every use case returns.
 //! - [`telemetry`]: logs (text or JSON).
 //! - [`metrics`]: Prometheus counters and the `/metrics` endpoint.
@@ -23,6 +24,7 @@
 pub mod api;
 pub mod apply;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod error;

@@ -1,0 +1,194 @@
+//! The client subcommands: each connects, makes its call(s), and prints the
+//! answer. Nothing else; flags live in [`super`], output in [`super::output`].
+
+use super::client::{self, Client};
+use super::output::Printer;
+use super::{CliError, GlobalArgs, wait};
+use crate::pb;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+/// Largest page the server serves; fewer round trips when printing everything.
+const PAGE_SIZE: u32 = 1000;
+
+pub async fn request(
+    g: &GlobalArgs,
+    out: &mut Printer,
+    req: pb::RequestPromotionRequest,
+    follow: bool,
+) -> Result<(), CliError> {
+    let mut c = Client::connect(g).await?;
+    let p = c.api.request_promotion(c.unary(req)).await?.into_inner();
+    answer(&mut c, out, p, follow).await
+}
+
+pub async fn approve(
+    g: &GlobalArgs,
+    out: &mut Printer,
+    req: pb::ApproveRequest,
+    follow: bool,
+) -> Result<(), CliError> {
+    let mut c = Client::connect(g).await?;
+    let p = c.api.approve(c.unary(req)).await?.into_inner();
+    answer(&mut c, out, p, follow).await
+}
+
+pub async fn reject(
+    g: &GlobalArgs,
+    out: &mut Printer,
+    req: pb::RejectRequest,
+) -> Result<(), CliError> {
+    let mut c = Client::connect(g).await?;
+    let p = c.api.reject(c.unary(req)).await?.into_inner();
+    out.promotion(&p)
+}
+
+pub async fn cancel(
+    g: &GlobalArgs,
+    out: &mut Printer,
+    req: pb::CancelRequest,
+) -> Result<(), CliError> {
+    let mut c = Client::connect(g).await?;
+    let p = c.api.cancel(c.unary(req)).await?.into_inner();
+    out.promotion(&p)
+}
+
+pub async fn get(g: &GlobalArgs, out: &mut Printer, id: String) -> Result<(), CliError> {
+    let mut c = Client::connect(g).await?;
+    let req = pb::GetPromotionRequest { promotion_id: id };
+    let p = c.api.get_promotion(c.unary(req)).await?.into_inner();
+    out.promotion(&p)
+}
+
+/// Prints the answer of request/approve, then follows it if asked to.
+async fn answer(
+    c: &mut Client,
+    out: &mut Printer,
+    p: pb::Promotion,
+    follow: bool,
+) -> Result<(), CliError> {
+    out.promotion(&p)?;
+    if follow {
+        wait::follow(c, out, p).await
+    } else {
+        Ok(())
+    }
+}
+
+/// Every promotion matching `filter` (or the first `limit`).
+pub async fn list(
+    g: &GlobalArgs,
+    out: &mut Printer,
+    filter: pb::ListPromotionsRequest,
+    limit: Option<u32>,
+) -> Result<(), CliError> {
+    let c = Client::connect(g).await?;
+    let all = pages(limit, |page_token, page_size| {
+        let mut api = c.api.clone();
+        let req = c.unary(pb::ListPromotionsRequest {
+            page_size,
+            page_token,
+            ..filter.clone()
+        });
+        async move {
+            let page = api.list_promotions(req).await?.into_inner();
+            Ok((page.promotions, page.next_page_token))
+        }
+    })
+    .await?;
+    out.promotions(&all)
+}
+
+/// Every audit entry matching `filter` (or the first `limit`), oldest first.
+pub async fn history(
+    g: &GlobalArgs,
+    out: &mut Printer,
+    filter: pb::HistoryRequest,
+    limit: Option<u32>,
+) -> Result<(), CliError> {
+    let c = Client::connect(g).await?;
+    let all = pages(limit, |page_token, page_size| {
+        let mut api = c.api.clone();
+        let req = c.unary(pb::HistoryRequest {
+            page_size,
+            page_token,
+            ..filter.clone()
+        });
+        async move {
+            let page = api.history(req).await?.into_inner();
+            Ok((page.entries, page.next_page_token))
+        }
+    })
+    .await?;
+    out.audit_entries(&all)
+}
+
+/// Follows page tokens until the last page or `limit` items. `fetch` gets
+/// the page token and size and answers the items and the next token.
+async fn pages<T, F, Fut>(limit: Option<u32>, mut fetch: F) -> Result<Vec<T>, CliError>
+where
+    F: FnMut(String, u32) -> Fut,
+    Fut: Future<Output = Result<(Vec<T>, String), tonic::Status>>,
+{
+    let want = limit.map_or(usize::MAX, |n| n as usize);
+    let mut all = Vec::new();
+    let mut token = String::new();
+    loop {
+        let left = u32::try_from(want - all.len()).unwrap_or(PAGE_SIZE);
+        let (items, next) = fetch(token.clone(), left.min(PAGE_SIZE)).await?;
+        all.extend(items);
+        all.truncate(want);
+        // A token that does not advance would loop forever; the server
+        // has then sent all it is going to.
+        if next.is_empty() || next == token || all.len() >= want {
+            return Ok(all);
+        }
+        token = next;
+    }
+}
+
+pub async fn deployed(
+    g: &GlobalArgs,
+    out: &mut Printer,
+    req: pb::GetDeployedRequest,
+) -> Result<(), CliError> {
+    let mut c = Client::connect(g).await?;
+    let d = c.api.get_deployed(c.unary(req)).await?.into_inner();
+    out.deployed(&d)
+}
+
+/// The server recomputes its chain; a broken one exits 1, like the offline
+/// check.
+pub async fn verify_log(g: &GlobalArgs, out: &mut Printer) -> Result<(), CliError> {
+    let mut c = Client::connect(g).await?;
+    let req = pb::VerifyAuditLogRequest {};
+    let v = c.api.verify_audit_log(c.unary(req)).await?.into_inner();
+    out.verification(&v)?;
+    if v.ok {
+        Ok(())
+    } else {
+        Err(CliError::ChainBroken)
+    }
+}
+
+/// `grpc.health.v1.Health/Check` of the whole server (service ""), which
+/// needs no token: made for Docker HEALTHCHECK and load balancers.
+pub async fn health(g: &GlobalArgs, out: &mut Printer) -> Result<(), CliError> {
+    let mut health = HealthClient::new(client::channel(g).await?);
+    let mut req = tonic::Request::new(HealthCheckRequest {
+        service: String::new(),
+    });
+    req.set_timeout(g.timeout);
+    let status = health.check(req).await?.into_inner().status;
+    let name = ServingStatus::try_from(status)
+        .ok()
+        .map(|s| s.as_str_name());
+    out.health(status, name)?;
+    if status == ServingStatus::Serving as i32 {
+        Ok(())
+    } else {
+        Err(CliError::NotServing(
+            name.map_or_else(|| status.to_string(), str::to_owned),
+        ))
+    }
+}

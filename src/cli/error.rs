@@ -1,0 +1,251 @@
+//! What can go wrong in a CLI run, and which exit code each failure gets
+//! (the table is in the [`crate::cli`] module doc and `prodgate --help`).
+
+use std::error::Error as _;
+use std::path::PathBuf;
+use tonic::{Code, Status};
+
+/// Process exit codes; see the module doc of [`crate::cli`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    Ok = 0,
+    Local = 1,
+    Usage = 2,
+    Refused = 3,
+    Unreachable = 4,
+    NotPromoted = 5,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("cannot read {what} {}: {source}", path.display())]
+    ReadFile {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the token is empty")]
+    EmptyToken,
+    #[error("the token must be printable ASCII without spaces")]
+    BadToken,
+    #[error("invalid --server {url:?}: {reason}")]
+    BadServer { url: String, reason: String },
+    #[error("--ca-cert, --cert and --key need an https:// --server, not {0}")]
+    TlsWithoutHttps(String),
+    #[error("invalid TLS setup: {0}")]
+    Tls(String),
+    #[error("{} holds no PEM {want} (-----BEGIN {want}-----)", path.display())]
+    NotPem { path: PathBuf, want: &'static str },
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Server(#[from] crate::server::ServerError),
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    /// The chain verdict is already on stdout (`BROKEN at sequence …`).
+    #[error("the audit chain is broken")]
+    ChainBroken,
+    #[error("cannot reach {server}: {reason}")]
+    Connect { server: String, reason: String },
+    #[error("{}", describe_status(.0))]
+    Status(#[from] Status),
+    #[error("the server is {0}")]
+    NotServing(String),
+    #[error("the server ended the watch of promotion {0} before a terminal state")]
+    WatchEnded(String),
+    #[error("promotion {id} ended {state}, not PROMOTED{}", detail_suffix(.detail))]
+    NotPromoted {
+        id: String,
+        state: String,
+        detail: String,
+    },
+    #[error("cannot write the output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+impl CliError {
+    pub fn exit(&self) -> Exit {
+        match self {
+            CliError::ReadFile { .. }
+            | CliError::EmptyToken
+            | CliError::BadToken
+            | CliError::BadServer { .. }
+            | CliError::TlsWithoutHttps(_)
+            | CliError::Tls(_)
+            | CliError::NotPem { .. }
+            | CliError::Config(_)
+            | CliError::Listen { .. }
+            | CliError::Server(_)
+            | CliError::Store(_)
+            | CliError::ChainBroken
+            | CliError::Output(_) => Exit::Local,
+            CliError::Connect { .. } | CliError::NotServing(_) | CliError::WatchEnded(_) => {
+                Exit::Unreachable
+            }
+            CliError::Status(s) if is_unreachable(s) => Exit::Unreachable,
+            CliError::Status(_) => Exit::Refused,
+            CliError::NotPromoted { .. } => Exit::NotPromoted,
+        }
+    }
+
+    /// Whether `main` should print the error: a broken chain already said so
+    /// on stdout, and a closed pipe (`prodgate list | head`) is the reader's
+    /// choice, not a failure worth a message.
+    pub fn is_reportable(&self) -> bool {
+        match self {
+            CliError::ChainBroken => false,
+            CliError::Output(e) => e.kind() != std::io::ErrorKind::BrokenPipe,
+            _ => true,
+        }
+    }
+}
+
+/// UNAVAILABLE and DEADLINE_EXCEEDED mean "try again later". A status that
+/// carries a source error was built by tonic from a local transport failure
+/// (connection closed or reset, TLS rejected during the first call) and may
+/// be labelled UNKNOWN or CANCELLED: it never came from the server. A status
+/// the server sent has no source; that is its answer, a refusal.
+fn is_unreachable(s: &Status) -> bool {
+    match s.code() {
+        Code::Unavailable | Code::DeadlineExceeded => true,
+        _ => s.source().is_some(),
+    }
+}
+
+/// Whether tonic gave up waiting for `--timeout` itself. It reports that as
+/// CANCELLED; for the user it is the deadline they set, so say so.
+fn is_local_timeout(s: &Status) -> bool {
+    let mut cause = s.source();
+    while let Some(c) = cause {
+        if c.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+fn describe_status(s: &Status) -> String {
+    if is_local_timeout(s) {
+        return "unreachable (DEADLINE_EXCEEDED): no answer within --timeout".to_owned();
+    }
+    let verdict = if is_unreachable(s) {
+        "unreachable"
+    } else {
+        "refused"
+    };
+    let mut message = s.message().to_owned();
+    // Transport failures say little in the message ("transport error");
+    // the cause chain has the part a person can act on.
+    let mut cause = s.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !message.contains(&text) {
+            if !message.is_empty() {
+                message.push_str(": ");
+            }
+            message.push_str(&text);
+        }
+        cause = c.source();
+    }
+    // One line on stderr, whatever the server put in its message.
+    let message = message.replace(['\r', '\n'], " ");
+    format!("{verdict} ({}): {message}", code_name(s.code()))
+}
+
+fn detail_suffix(detail: &str) -> String {
+    if detail.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", detail.replace(['\r', '\n'], " "))
+    }
+}
+
+/// The canonical gRPC name, as grpcurl and other clients print it.
+pub fn code_name(c: Code) -> &'static str {
+    match c {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// A transport error's whole cause chain on one line: tonic's own Display
+/// is just "transport error".
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cause = c.source();
+    }
+    s.replace(['\r', '\n'], " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_answers_are_refusals_and_transport_failures_are_not() {
+        let denied = CliError::Status(Status::permission_denied("bob is not an approver"));
+        assert_eq!(denied.exit(), Exit::Refused);
+        assert_eq!(
+            denied.to_string(),
+            "refused (PERMISSION_DENIED): bob is not an approver"
+        );
+        assert_eq!(
+            CliError::Status(Status::unavailable("draining")).exit(),
+            Exit::Unreachable
+        );
+        assert_eq!(
+            CliError::Status(Status::deadline_exceeded("slow")).exit(),
+            Exit::Unreachable
+        );
+        // The server said UNKNOWN: still its answer.
+        assert_eq!(
+            CliError::Status(Status::unknown("boom")).exit(),
+            Exit::Refused
+        );
+        let local = Status::from_error(Box::new(std::io::Error::other("reset")));
+        assert_eq!(local.code(), Code::Unknown);
+        assert_eq!(CliError::Status(local).exit(), Exit::Unreachable);
+        let mut closed = Status::cancelled("operation was canceled");
+        closed.set_source(std::sync::Arc::new(std::io::Error::other(
+            "connection closed",
+        )));
+        assert_eq!(CliError::Status(closed).exit(), Exit::Unreachable);
+    }
+
+    #[test]
+    fn messages_stay_on_one_line() {
+        let e = CliError::Status(Status::invalid_argument("a\nb"));
+        assert_eq!(e.to_string(), "refused (INVALID_ARGUMENT): a b");
+    }
+}

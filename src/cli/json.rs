@@ -1,0 +1,278 @@
+//! The proto3 JSON mapping of the messages the CLI prints, written by hand
+//! because the generated prost types carry no serde. This is the one place
+//! that decides how a message looks in `--output json`; scripts depend on it.
+//!
+//! The choices, all from the proto3 JSON spec:
+//! - field names are lowerCamelCase (`requestedBy`, `promotionId`);
+//! - enums are their full names (`"PROMOTION_STATE_PROMOTED"`,
+//!   `"AUDIT_ACTION_APPLIED"`); a number this build does not know is printed
+//!   as the number, as the spec says;
+//! - `google.protobuf.Timestamp` is an RFC 3339 string in UTC with `Z` and 0,
+//!   3, 6 or 9 fractional digits;
+//! - `uint64` is a decimal string (`"sequence":"12"`), `uint32` and `bool`
+//!   are JSON numbers and booleans;
+//! - **fields at their default value are omitted** (empty string, 0, false,
+//!   empty list, unset Timestamp), as a proto3 serializer does by default. So
+//!   a successful `verify-log` has `"ok":true`, a broken one has no `ok` at
+//!   all, and a promotion without a previous digest has no `previousDigest`.
+//!   Scripts should read a missing field as its default (jq: `.ok // false`).
+//!
+//! Every object is one line; field order follows the .proto.
+
+use super::time::{Precision, rfc3339};
+use crate::pb;
+use prost_types::Timestamp;
+
+/// Builds one JSON object, leaving out fields at their proto3 default.
+struct Object {
+    buf: String,
+}
+
+impl Object {
+    fn new() -> Self {
+        Self {
+            buf: String::from("{"),
+        }
+    }
+
+    fn key(&mut self, name: &str) {
+        if self.buf.len() > 1 {
+            self.buf.push(',');
+        }
+        self.buf.push_str(&quote(name));
+        self.buf.push(':');
+    }
+
+    fn string(mut self, name: &str, v: &str) -> Self {
+        if !v.is_empty() {
+            self.key(name);
+            self.buf.push_str(&quote(v));
+        }
+        self
+    }
+
+    fn boolean(mut self, name: &str, v: bool) -> Self {
+        if v {
+            self.key(name);
+            self.buf.push_str("true");
+        }
+        self
+    }
+
+    fn uint32(mut self, name: &str, v: u32) -> Self {
+        if v != 0 {
+            self.key(name);
+            self.buf.push_str(&v.to_string());
+        }
+        self
+    }
+
+    /// 64-bit integers are strings: JavaScript numbers lose precision above 2^53.
+    fn uint64(mut self, name: &str, v: u64) -> Self {
+        if v != 0 {
+            self.key(name);
+            self.buf.push_str(&quote(&v.to_string()));
+        }
+        self
+    }
+
+    fn enumeration(mut self, name: &str, number: i32, known: Option<&str>) -> Self {
+        if number != 0 {
+            self.key(name);
+            match known {
+                Some(n) => self.buf.push_str(&quote(n)),
+                None => self.buf.push_str(&number.to_string()),
+            }
+        }
+        self
+    }
+
+    fn timestamp(mut self, name: &str, v: Option<&Timestamp>) -> Self {
+        if let Some(ts) = v {
+            self.key(name);
+            self.buf.push_str(&quote(&rfc3339(ts, Precision::Exact)));
+        }
+        self
+    }
+
+    /// `items` are already-rendered JSON values.
+    fn array(mut self, name: &str, items: Vec<String>) -> Self {
+        if !items.is_empty() {
+            self.key(name);
+            self.buf.push('[');
+            self.buf.push_str(&items.join(","));
+            self.buf.push(']');
+        }
+        self
+    }
+
+    fn finish(mut self) -> String {
+        self.buf.push('}');
+        self.buf
+    }
+}
+
+/// A JSON string literal with serde_json's escaping.
+fn quote(s: &str) -> String {
+    serde_json::Value::String(s.to_owned()).to_string()
+}
+
+pub fn promotion(p: &pb::Promotion) -> String {
+    let state = pb::PromotionState::try_from(p.state).ok();
+    Object::new()
+        .string("id", &p.id)
+        .string("repository", &p.repository)
+        .string("environment", &p.environment)
+        .string("targetTag", &p.target_tag)
+        .string("source", &p.source)
+        .string("digest", &p.digest)
+        .enumeration("state", p.state, state.map(|s| s.as_str_name()))
+        .string("requestedBy", &p.requested_by)
+        .string("reason", &p.reason)
+        .array("approvals", p.approvals.iter().map(approval).collect())
+        .uint32("requiredApprovals", p.required_approvals)
+        .string("previousDigest", &p.previous_digest)
+        .timestamp("createdAt", p.created_at.as_ref())
+        .timestamp("updatedAt", p.updated_at.as_ref())
+        .timestamp("promotedAt", p.promoted_at.as_ref())
+        .string("failureMessage", &p.failure_message)
+        .timestamp("expiresAt", p.expires_at.as_ref())
+        .finish()
+}
+
+fn approval(a: &pb::Approval) -> String {
+    Object::new()
+        .string("approver", &a.approver)
+        .string("comment", &a.comment)
+        .timestamp("time", a.time.as_ref())
+        .finish()
+}
+
+pub fn audit_entry(e: &pb::AuditEntry) -> String {
+    let action = pb::AuditAction::try_from(e.action).ok();
+    Object::new()
+        .uint64("sequence", e.sequence)
+        .timestamp("time", e.time.as_ref())
+        .string("actor", &e.actor)
+        .enumeration("action", e.action, action.map(|a| a.as_str_name()))
+        .string("promotionId", &e.promotion_id)
+        .string("repository", &e.repository)
+        .string("environment", &e.environment)
+        .string("digest", &e.digest)
+        .string("previousDigest", &e.previous_digest)
+        .string("comment", &e.comment)
+        .string("prevHash", &e.prev_hash)
+        .string("hash", &e.hash)
+        .finish()
+}
+
+pub fn deployed(d: &pb::Deployed) -> String {
+    Object::new()
+        .string("digest", &d.digest)
+        .string("promotionId", &d.promotion_id)
+        .timestamp("since", d.since.as_ref())
+        .finish()
+}
+
+pub fn verification(v: &pb::VerifyAuditLogResponse) -> String {
+    Object::new()
+        .boolean("ok", v.ok)
+        .uint64("entriesChecked", v.entries_checked)
+        .uint64("firstBadSequence", v.first_bad_sequence)
+        .string("headHash", &v.head_hash)
+        .string("message", &v.message)
+        .finish()
+}
+
+/// `grpc.health.v1.HealthCheckResponse`.
+pub fn health(status: i32, name: Option<&str>) -> String {
+    Object::new().enumeration("status", status, name).finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn parse(s: &str) -> Value {
+        assert!(!s.contains('\n'), "one line: {s}");
+        serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}"))
+    }
+
+    #[test]
+    fn promotion_uses_camel_case_enum_names_and_omits_defaults() {
+        let p = pb::Promotion {
+            id: "7".into(),
+            repository: "r.example/app".into(),
+            environment: "production".into(),
+            target_tag: "production".into(),
+            source: "staging".into(),
+            digest: "sha256:ab".into(),
+            state: pb::PromotionState::Promoted as i32,
+            requested_by: "alice".into(),
+            reason: "say \"hi\"\n".into(),
+            approvals: vec![pb::Approval {
+                approver: "bob".into(),
+                comment: String::new(),
+                time: Some(Timestamp {
+                    seconds: 1_795_703_520,
+                    nanos: 500_000_000,
+                }),
+            }],
+            required_approvals: 1,
+            previous_digest: String::new(),
+            created_at: Some(Timestamp {
+                seconds: 1_795_703_520,
+                nanos: 0,
+            }),
+            updated_at: None,
+            promoted_at: None,
+            failure_message: String::new(),
+            expires_at: None,
+        };
+        let text = promotion(&p);
+        assert!(text.starts_with(r#"{"id":"7","repository":"#), "{text}");
+        assert_eq!(
+            parse(&text),
+            json!({
+                "id": "7",
+                "repository": "r.example/app",
+                "environment": "production",
+                "targetTag": "production",
+                "source": "staging",
+                "digest": "sha256:ab",
+                "state": "PROMOTION_STATE_PROMOTED",
+                "requestedBy": "alice",
+                "reason": "say \"hi\"\n",
+                "approvals": [{"approver": "bob", "time": "2026-11-26T14:32:00.500Z"}],
+                "requiredApprovals": 1,
+                "createdAt": "2026-11-26T14:32:00Z",
+            })
+        );
+        assert_eq!(promotion(&pb::Promotion::default()), "{}");
+    }
+
+    #[test]
+    fn unknown_enum_numbers_stay_numbers_and_uint64_are_strings() {
+        let e = pb::AuditEntry {
+            sequence: 12,
+            action: 99,
+            ..Default::default()
+        };
+        assert_eq!(
+            parse(&audit_entry(&e)),
+            json!({"sequence": "12", "action": 99})
+        );
+        let v = pb::VerifyAuditLogResponse {
+            ok: false,
+            entries_checked: 3,
+            first_bad_sequence: 2,
+            head_hash: "ab".into(),
+            message: "altered".into(),
+        };
+        assert_eq!(
+            parse(&verification(&v)),
+            json!({"entriesChecked": "3", "firstBadSequence": "2", "headHash": "ab", "message": "altered"})
+        );
+    }
+}

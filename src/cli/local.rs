@@ -1,0 +1,47 @@
+//! The subcommands that need no server: `check-config`, `verify-log
+//! --data-dir` (a stopped server's data directory) and `completions`.
+
+use super::CliError;
+use super::output::Printer;
+use crate::config::Config;
+use crate::pb;
+use std::path::Path;
+
+pub fn check_config(file: &Path, out: &mut Printer) -> Result<(), CliError> {
+    let c = Config::load(file)?;
+    let environments: Vec<&str> = c.environments.iter().map(|e| e.name.as_str()).collect();
+    out.raw(&format!(
+        "ok: {} registries, {} principals, environments: {}\n",
+        c.registries.len(),
+        c.principals.len(),
+        environments.join(", ")
+    ))
+}
+
+/// Same verdict and output as the online `verify-log`, from the files.
+pub fn verify_offline(dir: &Path, out: &mut Printer) -> Result<(), CliError> {
+    let v = crate::store::verify_offline(dir)?;
+    let ok = v.first_bad_sequence.is_none();
+    out.verification(&pb::VerifyAuditLogResponse {
+        ok,
+        entries_checked: v.entries_checked,
+        first_bad_sequence: v.first_bad_sequence.unwrap_or(0),
+        head_hash: hex::encode(v.head_hash),
+        message: v.message,
+    })?;
+    if ok {
+        Ok(())
+    } else {
+        Err(CliError::ChainBroken)
+    }
+}
+
+pub fn completions(
+    shell: clap_complete::Shell,
+    command: &mut clap::Command,
+    out: &mut Printer,
+) -> Result<(), CliError> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, command, "prodgate", &mut script);
+    out.raw(&String::from_utf8_lossy(&script))
+}

@@ -1,0 +1,85 @@
+//! Where results go: stdout, as JSON lines ([`super::json`]) or tables
+//! ([`super::table`]) per `--output`. Each record is flushed at once so a
+//! script reading `--wait` progress sees every line when it happens.
+
+use super::{CliError, Format, json, table};
+use crate::pb;
+use std::io::Write;
+use std::time::SystemTime;
+
+pub struct Printer {
+    format: Format,
+    out: std::io::Stdout,
+}
+
+impl Printer {
+    pub fn stdout(format: Format) -> Self {
+        Self {
+            format,
+            out: std::io::stdout(),
+        }
+    }
+
+    /// Writes `text` as is (it ends in a newline) and flushes.
+    pub fn raw(&mut self, text: &str) -> Result<(), CliError> {
+        self.out.write_all(text.as_bytes())?;
+        self.out.flush()?;
+        Ok(())
+    }
+
+    fn line(&mut self, text: &str) -> Result<(), CliError> {
+        self.raw(&format!("{text}\n"))
+    }
+
+    /// The answer of get/request/approve/reject/cancel.
+    pub fn promotion(&mut self, p: &pb::Promotion) -> Result<(), CliError> {
+        match self.format {
+            Format::Json => self.line(&json::promotion(p)),
+            Format::Table => self.raw(&table::promotion(p, SystemTime::now())),
+        }
+    }
+
+    /// A change seen while following a promotion with --wait.
+    pub fn progress(&mut self, p: &pb::Promotion) -> Result<(), CliError> {
+        match self.format {
+            Format::Json => self.line(&json::promotion(p)),
+            Format::Table => self.raw(&table::progress(p)),
+        }
+    }
+
+    pub fn promotions(&mut self, ps: &[pb::Promotion]) -> Result<(), CliError> {
+        match self.format {
+            Format::Json => ps.iter().try_for_each(|p| self.line(&json::promotion(p))),
+            Format::Table => self.raw(&table::promotions(ps, SystemTime::now())),
+        }
+    }
+
+    pub fn audit_entries(&mut self, es: &[pb::AuditEntry]) -> Result<(), CliError> {
+        match self.format {
+            Format::Json => es.iter().try_for_each(|e| self.line(&json::audit_entry(e))),
+            Format::Table => self.raw(&table::audit_entries(es)),
+        }
+    }
+
+    pub fn deployed(&mut self, d: &pb::Deployed) -> Result<(), CliError> {
+        match self.format {
+            Format::Json => self.line(&json::deployed(d)),
+            Format::Table => self.raw(&table::deployed(d, SystemTime::now())),
+        }
+    }
+
+    pub fn verification(&mut self, v: &pb::VerifyAuditLogResponse) -> Result<(), CliError> {
+        match self.format {
+            Format::Json => self.line(&json::verification(v)),
+            Format::Table => self.raw(&table::verification(v)),
+        }
+    }
+
+    /// A `grpc.health.v1` serving status.
+    pub fn health(&mut self, status: i32, name: Option<&str>) -> Result<(), CliError> {
+        match self.format {
+            Format::Json => self.line(&json::health(status, name)),
+            Format::Table => self.line(&name.map_or_else(|| status.to_string(), str::to_owned)),
+        }
+    }
+}

@@ -1,0 +1,344 @@
+//! `--output table`: what people read. Aligned columns for lists, a
+//! `key: value` block for one promotion. Not a stable format; scripts use
+//! `--output json`.
+
+use super::time::{Precision, relative, rfc3339};
+use crate::pb;
+use prost_types::Timestamp;
+use std::time::SystemTime;
+
+/// Hex digits of a digest shown in columns: enough to tell images apart.
+const SHORT_DIGEST_HEX: usize = 12;
+
+/// Column separator.
+const GAP: &str = "  ";
+
+pub fn state_label(n: i32) -> String {
+    match pb::PromotionState::try_from(n) {
+        Ok(s) => label(s.as_str_name(), "PROMOTION_STATE_"),
+        Err(_) => n.to_string(),
+    }
+}
+
+fn action_label(n: i32) -> String {
+    match pb::AuditAction::try_from(n) {
+        Ok(a) => label(a.as_str_name(), "AUDIT_ACTION_"),
+        Err(_) => n.to_string(),
+    }
+}
+
+fn label(full: &str, prefix: &str) -> String {
+    full.strip_prefix(prefix).unwrap_or(full).to_owned()
+}
+
+/// Server-provided text goes to a terminal: control characters (newlines
+/// that would break the columns, escape sequences) become spaces.
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// `sha256:0123456789ab`.
+pub fn short_digest(d: &str) -> String {
+    let (algo, hex) = d.split_once(':').unwrap_or(("", d));
+    let short: String = hex.chars().take(SHORT_DIGEST_HEX).collect();
+    if algo.is_empty() {
+        clean(&short)
+    } else {
+        clean(&format!("{algo}:{short}"))
+    }
+}
+
+fn or_dash(s: String) -> String {
+    if s.is_empty() { "-".to_owned() } else { s }
+}
+
+fn approvals(p: &pb::Promotion) -> String {
+    format!("{}/{}", p.approvals.len(), p.required_approvals)
+}
+
+fn age(ts: Option<&Timestamp>, now: SystemTime) -> String {
+    ts.map_or_else(|| "-".to_owned(), |t| relative(t, now))
+}
+
+/// `2026-11-26T14:32:00Z (3m ago)`.
+fn moment(ts: &Timestamp, now: SystemTime) -> String {
+    format!(
+        "{} ({})",
+        rfc3339(ts, Precision::Seconds),
+        relative(ts, now)
+    )
+}
+
+/// Left-aligned columns; the last column is not padded.
+fn grid(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let pad = widths[i].saturating_sub(cell.chars().count());
+                line.push_str(cell);
+                line.push_str(&" ".repeat(pad));
+                line.push_str(GAP);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+pub fn promotions(ps: &[pb::Promotion], now: SystemTime) -> String {
+    let header = [
+        "ID",
+        "STATE",
+        "REPOSITORY",
+        "ENV",
+        "DIGEST",
+        "REQUESTED BY",
+        "APPROVALS",
+        "AGE",
+    ];
+    let mut rows = vec![header.map(str::to_owned).to_vec()];
+    rows.extend(ps.iter().map(|p| {
+        vec![
+            clean(&p.id),
+            state_label(p.state),
+            or_dash(clean(&p.repository)),
+            or_dash(clean(&p.environment)),
+            or_dash(short_digest(&p.digest)),
+            or_dash(clean(&p.requested_by)),
+            approvals(p),
+            age(p.created_at.as_ref(), now),
+        ]
+    }));
+    grid(&rows)
+}
+
+/// The audit log shows absolute times: it is read against other logs.
+pub fn audit_entries(es: &[pb::AuditEntry]) -> String {
+    let header = [
+        "SEQ",
+        "TIME",
+        "ACTION",
+        "ACTOR",
+        "PROMOTION",
+        "REPOSITORY",
+        "ENV",
+        "DIGEST",
+        "COMMENT",
+    ];
+    let mut rows = vec![header.map(str::to_owned).to_vec()];
+    rows.extend(es.iter().map(|e| {
+        vec![
+            e.sequence.to_string(),
+            e.time
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |t| rfc3339(t, Precision::Seconds)),
+            action_label(e.action),
+            or_dash(clean(&e.actor)),
+            or_dash(clean(&e.promotion_id)),
+            or_dash(clean(&e.repository)),
+            or_dash(clean(&e.environment)),
+            or_dash(short_digest(&e.digest)),
+            clean(&e.comment),
+        ]
+    }));
+    grid(&rows)
+}
+
+/// Every field of one promotion, for `get` and the answers of
+/// request/approve/reject/cancel. Full digests here: this is what gets
+/// pasted into incident notes.
+pub fn promotion(p: &pb::Promotion, now: SystemTime) -> String {
+    let mut rows: Vec<(&str, String)> = vec![
+        ("id", clean(&p.id)),
+        ("state", state_label(p.state)),
+        ("repository", clean(&p.repository)),
+        ("environment", clean(&p.environment)),
+        ("target tag", clean(&p.target_tag)),
+        ("source", clean(&p.source)),
+        ("digest", clean(&p.digest)),
+    ];
+    if !p.previous_digest.is_empty() {
+        rows.push(("previous digest", clean(&p.previous_digest)));
+    }
+    rows.push(("requested by", clean(&p.requested_by)));
+    rows.push(("reason", clean(&p.reason)));
+    rows.push(("approvals", approvals(p)));
+    let approver_width = p
+        .approvals
+        .iter()
+        .map(|a| clean(&a.approver).chars().count())
+        .max()
+        .unwrap_or(0);
+    for a in &p.approvals {
+        let mut line = format!("  {:approver_width$}", clean(&a.approver));
+        if let Some(t) = &a.time {
+            line.push_str(&format!("  {}", moment(t, now)));
+        }
+        if !a.comment.is_empty() {
+            line.push_str(&format!("  {:?}", clean(&a.comment)));
+        }
+        rows.push(("", line));
+    }
+    let times = [
+        ("created", &p.created_at),
+        ("updated", &p.updated_at),
+        ("expires", &p.expires_at),
+        ("promoted", &p.promoted_at),
+    ];
+    for (key, t) in times {
+        if let Some(t) = t {
+            rows.push((key, moment(t, now)));
+        }
+    }
+    if !p.failure_message.is_empty() {
+        rows.push(("failure", clean(&p.failure_message)));
+    }
+    key_values(&rows)
+}
+
+/// `promotion 7: PROMOTED (approvals 1/1)`: one line per change under --wait.
+pub fn progress(p: &pb::Promotion) -> String {
+    let mut line = format!(
+        "promotion {}: {} (approvals {})",
+        clean(&p.id),
+        state_label(p.state),
+        approvals(p)
+    );
+    if !p.failure_message.is_empty() {
+        line.push_str(&format!(": {}", clean(&p.failure_message)));
+    }
+    line.push('\n');
+    line
+}
+
+pub fn deployed(d: &pb::Deployed, now: SystemTime) -> String {
+    let mut rows = vec![
+        ("digest", clean(&d.digest)),
+        ("promotion", clean(&d.promotion_id)),
+    ];
+    if let Some(t) = &d.since {
+        rows.push(("since", moment(t, now)));
+    }
+    key_values(&rows)
+}
+
+/// The wording `verify-log --data-dir` has always printed.
+pub fn verification(v: &pb::VerifyAuditLogResponse) -> String {
+    if v.ok {
+        format!(
+            "ok: {} entries, head {}\n",
+            v.entries_checked,
+            clean(&v.head_hash)
+        )
+    } else {
+        format!(
+            "BROKEN at sequence {}: {}\n",
+            v.first_bad_sequence,
+            clean(&v.message)
+        )
+    }
+}
+
+fn key_values(rows: &[(&str, String)]) -> String {
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    let mut out = String::new();
+    for (key, value) in rows {
+        let key = if key.is_empty() {
+            String::new()
+        } else {
+            format!("{key}:")
+        };
+        let line = format!("{key:width$} {value}");
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn at(seconds: i64) -> Option<Timestamp> {
+        Some(Timestamp { seconds, nanos: 0 })
+    }
+
+    #[test]
+    fn list_columns_line_up() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000);
+        let p = |id: &str, state, repo: &str| pb::Promotion {
+            id: id.into(),
+            repository: repo.into(),
+            environment: "production".into(),
+            digest: format!("sha256:{}", "a".repeat(64)),
+            state: state as i32,
+            requested_by: "alice".into(),
+            required_approvals: 1,
+            created_at: at(820),
+            ..Default::default()
+        };
+        let text = promotions(
+            &[
+                p("7", pb::PromotionState::PendingApproval, "r/app"),
+                p("12", pb::PromotionState::Promoted, "r/a\nb"),
+            ],
+            now,
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("ID  STATE             REPOSITORY  ENV"));
+        assert!(
+            lines[1].starts_with("7   PENDING_APPROVAL  r/app"),
+            "{text}"
+        );
+        assert!(lines[2].contains("PROMOTED          r/a b"), "{text}");
+        assert!(lines[2].contains("sha256:aaaaaaaaaaaa  alice"), "{text}");
+        assert!(lines[2].ends_with("0/1        3m ago"), "{text}");
+    }
+
+    #[test]
+    fn one_promotion_is_a_key_value_block() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_795_703_520 + 180);
+        let p = pb::Promotion {
+            id: "7".into(),
+            state: pb::PromotionState::Promoted as i32,
+            approvals: vec![pb::Approval {
+                approver: "bob".into(),
+                comment: "lgtm".into(),
+                time: at(1_795_703_520),
+            }],
+            required_approvals: 1,
+            ..Default::default()
+        };
+        let text = promotion(&p, now);
+        assert!(
+            text.starts_with("id:           7\nstate:        PROMOTED\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "approvals:    1/1\n                bob  2026-11-26T14:32:00Z (3m ago)  \"lgtm\"\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(progress(&p), "promotion 7: PROMOTED (approvals 1/1)\n");
+    }
+}

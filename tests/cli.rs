@@ -1,0 +1,791 @@
+//! The `prodgate` command line as users and CI jobs run it: the real binary
+//! as a subprocess against a real server and registry, in both output
+//! modes, with the exit codes scripts branch on.
+//!
+//! Running a subprocess blocks the test thread; that is fine because the
+//! server and the registry are processes of their own.
+
+mod support;
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use support::World;
+use support::server::{TestServer, standard_config, token};
+
+const BIN: &str = env!("CARGO_BIN_EXE_prodgate");
+
+/// A finished run.
+#[derive(Debug)]
+struct Out {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    #[track_caller]
+    fn code(self, want: i32) -> Out {
+        assert_eq!(self.code, Some(want), "{self:#?}");
+        self
+    }
+
+    #[track_caller]
+    fn ok(self) -> Out {
+        self.code(0)
+    }
+
+    /// Every stdout line as JSON.
+    #[track_caller]
+    fn lines(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?} in {self:#?}")))
+            .collect()
+    }
+
+    /// The only stdout line, as JSON.
+    #[track_caller]
+    fn one(&self) -> Value {
+        let lines = self.lines();
+        assert_eq!(lines.len(), 1, "{self:#?}");
+        lines.into_iter().next().unwrap_or_default()
+    }
+}
+
+/// The binary with none of the caller's PRODGATE_* settings.
+fn prodgate() -> Command {
+    let mut c = Command::new(BIN);
+    c.env_remove("PRODGATE_SERVER")
+        .env_remove("PRODGATE_TOKEN")
+        .env_remove("PRODGATE_CONFIG");
+    c
+}
+
+fn finish(c: &mut Command) -> Out {
+    let o = c.output().expect("run prodgate");
+    Out {
+        code: o.status.code(),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+fn url(s: &TestServer) -> String {
+    format!("http://{}", s.addr)
+}
+
+/// `prodgate --server <s> --token <who>-token ARGS` in table mode.
+fn as_user(s: &TestServer, who: &str, args: &[&str]) -> Command {
+    let mut c = prodgate();
+    c.arg("--server")
+        .arg(url(s))
+        .arg("--token")
+        .arg(token(who))
+        .args(args);
+    c
+}
+
+fn table(s: &TestServer, who: &str, args: &[&str]) -> Out {
+    finish(&mut as_user(s, who, args))
+}
+
+fn json(s: &TestServer, who: &str, args: &[&str]) -> Out {
+    finish(as_user(s, who, args).args(["--output", "json"]))
+}
+
+/// A run in the background whose stdout is read line by line, for `--wait`.
+struct Waiter {
+    child: Child,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Waiter {
+    fn start(mut c: Command) -> Waiter {
+        let mut child = c
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start prodgate");
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        Waiter { child, stdout }
+    }
+
+    /// Blocks until the next line; `--wait` flushes each one as it happens.
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read a line");
+        assert!(!line.is_empty(), "prodgate ended early");
+        line
+    }
+
+    fn finish(mut self, mut seen: String) -> Out {
+        self.stdout.read_to_string(&mut seen).expect("read stdout");
+        let mut stderr = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            e.read_to_string(&mut stderr).expect("read stderr");
+        }
+        let status = self.child.wait().expect("wait for prodgate");
+        Out {
+            code: status.code(),
+            stdout: seen,
+            stderr,
+        }
+    }
+}
+
+fn request_args<'a>(repo: &'a str, env: &'a str) -> Vec<&'a str> {
+    vec![
+        "request",
+        repo,
+        "--source",
+        "staging",
+        "--env",
+        env,
+        "--reason",
+        "release 1.4",
+    ]
+}
+
+fn id_of(v: &Value) -> String {
+    v["id"].as_str().expect("id").to_owned()
+}
+
+fn states(lines: &[Value]) -> Vec<&str> {
+    lines
+        .iter()
+        .map(|l| l["state"].as_str().unwrap_or("?"))
+        .collect()
+}
+
+#[tokio::test]
+async fn json_output_is_one_proto3_object_per_line() {
+    let w = World::start().await;
+    let digest = w.registry.push_image("app", Some("staging"), 1024, 1).await;
+    let repo = w.repo("app");
+    let s = &w.server;
+
+    let mut args = request_args(&repo, "production");
+    args.extend(["--request-id", "ci-1"]);
+    let requested = json(s, "alice", &args).ok().one();
+    assert_eq!(requested["state"], "PROMOTION_STATE_PENDING_APPROVAL");
+    assert_eq!(requested["requestedBy"], "alice");
+    assert_eq!(requested["digest"], digest.as_str());
+    assert_eq!(requested["targetTag"], "production");
+    assert_eq!(requested["requiredApprovals"], 1);
+    // proto3 JSON leaves out fields at their default value.
+    assert!(requested.get("approvals").is_none(), "{requested}");
+    assert!(requested.get("previousDigest").is_none(), "{requested}");
+    assert!(
+        requested["createdAt"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("20") && t.ends_with('Z')),
+        "{requested}"
+    );
+    let id = id_of(&requested);
+    // The same request ID is the same promotion.
+    assert_eq!(json(s, "alice", &args).ok().one(), requested);
+    assert_eq!(json(s, "carol", &["get", &id]).ok().one(), requested);
+    let pending = json(s, "alice", &["list", "--state", "pending"])
+        .ok()
+        .lines();
+    assert_eq!(pending, std::slice::from_ref(&requested));
+
+    let approved = json(s, "bob", &["approve", &id, "--comment", "lgtm", "--wait"])
+        .ok()
+        .lines();
+    let last = approved.last().expect("a line");
+    assert_eq!(last["state"], "PROMOTION_STATE_PROMOTED");
+    assert_eq!(last["approvals"][0]["approver"], "bob");
+    assert_eq!(last["approvals"][0]["comment"], "lgtm");
+    assert!(last["promotedAt"].is_string(), "{last}");
+    assert!(
+        json(s, "alice", &["list", "--state", "PENDING"])
+            .ok()
+            .stdout
+            .is_empty()
+    );
+    let promoted = json(
+        s,
+        "alice",
+        &["list", "--state", "Promoted", "--repository", &repo],
+    )
+    .ok()
+    .lines();
+    assert_eq!(promoted, std::slice::from_ref(last));
+
+    let history = json(s, "rita", &["history", "--promotion", &id, "--since", "1h"])
+        .ok()
+        .lines();
+    let actions: Vec<&str> = history
+        .iter()
+        .map(|e| e["action"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "AUDIT_ACTION_REQUESTED",
+            "AUDIT_ACTION_APPROVED",
+            "AUDIT_ACTION_APPLIED"
+        ]
+    );
+    // uint64 as strings; the chain links entry to entry.
+    assert_eq!(history[0]["sequence"], "1");
+    assert_eq!(history[0]["prevHash"], "0".repeat(64));
+    assert_eq!(history[1]["prevHash"], history[0]["hash"]);
+    assert_eq!(history[2]["prevHash"], history[1]["hash"]);
+    // --since and --until take the exact RFC 3339 times the JSON shows.
+    let approved_at = history[1]["time"].as_str().expect("time");
+    let since = json(s, "rita", &["history", "--since", approved_at])
+        .ok()
+        .lines();
+    assert_eq!(since, history[1..]);
+    let until = json(s, "rita", &["history", "--until", approved_at])
+        .ok()
+        .lines();
+    assert_eq!(until, history[..2]);
+    let limited = json(s, "rita", &["history", "--limit", "1"]).ok().lines();
+    assert_eq!(limited, history[..1]);
+
+    let deployed = json(s, "carol", &["deployed", &repo, "--env", "production"])
+        .ok()
+        .one();
+    assert_eq!(deployed["digest"], digest.as_str());
+    assert_eq!(deployed["promotionId"], id.as_str());
+    assert_eq!(deployed["since"], last["promotedAt"]);
+    // An hour ago nothing was deployed there.
+    let before = json(
+        s,
+        "carol",
+        &["deployed", &repo, "--env", "production", "--at", "1h"],
+    )
+    .code(3);
+    assert!(before.stdout.is_empty());
+    assert!(before.stderr.contains("NOT_FOUND"), "{before:#?}");
+
+    let verified = json(s, "alice", &["verify-log"]).ok().one();
+    assert_eq!(verified["ok"], true);
+    assert_eq!(verified["entriesChecked"], "3");
+    assert_eq!(verified["headHash"], history[2]["hash"]);
+
+    // reject and cancel answer the promotion too.
+    let p2 = id_of(&json(s, "alice", &request_args(&repo, "prod2")).ok().one());
+    let rejected = json(s, "carol", &["reject", &p2, "--comment", "not now"])
+        .ok()
+        .one();
+    assert_eq!(rejected["state"], "PROMOTION_STATE_REJECTED");
+    let p3 = id_of(&json(s, "alice", &request_args(&repo, "prod2")).ok().one());
+    let cancelled = json(s, "alice", &["cancel", &p3]).ok().one();
+    assert_eq!(cancelled["state"], "PROMOTION_STATE_CANCELLED");
+    let prod2 = json(s, "alice", &["list", "--env", "prod2"]).ok().lines();
+    assert_eq!(prod2.len(), 2);
+    let one = json(s, "alice", &["list", "--env", "prod2", "--limit", "1"])
+        .ok()
+        .lines();
+    assert_eq!(one.len(), 1);
+    let rejected_only = json(s, "alice", &["list", "--state", "rejected"])
+        .ok()
+        .lines();
+    assert_eq!(rejected_only, [rejected]);
+
+    let health = json(s, "alice", &["health"]).ok().one();
+    assert_eq!(health, serde_json::json!({"status": "SERVING"}));
+}
+
+#[tokio::test]
+async fn table_output_is_for_people() {
+    let w = World::start().await;
+    let digest = w.registry.push_image("app", Some("staging"), 1024, 2).await;
+    let repo = w.repo("app");
+    let s = &w.server;
+
+    let requested = table(s, "alice", &request_args(&repo, "production")).ok();
+    assert!(
+        requested
+            .stdout
+            .contains("state:        PENDING_APPROVAL\n"),
+        "{requested:#?}"
+    );
+    assert!(
+        requested
+            .stdout
+            .contains(&format!("digest:       {digest}\n"))
+    );
+    assert!(requested.stdout.contains("approvals:    0/1\n"));
+    let id = requested
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("id:"))
+        .expect("an id line")
+        .trim()
+        .to_owned();
+
+    let list = table(s, "alice", &["list", "--state", "pending"]).ok();
+    let lines: Vec<&str> = list.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{list:#?}");
+    let header = lines[0];
+    for column in [
+        "ID",
+        "STATE",
+        "REPOSITORY",
+        "ENV",
+        "DIGEST",
+        "REQUESTED BY",
+        "APPROVALS",
+        "AGE",
+    ] {
+        assert!(header.contains(column), "{header}");
+    }
+    // Columns line up: each value starts where its header does.
+    let at = |col: &str| header.find(col).expect("column");
+    let row = lines[1];
+    assert!(row.starts_with(&id));
+    assert_eq!(row.find("PENDING_APPROVAL"), Some(at("STATE")));
+    assert_eq!(row.find("production"), Some(at("ENV")));
+    assert_eq!(row.find("sha256:"), Some(at("DIGEST")));
+    assert_eq!(row.find("0/1"), Some(at("APPROVALS")));
+    assert!(row.ends_with("ago") || row.ends_with("just now"), "{row}");
+    assert!(!row.contains(&digest), "digests are shortened: {row}");
+
+    let approved = table(
+        s,
+        "carol",
+        &["approve", &id, "--comment", "ship it", "--wait"],
+    )
+    .ok();
+    assert!(approved.stdout.contains("PROMOTED"), "{approved:#?}");
+    let got = table(s, "alice", &["get", &id]).ok();
+    for want in [
+        "state:        PROMOTED\n",
+        "approvals:    1/1\n",
+        "carol",
+        "\"ship it\"",
+        "promoted:",
+        "requested by: alice\n",
+        "reason:       release 1.4\n",
+    ] {
+        assert!(got.stdout.contains(want), "{want:?} in {got:#?}");
+    }
+
+    let history = table(s, "alice", &["history", "--promotion", &id]).ok();
+    let actions: Vec<&str> = history
+        .stdout
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    assert_eq!(
+        actions,
+        ["REQUESTED", "APPROVED", "APPLIED"],
+        "{history:#?}"
+    );
+    assert!(history.stdout.starts_with("SEQ  TIME"), "{history:#?}");
+
+    let deployed = table(s, "alice", &["deployed", &repo, "--env", "production"]).ok();
+    assert!(
+        deployed.stdout.contains(&format!("digest:    {digest}\n")),
+        "{deployed:#?}"
+    );
+    assert!(deployed.stdout.contains(&format!("promotion: {id}\n")));
+
+    let p2 = table(s, "alice", &request_args(&repo, "prod2")).ok();
+    let p2 = p2
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("id:"))
+        .expect("id")
+        .trim()
+        .to_owned();
+    let rejected = table(s, "bob", &["reject", &p2, "--comment", "wrong build"]).ok();
+    assert!(
+        rejected.stdout.contains("state:        REJECTED\n"),
+        "{rejected:#?}"
+    );
+    let rejected_list = table(s, "alice", &["list", "--state", "REJECTED"]).ok();
+    assert_eq!(
+        rejected_list.stdout.lines().count(),
+        2,
+        "{rejected_list:#?}"
+    );
+
+    let cancelled = table(s, "alice", &["cancel", &p2]).code(3);
+    assert!(
+        cancelled.stderr.contains("FAILED_PRECONDITION"),
+        "{cancelled:#?}"
+    );
+
+    let verified = table(s, "alice", &["verify-log"]).ok();
+    assert!(
+        verified.stdout.starts_with("ok: 5 entries, head "),
+        "{verified:#?}"
+    );
+    assert_eq!(table(s, "alice", &["health"]).ok().stdout, "SERVING\n");
+}
+
+#[tokio::test]
+async fn approve_wait_prints_each_change_until_promoted() {
+    let w = World::start().await;
+    w.registry.push_image("app", Some("staging"), 1024, 3).await;
+    let s = &w.server;
+    // prod2 needs two approvals: bob's leaves it pending, carol's promotes.
+    let id = id_of(
+        &json(s, "alice", &request_args(&w.repo("app"), "prod2"))
+            .ok()
+            .one(),
+    );
+    let mut bob = Waiter::start({
+        let mut c = as_user(s, "bob", &["approve", &id, "--wait"]);
+        c.args(["--output", "json"]);
+        c
+    });
+    let first = bob.line();
+    let first_v: Value = serde_json::from_str(&first).expect("json line");
+    assert_eq!(first_v["state"], "PROMOTION_STATE_PENDING_APPROVAL");
+    assert_eq!(first_v["approvals"].as_array().map(Vec::len), Some(1));
+    json(s, "carol", &["approve", &id]).ok();
+    let out = bob.finish(first).ok();
+    let lines = out.lines();
+    assert!(lines.len() >= 2, "{out:#?}");
+    assert_eq!(
+        states(&lines).last(),
+        Some(&"PROMOTION_STATE_PROMOTED"),
+        "{out:#?}"
+    );
+    assert_eq!(
+        lines.last().map(|l| &l["id"]),
+        Some(&Value::from(id.as_str()))
+    );
+}
+
+#[tokio::test]
+async fn wait_exits_5_when_the_promotion_ends_otherwise() {
+    let w = World::start().await;
+    w.registry.push_image("app", Some("staging"), 1024, 4).await;
+    let repo = w.repo("app");
+    let s = &w.server;
+
+    // A CI job waits for its promotion; an approver rejects it meanwhile.
+    let mut job = Waiter::start({
+        let mut c = as_user(s, "alice", &request_args(&repo, "production"));
+        c.args(["--wait", "--output", "json"]);
+        c
+    });
+    let first = job.line();
+    let id = id_of(&serde_json::from_str(&first).expect("json line"));
+    table(s, "bob", &["reject", &id, "--comment", "freeze"]).ok();
+    let out = job.finish(first).code(5);
+    assert_eq!(
+        states(&out.lines()),
+        [
+            "PROMOTION_STATE_PENDING_APPROVAL",
+            "PROMOTION_STATE_REJECTED"
+        ]
+    );
+    assert!(out.stderr.contains("REJECTED"), "{out:#?}");
+    // Approving what is over is refused before any waiting.
+    let refused = table(s, "bob", &["approve", &id, "--wait"]).code(3);
+    assert!(
+        refused.stderr.contains("FAILED_PRECONDITION"),
+        "{refused:#?}"
+    );
+
+    // Table mode: the requester cancels from another terminal.
+    let mut job = Waiter::start({
+        let mut c = as_user(s, "alice", &request_args(&repo, "production"));
+        c.arg("--wait");
+        c
+    });
+    let mut seen = String::new();
+    let id = loop {
+        let line = job.line();
+        seen.push_str(&line);
+        if let Some(id) = line.strip_prefix("id:") {
+            break id.trim().to_owned();
+        }
+    };
+    let cancelled = table(s, "alice", &["cancel", &id, "--comment", "wrong image"]).ok();
+    assert!(cancelled.stdout.contains("CANCELLED"), "{cancelled:#?}");
+    let out = job.finish(seen).code(5);
+    assert!(
+        out.stdout
+            .contains(&format!("promotion {id}: CANCELLED (approvals 0/1)\n")),
+        "{out:#?}"
+    );
+    assert_eq!(
+        out.stderr.trim(),
+        format!("prodgate: promotion {id} ended CANCELLED, not PROMOTED")
+    );
+}
+
+#[tokio::test]
+async fn refusals_and_unreachable_servers_have_their_own_exit_codes() {
+    let w = World::start().await;
+    w.registry.push_image("app", Some("staging"), 1024, 5).await;
+    let s = &w.server;
+    let id = id_of(
+        &json(s, "alice", &request_args(&w.repo("app"), "production"))
+            .ok()
+            .one(),
+    );
+
+    let unknown = json(s, "nobody", &["list"]).code(3);
+    assert!(unknown.stdout.is_empty());
+    assert_eq!(
+        unknown.stderr,
+        "prodgate: refused (UNAUTHENTICATED): unknown token\n"
+    );
+    let denied = table(s, "mallory", &["approve", &id]).code(3);
+    assert!(
+        denied
+            .stderr
+            .starts_with("prodgate: refused (PERMISSION_DENIED): "),
+        "{denied:#?}"
+    );
+    assert_eq!(denied.stderr.lines().count(), 1);
+    let missing = table(s, "alice", &["get", "999"]).code(3);
+    assert!(missing.stderr.contains("NOT_FOUND"), "{missing:#?}");
+    let anonymous = finish(prodgate().args(["--server", &url(s), "get", &id])).code(3);
+    assert!(
+        anonymous.stderr.contains("UNAUTHENTICATED"),
+        "{anonymous:#?}"
+    );
+
+    // The token from a file (trimmed) or the environment.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("token");
+    std::fs::write(&file, format!("  {}\n", token("carol"))).expect("write token");
+    let via_file = finish(
+        prodgate()
+            .args(["--server", &url(s), "--output", "json", "get", &id])
+            .arg("--token-file")
+            .arg(&file),
+    )
+    .ok();
+    assert_eq!(via_file.one()["id"], id.as_str());
+    let via_env = finish(
+        prodgate()
+            .env("PRODGATE_SERVER", url(s))
+            .env("PRODGATE_TOKEN", token("carol"))
+            .args(["get", &id]),
+    )
+    .ok();
+    assert!(via_env.stdout.contains("PENDING_APPROVAL"));
+    let no_file = finish(prodgate().args([
+        "--server",
+        &url(s),
+        "--token-file",
+        "/nonexistent/token",
+        "get",
+        &id,
+    ]))
+    .code(1);
+    assert!(
+        no_file.stderr.contains("/nonexistent/token"),
+        "{no_file:#?}"
+    );
+
+    // A port nothing listens on.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let closed = format!("http://{closed}");
+    for args in [vec!["get", "1"], vec!["health"], vec!["verify-log"]] {
+        let out = finish(
+            prodgate()
+                .args(["--server", &closed, "--token", "x"])
+                .args(&args),
+        )
+        .code(4);
+        assert!(
+            out.stderr
+                .starts_with(&format!("prodgate: cannot reach {closed}")),
+            "{out:#?}"
+        );
+    }
+
+    // A server that accepts connections but never answers: --timeout ends
+    // the call. (The kernel completes the TCP handshake without accept().)
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent = format!("http://{}", listener.local_addr().expect("addr"));
+    let late =
+        finish(prodgate().args(["--server", &silent, "--timeout", "300ms", "get", "1"])).code(4);
+    assert_eq!(
+        late.stderr,
+        "prodgate: unreachable (DEADLINE_EXCEEDED): no answer within --timeout\n"
+    );
+
+    // Flag values that do not parse are local errors; bad usage is 2.
+    for bad in [
+        vec!["history", "--since", "last tuesday"],
+        vec!["list", "--state", "done"],
+        vec!["list", "--limit", "0"],
+        vec!["deployed", "r/app", "--env", "production", "--at", "soon"],
+    ] {
+        finish(prodgate().args(["--server", &url(s)]).args(&bad)).code(1);
+    }
+    finish(prodgate().args(["frobnicate"])).code(2);
+    finish(prodgate().args(["reject", &id])).code(2);
+    let plain_tls =
+        finish(prodgate().args(["--server", &url(s), "--ca-cert", "ca.pem", "health"])).code(1);
+    assert!(plain_tls.stderr.contains("https://"), "{plain_tls:#?}");
+}
+
+#[tokio::test]
+async fn verify_log_online_and_offline_agree() {
+    let w = World::start().await;
+    let World {
+        registry,
+        mut server,
+    } = w;
+    registry.push_image("app", Some("staging"), 1024, 6).await;
+    let repo = format!("{}/app", registry.host);
+    // Pending requests only: no background apply can add an entry between
+    // the online check and the offline one.
+    for _ in 0..3 {
+        json(&server, "alice", &request_args(&repo, "production")).ok();
+    }
+    let online = json(&server, "alice", &["verify-log"]).ok().one();
+    assert_eq!(online["ok"], true);
+    let online_table = table(&server, "alice", &["verify-log"]).ok();
+
+    assert_eq!(server.terminate(), Some(0), "{}", server.log());
+    let data = server.data_dir();
+    let offline = finish(
+        prodgate()
+            .args(["--output", "json", "verify-log", "--data-dir"])
+            .arg(&data),
+    )
+    .ok()
+    .one();
+    assert_eq!(offline, online);
+    let offline_table = finish(prodgate().args(["verify-log", "--data-dir"]).arg(&data)).ok();
+    assert_eq!(offline_table.stdout, online_table.stdout);
+    assert!(
+        offline_table.stdout.starts_with("ok: 3 entries, head "),
+        "{offline_table:#?}"
+    );
+
+    // The stopped server is no longer healthy.
+    finish(prodgate().args(["--server", &url(&server), "health"])).code(4);
+}
+
+#[test]
+fn local_commands_need_no_server() {
+    let bash = finish(prodgate().args(["completions", "bash"])).ok();
+    assert!(bash.stdout.contains("_prodgate()"), "{bash:#?}");
+    for word in ["verify-log", "--token-file", "--output"] {
+        assert!(bash.stdout.contains(word), "{word}");
+    }
+    let help = finish(prodgate().arg("--help")).ok();
+    assert!(help.stdout.contains("Exit codes:"), "{help:#?}");
+    for line in [
+        "  3  refused",
+        "  4  server unreachable",
+        "  5  --wait ended",
+    ] {
+        assert!(help.stdout.contains(line), "{line:?}");
+    }
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("prodgate.toml");
+    std::fs::write(&config, standard_config("127.0.0.1:5000")).expect("write config");
+    // No Docker credentials from this machine leak into the check.
+    let check = |config: &std::path::Path| {
+        finish(
+            prodgate()
+                .env("DOCKER_CONFIG", dir.path())
+                .arg("check-config")
+                .arg(config),
+        )
+    };
+    let checked = check(&config).ok();
+    assert_eq!(
+        checked.stdout,
+        "ok: 1 registries, 7 principals, environments: staging, production, prod2, shortlived, selfok\n"
+    );
+    std::fs::write(&config, "listen = 5\n").expect("write config");
+    let bad = check(&config).code(1);
+    assert!(bad.stderr.starts_with("prodgate: "), "{bad:#?}");
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate with
+/// CN `deploy-bot`, as PEM files in `dir`: (ca, server cert, server key,
+/// client cert, client key).
+fn pki(dir: &std::path::Path) -> [String; 5] {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "prodgate cli test CA");
+    let ca = ca_params.self_signed(&ca_key).expect("ca cert");
+    let issuer = Issuer::from_params(&ca_params, &ca_key);
+    let leaf = |names: Vec<String>, cn: &str| {
+        let key = KeyPair::generate().expect("leaf key");
+        let mut params = CertificateParams::new(names).expect("leaf params");
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let cert = params.signed_by(&key, &issuer).expect("leaf cert");
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = leaf(vec!["127.0.0.1".into()], "prodgate");
+    let (client_cert, client_key) = leaf(vec![], "deploy-bot");
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).expect("write pem");
+        p.to_str().expect("utf-8 path").to_owned()
+    };
+    [
+        write("ca.pem", &ca.pem()),
+        write("server.pem", &server_cert),
+        write("server.key", &server_key),
+        write("client.pem", &client_cert),
+        write("client.key", &client_key),
+    ]
+}
+
+#[tokio::test]
+async fn tls_and_client_certificates() {
+    let w = World::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let [ca, cert, key, client_cert, client_key] = pki(dir.path());
+    let config = format!(
+        "{}\n[[principal]]\nname = \"deploy-bot\"\ncertificate_cn = \"deploy-bot\"\ngroups = []\n\n[tls]\ncert = {cert:?}\nkey = {key:?}\nclient_ca = {ca:?}\n",
+        standard_config(&w.registry.host)
+    );
+    let server = TestServer::start(&config);
+    let https = format!("https://{}", server.addr);
+    let mtls = |args: &[&str]| {
+        finish(
+            prodgate()
+                .args(["--server", &https, "--ca-cert", &ca, "--cert", &client_cert])
+                .args(["--key", &client_key])
+                .args(args),
+        )
+    };
+    assert_eq!(mtls(&["health"]).ok().stdout, "SERVING\n");
+    // The certificate alone identifies the caller.
+    assert_eq!(mtls(&["--output", "json", "list"]).ok().stdout, "");
+    // With a token as well, the token wins.
+    let as_bob = mtls(&["--token", &token("bob"), "approve", "1"]).code(3);
+    assert!(as_bob.stderr.contains("NOT_FOUND"), "{as_bob:#?}");
+
+    // Without trusting the CA, or without a client certificate: unreachable.
+    let untrusted = finish(prodgate().args(["--server", &https, "health"])).code(4);
+    assert!(untrusted.stderr.starts_with("prodgate: "), "{untrusted:#?}");
+    finish(prodgate().args(["--server", &https, "--ca-cert", &ca, "health"])).code(4);
+    // Plain text to a TLS port: the server hangs up.
+    let plain = format!("http://{}", server.addr);
+    finish(prodgate().args(["--server", &plain, "--token", &token("bob"), "list"])).code(4);
+    // A key where a certificate belongs is named before any connection.
+    let swapped = finish(
+        prodgate()
+            .args(["--server", &https, "--ca-cert", &ca, "--cert", &client_key])
+            .args(["--key", &client_key, "health"]),
+    )
+    .code(1);
+    assert!(swapped.stderr.contains("client.key"), "{swapped:#?}");
+    // Half a client identity is a usage error.
+    finish(prodgate().args(["--server", &https, "--cert", &client_cert, "health"])).code(2);
+}

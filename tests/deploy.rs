@@ -1,0 +1,1039 @@
+//! The deploy kit under `deploy/` is checked against the binary it deploys:
+//! every YAML document parses and has the expected shape, every config
+//! passes `prodgate check-config`, every command line names a real
+//! subcommand and real flags, and ports, paths and user ids agree across
+//! the Dockerfile, the Kubernetes manifests, the systemd unit, the CI
+//! workflow and the configs. No network, no Docker, no cluster.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use yaml_rust2::{Yaml, YamlLoader};
+
+/// Every file under `deploy/`, each checked by a test below. A new file
+/// fails `every_deploy_file_is_checked_and_documented` until it is added
+/// here with a check.
+const DEPLOY_FILES: &[&str] = &[
+    "Dockerfile",
+    "Dockerfile.dockerignore",
+    "README.md",
+    "ci/promote-to-production.yml",
+    "kubernetes/kustomization.yaml",
+    "kubernetes/prodgate.toml",
+    "kubernetes/secret.example.yaml",
+    "kubernetes/service.yaml",
+    "kubernetes/statefulset.yaml",
+    "prodgate.example.toml",
+    "registry-dev.yml",
+    "systemd/prodgate.service",
+];
+
+/// Where every deployment keeps the config and the data.
+const CONFIG_PATH: &str = "/etc/prodgate/prodgate.toml";
+const DATA_DIR: &str = "/var/lib/prodgate";
+const GRPC_PORT: i64 = 50051;
+const METRICS_PORT: i64 = 9090;
+const UID: i64 = 10001;
+/// Where the Dockerfile and the systemd unit install the binary, and where
+/// the CI workflow copies it from the image.
+const BIN_PATH: &str = "/usr/local/bin/prodgate";
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
+}
+
+fn read(rel: &str) -> String {
+    let path = deploy_dir().join(rel);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+// ---------------------------------------------------------------- running prodgate
+
+/// Runs the binary with a Docker config dir that has no credentials, so
+/// nothing from the developer's machine leaks into a config check.
+fn prodgate(args: &[&str]) -> Output {
+    let empty = tempfile::tempdir().expect("temp dir");
+    Command::new(env!("CARGO_BIN_EXE_prodgate"))
+        .args(args)
+        .env("DOCKER_CONFIG", empty.path())
+        .env_remove("PRODGATE_CONFIG")
+        .env_remove("PRODGATE_SERVER")
+        .env_remove("PRODGATE_TOKEN")
+        .output()
+        .expect("run prodgate")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// True when `flag` appears in `help` as a whole flag: `--config` matches
+/// `--config <CONFIG>` but not `--config-dir`, and `--conf` matches neither.
+fn help_has_flag(help: &str, flag: &str) -> bool {
+    help.match_indices(flag).any(|(i, _)| {
+        let before = help[..i].chars().next_back();
+        let after = help[i + flag.len()..].chars().next();
+        !before.is_some_and(|c| c.is_alphanumeric() || c == '-')
+            && !after.is_some_and(|c| c.is_alphanumeric() || c == '-' || c == '_')
+    })
+}
+
+/// Checks that `argv` (without the program name) starts with a real
+/// subcommand, that every flag it uses is in that subcommand's help, and
+/// that clap accepts the whole command line up to an appended `--help`
+/// (which catches a flag given the wrong number of values).
+fn assert_cli(origin: &str, argv: &[String]) {
+    let (sub, rest) = argv
+        .split_first()
+        .unwrap_or_else(|| panic!("{origin}: empty command line"));
+    assert!(
+        !sub.starts_with('-'),
+        "{origin}: expected a subcommand first, got {sub:?}"
+    );
+    let out = prodgate(&[sub, "--help"]);
+    assert!(
+        out.status.success(),
+        "{origin}: `prodgate {sub}` is not a subcommand of this prodgate:\n{}",
+        text(&out.stderr)
+    );
+    let help = text(&out.stdout);
+    for arg in rest.iter().filter(|a| a.starts_with('-') && a.len() > 1) {
+        let flag = arg.split('=').next().unwrap_or(arg);
+        assert!(
+            help_has_flag(&help, flag),
+            "{origin}: `prodgate {sub}` has no flag {flag}; its help:\n{help}"
+        );
+    }
+    let mut with_help: Vec<&str> = argv.iter().map(String::as_str).collect();
+    with_help.push("--help");
+    let out = prodgate(&with_help);
+    assert!(
+        out.status.success(),
+        "{origin}: prodgate does not accept `prodgate {}`:\n{}",
+        argv.join(" "),
+        text(&out.stderr)
+    );
+}
+
+/// The value after `flag` in `argv`.
+fn flag_value<'a>(argv: &'a [String], flag: &str) -> Option<&'a str> {
+    argv.iter()
+        .position(|a| a == flag)
+        .and_then(|i| argv.get(i + 1))
+        .map(String::as_str)
+}
+
+/// Runs `prodgate check-config` on `config`, written to a temp dir. Each
+/// `registry[].password_file` is rewritten to a temp file that exists (the
+/// deployed paths only exist in a pod or on a server).
+fn check_config(origin: &str, config: &str) -> Output {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let table: toml::Table =
+        toml::from_str(config).unwrap_or_else(|e| panic!("{origin}: not TOML: {e}"));
+    let mut config = config.to_owned();
+    let registries = table.get("registry").and_then(|r| r.as_array());
+    for (i, registry) in registries.into_iter().flatten().enumerate() {
+        if let Some(original) = registry.get("password_file").and_then(|p| p.as_str()) {
+            let local = dir.path().join(format!("registry-{i}-password"));
+            std::fs::write(&local, "test-password\n").expect("write the password file");
+            let quoted = format!("\"{original}\"");
+            assert_eq!(
+                config.matches(&quoted).count(),
+                1,
+                "{origin}: registry[{i}].password_file {quoted} should appear once"
+            );
+            config = config.replace(&quoted, &format!("{:?}", local.display().to_string()));
+        }
+    }
+    let file = dir.path().join("prodgate.toml");
+    std::fs::write(&file, &config).expect("write the config");
+    prodgate(&["check-config", file.to_str().expect("utf-8 temp path")])
+}
+
+fn assert_config_ok(origin: &str, config: &str) {
+    let out = check_config(origin, config);
+    assert!(
+        out.status.success() && text(&out.stdout).starts_with("ok:"),
+        "{origin}: prodgate check-config failed: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+fn toml_table(origin: &str, config: &str) -> toml::Table {
+    toml::from_str(config).unwrap_or_else(|e| panic!("{origin}: not TOML: {e}"))
+}
+
+fn toml_str<'a>(table: &'a toml::Table, key: &str, origin: &str) -> &'a str {
+    table
+        .get(key)
+        .and_then(|v| v.as_str())
+        .unwrap_or_else(|| panic!("{origin}: no string `{key}`"))
+}
+
+fn port_of(addr: &str) -> i64 {
+    addr.parse::<std::net::SocketAddr>()
+        .unwrap_or_else(|e| panic!("{addr:?} is not an address: {e}"))
+        .port()
+        .into()
+}
+
+// ---------------------------------------------------------------- YAML
+
+fn yaml_docs(rel: &str) -> Vec<Yaml> {
+    let docs = YamlLoader::load_from_str(&read(rel))
+        .unwrap_or_else(|e| panic!("deploy/{rel}: not YAML: {e}"));
+    assert!(!docs.is_empty(), "deploy/{rel}: no YAML document");
+    for (i, d) in docs.iter().enumerate() {
+        assert!(d.is_hash(), "deploy/{rel}: document {i} is not a mapping");
+    }
+    docs
+}
+
+fn yaml_doc(rel: &str) -> Yaml {
+    let mut docs = yaml_docs(rel);
+    assert_eq!(docs.len(), 1, "deploy/{rel}: expected one YAML document");
+    docs.remove(0)
+}
+
+/// `y` at a dotted path (`spec.template.spec.containers.0`); panics naming
+/// the path when a step is missing.
+fn at<'a>(y: &'a Yaml, path: &str) -> &'a Yaml {
+    let mut cur = y;
+    for step in path.split('.') {
+        cur = match step.parse::<usize>() {
+            Ok(i) if cur.is_array() => &cur[i],
+            _ => &cur[step],
+        };
+        assert!(!cur.is_badvalue(), "no `{path}` (missing at `{step}`)");
+    }
+    cur
+}
+
+fn str_at<'a>(y: &'a Yaml, path: &str) -> &'a str {
+    at(y, path)
+        .as_str()
+        .unwrap_or_else(|| panic!("`{path}` is not a string: {:?}", at(y, path)))
+}
+
+fn int_at(y: &Yaml, path: &str) -> i64 {
+    at(y, path)
+        .as_i64()
+        .unwrap_or_else(|| panic!("`{path}` is not an integer: {:?}", at(y, path)))
+}
+
+fn bool_at(y: &Yaml, path: &str) -> bool {
+    at(y, path)
+        .as_bool()
+        .unwrap_or_else(|| panic!("`{path}` is not a boolean: {:?}", at(y, path)))
+}
+
+fn vec_at<'a>(y: &'a Yaml, path: &str) -> &'a [Yaml] {
+    at(y, path)
+        .as_vec()
+        .unwrap_or_else(|| panic!("`{path}` is not a list: {:?}", at(y, path)))
+}
+
+fn strings(list: &[Yaml]) -> Vec<String> {
+    list.iter()
+        .map(|s| {
+            s.as_str()
+                .unwrap_or_else(|| panic!("{s:?} is not a string"))
+                .to_owned()
+        })
+        .collect()
+}
+
+/// The entry of a list of mappings whose `name` is `name`.
+fn named<'a>(list: &'a [Yaml], name: &str) -> &'a Yaml {
+    list.iter()
+        .find(|x| x["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("no entry named {name:?} in {list:?}"))
+}
+
+/// Every `key: value` of `subset` is in `of` (label selectors).
+fn labels_subset(subset: &Yaml, of: &Yaml) -> bool {
+    let (Some(subset), Some(of)) = (subset.as_hash(), of.as_hash()) else {
+        return false;
+    };
+    !subset.is_empty() && subset.iter().all(|(k, v)| of.get(k) == Some(v))
+}
+
+// ---------------------------------------------------------------- the whole kit
+
+#[test]
+fn every_deploy_file_is_checked_and_documented() {
+    fn walk(dir: &Path, root: &Path, out: &mut BTreeSet<String>) {
+        for entry in std::fs::read_dir(dir).expect("read deploy/") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                walk(&path, root, out);
+            } else {
+                let rel = path.strip_prefix(root).expect("under deploy/");
+                out.insert(rel.to_string_lossy().replace('\\', "/"));
+            }
+        }
+    }
+    let mut found = BTreeSet::new();
+    walk(&deploy_dir(), &deploy_dir(), &mut found);
+    let listed: BTreeSet<String> = DEPLOY_FILES.iter().map(|s| s.to_string()).collect();
+    assert_eq!(
+        found, listed,
+        "files under deploy/ and DEPLOY_FILES in tests/deploy.rs differ"
+    );
+    let readme = read("README.md");
+    for f in DEPLOY_FILES.iter().filter(|f| **f != "README.md") {
+        assert!(
+            readme.contains(&format!("`{f}`")),
+            "deploy/README.md does not mention `{f}`"
+        );
+    }
+}
+
+#[test]
+fn every_yaml_file_parses_into_mappings() {
+    let yaml: Vec<&str> = DEPLOY_FILES
+        .iter()
+        .copied()
+        .filter(|f| f.ends_with(".yml") || f.ends_with(".yaml"))
+        .collect();
+    assert!(yaml.len() >= 6, "expected the YAML files, found {yaml:?}");
+    for f in yaml {
+        yaml_docs(f);
+    }
+}
+
+// ---------------------------------------------------------------- configs
+
+#[test]
+fn example_config_passes_check_config_and_matches_the_dev_registry() {
+    let config = read("prodgate.example.toml");
+    assert_config_ok("deploy/prodgate.example.toml", &config);
+    // README: `cargo run --release -- serve --config deploy/prodgate.example.toml`
+    assert_cli(
+        "README.md",
+        &["serve", "--config", "deploy/prodgate.example.toml"].map(String::from),
+    );
+
+    let registry = yaml_doc("registry-dev.yml");
+    let addr = str_at(&registry, "http.addr");
+    let table = toml_table("deploy/prodgate.example.toml", &config);
+    let first = &table["registry"].as_array().expect("[[registry]]")[0];
+    assert_eq!(
+        first["host"].as_str(),
+        Some(addr),
+        "the example config's registry is registry-dev.yml's http.addr"
+    );
+    assert_eq!(first["insecure"].as_bool(), Some(true));
+    assert!(
+        at(&registry, "storage.filesystem.rootdirectory")
+            .as_str()
+            .is_some()
+    );
+}
+
+#[test]
+fn the_checks_can_fail() {
+    // The deployed password file does not exist here: prodgate must say so,
+    // which is why check_config rewrites it.
+    let k8s = read("kubernetes/prodgate.toml");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("prodgate.toml");
+    std::fs::write(&file, &k8s).expect("write");
+    let out = prodgate(&["check-config", file.to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("registry[0].password_file"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = check_config("bogus", &format!("bogus_key = 1\n{k8s}"));
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("bogus_key"));
+
+    let help = text(&prodgate(&["serve", "--help"]).stdout);
+    assert!(help_has_flag(&help, "--config"));
+    assert!(!help_has_flag(&help, "--conf"));
+    assert!(!help_has_flag(&help, "--no-such-flag"));
+    assert!(!prodgate(&["no-such-subcommand", "--help"]).status.success());
+}
+
+// ---------------------------------------------------------------- Kubernetes
+
+struct Kubernetes {
+    config_text: String,
+    config: toml::Table,
+    statefulset: Yaml,
+    service: Yaml,
+    secret: Yaml,
+}
+
+fn kubernetes() -> Kubernetes {
+    let k = yaml_doc("kubernetes/kustomization.yaml");
+    assert_eq!(str_at(&k, "kind"), "Kustomization");
+    let resources = strings(vec_at(&k, "resources"));
+    assert!(
+        !resources.iter().any(|r| r.contains("secret")),
+        "the Secret template must not be applied by the kustomization: {resources:?}"
+    );
+    let mut statefulset = None;
+    let mut service = None;
+    for r in &resources {
+        for doc in yaml_docs(&format!("kubernetes/{r}")) {
+            match str_at(&doc, "kind") {
+                "StatefulSet" => assert!(statefulset.replace(doc).is_none(), "two StatefulSets"),
+                "Service" => assert!(service.replace(doc).is_none(), "two Services"),
+                other => panic!("deploy/kubernetes/{r}: unexpected kind {other}"),
+            }
+        }
+    }
+    let generator = &vec_at(&k, "configMapGenerator")[0];
+    assert_eq!(str_at(generator, "name"), "prodgate-config");
+    assert_eq!(strings(vec_at(generator, "files")), ["prodgate.toml"]);
+
+    let secret = yaml_doc("kubernetes/secret.example.yaml");
+    assert_eq!(str_at(&secret, "kind"), "Secret");
+    let config_text = read("kubernetes/prodgate.toml");
+    Kubernetes {
+        config: toml_table("deploy/kubernetes/prodgate.toml", &config_text),
+        config_text,
+        statefulset: statefulset.expect("a StatefulSet"),
+        service: service.expect("a Service"),
+        secret,
+    }
+}
+
+#[test]
+fn kubernetes_config_passes_check_config_with_production_settings() {
+    let k = kubernetes();
+    let origin = "deploy/kubernetes/prodgate.toml";
+    assert_config_ok(origin, &k.config_text);
+    let c = &k.config;
+    assert_eq!(toml_str(c, "data_dir", origin), DATA_DIR);
+    assert_eq!(toml_str(c, "log_format", origin), "json");
+    let listen: std::net::SocketAddr = toml_str(c, "listen", origin).parse().expect("listen");
+    assert!(listen.ip().is_unspecified(), "listen must reach the pod IP");
+    assert_eq!(i64::from(listen.port()), GRPC_PORT);
+    assert_eq!(port_of(toml_str(c, "metrics_listen", origin)), METRICS_PORT);
+    for r in c["registry"].as_array().expect("[[registry]]") {
+        assert!(
+            r.get("username").is_some(),
+            "registry without username: {r:?}"
+        );
+        assert!(
+            r.get("password_file").is_some(),
+            "registry without password_file: {r:?}"
+        );
+        assert!(
+            r.get("insecure").is_none(),
+            "production registries use TLS: {r:?}"
+        );
+    }
+}
+
+#[test]
+fn kubernetes_statefulset_is_one_replica_with_a_volume_and_grpc_probes() {
+    let k = kubernetes();
+    let s = &k.statefulset;
+    assert_eq!(
+        int_at(s, "spec.replicas"),
+        1,
+        "prodgate is single-writer: sled under one data dir"
+    );
+    assert_eq!(
+        str_at(s, "spec.serviceName"),
+        str_at(&k.service, "metadata.name")
+    );
+    assert!(labels_subset(
+        at(s, "spec.selector.matchLabels"),
+        at(s, "spec.template.metadata.labels")
+    ));
+    let pod = at(s, "spec.template.spec");
+    let containers = vec_at(pod, "containers");
+    assert_eq!(containers.len(), 1);
+    let c = &containers[0];
+
+    // What the container runs, and that it is the image's default too.
+    let args = strings(vec_at(c, "args"));
+    assert_cli("deploy/kubernetes/statefulset.yaml args", &args);
+    assert_eq!(args[0], "serve");
+    assert_eq!(flag_value(&args, "--config"), Some(CONFIG_PATH));
+
+    // Ports, probes.
+    let ports = vec_at(c, "ports");
+    assert_eq!(int_at(named(ports, "grpc"), "containerPort"), GRPC_PORT);
+    assert_eq!(
+        int_at(named(ports, "metrics"), "containerPort"),
+        METRICS_PORT
+    );
+    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        let p = at(c, probe);
+        assert_eq!(int_at(p, "grpc.port"), GRPC_PORT, "{probe}");
+        for other in ["httpGet", "tcpSocket", "exec"] {
+            assert!(p[other].is_badvalue(), "{probe} also has {other}");
+        }
+    }
+
+    // Volumes: data from the claim template, config from the ConfigMap,
+    // the registry password from the Secret.
+    let mounts = vec_at(c, "volumeMounts");
+    let volumes = vec_at(pod, "volumes");
+    let claims = vec_at(s, "spec.volumeClaimTemplates");
+    assert_eq!(claims.len(), 1);
+    let claim = str_at(&claims[0], "metadata.name");
+    assert_eq!(
+        str_at(named(mounts, claim), "mountPath"),
+        DATA_DIR,
+        "the claim template is mounted at the config's data_dir"
+    );
+    assert!(
+        strings(vec_at(&claims[0], "spec.accessModes"))
+            .iter()
+            .all(|m| m.starts_with("ReadWriteOnce")),
+        "the data volume must be single-node"
+    );
+    assert!(
+        at(&claims[0], "spec.resources.requests.storage")
+            .as_str()
+            .is_some()
+    );
+
+    let config_volume = volumes
+        .iter()
+        .find(|v| !v["configMap"].is_badvalue())
+        .expect("a ConfigMap volume");
+    assert_eq!(str_at(config_volume, "configMap.name"), "prodgate-config");
+    let item = &vec_at(config_volume, "configMap.items")[0];
+    assert_eq!(str_at(item, "key"), "prodgate.toml");
+    let config_mount = named(mounts, str_at(config_volume, "name"));
+    assert!(bool_at(config_mount, "readOnly"));
+    assert_eq!(
+        format!(
+            "{}/{}",
+            str_at(config_mount, "mountPath"),
+            str_at(item, "path")
+        ),
+        CONFIG_PATH
+    );
+
+    let secret_volume = volumes
+        .iter()
+        .find(|v| !v["secret"].is_badvalue())
+        .expect("a Secret volume");
+    assert_eq!(
+        str_at(secret_volume, "secret.secretName"),
+        str_at(&k.secret, "metadata.name"),
+        "the Secret volume mounts the Secret of secret.example.yaml"
+    );
+    let item = &vec_at(secret_volume, "secret.items")[0];
+    let key = str_at(item, "key");
+    assert!(
+        at(&k.secret, "stringData")[key].as_str().is_some(),
+        "the Secret template has no key {key}"
+    );
+    let secret_mount = named(mounts, str_at(secret_volume, "name"));
+    assert!(bool_at(secret_mount, "readOnly"));
+    let registry = &k.config["registry"].as_array().expect("[[registry]]")[0];
+    assert_eq!(
+        registry["password_file"].as_str(),
+        Some(
+            format!(
+                "{}/{}",
+                str_at(secret_mount, "mountPath"),
+                str_at(item, "path")
+            )
+            .as_str()
+        ),
+        "password_file must be the mounted Secret key"
+    );
+    for m in mounts {
+        let name = str_at(m, "name");
+        if name != claim {
+            named(volumes, name);
+        }
+    }
+
+    // Security and shutdown.
+    assert!(bool_at(pod, "securityContext.runAsNonRoot"));
+    assert_eq!(int_at(pod, "securityContext.runAsUser"), UID);
+    assert_eq!(int_at(pod, "securityContext.fsGroup"), UID);
+    assert!(bool_at(c, "securityContext.readOnlyRootFilesystem"));
+    assert!(!bool_at(c, "securityContext.allowPrivilegeEscalation"));
+    assert!(!bool_at(pod, "automountServiceAccountToken"));
+    assert!(
+        !bool_at(pod, "enableServiceLinks"),
+        "a Service named prodgate injects PRODGATE_* variables"
+    );
+    let grace = int_at(pod, "terminationGracePeriodSeconds");
+    let drain = prodgate::server::SHUTDOWN_GRACE + prodgate::apply::SHUTDOWN_GRACE;
+    assert!(
+        grace >= 30 && grace as u64 >= drain.as_secs() + 5,
+        "terminationGracePeriodSeconds {grace} leaves no room for the {drain:?} drain"
+    );
+}
+
+#[test]
+fn kubernetes_service_exposes_grpc_and_metrics() {
+    let k = kubernetes();
+    let svc = &k.service;
+    assert!(labels_subset(
+        at(svc, "spec.selector"),
+        at(&k.statefulset, "spec.template.metadata.labels")
+    ));
+    let container_ports = vec_at(&k.statefulset, "spec.template.spec.containers.0.ports");
+    let ports = vec_at(svc, "spec.ports");
+    for (name, port) in [("grpc", GRPC_PORT), ("metrics", METRICS_PORT)] {
+        let p = named(ports, name);
+        assert_eq!(int_at(p, "port"), port, "{name}");
+        let target = match &p["targetPort"] {
+            Yaml::String(n) => int_at(named(container_ports, n), "containerPort"),
+            Yaml::Integer(n) => *n,
+            other => panic!("{name}: targetPort {other:?}"),
+        };
+        assert_eq!(target, port, "{name} targetPort");
+    }
+}
+
+// ---------------------------------------------------------------- Dockerfile
+
+/// Instructions (keyword, arguments) with continuations joined and comments
+/// dropped.
+fn dockerfile() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut pending = String::new();
+    for line in read("Dockerfile").lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('#') || (trimmed.is_empty() && pending.is_empty()) {
+            continue;
+        }
+        match trimmed.strip_suffix('\\') {
+            Some(part) => {
+                pending.push_str(part);
+                pending.push(' ');
+            }
+            None => {
+                pending.push_str(trimmed);
+                let (keyword, args) = pending.split_once(' ').unwrap_or((&pending, ""));
+                out.push((keyword.to_uppercase(), args.trim().to_owned()));
+                pending.clear();
+            }
+        }
+    }
+    assert!(pending.is_empty(), "Dockerfile ends inside a continuation");
+    out
+}
+
+fn json_argv(origin: &str, s: &str) -> Vec<String> {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("{origin}: not exec (JSON) form {s:?}: {e}"))
+}
+
+#[test]
+fn dockerfile_builds_the_binary_and_runs_real_subcommands() {
+    let instructions = dockerfile();
+    let stages: Vec<usize> = instructions
+        .iter()
+        .enumerate()
+        .filter(|(_, (k, _))| k == "FROM")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(stages.len(), 2, "a build stage and a runtime stage");
+    let (build, runtime) = instructions.split_at(stages[1]);
+
+    // Build stage: a Rust toolchain the crate accepts, the locked release build.
+    let cargo: toml::Table = toml::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+            .expect("read Cargo.toml"),
+    )
+    .expect("Cargo.toml");
+    let from = &build[0].1;
+    let image = from.split_whitespace().next().expect("FROM image");
+    let version = image
+        .strip_prefix("rust:")
+        .and_then(|t| t.strip_suffix("-bookworm"))
+        .unwrap_or_else(|| panic!("build stage FROM {image}: expected rust:<version>-bookworm"));
+    let msrv = cargo["package"]["rust-version"]
+        .as_str()
+        .expect("rust-version");
+    let parse =
+        |v: &str| -> Vec<u32> { v.split('.').map(|n| n.parse().expect("number")).collect() };
+    assert!(
+        parse(version) >= parse(msrv),
+        "rust:{version} is older than rust-version {msrv}"
+    );
+    let stage_name = from
+        .split_whitespace()
+        .skip_while(|w| !w.eq_ignore_ascii_case("as"))
+        .nth(1)
+        .expect("FROM … AS <name>");
+    assert!(
+        build.iter().any(|(k, a)| k == "RUN"
+            && a.contains("cargo build --release --locked --bin prodgate")),
+        "the build stage runs `cargo build --release --locked --bin prodgate`"
+    );
+    let bins = cargo["bin"].as_array().expect("[[bin]]");
+    assert!(bins.iter().any(|b| b["name"].as_str() == Some("prodgate")));
+
+    // Runtime stage.
+    let get = |keyword: &str| -> Vec<&str> {
+        runtime
+            .iter()
+            .filter(|(k, _)| k == keyword)
+            .map(|(_, a)| a.as_str())
+            .collect()
+    };
+    let one = |keyword: &str| -> &str {
+        match get(keyword)[..] {
+            [a] => a,
+            ref all => panic!("runtime stage: expected one {keyword}, found {all:?}"),
+        }
+    };
+    assert_eq!(one("FROM"), "debian:bookworm-slim");
+    assert!(
+        get("RUN")
+            .iter()
+            .any(|a| a.contains("apt-get install") && a.contains("ca-certificates"))
+    );
+    assert!(
+        get("COPY")
+            .iter()
+            .any(|a| a.starts_with(&format!("--from={stage_name} "))
+                && a.ends_with(&format!(" {BIN_PATH}"))),
+        "the binary goes to /usr/local/bin (on PATH for the exec-form commands)"
+    );
+    let user = one("USER");
+    assert_eq!(
+        user.split(':').next(),
+        Some(UID.to_string().as_str()),
+        "USER is the numeric uid the StatefulSet's runAsUser names"
+    );
+    let volume = one("VOLUME");
+    let volumes = if volume.starts_with('[') {
+        json_argv("VOLUME", volume)
+    } else {
+        volume.split_whitespace().map(String::from).collect()
+    };
+    assert_eq!(volumes, [DATA_DIR], "VOLUME is the config's data_dir");
+    let exposed: BTreeSet<i64> = one("EXPOSE")
+        .split_whitespace()
+        .map(|p| p.trim_end_matches("/tcp").parse().expect("EXPOSE port"))
+        .collect();
+    assert_eq!(
+        exposed,
+        BTreeSet::from([GRPC_PORT, METRICS_PORT]),
+        "EXPOSE the gRPC and metrics ports"
+    );
+
+    let entrypoint = json_argv("ENTRYPOINT", one("ENTRYPOINT"));
+    assert_eq!(entrypoint, ["prodgate"]);
+    let cmd = json_argv("CMD", one("CMD"));
+    assert_cli("deploy/Dockerfile CMD", &cmd);
+    assert_eq!(cmd[0], "serve");
+    assert_eq!(flag_value(&cmd, "--config"), Some(CONFIG_PATH));
+
+    let healthcheck = one("HEALTHCHECK");
+    let (_, check) = healthcheck
+        .split_once("CMD ")
+        .expect("HEALTHCHECK [options] CMD [...]");
+    let check = json_argv("HEALTHCHECK", check.trim());
+    assert_eq!(check[0], "prodgate");
+    // `health` does a gRPC health Check and exits 0 when SERVING.
+    assert_cli("deploy/Dockerfile HEALTHCHECK", &check[1..]);
+    assert_eq!(check[1], "health");
+    let server = flag_value(&check, "--server").expect("HEALTHCHECK --server");
+    let addr = server.strip_prefix("http://").expect("http:// server");
+    assert_eq!(port_of(addr), GRPC_PORT);
+
+    let ignore = read("Dockerfile.dockerignore");
+    let ignored: BTreeSet<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    for must in ["target", ".git"] {
+        assert!(
+            ignored.contains(must),
+            "Dockerfile.dockerignore lacks {must}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------- systemd
+
+#[test]
+fn systemd_unit_runs_a_real_subcommand_hardened() {
+    let unit = read("systemd/prodgate.service");
+    let mut section = String::new();
+    let mut entries: Vec<(String, String, String)> = Vec::new();
+    for line in unit.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_owned();
+            continue;
+        }
+        let (k, v) = line
+            .split_once('=')
+            .unwrap_or_else(|| panic!("prodgate.service: not key=value: {line}"));
+        entries.push((section.clone(), k.trim().to_owned(), v.trim().to_owned()));
+    }
+    let values = |key: &str| -> Vec<&str> {
+        entries
+            .iter()
+            .filter(|(s, k, _)| s == "Service" && k == key)
+            .map(|(_, _, v)| v.as_str())
+            .collect()
+    };
+    let one = |key: &str| -> &str {
+        match values(key)[..] {
+            [v] => v,
+            ref all => panic!("[Service] expected one {key}=, found {all:?}"),
+        }
+    };
+
+    let exec: Vec<String> = one("ExecStart")
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    assert_eq!(exec[0], BIN_PATH);
+    assert_cli("deploy/systemd/prodgate.service ExecStart", &exec[1..]);
+    assert_eq!(exec[1], "serve");
+    assert_eq!(flag_value(&exec, "--config"), Some(CONFIG_PATH));
+
+    let user = one("User");
+    assert!(!user.is_empty() && user != "root" && user != "0");
+    assert_eq!(one("StateDirectory"), "prodgate");
+    assert!(
+        values("ReadWritePaths")
+            .iter()
+            .any(|v| v.split_whitespace().any(|p| p == DATA_DIR))
+    );
+    for (key, value) in [
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("Restart", "on-failure"),
+        ("KillSignal", "SIGTERM"),
+        ("CapabilityBoundingSet", ""),
+    ] {
+        assert_eq!(one(key), value, "{key}=");
+    }
+    let stop: u64 = one("TimeoutStopSec")
+        .parse()
+        .expect("TimeoutStopSec in seconds");
+    let drain = prodgate::server::SHUTDOWN_GRACE + prodgate::apply::SHUTDOWN_GRACE;
+    assert!(
+        stop >= 30 && stop >= drain.as_secs() + 5,
+        "TimeoutStopSec={stop}"
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|(s, k, v)| s == "Install" && k == "WantedBy" && v == "multi-user.target")
+    );
+}
+
+// ---------------------------------------------------------------- CI workflow
+
+/// Splits a shell command line into words: quotes removed, `$VARS` kept
+/// literally, operators (`>`, `||`, `;` …) as their own words.
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                in_word = true;
+                for q in chars.by_ref() {
+                    if q == '\'' {
+                        break;
+                    }
+                    word.push(q);
+                }
+            }
+            '"' => {
+                in_word = true;
+                while let Some(q) = chars.next() {
+                    match q {
+                        '"' => break,
+                        '\\' => word.extend(chars.next()),
+                        _ => word.push(q),
+                    }
+                }
+            }
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            '>' | '<' | '|' | '&' | ';' => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+                let mut op = c.to_string();
+                while let Some(&n) = chars.peek() {
+                    if n == c {
+                        op.push(n);
+                        chars.next();
+                    } else {
+                        break;
+                    }
+                }
+                words.push(op);
+            }
+            c => {
+                in_word = true;
+                word.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    words
+}
+
+/// The arguments of each `prodgate …` command in a shell script (up to the
+/// first operator), continuations joined.
+fn prodgate_commands(script: &str) -> Vec<Vec<String>> {
+    let joined = script.replace("\\\n", " ");
+    joined
+        .lines()
+        .map(shell_words)
+        .filter_map(|words| {
+            let start = words.iter().position(|w| w == "prodgate")?;
+            Some(
+                words[start + 1..]
+                    .iter()
+                    .take_while(|w| !w.starts_with(['>', '<', '|', '&', ';']))
+                    .cloned()
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn shell_words_split_like_a_shell() {
+    assert_eq!(
+        shell_words(r#"prodgate request "$R" --reason "a \"b\" c" 'x y' > out.json || rc=$?"#),
+        [
+            "prodgate",
+            "request",
+            "$R",
+            "--reason",
+            "a \"b\" c",
+            "x y",
+            ">",
+            "out.json",
+            "||",
+            "rc=$?"
+        ]
+    );
+    assert_eq!(
+        prodgate_commands("x=1\n  prodgate a --b \\\n  --c d >f\n"),
+        [["a", "--b", "--c", "d"]]
+    );
+}
+
+#[test]
+fn ci_workflow_requests_the_promotion_through_prodgate() {
+    let file = read("ci/promote-to-production.yml");
+    let wf = yaml_doc("ci/promote-to-production.yml");
+    assert!(!wf["on"].is_badvalue(), "the workflow has no `on:`");
+    let jobs = at(&wf, "jobs").as_hash().expect("jobs");
+    assert!(!jobs.is_empty());
+
+    let mut requests = Vec::new();
+    for (name, job) in jobs {
+        for step in vec_at(job, "steps") {
+            let Some(script) = step["run"].as_str() else {
+                continue;
+            };
+            assert!(
+                !script.contains("${{"),
+                "job {name:?}: pass expressions through env:, not into the script"
+            );
+            for forbidden in ["docker push", "docker tag", "docker pull"] {
+                assert!(
+                    !script.contains(forbidden),
+                    "job {name:?} still runs {forbidden}"
+                );
+            }
+            for argv in prodgate_commands(script) {
+                if argv.first().map(String::as_str) == Some("request") {
+                    requests.push((step.clone(), script.to_owned(), argv));
+                }
+            }
+        }
+    }
+    let [(step, script, argv)] = &requests[..] else {
+        panic!("expected one `prodgate request`, found {}", requests.len());
+    };
+    assert_cli("deploy/ci/promote-to-production.yml", argv);
+    let env = at(&wf, "env");
+    let repository = argv[1]
+        .strip_prefix('$')
+        .expect("repository from the workflow env");
+    assert!(
+        env[repository].as_str().is_some_and(|r| r.contains('/')),
+        "{repository} is not set in the workflow env"
+    );
+    assert_eq!(flag_value(argv, "--output"), Some("json"));
+    assert!(argv.iter().any(|a| a == "--wait"));
+    assert!(flag_value(argv, "--reason").is_some());
+    assert_eq!(
+        flag_value(argv, "--request-id").map(|id| id.contains("GITHUB_RUN_ID")),
+        Some(true)
+    );
+    for var in ["PRODGATE_SERVER", "PRODGATE_TOKEN"] {
+        let value = step["env"][var].as_str().unwrap_or_default();
+        assert!(
+            value.contains(&format!("secrets.{var}")),
+            "{var} must come from secrets, is {value:?}"
+        );
+    }
+
+    assert!(
+        file.contains(&format!(":{BIN_PATH}\"")),
+        "the workflow copies the CLI from {BIN_PATH} in the image"
+    );
+
+    // The environments named exist in the production config.
+    let config = toml_table(
+        "deploy/kubernetes/prodgate.toml",
+        &read("kubernetes/prodgate.toml"),
+    );
+    let environments = config["environment"].as_array().expect("[[environment]]");
+    let target = flag_value(argv, "--env").expect("--env");
+    let target = environments
+        .iter()
+        .find(|e| e["name"].as_str() == Some(target))
+        .unwrap_or_else(|| panic!("no environment {target:?} in the Kubernetes config"));
+    let required = target["requires"].as_str().expect("production requires");
+    let required_tag = environments
+        .iter()
+        .find(|e| e["name"].as_str() == Some(required))
+        .and_then(|e| e["tag"].as_str());
+    assert_eq!(flag_value(argv, "--source"), required_tag);
+
+    // Every exit code is handled and explained.
+    for code in ["0", "3", "4", "5"] {
+        assert!(
+            script.contains(&format!("{code})")),
+            "exit code {code} not handled"
+        );
+    }
+    for code in ["3", "4", "5"] {
+        assert!(
+            file.contains(&format!("#   {code}  ")),
+            "exit code {code} not explained"
+        );
+    }
+}
