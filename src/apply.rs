@@ -15,6 +15,7 @@ use crate::domain::model::{Promotion, PromotionId, State};
 use crate::domain::names::Repository;
 use crate::error::Error;
 use crate::registry::{Manifest, Moved, Registry, RegistryError};
+use crate::shutdown::signalled;
 use crate::store::Store;
 use rand::Rng;
 use std::collections::HashMap;
@@ -45,7 +46,7 @@ pub async fn run(store: Store, registry: Arc<dyn Registry>, mut stop: watch::Rec
     lanes.enqueue_all_approved().await;
     loop {
         tokio::select! {
-            _ = stopped(&mut stop) => break,
+            _ = signalled(&mut stop) => break,
             change = changes.recv() => match change {
                 Ok(p) if p.state == State::Approved => lanes.enqueue(&p),
                 Ok(_) => {}
@@ -63,15 +64,6 @@ pub async fn run(store: Store, registry: Arc<dyn Registry>, mut stop: watch::Rec
         .is_err()
     {
         tracing::warn!("tag moves still running at shutdown; they resume on the next start");
-    }
-}
-
-/// Completes once shutdown was asked for (or the server is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    while !*stop.borrow_and_update() {
-        if stop.changed().await.is_err() {
-            return;
-        }
     }
 }
 
@@ -124,7 +116,7 @@ async fn run_lane(
     loop {
         let id = tokio::select! {
             biased;
-            _ = stopped(&mut stop) => return,
+            _ = signalled(&mut stop) => return,
             id = rx.recv() => match id {
                 Some(id) => id,
                 None => return,
@@ -205,7 +197,7 @@ async fn apply_one(
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     // Stopping between attempts is safe: nothing was moved.
-                    _ = stopped(stop) => return,
+                    _ = signalled(stop) => return,
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }

@@ -36,6 +36,8 @@ pub enum Error {
     },
     #[error("promotion {id} expired at {expires_at} without enough approvals")]
     Expired { id: u64, expires_at: String },
+    #[error("the server is shutting down; repeat the call")]
+    ShuttingDown,
     #[error(transparent)]
     Domain(#[from] DomainError),
     #[error(transparent)]

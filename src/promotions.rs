@@ -10,9 +10,10 @@ use crate::domain::names::{Repository, Source};
 use crate::domain::policy::{EnvironmentPolicy, Principal};
 use crate::error::Error;
 use crate::registry::Registry;
+use crate::shutdown::signalled;
 use crate::store::{HistoryFilter, ListFilter, Page, Store, StoreError, StoredManifest, Tx};
 use std::sync::Arc;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 
 /// A validated RequestPromotion.
 #[derive(Debug, Clone)]
@@ -37,6 +38,8 @@ pub struct Promotions {
     config: Arc<Config>,
     store: Store,
     registry: Arc<dyn Registry>,
+    /// Turns true when the server starts draining: open watches end then.
+    draining: watch::Receiver<bool>,
 }
 
 /// Runs blocking store reads off the async worker threads.
@@ -50,11 +53,17 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Promotions {
-    pub fn new(config: Arc<Config>, store: Store, registry: Arc<dyn Registry>) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        registry: Arc<dyn Registry>,
+        draining: watch::Receiver<bool>,
+    ) -> Self {
         Self {
             config,
             store,
             registry,
+            draining,
         }
     }
 
@@ -313,21 +322,30 @@ impl Promotions {
     }
 
     /// The current state of `id` now, then every change until a terminal
-    /// state or until the receiver is dropped.
-    pub async fn watch(&self, id: PromotionId) -> Result<mpsc::Receiver<Promotion>, Error> {
+    /// state or until the receiver is dropped. When the server shuts down
+    /// first, the last item is [`Error::ShuttingDown`]: watch again elsewhere.
+    pub async fn watch(
+        &self,
+        id: PromotionId,
+    ) -> Result<mpsc::Receiver<Result<Promotion, Error>>, Error> {
         // Subscribe before reading, so no change between the two is missed.
         let mut changes = self.store.subscribe();
         let first = self.get(id).await?;
         let (tx, rx) = mpsc::channel(16);
         let this = self.clone();
+        let mut draining = self.draining.clone();
         tokio::spawn(async move {
             let mut last = first;
-            if tx.send(last.clone()).await.is_err() {
+            if tx.send(Ok(last.clone())).await.is_err() {
                 return;
             }
             while !last.state.is_terminal() {
                 let next = tokio::select! {
                     _ = tx.closed() => return,
+                    _ = signalled(&mut draining) => {
+                        let _ = tx.send(Err(Error::ShuttingDown)).await;
+                        return;
+                    }
                     change = changes.recv() => match change {
                         Ok(p) if p.id == id => p,
                         Ok(_) => continue,
@@ -341,7 +359,7 @@ impl Promotions {
                 };
                 if next != last {
                     last = next;
-                    if tx.send(last.clone()).await.is_err() {
+                    if tx.send(Ok(last.clone())).await.is_err() {
                         return;
                     }
                 }

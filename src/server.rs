@@ -91,11 +91,6 @@ fn registry_hosts(config: &Config) -> Vec<RegistryHost> {
         .collect()
 }
 
-/// Completes once `stop` turns true.
-async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
-
 /// Serves on `listener` until `shutdown` completes.
 pub async fn run(
     config: Config,
@@ -111,7 +106,13 @@ pub async fn run(
         config.registry_timeout,
         Some(metrics.clone()),
     )?);
-    let promotions = Promotions::new(config.clone(), store.clone(), registry.clone());
+    let (draining_watch_tx, draining_watch) = tokio::sync::watch::channel(false);
+    let promotions = Promotions::new(
+        config.clone(),
+        store.clone(),
+        registry.clone(),
+        draining_watch,
+    );
     let tls = config.tls.as_ref().map(tls_config).transpose()?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -150,7 +151,10 @@ pub async fn run(
                 l,
                 metrics.clone(),
                 store.clone(),
-                stopped(stop_rx.clone()),
+                {
+                    let mut stop = stop_rx.clone();
+                    async move { crate::shutdown::signalled(&mut stop).await }
+                },
             )))
         }
         None => None,
@@ -192,6 +196,8 @@ pub async fn run(
                     .await;
                 health.set_not_serving::<Svc>().await;
                 tracing::info!("shutting down: no new connections, finishing in-flight calls");
+                // Open WatchPromotion streams end now, so clients reconnect elsewhere.
+                let _ = draining_watch_tx.send(true);
                 let _ = draining_tx.send(());
             },
         );

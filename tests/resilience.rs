@@ -535,3 +535,43 @@ async fn moves_of_one_tag_apply_in_approval_order() {
         Some(a.as_str())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_open_watches_so_clients_move_on() {
+    let w = World::start().await;
+    w.registry.push_image("app", Some("staging"), 1024, 1).await;
+    let mut alice = w.server.client("alice").await;
+    let p = alice
+        .request_promotion(request(&w.repo("app")))
+        .await
+        .expect("request")
+        .into_inner();
+    let mut stream = alice
+        .watch_promotion(prodgate::pb::WatchPromotionRequest {
+            promotion_id: p.id.clone(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    stream.message().await.expect("first").expect("state");
+    let World {
+        registry: _r,
+        mut server,
+    } = w;
+    let started = Instant::now();
+    let exit = tokio::task::spawn_blocking(move || (server.terminate(), server));
+    let end = stream
+        .message()
+        .await
+        .expect_err("the watch is ended by shutdown");
+    assert_eq!(end.code(), tonic::Code::Unavailable, "{end:?}");
+    drop(stream);
+    drop(alice);
+    let (code, server) = exit.await.expect("join");
+    assert_eq!(code, Some(0), "{}", server.log());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown waited for the watcher: {:?}",
+        started.elapsed()
+    );
+}

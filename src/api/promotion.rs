@@ -40,7 +40,10 @@ impl PromotionService for PromotionApi {
         let changes = self.promotions.watch(id).await?;
         let stream = tokio_stream::StreamExt::map(
             tokio_stream::wrappers::ReceiverStream::new(changes),
-            |p| Ok(convert::promotion(&p)),
+            |change| match change {
+                Ok(p) => Ok(convert::promotion(&p)),
+                Err(e) => Err(Status::from(e)),
+            },
         );
         Ok(Response::new(Box::pin(stream)))
     }
