@@ -140,6 +140,39 @@ pub struct Page<T> {
     pub more: bool,
 }
 
+/// Fills a page during a scan: takes items up to the limit, and on the one
+/// after that notes that more follow and asks the scan to stop.
+struct PageBuilder<T> {
+    page: Page<T>,
+    limit: usize,
+}
+
+impl<T> PageBuilder<T> {
+    fn new(limit: usize) -> Self {
+        Self {
+            page: Page {
+                items: Vec::new(),
+                more: false,
+            },
+            limit,
+        }
+    }
+
+    /// Whether the scan should go on.
+    fn offer(&mut self, item: T) -> bool {
+        if self.page.items.len() == self.limit {
+            self.page.more = true;
+            return false;
+        }
+        self.page.items.push(item);
+        true
+    }
+
+    fn finish(self) -> Page<T> {
+        self.page
+    }
+}
+
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     // Serializing plain structs of strings and numbers cannot fail.
     serde_json::to_vec(v).unwrap_or_default()
@@ -272,15 +305,37 @@ impl Store {
         }
     }
 
+    /// The ids or sequences under an index prefix, from `start` on, in order.
+    fn index_tails<'a>(
+        &'a self,
+        prefix: &'a [u8],
+        start: u64,
+    ) -> impl DoubleEndedIterator<Item = Result<u64, StoreError>> + 'a {
+        // Every key under the prefix is the prefix and 8 bytes.
+        self.trees
+            .index
+            .range(keys::indexed(prefix, start)..=keys::indexed(prefix, u64::MAX))
+            .filter_map(|kv| match kv {
+                Ok((k, _)) => keys::tail_u64(&k).map(Ok),
+                Err(e) => Some(Err(e.into())),
+            })
+    }
+
+    fn entry(&self, sequence: u64) -> Result<Option<AuditEntry>, StoreError> {
+        let key = keys::u64_key(sequence);
+        self.trees
+            .audit
+            .get(key)?
+            .map(|v| decode_entry(&key, &v))
+            .transpose()
+    }
+
     /// Promotions in a state, oldest id first.
     pub fn in_state(&self, state: State) -> Result<Vec<Promotion>, StoreError> {
         let prefix = keys::promotions_by_state_prefix(state);
         let mut out = Vec::new();
-        for kv in self.trees.index.scan_prefix(&prefix) {
-            let (k, _) = kv?;
-            if let Some(id) = keys::tail_u64(&k)
-                && let Some(p) = self.get(id)?
-            {
+        for id in self.index_tails(&prefix, 0) {
+            if let Some(p) = self.get(id?)? {
                 out.push(p);
             }
         }
@@ -311,32 +366,13 @@ impl Store {
             (None, Some(s)) => Some(keys::promotions_by_state_prefix(s)),
             (None, None) => None,
         };
-        let mut items = Vec::new();
-        let mut more = false;
-        let mut visit = |p: Promotion| {
-            if !matches(&p) {
-                return true;
-            }
-            if items.len() == limit {
-                more = true;
-                return false;
-            }
-            items.push(p);
-            true
-        };
+        let mut page = PageBuilder::new(limit);
         match index_prefix {
             Some(prefix) => {
-                let from = keys::indexed(&prefix, start);
-                for kv in self.trees.index.range(from..) {
-                    let (k, _) = kv?;
-                    if !k.starts_with(&prefix) {
-                        break;
-                    }
-                    let Some(id) = keys::tail_u64(&k) else {
-                        continue;
-                    };
-                    if let Some(p) = self.get(id)?
-                        && !visit(p)
+                for id in self.index_tails(&prefix, start) {
+                    if let Some(p) = self.get(id?)?
+                        && matches(&p)
+                        && !page.offer(p)
                     {
                         break;
                     }
@@ -349,13 +385,13 @@ impl Store {
                         || format!("promotion {}", keys::read_u64(&k).unwrap_or(0)),
                         &v,
                     )?;
-                    if !visit(p) {
+                    if matches(&p) && !page.offer(p) {
                         break;
                     }
                 }
             }
         }
-        Ok(Page { items, more })
+        Ok(page.finish())
     }
 
     /// One page of audit entries in sequence order, after `after` (exclusive).
@@ -380,6 +416,7 @@ impl Store {
                     .is_none_or(|id| id == e.event.promotion_id)
                 && filter.since.is_none_or(|s| e.time >= s)
         };
+        // Entry times never decrease along the sequence, so `until` ends the scan.
         let past_until = |e: &AuditEntry| filter.until.is_some_and(|u| e.time > u);
         let index_prefix = if let Some(id) = filter.promotion_id {
             Some(keys::audit_by_promotion_prefix(id))
@@ -391,37 +428,14 @@ impl Store {
                 .as_deref()
                 .map(keys::audit_by_environment_prefix)
         };
-        let mut items = Vec::new();
-        let mut more = false;
-        // Entry times never decrease along the sequence, so `until` ends the scan.
-        let mut visit = |e: AuditEntry| {
-            if past_until(&e) {
-                return false;
-            }
-            if !matches(&e) {
-                return true;
-            }
-            if items.len() == limit {
-                more = true;
-                return false;
-            }
-            items.push(e);
-            true
-        };
+        let mut page = PageBuilder::new(limit);
+        let mut visit = |e: AuditEntry| !past_until(&e) && (!matches(&e) || page.offer(e));
         match index_prefix {
             Some(prefix) => {
-                for kv in self.trees.index.range(keys::indexed(&prefix, start)..) {
-                    let (k, _) = kv?;
-                    if !k.starts_with(&prefix) {
-                        break;
-                    }
-                    let Some(seq) = keys::tail_u64(&k) else {
-                        continue;
-                    };
-                    let Some(v) = self.trees.audit.get(keys::u64_key(seq))? else {
-                        continue;
-                    };
-                    if !visit(decode_entry(&keys::u64_key(seq), &v)?) {
+                for seq in self.index_tails(&prefix, start) {
+                    if let Some(e) = self.entry(seq?)?
+                        && !visit(e)
+                    {
                         break;
                     }
                 }
@@ -435,7 +449,7 @@ impl Store {
                 }
             }
         }
-        Ok(Page { items, more })
+        Ok(page.finish())
     }
 
     /// The APPLIED entry that put `environment`'s tag of `repository` where it
@@ -447,16 +461,9 @@ impl Store {
         at: Option<Time>,
     ) -> Result<Option<AuditEntry>, StoreError> {
         let prefix = keys::audit_by_repository_prefix(repository);
-        // Newest first; entry times never decrease along the sequence.
-        for kv in self.trees.index.scan_prefix(&prefix).rev() {
-            let (k, _) = kv?;
-            let Some(seq) = keys::tail_u64(&k) else {
-                continue;
-            };
-            let Some(v) = self.trees.audit.get(keys::u64_key(seq))? else {
-                continue;
-            };
-            let e = decode_entry(&keys::u64_key(seq), &v)?;
+        // Newest first.
+        for seq in self.index_tails(&prefix, 0).rev() {
+            let Some(e) = self.entry(seq?)? else { continue };
             if at.is_some_and(|t| e.time > t) {
                 continue;
             }
