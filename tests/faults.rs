@@ -4,12 +4,12 @@
 
 mod support;
 
-use prodgate::pb::{ApproveRequest, AuditAction, PromotionState, RequestPromotionRequest};
+use prodgate::pb::{AuditAction, PromotionState, RequestPromotionRequest};
 use std::time::Duration;
 use support::proxy::{Fault, FaultProxy};
 use support::registry::TestRegistry;
 use support::server::{Client, TestServer, standard_config};
-use support::{actions_of, wait_for_state};
+use support::{actions_of, approve, wait_for_state};
 
 /// prodgate talks to the registry only through the proxy.
 struct Faulty {
@@ -55,10 +55,7 @@ impl Faulty {
         self.server
             .client("bob")
             .await
-            .approve(ApproveRequest {
-                promotion_id: id.to_owned(),
-                comment: String::new(),
-            })
+            .approve(approve(id))
             .await
             .expect("approve")
             .into_inner()
@@ -220,13 +217,7 @@ async fn a_concurrent_writer_is_detected_not_overwritten() {
         2,
     );
     let mut bob = f.server.client("bob").await;
-    let approve = tokio::spawn(async move {
-        bob.approve(ApproveRequest {
-            promotion_id: id.clone(),
-            comment: String::new(),
-        })
-        .await
-    });
+    let approve = tokio::spawn(async move { bob.approve(approve(&id)).await });
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !f
         .proxy

@@ -4,10 +4,9 @@
 mod support;
 
 use prodgate::pb::{
-    ApproveRequest, GetDeployedRequest, PromotionState, RequestPromotionRequest,
-    WatchPromotionRequest,
+    GetDeployedRequest, PromotionState, RequestPromotionRequest, WatchPromotionRequest,
 };
-use support::World;
+use support::{World, approve};
 use tonic::Code;
 
 fn request(repo: &str) -> RequestPromotionRequest {
@@ -46,10 +45,7 @@ async fn watch_streams_every_state_until_terminal() {
     w.server
         .client("bob")
         .await
-        .approve(ApproveRequest {
-            promotion_id: p.id.clone(),
-            comment: String::new(),
-        })
+        .approve(approve(&p.id))
         .await
         .expect("approve");
     let mut states = vec![first.state];
@@ -113,10 +109,7 @@ async fn get_deployed_answers_for_any_moment() {
             .expect("request")
             .into_inner();
         let done = bob
-            .approve(ApproveRequest {
-                promotion_id: p.id.clone(),
-                comment: String::new(),
-            })
+            .approve(approve(&p.id))
             .await
             .expect("approve")
             .into_inner();
@@ -172,11 +165,12 @@ mod operated {
     //! server with the extra configuration it needs.
 
     use super::request;
+    use crate::support::approve;
     use crate::support::registry::TestRegistry;
     use crate::support::server::{Bearer, TestServer, standard_config, token};
     use base64::Engine;
+    use prodgate::pb::PromotionState;
     use prodgate::pb::promotion_service_client::PromotionServiceClient;
-    use prodgate::pb::{ApproveRequest, PromotionState};
     use std::collections::HashMap;
     use tonic::Code;
     use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -216,20 +210,14 @@ mod operated {
             .expect("request")
             .into_inner();
         let e = alice
-            .approve(ApproveRequest {
-                promotion_id: p.id.clone(),
-                comment: String::new(),
-            })
+            .approve(approve(&p.id))
             .await
             .expect_err("not an approver");
         assert_eq!(e.code(), Code::PermissionDenied);
         let done = server
             .client("bob")
             .await
-            .approve(ApproveRequest {
-                promotion_id: p.id.clone(),
-                comment: String::new(),
-            })
+            .approve(approve(&p.id))
             .await
             .expect("approve")
             .into_inner();
@@ -327,10 +315,7 @@ mod operated {
             let done = server
                 .client("bob")
                 .await
-                .approve(ApproveRequest {
-                    promotion_id: p.id.clone(),
-                    comment: String::new(),
-                })
+                .approve(approve(&p.id))
                 .await
                 .expect("approve")
                 .into_inner();
@@ -376,10 +361,7 @@ mod operated {
         let e = server
             .client("mallory")
             .await
-            .approve(ApproveRequest {
-                promotion_id: p.id.clone(),
-                comment: String::new(),
-            })
+            .approve(approve(&p.id))
             .await
             .expect_err("not an approver");
         assert_eq!(e.code(), Code::PermissionDenied);
@@ -504,10 +486,7 @@ mod operated {
         let mut bob =
             PromotionServiceClient::with_interceptor(channel, Bearer::token(&token("bob")));
         let done = bob
-            .approve(ApproveRequest {
-                promotion_id: p.id.clone(),
-                comment: String::new(),
-            })
+            .approve(approve(&p.id))
             .await
             .expect("approve as bob")
             .into_inner();
@@ -582,10 +561,7 @@ mod operated {
         let done = server
             .client("bob")
             .await
-            .approve(ApproveRequest {
-                promotion_id: p.id.clone(),
-                comment: String::new(),
-            })
+            .approve(approve(&p.id))
             .await
             .expect("approve")
             .into_inner();

@@ -10,25 +10,8 @@ use prodgate::pb::{
 };
 use sha2::{Digest, Sha256};
 use support::server::Client;
-use support::{World, history};
+use support::{World, approve, history, request_to};
 use tonic::Code;
-
-fn request(repo: &str, source: &str, env: &str) -> RequestPromotionRequest {
-    RequestPromotionRequest {
-        repository: repo.to_owned(),
-        source: source.to_owned(),
-        environment: env.to_owned(),
-        reason: format!("ship {source} to {env}"),
-        request_id: String::new(),
-    }
-}
-
-fn approve(id: &str) -> ApproveRequest {
-    ApproveRequest {
-        promotion_id: id.to_owned(),
-        comment: "lgtm".to_owned(),
-    }
-}
 
 fn state(p: &pb::Promotion) -> PromotionState {
     PromotionState::try_from(p.state).expect("known state")
@@ -79,7 +62,7 @@ async fn request_approve_promotes_by_copying_the_manifest() {
     let repo = w.repo("team/app");
     let mut alice = w.server.client("alice").await;
     let p = alice
-        .request_promotion(request(&repo, "staging", "production"))
+        .request_promotion(request_to(&repo, "staging", "production"))
         .await
         .expect("request")
         .into_inner();
@@ -145,7 +128,7 @@ async fn the_digest_is_pinned_when_staging_moves() {
     let repo = w.repo("app");
     let mut alice = w.server.client("alice").await;
     let p = alice
-        .request_promotion(request(&repo, "staging", "production"))
+        .request_promotion(request_to(&repo, "staging", "production"))
         .await
         .expect("request")
         .into_inner();
@@ -176,7 +159,7 @@ async fn production_requires_what_staging_carries() {
     let mut alice = w.server.client("alice").await;
     for source in ["dev", other.as_str()] {
         let e = alice
-            .request_promotion(request(&repo, source, "production"))
+            .request_promotion(request_to(&repo, source, "production"))
             .await
             .expect_err("not staged");
         assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
@@ -184,7 +167,7 @@ async fn production_requires_what_staging_carries() {
     }
     // By digest works when staging carries it.
     let p = alice
-        .request_promotion(request(&repo, &staged, "production"))
+        .request_promotion(request_to(&repo, &staged, "production"))
         .await
         .expect("staged digest")
         .into_inner();
@@ -192,7 +175,7 @@ async fn production_requires_what_staging_carries() {
     // No staging tag at all.
     w.registry.push_image("lonely", Some("dev"), 1024, 3).await;
     let e = alice
-        .request_promotion(request(&w.repo("lonely"), "dev", "production"))
+        .request_promotion(request_to(&w.repo("lonely"), "dev", "production"))
         .await
         .expect_err("no staging tag");
     assert_eq!(e.code(), Code::FailedPrecondition);
@@ -207,7 +190,7 @@ async fn no_approval_environments_apply_at_once() {
     let digest = w.registry.push_image("app", Some("dev"), 1024, 1).await;
     let mut alice = w.server.client("alice").await;
     let p = alice
-        .request_promotion(request(&w.repo("app"), "dev", "staging"))
+        .request_promotion(request_to(&w.repo("app"), "dev", "staging"))
         .await
         .expect("request")
         .into_inner();
@@ -230,7 +213,7 @@ async fn approvers_are_designated_and_never_the_requester_alone() {
     // rita is a release manager herself.
     let mut rita = w.server.client("rita").await;
     let p = rita
-        .request_promotion(request(&repo, "staging", "production"))
+        .request_promotion(request_to(&repo, "staging", "production"))
         .await
         .expect("request")
         .into_inner();
@@ -269,7 +252,7 @@ async fn approvers_are_designated_and_never_the_requester_alone() {
     w.registry.push_image("solo", Some("latest"), 1024, 2).await;
     let mut bob = w.server.client("bob").await;
     let s = bob
-        .request_promotion(request(&w.repo("solo"), "latest", "selfok"))
+        .request_promotion(request_to(&w.repo("solo"), "latest", "selfok"))
         .await
         .expect("request")
         .into_inner();
@@ -287,7 +270,7 @@ async fn unauthenticated_calls_are_refused_but_health_is_open() {
     let repo = w.repo("app");
     let mut anon = w.server.anonymous().await;
     let e = anon
-        .request_promotion(request(&repo, "staging", "production"))
+        .request_promotion(request_to(&repo, "staging", "production"))
         .await
         .expect_err("no token");
     assert_eq!(e.code(), Code::Unauthenticated);
@@ -327,7 +310,7 @@ async fn two_of_n_approvals() {
     let digest = w.registry.push_image("app", Some("staging"), 1024, 1).await;
     let mut alice = w.server.client("alice").await;
     let p = alice
-        .request_promotion(request(&w.repo("app"), "staging", "prod2"))
+        .request_promotion(request_to(&w.repo("app"), "staging", "prod2"))
         .await
         .expect("request")
         .into_inner();
@@ -386,7 +369,7 @@ async fn concurrent_approvals_count_exactly_the_required_number() {
         .server
         .client("alice")
         .await
-        .request_promotion(request(&w.repo("app"), "staging", "prod2"))
+        .request_promotion(request_to(&w.repo("app"), "staging", "prod2"))
         .await
         .expect("request")
         .into_inner();
@@ -433,7 +416,7 @@ async fn reject_and_cancel_end_a_pending_promotion() {
     let mut bob = w.server.client("bob").await;
 
     let p = alice
-        .request_promotion(request(&repo, "staging", "production"))
+        .request_promotion(request_to(&repo, "staging", "production"))
         .await
         .expect("request")
         .into_inner();
@@ -461,7 +444,7 @@ async fn reject_and_cancel_end_a_pending_promotion() {
     }
 
     let q = alice
-        .request_promotion(request(&repo, "staging", "production"))
+        .request_promotion(request_to(&repo, "staging", "production"))
         .await
         .expect("request")
         .into_inner();
@@ -487,7 +470,7 @@ async fn reject_and_cancel_end_a_pending_promotion() {
     assert_eq!(state(&c), PromotionState::Cancelled);
     // An approver may cancel too.
     let z = alice
-        .request_promotion(request(&repo, "staging", "production"))
+        .request_promotion(request_to(&repo, "staging", "production"))
         .await
         .expect("request")
         .into_inner();
@@ -530,7 +513,7 @@ async fn pending_promotions_expire() {
     w.registry.push_image("app", Some("v1"), 1024, 1).await;
     let mut alice = w.server.client("alice").await;
     let p = alice
-        .request_promotion(request(&w.repo("app"), "v1", "shortlived"))
+        .request_promotion(request_to(&w.repo("app"), "v1", "shortlived"))
         .await
         .expect("request")
         .into_inner();
@@ -578,7 +561,7 @@ async fn request_ids_make_retries_idempotent() {
     let w = World::start().await;
     w.registry.push_image("app", Some("staging"), 1024, 1).await;
     let mut alice = w.server.client("alice").await;
-    let mut r = request(&w.repo("app"), "staging", "production");
+    let mut r = request_to(&w.repo("app"), "staging", "production");
     r.request_id = "deploy-42".into();
     let first = alice
         .request_promotion(r.clone())
@@ -630,7 +613,7 @@ async fn multi_arch_index_bytes_are_preserved() {
     let (ct, bytes) = w.registry.manifest("multi", &index).await.expect("index");
     let mut alice = w.server.client("alice").await;
     let p = alice
-        .request_promotion(request(&w.repo("multi"), "staging", "production"))
+        .request_promotion(request_to(&w.repo("multi"), "staging", "production"))
         .await
         .expect("request")
         .into_inner();
@@ -670,7 +653,7 @@ async fn previous_digest_records_what_the_tag_carried() {
             .push_image("app", Some("staging"), 1024, seed)
             .await;
         let p = alice
-            .request_promotion(request(&repo, "staging", "production"))
+            .request_promotion(request_to(&repo, "staging", "production"))
             .await
             .expect("request")
             .into_inner();
@@ -710,7 +693,7 @@ async fn the_audit_log_is_a_verifiable_hash_chain() {
     w.registry.push_image("app", Some("staging"), 1024, 1).await;
     let repo = w.repo("app");
     let p = alice
-        .request_promotion(request(&repo, "staging", "production"))
+        .request_promotion(request_to(&repo, "staging", "production"))
         .await
         .expect("request")
         .into_inner();
@@ -721,7 +704,7 @@ async fn the_audit_log_is_a_verifiable_hash_chain() {
         .await
         .expect("approve");
     let q = alice
-        .request_promotion(request(&repo, "staging", "production"))
+        .request_promotion(request_to(&repo, "staging", "production"))
         .await
         .expect("request")
         .into_inner();
@@ -768,14 +751,14 @@ async fn listings_paginate_with_checked_tokens() {
     let mut ids = Vec::new();
     for _ in 0..7 {
         let p = alice
-            .request_promotion(request(&w.repo("app"), "dev", "staging"))
+            .request_promotion(request_to(&w.repo("app"), "dev", "staging"))
             .await
             .expect("request")
             .into_inner();
         ids.push(p.id);
     }
     alice
-        .request_promotion(request(&w.repo("other"), "dev", "staging"))
+        .request_promotion(request_to(&w.repo("other"), "dev", "staging"))
         .await
         .expect("request");
 
@@ -905,55 +888,55 @@ async fn malformed_requests_are_refused_precisely_and_write_nothing() {
     let cases: Vec<(&str, RequestPromotionRequest, Code, &str)> = vec![
         (
             "empty repository",
-            request("", "staging", "production"),
+            request_to("", "staging", "production"),
             Code::InvalidArgument,
             "repository",
         ),
         (
             "no host",
-            request("team/app", "staging", "production"),
+            request_to("team/app", "staging", "production"),
             Code::InvalidArgument,
             "repository",
         ),
         (
             "uppercase path",
-            request(&w.repo("App"), "staging", "production"),
+            request_to(&w.repo("App"), "staging", "production"),
             Code::InvalidArgument,
             "repository",
         ),
         (
             "unknown registry",
-            request("registry.example.com/app", "staging", "production"),
+            request_to("registry.example.com/app", "staging", "production"),
             Code::InvalidArgument,
             "not configured",
         ),
         (
             "bad tag",
-            request(&repo, "-staging", "production"),
+            request_to(&repo, "-staging", "production"),
             Code::InvalidArgument,
             "source",
         ),
         (
             "bad digest",
-            request(&repo, "sha256:1234", "production"),
+            request_to(&repo, "sha256:1234", "production"),
             Code::InvalidArgument,
             "source",
         ),
         (
             "empty source",
-            request(&repo, "", "production"),
+            request_to(&repo, "", "production"),
             Code::InvalidArgument,
             "source",
         ),
         (
             "unknown environment",
-            request(&repo, "staging", "moon"),
+            request_to(&repo, "staging", "moon"),
             Code::InvalidArgument,
             "environment",
         ),
         (
             "empty environment",
-            request(&repo, "staging", ""),
+            request_to(&repo, "staging", ""),
             Code::InvalidArgument,
             "environment",
         ),
@@ -961,7 +944,7 @@ async fn malformed_requests_are_refused_precisely_and_write_nothing() {
             "long reason",
             RequestPromotionRequest {
                 reason: long.clone(),
-                ..request(&repo, "staging", "production")
+                ..request_to(&repo, "staging", "production")
             },
             Code::InvalidArgument,
             "reason",
@@ -970,26 +953,26 @@ async fn malformed_requests_are_refused_precisely_and_write_nothing() {
             "control chars in request_id",
             RequestPromotionRequest {
                 request_id: "a\u{7}b".into(),
-                ..request(&repo, "staging", "production")
+                ..request_to(&repo, "staging", "production")
             },
             Code::InvalidArgument,
             "request_id",
         ),
         (
             "missing tag",
-            request(&repo, "nope", "production"),
+            request_to(&repo, "nope", "production"),
             Code::NotFound,
             "not found",
         ),
         (
             "missing repository",
-            request(&w.repo("ghost"), "staging", "production"),
+            request_to(&w.repo("ghost"), "staging", "production"),
             Code::NotFound,
             "not found",
         ),
         (
             "missing digest",
-            request(&repo, &format!("sha256:{}", "0".repeat(64)), "production"),
+            request_to(&repo, &format!("sha256:{}", "0".repeat(64)), "production"),
             Code::NotFound,
             "not found",
         ),
@@ -1047,7 +1030,7 @@ async fn malformed_requests_are_refused_precisely_and_write_nothing() {
     let e = alice
         .request_promotion(RequestPromotionRequest {
             reason: "x".repeat(1 << 20),
-            ..request(&repo, "staging", "production")
+            ..request_to(&repo, "staging", "production")
         })
         .await
         .expect_err("huge");
@@ -1076,7 +1059,7 @@ async fn an_unreachable_registry_is_unavailable() {
     let World { registry, server } = w;
     drop(registry);
     let e = alice
-        .request_promotion(request(&repo, "staging", "production"))
+        .request_promotion(request_to(&repo, "staging", "production"))
         .await
         .expect_err("registry gone");
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");

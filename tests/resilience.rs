@@ -5,8 +5,8 @@
 mod support;
 
 use prodgate::pb::{
-    ApproveRequest, AuditAction, HistoryRequest, ListPromotionsRequest, PromotionState,
-    RejectRequest, RequestPromotionRequest, VerifyAuditLogRequest,
+    AuditAction, HistoryRequest, ListPromotionsRequest, PromotionState, RejectRequest,
+    RequestPromotionRequest, VerifyAuditLogRequest,
 };
 use rand::Rng;
 use std::collections::HashMap;
@@ -14,7 +14,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::server::Client;
-use support::{World, get, wait_for_state};
+use support::{World, approve, get, wait_for_state};
 
 fn signal(pid: u32, sig: &str) {
     let ok = Command::new("kill")
@@ -110,10 +110,7 @@ async fn acknowledged_writes_survive_sigkill() {
                         .entry(id.clone())
                         .or_default()
                         .push(Ack::Requested);
-                    let decide = ApproveRequest {
-                        promotion_id: id.clone(),
-                        comment: String::new(),
-                    };
+                    let decide = approve(&id);
                     // Mostly rejections; now and then a real tag move.
                     let ack = if (worker + i) % 5 == 0 {
                         bob.approve(decide).await.map(|_| Ack::Approved)
@@ -225,15 +222,7 @@ async fn a_frozen_registry_does_not_block_approval() {
         .into_inner();
     signal(w.registry.pid(), "-STOP");
     let started = Instant::now();
-    let approved = w
-        .server
-        .client("bob")
-        .await
-        .approve(ApproveRequest {
-            promotion_id: p.id.clone(),
-            comment: String::new(),
-        })
-        .await;
+    let approved = w.server.client("bob").await.approve(approve(&p.id)).await;
     let took = started.elapsed();
     signal(w.registry.pid(), "-CONT");
     let approved = approved.expect("approve").into_inner();
@@ -272,10 +261,7 @@ async fn an_approved_move_resumes_after_a_crash() {
     let approved = server
         .client("bob")
         .await
-        .approve(ApproveRequest {
-            promotion_id: p.id.clone(),
-            comment: String::new(),
-        })
+        .approve(approve(&p.id))
         .await
         .expect("approve")
         .into_inner();
@@ -464,10 +450,7 @@ async fn a_full_disk_fails_closed() {
     let e = server
         .client("bob")
         .await
-        .approve(ApproveRequest {
-            promotion_id: p.id.clone(),
-            comment: String::new(),
-        })
+        .approve(approve(&p.id))
         .await
         .expect_err("cannot be recorded");
     assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
@@ -514,10 +497,7 @@ async fn moves_of_one_tag_apply_in_approval_order() {
     // Approved in the opposite order of their requests.
     for id in [&second.id, &first.id] {
         let p = bob
-            .approve(ApproveRequest {
-                promotion_id: id.clone(),
-                comment: String::new(),
-            })
+            .approve(approve(id))
             .await
             .expect("approve")
             .into_inner();

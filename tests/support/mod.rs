@@ -27,7 +27,10 @@ impl World {
     }
 }
 
-use prodgate::pb::{self, GetPromotionRequest, HistoryRequest, PromotionState};
+use prodgate::pb::{
+    self, ApproveRequest, GetPromotionRequest, HistoryRequest, PromotionState,
+    RequestPromotionRequest,
+};
 use server::Client;
 use std::time::{Duration, Instant};
 
@@ -96,5 +99,24 @@ pub async fn wait_for_state(
             "{id} never reached {want:?}: {p:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A RequestPromotion of `source` in `repo` to `env`.
+pub fn request_to(repo: &str, source: &str, env: &str) -> RequestPromotionRequest {
+    RequestPromotionRequest {
+        repository: repo.to_owned(),
+        source: source.to_owned(),
+        environment: env.to_owned(),
+        reason: format!("ship {source} to {env}"),
+        request_id: String::new(),
+    }
+}
+
+/// An Approve of `id` without a comment.
+pub fn approve(id: &str) -> ApproveRequest {
+    ApproveRequest {
+        promotion_id: id.to_owned(),
+        comment: String::new(),
     }
 }
