@@ -91,6 +91,21 @@ fn registry_hosts(config: &Config) -> Vec<RegistryHost> {
         .collect()
 }
 
+/// Accepted connections with Nagle's algorithm off. Without it, a response
+/// written in two pieces waits for the client's delayed ACK: ~40 ms per call.
+fn nodelay(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |conn| {
+            let conn = conn?;
+            conn.set_nodelay(true)?;
+            Ok(conn)
+        },
+    )
+}
+
 /// Serves on `listener` until `shutdown` completes.
 pub async fn run(
     config: Config,
@@ -188,7 +203,7 @@ pub async fn run(
         .add_service(reflection)
         .add_service(authenticated)
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            nodelay(listener),
             async {
                 shutdown.await;
                 health
