@@ -202,20 +202,17 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(authenticated)
-        .serve_with_incoming_shutdown(
-            nodelay(listener),
-            async {
-                shutdown.await;
-                health
-                    .set_service_status("", ServingStatus::NotServing)
-                    .await;
-                health.set_not_serving::<Svc>().await;
-                tracing::info!("shutting down: no new connections, finishing in-flight calls");
-                // Open WatchPromotion streams end now, so clients reconnect elsewhere.
-                let _ = draining_watch_tx.send(true);
-                let _ = draining_tx.send(());
-            },
-        );
+        .serve_with_incoming_shutdown(nodelay(listener), async {
+            shutdown.await;
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            health.set_not_serving::<Svc>().await;
+            tracing::info!("shutting down: no new connections, finishing in-flight calls");
+            // Open WatchPromotion streams end now, so clients reconnect elsewhere.
+            let _ = draining_watch_tx.send(true);
+            let _ = draining_tx.send(());
+        });
     // Graceful shutdown waits for every client to close its connection; one
     // that never does must not keep the process alive past the grace period.
     let result = tokio::select! {
