@@ -1567,7 +1567,7 @@ async fn load_story(
         .write(move |tx| {
             let now = tx.now();
             let o = machine::request(tx.next_id(), new, &requester, &pol, now);
-            tx.put_manifest(&o.promotion.digest, &manifest)?;
+            tx.put_manifest(&o.promotion.repository, &o.promotion.digest, &manifest)?;
             tx.commit(None, &o.promotion, o.event)?;
             Ok::<_, PgError>(o.promotion)
         })

@@ -219,8 +219,8 @@ async fn move_pinned(
     p: &Promotion,
 ) -> Result<Moved, RegistryError> {
     let s = store.clone();
-    let digest = p.digest.clone();
-    let pinned = tokio::task::spawn_blocking(move || s.manifest(&digest))
+    let (repository, digest) = (p.repository.clone(), p.digest.clone());
+    let pinned = tokio::task::spawn_blocking(move || s.manifest(&repository, &digest))
         .await
         .ok()
         .and_then(Result::ok)

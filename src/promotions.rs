@@ -9,7 +9,7 @@ use crate::domain::model::{Promotion, PromotionId, State, Time};
 use crate::domain::names::{Repository, Source};
 use crate::domain::policy::{EnvironmentPolicy, Principal};
 use crate::error::Error;
-use crate::registry::Registry;
+use crate::registry::{Manifest, Registry};
 use crate::shutdown::signalled;
 use crate::store::{HistoryFilter, ListFilter, Page, Store, StoreError, StoredManifest, Tx};
 use std::sync::Arc;
@@ -108,12 +108,33 @@ impl Promotions {
             }
         }
         let source_ref = input.source.as_reference().to_owned();
-        // Pin the manifest itself: the apply pushes these exact bytes.
-        let manifest = self
-            .registry
-            .fetch(&input.repository, &source_ref)
-            .await?
-            .ok_or_else(|| Error::SourceNotFound(format!("{}:{source_ref}", input.repository)))?;
+        // Pin the manifest itself: the apply pushes these exact bytes. A digest
+        // already pinned for this repository is immutable content seen there
+        // before, so it needs no registry round trip; a tag always does.
+        let known = match &input.source {
+            Source::Digest(d) => {
+                let (store, repo, d) =
+                    (self.store.clone(), input.repository.to_string(), d.clone());
+                blocking(move || store.manifest(&repo, &d))
+                    .await?
+                    .map(|m| Manifest {
+                        digest: source_ref.clone(),
+                        media_type: m.media_type,
+                        bytes: m.bytes,
+                    })
+            }
+            Source::Tag(_) => None,
+        };
+        let manifest = match known {
+            Some(m) => m,
+            None => self
+                .registry
+                .fetch(&input.repository, &source_ref)
+                .await?
+                .ok_or_else(|| {
+                    Error::SourceNotFound(format!("{}:{source_ref}", input.repository))
+                })?,
+        };
         let digest = manifest.digest.clone();
         if let Some(required) = &policy.requires {
             let prereq = self.policy(required)?;
@@ -161,7 +182,7 @@ impl Promotions {
                 }
                 let now = tx.now();
                 let o = machine::request(tx.next_id(), new, &who, &policy, now);
-                tx.put_manifest(&o.promotion.digest, &pinned)?;
+                tx.put_manifest(&o.promotion.repository, &o.promotion.digest, &pinned)?;
                 tx.commit(None, &o.promotion, o.event)?;
                 Ok(o.promotion)
             })

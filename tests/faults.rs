@@ -294,3 +294,41 @@ async fn an_apply_is_three_manifest_requests_and_no_blob() {
         Some(digest.as_str())
     );
 }
+
+#[tokio::test]
+async fn a_digest_already_pinned_in_the_repository_is_not_fetched_again() {
+    let f = Faulty::start().await;
+    let (_, digest, mut alice) = f.pending().await;
+    let before = f.proxy.requests().len();
+    let again = alice
+        .request_promotion(RequestPromotionRequest {
+            repository: format!("{}/app", f.proxy.host),
+            source: digest.clone(),
+            environment: "production".into(),
+            reason: "same image, by digest".into(),
+            request_id: String::new(),
+        })
+        .await
+        .expect("request by digest")
+        .into_inner();
+    assert_eq!(again.digest, digest);
+    let during: Vec<String> = f.proxy.requests()[before..]
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    // Only the prerequisite check: staging must still carry the digest.
+    assert_eq!(during, ["HEAD /v2/app/manifests/staging"]);
+    // A digest never seen in the repository is still looked up, and refused.
+    let unknown = format!("sha256:{}", "0".repeat(64));
+    let e = alice
+        .request_promotion(RequestPromotionRequest {
+            repository: format!("{}/app", f.proxy.host),
+            source: unknown,
+            environment: "production".into(),
+            reason: String::new(),
+            request_id: String::new(),
+        })
+        .await
+        .expect_err("unknown digest");
+    assert_eq!(e.code(), tonic::Code::NotFound);
+}

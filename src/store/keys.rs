@@ -11,6 +11,7 @@
 //! |              | `r` repository 0x00 id                | (empty)         |
 //! |              | `I` principal 0x00 request_id         | id              |
 //! | `meta`       | `next_id`                             | u64             |
+//! | `manifests`  | repository 0x00 digest                | media type, bytes |
 //!
 //! Repository, environment and principal names never contain 0x00: the
 //! repository grammar forbids it and config validation refuses it.
@@ -70,6 +71,14 @@ pub fn promotions_by_repository_prefix(repository: &str) -> Vec<u8> {
 pub fn request_id(principal: &str, request_id: &str) -> Vec<u8> {
     let mut k = named(b'I', principal);
     k.extend_from_slice(request_id.as_bytes());
+    k
+}
+
+pub fn manifest(repository: &str, digest: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(repository.len() + digest.len() + 1);
+    k.extend_from_slice(repository.as_bytes());
+    k.push(0);
+    k.extend_from_slice(digest.as_bytes());
     k
 }
 

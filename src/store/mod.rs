@@ -60,7 +60,8 @@ struct Trees {
     audit: sled::Tree,
     index: sled::Tree,
     meta: sled::Tree,
-    /// Pinned manifests by digest: the exact bytes a promotion will push.
+    /// Pinned manifests by repository and digest: the exact bytes a promotion
+    /// will push, seen in that repository when it was requested.
     manifests: sled::Tree,
 }
 
@@ -275,10 +276,14 @@ impl Store {
     }
 
     /// The manifest pinned under `digest`, if one was stored.
-    pub fn manifest(&self, digest: &str) -> Result<Option<StoredManifest>, StoreError> {
+    pub fn manifest(
+        &self,
+        repository: &str,
+        digest: &str,
+    ) -> Result<Option<StoredManifest>, StoreError> {
         self.trees
             .manifests
-            .get(digest.as_bytes())?
+            .get(keys::manifest(repository, digest))?
             .map(|v| {
                 StoredManifest::decode(&v).ok_or_else(|| StoreError::Corrupt {
                     what: format!("manifest {digest}"),
@@ -598,14 +603,19 @@ impl Tx<'_> {
 
     /// Pins a manifest's bytes (content-addressed, so writing it twice is
     /// harmless); it reaches the disk with the job's flush.
-    pub fn put_manifest(&mut self, digest: &str, m: &StoredManifest) -> Result<(), StoreError> {
+    pub fn put_manifest(
+        &mut self,
+        repository: &str,
+        digest: &str,
+        m: &StoredManifest,
+    ) -> Result<(), StoreError> {
         if self.state.poisoned {
             return Err(StoreError::Poisoned);
         }
         self.state
             .trees
             .manifests
-            .insert(digest.as_bytes(), m.encode())?;
+            .insert(keys::manifest(repository, digest), m.encode())?;
         Ok(())
     }
 
