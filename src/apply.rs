@@ -77,15 +77,13 @@ struct Lanes {
 
 impl Lanes {
     async fn enqueue_all_approved(&mut self) {
-        let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.in_state(State::Approved)).await {
-            Ok(Ok(mut approved)) => {
+        match self.store.read(|s| s.in_state(State::Approved)).await {
+            Ok(mut approved) => {
                 approved.sort_by_key(|p| (p.updated_at, p.id));
                 for p in &approved {
                     self.enqueue(p);
                 }
             }
-            Ok(Err(e)) => tracing::error!(error = %e, "cannot list approved promotions"),
             Err(e) => tracing::error!(error = %e, "cannot list approved promotions"),
         }
     }
@@ -127,13 +125,8 @@ async fn run_lane(
 }
 
 async fn current(store: &Store, id: PromotionId) -> Option<Promotion> {
-    let store = store.clone();
-    match tokio::task::spawn_blocking(move || store.get(id)).await {
-        Ok(Ok(p)) => p,
-        Ok(Err(e)) => {
-            tracing::error!(promotion = id, error = %e, "cannot read promotion");
-            None
-        }
+    match store.read(move |s| s.get(id)).await {
+        Ok(p) => p,
         Err(e) => {
             tracing::error!(promotion = id, error = %e, "cannot read promotion");
             None
@@ -171,11 +164,8 @@ async fn apply_one(
                     // Resumed after a crash between the push and its record:
                     // the tag already carries this digest, so what it carried
                     // before is the digest prodgate last moved it to.
-                    let store2 = store.clone();
                     let (repo, env) = (p.repository.clone(), p.environment.clone());
-                    if let Ok(Ok(Some(e))) =
-                        tokio::task::spawn_blocking(move || store2.deployed_at(&repo, &env, None))
-                            .await
+                    if let Ok(Some(e)) = store.read(move |s| s.deployed_at(&repo, &env, None)).await
                     {
                         moved.previous_digest = e.event.digest;
                     }
@@ -218,12 +208,11 @@ async fn move_pinned(
     repo: &Repository,
     p: &Promotion,
 ) -> Result<Moved, RegistryError> {
-    let s = store.clone();
     let (repository, digest) = (p.repository.clone(), p.digest.clone());
-    let pinned = tokio::task::spawn_blocking(move || s.manifest(&repository, &digest))
+    let pinned = store
+        .read(move |s| s.manifest(&repository, &digest))
         .await
         .ok()
-        .and_then(Result::ok)
         .flatten();
     let manifest = match pinned {
         Some(m) => Manifest {

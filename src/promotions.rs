@@ -11,7 +11,7 @@ use crate::domain::policy::{EnvironmentPolicy, Principal};
 use crate::error::Error;
 use crate::registry::{Manifest, Registry};
 use crate::shutdown::signalled;
-use crate::store::{HistoryFilter, ListFilter, Page, Store, StoreError, StoredManifest, Tx};
+use crate::store::{HistoryFilter, ListFilter, Page, Store, StoredManifest, Tx};
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, watch};
 
@@ -42,16 +42,6 @@ pub struct Promotions {
     draining: watch::Receiver<bool>,
 }
 
-/// Runs blocking store reads off the async worker threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, Error> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Store(StoreError::Sled(format!("read task failed: {e}"))))?
-        .map_err(Error::from)
-}
-
 impl Promotions {
     pub fn new(
         config: Arc<Config>,
@@ -65,10 +55,6 @@ impl Promotions {
             registry,
             draining,
         }
-    }
-
-    pub fn store(&self) -> &Store {
-        &self.store
     }
 
     fn policy(&self, environment: &str) -> Result<&EnvironmentPolicy, Error> {
@@ -101,9 +87,12 @@ impl Promotions {
         }
         // A retried request answers from the record, whatever the tags do now.
         if !input.request_id.is_empty() {
-            let store = self.store.clone();
             let (name, rid) = (who.name.clone(), input.request_id.clone());
-            if let Some(existing) = blocking(move || store.find_request(&name, &rid)).await? {
+            if let Some(existing) = self
+                .store
+                .read(move |s| s.find_request(&name, &rid))
+                .await?
+            {
                 return same_request(existing, &input);
             }
         }
@@ -113,9 +102,9 @@ impl Promotions {
         // before, so it needs no registry round trip; a tag always does.
         let known = match &input.source {
             Source::Digest(d) => {
-                let (store, repo, d) =
-                    (self.store.clone(), input.repository.to_string(), d.clone());
-                blocking(move || store.manifest(&repo, &d))
+                let (repo, d) = (input.repository.to_string(), d.clone());
+                self.store
+                    .read(move |s| s.manifest(&repo, &d))
                     .await?
                     .map(|m| Manifest {
                         digest: source_ref.clone(),
@@ -281,8 +270,9 @@ impl Promotions {
 
     /// The promotion, recording its expiry first if it is overdue.
     pub async fn get(&self, id: PromotionId) -> Result<Promotion, Error> {
-        let store = self.store.clone();
-        let p = blocking(move || store.get(id))
+        let p = self
+            .store
+            .read(move |s| s.get(id))
             .await?
             .ok_or(Error::PromotionNotFound(id))?;
         if machine::expire_if_due(&p, Time::now()).is_none() {
@@ -310,8 +300,10 @@ impl Promotions {
 
     /// Records the expiry of every overdue pending promotion.
     pub async fn sweep_expired(&self) -> Result<usize, Error> {
-        let store = self.store.clone();
-        let pending = blocking(move || store.in_state(State::PendingApproval)).await?;
+        let pending = self
+            .store
+            .read(|s| s.in_state(State::PendingApproval))
+            .await?;
         let now = Time::now();
         let mut n = 0;
         for p in pending.into_iter().filter(|p| p.expires_at <= now) {
@@ -328,8 +320,10 @@ impl Promotions {
         after: Option<PromotionId>,
         limit: usize,
     ) -> Result<Page<Promotion>, Error> {
-        let store = self.store.clone();
-        blocking(move || store.list(&filter, after, limit)).await
+        Ok(self
+            .store
+            .read(move |s| s.list(&filter, after, limit))
+            .await?)
     }
 
     pub async fn history(
@@ -338,8 +332,10 @@ impl Promotions {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Page<AuditEntry>, Error> {
-        let store = self.store.clone();
-        blocking(move || store.history(&filter, after, limit)).await
+        Ok(self
+            .store
+            .read(move |s| s.history(&filter, after, limit))
+            .await?)
     }
 
     /// The current state of `id` now, then every change until a terminal
@@ -397,9 +393,9 @@ impl Promotions {
         at: Option<Time>,
     ) -> Result<AuditEntry, Error> {
         self.policy(environment)?;
-        let store = self.store.clone();
         let (repo, env) = (repository.to_string(), environment.to_owned());
-        blocking(move || store.deployed_at(&repo, &env, at))
+        self.store
+            .read(move |s| s.deployed_at(&repo, &env, at))
             .await?
             .ok_or_else(|| Error::NothingDeployed {
                 repository: repository.to_string(),
@@ -409,8 +405,7 @@ impl Promotions {
     }
 
     pub async fn verify(&self) -> Result<Verification, Error> {
-        let store = self.store.clone();
-        blocking(move || store.verify()).await
+        Ok(self.store.read(|s| s.verify()).await?)
     }
 }
 

@@ -262,6 +262,18 @@ impl Store {
         rx.await.map_err(|_| E::from(StoreError::Closed))?
     }
 
+    /// Runs `f` (reads) on the blocking pool, off the async worker threads:
+    /// a sled read may wait for the disk.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| StoreError::Sled(format!("read task failed: {e}")))?
+    }
+
     pub fn stats(&self) -> &WriterStats {
         &self.stats
     }
