@@ -188,13 +188,6 @@ impl Verifier {
     }
 }
 
-/// Decodes a 64-character lowercase hex hash.
-pub fn parse_hash(s: &str) -> Option<Hash> {
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(s, &mut out).ok()?;
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

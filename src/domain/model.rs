@@ -127,19 +127,6 @@ impl Action {
             Action::ApplyFailed => 7,
         }
     }
-
-    pub fn from_number(n: u32) -> Option<Self> {
-        Some(match n {
-            1 => Action::Requested,
-            2 => Action::Approved,
-            3 => Action::Rejected,
-            4 => Action::Cancelled,
-            5 => Action::Expired,
-            6 => Action::Applied,
-            7 => Action::ApplyFailed,
-            _ => return None,
-        })
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

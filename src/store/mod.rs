@@ -311,12 +311,7 @@ impl Store {
         principal: &str,
         request_id: &str,
     ) -> Result<Option<Promotion>, StoreError> {
-        match self
-            .trees
-            .index
-            .get(keys::request_id(principal, request_id))?
-            .and_then(|v| keys::read_u64(&v))
-        {
+        match request_id_of(&self.trees.index, principal, request_id)? {
             Some(id) => self.get(id),
             None => Ok(None),
         }
@@ -538,6 +533,17 @@ fn verify_tree(audit: &sled::Tree) -> Result<Verification, StoreError> {
     Ok(v.finish())
 }
 
+/// The promotion id stored under a principal's idempotency key.
+fn request_id_of(
+    index: &sled::Tree,
+    principal: &str,
+    request_id: &str,
+) -> Result<Option<PromotionId>, StoreError> {
+    Ok(index
+        .get(keys::request_id(principal, request_id))?
+        .and_then(|v| keys::read_u64(&v)))
+}
+
 fn get_promotion(tree: &sled::Tree, id: PromotionId) -> Result<Option<Promotion>, StoreError> {
     tree.get(keys::u64_key(id))?
         .map(|v| decode(|| format!("promotion {id}"), &v))
@@ -605,12 +611,7 @@ impl Tx<'_> {
         principal: &str,
         request_id: &str,
     ) -> Result<Option<PromotionId>, StoreError> {
-        Ok(self
-            .state
-            .trees
-            .index
-            .get(keys::request_id(principal, request_id))?
-            .and_then(|v| keys::read_u64(&v)))
+        request_id_of(&self.state.trees.index, principal, request_id)
     }
 
     /// Pins a manifest's bytes (content-addressed, so writing it twice is
