@@ -373,14 +373,7 @@ fn config(registry_host: &str, metrics_port: Option<u16>) -> String {
     s.push_str(&format!(
         "[[registry]]\nhost = \"{registry_host}\"\ninsecure = true\n"
     ));
-    for (name, groups) in server::PRINCIPALS {
-        let hash = hex::encode(Sha256::digest(server::token(name).as_bytes()));
-        let groups: Vec<String> = groups.iter().map(|g| format!("{g:?}")).collect();
-        s.push_str(&format!(
-            "[[principal]]\nname = \"{name}\"\ntoken_sha256 = \"{hash}\"\ngroups = [{}]\n",
-            groups.join(", ")
-        ));
-    }
+    s.push_str(&server::principals_toml());
     s.push_str(
         r#"
 [[environment]]

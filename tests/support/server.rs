@@ -38,14 +38,7 @@ pub fn standard_config(registry_host: &str) -> String {
         "registry_timeout = \"3s\"\nexpiry_sweep_interval = \"200ms\"\n\
          [[registry]]\nhost = \"{registry_host}\"\ninsecure = true\n"
     );
-    for (name, groups) in PRINCIPALS {
-        let hash = hex::encode(Sha256::digest(token(name).as_bytes()));
-        let groups: Vec<String> = groups.iter().map(|g| format!("{g:?}")).collect();
-        s.push_str(&format!(
-            "[[principal]]\nname = \"{name}\"\ntoken_sha256 = \"{hash}\"\ngroups = [{}]\n",
-            groups.join(", ")
-        ));
-    }
+    s.push_str(&principals_toml());
     s.push_str(
         r#"
 [[environment]]
@@ -82,6 +75,20 @@ required_approvals = 1
 allow_self_approval = true
 "#,
     );
+    s
+}
+
+/// `[[principal]]` sections for [`PRINCIPALS`], each with its test token.
+pub fn principals_toml() -> String {
+    let mut s = String::new();
+    for (name, groups) in PRINCIPALS {
+        let hash = hex::encode(Sha256::digest(token(name).as_bytes()));
+        let groups: Vec<String> = groups.iter().map(|g| format!("{g:?}")).collect();
+        s.push_str(&format!(
+            "[[principal]]\nname = \"{name}\"\ntoken_sha256 = \"{hash}\"\ngroups = [{}]\n",
+            groups.join(", ")
+        ));
+    }
     s
 }
 
