@@ -254,18 +254,26 @@ impl Config {
     }
 }
 
-fn duration(key: &str, value: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
+/// A duration like "24h", or `default` when the key is absent.
+fn any_duration(
+    key: &str,
+    value: Option<&str>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
     match value {
         None => Ok(default),
-        Some(v) => {
-            let d = humantime::parse_duration(v)
-                .map_err(|e| invalid(key, format!("{v:?} is not a duration like \"24h\": {e}")))?;
-            if d.is_zero() {
-                return Err(invalid(key, "must be greater than zero"));
-            }
-            Ok(d)
-        }
+        Some(v) => humantime::parse_duration(v)
+            .map_err(|e| invalid(key, format!("{v:?} is not a duration like \"24h\": {e}"))),
     }
+}
+
+/// Like [`any_duration`], refusing zero.
+fn duration(key: &str, value: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
+    let d = any_duration(key, value, default)?;
+    if d.is_zero() {
+        return Err(invalid(key, "must be greater than zero"));
+    }
+    Ok(d)
 }
 
 /// A name used in storage keys and approver lists.
@@ -477,11 +485,8 @@ impl RawConfig {
             data_dir: self
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
-            apply_wait: match self.apply_wait.as_deref() {
-                // Zero is meaningful here: answer at once, never wait for the tag move.
-                Some("0s") | Some("0") => Duration::ZERO,
-                v => duration("apply_wait", v, DEFAULT_APPLY_WAIT)?,
-            },
+            // Zero is meaningful here: answer at once, never wait for the tag move.
+            apply_wait: any_duration("apply_wait", self.apply_wait.as_deref(), DEFAULT_APPLY_WAIT)?,
             registry_timeout: duration(
                 "registry_timeout",
                 self.registry_timeout.as_deref(),
@@ -664,6 +669,31 @@ approval_ttl = "2h"
 
     fn err(text: &str) -> String {
         Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn apply_wait_may_be_zero_but_timeouts_may_not() {
+        let with = |line: &str| Config::parse(&format!("{line}\n{}", base()));
+        assert_eq!(
+            with("apply_wait = \"0ms\"").unwrap().apply_wait,
+            Duration::ZERO
+        );
+        assert_eq!(
+            with("apply_wait = \"0s\"").unwrap().apply_wait,
+            Duration::ZERO
+        );
+        assert!(
+            with("apply_wait = \"soon\"")
+                .unwrap_err()
+                .to_string()
+                .contains("apply_wait")
+        );
+        assert!(
+            with("registry_timeout = \"0s\"")
+                .unwrap_err()
+                .to_string()
+                .contains("registry_timeout")
+        );
     }
 
     #[test]
