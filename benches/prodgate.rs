@@ -1233,10 +1233,19 @@ async fn scenario_writes(smoke: bool, registry: &TestRegistry, report: &mut Repo
         registry.host
     );
     let dur = Duration::from_secs(if smoke { 1 } else { 5 });
-    let levels: Vec<usize> = if smoke {
-        vec![1, 4]
-    } else {
-        vec![1, 16, 64, 256]
+    // `PRODGATE_BENCH_WRITE_CLIENTS=64` runs only the listed levels, e.g. to
+    // attach `perf` to one of them.
+    let levels: Vec<usize> = match std::env::var("PRODGATE_BENCH_WRITE_CLIENTS") {
+        Ok(list) => list
+            .split(',')
+            .map(|c| {
+                c.trim()
+                    .parse()
+                    .expect("PRODGATE_BENCH_WRITE_CLIENTS: numbers")
+            })
+            .collect(),
+        Err(_) if smoke => vec![1, 4],
+        Err(_) => vec![1, 16, 64, 256],
     };
 
     let probe_dir = server.dir().to_owned();

@@ -7,8 +7,9 @@
 //! - [`config`]: the TOML file, validated at start-up; errors name the key.
 //! - [`domain`]: promotion records, the state machine, policy, name grammar and
 //!   the audit hash chain. Pure: no I/O.
-//! - [`store`]: sled; one writer thread commits record + audit entry in one
-//!   transaction and flushes before anyone is answered.
+//! - [`store`]: sled; the audit log is the source of truth, records and
+//!   indexes are derived from it; one writer thread commits, a flusher thread
+//!   fsyncs before anyone is answered.
 //! - [`registry`]: resolving tags and copying manifests, behind a trait.
 //! - [`promotions`]: the use cases the RPCs call.
 //! - [`apply`]: the worker that moves tags of APPROVED promotions.

@@ -41,6 +41,7 @@ impl From<Error> for Status {
                 tracing::error!(error = %s, "storage failure");
                 match s {
                     StoreError::Corrupt { .. } => Status::data_loss(msg),
+                    StoreError::Format { .. } | StoreError::Unaudited(_) => Status::internal(msg),
                     StoreError::Sled(_)
                     | StoreError::Flush(_)
                     | StoreError::Poisoned

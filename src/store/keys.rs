@@ -1,24 +1,28 @@
 //! Key layout. Numbers are big-endian so sled's byte order is numeric order.
 //!
-//! | tree         | key                                   | value           |
-//! |--------------|---------------------------------------|-----------------|
-//! | `promotions` | id                                    | JSON Promotion  |
-//! | `audit`      | sequence                              | JSON AuditEntry |
-//! | `index`      | `P` id sequence                       | (empty)         |
-//! |              | `R` repository 0x00 sequence          | (empty)         |
-//! | `index`      | `E` environment 0x00 sequence         | (empty)         |
-//! |              | `S` state-code id                     | (empty)         |
-//! |              | `r` repository 0x00 id                | (empty)         |
-//! |              | `I` principal 0x00 request_id         | id              |
-//! | `meta`       | `next_id`                             | u64             |
-//! | `manifests`  | repository 0x00 digest                | media type, bytes |
+//! Key layout (store format 2). Numbers are big-endian so sled's byte order
+//! is numeric order.
 //!
-//! Repository, environment and principal names never contain 0x00: the
-//! repository grammar forbids it and config validation refuses it.
+//! | tree         | key                                   | value                              |
+//! |--------------|---------------------------------------|------------------------------------|
+//! | `audit`      | sequence                              | entry + promotion after it (postcard) |
+//! | `promotions` | id                                    | its audit sequences + promotion (postcard) |
+//! | `index`      | `R` repository 0x00 first-sequence    | posting chunk of sequences         |
+//! |              | `E` environment 0x00 first-sequence   | posting chunk of sequences         |
+//! |              | `r` repository 0x00 first-id          | posting chunk of ids               |
+//! |              | `S` state-code id                     | (empty)                            |
+//! |              | `I` principal 0x00 request_id         | id                                 |
+//! | `meta`       | `format`                              | u64 (2)                            |
+//! | `manifests`  | repository 0x00 digest                | media type, bytes                  |
+//!
+//! The `audit` tree is the source of truth; `promotions` and `index` are
+//! derived from it (see `Tx::commit`). Posting chunks are described in
+//! `postings`. Repository, environment and principal names never contain
+//! 0x00: the repository grammar forbids it and config validation refuses it.
 
-use crate::domain::model::{PromotionId, State};
+use crate::domain::model::State;
 
-pub const NEXT_ID: &[u8] = b"next_id";
+pub const FORMAT: &[u8] = b"format";
 
 pub fn u64_key(n: u64) -> [u8; 8] {
     n.to_be_bytes()
@@ -46,10 +50,6 @@ fn named(tag: u8, name: &str) -> Vec<u8> {
 fn with_u64(mut prefix: Vec<u8>, n: u64) -> Vec<u8> {
     prefix.extend_from_slice(&n.to_be_bytes());
     prefix
-}
-
-pub fn audit_by_promotion_prefix(id: PromotionId) -> Vec<u8> {
-    with_u64(vec![b'P'], id)
 }
 
 pub fn audit_by_repository_prefix(repository: &str) -> Vec<u8> {

@@ -3,24 +3,38 @@
 //!
 //! Writes go through one writer thread ([`Store::write`]). It runs each job
 //! against the current state (so read-modify-write is serialized: concurrent
-//! approvals cannot both count), commits the record and its audit entry in one
-//! sled transaction, and then flushes once for every job that arrived while it
-//! was busy: a job's caller is answered only after that flush, so nothing is
-//! acknowledged before it is on disk, and many writes share one fsync.
+//! approvals cannot both count) and commits it ([`Tx::commit`]): one sled
+//! insert of the audit entry together with the promotion as it stands after
+//! it, then the promotion record and indexes derived from that. It hands the
+//! batch of jobs that arrived while it was busy to a flusher thread, which
+//! runs one `flush` (fsync) for every batch that arrived while its previous
+//! flush ran, and only then answers their callers: nothing is acknowledged
+//! before it is on disk, many writes share one fsync, and applying the next
+//! batch overlaps the current fsync.
 //!
-//! If a flush fails the store refuses every later write (fail closed): sled's
-//! memory may then hold changes that never reached the disk.
+//! Crash paths, both handled in [`Store::open`]:
+//! - killed between an audit insert and its last derived write: the newest
+//!   audit records are derived again (`redo_derived`);
+//! - a failed flush: the store refuses every later write (fail closed), the
+//!   flusher records the last acknowledged sequence in the refusal horizon
+//!   file (`horizon`), and the next start removes the refused entries
+//!   (`roll_back`). Until that restart, reads may still show them.
+//!
+//! Measured reasons for this shape (BENCHMARKS.md): sled 0.34 transactions
+//! and batches take a global lock that waits for a running flush, and sled
+//! keeps in-memory bookkeeping per 16-entry leaf, so keys are kept few
+//! (`postings`) and records compact (postcard).
 
+mod horizon;
 mod keys;
+mod postings;
 
 use crate::domain::audit::{AuditEntry, GENESIS, Hash, Verification, Verifier};
 use crate::domain::model::{Action, Event, Promotion, PromotionId, State, Time};
-use serde::{Serialize, de::DeserializeOwned};
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// How many queued jobs one flush may acknowledge at most.
@@ -32,6 +46,9 @@ const QUEUE_DEPTH: usize = 4096;
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 /// Committed changes kept for slow subscribers before they lag.
 const CHANGES_CAPACITY: usize = 1024;
+/// The on-disk layout this build reads and writes (`keys` describes it).
+/// Format 1 (JSON records, one sled transaction per commit) had no marker.
+const FORMAT_VERSION: u64 = 2;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -45,6 +62,12 @@ pub enum StoreError {
     Poisoned,
     #[error("the storage writer has stopped")]
     Closed,
+    #[error(
+        "the data directory holds {found}; this prodgate reads store format {FORMAT_VERSION} only"
+    )]
+    Format { found: String },
+    #[error("internal error: promotion {0} changed without an audit entry; nothing was written")]
+    Unaudited(PromotionId),
 }
 
 impl From<sled::Error> for StoreError {
@@ -174,24 +197,65 @@ impl<T> PageBuilder<T> {
     }
 }
 
+/// The value of an `audit` key: the entry and the promotion as it stood
+/// right after it. Writing it is a commit's single atomic step; everything
+/// else is derived from it (see [`derive`]).
+#[derive(Serialize)]
+struct RecordRef<'a> {
+    entry: &'a AuditEntry,
+    promotion: &'a Promotion,
+}
+
+#[derive(Deserialize)]
+struct Record {
+    entry: AuditEntry,
+    promotion: Promotion,
+}
+
+/// The value of a `promotions` key: the promotion and the sequences of its
+/// audit entries, ascending. The last sequence says which audit record the
+/// value was derived from.
+#[derive(Serialize)]
+struct StoredPromotionRef<'a> {
+    audit: &'a [u64],
+    promotion: &'a Promotion,
+}
+
+#[derive(Deserialize)]
+struct StoredPromotion {
+    audit: Vec<u64>,
+    promotion: Promotion,
+}
+
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     // Serializing plain structs of strings and numbers cannot fail.
-    serde_json::to_vec(v).unwrap_or_default()
+    postcard::to_stdvec(v).unwrap_or_default()
 }
 
 fn decode<T: DeserializeOwned>(
     what: impl FnOnce() -> String,
     bytes: &[u8],
 ) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt {
         what: what(),
         reason: e.to_string(),
     })
 }
 
-fn decode_entry(key: &[u8], bytes: &[u8]) -> Result<AuditEntry, StoreError> {
+fn decode_record(key: &[u8], bytes: &[u8]) -> Result<Record, StoreError> {
     decode(
         || format!("audit entry {}", keys::read_u64(key).unwrap_or(0)),
+        bytes,
+    )
+}
+
+fn decode_entry(key: &[u8], bytes: &[u8]) -> Result<AuditEntry, StoreError> {
+    decode_record(key, bytes).map(|r| r.entry)
+}
+
+fn decode_promotion(key: &[u8], bytes: &[u8]) -> Result<StoredPromotion, StoreError> {
+    decode(
+        || format!("promotion {}", keys::read_u64(key).unwrap_or(0)),
         bytes,
     )
 }
@@ -213,15 +277,48 @@ impl Store {
             manifests: db.open_tree("manifests")?,
             db,
         };
+        check_format(&trees)?;
+        let mut horizon = horizon::Horizon::open(dir)
+            .map_err(|e| StoreError::Sled(format!("cannot open {}: {e}", horizon::FILE_NAME)))?;
+        if let Some(acknowledged) = horizon
+            .read()
+            .map_err(|e| StoreError::Sled(format!("cannot read {}: {e}", horizon::FILE_NAME)))?
+        {
+            let undone = roll_back(&trees, acknowledged)?;
+            trees.db.flush()?;
+            horizon.clear().map_err(|e| {
+                StoreError::Sled(format!("cannot clear {}: {e}", horizon::FILE_NAME))
+            })?;
+            tracing::warn!(
+                acknowledged_through = acknowledged,
+                removed = undone,
+                "removed audit entries whose flush had failed (their callers were refused)"
+            );
+        }
+        redo_derived(&trees)?;
         let state = WriterState::load(trees.clone())?;
         let (jobs, rx) = mpsc::channel(QUEUE_DEPTH);
         let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
         let tx_changes = changes.clone();
         let stats = Arc::new(WriterStats::default());
-        let writer_stats = stats.clone();
+        let (to_flusher, flusher_rx) = std::sync::mpsc::channel();
+        let flusher = Flusher {
+            db: trees.db.clone(),
+            horizon,
+            acknowledged: state.next_sequence - 1,
+            poisoned: state.poisoned.clone(),
+            changes: tx_changes,
+            stats: stats.clone(),
+        };
+        std::thread::Builder::new()
+            .name("prodgate-store-flusher".into())
+            .spawn(move || flusher.run(flusher_rx))
+            .map_err(|e| StoreError::Sled(format!("cannot start the flusher thread: {e}")))?;
+        // If this spawn fails, `to_flusher` is dropped with the closure and
+        // the flusher ends on its own.
         std::thread::Builder::new()
             .name("prodgate-store-writer".into())
-            .spawn(move || run_writer(state, rx, tx_changes, writer_stats))
+            .spawn(move || run_writer(state, rx, to_flusher))
             .map_err(|e| StoreError::Sled(format!("cannot start the writer thread: {e}")))?;
         Ok(Store {
             trees,
@@ -284,7 +381,7 @@ impl Store {
     }
 
     pub fn get(&self, id: PromotionId) -> Result<Option<Promotion>, StoreError> {
-        get_promotion(&self.trees.promotions, id)
+        Ok(stored_promotion(&self.trees.promotions, id)?.map(|s| s.promotion))
     }
 
     /// The manifest pinned under `digest`, if one was stored.
@@ -317,7 +414,8 @@ impl Store {
         }
     }
 
-    /// The ids or sequences under an index prefix, from `start` on, in order.
+    /// The ids under a key-per-member index prefix (the state index), from
+    /// `start` on, in order.
     fn index_tails<'a>(
         &'a self,
         prefix: &'a [u8],
@@ -331,6 +429,15 @@ impl Store {
                 Ok((k, _)) => keys::tail_u64(&k).map(Ok),
                 Err(e) => Some(Err(e.into())),
             })
+    }
+
+    /// The ids or sequences in a posting list, from `start` on, ascending.
+    fn postings_from<'a>(
+        &'a self,
+        prefix: &[u8],
+        start: u64,
+    ) -> impl Iterator<Item = Result<u64, StoreError>> + 'a {
+        postings::from(&self.trees.index, prefix, start).map(|r| r.map_err(StoreError::from))
     }
 
     fn entry(&self, sequence: u64) -> Result<Option<AuditEntry>, StoreError> {
@@ -373,15 +480,19 @@ impl Store {
                     .is_none_or(|e| *e == p.environment)
                 && filter.state.is_none_or(|s| s == p.state)
         };
-        let index_prefix = match (&filter.repository, filter.state) {
-            (Some(r), _) => Some(keys::promotions_by_repository_prefix(r)),
-            (None, Some(s)) => Some(keys::promotions_by_state_prefix(s)),
-            (None, None) => None,
-        };
+        let state_prefix = filter.state.map(keys::promotions_by_state_prefix);
+        let ids: Option<Box<dyn Iterator<Item = Result<u64, StoreError>>>> =
+            match (&filter.repository, &state_prefix) {
+                (Some(r), _) => Some(Box::new(
+                    self.postings_from(&keys::promotions_by_repository_prefix(r), start),
+                )),
+                (None, Some(prefix)) => Some(Box::new(self.index_tails(prefix, start))),
+                (None, None) => None,
+            };
         let mut page = PageBuilder::new(limit);
-        match index_prefix {
-            Some(prefix) => {
-                for id in self.index_tails(&prefix, start) {
+        match ids {
+            Some(ids) => {
+                for id in ids {
                     if let Some(p) = self.get(id?)?
                         && matches(&p)
                         && !page.offer(p)
@@ -393,10 +504,7 @@ impl Store {
             None => {
                 for kv in self.trees.promotions.range(keys::u64_key(start)..) {
                     let (k, v) = kv?;
-                    let p: Promotion = decode(
-                        || format!("promotion {}", keys::read_u64(&k).unwrap_or(0)),
-                        &v,
-                    )?;
+                    let p = decode_promotion(&k, &v)?.promotion;
                     if matches(&p) && !page.offer(p) {
                         break;
                     }
@@ -430,21 +538,30 @@ impl Store {
         };
         // Entry times never decrease along the sequence, so `until` ends the scan.
         let past_until = |e: &AuditEntry| filter.until.is_some_and(|u| e.time > u);
-        let index_prefix = if let Some(id) = filter.promotion_id {
-            Some(keys::audit_by_promotion_prefix(id))
-        } else if let Some(r) = &filter.repository {
-            Some(keys::audit_by_repository_prefix(r))
-        } else {
-            filter
-                .environment
-                .as_deref()
-                .map(keys::audit_by_environment_prefix)
-        };
+        let sequences: Option<Box<dyn Iterator<Item = Result<u64, StoreError>>>> =
+            if let Some(id) = filter.promotion_id {
+                // A promotion lists its own entries: a handful, so no index.
+                let audit = stored_promotion(&self.trees.promotions, id)?
+                    .map(|s| s.audit)
+                    .unwrap_or_default();
+                Some(Box::new(
+                    audit.into_iter().filter(move |&seq| seq >= start).map(Ok),
+                ))
+            } else if let Some(r) = &filter.repository {
+                Some(Box::new(
+                    self.postings_from(&keys::audit_by_repository_prefix(r), start),
+                ))
+            } else {
+                filter.environment.as_deref().map(|env| {
+                    Box::new(self.postings_from(&keys::audit_by_environment_prefix(env), start))
+                        as Box<dyn Iterator<Item = _>>
+                })
+            };
         let mut page = PageBuilder::new(limit);
         let mut visit = |e: AuditEntry| !past_until(&e) && (!matches(&e) || page.offer(e));
-        match index_prefix {
-            Some(prefix) => {
-                for seq in self.index_tails(&prefix, start) {
+        match sequences {
+            Some(sequences) => {
+                for seq in sequences {
                     if let Some(e) = self.entry(seq?)?
                         && !visit(e)
                     {
@@ -473,8 +590,7 @@ impl Store {
         at: Option<Time>,
     ) -> Result<Option<AuditEntry>, StoreError> {
         let prefix = keys::audit_by_repository_prefix(repository);
-        // Newest first.
-        for seq in self.index_tails(&prefix, 0).rev() {
+        for seq in postings::newest_first(&self.trees.index, &prefix) {
             let Some(e) = self.entry(seq?)? else { continue };
             if at.is_some_and(|t| e.time > t) {
                 continue;
@@ -544,10 +660,212 @@ fn request_id_of(
         .and_then(|v| keys::read_u64(&v)))
 }
 
-fn get_promotion(tree: &sled::Tree, id: PromotionId) -> Result<Option<Promotion>, StoreError> {
-    tree.get(keys::u64_key(id))?
-        .map(|v| decode(|| format!("promotion {id}"), &v))
+fn stored_promotion(
+    tree: &sled::Tree,
+    id: PromotionId,
+) -> Result<Option<StoredPromotion>, StoreError> {
+    let key = keys::u64_key(id);
+    tree.get(key)?
+        .map(|v| decode_promotion(&key, &v))
         .transpose()
+}
+
+/// Refuses a data directory in another store format; marks a new one.
+fn check_format(t: &Trees) -> Result<(), StoreError> {
+    match t.meta.get(keys::FORMAT)? {
+        Some(v) if keys::read_u64(&v) == Some(FORMAT_VERSION) => Ok(()),
+        Some(v) => Err(StoreError::Format {
+            found: match keys::read_u64(&v) {
+                Some(n) => format!("store format {n}"),
+                None => "an unreadable store format marker".into(),
+            },
+        }),
+        None if t.audit.is_empty() && t.promotions.is_empty() => {
+            t.meta
+                .insert(keys::FORMAT, &keys::u64_key(FORMAT_VERSION))?;
+            t.db.flush()?;
+            Ok(())
+        }
+        None => Err(StoreError::Format {
+            found: "store format 1 (written by an earlier prodgate)".into(),
+        }),
+    }
+}
+
+/// Writes what is derived from one audit record, given the promotion's
+/// stored value before it: the indexes first, the promotion's value last.
+/// Its audit list then ends with this sequence, which is how [`redo_derived`]
+/// tells a finished derivation from one a crash cut short. Every step is
+/// idempotent, so running it twice for the same record changes nothing.
+fn derive(
+    t: &Trees,
+    before: Option<&StoredPromotion>,
+    entry: &AuditEntry,
+    after: &Promotion,
+) -> sled::Result<()> {
+    let (id, seq) = (after.id, entry.sequence);
+    postings::append(
+        &t.index,
+        &keys::audit_by_repository_prefix(&entry.event.repository),
+        seq,
+    )?;
+    postings::append(
+        &t.index,
+        &keys::audit_by_environment_prefix(&entry.event.environment),
+        seq,
+    )?;
+    match before.map(|b| b.promotion.state) {
+        None => {
+            postings::append(
+                &t.index,
+                &keys::promotions_by_repository_prefix(&after.repository),
+                id,
+            )?;
+            if !after.request_id.is_empty() {
+                t.index.insert(
+                    keys::request_id(&after.requested_by, &after.request_id),
+                    &keys::u64_key(id),
+                )?;
+            }
+        }
+        Some(state) if state != after.state => {
+            t.index
+                .remove(keys::indexed(&keys::promotions_by_state_prefix(state), id))?;
+        }
+        Some(_) => {}
+    }
+    if before.is_none_or(|b| b.promotion.state != after.state) {
+        t.index.insert(
+            keys::indexed(&keys::promotions_by_state_prefix(after.state), id),
+            &[],
+        )?;
+    }
+    let mut audit = before.map(|b| b.audit.clone()).unwrap_or_default();
+    if audit.last().is_none_or(|&last| last < seq) {
+        audit.push(seq);
+    }
+    t.promotions.insert(
+        keys::u64_key(id),
+        encode(&StoredPromotionRef {
+            audit: &audit,
+            promotion: after,
+        }),
+    )?;
+    Ok(())
+}
+
+/// Finishes the derivations a crash cut short: walks back from the newest
+/// audit record to the first one whose promotion value already lists it,
+/// then derives the rest in order. sled recovers a prefix of what was
+/// written, and each commit writes its audit record first and the
+/// promotion's value last, so only the newest records can be unfinished.
+fn redo_derived(t: &Trees) -> Result<(), StoreError> {
+    let mut unfinished = Vec::new();
+    for kv in t.audit.iter().rev() {
+        let (k, v) = kv?;
+        let record = decode_record(&k, &v)?;
+        let stored = stored_promotion(&t.promotions, record.promotion.id)?;
+        if stored.is_some_and(|s| s.audit.last() >= Some(&record.entry.sequence)) {
+            break;
+        }
+        unfinished.push(record);
+    }
+    if unfinished.is_empty() {
+        return Ok(());
+    }
+    for record in unfinished.iter().rev() {
+        let before = stored_promotion(&t.promotions, record.promotion.id)?;
+        derive(t, before.as_ref(), &record.entry, &record.promotion)?;
+    }
+    t.db.flush()?;
+    tracing::info!(
+        entries = unfinished.len(),
+        "finished indexing audit entries written just before the last stop"
+    );
+    Ok(())
+}
+
+/// Removes every audit record after `acknowledged`, newest first, and undoes
+/// what was derived from it. Those records were written before a flush that
+/// failed, so their callers were told nothing changed. Tolerates a record
+/// whose derivation was cut short.
+fn roll_back(t: &Trees, acknowledged: u64) -> Result<usize, StoreError> {
+    let mut undone = 0;
+    while let Some((k, v)) = t.audit.last()? {
+        if keys::read_u64(&k).is_none_or(|seq| seq <= acknowledged) {
+            break;
+        }
+        let record = decode_record(&k, &v)?;
+        undo(t, &record)?;
+        t.audit.remove(&k)?;
+        undone += 1;
+    }
+    Ok(undone)
+}
+
+fn undo(t: &Trees, record: &Record) -> Result<(), StoreError> {
+    let (after, seq) = (&record.promotion, record.entry.sequence);
+    let id = after.id;
+    postings::remove(
+        &t.index,
+        &keys::audit_by_repository_prefix(&record.entry.event.repository),
+        seq,
+    )?;
+    postings::remove(
+        &t.index,
+        &keys::audit_by_environment_prefix(&record.entry.event.environment),
+        seq,
+    )?;
+    let mut audit = stored_promotion(&t.promotions, id)?
+        .map(|s| s.audit)
+        .unwrap_or_default();
+    audit.retain(|&s| s < seq);
+    // The promotion as it was before: the snapshot of its previous entry.
+    let previous = match audit.last() {
+        Some(&prev) => {
+            let key = keys::u64_key(prev);
+            let v = t.audit.get(key)?.ok_or_else(|| StoreError::Corrupt {
+                what: format!("audit entry {prev}"),
+                reason: format!("promotion {id} lists it, but it is missing"),
+            })?;
+            Some(decode_record(&key, &v)?.promotion)
+        }
+        None => None,
+    };
+    if previous.as_ref().is_none_or(|p| p.state != after.state) {
+        t.index.remove(keys::indexed(
+            &keys::promotions_by_state_prefix(after.state),
+            id,
+        ))?;
+    }
+    match previous {
+        Some(p) => {
+            t.index.insert(
+                keys::indexed(&keys::promotions_by_state_prefix(p.state), id),
+                &[],
+            )?;
+            t.promotions.insert(
+                keys::u64_key(id),
+                encode(&StoredPromotionRef {
+                    audit: &audit,
+                    promotion: &p,
+                }),
+            )?;
+        }
+        None => {
+            postings::remove(
+                &t.index,
+                &keys::promotions_by_repository_prefix(&after.repository),
+                id,
+            )?;
+            if !after.request_id.is_empty() {
+                t.index
+                    .remove(keys::request_id(&after.requested_by, &after.request_id))?;
+            }
+            t.promotions.remove(keys::u64_key(id))?;
+        }
+    }
+    Ok(())
 }
 
 /// What only the writer thread knows: the chain's head and the id counter.
@@ -557,7 +875,9 @@ struct WriterState {
     head_hash: Hash,
     last_time: Time,
     next_id: PromotionId,
-    poisoned: bool,
+    /// Set by the flusher when a flush fails; shared with the writer so no
+    /// later job commits anything.
+    poisoned: Arc<AtomicBool>,
 }
 
 impl WriterState {
@@ -569,19 +889,25 @@ impl WriterState {
             }
             None => (1, GENESIS, Time::ZERO),
         };
+        // Ids are never reused: promotions are never deleted, and the newest
+        // one's value is derived before the writer starts.
         let next_id = trees
-            .meta
-            .get(keys::NEXT_ID)?
-            .and_then(|v| keys::read_u64(&v))
-            .unwrap_or(1);
+            .promotions
+            .last()?
+            .and_then(|(k, _)| keys::read_u64(&k))
+            .map_or(1, |id| id + 1);
         Ok(Self {
             trees,
             next_sequence,
             head_hash,
             last_time,
             next_id,
-            poisoned: false,
+            poisoned: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
     }
 }
 
@@ -602,7 +928,7 @@ impl Tx<'_> {
     }
 
     pub fn get(&self, id: PromotionId) -> Result<Option<Promotion>, StoreError> {
-        get_promotion(&self.state.trees.promotions, id)
+        Ok(stored_promotion(&self.state.trees.promotions, id)?.map(|s| s.promotion))
     }
 
     /// The promotion a principal opened with this idempotency key, if any.
@@ -622,7 +948,7 @@ impl Tx<'_> {
         digest: &str,
         m: &StoredManifest,
     ) -> Result<(), StoreError> {
-        if self.state.poisoned {
+        if self.state.is_poisoned() {
             return Err(StoreError::Poisoned);
         }
         self.state
@@ -637,93 +963,79 @@ impl Tx<'_> {
         self.state.next_id
     }
 
-    /// Writes `after` (replacing `before`, if any) and chains `event` into the
-    /// audit log, all in one transaction. Nothing is written if it fails.
+    /// Chains `event` into the audit log with `after` (which replaces
+    /// `before`, if any), then updates the promotion record and indexes.
+    ///
+    /// The audit record, written in one sled insert, is the commit: sled
+    /// applies a single insert atomically, and the derived keys written after
+    /// it are finished by `redo_derived` if a crash cuts them short. No sled
+    /// transaction or batch is used: in sled 0.34 those take a global write
+    /// lock that waits for any running flush, which would stop the writer
+    /// from applying the next batch while the flusher fsyncs the last one.
+    /// If a derived write fails the store is poisoned (refuses all writes
+    /// until a restart re-derives it).
     pub fn commit(
         &mut self,
         before: Option<&Promotion>,
         after: &Promotion,
         event: Option<Event>,
     ) -> Result<Option<AuditEntry>, StoreError> {
-        if self.state.poisoned {
+        if self.state.is_poisoned() {
             return Err(StoreError::Poisoned);
         }
+        let Some(event) = event else {
+            // Only a repeated approval has no event, and it changes nothing.
+            return if before == Some(after) {
+                Ok(None)
+            } else {
+                Err(StoreError::Unaudited(after.id))
+            };
+        };
         let time = after.updated_at.max(self.state.last_time);
-        let entry = event
-            .map(|e| AuditEntry::chain(self.state.head_hash, self.state.next_sequence, time, e));
-        let is_new = before.is_none();
+        let entry = AuditEntry::chain(self.state.head_hash, self.state.next_sequence, time, event);
         let t = &self.state.trees;
-        let result: Result<(), TransactionError<StoreError>> =
-            (&t.promotions, &t.audit, &t.index, &t.meta).transaction(
-                |(promotions, audit, index, meta)| {
-                    let id = after.id;
-                    promotions.insert(&keys::u64_key(id), encode(after))?;
-                    if let Some(b) = before
-                        && b.state != after.state
-                    {
-                        index.remove(keys::indexed(
-                            &keys::promotions_by_state_prefix(b.state),
-                            id,
-                        ))?;
-                    }
-                    index.insert(
-                        keys::indexed(&keys::promotions_by_state_prefix(after.state), id),
-                        &[],
-                    )?;
-                    if is_new {
-                        index.insert(
-                            keys::indexed(
-                                &keys::promotions_by_repository_prefix(&after.repository),
-                                id,
-                            ),
-                            &[],
-                        )?;
-                        if !after.request_id.is_empty() {
-                            index.insert(
-                                keys::request_id(&after.requested_by, &after.request_id),
-                                &keys::u64_key(id),
-                            )?;
-                        }
-                        meta.insert(keys::NEXT_ID, &keys::u64_key(id + 1))?;
-                    }
-                    if let Some(e) = &entry {
-                        let seq = e.sequence;
-                        audit.insert(&keys::u64_key(seq), encode(e))?;
-                        for prefix in [
-                            keys::audit_by_promotion_prefix(id),
-                            keys::audit_by_repository_prefix(&e.event.repository),
-                            keys::audit_by_environment_prefix(&e.event.environment),
-                        ] {
-                            index.insert(keys::indexed(&prefix, seq), &[])?;
-                        }
-                    }
-                    Ok::<(), ConflictableTransactionError<StoreError>>(())
-                },
-            );
-        match result {
-            Ok(()) => {}
-            Err(TransactionError::Abort(e)) => return Err(e),
-            Err(TransactionError::Storage(e)) => return Err(e.into()),
-        }
+        let stored = stored_promotion(&t.promotions, after.id)?;
+        t.audit.insert(
+            keys::u64_key(entry.sequence),
+            encode(&RecordRef {
+                entry: &entry,
+                promotion: after,
+            }),
+        )?;
         self.writes += 1;
-        if is_new {
+        self.state.next_sequence = entry.sequence + 1;
+        self.state.head_hash = entry.hash;
+        self.state.last_time = entry.time;
+        if before.is_none() {
             self.state.next_id = self.state.next_id.max(after.id + 1);
         }
-        if let Some(e) = &entry {
-            self.state.next_sequence = e.sequence + 1;
-            self.state.head_hash = e.hash;
-            self.state.last_time = e.time;
+        if let Err(e) = derive(t, stored.as_ref(), &entry, after) {
+            tracing::error!(error = %e, "indexing a committed audit entry failed; refusing all further writes");
+            self.state.poisoned.store(true, Ordering::Release);
+            return Err(e.into());
         }
         self.changed.push(after.clone());
-        Ok(entry)
+        Ok(Some(entry))
     }
 }
 
+/// One committed batch on its way to the flusher.
+struct Committed {
+    completions: Vec<Completion>,
+    changed: Vec<Promotion>,
+    writes: usize,
+    /// The newest audit sequence once the batch was applied.
+    last_sequence: u64,
+}
+
+/// Applies jobs in arrival order and hands each committed batch to the
+/// flusher thread, so batch N+1 is applied while batch N is being fsynced.
+/// A batch is answered only by a flush that started after it was committed,
+/// so nothing is acknowledged before it is on disk.
 fn run_writer(
     mut state: WriterState,
     mut rx: mpsc::Receiver<Job>,
-    changes: broadcast::Sender<Promotion>,
-    stats: Arc<WriterStats>,
+    to_flusher: std::sync::mpsc::Sender<Committed>,
 ) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
@@ -733,47 +1045,101 @@ fn run_writer(
                 Err(_) => break,
             }
         }
-        let mut changed = Vec::new();
-        let mut completions = Vec::with_capacity(batch.len());
-        let mut writes = 0;
+        let mut committed = Committed {
+            completions: Vec::with_capacity(batch.len()),
+            changed: Vec::new(),
+            writes: 0,
+            last_sequence: 0,
+        };
         for job in batch {
             let mut tx = Tx {
                 state: &mut state,
-                changed: &mut changed,
+                changed: &mut committed.changed,
                 writes: 0,
             };
-            completions.push(job(&mut tx));
-            writes += tx.writes;
+            committed.completions.push(job(&mut tx));
+            committed.writes += tx.writes;
         }
-        let flushed = if writes == 0 {
-            Ok(())
-        } else if state.poisoned {
-            Err(StoreError::Poisoned)
-        } else {
-            match state.trees.db.flush() {
-                Ok(_) => {
-                    stats.flushes.fetch_add(1, Ordering::Relaxed);
-                    stats.commits.fetch_add(writes as u64, Ordering::Relaxed);
-                    Ok(())
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "flush failed; refusing all further writes");
-                    state.poisoned = true;
-                    Err(StoreError::Flush(e.to_string()))
-                }
-            }
-        };
-        for c in completions {
-            c(flushed.clone());
+        committed.last_sequence = state.next_sequence - 1;
+        if to_flusher.send(committed).is_err() {
+            // The flusher only ends when this sender is dropped.
+            break;
         }
-        if flushed.is_ok() {
-            for p in changed {
-                // No subscriber is fine.
-                let _ = changes.send(p);
-            }
-        }
-    }
-    if let Err(e) = state.trees.db.flush() {
-        tracing::error!(error = %e, "final flush failed");
     }
 }
+
+/// The flusher thread's state.
+struct Flusher {
+    db: sled::Db,
+    horizon: horizon::Horizon,
+    /// The newest audit sequence a successful flush covered.
+    acknowledged: u64,
+    poisoned: Arc<AtomicBool>,
+    changes: broadcast::Sender<Promotion>,
+    stats: Arc<WriterStats>,
+}
+
+impl Flusher {
+    /// Flushes once for every batch that arrived while the previous flush
+    /// ran, then answers those batches and publishes their changes. A failed
+    /// flush poisons the store: that batch and every later one is refused,
+    /// and the refusal horizon makes the next start remove them.
+    fn run(mut self, rx: std::sync::mpsc::Receiver<Committed>) {
+        while let Ok(first) = rx.recv() {
+            let mut group = vec![first];
+            group.extend(rx.try_iter());
+            let flushed = self.flush(&group);
+            for committed in group {
+                for c in committed.completions {
+                    c(flushed.clone());
+                }
+                if flushed.is_ok() {
+                    for p in committed.changed {
+                        // No subscriber is fine.
+                        let _ = self.changes.send(p);
+                    }
+                }
+            }
+        }
+        if !self.poisoned.load(Ordering::Acquire)
+            && let Err(e) = self.db.flush()
+        {
+            tracing::error!(error = %e, "final flush failed");
+        }
+    }
+
+    fn flush(&mut self, group: &[Committed]) -> Result<(), StoreError> {
+        let writes: usize = group.iter().map(|c| c.writes).sum();
+        if writes == 0 {
+            return Ok(());
+        }
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(StoreError::Poisoned);
+        }
+        match self.db.flush() {
+            Ok(_) => {
+                self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .commits
+                    .fetch_add(writes as u64, Ordering::Relaxed);
+                let newest = group.iter().map(|c| c.last_sequence).max();
+                self.acknowledged = newest.unwrap_or(0).max(self.acknowledged);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "flush failed; refusing all further writes");
+                self.poisoned.store(true, Ordering::Release);
+                if let Err(h) = self.horizon.record(self.acknowledged) {
+                    tracing::error!(
+                        error = %h,
+                        "cannot record the refusal horizon; entries refused just now may reappear after a restart"
+                    );
+                }
+                Err(StoreError::Flush(e.to_string()))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,114 @@
+//! The crash paths of the store's derived records: finishing a derivation a
+//! crash cut short, and rolling back entries a failed flush refused.
+
+use super::*;
+use crate::domain::machine::{self, NewPromotion};
+use crate::domain::policy::{Approver, EnvironmentPolicy, Principal};
+use std::time::Duration;
+
+fn trees() -> Trees {
+    let db = sled::Config::new().temporary(true).open().unwrap();
+    Trees {
+        promotions: db.open_tree("promotions").unwrap(),
+        audit: db.open_tree("audit").unwrap(),
+        index: db.open_tree("index").unwrap(),
+        meta: db.open_tree("meta").unwrap(),
+        manifests: db.open_tree("manifests").unwrap(),
+        db,
+    }
+}
+
+type Dump = Vec<(sled::IVec, sled::IVec)>;
+
+/// Everything derived from the audit log.
+fn derived(t: &Trees) -> (Dump, Dump) {
+    let all = |tree: &sled::Tree| tree.iter().map(Result::unwrap).collect();
+    (all(&t.promotions), all(&t.index))
+}
+
+fn restore(t: &Trees, (promotions, index): &(Dump, Dump)) {
+    for (tree, dump) in [(&t.promotions, promotions), (&t.index, index)] {
+        tree.clear().unwrap();
+        for (k, v) in dump {
+            tree.insert(k, v).unwrap();
+        }
+    }
+}
+
+/// Commits like the writer does: request promotion 1, request promotion 2
+/// (with an idempotency key), then reject 1. Returns the derived state
+/// after each commit.
+fn three_commits(t: &Trees) -> Vec<(Dump, Dump)> {
+    let policy = EnvironmentPolicy {
+        name: "production".into(),
+        tag: "production".into(),
+        requires: None,
+        approvers: vec![Approver::parse("bob")],
+        required_approvals: 1,
+        allow_self_approval: false,
+        approval_ttl: Duration::from_secs(60),
+    };
+    let who = |name: &str| Principal {
+        name: name.into(),
+        groups: vec![],
+    };
+    let new = |repo: &str, key: &str| NewPromotion {
+        repository: repo.into(),
+        environment: "production".into(),
+        source: "staging".into(),
+        digest: format!("sha256:{}", "a".repeat(64)),
+        reason: "test".into(),
+        request_id: key.into(),
+    };
+    let mut state = WriterState::load(t.clone()).unwrap();
+    let mut changed = Vec::new();
+    let mut tx = Tx {
+        state: &mut state,
+        changed: &mut changed,
+        writes: 0,
+    };
+    let mut after = Vec::new();
+    let now = tx.now();
+    let first = machine::request(1, new("r.io/a", ""), &who("alice"), &policy, now);
+    tx.commit(None, &first.promotion, first.event).unwrap();
+    after.push(derived(t));
+    let second = machine::request(2, new("r.io/b", "k1"), &who("alice"), &policy, now);
+    tx.commit(None, &second.promotion, second.event).unwrap();
+    after.push(derived(t));
+    let rejected = machine::reject(&first.promotion, &who("bob"), &policy, "no", now).unwrap();
+    tx.commit(Some(&first.promotion), &rejected.promotion, rejected.event)
+        .unwrap();
+    after.push(derived(t));
+    after
+}
+
+#[test]
+fn a_derivation_cut_short_is_finished_on_open() {
+    let t = trees();
+    let after = three_commits(&t);
+    // A crash after the reject's audit record, before any derived write.
+    restore(&t, &after[1]);
+    redo_derived(&t).unwrap();
+    assert_eq!(derived(&t), after[2]);
+    // Nothing left to do: running it again changes nothing.
+    redo_derived(&t).unwrap();
+    assert_eq!(derived(&t), after[2]);
+}
+
+#[test]
+fn refused_entries_are_rolled_back_to_the_horizon() {
+    let t = trees();
+    let after = three_commits(&t);
+    roll_back(&t, 2).unwrap();
+    assert_eq!(derived(&t), after[1]);
+    assert_eq!(t.audit.len(), 2);
+    // A refused entry whose derivation was itself cut short.
+    let t = trees();
+    let after = three_commits(&t);
+    restore(&t, &after[1]);
+    roll_back(&t, 1).unwrap();
+    assert_eq!(derived(&t), after[0]);
+    roll_back(&t, 0).unwrap();
+    assert_eq!(derived(&t), (vec![], vec![]));
+    assert!(t.audit.is_empty());
+}
