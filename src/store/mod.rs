@@ -43,7 +43,10 @@ const MAX_BATCH: usize = 512;
 const QUEUE_DEPTH: usize = 4096;
 /// sled's page cache. Its default (1 GiB) would dominate the process's memory;
 /// the working set (pending promotions, recent audit pages) is far smaller.
-const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// sled counts serialized bytes, the heap holds about three times that: at
+/// 1M audit entries 64 MiB gave a 204 MiB process, 16 MiB 126 MiB, with
+/// History pages still under 5 ms at p99 (BENCHMARKS.md).
+const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 /// Committed changes kept for slow subscribers before they lag.
 const CHANGES_CAPACITY: usize = 1024;
 /// The on-disk layout this build reads and writes (`keys` describes it).
@@ -249,8 +252,15 @@ fn decode_record(key: &[u8], bytes: &[u8]) -> Result<Record, StoreError> {
     )
 }
 
+/// Only the entry: it comes first in the record, so the promotion after it
+/// is not decoded (History pages read many entries and no promotions).
 fn decode_entry(key: &[u8], bytes: &[u8]) -> Result<AuditEntry, StoreError> {
-    decode_record(key, bytes).map(|r| r.entry)
+    postcard::take_from_bytes::<AuditEntry>(bytes)
+        .map(|(entry, _promotion)| entry)
+        .map_err(|e| StoreError::Corrupt {
+            what: format!("audit entry {}", keys::read_u64(key).unwrap_or(0)),
+            reason: e.to_string(),
+        })
 }
 
 fn decode_promotion(key: &[u8], bytes: &[u8]) -> Result<StoredPromotion, StoreError> {
