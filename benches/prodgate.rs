@@ -20,9 +20,14 @@
 //! `--smoke` runs everything at tiny sizes; it checks that each scenario
 //! produced numbers, never how good they are (exit status 1 if one did not).
 //!
-//! `PRODGATE_BENCH_READS_DATA=DIR` keeps the reads scenario's data directory
-//! at `DIR` and reuses it on later runs (skipping the bulk load), for
-//! iterating on read performance. Results are written up in BENCHMARKS.md.
+//! For profiling, not for recorded runs:
+//! - `PRODGATE_BENCH_READS_DATA=DIR` keeps the reads scenario's data
+//!   directory at `DIR` and reuses it on later runs (skipping the bulk load);
+//!   with `PRODGATE_BENCH_READS_LOAD_ONLY=1` the run stops after the load.
+//! - `PRODGATE_BENCH_READS_ENTRIES=N` loads N entries instead of 1,000,000.
+//! - `PRODGATE_BENCH_WRITE_CLIENTS=64` runs only the listed write levels.
+//!
+//! Results are written up in BENCHMARKS.md.
 
 #[allow(dead_code)]
 #[path = "../tests/support/proxy.rs"]
@@ -1883,11 +1888,16 @@ async fn start_and_connect(data: &Path) -> (TestServer, Client, f64, f64) {
 
 async fn scenario_reads(smoke: bool, report: &mut Report) {
     let load_before = loadavg();
-    let (target, repos, calls) = if smoke {
+    let (mut target, repos, calls) = if smoke {
         (5_000u64, 100usize, 50usize)
     } else {
         (1_000_000, 1000, 1000)
     };
+    // `PRODGATE_BENCH_READS_ENTRIES=200000` loads fewer entries, to compare
+    // bytes per entry between store changes quickly. Not for recorded runs.
+    if let Ok(n) = std::env::var("PRODGATE_BENCH_READS_ENTRIES") {
+        target = n.parse().expect("PRODGATE_BENCH_READS_ENTRIES: a number");
+    }
     let dir = tempfile::Builder::new()
         .prefix("prodgate-bench-reads-")
         .tempdir()
@@ -1910,6 +1920,13 @@ async fn scenario_reads(smoke: bool, report: &mut Report) {
         let l = bulk_load(&data, target, repos, 256).await;
         if kept.is_some() {
             std::fs::write(&sidecar, l.json().to_string()).expect("write sidecar");
+            // `PRODGATE_BENCH_READS_LOAD_ONLY=1` stops here, so copies of a
+            // directory sled has not reopened yet can be used to profile the
+            // first start after the load.
+            if std::env::var_os("PRODGATE_BENCH_READS_LOAD_ONLY").is_some() {
+                println!("  reads: loaded {} and stopped", data.display());
+                return;
+            }
         }
         l
     };

@@ -4,7 +4,7 @@
 //! sled 0.34 splits a leaf at 16 entries whatever their size, and keeps
 //! per-page bookkeeping in memory for every leaf. One key per posting made the
 //! indexes most of the database's pages (and of its start-up work and resident
-//! memory); packing 64 postings per key makes them a small fraction.
+//! memory); packing 16 postings per key makes them a small fraction.
 //!
 //! A chunk's key is the prefix followed by its first member (big-endian), its
 //! value the members as big-endian u64s. Appends go to the last chunk until it
@@ -13,8 +13,10 @@
 
 use super::keys;
 
-/// Members per chunk (8 bytes each).
-pub const CHUNK: usize = 64;
+/// Members per chunk (8 bytes each). Every append rewrites its chunk, so
+/// bigger chunks write more: at 200,000 audit entries the store took 3,214
+/// bytes per entry with 64, 1,832 with 16 and 1,885 with 8 (more keys).
+pub const CHUNK: usize = 16;
 
 fn members(value: &[u8]) -> impl DoubleEndedIterator<Item = u64> + '_ {
     value.chunks_exact(8).filter_map(keys::read_u64)
