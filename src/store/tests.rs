@@ -112,3 +112,21 @@ fn refused_entries_are_rolled_back_to_the_horizon() {
     assert_eq!(derived(&t), (vec![], vec![]));
     assert!(t.audit.is_empty());
 }
+
+#[test]
+fn a_data_directory_of_the_earlier_format_is_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // Format 1 had no marker and stored JSON audit entries.
+        let db = sled::open(dir.path()).unwrap();
+        let audit = db.open_tree("audit").unwrap();
+        audit.insert(keys::u64_key(1), &b"{}"[..]).unwrap();
+        db.flush().unwrap();
+    }
+    let Err(e) = Store::open(dir.path()) else {
+        panic!("a format 1 directory was opened");
+    };
+    assert!(matches!(e, StoreError::Format { .. }), "{e}");
+    assert!(e.to_string().contains("store format 1"), "{e}");
+    assert!(e.to_string().contains("format 2 only"), "{e}");
+}
