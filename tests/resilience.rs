@@ -47,26 +47,35 @@ async fn history(c: &mut Client, promotion_id: &str) -> Vec<prodgate::pb::AuditE
     .await
 }
 
-/// Every promotion's state, by id.
-async fn all_states(c: &mut Client) -> HashMap<String, i32> {
-    let mut out = HashMap::new();
+/// Every promotion that matches `filter`, all pages.
+async fn list_all(c: &mut Client, filter: ListPromotionsRequest) -> Vec<prodgate::pb::Promotion> {
+    let mut out = Vec::new();
     let mut token = String::new();
     loop {
         let page = c
             .list_promotions(ListPromotionsRequest {
                 page_size: 1000,
                 page_token: token,
-                ..Default::default()
+                ..filter.clone()
             })
             .await
             .expect("list")
             .into_inner();
-        out.extend(page.promotions.into_iter().map(|p| (p.id, p.state)));
+        out.extend(page.promotions);
         if page.next_page_token.is_empty() {
             return out;
         }
         token = page.next_page_token;
     }
+}
+
+/// Every promotion's state, by id.
+async fn all_states(c: &mut Client) -> HashMap<String, i32> {
+    list_all(c, ListPromotionsRequest::default())
+        .await
+        .into_iter()
+        .map(|p| (p.id, p.state))
+        .collect()
 }
 
 /// The store derives its indexes from the audit log after each commit, and
@@ -129,24 +138,11 @@ async fn assert_indexes_agree(
     ] {
         let mut listed = Vec::new();
         for state in group {
-            let mut token = String::new();
-            loop {
-                let page = c
-                    .list_promotions(ListPromotionsRequest {
-                        state: *state as i32,
-                        page_size: 1000,
-                        page_token: token,
-                        ..Default::default()
-                    })
-                    .await
-                    .expect("list by state")
-                    .into_inner();
-                listed.extend(page.promotions.into_iter().map(|p| p.id));
-                if page.next_page_token.is_empty() {
-                    break;
-                }
-                token = page.next_page_token;
-            }
+            let filter = ListPromotionsRequest {
+                state: *state as i32,
+                ..Default::default()
+            };
+            listed.extend(list_all(c, filter).await.into_iter().map(|p| p.id));
         }
         listed.sort();
         listed.dedup();
