@@ -115,7 +115,15 @@ pub async fn run(
     install_crypto_provider();
     let config = Arc::new(config);
     let metrics = Metrics::new()?;
+    let opening = std::time::Instant::now();
     let store = Store::open(&config.data_dir)?;
+    // Opening replays sled's log written since the previous start: this line
+    // is where a slow start shows.
+    tracing::info!(
+        audit_entries = store.audit_len().unwrap_or(0),
+        took_ms = u64::try_from(opening.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "store opened"
+    );
     let registry: Arc<dyn Registry> = Arc::new(OciRegistry::new(
         registry_hosts(&config),
         config.registry_timeout,
