@@ -90,17 +90,14 @@ async fn assert_indexes_agree(
     // The apply worker may still append APPLIED entries and move APPROVED
     // promotions to PROMOTED while this reads, so later reads are cut at
     // what the first one saw, and APPROVED and PROMOTED are checked together.
-    let all: Vec<u64> = support::history(c, HistoryRequest::default())
-        .await
-        .iter()
-        .map(|e| e.sequence)
-        .collect();
+    let all: Vec<u64> = history(c, "").await.iter().map(|e| e.sequence).collect();
     let newest = all.last().copied().unwrap_or(0);
     for (what, filter) in [
         (
             "repository",
             HistoryRequest {
                 repository: repo.to_owned(),
+                page_size: 1000,
                 ..Default::default()
             },
         ),
@@ -108,6 +105,7 @@ async fn assert_indexes_agree(
             "environment",
             HistoryRequest {
                 environment: "production".into(),
+                page_size: 1000,
                 ..Default::default()
             },
         ),
