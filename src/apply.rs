@@ -245,7 +245,7 @@ async fn record(store: &Store, id: PromotionId, outcome: Result<Moved, String>) 
                 Ok(moved) => machine::applied(&p, &moved.previous_digest, now)?,
                 Err(message) => machine::apply_failed(&p, message, now)?,
             };
-            tx.commit(Some(&p), &o.promotion, o.event)?;
+            tx.commit(&o.promotion, o.event)?;
             Ok::<_, Error>(())
         })
         .await;

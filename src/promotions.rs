@@ -172,7 +172,7 @@ impl Promotions {
                 let now = tx.now();
                 let o = machine::request(tx.next_id(), new, &who, &policy, now);
                 tx.put_manifest(&o.promotion.repository, &o.promotion.digest, &pinned)?;
-                tx.commit(None, &o.promotion, o.event)?;
+                tx.commit(&o.promotion, o.event)?;
                 Ok(o.promotion)
             })
             .await?;
@@ -233,7 +233,7 @@ impl Promotions {
                     Decision::Cancel => machine::cancel(&p, &who, policy, &comment, now)?,
                 };
                 if o.event.is_some() {
-                    tx.commit(Some(&p), &o.promotion, o.event)?;
+                    tx.commit(&o.promotion, o.event)?;
                 }
                 Ok(o.promotion)
             })
@@ -289,7 +289,7 @@ impl Promotions {
                 let now = tx.now();
                 match machine::expire_if_due(&p, now) {
                     Some(o) => {
-                        tx.commit(Some(&p), &o.promotion, o.event)?;
+                        tx.commit(&o.promotion, o.event)?;
                         Ok(o.promotion)
                     }
                     None => Ok(p),
@@ -413,7 +413,7 @@ impl Promotions {
 fn expire_due(tx: &mut Tx<'_>, p: &Promotion, now: Time) -> Result<(), Error> {
     match machine::expire_if_due(p, now) {
         Some(o) => {
-            tx.commit(Some(p), &o.promotion, o.event)?;
+            tx.commit(&o.promotion, o.event)?;
             Err(Error::Expired {
                 id: p.id,
                 expires_at: p.expires_at.rfc3339(),

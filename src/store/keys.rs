@@ -64,6 +64,11 @@ pub fn promotions_by_state_prefix(state: State) -> Vec<u8> {
     vec![b'S', state.code()]
 }
 
+/// The state index key of promotion `id` in `state`.
+pub fn promotion_in_state(state: State, id: u64) -> Vec<u8> {
+    indexed(&promotions_by_state_prefix(state), id)
+}
+
 pub fn promotions_by_repository_prefix(repository: &str) -> Vec<u8> {
     named(b'r', repository)
 }

@@ -288,17 +288,14 @@ impl Store {
             db,
         };
         check_format(&trees)?;
-        let mut horizon = horizon::Horizon::open(dir)
-            .map_err(|e| StoreError::Sled(format!("cannot open {}: {e}", horizon::FILE_NAME)))?;
-        if let Some(acknowledged) = horizon
-            .read()
-            .map_err(|e| StoreError::Sled(format!("cannot read {}: {e}", horizon::FILE_NAME)))?
-        {
+        let horizon_error = |doing: &str, e: std::io::Error| {
+            StoreError::Sled(format!("cannot {doing} {}: {e}", horizon::FILE_NAME))
+        };
+        let mut horizon = horizon::Horizon::open(dir).map_err(|e| horizon_error("open", e))?;
+        if let Some(acknowledged) = horizon.read().map_err(|e| horizon_error("read", e))? {
             let undone = roll_back(&trees, acknowledged)?;
             trees.db.flush()?;
-            horizon.clear().map_err(|e| {
-                StoreError::Sled(format!("cannot clear {}: {e}", horizon::FILE_NAME))
-            })?;
+            horizon.clear().map_err(|e| horizon_error("clear", e))?;
             tracing::warn!(
                 acknowledged_through = acknowledged,
                 removed = undone,
@@ -739,16 +736,13 @@ fn derive(
             }
         }
         Some(state) if state != after.state => {
-            t.index
-                .remove(keys::indexed(&keys::promotions_by_state_prefix(state), id))?;
+            t.index.remove(keys::promotion_in_state(state, id))?;
         }
         Some(_) => {}
     }
     if before.is_none_or(|b| b.promotion.state != after.state) {
-        t.index.insert(
-            keys::indexed(&keys::promotions_by_state_prefix(after.state), id),
-            &[],
-        )?;
+        t.index
+            .insert(keys::promotion_in_state(after.state, id), &[])?;
     }
     let mut audit = before.map(|b| b.audit.clone()).unwrap_or_default();
     if audit.last().is_none_or(|&last| last < seq) {
@@ -843,17 +837,11 @@ fn undo(t: &Trees, record: &Record) -> Result<(), StoreError> {
         None => None,
     };
     if previous.as_ref().is_none_or(|p| p.state != after.state) {
-        t.index.remove(keys::indexed(
-            &keys::promotions_by_state_prefix(after.state),
-            id,
-        ))?;
+        t.index.remove(keys::promotion_in_state(after.state, id))?;
     }
     match previous {
         Some(p) => {
-            t.index.insert(
-                keys::indexed(&keys::promotions_by_state_prefix(p.state), id),
-                &[],
-            )?;
+            t.index.insert(keys::promotion_in_state(p.state, id), &[])?;
             t.promotions.insert(
                 keys::u64_key(id),
                 encode(&StoredPromotionRef {
@@ -973,8 +961,9 @@ impl Tx<'_> {
         self.state.next_id
     }
 
-    /// Chains `event` into the audit log with `after` (which replaces
-    /// `before`, if any), then updates the promotion record and indexes.
+    /// Chains `event` into the audit log with `after` (which replaces the
+    /// stored promotion with its id, if any), then updates the promotion
+    /// record and indexes.
     ///
     /// The audit record, written in one sled insert, is the commit: sled
     /// applies a single insert atomically, and the derived keys written after
@@ -986,16 +975,16 @@ impl Tx<'_> {
     /// until a restart re-derives it).
     pub fn commit(
         &mut self,
-        before: Option<&Promotion>,
         after: &Promotion,
         event: Option<Event>,
     ) -> Result<Option<AuditEntry>, StoreError> {
         if self.state.is_poisoned() {
             return Err(StoreError::Poisoned);
         }
+        let stored = stored_promotion(&self.state.trees.promotions, after.id)?;
         let Some(event) = event else {
             // Only a repeated approval has no event, and it changes nothing.
-            return if before == Some(after) {
+            return if stored.is_some_and(|s| s.promotion == *after) {
                 Ok(None)
             } else {
                 Err(StoreError::Unaudited(after.id))
@@ -1004,7 +993,6 @@ impl Tx<'_> {
         let time = after.updated_at.max(self.state.last_time);
         let entry = AuditEntry::chain(self.state.head_hash, self.state.next_sequence, time, event);
         let t = &self.state.trees;
-        let stored = stored_promotion(&t.promotions, after.id)?;
         t.audit.insert(
             keys::u64_key(entry.sequence),
             encode(&RecordRef {
@@ -1016,7 +1004,7 @@ impl Tx<'_> {
         self.state.next_sequence = entry.sequence + 1;
         self.state.head_hash = entry.hash;
         self.state.last_time = entry.time;
-        if before.is_none() {
+        if stored.is_none() {
             self.state.next_id = self.state.next_id.max(after.id + 1);
         }
         if let Err(e) = derive(t, stored.as_ref(), &entry, after) {

@@ -70,14 +70,13 @@ fn three_commits(t: &Trees) -> Vec<(Dump, Dump)> {
     let mut after = Vec::new();
     let now = tx.now();
     let first = machine::request(1, new("r.io/a", ""), &who("alice"), &policy, now);
-    tx.commit(None, &first.promotion, first.event).unwrap();
+    tx.commit(&first.promotion, first.event).unwrap();
     after.push(derived(t));
     let second = machine::request(2, new("r.io/b", "k1"), &who("alice"), &policy, now);
-    tx.commit(None, &second.promotion, second.event).unwrap();
+    tx.commit(&second.promotion, second.event).unwrap();
     after.push(derived(t));
     let rejected = machine::reject(&first.promotion, &who("bob"), &policy, "no", now).unwrap();
-    tx.commit(Some(&first.promotion), &rejected.promotion, rejected.event)
-        .unwrap();
+    tx.commit(&rejected.promotion, rejected.event).unwrap();
     after.push(derived(t));
     after
 }
