@@ -1019,6 +1019,21 @@ struct Load {
 }
 
 impl Load {
+    /// All of a level's calls as one distribution, measured from `start`.
+    fn new(r: ClientResult, start: Instant) -> Load {
+        let mut lat = r.request;
+        lat.extend(r.reject);
+        Load {
+            ops: lat.len() as u64,
+            errors: r.errors,
+            secs: start.elapsed().as_secs_f64(),
+            all: percentiles(lat),
+            first_error: r.first_error,
+            p50_request: f64::NAN,
+            p50_reject: f64::NAN,
+        }
+    }
+
     fn rate(&self) -> f64 {
         self.ops as f64 / self.secs
     }
@@ -1039,6 +1054,19 @@ struct ClientResult {
     reject: Vec<u32>,
     errors: u64,
     first_error: Option<String>,
+}
+
+/// Waits for every client task of a level and merges what they measured.
+async fn join_clients(mut tasks: tokio::task::JoinSet<ClientResult>, what: &str) -> ClientResult {
+    let mut all = ClientResult::default();
+    while let Some(r) = tasks.join_next().await {
+        let r = r.unwrap_or_else(|e| panic!("{what} client task: {e}"));
+        all.request.extend(r.request);
+        all.reject.extend(r.reject);
+        all.errors += r.errors;
+        all.first_error = all.first_error.or(r.first_error);
+    }
+    all
 }
 
 /// RequestPromotion → Reject cycles by `clients` clients until `dur` passes.
@@ -1099,30 +1127,11 @@ async fn write_load(
             r
         });
     }
-    let mut all = ClientResult::default();
-    while let Some(r) = tasks.join_next().await {
-        let r = r.expect("write client task");
-        all.request.extend(r.request);
-        all.reject.extend(r.reject);
-        all.errors += r.errors;
-        if all.first_error.is_none() {
-            all.first_error = r.first_error;
-        }
-    }
-    let secs = start.elapsed().as_secs_f64();
-    let ops = (all.request.len() + all.reject.len()) as u64;
-    let p50_request = percentiles(all.request.clone()).p50;
-    let p50_reject = percentiles(all.reject.clone()).p50;
-    let mut combined = all.request;
-    combined.extend(all.reject);
+    let all = join_clients(tasks, "write").await;
     Load {
-        ops,
-        errors: all.errors,
-        secs,
-        all: percentiles(combined),
-        first_error: all.first_error,
-        p50_request,
-        p50_reject,
+        p50_request: percentiles(all.request.clone()).p50,
+        p50_reject: percentiles(all.reject.clone()).p50,
+        ..Load::new(all, start)
     }
 }
 
@@ -1158,24 +1167,7 @@ async fn registry_load(url: &str, clients: usize, dur: Duration) -> Load {
             r
         });
     }
-    let mut lat = Vec::new();
-    let (mut errors, mut first_error) = (0, None);
-    while let Some(r) = tasks.join_next().await {
-        let r = r.expect("registry client task");
-        lat.extend(r.request);
-        errors += r.errors;
-        first_error = first_error.or(r.first_error);
-    }
-    let secs = start.elapsed().as_secs_f64();
-    Load {
-        ops: lat.len() as u64,
-        errors,
-        secs,
-        all: percentiles(lat),
-        first_error,
-        p50_request: f64::NAN,
-        p50_reject: f64::NAN,
-    }
+    Load::new(join_clients(tasks, "registry").await, start)
 }
 
 /// grpc.health.v1 Health/Check by `clients` clients until `dur` passes.
@@ -1206,24 +1198,7 @@ async fn health_load(chans: &[Channel], clients: usize, dur: Duration) -> Load {
             r
         });
     }
-    let mut lat = Vec::new();
-    let (mut errors, mut first_error) = (0, None);
-    while let Some(r) = tasks.join_next().await {
-        let r = r.expect("health client task");
-        lat.extend(r.request);
-        errors += r.errors;
-        first_error = first_error.or(r.first_error);
-    }
-    let secs = start.elapsed().as_secs_f64();
-    Load {
-        ops: lat.len() as u64,
-        errors,
-        secs,
-        all: percentiles(lat),
-        first_error,
-        p50_request: f64::NAN,
-        p50_reject: f64::NAN,
-    }
+    Load::new(join_clients(tasks, "health").await, start)
 }
 
 async fn scenario_writes(smoke: bool, registry: &TestRegistry, report: &mut Report) {
@@ -1575,7 +1550,7 @@ async fn load_story(
             let now = tx.now();
             let o = machine::request(tx.next_id(), new, &requester, &pol, now);
             tx.put_manifest(&o.promotion.repository, &o.promotion.digest, &manifest)?;
-            tx.commit(None, &o.promotion, o.event)?;
+            tx.commit(&o.promotion, o.event)?;
             Ok::<_, PgError>(o.promotion)
         })
         .await?;
@@ -1618,7 +1593,7 @@ async fn step(
             let p = tx.get(id)?.ok_or(PgError::PromotionNotFound(id))?;
             let now = tx.now();
             let o = f(&p, now)?;
-            tx.commit(Some(&p), &o.promotion, o.event)?;
+            tx.commit(&o.promotion, o.event)?;
             Ok::<_, PgError>(())
         })
         .await
