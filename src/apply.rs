@@ -200,8 +200,9 @@ async fn apply_one(
     }
 }
 
-/// Pushes the manifest pinned at request time; a promotion stored without
-/// one (written by an older version) fetches it by digest first.
+/// Pushes the manifest pinned at request time. Every request pins one, so
+/// the fetch by digest (which the registry client checks against the
+/// digest) only covers a pin that cannot be read.
 async fn move_pinned(
     store: &Store,
     registry: &dyn Registry,

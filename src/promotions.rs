@@ -232,9 +232,8 @@ impl Promotions {
                     Decision::Reject => machine::reject(&p, &who, policy, &comment, now)?,
                     Decision::Cancel => machine::cancel(&p, &who, policy, &comment, now)?,
                 };
-                if o.event.is_some() {
-                    tx.commit(&o.promotion, o.event)?;
-                }
+                // A repeated approval has no event; commit writes nothing then.
+                tx.commit(&o.promotion, o.event)?;
                 Ok(o.promotion)
             })
             .await
