@@ -173,10 +173,11 @@ pub enum NotifyEvent {
     Failed,
     Cancelled,
     Expired,
+    Superseded,
 }
 
 impl NotifyEvent {
-    pub const ALL: [NotifyEvent; 7] = [
+    pub const ALL: [NotifyEvent; 8] = [
         NotifyEvent::Requested,
         NotifyEvent::Approved,
         NotifyEvent::Promoted,
@@ -184,6 +185,7 @@ impl NotifyEvent {
         NotifyEvent::Failed,
         NotifyEvent::Cancelled,
         NotifyEvent::Expired,
+        NotifyEvent::Superseded,
     ];
 
     pub fn name(self) -> &'static str {
@@ -195,6 +197,7 @@ impl NotifyEvent {
             NotifyEvent::Failed => "failed",
             NotifyEvent::Cancelled => "cancelled",
             NotifyEvent::Expired => "expired",
+            NotifyEvent::Superseded => "superseded",
         }
     }
 }

@@ -47,6 +47,7 @@ pub fn event_of(p: &Promotion) -> Option<NotifyEvent> {
         State::Failed => NotifyEvent::Failed,
         State::Cancelled => NotifyEvent::Cancelled,
         State::Expired => NotifyEvent::Expired,
+        State::Superseded => NotifyEvent::Superseded,
     })
 }
 

@@ -49,6 +49,7 @@ pub fn state(s: State) -> pb::PromotionState {
         State::Cancelled => pb::PromotionState::Cancelled,
         State::Expired => pb::PromotionState::Expired,
         State::Failed => pb::PromotionState::Failed,
+        State::Superseded => pb::PromotionState::Superseded,
     }
 }
 
@@ -86,6 +87,9 @@ pub fn promotion(p: &Promotion) -> pb::Promotion {
         promoted_at: p.promoted_at.map(timestamp),
         failure_message: p.failure_message.clone(),
         expires_at: Some(timestamp(p.expires_at)),
+        superseded_by: p.superseded_by.map(|id| id.to_string()).unwrap_or_default(),
+        last_apply_error: p.last_apply_error.clone(),
+        apply_attempts: p.apply_attempts,
     }
 }
 

@@ -229,6 +229,7 @@ mod tests {
             promoted_at: None,
             failure_message: String::new(),
             expires_at: None,
+            ..Default::default()
         };
         let text = promotion(&p);
         assert!(text.starts_with(r#"{"id":"7","repository":"#), "{text}");

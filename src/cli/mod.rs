@@ -251,6 +251,7 @@ pub enum StateArg {
     Cancelled,
     Expired,
     Failed,
+    Superseded,
 }
 
 impl StateArg {
@@ -263,6 +264,7 @@ impl StateArg {
             StateArg::Cancelled => pb::PromotionState::Cancelled,
             StateArg::Expired => pb::PromotionState::Expired,
             StateArg::Failed => pb::PromotionState::Failed,
+            StateArg::Superseded => pb::PromotionState::Superseded,
         }
     }
 }
@@ -368,6 +370,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 state: state.map_or(0, |s| s.proto() as i32),
                 page_size: 0,
                 page_token: String::new(),
+                newest_first: false,
+                awaiting_me: false,
             };
             commands::list(g, out, filter, limit).await
         }
@@ -387,6 +391,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 until,
                 page_size: 0,
                 page_token: String::new(),
+                newest_first: false,
             };
             commands::history(g, out, filter, limit).await
         }

@@ -22,7 +22,8 @@ fn is_terminal(state: i32) -> bool {
             | PromotionState::Rejected
             | PromotionState::Cancelled
             | PromotionState::Expired
-            | PromotionState::Failed)
+            | PromotionState::Failed
+            | PromotionState::Superseded)
     )
 }
 

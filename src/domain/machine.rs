@@ -6,8 +6,16 @@
 //! PENDING_APPROVAL --approve (last)--> APPROVED --applied--> PROMOTED
 //!        |  \--reject--> REJECTED                 \--apply failed--> FAILED
 //!        |---cancel--> CANCELLED
-//!        \---ttl passed--> EXPIRED
+//!        |---ttl passed--> EXPIRED
+//!        \---a newer one applied--> SUPERSEDED <--a newer one approved-- APPROVED
 //! ```
+//!
+//! Supersession is how the tag never silently steps backwards: once a
+//! promotion of a repository's environment is applied, every older one still
+//! open (pending, or approved and waiting) ends SUPERSEDED; and an approved
+//! promotion still waiting for its tag move gives way to a newer approved
+//! one (the apply worker checks before each attempt, so a push in flight
+//! finishes first). Moving back on purpose is a rollback, not an accident.
 
 use super::model::{Action, Approval, Event, Promotion, PromotionId, SERVICE_ACTOR, State, Time};
 use super::policy::{EnvironmentPolicy, Principal};
@@ -31,11 +39,14 @@ pub enum DomainError {
         "only the requester or an approver of environment {environment} may cancel this promotion"
     )]
     NotAllowedToCancel { environment: String },
-    #[error("promotion {id} is {state} and can no longer be {verb}", state = state.label())]
+    #[error("promotion {id} is {state} and can no longer be {verb}{by}", state = state.label(),
+        by = superseded_by.map_or_else(String::new, |n| format!(
+            " (promotion {n} of the same repository and environment replaced it; request again to ship this digest)")))]
     NotPending {
         id: PromotionId,
         state: State,
         verb: &'static str,
+        superseded_by: Option<PromotionId>,
     },
     #[error("promotion {id} is {state}, not APPROVED", state = state.label())]
     NotApproved { id: PromotionId, state: State },
@@ -104,6 +115,9 @@ pub fn request(
         failure_message: String::new(),
         expires_at: now.plus(policy.approval_ttl),
         request_id: new.request_id,
+        superseded_by: None,
+        last_apply_error: String::new(),
+        apply_attempts: 0,
     };
     let e = event(&p, Action::Requested, &requester.name, &p.reason);
     Outcome {
@@ -140,6 +154,7 @@ fn require_pending(p: &Promotion, verb: &'static str) -> Result<(), DomainError>
             id: p.id,
             state: p.state,
             verb,
+            superseded_by: p.superseded_by,
         })
     }
 }
@@ -265,6 +280,36 @@ pub fn apply_failed(p: &Promotion, message: &str, now: Time) -> Result<Outcome, 
     next.updated_at = now;
     let e = event(&next, Action::ApplyFailed, SERVICE_ACTOR, message);
     Ok(Outcome {
+        promotion: next,
+        event: Some(e),
+    })
+}
+
+/// Ends `p` (still open: pending, or approved and not yet applied) because
+/// `newer`, a later promotion of the same repository and environment, was
+/// applied or approved first. `None` when `p` is not older or not open.
+pub fn supersede(p: &Promotion, newer: &Promotion, now: Time) -> Option<Outcome> {
+    let open = matches!(p.state, State::PendingApproval | State::Approved);
+    let same_target = p.repository == newer.repository && p.environment == newer.environment;
+    if !open || !same_target || p.id >= newer.id {
+        return None;
+    }
+    let mut next = p.clone();
+    next.state = State::Superseded;
+    next.superseded_by = Some(newer.id);
+    next.updated_at = now;
+    let comment = match newer.state {
+        State::Promoted => format!(
+            "superseded by promotion {}, which moved {} to {}",
+            newer.id, newer.target_tag, newer.digest
+        ),
+        _ => format!(
+            "superseded by promotion {} ({}), approved while this one waited for its tag move",
+            newer.id, newer.digest
+        ),
+    };
+    let e = event(&next, Action::Superseded, SERVICE_ACTOR, &comment);
+    Some(Outcome {
         promotion: next,
         event: Some(e),
     })
@@ -529,6 +574,11 @@ mod proptests {
             target: Index,
             message: usize,
         },
+        /// A newer promotion (`by`) of the same target was applied or approved.
+        Supersede {
+            target: Index,
+            by: Index,
+        },
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -557,6 +607,8 @@ mod proptests {
                 .prop_map(|(target, previous)| Op::Applied { target, previous }),
             1 => (any::<Index>(), 0..FAILURES.len())
                 .prop_map(|(target, message)| Op::ApplyFailed { target, message }),
+            1 => (any::<Index>(), any::<Index>())
+                .prop_map(|(target, by)| Op::Supersede { target, by }),
         ]
     }
 
@@ -847,6 +899,33 @@ mod proptests {
                     let result = apply_failed(p, FAILURES[*message], self.now);
                     self.settle(i, result, expect, Action::ApplyFailed)?;
                 }
+                Op::Supersede { target: t, by } => {
+                    let (Some(i), Some(j)) = (target(t), target(by)) else {
+                        return Ok(());
+                    };
+                    let (p, newer) = (&self.promotions[i].p, &self.promotions[j].p);
+                    // One repository; the environment comes from the policy.
+                    let open = matches!(p.state, State::PendingApproval | State::Approved);
+                    let same = p.environment == newer.environment;
+                    let expect = if open && same && p.id < newer.id {
+                        Expect::Moves(State::Superseded)
+                    } else {
+                        Expect::Refused
+                    };
+                    let by_id = newer.id;
+                    let result = supersede(p, newer, self.now).ok_or(DomainError::NotApproved {
+                        id: p.id,
+                        state: p.state,
+                    });
+                    if let Ok(o) = &result {
+                        prop_assert_eq!(o.promotion.superseded_by, Some(by_id));
+                        prop_assert_eq!(
+                            &o.event.as_ref().map(|e| e.actor.clone()),
+                            &Some(SERVICE_ACTOR.to_owned())
+                        );
+                    }
+                    self.settle(i, result, expect, Action::Superseded)?;
+                }
             }
             Ok(())
         }
@@ -925,7 +1004,11 @@ mod proptests {
                     }
                     State::Expired => prop_assert!(p.updated_at >= p.expires_at),
                     State::Rejected | State::Cancelled => {}
+                    State::Superseded => {
+                        prop_assert!(p.superseded_by.is_some_and(|by| by > p.id));
+                    }
                 }
+                prop_assert_eq!(p.superseded_by.is_some(), p.state == State::Superseded);
                 prop_assert_eq!(p.promoted_at.is_some(), p.state == State::Promoted);
                 prop_assert_eq!(!p.failure_message.is_empty(), p.state == State::Failed);
                 if p.state != State::Promoted {
@@ -1000,6 +1083,7 @@ mod proptests {
                     Action::Expired => Some(State::Expired),
                     Action::Applied => Some(State::Promoted),
                     Action::ApplyFailed => Some(State::Failed),
+                    Action::Superseded => Some(State::Superseded),
                     Action::Requested | Action::Approved => None,
                 };
                 match state {

@@ -59,10 +59,12 @@ pub enum State {
     Cancelled,
     Expired,
     Failed,
+    /// A newer promotion of the same repository and environment won.
+    Superseded,
 }
 
 impl State {
-    pub const ALL: [State; 7] = [
+    pub const ALL: [State; 8] = [
         State::PendingApproval,
         State::Approved,
         State::Promoted,
@@ -70,6 +72,7 @@ impl State {
         State::Cancelled,
         State::Expired,
         State::Failed,
+        State::Superseded,
     ];
 
     /// Terminal states never change again.
@@ -87,6 +90,7 @@ impl State {
             State::Cancelled => 5,
             State::Expired => 6,
             State::Failed => 7,
+            State::Superseded => 8,
         }
     }
 
@@ -99,6 +103,7 @@ impl State {
             State::Cancelled => "CANCELLED",
             State::Expired => "EXPIRED",
             State::Failed => "FAILED",
+            State::Superseded => "SUPERSEDED",
         }
     }
 }
@@ -113,6 +118,7 @@ pub enum Action {
     Expired,
     Applied,
     ApplyFailed,
+    Superseded,
 }
 
 impl Action {
@@ -125,6 +131,7 @@ impl Action {
             Action::Expired => 5,
             Action::Applied => 6,
             Action::ApplyFailed => 7,
+            Action::Superseded => 8,
         }
     }
 }
@@ -160,6 +167,17 @@ pub struct Promotion {
     pub expires_at: Time,
     /// The requester's idempotency key, if any.
     pub request_id: String,
+    /// The newer promotion that ended this one as SUPERSEDED.
+    pub superseded_by: Option<PromotionId>,
+    /// While APPROVED: the last transient registry error of the tag move and
+    /// how many attempts were made. Progress, not state: it is not audited
+    /// (one entry per retry would flood the log), so it is not stored with
+    /// the record; the store's backend keeps it beside (see
+    /// `store::Storage::apply_progress`).
+    #[serde(skip)]
+    pub last_apply_error: String,
+    #[serde(skip)]
+    pub apply_attempts: u32,
 }
 
 /// The content of one audit entry before it is numbered and chained.
