@@ -39,6 +39,7 @@ mod registry;
 #[path = "../tests/support/server.rs"]
 mod server;
 
+use prodgate::clock::SystemClock;
 use prodgate::domain::machine::{self, NewPromotion};
 use prodgate::domain::model::{Promotion, PromotionId};
 use prodgate::domain::policy::{Approver, EnvironmentPolicy, Principal};
@@ -48,7 +49,7 @@ use prodgate::pb::{
     ApproveRequest, GetDeployedRequest, GetPromotionRequest, HistoryRequest, ListPromotionsRequest,
     PromotionState, RejectRequest, RequestPromotionRequest, WatchPromotionRequest,
 };
-use prodgate::store::{Store, StoredManifest};
+use prodgate::store::{Store, StoredManifest, UnitOfWork};
 use proxy::{FaultProxy, Seen};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
@@ -1546,7 +1547,7 @@ async fn load_story(
     let previous = random_digest(rng);
     let pol = policy.clone();
     let p: Promotion = store
-        .write(move |tx| {
+        .write(move |tx: &mut dyn UnitOfWork| {
             let now = tx.now();
             let o = machine::request(tx.next_id(), new, &requester, &pol, now);
             tx.put_manifest(&o.promotion.repository, &o.promotion.digest, &manifest)?;
@@ -1589,7 +1590,7 @@ async fn step(
     + 'static,
 ) -> Result<(), PgError> {
     store
-        .write(move |tx| {
+        .write(move |tx: &mut dyn UnitOfWork| {
             let p = tx.get(id)?.ok_or(PgError::PromotionNotFound(id))?;
             let now = tx.now();
             let o = f(&p, now)?;
@@ -1629,7 +1630,8 @@ impl Loaded {
 
 /// Fills `dir` to `target` audit entries with `writers` concurrent writers.
 async fn bulk_load(dir: &Path, target: u64, repos: usize, writers: usize) -> Loaded {
-    let store = Store::open(dir).expect("open the store for bulk load");
+    let store = prodgate::store::sled::open(dir, Arc::new(SystemClock))
+        .expect("open the store for bulk load");
     let claimed = Arc::new(AtomicU64::new(0));
     let fx = Arc::new(fixture());
     let started = Instant::now();
@@ -1687,7 +1689,7 @@ async fn bulk_load(dir: &Path, target: u64, repos: usize, writers: usize) -> Loa
     progress.abort();
     let _ = progress.await;
     let secs = started.elapsed().as_secs_f64();
-    let entries = store.audit_len().expect("audit length");
+    let entries = store.audit_len().await.expect("audit length");
     let stats = store.stats();
     let (commits, flushes) = (
         stats.commits.load(Ordering::Relaxed),

@@ -9,6 +9,14 @@
 //! the tag move it is in (a safe point), so no move is left half-recorded. A
 //! crash instead leaves the promotion APPROVED; the next start applies it again,
 //! which is idempotent for the registry.
+//!
+//! The tag never silently steps backwards: recording a promotion as applied
+//! supersedes every older open promotion of the same repository and
+//! environment in the same write, and before each attempt (and when a newer
+//! one is approved while it waits between retries) a lane gives way to a
+//! newer APPROVED promotion of its tag by superseding the older one. While
+//! it retries, the last error and the attempt count are kept in [`Progress`]
+//! and shown on the promotion.
 
 use crate::domain::machine;
 use crate::domain::model::{Promotion, PromotionId, State};
@@ -16,13 +24,64 @@ use crate::domain::names::Repository;
 use crate::error::Error;
 use crate::registry::{Manifest, Moved, Registry, RegistryError};
 use crate::shutdown::signalled;
-use crate::store::Store;
+use crate::store::{Store, UnitOfWork};
 use rand::Rng;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
+
+/// The retry state of tag moves in progress: the last transient error and
+/// the attempt count per APPROVED promotion. Not audited (one entry per
+/// retry would flood the log) and not stored: after a restart the count
+/// starts again. Subscribers learn which promotion's state changed.
+#[derive(Clone)]
+pub struct Progress {
+    attempts: Arc<Mutex<HashMap<PromotionId, (String, u32)>>>,
+    changed: broadcast::Sender<PromotionId>,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self {
+            attempts: Arc::default(),
+            changed: broadcast::channel(256).0,
+        }
+    }
+}
+
+impl Progress {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PromotionId, (String, u32)>> {
+        self.attempts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn note(&self, id: PromotionId, error: String, attempts: u32) {
+        self.lock().insert(id, (error, attempts));
+        let _ = self.changed.send(id);
+    }
+
+    fn clear(&self, id: PromotionId) {
+        if self.lock().remove(&id).is_some() {
+            let _ = self.changed.send(id);
+        }
+    }
+
+    /// Fills `p.last_apply_error`/`apply_attempts` while it is APPROVED.
+    pub fn overlay(&self, p: &mut Promotion) {
+        if p.state != State::Approved {
+            return;
+        }
+        if let Some((error, attempts)) = self.lock().get(&p.id) {
+            p.last_apply_error.clone_from(error);
+            p.apply_attempts = *attempts;
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<PromotionId> {
+        self.changed.subscribe()
+    }
+}
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -32,13 +91,21 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
 /// Applies approved promotions until `stop` turns true (or the store closes),
 /// then waits up to [`SHUTDOWN_GRACE`] for the moves in progress.
-pub async fn run(store: Store, registry: Arc<dyn Registry>, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    store: Store,
+    registry: Arc<dyn Registry>,
+    progress: Progress,
+    mut stop: watch::Receiver<bool>,
+) {
     // Subscribe before the scan so nothing approved in between is missed; a
     // promotion seen twice is skipped the second time by its state.
     let mut changes = store.subscribe();
     let mut lanes = Lanes {
-        store: store.clone(),
-        registry,
+        worker: Worker {
+            store: store.clone(),
+            registry,
+            progress,
+        },
         stop: stop.clone(),
         lanes: HashMap::new(),
         tasks: JoinSet::new(),
@@ -48,7 +115,7 @@ pub async fn run(store: Store, registry: Arc<dyn Registry>, mut stop: watch::Rec
         tokio::select! {
             _ = signalled(&mut stop) => break,
             change = changes.recv() => match change {
-                Ok(p) if p.state == State::Approved => lanes.enqueue(&p),
+                Ok(c) if c.promotion.state == State::Approved => lanes.enqueue(&c.promotion),
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, "change stream lagged; rescanning approved promotions");
@@ -67,17 +134,31 @@ pub async fn run(store: Store, registry: Arc<dyn Registry>, mut stop: watch::Rec
     }
 }
 
-struct Lanes {
+/// What every lane shares.
+#[derive(Clone)]
+struct Worker {
     store: Store,
     registry: Arc<dyn Registry>,
+    progress: Progress,
+}
+
+/// One repository environment's queue, and the newest promotion approved
+/// for it (a waiting older one gives way to it).
+struct Lane {
+    queue: mpsc::UnboundedSender<PromotionId>,
+    newest: watch::Sender<PromotionId>,
+}
+
+struct Lanes {
+    worker: Worker,
     stop: watch::Receiver<bool>,
-    lanes: HashMap<(String, String), mpsc::UnboundedSender<PromotionId>>,
+    lanes: HashMap<(String, String), Lane>,
     tasks: JoinSet<()>,
 }
 
 impl Lanes {
     async fn enqueue_all_approved(&mut self) {
-        match self.store.read(|s| s.in_state(State::Approved)).await {
+        match self.worker.store.in_state(State::Approved).await {
             Ok(mut approved) => {
                 approved.sort_by_key(|p| (p.updated_at, p.id));
                 for p in &approved {
@@ -91,24 +172,30 @@ impl Lanes {
     fn enqueue(&mut self, p: &Promotion) {
         let key = (p.repository.clone(), p.environment.clone());
         let lane = self.lanes.entry(key).or_insert_with(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (queue, rx) = mpsc::unbounded_channel();
+            let (newest, newest_rx) = watch::channel(0);
             self.tasks.spawn(run_lane(
-                self.store.clone(),
-                self.registry.clone(),
+                self.worker.clone(),
                 rx,
+                newest_rx,
                 self.stop.clone(),
             ));
-            tx
+            Lane { queue, newest }
+        });
+        lane.newest.send_if_modified(|n| {
+            let newer = p.id > *n;
+            *n = (*n).max(p.id);
+            newer
         });
         // The lane task ends only when this sender is dropped.
-        let _ = lane.send(p.id);
+        let _ = lane.queue.send(p.id);
     }
 }
 
 async fn run_lane(
-    store: Store,
-    registry: Arc<dyn Registry>,
+    worker: Worker,
     mut rx: mpsc::UnboundedReceiver<PromotionId>,
+    mut newest: watch::Receiver<PromotionId>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -120,12 +207,13 @@ async fn run_lane(
                 None => return,
             },
         };
-        apply_one(&store, registry.as_ref(), id, &mut stop).await;
+        worker.apply_one(id, &mut newest, &mut stop).await;
+        worker.progress.clear(id);
     }
 }
 
 async fn current(store: &Store, id: PromotionId) -> Option<Promotion> {
-    match store.read(move |s| s.get(id)).await {
+    match store.get(id).await {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(promotion = id, error = %e, "cannot read promotion");
@@ -134,68 +222,120 @@ async fn current(store: &Store, id: PromotionId) -> Option<Promotion> {
     }
 }
 
-async fn apply_one(
-    store: &Store,
-    registry: &dyn Registry,
-    id: PromotionId,
-    stop: &mut watch::Receiver<bool>,
-) {
-    let mut backoff = FIRST_BACKOFF;
-    let mut attempt = 0u32;
-    loop {
-        // Re-read every attempt: it may have been applied already or ended elsewhere.
-        let Some(p) = current(store, id).await else {
-            return;
-        };
-        if p.state != State::Approved {
-            return;
-        }
-        attempt += 1;
-        let result = match Repository::parse(&p.repository) {
-            Ok(repo) => move_pinned(store, registry, &repo, &p).await,
-            Err(e) => Err(RegistryError::Protocol {
-                registry: String::new(),
-                message: format!("stored repository {:?} is invalid: {e}", p.repository),
-            }),
-        };
-        match result {
-            Ok(mut moved) => {
-                if moved.previous_digest == p.digest {
-                    // Resumed after a crash between the push and its record:
-                    // the tag already carries this digest, so what it carried
-                    // before is the digest prodgate last moved it to.
-                    let (repo, env) = (p.repository.clone(), p.environment.clone());
-                    if let Ok(Some(e)) = store.read(move |s| s.deployed_at(&repo, &env, None)).await
-                    {
-                        moved.previous_digest = e.event.digest;
+impl Worker {
+    async fn apply_one(
+        &self,
+        id: PromotionId,
+        newest: &mut watch::Receiver<PromotionId>,
+        stop: &mut watch::Receiver<bool>,
+    ) {
+        let (store, registry) = (&self.store, self.registry.as_ref());
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempt = 0u32;
+        loop {
+            // Re-read every attempt: it may have been applied already or ended elsewhere.
+            let Some(p) = current(store, id).await else {
+                return;
+            };
+            if p.state != State::Approved {
+                return;
+            }
+            if *newest.borrow_and_update() > id && give_way(store, id).await {
+                return;
+            }
+            attempt += 1;
+            let result = match Repository::parse(&p.repository) {
+                Ok(repo) => move_pinned(store, registry, &repo, &p).await,
+                Err(e) => Err(RegistryError::Protocol {
+                    registry: String::new(),
+                    message: format!("stored repository {:?} is invalid: {e}", p.repository),
+                }),
+            };
+            match result {
+                Ok(mut moved) => {
+                    if moved.previous_digest == p.digest {
+                        // Resumed after a crash between the push and its record:
+                        // the tag already carries this digest, so what it carried
+                        // before is the digest prodgate last moved it to.
+                        if let Ok(Some(e)) =
+                            store.deployed_at(&p.repository, &p.environment, None).await
+                        {
+                            moved.previous_digest = e.event.digest;
+                        }
                     }
+                    tracing::info!(promotion = id, repository = %p.repository, tag = %p.target_tag,
+                        digest = %p.digest, previous = %moved.previous_digest, attempt, "tag applied");
+                    record(store, id, Ok(moved)).await;
+                    return;
                 }
-                tracing::info!(promotion = id, repository = %p.repository, tag = %p.target_tag,
-                    digest = %p.digest, previous = %moved.previous_digest, attempt, "tag applied");
-                record(store, id, Ok(moved)).await;
-                return;
-            }
-            Err(e) if e.is_transient() => {
-                let wait = match &e {
-                    RegistryError::Unavailable {
-                        retry_after: Some(r),
-                        ..
-                    } => (*r).min(MAX_BACKOFF),
-                    _ => jitter(backoff),
-                };
-                tracing::warn!(promotion = id, attempt, error = %e, retry_in = ?wait, "tag move failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    // Stopping between attempts is safe: nothing was moved.
-                    _ = signalled(stop) => return,
+                Err(e) if e.is_transient() => {
+                    let wait = match &e {
+                        RegistryError::Unavailable {
+                            retry_after: Some(r),
+                            ..
+                        } => (*r).min(MAX_BACKOFF),
+                        _ => jitter(backoff),
+                    };
+                    tracing::warn!(promotion = id, attempt, error = %e, retry_in = ?wait, "tag move failed; retrying");
+                    self.progress.note(id, e.to_string(), attempt);
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        // A newer promotion of this tag was approved: the loop's
+                        // check lets it through instead of waiting out the backoff.
+                        _ = newest.changed() => {}
+                        // Stopping between attempts is safe: nothing was moved.
+                        _ = signalled(stop) => return,
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                Err(e) => {
+                    tracing::error!(promotion = id, attempt, error = %e, "tag move failed for good");
+                    record(store, id, Err(e.to_string())).await;
+                    return;
+                }
             }
-            Err(e) => {
-                tracing::error!(promotion = id, attempt, error = %e, "tag move failed for good");
-                record(store, id, Err(e.to_string())).await;
-                return;
+        }
+    }
+}
+
+/// Supersedes APPROVED promotion `id` if a newer promotion of the same
+/// repository and environment is APPROVED too; true if it did.
+async fn give_way(store: &Store, id: PromotionId) -> bool {
+    let written = store
+        .write(move |tx: &mut dyn UnitOfWork| {
+            let Some(p) = tx.get(id)? else {
+                return Ok(false);
+            };
+            let newer = tx
+                .open_promotions(&p.repository, &p.environment)?
+                .into_iter()
+                .rfind(|o| o.id > id && o.state == State::Approved);
+            let outcome = newer.and_then(|n| {
+                let now = tx.now();
+                machine::supersede(&p, &n, now)
+            });
+            match outcome {
+                Some(o) => {
+                    tx.commit(&o.promotion, o.event)?;
+                    Ok::<_, Error>(true)
+                }
+                None => Ok(false),
             }
+        })
+        .await;
+    match written {
+        Ok(superseded) => {
+            if superseded {
+                tracing::info!(
+                    promotion = id,
+                    "superseded by a newer approved promotion of the same tag"
+                );
+            }
+            superseded
+        }
+        Err(e) => {
+            tracing::error!(promotion = id, error = %e, "cannot record the supersession");
+            false
         }
     }
 }
@@ -209,9 +349,8 @@ async fn move_pinned(
     repo: &Repository,
     p: &Promotion,
 ) -> Result<Moved, RegistryError> {
-    let (repository, digest) = (p.repository.clone(), p.digest.clone());
     let pinned = store
-        .read(move |s| s.manifest(&repository, &digest))
+        .manifest(&p.repository, &p.digest)
         .await
         .ok()
         .flatten();
@@ -237,9 +376,11 @@ fn jitter(d: Duration) -> Duration {
     half + Duration::from_millis(rand::rng().random_range(0..=half.as_millis() as u64))
 }
 
+/// Records the outcome; an applied promotion supersedes, in the same write,
+/// every older promotion of its repository and environment still open.
 async fn record(store: &Store, id: PromotionId, outcome: Result<Moved, String>) {
     let written = store
-        .write(move |tx| {
+        .write(move |tx: &mut dyn UnitOfWork| {
             let p = tx.get(id)?.ok_or(Error::PromotionNotFound(id))?;
             let now = tx.now();
             let o = match &outcome {
@@ -247,6 +388,13 @@ async fn record(store: &Store, id: PromotionId, outcome: Result<Moved, String>) 
                 Err(message) => machine::apply_failed(&p, message, now)?,
             };
             tx.commit(&o.promotion, o.event)?;
+            if o.promotion.state == State::Promoted {
+                for older in tx.open_promotions(&p.repository, &p.environment)? {
+                    if let Some(s) = machine::supersede(&older, &o.promotion, now) {
+                        tx.commit(&s.promotion, s.event)?;
+                    }
+                }
+            }
             Ok::<_, Error>(())
         })
         .await;

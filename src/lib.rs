@@ -7,9 +7,13 @@
 //! - [`config`]: the TOML file, validated at start-up; errors name the key.
 //! - [`domain`]: promotion records, the state machine, policy, name grammar and
 //!   the audit hash chain. Pure: no I/O.
-//! - [`store`]: sled; the audit log is the source of truth, records and
-//!   indexes are derived from it; one writer thread commits, a flusher thread
-//!   fsyncs before anyone is answered.
+//! - [`clock`]: where time comes from (the system clock, or a settable one
+//!   in tests).
+//! - [`store`]: the storage port (async reads, write jobs on a unit of work,
+//!   the stream of committed changes) and its backends: [`store::sled`], the
+//!   embedded default, where the audit log is the source of truth, records
+//!   and indexes are derived from it, and one writer thread commits while a
+//!   flusher thread fsyncs before anyone is answered.
 //! - [`registry`]: resolving tags and copying manifests, behind a trait.
 //! - [`promotions`]: the use cases the RPCs call.
 //! - [`apply`]: the worker that moves tags of APPROVED promotions.
@@ -27,6 +31,7 @@ pub mod api;
 pub mod apply;
 pub mod auth;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod error;

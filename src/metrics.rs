@@ -6,7 +6,7 @@
 //! from the store at scrape time, so they cannot drift.
 
 use crate::domain::model::{Promotion, State, Time};
-use crate::store::Store;
+use crate::store::{Change, Store};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -124,9 +124,9 @@ impl Metrics {
     }
 
     /// The exposition text, with state gauges read from `store` now.
-    pub fn render(&self, store: &Store) -> String {
+    pub async fn render(&self, store: &Store) -> String {
         self.pending.reset();
-        match store.in_state(State::PendingApproval) {
+        match store.in_state(State::PendingApproval).await {
             Ok(pending) => {
                 for p in pending {
                     self.pending
@@ -136,7 +136,7 @@ impl Metrics {
             }
             Err(e) => tracing::warn!(error = %e, "cannot count pending promotions"),
         }
-        match store.audit_len() {
+        match store.audit_len().await {
             Ok(n) => self.audit_entries.set(i64::try_from(n).unwrap_or(i64::MAX)),
             Err(e) => tracing::warn!(error = %e, "cannot count audit entries"),
         }
@@ -163,10 +163,10 @@ fn seconds_between(a: Time, b: Time) -> f64 {
 }
 
 /// Counts final states and apply latencies from committed changes.
-pub async fn follow_changes(metrics: Arc<Metrics>, mut changes: broadcast::Receiver<Promotion>) {
+pub async fn follow_changes(metrics: Arc<Metrics>, mut changes: broadcast::Receiver<Change>) {
     loop {
         match changes.recv().await {
-            Ok(p) => metrics.observe_change(&p),
+            Ok(c) => metrics.observe_change(&c.promotion),
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 tracing::warn!(missed = n, "metrics missed promotion changes");
             }
@@ -187,9 +187,7 @@ pub async fn serve(
         axum::routing::get(move || {
             let (metrics, store) = (metrics.clone(), store.clone());
             async move {
-                let body = tokio::task::spawn_blocking(move || metrics.render(&store))
-                    .await
-                    .unwrap_or_default();
+                let body = metrics.render(&store).await;
                 (
                     [(
                         http::header::CONTENT_TYPE,

@@ -5,7 +5,8 @@
 //! with a warning.
 
 use crate::config::{NotifyConfig, NotifyEvent};
-use crate::domain::model::{Promotion, State};
+use crate::domain::model::{Action, Promotion, State};
+use crate::store::Change;
 use serde::Serialize;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
@@ -15,10 +16,14 @@ const ATTEMPTS: u32 = 5;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The body of a notification.
+/// The body of a notification. `sequence` and `entry_hash` name the audit
+/// entry it reports, so a receiver can de-duplicate retried deliveries and
+/// check the entry against `History`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Notification {
     pub event: &'static str,
+    pub sequence: u64,
+    pub entry_hash: String,
     pub promotion_id: String,
     pub repository: String,
     pub environment: String,
@@ -31,29 +36,32 @@ pub struct Notification {
     pub required_approvals: u32,
     pub previous_digest: String,
     pub failure_message: String,
+    pub superseded_by: String,
 }
 
-/// The event a committed change represents, if any.
-pub fn event_of(p: &Promotion) -> Option<NotifyEvent> {
-    let is_new = p.created_at == p.updated_at;
-    Some(match p.state {
-        State::PendingApproval if is_new => NotifyEvent::Requested,
-        State::PendingApproval => return None,
-        // Environments without approvals skip straight to APPROVED.
-        State::Approved if is_new => NotifyEvent::Requested,
-        State::Approved => NotifyEvent::Approved,
-        State::Promoted => NotifyEvent::Promoted,
-        State::Rejected => NotifyEvent::Rejected,
-        State::Failed => NotifyEvent::Failed,
-        State::Cancelled => NotifyEvent::Cancelled,
-        State::Expired => NotifyEvent::Expired,
-        State::Superseded => NotifyEvent::Superseded,
+/// The event a committed change represents, if any: read from the audit
+/// entry's action. An approval is an event only when it is the last one
+/// needed (the promotion became APPROVED).
+pub fn event_of(c: &Change) -> Option<NotifyEvent> {
+    Some(match c.entry.event.action {
+        Action::Requested => NotifyEvent::Requested,
+        Action::Approved if c.promotion.state == State::Approved => NotifyEvent::Approved,
+        Action::Approved => return None,
+        Action::Applied => NotifyEvent::Promoted,
+        Action::ApplyFailed => NotifyEvent::Failed,
+        Action::Rejected => NotifyEvent::Rejected,
+        Action::Cancelled => NotifyEvent::Cancelled,
+        Action::Expired => NotifyEvent::Expired,
+        Action::Superseded => NotifyEvent::Superseded,
     })
 }
 
-fn notification(event: NotifyEvent, p: &Promotion) -> Notification {
+fn notification(event: NotifyEvent, c: &Change) -> Notification {
+    let p: &Promotion = &c.promotion;
     Notification {
         event: event.name(),
+        sequence: c.entry.sequence,
+        entry_hash: hex::encode(c.entry.hash),
         promotion_id: p.id.to_string(),
         repository: p.repository.clone(),
         environment: p.environment.clone(),
@@ -66,11 +74,12 @@ fn notification(event: NotifyEvent, p: &Promotion) -> Notification {
         required_approvals: p.required_approvals,
         previous_digest: p.previous_digest.clone(),
         failure_message: p.failure_message.clone(),
+        superseded_by: p.superseded_by.map(|id| id.to_string()).unwrap_or_default(),
     }
 }
 
 /// Fans committed changes out to the webhooks until the change stream closes.
-pub async fn run(hooks: Vec<NotifyConfig>, mut changes: broadcast::Receiver<Promotion>) {
+pub async fn run(hooks: Vec<NotifyConfig>, mut changes: broadcast::Receiver<Change>) {
     if hooks.is_empty() {
         return;
     }
@@ -95,17 +104,17 @@ pub async fn run(hooks: Vec<NotifyConfig>, mut changes: broadcast::Receiver<Prom
         })
         .collect();
     loop {
-        let p = match changes.recv().await {
-            Ok(p) => p,
+        let c = match changes.recv().await {
+            Ok(c) => c,
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 tracing::warn!(missed = n, "webhooks missed promotion changes");
                 continue;
             }
             Err(broadcast::error::RecvError::Closed) => return,
         };
-        let Some(event) = event_of(&p) else { continue };
+        let Some(event) = event_of(&c) else { continue };
         for (hook, tx) in &queues {
-            if hook.events.contains(&event) && tx.try_send(notification(event, &p)).is_err() {
+            if hook.events.contains(&event) && tx.try_send(notification(event, &c)).is_err() {
                 tracing::warn!(url = %hook.url, event = event.name(), "webhook queue full; event dropped");
             }
         }
@@ -121,11 +130,16 @@ async fn deliver(client: reqwest::Client, url: String, mut rx: mpsc::Receiver<No
                 continue;
             }
         };
+        // One random id per delivery, the same on every retry of it:
+        // receivers de-duplicate by it (or by the entry's sequence).
+        let delivery = hex::encode(rand::random::<[u8; 16]>());
         let mut backoff = FIRST_BACKOFF;
         for attempt in 1..=ATTEMPTS {
             let sent = client
                 .post(&url)
                 .header(http::header::CONTENT_TYPE, "application/json")
+                .header("x-prodgate-event", n.event)
+                .header("x-prodgate-delivery", &delivery)
                 .body(body.clone())
                 .send()
                 .await;

@@ -1,7 +1,11 @@
 //! The use cases behind the RPCs: each takes validated input and the caller,
-//! asks the registry what it must, and hands the state change to the store's
-//! writer, where the domain state machine decides it.
+//! asks the registry what it must, and hands the state change to the store
+//! (a write job on a unit of work), where the domain state machine decides
+//! it. Time comes from the injected clock; filters and pages are this
+//! layer's vocabulary (re-exported from the storage port).
 
+use crate::apply::Progress;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::audit::{AuditEntry, Verification};
 use crate::domain::machine::{self, NewPromotion, Outcome};
@@ -11,9 +15,38 @@ use crate::domain::policy::{EnvironmentPolicy, Principal};
 use crate::error::Error;
 use crate::registry::{Manifest, Registry};
 use crate::shutdown::signalled;
-use crate::store::{HistoryFilter, ListFilter, Page, Store, StoredManifest, Tx};
+use crate::store::{Change, PageRequest, Store, StoredManifest, UnitOfWork};
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, watch};
+
+pub use crate::store::{HistoryFilter, ListFilter};
+
+/// One page of a listing and the cursor to continue after (`None` at the end).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing<T> {
+    pub items: Vec<T>,
+    pub next: Option<u64>,
+}
+
+/// A ListPromotions call, validated.
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    pub filter: ListFilter,
+    pub after: Option<PromotionId>,
+    pub limit: usize,
+    pub newest_first: bool,
+    /// Only pending promotions this principal may approve now.
+    pub awaiting: Option<Principal>,
+}
+
+/// A History call, validated.
+#[derive(Debug, Clone)]
+pub struct HistoryQuery {
+    pub filter: HistoryFilter,
+    pub after: Option<u64>,
+    pub limit: usize,
+    pub newest_first: bool,
+}
 
 /// A validated RequestPromotion.
 #[derive(Debug, Clone)]
@@ -38,6 +71,9 @@ pub struct Promotions {
     config: Arc<Config>,
     store: Store,
     registry: Arc<dyn Registry>,
+    clock: Arc<dyn Clock>,
+    /// The apply worker's retry state, shown on APPROVED promotions.
+    progress: Progress,
     /// Turns true when the server starts draining: open watches end then.
     draining: watch::Receiver<bool>,
 }
@@ -47,12 +83,16 @@ impl Promotions {
         config: Arc<Config>,
         store: Store,
         registry: Arc<dyn Registry>,
+        clock: Arc<dyn Clock>,
+        progress: Progress,
         draining: watch::Receiver<bool>,
     ) -> Self {
         Self {
             config,
             store,
             registry,
+            clock,
+            progress,
             draining,
         }
     }
@@ -76,6 +116,15 @@ impl Promotions {
 
     pub async fn request(&self, who: Principal, input: RequestInput) -> Result<Promotion, Error> {
         let policy = self.policy(&input.environment)?.clone();
+        if policy.required_approvals > 0 && input.reason.trim().is_empty() {
+            return Err(Error::InvalidArgument {
+                field: "reason",
+                message: format!(
+                    "is required for environment {}, which needs approval: say what this promotion ships and why, for the approvers and the audit log",
+                    policy.name
+                ),
+            });
+        }
         if self.config.registry(input.repository.host()).is_none() {
             return Err(Error::InvalidArgument {
                 field: "repository",
@@ -87,10 +136,9 @@ impl Promotions {
         }
         // A retried request answers from the record, whatever the tags do now.
         if !input.request_id.is_empty() {
-            let (name, rid) = (who.name.clone(), input.request_id.clone());
             if let Some(existing) = self
                 .store
-                .read(move |s| s.find_request(&name, &rid))
+                .find_request(&who.name, &input.request_id)
                 .await?
             {
                 return same_request(existing, &input);
@@ -101,17 +149,15 @@ impl Promotions {
         // already pinned for this repository is immutable content seen there
         // before, so it needs no registry round trip; a tag always does.
         let known = match &input.source {
-            Source::Digest(d) => {
-                let (repo, d) = (input.repository.to_string(), d.clone());
-                self.store
-                    .read(move |s| s.manifest(&repo, &d))
-                    .await?
-                    .map(|m| Manifest {
-                        digest: source_ref.clone(),
-                        media_type: m.media_type,
-                        bytes: m.bytes,
-                    })
-            }
+            Source::Digest(d) => self
+                .store
+                .manifest(&input.repository.to_string(), d)
+                .await?
+                .map(|m| Manifest {
+                    digest: source_ref.clone(),
+                    media_type: m.media_type,
+                    bytes: m.bytes,
+                }),
             Source::Tag(_) => None,
         };
         let manifest = match known {
@@ -162,7 +208,7 @@ impl Promotions {
         };
         let created = self
             .store
-            .write(move |tx| {
+            .write(move |tx: &mut dyn UnitOfWork| {
                 if !new.request_id.is_empty()
                     && let Some(id) = tx.find_request(&who.name, &new.request_id)?
                 {
@@ -217,7 +263,7 @@ impl Promotions {
     ) -> Result<Promotion, Error> {
         let config = self.config.clone();
         self.store
-            .write(move |tx| {
+            .write(move |tx: &mut dyn UnitOfWork| {
                 let p = tx.get(id)?.ok_or(Error::PromotionNotFound(id))?;
                 let now = tx.now();
                 expire_due(tx, &p, now)?;
@@ -241,11 +287,7 @@ impl Promotions {
 
     /// Waits up to `apply_wait` for an APPROVED promotion's tag move, so the
     /// common case answers PROMOTED; a slow registry answers APPROVED.
-    async fn settled(
-        &self,
-        p: Promotion,
-        changes: &mut broadcast::Receiver<Promotion>,
-    ) -> Promotion {
+    async fn settled(&self, p: Promotion, changes: &mut broadcast::Receiver<Change>) -> Promotion {
         if p.state != State::Approved || self.config.apply_wait.is_zero() {
             return p;
         }
@@ -253,7 +295,9 @@ impl Promotions {
         let wait = async {
             loop {
                 match changes.recv().await {
-                    Ok(c) if c.id == id && c.state.is_terminal() => return Some(c),
+                    Ok(c) if c.promotion.id == id && c.promotion.state.is_terminal() => {
+                        return Some(c.promotion);
+                    }
                     Ok(_) => {}
                     // Missed messages: the record itself is the truth.
                     Err(broadcast::error::RecvError::Lagged(_)) => return None,
@@ -267,23 +311,25 @@ impl Promotions {
         }
     }
 
-    /// The promotion, recording its expiry first if it is overdue.
+    /// The promotion, recording its expiry first if it is overdue, with the
+    /// apply worker's retry state while it is APPROVED.
     pub async fn get(&self, id: PromotionId) -> Result<Promotion, Error> {
-        let p = self
+        let mut p = self
             .store
-            .read(move |s| s.get(id))
+            .get(id)
             .await?
             .ok_or(Error::PromotionNotFound(id))?;
-        if machine::expire_if_due(&p, Time::now()).is_none() {
-            return Ok(p);
+        if machine::expire_if_due(&p, self.clock.now()).is_some() {
+            return self.expire(id).await;
         }
-        self.expire(id).await
+        self.progress.overlay(&mut p);
+        Ok(p)
     }
 
     /// Records the expiry of `id` if it is (still) overdue; returns the record.
     pub async fn expire(&self, id: PromotionId) -> Result<Promotion, Error> {
         self.store
-            .write(move |tx| {
+            .write(move |tx: &mut dyn UnitOfWork| {
                 let p = tx.get(id)?.ok_or(Error::PromotionNotFound(id))?;
                 let now = tx.now();
                 match machine::expire_if_due(&p, now) {
@@ -299,11 +345,8 @@ impl Promotions {
 
     /// Records the expiry of every overdue pending promotion.
     pub async fn sweep_expired(&self) -> Result<usize, Error> {
-        let pending = self
-            .store
-            .read(|s| s.in_state(State::PendingApproval))
-            .await?;
-        let now = Time::now();
+        let pending = self.store.in_state(State::PendingApproval).await?;
+        let now = self.clock.now();
         let mut n = 0;
         for p in pending.into_iter().filter(|p| p.expires_at <= now) {
             if self.expire(p.id).await?.state == State::Expired {
@@ -313,28 +356,90 @@ impl Promotions {
         Ok(n)
     }
 
-    pub async fn list(
-        &self,
-        filter: ListFilter,
-        after: Option<PromotionId>,
-        limit: usize,
-    ) -> Result<Page<Promotion>, Error> {
-        Ok(self
-            .store
-            .read(move |s| s.list(&filter, after, limit))
-            .await?)
+    /// A page of promotions. With `awaiting`, only pending promotions that
+    /// principal may approve now: the walk goes on past those it may not, so
+    /// the cursor is the last promotion examined, not the last returned.
+    pub async fn list(&self, q: ListQuery) -> Result<Listing<Promotion>, Error> {
+        let Some(who) = &q.awaiting else {
+            let page = self
+                .store
+                .list(
+                    q.filter,
+                    PageRequest {
+                        after: q.after,
+                        limit: q.limit,
+                        newest_first: q.newest_first,
+                    },
+                )
+                .await?;
+            let next = page.items.last().map(|p| p.id).filter(|_| page.more);
+            let mut items = page.items;
+            for p in &mut items {
+                self.progress.overlay(p);
+            }
+            return Ok(Listing { items, next });
+        };
+        if q.filter.state.is_some_and(|s| s != State::PendingApproval) {
+            return Err(Error::InvalidArgument {
+                field: "awaiting_me",
+                message: "lists PENDING_APPROVAL promotions only; leave state unset".into(),
+            });
+        }
+        let filter = ListFilter {
+            state: Some(State::PendingApproval),
+            ..q.filter
+        };
+        let now = self.clock.now();
+        let mut items = Vec::new();
+        let mut after = q.after;
+        loop {
+            let page = self
+                .store
+                .list(
+                    filter.clone(),
+                    PageRequest {
+                        after,
+                        limit: q.limit.max(1),
+                        newest_first: q.newest_first,
+                    },
+                )
+                .await?;
+            for p in page.items {
+                after = Some(p.id);
+                let may = self
+                    .config
+                    .environment(&p.environment)
+                    .is_some_and(|policy| machine::may_approve(&p, who, policy, now));
+                if may {
+                    items.push(p);
+                    if items.len() == q.limit {
+                        return Ok(Listing { items, next: after });
+                    }
+                }
+            }
+            if !page.more {
+                return Ok(Listing { items, next: None });
+            }
+        }
     }
 
-    pub async fn history(
-        &self,
-        filter: HistoryFilter,
-        after: Option<u64>,
-        limit: usize,
-    ) -> Result<Page<AuditEntry>, Error> {
-        Ok(self
+    pub async fn history(&self, q: HistoryQuery) -> Result<Listing<AuditEntry>, Error> {
+        let page = self
             .store
-            .read(move |s| s.history(&filter, after, limit))
-            .await?)
+            .history(
+                q.filter,
+                PageRequest {
+                    after: q.after,
+                    limit: q.limit,
+                    newest_first: q.newest_first,
+                },
+            )
+            .await?;
+        let next = page.items.last().map(|e| e.sequence).filter(|_| page.more);
+        Ok(Listing {
+            items: page.items,
+            next,
+        })
     }
 
     /// The current state of `id` now, then every change until a terminal
@@ -346,6 +451,7 @@ impl Promotions {
     ) -> Result<mpsc::Receiver<Result<Promotion, Error>>, Error> {
         // Subscribe before reading, so no change between the two is missed.
         let mut changes = self.store.subscribe();
+        let mut attempts = self.progress.subscribe();
         let first = self.get(id).await?;
         let (tx, rx) = mpsc::channel(16);
         let this = self.clone();
@@ -363,13 +469,29 @@ impl Promotions {
                         return;
                     }
                     change = changes.recv() => match change {
-                        Ok(p) if p.id == id => p,
+                        Ok(c) if c.promotion.id == id => {
+                            let mut p = c.promotion;
+                            this.progress.overlay(&mut p);
+                            p
+                        }
                         Ok(_) => continue,
                         // Missed changes: the record is the truth.
                         Err(broadcast::error::RecvError::Lagged(_)) => match this.get(id).await {
                             Ok(p) => p,
                             Err(_) => return,
                         },
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                    // A retry of the tag move: show its error and count.
+                    attempt = attempts.recv() => match attempt {
+                        Ok(n) if n != id => continue,
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                            match this.get(id).await {
+                                Ok(p) => p,
+                                Err(_) => return,
+                            }
+                        }
+                        // The worker's progress lives as long as `this`.
                         Err(broadcast::error::RecvError::Closed) => return,
                     },
                 };
@@ -392,9 +514,8 @@ impl Promotions {
         at: Option<Time>,
     ) -> Result<AuditEntry, Error> {
         self.policy(environment)?;
-        let (repo, env) = (repository.to_string(), environment.to_owned());
         self.store
-            .read(move |s| s.deployed_at(&repo, &env, at))
+            .deployed_at(&repository.to_string(), environment, at)
             .await?
             .ok_or_else(|| Error::NothingDeployed {
                 repository: repository.to_string(),
@@ -404,12 +525,12 @@ impl Promotions {
     }
 
     pub async fn verify(&self) -> Result<Verification, Error> {
-        Ok(self.store.read(|s| s.verify()).await?)
+        Ok(self.store.verify().await?)
     }
 }
 
 /// Writes the EXPIRED entry of an overdue promotion and refuses the call.
-fn expire_due(tx: &mut Tx<'_>, p: &Promotion, now: Time) -> Result<(), Error> {
+fn expire_due(tx: &mut dyn UnitOfWork, p: &Promotion, now: Time) -> Result<(), Error> {
     match machine::expire_if_due(p, now) {
         Some(o) => {
             tx.commit(&o.promotion, o.event)?;
@@ -438,3 +559,6 @@ fn same_request(existing: Promotion, input: &RequestInput) -> Result<Promotion, 
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

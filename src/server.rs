@@ -6,13 +6,14 @@
 use crate::api::promotion::PromotionApi;
 use crate::apply;
 use crate::auth::{AuthInterceptor, Authenticator};
+use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, TlsConfig};
 use crate::metrics::{Metrics, RpcMetricsLayer};
 use crate::pb::promotion_service_server::PromotionServiceServer;
 use crate::promotions::Promotions;
 use crate::registry::Registry;
 use crate::registry::oci::{OciRegistry, RegistryHost};
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
 use oci_client::secrets::RegistryAuth;
 use std::future::Future;
 use std::sync::Arc;
@@ -116,11 +117,12 @@ pub async fn run(
     let config = Arc::new(config);
     let metrics = Metrics::new()?;
     let opening = std::time::Instant::now();
-    let store = Store::open(&config.data_dir)?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let store = crate::store::sled::open(&config.data_dir, clock.clone())?;
     // Opening replays sled's log written since the previous start: this line
     // is where a slow start shows.
     tracing::info!(
-        audit_entries = store.audit_len().unwrap_or(0),
+        audit_entries = store.audit_len().await.unwrap_or(0),
         took_ms = u64::try_from(opening.elapsed().as_millis()).unwrap_or(u64::MAX),
         "store opened"
     );
@@ -130,16 +132,24 @@ pub async fn run(
         Some(metrics.clone()),
     )?);
     let (draining_watch_tx, draining_watch) = tokio::sync::watch::channel(false);
+    let progress = apply::Progress::default();
     let promotions = Promotions::new(
         config.clone(),
         store.clone(),
         registry.clone(),
+        clock,
+        progress.clone(),
         draining_watch,
     );
     let tls = config.tls.as_ref().map(tls_config).transpose()?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let applier = tokio::spawn(apply::run(store.clone(), registry, stop_rx.clone()));
+    let applier = tokio::spawn(apply::run(
+        store.clone(),
+        registry,
+        progress,
+        stop_rx.clone(),
+    ));
     let sweeper = {
         let promotions = promotions.clone();
         let every = config.expiry_sweep_interval;
@@ -247,8 +257,7 @@ pub async fn run(
     if let Some(m) = metrics_server {
         let _ = m.await;
     }
-    let flushed = tokio::task::spawn_blocking(move || store.flush()).await;
-    if !matches!(flushed, Ok(Ok(()))) {
+    if store.flush().await.is_err() {
         tracing::error!("final flush failed");
     }
     result?;

@@ -325,10 +325,84 @@ async fn a_digest_already_pinned_in_the_repository_is_not_fetched_again() {
             repository: format!("{}/app", f.proxy.host),
             source: unknown,
             environment: "production".into(),
-            reason: String::new(),
+            reason: "a digest never pushed here".into(),
             request_id: String::new(),
         })
         .await
         .expect_err("unknown digest");
     assert_eq!(e.code(), tonic::Code::NotFound);
+}
+
+/// "One bad manifest blocks a tag forever": while an approved promotion
+/// keeps failing, its last error and attempt count are visible, and a newer
+/// approved promotion of the same tag supersedes it instead of queueing
+/// behind it.
+#[tokio::test]
+async fn a_failing_move_shows_its_error_and_gives_way_to_a_newer_approval() {
+    let f = Faulty::start().await;
+    let (stuck, _old, mut alice) = f.pending().await;
+    let put = "/manifests/production";
+    let unavailable = Fault::Status {
+        code: 503,
+        retry_after: None,
+    };
+    f.proxy.inject("PUT", put, unavailable.clone(), usize::MAX);
+    assert_eq!(
+        f.approve(&stuck).await.state,
+        PromotionState::Approved as i32
+    );
+    // GetPromotion shows why nothing happens yet.
+    let seen = loop {
+        let p = support::get(&mut alice, &stuck).await;
+        if p.apply_attempts >= 2 {
+            break p;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(seen.state, PromotionState::Approved as i32);
+    assert!(
+        seen.last_apply_error.contains("503") || seen.last_apply_error.contains("unavailable"),
+        "{seen:?}"
+    );
+
+    // A newer image is approved for the same tag while the old one retries.
+    let new_digest = f.registry.push_image("app", Some("staging"), 4096, 2).await;
+    let newer = alice
+        .request_promotion(RequestPromotionRequest {
+            repository: format!("{}/app", f.proxy.host),
+            source: "staging".into(),
+            environment: "production".into(),
+            reason: "the fix".into(),
+            request_id: String::new(),
+        })
+        .await
+        .expect("request the newer image")
+        .into_inner()
+        .id;
+    f.approve(&newer).await;
+    let superseded = wait_for_state(
+        &mut alice,
+        &stuck,
+        PromotionState::Superseded,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(superseded.superseded_by, newer);
+    assert_eq!(
+        actions_of(&mut alice, &stuck).await.last(),
+        Some(&AuditAction::Superseded)
+    );
+    f.proxy.clear();
+    let done = wait_for_state(
+        &mut alice,
+        &newer,
+        PromotionState::Promoted,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(done.last_apply_error, "", "cleared once the tag moved");
+    assert_eq!(
+        f.registry.tag_digest("app", "production").await.as_deref(),
+        Some(new_digest.as_str())
+    );
 }

@@ -128,11 +128,16 @@ async fn assert_indexes_agree(
         ids
     };
     for group in [
-        &[PromotionState::PendingApproval][..],
-        &[PromotionState::Rejected],
-        // Read APPROVED before PROMOTED: a move between the two reads shows
-        // up twice, never not at all.
-        &[PromotionState::Approved, PromotionState::Promoted],
+        &[PromotionState::Rejected][..],
+        // The apply worker moves promotions along this order (a tag move
+        // supersedes older pending and approved ones), so reading the states
+        // in it shows a move between two reads twice, never not at all.
+        &[
+            PromotionState::PendingApproval,
+            PromotionState::Approved,
+            PromotionState::Promoted,
+            PromotionState::Superseded,
+        ],
     ] {
         let mut listed = Vec::new();
         for state in group {
@@ -244,10 +249,16 @@ async fn acknowledged_writes_survive_sigkill() {
                         state == PromotionState::Rejected as i32,
                         AuditAction::Rejected,
                     ),
+                    // A newer approved promotion of the same tag supersedes
+                    // an approved one still waiting for its move.
                     Ack::Approved => (
-                        [PromotionState::Approved, PromotionState::Promoted]
-                            .iter()
-                            .any(|s| *s as i32 == state),
+                        [
+                            PromotionState::Approved,
+                            PromotionState::Promoted,
+                            PromotionState::Superseded,
+                        ]
+                        .iter()
+                        .any(|s| *s as i32 == state),
                         AuditAction::Approved,
                     ),
                 };
@@ -272,23 +283,30 @@ async fn acknowledged_writes_survive_sigkill() {
         "too little work got through: {}",
         acks.len()
     );
-    // Every acknowledged approval ends as exactly one tag move.
+    // Every acknowledged approval ends as exactly one tag move, or gives way
+    // to a newer one without moving the tag.
     let mut c = server.client("bob").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
     for (id, told) in acks.iter() {
         if told.contains(&Ack::Approved) {
-            wait_for_state(
-                &mut c,
-                id,
-                PromotionState::Promoted,
-                Duration::from_secs(30),
-            )
-            .await;
+            let p = loop {
+                let p = get(&mut c, id).await;
+                if p.state != PromotionState::Approved as i32 {
+                    break p;
+                }
+                assert!(Instant::now() < deadline, "{id} is still APPROVED");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
             let applied = history(&mut c, id)
                 .await
                 .iter()
                 .filter(|e| e.action == AuditAction::Applied as i32)
                 .count();
-            assert_eq!(applied, 1, "{id}");
+            match PromotionState::try_from(p.state) {
+                Ok(PromotionState::Promoted) => assert_eq!(applied, 1, "{id}"),
+                Ok(PromotionState::Superseded) => assert_eq!(applied, 0, "{id}"),
+                other => panic!("{id} ended {other:?}"),
+            }
         }
     }
 }
@@ -567,7 +585,7 @@ async fn a_full_disk_fails_closed() {
 }
 
 #[tokio::test]
-async fn moves_of_one_tag_apply_in_approval_order() {
+async fn an_older_promotion_approved_after_a_newer_one_never_moves_the_tag_back() {
     let w = World::start().await;
     let repo = w.repo("app");
     let mut alice = w.server.client("alice").await;
@@ -596,14 +614,15 @@ async fn moves_of_one_tag_apply_in_approval_order() {
     }
     signal(w.registry.pid(), "-CONT");
     let limit = Duration::from_secs(30);
-    let s = wait_for_state(&mut alice, &second.id, PromotionState::Promoted, limit).await;
-    let f = wait_for_state(&mut alice, &first.id, PromotionState::Promoted, limit).await;
-    let at = |p: &prodgate::pb::Promotion| p.promoted_at.map(|t| (t.seconds, t.nanos));
-    assert!(at(&s) < at(&f), "{s:?} {f:?}");
-    assert_eq!(f.previous_digest, b);
+    // The newer one moves the tag (approval order), and its move supersedes
+    // the older one that waited behind it: production never goes back to a.
+    wait_for_state(&mut alice, &second.id, PromotionState::Promoted, limit).await;
+    let f = wait_for_state(&mut alice, &first.id, PromotionState::Superseded, limit).await;
+    assert_eq!(f.superseded_by, second.id);
+    assert_ne!(a, b);
     assert_eq!(
         w.registry.tag_digest("app", "production").await.as_deref(),
-        Some(a.as_str())
+        Some(b.as_str())
     );
 }
 

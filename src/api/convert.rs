@@ -29,11 +29,25 @@ pub fn timestamp(t: Time) -> prost_types::Timestamp {
     }
 }
 
+/// 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z, the range of RFC 3339 and
+/// of google.protobuf.Timestamp: outside it no formatter can render a time.
+pub const MIN_SECONDS: i64 = -62_135_596_800;
+pub const MAX_SECONDS: i64 = 253_402_300_799;
+
 pub fn time(field: &'static str, ts: &prost_types::Timestamp) -> Result<Time, Error> {
     let nanos = u32::try_from(ts.nanos)
         .ok()
         .filter(|n| *n < 1_000_000_000)
         .ok_or_else(|| invalid(field, "nanos must be in 0..1e9"))?;
+    if !(MIN_SECONDS..=MAX_SECONDS).contains(&ts.seconds) {
+        return Err(invalid(
+            field,
+            format!(
+                "{} seconds is outside 0001-01-01T00:00:00Z..9999-12-31T23:59:59Z",
+                ts.seconds
+            ),
+        ));
+    }
     Ok(Time {
         seconds: ts.seconds,
         nanos,

@@ -42,7 +42,7 @@ impl From<Error> for Status {
                 match s {
                     StoreError::Corrupt { .. } => Status::data_loss(msg),
                     StoreError::Format { .. } | StoreError::Unaudited(_) => Status::internal(msg),
-                    StoreError::Sled(_)
+                    StoreError::Backend(_)
                     | StoreError::Flush(_)
                     | StoreError::Poisoned
                     | StoreError::Closed => Status::unavailable(format!(

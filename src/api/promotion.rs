@@ -6,8 +6,7 @@ use super::page_token::{self, Kind};
 use crate::auth::principal;
 use crate::pb;
 use crate::pb::promotion_service_server::PromotionService;
-use crate::promotions::Promotions;
-use crate::store::{HistoryFilter, ListFilter};
+use crate::promotions::{HistoryFilter, HistoryQuery, ListFilter, ListQuery, Promotions};
 use tonic::{Request, Response, Status};
 
 pub struct PromotionApi {
@@ -130,7 +129,7 @@ impl PromotionService for PromotionApi {
         &self,
         req: Request<pb::ListPromotionsRequest>,
     ) -> Result<Response<pb::ListPromotionsResponse>, Status> {
-        principal(&req)?;
+        let who = principal(&req)?;
         let r = req.into_inner();
         let filter = ListFilter {
             repository: convert::repository_filter(&r.repository)?,
@@ -138,15 +137,30 @@ impl PromotionService for PromotionApi {
             state: convert::state_filter(r.state)?,
         };
         let limit = convert::page_size(r.page_size)?;
-        let fp = page_token::fingerprint(&[&r.repository, &r.environment, &r.state.to_string()]);
+        let fp = page_token::fingerprint(&[
+            &r.repository,
+            &r.environment,
+            &r.state.to_string(),
+            &r.newest_first.to_string(),
+            &r.awaiting_me.to_string(),
+        ]);
         let after = page_token::decode(&r.page_token, Kind::Promotions, fp).map_err(token_error)?;
-        let page = self.promotions.list(filter, after, limit).await?;
-        let next_page_token = match (page.more, page.items.last()) {
-            (true, Some(last)) => page_token::encode(Kind::Promotions, fp, last.id),
-            _ => String::new(),
-        };
+        let listing = self
+            .promotions
+            .list(ListQuery {
+                filter,
+                after,
+                limit,
+                newest_first: r.newest_first,
+                awaiting: r.awaiting_me.then_some(who),
+            })
+            .await?;
+        let next_page_token = listing
+            .next
+            .map(|n| page_token::encode(Kind::Promotions, fp, n))
+            .unwrap_or_default();
         Ok(Response::new(pb::ListPromotionsResponse {
-            promotions: page.items.iter().map(convert::promotion).collect(),
+            promotions: listing.items.iter().map(convert::promotion).collect(),
             next_page_token,
         }))
     }
@@ -181,15 +195,24 @@ impl PromotionService for PromotionApi {
             &r.promotion_id,
             &format!("{:?}", filter.since),
             &format!("{:?}", filter.until),
+            &r.newest_first.to_string(),
         ]);
         let after = page_token::decode(&r.page_token, Kind::History, fp).map_err(token_error)?;
-        let page = self.promotions.history(filter, after, limit).await?;
-        let next_page_token = match (page.more, page.items.last()) {
-            (true, Some(last)) => page_token::encode(Kind::History, fp, last.sequence),
-            _ => String::new(),
-        };
+        let listing = self
+            .promotions
+            .history(HistoryQuery {
+                filter,
+                after,
+                limit,
+                newest_first: r.newest_first,
+            })
+            .await?;
+        let next_page_token = listing
+            .next
+            .map(|n| page_token::encode(Kind::History, fp, n))
+            .unwrap_or_default();
         Ok(Response::new(pb::HistoryResponse {
-            entries: page.items.iter().map(convert::audit_entry).collect(),
+            entries: listing.items.iter().map(convert::audit_entry).collect(),
             next_page_token,
         }))
     }

@@ -20,7 +20,7 @@ pub fn check_config(file: &Path, out: &mut Printer) -> Result<(), CliError> {
 
 /// Same verdict and output as the online `verify-log`, from the files.
 pub fn verify_offline(dir: &Path, out: &mut Printer) -> Result<(), CliError> {
-    let v = crate::store::verify_offline(dir)?;
+    let v = crate::store::sled::verify_offline(dir)?;
     let ok = v.first_bad_sequence.is_none();
     out.verification(&pb::VerifyAuditLogResponse {
         ok,

@@ -108,7 +108,10 @@ pub struct Verification {
     pub message: String,
 }
 
-/// Incremental verifier, fed entries in stored order.
+/// Incremental verifier, fed entries in stored order. A clone taken while
+/// unbroken can resume from where it stood (the server keeps its verified
+/// prefix that way).
+#[derive(Debug, Clone)]
 pub struct Verifier {
     expected_sequence: u64,
     prev_hash: Hash,
@@ -160,6 +163,15 @@ impl Verifier {
         self.expected_sequence += 1;
         self.prev_hash = entry.hash;
         true
+    }
+
+    /// The sequence the next entry must have.
+    pub fn next_sequence(&self) -> u64 {
+        self.expected_sequence
+    }
+
+    pub fn is_broken(&self) -> bool {
+        self.failure.is_some()
     }
 
     /// A sequence number the caller failed to read (e.g. undecodable) counts as bad.

@@ -174,6 +174,17 @@ fn require_approver(
     }
 }
 
+/// Whether `who`'s approval would count now: the promotion is pending and
+/// not overdue, `who` is an approver, not the requester (unless the policy
+/// allows self-approval), and has not approved it yet.
+pub fn may_approve(p: &Promotion, who: &Principal, policy: &EnvironmentPolicy, now: Time) -> bool {
+    p.state == State::PendingApproval
+        && now < p.expires_at
+        && policy.is_approver(who)
+        && (who.name != p.requested_by || policy.allow_self_approval)
+        && !p.approvals.iter().any(|a| a.approver == who.name)
+}
+
 /// Records an approval. The same approver twice counts once and changes nothing.
 /// Callers expire a due promotion first ([`expire_if_due`]).
 pub fn approve(
@@ -404,8 +415,22 @@ mod tests {
             approve(&p, &who("mallory", &["dev"]), &pol, "", t(101)),
             Err(DomainError::NotApprover { .. })
         ));
+        assert!(!may_approve(&p, &who("alice", &["rm"]), &pol, t(101)));
+        assert!(!may_approve(&p, &who("mallory", &["dev"]), &pol, t(101)));
+        assert!(may_approve(&p, &who("carol", &[]), &pol, t(101)));
+        assert!(
+            !may_approve(&p, &who("carol", &[]), &pol, t(160)),
+            "overdue"
+        );
         let o = approve(&p, &who("carol", &[]), &pol, "lgtm", t(102)).unwrap();
         assert_eq!(o.promotion.state, State::PendingApproval);
+        assert!(!may_approve(&o.promotion, &who("carol", &[]), &pol, t(102)));
+        assert!(may_approve(
+            &o.promotion,
+            &who("bob", &["rm"]),
+            &pol,
+            t(102)
+        ));
         assert_eq!(o.event.as_ref().unwrap().actor, "carol");
         let again = approve(&o.promotion, &who("carol", &[]), &pol, "", t(103)).unwrap();
         assert!(again.event.is_none());

@@ -26,15 +26,18 @@ impl Time {
         }
     }
 
-    pub fn now() -> Self {
-        Self::from_system(SystemTime::now())
-    }
-
     /// `2026-11-26T18:00:00.123456789Z`, for messages.
     pub fn rfc3339(self) -> String {
-        let secs = u64::try_from(self.seconds).unwrap_or(0);
-        let st = UNIX_EPOCH + Duration::new(secs, self.nanos);
-        humantime::format_rfc3339_nanos(st).to_string()
+        // humantime renders years 1970..=9999 and panics past them; the API
+        // refuses such times, but a message must never be the thing that fails.
+        const LAST: i64 = 253_402_300_799;
+        match u64::try_from(self.seconds) {
+            Ok(secs) if self.seconds <= LAST => {
+                let st = UNIX_EPOCH + Duration::new(secs, self.nanos.min(999_999_999));
+                humantime::format_rfc3339_nanos(st).to_string()
+            }
+            _ => format!("{}s from 1970-01-01T00:00:00Z", self.seconds),
+        }
     }
 
     pub fn plus(self, d: Duration) -> Self {

@@ -93,14 +93,19 @@ pub fn from<'a>(
     )
 }
 
-/// The members under `prefix`, newest (greatest) first.
-pub fn newest_first<'a>(
+/// The members under `prefix` up to `end` (inclusive), newest (greatest) first.
+pub fn down_from<'a>(
     tree: &'a sled::Tree,
     prefix: &[u8],
+    end: u64,
 ) -> impl Iterator<Item = sled::Result<u64>> + 'a {
-    tree.range(keys::indexed(prefix, 0)..=keys::indexed(prefix, u64::MAX))
+    // Chunks begin with their smallest member, so every chunk holding a
+    // member up to `end` begins at or before it.
+    tree.range(keys::indexed(prefix, 0)..=keys::indexed(prefix, end))
         .rev()
-        .flat_map(|kv| unpack(kv, 0, true))
+        .flat_map(move |kv| {
+            unpack(kv, 0, true).filter(move |m| m.as_ref().map_or(true, |&n| n <= end))
+        })
 }
 
 fn unpack(
@@ -150,7 +155,15 @@ mod tests {
         }
         let mut newest = members.clone();
         newest.reverse();
-        assert_eq!(collect(newest_first(&t, b"Ra\0")), newest);
+        assert_eq!(collect(down_from(&t, b"Ra\0", u64::MAX)), newest);
+        for end in [0, 2, 3, 4, 191, 192, 193, 900, 901] {
+            let want: Vec<u64> = newest.iter().copied().filter(|&n| n <= end).collect();
+            assert_eq!(
+                collect(down_from(&t, b"Ra\0", end)),
+                want,
+                "down from {end}"
+            );
+        }
         assert!(collect(from(&t, b"Rc\0", 0)).is_empty());
     }
 

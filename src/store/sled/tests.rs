@@ -1,9 +1,13 @@
 //! The crash paths of the store's derived records: finishing a derivation a
 //! crash cut short, and rolling back entries a failed flush refused.
 
+use super::derive::{redo_derived, roll_back};
+use super::writer::{Tx, WriterState};
 use super::*;
+use crate::clock::SystemClock;
 use crate::domain::machine::{self, NewPromotion};
 use crate::domain::policy::{Approver, EnvironmentPolicy, Principal};
+use crate::store::UnitOfWork;
 use std::time::Duration;
 
 fn trees() -> Trees {
@@ -60,7 +64,7 @@ fn three_commits(t: &Trees) -> Vec<(Dump, Dump)> {
         reason: "test".into(),
         request_id: key.into(),
     };
-    let mut state = WriterState::load(t.clone()).unwrap();
+    let mut state = WriterState::load(t.clone(), Arc::new(SystemClock)).unwrap();
     let mut changed = Vec::new();
     let mut tx = Tx {
         state: &mut state,
@@ -122,10 +126,75 @@ fn a_data_directory_of_the_earlier_format_is_refused_with_a_reason() {
         audit.insert(keys::u64_key(1), &b"{}"[..]).unwrap();
         db.flush().unwrap();
     }
-    let Err(e) = Store::open(dir.path()) else {
+    let Err(e) = SledStore::open(dir.path(), Arc::new(SystemClock)) else {
         panic!("a format 1 directory was opened");
     };
     assert!(matches!(e, StoreError::Format { .. }), "{e}");
     assert!(e.to_string().contains("store format 1"), "{e}");
-    assert!(e.to_string().contains("format 2 only"), "{e}");
+    assert!(e.to_string().contains("format 3"), "{e}");
+}
+
+#[tokio::test]
+async fn a_format_2_directory_is_migrated_when_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let (promotions, entries) = {
+        let db = sled::open(dir.path()).unwrap();
+        let t = Trees::open(db).unwrap();
+        three_commits(&t);
+        let snapshot = |tree: &sled::Tree| -> Vec<_> { tree.iter().map(Result::unwrap).collect() };
+        let promotions: Vec<Promotion> = snapshot(&t.promotions)
+            .iter()
+            .map(|(k, v)| codec::decode_promotion(k, v).unwrap().promotion)
+            .collect();
+        let entries: Vec<AuditEntry> = snapshot(&t.audit)
+            .iter()
+            .map(|(k, v)| codec::decode_entry(k, v).unwrap())
+            .collect();
+        // Format 2 is format 3 without the promotion's last field
+        // (`superseded_by`, one 0x00 byte for None) and without the index
+        // of promotions by environment.
+        for tree in [&t.audit, &t.promotions] {
+            for (k, v) in snapshot(tree) {
+                assert_eq!(v.last(), Some(&0));
+                tree.insert(k, &v[..v.len() - 1]).unwrap();
+            }
+        }
+        for (k, _) in snapshot(&t.index) {
+            if k.first() == Some(&b'e') {
+                t.index.remove(k).unwrap();
+            }
+        }
+        t.meta.insert(keys::FORMAT, &keys::u64_key(2)).unwrap();
+        t.db.flush().unwrap();
+        (promotions, entries)
+    };
+    let store = open(dir.path(), Arc::new(SystemClock)).unwrap();
+    for p in &promotions {
+        assert_eq!(store.get(p.id).await.unwrap().as_ref(), Some(p));
+    }
+    let page = |newest_first| PageRequest {
+        after: None,
+        limit: 10,
+        newest_first,
+    };
+    let history = store
+        .history(HistoryFilter::default(), page(false))
+        .await
+        .unwrap();
+    assert_eq!(history.items, entries);
+    assert!(store.verify().await.unwrap().first_bad_sequence.is_none());
+    let by_env = store
+        .list(
+            ListFilter {
+                environment: Some("production".into()),
+                ..Default::default()
+            },
+            page(true),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        by_env.items.iter().map(|p| p.id).collect::<Vec<_>>(),
+        vec![2, 1]
+    );
 }

@@ -1,6 +1,4 @@
-//! Key layout. Numbers are big-endian so sled's byte order is numeric order.
-//!
-//! Key layout (store format 2). Numbers are big-endian so sled's byte order
+//! Key layout (store format 3). Numbers are big-endian so sled's byte order
 //! is numeric order.
 //!
 //! | tree         | key                                   | value                              |
@@ -10,14 +8,17 @@
 //! | `index`      | `R` repository 0x00 first-sequence    | posting chunk of sequences         |
 //! |              | `E` environment 0x00 first-sequence   | posting chunk of sequences         |
 //! |              | `r` repository 0x00 first-id          | posting chunk of ids               |
+//! |              | `e` environment 0x00 first-id         | posting chunk of ids               |
 //! |              | `S` state-code id                     | (empty)                            |
 //! |              | `I` principal 0x00 request_id         | id                                 |
-//! | `meta`       | `format`                              | u64 (2)                            |
+//! | `meta`       | `format`                              | u64 (3)                            |
 //! | `manifests`  | repository 0x00 digest                | media type, bytes                  |
 //!
 //! The `audit` tree is the source of truth; `promotions` and `index` are
 //! derived from it (see `Tx::commit`). Posting chunks are described in
-//! `postings`. Repository, environment and principal names never contain
+//! `postings`. Format 3 added `Promotion::superseded_by` at the end of the
+//! promotion (in both record kinds) and the `e` index; a format 2 directory
+//! is migrated when it is opened (`migrate`). Repository, environment and principal names never contain
 //! 0x00: the repository grammar forbids it and config validation refuses it.
 
 use crate::domain::model::State;
@@ -71,6 +72,10 @@ pub fn promotion_in_state(state: State, id: u64) -> Vec<u8> {
 
 pub fn promotions_by_repository_prefix(repository: &str) -> Vec<u8> {
     named(b'r', repository)
+}
+
+pub fn promotions_by_environment_prefix(environment: &str) -> Vec<u8> {
+    named(b'e', environment)
 }
 
 pub fn request_id(principal: &str, request_id: &str) -> Vec<u8> {

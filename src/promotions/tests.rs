@@ -1,0 +1,365 @@
+//! Use-case tests on the storage port's sled backend in a temp dir, a
+//! registry double behind the `Registry` trait, and the settable clock: time
+//! moves because a test says so, never by sleeping.
+
+use super::*;
+use crate::apply;
+use crate::clock::ManualClock;
+use crate::domain::machine::DomainError;
+use crate::registry::{Moved, RegistryError};
+use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+const REPO: &str = "reg.test/team/app";
+
+/// Tags and manifests in memory; `move_tag` points the tag at the digest.
+#[derive(Default)]
+struct FakeRegistry {
+    manifests: Mutex<HashMap<String, Manifest>>,
+    tags: Mutex<HashMap<String, String>>,
+}
+
+impl FakeRegistry {
+    fn push(&self, tag: &str, content: &str) -> String {
+        let bytes = format!(r#"{{"schemaVersion":2,"note":"{content}"}}"#).into_bytes();
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        let m = Manifest {
+            digest: digest.clone(),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            bytes,
+        };
+        self.manifests.lock().unwrap().insert(digest.clone(), m);
+        self.tags.lock().unwrap().insert(tag.into(), digest.clone());
+        digest
+    }
+
+    fn tag(&self, tag: &str) -> Option<String> {
+        self.tags.lock().unwrap().get(tag).cloned()
+    }
+}
+
+#[async_trait]
+impl Registry for FakeRegistry {
+    async fn resolve(
+        &self,
+        _: &Repository,
+        reference: &str,
+    ) -> Result<Option<String>, RegistryError> {
+        Ok(match reference.starts_with("sha256:") {
+            true => Some(reference.to_owned()),
+            false => self.tag(reference),
+        })
+    }
+
+    async fn fetch(
+        &self,
+        _: &Repository,
+        reference: &str,
+    ) -> Result<Option<Manifest>, RegistryError> {
+        let digest = match reference.starts_with("sha256:") {
+            true => Some(reference.to_owned()),
+            false => self.tag(reference),
+        };
+        Ok(digest.and_then(|d| self.manifests.lock().unwrap().get(&d).cloned()))
+    }
+
+    async fn move_tag(
+        &self,
+        _: &Repository,
+        m: &Manifest,
+        tag: &str,
+    ) -> Result<Moved, RegistryError> {
+        let previous = self
+            .tags
+            .lock()
+            .unwrap()
+            .insert(tag.into(), m.digest.clone());
+        Ok(Moved {
+            previous_digest: previous.unwrap_or_default(),
+        })
+    }
+}
+
+struct World {
+    promotions: Promotions,
+    registry: Arc<FakeRegistry>,
+    clock: ManualClock,
+    store: Store,
+    _dir: tempfile::TempDir,
+    _stop: watch::Sender<bool>,
+}
+
+fn config() -> Config {
+    let toml = r#"
+apply_wait = "5s"
+[[registry]]
+host = "reg.test"
+insecure = true
+[[principal]]
+name = "alice"
+token_sha256 = "0000000000000000000000000000000000000000000000000000000000000001"
+[[principal]]
+name = "bob"
+token_sha256 = "0000000000000000000000000000000000000000000000000000000000000002"
+groups = ["rm"]
+[[principal]]
+name = "carol"
+token_sha256 = "0000000000000000000000000000000000000000000000000000000000000003"
+[[environment]]
+name = "staging"
+tag = "staging"
+required_approvals = 0
+[[environment]]
+name = "production"
+tag = "production"
+approvers = ["group:rm", "carol"]
+required_approvals = 1
+approval_ttl = "60s"
+"#;
+    Config::parse(toml).expect("test config")
+}
+
+fn who(name: &str) -> Principal {
+    Principal {
+        name: name.into(),
+        groups: if name == "bob" {
+            vec!["rm".into()]
+        } else {
+            vec![]
+        },
+    }
+}
+
+/// A service over a fresh store with the apply worker running.
+fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at(Time {
+        seconds: 1_800_000_000,
+        nanos: 0,
+    });
+    let store = crate::store::sled::open(dir.path(), Arc::new(clock.clone())).unwrap();
+    let registry = Arc::new(FakeRegistry::default());
+    let progress = apply::Progress::default();
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(apply::run(
+        store.clone(),
+        registry.clone(),
+        progress.clone(),
+        stopped.clone(),
+    ));
+    let promotions = Promotions::new(
+        Arc::new(config()),
+        store.clone(),
+        registry.clone(),
+        Arc::new(clock.clone()),
+        progress,
+        stopped,
+    );
+    World {
+        promotions,
+        registry,
+        clock,
+        store,
+        _dir: dir,
+        _stop: stop,
+    }
+}
+
+fn input(source: &str, environment: &str, reason: &str) -> RequestInput {
+    RequestInput {
+        repository: Repository::parse(REPO).unwrap(),
+        source: Source::parse(source).unwrap(),
+        environment: environment.into(),
+        reason: reason.into(),
+        request_id: String::new(),
+    }
+}
+
+impl World {
+    async fn request(&self, source: &str) -> Promotion {
+        self.promotions
+            .request(who("alice"), input(source, "production", "ship it"))
+            .await
+            .unwrap()
+    }
+
+    async fn actions(&self, id: PromotionId) -> Vec<crate::domain::model::Action> {
+        let q = HistoryQuery {
+            filter: HistoryFilter {
+                promotion_id: Some(id),
+                ..Default::default()
+            },
+            after: None,
+            limit: 100,
+            newest_first: false,
+        };
+        let listing = self.promotions.history(q).await.unwrap();
+        listing.items.iter().map(|e| e.event.action).collect()
+    }
+}
+
+#[tokio::test]
+async fn pending_promotions_expire_when_the_clock_passes_the_ttl() {
+    let w = world();
+    let d = w.registry.push("v1", "one");
+    let p = w.request(&d).await;
+    assert_eq!(p.state, State::PendingApproval);
+    w.clock.advance(Duration::from_secs(59));
+    assert_eq!(
+        w.promotions.get(p.id).await.unwrap().state,
+        State::PendingApproval
+    );
+    w.clock.advance(Duration::from_secs(1));
+    assert_eq!(w.promotions.get(p.id).await.unwrap().state, State::Expired);
+    let refused = w.promotions.approve(who("bob"), p.id, String::new()).await;
+    assert!(
+        matches!(refused, Err(Error::Domain(DomainError::NotPending { .. }))),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_stale_approval_cannot_move_the_tag_back() {
+    let w = world();
+    let old = w.registry.push("v1", "old");
+    let new = w.registry.push("v2", "new");
+    let first = w.request(&old).await;
+    let second = w.request(&new).await;
+    let applied = w
+        .promotions
+        .approve(who("bob"), second.id, String::new())
+        .await
+        .unwrap();
+    assert_eq!(applied.state, State::Promoted, "{applied:?}");
+    assert_eq!(w.registry.tag("production").as_deref(), Some(new.as_str()));
+
+    let stale = w.promotions.get(first.id).await.unwrap();
+    assert_eq!(stale.state, State::Superseded);
+    assert_eq!(stale.superseded_by, Some(second.id));
+    assert_eq!(
+        w.actions(first.id).await,
+        vec![
+            crate::domain::model::Action::Requested,
+            crate::domain::model::Action::Superseded
+        ]
+    );
+    let refused = w
+        .promotions
+        .approve(who("carol"), first.id, String::new())
+        .await;
+    let Err(Error::Domain(e @ DomainError::NotPending { .. })) = refused else {
+        panic!("approving a superseded promotion: {refused:?}");
+    };
+    assert!(
+        e.to_string().contains(&format!("promotion {}", second.id)),
+        "{e}"
+    );
+    assert_eq!(w.registry.tag("production").as_deref(), Some(new.as_str()));
+    assert!(
+        w.promotions
+            .verify()
+            .await
+            .unwrap()
+            .first_bad_sequence
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_newer_promotion_does_not_supersede_the_older_one_applied_after_it() {
+    // Requested later but applied first is the newer one; one requested
+    // after an applied promotion is not touched.
+    let w = world();
+    let a = w.registry.push("v1", "a");
+    let b = w.registry.push("v2", "b");
+    let first = w.request(&a).await;
+    let p = w
+        .promotions
+        .approve(who("bob"), first.id, String::new())
+        .await
+        .unwrap();
+    assert_eq!(p.state, State::Promoted);
+    let second = w.request(&b).await;
+    assert_eq!(
+        w.promotions.get(second.id).await.unwrap().state,
+        State::PendingApproval
+    );
+}
+
+#[tokio::test]
+async fn a_reason_is_required_where_approvals_are() {
+    let w = world();
+    let d = w.registry.push("v1", "one");
+    let refused = w
+        .promotions
+        .request(who("alice"), input(&d, "production", "  "))
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(Error::InvalidArgument {
+                field: "reason",
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    // Nothing was written.
+    assert_eq!(w.store.audit_len().await.unwrap(), 0);
+    // Staging needs no approval and no reason.
+    let p = w
+        .promotions
+        .request(who("alice"), input(&d, "staging", ""))
+        .await
+        .unwrap();
+    assert_eq!(p.state, State::Promoted);
+}
+
+#[tokio::test]
+async fn awaiting_me_lists_what_the_caller_may_approve_now_newest_first() {
+    let w = world();
+    let d = w.registry.push("v1", "one");
+    let by_alice_1 = w.request(&d).await;
+    let by_bob = w
+        .promotions
+        .request(who("bob"), input(&d, "production", "bob's"))
+        .await
+        .unwrap();
+    let by_alice_2 = w.request(&d).await;
+    let mine = |name: &str, newest_first: bool, limit: usize| ListQuery {
+        filter: ListFilter::default(),
+        after: None,
+        limit,
+        newest_first,
+        awaiting: Some(who(name)),
+    };
+    let ids = |l: Listing<Promotion>| l.items.iter().map(|p| p.id).collect::<Vec<_>>();
+    // bob may approve alice's two, not his own; carol all three; alice none.
+    let bob = w.promotions.list(mine("bob", false, 10)).await.unwrap();
+    assert_eq!(ids(bob), vec![by_alice_1.id, by_alice_2.id]);
+    let carol = w.promotions.list(mine("carol", true, 10)).await.unwrap();
+    assert_eq!(ids(carol), vec![by_alice_2.id, by_bob.id, by_alice_1.id]);
+    assert!(ids(w.promotions.list(mine("alice", false, 10)).await.unwrap()).is_empty());
+    // Pages continue after the last one examined.
+    let first = w.promotions.list(mine("bob", true, 1)).await.unwrap();
+    assert_eq!(ids(first.clone()), vec![by_alice_2.id]);
+    let rest = w
+        .promotions
+        .list(ListQuery {
+            after: first.next,
+            ..mine("bob", true, 1)
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(rest.clone()), vec![by_alice_1.id]);
+    // Once carol approved, it is no longer awaiting anyone.
+    w.promotions
+        .approve(who("carol"), by_alice_1.id, String::new())
+        .await
+        .unwrap();
+    let bob = w.promotions.list(mine("bob", false, 10)).await.unwrap();
+    assert_eq!(ids(bob), vec![by_alice_2.id]);
+}

@@ -1,0 +1,333 @@
+//! The embedded backend: sled under the data directory. The audit log is the
+//! source of truth; promotion records and indexes are derived from it.
+//!
+//! - `writer`: one writer thread commits, a flusher thread fsyncs before
+//!   anyone is answered (group commit, fail closed).
+//! - `derive`: derived records, and the start-up repairs: finishing a
+//!   derivation a crash cut short, rolling back entries whose flush failed
+//!   (the refusal horizon, `horizon`), migrating format 2.
+//! - `query`: reads through the indexes; `codec`: record encodings;
+//!   `keys`: the key layout; `postings`: packed posting lists.
+//!
+//! Measured reasons for this shape (BENCHMARKS.md): sled 0.34 transactions
+//! and batches take a global lock that waits for a running flush, and sled
+//! keeps in-memory bookkeeping per 16-entry leaf, so keys are kept few
+//! (`postings`) and records compact (postcard).
+
+mod codec;
+mod derive;
+mod horizon;
+mod keys;
+mod postings;
+mod query;
+mod writer;
+
+use crate::clock::Clock;
+use crate::domain::audit::{AuditEntry, Verification, Verifier};
+use crate::domain::model::{Promotion, PromotionId, State, Time};
+use crate::store::{
+    Change, HistoryFilter, Job, ListFilter, Page, PageRequest, Storage, Store, StoreError,
+    StoredManifest, WriterStats,
+};
+use async_trait::async_trait;
+use codec::{StoredPromotion, decode_promotion};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{broadcast, mpsc};
+
+/// Depth of the writer's queue; callers wait (asynchronously) beyond it.
+const QUEUE_DEPTH: usize = 4096;
+/// sled's page cache. Its default (1 GiB) would dominate the process's memory;
+/// the working set (pending promotions, recent audit pages) is far smaller.
+/// sled counts serialized bytes, the heap holds about three times that: at
+/// 1M audit entries 64 MiB gave a 204 MiB process, 16 MiB 126 MiB, with
+/// History pages still under 5 ms at p99 (BENCHMARKS.md).
+const CACHE_BYTES: u64 = 16 * 1024 * 1024;
+/// Committed changes kept for slow subscribers before they lag.
+const CHANGES_CAPACITY: usize = 1024;
+/// The on-disk layout this build reads and writes (`keys` describes it).
+/// Format 1 (JSON records, one sled transaction per commit) had no marker;
+/// format 2 is migrated at open.
+const FORMAT_VERSION: u64 = 3;
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+#[derive(Clone)]
+pub struct Trees {
+    db: sled::Db,
+    promotions: sled::Tree,
+    audit: sled::Tree,
+    index: sled::Tree,
+    meta: sled::Tree,
+    /// Pinned manifests by repository and digest: the exact bytes a promotion
+    /// will push, seen in that repository when it was requested.
+    manifests: sled::Tree,
+}
+
+impl Trees {
+    fn open(db: sled::Db) -> Result<Self, StoreError> {
+        Ok(Trees {
+            promotions: db.open_tree("promotions")?,
+            audit: db.open_tree("audit")?,
+            index: db.open_tree("index")?,
+            meta: db.open_tree("meta")?,
+            manifests: db.open_tree("manifests")?,
+            db,
+        })
+    }
+}
+
+/// The sled backend. Cheap to clone; the writer stops when the last handle
+/// is dropped, after a final flush.
+#[derive(Clone)]
+pub struct SledStore {
+    trees: Trees,
+    jobs: mpsc::Sender<Job>,
+    changes: broadcast::Sender<Change>,
+    stats: Arc<WriterStats>,
+    /// The verifier as it stood after the last successful check: the next
+    /// VerifyAuditLog hashes only newer entries (the offline `verify-log`
+    /// always checks everything). The lock also keeps checks one at a time.
+    verified: Arc<Mutex<Verifier>>,
+}
+
+/// Opens (or creates) the sled store under `dir` as the service's [`Store`].
+pub fn open(dir: &Path, clock: Arc<dyn Clock>) -> Result<Store, StoreError> {
+    Ok(Store::new(Arc::new(SledStore::open(dir, clock)?)))
+}
+
+impl SledStore {
+    /// Opens (or creates) the database under `dir`, repairs what a crash or a
+    /// refused flush left, and starts the writer and flusher threads.
+    pub fn open(dir: &Path, clock: Arc<dyn Clock>) -> Result<SledStore, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            // Durability comes from the writer's explicit flush, not a timer.
+            .flush_every_ms(None)
+            .cache_capacity(CACHE_BYTES)
+            .open()?;
+        let trees = Trees::open(db)?;
+        check_format(&trees)?;
+        let horizon_error = |doing: &str, e: std::io::Error| {
+            StoreError::Backend(format!("cannot {doing} {}: {e}", horizon::FILE_NAME))
+        };
+        let mut horizon = horizon::Horizon::open(dir).map_err(|e| horizon_error("open", e))?;
+        if let Some(acknowledged) = horizon.read().map_err(|e| horizon_error("read", e))? {
+            let undone = derive::roll_back(&trees, acknowledged)?;
+            trees.db.flush()?;
+            horizon.clear().map_err(|e| horizon_error("clear", e))?;
+            tracing::warn!(
+                acknowledged_through = acknowledged,
+                removed = undone,
+                "removed audit entries whose flush had failed (their callers were refused)"
+            );
+        }
+        derive::redo_derived(&trees)?;
+        let state = writer::WriterState::load(trees.clone(), clock)?;
+        let (jobs, rx) = mpsc::channel(QUEUE_DEPTH);
+        let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
+        let stats = Arc::new(WriterStats::default());
+        let (to_flusher, flusher_rx) = std::sync::mpsc::channel();
+        let flusher = writer::Flusher {
+            db: trees.db.clone(),
+            horizon,
+            acknowledged: state.next_sequence - 1,
+            poisoned: state.poisoned.clone(),
+            changes: changes.clone(),
+            stats: stats.clone(),
+        };
+        std::thread::Builder::new()
+            .name("prodgate-store-flusher".into())
+            .spawn(move || flusher.run(flusher_rx))
+            .map_err(|e| StoreError::Backend(format!("cannot start the flusher thread: {e}")))?;
+        // If this spawn fails, `to_flusher` is dropped with the closure and
+        // the flusher ends on its own.
+        std::thread::Builder::new()
+            .name("prodgate-store-writer".into())
+            .spawn(move || writer::run_writer(state, rx, to_flusher))
+            .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
+        Ok(SledStore {
+            trees,
+            jobs,
+            changes,
+            stats,
+            verified: Arc::new(Mutex::new(Verifier::default())),
+        })
+    }
+
+    /// Runs `f` (reads) on the blocking pool, off the async worker threads:
+    /// a sled read may wait for the disk.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Trees) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let trees = self.trees.clone();
+        tokio::task::spawn_blocking(move || f(&trees))
+            .await
+            .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
+    }
+}
+
+#[async_trait]
+impl Storage for SledStore {
+    async fn submit(&self, job: Job) -> Result<(), StoreError> {
+        self.jobs.send(job).await.map_err(|_| StoreError::Closed)
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    fn stats(&self) -> &WriterStats {
+        &self.stats
+    }
+
+    async fn get(&self, id: PromotionId) -> Result<Option<Promotion>, StoreError> {
+        self.read(move |t| t.get(id)).await
+    }
+
+    async fn find_request(
+        &self,
+        principal: &str,
+        request_id: &str,
+    ) -> Result<Option<Promotion>, StoreError> {
+        let (principal, request_id) = (principal.to_owned(), request_id.to_owned());
+        self.read(move |t| t.find_request(&principal, &request_id))
+            .await
+    }
+
+    async fn manifest(
+        &self,
+        repository: &str,
+        digest: &str,
+    ) -> Result<Option<StoredManifest>, StoreError> {
+        let (repository, digest) = (repository.to_owned(), digest.to_owned());
+        self.read(move |t| t.manifest(&repository, &digest)).await
+    }
+
+    async fn in_state(&self, state: State) -> Result<Vec<Promotion>, StoreError> {
+        self.read(move |t| t.in_state(state)).await
+    }
+
+    async fn list(
+        &self,
+        filter: ListFilter,
+        page: PageRequest,
+    ) -> Result<Page<Promotion>, StoreError> {
+        self.read(move |t| t.list(&filter, page)).await
+    }
+
+    async fn history(
+        &self,
+        filter: HistoryFilter,
+        page: PageRequest,
+    ) -> Result<Page<AuditEntry>, StoreError> {
+        self.read(move |t| t.history(&filter, page)).await
+    }
+
+    async fn deployed_at(
+        &self,
+        repository: &str,
+        environment: &str,
+        at: Option<Time>,
+    ) -> Result<Option<AuditEntry>, StoreError> {
+        let (repository, environment) = (repository.to_owned(), environment.to_owned());
+        self.read(move |t| t.deployed_at(&repository, &environment, at))
+            .await
+    }
+
+    async fn audit_len(&self) -> Result<u64, StoreError> {
+        self.read(|t| t.audit_len()).await
+    }
+
+    async fn verify(&self) -> Result<Verification, StoreError> {
+        let verified = self.verified.clone();
+        self.read(move |t| {
+            let mut prefix = verified.lock().unwrap_or_else(|p| p.into_inner());
+            let (result, after) = t.verify_from(prefix.clone())?;
+            if !after.is_broken() {
+                *prefix = after;
+            }
+            Ok(result)
+        })
+        .await
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.read(|t| t.db.flush().map(drop).map_err(StoreError::from))
+            .await
+    }
+}
+
+/// Checks the audit chain of the database under `dir` without a running server.
+pub fn verify_offline(dir: &Path) -> Result<Verification, StoreError> {
+    let db = sled::Config::new().path(dir).open()?;
+    let trees = Trees::open(db)?;
+    Ok(trees.verify_from(Verifier::default())?.0)
+}
+
+/// The promotion id stored under a principal's idempotency key.
+fn request_id_of(
+    index: &sled::Tree,
+    principal: &str,
+    request_id: &str,
+) -> Result<Option<PromotionId>, StoreError> {
+    Ok(index
+        .get(keys::request_id(principal, request_id))?
+        .and_then(|v| keys::read_u64(&v)))
+}
+
+fn stored_promotion(
+    tree: &sled::Tree,
+    id: PromotionId,
+) -> Result<Option<StoredPromotion>, StoreError> {
+    let key = keys::u64_key(id);
+    tree.get(key)?
+        .map(|v| decode_promotion(&key, &v))
+        .transpose()
+}
+
+fn format_error(found: String) -> StoreError {
+    StoreError::Format {
+        found,
+        supported: format!("{FORMAT_VERSION} (and migrates format 2)"),
+    }
+}
+
+/// Refuses a data directory in a format this build cannot read, migrates
+/// format 2, and marks a new directory.
+fn check_format(t: &Trees) -> Result<(), StoreError> {
+    let mark = |t: &Trees| -> Result<(), StoreError> {
+        t.meta
+            .insert(keys::FORMAT, &keys::u64_key(FORMAT_VERSION))?;
+        t.db.flush()?;
+        Ok(())
+    };
+    match t.meta.get(keys::FORMAT)?.map(|v| keys::read_u64(&v)) {
+        Some(Some(FORMAT_VERSION)) => Ok(()),
+        Some(Some(2)) => {
+            let (records, promotions) = derive::migrate(t)?;
+            t.db.flush()?;
+            mark(t)?;
+            tracing::info!(
+                records,
+                promotions,
+                "migrated the data directory from store format 2 to 3"
+            );
+            Ok(())
+        }
+        Some(Some(n)) => Err(format_error(format!("store format {n}"))),
+        Some(None) => Err(format_error("an unreadable store format marker".into())),
+        None if t.audit.is_empty() && t.promotions.is_empty() => mark(t),
+        None => Err(format_error(
+            "store format 1 (written by an earlier prodgate)".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,314 @@
+//! The write path: one writer thread applies jobs in arrival order and
+//! commits each change as a single audit-record insert plus its derived
+//! records; a flusher thread fsyncs each batch and only then answers its
+//! callers and publishes its changes. Applying batch N+1 overlaps the fsync
+//! of batch N, and one fsync acknowledges every write that queued meanwhile
+//! (group commit).
+
+use super::codec::{RecordRef, decode_entry, encode, encode_manifest};
+use super::derive::derive;
+use super::{Trees, horizon, keys, request_id_of, stored_promotion};
+use crate::clock::Clock;
+use crate::domain::audit::{AuditEntry, GENESIS, Hash};
+use crate::domain::model::{Event, Promotion, PromotionId, State, Time};
+use crate::store::{Change, Completion, Job, StoreError, StoredManifest, UnitOfWork, WriterStats};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::{broadcast, mpsc};
+
+/// How many queued jobs one flush may acknowledge at most.
+pub const MAX_BATCH: usize = 512;
+
+/// What only the writer thread knows: the chain's head and the id counter.
+pub struct WriterState {
+    pub trees: Trees,
+    pub next_sequence: u64,
+    head_hash: Hash,
+    last_time: Time,
+    next_id: PromotionId,
+    clock: Arc<dyn Clock>,
+    /// Set by the flusher when a flush fails; shared with the writer so no
+    /// later job commits anything.
+    pub poisoned: Arc<AtomicBool>,
+}
+
+impl WriterState {
+    pub fn load(trees: Trees, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+        let (next_sequence, head_hash, last_time) = match trees.audit.last()? {
+            Some((k, v)) => {
+                let e = decode_entry(&k, &v)?;
+                (e.sequence + 1, e.hash, e.time)
+            }
+            None => (1, GENESIS, Time::ZERO),
+        };
+        // Ids are never reused: promotions are never deleted, and the newest
+        // one's value is derived before the writer starts.
+        let next_id = trees
+            .promotions
+            .last()?
+            .and_then(|(k, _)| keys::read_u64(&k))
+            .map_or(1, |id| id + 1);
+        Ok(Self {
+            trees,
+            next_sequence,
+            head_hash,
+            last_time,
+            next_id,
+            clock,
+            poisoned: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+    }
+}
+
+/// A write job's view of the store, valid on the writer thread only.
+pub struct Tx<'a> {
+    pub state: &'a mut WriterState,
+    pub changed: &'a mut Vec<Change>,
+    pub writes: usize,
+}
+
+impl UnitOfWork for Tx<'_> {
+    fn now(&mut self) -> Time {
+        let now = self.state.clock.now().max(self.state.last_time);
+        self.state.last_time = now;
+        now
+    }
+
+    fn get(&self, id: PromotionId) -> Result<Option<Promotion>, StoreError> {
+        Ok(stored_promotion(&self.state.trees.promotions, id)?.map(|s| s.promotion))
+    }
+
+    fn find_request(
+        &self,
+        principal: &str,
+        request_id: &str,
+    ) -> Result<Option<PromotionId>, StoreError> {
+        request_id_of(&self.state.trees.index, principal, request_id)
+    }
+
+    fn next_id(&self) -> PromotionId {
+        self.state.next_id
+    }
+
+    fn open_promotions(
+        &self,
+        repository: &str,
+        environment: &str,
+    ) -> Result<Vec<Promotion>, StoreError> {
+        // The open states are the short-lived ones, so their index is small;
+        // the per-state walk avoids an index by repository and state.
+        let mut open = Vec::new();
+        for state in [State::PendingApproval, State::Approved] {
+            for id in super::query::state_ids(&self.state.trees.index, state, 0) {
+                if let Some(p) = self.get(id?)?
+                    && p.repository == repository
+                    && p.environment == environment
+                {
+                    open.push(p);
+                }
+            }
+        }
+        open.sort_by_key(|p| p.id);
+        Ok(open)
+    }
+
+    fn put_manifest(
+        &mut self,
+        repository: &str,
+        digest: &str,
+        m: &StoredManifest,
+    ) -> Result<(), StoreError> {
+        if self.state.is_poisoned() {
+            return Err(StoreError::Poisoned);
+        }
+        self.state
+            .trees
+            .manifests
+            .insert(keys::manifest(repository, digest), encode_manifest(m))?;
+        Ok(())
+    }
+
+    /// The audit record, written in one sled insert, is the commit: sled
+    /// applies a single insert atomically, and the derived keys written after
+    /// it are finished by `redo_derived` if a crash cuts them short. No sled
+    /// transaction or batch is used: in sled 0.34 those take a global write
+    /// lock that waits for any running flush, which would stop the writer
+    /// from applying the next batch while the flusher fsyncs the last one.
+    /// If a derived write fails the store is poisoned (refuses all writes
+    /// until a restart re-derives it).
+    fn commit(
+        &mut self,
+        after: &Promotion,
+        event: Option<Event>,
+    ) -> Result<Option<AuditEntry>, StoreError> {
+        if self.state.is_poisoned() {
+            return Err(StoreError::Poisoned);
+        }
+        let stored = stored_promotion(&self.state.trees.promotions, after.id)?;
+        let Some(event) = event else {
+            // Only a repeated approval has no event, and it changes nothing.
+            return if stored.is_some_and(|s| s.promotion == *after) {
+                Ok(None)
+            } else {
+                Err(StoreError::Unaudited(after.id))
+            };
+        };
+        let time = after.updated_at.max(self.state.last_time);
+        let entry = AuditEntry::chain(self.state.head_hash, self.state.next_sequence, time, event);
+        let t = &self.state.trees;
+        t.audit.insert(
+            keys::u64_key(entry.sequence),
+            encode(&RecordRef {
+                entry: &entry,
+                promotion: after,
+            }),
+        )?;
+        self.writes += 1;
+        self.state.next_sequence = entry.sequence + 1;
+        self.state.head_hash = entry.hash;
+        self.state.last_time = entry.time;
+        if stored.is_none() {
+            self.state.next_id = self.state.next_id.max(after.id + 1);
+        }
+        if let Err(e) = derive(t, stored.as_ref(), &entry, after) {
+            tracing::error!(error = %e, "indexing a committed audit entry failed; refusing all further writes");
+            self.state.poisoned.store(true, Ordering::Release);
+            return Err(e.into());
+        }
+        self.changed.push(Change {
+            entry: entry.clone(),
+            promotion: after.clone(),
+        });
+        Ok(Some(entry))
+    }
+
+    fn writes(&self) -> usize {
+        self.writes
+    }
+}
+
+/// One committed batch on its way to the flusher.
+pub struct Committed {
+    completions: Vec<Completion>,
+    changed: Vec<Change>,
+    writes: usize,
+    /// The newest audit sequence once the batch was applied.
+    last_sequence: u64,
+}
+
+/// Applies jobs in arrival order and hands each committed batch to the
+/// flusher thread, so batch N+1 is applied while batch N is being fsynced.
+/// A batch is answered only by a flush that started after it was committed,
+/// so nothing is acknowledged before it is on disk.
+pub fn run_writer(
+    mut state: WriterState,
+    mut rx: mpsc::Receiver<Job>,
+    to_flusher: std::sync::mpsc::Sender<Committed>,
+) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut committed = Committed {
+            completions: Vec::with_capacity(batch.len()),
+            changed: Vec::new(),
+            writes: 0,
+            last_sequence: 0,
+        };
+        for job in batch {
+            let mut tx = Tx {
+                state: &mut state,
+                changed: &mut committed.changed,
+                writes: 0,
+            };
+            committed.completions.push(job(&mut tx));
+            committed.writes += tx.writes;
+        }
+        committed.last_sequence = state.next_sequence - 1;
+        if to_flusher.send(committed).is_err() {
+            // The flusher only ends when this sender is dropped.
+            break;
+        }
+    }
+}
+
+/// The flusher thread's state.
+pub struct Flusher {
+    pub db: sled::Db,
+    pub horizon: horizon::Horizon,
+    /// The newest audit sequence a successful flush covered.
+    pub acknowledged: u64,
+    pub poisoned: Arc<AtomicBool>,
+    pub changes: broadcast::Sender<Change>,
+    pub stats: Arc<WriterStats>,
+}
+
+impl Flusher {
+    /// Flushes once for every batch that arrived while the previous flush
+    /// ran, then answers those batches and publishes their changes. A failed
+    /// flush poisons the store: that batch and every later one is refused,
+    /// and the refusal horizon makes the next start remove them.
+    pub fn run(mut self, rx: std::sync::mpsc::Receiver<Committed>) {
+        while let Ok(first) = rx.recv() {
+            let mut group = vec![first];
+            group.extend(rx.try_iter());
+            let flushed = self.flush(&group);
+            for committed in group {
+                for c in committed.completions {
+                    c(flushed.clone());
+                }
+                if flushed.is_ok() {
+                    for change in committed.changed {
+                        // No subscriber is fine.
+                        let _ = self.changes.send(change);
+                    }
+                }
+            }
+        }
+        if !self.poisoned.load(Ordering::Acquire)
+            && let Err(e) = self.db.flush()
+        {
+            tracing::error!(error = %e, "final flush failed");
+        }
+    }
+
+    fn flush(&mut self, group: &[Committed]) -> Result<(), StoreError> {
+        let writes: usize = group.iter().map(|c| c.writes).sum();
+        if writes == 0 {
+            return Ok(());
+        }
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(StoreError::Poisoned);
+        }
+        match self.db.flush() {
+            Ok(_) => {
+                self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .commits
+                    .fetch_add(writes as u64, Ordering::Relaxed);
+                let newest = group.iter().map(|c| c.last_sequence).max();
+                self.acknowledged = newest.unwrap_or(0).max(self.acknowledged);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "flush failed; refusing all further writes");
+                self.poisoned.store(true, Ordering::Release);
+                if let Err(h) = self.horizon.record(self.acknowledged) {
+                    tracing::error!(
+                        error = %h,
+                        "cannot record the refusal horizon; entries refused just now may reappear after a restart"
+                    );
+                }
+                Err(StoreError::Flush(e.to_string()))
+            }
+        }
+    }
+}
