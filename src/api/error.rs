@@ -33,9 +33,10 @@ impl From<Error> for Status {
                 RegistryError::Unavailable { .. } | RegistryError::Protocol { .. } => {
                     Status::unavailable(msg)
                 }
-                RegistryError::Denied { .. } | RegistryError::DigestMismatch { .. } => {
-                    Status::failed_precondition(msg)
-                }
+                RegistryError::Denied { .. }
+                | RegistryError::DigestMismatch { .. }
+                | RegistryError::Refused { .. }
+                | RegistryError::ManifestTooLarge { .. } => Status::failed_precondition(msg),
             },
             Error::Store(s) => {
                 tracing::error!(error = %s, "storage failure");

@@ -30,6 +30,29 @@ pub enum RegistryError {
     },
     #[error("registry {registry} answered unexpectedly: {message}")]
     Protocol { registry: String, message: String },
+    /// prodgate would not do what the registry asked: send credentials to a
+    /// token realm that breaks the rules in [`oci`], or follow a redirect to
+    /// another host. Permanent: the registry or its configuration must change.
+    #[error("registry {registry}: {reason}")]
+    Refused { registry: String, reason: String },
+    /// A manifest over [`MANIFEST_LIMIT`]; `size` is `None` when the registry
+    /// sent no `Content-Length` and reading stopped at the limit.
+    #[error("manifest {reference} is {}, over the 4 MiB limit for manifests", size_text(.size))]
+    ManifestTooLarge {
+        reference: String,
+        size: Option<u64>,
+    },
+}
+
+/// The largest manifest prodgate reads: Distribution's own limit
+/// (`maxManifestBodySize`, 4 MiB), so nothing bigger can be pushed back anyway.
+pub const MANIFEST_LIMIT: u64 = 4 * 1024 * 1024;
+
+fn size_text(size: &Option<u64>) -> String {
+    match size {
+        Some(n) => format!("{n} bytes"),
+        None => format!("more than {MANIFEST_LIMIT} bytes (sent without a Content-Length)"),
+    }
 }
 
 impl RegistryError {
@@ -40,7 +63,9 @@ impl RegistryError {
             RegistryError::NotFound { .. }
             | RegistryError::Denied { .. }
             | RegistryError::DigestMismatch { .. }
-            | RegistryError::Protocol { .. } => false,
+            | RegistryError::Protocol { .. }
+            | RegistryError::Refused { .. }
+            | RegistryError::ManifestTooLarge { .. } => false,
         }
     }
 }

@@ -2,18 +2,39 @@
 //! needs (GET a manifest by digest, HEAD a tag, PUT a manifest) are made
 //! directly with reqwest, so prodgate sees every status and header
 //! (`Retry-After`, `Docker-Content-Digest`, `Content-Type`) and makes no
-//! request it does not need; `oci-client` negotiates credentials (bearer-token
-//! challenges) when a registry answers 401. Every request has a deadline.
+//! request it does not need. Every request has a deadline.
+//!
+//! prodgate answers a registry's 401 challenge itself rather than through
+//! oci-client, which sends the password to whatever token realm a registry
+//! names and reads answers of any size. The rules, each enforced before a
+//! request is sent:
+//!
+//! - Basic credentials go only to the configured registry: the manifest URLs
+//!   prodgate builds from its configured host, and redirects only within the
+//!   same origin. "Another host" means another scheme, host or port, compared
+//!   exactly as written, with no name resolution: `127.0.0.1:5000` and
+//!   `localhost:5000` are different hosts. A redirect anywhere else is refused
+//!   (not followed, not even without credentials), so a registry cannot send
+//!   prodgate's requests to a host nobody configured.
+//! - A Bearer challenge's token realm gets the credentials only over HTTPS, on
+//!   any host (Docker Hub and others keep their token service elsewhere), or
+//!   over plain HTTP when the registry itself is configured `insecure = true`
+//!   (its traffic is plain text anyway). Any other realm is refused, with an
+//!   error naming it and the rule, and receives no request at all.
+//! - Every body is read with a cap: a manifest up to [`MANIFEST_LIMIT`]
+//!   (`Content-Length` checked first, a streamed body counted as it arrives),
+//!   token answers and error bodies up to [`BODY_LIMIT`]; registry text
+//!   repeated in an error is cut to [`ECHO_LIMIT`] bytes.
 
-use super::{Manifest, Moved, Registry, RegistryError};
+use super::{MANIFEST_LIMIT, Manifest, Moved, Registry, RegistryError};
 use crate::domain::names::Repository;
 use async_trait::async_trait;
 use oci_client::secrets::RegistryAuth;
-use oci_client::{
-    Client, Reference, RegistryOperation, client::ClientConfig, client::ClientProtocol,
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, RETRY_AFTER,
+    WWW_AUTHENTICATE,
 };
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
-use reqwest::{Method, StatusCode};
+use reqwest::{Method, StatusCode, Url};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -28,6 +49,20 @@ const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, \
 
 const DIGEST_HEADER: &str = "docker-content-digest";
 
+/// The most prodgate reads of any answer that is not a manifest: a token
+/// answer (a JWT of a few KiB) or an error body, of which only
+/// [`ECHO_LIMIT`] bytes are ever shown.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// How much of a registry's own text (an error body, a realm) an error
+/// message repeats. Control characters are escaped where messages are
+/// printed, not here.
+pub const ECHO_LIMIT: usize = 512;
+
+/// Redirects followed within one origin before prodgate gives up
+/// (reqwest's default limit).
+const MAX_REDIRECTS: usize = 10;
+
 /// One registry prodgate may talk to.
 #[derive(Debug, Clone)]
 pub struct RegistryHost {
@@ -40,9 +75,7 @@ pub struct RegistryHost {
 pub struct OciRegistry {
     metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
     http: reqwest::Client,
-    oci: Client,
     hosts: Vec<RegistryHost>,
-    timeout: Duration,
     /// Authorization header per (repository, push?) once a registry asked for one.
     authorizations: Mutex<HashMap<(String, bool), HeaderValue>>,
 }
@@ -51,7 +84,20 @@ pub struct OciRegistry {
 struct Answer {
     status: StatusCode,
     headers: HeaderMap,
-    body: bytes::Bytes,
+    body: Vec<u8>,
+}
+
+/// What a registry's `WWW-Authenticate` asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Challenge {
+    /// Fetch a token from `realm`.
+    Bearer {
+        realm: String,
+        service: Option<String>,
+    },
+    /// Basic, an unknown scheme, or no usable challenge: present the
+    /// configured credentials to the registry itself, if any.
+    Other,
 }
 
 impl OciRegistry {
@@ -60,21 +106,11 @@ impl OciRegistry {
         timeout: Duration,
         metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
     ) -> Result<Self, RegistryError> {
-        let insecure: Vec<String> = hosts
-            .iter()
-            .filter(|h| h.insecure)
-            .map(|h| h.host.clone())
-            .collect();
-        let oci = Client::new(ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(insecure),
-            connect_timeout: Some(timeout),
-            read_timeout: Some(timeout),
-            ..ClientConfig::default()
-        });
         let http = reqwest::Client::builder()
             .connect_timeout(timeout)
             .timeout(timeout)
             .no_proxy()
+            .redirect(redirect_policy())
             .user_agent(concat!("prodgate/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| RegistryError::Protocol {
@@ -84,9 +120,7 @@ impl OciRegistry {
         Ok(Self {
             metrics,
             http,
-            oci,
             hosts,
-            timeout,
             authorizations: Mutex::new(HashMap::new()),
         })
     }
@@ -95,12 +129,12 @@ impl OciRegistry {
         self.hosts.iter().find(|h| h.host == repo.host())
     }
 
+    fn insecure(&self, repo: &Repository) -> bool {
+        self.host(repo).is_some_and(|h| h.insecure)
+    }
+
     fn manifest_url(&self, repo: &Repository, reference: &str) -> String {
-        let scheme = if self.host(repo).is_some_and(|h| h.insecure) {
-            "http"
-        } else {
-            "https"
-        };
+        let scheme = if self.insecure(repo) { "http" } else { "https" };
         format!(
             "{scheme}://{}/v2/{}/manifests/{reference}",
             repo.host(),
@@ -115,59 +149,151 @@ impl OciRegistry {
             .and_then(|m| m.get(&(repo.to_string(), push)).cloned())
     }
 
-    /// Asks for credentials the way the registry's 401 challenge demands.
+    /// Answers the registry's 401 `challenge` with the configured credentials,
+    /// under the rules in the module comment.
     async fn authorize(
         &self,
         repo: &Repository,
         push: bool,
+        challenge: Challenge,
     ) -> Result<Option<HeaderValue>, RegistryError> {
-        let auth = self
-            .host(repo)
-            .map_or(RegistryAuth::Anonymous, |h| h.auth.clone());
-        let reference = Reference::with_tag(
-            repo.host().to_owned(),
-            repo.path().to_owned(),
-            "latest".into(),
-        );
-        let op = if push {
-            RegistryOperation::Push
-        } else {
-            RegistryOperation::Pull
-        };
-        let token = tokio::time::timeout(self.timeout, self.oci.auth(&reference, &auth, op))
-            .await
-            .map_err(|_| unavailable(repo, "no answer from the token service".into(), None))?
-            .map_err(|e| {
-                tracing::warn!(registry = %repo.host(), error = %e, "credential negotiation failed");
-                RegistryError::Denied {
-                    registry: repo.host().to_owned(),
-                    status: 401,
-                }
-            })?;
-        let value = match (token, &auth) {
-            (Some(t), _) => Some(format!("Bearer {t}")),
-            (None, RegistryAuth::Basic(user, password)) => {
-                use base64::Engine;
-                let b =
-                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-                Some(format!("Basic {b}"))
+        let auth = self.host(repo).map(|h| &h.auth);
+        let header = match (challenge, auth) {
+            // A configured token is for the registry itself, never a realm.
+            (_, Some(RegistryAuth::Bearer(token))) => sensitive(&format!("Bearer {token}")),
+            (Challenge::Bearer { realm, service }, auth) => {
+                let token = self
+                    .token(repo, push, &realm, service.as_deref(), auth)
+                    .await?;
+                sensitive(&format!("Bearer {token}"))
             }
-            (None, _) => None,
+            (Challenge::Other, Some(RegistryAuth::Basic(user, password))) => {
+                basic_authorization(user, password)
+            }
+            (Challenge::Other, Some(RegistryAuth::Anonymous) | None) => None,
         };
-        let header = value
-            .and_then(|v| HeaderValue::from_str(&v).ok())
-            .map(|mut h| {
-                h.set_sensitive(true);
-                h
-            });
         if let (Some(h), Ok(mut m)) = (&header, self.authorizations.lock()) {
             m.insert((repo.to_string(), push), h.clone());
         }
         Ok(header)
     }
 
+    /// A token from `realm` for pulling (and pushing) `repo`, the way
+    /// Distribution's token auth specifies: GET with `service` and `scope`,
+    /// Basic credentials if configured, `{"token": …}` back.
+    async fn token(
+        &self,
+        repo: &Repository,
+        push: bool,
+        realm: &str,
+        service: Option<&str>,
+        auth: Option<&RegistryAuth>,
+    ) -> Result<String, RegistryError> {
+        let mut url = realm_url(repo, realm, self.insecure(repo))?;
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(service) = service {
+                query.append_pair("service", service);
+            }
+            let actions = if push { "pull,push" } else { "pull" };
+            query.append_pair("scope", &format!("repository:{}:{actions}", repo.path()));
+        }
+        let mut req = self
+            .http
+            .get(url.clone())
+            .header(ACCEPT, "application/json");
+        if let Some(RegistryAuth::Basic(user, password)) = auth
+            && let Some(h) = basic_authorization(user, password)
+        {
+            req = req.header(AUTHORIZATION, h);
+        }
+        let sent = req.send().await;
+        self.count("GET token", &sent);
+        let realm_text = echo(realm.as_bytes());
+        let token_error = |e: reqwest::Error| {
+            let reason = transport_reason(&e);
+            unavailable(repo, format!("token service {realm_text}: {reason}"), None)
+        };
+        let mut res = sent.map_err(token_error)?;
+        refuse_redirect(repo, &Method::GET, &res)?;
+        let status = res.status();
+        let headers = res.headers().clone();
+        let (body, complete) = read_capped(&mut res, BODY_LIMIT)
+            .await
+            .map_err(token_error)?;
+        match status.as_u16() {
+            200..=299 => {}
+            401 | 403 => {
+                return Err(RegistryError::Denied {
+                    registry: repo.host().to_owned(),
+                    status: status.as_u16(),
+                });
+            }
+            408 | 429 | 500..=599 => {
+                return Err(unavailable(
+                    repo,
+                    format!(
+                        "token service {realm_text}: {}",
+                        status_detail(status, &body)
+                    ),
+                    retry_after(&headers, SystemTime::now()),
+                ));
+            }
+            _ => {
+                return Err(protocol(
+                    repo,
+                    format!(
+                        "token service {realm_text} answered {}",
+                        status_detail(status, &body)
+                    ),
+                ));
+            }
+        }
+        if !complete {
+            return Err(protocol(
+                repo,
+                format!("token service {realm_text} sent an answer over {BODY_LIMIT} bytes"),
+            ));
+        }
+        #[derive(serde::Deserialize)]
+        struct TokenAnswer {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        // serde's message would quote the body, which may hold a token.
+        let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|_| {
+            protocol(
+                repo,
+                format!("token service {realm_text} sent an answer that is not JSON with a token"),
+            )
+        })?;
+        // `token` is Distribution's field, `access_token` the OAuth2 alias.
+        answer
+            .token
+            .or(answer.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                protocol(
+                    repo,
+                    format!("token service {realm_text} sent an answer without a token"),
+                )
+            })
+    }
+
+    fn count<T>(&self, operation: &str, sent: &Result<reqwest::Response, T>) {
+        if let Some(m) = &self.metrics {
+            let outcome = match sent {
+                Ok(r) => r.status().as_u16().to_string(),
+                Err(_) => "error".to_owned(),
+            };
+            m.registry_request(operation, &outcome);
+        }
+    }
+
     /// One HTTP request with the cached authorization; on 401, negotiate
-    /// credentials once and repeat.
+    /// credentials once and repeat. The body of a successful GET is a
+    /// manifest and may be up to [`MANIFEST_LIMIT`]; any other body is cut at
+    /// [`BODY_LIMIT`].
     async fn send(
         &self,
         repo: &Repository,
@@ -192,20 +318,22 @@ impl OciRegistry {
                     .body(bytes.clone());
             }
             let sent = req.send().await;
-            if let Some(m) = &self.metrics {
-                let outcome = match &sent {
-                    Ok(r) => r.status().as_u16().to_string(),
-                    Err(_) => "error".to_owned(),
-                };
-                m.registry_request(&format!("{method} manifest"), &outcome);
-            }
-            let res = sent.map_err(|e| transport_error(repo, e))?;
+            self.count(&format!("{method} manifest"), &sent);
+            let mut res = sent.map_err(|e| transport_error(repo, e))?;
+            refuse_redirect(repo, &method, &res)?;
             let status = res.status();
             let headers = res.headers().clone();
-            let body = res.bytes().await.map_err(|e| transport_error(repo, e))?;
+            let body = if method == Method::GET && status.is_success() {
+                read_manifest(repo, reference, &mut res).await?
+            } else {
+                read_capped(&mut res, BODY_LIMIT)
+                    .await
+                    .map_err(|e| transport_error(repo, e))?
+                    .0
+            };
             if status == StatusCode::UNAUTHORIZED && !negotiated {
                 negotiated = true;
-                if let Some(a) = self.authorize(repo, push).await? {
+                if let Some(a) = self.authorize(repo, push, challenge(&headers)).await? {
                     authorization = Some(a);
                     continue;
                 }
@@ -244,6 +372,213 @@ impl OciRegistry {
     }
 }
 
+/// Follows a redirect only within the origin of the first request (see the
+/// module comment); anything else stops and reaches [`refuse_redirect`].
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let within = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| same_origin(first, attempt.url()));
+        if within && attempt.previous().len() <= MAX_REDIRECTS {
+            attempt.follow()
+        } else {
+            attempt.stop()
+        }
+    })
+}
+
+/// Same scheme, host and port, as written: no name resolution, so
+/// `127.0.0.1` and `localhost` differ.
+fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
+}
+
+/// A redirect the policy stopped (to another origin, or too many) is an
+/// error naming where it pointed, not an answer.
+fn refuse_redirect(
+    repo: &Repository,
+    method: &Method,
+    res: &reqwest::Response,
+) -> Result<(), RegistryError> {
+    let Some(location) = res
+        .status()
+        .is_redirection()
+        .then(|| res.headers().get(LOCATION))
+        .flatten()
+    else {
+        return Ok(());
+    };
+    let from = res.url();
+    let to = location.to_str().ok().and_then(|l| from.join(l).ok());
+    let target = to.as_ref().map_or_else(
+        || echo(location.as_bytes()),
+        |u| echo(u.as_str().as_bytes()),
+    );
+    let reason = if to.as_ref().is_some_and(|to| same_origin(from, to)) {
+        format!(
+            "refused to follow {method} {from}: more than {MAX_REDIRECTS} redirects (the last to {target})"
+        )
+    } else {
+        format!(
+            "refused to follow the redirect of {method} {from} to {target}: prodgate follows \
+             redirects only within the same scheme, host and port, so that its requests and \
+             credentials never leave the host they were meant for"
+        )
+    };
+    Err(RegistryError::Refused {
+        registry: repo.host().to_owned(),
+        reason,
+    })
+}
+
+/// The realm a Bearer challenge names, if it may receive credentials: HTTPS,
+/// or plain HTTP for a registry configured `insecure = true`. Applied without
+/// credentials too: a plain-HTTP realm for an HTTPS registry is a mistake or
+/// an attack either way, and one rule is easier to reason about.
+fn realm_url(repo: &Repository, realm: &str, insecure: bool) -> Result<Url, RegistryError> {
+    let refused = |rule: &str| RegistryError::Refused {
+        registry: repo.host().to_owned(),
+        reason: format!(
+            "refused to send credentials to the token realm {}: {rule}",
+            echo(realm.as_bytes())
+        ),
+    };
+    let url = Url::parse(realm).map_err(|_| refused("the realm is not an absolute URL"))?;
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if insecure => Ok(url),
+        "http" => Err(refused(
+            "a token realm must use https unless the registry is configured with insecure = true",
+        )),
+        _ => Err(refused("a token realm must be an https URL")),
+    }
+}
+
+/// The first Bearer challenge with a realm among the `WWW-Authenticate`
+/// headers, else [`Challenge::Other`]. A header that does not parse is
+/// skipped, as if absent.
+fn challenge(headers: &HeaderMap) -> Challenge {
+    for value in headers.get_all(WWW_AUTHENTICATE) {
+        let Ok(text) = value.to_str() else { continue };
+        let Ok(challenges) = http_auth::parse_challenges(text) else {
+            continue;
+        };
+        for c in challenges {
+            if !c.scheme.eq_ignore_ascii_case("bearer") {
+                continue;
+            }
+            let param = |name: &str| {
+                c.params
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.to_unescaped())
+            };
+            if let Some(realm) = param("realm") {
+                return Challenge::Bearer {
+                    realm,
+                    service: param("service"),
+                };
+            }
+        }
+    }
+    Challenge::Other
+}
+
+fn sensitive(value: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(value).ok().map(|mut h| {
+        h.set_sensitive(true);
+        h
+    })
+}
+
+fn basic_authorization(user: &str, password: &str) -> Option<HeaderValue> {
+    use base64::Engine;
+    let b = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    sensitive(&format!("Basic {b}"))
+}
+
+/// Reads at most `limit` bytes of the body, streaming; `complete` is false
+/// when more followed (the rest is never read: dropping the response closes
+/// the connection). At most one network chunk beyond `limit` is ever held.
+async fn read_capped(
+    res: &mut reqwest::Response,
+    limit: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = res.chunk().await? {
+        let room = limit - buf.len();
+        if chunk.len() > room {
+            buf.extend_from_slice(&chunk[..room]);
+            return Ok((buf, false));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok((buf, true))
+}
+
+/// A manifest body, refused over [`MANIFEST_LIMIT`]: by its `Content-Length`
+/// before reading anything, else once the streamed body passes the limit.
+async fn read_manifest(
+    repo: &Repository,
+    reference: &str,
+    res: &mut reqwest::Response,
+) -> Result<Vec<u8>, RegistryError> {
+    let too_large = |size| RegistryError::ManifestTooLarge {
+        reference: reference_text(repo, reference),
+        size,
+    };
+    if let Some(n) = res.content_length()
+        && n > MANIFEST_LIMIT
+    {
+        return Err(too_large(Some(n)));
+    }
+    let limit = usize::try_from(MANIFEST_LIMIT).unwrap_or(usize::MAX);
+    let (body, complete) = read_capped(res, limit)
+        .await
+        .map_err(|e| transport_error(repo, e))?;
+    if complete {
+        Ok(body)
+    } else {
+        Err(too_large(None))
+    }
+}
+
+/// `repo@sha256:…` for a digest, `repo:tag` for a tag.
+fn reference_text(repo: &Repository, reference: &str) -> String {
+    if reference.contains(':') {
+        format!("{repo}@{reference}")
+    } else {
+        format!("{repo}:{reference}")
+    }
+}
+
+/// At most [`ECHO_LIMIT`] bytes of a registry's text, cut on a character
+/// boundary, saying how much was left out.
+pub fn echo(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let text = text.trim();
+    if text.len() <= ECHO_LIMIT {
+        return text.to_owned();
+    }
+    let mut end = ECHO_LIMIT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… (cut to {ECHO_LIMIT} bytes)", &text[..end])
+}
+
+fn status_detail(status: StatusCode, body: &[u8]) -> String {
+    let text = echo(body);
+    if text.is_empty() {
+        format!("HTTP {}", status.as_u16())
+    } else {
+        format!("HTTP {}: {text}", status.as_u16())
+    }
+}
+
 fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
@@ -256,15 +591,25 @@ fn unavailable(repo: &Repository, reason: String, retry_after: Option<Duration>)
     }
 }
 
+fn protocol(repo: &Repository, message: String) -> RegistryError {
+    RegistryError::Protocol {
+        registry: repo.host().to_owned(),
+        message,
+    }
+}
+
 fn transport_error(repo: &Repository, e: reqwest::Error) -> RegistryError {
-    let reason = if e.is_timeout() {
+    unavailable(repo, transport_reason(&e), None)
+}
+
+fn transport_reason(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
         "no answer in time".to_owned()
     } else if e.is_connect() {
         format!("cannot connect: {e}")
     } else {
         format!("request failed: {e}")
-    };
-    unavailable(repo, reason, None)
+    }
 }
 
 /// `Retry-After` as seconds or an HTTP date.
@@ -286,16 +631,6 @@ pub fn classify_status(
     body: &[u8],
 ) -> RegistryError {
     let code = status.as_u16();
-    let detail = || {
-        let text = String::from_utf8_lossy(&body[..body.len().min(512)])
-            .trim()
-            .to_owned();
-        if text.is_empty() {
-            format!("HTTP {code}")
-        } else {
-            format!("HTTP {code}: {text}")
-        }
-    };
     match code {
         404 => RegistryError::NotFound {
             reference: reference.to_owned(),
@@ -306,12 +641,12 @@ pub fn classify_status(
         },
         408 | 429 | 500..=599 => RegistryError::Unavailable {
             registry: registry.to_owned(),
-            reason: detail(),
+            reason: status_detail(status, body),
             retry_after: retry_after(headers, SystemTime::now()),
         },
         _ => RegistryError::Protocol {
             registry: registry.to_owned(),
-            message: detail(),
+            message: status_detail(status, body),
         },
     }
 }
@@ -322,7 +657,7 @@ fn check(repo: &Repository, reference: &str, a: &Answer) -> Result<(), RegistryE
     } else {
         Err(classify_status(
             repo.host(),
-            &format!("{repo}@{reference}"),
+            &reference_text(repo, reference),
             a.status,
             &a.headers,
             &a.body,
@@ -364,8 +699,8 @@ impl Registry for OciRegistry {
             && expected != digest
         {
             return Err(RegistryError::DigestMismatch {
-                reference: format!("{repo}@{reference}"),
-                expected,
+                reference: reference_text(repo, reference),
+                expected: echo(expected.as_bytes()),
                 actual: digest,
             });
         }
@@ -384,7 +719,7 @@ impl Registry for OciRegistry {
         Ok(Some(Manifest {
             digest,
             media_type,
-            bytes: got.body.to_vec(),
+            bytes: got.body,
         }))
     }
 
@@ -394,6 +729,22 @@ impl Registry for OciRegistry {
         manifest: &Manifest,
         tag: &str,
     ) -> Result<Moved, RegistryError> {
+        // The bytes were pinned at request time and have since sat in the
+        // store (or came from a fetch): push only bytes that still hash to the
+        // digest the promotion was approved for. Checked before any request,
+        // so a mismatch moves nothing and, being permanent, fails the
+        // promotion instead of retrying.
+        let actual = sha256_digest(&manifest.bytes);
+        if actual != manifest.digest {
+            return Err(RegistryError::DigestMismatch {
+                reference: format!(
+                    "the manifest pinned for {}",
+                    reference_text(repo, &manifest.digest)
+                ),
+                expected: manifest.digest.clone(),
+                actual,
+            });
+        }
         let content_type =
             HeaderValue::from_str(&manifest.media_type).map_err(|_| RegistryError::Protocol {
                 registry: repo.host().to_owned(),
@@ -410,9 +761,9 @@ impl Registry for OciRegistry {
         match self.head(repo, tag).await? {
             Some(now) if now == manifest.digest => Ok(Moved { previous_digest }),
             now => Err(RegistryError::DigestMismatch {
-                reference: format!("{repo}:{tag}"),
+                reference: reference_text(repo, tag),
                 expected: manifest.digest.clone(),
-                actual: now.unwrap_or_else(|| "nothing".into()),
+                actual: now.map_or_else(|| "nothing".into(), |d| echo(d.as_bytes())),
             }),
         }
     }
@@ -514,5 +865,223 @@ mod tests {
         );
         assert_eq!(media_type_of(b"{}"), None);
         assert_eq!(media_type_of(b"not json"), None);
+    }
+}
+
+#[cfg(test)]
+mod hardening_tests {
+    //! The rules of the module comment that need no other process; the
+    //! integration tests in `tests/registry_hardening.rs` cover the rest
+    //! through a real server.
+    use super::*;
+    use http_body_util::Full;
+    use hyper::body::Incoming;
+    use hyper::server::conn::http1;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    use std::sync::Arc;
+
+    fn repo(host: &str) -> Repository {
+        Repository::parse(&format!("{host}/app")).expect("valid repository")
+    }
+
+    #[test]
+    fn challenges() {
+        let parse = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(WWW_AUTHENTICATE, HeaderValue::from_str(v).expect("ascii"));
+            }
+            challenge(&h)
+        };
+        assert_eq!(
+            parse(&[
+                r#"Bearer realm="https://auth.example/token?a=1",service="reg \"x\"",scope="repository:app:pull""#
+            ]),
+            Challenge::Bearer {
+                realm: "https://auth.example/token?a=1".into(),
+                service: Some(r#"reg "x""#.into()),
+            }
+        );
+        // Several challenges in one header or several headers: Bearer wins.
+        assert_eq!(
+            parse(&[r#"Basic realm="r", bearer realm="https://a/t""#]),
+            Challenge::Bearer {
+                realm: "https://a/t".into(),
+                service: None
+            }
+        );
+        assert_eq!(
+            parse(&[r#"Basic realm="r""#, r#"Bearer realm="https://a/t""#]),
+            Challenge::Bearer {
+                realm: "https://a/t".into(),
+                service: None
+            }
+        );
+        assert_eq!(parse(&[r#"Basic realm="basic-realm""#]), Challenge::Other);
+        assert_eq!(parse(&["Bearer service=\"x\""]), Challenge::Other);
+        assert_eq!(parse(&["Bearer realm=\"unterminated"]), Challenge::Other);
+        assert_eq!(parse(&[]), Challenge::Other);
+    }
+
+    #[test]
+    fn realms_receive_credentials_only_over_https_or_for_insecure_registries() {
+        let r = repo("127.0.0.1:5000");
+        assert!(realm_url(&r, "https://auth.example/token", false).is_ok());
+        assert!(realm_url(&r, "https://auth.example/token", true).is_ok());
+        assert!(realm_url(&r, "http://127.0.0.1:5001/token", true).is_ok());
+        for (realm, insecure, rule) in [
+            (
+                "http://127.0.0.1:5001/token",
+                false,
+                "must use https unless",
+            ),
+            ("ftp://auth.example/token", true, "must be an https URL"),
+            ("/token", true, "not an absolute URL"),
+        ] {
+            match realm_url(&r, realm, insecure) {
+                Err(RegistryError::Refused { registry, reason }) => {
+                    assert_eq!(registry, "127.0.0.1:5000");
+                    assert!(reason.contains(realm), "{reason}");
+                    assert!(reason.contains(rule), "{reason}");
+                }
+                other => panic!("{realm}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn origins_compare_as_written() {
+        let u = |s: &str| Url::parse(s).expect("url");
+        assert!(same_origin(
+            &u("http://127.0.0.1:5000/v2/a"),
+            &u("http://127.0.0.1:5000/v2/b?x")
+        ));
+        assert!(same_origin(&u("https://r.io/a"), &u("https://r.io:443/b")));
+        assert!(!same_origin(
+            &u("http://127.0.0.1:5000/"),
+            &u("http://localhost:5000/")
+        ));
+        assert!(!same_origin(
+            &u("http://127.0.0.1:5000/"),
+            &u("http://127.0.0.1:5001/")
+        ));
+        assert!(!same_origin(&u("https://r.io/"), &u("http://r.io:443/")));
+    }
+
+    #[test]
+    fn echoed_text_is_bounded() {
+        assert_eq!(echo(b"  short  "), "short");
+        let long = "é".repeat(ECHO_LIMIT);
+        let cut = echo(long.as_bytes());
+        assert!(cut.len() < ECHO_LIMIT + 40, "{}", cut.len());
+        assert!(
+            cut.ends_with(&format!("… (cut to {ECHO_LIMIT} bytes)")),
+            "{cut}"
+        );
+        let status = classify_status(
+            "r.io",
+            "r.io/app:v1",
+            StatusCode::BAD_REQUEST,
+            &HeaderMap::new(),
+            "x".repeat(100_000).as_bytes(),
+        );
+        assert!(
+            status.to_string().len() < 700,
+            "{}",
+            status.to_string().len()
+        );
+    }
+
+    /// A registry that answers HEAD with `digest`, PUT with 201, and records
+    /// every request line.
+    async fn recording_registry(digest: String) -> (String, Arc<Mutex<Vec<String>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let host = listener.local_addr().expect("address").to_string();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (log, digest) = (Arc::clone(&log), digest.clone());
+                let service = service_fn(move |req: hyper::Request<Incoming>| {
+                    if let Ok(mut l) = log.lock() {
+                        l.push(format!("{} {}", req.method(), req.uri().path()));
+                    }
+                    let status = match *req.method() {
+                        Method::PUT => 201,
+                        Method::HEAD => 200,
+                        _ => 404,
+                    };
+                    let res = hyper::Response::builder()
+                        .status(status)
+                        .header(DIGEST_HEADER, digest.clone())
+                        .body(Full::new(bytes::Bytes::new()));
+                    async move { res }
+                });
+                tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+            }
+        });
+        (host, seen)
+    }
+
+    #[tokio::test]
+    async fn move_tag_pushes_nothing_when_pinned_bytes_do_not_match_their_digest() {
+        crate::server::install_crypto_provider();
+        let bytes = br#"{"schemaVersion":2,"config":{}}"#.to_vec();
+        let digest = sha256_digest(&bytes);
+        // The registry confirms whatever digest it is asked about, so only
+        // prodgate's own check can stop the push.
+        let (host, seen) = recording_registry(digest.clone()).await;
+        let registry = OciRegistry::new(
+            vec![RegistryHost {
+                host: host.clone(),
+                insecure: true,
+                auth: RegistryAuth::Anonymous,
+            }],
+            Duration::from_secs(5),
+            None,
+        )
+        .expect("client");
+        let mut tampered = bytes.clone();
+        tampered.extend_from_slice(b" ");
+        let manifest = Manifest {
+            digest: digest.clone(),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            bytes: tampered.clone(),
+        };
+        let err = registry
+            .move_tag(&repo(&host), &manifest, "production")
+            .await
+            .expect_err("tampered bytes must not be pushed");
+        match &err {
+            RegistryError::DigestMismatch {
+                expected, actual, ..
+            } => {
+                assert_eq!(expected, &digest);
+                assert_eq!(actual, &sha256_digest(&tampered));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!err.is_transient(), "a mismatch must fail, not retry");
+        let requests = seen.lock().map(|l| l.clone()).unwrap_or_default();
+        assert!(
+            !requests.iter().any(|r| r.starts_with("PUT")),
+            "{requests:?}"
+        );
+
+        // The same registry accepts the untampered bytes: the refusal above
+        // came from the check, not from the setup.
+        let good = Manifest { bytes, ..manifest };
+        registry
+            .move_tag(&repo(&host), &good, "production")
+            .await
+            .expect("intact bytes are pushed");
+        let requests = seen.lock().map(|l| l.clone()).unwrap_or_default();
+        assert!(
+            requests.contains(&"PUT /v2/app/manifests/production".to_owned()),
+            "{requests:?}"
+        );
     }
 }

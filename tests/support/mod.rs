@@ -1,6 +1,7 @@
 //! Real parts for integration tests: Debian's `docker-registry` and a
 //! `prodgate serve` process, each on a free loopback port with temp storage.
 #![allow(dead_code)]
+pub mod hostile;
 pub mod proxy;
 pub mod registry;
 pub mod server;

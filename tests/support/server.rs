@@ -97,6 +97,8 @@ pub struct TestServer {
     child: Child,
     dir: TempDir,
     data_dir: PathBuf,
+    /// Extra environment of the process, kept for restarts.
+    env: Vec<(String, PathBuf)>,
 }
 
 impl TestServer {
@@ -108,7 +110,23 @@ impl TestServer {
             .expect("create a temp dir for the server");
         std::fs::write(dir.path().join("prodgate.toml"), config).expect("write the config");
         let data_dir = dir.path().join("data");
-        Self::spawn(dir, data_dir)
+        Self::spawn(dir, data_dir, Vec::new())
+    }
+
+    /// Like [`TestServer::start`], with extra environment variables naming
+    /// files (such as `SSL_CERT_FILE` for a test CA).
+    pub fn start_with_env(config: &str, env: &[(&str, &Path)]) -> TestServer {
+        let dir = tempfile::Builder::new()
+            .prefix("prodgate-test-")
+            .tempdir()
+            .expect("create a temp dir for the server");
+        std::fs::write(dir.path().join("prodgate.toml"), config).expect("write the config");
+        let data_dir = dir.path().join("data");
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.to_path_buf()))
+            .collect();
+        Self::spawn(dir, data_dir, env)
     }
 
     /// Like [`TestServer::start`], with the data directory at `data_dir`.
@@ -118,16 +136,17 @@ impl TestServer {
             .tempdir()
             .expect("create a temp dir for the server");
         std::fs::write(dir.path().join("prodgate.toml"), config).expect("write the config");
-        Self::spawn(dir, data_dir.to_owned())
+        Self::spawn(dir, data_dir.to_owned(), Vec::new())
     }
 
-    fn spawn(dir: TempDir, data_dir: PathBuf) -> TestServer {
-        let (child, addr) = spawn_child(dir.path(), &data_dir);
+    fn spawn(dir: TempDir, data_dir: PathBuf, env: Vec<(String, PathBuf)>) -> TestServer {
+        let (child, addr) = spawn_child(dir.path(), &data_dir, &env);
         TestServer {
             addr,
             child,
             dir,
             data_dir,
+            env,
         }
     }
 
@@ -152,7 +171,7 @@ impl TestServer {
     pub fn kill_and_restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (child, addr) = spawn_child(self.dir.path(), &self.data_dir);
+        let (child, addr) = spawn_child(self.dir.path(), &self.data_dir, &self.env);
         self.child = child;
         self.addr = addr;
     }
@@ -195,8 +214,9 @@ impl TestServer {
 }
 
 /// Runs `prodgate serve` in `dir` and returns once it is listening.
-fn spawn_child(dir: &Path, data_dir: &Path) -> (Child, String) {
+fn spawn_child(dir: &Path, data_dir: &Path, env: &[(String, PathBuf)]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_prodgate"))
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .arg("serve")
         .arg("--config")
         .arg(dir.join("prodgate.toml"))
