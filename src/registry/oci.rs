@@ -59,6 +59,9 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 /// printed, not here.
 pub const ECHO_LIMIT: usize = 512;
 
+/// Longer than any digest of a registered algorithm (sha512: 135 bytes).
+const DIGEST_MAX: usize = 256;
+
 /// Redirects followed within one origin before prodgate gives up
 /// (reqwest's default limit).
 const MAX_REDIRECTS: usize = 10;
@@ -357,8 +360,8 @@ impl OciRegistry {
             return Ok(None);
         }
         check(repo, reference, &a)?;
-        match a.headers.get(DIGEST_HEADER).and_then(|v| v.to_str().ok()) {
-            Some(d) => Ok(Some(d.to_owned())),
+        match a.headers.get(DIGEST_HEADER) {
+            Some(d) => digest_header(repo, d).map(Some),
             // The header is optional in the spec: fall back to hashing the body.
             None => {
                 let g = self.send(repo, Method::GET, reference, None).await?;
@@ -546,6 +549,35 @@ async fn read_manifest(
     }
 }
 
+/// A `Docker-Content-Digest` value, if it has the shape of an OCI digest
+/// (`algorithm:encoded`, at most [`DIGEST_MAX`] bytes). It is compared,
+/// stored in the audit log and repeated in messages, so anything else from
+/// the registry is refused rather than carried along.
+fn digest_header(repo: &Repository, value: &HeaderValue) -> Result<String, RegistryError> {
+    let text = value.to_str().unwrap_or_default();
+    let shaped = text.split_once(':').is_some_and(|(algorithm, encoded)| {
+        !algorithm.is_empty()
+            && algorithm
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b))
+            && !encoded.is_empty()
+            && encoded
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"=_-".contains(&b))
+    });
+    if shaped && text.len() <= DIGEST_MAX {
+        Ok(text.to_owned())
+    } else {
+        Err(protocol(
+            repo,
+            format!(
+                "{DIGEST_HEADER} {:?} is not a digest",
+                echo(value.as_bytes())
+            ),
+        ))
+    }
+}
+
 /// `repo@sha256:…` for a digest, `repo:tag` for a tag.
 fn reference_text(repo: &Repository, reference: &str) -> String {
     if reference.contains(':') {
@@ -692,15 +724,15 @@ impl Registry for OciRegistry {
         } else {
             got.headers
                 .get(DIGEST_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
+                .map(|d| digest_header(repo, d))
+                .transpose()?
         };
         if let Some(expected) = expected
             && expected != digest
         {
             return Err(RegistryError::DigestMismatch {
                 reference: reference_text(repo, reference),
-                expected: echo(expected.as_bytes()),
+                expected,
                 actual: digest,
             });
         }
@@ -748,7 +780,10 @@ impl Registry for OciRegistry {
         let content_type =
             HeaderValue::from_str(&manifest.media_type).map_err(|_| RegistryError::Protocol {
                 registry: repo.host().to_owned(),
-                message: format!("invalid media type {:?}", manifest.media_type),
+                message: format!(
+                    "invalid media type {:?}",
+                    echo(manifest.media_type.as_bytes())
+                ),
             })?;
         // Compare before write: what the tag carries right before the push.
         let previous_digest = self.head(repo, tag).await?.unwrap_or_default();
@@ -763,7 +798,7 @@ impl Registry for OciRegistry {
             now => Err(RegistryError::DigestMismatch {
                 reference: reference_text(repo, tag),
                 expected: manifest.digest.clone(),
-                actual: now.map_or_else(|| "nothing".into(), |d| echo(d.as_bytes())),
+                actual: now.unwrap_or_else(|| "nothing".into()),
             }),
         }
     }
@@ -967,6 +1002,33 @@ mod hardening_tests {
             &u("http://127.0.0.1:5001/")
         ));
         assert!(!same_origin(&u("https://r.io/"), &u("http://r.io:443/")));
+    }
+
+    #[test]
+    fn digest_headers_are_digests() {
+        let r = repo("r.io");
+        let ok = |v: &str| digest_header(&r, &HeaderValue::from_str(v).expect("ascii"));
+        let sha = format!("sha256:{}", "a".repeat(64));
+        assert_eq!(ok(&sha).ok(), Some(sha.clone()));
+        assert!(ok(&format!("sha512:{}", "b".repeat(128))).is_ok());
+        for bad in [
+            "",
+            "sha256",
+            "sha256:",
+            ":abc",
+            "SHA256:abc",
+            "sha256:a b",
+            "sha256:a/../b",
+            &format!("sha256:{}", "a".repeat(300)),
+        ] {
+            assert!(
+                matches!(ok(bad), Err(RegistryError::Protocol { .. })),
+                "{bad:?}"
+            );
+        }
+        let long = format!("sha256:{}", "a".repeat(100_000));
+        let e = ok(&long).expect_err("too long").to_string();
+        assert!(e.len() < 700, "{}", e.len());
     }
 
     #[test]
