@@ -18,6 +18,12 @@ pub const DEFAULT_APPLY_WAIT: Duration = Duration::from_secs(1);
 pub const DEFAULT_REGISTRY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often pending promotions are checked for expiry.
 pub const DEFAULT_EXPIRY_SWEEP: Duration = Duration::from_secs(5);
+/// Connections served at once; each is a file descriptor, so this must stay
+/// below the process's open-file limit (deploy/README.md).
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 4096;
+/// How long a new connection may take to finish the TLS handshake (with TLS)
+/// and send the HTTP/2 preface before it is closed.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -49,6 +55,8 @@ struct RawConfig {
     registry_timeout: Option<String>,
     expiry_sweep_interval: Option<String>,
     metrics_listen: Option<String>,
+    max_connections: Option<u32>,
+    handshake_timeout: Option<String>,
     log_format: Option<String>,
     docker_config: Option<PathBuf>,
     tls: Option<RawTls>,
@@ -217,6 +225,8 @@ pub struct Config {
     pub registry_timeout: Duration,
     pub expiry_sweep_interval: Duration,
     pub metrics_listen: Option<String>,
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
     pub log_format: LogFormat,
     pub tls: Option<TlsConfig>,
     pub notify: Vec<NotifyConfig>,
@@ -431,6 +441,10 @@ impl RawConfig {
             }
             m => m,
         };
+        let max_connections = match self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS) {
+            0 => return Err(invalid("max_connections", "must be at least 1")),
+            n => n as usize,
+        };
         let log_format = match self.log_format.as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
@@ -481,6 +495,12 @@ impl RawConfig {
         }
         Ok(Config {
             metrics_listen,
+            max_connections,
+            handshake_timeout: duration(
+                "handshake_timeout",
+                self.handshake_timeout.as_deref(),
+                DEFAULT_HANDSHAKE_TIMEOUT,
+            )?,
             log_format,
             tls,
             notify,
@@ -690,6 +710,18 @@ approval_ttl = "2h"
                 .unwrap_err()
                 .to_string()
                 .contains("apply_wait")
+        );
+        assert!(
+            with("handshake_timeout = \"0s\"")
+                .unwrap_err()
+                .to_string()
+                .contains("handshake_timeout")
+        );
+        assert!(
+            with("max_connections = 0")
+                .unwrap_err()
+                .to_string()
+                .contains("max_connections")
         );
         assert!(
             with("registry_timeout = \"0s\"")

@@ -3,22 +3,33 @@
 //! status), the registry client (requests by operation and outcome), and the
 //! store's stream of committed changes (final states, apply latency). Gauges
 //! that describe stored state (pending approvals, audit entries) are read
-//! from the store at scrape time, so they cannot drift.
+//! from the store at scrape time, so they cannot drift. Every label value
+//! comes from the config or the code, never from a client: each one is kept
+//! for the life of the process.
 
 use crate::domain::model::{Promotion, State, Time};
 use crate::store::{Change, Store};
+use crate::telemetry::Throttle;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::sync::broadcast;
 
 pub struct Metrics {
     registry: Registry,
+    /// The standard unprefixed `process_*` metrics, apart from `registry`,
+    /// which prefixes every name with `prodgate_`.
+    process: Registry,
+    /// Configured environments: each has a pending-approvals sample, zero
+    /// included, so a dashboard tells "none pending" from "not reported".
+    environments: Vec<String>,
     rpcs: IntCounterVec,
     promotions: IntCounterVec,
     apply_seconds: HistogramVec,
@@ -30,8 +41,23 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Result<Arc<Self>, prometheus::Error> {
+    pub fn new(environments: Vec<String>) -> Result<Arc<Self>, prometheus::Error> {
         let registry = Registry::new_custom(Some("prodgate".into()), None)?;
+        let build_info = IntGaugeVec::new(
+            Opts::new("build_info", "Always 1; the version of the running binary"),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry.register(Box::new(build_info))?;
+        let process = Registry::new();
+        // CPU seconds, resident memory, open and maximum file descriptors,
+        // threads, start time: read from /proc at scrape time, Linux only.
+        #[cfg(target_os = "linux")]
+        process.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         let rpcs = IntCounterVec::new(
             Opts::new("rpcs_total", "gRPC calls by method and status code"),
             &["method", "code"],
@@ -83,6 +109,8 @@ impl Metrics {
         registry.register(Box::new(audit_entries.clone()))?;
         Ok(Arc::new(Self {
             registry,
+            process,
+            environments,
             rpcs,
             promotions,
             apply_seconds,
@@ -126,6 +154,9 @@ impl Metrics {
     /// The exposition text, with state gauges read from `store` now.
     pub async fn render(&self, store: &Store) -> String {
         self.pending.reset();
+        for e in &self.environments {
+            self.pending.with_label_values(&[e.as_str()]).set(0);
+        }
         match store.in_state(State::PendingApproval).await {
             Ok(pending) => {
                 for p in pending {
@@ -150,7 +181,9 @@ impl Metrics {
             counter.inc_by(now.saturating_sub(counter.get()));
         }
         let mut out = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
             tracing::warn!(error = %e, "cannot encode metrics");
         }
         String::from_utf8(out).unwrap_or_default()
@@ -204,10 +237,73 @@ pub async fn serve(
 }
 
 /// Tower layer around every gRPC call: a `rpc` tracing span (method, and the
-/// principal and promotion id once the handler knows them) and the call
-/// counter by method and status code.
+/// principal and promotion id once the handler knows them), the call counter
+/// by method and status code, and one log line per call.
+///
+/// Calls arrive here before routing and authentication, so the path is
+/// whatever a client sent: only methods the server serves get their own
+/// label, every other path counts as `method="unknown"` (a label per made-up
+/// path would grow memory without bound). Refused calls (unknown method, no
+/// valid credentials) are logged at most once a second per reason, with the
+/// number left out, since anyone can send them as fast as they like.
 #[derive(Clone)]
-pub struct RpcMetricsLayer(pub Arc<Metrics>);
+pub struct RpcMetricsLayer {
+    metrics: Arc<Metrics>,
+    methods: Arc<HashMap<String, Arc<str>>>,
+    refused: Arc<Refused>,
+}
+
+struct Refused {
+    unknown: Throttle,
+    unauthenticated: Throttle,
+}
+
+/// The label of a path no served method has.
+pub const UNKNOWN_METHOD: &str = "unknown";
+
+impl RpcMetricsLayer {
+    /// `descriptor_sets`: the encoded `FileDescriptorSet`s of every service
+    /// the server routes to (the ones reflection serves).
+    pub fn new(
+        metrics: Arc<Metrics>,
+        descriptor_sets: &[&[u8]],
+    ) -> Result<Self, prost::DecodeError> {
+        Ok(Self {
+            metrics,
+            methods: Arc::new(method_labels(descriptor_sets)?),
+            refused: Arc::new(Refused {
+                unknown: Throttle::new(Duration::from_secs(1)),
+                unauthenticated: Throttle::new(Duration::from_secs(1)),
+            }),
+        })
+    }
+}
+
+/// "/prodgate.v1.PromotionService/Approve" -> "PromotionService/Approve", for
+/// every method of every service in `descriptor_sets`.
+fn method_labels(
+    descriptor_sets: &[&[u8]],
+) -> Result<HashMap<String, Arc<str>>, prost::DecodeError> {
+    use prost::Message;
+    let mut labels = HashMap::new();
+    for encoded in descriptor_sets {
+        for file in prost_types::FileDescriptorSet::decode(*encoded)?.file {
+            for service in &file.service {
+                let full = match file.package() {
+                    "" => service.name().to_owned(),
+                    p => format!("{p}.{}", service.name()),
+                };
+                for m in &service.method {
+                    labels.insert(
+                        format!("/{full}/{}", m.name()),
+                        Arc::from(format!("{}/{}", service.name(), m.name())),
+                    );
+                }
+            }
+        }
+    }
+    Ok(labels)
+}
 
 impl<S> tower::Layer<S> for RpcMetricsLayer {
     type Service = RpcMetrics<S>;
@@ -215,7 +311,7 @@ impl<S> tower::Layer<S> for RpcMetricsLayer {
     fn layer(&self, inner: S) -> Self::Service {
         RpcMetrics {
             inner,
-            metrics: self.0.clone(),
+            layer: self.clone(),
         }
     }
 }
@@ -223,10 +319,13 @@ impl<S> tower::Layer<S> for RpcMetricsLayer {
 #[derive(Clone)]
 pub struct RpcMetrics<S> {
     inner: S,
-    metrics: Arc<Metrics>,
+    layer: RpcMetricsLayer,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// How much of an unknown path a log line shows.
+const LOGGED_PATH_CHARS: usize = 100;
 
 impl<S, B, RB> tower::Service<http::Request<B>> for RpcMetrics<S>
 where
@@ -244,14 +343,15 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        // "/prodgate.v1.PromotionService/Approve" -> "PromotionService/Approve"
-        let method = req
-            .uri()
-            .path()
-            .trim_start_matches('/')
-            .rsplit_once('.')
-            .map_or_else(|| req.uri().path().to_owned(), |(_, m)| m.to_owned());
-        let metrics = self.metrics.clone();
+        let path = req.uri().path();
+        let known = self.layer.methods.get(path).cloned();
+        // Kept for the log line only when the method is unknown.
+        let unknown_path = match known {
+            Some(_) => None,
+            None => Some(path.chars().take(LOGGED_PATH_CHARS).collect::<String>()),
+        };
+        let method = known.unwrap_or_else(|| Arc::from(UNKNOWN_METHOD));
+        let layer = self.layer.clone();
         let span = tracing::info_span!(
             "rpc",
             method = %method,
@@ -273,16 +373,35 @@ where
                     .get("grpc-status")
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<i32>().ok())
-                    .map_or("OK", |c| code_name(tonic::Code::from(c)));
-                metrics
+                    .map_or(tonic::Code::Ok, tonic::Code::from);
+                let name = code_name(code);
+                layer
+                    .metrics
                     .rpcs
-                    .with_label_values(&[method.as_str(), code])
+                    .with_label_values(&[&*method, name])
                     .inc();
-                tracing::info!(
-                    code,
-                    elapsed_us = started.elapsed().as_micros() as u64,
-                    "rpc"
-                );
+                let elapsed_us = started.elapsed().as_micros() as u64;
+                let refused = if unknown_path.is_some() {
+                    Some(&layer.refused.unknown)
+                } else if code == tonic::Code::Unauthenticated {
+                    Some(&layer.refused.unauthenticated)
+                } else {
+                    None
+                };
+                match refused {
+                    None => tracing::info!(code = name, elapsed_us, "rpc"),
+                    Some(throttle) => {
+                        if let Some(suppressed) = throttle.allow() {
+                            tracing::info!(
+                                code = name,
+                                elapsed_us,
+                                path = unknown_path.as_deref(),
+                                suppressed,
+                                "rpc refused"
+                            );
+                        }
+                    }
+                }
             }
             res
         };
@@ -309,5 +428,30 @@ fn code_name(c: tonic::Code) -> &'static str {
         tonic::Code::Unavailable => "UNAVAILABLE",
         tonic::Code::DataLoss => "DATA_LOSS",
         tonic::Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn served_methods_have_labels() {
+        let labels = method_labels(&[
+            crate::pb::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+        ])
+        .expect("valid descriptors");
+        assert_eq!(
+            labels
+                .get("/prodgate.v1.PromotionService/Approve")
+                .map(|l| &**l),
+            Some("PromotionService/Approve")
+        );
+        assert_eq!(
+            labels.get("/grpc.health.v1.Health/Check").map(|l| &**l),
+            Some("Health/Check")
+        );
+        assert!(!labels.contains_key("/prodgate.v1.PromotionService/Nope"));
     }
 }

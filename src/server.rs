@@ -2,6 +2,11 @@
 //! authentication, plus unauthenticated health and reflection, optionally
 //! over TLS/mTLS; starts the apply worker, the expiry sweep, the metrics
 //! endpoint and webhook delivery; stops when `shutdown` completes.
+//! [`conn`] accepts the connections; [`oversize`] gives over-limit requests
+//! the conventional status.
+
+mod conn;
+mod oversize;
 
 use crate::api::promotion::PromotionApi;
 use crate::apply;
@@ -19,15 +24,32 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
 /// How long shutdown waits for clients to finish their calls and hang up.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Largest request accepted; the biggest legitimate one is a few KiB of text.
+/// Larger ones are answered RESOURCE_EXHAUSTED, by every service.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Streams one connection may have open at once, advertised to clients in
+/// HTTP/2 SETTINGS. Each open WatchPromotion is one; 1,024 is far above what
+/// one client needs and bounds what one connection can make the server hold.
+pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+
+/// Every service the server routes to, as reflection describes them; also
+/// the methods that get their own metrics label.
+const DESCRIPTOR_SETS: &[&[u8]] = &[
+    crate::pb::FILE_DESCRIPTOR_SET,
+    tonic_health::pb::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -37,6 +59,8 @@ pub enum ServerError {
     Registry(#[from] crate::registry::RegistryError),
     #[error("cannot build server reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cannot read the built-in service descriptors: {0}")]
+    Descriptors(#[from] prost::DecodeError),
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("cannot listen for metrics on {addr}: {source}")]
@@ -49,6 +73,12 @@ pub enum ServerError {
         key: &'static str,
         path: String,
         source: std::io::Error,
+    },
+    #[error("tls.{key}: {path}: {message}")]
+    Tls {
+        key: &'static str,
+        path: String,
+        message: String,
     },
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -68,15 +98,78 @@ fn read_pem(key: &'static str, path: &std::path::Path) -> Result<Vec<u8>, Server
     })
 }
 
-/// With `client_ca`, clients must present a certificate it signed.
-fn tls_config(tls: &TlsConfig) -> Result<ServerTlsConfig, ServerError> {
-    let identity = Identity::from_pem(read_pem("cert", &tls.cert)?, read_pem("key", &tls.key)?);
-    let mut c = ServerTlsConfig::new().identity(identity);
-    if let Some(ca) = &tls.client_ca {
-        c = c.client_ca_root(Certificate::from_pem(read_pem("client_ca", ca)?));
+fn read_certs(
+    key: &'static str,
+    path: &std::path::Path,
+) -> Result<Vec<CertificateDer<'static>>, ServerError> {
+    let invalid = |message: String| ServerError::Tls {
+        key,
+        path: path.display().to_string(),
+        message,
+    };
+    let certs = CertificateDer::pem_slice_iter(&read_pem(key, path)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(format!("not a PEM certificate file: {e}")))?;
+    if certs.is_empty() {
+        return Err(invalid("holds no PEM certificate".into()));
     }
-    Ok(c)
+    Ok(certs)
 }
+
+/// The server's TLS: HTTP/2 only (ALPN `h2`, as gRPC clients require); with
+/// `client_ca`, clients must present a certificate it signed.
+fn tls_acceptor(tls: &TlsConfig) -> Result<tokio_rustls::TlsAcceptor, ServerError> {
+    let invalid = |key, path: &std::path::Path, message: String| ServerError::Tls {
+        key,
+        path: path.display().to_string(),
+        message,
+    };
+    let certs = read_certs("cert", &tls.cert)?;
+    let key = PrivateKeyDer::from_pem_slice(&read_pem("key", &tls.key)?)
+        .map_err(|e| invalid("key", &tls.key, format!("no PEM private key: {e}")))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid("cert", &tls.cert, e.to_string()))?;
+    let builder = match &tls.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in read_certs("client_ca", ca)? {
+                roots
+                    .add(c)
+                    .map_err(|e| invalid("client_ca", ca, e.to_string()))?;
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .map_err(|e| invalid("client_ca", ca, e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
+        invalid(
+            "key",
+            &tls.key,
+            format!("does not fit the certificate in tls.cert: {e}"),
+        )
+    })?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The soft limit on open files, when the system tells (Linux).
+fn open_file_limit() -> Option<u64> {
+    // "Max open files            1024                 524288               files"
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Descriptors prodgate needs besides client connections: the database's
+/// files, registry and webhook connections, the metrics listener and its
+/// scrapes. A generous guess; the point is to warn before the limit bites.
+const OTHER_DESCRIPTORS: u64 = 256;
 
 fn registry_hosts(config: &Config) -> Vec<RegistryHost> {
     config
@@ -92,21 +185,6 @@ fn registry_hosts(config: &Config) -> Vec<RegistryHost> {
         .collect()
 }
 
-/// Accepted connections with Nagle's algorithm off. Without it, a response
-/// written in two pieces waits for the client's delayed ACK: ~40 ms per call.
-fn nodelay(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    tokio_stream::StreamExt::map(
-        tokio_stream::wrappers::TcpListenerStream::new(listener),
-        |conn| {
-            let conn = conn?;
-            conn.set_nodelay(true)?;
-            Ok(conn)
-        },
-    )
-}
-
 /// Serves on `listener` until `shutdown` completes.
 pub async fn run(
     config: Config,
@@ -115,7 +193,7 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     install_crypto_provider();
     let config = Arc::new(config);
-    let metrics = Metrics::new()?;
+    let metrics = Metrics::new(config.environments.iter().map(|e| e.name.clone()).collect())?;
     let opening = std::time::Instant::now();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let store = crate::store::sled::open(&config.data_dir, clock.clone())?;
@@ -141,7 +219,17 @@ pub async fn run(
         progress.clone(),
         draining_watch,
     );
-    let tls = config.tls.as_ref().map(tls_config).transpose()?;
+    let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
+    if let Some(limit) = open_file_limit()
+        && config.max_connections as u64 + OTHER_DESCRIPTORS > limit
+    {
+        tracing::warn!(
+            max_connections = config.max_connections,
+            open_file_limit = limit,
+            "max_connections does not fit the open-file limit: once descriptors run out, \
+             new clients wait; raise the limit (LimitNOFILE) or lower max_connections"
+        );
+    }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let applier = tokio::spawn(apply::run(
@@ -197,10 +285,19 @@ pub async fn run(
     type Svc = InterceptedService<PromotionServiceServer<PromotionApi>, AuthInterceptor>;
     health.set_serving::<Svc>().await;
     health.set_service_status("", ServingStatus::Serving).await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // v1alpha too: grpcurl before 1.8.8, Postman and Python's grpcio-reflection speak only it.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
+        .build_v1()?
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()?
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let health_service = health_service.max_decoding_message_size(MAX_REQUEST_BYTES);
     let api = PromotionServiceServer::new(PromotionApi::new(promotions))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let authenticated: Svc = InterceptedService::new(
@@ -210,27 +307,53 @@ pub async fn run(
 
     let addr = listener.local_addr().ok();
     tracing::info!(?addr, tls = tls.is_some(), data_dir = %config.data_dir.display(), "serving");
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls)?;
-    }
     let (draining_tx, draining) = tokio::sync::oneshot::channel::<()>();
-    let serve = builder
-        .layer(RpcMetricsLayer(metrics))
+    let router = tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        // Outermost first: the metrics layer sees the rewritten status.
+        .layer(RpcMetricsLayer::new(metrics, DESCRIPTOR_SETS)?)
+        .layer(tower::util::MapResponseLayer::new(oversize::rewrite))
         .add_service(health_service)
-        .add_service(reflection)
-        .add_service(authenticated)
-        .serve_with_incoming_shutdown(nodelay(listener), async {
-            shutdown.await;
-            health
-                .set_service_status("", ServingStatus::NotServing)
-                .await;
-            health.set_not_serving::<Svc>().await;
-            tracing::info!("shutting down: no new connections, finishing in-flight calls");
-            // Open WatchPromotion streams end now, so clients reconnect elsewhere.
-            let _ = draining_watch_tx.send(true);
-            let _ = draining_tx.send(());
-        });
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(authenticated);
+    let limits = conn::Limits {
+        max_connections: config.max_connections,
+        handshake_timeout: config.handshake_timeout,
+    };
+    // The accept loop stops (and closes the listening socket) when draining starts.
+    let closing = draining_watch_tx.subscribe();
+    let shutdown = async {
+        shutdown.await;
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        health.set_not_serving::<Svc>().await;
+        tracing::info!("shutting down: no new connections, finishing in-flight calls");
+        // Open WatchPromotion streams end now, so clients reconnect elsewhere.
+        let _ = draining_watch_tx.send(true);
+        let _ = draining_tx.send(());
+    };
+    // Two instantiations: tonic reads the client certificate (for auth)
+    // from the connection type, so TLS and plain connections stay distinct types.
+    let serve = async {
+        match tls {
+            Some(acceptor) => {
+                let upgrade = move |tcp| acceptor.accept(tcp);
+                let incoming = conn::incoming(listener, limits, upgrade, closing);
+                router
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+            }
+            None => {
+                let upgrade = |tcp| std::future::ready(Ok(tcp));
+                let incoming = conn::incoming(listener, limits, upgrade, closing);
+                router
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+            }
+        }
+    };
     // Graceful shutdown waits for every client to close its connection; one
     // that never does must not keep the process alive past the grace period.
     let result = tokio::select! {
