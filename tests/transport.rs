@@ -1,0 +1,502 @@
+//! The transport against a real `prodgate serve`: idle and half-open
+//! connections are closed and capped, accept errors do not spin, made-up
+//! paths get no metrics labels of their own, reflection speaks v1alpha,
+//! over-limit requests are RESOURCE_EXHAUSTED, and /metrics has build and
+//! process metrics and a pending-approvals sample for every environment.
+
+mod support;
+
+use http::uri::PathAndQuery;
+use prost::Message;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use support::server::{TestServer, standard_config, token};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tonic::Code;
+
+/// Nothing listens here: these tests never need the registry to answer.
+const NO_REGISTRY: &str = "127.0.0.1:9";
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Open descriptors of process `pid`.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc/PID/fd")
+        .count()
+}
+
+/// CPU time (user + system) process `pid` has used, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+/// Reads until the server closes the connection; fails after `limit`.
+async fn closed_by_server(mut s: TcpStream, limit: Duration) -> Instant {
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => panic!("the server kept an idle connection open for {limit:?}"),
+            Ok(Ok(0)) | Ok(Err(_)) => return Instant::now(),
+            // The server's SETTINGS, if it sent any: keep waiting.
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// One HTTP/2 frame: type, flags, payload.
+async fn read_frame(s: &mut TcpStream) -> (u8, u8, Vec<u8>) {
+    let mut header = [0u8; 9];
+    s.read_exact(&mut header).await.expect("frame header");
+    let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).await.expect("frame payload");
+    (header[3], header[4], payload)
+}
+
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const ACK: u8 = 0x1;
+const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
+
+async fn health_check(server: &TestServer) -> Result<i32, tonic::Status> {
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .map(|r| r.into_inner().status)
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_and_capped() {
+    let max_connections = 4;
+    let server = TestServer::start(&format!(
+        "max_connections = {max_connections}\nhandshake_timeout = \"1s\"\n{}",
+        standard_config(NO_REGISTRY)
+    ));
+    let before = open_fds(server.pid());
+
+    // A well-behaved client that opens a connection and makes no call yet:
+    // it sent the preface, so it must outlive the handshake timeout.
+    let mut good = TcpStream::connect(&server.addr).await.expect("connect");
+    good.write_all(PREFACE).await.expect("preface");
+    good.write_all(&[0, 0, 0, SETTINGS, 0, 0, 0, 0, 0])
+        .await
+        .expect("empty SETTINGS");
+    // Silent connections, and one that stops halfway through the preface.
+    let mut idle = Vec::new();
+    for _ in 0..10 {
+        idle.push(TcpStream::connect(&server.addr).await.expect("connect"));
+    }
+    let mut half = TcpStream::connect(&server.addr).await.expect("connect");
+    half.write_all(&PREFACE[..16])
+        .await
+        .expect("half a preface");
+    idle.push(half);
+    let limit = Duration::from_secs(30);
+    let watchers: Vec<_> = idle
+        .into_iter()
+        .map(|s| tokio::spawn(closed_by_server(s, limit)))
+        .collect();
+    // The cap holds however many clients connect: the rest wait in the
+    // listen backlog, where they cost the server no descriptor.
+    let during = open_fds(server.pid());
+    assert!(
+        during <= before + max_connections + 2,
+        "{before} descriptors before, {during} with 12 idle connections"
+    );
+
+    // A real client behind them is served once idle ones have been closed.
+    let status = health_check(&server).await.expect("health check");
+    let served = Instant::now();
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let mut closed = Vec::new();
+    for w in watchers {
+        closed.push(w.await.expect("watcher"));
+    }
+    let first_closed = closed.iter().min().expect("some");
+    assert!(
+        served > *first_closed,
+        "the client was served before any idle connection was closed: no cap"
+    );
+
+    // The good connection is still open, past its handshake deadline, and
+    // the server advertised its stream limit.
+    let advertised = loop {
+        let (kind, flags, payload) = read_frame(&mut good).await;
+        if kind == SETTINGS && flags & ACK == 0 {
+            break payload
+                .chunks(6)
+                .find(|p| u16::from_be_bytes([p[0], p[1]]) == SETTINGS_MAX_CONCURRENT_STREAMS)
+                .map(|p| u32::from_be_bytes([p[2], p[3], p[4], p[5]]));
+        }
+    };
+    assert_eq!(advertised, Some(prodgate::server::MAX_CONCURRENT_STREAMS));
+    good.write_all(&[0, 0, 8, PING, 0, 0, 0, 0, 0])
+        .await
+        .expect("PING");
+    good.write_all(b"prodgate").await.expect("PING payload");
+    let pong = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let (kind, flags, payload) = read_frame(&mut good).await;
+            if kind == PING && flags & ACK != 0 {
+                return payload;
+            }
+        }
+    })
+    .await
+    .expect("the connection that sent the preface was kept");
+    assert_eq!(pong, b"prodgate");
+}
+
+#[tokio::test]
+async fn accept_errors_back_off_instead_of_spinning() {
+    let server = TestServer::start(&format!(
+        "handshake_timeout = \"3s\"\n{}",
+        standard_config(NO_REGISTRY)
+    ));
+    let pid = server.pid();
+    // Leave the server a few descriptors: more clients than that make
+    // accept fail with EMFILE until connections close.
+    let allowed = open_fds(pid) + 4;
+    let limited = std::process::Command::new("prlimit")
+        .args([
+            "--pid",
+            &pid.to_string(),
+            &format!("--nofile={allowed}:{allowed}"),
+        ])
+        .status()
+        .expect("run prlimit");
+    assert!(limited.success());
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(TcpStream::connect(&server.addr).await.expect("connect"));
+    }
+    let complaint = "cannot accept connections";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.log().contains(complaint) {
+        assert!(
+            Instant::now() < deadline,
+            "no accept error logged:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Descriptors stay exhausted for the rest of the handshake timeout; a
+    // loop retrying at once would burn a whole CPU second per second here.
+    let (t0, cpu0) = (Instant::now(), cpu_ticks(pid));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ticks = cpu_ticks(pid) - cpu0;
+    let window = t0.elapsed();
+    // Clock ticks are 1/100 s on Linux: 25 ticks is a quarter of a core.
+    assert!(
+        ticks < 25,
+        "{ticks} ticks of CPU in {window:?} while out of descriptors"
+    );
+    let lines = server.log().matches(complaint).count();
+    assert!(lines <= 3, "{lines} accept-error lines in about a second");
+
+    // Once the clients leave, the server serves again.
+    drop(idle);
+    let status = health_check(&server).await.expect("health check");
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+}
+
+/// `name{labels} value` lines of a Prometheus text exposition.
+fn parse_metrics(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (k, v) = l.rsplit_once(' ').expect("sample line");
+            (k.to_owned(), v.parse::<f64>().expect("sample value"))
+        })
+        .collect()
+}
+
+async fn scrape(addr: &str) -> String {
+    // reqwest is built without a crypto provider of its own.
+    prodgate::server::install_crypto_provider();
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body")
+}
+
+/// A call of `path` with `message` (as a protobuf `BytesValue`: any bytes
+/// the server is asked to decode), optionally as `principal`; the status it
+/// ends with.
+async fn call_path(
+    channel: &tonic::transport::Channel,
+    path: &str,
+    principal: Option<&str>,
+    message: Vec<u8>,
+) -> Code {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.expect("channel ready");
+    let mut req = tonic::Request::new(tokio_stream::once(message));
+    if let Some(p) = principal {
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", token(p)).parse().expect("ascii"),
+        );
+    }
+    let path = PathAndQuery::try_from(path.to_owned()).expect("valid path");
+    // Any method's request fits a stream of one message on the wire.
+    let codec = tonic_prost::ProstCodec::<Vec<u8>, ()>::default();
+    match grpc.streaming(req, path, codec).await {
+        Err(status) => status.code(),
+        Ok(response) => match response.into_inner().message().await {
+            Err(status) => status.code(),
+            Ok(_) => Code::Ok,
+        },
+    }
+}
+
+#[tokio::test]
+async fn made_up_paths_get_no_labels_of_their_own() {
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let server = TestServer::start(&format!(
+        "metrics_listen = \"{metrics_addr}\"\n{}",
+        standard_config(NO_REGISTRY)
+    ));
+    let channel = server.channel().await;
+    let started = Instant::now();
+    let n = 150;
+    for i in 0..n {
+        let made_up = format!("/made.up.Service{i}/Method{i}");
+        let code = call_path(&channel, &made_up, None, Default::default()).await;
+        assert_eq!(code, Code::Unimplemented, "{made_up}");
+        // A real service, a made-up method, valid credentials.
+        let nope = format!("/prodgate.v1.PromotionService/Nope{i}");
+        let code = call_path(&channel, &nope, Some("alice"), Default::default()).await;
+        assert_eq!(code, Code::Unimplemented, "{nope}");
+        // A real method without credentials.
+        let code = call_path(
+            &channel,
+            "/prodgate.v1.PromotionService/GetPromotion",
+            None,
+            Default::default(),
+        )
+        .await;
+        assert_eq!(code, Code::Unauthenticated);
+    }
+    let elapsed = started.elapsed();
+
+    let body = scrape(&metrics_addr).await;
+    for fragment in ["made.up", "Service1", "Method1", "Nope"] {
+        assert!(!body.contains(fragment), "{fragment} in:\n{body}");
+    }
+    let m = parse_metrics(&body);
+    let get = |k: &str| {
+        *m.get(k)
+            .unwrap_or_else(|| panic!("{k} missing in:\n{body}"))
+    };
+    assert_eq!(
+        get(r#"prodgate_rpcs_total{code="UNIMPLEMENTED",method="unknown"}"#),
+        f64::from(2 * n)
+    );
+    assert_eq!(
+        get(
+            r#"prodgate_rpcs_total{code="UNAUTHENTICATED",method="PromotionService/GetPromotion"}"#
+        ),
+        f64::from(n)
+    );
+
+    // 450 refused calls; their log lines come at most one a second per
+    // reason (unknown method, unauthenticated), counting those left out.
+    let log = server.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("rpc refused")).collect();
+    let bound = 2 * (elapsed.as_secs() as usize + 2);
+    assert!(
+        !lines.is_empty() && lines.len() <= bound,
+        "{} refused-call lines in {elapsed:?}",
+        lines.len()
+    );
+    assert!(lines.iter().any(|l| l.contains("suppressed")), "{lines:#?}");
+}
+
+#[tokio::test]
+async fn reflection_lists_services_over_v1alpha_and_v1() {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let server = TestServer::start(&standard_config(NO_REGISTRY));
+    let want = ["prodgate.v1.PromotionService", "grpc.health.v1.Health"];
+
+    let mut alpha =
+        v1alpha::server_reflection_client::ServerReflectionClient::new(server.channel().await);
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
+    };
+    let mut responses = alpha
+        .server_reflection_info(tokio_stream::once(request))
+        .await
+        .expect("v1alpha reflection is served")
+        .into_inner();
+    let response = responses
+        .message()
+        .await
+        .expect("a response")
+        .expect("not empty");
+    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        response.message_response
+    else {
+        panic!("not a service list: {response:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for w in want {
+        assert!(names.iter().any(|n| n == w), "{w} not in {names:?}");
+    }
+
+    let mut v1 = v1::server_reflection_client::ServerReflectionClient::new(server.channel().await);
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let response = v1
+        .server_reflection_info(tokio_stream::once(request))
+        .await
+        .expect("v1 reflection is served")
+        .into_inner()
+        .message()
+        .await
+        .expect("a response")
+        .expect("not empty");
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        response.message_response
+    else {
+        panic!("not a service list: {response:?}");
+    };
+    assert!(list.service.iter().any(|s| s.name == want[0]));
+}
+
+/// "/package.Service/Method" of every method in an encoded descriptor set,
+/// with whether the client streams.
+fn methods(encoded: &[u8]) -> Vec<(String, bool)> {
+    let set = prost_types::FileDescriptorSet::decode(encoded).expect("descriptor set");
+    let mut out = Vec::new();
+    for file in set.file {
+        for service in &file.service {
+            for m in &service.method {
+                out.push((
+                    format!("/{}.{}/{}", file.package(), service.name(), m.name()),
+                    m.client_streaming(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn oversized_requests_are_resource_exhausted_for_every_method() {
+    let server = TestServer::start(&standard_config(NO_REGISTRY));
+    let channel = server.channel().await;
+    let huge = vec![b'x'; 3 * 1024 * 1024];
+    let mut unary_request = Vec::new();
+    for set in [
+        prodgate::pb::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+    ] {
+        unary_request.extend(methods(set));
+    }
+    assert!(unary_request.len() > 10, "{unary_request:?}");
+    for (path, client_streaming) in unary_request {
+        assert!(!client_streaming, "{path}: a new kind of method to cover");
+        let code = call_path(&channel, &path, Some("alice"), huge.clone()).await;
+        assert_eq!(code, Code::ResourceExhausted, "{path}");
+    }
+    // Normal-sized requests on the same channel still work.
+    assert_eq!(
+        call_path(
+            &channel,
+            "/prodgate.v1.PromotionService/GetPromotion",
+            Some("alice"),
+            Default::default()
+        )
+        .await,
+        Code::InvalidArgument,
+        "an empty id is decoded and refused by the handler"
+    );
+    let mut alice = server.client("alice").await;
+    let e = alice
+        .get_promotion(prodgate::pb::GetPromotionRequest {
+            promotion_id: "12345".into(),
+        })
+        .await
+        .expect_err("no such promotion");
+    assert_eq!(e.code(), Code::NotFound);
+    let status = health_check(&server).await.expect("health check");
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+}
+
+#[tokio::test]
+async fn metrics_have_build_process_and_every_environment() {
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let mut server = TestServer::start(&format!(
+        "metrics_listen = \"{metrics_addr}\"\n{}",
+        standard_config(NO_REGISTRY)
+    ));
+    for round in ["first start", "after a restart"] {
+        if round == "after a restart" {
+            server.kill_and_restart();
+        }
+        // Answered only once the server (and its metrics listener) is up.
+        health_check(&server).await.expect("health check");
+        let body = scrape(&metrics_addr).await;
+        let m = parse_metrics(&body);
+        let get = |k: &str| {
+            *m.get(k)
+                .unwrap_or_else(|| panic!("{round}: {k} missing in:\n{body}"))
+        };
+        assert_eq!(
+            get(&format!(
+                r#"prodgate_build_info{{version="{}"}}"#,
+                env!("CARGO_PKG_VERSION")
+            )),
+            1.0
+        );
+        for env in ["staging", "production", "prod2", "shortlived", "selfok"] {
+            assert_eq!(
+                get(&format!(
+                    r#"prodgate_pending_approvals{{environment="{env}"}}"#
+                )),
+                0.0,
+                "{round}"
+            );
+        }
+        // Whole clock ticks: a process this young may not have used one yet.
+        assert!(get("process_cpu_seconds_total") >= 0.0);
+        assert!(get("process_resident_memory_bytes") > 1e6);
+        assert!(get("process_open_fds") >= 3.0);
+        assert!(get("process_max_fds") >= get("process_open_fds"));
+    }
+}
