@@ -2,7 +2,7 @@
 //! authentication, plus unauthenticated health and reflection, optionally
 //! over TLS/mTLS; starts the apply worker, the expiry sweep, the metrics
 //! endpoint and webhook delivery; stops when `shutdown` completes.
-//! [`conn`] accepts the connections; [`oversize`] gives over-limit requests
+//! `conn` accepts the connections; `oversize` gives over-limit requests
 //! the conventional status.
 
 mod conn;

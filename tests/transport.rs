@@ -45,7 +45,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 }
 
 /// Reads until the server closes the connection; fails after `limit`.
-async fn closed_by_server(mut s: TcpStream, limit: Duration) -> Instant {
+async fn closed_by_server(mut s: impl tokio::io::AsyncRead + Unpin, limit: Duration) -> Instant {
     let mut buf = [0u8; 1024];
     let deadline = tokio::time::Instant::now() + limit;
     loop {
@@ -166,6 +166,86 @@ async fn idle_connections_are_closed_and_capped() {
     assert_eq!(pong, b"prodgate");
 }
 
+/// PEM of a CA, and of a server certificate it issued for localhost and
+/// 127.0.0.1 with its key.
+fn pki() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("ca cert");
+    let issuer = Issuer::from_params(&ca_params, &ca_key);
+    let key = KeyPair::generate().expect("server key");
+    let cert = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("server params")
+        .signed_by(&key, &issuer)
+        .expect("server cert");
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test]
+async fn with_tls_the_deadline_covers_the_handshake_and_the_preface() {
+    use tokio_rustls::rustls::{self, pki_types::CertificateDer, pki_types::pem::PemObject};
+    prodgate::server::install_crypto_provider();
+    let (ca, cert, key) = pki();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("write pem");
+        p.to_str().expect("utf-8").to_owned()
+    };
+    let (cert, key) = (write("server.pem", &cert), write("server.key", &key));
+    let server = TestServer::start(&format!(
+        "handshake_timeout = \"1s\"\n{}\n[tls]\ncert = {cert:?}\nkey = {key:?}\n",
+        standard_config(NO_REGISTRY)
+    ));
+
+    // One client never starts the TLS handshake; another finishes it and
+    // then sends nothing.
+    let silent = TcpStream::connect(&server.addr).await.expect("connect");
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.as_bytes()).expect("ca pem"))
+        .expect("ca");
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").expect("name"),
+            TcpStream::connect(&server.addr).await.expect("connect"),
+        )
+        .await
+        .expect("TLS handshake");
+    let limit = Duration::from_secs(30);
+    closed_by_server(silent, limit).await;
+    closed_by_server(tls, limit).await;
+
+    // A real client is served.
+    let channel = tonic::transport::Channel::from_shared(format!("https://{}", server.addr))
+        .expect("uri")
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&ca))
+                .domain_name("localhost"),
+        )
+        .expect("tls config")
+        .connect()
+        .await
+        .expect("connect over TLS");
+    let status = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("health check over TLS")
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+}
+
 #[tokio::test]
 async fn accept_errors_back_off_instead_of_spinning() {
     let server = TestServer::start(&format!(
@@ -173,6 +253,9 @@ async fn accept_errors_back_off_instead_of_spinning() {
         standard_config(NO_REGISTRY)
     ));
     let pid = server.pid();
+    // Start-up (opening the store) is over once it answers: the CPU measured
+    // below is the accept loop's.
+    health_check(&server).await.expect("health check");
     // Leave the server a few descriptors: more clients than that make
     // accept fail with EMFILE until connections close.
     let allowed = open_fds(pid) + 4;
@@ -189,29 +272,33 @@ async fn accept_errors_back_off_instead_of_spinning() {
     for _ in 0..20 {
         idle.push(TcpStream::connect(&server.addr).await.expect("connect"));
     }
-    let complaint = "cannot accept connections";
+    // Wait until the server holds every descriptor it may: from here on
+    // accept fails until connections close (at the handshake timeout).
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !server.log().contains(complaint) {
+    while open_fds(pid) < allowed {
         assert!(
             Instant::now() < deadline,
-            "no accept error logged:\n{}",
-            server.log()
+            "the server never ran out of descriptors"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Descriptors stay exhausted for the rest of the handshake timeout; a
-    // loop retrying at once would burn a whole CPU second per second here.
+    // A loop retrying at once would burn a whole CPU second per second here.
     let (t0, cpu0) = (Instant::now(), cpu_ticks(pid));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let ticks = cpu_ticks(pid) - cpu0;
     let window = t0.elapsed();
-    // Clock ticks are 1/100 s on Linux: 25 ticks is a quarter of a core.
+    // Clock ticks are 1/100 s on Linux. Measured on a busy 2-core machine:
+    // tonic's own accept loop 39 ticks in this second, the backoff 0 or 1.
     assert!(
-        ticks < 25,
+        ticks < 15,
         "{ticks} ticks of CPU in {window:?} while out of descriptors"
     );
-    let lines = server.log().matches(complaint).count();
-    assert!(lines <= 3, "{lines} accept-error lines in about a second");
+    let lines = server.log().matches("cannot accept connections").count();
+    assert!(
+        (1..=3).contains(&lines),
+        "{lines} accept-error lines in about a second:\n{}",
+        server.log()
+    );
 
     // Once the clients leave, the server serves again.
     drop(idle);

@@ -331,14 +331,16 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(64);
         let (mut c, expire) = conn(server);
         let mut buf = [0; 64];
-        client
-            .write_all(b"GET / HTTP/1.1\r\n\r\n")
+        let wrong = b"GET / HTTP/1.1\r\n\r\n";
+        client.write_all(wrong).await.expect("write");
+        c.read_exact(&mut buf[..wrong.len()])
             .await
-            .expect("write");
-        c.read(&mut buf).await.expect("data is passed on");
+            .expect("data is passed on");
         // Nor does the real preface after a wrong start lift it.
         client.write_all(PREFACE).await.expect("write");
-        c.read(&mut buf).await.expect("data is passed on");
+        c.read_exact(&mut buf[..PREFACE.len()])
+            .await
+            .expect("data is passed on");
         let _ = expire.send(());
         client.write_all(b"more").await.expect("write");
         let e = c.read(&mut buf).await.expect_err("must time out");
