@@ -35,6 +35,8 @@ pub struct Metrics {
     apply_seconds: HistogramVec,
     registry_requests: IntCounterVec,
     pending: IntGaugeVec,
+    /// APPROVED promotions whose tag move has not happened yet.
+    apply_waiting: IntGaugeVec,
     audit_entries: IntGauge,
     store_commits: IntCounter,
     store_flushes: IntCounter,
@@ -90,6 +92,13 @@ impl Metrics {
             Opts::new("pending_approvals", "Promotions waiting for approval"),
             &["environment"],
         )?;
+        let apply_waiting = IntGaugeVec::new(
+            Opts::new(
+                "apply_waiting",
+                "Approved promotions whose tag move has not happened yet",
+            ),
+            &["environment"],
+        )?;
         let audit_entries = IntGauge::new("audit_entries", "Entries in the audit log")?;
         let store_commits = IntCounter::new(
             "store_commits_total",
@@ -106,6 +115,7 @@ impl Metrics {
         registry.register(Box::new(apply_seconds.clone()))?;
         registry.register(Box::new(registry_requests.clone()))?;
         registry.register(Box::new(pending.clone()))?;
+        registry.register(Box::new(apply_waiting.clone()))?;
         registry.register(Box::new(audit_entries.clone()))?;
         Ok(Arc::new(Self {
             registry,
@@ -116,6 +126,7 @@ impl Metrics {
             apply_seconds,
             registry_requests,
             pending,
+            apply_waiting,
             audit_entries,
             store_commits,
             store_flushes,
@@ -153,19 +164,24 @@ impl Metrics {
 
     /// The exposition text, with state gauges read from `store` now.
     pub async fn render(&self, store: &Store) -> String {
-        self.pending.reset();
-        for e in &self.environments {
-            self.pending.with_label_values(&[e.as_str()]).set(0);
-        }
-        match store.in_state(State::PendingApproval).await {
-            Ok(pending) => {
-                for p in pending {
-                    self.pending
-                        .with_label_values(&[p.environment.as_str()])
-                        .inc();
+        for (gauge, state) in [
+            (&self.pending, State::PendingApproval),
+            (&self.apply_waiting, State::Approved),
+        ] {
+            gauge.reset();
+            for e in &self.environments {
+                gauge.with_label_values(&[e.as_str()]).set(0);
+            }
+            match store.in_state(state).await {
+                Ok(found) => {
+                    for p in found {
+                        gauge.with_label_values(&[p.environment.as_str()]).inc();
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, state = state.label(), "cannot count promotions")
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot count pending promotions"),
         }
         match store.audit_len().await {
             Ok(n) => self.audit_entries.set(i64::try_from(n).unwrap_or(i64::MAX)),

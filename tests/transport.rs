@@ -572,13 +572,13 @@ async fn metrics_have_build_process_and_every_environment() {
             1.0
         );
         for env in ["staging", "production", "prod2", "shortlived", "selfok"] {
-            assert_eq!(
-                get(&format!(
-                    r#"prodgate_pending_approvals{{environment="{env}"}}"#
-                )),
-                0.0,
-                "{round}"
-            );
+            for gauge in ["prodgate_pending_approvals", "prodgate_apply_waiting"] {
+                assert_eq!(
+                    get(&format!(r#"{gauge}{{environment="{env}"}}"#)),
+                    0.0,
+                    "{round}"
+                );
+            }
         }
         // Whole clock ticks: a process this young may not have used one yet.
         assert!(get("process_cpu_seconds_total") >= 0.0);
