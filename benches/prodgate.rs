@@ -1458,6 +1458,7 @@ fn fixture() -> Fixture {
         required_approvals: required,
         allow_self_approval: false,
         approval_ttl: Duration::from_secs(24 * 3600),
+        apply_deadline: None,
     };
     let p = |name: &str, groups: &[&str]| Principal {
         name: name.to_owned(),

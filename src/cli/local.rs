@@ -3,12 +3,24 @@
 
 use super::CliError;
 use super::output::Printer;
-use crate::config::Config;
+use crate::config::{Config, Files};
 use crate::pb;
 use std::path::Path;
 
-pub fn check_config(file: &Path, out: &mut Printer) -> Result<(), CliError> {
-    let c = Config::load(file)?;
+/// Validates `file`. Warnings go to stderr and do not fail the check; files
+/// the config names that do not exist here are warnings too, unless
+/// `strict`, which reads everything as `serve` would.
+pub fn check_config(file: &Path, strict: bool, out: &mut Printer) -> Result<(), CliError> {
+    let files = if strict {
+        Files::Read
+    } else {
+        Files::WarnIfAbsent
+    };
+    let loaded = Config::load_with(file, files)?;
+    for w in &loaded.warnings {
+        eprintln!("prodgate: warning: {w}");
+    }
+    let c = loaded.config;
     let environments: Vec<&str> = c.environments.iter().map(|e| e.name.as_str()).collect();
     out.raw(&format!(
         "ok: {} registries, {} principals, environments: {}\n",

@@ -120,9 +120,18 @@ pub enum Command {
     /// Run the gRPC server.
     Serve(serve::ServeArgs),
     /// Load and validate a configuration file.
+    ///
+    /// Files it names that do not exist on this machine (password_file, TLS
+    /// files, docker_config, secret_file) and unset password_env variables
+    /// are warnings, so a deployed config can be checked on a laptop or in
+    /// CI; Docker credential helpers are not run.
     CheckConfig {
         /// Configuration file (TOML).
         file: PathBuf,
+        /// Read every file the config names and run credential helpers, as
+        /// `serve` does: what is missing here is an error.
+        #[arg(long)]
+        strict: bool,
     },
     /// Ask to promote the digest SOURCE resolves to now.
     Request {
@@ -312,7 +321,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     let out = &mut output::Printer::stdout(global.output);
     match command {
         Command::Serve(args) => serve::serve(args).await,
-        Command::CheckConfig { file } => local::check_config(&file, out),
+        Command::CheckConfig { file, strict } => local::check_config(&file, strict, out),
         Command::VerifyLog {
             data_dir: Some(dir),
         } => local::verify_offline(&dir, out),

@@ -2,7 +2,7 @@
 //! until SIGTERM or SIGINT.
 
 use super::CliError;
-use crate::config::Config;
+use crate::config::{Config, Files};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -20,8 +20,12 @@ pub struct ServeArgs {
 }
 
 pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
-    let mut config = Config::load(&args.config)?;
+    let loaded = Config::load_with(&args.config, Files::Read)?;
+    let mut config = loaded.config;
     crate::telemetry::init(config.log_format);
+    for w in &loaded.warnings {
+        tracing::warn!(key = %w.key, "config: {}", w.message);
+    }
     if let Some(l) = args.listen {
         config.listen = l;
     }

@@ -1,17 +1,25 @@
 //! Registry credentials: `username` with `password_env`/`password_file`, or
-//! the Docker config's entry for the registry's host. Secrets are read at
-//! start-up and never logged.
+//! what the Docker config gives for the registry's host (`auths`, or the
+//! credential helper named by `credHelpers`/`credsStore`, through the
+//! `docker_credential` crate). Secrets are read at start-up and never logged.
 
 use super::raw::RawRegistry;
-use super::{ConfigError, RegistryCredentials, invalid};
+use super::validate::Cx;
+use super::{ConfigError, Files, RegistryCredentials, invalid};
+use docker_credential::{CredentialRetrievalError, DockerCredential};
 use std::path::{Path, PathBuf};
 
+/// What a credential helper answers (on stdout, per the helper protocol) when
+/// it holds nothing for the host: no credentials, not a failure.
+const HELPER_NOT_FOUND: &str = "credentials not found";
+
 /// `username` + `password_env`/`password_file` of `registry[i]`, or the
-/// Docker config's entry for its host.
+/// Docker config's credentials for its host.
 pub(super) fn registry_credentials(
     i: usize,
     r: &RawRegistry,
-    docker_auths: Option<&serde_json::Map<String, serde_json::Value>>,
+    docker: Option<&DockerConfig>,
+    cx: &mut Cx,
 ) -> Result<Option<RegistryCredentials>, ConfigError> {
     let key = |f: &str| format!("registry[{i}].{f}");
     let password = match (&r.password_env, &r.password_file) {
@@ -21,37 +29,207 @@ pub(super) fn registry_credentials(
                 "set password_env or password_file, not both",
             ));
         }
-        (Some(var), None) => Some(std::env::var(var).map_err(|_| {
-            invalid(
-                key("password_env"),
-                format!("environment variable {var} is not set"),
-            )
-        })?),
-        (None, Some(path)) => Some(
-            std::fs::read_to_string(path)
-                .map_err(|e| {
-                    invalid(
-                        key("password_file"),
-                        format!("cannot read {}: {e}", path.display()),
-                    )
-                })?
-                .trim_end_matches(['\r', '\n'])
-                .to_owned(),
-        ),
-        (None, None) => None,
+        (Some(var), None) => match std::env::var(var) {
+            Ok(p) => Password::Given(p),
+            // Like an absent password_file: set only where the server runs.
+            Err(_) if cx.files == Files::WarnIfAbsent => {
+                cx.warn(
+                    key("password_env"),
+                    format!(
+                        "environment variable {var} is not set here; `prodgate serve` will need it"
+                    ),
+                );
+                Password::NotHere
+            }
+            Err(_) => {
+                return Err(invalid(
+                    key("password_env"),
+                    format!("environment variable {var} is not set"),
+                ));
+            }
+        },
+        (None, Some(path)) => match cx.read(&key("password_file"), path)? {
+            Some(bytes) => Password::Given(
+                String::from_utf8(bytes)
+                    .map_err(|_| {
+                        invalid(
+                            key("password_file"),
+                            format!("{} is not UTF-8 text", path.display()),
+                        )
+                    })?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned(),
+            ),
+            None => Password::NotHere,
+        },
+        (None, None) => Password::None,
     };
     match (&r.username, password) {
-        (Some(u), Some(p)) => Ok(Some(RegistryCredentials {
+        (Some(u), Password::Given(p)) => Ok(Some(RegistryCredentials {
             username: u.clone(),
             password: p,
         })),
-        (Some(_), None) => Err(invalid(
+        (Some(_), Password::NotHere) => Ok(None),
+        (Some(_), Password::None) => Err(invalid(
             key("username"),
             "needs password_env or password_file",
         )),
-        (None, Some(_)) => Err(invalid(key("username"), "is required with a password")),
-        (None, None) => Ok(docker_auths.and_then(|a| docker_auth_for(a, &r.host))),
+        (None, Password::Given(_) | Password::NotHere) => {
+            Err(invalid(key("username"), "is required with a password"))
+        }
+        (None, Password::None) => match docker {
+            Some(d) => d.credentials(&r.host, cx.files),
+            None => Ok(None),
+        },
     }
+}
+
+enum Password {
+    Given(String),
+    /// Named, but not available on this machine (a warning was recorded).
+    NotHere,
+    None,
+}
+
+/// A Docker config file, read once for all registries.
+pub(super) struct DockerConfig {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    /// `credsStore`: the helper for every host without an entry of its own.
+    creds_store: Option<String>,
+    /// `credHelpers`: host -> helper.
+    cred_helpers: serde_json::Map<String, serde_json::Value>,
+}
+
+impl DockerConfig {
+    /// `docker_config` if set (it must exist, or with [`Files::WarnIfAbsent`]
+    /// not exist only with a warning), else `$DOCKER_CONFIG/config.json`,
+    /// else `~/.docker/config.json`, if that exists.
+    pub(super) fn load(explicit: Option<&Path>, cx: &mut Cx) -> Result<Option<Self>, ConfigError> {
+        let (path, bytes) = match explicit {
+            Some(p) => match cx.read("docker_config", p)? {
+                Some(bytes) => (p.to_owned(), bytes),
+                None => return Ok(None),
+            },
+            None => match default_docker_config() {
+                Some(p) if p.exists() => {
+                    let bytes = std::fs::read(&p).map_err(|e| {
+                        invalid("docker_config", format!("cannot read {}: {e}", p.display()))
+                    })?;
+                    (p, bytes)
+                }
+                _ => return Ok(None),
+            },
+        };
+        let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            invalid(
+                "docker_config",
+                format!("{} is not JSON: {e}", path.display()),
+            )
+        })?;
+        Ok(Some(DockerConfig {
+            creds_store: v
+                .get("credsStore")
+                .and_then(|s| s.as_str())
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned),
+            cred_helpers: v
+                .get("credHelpers")
+                .and_then(|h| h.as_object())
+                .cloned()
+                .unwrap_or_default(),
+            path,
+            bytes,
+        }))
+    }
+
+    /// The helper `docker-credential-<name>` that would answer for `host`,
+    /// if one is configured (an `auths` entry wins over `credsStore`).
+    fn helper_for(&self, host: &str) -> Option<String> {
+        self.cred_helpers
+            .get(host)
+            .and_then(|h| h.as_str())
+            .filter(|h| !h.is_empty())
+            .or(self.creds_store.as_deref())
+            .map(|h| format!("docker-credential-{h}"))
+    }
+
+    /// The credentials for `host`, or none (anonymous). With
+    /// [`Files::WarnIfAbsent`] no helper runs: checking a config must not
+    /// start programs that may prompt or reach a keychain, so a host served
+    /// by a helper is left unchecked.
+    fn credentials(
+        &self,
+        host: &str,
+        files: Files,
+    ) -> Result<Option<RegistryCredentials>, ConfigError> {
+        if files == Files::WarnIfAbsent && self.helper_for(host).is_some() {
+            return Ok(None);
+        }
+        let path = self.path.display();
+        let helper = || {
+            self.helper_for(host)
+                .unwrap_or_else(|| "the credential helper".to_owned())
+        };
+        let refuse = |message: String| Err(invalid("docker_config", message));
+        match docker_credential::get_credential_from_reader(&self.bytes[..], host) {
+            Ok(DockerCredential::UsernamePassword(username, password)) => {
+                Ok(Some(RegistryCredentials { username, password }))
+            }
+            Ok(DockerCredential::IdentityToken(_)) => refuse(format!(
+                "{path} gives an identity token for {host}, which prodgate cannot use; \
+                 set username and password_file in its [[registry]] instead"
+            )),
+            Err(CredentialRetrievalError::NoCredentialConfigured) => Ok(None),
+            Err(CredentialRetrievalError::HelperFailure {
+                helper,
+                stdout,
+                stderr,
+            }) => {
+                if stdout.contains(HELPER_NOT_FOUND) || stderr.contains(HELPER_NOT_FOUND) {
+                    return Ok(None);
+                }
+                refuse(format!(
+                    "{helper} (from {path}) failed for {host}: {}",
+                    first_line(&stderr, &stdout)
+                ))
+            }
+            Err(CredentialRetrievalError::HelperCommunicationError) => refuse(format!(
+                "cannot run {} (from {path}) for {host}: is it installed and on PATH?",
+                helper()
+            )),
+            Err(CredentialRetrievalError::MalformedHelperResponse) => refuse(format!(
+                "{} (from {path}) answered for {host} with something other than \
+                 {{\"Username\": …, \"Secret\": …}}",
+                helper()
+            )),
+            Err(CredentialRetrievalError::CredentialDecodingError) => refuse(format!(
+                "the `auth` of {host} in {path} is not base64 of user:password"
+            )),
+            Err(CredentialRetrievalError::CredentialMismatchError) => refuse(format!(
+                "the `auth` of {host} in {path} disagrees with its username and password"
+            )),
+            Err(
+                CredentialRetrievalError::ConfigNotFound
+                | CredentialRetrievalError::ConfigReadError,
+            ) => refuse(format!(
+                "{path} is not a Docker config: `auths`, `credsStore` or `credHelpers` has the wrong shape"
+            )),
+        }
+    }
+}
+
+/// What a failed helper said, on one line and short: its stderr, else its
+/// stdout (where the helper protocol puts error messages). It failed, so
+/// stdout holds no credentials.
+fn first_line(stderr: &str, stdout: &str) -> String {
+    let said = [stderr, stdout]
+        .into_iter()
+        .flat_map(str::lines)
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("no message, non-zero exit");
+    said.chars().take(200).collect()
 }
 
 /// Where Docker keeps credentials: `$DOCKER_CONFIG/config.json`, else
@@ -61,64 +239,4 @@ fn default_docker_config() -> Option<PathBuf> {
         return Some(PathBuf::from(dir).join("config.json"));
     }
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker").join("config.json"))
-}
-
-/// The `auths` map of a Docker config. An explicitly named file must exist;
-/// the default location is optional.
-pub(super) fn docker_config_auths(
-    explicit: Option<&Path>,
-) -> Result<Option<serde_json::Map<String, serde_json::Value>>, ConfigError> {
-    let path = match explicit {
-        Some(p) => p.to_owned(),
-        None => match default_docker_config() {
-            Some(p) if p.exists() => p,
-            _ => return Ok(None),
-        },
-    };
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        invalid(
-            "docker_config",
-            format!("cannot read {}: {e}", path.display()),
-        )
-    })?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-        invalid(
-            "docker_config",
-            format!("{} is not JSON: {e}", path.display()),
-        )
-    })?;
-    Ok(v.get("auths").and_then(|a| a.as_object()).cloned())
-}
-
-/// A `user:password` entry of `auths` for `host` (keys may carry a scheme).
-fn docker_auth_for(
-    auths: &serde_json::Map<String, serde_json::Value>,
-    host: &str,
-) -> Option<RegistryCredentials> {
-    use base64::Engine;
-    let entry = auths.iter().find_map(|(k, v)| {
-        let bare = k
-            .trim_start_matches("https://")
-            .trim_start_matches("http://")
-            .trim_end_matches('/');
-        (bare == host || bare.split('/').next() == Some(host)).then_some(v)
-    })?;
-    if let (Some(u), Some(p)) = (
-        entry.get("username").and_then(|v| v.as_str()),
-        entry.get("password").and_then(|v| v.as_str()),
-    ) {
-        return Some(RegistryCredentials {
-            username: u.to_owned(),
-            password: p.to_owned(),
-        });
-    }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(entry.get("auth")?.as_str()?)
-        .ok()?;
-    let text = String::from_utf8(decoded).ok()?;
-    let (u, p) = text.split_once(':')?;
-    Some(RegistryCredentials {
-        username: u.to_owned(),
-        password: p.to_owned(),
-    })
 }

@@ -23,6 +23,38 @@ pub const DEFAULT_APPLY_WAIT: Duration = Duration::from_secs(1);
 pub const DEFAULT_REGISTRY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often pending promotions are checked for expiry.
 pub const DEFAULT_EXPIRY_SWEEP: Duration = Duration::from_secs(5);
+/// How long an approved promotion may take to reach its tag.
+pub const DEFAULT_APPLY_DEADLINE: Duration = Duration::from_secs(3600);
+
+/// What to do with the files a config names and the server reads only when
+/// it starts (registry `password_file`, `[tls]` files, `docker_config`,
+/// `[[notify]] secret_file`) and with `password_env`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Files {
+    /// As `serve` does: read them now; one that cannot be read is an error,
+    /// and Docker credential helpers run.
+    Read,
+    /// As `check-config` does by default: one that does not exist on this
+    /// machine is a warning (a config is often checked on a laptop or in CI,
+    /// where only the server's own files are missing), and no credential
+    /// helper runs. What does exist is read and checked.
+    WarnIfAbsent,
+}
+
+/// Something in a valid config that is probably a mistake.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigWarning {
+    pub key: String,
+    pub message: String,
+}
+
+/// A valid config and what looked wrong in it.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<ConfigWarning>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -138,6 +170,29 @@ impl NotifyEvent {
 pub struct NotifyConfig {
     pub url: String,
     pub events: Vec<NotifyEvent>,
+    /// HMAC key for signing deliveries, from `secret_file`.
+    pub secret: Option<Secret>,
+}
+
+/// Key material read from a file. Its `Debug` shows only the length, so a
+/// config printed with `{:?}` (or a log of one) carries no secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(std::sync::Arc<[u8]>);
+
+impl Secret {
+    pub fn new(bytes: impl Into<std::sync::Arc<[u8]>>) -> Secret {
+        Secret(bytes.into())
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret(<{} bytes redacted>)", self.0.len())
+    }
 }
 
 /// The validated configuration.
@@ -158,12 +213,23 @@ pub struct Config {
 }
 
 impl Config {
+    /// The file at `path`, every file it names read ([`Files::Read`]);
+    /// warnings are dropped (`serve` uses [`Config::load_with`] to log them).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Ok(Self::load_with(path, Files::Read)?.config)
+    }
+
+    /// Like [`Config::load`], on the text of a config.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        Ok(Self::parse_with(text, Files::Read)?.config)
+    }
+
+    pub fn load_with(path: &Path, files: Files) -> Result<Loaded, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text).map_err(|e| match e {
+        Self::parse_with(&text, files).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: path.to_owned(),
                 message,
@@ -172,12 +238,12 @@ impl Config {
         })
     }
 
-    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    pub fn parse_with(text: &str, files: Files) -> Result<Loaded, ConfigError> {
         let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::new(),
             message: e.to_string(),
         })?;
-        validate::config(raw)
+        validate::config(raw, files)
     }
 
     pub fn environment(&self, name: &str) -> Option<&EnvironmentPolicy> {
@@ -206,6 +272,9 @@ insecure = true
 name = "alice"
 token_sha256 = "{TOKEN_HASH}"
 groups = ["rm"]
+[[principal]]
+name = "carol"
+token_sha256 = "{TOKEN_HASH}"
 [[environment]]
 name = "staging"
 tag = "staging"
@@ -289,6 +358,174 @@ approval_ttl = "2h"
         assert!(
             err(&base().replace("approvers = [\"group:rm\", \"carol\"]", ""))
                 .contains("environment[1].approvers")
+        );
+    }
+
+    /// `base()` with `extra` appended to the production environment.
+    fn production_with(extra: &str) -> String {
+        format!("{}{extra}\n", base())
+    }
+
+    #[test]
+    fn apply_deadline_defaults_to_an_hour_and_zero_means_forever() {
+        let deadline = |extra: &str| {
+            Config::parse(&production_with(extra))
+                .map(|c| c.environment("production").unwrap().apply_deadline)
+        };
+        assert_eq!(deadline("").unwrap(), Some(DEFAULT_APPLY_DEADLINE));
+        assert_eq!(DEFAULT_APPLY_DEADLINE, Duration::from_secs(3600));
+        assert_eq!(
+            deadline("apply_deadline = \"30m\"").unwrap(),
+            Some(Duration::from_secs(1800))
+        );
+        assert_eq!(deadline("apply_deadline = \"0\"").unwrap(), None);
+        assert_eq!(deadline("apply_deadline = \"0s\"").unwrap(), None);
+        let e = deadline("apply_deadline = \"soon\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("environment[1].apply_deadline: "), "{e}");
+    }
+
+    #[test]
+    fn a_webhook_secret_is_read_trimmed_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hook.key");
+        std::fs::write(&file, "s3cr3t-hmac-key\n").unwrap();
+        let hook = |path: &Path| {
+            format!(
+                "{}[[notify]]\nurl = \"https://hooks.example.com/x\"\nevents = [\"promoted\"]\nsecret_file = {:?}\n",
+                base(),
+                path.display().to_string()
+            )
+        };
+        let c = Config::parse(&hook(&file)).unwrap();
+        let secret = c.notify[0].secret.as_ref().unwrap();
+        assert_eq!(secret.expose(), b"s3cr3t-hmac-key");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("redacted"), "{shown}");
+
+        let without = Config::parse(&base()).unwrap();
+        assert!(without.notify.is_empty());
+
+        std::fs::write(&file, "\n").unwrap();
+        let e = Config::parse(&hook(&file)).unwrap_err().to_string();
+        assert!(e.starts_with("notify[0].secret_file: "), "{e}");
+
+        // Absent: an error for serve, a warning for check-config.
+        let absent = dir.path().join("absent.key");
+        let e = Config::parse(&hook(&absent)).unwrap_err().to_string();
+        assert!(e.starts_with("notify[0].secret_file: cannot read "), "{e}");
+        let checked = Config::parse_with(&hook(&absent), Files::WarnIfAbsent).unwrap();
+        assert_eq!(checked.config.notify[0].secret, None);
+        assert_eq!(checked.warnings.len(), 1, "{:?}", checked.warnings);
+        assert_eq!(checked.warnings[0].key, "notify[0].secret_file");
+    }
+
+    #[test]
+    fn files_absent_here_are_warnings_unless_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = |name: &str| format!("{:?}", dir.path().join(name).display().to_string());
+        let config = format!(
+            "docker_config = {}\n{}[tls]\ncert = {}\nkey = {}\nclient_ca = {}\n",
+            gone("config.json"),
+            base().replace(
+                "insecure = true",
+                &format!(
+                    "insecure = true\nusername = \"ci\"\npassword_file = {}",
+                    gone("password")
+                )
+            ),
+            gone("cert.pem"),
+            gone("key.pem"),
+            gone("ca.pem"),
+        );
+        let checked = Config::parse_with(&config, Files::WarnIfAbsent).unwrap();
+        let keys: Vec<&str> = checked.warnings.iter().map(|w| w.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "tls.cert",
+                "tls.key",
+                "tls.client_ca",
+                "docker_config",
+                "registry[0].password_file"
+            ]
+        );
+        assert!(
+            checked.warnings[0].message.contains("does not exist"),
+            "{:?}",
+            checked.warnings
+        );
+        assert!(checked.config.registries[0].credentials.is_none());
+        let e = Config::parse(&config).unwrap_err().to_string();
+        assert!(e.starts_with("tls.cert: cannot read "), "{e}");
+
+        // What does exist is still checked.
+        std::fs::write(dir.path().join("config.json"), "not json").unwrap();
+        let e = Config::parse_with(&config, Files::WarnIfAbsent)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("docker_config: "), "{e}");
+    }
+
+    #[test]
+    fn policies_that_can_never_pass_are_refused() {
+        let e = err(&base().replace("\"carol\"]", "\"dave\"]"));
+        assert_eq!(
+            e,
+            "environment[1].approvers: \"dave\" is not a configured principal"
+        );
+        let e = err(&base().replace("group:rm", "group:qa"));
+        assert!(
+            e.starts_with("environment[1].approvers: \"group:qa\" has no members"),
+            "{e}"
+        );
+        // alice (through rm) and carol: two distinct approvers, and alice
+        // named twice still counts once.
+        let three = base().replace("required_approvals = 1", "required_approvals = 3");
+        let e = err(&three);
+        assert!(
+            e.starts_with(
+                "environment[1].required_approvals: 3 approvals can never be given: only 2"
+            ),
+            "{e}"
+        );
+        let twice = three.replace("\"carol\"]", "\"carol\", \"alice\"]");
+        assert!(err(&twice).contains("only 2"), "{}", err(&twice));
+        let two = base().replace("required_approvals = 1", "required_approvals = 2");
+        let two = two.replace("\"carol\"]", "\"carol\"]\nallow_self_approval = true");
+        assert!(Config::parse(&two).is_ok());
+    }
+
+    #[test]
+    fn a_policy_that_blocks_some_requesters_is_a_warning() {
+        let sole = base().replace(
+            "approvers = [\"group:rm\", \"carol\"]",
+            "approvers = [\"carol\"]",
+        );
+        let checked = Config::parse_with(&sole, Files::Read).unwrap();
+        assert_eq!(checked.warnings.len(), 1, "{:?}", checked.warnings);
+        let w = checked.warnings[0].to_string();
+        assert!(
+            w.starts_with("environment[1].required_approvals: a promotion requested by \"carol\" can never be approved"),
+            "{w}"
+        );
+        let allowed = sole.replace(
+            "approval_ttl = \"2h\"",
+            "approval_ttl = \"2h\"\nallow_self_approval = true",
+        );
+        assert!(
+            Config::parse_with(&allowed, Files::Read)
+                .unwrap()
+                .warnings
+                .is_empty()
+        );
+        assert!(
+            Config::parse_with(&base(), Files::Read)
+                .unwrap()
+                .warnings
+                .is_empty()
         );
     }
 }

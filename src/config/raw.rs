@@ -51,6 +51,7 @@ pub(super) struct RawTls {
 pub(super) struct RawNotify {
     pub url: String,
     pub events: Vec<String>,
+    pub secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -75,4 +76,5 @@ pub(super) struct RawEnvironment {
     #[serde(default)]
     pub allow_self_approval: bool,
     pub approval_ttl: Option<String>,
+    pub apply_deadline: Option<String>,
 }

@@ -4,31 +4,76 @@
 
 use super::raw::{RawConfig, RawEnvironment, RawNotify, RawPrincipal, RawRegistry, RawTls};
 use super::{
-    Config, ConfigError, DEFAULT_APPLY_WAIT, DEFAULT_APPROVAL_TTL, DEFAULT_DATA_DIR,
-    DEFAULT_EXPIRY_SWEEP, DEFAULT_LISTEN, DEFAULT_REGISTRY_TIMEOUT, LogFormat, NotifyConfig,
-    NotifyEvent, PrincipalConfig, RegistryConfig, TlsConfig, credentials, invalid,
+    Config, ConfigError, ConfigWarning, DEFAULT_APPLY_DEADLINE, DEFAULT_APPLY_WAIT,
+    DEFAULT_APPROVAL_TTL, DEFAULT_DATA_DIR, DEFAULT_EXPIRY_SWEEP, DEFAULT_LISTEN,
+    DEFAULT_REGISTRY_TIMEOUT, Files, Loaded, LogFormat, NotifyConfig, NotifyEvent, PrincipalConfig,
+    RegistryConfig, Secret, TlsConfig, credentials, invalid,
 };
 use crate::domain::names::{Repository, validate_tag};
 use crate::domain::policy::{Approver, EnvironmentPolicy};
-use std::collections::HashSet;
-use std::path::PathBuf;
+use std::collections::{BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub(super) fn config(raw: RawConfig) -> Result<Config, ConfigError> {
+pub(super) fn config(raw: RawConfig, files: Files) -> Result<Loaded, ConfigError> {
+    let mut cx = Cx {
+        files,
+        warnings: Vec::new(),
+    };
     let mut c = top_level(&raw)?;
-    c.tls = raw.tls.map(tls).transpose()?;
+    c.tls = raw.tls.map(|t| tls(t, &mut cx)).transpose()?;
     c.notify = raw
         .notify
         .into_iter()
         .enumerate()
-        .map(|(i, n)| notify(i, n))
+        .map(|(i, n)| notify(i, n, &mut cx))
         .collect::<Result<_, _>>()?;
-    let docker_auths = credentials::docker_config_auths(raw.docker_config.as_deref())?;
-    c.registries = registries(raw.registry, docker_auths.as_ref())?;
+    let docker = credentials::DockerConfig::load(raw.docker_config.as_deref(), &mut cx)?;
+    c.registries = registries(raw.registry, docker.as_ref(), &mut cx)?;
     c.principals = principals(raw.principal)?;
-    c.environments = environments(&raw.environment)?;
+    c.environments = environments(&raw.environment, &c.principals, &mut cx)?;
     across_sections(&c)?;
-    Ok(c)
+    Ok(Loaded {
+        config: c,
+        warnings: cx.warnings,
+    })
+}
+
+/// What validation carries from section to section.
+pub(super) struct Cx {
+    pub files: Files,
+    warnings: Vec<ConfigWarning>,
+}
+
+impl Cx {
+    pub fn warn(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push(ConfigWarning {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    /// The bytes of a file the server reads at start-up, or `None` when it
+    /// does not exist here and [`Files::WarnIfAbsent`] makes that a warning.
+    pub fn read(&mut self, key: &str, path: &Path) -> Result<Option<Vec<u8>>, ConfigError> {
+        match std::fs::read(path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && self.files == Files::WarnIfAbsent =>
+            {
+                self.warn(
+                    key,
+                    format!(
+                        "{} does not exist on this machine; `prodgate serve` will need it",
+                        path.display()
+                    ),
+                );
+                Ok(None)
+            }
+            Err(e) => Err(invalid(key, format!("cannot read {}: {e}", path.display()))),
+        }
+    }
 }
 
 /// The keys outside any section; the sections start empty.
@@ -89,8 +134,14 @@ fn top_level(raw: &RawConfig) -> Result<Config, ConfigError> {
     })
 }
 
-/// `[tls]`. The files are read when the server starts.
-fn tls(t: RawTls) -> Result<TlsConfig, ConfigError> {
+/// `[tls]`. The server reads the files again when it starts; here they only
+/// have to be readable.
+fn tls(t: RawTls, cx: &mut Cx) -> Result<TlsConfig, ConfigError> {
+    cx.read("tls.cert", &t.cert)?;
+    cx.read("tls.key", &t.key)?;
+    if let Some(ca) = &t.client_ca {
+        cx.read("tls.client_ca", ca)?;
+    }
     Ok(TlsConfig {
         cert: t.cert,
         key: t.key,
@@ -99,7 +150,7 @@ fn tls(t: RawTls) -> Result<TlsConfig, ConfigError> {
 }
 
 /// `[[notify]]` number `i`.
-fn notify(i: usize, n: RawNotify) -> Result<NotifyConfig, ConfigError> {
+fn notify(i: usize, n: RawNotify, cx: &mut Cx) -> Result<NotifyConfig, ConfigError> {
     if !(n.url.starts_with("http://") || n.url.starts_with("https://")) {
         return Err(invalid(
             format!("notify[{i}].url"),
@@ -122,13 +173,37 @@ fn notify(i: usize, n: RawNotify) -> Result<NotifyConfig, ConfigError> {
             })?;
         events.push(ev);
     }
-    Ok(NotifyConfig { url: n.url, events })
+    let secret = match &n.secret_file {
+        None => None,
+        Some(path) => {
+            let key = format!("notify[{i}].secret_file");
+            match cx.read(&key, path)? {
+                None => None,
+                Some(mut bytes) => {
+                    // `echo KEY > file` leaves a newline the sender's key lacks.
+                    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                        bytes.pop();
+                    }
+                    if bytes.is_empty() {
+                        return Err(invalid(key, format!("{} is empty", path.display())));
+                    }
+                    Some(Secret::new(bytes))
+                }
+            }
+        }
+    };
+    Ok(NotifyConfig {
+        url: n.url,
+        events,
+        secret,
+    })
 }
 
 /// Every `[[registry]]`: hosts are unique and parse as registry hosts.
 fn registries(
     raw: Vec<RawRegistry>,
-    docker_auths: Option<&serde_json::Map<String, serde_json::Value>>,
+    docker: Option<&credentials::DockerConfig>,
+    cx: &mut Cx,
 ) -> Result<Vec<RegistryConfig>, ConfigError> {
     let mut registries = Vec::new();
     let mut hosts = HashSet::new();
@@ -140,7 +215,7 @@ fn registries(
         if !hosts.insert(r.host.clone()) {
             return Err(invalid(key, format!("{:?} is listed twice", r.host)));
         }
-        let credentials = credentials::registry_credentials(i, &r, docker_auths)?;
+        let credentials = credentials::registry_credentials(i, &r, docker, cx)?;
         registries.push(RegistryConfig {
             host: r.host,
             insecure: r.insecure,
@@ -204,8 +279,12 @@ fn principals(raw: Vec<RawPrincipal>) -> Result<Vec<PrincipalConfig>, ConfigErro
 }
 
 /// Every `[[environment]]`: unique names and tags, `requires` naming another
-/// one.
-fn environments(raw: &[RawEnvironment]) -> Result<Vec<EnvironmentPolicy>, ConfigError> {
+/// one, and approvals that the configured principals can give.
+fn environments(
+    raw: &[RawEnvironment],
+    principals: &[PrincipalConfig],
+    cx: &mut Cx,
+) -> Result<Vec<EnvironmentPolicy>, ConfigError> {
     let mut environments: Vec<EnvironmentPolicy> = Vec::new();
     for (i, e) in raw.iter().enumerate() {
         let key = |field: &str| format!("environment[{i}].{field}");
@@ -249,7 +328,7 @@ fn environments(raw: &[RawEnvironment]) -> Result<Vec<EnvironmentPolicy>, Config
         for (j, a) in e.approvers.iter().enumerate() {
             check_name(&format!("environment[{i}].approvers[{j}]"), a)?;
         }
-        environments.push(EnvironmentPolicy {
+        let policy = EnvironmentPolicy {
             name: e.name.clone(),
             tag: e.tag.clone(),
             requires: e.requires.clone(),
@@ -261,9 +340,89 @@ fn environments(raw: &[RawEnvironment]) -> Result<Vec<EnvironmentPolicy>, Config
                 e.approval_ttl.as_deref(),
                 DEFAULT_APPROVAL_TTL,
             )?,
-        });
+            // Zero means no deadline: keep retrying until the tag moves.
+            apply_deadline: Some(any_duration(
+                &key("apply_deadline"),
+                e.apply_deadline.as_deref(),
+                DEFAULT_APPLY_DEADLINE,
+            )?)
+            .filter(|d| !d.is_zero()),
+        };
+        approvals_can_be_given(i, &policy, principals, cx)?;
+        environments.push(policy);
     }
     Ok(environments)
+}
+
+/// Refuses a policy no promotion can ever pass: an approver that names no
+/// principal, a group nobody is in, more approvals than there are distinct
+/// approvers. Warns when only some requesters are stuck: with self-approval
+/// off and exactly `required_approvals` approvers, a promotion requested by
+/// one of them can never collect enough.
+fn approvals_can_be_given(
+    i: usize,
+    policy: &EnvironmentPolicy,
+    principals: &[PrincipalConfig],
+    cx: &mut Cx,
+) -> Result<(), ConfigError> {
+    let key = |field: &str| format!("environment[{i}].{field}");
+    // Sorted, so messages list names in a stable order.
+    let mut can_approve = BTreeSet::new();
+    for a in &policy.approvers {
+        let members: Vec<&str> = principals
+            .iter()
+            .filter(|p| match a {
+                Approver::Principal(name) => p.name == *name,
+                Approver::Group(g) => p.groups.contains(g),
+            })
+            .map(|p| p.name.as_str())
+            .collect();
+        if members.is_empty() {
+            return Err(invalid(
+                key("approvers"),
+                match a {
+                    Approver::Principal(name) => {
+                        format!("{name:?} is not a configured principal")
+                    }
+                    Approver::Group(g) => format!(
+                        "\"group:{g}\" has no members: no [[principal]] lists {g:?} in groups"
+                    ),
+                },
+            ));
+        }
+        can_approve.extend(members);
+    }
+    let required = policy.required_approvals as usize;
+    let names = || {
+        can_approve
+            .iter()
+            .map(|n| format!("{n:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if required > can_approve.len() {
+        return Err(invalid(
+            key("required_approvals"),
+            format!(
+                "{required} approvals can never be given: only {} principal(s) can approve ({})",
+                can_approve.len(),
+                names()
+            ),
+        ));
+    }
+    if required > 0 && required == can_approve.len() && !policy.allow_self_approval {
+        let who: Vec<String> = can_approve.iter().map(|n| format!("{n:?}")).collect();
+        cx.warn(
+            key("required_approvals"),
+            format!(
+                "a promotion requested by {} can never be approved: self-approval is off, \
+                 and the other approvers can give only {} of the {required} approval(s) needed",
+                who.join(" or "),
+                required - 1
+            ),
+        );
+    }
+    Ok(())
 }
 
 /// What one section cannot see alone.

@@ -359,6 +359,7 @@ mod tests {
             required_approvals: required,
             allow_self_approval: false,
             approval_ttl: Duration::from_secs(60),
+            apply_deadline: None,
         }
     }
 
@@ -543,6 +544,7 @@ mod proptests {
             required_approvals: required,
             allow_self_approval: allow_self,
             approval_ttl: ttl,
+            apply_deadline: None,
         }
     }
 

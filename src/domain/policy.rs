@@ -45,6 +45,9 @@ pub struct EnvironmentPolicy {
     pub required_approvals: u32,
     pub allow_self_approval: bool,
     pub approval_ttl: Duration,
+    /// How long an approved promotion may keep trying to move its tag;
+    /// `None`: for as long as it takes.
+    pub apply_deadline: Option<Duration>,
 }
 
 impl EnvironmentPolicy {

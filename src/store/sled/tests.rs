@@ -51,6 +51,7 @@ fn three_commits(t: &Trees) -> Vec<(Dump, Dump)> {
         required_approvals: 1,
         allow_self_approval: false,
         approval_ttl: Duration::from_secs(60),
+        apply_deadline: None,
     };
     let who = |name: &str| Principal {
         name: name.into(),
