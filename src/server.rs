@@ -305,8 +305,12 @@ pub async fn run(
         AuthInterceptor(Arc::new(Authenticator::new(config.principals.clone()))),
     );
 
-    let addr = listener.local_addr().ok();
-    tracing::info!(?addr, tls = tls.is_some(), data_dir = %config.data_dir.display(), "serving");
+    // The announcement scripts and tests wait for: only now, after the store
+    // opened, so a server that cannot start never announces an address.
+    let addr = listener
+        .local_addr()
+        .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string());
+    tracing::info!(%addr, tls = tls.is_some(), data_dir = %config.data_dir.display(), "listening");
     let (draining_tx, draining) = tokio::sync::oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)

@@ -334,13 +334,14 @@ fn example_config_passes_check_config_and_matches_the_dev_registry() {
 
 #[test]
 fn the_checks_can_fail() {
-    // The deployed password file does not exist here: prodgate must say so,
-    // which is why check_config rewrites it.
+    // The deployed password file does not exist here: prodgate must say so
+    // (a warning, an error with --strict), which is why check_config
+    // rewrites it.
     let k8s = read("kubernetes/prodgate.toml");
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("prodgate.toml");
     std::fs::write(&file, &k8s).expect("write");
-    let out = prodgate(&["check-config", file.to_str().expect("utf-8")]);
+    let out = prodgate(&["check-config", "--strict", file.to_str().expect("utf-8")]);
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("registry[0].password_file"),

@@ -50,6 +50,8 @@ pub enum CliError {
     Server(#[from] crate::server::ServerError),
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    StoreDir(#[from] crate::store::sled::dir::DirError),
     /// The chain verdict is already on stdout (`BROKEN at sequence …`).
     #[error("the audit chain is broken")]
     ChainBroken,
@@ -85,6 +87,7 @@ impl CliError {
             | CliError::Listen { .. }
             | CliError::Server(_)
             | CliError::Store(_)
+            | CliError::StoreDir(_)
             | CliError::ChainBroken
             | CliError::Output(_) => Exit::Local,
             CliError::Connect { .. } | CliError::NotServing(_) | CliError::WatchEnded(_) => {

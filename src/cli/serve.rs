@@ -1,9 +1,11 @@
 //! `prodgate serve`: config -> tracing -> bind -> [`crate::server::run`]
-//! until SIGTERM or SIGINT.
+//! until SIGTERM or SIGINT. The server announces its address in the log
+//! (`listening`, with `addr`) once its store is open, never on stdout, so
+//! that a JSON log stays JSON and a server that cannot start announces
+//! nothing.
 
 use super::CliError;
 use crate::config::{Config, Files};
-use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
@@ -38,16 +40,6 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
             addr: config.listen.clone(),
             source,
         })?;
-    let addr = listener.local_addr().map_err(|source| CliError::Listen {
-        addr: config.listen.clone(),
-        source,
-    })?;
-    // The first line on stdout tells scripts and tests where to connect.
-    // Nobody may be reading it (tests close the pipe after this line), so a
-    // failed write must not stop the server.
-    let mut stdout = std::io::stdout();
-    let _ = writeln!(stdout, "prodgate listening on {addr}");
-    let _ = stdout.flush();
     crate::server::run(config, listener, shutdown_signal()).await?;
     Ok(())
 }

@@ -4,9 +4,10 @@
 
 use prodgate::pb::promotion_service_client::PromotionServiceClient;
 use sha2::{Digest, Sha256};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::thread::JoinHandle;
 use std::time::Duration;
 use tempfile::TempDir;
 use tonic::service::interceptor::InterceptedService;
@@ -95,10 +96,13 @@ pub fn principals_toml() -> String {
 pub struct TestServer {
     pub addr: String,
     child: Child,
+    /// Copies the rest of the server's log to `server.log`; ends when the
+    /// process does.
+    log_copier: Option<JoinHandle<()>>,
     dir: TempDir,
     data_dir: PathBuf,
     /// Extra environment of the process, kept for restarts.
-    env: Vec<(String, PathBuf)>,
+    env: Vec<(String, std::ffi::OsString)>,
 }
 
 impl TestServer {
@@ -113,9 +117,9 @@ impl TestServer {
         Self::spawn(dir, data_dir, Vec::new())
     }
 
-    /// Like [`TestServer::start`], with extra environment variables naming
-    /// files (such as `SSL_CERT_FILE` for a test CA).
-    pub fn start_with_env(config: &str, env: &[(&str, &Path)]) -> TestServer {
+    /// Like [`TestServer::start`], with extra environment variables (e.g. a
+    /// `PATH` with a fake credential helper first).
+    pub fn start_with_env(config: &str, env: &[(&str, std::ffi::OsString)]) -> TestServer {
         let dir = tempfile::Builder::new()
             .prefix("prodgate-test-")
             .tempdir()
@@ -124,7 +128,7 @@ impl TestServer {
         let data_dir = dir.path().join("data");
         let env = env
             .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.to_path_buf()))
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
             .collect();
         Self::spawn(dir, data_dir, env)
     }
@@ -139,15 +143,29 @@ impl TestServer {
         Self::spawn(dir, data_dir.to_owned(), Vec::new())
     }
 
-    fn spawn(dir: TempDir, data_dir: PathBuf, env: Vec<(String, PathBuf)>) -> TestServer {
-        let (child, addr) = spawn_child(dir.path(), &data_dir, &env);
+    fn spawn(
+        dir: TempDir,
+        data_dir: PathBuf,
+        env: Vec<(String, std::ffi::OsString)>,
+    ) -> TestServer {
+        let (child, addr, log_copier) = spawn_child(dir.path(), &data_dir, &env);
         TestServer {
             addr,
             child,
+            log_copier: Some(log_copier),
             dir,
             data_dir,
             env,
         }
+    }
+
+    /// Waits for the process to end and its log to be copied in full.
+    fn reap(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        let status = self.child.wait();
+        if let Some(copier) = self.log_copier.take() {
+            let _ = copier.join();
+        }
+        status
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -170,10 +188,11 @@ impl TestServer {
     /// starts a new one on the same config and data directory.
     pub fn kill_and_restart(&mut self) {
         let _ = self.child.kill();
-        let _ = self.child.wait();
-        let (child, addr) = spawn_child(self.dir.path(), &self.data_dir, &self.env);
+        let _ = self.reap();
+        let (child, addr, log_copier) = spawn_child(self.dir.path(), &self.data_dir, &self.env);
         self.child = child;
         self.addr = addr;
+        self.log_copier = Some(log_copier);
     }
 
     /// Sends SIGTERM and waits for the exit; returns the exit code.
@@ -183,7 +202,7 @@ impl TestServer {
             .status()
             .expect("run kill");
         assert!(sent.success());
-        self.child.wait().expect("wait for prodgate").code()
+        self.reap().expect("wait for prodgate").code()
     }
 
     pub async fn channel(&self) -> Channel {
@@ -213,10 +232,14 @@ impl TestServer {
     }
 }
 
-/// Runs `prodgate serve` in `dir` and returns once it is listening.
-fn spawn_child(dir: &Path, data_dir: &Path, env: &[(String, PathBuf)]) -> (Child, String) {
+/// Runs `prodgate serve` in `dir` and returns once it is listening: its
+/// address, and the thread that copies the rest of its log to `server.log`.
+fn spawn_child(
+    dir: &Path,
+    data_dir: &Path,
+    env: &[(String, std::ffi::OsString)],
+) -> (Child, String, JoinHandle<()>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_prodgate"))
-        .envs(env.iter().map(|(k, v)| (k, v)))
         .arg("serve")
         .arg("--config")
         .arg(dir.join("prodgate.toml"))
@@ -225,40 +248,67 @@ fn spawn_child(dir: &Path, data_dir: &Path, env: &[(String, PathBuf)]) -> (Child
         .arg("--data-dir")
         .arg(data_dir)
         .env("RUST_LOG", "prodgate=debug,info")
-        .stdout(Stdio::piped())
-        .stderr(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.join("server.log"))
-                .expect("open the server log"),
-        )
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("start prodgate serve");
-    // The server prints its address once the socket is bound, so connecting
-    // right after this line cannot race its start-up.
-    let stdout = child.stdout.take().expect("piped stdout");
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .expect("open the server log");
+    let mut stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
+    // The server logs its address once its store is open and the socket
+    // bound, so connecting right after this line cannot race its start-up.
+    let mut addr = None;
     let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read the server's first line");
-    match line.trim().strip_prefix("prodgate listening on ") {
-        Some(addr) => (child, addr.to_owned()),
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "prodgate did not start; first line {line:?}; log:\n{}",
-                std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
-            );
+    while addr.is_none() {
+        line.clear();
+        match stderr.read_line(&mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                log.write_all(line.as_bytes())
+                    .expect("write the server log");
+                addr = listening_addr(&line);
+            }
         }
     }
+    let Some(addr) = addr else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "prodgate did not start; log:\n{}",
+            std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
+        );
+    };
+    let copier = std::thread::spawn(move || copy_log(stderr, log));
+    (child, addr, copier)
+}
+
+fn copy_log(mut from: BufReader<ChildStderr>, mut to: std::fs::File) {
+    let _ = std::io::copy(&mut from, &mut to);
+}
+
+/// The `addr` of the server's `listening` log line, in text
+/// (`INFO prodgate::server: listening addr=127.0.0.1:4711 …`) or JSON.
+fn listening_addr(line: &str) -> Option<String> {
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+        return (v["message"] == "listening")
+            .then(|| v["addr"].as_str().map(str::to_owned))
+            .flatten();
+    }
+    let (_, fields) = line.split_once(": listening ")?;
+    fields
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("addr="))
+        .map(str::to_owned)
 }
 
 impl Drop for TestServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.reap();
     }
 }
 

@@ -16,6 +16,7 @@
 
 mod codec;
 mod derive;
+pub mod dir;
 mod horizon;
 mod keys;
 mod postings;
@@ -109,7 +110,8 @@ impl SledStore {
             // Durability comes from the writer's explicit flush, not a timer.
             .flush_every_ms(None)
             .cache_capacity(CACHE_BYTES)
-            .open()?;
+            .open()
+            .map_err(|e| dir::open_failed(dir, e))?;
         let trees = Trees::open(db)?;
         check_format(&trees)?;
         let horizon_error = |doing: &str, e: std::io::Error| {
@@ -263,9 +265,11 @@ impl Storage for SledStore {
     }
 }
 
-/// Checks the audit chain of the database under `dir` without a running server.
-pub fn verify_offline(dir: &Path) -> Result<Verification, StoreError> {
-    let db = sled::Config::new().path(dir).open()?;
+/// Checks the audit chain of the store under `dir` without a running server;
+/// refuses a directory that holds no prodgate store ([`dir::open_existing`]).
+pub fn verify_offline(dir: &Path) -> Result<Verification, dir::DirError> {
+    let db = dir::open_existing(dir)?;
+    // Every tree exists: `open_existing` checked the names.
     let trees = Trees::open(db)?;
     Ok(trees.verify_from(Verifier::default())?.0)
 }

@@ -1,0 +1,332 @@
+//! `prodgate check-config` and `serve` on configs as operators write them:
+//! every shipped config checks as shipped, policies no promotion can pass
+//! are refused by both, and Docker credential helpers (`credsStore`,
+//! `credHelpers`) are run, with a failing one named. Fake helpers are tiny
+//! shell scripts put first on the child's PATH.
+
+mod support;
+
+use std::ffi::OsString;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use support::registry::TestRegistry;
+use support::request_to;
+use support::server::{TestServer, principals_toml};
+
+#[derive(Debug)]
+struct Out {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// The binary with a Docker config dir of `docker_dir` (so nothing from this
+/// machine leaks in) and extra environment.
+fn prodgate(args: &[&str], docker_dir: &Path, env: &[(&str, OsString)]) -> Out {
+    let o = Command::new(env!("CARGO_BIN_EXE_prodgate"))
+        .env_remove("PRODGATE_SERVER")
+        .env_remove("PRODGATE_TOKEN")
+        .env_remove("PRODGATE_CONFIG")
+        .env("DOCKER_CONFIG", docker_dir)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .args(args)
+        .output()
+        .expect("run prodgate");
+    Out {
+        code: o.status.code(),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn deploy_configs(dir: &Path, found: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("read deploy/") {
+        let path = entry.expect("dir entry").path();
+        if path.is_dir() {
+            deploy_configs(&path, found);
+        } else if path.extension().is_some_and(|e| e == "toml") {
+            found.push(path);
+        }
+    }
+}
+
+#[test]
+fn every_shipped_config_passes_check_config_as_shipped() {
+    let empty = tempfile::tempdir().expect("tempdir");
+    let mut configs = Vec::new();
+    deploy_configs(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy"),
+        &mut configs,
+    );
+    configs.sort();
+    assert!(configs.len() >= 2, "{configs:?}");
+    for config in &configs {
+        let out = prodgate(&["check-config", path_str(config)], empty.path(), &[]);
+        assert_eq!(out.code, Some(0), "{}: {out:#?}", config.display());
+        assert!(out.stdout.starts_with("ok: "), "{out:#?}");
+    }
+
+    // The Kubernetes config names a password file that only exists in the
+    // pod: a warning here, an error with --strict (as for serve).
+    let k8s = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/prodgate.toml");
+    let out = prodgate(&["check-config", path_str(&k8s)], empty.path(), &[]);
+    assert_eq!(
+        out.stderr,
+        "prodgate: warning: registry[0].password_file: /run/secrets/prodgate/registry-password \
+         does not exist on this machine; `prodgate serve` will need it\n",
+        "{out:#?}"
+    );
+    let strict = prodgate(
+        &["check-config", "--strict", path_str(&k8s)],
+        empty.path(),
+        &[],
+    );
+    assert_eq!(strict.code, Some(1), "{strict:#?}");
+    assert!(
+        strict
+            .stderr
+            .starts_with("prodgate: registry[0].password_file: cannot read /run/secrets/"),
+        "{strict:#?}"
+    );
+}
+
+/// The test principals (see `support::server::PRINCIPALS`) and one
+/// environment with `policy` lines.
+fn config_with_policy(policy: &str) -> String {
+    format!(
+        "[[registry]]\nhost = \"127.0.0.1:9\"\ninsecure = true\n{}\n\
+         [[environment]]\nname = \"production\"\ntag = \"production\"\n{policy}\n",
+        principals_toml()
+    )
+}
+
+#[test]
+fn policies_that_can_never_pass_are_refused_by_check_config_and_serve() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = tmp.path().join("prodgate.toml");
+    let data = tmp.path().join("data");
+    for (policy, error) in [
+        (
+            "approvers = [\"bob\", \"zoe\"]\nrequired_approvals = 1",
+            "environment[0].approvers: \"zoe\" is not a configured principal",
+        ),
+        (
+            "approvers = [\"group:qa\"]\nrequired_approvals = 1",
+            "environment[0].approvers: \"group:qa\" has no members: no [[principal]] lists \"qa\" in groups",
+        ),
+        (
+            // carol, and bob in release-managers: two people, named three ways.
+            "approvers = [\"carol\", \"bob\", \"group:developers\"]\nrequired_approvals = 5",
+            "environment[0].required_approvals: 5 approvals can never be given: only 4 \
+             principal(s) can approve (\"alice\", \"bob\", \"carol\", \"rita\")",
+        ),
+    ] {
+        std::fs::write(&file, config_with_policy(policy)).expect("write config");
+        let check = prodgate(&["check-config", path_str(&file)], tmp.path(), &[]);
+        assert_eq!(check.code, Some(1), "{check:#?}");
+        assert_eq!(check.stderr, format!("prodgate: {error}\n"), "{check:#?}");
+        let serve = prodgate(
+            &[
+                "serve",
+                "--config",
+                path_str(&file),
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                path_str(&data),
+            ],
+            tmp.path(),
+            &[],
+        );
+        assert_eq!(serve.code, Some(1), "{serve:#?}");
+        assert!(serve.stderr.contains(error), "{serve:#?}");
+        assert!(!data.exists(), "serve created its store before refusing");
+    }
+
+    // Blocking only some requesters is a warning: carol alone cannot get
+    // her own request approved.
+    std::fs::write(
+        &file,
+        config_with_policy("approvers = [\"carol\"]\nrequired_approvals = 1"),
+    )
+    .expect("write config");
+    let check = prodgate(&["check-config", path_str(&file)], tmp.path(), &[]);
+    assert_eq!(check.code, Some(0), "{check:#?}");
+    assert_eq!(
+        check.stderr,
+        "prodgate: warning: environment[0].required_approvals: a promotion requested by \
+         \"carol\" can never be approved: self-approval is off, and the other approvers can \
+         give only 0 of the 1 approval(s) needed\n"
+    );
+}
+
+/// A fake `docker-credential-<name>` in `bin` that appends what it was asked
+/// (its stdin, the registry host) to `asked` and then runs `body`.
+fn fake_helper(bin: &Path, name: &str, asked: &Path, body: &str) {
+    let path = bin.join(format!("docker-credential-{name}"));
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\nhost=$(cat)\nprintf '%s %s\\n' \"$1\" \"$host\" >> '{}'\n{body}\n",
+            asked.display()
+        ),
+    )
+    .expect("write the helper");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+/// `PATH` with `bin` first.
+fn path_with(bin: &Path) -> OsString {
+    let mut dirs = vec![bin.to_owned()];
+    dirs.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    std::env::join_paths(dirs).expect("join PATH")
+}
+
+#[test]
+fn credential_helpers_run_for_strict_checks_and_a_failing_one_is_named() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir(&bin).expect("mkdir");
+    let asked = tmp.path().join("asked");
+    fake_helper(
+        &bin,
+        "good",
+        &asked,
+        r#"printf '{"Username":"ci","Secret":"from-the-helper"}'"#,
+    );
+    fake_helper(
+        &bin,
+        "locked",
+        &asked,
+        "echo 'keychain is locked' >&2\nexit 1",
+    );
+    fake_helper(
+        &bin,
+        "empty",
+        &asked,
+        "echo 'credentials not found in native keychain'\nexit 1",
+    );
+    let env = [("PATH", path_with(&bin))];
+    let docker = tmp.path().join("docker.json");
+    let config = tmp.path().join("prodgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "docker_config = {:?}\n{}",
+            path_str(&docker),
+            config_with_policy("required_approvals = 0")
+        ),
+    )
+    .expect("write config");
+    let check = |args: &[&str]| {
+        let mut all = vec!["check-config"];
+        all.extend_from_slice(args);
+        all.push(path_str(&config));
+        prodgate(&all, tmp.path(), &env)
+    };
+    let asked_hosts = || std::fs::read_to_string(&asked).unwrap_or_default();
+
+    // credHelpers for the host wins over credsStore.
+    std::fs::write(
+        &docker,
+        r#"{"credsStore": "locked", "credHelpers": {"127.0.0.1:9": "good"}}"#,
+    )
+    .expect("write docker config");
+    // Without --strict no helper runs: a check must not reach a keychain.
+    let out = check(&[]);
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert_eq!(asked_hosts(), "");
+    let out = check(&["--strict"]);
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert_eq!(asked_hosts(), "get 127.0.0.1:9\n");
+    assert!(!out.stderr.contains("from-the-helper"), "{out:#?}");
+
+    // credsStore for every other host; a failure names the helper.
+    std::fs::write(&docker, r#"{"credsStore": "locked"}"#).expect("write docker config");
+    let out = check(&["--strict"]);
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert_eq!(
+        out.stderr,
+        format!(
+            "prodgate: docker_config: docker-credential-locked (from {}) failed for \
+             127.0.0.1:9: keychain is locked\n",
+            docker.display()
+        )
+    );
+
+    // A helper that holds nothing for the host: anonymous, as for docker.
+    std::fs::write(&docker, r#"{"credsStore": "empty"}"#).expect("write docker config");
+    let out = check(&["--strict"]);
+    assert_eq!(out.code, Some(0), "{out:#?}");
+
+    // A helper that is not installed.
+    std::fs::write(&docker, r#"{"credsStore": "absent"}"#).expect("write docker config");
+    let out = check(&["--strict"]);
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert_eq!(
+        out.stderr,
+        format!(
+            "prodgate: docker_config: cannot run docker-credential-absent (from {}) for \
+             127.0.0.1:9: is it installed and on PATH?\n",
+            docker.display()
+        )
+    );
+}
+
+#[tokio::test]
+async fn serve_authenticates_to_the_registry_with_a_credential_helpers_answer() {
+    let password = "helper-registry-pass";
+    let registry = TestRegistry::start_with_basic_auth("ci", password).await;
+    let digest = registry.push_image("app", Some("staging"), 1024, 1).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir(&bin).expect("mkdir");
+    let asked = tmp.path().join("asked");
+    fake_helper(
+        &bin,
+        "test",
+        &asked,
+        &format!(r#"printf '{{"Username":"ci","Secret":"{password}"}}'"#),
+    );
+    let docker = tmp.path().join("docker.json");
+    std::fs::write(
+        &docker,
+        format!(
+            r#"{{"auths": {{}}, "credHelpers": {{"{}": "test"}}}}"#,
+            registry.host
+        ),
+    )
+    .expect("write docker config");
+    let server = TestServer::start_with_env(
+        &format!(
+            "docker_config = {:?}\n{}",
+            path_str(&docker),
+            support::server::standard_config(&registry.host)
+        ),
+        &[("PATH", path_with(&bin))],
+    );
+    let p = server
+        .client("alice")
+        .await
+        .request_promotion(request_to(
+            &format!("{}/app", registry.host),
+            "staging",
+            "production",
+        ))
+        .await
+        .expect("request through the helper's credentials")
+        .into_inner();
+    assert_eq!(p.digest, digest);
+    assert_eq!(
+        std::fs::read_to_string(&asked).unwrap_or_default(),
+        format!("get {}\n", registry.host)
+    );
+    assert!(!server.log().contains(password), "the password was logged");
+}
