@@ -528,4 +528,47 @@ approval_ttl = "2h"
                 .is_empty()
         );
     }
+
+    #[test]
+    fn docker_auths_still_supply_credentials() {
+        use base64::Engine;
+        let dir = tempfile::tempdir().unwrap();
+        let docker = dir.path().join("config.json");
+        let with = |json: &str| {
+            std::fs::write(&docker, json).unwrap();
+            Config::parse(&format!(
+                "docker_config = {:?}\n{}",
+                docker.display().to_string(),
+                base()
+            ))
+            .map(|c| c.registries[0].credentials.clone())
+        };
+        let auth = base64::engine::general_purpose::STANDARD.encode("ci:pw");
+        let want = Some(RegistryCredentials {
+            username: "ci".into(),
+            password: "pw".into(),
+        });
+        for key in [
+            "127.0.0.1:5000",
+            "https://127.0.0.1:5000",
+            "http://127.0.0.1:5000/v2/",
+        ] {
+            let json = format!(r#"{{"auths": {{"{key}": {{"auth": "{auth}"}}}}}}"#);
+            assert_eq!(with(&json).unwrap(), want, "{key}");
+        }
+        let plain = r#"{"auths": {"127.0.0.1:5000": {"username": "ci", "password": "pw"}}}"#;
+        assert_eq!(with(plain).unwrap(), want);
+        assert_eq!(
+            with(r#"{"auths": {"other:5000": {"auth": "eDp5"}}}"#).unwrap(),
+            None
+        );
+        let e = with(r#"{"auths": {"127.0.0.1:5000": {"identitytoken": "t0k3n"}}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("docker_config: ") && e.contains("identity token"),
+            "{e}"
+        );
+        assert!(!e.contains("t0k3n"), "{e}");
+    }
 }

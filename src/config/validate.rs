@@ -10,7 +10,7 @@ use super::{
     RegistryConfig, Secret, TlsConfig, credentials, invalid,
 };
 use crate::domain::names::{Repository, validate_tag};
-use crate::domain::policy::{Approver, EnvironmentPolicy};
+use crate::domain::policy::{Approver, EnvironmentPolicy, Principal};
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -366,15 +366,20 @@ fn approvals_can_be_given(
     cx: &mut Cx,
 ) -> Result<(), ConfigError> {
     let key = |field: &str| format!("environment[{i}].{field}");
+    // As authentication will see them, matched as approvals will be.
+    let people: Vec<Principal> = principals
+        .iter()
+        .map(|p| Principal {
+            name: p.name.clone(),
+            groups: p.groups.clone(),
+        })
+        .collect();
     // Sorted, so messages list names in a stable order.
     let mut can_approve = BTreeSet::new();
     for a in &policy.approvers {
-        let members: Vec<&str> = principals
+        let members: Vec<&str> = people
             .iter()
-            .filter(|p| match a {
-                Approver::Principal(name) => p.name == *name,
-                Approver::Group(g) => p.groups.contains(g),
-            })
+            .filter(|p| a.matches(p))
             .map(|p| p.name.as_str())
             .collect();
         if members.is_empty() {
@@ -393,31 +398,24 @@ fn approvals_can_be_given(
         can_approve.extend(members);
     }
     let required = policy.required_approvals as usize;
-    let names = || {
-        can_approve
-            .iter()
-            .map(|n| format!("{n:?}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let quoted: Vec<String> = can_approve.iter().map(|n| format!("{n:?}")).collect();
     if required > can_approve.len() {
         return Err(invalid(
             key("required_approvals"),
             format!(
                 "{required} approvals can never be given: only {} principal(s) can approve ({})",
                 can_approve.len(),
-                names()
+                quoted.join(", ")
             ),
         ));
     }
     if required > 0 && required == can_approve.len() && !policy.allow_self_approval {
-        let who: Vec<String> = can_approve.iter().map(|n| format!("{n:?}")).collect();
         cx.warn(
             key("required_approvals"),
             format!(
                 "a promotion requested by {} can never be approved: self-approval is off, \
                  and the other approvers can give only {} of the {required} approval(s) needed",
-                who.join(" or "),
+                quoted.join(" or "),
                 required - 1
             ),
         );

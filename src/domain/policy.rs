@@ -25,7 +25,7 @@ impl Approver {
         }
     }
 
-    fn matches(&self, p: &Principal) -> bool {
+    pub fn matches(&self, p: &Principal) -> bool {
         match self {
             Approver::Principal(name) => *name == p.name,
             Approver::Group(g) => p.groups.iter().any(|pg| pg == g),
