@@ -135,14 +135,13 @@ impl Promotions {
             });
         }
         // A retried request answers from the record, whatever the tags do now.
-        if !input.request_id.is_empty() {
-            if let Some(existing) = self
+        if !input.request_id.is_empty()
+            && let Some(existing) = self
                 .store
                 .find_request(&who.name, &input.request_id)
                 .await?
-            {
-                return same_request(existing, &input);
-            }
+        {
+            return same_request(existing, &input);
         }
         let source_ref = input.source.as_reference().to_owned();
         // Pin the manifest itself: the apply pushes these exact bytes. A digest

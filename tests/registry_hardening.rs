@@ -115,8 +115,10 @@ async fn credentials_go_to_a_token_realm_only_over_https() {
     })
     .await;
     let config = Config::new(&registry.host, false);
-    let server =
-        TestServer::start_with_env(&config.text, &[("SSL_CERT_FILE", ca.ca_file.clone().into_os_string())]);
+    let server = TestServer::start_with_env(
+        &config.text,
+        &[("SSL_CERT_FILE", ca.ca_file.clone().into_os_string())],
+    );
     let mut alice = server.client("alice").await;
 
     let e = request(&mut alice, &format!("{}/plain", registry.host), "v1")

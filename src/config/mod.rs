@@ -23,6 +23,12 @@ pub const DEFAULT_APPLY_WAIT: Duration = Duration::from_secs(1);
 pub const DEFAULT_REGISTRY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often pending promotions are checked for expiry.
 pub const DEFAULT_EXPIRY_SWEEP: Duration = Duration::from_secs(5);
+/// Connections served at once; each is a file descriptor, so this must stay
+/// below the process's open-file limit (deploy/README.md).
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 4096;
+/// How long a new connection may take to finish the TLS handshake (with TLS)
+/// and send the HTTP/2 preface before it is closed.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an approved promotion may take to reach its tag.
 pub const DEFAULT_APPLY_DEADLINE: Duration = Duration::from_secs(3600);
 
@@ -204,6 +210,8 @@ pub struct Config {
     pub registry_timeout: Duration,
     pub expiry_sweep_interval: Duration,
     pub metrics_listen: Option<String>,
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
     pub log_format: LogFormat,
     pub tls: Option<TlsConfig>,
     pub notify: Vec<NotifyConfig>,
@@ -324,6 +332,18 @@ approval_ttl = "2h"
                 .unwrap_err()
                 .to_string()
                 .contains("apply_wait")
+        );
+        assert!(
+            with("handshake_timeout = \"0s\"")
+                .unwrap_err()
+                .to_string()
+                .contains("handshake_timeout")
+        );
+        assert!(
+            with("max_connections = 0")
+                .unwrap_err()
+                .to_string()
+                .contains("max_connections")
         );
         assert!(
             with("registry_timeout = \"0s\"")

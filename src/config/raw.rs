@@ -14,6 +14,8 @@ pub(super) struct RawConfig {
     pub registry_timeout: Option<String>,
     pub expiry_sweep_interval: Option<String>,
     pub metrics_listen: Option<String>,
+    pub max_connections: Option<u32>,
+    pub handshake_timeout: Option<String>,
     pub log_format: Option<String>,
     pub docker_config: Option<PathBuf>,
     pub tls: Option<RawTls>,

@@ -5,9 +5,10 @@
 use super::raw::{RawConfig, RawEnvironment, RawNotify, RawPrincipal, RawRegistry, RawTls};
 use super::{
     Config, ConfigError, ConfigWarning, DEFAULT_APPLY_DEADLINE, DEFAULT_APPLY_WAIT,
-    DEFAULT_APPROVAL_TTL, DEFAULT_DATA_DIR, DEFAULT_EXPIRY_SWEEP, DEFAULT_LISTEN,
-    DEFAULT_REGISTRY_TIMEOUT, Files, Loaded, LogFormat, NotifyConfig, NotifyEvent, PrincipalConfig,
-    RegistryConfig, Secret, TlsConfig, credentials, invalid,
+    DEFAULT_APPROVAL_TTL, DEFAULT_DATA_DIR, DEFAULT_EXPIRY_SWEEP, DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_REGISTRY_TIMEOUT, Files, Loaded, LogFormat,
+    NotifyConfig, NotifyEvent, PrincipalConfig, RegistryConfig, Secret, TlsConfig, credentials,
+    invalid,
 };
 use crate::domain::names::{Repository, validate_tag};
 use crate::domain::policy::{Approver, EnvironmentPolicy, Principal};
@@ -96,6 +97,10 @@ fn top_level(raw: &RawConfig) -> Result<Config, ConfigError> {
             format!("{m:?} is not an address like \"127.0.0.1:9090\""),
         ));
     }
+    let max_connections = match raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS) {
+        0 => return Err(invalid("max_connections", "must be at least 1")),
+        n => n as usize,
+    };
     let log_format = match raw.log_format.as_deref() {
         None | Some("text") => LogFormat::Text,
         Some("json") => LogFormat::Json,
@@ -125,6 +130,12 @@ fn top_level(raw: &RawConfig) -> Result<Config, ConfigError> {
             DEFAULT_EXPIRY_SWEEP,
         )?,
         metrics_listen: raw.metrics_listen.clone(),
+        max_connections,
+        handshake_timeout: duration(
+            "handshake_timeout",
+            raw.handshake_timeout.as_deref(),
+            DEFAULT_HANDSHAKE_TIMEOUT,
+        )?,
         log_format,
         tls: None,
         notify: Vec::new(),
