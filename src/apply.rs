@@ -17,9 +17,17 @@
 //! newer APPROVED promotion of its tag by superseding the older one. While
 //! it retries, the last error and the attempt count are kept in [`Progress`]
 //! and shown on the promotion.
+//!
+//! An environment's `apply_deadline` bounds the retries: an APPROVED
+//! promotion not applied by then (counted from its approval, on the injected
+//! clock) ends FAILED with the last error, unless a final read of the tag
+//! finds the digest already there (a push whose answer was lost), which
+//! records it as applied.
 
+use crate::clock::Clock;
+use crate::config::Config;
 use crate::domain::machine;
-use crate::domain::model::{Promotion, PromotionId, State};
+use crate::domain::model::{Promotion, PromotionId, State, Time};
 use crate::domain::names::Repository;
 use crate::error::Error;
 use crate::registry::{Manifest, Moved, Registry, RegistryError};
@@ -91,10 +99,18 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
 /// Applies approved promotions until `stop` turns true (or the store closes),
 /// then waits up to [`SHUTDOWN_GRACE`] for the moves in progress.
+/// What the worker needs besides the store and the registry.
+pub struct Settings {
+    /// Environments' `apply_deadline`.
+    pub config: Arc<Config>,
+    pub clock: Arc<dyn Clock>,
+    pub progress: Progress,
+}
+
 pub async fn run(
     store: Store,
     registry: Arc<dyn Registry>,
-    progress: Progress,
+    settings: Settings,
     mut stop: watch::Receiver<bool>,
 ) {
     // Subscribe before the scan so nothing approved in between is missed; a
@@ -104,7 +120,9 @@ pub async fn run(
         worker: Worker {
             store: store.clone(),
             registry,
-            progress,
+            config: settings.config,
+            clock: settings.clock,
+            progress: settings.progress,
         },
         stop: stop.clone(),
         lanes: HashMap::new(),
@@ -139,6 +157,8 @@ pub async fn run(
 struct Worker {
     store: Store,
     registry: Arc<dyn Registry>,
+    config: Arc<Config>,
+    clock: Arc<dyn Clock>,
     progress: Progress,
 }
 
@@ -232,6 +252,7 @@ impl Worker {
         let (store, registry) = (&self.store, self.registry.as_ref());
         let mut backoff = FIRST_BACKOFF;
         let mut attempt = 0u32;
+        let mut last_error = String::new();
         loop {
             // Re-read every attempt: it may have been applied already or ended elsewhere.
             let Some(p) = current(store, id).await else {
@@ -241,6 +262,19 @@ impl Worker {
                 return;
             }
             if *newest.borrow_and_update() > id && give_way(store, id).await {
+                return;
+            }
+            // While APPROVED, `updated_at` is when it was approved.
+            let deadline = self
+                .config
+                .environment(&p.environment)
+                .and_then(|e| e.apply_deadline)
+                .map(|d| (d, p.updated_at.plus(d)));
+            if let Some((limit, at)) = deadline
+                && attempt > 0
+                && self.clock.now() >= at
+            {
+                self.past_deadline(&p, limit, &last_error).await;
                 return;
             }
             attempt += 1;
@@ -276,8 +310,13 @@ impl Worker {
                         } => (*r).min(MAX_BACKOFF),
                         _ => jitter(backoff),
                     };
+                    let wait = match deadline {
+                        Some((_, at)) => wait.min(until(self.clock.now(), at)),
+                        None => wait,
+                    };
                     tracing::warn!(promotion = id, attempt, error = %e, retry_in = ?wait, "tag move failed; retrying");
-                    self.progress.note(id, e.to_string(), attempt);
+                    last_error = e.to_string();
+                    self.progress.note(id, last_error.clone(), attempt);
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         // A newer promotion of this tag was approved: the loop's
@@ -296,6 +335,57 @@ impl Worker {
             }
         }
     }
+}
+
+impl Worker {
+    /// The apply deadline passed: one last read of the tag decides. The
+    /// digest already there means a push whose answer was lost (applied);
+    /// anything else, or no answer, ends the promotion FAILED.
+    async fn past_deadline(&self, p: &Promotion, limit: Duration, last_error: &str) {
+        let carried = match Repository::parse(&p.repository) {
+            Ok(repo) => self.registry.resolve(&repo, &p.target_tag).await,
+            Err(e) => Err(RegistryError::Protocol {
+                registry: String::new(),
+                message: format!("stored repository {:?} is invalid: {e}", p.repository),
+            }),
+        };
+        if matches!(&carried, Ok(Some(d)) if *d == p.digest) {
+            let previous = self
+                .store
+                .deployed_at(&p.repository, &p.environment, None)
+                .await
+                .ok()
+                .flatten()
+                .map(|e| e.event.digest)
+                .unwrap_or_default();
+            tracing::info!(
+                promotion = p.id,
+                "apply deadline passed, but the tag already carries the digest"
+            );
+            record(
+                &self.store,
+                p.id,
+                Ok(Moved {
+                    previous_digest: previous,
+                }),
+            )
+            .await;
+            return;
+        }
+        let message = format!(
+            "the tag move did not succeed within apply_deadline ({}); last error: {last_error}",
+            humantime::format_duration(limit)
+        );
+        tracing::error!(promotion = p.id, error = %message, "giving up on the tag move");
+        record(&self.store, p.id, Err(message)).await;
+    }
+}
+
+/// How long from `now` until `at` (zero if past).
+fn until(now: Time, at: Time) -> Duration {
+    let nanos = |t: Time| i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos);
+    let left = (nanos(at) - nanos(now)).max(0);
+    Duration::from_nanos(u64::try_from(left).unwrap_or(u64::MAX))
 }
 
 /// Supersedes APPROVED promotion `id` if a newer promotion of the same

@@ -3,11 +3,20 @@
 //! queue and delivery task with retries, so a slow or dead receiver never
 //! blocks or fails a promotion; when its queue is full, events are dropped
 //! with a warning.
+//!
+//! Every delivery is signed when its webhook has a `secret_file`:
+//! `x-prodgate-signature-256: sha256=<hex HMAC-SHA256 of the body>`, the
+//! scheme GitHub webhooks use, so receivers can reuse their verification.
+//! `x-prodgate-event` names the event and `x-prodgate-delivery` is a random
+//! id, the same on every retry of one delivery; the body carries the audit
+//! entry's `sequence` and `entry_hash`.
 
-use crate::config::{NotifyConfig, NotifyEvent};
+use crate::config::{NotifyConfig, NotifyEvent, Secret};
 use crate::domain::model::{Action, Promotion, State};
 use crate::store::Change;
+use hmac::{Hmac, Mac};
 use serde::Serialize;
+use sha2::Sha256;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 
@@ -99,7 +108,7 @@ pub async fn run(hooks: Vec<NotifyConfig>, mut changes: broadcast::Receiver<Chan
         .into_iter()
         .map(|h| {
             let (tx, rx) = mpsc::channel(QUEUE);
-            tokio::spawn(deliver(client.clone(), h.url.clone(), rx));
+            tokio::spawn(deliver(client.clone(), h.url.clone(), h.secret.clone(), rx));
             (h, tx)
         })
         .collect();
@@ -121,7 +130,21 @@ pub async fn run(hooks: Vec<NotifyConfig>, mut changes: broadcast::Receiver<Chan
     }
 }
 
-async fn deliver(client: reqwest::Client, url: String, mut rx: mpsc::Receiver<Notification>) {
+/// `sha256=<hex HMAC-SHA256 of body under key>`.
+pub fn signature(key: &Secret, body: &[u8]) -> String {
+    // HMAC accepts keys of any length; `new_from_slice` cannot fail for it.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key.expose())
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+async fn deliver(
+    client: reqwest::Client,
+    url: String,
+    secret: Option<Secret>,
+    mut rx: mpsc::Receiver<Notification>,
+) {
     while let Some(n) = rx.recv().await {
         let body = match serde_json::to_vec(&n) {
             Ok(b) => b,
@@ -133,16 +156,18 @@ async fn deliver(client: reqwest::Client, url: String, mut rx: mpsc::Receiver<No
         // One random id per delivery, the same on every retry of it:
         // receivers de-duplicate by it (or by the entry's sequence).
         let delivery = hex::encode(rand::random::<[u8; 16]>());
+        let signed = secret.as_ref().map(|k| signature(k, &body));
         let mut backoff = FIRST_BACKOFF;
         for attempt in 1..=ATTEMPTS {
-            let sent = client
+            let mut post = client
                 .post(&url)
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .header("x-prodgate-event", n.event)
-                .header("x-prodgate-delivery", &delivery)
-                .body(body.clone())
-                .send()
-                .await;
+                .header("x-prodgate-delivery", &delivery);
+            if let Some(sig) = &signed {
+                post = post.header("x-prodgate-signature-256", sig);
+            }
+            let sent = post.body(body.clone()).send().await;
             match sent {
                 Ok(r) if r.status().is_success() => break,
                 Ok(r) => tracing::warn!(%url, attempt, status = %r.status(), "webhook refused"),
@@ -155,5 +180,20 @@ async fn deliver(client: reqwest::Client, url: String, mut rx: mpsc::Receiver<No
                 backoff *= 2;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_are_hmac_sha256_of_the_body() {
+        // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
+        let key = Secret::new(b"Jefe".to_vec());
+        assert_eq!(
+            signature(&key, b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
     }
 }

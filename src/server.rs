@@ -215,7 +215,7 @@ pub async fn run(
         config.clone(),
         store.clone(),
         registry.clone(),
-        clock,
+        clock.clone(),
         progress.clone(),
         draining_watch,
     );
@@ -235,7 +235,11 @@ pub async fn run(
     let applier = tokio::spawn(apply::run(
         store.clone(),
         registry,
-        progress,
+        apply::Settings {
+            config: config.clone(),
+            clock,
+            progress,
+        },
         stop_rx.clone(),
     ));
     let sweeper = {

@@ -578,4 +578,116 @@ mod operated {
         }
         assert_eq!(events, ["requested", "approved", "promoted"]);
     }
+
+    /// Each delivery is signed with the webhook's secret and names its event,
+    /// a delivery id and the audit entry it reports; `superseded` is an event.
+    #[tokio::test]
+    async fn webhooks_are_signed_and_name_their_audit_entry() {
+        use axum::{Router, http::HeaderMap, routing::post};
+        use hmac::{Hmac, Mac};
+        use tokio::sync::mpsc;
+        let (tx, mut rx) = mpsc::unbounded_channel::<(HeaderMap, String)>();
+        let app = Router::new().route(
+            "/hook",
+            post(move |headers: HeaderMap, body: String| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send((headers, body));
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
+        let hook = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let registry = TestRegistry::start().await;
+        registry.push_image("app", Some("staging"), 1024, 1).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret_file = dir.path().join("hook.secret");
+        std::fs::write(&secret_file, "s3cret-key\n").expect("write secret");
+        let config = format!(
+            "{}\n[[notify]]\nurl = \"http://{hook}/hook\"\nevents = [\"promoted\", \"superseded\"]\nsecret_file = {:?}\n",
+            standard_config(&registry.host),
+            secret_file.to_str().expect("utf-8 path"),
+        );
+        let server = TestServer::start(&config);
+        let repo = format!("{}/app", registry.host);
+        let mut alice = server.client("alice").await;
+        let older = alice
+            .request_promotion(request(&repo))
+            .await
+            .expect("request")
+            .into_inner();
+        registry.push_image("app", Some("staging"), 1024, 2).await;
+        let newer = alice
+            .request_promotion(request(&repo))
+            .await
+            .expect("request")
+            .into_inner();
+        server
+            .client("bob")
+            .await
+            .approve(approve(&newer.id))
+            .await
+            .expect("approve");
+        let entries = crate::support::history(&mut alice, Default::default()).await;
+        let mut deliveries = Vec::new();
+        for _ in 0..2 {
+            let (headers, body) =
+                tokio::time::timeout(std::time::Duration::from_secs(20), rx.recv())
+                    .await
+                    .expect("notification in time")
+                    .expect("receiver open");
+            // The receiver's check: HMAC-SHA256 of the raw body, the trailing
+            // newline of the secret file not part of the key.
+            let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(b"s3cret-key").expect("key");
+            mac.update(body.as_bytes());
+            let want = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+            let header = |name: &str| {
+                headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_else(|| panic!("no {name} header"))
+                    .to_owned()
+            };
+            assert_eq!(header("x-prodgate-signature-256"), want);
+            let n: serde_json::Value = serde_json::from_str(&body).expect("json body");
+            assert_eq!(
+                header("x-prodgate-event"),
+                n["event"].as_str().expect("event")
+            );
+            let entry = entries
+                .iter()
+                .find(|e| Some(e.sequence) == n["sequence"].as_u64())
+                .unwrap_or_else(|| panic!("no audit entry {}", n["sequence"]));
+            assert_eq!(n["entry_hash"], entry.hash.as_str());
+            assert_eq!(n["promotion_id"], entry.promotion_id.as_str());
+            deliveries.push((header("x-prodgate-delivery"), n));
+        }
+        let events: Vec<_> = deliveries
+            .iter()
+            .map(|(_, n)| {
+                (
+                    n["event"].as_str().unwrap_or_default(),
+                    n["promotion_id"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            events,
+            [
+                ("promoted", serde_json::json!(newer.id)),
+                ("superseded", serde_json::json!(older.id)),
+            ]
+        );
+        assert_eq!(deliveries[1].1["superseded_by"], newer.id.as_str());
+        assert_ne!(deliveries[0].0, deliveries[1].0, "delivery ids are unique");
+        assert!(
+            !server.log().contains("s3cret-key"),
+            "the secret reached the log"
+        );
+    }
 }

@@ -15,11 +15,23 @@ use std::time::Duration;
 
 const REPO: &str = "reg.test/team/app";
 
+/// How `move_tag` behaves.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+enum Moves {
+    #[default]
+    Work,
+    /// A transient error; the tag stays.
+    Fail,
+    /// The tag moves, but the answer is a transient error (lost on the way).
+    LoseAnswer,
+}
+
 /// Tags and manifests in memory; `move_tag` points the tag at the digest.
 #[derive(Default)]
 struct FakeRegistry {
     manifests: Mutex<HashMap<String, Manifest>>,
     tags: Mutex<HashMap<String, String>>,
+    moves: Mutex<Moves>,
 }
 
 impl FakeRegistry {
@@ -72,14 +84,26 @@ impl Registry for FakeRegistry {
         m: &Manifest,
         tag: &str,
     ) -> Result<Moved, RegistryError> {
+        let moves = *self.moves.lock().unwrap();
+        let unavailable = || RegistryError::Unavailable {
+            registry: "reg.test".into(),
+            reason: "HTTP 503".into(),
+            retry_after: None,
+        };
+        if moves == Moves::Fail {
+            return Err(unavailable());
+        }
         let previous = self
             .tags
             .lock()
             .unwrap()
             .insert(tag.into(), m.digest.clone());
-        Ok(Moved {
-            previous_digest: previous.unwrap_or_default(),
-        })
+        match moves {
+            Moves::LoseAnswer => Err(unavailable()),
+            _ => Ok(Moved {
+                previous_digest: previous.unwrap_or_default(),
+            }),
+        }
     }
 }
 
@@ -93,8 +117,10 @@ struct World {
 }
 
 fn config() -> Config {
-    let toml = r#"
-apply_wait = "5s"
+    Config::parse(&format!("apply_wait = \"5s\"\n{POLICY}")).expect("test config")
+}
+
+const POLICY: &str = r#"
 [[registry]]
 host = "reg.test"
 insecure = true
@@ -118,9 +144,8 @@ tag = "production"
 approvers = ["group:rm", "carol"]
 required_approvals = 1
 approval_ttl = "60s"
+apply_deadline = "10m"
 "#;
-    Config::parse(toml).expect("test config")
-}
 
 fn who(name: &str) -> Principal {
     Principal {
@@ -135,6 +160,11 @@ fn who(name: &str) -> Principal {
 
 /// A service over a fresh store with the apply worker running.
 fn world() -> World {
+    world_with(config())
+}
+
+fn world_with(config: Config) -> World {
+    let config = Arc::new(config);
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::at(Time {
         seconds: 1_800_000_000,
@@ -147,11 +177,15 @@ fn world() -> World {
     tokio::spawn(apply::run(
         store.clone(),
         registry.clone(),
-        progress.clone(),
+        apply::Settings {
+            config: config.clone(),
+            clock: Arc::new(clock.clone()),
+            progress: progress.clone(),
+        },
         stopped.clone(),
     ));
     let promotions = Promotions::new(
-        Arc::new(config()),
+        config,
         store.clone(),
         registry.clone(),
         Arc::new(clock.clone()),
@@ -362,4 +396,73 @@ async fn awaiting_me_lists_what_the_caller_may_approve_now_newest_first() {
         .unwrap();
     let bob = w.promotions.list(mine("bob", false, 10)).await.unwrap();
     assert_eq!(ids(bob), vec![by_alice_2.id]);
+}
+
+/// Polls (the worker runs on its own) until `done` holds for `id`.
+async fn until_state(w: &World, id: PromotionId, done: impl Fn(&Promotion) -> bool) -> Promotion {
+    for _ in 0..500 {
+        let p = w.promotions.get(id).await.unwrap();
+        if done(&p) {
+            return p;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "promotion {id} never got there: {:?}",
+        w.promotions.get(id).await
+    );
+}
+
+/// Approve answers at once (apply_wait 0), so the worker's retries show.
+fn impatient() -> World {
+    world_with(Config::parse(&format!("apply_wait = \"0s\"\n{POLICY}")).unwrap())
+}
+
+#[tokio::test]
+async fn an_approved_move_not_done_by_the_apply_deadline_fails_with_the_last_error() {
+    let w = impatient();
+    *w.registry.moves.lock().unwrap() = Moves::Fail;
+    let d = w.registry.push("v1", "one");
+    let p = w.request(&d).await;
+    w.promotions
+        .approve(who("bob"), p.id, String::new())
+        .await
+        .unwrap();
+    let waiting = until_state(&w, p.id, |p| p.apply_attempts >= 1).await;
+    assert_eq!(waiting.state, State::Approved);
+    assert!(waiting.last_apply_error.contains("HTTP 503"), "{waiting:?}");
+    // Not yet: retries go on until the deadline.
+    w.clock.advance(Duration::from_secs(9 * 60));
+    let still = until_state(&w, p.id, |p| p.apply_attempts >= 2).await;
+    assert_eq!(still.state, State::Approved);
+    w.clock.advance(Duration::from_secs(61));
+    let failed = until_state(&w, p.id, |p| p.state.is_terminal()).await;
+    assert_eq!(failed.state, State::Failed);
+    assert!(
+        failed.failure_message.contains("apply_deadline (10m)"),
+        "{failed:?}"
+    );
+    assert!(failed.failure_message.contains("HTTP 503"), "{failed:?}");
+    assert_eq!(
+        failed.apply_attempts, 0,
+        "progress is shown only while APPROVED"
+    );
+    assert_eq!(w.registry.tag("production"), None);
+}
+
+#[tokio::test]
+async fn a_final_read_at_the_deadline_records_a_move_whose_answer_was_lost() {
+    let w = impatient();
+    *w.registry.moves.lock().unwrap() = Moves::LoseAnswer;
+    let d = w.registry.push("v1", "one");
+    let p = w.request(&d).await;
+    w.promotions
+        .approve(who("bob"), p.id, String::new())
+        .await
+        .unwrap();
+    until_state(&w, p.id, |p| p.apply_attempts >= 1).await;
+    w.clock.advance(Duration::from_secs(11 * 60));
+    let done = until_state(&w, p.id, |p| p.state.is_terminal()).await;
+    assert_eq!(done.state, State::Promoted, "{done:?}");
+    assert_eq!(w.registry.tag("production").as_deref(), Some(d.as_str()));
 }
