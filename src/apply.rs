@@ -31,7 +31,6 @@ use crate::domain::model::{Promotion, PromotionId, State, Time};
 use crate::domain::names::Repository;
 use crate::error::Error;
 use crate::registry::{Manifest, Moved, Registry, RegistryError};
-use crate::shutdown::signalled;
 use crate::store::{Store, UnitOfWork};
 use rand::Rng;
 use std::collections::HashMap;
@@ -39,6 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 /// The retry state of tag moves in progress: the last transient error and
 /// the attempt count per APPROVED promotion. Not audited (one entry per
@@ -97,7 +97,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long shutdown waits for tag moves in progress.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
-/// Applies approved promotions until `stop` turns true (or the store closes),
+/// Applies approved promotions until `stop` is cancelled (or the store closes),
 /// then waits up to [`SHUTDOWN_GRACE`] for the moves in progress.
 /// What the worker needs besides the store and the registry.
 pub struct Settings {
@@ -111,7 +111,7 @@ pub async fn run(
     store: Store,
     registry: Arc<dyn Registry>,
     settings: Settings,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     // Subscribe before the scan so nothing approved in between is missed; a
     // promotion seen twice is skipped the second time by its state.
@@ -131,7 +131,7 @@ pub async fn run(
     lanes.enqueue_all_approved().await;
     loop {
         tokio::select! {
-            _ = signalled(&mut stop) => break,
+            _ = stop.cancelled() => break,
             change = changes.recv() => match change {
                 Ok(c) if c.promotion.state == State::Approved => lanes.enqueue(&c.promotion),
                 Ok(_) => {}
@@ -171,7 +171,7 @@ struct Lane {
 
 struct Lanes {
     worker: Worker,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
     lanes: HashMap<(String, String), Lane>,
     tasks: JoinSet<()>,
 }
@@ -216,18 +216,18 @@ async fn run_lane(
     worker: Worker,
     mut rx: mpsc::UnboundedReceiver<PromotionId>,
     mut newest: watch::Receiver<PromotionId>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     loop {
         let id = tokio::select! {
             biased;
-            _ = signalled(&mut stop) => return,
+            _ = stop.cancelled() => return,
             id = rx.recv() => match id {
                 Some(id) => id,
                 None => return,
             },
         };
-        worker.apply_one(id, &mut newest, &mut stop).await;
+        worker.apply_one(id, &mut newest, &stop).await;
         worker.progress.clear(id);
     }
 }
@@ -247,7 +247,7 @@ impl Worker {
         &self,
         id: PromotionId,
         newest: &mut watch::Receiver<PromotionId>,
-        stop: &mut watch::Receiver<bool>,
+        stop: &CancellationToken,
     ) {
         let (store, registry) = (&self.store, self.registry.as_ref());
         let mut backoff = FIRST_BACKOFF;
@@ -323,7 +323,7 @@ impl Worker {
                         // check lets it through instead of waiting out the backoff.
                         _ = newest.changed() => {}
                         // Stopping between attempts is safe: nothing was moved.
-                        _ = signalled(stop) => return,
+                        _ = stop.cancelled() => return,
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }

@@ -20,7 +20,6 @@
 //! - [`auth`]: the caller's identity from credentials.
 //! - [`api`]: gRPC handlers, conversions, page tokens, error -> status.
 //! - [`server`]: wires it all up and serves until shutdown.
-//! - [`shutdown`]: the stop signal background tasks watch.
 //! - [`cli`]: the command line: `serve`, local tools, the gRPC client subcommands.
 //! - [`error`]: the service error every use case returns.
 //! - [`telemetry`]: logs (text or JSON).
@@ -40,7 +39,6 @@ pub mod notify;
 pub mod promotions;
 pub mod registry;
 pub mod server;
-pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 

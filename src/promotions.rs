@@ -14,10 +14,10 @@ use crate::domain::names::{Repository, Source};
 use crate::domain::policy::{EnvironmentPolicy, Principal};
 use crate::error::Error;
 use crate::registry::{Manifest, Registry};
-use crate::shutdown::signalled;
 use crate::store::{Change, PageRequest, Store, StoredManifest, UnitOfWork};
 use std::sync::Arc;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
 
 pub use crate::store::{HistoryFilter, ListFilter};
 
@@ -74,8 +74,8 @@ pub struct Promotions {
     clock: Arc<dyn Clock>,
     /// The apply worker's retry state, shown on APPROVED promotions.
     progress: Progress,
-    /// Turns true when the server starts draining: open watches end then.
-    draining: watch::Receiver<bool>,
+    /// Cancelled when the server starts draining: open watches end then.
+    draining: CancellationToken,
 }
 
 impl Promotions {
@@ -85,7 +85,7 @@ impl Promotions {
         registry: Arc<dyn Registry>,
         clock: Arc<dyn Clock>,
         progress: Progress,
-        draining: watch::Receiver<bool>,
+        draining: CancellationToken,
     ) -> Self {
         Self {
             config,
@@ -454,7 +454,7 @@ impl Promotions {
         let first = self.get(id).await?;
         let (tx, rx) = mpsc::channel(16);
         let this = self.clone();
-        let mut draining = self.draining.clone();
+        let draining = self.draining.clone();
         tokio::spawn(async move {
             let mut last = first;
             if tx.send(Ok(last.clone())).await.is_err() {
@@ -463,7 +463,7 @@ impl Promotions {
             while !last.state.is_terminal() {
                 let next = tokio::select! {
                     _ = tx.closed() => return,
-                    _ = signalled(&mut draining) => {
+                    _ = draining.cancelled() => {
                         let _ = tx.send(Err(Error::ShuttingDown)).await;
                         return;
                     }

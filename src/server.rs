@@ -27,6 +27,8 @@ use tokio::net::TcpListener;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 
@@ -185,6 +187,14 @@ fn registry_hosts(config: &Config) -> Vec<RegistryHost> {
         .collect()
 }
 
+/// Runs `task` until `stop` is cancelled (tasks that loop forever).
+async fn until_stopped<T>(stop: CancellationToken, task: impl Future<Output = T>) {
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = task => {}
+    }
+}
+
 /// Serves on `listener` until `shutdown` completes.
 pub async fn run(
     config: Config,
@@ -209,7 +219,11 @@ pub async fn run(
         config.registry_timeout,
         Some(metrics.clone()),
     )?);
-    let (draining_watch_tx, draining_watch) = tokio::sync::watch::channel(false);
+    // Cancelled when shutdown starts: no new connections, open watches end.
+    let draining = CancellationToken::new();
+    // Cancelled once in-flight calls are done: background tasks stop.
+    let stop = CancellationToken::new();
+    let background = TaskTracker::new();
     let progress = apply::Progress::default();
     let promotions = Promotions::new(
         config.clone(),
@@ -217,7 +231,7 @@ pub async fn run(
         registry.clone(),
         clock.clone(),
         progress.clone(),
-        draining_watch,
+        draining.clone(),
     );
     let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
     if let Some(limit) = open_file_limit()
@@ -231,8 +245,7 @@ pub async fn run(
         );
     }
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let applier = tokio::spawn(apply::run(
+    background.spawn(apply::run(
         store.clone(),
         registry,
         apply::Settings {
@@ -240,12 +253,12 @@ pub async fn run(
             clock,
             progress,
         },
-        stop_rx.clone(),
+        stop.clone(),
     ));
-    let sweeper = {
+    {
         let promotions = promotions.clone();
         let every = config.expiry_sweep_interval;
-        tokio::spawn(async move {
+        background.spawn(until_stopped(stop.clone(), async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -256,15 +269,18 @@ pub async fn run(
                     Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
                 }
             }
-        })
-    };
-    let counting = tokio::spawn(crate::metrics::follow_changes(
-        metrics.clone(),
-        store.subscribe(),
+        }));
+    }
+    background.spawn(until_stopped(
+        stop.clone(),
+        crate::metrics::follow_changes(metrics.clone(), store.subscribe()),
     ));
-    let notifier = tokio::spawn(crate::notify::run(config.notify.clone(), store.subscribe()));
-    let metrics_server = match &config.metrics_listen {
-        Some(addr) => {
+    background.spawn(until_stopped(
+        stop.clone(),
+        crate::notify::run(config.notify.clone(), store.subscribe()),
+    ));
+    if let Some(addr) = &config.metrics_listen {
+        {
             let l = TcpListener::bind(addr)
                 .await
                 .map_err(|source| ServerError::MetricsListen {
@@ -272,18 +288,14 @@ pub async fn run(
                     source,
                 })?;
             tracing::info!(addr = ?l.local_addr().ok(), "serving metrics at /metrics");
-            Some(tokio::spawn(crate::metrics::serve(
+            background.spawn(crate::metrics::serve(
                 l,
                 metrics.clone(),
                 store.clone(),
-                {
-                    let mut stop = stop_rx.clone();
-                    async move { crate::shutdown::signalled(&mut stop).await }
-                },
-            )))
+                stop.clone().cancelled_owned(),
+            ));
         }
-        None => None,
-    };
+    }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     type Svc = InterceptedService<PromotionServiceServer<PromotionApi>, AuthInterceptor>;
@@ -315,7 +327,6 @@ pub async fn run(
         .local_addr()
         .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string());
     tracing::info!(%addr, tls = tls.is_some(), data_dir = %config.data_dir.display(), "listening");
-    let (draining_tx, draining) = tokio::sync::oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         // Outermost first: the metrics layer sees the rewritten status.
@@ -330,7 +341,7 @@ pub async fn run(
         handshake_timeout: config.handshake_timeout,
     };
     // The accept loop stops (and closes the listening socket) when draining starts.
-    let closing = draining_watch_tx.subscribe();
+    let closing = draining.clone();
     let shutdown = async {
         shutdown.await;
         health
@@ -339,8 +350,7 @@ pub async fn run(
         health.set_not_serving::<Svc>().await;
         tracing::info!("shutting down: no new connections, finishing in-flight calls");
         // Open WatchPromotion streams end now, so clients reconnect elsewhere.
-        let _ = draining_watch_tx.send(true);
-        let _ = draining_tx.send(());
+        draining.cancel();
     };
     // Two instantiations: tonic reads the client certificate (for auth)
     // from the connection type, so TLS and plain connections stay distinct types.
@@ -367,27 +377,18 @@ pub async fn run(
     let result = tokio::select! {
         r = serve => r,
         _ = async {
-            if draining.await.is_ok() {
-                tokio::time::sleep(SHUTDOWN_GRACE).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
+            draining.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
         } => {
             tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; closing them");
             Ok(())
         }
     };
-    // In-flight RPCs are done; let the worker reach a safe point, then flush.
-    sweeper.abort();
-    counting.abort();
-    notifier.abort();
-    let _ = stop_tx.send(true);
-    if let Err(e) = applier.await {
-        tracing::error!(error = %e, "apply worker failed");
-    }
-    if let Some(m) = metrics_server {
-        let _ = m.await;
-    }
+    // In-flight RPCs are done; let the worker reach a safe point (it bounds
+    // its own wait), then flush.
+    stop.cancel();
+    background.close();
+    background.wait().await;
     if store.flush().await.is_err() {
         tracing::error!("final flush failed");
     }

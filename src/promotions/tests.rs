@@ -113,7 +113,7 @@ struct World {
     clock: ManualClock,
     store: Store,
     _dir: tempfile::TempDir,
-    _stop: watch::Sender<bool>,
+    _stop: tokio_util::sync::DropGuard,
 }
 
 fn config() -> Config {
@@ -173,7 +173,7 @@ fn world_with(config: Config) -> World {
     let store = crate::store::sled::open(dir.path(), Arc::new(clock.clone())).unwrap();
     let registry = Arc::new(FakeRegistry::default());
     let progress = apply::Progress::default();
-    let (stop, stopped) = watch::channel(false);
+    let stopped = tokio_util::sync::CancellationToken::new();
     tokio::spawn(apply::run(
         store.clone(),
         registry.clone(),
@@ -190,7 +190,7 @@ fn world_with(config: Config) -> World {
         registry.clone(),
         Arc::new(clock.clone()),
         progress,
-        stopped,
+        stopped.clone(),
     );
     World {
         promotions,
@@ -198,7 +198,7 @@ fn world_with(config: Config) -> World {
         clock,
         store,
         _dir: dir,
-        _stop: stop,
+        _stop: stopped.drop_guard(),
     }
 }
 

@@ -19,8 +19,9 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 
 /// What every HTTP/2 client sends first (RFC 9113, section 3.4).
@@ -42,7 +43,7 @@ pub struct Limits {
     pub handshake_timeout: Duration,
 }
 
-/// Accepts on `listener` until `stop` turns true, then closes it (new
+/// Accepts on `listener` until `stop` is cancelled, then closes it (new
 /// clients are refused at once and go elsewhere). `upgrade` turns a TCP
 /// connection into the stream tonic serves: the identity for plain HTTP/2,
 /// the TLS handshake otherwise; it runs on its own task, under the deadline.
@@ -50,7 +51,7 @@ pub fn incoming<S, F, Fut>(
     listener: TcpListener,
     limits: Limits,
     upgrade: F,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) -> impl tokio_stream::Stream<Item = Result<Conn<S>, std::convert::Infallible>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -69,7 +70,7 @@ async fn accept_loop<S, F, Fut>(
     limits: Limits,
     upgrade: F,
     tx: mpsc::Sender<Conn<S>>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(TcpStream) -> Fut + Send + 'static,
@@ -98,13 +99,13 @@ async fn accept_loop<S, F, Fut>(
                         Ok(slot) => slot,
                         Err(_) => return, // closed: never happens, the loop owns it
                     },
-                    _ = crate::shutdown::signalled(&mut stop) => return,
+                    _ = stop.cancelled() => return,
                 }
             }
         };
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            _ = crate::shutdown::signalled(&mut stop) => return,
+            _ = stop.cancelled() => return,
         };
         let tcp = match accepted {
             Ok((tcp, _)) => {
@@ -125,7 +126,7 @@ async fn accept_loop<S, F, Fut>(
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = crate::shutdown::signalled(&mut stop) => return,
+                    _ = stop.cancelled() => return,
                 }
                 backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 continue;
