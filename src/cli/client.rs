@@ -1,11 +1,13 @@
 //! Connecting to a prodgate server: the URL, TLS (a CA to trust, a client
-//! certificate for mTLS) and the bearer token every call carries.
+//! certificate for mTLS) and the bearer token every call carries; and, when
+//! that fails, [`explain`]: which setting to change and where it came from.
 
 use super::error::chain;
-use super::{CliError, GlobalArgs};
+use super::{ClientArgs, CliError, Source};
 use crate::pb::promotion_service_client::PromotionServiceClient;
 use std::path::Path;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -25,17 +27,18 @@ pub struct Client {
 impl Client {
     /// Reads the token and TLS files, then connects: a server that is down
     /// fails here, as unreachable, rather than on the first call.
-    pub async fn connect(g: &GlobalArgs) -> Result<Client, CliError> {
+    pub async fn connect(g: &ClientArgs) -> Result<Client, CliError> {
         let bearer = Bearer(token(g)?);
         let channel = channel(g).await?;
         Ok(Client {
             api: PromotionServiceClient::with_interceptor(channel, bearer),
-            timeout: g.timeout,
+            timeout: g.call_timeout(),
         })
     }
 
     /// Wraps a unary request with the `--timeout` deadline. Streams get no
-    /// deadline: a `--wait` may rightly take as long as the approvers do.
+    /// deadline: a `--wait` may rightly take as long as the approvers do
+    /// (its own limit is in [`super::wait`]).
     pub fn unary<T>(&self, message: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(message);
         r.set_timeout(self.timeout);
@@ -44,7 +47,7 @@ impl Client {
 }
 
 /// A channel to `--server`, with TLS for https:// URLs.
-pub async fn channel(g: &GlobalArgs) -> Result<Channel, CliError> {
+pub async fn channel(g: &ClientArgs) -> Result<Channel, CliError> {
     let bad = |reason: String| CliError::BadServer {
         url: g.server.clone(),
         reason,
@@ -67,13 +70,16 @@ pub async fn channel(g: &GlobalArgs) -> Result<Channel, CliError> {
         }
         _ => return Err(bad("use http://HOST:PORT or https://HOST:PORT".to_owned())),
     }
-    endpoint.connect().await.map_err(|e| CliError::Connect {
-        server: g.server.clone(),
-        reason: chain(&e),
-    })
+    endpoint
+        .connect()
+        .await
+        .map_err(|source| CliError::Connect {
+            server: g.server.clone(),
+            source,
+        })
 }
 
-fn tls(g: &GlobalArgs) -> Result<ClientTlsConfig, CliError> {
+fn tls(g: &ClientArgs) -> Result<ClientTlsConfig, CliError> {
     crate::server::install_crypto_provider();
     // System roots, if this build has any; --ca-cert adds a private CA.
     let mut config = ClientTlsConfig::new().with_enabled_roots();
@@ -116,7 +122,7 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, CliError> {
 
 /// `--token-file` wins over `--token`/PRODGATE_TOKEN: a file named on the
 /// command line is the more deliberate choice than an inherited variable.
-fn token(g: &GlobalArgs) -> Result<Option<MetadataValue<Ascii>>, CliError> {
+fn token(g: &ClientArgs) -> Result<Option<MetadataValue<Ascii>>, CliError> {
     let token = match (&g.token_file, &g.token) {
         (Some(path), _) => {
             let bytes = read("the token file", path)?;
@@ -152,4 +158,178 @@ impl tonic::service::Interceptor for Bearer {
         }
         Ok(req)
     }
+}
+
+/// Adds to a failed client call what to change: where the token came from
+/// when the server does not accept it, and which setting named the server
+/// (and whether it speaks TLS or not) when it cannot be reached.
+pub async fn explain(e: CliError, g: &ClientArgs) -> CliError {
+    let hint = match &e {
+        CliError::Status(s) if s.code() == tonic::Code::Unauthenticated && !e.is_transport() => {
+            Some(token_hint(g))
+        }
+        _ if e.is_local_timeout() => Some(format!(
+            "{} accepted the connection but did not answer within {}: is it a prodgate \
+             server ({})? If it is just slow, raise --timeout",
+            g.server,
+            humantime::format_duration(g.call_timeout()),
+            server_origin(g),
+        )),
+        _ if e.is_transport() => Some(match tls_error(e.transport_cause()) {
+            Some(t) => tls_hint(g, t),
+            None => server_hint(g).await,
+        }),
+        _ => None,
+    };
+    match hint {
+        Some(hint) => CliError::Hinted {
+            error: Box::new(e),
+            hint,
+        },
+        None => e,
+    }
+}
+
+fn token_hint(g: &ClientArgs) -> String {
+    let https = g.server.starts_with("https://");
+    match (&g.token_file, g.origin.token) {
+        (Some(path), _) => format!(
+            "the token came from --token-file {}: check that it holds your token",
+            path.display()
+        ),
+        (None, Source::Flag) => "the token came from --token: check it".to_owned(),
+        (None, Source::Env) => "the token came from PRODGATE_TOKEN: check it, or give \
+                                another with --token TOKEN or --token-file PATH"
+            .to_owned(),
+        (None, Source::Default) if https => "no token was given: pass --token TOKEN, set \
+                                             PRODGATE_TOKEN, use --token-file PATH, or \
+                                             present a client certificate (--cert, --key)"
+            .to_owned(),
+        (None, Source::Default) => "no token was given: pass --token TOKEN, set \
+                                    PRODGATE_TOKEN or use --token-file PATH"
+            .to_owned(),
+    }
+}
+
+/// Which setting named the server, as a person would go and change it.
+fn server_origin(g: &ClientArgs) -> &'static str {
+    match g.origin.server {
+        Source::Flag => "from --server",
+        Source::Env => "from PRODGATE_SERVER",
+        Source::Default => "the default: neither --server nor PRODGATE_SERVER was set",
+    }
+}
+
+async fn server_hint(g: &ClientArgs) -> String {
+    let authority = g
+        .server
+        .split_once("://")
+        .map_or(g.server.as_str(), |(_, rest)| rest)
+        .trim_end_matches('/');
+    let https = g.server.starts_with("https://");
+    match probe(&g.server).await {
+        Some(Speaks::Tls) if !https => format!(
+            "the server at {authority} speaks TLS: use https://{authority} (with --ca-cert \
+             CA.pem unless its certificate is from a public CA)"
+        ),
+        Some(Speaks::PlainHttp2) if https => format!(
+            "the server at {authority} speaks plain HTTP/2, not TLS: use http://{authority}"
+        ),
+        _ => format!(
+            "is `prodgate serve` running at {} ({})? Set --server or PRODGATE_SERVER to its URL",
+            g.server,
+            server_origin(g)
+        ),
+    }
+}
+
+/// The rustls error somewhere in a transport failure's causes. tokio-rustls
+/// wraps it in an `io::Error`, whose `source()` skips it, hence `get_ref`.
+fn tls_error<'a>(
+    mut cause: Option<&'a (dyn std::error::Error + 'static)>,
+) -> Option<&'a rustls::Error> {
+    while let Some(e) = cause {
+        if let Some(t) = e.downcast_ref::<rustls::Error>() {
+            return Some(t);
+        }
+        let wrapped = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+        if wrapped.is_some() {
+            return wrapped;
+        }
+        cause = e.source();
+    }
+    None
+}
+
+/// What to change when the TLS handshake failed.
+fn tls_hint(g: &ClientArgs, e: &rustls::Error) -> String {
+    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+    match e {
+        E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => format!(
+            "the server's certificate is not issued for the host in {}: use a name it is \
+             issued for in --server",
+            g.server
+        ),
+        E::InvalidCertificate(_) => match &g.ca_cert {
+            Some(ca) => format!(
+                "the server's certificate does not verify against --ca-cert {}: give the CA \
+                 that issued it",
+                ca.display()
+            ),
+            None => "the server's certificate is not from a CA this machine trusts: give \
+                     the CA that issued it with --ca-cert PATH"
+                .to_owned(),
+        },
+        E::AlertReceived(A::CertificateRequired) => {
+            "the server requires a client certificate: pass --cert and --key".to_owned()
+        }
+        E::AlertReceived(A::BadCertificate | A::UnknownCA | A::CertificateUnknown) => {
+            "the server refused the client certificate (--cert): is it issued by the \
+             server's client_ca?"
+                .to_owned()
+        }
+        _ => format!("the TLS handshake with {} failed", g.server),
+    }
+}
+
+/// What answers at an address, as far as a first reply tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Speaks {
+    Tls,
+    PlainHttp2,
+}
+
+/// A failed probe is no worse than no probe: it only decides the hint.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The HTTP/2 client connection preface followed by an empty SETTINGS frame.
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
+/// Sends the HTTP/2 preface to the server's address and reads the first
+/// bytes of the answer: a plain HTTP/2 server (tonic without TLS) answers
+/// with its SETTINGS frame (frame type 4 in the fourth byte), a TLS server
+/// with an alert record (content type 21, version 3.x) because the preface
+/// is not a TLS record. The transport errors of a mismatch ("frame with
+/// invalid size", "corrupt message of type InvalidContentType") only say
+/// that something was wrong; this says what.
+async fn probe(url: &str) -> Option<Speaks> {
+    let uri: http::Uri = url.parse().ok()?;
+    let https = uri.scheme_str() == Some("https");
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect((host, port)).await.ok()?;
+        s.write_all(HTTP2_PREFACE).await.ok()?;
+        let mut first = [0u8; 4];
+        s.read_exact(&mut first).await.ok()?;
+        match first {
+            [0x15 | 0x16, 0x03, ..] => Some(Speaks::Tls),
+            [_, _, _, 0x04] => Some(Speaks::PlainHttp2),
+            _ => None,
+        }
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, attempt).await.ok()?
 }

@@ -3,8 +3,9 @@
 
 use super::client::{self, Client};
 use super::output::Printer;
-use super::{CliError, GlobalArgs, wait};
+use super::{ClientArgs, CliError, wait};
 use crate::pb;
+use std::time::Instant;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
@@ -12,73 +13,68 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 const PAGE_SIZE: u32 = 1000;
 
 pub async fn request(
-    g: &GlobalArgs,
-    out: &mut Printer,
+    g: &ClientArgs,
     req: pb::RequestPromotionRequest,
     follow: bool,
 ) -> Result<(), CliError> {
+    let started = Instant::now();
     let mut c = Client::connect(g).await?;
     let p = c.api.request_promotion(c.unary(req)).await?.into_inner();
-    answer(&mut c, out, p, follow).await
+    answer(g, &mut c, p, follow, started).await
 }
 
-pub async fn approve(
-    g: &GlobalArgs,
-    out: &mut Printer,
-    req: pb::ApproveRequest,
-    follow: bool,
-) -> Result<(), CliError> {
+pub async fn approve(g: &ClientArgs, req: pb::ApproveRequest, follow: bool) -> Result<(), CliError> {
+    let started = Instant::now();
     let mut c = Client::connect(g).await?;
     let p = c.api.approve(c.unary(req)).await?.into_inner();
-    answer(&mut c, out, p, follow).await
+    answer(g, &mut c, p, follow, started).await
 }
 
-pub async fn reject(
-    g: &GlobalArgs,
-    out: &mut Printer,
-    req: pb::RejectRequest,
-) -> Result<(), CliError> {
+pub async fn reject(g: &ClientArgs, req: pb::RejectRequest) -> Result<(), CliError> {
     let mut c = Client::connect(g).await?;
     let p = c.api.reject(c.unary(req)).await?.into_inner();
-    out.promotion(&p)
+    Printer::stdout(g.output).promotion(&p)
 }
 
-pub async fn cancel(
-    g: &GlobalArgs,
-    out: &mut Printer,
-    req: pb::CancelRequest,
-) -> Result<(), CliError> {
+pub async fn cancel(g: &ClientArgs, req: pb::CancelRequest) -> Result<(), CliError> {
     let mut c = Client::connect(g).await?;
     let p = c.api.cancel(c.unary(req)).await?.into_inner();
-    out.promotion(&p)
+    Printer::stdout(g.output).promotion(&p)
 }
 
-pub async fn get(g: &GlobalArgs, out: &mut Printer, id: String) -> Result<(), CliError> {
+pub async fn get(g: &ClientArgs, id: String) -> Result<(), CliError> {
     let mut c = Client::connect(g).await?;
     let req = pb::GetPromotionRequest { promotion_id: id };
     let p = c.api.get_promotion(c.unary(req)).await?.into_inner();
-    out.promotion(&p)
+    Printer::stdout(g.output).promotion(&p)
 }
 
-/// Prints the answer of request/approve, then follows it if asked to.
+/// Prints the answer of request/approve, then follows it if asked to, until
+/// `--timeout` after `started` if one was given.
 async fn answer(
+    g: &ClientArgs,
     c: &mut Client,
-    out: &mut Printer,
     p: pb::Promotion,
     follow: bool,
+    started: Instant,
 ) -> Result<(), CliError> {
+    let out = &mut Printer::stdout(g.output);
     out.promotion(&p)?;
     if follow {
-        wait::follow(c, out, p).await
+        let limit = g.timeout.map(|t| wait::Limit {
+            deadline: started + t,
+            after: t,
+        });
+        wait::follow(c, out, p, limit).await
     } else {
         Ok(())
     }
 }
 
-/// Every promotion matching `filter` (or the first `limit`).
+/// Every promotion matching `filter` (or the first `limit` in the order
+/// asked for: the newest with `newest_first`).
 pub async fn list(
-    g: &GlobalArgs,
-    out: &mut Printer,
+    g: &ClientArgs,
     filter: pb::ListPromotionsRequest,
     limit: Option<u32>,
 ) -> Result<(), CliError> {
@@ -96,13 +92,13 @@ pub async fn list(
         }
     })
     .await?;
-    out.promotions(&all)
+    Printer::stdout(g.output).promotions(&all)
 }
 
-/// Every audit entry matching `filter` (or the first `limit`), oldest first.
+/// Every audit entry matching `filter` (or the first `limit`), oldest first
+/// unless `newest_first`.
 pub async fn history(
-    g: &GlobalArgs,
-    out: &mut Printer,
+    g: &ClientArgs,
     filter: pb::HistoryRequest,
     limit: Option<u32>,
 ) -> Result<(), CliError> {
@@ -120,7 +116,7 @@ pub async fn history(
         }
     })
     .await?;
-    out.audit_entries(&all)
+    Printer::stdout(g.output).audit_entries(&all)
 }
 
 /// Follows page tokens until the last page or `limit` items. `fetch` gets
@@ -147,23 +143,20 @@ where
     }
 }
 
-pub async fn deployed(
-    g: &GlobalArgs,
-    out: &mut Printer,
-    req: pb::GetDeployedRequest,
-) -> Result<(), CliError> {
+pub async fn deployed(g: &ClientArgs, req: pb::GetDeployedRequest) -> Result<(), CliError> {
     let mut c = Client::connect(g).await?;
+    let repository = req.repository.clone();
     let d = c.api.get_deployed(c.unary(req)).await?.into_inner();
-    out.deployed(&d)
+    Printer::stdout(g.output).deployed(&d, &repository)
 }
 
 /// The server recomputes its chain; a broken one exits 1, like the offline
 /// check.
-pub async fn verify_log(g: &GlobalArgs, out: &mut Printer) -> Result<(), CliError> {
+pub async fn verify_log(g: &ClientArgs) -> Result<(), CliError> {
     let mut c = Client::connect(g).await?;
     let req = pb::VerifyAuditLogRequest {};
     let v = c.api.verify_audit_log(c.unary(req)).await?.into_inner();
-    out.verification(&v)?;
+    Printer::stdout(g.output).verification(&v)?;
     if v.ok {
         Ok(())
     } else {
@@ -173,17 +166,17 @@ pub async fn verify_log(g: &GlobalArgs, out: &mut Printer) -> Result<(), CliErro
 
 /// `grpc.health.v1.Health/Check` of the whole server (service ""), which
 /// needs no token: made for Docker HEALTHCHECK and load balancers.
-pub async fn health(g: &GlobalArgs, out: &mut Printer) -> Result<(), CliError> {
+pub async fn health(g: &ClientArgs) -> Result<(), CliError> {
     let mut health = HealthClient::new(client::channel(g).await?);
     let mut req = tonic::Request::new(HealthCheckRequest {
         service: String::new(),
     });
-    req.set_timeout(g.timeout);
+    req.set_timeout(g.call_timeout());
     let status = health.check(req).await?.into_inner().status;
     let name = ServingStatus::try_from(status)
         .ok()
         .map(|s| s.as_str_name());
-    out.health(status, name)?;
+    Printer::stdout(g.output).health(status, name)?;
     if status == ServingStatus::Serving as i32 {
         Ok(())
     } else {

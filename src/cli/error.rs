@@ -15,6 +15,7 @@ pub enum Exit {
     Refused = 3,
     Unreachable = 4,
     NotPromoted = 5,
+    WaitTimedOut = 6,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,20 +56,38 @@ pub enum CliError {
     /// The chain verdict is already on stdout (`BROKEN at sequence …`).
     #[error("the audit chain is broken")]
     ChainBroken,
-    #[error("cannot reach {server}: {reason}")]
-    Connect { server: String, reason: String },
+    #[error("cannot reach {server}: {}", chain(.source))]
+    Connect {
+        server: String,
+        source: tonic::transport::Error,
+    },
     #[error("{}", describe_status(.0))]
     Status(#[from] Status),
     #[error("the server is {0}")]
     NotServing(String),
     #[error("the server ended the watch of promotion {0} before a terminal state")]
     WatchEnded(String),
+    /// `state` is the end state's label with any detail (`SUPERSEDED by 9`).
     #[error("promotion {id} ended {state}, not PROMOTED{}", detail_suffix(.detail))]
     NotPromoted {
         id: String,
         state: String,
         detail: String,
     },
+    /// `--wait --timeout` ran out; `state` is the last state seen.
+    #[error(
+        "gave up waiting after {}: promotion {id} is still {state}; it goes on without \
+         this command (`prodgate get {id}` shows where it stands)",
+        humantime::format_duration(*.after)
+    )]
+    WaitTimedOut {
+        id: String,
+        state: String,
+        after: std::time::Duration,
+    },
+    /// Another error with what to change ([`super::client::explain`]).
+    #[error("{error}; {hint}")]
+    Hinted { error: Box<CliError>, hint: String },
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
 }
@@ -96,7 +115,48 @@ impl CliError {
             CliError::Status(s) if is_unreachable(s) => Exit::Unreachable,
             CliError::Status(_) => Exit::Refused,
             CliError::NotPromoted { .. } => Exit::NotPromoted,
+            CliError::WaitTimedOut { .. } => Exit::WaitTimedOut,
+            CliError::Hinted { error, .. } => error.exit(),
         }
+    }
+
+    /// A failure of the connection itself (refused, reset, TLS, a local
+    /// timeout), not an answer of the server: the fix is in `--server` or
+    /// the TLS options, or the server is down.
+    pub fn is_transport(&self) -> bool {
+        match self {
+            CliError::Connect { .. } => true,
+            CliError::Status(s) => s.source().is_some(),
+            CliError::Hinted { error, .. } => error.is_transport(),
+            _ => false,
+        }
+    }
+
+    /// The local error behind a transport failure, for a closer look
+    /// (which TLS check failed).
+    pub fn transport_cause(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CliError::Connect { source, .. } => Some(source),
+            CliError::Status(s) => s.source(),
+            CliError::Hinted { error, .. } => error.transport_cause(),
+            _ => None,
+        }
+    }
+
+    /// Whether the call ran out of `--timeout` on this side.
+    pub fn is_local_timeout(&self) -> bool {
+        match self {
+            CliError::Status(s) => is_local_timeout(s),
+            CliError::Hinted { error, .. } => error.is_local_timeout(),
+            _ => false,
+        }
+    }
+
+    /// The line `main` prints on stderr: one line whatever the server or a
+    /// registry put in the message, with control and bidi characters
+    /// escaped so that none reaches the terminal.
+    pub fn line(&self) -> String {
+        format!("prodgate: {}", crate::telemetry::visible(&self.to_string()))
     }
 
     /// Whether `main` should print the error: a broken chain already said so
@@ -106,6 +166,7 @@ impl CliError {
         match self {
             CliError::ChainBroken => false,
             CliError::Output(e) => e.kind() != std::io::ErrorKind::BrokenPipe,
+            CliError::Hinted { error, .. } => error.is_reportable(),
             _ => true,
         }
     }
@@ -140,10 +201,12 @@ fn describe_status(s: &Status) -> String {
     if is_local_timeout(s) {
         return "unreachable (DEADLINE_EXCEEDED): no answer within --timeout".to_owned();
     }
-    let verdict = if is_unreachable(s) {
-        "unreachable"
-    } else {
-        "refused"
+    // UNAVAILABLE or DEADLINE_EXCEEDED the server sent is a reachable
+    // server saying "not now" (its registry or storage is down).
+    let verdict = match (is_unreachable(s), s.source().is_some()) {
+        (false, _) => "refused",
+        (true, true) => "unreachable",
+        (true, false) => "unavailable",
     };
     let mut message = s.message().to_owned();
     // Transport failures say little in the message ("transport error");
@@ -159,16 +222,20 @@ fn describe_status(s: &Status) -> String {
         }
         cause = c.source();
     }
-    // One line on stderr, whatever the server put in its message.
-    let message = message.replace(['\r', '\n'], " ");
-    format!("{verdict} ({}): {message}", code_name(s.code()))
+    // `main` escapes control characters, so this stays one line on stderr.
+    let retry = if verdict == "unavailable" {
+        "; try again later"
+    } else {
+        ""
+    };
+    format!("{verdict} ({}): {message}{retry}", code_name(s.code()))
 }
 
 fn detail_suffix(detail: &str) -> String {
     if detail.is_empty() {
         String::new()
     } else {
-        format!(": {}", detail.replace(['\r', '\n'], " "))
+        format!(": {detail}")
     }
 }
 
@@ -208,7 +275,7 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         }
         cause = c.source();
     }
-    s.replace(['\r', '\n'], " ")
+    s
 }
 
 #[cfg(test)]
@@ -247,8 +314,25 @@ mod tests {
     }
 
     #[test]
-    fn messages_stay_on_one_line() {
-        let e = CliError::Status(Status::invalid_argument("a\nb"));
-        assert_eq!(e.to_string(), "refused (INVALID_ARGUMENT): a b");
+    fn messages_stay_on_one_line_and_escape_what_a_terminal_would_act_on() {
+        let e = CliError::Status(Status::invalid_argument("a\nb\u{1b}[2J\u{202e}c"));
+        assert_eq!(
+            e.line(),
+            r"prodgate: refused (INVALID_ARGUMENT): a\nb\u{1b}[2J\u{202e}c"
+        );
+        let e = CliError::Status(Status::unavailable("registry r is unavailable"));
+        assert_eq!(
+            e.line(),
+            "prodgate: unavailable (UNAVAILABLE): registry r is unavailable; try again later"
+        );
+        let hinted = CliError::Hinted {
+            error: Box::new(CliError::Status(Status::unauthenticated("unknown token"))),
+            hint: "the token came from --token: check it".into(),
+        };
+        assert_eq!(hinted.exit(), Exit::Refused);
+        assert_eq!(
+            hinted.line(),
+            "prodgate: refused (UNAUTHENTICATED): unknown token; the token came from --token: check it"
+        );
     }
 }

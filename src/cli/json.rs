@@ -137,6 +137,9 @@ pub fn promotion(p: &pb::Promotion) -> String {
         .timestamp("promotedAt", p.promoted_at.as_ref())
         .string("failureMessage", &p.failure_message)
         .timestamp("expiresAt", p.expires_at.as_ref())
+        .string("supersededBy", &p.superseded_by)
+        .string("lastApplyError", &p.last_apply_error)
+        .uint32("applyAttempts", p.apply_attempts)
         .finish()
 }
 

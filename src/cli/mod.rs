@@ -30,7 +30,8 @@ pub mod time;
 pub mod wait;
 
 use crate::pb;
-use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,6 +44,8 @@ Gated, audited promotion of container images.
 
 `prodgate serve` runs the gRPC service; the other subcommands are its client
 (or, for check-config, verify-log --data-dir and completions, local tools).
+`prodgate <subcommand> --help` lists a client subcommand's connection options
+(--server, --token, TLS, --output, --timeout).
 
 Exit codes:
   0  success
@@ -54,7 +57,9 @@ Exit codes:
   4  server unreachable or unavailable: connection refused, TLS failure, a
      connection closed or reset mid-call, UNAVAILABLE, DEADLINE_EXCEEDED,
      health not SERVING
-  5  --wait ended in FAILED, REJECTED, CANCELLED or EXPIRED instead of PROMOTED";
+  5  --wait ended in FAILED, REJECTED, CANCELLED, EXPIRED or SUPERSEDED
+     instead of PROMOTED
+  6  --wait gave up after --timeout; the promotion goes on without it";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -64,48 +69,108 @@ Exit codes:
     long_about = LONG_ABOUT
 )]
 pub struct Cli {
+    /// The client options, still accepted before the subcommand name as
+    /// earlier versions took them; hidden from help (see [`command`]). A
+    /// value given after the subcommand name wins.
     #[command(flatten)]
-    pub global: GlobalArgs,
+    pub early: ClientArgs,
     #[command(subcommand)]
     pub command: Command,
 }
 
-/// Flags every client subcommand shares; accepted before or after the
-/// subcommand name.
+/// The server a client subcommand talks to when neither `--server` nor
+/// PRODGATE_SERVER says otherwise.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
+
+/// How long one call may take when `--timeout` is not given.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where to connect and how to authenticate and print: the options of every
+/// client subcommand, and only of those (`serve`, `check-config` and
+/// `completions` have no use for them).
 #[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "Global options")]
-pub struct GlobalArgs {
-    /// Server URL; https:// uses TLS.
-    #[arg(
-        long,
-        global = true,
-        env = "PRODGATE_SERVER",
-        default_value = "http://127.0.0.1:50051"
-    )]
+#[command(next_help_heading = "Client options")]
+pub struct ClientArgs {
+    /// Server URL: http:// for plain HTTP/2, https:// for TLS.
+    #[arg(long, env = "PRODGATE_SERVER", default_value = DEFAULT_SERVER)]
     pub server: String,
     /// Bearer token.
-    #[arg(long, global = true, env = "PRODGATE_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "PRODGATE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Read the bearer token from this file (surrounding whitespace is
-    /// trimmed); wins over PRODGATE_TOKEN.
-    #[arg(long, global = true, value_name = "PATH")]
+    /// trimmed); wins over --token and PRODGATE_TOKEN.
+    #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
     /// Output format.
-    #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
+    #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
     pub output: Format,
     /// PEM CA certificate(s) to trust for an https:// server.
-    #[arg(long, global = true, value_name = "PATH")]
+    #[arg(long, value_name = "PATH")]
     pub ca_cert: Option<PathBuf>,
     /// PEM client certificate for mTLS (with --key).
-    #[arg(long, global = true, value_name = "PATH", requires = "key")]
+    #[arg(long, value_name = "PATH", requires = "key")]
     pub cert: Option<PathBuf>,
     /// PEM private key of --cert.
-    #[arg(long, global = true, value_name = "PATH", requires = "cert")]
+    #[arg(long, value_name = "PATH", requires = "cert")]
     pub key: Option<PathBuf>,
-    /// Deadline of each call (not of a --wait stream), e.g. 30s.
-    #[arg(long, global = true, value_parser = humantime::parse_duration, default_value = "30s")]
-    pub timeout: Duration,
+    /// Give up after this long, e.g. 30s or 2h: each call's deadline
+    /// (default 30s); with --wait, the whole wait's (default: no limit; a
+    /// wait that runs out exits 6).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Where `server` and the token came from, for error messages that say
+    /// what to change; filled in by [`parse`] from clap's value sources.
+    #[arg(skip)]
+    pub origin: Origin,
 }
+
+impl ClientArgs {
+    /// The deadline of one unary call.
+    pub fn call_timeout(&self) -> Duration {
+        self.timeout.unwrap_or(DEFAULT_CALL_TIMEOUT)
+    }
+}
+
+/// Where a client option's value came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Source {
+    /// Not given: the built-in default (or, for the token, none at all).
+    #[default]
+    Default,
+    /// The command line.
+    Flag,
+    /// The environment (PRODGATE_SERVER, PRODGATE_TOKEN).
+    Env,
+}
+
+impl Source {
+    fn of(m: &ArgMatches, id: &str) -> Source {
+        match m.value_source(id) {
+            Some(ValueSource::CommandLine) => Source::Flag,
+            Some(ValueSource::EnvVariable) => Source::Env,
+            _ => Source::Default,
+        }
+    }
+}
+
+/// Where `--server` and `--token` got their values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Origin {
+    pub server: Source,
+    pub token: Source,
+}
+
+/// The ids of [`ClientArgs`]'s command-line arguments (its field names).
+const CLIENT_ARG_IDS: [&str; 8] = [
+    "server",
+    "token",
+    "token_file",
+    "output",
+    "ca_cert",
+    "cert",
+    "key",
+    "timeout",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -135,7 +200,9 @@ pub enum Command {
     },
     /// Ask to promote the digest SOURCE resolves to now.
     Request {
-        /// Registry host and repository path, e.g. registry.example.com/team/app.
+        /// Registry host and repository path, without a tag, e.g.
+        /// registry.example.com/team/app.
+        #[arg(value_parser = request_repository)]
         repository: String,
         /// Tag or digest to promote (e.g. staging, sha256:…).
         #[arg(long)]
@@ -149,9 +216,12 @@ pub enum Command {
         /// Idempotency key: repeating a request with it returns the first promotion.
         #[arg(long)]
         request_id: Option<String>,
-        /// Follow the promotion until it ends; exit 5 unless it ends PROMOTED.
+        /// Follow the promotion until it ends; exit 5 unless it ends
+        /// PROMOTED, 6 if --timeout runs out first.
         #[arg(long)]
         wait: bool,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Approve a pending promotion.
     Approve {
@@ -160,9 +230,12 @@ pub enum Command {
         /// Recorded with the approval in the audit log.
         #[arg(long)]
         comment: Option<String>,
-        /// Follow the promotion until it ends; exit 5 unless it ends PROMOTED.
+        /// Follow the promotion until it ends; exit 5 unless it ends
+        /// PROMOTED, 6 if --timeout runs out first.
         #[arg(long)]
         wait: bool,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Reject a pending promotion (approvers only).
     Reject {
@@ -171,6 +244,8 @@ pub enum Command {
         /// Why (required: the requester needs to know what to fix).
         #[arg(long)]
         comment: String,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Cancel a pending promotion (the requester or an approver).
     Cancel {
@@ -179,16 +254,20 @@ pub enum Command {
         /// Recorded in the audit log.
         #[arg(long)]
         comment: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Show one promotion.
     Get {
         /// Promotion ID.
         id: String,
+        #[command(flatten)]
+        client: ClientArgs,
     },
-    /// List promotions, oldest first (the server's order).
+    /// List promotions, oldest first unless --newest-first.
     List {
         /// Only this repository (host/path).
-        #[arg(long)]
+        #[arg(long, value_parser = repository)]
         repository: Option<String>,
         /// Only promotions to this environment.
         #[arg(long, alias = "environment")]
@@ -196,14 +275,23 @@ pub enum Command {
         /// Only promotions in this state (any case).
         #[arg(long, value_enum, ignore_case = true)]
         state: Option<StateArg>,
-        /// Print at most N promotions.
+        /// Only promotions waiting for my approval: pending, I may approve
+        /// them, and I have not yet.
+        #[arg(long)]
+        mine: bool,
+        /// Newest promotion first.
+        #[arg(long)]
+        newest_first: bool,
+        /// Print at most N promotions (the newest N with --newest-first).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         limit: Option<u32>,
+        #[command(flatten)]
+        client: ClientArgs,
     },
-    /// Show the audit log, oldest entry first.
+    /// Show the audit log, oldest entry first unless --newest-first.
     History {
         /// Only this repository (host/path).
-        #[arg(long)]
+        #[arg(long, value_parser = repository)]
         repository: Option<String>,
         /// Only this environment.
         #[arg(long, alias = "environment")]
@@ -217,13 +305,19 @@ pub enum Command {
         /// RFC 3339 (2026-11-26T14:32:00Z) or a duration ago (2h).
         #[arg(long, value_name = "T", value_parser = time::parse_moment)]
         until: Option<prost_types::Timestamp>,
-        /// Print at most N entries.
+        /// Newest entry first.
+        #[arg(long)]
+        newest_first: bool,
+        /// Print at most N entries (the newest N with --newest-first).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         limit: Option<u32>,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Which digest an environment's tag carried, now or at --at.
     Deployed {
         /// Registry host and repository path.
+        #[arg(value_parser = repository)]
         repository: String,
         /// The environment whose tag is asked about.
         #[arg(long, alias = "environment")]
@@ -231,6 +325,8 @@ pub enum Command {
         /// RFC 3339 (2026-11-26T14:32:00Z) or a duration ago (2h).
         #[arg(long, value_name = "T", value_parser = time::parse_moment)]
         at: Option<prost_types::Timestamp>,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Recompute the audit hash chain: on the server, or with --data-dir in
     /// a stopped server's data directory.
@@ -238,14 +334,75 @@ pub enum Command {
         /// Check this data directory offline (the server must be stopped).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// gRPC health check of the server; exit 0 only when SERVING.
-    Health,
+    Health {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Print a shell completion script.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+}
+
+impl Command {
+    /// The client options of a client subcommand; `None` for the local ones.
+    fn client_mut(&mut self) -> Option<&mut ClientArgs> {
+        match self {
+            Command::Serve(_) | Command::CheckConfig { .. } | Command::Completions { .. } => None,
+            Command::Request { client, .. }
+            | Command::Approve { client, .. }
+            | Command::Reject { client, .. }
+            | Command::Cancel { client, .. }
+            | Command::Get { client, .. }
+            | Command::List { client, .. }
+            | Command::History { client, .. }
+            | Command::Deployed { client, .. }
+            | Command::VerifyLog { client, .. }
+            | Command::Health { client, .. } => Some(client),
+        }
+    }
+}
+
+/// A repository as `request` takes it: a tag or digest belongs in --source.
+fn request_repository(s: &str) -> Result<String, String> {
+    untagged(s, true)
+}
+
+/// A repository where a tag or digest has no place (list, history, deployed).
+fn repository(s: &str) -> Result<String, String> {
+    untagged(s, false)
+}
+
+/// Refuses `host/team/app:staging` and `host/team/app@sha256:…` with the
+/// command that was probably meant, instead of the server's generic
+/// INVALID_ARGUMENT. A colon before the first `/` is the registry's port.
+fn untagged(s: &str, for_request: bool) -> Result<String, String> {
+    let Some(slash) = s.find('/') else {
+        return Ok(s.to_owned());
+    };
+    let (repo, reference) = if let Some((repo, digest)) = s.split_once('@') {
+        (repo, digest)
+    } else {
+        let last = s.rfind('/').unwrap_or(slash);
+        match s[last..].split_once(':') {
+            Some((tail, tag)) => (&s[..last + tail.len()], tag),
+            None => return Ok(s.to_owned()),
+        }
+    };
+    let what = if reference.contains(':') { "digest" } else { "tag" };
+    Err(if for_request {
+        format!(
+            "a repository names no {what}: give the repository alone and the {what} as --source \
+             (prodgate request {repo} --source {reference} …)"
+        )
+    } else {
+        format!("a repository names no {what}: give the repository alone ({repo})")
+    })
 }
 
 /// `--state` values; `pending` is short for PENDING_APPROVAL.
@@ -278,6 +435,15 @@ impl StateArg {
     }
 }
 
+/// The command line as clap sees it: [`Cli`] with the client options at the
+/// top level hidden, so that `prodgate --help` and the help of `serve`,
+/// `check-config` and `completions` do not list them.
+pub fn command() -> clap::Command {
+    CLIENT_ARG_IDS
+        .iter()
+        .fold(Cli::command(), |c, id| c.mut_arg(*id, |a| a.hide(true)))
+}
+
 /// Parses `args` (argv, program name first), runs the subcommand and reports
 /// the outcome as an exit code, printing any error as one line on stderr.
 pub async fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
@@ -289,7 +455,7 @@ pub async fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Ok(()) => ExitCode::from(Exit::Ok as u8),
         Err(e) => {
             if e.is_reportable() {
-                eprintln!("prodgate: {e}");
+                eprintln!("{}", e.line());
             }
             ExitCode::from(e.exit() as u8)
         }
@@ -298,6 +464,8 @@ pub async fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
 
 /// Clap's own handling, except that a flag value that does not parse is a
 /// local error (1), as the exit-code table promises, not a usage error.
+/// Also merges client options given before the subcommand name into the
+/// subcommand's, and records where `--server` and the token came from.
 fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, u8> {
     let clap_error = |e: clap::Error| {
         let _ = e.print();
@@ -308,26 +476,91 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, u8> {
             _ => Exit::Usage as u8,
         }
     };
-    let matches = Cli::command()
-        .try_get_matches_from(args)
-        .map_err(clap_error)?;
-    Cli::from_arg_matches(&matches).map_err(clap_error)
+    let mut cmd = command();
+    let matches = cmd.try_get_matches_from_mut(args).map_err(clap_error)?;
+    let mut cli = Cli::from_arg_matches(&matches).map_err(clap_error)?;
+    let given = |m: &ArgMatches, id: &str| m.value_source(id) == Some(ValueSource::CommandLine);
+    let early: Vec<&str> = CLIENT_ARG_IDS
+        .into_iter()
+        .filter(|id| given(&matches, id))
+        .collect();
+    let Some((name, sub)) = matches.subcommand() else {
+        // clap requires a subcommand; nothing to merge without one.
+        return Ok(cli);
+    };
+    let Cli { early: top, command } = &mut cli;
+    match command.client_mut() {
+        None => {
+            if let Some(id) = early.first() {
+                let flag = format!("--{}", id.replace('_', "-"));
+                return Err(clap_error(cmd.error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!(
+                        "{flag} is an option of the client subcommands; `prodgate {name}` does not take it"
+                    ),
+                )));
+            }
+        }
+        Some(client) => {
+            for id in early.iter().filter(|id| !given(sub, id)) {
+                take(client, top, id);
+            }
+            let origin = |id: &str| {
+                if given(sub, id) || given(&matches, id) {
+                    Source::Flag
+                } else {
+                    Source::of(sub, id)
+                }
+            };
+            client.origin = Origin {
+                server: origin("server"),
+                token: origin("token"),
+            };
+        }
+    }
+    Ok(cli)
 }
 
-/// Runs one parsed command line.
-pub async fn run(cli: Cli) -> Result<(), CliError> {
-    let Cli { global, command } = cli;
-    let g = &global;
-    let out = &mut output::Printer::stdout(global.output);
-    match command {
+/// Copies the client option `id` given before the subcommand name.
+fn take(late: &mut ClientArgs, early: &ClientArgs, id: &str) {
+    match id {
+        "server" => late.server.clone_from(&early.server),
+        "token" => late.token.clone_from(&early.token),
+        "token_file" => late.token_file.clone_from(&early.token_file),
+        "output" => late.output = early.output,
+        "ca_cert" => late.ca_cert.clone_from(&early.ca_cert),
+        "cert" => late.cert.clone_from(&early.cert),
+        "key" => late.key.clone_from(&early.key),
+        "timeout" => late.timeout = early.timeout,
+        _ => {}
+    }
+}
+
+/// Runs one parsed command line; a failure of a client subcommand gets the
+/// hint of what to change ([`client::explain`]).
+pub async fn run(mut cli: Cli) -> Result<(), CliError> {
+    let client = cli.command.client_mut().cloned();
+    match (dispatch(cli.command).await, client) {
+        (Err(e), Some(c)) => Err(client::explain(e, &c).await),
+        (result, _) => result,
+    }
+}
+
+async fn dispatch(cmd: Command) -> Result<(), CliError> {
+    let out = &mut output::Printer::stdout(Format::Table);
+    match cmd {
         Command::Serve(args) => serve::serve(args).await,
         Command::CheckConfig { file, strict } => local::check_config(&file, strict, out),
+        Command::Completions { shell } => local::completions(shell, &mut command(), out),
         Command::VerifyLog {
             data_dir: Some(dir),
-        } => local::verify_offline(&dir, out),
-        Command::VerifyLog { data_dir: None } => commands::verify_log(g, out).await,
-        Command::Completions { shell } => local::completions(shell, &mut Cli::command(), out),
-        Command::Health => commands::health(g, out).await,
+            client,
+        } => local::verify_offline(&dir, &mut output::Printer::stdout(client.output)),
+        Command::VerifyLog {
+            data_dir: None,
+            client,
+        } => commands::verify_log(&client).await,
+        Command::Health { client } => commands::health(&client).await,
         Command::Request {
             repository,
             source,
@@ -335,6 +568,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             reason,
             request_id,
             wait,
+            client,
         } => {
             let req = pb::RequestPromotionRequest {
                 repository,
@@ -343,35 +577,51 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 reason,
                 request_id: request_id.unwrap_or_default(),
             };
-            commands::request(g, out, req, wait).await
+            commands::request(&client, req, wait).await
         }
-        Command::Approve { id, comment, wait } => {
+        Command::Approve {
+            id,
+            comment,
+            wait,
+            client,
+        } => {
             let req = pb::ApproveRequest {
                 promotion_id: id,
                 comment: comment.unwrap_or_default(),
             };
-            commands::approve(g, out, req, wait).await
+            commands::approve(&client, req, wait).await
         }
-        Command::Reject { id, comment } => {
+        Command::Reject {
+            id,
+            comment,
+            client,
+        } => {
             let req = pb::RejectRequest {
                 promotion_id: id,
                 comment,
             };
-            commands::reject(g, out, req).await
+            commands::reject(&client, req).await
         }
-        Command::Cancel { id, comment } => {
+        Command::Cancel {
+            id,
+            comment,
+            client,
+        } => {
             let req = pb::CancelRequest {
                 promotion_id: id,
                 comment: comment.unwrap_or_default(),
             };
-            commands::cancel(g, out, req).await
+            commands::cancel(&client, req).await
         }
-        Command::Get { id } => commands::get(g, out, id).await,
+        Command::Get { id, client } => commands::get(&client, id).await,
         Command::List {
             repository,
             env,
             state,
+            mine,
+            newest_first,
             limit,
+            client,
         } => {
             let filter = pb::ListPromotionsRequest {
                 repository: repository.unwrap_or_default(),
@@ -379,10 +629,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 state: state.map_or(0, |s| s.proto() as i32),
                 page_size: 0,
                 page_token: String::new(),
-                newest_first: false,
-                awaiting_me: false,
+                newest_first,
+                awaiting_me: mine,
             };
-            commands::list(g, out, filter, limit).await
+            commands::list(&client, filter, limit).await
         }
         Command::History {
             repository,
@@ -390,7 +640,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             promotion,
             since,
             until,
+            newest_first,
             limit,
+            client,
         } => {
             let filter = pb::HistoryRequest {
                 repository: repository.unwrap_or_default(),
@@ -400,21 +652,22 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 until,
                 page_size: 0,
                 page_token: String::new(),
-                newest_first: false,
+                newest_first,
             };
-            commands::history(g, out, filter, limit).await
+            commands::history(&client, filter, limit).await
         }
         Command::Deployed {
             repository,
             env,
             at,
+            client,
         } => {
             let req = pb::GetDeployedRequest {
                 repository,
                 environment: env,
                 at,
             };
-            commands::deployed(g, out, req).await
+            commands::deployed(&client, req).await
         }
     }
 }
@@ -425,7 +678,87 @@ mod tests {
 
     #[test]
     fn the_command_line_is_consistent() {
-        Cli::command().debug_assert();
+        command().debug_assert();
+    }
+
+    fn parsed(args: &[&str]) -> Cli {
+        match parse(args.iter().map(OsString::from)) {
+            Ok(cli) => cli,
+            Err(code) => panic!("{args:?} exited {code}"),
+        }
+    }
+
+    fn client(args: &[&str]) -> ClientArgs {
+        let mut cli = parsed(args);
+        cli.command.client_mut().cloned().expect("a client subcommand")
+    }
+
+    #[test]
+    fn client_options_before_the_subcommand_still_count_and_later_ones_win() {
+        let c = client(&["prodgate", "--server", "http://a:1", "-o", "json", "get", "7"]);
+        assert_eq!(c.server, "http://a:1");
+        assert_eq!(c.output, Format::Json);
+        assert_eq!(c.origin.server, Source::Flag);
+        let c = client(&[
+            "prodgate", "--server", "http://a:1", "--timeout", "2s", "get", "7", "--server",
+            "http://b:2",
+        ]);
+        assert_eq!(c.server, "http://b:2");
+        assert_eq!(c.timeout, Some(Duration::from_secs(2)));
+        let c = client(&["prodgate", "list", "--token", "t"]);
+        assert_eq!(c.origin.token, Source::Flag);
+        assert_eq!(c.origin.server, Source::Default);
+        assert_eq!(c.server, DEFAULT_SERVER);
+        assert_eq!(c.timeout, None);
+        assert_eq!(c.call_timeout(), DEFAULT_CALL_TIMEOUT);
+    }
+
+    #[test]
+    fn local_subcommands_take_no_client_options() {
+        let code = |args: &[&str]| parse(args.iter().map(OsString::from)).err();
+        assert_eq!(code(&["prodgate", "--server", "http://a:1", "completions", "bash"]), Some(2));
+        assert_eq!(code(&["prodgate", "completions", "bash", "--token", "t"]), Some(2));
+        assert_eq!(code(&["prodgate", "check-config", "f.toml", "-o", "json"]), Some(2));
+        for sub in ["serve", "check-config", "completions"] {
+            let help = command()
+                .find_subcommand_mut(sub)
+                .map(|c| c.render_long_help().to_string())
+                .unwrap_or_default();
+            assert!(!help.is_empty(), "{sub}");
+            for flag in ["--server", "--token", "--ca-cert", "--output", "--timeout"] {
+                assert!(!help.contains(flag), "{flag} in the help of {sub}:\n{help}");
+            }
+        }
+        let top = command().render_long_help().to_string();
+        assert!(!top.contains("--token <TOKEN>"), "{top}");
+        let list = command()
+            .find_subcommand_mut("list")
+            .map(|c| c.render_long_help().to_string())
+            .unwrap_or_default();
+        for flag in ["--server", "--token", "-o, --output", "--timeout", "PRODGATE_SERVER"] {
+            assert!(list.contains(flag), "{flag} in\n{list}");
+        }
+    }
+
+    #[test]
+    fn a_tag_or_digest_on_the_repository_names_the_flag_it_belongs_to() {
+        assert_eq!(untagged("127.0.0.1:5000/team/app", true), Ok("127.0.0.1:5000/team/app".into()));
+        assert_eq!(untagged("127.0.0.1:5000", true), Ok("127.0.0.1:5000".into()));
+        let tag = untagged("r.example:5000/team/app:staging", true).unwrap_err();
+        assert!(
+            tag.contains("prodgate request r.example:5000/team/app --source staging"),
+            "{tag}"
+        );
+        let digest = untagged("r.example/team/app@sha256:ab", true).unwrap_err();
+        assert!(digest.contains("--source sha256:ab"), "{digest}");
+        let elsewhere = untagged("r.example/team/app:production", false).unwrap_err();
+        assert!(elsewhere.contains("(r.example/team/app)"), "{elsewhere}");
+        let code = |args: &[&str]| parse(args.iter().map(OsString::from)).err();
+        // Even without --source, the hint comes before "missing --source".
+        assert_eq!(
+            code(&["prodgate", "request", "r/team/app:staging", "--env", "e", "--reason", "x"]),
+            Some(1)
+        );
     }
 
     #[test]

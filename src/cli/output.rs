@@ -61,10 +61,11 @@ impl Printer {
         }
     }
 
-    pub fn deployed(&mut self, d: &pb::Deployed) -> Result<(), CliError> {
+    /// `repository` is the one asked about (the answer does not repeat it).
+    pub fn deployed(&mut self, d: &pb::Deployed, repository: &str) -> Result<(), CliError> {
         match self.format {
             Format::Json => self.line(&json::deployed(d)),
-            Format::Table => self.raw(&table::deployed(d, SystemTime::now())),
+            Format::Table => self.raw(&table::deployed(d, repository, SystemTime::now())),
         }
     }
 

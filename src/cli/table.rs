@@ -32,11 +32,25 @@ fn label(full: &str, prefix: &str) -> String {
 }
 
 /// Server-provided text goes to a terminal: control characters (newlines
-/// that would break the columns, escape sequences) become spaces.
-fn clean(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+/// that would break the columns, escape sequences that clear the screen)
+/// and bidi controls (which reorder what is shown) are printed escaped,
+/// visibly, as `\u{1b}`; JSON output keeps the exact text.
+pub fn clean(s: &str) -> String {
+    crate::telemetry::visible(s).into_owned()
+}
+
+/// `registry.example.com/team/app@sha256:…`: what `docker pull` and other
+/// tools take, so it can be pasted as is.
+fn reference(repository: &str, digest: &str) -> String {
+    if repository.is_empty() || digest.is_empty() {
+        clean(digest)
+    } else {
+        clean(&format!("{repository}@{digest}"))
+    }
+}
+
+fn is(p: &pb::Promotion, state: pb::PromotionState) -> bool {
+    p.state == state as i32
 }
 
 /// `sha256:0123456789ab`.
@@ -172,10 +186,16 @@ pub fn promotion(p: &pb::Promotion, now: SystemTime) -> String {
         ("environment", clean(&p.environment)),
         ("target tag", clean(&p.target_tag)),
         ("source", clean(&p.source)),
-        ("digest", clean(&p.digest)),
+        ("digest", reference(&p.repository, &p.digest)),
     ];
     if !p.previous_digest.is_empty() {
-        rows.push(("previous digest", clean(&p.previous_digest)));
+        rows.push((
+            "previous digest",
+            reference(&p.repository, &p.previous_digest),
+        ));
+    }
+    if !p.superseded_by.is_empty() {
+        rows.push(("superseded by", clean(&p.superseded_by)));
     }
     rows.push(("requested by", clean(&p.requested_by)));
     rows.push(("reason", clean(&p.reason)));
@@ -196,10 +216,16 @@ pub fn promotion(p: &pb::Promotion, now: SystemTime) -> String {
         }
         rows.push(("", line));
     }
+    // Only a pending promotion can still expire; an ended one never will.
+    let expires = if is(p, pb::PromotionState::PendingApproval) {
+        &p.expires_at
+    } else {
+        &None
+    };
     let times = [
         ("created", &p.created_at),
         ("updated", &p.updated_at),
-        ("expires", &p.expires_at),
+        ("expires", expires),
         ("promoted", &p.promoted_at),
     ];
     for (key, t) in times {
@@ -210,27 +236,58 @@ pub fn promotion(p: &pb::Promotion, now: SystemTime) -> String {
     if !p.failure_message.is_empty() {
         rows.push(("failure", clean(&p.failure_message)));
     }
+    if let Some(e) = apply_error(p) {
+        rows.push(("apply error", e));
+    }
     key_values(&rows)
 }
 
-/// `promotion 7: PROMOTED (approvals 1/1)`: one line per change under --wait.
+/// While APPROVED with a registry that keeps failing: why the tag has not
+/// moved yet, and how often it was tried (the worker keeps trying).
+fn apply_error(p: &pb::Promotion) -> Option<String> {
+    if !is(p, pb::PromotionState::Approved) || p.last_apply_error.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "{} (attempt {}; retrying)",
+        clean(&p.last_apply_error),
+        p.apply_attempts
+    ))
+}
+
+/// `promotion 7: PROMOTED (approvals 1/1)`: one line per change under
+/// --wait, the last one with the final state and what it means.
 pub fn progress(p: &pb::Promotion) -> String {
     let mut line = format!(
-        "promotion {}: {} (approvals {})",
+        "promotion {}: {}",
         clean(&p.id),
         state_label(p.state),
-        approvals(p)
     );
+    if !p.superseded_by.is_empty() {
+        line.push_str(&format!(" by promotion {}", clean(&p.superseded_by)));
+    }
+    line.push_str(&format!(" (approvals {})", approvals(p)));
+    if is(p, pb::PromotionState::Promoted) && !p.digest.is_empty() {
+        line.push_str(&format!(
+            ": {}:{} is {}",
+            clean(&p.repository),
+            clean(&p.target_tag),
+            reference(&p.repository, &p.digest)
+        ));
+    }
     if !p.failure_message.is_empty() {
         line.push_str(&format!(": {}", clean(&p.failure_message)));
+    }
+    if let Some(e) = apply_error(p) {
+        line.push_str(&format!(": tag move failed: {e}"));
     }
     line.push('\n');
     line
 }
 
-pub fn deployed(d: &pb::Deployed, now: SystemTime) -> String {
+pub fn deployed(d: &pb::Deployed, repository: &str, now: SystemTime) -> String {
     let mut rows = vec![
-        ("digest", clean(&d.digest)),
+        ("digest", reference(repository, &d.digest)),
         ("promotion", clean(&d.promotion_id)),
     ];
     if let Some(t) = &d.since {
@@ -298,18 +355,21 @@ mod tests {
         let text = promotions(
             &[
                 p("7", pb::PromotionState::PendingApproval, "r/app"),
-                p("12", pb::PromotionState::Promoted, "r/a\nb"),
+                p("12", pb::PromotionState::Promoted, "r/a\nb\u{1b}[2J"),
             ],
             now,
         );
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3);
-        assert!(lines[0].starts_with("ID  STATE             REPOSITORY  ENV"));
+        assert!(lines[0].starts_with("ID  STATE             REPOSITORY       ENV"), "{text}");
         assert!(
             lines[1].starts_with("7   PENDING_APPROVAL  r/app"),
             "{text}"
         );
-        assert!(lines[2].contains("PROMOTED          r/a b"), "{text}");
+        assert!(
+            lines[2].contains(r"PROMOTED          r/a\nb\u{1b}[2J  production"),
+            "{text}"
+        );
         assert!(lines[2].contains("sha256:aaaaaaaaaaaa  alice"), "{text}");
         assert!(lines[2].ends_with("0/1        3m ago"), "{text}");
     }
@@ -340,5 +400,84 @@ mod tests {
             "{text}"
         );
         assert_eq!(progress(&p), "promotion 7: PROMOTED (approvals 1/1)\n");
+    }
+
+    fn sample(state: pb::PromotionState) -> pb::Promotion {
+        pb::Promotion {
+            id: "7".into(),
+            repository: "r.example/team/app".into(),
+            environment: "production".into(),
+            target_tag: "production".into(),
+            digest: format!("sha256:{}", "a".repeat(64)),
+            previous_digest: format!("sha256:{}", "b".repeat(64)),
+            state: state as i32,
+            required_approvals: 1,
+            created_at: at(1_795_703_520),
+            expires_at: at(1_795_703_520 + 3600),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn digests_are_references_and_expiry_shows_only_while_pending() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_795_703_520 + 180);
+        let pending = promotion(&sample(pb::PromotionState::PendingApproval), now);
+        let digest = format!("digest:          r.example/team/app@sha256:{}\n", "a".repeat(64));
+        assert!(pending.contains(&digest), "{pending}");
+        let previous = format!(
+            "previous digest: r.example/team/app@sha256:{}\n",
+            "b".repeat(64)
+        );
+        assert!(pending.contains(&previous), "{pending}");
+        assert!(pending.contains("expires:         2026-11-26T15:32:00Z (in 57m)\n"), "{pending}");
+        for ended in [
+            pb::PromotionState::Promoted,
+            pb::PromotionState::Rejected,
+            pb::PromotionState::Cancelled,
+            pb::PromotionState::Expired,
+            pb::PromotionState::Failed,
+            pb::PromotionState::Superseded,
+            pb::PromotionState::Approved,
+        ] {
+            let text = promotion(&sample(ended), now);
+            assert!(!text.contains("expires"), "{ended:?}: {text}");
+        }
+    }
+
+    #[test]
+    fn superseded_and_failing_apply_are_shown() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_795_703_520 + 180);
+        let mut p = sample(pb::PromotionState::Superseded);
+        p.superseded_by = "9".into();
+        let text = promotion(&p, now);
+        assert!(text.contains("state:           SUPERSEDED\n"), "{text}");
+        assert!(text.contains("superseded by:   9\n"), "{text}");
+        assert_eq!(
+            progress(&p),
+            "promotion 7: SUPERSEDED by promotion 9 (approvals 0/1)\n"
+        );
+
+        let mut p = sample(pb::PromotionState::Approved);
+        p.last_apply_error = "registry r is unavailable: HTTP 503\u{1b}[2J".into();
+        p.apply_attempts = 4;
+        let text = promotion(&p, now);
+        assert!(
+            text.contains(
+                r"apply error:     registry r is unavailable: HTTP 503\u{1b}[2J (attempt 4; retrying)"
+            ),
+            "{text}"
+        );
+        assert!(progress(&p).contains(": tag move failed: registry r"), "{}", progress(&p));
+        // Once the tag moved, a stale error is not shown.
+        p.state = pb::PromotionState::Promoted as i32;
+        assert!(!promotion(&p, now).contains("apply error"));
+        assert_eq!(
+            progress(&p),
+            format!(
+                "promotion 7: PROMOTED (approvals 0/1): r.example/team/app:production is \
+                 r.example/team/app@sha256:{}\n",
+                "a".repeat(64)
+            )
+        );
     }
 }

@@ -1,18 +1,38 @@
 //! `--wait`: follows a promotion through the WatchPromotion stream until it
 //! reaches a terminal state, printing each change, and turns the end state
-//! into the exit code a CI job needs (0 only for PROMOTED).
+//! into the exit code a CI job needs (0 only for PROMOTED). A server that
+//! restarts or drops the connection meanwhile is watched again, with capped
+//! backoff, for as long as `--timeout` allows (without one, until it ends).
 
 use super::CliError;
 use super::client::Client;
 use super::output::Printer;
 use super::table::state_label;
 use crate::pb::{self, PromotionState};
+use rand::Rng;
+use std::time::{Duration, Instant};
 
-/// What a line is printed for: a new state, or an approval that moved a
-/// multi-approval promotion closer (1/2 -> 2/2) without changing its state.
-/// Other field changes (timestamps) are not progress anyone waits for.
-fn milestone(p: &pb::Promotion) -> (i32, usize) {
-    (p.state, p.approvals.len())
+/// First pause before watching again after losing the server; doubled after
+/// each failed attempt up to [`MAX_RETRY`]. A restart takes about a second,
+/// so the first attempts come quickly; an outage of minutes costs one
+/// attempt every few seconds.
+const FIRST_RETRY: Duration = Duration::from_millis(200);
+const MAX_RETRY: Duration = Duration::from_secs(5);
+
+/// `--timeout` of a `--wait`: when to give up.
+#[derive(Debug, Clone, Copy)]
+pub struct Limit {
+    pub deadline: Instant,
+    /// The `--timeout` given, for the message.
+    pub after: Duration,
+}
+
+/// What a line is printed for: a new state, an approval that moved a
+/// multi-approval promotion closer (1/2 -> 2/2) without changing its state,
+/// or a different tag-move error while APPROVED. Other field changes
+/// (timestamps, the attempt count) are not progress anyone waits for.
+fn milestone(p: &pb::Promotion) -> (i32, usize, &str) {
+    (p.state, p.approvals.len(), &p.last_apply_error)
 }
 
 fn is_terminal(state: i32) -> bool {
@@ -27,40 +47,135 @@ fn is_terminal(state: i32) -> bool {
     )
 }
 
-/// `first` is the answer already printed (of request or approve). The
-/// stream starts with the current state, which usually repeats `first`, so
-/// only milestones not yet printed are shown.
+/// `first` is the answer already printed (of request or approve). Each
+/// stream starts with the current state, which usually repeats the last
+/// one printed, so only milestones not yet printed are shown.
 pub async fn follow(
     c: &mut Client,
     out: &mut Printer,
     first: pb::Promotion,
+    limit: Option<Limit>,
 ) -> Result<(), CliError> {
     let mut last = first;
-    if !is_terminal(last.state) {
-        let mut stream = c
-            .api
-            .watch_promotion(pb::WatchPromotionRequest {
-                promotion_id: last.id.clone(),
-            })
-            .await?
-            .into_inner();
-        while !is_terminal(last.state) {
-            let Some(p) = stream.message().await? else {
-                return Err(CliError::WatchEnded(last.id));
-            };
-            if milestone(&p) != milestone(&last) {
-                out.progress(&p)?;
+    let mut retry = FIRST_RETRY;
+    let mut lost = false;
+    while !is_terminal(last.state) {
+        let mut heard = false;
+        let watched = watch(c, out, &mut last, &mut heard);
+        let result = match limit {
+            Some(l) => tokio::time::timeout_at(l.deadline.into(), watched)
+                .await
+                .unwrap_or_else(|_| Err(timed_out(&last, l))),
+            None => watched.await,
+        };
+        if heard {
+            retry = FIRST_RETRY;
+            lost = false;
+        }
+        match result {
+            Ok(()) => {}
+            Err(e) if is_interruption(&e) => {
+                if !lost {
+                    lost = true;
+                    // stderr, so that `-o json` stdout stays JSON lines.
+                    eprintln!(
+                        "prodgate: lost the watch of promotion {} ({}); watching again{}",
+                        last.id,
+                        crate::telemetry::visible(&e.to_string()),
+                        if limit.is_some() {
+                            " until --timeout"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                let pause = jitter(retry);
+                retry = (retry * 2).min(MAX_RETRY);
+                match limit {
+                    Some(l) if Instant::now() + pause >= l.deadline => {
+                        tokio::time::sleep_until(l.deadline.into()).await;
+                        return Err(timed_out(&last, l));
+                    }
+                    _ => tokio::time::sleep(pause).await,
+                }
             }
-            last = p;
+            Err(e) => return Err(e),
         }
     }
     if last.state == PromotionState::Promoted as i32 {
         Ok(())
     } else {
         Err(CliError::NotPromoted {
-            state: state_label(last.state),
+            state: end_state(&last),
             id: last.id,
             detail: last.failure_message,
         })
     }
+}
+
+/// One WatchPromotion stream, until `last` is terminal (`Ok`) or the stream
+/// fails or ends. `heard` says whether the server sent anything.
+async fn watch(
+    c: &mut Client,
+    out: &mut Printer,
+    last: &mut pb::Promotion,
+    heard: &mut bool,
+) -> Result<(), CliError> {
+    let req = pb::WatchPromotionRequest {
+        promotion_id: last.id.clone(),
+    };
+    let mut stream = c.api.watch_promotion(req).await?.into_inner();
+    while let Some(p) = stream.message().await? {
+        *heard = true;
+        if milestone(&p) != milestone(last) {
+            out.progress(&p)?;
+        }
+        *last = p;
+        if is_terminal(last.state) {
+            return Ok(());
+        }
+    }
+    Err(CliError::WatchEnded(last.id.clone()))
+}
+
+/// Worth watching again: the connection broke or could not be made, the
+/// server said UNAVAILABLE (draining for a restart), or it closed the stream
+/// early. A refusal (NOT_FOUND, PERMISSION_DENIED, …) ends the wait.
+fn is_interruption(e: &CliError) -> bool {
+    match e {
+        CliError::WatchEnded(_) => true,
+        CliError::Status(_) => e.exit() == super::Exit::Unreachable,
+        _ => false,
+    }
+}
+
+fn timed_out(last: &pb::Promotion, l: Limit) -> CliError {
+    CliError::WaitTimedOut {
+        id: last.id.clone(),
+        state: format!(
+            "{} (approvals {}/{})",
+            end_state(last),
+            last.approvals.len(),
+            last.required_approvals
+        ),
+        after: l.after,
+    }
+}
+
+/// The state's label, with what superseded it.
+fn end_state(p: &pb::Promotion) -> String {
+    let label = state_label(p.state);
+    if p.superseded_by.is_empty() {
+        label
+    } else {
+        format!("{label} by promotion {}", p.superseded_by)
+    }
+}
+
+/// Between half and all of `d`, so that many waiting CI jobs do not all
+/// reconnect to a restarted server at the same moment.
+fn jitter(d: Duration) -> Duration {
+    let half = d / 2;
+    let spread = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
+    half + Duration::from_millis(rand::rng().random_range(0..=spread))
 }
