@@ -287,7 +287,10 @@ pub async fn run(
                     addr: addr.clone(),
                     source,
                 })?;
-            tracing::info!(addr = ?l.local_addr().ok(), "serving metrics at /metrics");
+            // Display, not Debug of an Option: JSON logs get "addr":"127.0.0.1:9090".
+            if let Ok(addr) = l.local_addr() {
+                tracing::info!(%addr, "serving metrics at /metrics");
+            }
             background.spawn(crate::metrics::serve(
                 l,
                 metrics.clone(),

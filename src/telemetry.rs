@@ -33,8 +33,7 @@ pub fn init(format: LogFormat) {
 /// registry's error body or a client's text must neither start a line of
 /// its own (a forged log line) nor reach the terminal of whoever reads the
 /// log as escape sequences or reordered text.
-fn text_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + Send + Sync + 'static
-{
+fn text_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + Send + Sync + 'static {
     tracing_subscriber::fmt::format::debug_fn(
         |w: &mut tracing_subscriber::fmt::format::Writer<'_>,
          field: &tracing::field::Field,

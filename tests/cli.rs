@@ -306,10 +306,12 @@ async fn table_output_is_for_people() {
             .contains("state:        PENDING_APPROVAL\n"),
         "{requested:#?}"
     );
+    // Digests are references a person can paste into `docker pull`.
     assert!(
         requested
             .stdout
-            .contains(&format!("digest:       {digest}\n"))
+            .contains(&format!("digest:       {repo}@{digest}\n")),
+        "{requested:#?}"
     );
     assert!(requested.stdout.contains("approvals:    0/1\n"));
     let id = requested
@@ -383,7 +385,9 @@ async fn table_output_is_for_people() {
 
     let deployed = table(s, "alice", &["deployed", &repo, "--env", "production"]).ok();
     assert!(
-        deployed.stdout.contains(&format!("digest:    {digest}\n")),
+        deployed
+            .stdout
+            .contains(&format!("digest:    {repo}@{digest}\n")),
         "{deployed:#?}"
     );
     assert!(deployed.stdout.contains(&format!("promotion: {id}\n")));
@@ -532,7 +536,7 @@ async fn refusals_and_unreachable_servers_have_their_own_exit_codes() {
     assert!(unknown.stdout.is_empty());
     assert_eq!(
         unknown.stderr,
-        "prodgate: refused (UNAUTHENTICATED): unknown token\n"
+        "prodgate: refused (UNAUTHENTICATED): unknown token; the token came from --token: check it\n"
     );
     let denied = table(s, "mallory", &["approve", &id]).code(3);
     assert!(
@@ -612,7 +616,11 @@ async fn refusals_and_unreachable_servers_have_their_own_exit_codes() {
         finish(prodgate().args(["--server", &silent, "--timeout", "300ms", "get", "1"])).code(4);
     assert_eq!(
         late.stderr,
-        "prodgate: unreachable (DEADLINE_EXCEEDED): no answer within --timeout\n"
+        format!(
+            "prodgate: unreachable (DEADLINE_EXCEEDED): no answer within --timeout; {silent} \
+             accepted the connection but did not answer within 300ms: is it a prodgate server \
+             (from --server)? If it is just slow, raise --timeout\n"
+        )
     );
 
     // Flag values that do not parse are local errors; bad usage is 2.
@@ -679,10 +687,22 @@ fn local_commands_need_no_server() {
     }
     let help = finish(prodgate().arg("--help")).ok();
     assert!(help.stdout.contains("Exit codes:"), "{help:#?}");
+    // Client options are in the help of client subcommands only.
+    for local in ["serve", "check-config", "completions"] {
+        let h = finish(prodgate().args([local, "--help"])).ok();
+        for flag in ["--server", "--token", "--ca-cert", "--output"] {
+            assert!(!h.stdout.contains(flag), "{flag} in {local} --help: {h:#?}");
+        }
+    }
+    let list = finish(prodgate().args(["list", "--help"])).ok();
+    for flag in ["--server", "--token", "-o, --output", "--timeout", "--mine"] {
+        assert!(list.stdout.contains(flag), "{flag}: {list:#?}");
+    }
     for line in [
         "  3  refused",
         "  4  server unreachable",
         "  5  --wait ended",
+        "  6  --wait gave up after --timeout",
     ] {
         assert!(help.stdout.contains(line), "{line:?}");
     }
@@ -774,10 +794,23 @@ async fn tls_and_client_certificates() {
     // Without trusting the CA, or without a client certificate: unreachable.
     let untrusted = finish(prodgate().args(["--server", &https, "health"])).code(4);
     assert!(untrusted.stderr.starts_with("prodgate: "), "{untrusted:#?}");
-    finish(prodgate().args(["--server", &https, "--ca-cert", &ca, "health"])).code(4);
+    let no_cert = finish(prodgate().args(["--server", &https, "--ca-cert", &ca, "health"])).code(4);
+    assert!(
+        no_cert
+            .stderr
+            .ends_with("if it requires a client certificate (mTLS), pass --cert and --key\n"),
+        "{no_cert:#?}"
+    );
     // Plain text to a TLS port: the server hangs up.
     let plain = format!("http://{}", server.addr);
-    finish(prodgate().args(["--server", &plain, "--token", &token("bob"), "list"])).code(4);
+    let hung_up =
+        finish(prodgate().args(["--server", &plain, "--token", &token("bob"), "list"])).code(4);
+    assert!(
+        hung_up
+            .stderr
+            .contains(&format!("speaks TLS: use https://{}", server.addr)),
+        "{hung_up:#?}"
+    );
     // A key where a certificate belongs is named before any connection.
     let swapped = finish(
         prodgate()
@@ -788,4 +821,503 @@ async fn tls_and_client_certificates() {
     assert!(swapped.stderr.contains("client.key"), "{swapped:#?}");
     // Half a client identity is a usage error.
     finish(prodgate().args(["--server", &https, "--cert", &client_cert, "health"])).code(2);
+}
+
+/// The value after `key:` in a `get`-style block.
+fn field(out: &Out, key: &str) -> String {
+    out.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .unwrap_or_else(|| panic!("no {key:?} line in {out:#?}"))
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn errors_say_what_to_change() {
+    let w = World::start().await;
+    let s = &w.server;
+
+    // Which token the server refused, and where it came from.
+    let refused = |c: &mut Command| finish(c.args(["--server", &url(s), "list"])).code(3);
+    let from_env = refused(prodgate().env("PRODGATE_TOKEN", "stale"));
+    assert!(
+        from_env.stderr.ends_with(
+            "unknown token; the token came from PRODGATE_TOKEN: check it, or give another \
+             with --token TOKEN or --token-file PATH\n"
+        ),
+        "{from_env:#?}"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("token");
+    std::fs::write(&file, "stale\n").expect("write token");
+    let from_file = refused(
+        prodgate()
+            .env("PRODGATE_TOKEN", "x")
+            .arg("--token-file")
+            .arg(&file),
+    );
+    assert!(
+        from_file.stderr.ends_with(&format!(
+            "the token came from --token-file {}: check that it holds your token\n",
+            file.display()
+        )),
+        "{from_file:#?}"
+    );
+    let none = refused(&mut prodgate());
+    assert!(
+        none.stderr.ends_with(
+            "no token was given: pass --token TOKEN, set PRODGATE_TOKEN or use --token-file PATH\n"
+        ),
+        "{none:#?}"
+    );
+
+    // Which setting named a server that is not there.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!("http://{}", l.local_addr().expect("addr"))
+    };
+    let down = finish(
+        prodgate()
+            .env("PRODGATE_SERVER", &closed)
+            .args(["get", "1"]),
+    )
+    .code(4);
+    assert!(
+        down.stderr
+            .starts_with(&format!("prodgate: cannot reach {closed}: ")),
+        "{down:#?}"
+    );
+    assert!(
+        down.stderr.ends_with(&format!(
+            "is `prodgate serve` running at {closed} (from PRODGATE_SERVER)? Set --server or \
+             PRODGATE_SERVER to its URL\n"
+        )),
+        "{down:#?}"
+    );
+
+    // A tag on the repository: the command that was meant.
+    let tagged = table(
+        s,
+        "alice",
+        &[
+            "request",
+            &format!("{}:staging", w.repo("app")),
+            "--env",
+            "production",
+        ],
+    )
+    .code(1);
+    assert!(
+        tagged.stderr.contains(&format!(
+            "give the repository alone and the tag as --source (prodgate request {} --source staging",
+            w.repo("app")
+        )),
+        "{tagged:#?}"
+    );
+}
+
+#[tokio::test]
+async fn tls_mismatches_say_which_scheme_to_use() {
+    let w = World::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let [ca, cert, key, client_cert, client_key] = pki(dir.path());
+    let config = format!(
+        "{}\n[tls]\ncert = {cert:?}\nkey = {key:?}\n",
+        standard_config(&w.registry.host)
+    );
+    let tls = TestServer::start(&config);
+    let plain = &w.server;
+
+    let to_tls =
+        finish(prodgate().args(["get", "1", "--server", &format!("http://{}", tls.addr)])).code(4);
+    assert!(
+        to_tls.stderr.ends_with(&format!(
+            "the server at {0} speaks TLS: use https://{0} (with --ca-cert CA.pem unless its \
+             certificate is from a public CA)\n",
+            tls.addr
+        )),
+        "{to_tls:#?}"
+    );
+    let https = format!("https://{}", plain.addr);
+    let to_plain =
+        finish(prodgate().args(["health", "--server", &https, "--ca-cert", &ca])).code(4);
+    assert!(
+        to_plain.stderr.ends_with(&format!(
+            "the server at {0} speaks plain HTTP/2, not TLS: use http://{0}\n",
+            plain.addr
+        )),
+        "{to_plain:#?}"
+    );
+    let untrusted =
+        finish(prodgate().args(["health", "--server", &format!("https://{}", tls.addr)])).code(4);
+    assert!(
+        untrusted.stderr.ends_with(
+            "the server's certificate is not from a CA this machine trusts: give the CA that \
+             issued it with --ca-cert PATH\n"
+        ),
+        "{untrusted:#?}"
+    );
+    // With the right CA and scheme it just works.
+    let https_tls = format!("https://{}", tls.addr);
+    let ok = finish(prodgate().args(["health", "--server", &https_tls, "--ca-cert", &ca])).ok();
+    assert_eq!(ok.stdout, "SERVING\n");
+    // A client certificate from another CA.
+    let other = tempfile::tempdir().expect("tempdir");
+    let [_, _, _, stranger_cert, stranger_key] = pki(other.path());
+    let config = format!(
+        "{}\n[tls]\ncert = {cert:?}\nkey = {key:?}\nclient_ca = {ca:?}\n",
+        standard_config(&w.registry.host)
+    );
+    let mtls = TestServer::start(&config);
+    let stranger = finish(
+        prodgate()
+            .args(["health", "--server", &format!("https://{}", mtls.addr)])
+            .args([
+                "--ca-cert",
+                &ca,
+                "--cert",
+                &stranger_cert,
+                "--key",
+                &stranger_key,
+            ]),
+    )
+    .code(4);
+    assert!(
+        stranger.stderr.ends_with(
+            "the server refused the client certificate (--cert): is it issued by the server's \
+             client_ca?\n"
+        ),
+        "{stranger:#?}"
+    );
+    let trusted = finish(
+        prodgate()
+            .args(["health", "--server", &format!("https://{}", mtls.addr)])
+            .args([
+                "--ca-cert",
+                &ca,
+                "--cert",
+                &client_cert,
+                "--key",
+                &client_key,
+            ]),
+    )
+    .ok();
+    assert_eq!(trusted.stdout, "SERVING\n");
+}
+
+#[tokio::test]
+async fn wait_survives_a_server_restart_and_prints_the_final_state() {
+    let w = World::start().await;
+    let World {
+        registry,
+        mut server,
+    } = w;
+    let digest = registry.push_image("app", Some("staging"), 1024, 7).await;
+    let repo = format!("{}/app", registry.host);
+
+    let mut job = Waiter::start(as_user(&server, "alice", &{
+        let mut a = request_args(&repo, "production");
+        a.push("--wait");
+        a
+    }));
+    let mut seen = String::new();
+    let id = loop {
+        let line = job.line();
+        seen.push_str(&line);
+        if let Some(id) = line.strip_prefix("id:") {
+            break id.trim().to_owned();
+        }
+    };
+    // The server logs each call once its answer starts, streams included:
+    // once the watch is in the log, the restart interrupts it.
+    let started = std::time::Instant::now();
+    while !server.log().contains("PromotionService/WatchPromotion") {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the watch never started: {}",
+            server.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    server.kill_and_restart_in_place();
+    table(
+        &server,
+        "bob",
+        &["approve", &id, "--comment", "after the restart"],
+    )
+    .ok();
+
+    let out = job.finish(seen).ok();
+    assert!(
+        out.stdout.ends_with(&format!(
+            "promotion {id}: PROMOTED (approvals 1/1): {repo}:production is {repo}@{digest}\n"
+        )),
+        "{out:#?}"
+    );
+    assert!(
+        out.stderr
+            .starts_with(&format!("prodgate: lost the watch of promotion {id} (")),
+        "{out:#?}"
+    );
+    assert_eq!(out.stderr.lines().count(), 1, "{out:#?}");
+}
+
+#[tokio::test]
+async fn wait_timeout_exits_6_with_the_state_it_left_behind() {
+    let w = World::start().await;
+    let World { registry, server } = w;
+    registry.push_image("app", Some("staging"), 1024, 8).await;
+    let repo = format!("{}/app", registry.host);
+
+    // Nobody approves within the timeout.
+    let mut args = request_args(&repo, "production");
+    args.extend(["--wait", "--timeout", "1s", "-o", "json"]);
+    let out = finish(&mut as_user(&server, "alice", &args)).code(6);
+    let first = out.one();
+    let id = id_of(&first);
+    assert_eq!(
+        out.stderr,
+        format!(
+            "prodgate: gave up waiting after 1s: promotion {id} is still PENDING_APPROVAL \
+             (approvals 0/1); it goes on without this command (`prodgate get {id}` shows where \
+             it stands)\n"
+        )
+    );
+    // It does go on.
+    let got = json(&server, "bob", &["get", &id]).ok().one();
+    assert_eq!(got["state"], "PROMOTION_STATE_PENDING_APPROVAL");
+
+    // A server that goes away and stays away: watched again until
+    // --timeout. prod2 needs two approvals, so bob's leaves it pending.
+    let p2 = id_of(
+        &json(&server, "alice", &request_args(&repo, "prod2"))
+            .ok()
+            .one(),
+    );
+    let mut job = Waiter::start(as_user(
+        &server,
+        "bob",
+        &["approve", &p2, "--wait", "--timeout", "3s"],
+    ));
+    let first = job.line();
+    drop(server);
+    let out = job.finish(first).code(6);
+    assert!(
+        out.stdout.contains("state:        PENDING_APPROVAL\n"),
+        "{out:#?}"
+    );
+    assert!(
+        out.stderr
+            .starts_with(&format!("prodgate: lost the watch of promotion {p2} (")),
+        "{out:#?}"
+    );
+    assert!(
+        out.stderr.ends_with(&format!(
+            "prodgate: gave up waiting after 3s: promotion {p2} is still PENDING_APPROVAL \
+             (approvals 1/2); it goes on without this command (`prodgate get {p2}` shows where \
+             it stands)\n"
+        )),
+        "{out:#?}"
+    );
+}
+
+/// What a hostile registry puts in its error bodies: a clear-screen escape
+/// sequence, a right-to-left override and a line that would pass for a log
+/// line of its own.
+const HOSTILE: &str = "\u{1b}[2J\u{202e}gnp.exe\nINFO forged: all good";
+
+/// The same, as it must appear in human output: every character visible.
+const HOSTILE_SHOWN: &str = r"\u{1b}[2J\u{202e}gnp.exe\nINFO forged: all good";
+
+/// A registry Distribution cannot be made to be: it serves one image under
+/// `team/app:dev` (and by digest) and answers every manifest PUT with
+/// `put_status` and [`HOSTILE`] as the body. Stops when dropped.
+struct HostileRegistry {
+    host: String,
+    digest: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HostileRegistry {
+    async fn start(put_status: u16) -> HostileRegistry {
+        use http_body_util::Full;
+        use hyper::body::Bytes;
+        use sha2::{Digest, Sha256};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let host = listener.local_addr().expect("addr").to_string();
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": format!("sha256:{}", "c".repeat(64)),
+                "size": 2
+            },
+            "layers": []
+        })
+        .to_string();
+        let digest = format!(
+            "sha256:{}",
+            hex::encode(Sha256::digest(manifest.as_bytes()))
+        );
+        let served = digest.clone();
+        let answer = move |req: hyper::Request<hyper::body::Incoming>| {
+            let path = req.uri().path().to_owned();
+            let mut res = hyper::Response::builder();
+            let body = match (req.method().as_str(), path.as_str()) {
+                ("GET", "/v2/") => res.status(200).body("{}".to_owned()),
+                ("HEAD" | "GET", p)
+                    if p == "/v2/team/app/manifests/dev"
+                        || p == format!("/v2/team/app/manifests/{served}") =>
+                {
+                    res = res
+                        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+                        .header("Docker-Content-Digest", served.as_str());
+                    res.status(200).body(manifest.clone())
+                }
+                ("PUT", _) => res.status(put_status).body(HOSTILE.to_owned()),
+                _ => res.status(404).body(String::new()),
+            };
+            let body = body.unwrap_or_default().map(|b| Full::new(Bytes::from(b)));
+            async move { Ok::<_, std::convert::Infallible>(body) }
+        };
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(
+                            hyper_util::rt::TokioIo::new(stream),
+                            hyper::service::service_fn(answer),
+                        )
+                        .await;
+                });
+            }
+        });
+        HostileRegistry { host, digest, task }
+    }
+}
+
+impl Drop for HostileRegistry {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+// Multi-threaded: the hostile registry answers on a worker thread while
+// this one blocks on the CLI subprocess.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn control_and_bidi_characters_are_shown_escaped_and_json_stays_exact() {
+    let w = World::start().await;
+    w.registry.push_image("app", Some("staging"), 1024, 9).await;
+    let s = &w.server;
+
+    // A reason is free text a requester types.
+    let reason = "release 1.4\u{1b}[2J\u{202e}txt.exe";
+    let repo = w.repo("app");
+    let mut args = request_args(&repo, "production");
+    args[7] = reason;
+    let requested = json(s, "alice", &args).ok().one();
+    assert_eq!(requested["reason"], reason, "JSON keeps the exact text");
+    let id = id_of(&requested);
+    let raw = |text: &str| text.contains('\u{1b}') || text.contains('\u{202e}');
+    let got = table(s, "bob", &["get", &id]).ok();
+    assert!(!raw(&got.stdout), "{got:#?}");
+    assert_eq!(
+        field(&got, "reason"),
+        r"release 1.4\u{1b}[2J\u{202e}txt.exe"
+    );
+    let history = table(s, "bob", &["history", "--promotion", &id]).ok();
+    assert!(!raw(&history.stdout), "{history:#?}");
+    assert!(
+        history
+            .stdout
+            .contains(r"release 1.4\u{1b}[2J\u{202e}txt.exe"),
+        "{history:#?}"
+    );
+    let list = table(s, "bob", &["list"]).ok();
+    assert!(!raw(&list.stdout), "{list:#?}");
+
+    // A registry's error body ends up in the failure message, the CLI's
+    // error line and the server's log.
+    let hostile = HostileRegistry::start(400).await;
+    let server = TestServer::start(&standard_config(&hostile.host));
+    let repo = format!("{}/team/app", hostile.host);
+    let mut job = as_user(&server, "alice", &["request", &repo, "--source", "dev"]);
+    job.args(["--env", "staging", "--reason", "try", "--wait"]);
+    let failed = finish(&mut job).code(5);
+    assert!(!raw(&failed.stdout) && !raw(&failed.stderr), "{failed:#?}");
+    assert_eq!(failed.stderr.lines().count(), 1, "{failed:#?}");
+    assert!(
+        failed.stderr.ends_with(&format!(
+            "answered unexpectedly: HTTP 400: {HOSTILE_SHOWN}\n"
+        )),
+        "{failed:#?}"
+    );
+    let id = failed
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("id:"))
+        .expect("an id line")
+        .trim()
+        .to_owned();
+    let got = table(&server, "alice", &["get", &id]).ok();
+    assert_eq!(field(&got, "state"), "FAILED");
+    assert_eq!(field(&got, "digest"), format!("{repo}@{}", hostile.digest));
+    assert!(
+        field(&got, "failure").ends_with(&format!("HTTP 400: {HOSTILE_SHOWN}")),
+        "{got:#?}"
+    );
+    let exact = json(&server, "alice", &["get", &id]).ok().one();
+    assert!(
+        exact["failureMessage"]
+            .as_str()
+            .is_some_and(|m| m.ends_with(HOSTILE)),
+        "{exact}"
+    );
+    // The server's text log: the body is on the line that reports it,
+    // escaped; no line of its own, no escape sequence.
+    let log = server.log();
+    assert!(!raw(&log), "{log}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("tag move failed for good"))
+        .unwrap_or_else(|| panic!("no apply failure in\n{log}"));
+    assert!(line.contains(HOSTILE_SHOWN), "{line}");
+    assert!(!log.lines().any(|l| l.starts_with("INFO forged")), "{log}");
+}
+
+#[tokio::test]
+async fn json_logs_print_addresses_as_addresses() {
+    let registry = support::registry::TestRegistry::start().await;
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let config = format!(
+        "log_format = \"json\"\nmetrics_listen = \"{metrics}\"\n{}",
+        standard_config(&registry.host)
+    );
+    let server = TestServer::start(&config);
+    // Health answers once the server serves, which it logs before.
+    finish(prodgate().args(["health", "--server", &url(&server)])).ok();
+    let lines: Vec<Value> = server
+        .log()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let addr_of = |message: &str| {
+        lines
+            .iter()
+            .find(|l| l["message"] == message)
+            .map(|l| l["addr"].clone())
+            .unwrap_or_else(|| panic!("no {message:?} in {lines:#?}"))
+    };
+    assert_eq!(addr_of("serving"), Value::from(server.addr.as_str()));
+    assert_eq!(
+        addr_of("serving metrics at /metrics"),
+        Value::from(metrics.to_string())
+    );
 }

@@ -3,7 +3,7 @@
 //! that fails, [`explain`]: which setting to change and where it came from.
 
 use super::error::chain;
-use super::{ClientArgs, CliError, Source};
+use super::{CliError, ClientArgs, Source};
 use crate::pb::promotion_service_client::PromotionServiceClient;
 use std::path::Path;
 use std::time::Duration;
@@ -175,10 +175,12 @@ pub async fn explain(e: CliError, g: &ClientArgs) -> CliError {
             humantime::format_duration(g.call_timeout()),
             server_origin(g),
         )),
-        _ if e.is_transport() => Some(match tls_error(e.transport_cause()) {
-            Some(t) => tls_hint(g, t),
-            None => server_hint(g).await,
-        }),
+        _ if e.is_transport() => {
+            match tls_error(e.transport_cause()).and_then(|t| tls_hint(g, t)) {
+                Some(hint) => Some(hint),
+                None => Some(server_hint(g).await),
+            }
+        }
         _ => None,
     };
     match hint {
@@ -235,7 +237,17 @@ async fn server_hint(g: &ClientArgs) -> String {
         Some(Speaks::PlainHttp2) if https => format!(
             "the server at {authority} speaks plain HTTP/2, not TLS: use http://{authority}"
         ),
-        _ => format!(
+        // Up and speaking TLS, yet the call failed: a TLS 1.3 server that
+        // wants a client certificate often just closes the connection.
+        Some(Speaks::Tls) if g.cert.is_none() => format!(
+            "the server at {authority} is up but ended the connection: if it requires a \
+             client certificate (mTLS), pass --cert and --key"
+        ),
+        Some(Speaks::Tls) => REFUSED_CLIENT_CERT.to_owned(),
+        Some(Speaks::PlainHttp2) => {
+            format!("the server at {authority} is up again (it may have restarted): try again")
+        }
+        None => format!(
             "is `prodgate serve` running at {} ({})? Set --server or PRODGATE_SERVER to its URL",
             g.server,
             server_origin(g)
@@ -264,10 +276,11 @@ fn tls_error<'a>(
     None
 }
 
-/// What to change when the TLS handshake failed.
-fn tls_hint(g: &ClientArgs, e: &rustls::Error) -> String {
+/// What to change when the TLS handshake failed on a certificate; other
+/// failures (such as a plain-text answer) are left to [`server_hint`].
+fn tls_hint(g: &ClientArgs, e: &rustls::Error) -> Option<String> {
     use rustls::{AlertDescription as A, CertificateError as C, Error as E};
-    match e {
+    let hint = match e {
         E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => format!(
             "the server's certificate is not issued for the host in {}: use a name it is \
              issued for in --server",
@@ -286,14 +299,16 @@ fn tls_hint(g: &ClientArgs, e: &rustls::Error) -> String {
         E::AlertReceived(A::CertificateRequired) => {
             "the server requires a client certificate: pass --cert and --key".to_owned()
         }
-        E::AlertReceived(A::BadCertificate | A::UnknownCA | A::CertificateUnknown) => {
-            "the server refused the client certificate (--cert): is it issued by the \
-             server's client_ca?"
-                .to_owned()
-        }
-        _ => format!("the TLS handshake with {} failed", g.server),
-    }
+        // TLS 1.3 checks the client's certificate after the client has
+        // finished its part: any alert then is about that certificate.
+        E::AlertReceived(_) if g.cert.is_some() => REFUSED_CLIENT_CERT.to_owned(),
+        _ => return None,
+    };
+    Some(hint)
 }
+
+const REFUSED_CLIENT_CERT: &str = "the server refused the client certificate (--cert): is it \
+                                   issued by the server's client_ca?";
 
 /// What answers at an address, as far as a first reply tells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 
 use super::client::{self, Client};
 use super::output::Printer;
-use super::{ClientArgs, CliError, wait};
+use super::{CliError, ClientArgs, wait};
 use crate::pb;
 use std::time::Instant;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -23,7 +23,11 @@ pub async fn request(
     answer(g, &mut c, p, follow, started).await
 }
 
-pub async fn approve(g: &ClientArgs, req: pb::ApproveRequest, follow: bool) -> Result<(), CliError> {
+pub async fn approve(
+    g: &ClientArgs,
+    req: pb::ApproveRequest,
+    follow: bool,
+) -> Result<(), CliError> {
     let started = Instant::now();
     let mut c = Client::connect(g).await?;
     let p = c.api.approve(c.unary(req)).await?.into_inner();

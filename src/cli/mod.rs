@@ -394,7 +394,11 @@ fn untagged(s: &str, for_request: bool) -> Result<String, String> {
             None => return Ok(s.to_owned()),
         }
     };
-    let what = if reference.contains(':') { "digest" } else { "tag" };
+    let what = if reference.contains(':') {
+        "digest"
+    } else {
+        "tag"
+    };
     Err(if for_request {
         format!(
             "a repository names no {what}: give the repository alone and the {what} as --source \
@@ -488,7 +492,10 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, u8> {
         // clap requires a subcommand; nothing to merge without one.
         return Ok(cli);
     };
-    let Cli { early: top, command } = &mut cli;
+    let Cli {
+        early: top,
+        command,
+    } = &mut cli;
     match command.client_mut() {
         None => {
             if let Some(id) = early.first() {
@@ -690,17 +697,35 @@ mod tests {
 
     fn client(args: &[&str]) -> ClientArgs {
         let mut cli = parsed(args);
-        cli.command.client_mut().cloned().expect("a client subcommand")
+        cli.command
+            .client_mut()
+            .cloned()
+            .expect("a client subcommand")
     }
 
     #[test]
     fn client_options_before_the_subcommand_still_count_and_later_ones_win() {
-        let c = client(&["prodgate", "--server", "http://a:1", "-o", "json", "get", "7"]);
+        let c = client(&[
+            "prodgate",
+            "--server",
+            "http://a:1",
+            "-o",
+            "json",
+            "get",
+            "7",
+        ]);
         assert_eq!(c.server, "http://a:1");
         assert_eq!(c.output, Format::Json);
         assert_eq!(c.origin.server, Source::Flag);
         let c = client(&[
-            "prodgate", "--server", "http://a:1", "--timeout", "2s", "get", "7", "--server",
+            "prodgate",
+            "--server",
+            "http://a:1",
+            "--timeout",
+            "2s",
+            "get",
+            "7",
+            "--server",
             "http://b:2",
         ]);
         assert_eq!(c.server, "http://b:2");
@@ -716,9 +741,18 @@ mod tests {
     #[test]
     fn local_subcommands_take_no_client_options() {
         let code = |args: &[&str]| parse(args.iter().map(OsString::from)).err();
-        assert_eq!(code(&["prodgate", "--server", "http://a:1", "completions", "bash"]), Some(2));
-        assert_eq!(code(&["prodgate", "completions", "bash", "--token", "t"]), Some(2));
-        assert_eq!(code(&["prodgate", "check-config", "f.toml", "-o", "json"]), Some(2));
+        assert_eq!(
+            code(&["prodgate", "--server", "http://a:1", "completions", "bash"]),
+            Some(2)
+        );
+        assert_eq!(
+            code(&["prodgate", "completions", "bash", "--token", "t"]),
+            Some(2)
+        );
+        assert_eq!(
+            code(&["prodgate", "check-config", "f.toml", "-o", "json"]),
+            Some(2)
+        );
         for sub in ["serve", "check-config", "completions"] {
             let help = command()
                 .find_subcommand_mut(sub)
@@ -735,15 +769,27 @@ mod tests {
             .find_subcommand_mut("list")
             .map(|c| c.render_long_help().to_string())
             .unwrap_or_default();
-        for flag in ["--server", "--token", "-o, --output", "--timeout", "PRODGATE_SERVER"] {
+        for flag in [
+            "--server",
+            "--token",
+            "-o, --output",
+            "--timeout",
+            "PRODGATE_SERVER",
+        ] {
             assert!(list.contains(flag), "{flag} in\n{list}");
         }
     }
 
     #[test]
     fn a_tag_or_digest_on_the_repository_names_the_flag_it_belongs_to() {
-        assert_eq!(untagged("127.0.0.1:5000/team/app", true), Ok("127.0.0.1:5000/team/app".into()));
-        assert_eq!(untagged("127.0.0.1:5000", true), Ok("127.0.0.1:5000".into()));
+        assert_eq!(
+            untagged("127.0.0.1:5000/team/app", true),
+            Ok("127.0.0.1:5000/team/app".into())
+        );
+        assert_eq!(
+            untagged("127.0.0.1:5000", true),
+            Ok("127.0.0.1:5000".into())
+        );
         let tag = untagged("r.example:5000/team/app:staging", true).unwrap_err();
         assert!(
             tag.contains("prodgate request r.example:5000/team/app --source staging"),
@@ -756,7 +802,15 @@ mod tests {
         let code = |args: &[&str]| parse(args.iter().map(OsString::from)).err();
         // Even without --source, the hint comes before "missing --source".
         assert_eq!(
-            code(&["prodgate", "request", "r/team/app:staging", "--env", "e", "--reason", "x"]),
+            code(&[
+                "prodgate",
+                "request",
+                "r/team/app:staging",
+                "--env",
+                "e",
+                "--reason",
+                "x"
+            ]),
             Some(1)
         );
     }

@@ -258,11 +258,7 @@ fn apply_error(p: &pb::Promotion) -> Option<String> {
 /// `promotion 7: PROMOTED (approvals 1/1)`: one line per change under
 /// --wait, the last one with the final state and what it means.
 pub fn progress(p: &pb::Promotion) -> String {
-    let mut line = format!(
-        "promotion {}: {}",
-        clean(&p.id),
-        state_label(p.state),
-    );
+    let mut line = format!("promotion {}: {}", clean(&p.id), state_label(p.state),);
     if !p.superseded_by.is_empty() {
         line.push_str(&format!(" by promotion {}", clean(&p.superseded_by)));
     }
@@ -361,7 +357,10 @@ mod tests {
         );
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3);
-        assert!(lines[0].starts_with("ID  STATE             REPOSITORY       ENV"), "{text}");
+        assert!(
+            lines[0].starts_with("ID  STATE             REPOSITORY       ENV"),
+            "{text}"
+        );
         assert!(
             lines[1].starts_with("7   PENDING_APPROVAL  r/app"),
             "{text}"
@@ -422,14 +421,20 @@ mod tests {
     fn digests_are_references_and_expiry_shows_only_while_pending() {
         let now = UNIX_EPOCH + Duration::from_secs(1_795_703_520 + 180);
         let pending = promotion(&sample(pb::PromotionState::PendingApproval), now);
-        let digest = format!("digest:          r.example/team/app@sha256:{}\n", "a".repeat(64));
+        let digest = format!(
+            "digest:          r.example/team/app@sha256:{}\n",
+            "a".repeat(64)
+        );
         assert!(pending.contains(&digest), "{pending}");
         let previous = format!(
             "previous digest: r.example/team/app@sha256:{}\n",
             "b".repeat(64)
         );
         assert!(pending.contains(&previous), "{pending}");
-        assert!(pending.contains("expires:         2026-11-26T15:32:00Z (in 57m)\n"), "{pending}");
+        assert!(
+            pending.contains("expires:         2026-11-26T15:32:00Z (in 57m)\n"),
+            "{pending}"
+        );
         for ended in [
             pb::PromotionState::Promoted,
             pb::PromotionState::Rejected,
@@ -467,7 +472,11 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(progress(&p).contains(": tag move failed: registry r"), "{}", progress(&p));
+        assert!(
+            progress(&p).contains(": tag move failed: registry r"),
+            "{}",
+            progress(&p)
+        );
         // Once the tag moved, a stale error is not shown.
         p.state = pb::PromotionState::Promoted as i32;
         assert!(!promotion(&p, now).contains("apply error"));

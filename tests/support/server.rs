@@ -148,7 +148,7 @@ impl TestServer {
         data_dir: PathBuf,
         env: Vec<(String, std::ffi::OsString)>,
     ) -> TestServer {
-        let (child, addr, log_copier) = spawn_child(dir.path(), &data_dir, &env);
+        let (child, addr, log_copier) = spawn_child(dir.path(), &data_dir, &env, "127.0.0.1:0");
         TestServer {
             addr,
             child,
@@ -189,7 +189,21 @@ impl TestServer {
     pub fn kill_and_restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.reap();
-        let (child, addr, log_copier) = spawn_child(self.dir.path(), &self.data_dir, &self.env);
+        let (child, addr, log_copier) =
+            spawn_child(self.dir.path(), &self.data_dir, &self.env, "127.0.0.1:0");
+        self.child = child;
+        self.addr = addr;
+        self.log_copier = Some(log_copier);
+    }
+
+    /// Like [`TestServer::kill_and_restart`], on the same address, so that
+    /// clients holding the URL find the new process: a server restart as
+    /// its clients see it.
+    pub fn kill_and_restart_in_place(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.reap();
+        let (child, addr, log_copier) =
+            spawn_child(self.dir.path(), &self.data_dir, &self.env, &self.addr);
         self.child = child;
         self.addr = addr;
         self.log_copier = Some(log_copier);
@@ -232,19 +246,21 @@ impl TestServer {
     }
 }
 
-/// Runs `prodgate serve` in `dir` and returns once it is listening: its
-/// address, and the thread that copies the rest of its log to `server.log`.
+/// Runs `prodgate serve` in `dir` on `listen` and returns once it is
+/// listening: its address, and the thread that copies the rest of its log to
+/// `server.log`.
 fn spawn_child(
     dir: &Path,
     data_dir: &Path,
     env: &[(String, std::ffi::OsString)],
+    listen: &str,
 ) -> (Child, String, JoinHandle<()>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_prodgate"))
         .arg("serve")
         .arg("--config")
         .arg(dir.join("prodgate.toml"))
         .arg("--listen")
-        .arg("127.0.0.1:0")
+        .arg(listen)
         .arg("--data-dir")
         .arg(data_dir)
         .env("RUST_LOG", "prodgate=debug,info")
