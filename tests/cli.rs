@@ -1321,3 +1321,75 @@ async fn json_logs_print_addresses_as_addresses() {
         Value::from(metrics.to_string())
     );
 }
+
+#[tokio::test]
+#[ignore = "needs the server side of ListPromotionsRequest.newest_first/awaiting_me and HistoryRequest.newest_first (lead, issue 9)"]
+async fn list_mine_and_newest_first() {
+    let w = World::start().await;
+    w.registry
+        .push_image("app", Some("staging"), 1024, 10)
+        .await;
+    let repo = w.repo("app");
+    let s = &w.server;
+    let p1 = id_of(
+        &json(s, "alice", &request_args(&repo, "production"))
+            .ok()
+            .one(),
+    );
+    let p2 = id_of(&json(s, "alice", &request_args(&repo, "prod2")).ok().one());
+    // prod2 needs two approvals: bob's leaves it pending, and off his list.
+    json(s, "bob", &["approve", &p2]).ok();
+    let p3 = id_of(&json(s, "rita", &request_args(&repo, "selfok")).ok().one());
+
+    let ids = |who: &str, args: &[&str]| -> Vec<String> {
+        json(s, who, args).ok().lines().iter().map(id_of).collect()
+    };
+    assert_eq!(ids("bob", &["list", "--mine"]), [p1.as_str(), p3.as_str()]);
+    // selfok lets rita approve her own request.
+    assert_eq!(
+        ids("rita", &["list", "--mine"]),
+        [p1.as_str(), p2.as_str(), p3.as_str()]
+    );
+    // carol approves production and prod2 but is no release manager.
+    assert_eq!(
+        ids("carol", &["list", "--mine"]),
+        [p1.as_str(), p2.as_str()]
+    );
+    assert!(ids("alice", &["list", "--mine"]).is_empty());
+    let mine = table(s, "bob", &["list", "--mine"]).ok();
+    assert_eq!(mine.stdout.lines().count(), 3, "{mine:#?}");
+
+    assert_eq!(
+        ids("alice", &["list", "--newest-first"]),
+        [p3.as_str(), p2.as_str(), p1.as_str()]
+    );
+    assert_eq!(
+        ids("alice", &["list", "--newest-first", "--limit", "2"]),
+        [p3.as_str(), p2.as_str()]
+    );
+    assert_eq!(
+        ids("alice", &["list", "--limit", "2"]),
+        [p1.as_str(), p2.as_str()]
+    );
+
+    let sequences = |args: &[&str]| -> Vec<String> {
+        json(s, "alice", args)
+            .ok()
+            .lines()
+            .iter()
+            .map(|e| e["sequence"].as_str().unwrap_or("?").to_owned())
+            .collect()
+    };
+    assert_eq!(sequences(&["history"]), ["1", "2", "3", "4"]);
+    assert_eq!(
+        sequences(&["history", "--newest-first"]),
+        ["4", "3", "2", "1"]
+    );
+    assert_eq!(
+        sequences(&["history", "--newest-first", "--limit", "1"]),
+        ["4"]
+    );
+    let newest = table(s, "alice", &["history", "--newest-first"]).ok();
+    let first_row = newest.stdout.lines().nth(1).unwrap_or_default();
+    assert!(first_row.starts_with("4 "), "{newest:#?}");
+}

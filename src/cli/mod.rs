@@ -2,8 +2,9 @@
 //! function per subcommand, and the exit-code contract.
 //!
 //! `serve`, `check-config`, `verify-log --data-dir` and `completions` work
-//! locally; every other subcommand is a gRPC client of a running server
-//! (`--server`, `--token`, TLS flags; see [`client`]).
+//! locally; every other subcommand is a gRPC client of a running server and
+//! takes the [`ClientArgs`] (`--server`, `--token`, TLS flags, `-o`,
+//! `--timeout`; see [`client`]).
 //!
 //! # Exit codes
 //!
@@ -16,7 +17,8 @@
 //! | 2 | usage error (unknown subcommand or flag, missing argument) |
 //! | 3 | refused by the server: any gRPC status it answered except `UNAVAILABLE` and `DEADLINE_EXCEEDED` |
 //! | 4 | server unreachable or unavailable: connection refused, TLS failure, a connection closed or reset mid-call (whatever status tonic labels it with, e.g. `UNKNOWN`), `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `health` not `SERVING` |
-//! | 5 | `--wait` ended in a terminal state other than `PROMOTED` (`FAILED`, `REJECTED`, `CANCELLED`, `EXPIRED`) |
+//! | 5 | `--wait` ended in a terminal state other than `PROMOTED` (`FAILED`, `REJECTED`, `CANCELLED`, `EXPIRED`, `SUPERSEDED`) |
+//! | 6 | `--wait` gave up after `--timeout`; the promotion was still in progress and goes on on the server |
 
 pub mod client;
 pub mod commands;
