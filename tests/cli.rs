@@ -1393,3 +1393,47 @@ async fn list_mine_and_newest_first() {
     let first_row = newest.stdout.lines().nth(1).unwrap_or_default();
     assert!(first_row.starts_with("4 "), "{newest:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+#[ignore = "needs the server to fill Promotion.last_apply_error/apply_attempts (lead, issue 9)"]
+async fn an_approved_promotion_shows_why_its_tag_has_not_moved() {
+    let hostile = HostileRegistry::start(503).await;
+    let server = TestServer::start(&standard_config(&hostile.host));
+    let repo = format!("{}/team/app", hostile.host);
+    // staging needs no approval: APPROVED at once, then the registry fails
+    // every push with a 503 whose body is hostile.
+    let mut args = vec!["request", repo.as_str(), "--source", "dev"];
+    args.extend(["--env", "staging", "--reason", "try"]);
+    let id = id_of(&json(&server, "alice", &args).ok().one());
+    let started = std::time::Instant::now();
+    let got = loop {
+        let got = table(&server, "alice", &["get", &id]).ok();
+        if got.stdout.contains("apply error:") {
+            break got;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "no apply error shown: {got:#?}\n{}",
+            server.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(field(&got, "state"), "APPROVED");
+    let shown = field(&got, "apply error");
+    assert!(
+        shown.contains(&format!("HTTP 503: {HOSTILE_SHOWN} (attempt ")),
+        "{got:#?}"
+    );
+    assert!(shown.ends_with("; retrying)"), "{got:#?}");
+    let exact = json(&server, "alice", &["get", &id]).ok().one();
+    assert!(
+        exact["lastApplyError"]
+            .as_str()
+            .is_some_and(|e| e.ends_with(HOSTILE)),
+        "{exact}"
+    );
+    assert!(
+        exact["applyAttempts"].as_u64().is_some_and(|n| n >= 1),
+        "{exact}"
+    );
+}
