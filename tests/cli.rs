@@ -1315,7 +1315,7 @@ async fn json_logs_print_addresses_as_addresses() {
             .map(|l| l["addr"].clone())
             .unwrap_or_else(|| panic!("no {message:?} in {lines:#?}"))
     };
-    assert_eq!(addr_of("serving"), Value::from(server.addr.as_str()));
+    assert_eq!(addr_of("listening"), Value::from(server.addr.as_str()));
     assert_eq!(
         addr_of("serving metrics at /metrics"),
         Value::from(metrics.to_string())
@@ -1323,7 +1323,6 @@ async fn json_logs_print_addresses_as_addresses() {
 }
 
 #[tokio::test]
-#[ignore = "needs the server side of ListPromotionsRequest.newest_first/awaiting_me and HistoryRequest.newest_first (lead, issue 9)"]
 async fn list_mine_and_newest_first() {
     let w = World::start().await;
     w.registry
@@ -1395,7 +1394,6 @@ async fn list_mine_and_newest_first() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-#[ignore = "needs the server to fill Promotion.last_apply_error/apply_attempts (lead, issue 9)"]
 async fn an_approved_promotion_shows_why_its_tag_has_not_moved() {
     let hostile = HostileRegistry::start(503).await;
     let server = TestServer::start(&standard_config(&hostile.host));
@@ -1436,4 +1434,62 @@ async fn an_approved_promotion_shows_why_its_tag_has_not_moved() {
         exact["applyAttempts"].as_u64().is_some_and(|n| n >= 1),
         "{exact}"
     );
+}
+
+#[tokio::test]
+async fn a_superseded_promotion_says_by_which() {
+    let w = World::start().await;
+    let digest = w
+        .registry
+        .push_image("app", Some("staging"), 1024, 11)
+        .await;
+    let repo = w.repo("app");
+    let s = &w.server;
+
+    // A CI job waits on the older request; a newer one is approved first.
+    let mut job = Waiter::start({
+        let mut c = as_user(s, "alice", &request_args(&repo, "production"));
+        c.arg("--wait");
+        c
+    });
+    let mut seen = String::new();
+    let older = loop {
+        let line = job.line();
+        seen.push_str(&line);
+        if let Some(id) = line.strip_prefix("id:") {
+            break id.trim().to_owned();
+        }
+    };
+    let newer = id_of(
+        &json(s, "alice", &request_args(&repo, "production"))
+            .ok()
+            .one(),
+    );
+    let approved = table(s, "bob", &["approve", &newer]).ok();
+    assert_eq!(field(&approved, "state"), "PROMOTED");
+
+    let out = job.finish(seen).code(5);
+    assert!(
+        out.stdout.contains(&format!(
+            "promotion {older}: SUPERSEDED by promotion {newer} (approvals 0/1)\n"
+        )),
+        "{out:#?}"
+    );
+    assert_eq!(
+        out.stderr,
+        format!(
+            "prodgate: promotion {older} ended SUPERSEDED by promotion {newer}, not PROMOTED\n"
+        )
+    );
+    let got = table(s, "carol", &["get", &older]).ok();
+    assert_eq!(field(&got, "state"), "SUPERSEDED");
+    assert_eq!(field(&got, "superseded by"), newer);
+    assert_eq!(field(&got, "digest"), format!("{repo}@{digest}"));
+    // It can no longer expire, so no expiry is shown.
+    assert!(!got.stdout.contains("expires"), "{got:#?}");
+    let promoted = table(s, "carol", &["get", &newer]).ok();
+    assert!(!promoted.stdout.contains("expires"), "{promoted:#?}");
+    let exact = json(s, "carol", &["get", &older]).ok().one();
+    assert_eq!(exact["state"], "PROMOTION_STATE_SUPERSEDED");
+    assert_eq!(exact["supersededBy"], newer.as_str());
 }
