@@ -28,7 +28,7 @@ pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.
 pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// Without the index media types the registry answers 404 for an index.
-const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
      application/vnd.oci.image.index.v1+json, \
      application/vnd.docker.distribution.manifest.v2+json, \
      application/vnd.docker.distribution.manifest.list.v2+json";
@@ -185,7 +185,15 @@ impl TestRegistry {
 
     /// Monolithic blob upload; returns `sha256:<hex>`.
     pub async fn push_blob(&self, repo: &str, data: &[u8]) -> String {
-        let digest = sha256_digest(data);
+        self.upload_blob(repo, data.to_vec()).await
+    }
+
+    /// [`TestRegistry::push_blob`] of a buffer it may keep: the benchmarks push layers of up to
+    /// 1 GiB, which should not be copied, and whose PUT may take much longer than
+    /// [`REQUEST_TIMEOUT`] on a busy machine (it gets a second more per MiB).
+    async fn upload_blob(&self, repo: &str, data: Vec<u8>) -> String {
+        let digest = sha256_digest(&data);
+        let timeout = REQUEST_TIMEOUT + Duration::from_secs((data.len() >> 20) as u64);
         let start = self.url(&format!("/v2/{repo}/blobs/uploads/"));
         let resp = self
             .http
@@ -202,8 +210,9 @@ impl TestRegistry {
         let resp = self
             .http
             .put(put.clone())
+            .timeout(timeout)
             .header(CONTENT_TYPE, "application/octet-stream")
-            .body(data.to_vec())
+            .body(data)
             .send()
             .await
             .expect("PUT a blob");
@@ -228,7 +237,8 @@ impl TestRegistry {
     ) -> String {
         let mut layer = vec![0; layer_bytes];
         StdRng::seed_from_u64(seed).fill_bytes(&mut layer);
-        let layer_digest = self.push_blob(repo, &layer).await;
+        let layer_len = layer.len();
+        let layer_digest = self.upload_blob(repo, layer).await;
         let config = serde_json::to_vec(&json!({
             "architecture": "amd64",
             "os": "linux",
@@ -242,7 +252,7 @@ impl TestRegistry {
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
             "config": { "mediaType": OCI_CONFIG, "digest": config_digest, "size": config.len() },
-            "layers": [{ "mediaType": OCI_LAYER, "digest": layer_digest, "size": layer.len() }],
+            "layers": [{ "mediaType": OCI_LAYER, "digest": layer_digest, "size": layer_len }],
         }))
         .expect("serialize the image manifest");
         self.push_manifest(repo, tag, OCI_MANIFEST, &manifest).await
@@ -417,7 +427,7 @@ fn http_client(auth: Option<(&str, &str)>) -> Client {
 }
 
 /// A port that was free a moment ago; the registry may still lose it to someone else.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("bind an ephemeral loopback port")

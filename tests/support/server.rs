@@ -35,10 +35,8 @@ pub fn token(name: &str) -> String {
 /// approvals), `shortlived` (expires after a second) and `selfok` (self
 /// approval allowed).
 pub fn standard_config(registry_host: &str) -> String {
-    let mut s = format!(
-        "registry_timeout = \"3s\"\nexpiry_sweep_interval = \"200ms\"\n\
-         [[registry]]\nhost = \"{registry_host}\"\ninsecure = true\n"
-    );
+    let mut s = "registry_timeout = \"3s\"\nexpiry_sweep_interval = \"200ms\"\n".to_owned();
+    s.push_str(&registry_toml(registry_host));
     s.push_str(&principals_toml());
     s.push_str(
         r#"
@@ -77,6 +75,11 @@ allow_self_approval = true
 "#,
     );
     s
+}
+
+/// A `[[registry]]` section for the plain-HTTP registry at `host`.
+pub fn registry_toml(host: &str) -> String {
+    format!("[[registry]]\nhost = \"{host}\"\ninsecure = true\n")
 }
 
 /// `[[principal]]` sections for [`PRINCIPALS`], each with its test token.
@@ -230,14 +233,11 @@ impl TestServer {
 
     /// A client authenticated as `name` (see [`token`]).
     pub async fn client(&self, name: &str) -> Client {
-        self.client_with_token(&token(name)).await
+        client_on(&self.channel().await, name)
     }
 
     pub async fn client_with_token(&self, token: &str) -> Client {
-        PromotionServiceClient::with_interceptor(
-            self.channel().await,
-            Bearer(Some(format!("Bearer {token}"))),
-        )
+        PromotionServiceClient::with_interceptor(self.channel().await, Bearer::token(token))
     }
 
     /// A client that sends no credentials.
@@ -329,6 +329,12 @@ impl Drop for TestServer {
 }
 
 pub type Client = PromotionServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// A client authenticated as `name` (see [`token`]) on an existing connection, so that several
+/// clients can share one HTTP/2 connection (the benchmarks' load generators do).
+pub fn client_on(channel: &Channel, name: &str) -> Client {
+    PromotionServiceClient::with_interceptor(channel.clone(), Bearer::token(&token(name)))
+}
 
 /// Adds `authorization` metadata to every call.
 #[derive(Clone)]

@@ -1,0 +1,416 @@
+//! The writes scenario: durable write throughput and latency at 1..256
+//! concurrent clients, next to the disk's raw fsync rate, an empty RPC and
+//! the registry GET every RequestPromotion makes, with the group-commit
+//! factor from prodgate's `/metrics`.
+
+use crate::load::{
+    Caller, ClientResult, Load, Percentiles, channels, closed_loop, micros_since, percentiles,
+};
+use crate::report::{Report, loadavg, print_table, proc_status_kb, r2};
+use crate::setup::{config, http_client, start_server};
+use crate::support::registry::{MANIFEST_ACCEPT, TestRegistry, free_port};
+use crate::support::server::{Client, client_on};
+use prodgate::pb::{RejectRequest, RequestPromotionRequest};
+use reqwest::header::ACCEPT;
+use serde_json::json;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+/// Appends 4 KiB and fsyncs, for `dur`: the disk's durable-write ceiling.
+fn raw_fsync_rate(dir: &Path, dur: Duration) -> (f64, Percentiles) {
+    let path = dir.join("bench-fsync.tmp");
+    let mut f = std::fs::File::create(&path).expect("create the fsync probe file");
+    let block = [0x5au8; 4096];
+    let mut lat = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < dur && lat.len() < 1_000_000 {
+        let t = Instant::now();
+        f.write_all(&block).expect("write");
+        f.sync_all().expect("fsync");
+        lat.push(micros_since(t));
+    }
+    let rate = lat.len() as f64 / start.elapsed().as_secs_f64();
+    drop(f);
+    let _ = std::fs::remove_file(&path);
+    (rate, percentiles(lat))
+}
+
+/// A RequestPromotion → Reject cycle: two durable writes.
+struct WriteCycle {
+    alice: Client,
+    bob: Client,
+    repo: String,
+    digest: String,
+}
+
+impl Caller for WriteCycle {
+    async fn call(&mut self, r: &mut ClientResult) {
+        let t = Instant::now();
+        let p = self
+            .alice
+            .request_promotion(RequestPromotionRequest {
+                repository: self.repo.clone(),
+                source: self.digest.clone(),
+                environment: "production".into(),
+                reason: "bench write".into(),
+                request_id: String::new(),
+            })
+            .await;
+        let p = match p {
+            Ok(p) => {
+                r.request.push(micros_since(t));
+                p.into_inner()
+            }
+            Err(e) => return r.error(e),
+        };
+        let t = Instant::now();
+        match self
+            .bob
+            .reject(RejectRequest {
+                promotion_id: p.id,
+                comment: "bench".into(),
+            })
+            .await
+        {
+            Ok(_) => r.reject.push(micros_since(t)),
+            Err(e) => r.error(e),
+        }
+    }
+}
+
+/// RequestPromotion → Reject cycles by `clients` clients until `dur` passes.
+async fn write_load(
+    chans: &[Channel],
+    clients: usize,
+    repo: &str,
+    digest: &str,
+    dur: Duration,
+) -> Load {
+    let callers = (0..clients)
+        .map(|i| {
+            let ch = &chans[i % chans.len()];
+            WriteCycle {
+                alice: client_on(ch, "alice"),
+                bob: client_on(ch, "bob"),
+                repo: repo.to_owned(),
+                digest: digest.to_owned(),
+            }
+        })
+        .collect();
+    let (all, start) = closed_loop(callers, dur, "write").await;
+    Load {
+        p50_request: percentiles(all.request.clone()).p50,
+        p50_reject: percentiles(all.reject.clone()).p50,
+        ..Load::new(all, start)
+    }
+}
+
+/// A GET of one manifest by digest, straight at the registry.
+struct ManifestGet {
+    http: reqwest::Client,
+    url: String,
+}
+
+impl Caller for ManifestGet {
+    async fn call(&mut self, r: &mut ClientResult) {
+        let t = Instant::now();
+        let got = match self
+            .http
+            .get(&self.url)
+            .header(ACCEPT, MANIFEST_ACCEPT)
+            .send()
+            .await
+        {
+            Ok(resp) if resp.status().is_success() => {
+                resp.bytes().await.map(|_| ()).map_err(|e| e.to_string())
+            }
+            Ok(resp) => Err(resp.status().to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match got {
+            Ok(()) => r.request.push(micros_since(t)),
+            Err(e) => r.error(e),
+        }
+    }
+}
+
+/// GET of one manifest by digest, straight at the registry, by `clients`
+/// clients until `dur` passes: the registry call every RequestPromotion makes.
+async fn registry_load(url: &str, clients: usize, dur: Duration) -> Load {
+    let http = http_client();
+    let callers = (0..clients)
+        .map(|_| ManifestGet {
+            http: http.clone(),
+            url: url.to_owned(),
+        })
+        .collect();
+    let (all, start) = closed_loop(callers, dur, "registry").await;
+    Load::new(all, start)
+}
+
+/// grpc.health.v1 Health/Check: an RPC that does nothing.
+struct HealthCheck(HealthClient<Channel>);
+
+impl Caller for HealthCheck {
+    async fn call(&mut self, r: &mut ClientResult) {
+        let t = Instant::now();
+        match self
+            .0
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+        {
+            Ok(_) => r.request.push(micros_since(t)),
+            Err(e) => r.error(e),
+        }
+    }
+}
+
+/// grpc.health.v1 Health/Check by `clients` clients until `dur` passes.
+async fn health_load(chans: &[Channel], clients: usize, dur: Duration) -> Load {
+    let callers = (0..clients)
+        .map(|i| HealthCheck(HealthClient::new(chans[i % chans.len()].clone())))
+        .collect();
+    let (all, start) = closed_loop(callers, dur, "health").await;
+    Load::new(all, start)
+}
+
+async fn scrape_store_counters(http: &reqwest::Client, port: u16) -> (u64, u64) {
+    let text = http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("read /metrics");
+    let get = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|r| r.trim().parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    };
+    (
+        get("prodgate_store_commits_total "),
+        get("prodgate_store_flushes_total "),
+    )
+}
+
+pub async fn run(smoke: bool, registry: &TestRegistry, report: &mut Report) {
+    let load_before = loadavg();
+    let metrics_port = free_port();
+    let server = start_server(&config(&registry.host, Some(metrics_port)), None);
+    let http = http_client();
+    let digest = registry
+        .push_image("bench/writes", Some("staging"), 4096, 7)
+        .await;
+    let repo = format!("{}/bench/writes", registry.host);
+    let manifest_url = format!(
+        "http://{}/v2/bench/writes/manifests/{digest}",
+        registry.host
+    );
+    let dur = Duration::from_secs(if smoke { 1 } else { 5 });
+    // `PRODGATE_BENCH_WRITE_CLIENTS=64` runs only the listed levels, e.g. to
+    // attach `perf` to one of them.
+    let levels: Vec<usize> = match std::env::var("PRODGATE_BENCH_WRITE_CLIENTS") {
+        Ok(list) => list
+            .split(',')
+            .map(|c| {
+                c.trim()
+                    .parse()
+                    .expect("PRODGATE_BENCH_WRITE_CLIENTS: numbers")
+            })
+            .collect(),
+        Err(_) if smoke => vec![1, 4],
+        Err(_) => vec![1, 16, 64, 256],
+    };
+
+    let probe_dir = server.dir().to_owned();
+    let fsync_dur = Duration::from_millis(if smoke { 500 } else { 2000 });
+    let probe = |dir: PathBuf| async move {
+        tokio::task::spawn_blocking(move || raw_fsync_rate(&dir, fsync_dur))
+            .await
+            .expect("fsync probe")
+    };
+    let fsync_before = probe(probe_dir.clone()).await;
+
+    let mut levels_done = Vec::new();
+    for &c in &levels {
+        let chans = channels(&server, c).await;
+        let (commits0, flushes0) = scrape_store_counters(&http, metrics_port).await;
+        let w = write_load(&chans, c, &repo, &digest, dur).await;
+        let (commits1, flushes1) = scrape_store_counters(&http, metrics_port).await;
+        let h = health_load(&chans, c, dur).await;
+        let g = registry_load(&manifest_url, c, dur).await;
+        for (what, l) in [("writes", &w), ("health", &h), ("registry GET", &g)] {
+            if let Some(e) = &l.first_error {
+                eprintln!(
+                    "writes: {c} clients, {what}: {} errors, first: {e}",
+                    l.errors
+                );
+            }
+        }
+        report.require(format!("writes ops/s at {c}"), w.rate());
+        report.require(format!("health ops/s at {c}"), h.rate());
+        report.require(format!("registry GET/s at {c}"), g.rate());
+        levels_done.push((
+            c,
+            chans.len(),
+            w,
+            h,
+            g,
+            commits1 - commits0,
+            flushes1 - flushes0,
+        ));
+    }
+    // The disk is shared with whatever else runs: probe it again, and judge
+    // against the faster of the two probes (the stricter reference).
+    let fsync_after = probe(probe_dir).await;
+    let fsync_rate = fsync_before.0.max(fsync_after.0);
+    report.require("raw fsync rate", fsync_rate);
+    print_table(
+        "writes: the disk (4 KiB append + fsync loop in the data dir's filesystem)",
+        &["probe", "fsyncs/s", "p50 ms", "p99 ms"],
+        &[("before", &fsync_before), ("after", &fsync_after)]
+            .iter()
+            .map(|(when, (rate, lat))| {
+                vec![
+                    (*when).to_owned(),
+                    format!("{rate:.0}"),
+                    format!("{:.2}", lat.p50),
+                    format!("{:.2}", lat.p99),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+
+    let mut rows = Vec::new();
+    let mut json_levels = Vec::new();
+    let mut at64: Option<(f64, f64)> = None;
+    for (c, conns, w, h, g, commits, flushes) in &levels_done {
+        let per_flush = *commits as f64 / (*flushes).max(1) as f64;
+        let flush_rate = *flushes as f64 / w.secs;
+        if *c == 64 {
+            at64 = Some((w.rate(), w.all.p99));
+        }
+        rows.push(vec![
+            c.to_string(),
+            conns.to_string(),
+            format!("{:.0}", w.rate()),
+            format!("{:.2}", w.all.p50),
+            format!("{:.2}", w.all.p99),
+            format!("{:.2}", w.all.p999),
+            format!("{:.2}/{:.2}", w.p50_request, w.p50_reject),
+            w.errors.to_string(),
+            format!("{:.1}", per_flush),
+            format!("{flush_rate:.0}"),
+            format!("{:.2}", w.rate() / fsync_rate),
+            format!("{:.0}", h.rate()),
+            format!("{:.2}", h.all.p50),
+            format!("{:.2}", h.all.p99),
+            format!("{:.3}", w.rate() / h.rate()),
+            format!("{:.0}", g.rate()),
+            format!("{:.2}", g.all.p50),
+        ]);
+        json_levels.push(json!({
+            "clients": c,
+            "connections": conns,
+            "writes": {
+                "ops": w.ops, "errors": w.errors, "seconds": r2(w.secs),
+                "ops_per_s": r2(w.rate()),
+                "p50_ms": w.all.p50, "p99_ms": w.all.p99, "p999_ms": w.all.p999, "max_ms": w.all.max,
+                "p50_request_ms": w.p50_request, "p50_reject_ms": w.p50_reject,
+                "first_error": w.first_error,
+            },
+            "store": {
+                "commits": commits, "flushes": flushes,
+                "commits_per_flush": r2(per_flush),
+                "flushes_per_s": r2(flush_rate),
+            },
+            "writes_vs_raw_fsync": w.rate() / fsync_rate,
+            "health": {
+                "ops": h.ops, "errors": h.errors, "ops_per_s": r2(h.rate()),
+                "p50_ms": h.all.p50, "p99_ms": h.all.p99, "p999_ms": h.all.p999,
+            },
+            "writes_vs_empty_rpc": w.rate() / h.rate(),
+            "registry_manifest_get": {
+                "ops": g.ops, "errors": g.errors, "ops_per_s": r2(g.rate()),
+                "p50_ms": g.all.p50, "p99_ms": g.all.p99,
+            },
+        }));
+    }
+    let rss_kb = proc_status_kb(server.pid(), "VmHWM:");
+    print_table(
+        &format!(
+            "writes: RequestPromotion -> Reject cycles, every RPC one durable write ({}s per level; server peak RSS {} MiB)",
+            dur.as_secs(),
+            rss_kb / 1024
+        ),
+        &[
+            "clients",
+            "conns",
+            "writes/s",
+            "p50 ms",
+            "p99 ms",
+            "p999 ms",
+            "p50 req/rej",
+            "errors",
+            "writes/fsync",
+            "fsyncs/s",
+            "x raw fsync",
+            "empty RPC/s",
+            "p50 ms",
+            "p99 ms",
+            "writes/empty",
+            "reg GET/s",
+            "p50 ms",
+        ],
+        &rows,
+    );
+    if let Some((rate, p99)) = at64 {
+        report.target(
+            "writes",
+            "writes/s at 64 clients vs raw fsync",
+            ">= 10x",
+            format!("{:.1}x ({rate:.0} vs {fsync_rate:.0}/s)", rate / fsync_rate),
+            rate >= 10.0 * fsync_rate,
+        );
+        report.target(
+            "writes",
+            "writes/s at 64 clients",
+            ">= 5000/s",
+            format!("{rate:.0}/s"),
+            rate >= 5000.0,
+        );
+        report.target(
+            "writes",
+            "p99 at 64 clients",
+            "<= 25 ms",
+            format!("{p99:.2} ms"),
+            p99 <= 25.0,
+        );
+        report.print_targets("writes");
+    } else {
+        println!("  (targets are judged at 64 clients, which smoke mode does not run)");
+    }
+    report.sections.insert(
+        "writes".into(),
+        json!({
+            "seconds_per_level": dur.as_secs(),
+            "raw_fsync": {
+                "reference_per_s": r2(fsync_rate),
+                "before": { "per_s": r2(fsync_before.0), "p50_ms": fsync_before.1.p50, "p99_ms": fsync_before.1.p99 },
+                "after": { "per_s": r2(fsync_after.0), "p50_ms": fsync_after.1.p50, "p99_ms": fsync_after.1.p99 },
+            },
+            "levels": json_levels,
+            "server_peak_rss_kib": rss_kb,
+            "loadavg_before": load_before,
+            "loadavg_after": loadavg(),
+        }),
+    );
+}
