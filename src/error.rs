@@ -3,7 +3,7 @@
 
 use crate::domain::machine::DomainError;
 use crate::registry::RegistryError;
-use crate::store::StoreError;
+pub use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

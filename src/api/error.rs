@@ -2,9 +2,8 @@
 //! purpose: a new variant must be placed here, not fall into INTERNAL.
 
 use crate::domain::machine::DomainError;
-use crate::error::Error;
+use crate::error::{Error, StoreError};
 use crate::registry::RegistryError;
-use crate::store::StoreError;
 use tonic::Status;
 
 impl From<Error> for Status {

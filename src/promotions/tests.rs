@@ -256,6 +256,36 @@ async fn pending_promotions_expire_when_the_clock_passes_the_ttl() {
 }
 
 #[tokio::test]
+async fn the_sweep_records_every_overdue_promotion_once() {
+    let w = world();
+    let d = w.registry.push("v1", "one");
+    let first = w.request(&d).await;
+    w.clock.advance(Duration::from_secs(30));
+    let second = w.request(&d).await;
+    assert_eq!(w.promotions.sweep_expired().await.unwrap(), 0);
+    w.clock.advance(Duration::from_secs(30));
+    assert_eq!(w.promotions.sweep_expired().await.unwrap(), 1);
+    assert_eq!(
+        w.store.get(first.id).await.unwrap().unwrap().state,
+        State::Expired
+    );
+    assert_eq!(
+        w.store.get(second.id).await.unwrap().unwrap().state,
+        State::PendingApproval
+    );
+    assert_eq!(w.promotions.sweep_expired().await.unwrap(), 0);
+    w.clock.advance(Duration::from_secs(30));
+    assert_eq!(w.promotions.sweep_expired().await.unwrap(), 1);
+    assert_eq!(
+        w.actions(second.id).await,
+        vec![
+            crate::domain::model::Action::Requested,
+            crate::domain::model::Action::Expired
+        ]
+    );
+}
+
+#[tokio::test]
 async fn a_stale_approval_cannot_move_the_tag_back() {
     let w = world();
     let old = w.registry.push("v1", "old");
