@@ -17,6 +17,7 @@ use prodgate::domain::policy::{EnvironmentPolicy, Principal};
 use prodgate::error::Error as PgError;
 use prodgate::pb::{
     GetDeployedRequest, GetPromotionRequest, HistoryRequest, ListPromotionsRequest,
+    VerifyAuditLogRequest,
 };
 use prodgate::store::{Store, StoredManifest, UnitOfWork};
 use rand::rngs::StdRng;
@@ -365,15 +366,23 @@ enum ReadCall {
     ListByRepository,
     Get,
     Deployed,
+    // Reads any caller can send that once scanned the whole log (issue 9):
+    // now a seek, an index and a verified prefix.
+    HistoryFromTheFuture,
+    ListByUnusedEnvironment,
+    Verify,
 }
 
 impl ReadCall {
-    const ALL: [ReadCall; 5] = [
+    const ALL: [ReadCall; 8] = [
         ReadCall::History,
         ReadCall::List,
         ReadCall::ListByRepository,
         ReadCall::Get,
         ReadCall::Deployed,
+        ReadCall::HistoryFromTheFuture,
+        ReadCall::ListByUnusedEnvironment,
+        ReadCall::Verify,
     ];
 
     fn name(self) -> &'static str {
@@ -383,14 +392,17 @@ impl ReadCall {
             ReadCall::ListByRepository => "ListPromotions by repository, page 100",
             ReadCall::Get => "GetPromotion (random id)",
             ReadCall::Deployed => "GetDeployed (random repository)",
+            ReadCall::HistoryFromTheFuture => "History since tomorrow (matches nothing)",
+            ReadCall::ListByUnusedEnvironment => {
+                "ListPromotions by an environment with no promotions"
+            }
+            ReadCall::Verify => "VerifyAuditLog (the first call checks everything)",
         }
     }
 
+    /// Calls with a p99 target of 5 ms.
     fn is_page(self) -> bool {
-        matches!(
-            self,
-            ReadCall::History | ReadCall::List | ReadCall::ListByRepository
-        )
+        !matches!(self, ReadCall::Get | ReadCall::Deployed)
     }
 }
 
@@ -439,6 +451,38 @@ async fn read_call(
                 at: None,
             })
             .await?;
+            1
+        }
+        ReadCall::HistoryFromTheFuture => {
+            let tomorrow = std::time::SystemTime::now() + Duration::from_secs(86_400);
+            c.history(HistoryRequest {
+                since: Some(prost_types::Timestamp::from(tomorrow)),
+                page_size: 100,
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .entries
+            .len()
+        }
+        ReadCall::ListByUnusedEnvironment => c
+            .list_promotions(ListPromotionsRequest {
+                environment: "no-such-environment".into(),
+                page_size: 100,
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .promotions
+            .len(),
+        ReadCall::Verify => {
+            let v = c
+                .verify_audit_log(VerifyAuditLogRequest {})
+                .await?
+                .into_inner();
+            if !v.ok {
+                return Err(tonic::Status::data_loss(v.message));
+            }
             1
         }
     })
