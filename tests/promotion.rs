@@ -10,7 +10,7 @@ use prodgate::pb::{
 };
 use sha2::{Digest, Sha256};
 use support::server::Client;
-use support::{World, approve, history, request_to};
+use support::{World, approve, expected_hash, history, request_to};
 use tonic::Code;
 
 fn state(p: &pb::Promotion) -> PromotionState {
@@ -26,30 +26,6 @@ fn actions(entries: &[pb::AuditEntry]) -> Vec<AuditAction> {
         .iter()
         .map(|e| AuditAction::try_from(e.action).expect("known action"))
         .collect()
-}
-
-/// The documented hash, computed here independently of prodgate's code.
-fn expected_hash(e: &pb::AuditEntry) -> String {
-    let mut b = Vec::new();
-    b.extend_from_slice(&hex::decode(&e.prev_hash).expect("hex prev_hash"));
-    b.extend_from_slice(&e.sequence.to_be_bytes());
-    let t = e.time.expect("time");
-    b.extend_from_slice(&t.seconds.to_be_bytes());
-    b.extend_from_slice(&(t.nanos as u32).to_be_bytes());
-    b.extend_from_slice(&(e.action as u32).to_be_bytes());
-    for f in [
-        &e.actor,
-        &e.promotion_id,
-        &e.repository,
-        &e.environment,
-        &e.digest,
-        &e.previous_digest,
-        &e.comment,
-    ] {
-        b.extend_from_slice(&(f.len() as u32).to_be_bytes());
-        b.extend_from_slice(f.as_bytes());
-    }
-    hex::encode(Sha256::digest(&b))
 }
 
 #[tokio::test]

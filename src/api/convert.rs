@@ -121,6 +121,12 @@ pub fn audit_entry(e: &AuditEntry) -> pb::AuditEntry {
         comment: e.event.comment.clone(),
         prev_hash: hex::encode(e.prev_hash),
         hash: hex::encode(e.hash),
+        attributes: e
+            .event
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     }
 }
 

@@ -51,6 +51,27 @@ impl Object {
         self
     }
 
+    /// A `map<string, string>` as a JSON object, keys in ascending order
+    /// (HashMap order would differ run to run); omitted when empty.
+    fn map(mut self, name: &str, v: &std::collections::HashMap<String, String>) -> Self {
+        if !v.is_empty() {
+            self.key(name);
+            let mut pairs: Vec<_> = v.iter().collect();
+            pairs.sort();
+            self.buf.push('{');
+            for (i, (k, val)) in pairs.into_iter().enumerate() {
+                if i > 0 {
+                    self.buf.push(',');
+                }
+                self.buf.push_str(&quote(k));
+                self.buf.push(':');
+                self.buf.push_str(&quote(val));
+            }
+            self.buf.push('}');
+        }
+        self
+    }
+
     fn boolean(mut self, name: &str, v: bool) -> Self {
         if v {
             self.key(name);
@@ -166,6 +187,7 @@ pub fn audit_entry(e: &pb::AuditEntry) -> String {
         .string("comment", &e.comment)
         .string("prevHash", &e.prev_hash)
         .string("hash", &e.hash)
+        .map("attributes", &e.attributes)
         .finish()
 }
 
@@ -266,6 +288,14 @@ mod tests {
         assert_eq!(
             parse(&audit_entry(&e)),
             json!({"sequence": "12", "action": 99})
+        );
+        let mut with = e.clone();
+        with.attributes.insert("status".into(), "passed".into());
+        with.attributes.insert("check".into(), "e2e \"x\"".into());
+        let text = audit_entry(&with);
+        assert!(
+            text.ends_with(r#""attributes":{"check":"e2e \"x\"","status":"passed"}}"#),
+            "{text}"
         );
         let v = pb::VerifyAuditLogResponse {
             ok: false,

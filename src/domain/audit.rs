@@ -4,6 +4,7 @@
 use super::model::{Event, Time};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 
 pub type Hash = [u8; 32];
 
@@ -34,6 +35,10 @@ pub struct HashInput<'a> {
     pub digest: &'a str,
     pub previous_digest: &'a str,
     pub comment: &'a str,
+    /// Hashed after `comment` only when there are any, so entries without
+    /// attributes hash exactly as before attributes existed. A BTreeMap
+    /// iterates keys in ascending byte order, the documented order.
+    pub attributes: &'a BTreeMap<String, String>,
 }
 
 impl HashInput<'_> {
@@ -53,13 +58,26 @@ impl HashInput<'_> {
             self.previous_digest,
             self.comment,
         ] {
-            // Free-text fields are capped far below 4 GiB at the API boundary.
-            let len = u32::try_from(field.len()).unwrap_or(u32::MAX);
-            h.update(len.to_be_bytes());
-            h.update(field.as_bytes());
+            put(&mut h, field);
+        }
+        if !self.attributes.is_empty() {
+            let count = u32::try_from(self.attributes.len()).unwrap_or(u32::MAX);
+            h.update(count.to_be_bytes());
+            for (key, value) in self.attributes {
+                put(&mut h, key);
+                put(&mut h, value);
+            }
         }
         h.finalize().into()
     }
+}
+
+/// A field as its UTF-8 length (u32 BE) and bytes.
+fn put(h: &mut Sha256, field: &str) {
+    // Free-text fields are capped far below 4 GiB at the API boundary.
+    let len = u32::try_from(field.len()).unwrap_or(u32::MAX);
+    h.update(len.to_be_bytes());
+    h.update(field.as_bytes());
 }
 
 impl AuditEntry {
@@ -94,6 +112,7 @@ fn hash_of(prev_hash: &Hash, sequence: u64, time: Time, e: &Event) -> Hash {
         digest: &e.digest,
         previous_digest: &e.previous_digest,
         comment: &e.comment,
+        attributes: &e.attributes,
     }
     .hash()
 }
@@ -215,6 +234,7 @@ mod tests {
             digest: format!("sha256:{}", "a".repeat(64)),
             previous_digest: String::new(),
             comment: comment.into(),
+            attributes: BTreeMap::new(),
         }
     }
 
@@ -246,6 +266,51 @@ mod tests {
         }
         let expected: [u8; 32] = Sha256::digest(&bytes).into();
         assert_eq!(e.hash, expected);
+    }
+
+    #[test]
+    fn attributes_are_hashed_after_the_comment_in_key_order() {
+        let t = Time::ZERO;
+        let plain = AuditEntry::chain(GENESIS, 1, t, event("why"));
+        let mut with = event("why");
+        with.attributes.insert("status".into(), "passed".into());
+        with.attributes.insert("check".into(), "e2e".into());
+        let e = AuditEntry::chain(GENESIS, 1, t, with);
+        assert_ne!(e.hash, plain.hash, "attributes are covered");
+        // The layout without attributes, then count and sorted pairs.
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&[0u8; 32]);
+        bytes.extend_from_slice(&1u64.to_be_bytes());
+        bytes.extend_from_slice(&0i64.to_be_bytes());
+        bytes.extend_from_slice(&0u32.to_be_bytes());
+        bytes.extend_from_slice(&1u32.to_be_bytes());
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let fields = [
+            "alice",
+            "7",
+            "r.io/app",
+            "production",
+            &digest,
+            "",
+            "why", // the entry
+        ];
+        let mut put = |f: &str| {
+            bytes.extend_from_slice(&(f.len() as u32).to_be_bytes());
+            bytes.extend_from_slice(f.as_bytes());
+        };
+        for f in fields {
+            put(f);
+        }
+        let count = 2u32.to_be_bytes();
+        let mut tail = count.to_vec();
+        for f in ["check", "e2e", "status", "passed"] {
+            tail.extend_from_slice(&(f.len() as u32).to_be_bytes());
+            tail.extend_from_slice(f.as_bytes());
+        }
+        bytes.extend_from_slice(&tail);
+        let expected: Hash = Sha256::digest(&bytes).into();
+        assert_eq!(e.hash, expected);
+        assert_eq!(e.computed_hash(), e.hash);
     }
 
     #[test]

@@ -80,6 +80,7 @@ fn event(p: &Promotion, action: Action, actor: &str, comment: &str) -> Event {
         digest: p.digest.clone(),
         previous_digest: p.previous_digest.clone(),
         comment: comment.to_owned(),
+        attributes: Default::default(),
     }
 }
 

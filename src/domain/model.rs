@@ -1,6 +1,7 @@
 //! The promotion record, its states, and the audit events it produces.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A point in time with the precision the audit hash covers.
@@ -194,6 +195,9 @@ pub struct Event {
     pub digest: String,
     pub previous_digest: String,
     pub comment: String,
+    /// Named facts of the entry (e.g. `policy`, `check`, `break_glass`),
+    /// hashed after `comment` when present (see `audit::HashInput`).
+    pub attributes: BTreeMap<String, String>,
 }
 
 /// The actor of entries the service writes on its own.

@@ -121,3 +121,42 @@ pub fn approve(id: &str) -> ApproveRequest {
         comment: String::new(),
     }
 }
+
+/// The documented hash of an entry (README "The audit hash"), computed here
+/// independently of prodgate's code, attributes included.
+pub fn expected_hash(e: &pb::AuditEntry) -> String {
+    use sha2::{Digest, Sha256};
+    let mut b = Vec::new();
+    let put = |b: &mut Vec<u8>, f: &str| {
+        b.extend_from_slice(&(f.len() as u32).to_be_bytes());
+        b.extend_from_slice(f.as_bytes());
+    };
+    b.extend_from_slice(&hex::decode(&e.prev_hash).expect("hex prev_hash"));
+    b.extend_from_slice(&e.sequence.to_be_bytes());
+    let t = e.time.expect("time");
+    b.extend_from_slice(&t.seconds.to_be_bytes());
+    b.extend_from_slice(&(t.nanos as u32).to_be_bytes());
+    b.extend_from_slice(&(e.action as u32).to_be_bytes());
+    for f in [
+        &e.actor,
+        &e.promotion_id,
+        &e.repository,
+        &e.environment,
+        &e.digest,
+        &e.previous_digest,
+        &e.comment,
+    ] {
+        put(&mut b, f);
+    }
+    if !e.attributes.is_empty() {
+        b.extend_from_slice(&(e.attributes.len() as u32).to_be_bytes());
+        let mut keys: Vec<&String> = e.attributes.keys().collect();
+        // Ascending byte order of the key.
+        keys.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        for k in keys {
+            put(&mut b, k);
+            put(&mut b, &e.attributes[k]);
+        }
+    }
+    hex::encode(Sha256::digest(&b))
+}

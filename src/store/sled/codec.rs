@@ -2,8 +2,8 @@
 //! promotion record, a length-prefixed pair for pinned manifests, and the
 //! decoder of the previous format (2) that the start-up migration reads.
 
-use crate::domain::audit::AuditEntry;
-use crate::domain::model::{Approval, Promotion, PromotionId, State, Time};
+use crate::domain::audit::{AuditEntry, Hash};
+use crate::domain::model::{Action, Approval, Event, Promotion, PromotionId, State, Time};
 use crate::store::{StoreError, StoredManifest};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -98,6 +98,62 @@ pub fn decode_manifest(v: &[u8]) -> Option<StoredManifest> {
     })
 }
 
+/// Format 2's audit entry: format 3 appended `attributes` to the event.
+#[derive(Deserialize)]
+struct EventV2 {
+    action: Action,
+    actor: String,
+    promotion_id: PromotionId,
+    repository: String,
+    environment: String,
+    digest: String,
+    previous_digest: String,
+    comment: String,
+}
+
+#[derive(Deserialize)]
+struct AuditEntryV2 {
+    sequence: u64,
+    time: Time,
+    event: EventV2,
+    prev_hash: Hash,
+    hash: Hash,
+}
+
+impl From<AuditEntryV2> for AuditEntry {
+    fn from(e: AuditEntryV2) -> Self {
+        let v = e.event;
+        AuditEntry {
+            sequence: e.sequence,
+            time: e.time,
+            event: Event {
+                action: v.action,
+                actor: v.actor,
+                promotion_id: v.promotion_id,
+                repository: v.repository,
+                environment: v.environment,
+                digest: v.digest,
+                previous_digest: v.previous_digest,
+                comment: v.comment,
+                attributes: Default::default(),
+            },
+            prev_hash: e.prev_hash,
+            hash: e.hash,
+        }
+    }
+}
+
+/// The entry of a format 2 audit record (for checking a format 2 store
+/// offline, which does not migrate it).
+pub fn decode_entry_v2(key: &[u8], bytes: &[u8]) -> Result<AuditEntry, StoreError> {
+    postcard::take_from_bytes::<AuditEntryV2>(bytes)
+        .map(|(entry, _promotion)| entry.into())
+        .map_err(|e| StoreError::Corrupt {
+            what: format!("audit entry {}", keys::read_u64(key).unwrap_or(0)),
+            reason: e.to_string(),
+        })
+}
+
 /// Format 2's promotion: format 3 appended `superseded_by`.
 #[derive(Deserialize)]
 struct PromotionV2 {
@@ -151,7 +207,7 @@ impl From<PromotionV2> for Promotion {
 
 #[derive(Deserialize)]
 struct RecordV2 {
-    entry: AuditEntry,
+    entry: AuditEntryV2,
     promotion: PromotionV2,
 }
 
@@ -170,7 +226,7 @@ pub fn upgrade_record(bytes: &[u8]) -> Option<Vec<u8>> {
     let old: RecordV2 = postcard::from_bytes(bytes).ok()?;
     let promotion = Promotion::from(old.promotion);
     Some(encode(&RecordRef {
-        entry: &old.entry,
+        entry: &AuditEntry::from(old.entry),
         promotion: &promotion,
     }))
 }

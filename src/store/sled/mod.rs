@@ -271,7 +271,15 @@ pub fn verify_offline(dir: &Path) -> Result<Verification, dir::DirError> {
     let db = dir::open_existing(dir)?;
     // Every tree exists: `open_existing` checked the names.
     let trees = Trees::open(db)?;
-    Ok(trees.verify_from(Verifier::default())?.0)
+    let format = trees
+        .meta
+        .get(keys::FORMAT)?
+        .and_then(|v| keys::read_u64(&v));
+    let decode = match format {
+        Some(2) => codec::decode_entry_v2,
+        _ => codec::decode_entry,
+    };
+    Ok(trees.verify_with(Verifier::default(), decode)?.0)
 }
 
 /// The promotion id stored under a principal's idempotency key.

@@ -349,10 +349,20 @@ impl Trees {
     }
 
     /// Checks the chain from where `v` stands to the newest entry.
-    pub fn verify_from(&self, mut v: Verifier) -> Result<(Verification, Verifier), StoreError> {
+    pub fn verify_from(&self, v: Verifier) -> Result<(Verification, Verifier), StoreError> {
+        self.verify_with(v, decode_entry)
+    }
+
+    /// Like `verify_from`, decoding entries with `decode` (format 2's
+    /// decoder checks a store that was not migrated).
+    pub fn verify_with(
+        &self,
+        mut v: Verifier,
+        decode: fn(&[u8], &[u8]) -> Result<AuditEntry, StoreError>,
+    ) -> Result<(Verification, Verifier), StoreError> {
         for kv in self.audit.range(keys::u64_key(v.next_sequence())..) {
             let (k, val) = kv?;
-            match decode_entry(&k, &val) {
+            match decode(&k, &val) {
                 Ok(e) => {
                     if !v.push(&e) {
                         break;

@@ -152,14 +152,51 @@ async fn a_format_2_directory_is_migrated_when_opened() {
             .map(|(k, v)| codec::decode_entry(k, v).unwrap())
             .collect();
         // Format 2 is format 3 without the promotion's last field
-        // (`superseded_by`, one 0x00 byte for None) and without the index
-        // of promotions by environment.
-        for tree in [&t.audit, &t.promotions] {
-            for (k, v) in snapshot(tree) {
-                assert_eq!(v.last(), Some(&0));
-                tree.insert(k, &v[..v.len() - 1]).unwrap();
-            }
+        // (`superseded_by`, one 0x00 byte for None), without the event's
+        // last field (`attributes`, one 0x00 byte for an empty map) and
+        // without the index of promotions by environment. postcard writes
+        // fields in order without names, so a tuple of the old fields is
+        // the old encoding.
+        for (k, v) in snapshot(&t.promotions) {
+            assert_eq!(v.last(), Some(&0));
+            t.promotions.insert(k, &v[..v.len() - 1]).unwrap();
         }
+        for (k, v) in snapshot(&t.audit) {
+            let r = codec::decode_record(&k, &v).unwrap();
+            let (e, ev) = (&r.entry, &r.entry.event);
+            assert!(ev.attributes.is_empty());
+            let mut old = postcard::to_stdvec(&(
+                e.sequence,
+                e.time,
+                (
+                    ev.action,
+                    &ev.actor,
+                    ev.promotion_id,
+                    &ev.repository,
+                    &ev.environment,
+                    &ev.digest,
+                    &ev.previous_digest,
+                    &ev.comment,
+                ),
+                e.prev_hash,
+                e.hash,
+            ))
+            .unwrap();
+            let promotion = codec::encode(&r.promotion);
+            assert_eq!(promotion.last(), Some(&0));
+            old.extend_from_slice(&promotion[..promotion.len() - 1]);
+            t.audit.insert(k, old).unwrap();
+        }
+        // verify-log checks a format 2 store as it is.
+        t.meta.insert(keys::FORMAT, &keys::u64_key(2)).unwrap();
+        t.db.flush().unwrap();
+        drop(t);
+        horizon::Horizon::open(dir.path()).unwrap();
+        let v = verify_offline(dir.path()).unwrap();
+        assert_eq!(v.first_bad_sequence, None, "{}", v.message);
+        assert_eq!(v.entries_checked, 3);
+        let db = sled::open(dir.path()).unwrap();
+        let t = Trees::open(db).unwrap();
         for (k, _) in snapshot(&t.index) {
             if k.first() == Some(&b'e') {
                 t.index.remove(k).unwrap();
