@@ -361,6 +361,13 @@ mod tests {
             allow_self_approval: false,
             approval_ttl: Duration::from_secs(60),
             apply_deadline: None,
+            required_groups: Vec::new(),
+            required_checks: Vec::new(),
+            min_soak: None,
+            window: None,
+            break_glass: Vec::new(),
+            rollback_approvals: required,
+            freezes: Vec::new(),
         }
     }
 
@@ -546,6 +553,13 @@ mod proptests {
             allow_self_approval: allow_self,
             approval_ttl: ttl,
             apply_deadline: None,
+            required_groups: Vec::new(),
+            required_checks: Vec::new(),
+            min_soak: None,
+            window: None,
+            break_glass: Vec::new(),
+            rollback_approvals: required,
+            freezes: Vec::new(),
         }
     }
 

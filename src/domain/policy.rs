@@ -1,5 +1,10 @@
-//! Who is acting and what an environment demands of a promotion.
+//! Who is acting and what an environment demands of a promotion: the
+//! approval rules and the data the gates of [`super::gates`] evaluate.
 
+use super::model::Time;
+use jiff::civil;
+use jiff::tz::TimeZone;
+use std::fmt;
 use std::time::Duration;
 
 /// An authenticated caller. Built only from credentials, never from a request.
@@ -48,10 +53,131 @@ pub struct EnvironmentPolicy {
     /// How long an approved promotion may keep trying to move its tag;
     /// `None`: for as long as it takes.
     pub apply_deadline: Option<Duration>,
+    /// Groups each of which must count at least one approver of a promotion
+    /// before it is APPROVED; empty: no such gate.
+    pub required_groups: Vec<String>,
+    /// Checks whose latest report for the pinned digest must be PASSED;
+    /// empty: no such gate.
+    pub required_checks: Vec<String>,
+    /// How long the digest must have carried the `requires` environment's
+    /// tag (moved there by prodgate); `None`: no such gate.
+    pub min_soak: Option<Duration>,
+    /// When the tag may move; `None`: at any time (freezes still apply).
+    pub window: Option<Window>,
+    /// Who may override the window and soak gates (never the others).
+    pub break_glass: Vec<Approver>,
+    /// Approvals a rollback of this environment needs.
+    pub rollback_approvals: u32,
+    /// The freezes that apply to this environment, already resolved from
+    /// the top-level and project configuration.
+    pub freezes: Vec<Freeze>,
 }
 
 impl EnvironmentPolicy {
     pub fn is_approver(&self, p: &Principal) -> bool {
         self.approvers.iter().any(|a| a.matches(p))
+    }
+
+    /// Whether `p` is named by `break_glass`. The caller still demands a
+    /// non-empty reason.
+    pub fn may_break_glass(&self, p: &Principal) -> bool {
+        self.break_glass.iter().any(|a| a.matches(p))
+    }
+}
+
+/// The weekly deploy window of an environment, in its time zone.
+///
+/// A window opens on each allowed day at `hours.start` (local time) and
+/// closes at the next `hours.end`: the same day when the end is later, else
+/// the next day (so `fri 22:00-02:00` is Friday night into Saturday, and
+/// `00:00-00:00` is the whole day). Without hours it is open all of every
+/// allowed day. Local times follow the zone's clock, daylight saving time
+/// included: on the day the clock skips the start, the window opens at
+/// the jump.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    /// The days a window opens on; empty: every day.
+    pub days: Vec<civil::Weekday>,
+    /// `None`: all day.
+    pub hours: Option<Hours>,
+    pub time_zone: Zone,
+}
+
+/// `start-end` in local time, end exclusive; an end at or before the start
+/// crosses midnight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hours {
+    pub start: civil::Time,
+    pub end: civil::Time,
+}
+
+impl Hours {
+    /// Whether the window runs past midnight into the next day.
+    pub fn crosses_midnight(&self) -> bool {
+        self.end <= self.start
+    }
+}
+
+impl fmt::Display for Hours {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hm = |t: civil::Time| format!("{:02}:{:02}", t.hour(), t.minute());
+        write!(f, "{}-{}", hm(self.start), hm(self.end))
+    }
+}
+
+/// An IANA time zone, resolved once (from jiff's bundled database) and
+/// compared by its name: jiff's `TimeZone` has no equality of its own.
+#[derive(Debug, Clone)]
+pub struct Zone {
+    name: String,
+    tz: TimeZone,
+}
+
+impl Zone {
+    /// `name` as in `Europe/Berlin`; an error names what jiff could not find.
+    pub fn get(name: &str) -> Result<Zone, jiff::Error> {
+        Ok(Zone {
+            name: name.to_owned(),
+            tz: TimeZone::get(name)?,
+        })
+    }
+
+    pub fn utc() -> Zone {
+        Zone {
+            name: "UTC".to_owned(),
+            tz: TimeZone::UTC,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn time_zone(&self) -> &TimeZone {
+        &self.tz
+    }
+}
+
+impl PartialEq for Zone {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for Zone {}
+
+/// A period in which an environment's tag does not move (unless by
+/// break-glass).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Freeze {
+    pub start: Time,
+    /// Exclusive.
+    pub end: Time,
+    pub reason: String,
+}
+
+impl Freeze {
+    pub fn contains(&self, t: Time) -> bool {
+        self.start <= t && t < self.end
     }
 }

@@ -52,6 +52,13 @@ fn three_commits(t: &Trees) -> Vec<(Dump, Dump)> {
         allow_self_approval: false,
         approval_ttl: Duration::from_secs(60),
         apply_deadline: None,
+        required_groups: Vec::new(),
+        required_checks: Vec::new(),
+        min_soak: None,
+        window: None,
+        break_glass: Vec::new(),
+        rollback_approvals: 1,
+        freezes: Vec::new(),
     };
     let who = |name: &str| Principal {
         name: name.into(),
