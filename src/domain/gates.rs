@@ -580,9 +580,10 @@ pub fn next_opening(window: Option<&Window>, freezes: &[Freeze], now: Time) -> O
 }
 
 /// The earliest instant at or after `from` at which the weekly window is
-/// open. The window can only become open where the local clock reaches an
+/// open. The window can only become open where the local clock reads an
 /// opening hour or a midnight (the day changes), or jumps (a time zone
-/// transition), so those instants are the only candidates.
+/// transition: forward past a skipped opening hour, or back into the
+/// hours), so those instants are the only candidates.
 fn next_weekly_opening(w: &Window, from: Timestamp) -> Option<Timestamp> {
     if open_at(w, from) {
         return Some(from);
@@ -615,12 +616,11 @@ fn next_weekly_opening(w: &Window, from: Timestamp) -> Option<Timestamp> {
         .min()
 }
 
-/// The instants at which the zone's clock reaches `dt`: one, two when the
-/// clock is set back over it (a fold), or, when the clock skips it (a gap),
-/// the instant of the jump past it.
+/// The instants at which the zone's clock reads `dt`: one, two when the
+/// clock is set back over it (a fold), none when the clock skips it (a gap:
+/// the jump past it is a transition, a candidate of its own).
 fn instants_reading(tz: &TimeZone, dt: civil::DateTime) -> Vec<Timestamp> {
-    let amb = tz.to_ambiguous_timestamp(dt);
-    match amb.offset() {
+    match tz.to_ambiguous_timestamp(dt).offset() {
         AmbiguousOffset::Unambiguous { offset } => {
             offset.to_timestamp(dt).ok().into_iter().collect()
         }
@@ -628,17 +628,7 @@ fn instants_reading(tz: &TimeZone, dt: civil::DateTime) -> Vec<Timestamp> {
             .into_iter()
             .filter_map(|o| o.to_timestamp(dt).ok())
             .collect(),
-        AmbiguousOffset::Gap { after, .. } => {
-            // Read with the later offset, `dt` lies before the jump.
-            let Ok(before_jump) = after.to_timestamp(dt) else {
-                return Vec::new();
-            };
-            tz.following(before_jump)
-                .next()
-                .map(|tr| tr.timestamp())
-                .into_iter()
-                .collect()
-        }
+        AmbiguousOffset::Gap { .. } => Vec::new(),
     }
 }
 

@@ -575,11 +575,20 @@ fn the_clock_reading_decides_when_berlin_sets_it_back_in_october() {
     assert!(window_open(&w, at("2026-10-25T15:59:59Z")), "16:59:59 CET");
     assert!(!window_open(&w, at("2026-10-25T16:00:00Z")), "17:00 CET");
 
-    // Setting the clock back re-enters hours it had left: the jump opens it.
-    let w = window(&[], hours((2, 0), (2, 30)), "Europe/Berlin");
-    assert!(!window_open(&w, at("2026-10-25T00:45:00Z")), "02:45 CEST");
+    // Hours that start in the repeated hour open at its second reading too.
+    let w = window(&[], hours((2, 15), (2, 45)), "Europe/Berlin");
+    assert!(!window_open(&w, at("2026-10-25T00:50:00Z")), "02:50 CEST");
     assert_eq!(
-        next_opening(Some(&w), &[], at("2026-10-25T00:45:00Z")),
+        next_opening(Some(&w), &[], at("2026-10-25T00:50:00Z")),
+        Some(at("2026-10-25T01:15:00Z")),
+        "02:15 CET"
+    );
+
+    // Setting the clock back re-enters hours it had left: the jump opens it.
+    let w = window(&[], hours((1, 30), (2, 30)), "Europe/Berlin");
+    assert!(!window_open(&w, at("2026-10-25T00:40:00Z")), "02:40 CEST");
+    assert_eq!(
+        next_opening(Some(&w), &[], at("2026-10-25T00:40:00Z")),
         Some(at("2026-10-25T01:00:00Z")),
         "02:00 CET"
     );
