@@ -165,6 +165,64 @@ fn policies_that_can_never_pass_are_refused_by_check_config_and_serve() {
     );
 }
 
+#[test]
+fn every_projects_effective_policy_is_checked_by_check_config_and_serve() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = tmp.path().join("prodgate.toml");
+    let data = tmp.path().join("data");
+    let project = |lines: &str| {
+        format!(
+            "{}required_approvals = 1\napprovers = [\"carol\", \"bob\"]\n\
+             [[project]]\nname = \"payments\"\nrepositories = [\"127.0.0.1:9/payments/*\"]\n{lines}",
+            config_with_policy("")
+        )
+    };
+    for (lines, error) in [
+        (
+            // Inherits carol and bob as approvers, but wants three.
+            "[[project.environment]]\nname = \"production\"\nrequired_approvals = 3\n",
+            "project[0].environment[0].required_approvals: 3 approvals can never be given: \
+             only 2 principal(s) can approve (\"bob\", \"carol\")",
+        ),
+        (
+            "requesters = [\"group:payments-dev\"]\n",
+            "project[0].requesters: \"group:payments-dev\" has no members: no [[principal]] \
+             lists \"payments-dev\" in groups",
+        ),
+    ] {
+        std::fs::write(&file, project(lines)).expect("write config");
+        let check = prodgate(&["check-config", path_str(&file)], tmp.path(), &[]);
+        assert_eq!(check.code, Some(1), "{check:#?}");
+        assert_eq!(check.stderr, format!("prodgate: {error}\n"), "{check:#?}");
+        let serve = prodgate(
+            &[
+                "serve",
+                "--config",
+                path_str(&file),
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                path_str(&data),
+            ],
+            tmp.path(),
+            &[],
+        );
+        assert_eq!(serve.code, Some(1), "{serve:#?}");
+        assert!(serve.stderr.contains(error), "{serve:#?}");
+        assert!(!data.exists(), "serve created its store before refusing");
+    }
+    std::fs::write(
+        &file,
+        project(
+            "[[project.environment]]\nname = \"production\"\napprovers = [\"group:developers\"]\n",
+        ),
+    )
+    .expect("write config");
+    let check = prodgate(&["check-config", path_str(&file)], tmp.path(), &[]);
+    assert_eq!(check.code, Some(0), "{check:#?}");
+    assert_eq!(check.stderr, "", "{check:#?}");
+}
+
 /// A fake `docker-credential-<name>` in `bin` that appends what it was asked
 /// (its stdin, the registry host) to `asked` and then runs `body`.
 fn fake_helper(bin: &Path, name: &str, asked: &Path, body: &str) {

@@ -24,6 +24,7 @@ const DEPLOY_FILES: &[&str] = &[
     "kubernetes/service.yaml",
     "kubernetes/statefulset.yaml",
     "prodgate.example.toml",
+    "prodgate.projects.example.toml",
     "registry-dev.yml",
     "systemd/prodgate.service",
 ];
@@ -330,6 +331,25 @@ fn example_config_passes_check_config_and_matches_the_dev_registry() {
             .as_str()
             .is_some()
     );
+}
+
+#[test]
+fn projects_example_passes_check_config_without_warnings_on_the_dev_registry() {
+    let config = read("prodgate.projects.example.toml");
+    let out = check_config("deploy/prodgate.projects.example.toml", &config);
+    assert!(
+        out.status.success() && text(&out.stdout).starts_with("ok:"),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stderr), "", "warnings");
+    let registry = yaml_doc("registry-dev.yml");
+    let table = toml_table("deploy/prodgate.projects.example.toml", &config);
+    let first = &table["registry"].as_array().expect("[[registry]]")[0];
+    assert_eq!(first["host"].as_str(), Some(str_at(&registry, "http.addr")));
+    let projects = table["project"].as_array().expect("[[project]]");
+    assert_eq!(projects.len(), 2, "the example shows two teams");
 }
 
 #[test]

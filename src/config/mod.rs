@@ -4,13 +4,20 @@
 //!
 //! - [`raw`]: the file as written (serde);
 //! - [`validate`]: one function per section, from raw to typed;
-//! - [`credentials`]: registry secrets and the Docker config.
+//! - [`credentials`]: registry secrets and the Docker config;
+//! - [`project`]: `[[project]]` policies and which one governs a repository;
+//! - [`pattern`]: the repository patterns projects match with.
 
 mod credentials;
+mod pattern;
+mod project;
 mod raw;
 mod validate;
 
-use crate::domain::policy::EnvironmentPolicy;
+pub use pattern::RepositoryPattern;
+pub use project::{Governance, ProjectConfig, describe};
+
+use crate::domain::policy::{Approver, EnvironmentPolicy};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -217,7 +224,14 @@ pub struct Config {
     pub notify: Vec<NotifyConfig>,
     pub registries: Vec<RegistryConfig>,
     pub principals: Vec<PrincipalConfig>,
+    /// The top-level policies: they govern every repository no project
+    /// matches (see [`Config::governing`]).
     pub environments: Vec<EnvironmentPolicy>,
+    /// Who may report checks of repositories no project (or a project
+    /// without its own list) governs; empty: nobody.
+    pub check_reporters: Vec<Approver>,
+    /// In file order: the first whose pattern matches a repository governs it.
+    pub projects: Vec<ProjectConfig>,
 }
 
 impl Config {
@@ -254,6 +268,9 @@ impl Config {
         validate::config(raw, files)
     }
 
+    /// The top-level policy of environment `name`. A repository a project
+    /// governs has that project's: use [`Config::governing`] for a
+    /// repository's policy.
     pub fn environment(&self, name: &str) -> Option<&EnvironmentPolicy> {
         self.environments.iter().find(|e| e.name == name)
     }

@@ -27,6 +27,13 @@ pub(super) struct RawConfig {
     pub principal: Vec<RawPrincipal>,
     #[serde(default)]
     pub environment: Vec<RawEnvironment>,
+    /// Who may ReportCheck outside any project; absent: nobody.
+    #[serde(default)]
+    pub check_reporters: Vec<String>,
+    #[serde(default)]
+    pub project: Vec<RawProject>,
+    #[serde(default)]
+    pub freeze: Vec<RawFreeze>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,4 +86,119 @@ pub(super) struct RawEnvironment {
     pub allow_self_approval: bool,
     pub approval_ttl: Option<String>,
     pub apply_deadline: Option<String>,
+    pub required_groups: Option<Vec<String>>,
+    pub required_checks: Option<Vec<String>>,
+    pub min_soak: Option<String>,
+    pub allowed_days: Option<Vec<String>>,
+    pub allowed_hours: Option<String>,
+    pub time_zone: Option<String>,
+    pub break_glass: Option<Vec<String>>,
+    pub rollback_approvals: Option<u32>,
+}
+
+/// `[[project]]`: the policy of the repositories its patterns match.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProject {
+    pub name: String,
+    pub repositories: Vec<String>,
+    /// Absent: anyone may request; present: only these.
+    pub requesters: Option<Vec<String>>,
+    /// Absent: the top-level list.
+    pub check_reporters: Option<Vec<String>>,
+    #[serde(default)]
+    pub environment: Vec<RawProjectEnvironment>,
+    #[serde(default)]
+    pub freeze: Vec<RawFreeze>,
+}
+
+/// `[[project.environment]]`: a top-level environment's overridable keys,
+/// each absent one inherited. `tag`, `requires` and `apply_deadline` are
+/// not among them (a tag belongs to the environment, whoever's repository it
+/// is in), so serde refuses them as unknown.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProjectEnvironment {
+    pub name: String,
+    pub approvers: Option<Vec<String>>,
+    pub required_approvals: Option<u32>,
+    pub allow_self_approval: Option<bool>,
+    pub approval_ttl: Option<String>,
+    pub required_groups: Option<Vec<String>>,
+    pub required_checks: Option<Vec<String>>,
+    pub min_soak: Option<String>,
+    pub allowed_days: Option<Vec<String>>,
+    pub allowed_hours: Option<String>,
+    pub time_zone: Option<String>,
+    pub break_glass: Option<Vec<String>>,
+    pub rollback_approvals: Option<u32>,
+}
+
+/// `[[freeze]]` or `[[project.freeze]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[expect(
+    dead_code,
+    reason = "parsed so the shape is checked; read once the window gate is in this build"
+)]
+pub(super) struct RawFreeze {
+    pub environments: Vec<String>,
+    pub start: String,
+    pub end: String,
+    pub reason: String,
+}
+
+/// The keys an environment's policy is made of that a project may override,
+/// as one view of either section, so both are read by the same code.
+pub(super) struct PolicyKeys<'a> {
+    pub approvers: Option<&'a [String]>,
+    pub required_approvals: Option<u32>,
+    pub allow_self_approval: Option<bool>,
+    pub approval_ttl: Option<&'a str>,
+    pub required_groups: Option<&'a [String]>,
+    pub required_checks: Option<&'a [String]>,
+    pub min_soak: Option<&'a str>,
+    pub allowed_days: Option<&'a [String]>,
+    pub allowed_hours: Option<&'a str>,
+    pub time_zone: Option<&'a str>,
+    pub break_glass: Option<&'a [String]>,
+    pub rollback_approvals: Option<u32>,
+}
+
+impl RawEnvironment {
+    pub fn policy_keys(&self) -> PolicyKeys<'_> {
+        PolicyKeys {
+            approvers: Some(&self.approvers),
+            required_approvals: Some(self.required_approvals),
+            allow_self_approval: Some(self.allow_self_approval),
+            approval_ttl: self.approval_ttl.as_deref(),
+            required_groups: self.required_groups.as_deref(),
+            required_checks: self.required_checks.as_deref(),
+            min_soak: self.min_soak.as_deref(),
+            allowed_days: self.allowed_days.as_deref(),
+            allowed_hours: self.allowed_hours.as_deref(),
+            time_zone: self.time_zone.as_deref(),
+            break_glass: self.break_glass.as_deref(),
+            rollback_approvals: self.rollback_approvals,
+        }
+    }
+}
+
+impl RawProjectEnvironment {
+    pub fn policy_keys(&self) -> PolicyKeys<'_> {
+        PolicyKeys {
+            approvers: self.approvers.as_deref(),
+            required_approvals: self.required_approvals,
+            allow_self_approval: self.allow_self_approval,
+            approval_ttl: self.approval_ttl.as_deref(),
+            required_groups: self.required_groups.as_deref(),
+            required_checks: self.required_checks.as_deref(),
+            min_soak: self.min_soak.as_deref(),
+            allowed_days: self.allowed_days.as_deref(),
+            allowed_hours: self.allowed_hours.as_deref(),
+            time_zone: self.time_zone.as_deref(),
+            break_glass: self.break_glass.as_deref(),
+            rollback_approvals: self.rollback_approvals,
+        }
+    }
 }

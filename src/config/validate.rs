@@ -2,13 +2,16 @@
 //! section, each naming the key of the first thing it refuses, then the
 //! checks that span sections.
 
-use super::raw::{RawConfig, RawEnvironment, RawNotify, RawPrincipal, RawRegistry, RawTls};
+use super::raw::{
+    PolicyKeys, RawConfig, RawEnvironment, RawFreeze, RawNotify, RawPrincipal, RawProject,
+    RawRegistry, RawTls,
+};
 use super::{
     Config, ConfigError, ConfigWarning, DEFAULT_APPLY_DEADLINE, DEFAULT_APPLY_WAIT,
     DEFAULT_APPROVAL_TTL, DEFAULT_DATA_DIR, DEFAULT_EXPIRY_SWEEP, DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_REGISTRY_TIMEOUT, Files, Loaded, LogFormat,
-    NotifyConfig, NotifyEvent, PrincipalConfig, RegistryConfig, Secret, TlsConfig, credentials,
-    invalid,
+    NotifyConfig, NotifyEvent, PrincipalConfig, ProjectConfig, RegistryConfig, RepositoryPattern,
+    Secret, TlsConfig, credentials, invalid,
 };
 use crate::domain::names::{Repository, validate_tag};
 use crate::domain::policy::{Approver, EnvironmentPolicy, Principal};
@@ -32,7 +35,11 @@ pub(super) fn config(raw: RawConfig, files: Files) -> Result<Loaded, ConfigError
     let docker = credentials::DockerConfig::load(raw.docker_config.as_deref(), &mut cx)?;
     c.registries = registries(raw.registry, docker.as_ref(), &mut cx)?;
     c.principals = principals(raw.principal)?;
-    c.environments = environments(&raw.environment, &c.principals, &mut cx)?;
+    let people = people(&c.principals);
+    c.environments = environments(&raw.environment, &people, &mut cx)?;
+    c.check_reporters = members("check_reporters", &raw.check_reporters, &people)?;
+    freezes("freeze", &raw.freeze)?;
+    c.projects = projects(&raw.project, &c, &people, &mut cx)?;
     across_sections(&c)?;
     Ok(Loaded {
         config: c,
@@ -142,6 +149,8 @@ fn top_level(raw: &RawConfig) -> Result<Config, ConfigError> {
         registries: Vec::new(),
         principals: Vec::new(),
         environments: Vec::new(),
+        check_reporters: Vec::new(),
+        projects: Vec::new(),
     })
 }
 
@@ -293,12 +302,13 @@ fn principals(raw: Vec<RawPrincipal>) -> Result<Vec<PrincipalConfig>, ConfigErro
 /// one, and approvals that the configured principals can give.
 fn environments(
     raw: &[RawEnvironment],
-    principals: &[PrincipalConfig],
+    people: &[Principal],
     cx: &mut Cx,
 ) -> Result<Vec<EnvironmentPolicy>, ConfigError> {
     let mut environments: Vec<EnvironmentPolicy> = Vec::new();
     for (i, e) in raw.iter().enumerate() {
-        let key = |field: &str| format!("environment[{i}].{field}");
+        let prefix = format!("environment[{i}]");
+        let key = |field: &str| format!("{prefix}.{field}");
         check_name(&key("name"), &e.name)?;
         if environments.iter().any(|x| x.name == e.name) {
             return Err(invalid(
@@ -327,30 +337,14 @@ fn environments(
                 "an environment cannot require itself",
             ));
         }
-        if e.required_approvals > 0 && e.approvers.is_empty() {
-            return Err(invalid(
-                key("approvers"),
-                format!(
-                    "required_approvals is {} but no approvers are designated",
-                    e.required_approvals
-                ),
-            ));
-        }
-        for (j, a) in e.approvers.iter().enumerate() {
-            check_name(&format!("environment[{i}].approvers[{j}]"), a)?;
-        }
-        let policy = EnvironmentPolicy {
+        let mut policy = EnvironmentPolicy {
             name: e.name.clone(),
             tag: e.tag.clone(),
             requires: e.requires.clone(),
-            approvers: e.approvers.iter().map(|a| Approver::parse(a)).collect(),
-            required_approvals: e.required_approvals,
-            allow_self_approval: e.allow_self_approval,
-            approval_ttl: duration(
-                &key("approval_ttl"),
-                e.approval_ttl.as_deref(),
-                DEFAULT_APPROVAL_TTL,
-            )?,
+            approvers: Vec::new(),
+            required_approvals: 0,
+            allow_self_approval: false,
+            approval_ttl: DEFAULT_APPROVAL_TTL,
             // Zero means no deadline: keep retrying until the tag moves.
             apply_deadline: Some(any_duration(
                 &key("apply_deadline"),
@@ -367,35 +361,244 @@ fn environments(
             rollback_approvals: e.required_approvals,
             freezes: Vec::new(),
         };
-        approvals_can_be_given(i, &policy, principals, cx)?;
+        apply_policy_keys(&prefix, &e.policy_keys(), &mut policy)?;
+        policy_can_pass(&prefix, &policy, people, cx)?;
         environments.push(policy);
     }
     Ok(environments)
 }
 
-/// Refuses a policy no promotion can ever pass: an approver that names no
-/// principal, a group nobody is in, more approvals than there are distinct
-/// approvers. Warns when only some requesters are stuck: with self-approval
-/// off and exactly `required_approvals` approvers, a promotion requested by
-/// one of them can never collect enough.
-fn approvals_can_be_given(
-    i: usize,
-    policy: &EnvironmentPolicy,
-    principals: &[PrincipalConfig],
-    cx: &mut Cx,
+/// Sets on `policy` the keys `keys` gives: every key of a top-level
+/// environment, or the overrides of a `[[project.environment]]`. `prefix`
+/// is the section's key, e.g. `project[0].environment[1]`.
+fn apply_policy_keys(
+    prefix: &str,
+    keys: &PolicyKeys<'_>,
+    policy: &mut EnvironmentPolicy,
 ) -> Result<(), ConfigError> {
-    let key = |field: &str| format!("environment[{i}].{field}");
-    // As authentication will see them, matched as approvals will be.
-    let people: Vec<Principal> = principals
+    let key = |field: &str| format!("{prefix}.{field}");
+    if let Some(approvers) = keys.approvers {
+        for (j, a) in approvers.iter().enumerate() {
+            check_name(&format!("{prefix}.approvers[{j}]"), a)?;
+        }
+        policy.approvers = approvers.iter().map(|a| Approver::parse(a)).collect();
+    }
+    if let Some(n) = keys.required_approvals {
+        policy.required_approvals = n;
+    }
+    if let Some(allow) = keys.allow_self_approval {
+        policy.allow_self_approval = allow;
+    }
+    if let Some(ttl) = keys.approval_ttl {
+        policy.approval_ttl = duration(&key("approval_ttl"), Some(ttl), DEFAULT_APPROVAL_TTL)?;
+    }
+    // The gates behind these keys are not in this build. Refused rather than
+    // ignored: a freeze or a required check that silently does nothing is
+    // worse than a config that does not load.
+    let not_yet = [
+        ("required_groups", keys.required_groups.is_some()),
+        ("required_checks", keys.required_checks.is_some()),
+        ("min_soak", keys.min_soak.is_some()),
+        ("allowed_days", keys.allowed_days.is_some()),
+        ("allowed_hours", keys.allowed_hours.is_some()),
+        ("time_zone", keys.time_zone.is_some()),
+        ("break_glass", keys.break_glass.is_some()),
+        ("rollback_approvals", keys.rollback_approvals.is_some()),
+    ];
+    if let Some((field, _)) = not_yet.iter().find(|(_, given)| *given) {
+        return Err(invalid(key(field), NOT_ENFORCED_YET));
+    }
+    Ok(())
+}
+
+const NOT_ENFORCED_YET: &str = "this version of prodgate does not enforce this key yet; remove it rather than rely on a gate that would not run";
+
+/// `[[freeze]]` (or a project's `[[project.freeze]]`, `section` saying which).
+fn freezes(section: &str, raw: &[RawFreeze]) -> Result<(), ConfigError> {
+    match raw.first() {
+        None => Ok(()),
+        Some(_) => Err(invalid(format!("{section}[0]"), NOT_ENFORCED_YET)),
+    }
+}
+
+/// Every `[[project]]`: a unique name, patterns that can match repositories
+/// of configured registries, requesters and reporters who exist, and
+/// effective environment policies that can pass.
+fn projects(
+    raw: &[RawProject],
+    c: &Config,
+    people: &[Principal],
+    cx: &mut Cx,
+) -> Result<Vec<ProjectConfig>, ConfigError> {
+    let mut projects: Vec<ProjectConfig> = Vec::new();
+    for (i, p) in raw.iter().enumerate() {
+        let key = |field: &str| format!("project[{i}].{field}");
+        check_name(&key("name"), &p.name)?;
+        if projects.iter().any(|x| x.name == p.name) {
+            return Err(invalid(
+                key("name"),
+                format!("{:?} is listed twice", p.name),
+            ));
+        }
+        if p.repositories.is_empty() {
+            return Err(invalid(
+                key("repositories"),
+                "is empty: a project governs the repositories its patterns match, e.g. [\"registry:5000/team/*\"]",
+            ));
+        }
+        let mut repositories = Vec::new();
+        for (j, text) in p.repositories.iter().enumerate() {
+            let k = format!("project[{i}].repositories[{j}]");
+            repositories.push(repository_pattern(&k, text, c, &projects, cx)?);
+        }
+        let requesters = p
+            .requesters
+            .as_deref()
+            .map(|r| members(&key("requesters"), r, people))
+            .transpose()?;
+        if requesters.as_ref().is_some_and(Vec::is_empty) {
+            cx.warn(
+                key("requesters"),
+                "is empty: nobody may request promotions of this project's repositories; \
+                 remove the key to let anyone request",
+            );
+        }
+        let check_reporters = p
+            .check_reporters
+            .as_deref()
+            .map(|r| members(&key("check_reporters"), r, people))
+            .transpose()?;
+        let mut environments = c.environments.clone();
+        let mut overridden: Vec<&str> = Vec::new();
+        for (j, e) in p.environment.iter().enumerate() {
+            let prefix = format!("project[{i}].environment[{j}]");
+            if overridden.contains(&e.name.as_str()) {
+                return Err(invalid(
+                    format!("{prefix}.name"),
+                    format!("{:?} is listed twice in this project", e.name),
+                ));
+            }
+            let known = environment_names(&c.environments);
+            let Some(policy) = environments.iter_mut().find(|x| x.name == e.name) else {
+                return Err(invalid(
+                    format!("{prefix}.name"),
+                    format!(
+                        "no [[environment]] is named {:?} (configured: {known}); a project \
+                         overrides the keys of a top-level environment",
+                        e.name
+                    ),
+                ));
+            };
+            apply_policy_keys(&prefix, &e.policy_keys(), policy)?;
+            policy_can_pass(&prefix, policy, people, cx)?;
+            overridden.push(&e.name);
+        }
+        freezes(&format!("project[{i}].freeze"), &p.freeze)?;
+        projects.push(ProjectConfig {
+            name: p.name.clone(),
+            repositories,
+            requesters,
+            check_reporters,
+            environments,
+        });
+    }
+    Ok(projects)
+}
+
+/// `[[project]] repositories` entry `key`: a pattern that can match a
+/// repository prodgate may promote, and one an earlier project does not
+/// already claim in full (a warning: the first match governs).
+fn repository_pattern(
+    key: &str,
+    text: &str,
+    c: &Config,
+    earlier: &[ProjectConfig],
+    cx: &mut Cx,
+) -> Result<RepositoryPattern, ConfigError> {
+    let pattern = RepositoryPattern::parse(text).map_err(|m| invalid(key, m))?;
+    if pattern.is_literal() {
+        Repository::parse(text)
+            .map_err(|e| invalid(key, format!("{text:?} is not a repository name: {e}")))?;
+    }
+    // A mistyped host would leave the project governing nothing, and its
+    // repositories under the (often laxer) top-level policy.
+    if let Some(host) = pattern.literal_host()
+        && c.registry(host).is_none()
+    {
+        let hosts: Vec<&str> = c.registries.iter().map(|r| r.host.as_str()).collect();
+        return Err(invalid(
+            key,
+            format!(
+                "{text:?}: registry {host:?} is not a configured [[registry]] (configured: {}), \
+                 so no repository this pattern matches can be promoted",
+                if hosts.is_empty() {
+                    "none".to_owned()
+                } else {
+                    hosts.join(", ")
+                }
+            ),
+        ));
+    }
+    for (a, project) in earlier.iter().enumerate() {
+        let claimed = project
+            .repositories
+            .iter()
+            .position(|q| q.as_str() == text || (pattern.is_literal() && q.matches(text)));
+        if let Some(b) = claimed {
+            cx.warn(
+                key,
+                format!(
+                    "{text:?} never governs anything here: project {:?} (project[{a}].repositories[{b}] = {:?}) comes first and matches it",
+                    project.name,
+                    project.repositories[b].as_str()
+                ),
+            );
+        }
+    }
+    Ok(pattern)
+}
+
+/// A principals-or-groups list (`requesters`, `check_reporters`): every
+/// entry names a principal or a group with members.
+fn members(key: &str, list: &[String], people: &[Principal]) -> Result<Vec<Approver>, ConfigError> {
+    for (j, m) in list.iter().enumerate() {
+        check_name(&format!("{key}[{j}]"), m)?;
+    }
+    let parsed: Vec<Approver> = list.iter().map(|m| Approver::parse(m)).collect();
+    who_is_in(key, &parsed, people)?;
+    Ok(parsed)
+}
+
+fn environment_names(environments: &[EnvironmentPolicy]) -> String {
+    let names: Vec<&str> = environments.iter().map(|e| e.name.as_str()).collect();
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// The principals as authentication will see them, so lists are matched as
+/// requests and approvals will be.
+fn people(principals: &[PrincipalConfig]) -> Vec<Principal> {
+    principals
         .iter()
         .map(|p| Principal {
             name: p.name.clone(),
             groups: p.groups.clone(),
         })
-        .collect();
-    // Sorted, so messages list names in a stable order.
-    let mut can_approve = BTreeSet::new();
-    for a in &policy.approvers {
+        .collect()
+}
+
+/// The names of everyone `list` designates, sorted (so messages list them
+/// in a stable order); an entry that designates nobody is an error.
+fn who_is_in<'p>(
+    key: &str,
+    list: &[Approver],
+    people: &'p [Principal],
+) -> Result<BTreeSet<&'p str>, ConfigError> {
+    let mut everyone = BTreeSet::new();
+    for a in list {
         let members: Vec<&str> = people
             .iter()
             .filter(|p| a.matches(p))
@@ -403,7 +606,7 @@ fn approvals_can_be_given(
             .collect();
         if members.is_empty() {
             return Err(invalid(
-                key("approvers"),
+                key,
                 match a {
                     Approver::Principal(name) => {
                         format!("{name:?} is not a configured principal")
@@ -414,8 +617,34 @@ fn approvals_can_be_given(
                 },
             ));
         }
-        can_approve.extend(members);
+        everyone.extend(members);
     }
+    Ok(everyone)
+}
+
+/// Refuses an effective policy no promotion can ever pass: approvals
+/// required but nobody designated, an approver that names no principal, a
+/// group nobody is in, more approvals than there are distinct approvers.
+/// Warns when only some requesters are stuck: with self-approval off and
+/// exactly `required_approvals` approvers, a promotion requested by one of
+/// them can never collect enough.
+fn policy_can_pass(
+    prefix: &str,
+    policy: &EnvironmentPolicy,
+    people: &[Principal],
+    cx: &mut Cx,
+) -> Result<(), ConfigError> {
+    let key = |field: &str| format!("{prefix}.{field}");
+    if policy.required_approvals > 0 && policy.approvers.is_empty() {
+        return Err(invalid(
+            key("approvers"),
+            format!(
+                "required_approvals is {} but no approvers are designated",
+                policy.required_approvals
+            ),
+        ));
+    }
+    let can_approve = who_is_in(&key("approvers"), &policy.approvers, people)?;
     let required = policy.required_approvals as usize;
     let quoted: Vec<String> = can_approve.iter().map(|n| format!("{n:?}")).collect();
     if required > can_approve.len() {
