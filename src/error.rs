@@ -13,6 +13,16 @@ pub enum Error {
         field: &'static str,
         message: String,
     },
+    /// The repository's project names requesters and the caller is not one.
+    #[error(
+        "{principal} may not request promotions of {repository}: project {project} lets only {requesters} request them"
+    )]
+    NotRequester {
+        principal: String,
+        repository: String,
+        project: String,
+        requesters: String,
+    },
     #[error("promotion {0} does not exist")]
     PromotionNotFound(u64),
     /// The source tag or digest is not in the registry.

@@ -97,8 +97,11 @@ impl Promotions {
         }
     }
 
-    fn policy(&self, environment: &str) -> Result<&EnvironmentPolicy, Error> {
+    /// The effective policy of `environment` for `repository`: its
+    /// project's, or the top-level one (see `Config::governing`).
+    fn policy(&self, repository: &str, environment: &str) -> Result<&EnvironmentPolicy, Error> {
         self.config
+            .governing(repository)
             .environment(environment)
             .ok_or_else(|| Error::InvalidArgument {
                 field: "environment",
@@ -115,7 +118,17 @@ impl Promotions {
     }
 
     pub async fn request(&self, who: Principal, input: RequestInput) -> Result<Promotion, Error> {
-        let policy = self.policy(&input.environment)?.clone();
+        let repository = input.repository.to_string();
+        let governance = self.config.governing(&repository);
+        if !governance.may_request(&who) {
+            return Err(Error::NotRequester {
+                principal: who.name,
+                repository,
+                project: governance.project_name().to_owned(),
+                requesters: crate::config::describe(governance.requesters().unwrap_or_default()),
+            });
+        }
+        let policy = self.policy(&repository, &input.environment)?.clone();
         if policy.required_approvals > 0 && input.reason.trim().is_empty() {
             return Err(Error::InvalidArgument {
                 field: "reason",
@@ -171,7 +184,7 @@ impl Promotions {
         };
         let digest = manifest.digest.clone();
         if let Some(required) = &policy.requires {
-            let prereq = self.policy(required)?;
+            let prereq = self.policy(&repository, required)?;
             // The source tag is the prerequisite's tag: the fetch just read it.
             let carried = if source_ref == prereq.tag {
                 Some(digest.clone())
@@ -266,7 +279,8 @@ impl Promotions {
                 let p = tx.get(id)?.ok_or(Error::PromotionNotFound(id))?;
                 let now = tx.now();
                 expire_due(tx, &p, now)?;
-                let policy = config.environment(&p.environment).ok_or_else(|| {
+                let governing = config.governing(&p.repository);
+                let policy = governing.environment(&p.environment).ok_or_else(|| {
                     Error::Domain(machine::DomainError::NotApprover {
                         principal: who.name.clone(),
                         environment: format!("{} (no longer configured)", p.environment),
@@ -407,6 +421,7 @@ impl Promotions {
                 after = Some(p.id);
                 let may = self
                     .config
+                    .governing(&p.repository)
                     .environment(&p.environment)
                     .is_some_and(|policy| machine::may_approve(&p, who, policy, now));
                 if may {
@@ -512,7 +527,7 @@ impl Promotions {
         environment: &str,
         at: Option<Time>,
     ) -> Result<AuditEntry, Error> {
-        self.policy(environment)?;
+        self.policy(&repository.to_string(), environment)?;
         self.store
             .deployed_at(&repository.to_string(), environment, at)
             .await?

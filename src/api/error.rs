@@ -11,6 +11,7 @@ impl From<Error> for Status {
         let msg = e.to_string();
         match e {
             Error::InvalidArgument { .. } => Status::invalid_argument(msg),
+            Error::NotRequester { .. } => Status::permission_denied(msg),
             Error::PromotionNotFound(_)
             | Error::SourceNotFound(_)
             | Error::NothingDeployed { .. } => Status::not_found(msg),
