@@ -5,11 +5,14 @@
 //! - [`raw`]: the file as written (serde);
 //! - [`validate`]: one function per section, from raw to typed;
 //! - [`credentials`]: registry secrets and the Docker config;
+//! - [`policy`]: an environment's policy keys, freezes, and the checks that
+//!   refuse a policy nobody could pass;
 //! - [`project`]: `[[project]]` policies and which one governs a repository;
 //! - [`pattern`]: the repository patterns projects match with.
 
 mod credentials;
 mod pattern;
+mod policy;
 mod project;
 mod raw;
 mod validate;

@@ -360,49 +360,6 @@ allow_self_approval = true
     }
 
     #[test]
-    fn gate_keys_and_freezes_are_refused_until_they_are_enforced() {
-        let base = two_projects();
-        for (config, key) in [
-            (
-                base.replace(
-                    "approval_ttl = \"2h\"",
-                    "approval_ttl = \"2h\"\nrequired_checks = [\"e2e\"]",
-                ),
-                "environment[1].required_checks",
-            ),
-            (
-                base.replace(
-                    "required_approvals = 2",
-                    "required_approvals = 2\nmin_soak = \"30m\"",
-                ),
-                "project[0].environment[0].min_soak",
-            ),
-            (
-                format!("{base}break_glass = [\"group:sre\"]\n"),
-                "project[1].environment[0].break_glass",
-            ),
-            (
-                format!(
-                    "{base}[[project.freeze]]\nenvironments = [\"production\"]\nstart = \"2026-12-20T00:00:00Z\"\nend = \"2027-01-05T00:00:00Z\"\nreason = \"year-end\"\n"
-                ),
-                "project[1].freeze[0]",
-            ),
-            (
-                format!(
-                    "{base}[[freeze]]\nenvironments = [\"production\"]\nstart = \"2026-12-20T00:00:00Z\"\nend = \"2027-01-05T00:00:00Z\"\nreason = \"year-end\"\n"
-                ),
-                "freeze[0]",
-            ),
-        ] {
-            let e = err(&config);
-            assert!(
-                e.starts_with(&format!("{key}: this version of prodgate does not enforce")),
-                "{key}: {e}"
-            );
-        }
-    }
-
-    #[test]
     fn shadowed_patterns_and_empty_requesters_are_warnings() {
         let shadowed = two_projects().replace(
             "repositories = [\"127.0.0.1:5000/**\"]",

@@ -137,10 +137,6 @@ pub(super) struct RawProjectEnvironment {
 /// `[[freeze]]` or `[[project.freeze]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[expect(
-    dead_code,
-    reason = "parsed so the shape is checked; read once the window gate is in this build"
-)]
 pub(super) struct RawFreeze {
     pub environments: Vec<String>,
     pub start: String,

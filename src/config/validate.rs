@@ -2,9 +2,9 @@
 //! section, each naming the key of the first thing it refuses, then the
 //! checks that span sections.
 
+use super::policy::{add_freezes, apply_policy_keys, members, policy_can_pass};
 use super::raw::{
-    PolicyKeys, RawConfig, RawEnvironment, RawFreeze, RawNotify, RawPrincipal, RawProject,
-    RawRegistry, RawTls,
+    RawConfig, RawEnvironment, RawNotify, RawPrincipal, RawProject, RawRegistry, RawTls,
 };
 use super::{
     Config, ConfigError, ConfigWarning, DEFAULT_APPLY_DEADLINE, DEFAULT_APPLY_WAIT,
@@ -15,7 +15,7 @@ use super::{
 };
 use crate::domain::names::{Repository, validate_tag};
 use crate::domain::policy::{Approver, EnvironmentPolicy, Principal};
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -36,10 +36,12 @@ pub(super) fn config(raw: RawConfig, files: Files) -> Result<Loaded, ConfigError
     c.registries = registries(raw.registry, docker.as_ref(), &mut cx)?;
     c.principals = principals(raw.principal)?;
     let people = people(&c.principals);
-    c.environments = environments(&raw.environment, &people, &mut cx)?;
     c.check_reporters = members("check_reporters", &raw.check_reporters, &people)?;
-    freezes("freeze", &raw.freeze)?;
-    c.projects = projects(&raw.project, &c, &people, &mut cx)?;
+    c.environments = environments(&raw.environment, &people, &c.check_reporters, &mut cx)?;
+    // Before projects copy the environments: a top-level freeze holds for
+    // every repository.
+    add_freezes("freeze", &raw.freeze, &mut c.environments)?;
+    c.projects = projects(&raw.project, &raw.environment, &c, &people, &mut cx)?;
     across_sections(&c)?;
     Ok(Loaded {
         config: c,
@@ -303,6 +305,7 @@ fn principals(raw: Vec<RawPrincipal>) -> Result<Vec<PrincipalConfig>, ConfigErro
 fn environments(
     raw: &[RawEnvironment],
     people: &[Principal],
+    reporters: &[Approver],
     cx: &mut Cx,
 ) -> Result<Vec<EnvironmentPolicy>, ConfigError> {
     let mut environments: Vec<EnvironmentPolicy> = Vec::new();
@@ -352,73 +355,20 @@ fn environments(
                 DEFAULT_APPLY_DEADLINE,
             )?)
             .filter(|d| !d.is_zero()),
-            // The gates of issue 10, off until their keys are parsed.
+            // Off unless the keys say otherwise.
             required_groups: Vec::new(),
             required_checks: Vec::new(),
             min_soak: None,
             window: None,
             break_glass: Vec::new(),
-            rollback_approvals: e.required_approvals,
+            rollback_approvals: 0,
             freezes: Vec::new(),
         };
-        apply_policy_keys(&prefix, &e.policy_keys(), &mut policy)?;
-        policy_can_pass(&prefix, &policy, people, cx)?;
+        apply_policy_keys(&prefix, &e.policy_keys(), None, people, &mut policy)?;
+        policy_can_pass(&prefix, &policy, people, reporters, cx)?;
         environments.push(policy);
     }
     Ok(environments)
-}
-
-/// Sets on `policy` the keys `keys` gives: every key of a top-level
-/// environment, or the overrides of a `[[project.environment]]`. `prefix`
-/// is the section's key, e.g. `project[0].environment[1]`.
-fn apply_policy_keys(
-    prefix: &str,
-    keys: &PolicyKeys<'_>,
-    policy: &mut EnvironmentPolicy,
-) -> Result<(), ConfigError> {
-    let key = |field: &str| format!("{prefix}.{field}");
-    if let Some(approvers) = keys.approvers {
-        for (j, a) in approvers.iter().enumerate() {
-            check_name(&format!("{prefix}.approvers[{j}]"), a)?;
-        }
-        policy.approvers = approvers.iter().map(|a| Approver::parse(a)).collect();
-    }
-    if let Some(n) = keys.required_approvals {
-        policy.required_approvals = n;
-    }
-    if let Some(allow) = keys.allow_self_approval {
-        policy.allow_self_approval = allow;
-    }
-    if let Some(ttl) = keys.approval_ttl {
-        policy.approval_ttl = duration(&key("approval_ttl"), Some(ttl), DEFAULT_APPROVAL_TTL)?;
-    }
-    // The gates behind these keys are not in this build. Refused rather than
-    // ignored: a freeze or a required check that silently does nothing is
-    // worse than a config that does not load.
-    let not_yet = [
-        ("required_groups", keys.required_groups.is_some()),
-        ("required_checks", keys.required_checks.is_some()),
-        ("min_soak", keys.min_soak.is_some()),
-        ("allowed_days", keys.allowed_days.is_some()),
-        ("allowed_hours", keys.allowed_hours.is_some()),
-        ("time_zone", keys.time_zone.is_some()),
-        ("break_glass", keys.break_glass.is_some()),
-        ("rollback_approvals", keys.rollback_approvals.is_some()),
-    ];
-    if let Some((field, _)) = not_yet.iter().find(|(_, given)| *given) {
-        return Err(invalid(key(field), NOT_ENFORCED_YET));
-    }
-    Ok(())
-}
-
-const NOT_ENFORCED_YET: &str = "this version of prodgate does not enforce this key yet; remove it rather than rely on a gate that would not run";
-
-/// `[[freeze]]` (or a project's `[[project.freeze]]`, `section` saying which).
-fn freezes(section: &str, raw: &[RawFreeze]) -> Result<(), ConfigError> {
-    match raw.first() {
-        None => Ok(()),
-        Some(_) => Err(invalid(format!("{section}[0]"), NOT_ENFORCED_YET)),
-    }
 }
 
 /// Every `[[project]]`: a unique name, patterns that can match repositories
@@ -426,6 +376,7 @@ fn freezes(section: &str, raw: &[RawFreeze]) -> Result<(), ConfigError> {
 /// effective environment policies that can pass.
 fn projects(
     raw: &[RawProject],
+    raw_environments: &[RawEnvironment],
     c: &Config,
     people: &[Principal],
     cx: &mut Cx,
@@ -489,11 +440,41 @@ fn projects(
                     ),
                 ));
             };
-            apply_policy_keys(&prefix, &e.policy_keys(), policy)?;
-            policy_can_pass(&prefix, policy, people, cx)?;
+            let inherited_rollback = raw_environments
+                .iter()
+                .find(|x| x.name == e.name)
+                .and_then(|x| x.rollback_approvals);
+            apply_policy_keys(
+                &prefix,
+                &e.policy_keys(),
+                inherited_rollback,
+                people,
+                policy,
+            )?;
+            let reporters = check_reporters.as_deref().unwrap_or(&c.check_reporters);
+            policy_can_pass(&prefix, policy, people, reporters, cx)?;
             overridden.push(&e.name);
         }
-        freezes(&format!("project[{i}].freeze"), &p.freeze)?;
+        // An environment the project does not override keeps its checks,
+        // which this project's own reporters must be able to report.
+        if let Some(reporters) = &check_reporters
+            && reporters.is_empty()
+            && let Some(e) = environments.iter().find(|e| !e.required_checks.is_empty())
+        {
+            return Err(invalid(
+                key("check_reporters"),
+                format!(
+                    "is empty, but environment {} requires checks ({}): nobody could report them",
+                    e.name,
+                    e.required_checks.join(", ")
+                ),
+            ));
+        }
+        add_freezes(
+            &format!("project[{i}].freeze"),
+            &p.freeze,
+            &mut environments,
+        )?;
         projects.push(ProjectConfig {
             name: p.name.clone(),
             repositories,
@@ -558,17 +539,6 @@ fn repository_pattern(
     Ok(pattern)
 }
 
-/// A principals-or-groups list (`requesters`, `check_reporters`): every
-/// entry names a principal or a group with members.
-fn members(key: &str, list: &[String], people: &[Principal]) -> Result<Vec<Approver>, ConfigError> {
-    for (j, m) in list.iter().enumerate() {
-        check_name(&format!("{key}[{j}]"), m)?;
-    }
-    let parsed: Vec<Approver> = list.iter().map(|m| Approver::parse(m)).collect();
-    who_is_in(key, &parsed, people)?;
-    Ok(parsed)
-}
-
 fn environment_names(environments: &[EnvironmentPolicy]) -> String {
     let names: Vec<&str> = environments.iter().map(|e| e.name.as_str()).collect();
     if names.is_empty() {
@@ -588,87 +558,6 @@ fn people(principals: &[PrincipalConfig]) -> Vec<Principal> {
             groups: p.groups.clone(),
         })
         .collect()
-}
-
-/// The names of everyone `list` designates, sorted (so messages list them
-/// in a stable order); an entry that designates nobody is an error.
-fn who_is_in<'p>(
-    key: &str,
-    list: &[Approver],
-    people: &'p [Principal],
-) -> Result<BTreeSet<&'p str>, ConfigError> {
-    let mut everyone = BTreeSet::new();
-    for a in list {
-        let members: Vec<&str> = people
-            .iter()
-            .filter(|p| a.matches(p))
-            .map(|p| p.name.as_str())
-            .collect();
-        if members.is_empty() {
-            return Err(invalid(
-                key,
-                match a {
-                    Approver::Principal(name) => {
-                        format!("{name:?} is not a configured principal")
-                    }
-                    Approver::Group(g) => format!(
-                        "\"group:{g}\" has no members: no [[principal]] lists {g:?} in groups"
-                    ),
-                },
-            ));
-        }
-        everyone.extend(members);
-    }
-    Ok(everyone)
-}
-
-/// Refuses an effective policy no promotion can ever pass: approvals
-/// required but nobody designated, an approver that names no principal, a
-/// group nobody is in, more approvals than there are distinct approvers.
-/// Warns when only some requesters are stuck: with self-approval off and
-/// exactly `required_approvals` approvers, a promotion requested by one of
-/// them can never collect enough.
-fn policy_can_pass(
-    prefix: &str,
-    policy: &EnvironmentPolicy,
-    people: &[Principal],
-    cx: &mut Cx,
-) -> Result<(), ConfigError> {
-    let key = |field: &str| format!("{prefix}.{field}");
-    if policy.required_approvals > 0 && policy.approvers.is_empty() {
-        return Err(invalid(
-            key("approvers"),
-            format!(
-                "required_approvals is {} but no approvers are designated",
-                policy.required_approvals
-            ),
-        ));
-    }
-    let can_approve = who_is_in(&key("approvers"), &policy.approvers, people)?;
-    let required = policy.required_approvals as usize;
-    let quoted: Vec<String> = can_approve.iter().map(|n| format!("{n:?}")).collect();
-    if required > can_approve.len() {
-        return Err(invalid(
-            key("required_approvals"),
-            format!(
-                "{required} approvals can never be given: only {} principal(s) can approve ({})",
-                can_approve.len(),
-                quoted.join(", ")
-            ),
-        ));
-    }
-    if required > 0 && required == can_approve.len() && !policy.allow_self_approval {
-        cx.warn(
-            key("required_approvals"),
-            format!(
-                "a promotion requested by {} can never be approved: self-approval is off, \
-                 and the other approvers can give only {} of the {required} approval(s) needed",
-                quoted.join(" or "),
-                required - 1
-            ),
-        );
-    }
-    Ok(())
 }
 
 /// What one section cannot see alone.
@@ -697,7 +586,11 @@ fn any_duration(
 }
 
 /// Like [`any_duration`], refusing zero.
-fn duration(key: &str, value: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
+pub(super) fn duration(
+    key: &str,
+    value: Option<&str>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
     let d = any_duration(key, value, default)?;
     if d.is_zero() {
         return Err(invalid(key, "must be greater than zero"));
@@ -706,7 +599,7 @@ fn duration(key: &str, value: Option<&str>, default: Duration) -> Result<Duratio
 }
 
 /// A name used in storage keys and approver lists.
-fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {
+pub(super) fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {
     if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control()) {
         return Err(invalid(
             key,
