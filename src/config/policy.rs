@@ -16,13 +16,15 @@ use std::time::Duration;
 /// Sets on `policy` the keys `keys` gives: every key of a top-level
 /// environment, or the overrides of a `[[project.environment]]`. `prefix`
 /// is the section's key, e.g. `project[0].environment[1]`.
-/// `inherited_rollback` is the top-level environment's own
-/// `rollback_approvals`, when a project overrides it: absent both, a
-/// rollback needs what the effective `required_approvals` says.
+/// `inherited` are the top-level environment's own keys when a project
+/// overrides it, for the defaults that depend on what was written rather
+/// than on the policy it made: `rollback_approvals` (absent both, the
+/// effective `required_approvals`) and `time_zone` (which makes no window
+/// on its own, so the policy cannot carry it).
 pub(super) fn apply_policy_keys(
     prefix: &str,
     keys: &PolicyKeys<'_>,
-    inherited_rollback: Option<u32>,
+    inherited: Option<&PolicyKeys<'_>>,
     people: &[Principal],
     policy: &mut EnvironmentPolicy,
 ) -> Result<(), ConfigError> {
@@ -44,7 +46,7 @@ pub(super) fn apply_policy_keys(
     }
     policy.rollback_approvals = keys
         .rollback_approvals
-        .or(inherited_rollback)
+        .or(inherited.and_then(|k| k.rollback_approvals))
         .unwrap_or(policy.required_approvals);
     if let Some(groups) = keys.required_groups {
         policy.required_groups = group_names(&key("required_groups"), groups)?;
@@ -73,7 +75,7 @@ pub(super) fn apply_policy_keys(
         if let Some(hours) = keys.allowed_hours {
             w.hours = Some(parse_hours(&key("allowed_hours"), hours)?);
         }
-        if let Some(zone) = keys.time_zone {
+        if let Some(zone) = keys.time_zone.or(inherited.and_then(|k| k.time_zone)) {
             w.time_zone = Zone::get(zone).map_err(|e| {
                 invalid(
                     key("time_zone"),
@@ -592,13 +594,15 @@ reason = "payments migration"
     }
 
     #[test]
-    fn a_time_zone_alone_opens_no_window() {
+    fn a_time_zone_alone_opens_no_window_but_reaches_a_projects_hours() {
         let text = gated()
             .replace("allowed_days = [\"mon\", \"tue\", \"wed\", \"thu\"]\n", "")
-            .replace("allowed_hours = \"09:00-17:00\"\n", "")
-            .replace("allowed_hours = \"22:00-02:00\"\n", "");
+            .replace("allowed_hours = \"09:00-17:00\"\n", "");
         let c = Config::parse(&text).unwrap();
         assert_eq!(production(&c, "r.test/web/app").window, None);
+        let pay = production(&c, "r.test/pay/api").window.as_ref().unwrap();
+        assert_eq!(pay.time_zone, Zone::get("Europe/Berlin").unwrap());
+        assert!(pay.days.is_empty());
     }
 
     #[test]

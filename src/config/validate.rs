@@ -440,14 +440,14 @@ fn projects(
                     ),
                 ));
             };
-            let inherited_rollback = raw_environments
+            let inherited = raw_environments
                 .iter()
                 .find(|x| x.name == e.name)
-                .and_then(|x| x.rollback_approvals);
+                .map(RawEnvironment::policy_keys);
             apply_policy_keys(
                 &prefix,
                 &e.policy_keys(),
-                inherited_rollback,
+                inherited.as_ref(),
                 people,
                 policy,
             )?;
