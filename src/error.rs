@@ -46,6 +46,13 @@ pub enum Error {
     },
     #[error("promotion {id} expired at {expires_at} without enough approvals")]
     Expired { id: u64, expires_at: String },
+    #[error(
+        "{principal} may not report checks for {repository}: only the configured check_reporters may"
+    )]
+    NotCheckReporter {
+        principal: String,
+        repository: String,
+    },
     #[error("the server is shutting down; repeat the call")]
     ShuttingDown,
     #[error(transparent)]

@@ -62,6 +62,8 @@ pub fn event_of(c: &Change) -> Option<NotifyEvent> {
         Action::Cancelled => NotifyEvent::Cancelled,
         Action::Expired => NotifyEvent::Expired,
         Action::Superseded => NotifyEvent::Superseded,
+        // Not a promotion's change (and not on the change stream).
+        Action::CheckReported => return None,
     })
 }
 

@@ -9,7 +9,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::audit::{AuditEntry, Verification};
 use crate::domain::machine::{self, NewPromotion, Outcome};
-use crate::domain::model::{Promotion, PromotionId, State, Time};
+use crate::domain::model::{CheckReport, CheckStatus, Promotion, PromotionId, State, Time};
 use crate::domain::names::{Repository, Source};
 use crate::domain::policy::{EnvironmentPolicy, Principal};
 use crate::error::Error;
@@ -37,6 +37,17 @@ pub struct ListQuery {
     pub newest_first: bool,
     /// Only pending promotions this principal may approve now.
     pub awaiting: Option<Principal>,
+}
+
+/// A validated ReportCheck.
+#[derive(Debug, Clone)]
+pub struct CheckInput {
+    pub repository: Repository,
+    pub digest: String,
+    pub check: String,
+    pub status: CheckStatus,
+    pub details_url: String,
+    pub comment: String,
 }
 
 /// A History call, validated.
@@ -536,6 +547,51 @@ impl Promotions {
                 environment: environment.to_owned(),
                 at: at.map_or_else(|| "now".to_owned(), Time::rfc3339),
             })
+    }
+
+    /// Records a check result for a digest (its latest report per check
+    /// counts for the checks gate). Only check reporters may.
+    pub async fn report_check(
+        &self,
+        who: Principal,
+        input: CheckInput,
+    ) -> Result<CheckReport, Error> {
+        let repository = input.repository.to_string();
+        if !self.config.governing(&repository).may_report(&who) {
+            return Err(Error::NotCheckReporter {
+                principal: who.name,
+                repository,
+            });
+        }
+        let mut report = CheckReport {
+            repository,
+            digest: input.digest,
+            check: input.check,
+            status: input.status,
+            reported_by: who.name,
+            time: Time::ZERO,
+            details_url: input.details_url,
+            comment: input.comment,
+        };
+        let event = report.event();
+        let entry = self
+            .store
+            .write(move |tx: &mut dyn UnitOfWork| {
+                let now = tx.now();
+                Ok::<_, Error>(tx.record(event, now)?)
+            })
+            .await?;
+        report.time = entry.time;
+        Ok(report)
+    }
+
+    /// The latest report of every check for a digest.
+    pub async fn list_checks(
+        &self,
+        repository: &Repository,
+        digest: &str,
+    ) -> Result<Vec<CheckReport>, Error> {
+        Ok(self.store.checks(&repository.to_string(), digest).await?)
     }
 
     pub async fn verify(&self) -> Result<Verification, Error> {

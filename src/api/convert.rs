@@ -1,11 +1,13 @@
 //! Wire <-> domain: validating what clients send and rendering records.
 
 use crate::domain::audit::AuditEntry;
+use crate::domain::model::{CheckReport, CheckStatus};
 use crate::domain::model::{Promotion, PromotionId, State, Time};
 use crate::domain::names::{Repository, Source};
+use crate::domain::names::{validate_check_name, validate_digest};
 use crate::error::Error;
 use crate::pb;
-use crate::promotions::RequestInput;
+use crate::promotions::{CheckInput, RequestInput};
 
 /// Longest free-text field (reason, comment).
 pub const MAX_TEXT: usize = 4096;
@@ -113,7 +115,7 @@ pub fn audit_entry(e: &AuditEntry) -> pb::AuditEntry {
         time: Some(timestamp(e.time)),
         actor: e.event.actor.clone(),
         action: e.event.action.number() as i32,
-        promotion_id: e.event.promotion_id.to_string(),
+        promotion_id: crate::domain::audit::promotion_id_text(e.event.promotion_id),
         repository: e.event.repository.clone(),
         environment: e.event.environment.clone(),
         digest: e.event.digest.clone(),
@@ -192,6 +194,46 @@ pub fn repository_filter(s: &str) -> Result<Option<String>, Error> {
     optional(s)
         .map(|r| repository("repository", &r).map(|r| r.to_string()))
         .transpose()
+}
+
+pub fn check_input(r: pb::ReportCheckRequest) -> Result<CheckInput, Error> {
+    let repository = repository("repository", &r.repository)?;
+    validate_digest(&r.digest).map_err(|e| invalid("digest", e.to_string()))?;
+    validate_check_name(&r.check).map_err(|e| invalid("check", e.to_string()))?;
+    let status = match pb::CheckStatus::try_from(r.status) {
+        Ok(pb::CheckStatus::Passed) => CheckStatus::Passed,
+        Ok(pb::CheckStatus::Failed) => CheckStatus::Failed,
+        _ => {
+            return Err(invalid(
+                "status",
+                "must be CHECK_STATUS_PASSED or CHECK_STATUS_FAILED",
+            ));
+        }
+    };
+    Ok(CheckInput {
+        repository,
+        digest: r.digest,
+        check: r.check,
+        status,
+        details_url: text("details_url", &r.details_url)?,
+        comment: text("comment", &r.comment)?,
+    })
+}
+
+pub fn check_result(c: &CheckReport) -> pb::CheckResult {
+    pb::CheckResult {
+        repository: c.repository.clone(),
+        digest: c.digest.clone(),
+        check: c.check.clone(),
+        status: match c.status {
+            CheckStatus::Passed => pb::CheckStatus::Passed,
+            CheckStatus::Failed => pb::CheckStatus::Failed,
+        } as i32,
+        reported_by: c.reported_by.clone(),
+        time: Some(timestamp(c.time)),
+        details_url: c.details_url.clone(),
+        comment: c.comment.clone(),
+    }
 }
 
 pub fn request_input(r: pb::RequestPromotionRequest) -> Result<RequestInput, Error> {

@@ -19,6 +19,7 @@ impl From<Error> for Status {
                 Status::failed_precondition(msg)
             }
             Error::RequestIdReused { .. } => Status::already_exists(msg),
+            Error::NotCheckReporter { .. } => Status::permission_denied(msg),
             Error::ShuttingDown => Status::unavailable(msg),
             Error::Domain(d) => match d {
                 DomainError::NotApprover { .. }

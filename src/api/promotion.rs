@@ -217,6 +217,31 @@ impl PromotionService for PromotionApi {
         }))
     }
 
+    async fn report_check(
+        &self,
+        req: Request<pb::ReportCheckRequest>,
+    ) -> Result<Response<pb::CheckResult>, Status> {
+        let who = principal(&req)?;
+        let input = convert::check_input(req.into_inner())?;
+        let report = self.promotions.report_check(who, input).await?;
+        Ok(Response::new(convert::check_result(&report)))
+    }
+
+    async fn list_checks(
+        &self,
+        req: Request<pb::ListChecksRequest>,
+    ) -> Result<Response<pb::ListChecksResponse>, Status> {
+        principal(&req)?;
+        let r = req.into_inner();
+        let repository = convert::repository("repository", &r.repository)?;
+        crate::domain::names::validate_digest(&r.digest)
+            .map_err(|e| Status::invalid_argument(format!("digest: {e}")))?;
+        let checks = self.promotions.list_checks(&repository, &r.digest).await?;
+        Ok(Response::new(pb::ListChecksResponse {
+            checks: checks.iter().map(convert::check_result).collect(),
+        }))
+    }
+
     async fn verify_audit_log(
         &self,
         req: Request<pb::VerifyAuditLogRequest>,

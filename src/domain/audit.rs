@@ -72,6 +72,15 @@ impl HashInput<'_> {
     }
 }
 
+/// `promotion_id` as hashed and shown: empty for entries about no promotion.
+pub fn promotion_id_text(id: crate::domain::model::PromotionId) -> String {
+    if id == crate::domain::model::NO_PROMOTION {
+        String::new()
+    } else {
+        id.to_string()
+    }
+}
+
 /// A field as its UTF-8 length (u32 BE) and bytes.
 fn put(h: &mut Sha256, field: &str) {
     // Free-text fields are capped far below 4 GiB at the API boundary.
@@ -106,7 +115,7 @@ fn hash_of(prev_hash: &Hash, sequence: u64, time: Time, e: &Event) -> Hash {
         time,
         action_number: e.action.number(),
         actor: &e.actor,
-        promotion_id: &e.promotion_id.to_string(),
+        promotion_id: &promotion_id_text(e.promotion_id),
         repository: &e.repository,
         environment: &e.environment,
         digest: &e.digest,

@@ -28,29 +28,7 @@ pub const BREAK_GLASS_OVERRIDES: [&str; 2] = [WINDOW, SOAK];
 /// week, plus a week for the day a clock change swallows the hours.
 const HORIZON_DAYS: i16 = 15;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CheckStatus {
-    Passed,
-    Failed,
-}
-
-impl CheckStatus {
-    pub fn label(self) -> &'static str {
-        match self {
-            CheckStatus::Passed => "PASSED",
-            CheckStatus::Failed => "FAILED",
-        }
-    }
-}
-
-/// One report of a check about the pinned digest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CheckReport {
-    pub check: String,
-    pub status: CheckStatus,
-    pub reported_by: String,
-    pub time: Time,
-}
+pub use crate::domain::model::{CheckReport, CheckStatus};
 
 /// What the gates decide on, gathered by the use case.
 #[derive(Debug, Clone, Copy)]
@@ -403,7 +381,7 @@ fn checks(f: &Facts<'_>) -> Option<GateResult> {
             Some(r) if r.status == CheckStatus::Passed => None,
             Some(r) => Some(format!(
                 "`{c}` (latest {} by {} at {})",
-                r.status.label(),
+                r.status.name(),
                 r.reported_by,
                 show(r.time)
             )),

@@ -1127,6 +1127,9 @@ mod proptests {
                     Action::ApplyFailed => Some(State::Failed),
                     Action::Superseded => Some(State::Superseded),
                     Action::Requested | Action::Approved => None,
+                    Action::CheckReported => {
+                        return Err(TestCaseError::fail("a promotion's entry is a check report"));
+                    }
                 };
                 match state {
                     Some(s) => prop_assert_eq!(t.p.state, s),

@@ -123,6 +123,8 @@ pub enum Action {
     Applied,
     ApplyFailed,
     Superseded,
+    /// A validation check's result for a digest; no promotion.
+    CheckReported,
 }
 
 impl Action {
@@ -136,6 +138,7 @@ impl Action {
             Action::Applied => 6,
             Action::ApplyFailed => 7,
             Action::Superseded => 8,
+            Action::CheckReported => 9,
         }
     }
 }
@@ -199,6 +202,99 @@ pub struct Event {
     /// hashed after `comment` when present (see `audit::HashInput`).
     pub attributes: BTreeMap<String, String>,
 }
+
+/// What a validation check reported for a digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CheckStatus {
+    Passed,
+    Failed,
+}
+
+impl CheckStatus {
+    /// The `status` attribute of a CHECK_REPORTED entry.
+    pub fn label(self) -> &'static str {
+        match self {
+            CheckStatus::Passed => "passed",
+            CheckStatus::Failed => "failed",
+        }
+    }
+
+    /// As people read it (and as the proto names it): `PASSED`, `FAILED`.
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckStatus::Passed => "PASSED",
+            CheckStatus::Failed => "FAILED",
+        }
+    }
+
+    pub fn from_label(s: &str) -> Option<Self> {
+        match s {
+            "passed" => Some(CheckStatus::Passed),
+            "failed" => Some(CheckStatus::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// The latest report of one check for one digest, read back from its
+/// CHECK_REPORTED audit entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckReport {
+    pub repository: String,
+    pub digest: String,
+    pub check: String,
+    pub status: CheckStatus,
+    pub reported_by: String,
+    pub time: Time,
+    pub details_url: String,
+    pub comment: String,
+}
+
+impl CheckReport {
+    /// The CHECK_REPORTED event that records this report (its time is the
+    /// entry's). Attributes: `check`, `status`, and `url` when given.
+    pub fn event(&self) -> Event {
+        let mut attributes = BTreeMap::new();
+        attributes.insert("check".to_owned(), self.check.clone());
+        attributes.insert("status".to_owned(), self.status.label().to_owned());
+        if !self.details_url.is_empty() {
+            attributes.insert("url".to_owned(), self.details_url.clone());
+        }
+        Event {
+            action: Action::CheckReported,
+            actor: self.reported_by.clone(),
+            promotion_id: NO_PROMOTION,
+            repository: self.repository.clone(),
+            environment: String::new(),
+            digest: self.digest.clone(),
+            previous_digest: String::new(),
+            comment: self.comment.clone(),
+            attributes,
+        }
+    }
+
+    /// The report a CHECK_REPORTED entry records, if it is one.
+    pub fn from_entry(e: &crate::domain::audit::AuditEntry) -> Option<Self> {
+        let ev = &e.event;
+        if ev.action != Action::CheckReported {
+            return None;
+        }
+        Some(Self {
+            repository: ev.repository.clone(),
+            digest: ev.digest.clone(),
+            check: ev.attributes.get("check")?.clone(),
+            status: CheckStatus::from_label(ev.attributes.get("status")?)?,
+            reported_by: ev.actor.clone(),
+            time: e.time,
+            details_url: ev.attributes.get("url").cloned().unwrap_or_default(),
+            comment: ev.comment.clone(),
+        })
+    }
+}
+
+/// `promotion_id` of entries about no promotion (check reports); hashed and
+/// shown as the empty string. Promotion ids start at 1.
+pub const NO_PROMOTION: PromotionId = 0;
 
 /// The actor of entries the service writes on its own.
 pub const SERVICE_ACTOR: &str = "prodgate";

@@ -29,6 +29,8 @@ pub enum NameError {
     BadTag(String),
     #[error("{0:?} is not a digest of the form sha256:<64 lowercase hex>")]
     BadDigest(String),
+    #[error("{0:?} is not a check name: [a-z0-9][a-z0-9._-]{{0,62}}")]
+    BadCheck(String),
 }
 
 /// Longest repository name (host and path) most registries accept.
@@ -159,6 +161,24 @@ pub fn validate_digest(digest: &str) -> Result<(), NameError> {
         Ok(())
     } else {
         Err(NameError::BadDigest(digest.to_owned()))
+    }
+}
+
+/// A validation check's name: `[a-z0-9][a-z0-9._-]{0,62}` (like `e2e`,
+/// `trivy.scan`).
+pub fn validate_check_name(name: &str) -> Result<(), NameError> {
+    let mut bytes = name.bytes();
+    let first_ok = bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let rest_ok = bytes
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'));
+    if name.is_empty() {
+        Err(NameError::Empty)
+    } else if first_ok && rest_ok && name.len() <= 63 {
+        Ok(())
+    } else {
+        Err(NameError::BadCheck(name.to_owned()))
     }
 }
 

@@ -15,7 +15,7 @@
 pub mod sled;
 
 use crate::domain::audit::{AuditEntry, Verification};
-use crate::domain::model::{Event, Promotion, PromotionId, State, Time};
+use crate::domain::model::{CheckReport, Event, Promotion, PromotionId, State, Time};
 use async_trait::async_trait;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -136,6 +136,9 @@ pub trait UnitOfWork {
         after: &Promotion,
         event: Option<Event>,
     ) -> Result<Option<AuditEntry>, StoreError>;
+    /// Chains an entry about no promotion (a check report), timed `at` (or
+    /// the last entry's time, if later).
+    fn record(&mut self, event: Event, at: Time) -> Result<AuditEntry, StoreError>;
     /// How many writes the job made so far (a job that wrote nothing is
     /// answered even if the flush fails).
     fn writes(&self) -> usize;
@@ -188,6 +191,9 @@ pub trait Storage: Send + Sync + 'static {
         environment: &str,
         at: Option<Time>,
     ) -> Result<Option<AuditEntry>, StoreError>;
+    /// The latest report of every check for `digest` in `repository`, by
+    /// check name.
+    async fn checks(&self, repository: &str, digest: &str) -> Result<Vec<CheckReport>, StoreError>;
     /// How many entries the audit log holds (its last sequence number).
     async fn audit_len(&self) -> Result<u64, StoreError>;
     /// Checks the hash chain.

@@ -113,10 +113,14 @@ fn promotion(required: u32, approved_by: &[&str]) -> Promotion {
 
 fn report(check: &str, status: CheckStatus, time: &str) -> CheckReport {
     CheckReport {
+        repository: "registry.example.com/team/app".into(),
+        digest: String::new(),
         check: check.into(),
         status,
         reported_by: "ci".into(),
         time: at(time),
+        details_url: String::new(),
+        comment: String::new(),
     }
 }
 

@@ -10,18 +10,19 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use super::keys;
 
 /// The value of an `audit` key: the entry and the promotion as it stood
-/// right after it. Writing it is a commit's single atomic step; everything
-/// else is derived from it (see `derive`).
+/// right after it (none for entries about no promotion, such as check
+/// reports). Writing it is a commit's single atomic step; everything else is
+/// derived from it (see `derive`).
 #[derive(Serialize)]
 pub struct RecordRef<'a> {
     pub entry: &'a AuditEntry,
-    pub promotion: &'a Promotion,
+    pub promotion: Option<&'a Promotion>,
 }
 
 #[derive(Deserialize)]
 pub struct Record {
     pub entry: AuditEntry,
-    pub promotion: Promotion,
+    pub promotion: Option<Promotion>,
 }
 
 /// The value of a `promotions` key: the promotion and the sequences of its
@@ -227,7 +228,7 @@ pub fn upgrade_record(bytes: &[u8]) -> Option<Vec<u8>> {
     let promotion = Promotion::from(old.promotion);
     Some(encode(&RecordRef {
         entry: &AuditEntry::from(old.entry),
-        promotion: &promotion,
+        promotion: Some(&promotion),
     }))
 }
 

@@ -9,7 +9,7 @@ use super::codec::{
 };
 use super::{Trees, keys, postings, stored_promotion};
 use crate::domain::audit::AuditEntry;
-use crate::domain::model::Promotion;
+use crate::domain::model::{CheckReport, Promotion};
 use crate::store::StoreError;
 
 /// Writes what is derived from one audit record, given the promotion's
@@ -76,6 +76,53 @@ pub fn derive(
     Ok(())
 }
 
+/// What is derived from an entry about no promotion: its audit postings
+/// and, for a check report, the latest-report key, written last (it names
+/// the sequence, which is how `is_derived` tells it finished). Idempotent.
+pub fn derive_event(t: &Trees, entry: &AuditEntry) -> sled::Result<()> {
+    let (e, seq) = (&entry.event, entry.sequence);
+    postings::append(
+        &t.index,
+        &keys::audit_by_repository_prefix(&e.repository),
+        seq,
+    )?;
+    if !e.environment.is_empty() {
+        postings::append(
+            &t.index,
+            &keys::audit_by_environment_prefix(&e.environment),
+            seq,
+        )?;
+    }
+    if let Some(r) = CheckReport::from_entry(entry) {
+        t.index.insert(
+            keys::check(&r.repository, &r.digest, &r.check),
+            &keys::u64_key(seq),
+        )?;
+    }
+    Ok(())
+}
+
+/// Whether everything derived from `record` was written.
+fn is_derived(t: &Trees, record: &Record) -> Result<bool, StoreError> {
+    let seq = record.entry.sequence;
+    Ok(match &record.promotion {
+        Some(p) => {
+            stored_promotion(&t.promotions, p.id)?.is_some_and(|s| s.audit.last() >= Some(&seq))
+        }
+        None => match CheckReport::from_entry(&record.entry) {
+            Some(r) => t
+                .index
+                .get(keys::check(&r.repository, &r.digest, &r.check))?
+                .and_then(|v| keys::read_u64(&v))
+                .is_some_and(|latest| latest >= seq),
+            None => {
+                let prefix = keys::audit_by_repository_prefix(&record.entry.event.repository);
+                postings::from(&t.index, &prefix, seq).next().transpose()? == Some(seq)
+            }
+        },
+    })
+}
+
 /// Finishes the derivations a crash cut short: walks back from the newest
 /// audit record to the first one whose promotion value already lists it,
 /// then derives the rest in order. sled recovers a prefix of what was
@@ -86,8 +133,7 @@ pub fn redo_derived(t: &Trees) -> Result<(), StoreError> {
     for kv in t.audit.iter().rev() {
         let (k, v) = kv?;
         let record = decode_record(&k, &v)?;
-        let stored = stored_promotion(&t.promotions, record.promotion.id)?;
-        if stored.is_some_and(|s| s.audit.last() >= Some(&record.entry.sequence)) {
+        if is_derived(t, &record)? {
             break;
         }
         unfinished.push(record);
@@ -96,8 +142,13 @@ pub fn redo_derived(t: &Trees) -> Result<(), StoreError> {
         return Ok(());
     }
     for record in unfinished.iter().rev() {
-        let before = stored_promotion(&t.promotions, record.promotion.id)?;
-        derive(t, before.as_ref(), &record.entry, &record.promotion)?;
+        match &record.promotion {
+            Some(p) => {
+                let before = stored_promotion(&t.promotions, p.id)?;
+                derive(t, before.as_ref(), &record.entry, p)?;
+            }
+            None => derive_event(t, &record.entry)?,
+        }
     }
     t.db.flush()?;
     tracing::info!(
@@ -125,8 +176,46 @@ pub fn roll_back(t: &Trees, acknowledged: u64) -> Result<usize, StoreError> {
     Ok(undone)
 }
 
+/// Undoes an entry about no promotion: its postings, and a check report's
+/// latest-report key goes back to the report before it (if any).
+fn undo_event(t: &Trees, entry: &AuditEntry) -> Result<(), StoreError> {
+    let (e, seq) = (&entry.event, entry.sequence);
+    let by_repository = keys::audit_by_repository_prefix(&e.repository);
+    postings::remove(&t.index, &by_repository, seq)?;
+    if !e.environment.is_empty() {
+        postings::remove(
+            &t.index,
+            &keys::audit_by_environment_prefix(&e.environment),
+            seq,
+        )?;
+    }
+    let Some(r) = CheckReport::from_entry(entry) else {
+        return Ok(());
+    };
+    let key = keys::check(&r.repository, &r.digest, &r.check);
+    // Rare (a refused flush): walk the repository's entries back.
+    for earlier in postings::down_from(&t.index, &by_repository, seq.saturating_sub(1)) {
+        let earlier = earlier?;
+        let k = keys::u64_key(earlier);
+        let Some(v) = t.audit.get(k)? else { continue };
+        let before = decode_record(&k, &v)?.entry;
+        if let Some(b) = CheckReport::from_entry(&before)
+            && b.digest == r.digest
+            && b.check == r.check
+        {
+            t.index.insert(key, &keys::u64_key(earlier))?;
+            return Ok(());
+        }
+    }
+    t.index.remove(key)?;
+    Ok(())
+}
+
 fn undo(t: &Trees, record: &Record) -> Result<(), StoreError> {
-    let (after, seq) = (&record.promotion, record.entry.sequence);
+    let Some(after) = &record.promotion else {
+        return undo_event(t, &record.entry);
+    };
+    let seq = record.entry.sequence;
     let id = after.id;
     postings::remove(
         &t.index,
@@ -150,7 +239,7 @@ fn undo(t: &Trees, record: &Record) -> Result<(), StoreError> {
                 what: format!("audit entry {prev}"),
                 reason: format!("promotion {id} lists it, but it is missing"),
             })?;
-            Some(decode_record(&key, &v)?.promotion)
+            decode_record(&key, &v)?.promotion
         }
         None => None,
     };

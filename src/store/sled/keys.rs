@@ -11,6 +11,7 @@
 //! |              | `e` environment 0x00 first-id         | posting chunk of ids               |
 //! |              | `S` state-code id                     | (empty)                            |
 //! |              | `I` principal 0x00 request_id         | id                                 |
+//! |              | `C` repository 0x00 digest 0x00 check | sequence of its latest report      |
 //! | `meta`       | `format`                              | u64 (3)                            |
 //! | `manifests`  | repository 0x00 digest                | media type, bytes                  |
 //!
@@ -77,6 +78,21 @@ pub fn promotions_by_repository_prefix(repository: &str) -> Vec<u8> {
 
 pub fn promotions_by_environment_prefix(environment: &str) -> Vec<u8> {
     named(b'e', environment)
+}
+
+/// The latest-report key of `check` for `digest` in `repository`.
+pub fn check(repository: &str, digest: &str, check: &str) -> Vec<u8> {
+    let mut k = checks_prefix(repository, digest);
+    k.extend_from_slice(check.as_bytes());
+    k
+}
+
+/// Every check of `digest` in `repository`.
+pub fn checks_prefix(repository: &str, digest: &str) -> Vec<u8> {
+    let mut k = named(b'C', repository);
+    k.extend_from_slice(digest.as_bytes());
+    k.push(0);
+    k
 }
 
 pub fn request_id(principal: &str, request_id: &str) -> Vec<u8> {

@@ -25,7 +25,7 @@ mod writer;
 
 use crate::clock::Clock;
 use crate::domain::audit::{AuditEntry, Verification, Verifier};
-use crate::domain::model::{Promotion, PromotionId, State, Time};
+use crate::domain::model::{CheckReport, Promotion, PromotionId, State, Time};
 use crate::store::{
     Change, HistoryFilter, Job, ListFilter, Page, PageRequest, Storage, Store, StoreError,
     StoredManifest, WriterStats,
@@ -240,6 +240,11 @@ impl Storage for SledStore {
         let (repository, environment) = (repository.to_owned(), environment.to_owned());
         self.read(move |t| t.deployed_at(&repository, &environment, at))
             .await
+    }
+
+    async fn checks(&self, repository: &str, digest: &str) -> Result<Vec<CheckReport>, StoreError> {
+        let (repository, digest) = (repository.to_owned(), digest.to_owned());
+        self.read(move |t| t.checks(&repository, &digest)).await
     }
 
     async fn audit_len(&self) -> Result<u64, StoreError> {

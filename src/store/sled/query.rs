@@ -5,7 +5,7 @@
 use super::codec::{decode_entry, decode_manifest, decode_promotion};
 use super::{Trees, keys, postings, request_id_of, stored_promotion};
 use crate::domain::audit::{AuditEntry, Verification, Verifier};
-use crate::domain::model::{Action, Promotion, PromotionId, State, Time};
+use crate::domain::model::{Action, CheckReport, Promotion, PromotionId, State, Time};
 use crate::store::{HistoryFilter, ListFilter, Page, PageRequest, StoreError, StoredManifest};
 
 type Ids<'a> = Box<dyn Iterator<Item = Result<u64, StoreError>> + 'a>;
@@ -226,6 +226,25 @@ impl Trees {
             }
         }
         Ok(builder.finish())
+    }
+
+    pub fn checks(&self, repository: &str, digest: &str) -> Result<Vec<CheckReport>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self
+            .index
+            .scan_prefix(keys::checks_prefix(repository, digest))
+        {
+            let (_, v) = kv?;
+            let Some(seq) = keys::read_u64(&v) else {
+                continue;
+            };
+            if let Some(e) = self.entry(seq)?
+                && let Some(report) = CheckReport::from_entry(&e)
+            {
+                out.push(report);
+            }
+        }
+        Ok(out)
     }
 
     /// How many entries the audit log holds (its last sequence number).

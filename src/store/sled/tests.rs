@@ -189,7 +189,7 @@ async fn a_format_2_directory_is_migrated_when_opened() {
                 e.hash,
             ))
             .unwrap();
-            let promotion = codec::encode(&r.promotion);
+            let promotion = codec::encode(r.promotion.as_ref().unwrap());
             assert_eq!(promotion.last(), Some(&0));
             old.extend_from_slice(&promotion[..promotion.len() - 1]);
             t.audit.insert(k, old).unwrap();
@@ -241,5 +241,88 @@ async fn a_format_2_directory_is_migrated_when_opened() {
     assert_eq!(
         by_env.items.iter().map(|p| p.id).collect::<Vec<_>>(),
         vec![2, 1]
+    );
+}
+
+/// Check reports are entries about no promotion: the latest per check
+/// counts, and the crash paths treat them like any other entry.
+#[test]
+fn check_reports_keep_the_latest_per_check_through_redo_and_roll_back() {
+    use crate::domain::model::{CheckReport, CheckStatus};
+    let t = trees();
+    let digest = format!("sha256:{}", "b".repeat(64));
+    let report = |check: &str, status| CheckReport {
+        repository: "r.io/a".into(),
+        digest: digest.clone(),
+        check: check.into(),
+        status,
+        reported_by: "ci".into(),
+        time: Time::ZERO,
+        details_url: "https://ci.example/1".into(),
+        comment: String::new(),
+    };
+    let mut state = WriterState::load(t.clone(), Arc::new(SystemClock)).unwrap();
+    let mut changed = Vec::new();
+    let mut tx = Tx {
+        state: &mut state,
+        changed: &mut changed,
+        writes: 0,
+    };
+    let mut after = Vec::new();
+    for r in [
+        report("e2e", CheckStatus::Passed),
+        report("scan", CheckStatus::Passed),
+        report("e2e", CheckStatus::Failed),
+    ] {
+        let now = tx.now();
+        tx.record(r.event(), now).unwrap();
+        after.push(derived(&t));
+    }
+    assert!(
+        changed.is_empty(),
+        "check reports are not promotion changes"
+    );
+    let latest = |t: &Trees| {
+        let mut v: Vec<(String, CheckStatus)> = t
+            .checks("r.io/a", &digest)
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.check, c.status))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    assert_eq!(
+        latest(&t),
+        [
+            ("e2e".to_owned(), CheckStatus::Failed),
+            ("scan".to_owned(), CheckStatus::Passed)
+        ]
+    );
+    assert!(
+        t.checks("r.io/a", &format!("sha256:{}", "c".repeat(64)))
+            .unwrap()
+            .is_empty()
+    );
+    // A crash after the last record, before its index: finished on open.
+    restore(&t, &after[1]);
+    redo_derived(&t).unwrap();
+    assert_eq!(derived(&t), after[2]);
+    // A refused flush of the last report: the one before it is latest again.
+    roll_back(&t, 2).unwrap();
+    assert_eq!(derived(&t), after[1]);
+    assert_eq!(
+        latest(&t),
+        [
+            ("e2e".to_owned(), CheckStatus::Passed),
+            ("scan".to_owned(), CheckStatus::Passed)
+        ]
+    );
+    assert!(
+        t.verify_from(Verifier::default())
+            .unwrap()
+            .0
+            .first_bad_sequence
+            .is_none()
     );
 }

@@ -6,7 +6,7 @@
 //! (group commit).
 
 use super::codec::{RecordRef, decode_entry, encode, encode_manifest};
-use super::derive::derive;
+use super::derive::{derive, derive_event};
 use super::{Trees, horizon, keys, request_id_of, stored_promotion};
 use crate::clock::Clock;
 use crate::domain::audit::{AuditEntry, GENESIS, Hash};
@@ -164,7 +164,7 @@ impl UnitOfWork for Tx<'_> {
             keys::u64_key(entry.sequence),
             encode(&RecordRef {
                 entry: &entry,
-                promotion: after,
+                promotion: Some(after),
             }),
         )?;
         self.writes += 1;
@@ -184,6 +184,35 @@ impl UnitOfWork for Tx<'_> {
             promotion: after.clone(),
         });
         Ok(Some(entry))
+    }
+
+    /// Like `commit`, for an entry about no promotion: one insert of the
+    /// record, then its indexes (`derive_event`). Not published as a
+    /// [`Change`] (that stream is about promotions).
+    fn record(&mut self, event: Event, at: Time) -> Result<AuditEntry, StoreError> {
+        if self.state.is_poisoned() {
+            return Err(StoreError::Poisoned);
+        }
+        let time = at.max(self.state.last_time);
+        let entry = AuditEntry::chain(self.state.head_hash, self.state.next_sequence, time, event);
+        let t = &self.state.trees;
+        t.audit.insert(
+            keys::u64_key(entry.sequence),
+            encode(&RecordRef {
+                entry: &entry,
+                promotion: None,
+            }),
+        )?;
+        self.writes += 1;
+        self.state.next_sequence = entry.sequence + 1;
+        self.state.head_hash = entry.hash;
+        self.state.last_time = entry.time;
+        if let Err(e) = derive_event(t, &entry) {
+            tracing::error!(error = %e, "indexing a committed audit entry failed; refusing all further writes");
+            self.state.poisoned.store(true, Ordering::Release);
+            return Err(e.into());
+        }
+        Ok(entry)
     }
 
     fn writes(&self) -> usize {

@@ -1,0 +1,142 @@
+//! Validation checks reported by pipelines: who may report, the latest
+//! report per check, and their audit entries (attributes in the hash),
+//! against a real server.
+
+mod support;
+
+use prodgate::pb::{
+    AuditAction, CheckStatus, HistoryRequest, ListChecksRequest, ReportCheckRequest,
+    VerifyAuditLogRequest,
+};
+use support::registry::TestRegistry;
+use support::server::{TestServer, standard_config};
+use support::{expected_hash, history};
+use tonic::Code;
+
+fn report(repo: &str, digest: &str, check: &str, status: CheckStatus) -> ReportCheckRequest {
+    ReportCheckRequest {
+        repository: repo.to_owned(),
+        digest: digest.to_owned(),
+        check: check.to_owned(),
+        status: status as i32,
+        details_url: format!("https://ci.example/{check}/42"),
+        comment: format!("{check} run 42"),
+    }
+}
+
+#[tokio::test]
+async fn check_reporters_report_and_the_latest_report_per_check_counts() {
+    let registry = TestRegistry::start().await;
+    // Top-level keys come before the first table.
+    let server = TestServer::start(&format!(
+        "check_reporters = [\"alice\"]\n{}",
+        standard_config(&registry.host)
+    ));
+    let repo = format!("{}/team/app", registry.host);
+    let digest = format!("sha256:{}", "d".repeat(64));
+    let mut alice = server.client("alice").await;
+    let mut mallory = server.client("mallory").await;
+
+    // Not a reporter: refused, nothing recorded.
+    let e = mallory
+        .report_check(report(&repo, &digest, "e2e", CheckStatus::Passed))
+        .await
+        .expect_err("mallory is no check reporter");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(
+        history(&mut alice, HistoryRequest::default())
+            .await
+            .is_empty()
+    );
+    // Malformed reports name the field.
+    for (bad, field) in [
+        (report(&repo, &digest, "E2E!", CheckStatus::Passed), "check"),
+        (
+            report(&repo, &digest, "e2e", CheckStatus::Unspecified),
+            "status",
+        ),
+        (
+            report(&repo, "sha256:abc", "e2e", CheckStatus::Passed),
+            "digest",
+        ),
+    ] {
+        let e = alice.report_check(bad).await.expect_err(field);
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().starts_with(field), "{e:?}");
+    }
+
+    let first = alice
+        .report_check(report(&repo, &digest, "e2e", CheckStatus::Failed))
+        .await
+        .expect("report e2e failed")
+        .into_inner();
+    assert_eq!(first.reported_by, "alice");
+    alice
+        .report_check(report(&repo, &digest, "scan", CheckStatus::Passed))
+        .await
+        .expect("report scan");
+    alice
+        .report_check(report(&repo, &digest, "e2e", CheckStatus::Passed))
+        .await
+        .expect("report e2e passed");
+    let mut checks = alice
+        .list_checks(ListChecksRequest {
+            repository: repo.clone(),
+            digest: digest.clone(),
+        })
+        .await
+        .expect("list checks")
+        .into_inner()
+        .checks;
+    checks.sort_by(|a, b| a.check.cmp(&b.check));
+    let got: Vec<(&str, i32)> = checks
+        .iter()
+        .map(|c| (c.check.as_str(), c.status))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("e2e", CheckStatus::Passed as i32),
+            ("scan", CheckStatus::Passed as i32)
+        ]
+    );
+    assert_eq!(checks[0].details_url, "https://ci.example/e2e/42");
+    let at = |t: &Option<prost_types::Timestamp>| t.map(|t| (t.seconds, t.nanos));
+    assert!(
+        at(&checks[0].time) > at(&first.time),
+        "the latest report counts"
+    );
+
+    // Each report is an audit entry about no promotion, its facts in
+    // attributes that the documented hash covers.
+    let entries = history(&mut alice, HistoryRequest::default()).await;
+    assert_eq!(entries.len(), 3);
+    for e in &entries {
+        assert_eq!(e.action, AuditAction::CheckReported as i32);
+        assert_eq!((e.promotion_id.as_str(), e.environment.as_str()), ("", ""));
+        assert_eq!(e.repository, repo);
+        assert_eq!(e.digest, digest);
+        assert_eq!(e.actor, "alice");
+        assert_eq!(e.hash, expected_hash(e), "entry {}", e.sequence);
+    }
+    let last = entries.last().expect("an entry");
+    assert_eq!(last.attributes["check"], "e2e");
+    assert_eq!(last.attributes["status"], "passed");
+    assert_eq!(last.attributes["url"], "https://ci.example/e2e/42");
+    let v = alice
+        .verify_audit_log(VerifyAuditLogRequest {})
+        .await
+        .expect("verify")
+        .into_inner();
+    assert!(v.ok, "{v:?}");
+    // Another digest has no reports.
+    let none = alice
+        .list_checks(ListChecksRequest {
+            repository: repo,
+            digest: format!("sha256:{}", "e".repeat(64)),
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(none.checks.is_empty());
+}
