@@ -53,6 +53,12 @@ pub enum Error {
         principal: String,
         repository: String,
     },
+    /// A gate blocks the promotion from becoming APPROVED; the message names
+    /// every blocking gate and what would unblock it.
+    #[error("not approved: {0}")]
+    GatesBlocked(String),
+    #[error(transparent)]
+    GroupsUnrepresented(#[from] crate::domain::gates::GroupsUnrepresented),
     #[error("the server is shutting down; repeat the call")]
     ShuttingDown,
     #[error(transparent)]

@@ -8,6 +8,7 @@ use crate::apply::Progress;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::audit::{AuditEntry, Verification};
+use crate::domain::gates;
 use crate::domain::machine::{self, NewPromotion, Outcome};
 use crate::domain::model::{CheckReport, CheckStatus, Promotion, PromotionId, State, Time};
 use crate::domain::names::{Repository, Source};
@@ -37,6 +38,59 @@ pub struct ListQuery {
     pub newest_first: bool,
     /// Only pending promotions this principal may approve now.
     pub awaiting: Option<Principal>,
+}
+
+/// What the gates need that takes I/O, read before the write job (the job
+/// itself runs on the writer and only reads the store).
+#[derive(Debug, Clone, Default)]
+struct GateInputs {
+    checks: Vec<CheckReport>,
+    soak_since: Option<Time>,
+}
+
+/// Evaluates every gate for `after`, the promotion as the call would leave
+/// it, when it would become APPROVED; refuses with all blockers named.
+fn enforce_gates(
+    config: &Config,
+    after: &Promotion,
+    policy: &EnvironmentPolicy,
+    inputs: &GateInputs,
+    now: Time,
+) -> Result<(), Error> {
+    if after.state != State::Approved {
+        return Ok(());
+    }
+    let approvers = principals_of(config, after);
+    let report = gates::evaluate(&gates::Facts {
+        promotion: after,
+        policy,
+        now,
+        rollback: false,
+        approvers: &approvers,
+        checks: &inputs.checks,
+        // Checked when the promotion was requested (its digest was pinned
+        // from what the prerequisite's tag carried then); not read again:
+        // what was approved is that digest, whatever the tag does since.
+        prerequisite: None,
+        soak_since: inputs.soak_since,
+        break_glass: false,
+    });
+    match report.blocking_message() {
+        Some(m) => Err(Error::GatesBlocked(m)),
+        None => Ok(()),
+    }
+}
+
+/// The approvers of `p` with their groups as the configuration knows them.
+fn principals_of(config: &Config, p: &Promotion) -> Vec<Principal> {
+    p.approvals
+        .iter()
+        .filter_map(|a| config.principals.iter().find(|c| c.name == a.approver))
+        .map(|c| Principal {
+            name: c.name.clone(),
+            groups: c.groups.clone(),
+        })
+        .collect()
 }
 
 /// A validated ReportCheck.
@@ -220,6 +274,10 @@ impl Promotions {
             media_type: manifest.media_type,
             bytes: manifest.bytes,
         };
+        let inputs = self
+            .gate_inputs(&repository, &policy, &manifest.digest)
+            .await?;
+        let config = self.config.clone();
         let mut changes = self.store.subscribe();
         let new = NewPromotion {
             repository: input.repository.to_string(),
@@ -240,6 +298,7 @@ impl Promotions {
                 }
                 let now = tx.now();
                 let o = machine::request(tx.next_id(), new, &who, &policy, now);
+                enforce_gates(&config, &o.promotion, &policy, &inputs, now)?;
                 tx.put_manifest(&o.promotion.repository, &o.promotion.digest, &pinned)?;
                 tx.commit(&o.promotion, o.event)?;
                 Ok(o.promotion)
@@ -285,6 +344,28 @@ impl Promotions {
         comment: String,
     ) -> Result<Promotion, Error> {
         let config = self.config.clone();
+        // The gates' inputs for the approval that would complete it; read
+        // for any pending approval, since which one completes it is decided
+        // on the writer.
+        let inputs = match decision {
+            Decision::Approve => match self.store.get(id).await? {
+                Some(p) if p.state == State::PendingApproval => {
+                    match self
+                        .config
+                        .governing(&p.repository)
+                        .environment(&p.environment)
+                    {
+                        Some(policy) => {
+                            let policy = policy.clone();
+                            self.gate_inputs(&p.repository, &policy, &p.digest).await?
+                        }
+                        None => GateInputs::default(),
+                    }
+                }
+                _ => GateInputs::default(),
+            },
+            Decision::Reject | Decision::Cancel => GateInputs::default(),
+        };
         self.store
             .write(move |tx: &mut dyn UnitOfWork| {
                 let p = tx.get(id)?.ok_or(Error::PromotionNotFound(id))?;
@@ -298,7 +379,15 @@ impl Promotions {
                     })
                 })?;
                 let o: Outcome = match decision {
-                    Decision::Approve => machine::approve(&p, &who, policy, &comment, now)?,
+                    Decision::Approve => {
+                        if machine::may_approve(&p, &who, policy, now) {
+                            let approvers = principals_of(&config, &p);
+                            gates::check_last_slot(&p, policy, &approvers, &who)?;
+                        }
+                        let o = machine::approve(&p, &who, policy, &comment, now)?;
+                        enforce_gates(&config, &o.promotion, policy, &inputs, now)?;
+                        o
+                    }
                     Decision::Reject => machine::reject(&p, &who, policy, &comment, now)?,
                     Decision::Cancel => machine::cancel(&p, &who, policy, &comment, now)?,
                 };
@@ -307,6 +396,31 @@ impl Promotions {
                 Ok(o.promotion)
             })
             .await
+    }
+
+    /// Reads what the checks and soak gates of `policy` need for `digest`
+    /// (nothing when they are not configured).
+    async fn gate_inputs(
+        &self,
+        repository: &str,
+        policy: &EnvironmentPolicy,
+        digest: &str,
+    ) -> Result<GateInputs, Error> {
+        let checks = if policy.required_checks.is_empty() {
+            Vec::new()
+        } else {
+            self.store.checks(repository, digest).await?
+        };
+        let soak_since = match (&policy.min_soak, &policy.requires) {
+            (Some(_), Some(requires)) => self
+                .store
+                .deployed_at(repository, requires, None)
+                .await?
+                .filter(|e| e.event.digest == digest)
+                .map(|e| e.time),
+            _ => None,
+        };
+        Ok(GateInputs { checks, soak_since })
     }
 
     /// Waits up to `apply_wait` for an APPROVED promotion's tag move, so the

@@ -140,3 +140,128 @@ async fn check_reporters_report_and_the_latest_report_per_check_counts() {
         .into_inner();
     assert!(none.checks.is_empty());
 }
+
+/// A config whose production needs the `e2e` check, a release manager among
+/// its approvers, and 60 s of soak in staging; alice reports checks.
+fn gated_config(registry_host: &str, extra: &str) -> String {
+    format!(
+        "check_reporters = [\"alice\"]\n{}{}\n\
+         [[environment]]\nname = \"staging\"\ntag = \"staging\"\nrequired_approvals = 0\n\n\
+         [[environment]]\nname = \"production\"\ntag = \"production\"\nrequires = \"staging\"\n\
+         approvers = [\"group:release-managers\", \"carol\"]\nrequired_approvals = 1\n\
+         required_checks = [\"e2e\"]\n{extra}\n",
+        support::server::registry_toml(registry_host),
+        support::server::principals_toml(),
+    )
+}
+
+#[tokio::test]
+async fn a_missing_or_failed_check_blocks_the_final_approval_until_it_passes() {
+    use prodgate::pb::PromotionState;
+    let registry = TestRegistry::start().await;
+    let server = TestServer::start(&gated_config(&registry.host, ""));
+    let repo = format!("{}/team/app", registry.host);
+    registry.push_image("team/app", Some("dev"), 1024, 1).await;
+    let mut alice = server.client("alice").await;
+    let mut bob = server.client("bob").await;
+    let staged = alice
+        .request_promotion(support::request_to(&repo, "dev", "staging"))
+        .await
+        .expect("staging")
+        .into_inner();
+    assert_eq!(staged.state, PromotionState::Promoted as i32, "{staged:?}");
+    let p = alice
+        .request_promotion(support::request_to(&repo, "staging", "production"))
+        .await
+        .expect("request production")
+        .into_inner();
+    let entries_before = history(&mut alice, HistoryRequest::default()).await.len();
+    // No report yet: refused, naming the check and the digest; nothing recorded.
+    let e = bob
+        .approve(support::approve(&p.id))
+        .await
+        .expect_err("no e2e report");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("`e2e`"), "{e:?}");
+    assert!(e.message().contains(&p.digest), "{e:?}");
+    assert_eq!(
+        history(&mut alice, HistoryRequest::default()).await.len(),
+        entries_before
+    );
+    // A FAILED report still blocks.
+    alice
+        .report_check(report(&repo, &p.digest, "e2e", CheckStatus::Failed))
+        .await
+        .expect("report failed");
+    let e = bob
+        .approve(support::approve(&p.id))
+        .await
+        .expect_err("e2e failed");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("FAILED"), "{e:?}");
+    // A later PASSED unblocks, and the tag moves.
+    alice
+        .report_check(report(&repo, &p.digest, "e2e", CheckStatus::Passed))
+        .await
+        .expect("report passed");
+    let done = bob
+        .approve(support::approve(&p.id))
+        .await
+        .expect("approve once e2e passed")
+        .into_inner();
+    assert_eq!(done.state, PromotionState::Promoted as i32, "{done:?}");
+    assert_eq!(
+        registry
+            .tag_digest("team/app", "production")
+            .await
+            .as_deref(),
+        Some(p.digest.as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_freeze_and_soak_block_naming_each_blocker() {
+    let registry = TestRegistry::start().await;
+    // A freeze around now, and a soak far longer than the test.
+    let now = std::time::SystemTime::now();
+    let rfc = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    let extra = format!(
+        "min_soak = \"1h\"\n\n[[freeze]]\nenvironments = [\"production\"]\nstart = \"{}\"\nend = \"{}\"\nreason = \"year-end freeze\"\n",
+        rfc(now - std::time::Duration::from_secs(3600)),
+        rfc(now + std::time::Duration::from_secs(3600)),
+    );
+    let server = TestServer::start(&gated_config(&registry.host, &extra));
+    let repo = format!("{}/team/app", registry.host);
+    registry.push_image("team/app", Some("dev"), 1024, 1).await;
+    let mut alice = server.client("alice").await;
+    alice
+        .request_promotion(support::request_to(&repo, "dev", "staging"))
+        .await
+        .expect("staging");
+    let p = alice
+        .request_promotion(support::request_to(&repo, "staging", "production"))
+        .await
+        .expect("request production")
+        .into_inner();
+    alice
+        .report_check(report(&repo, &p.digest, "e2e", CheckStatus::Passed))
+        .await
+        .expect("report passed");
+    let e = server
+        .client("bob")
+        .await
+        .approve(support::approve(&p.id))
+        .await
+        .expect_err("frozen and not soaked");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let m = e.message();
+    assert!(m.contains("soak:") && m.contains("left"), "{m}");
+    assert!(
+        m.contains("window:") && m.contains("year-end freeze"),
+        "{m}"
+    );
+    assert!(
+        !m.contains("checks:"),
+        "the passed check is not a blocker: {m}"
+    );
+}

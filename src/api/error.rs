@@ -20,6 +20,9 @@ impl From<Error> for Status {
             }
             Error::RequestIdReused { .. } => Status::already_exists(msg),
             Error::NotCheckReporter { .. } => Status::permission_denied(msg),
+            Error::GatesBlocked(_) | Error::GroupsUnrepresented(_) => {
+                Status::failed_precondition(msg)
+            }
             Error::ShuttingDown => Status::unavailable(msg),
             Error::Domain(d) => match d {
                 DomainError::NotApprover { .. }
