@@ -699,6 +699,36 @@ impl Promotions {
         Ok(report)
     }
 
+    /// Every gate configured for promotion `id`, evaluated now as it stands
+    /// (the approvals gate says how many are missing). Reads only.
+    pub async fn evaluate_gates(&self, id: PromotionId) -> Result<gates::GateReport, Error> {
+        let p = self.get(id).await?;
+        let governing = self.config.governing(&p.repository);
+        let policy = governing
+            .environment(&p.environment)
+            .ok_or_else(|| Error::InvalidArgument {
+                field: "promotion_id",
+                message: format!(
+                    "promotion {id}'s environment {} is no longer configured",
+                    p.environment
+                ),
+            })?
+            .clone();
+        let inputs = self.gate_inputs(&p.repository, &policy, &p.digest).await?;
+        let approvers = principals_of(&self.config, &p);
+        Ok(gates::evaluate(&gates::Facts {
+            promotion: &p,
+            policy: &policy,
+            now: self.clock.now(),
+            rollback: false,
+            approvers: &approvers,
+            checks: &inputs.checks,
+            prerequisite: None,
+            soak_since: inputs.soak_since,
+            break_glass: false,
+        }))
+    }
+
     /// The latest report of every check for a digest.
     pub async fn list_checks(
         &self,

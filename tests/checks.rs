@@ -199,11 +199,52 @@ async fn a_missing_or_failed_check_blocks_the_final_approval_until_it_passes() {
         .expect_err("e2e failed");
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     assert!(e.message().contains("FAILED"), "{e:?}");
+    // EvaluateGates says what blocks, without changing anything.
+    let gates = bob
+        .evaluate_gates(prodgate::pb::EvaluateGatesRequest {
+            promotion_id: p.id.clone(),
+        })
+        .await
+        .expect("evaluate gates")
+        .into_inner();
+    assert!(!gates.ready, "{gates:?}");
+    let gate = |name: &str| {
+        gates
+            .gates
+            .iter()
+            .find(|g| g.name == name)
+            .unwrap_or_else(|| panic!("no {name} gate in {gates:?}"))
+    };
+    assert!(!gate("checks").passed && gate("checks").message.contains("FAILED"));
+    assert!(!gate("approvals").passed, "bob has not approved yet");
+    // The CLI shows the same, one line per gate.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_prodgate"))
+        .args(["gates", &p.id, "--server"])
+        .arg(format!("http://{}", server.addr))
+        .env("PRODGATE_TOKEN", support::server::token("bob"))
+        .output()
+        .expect("run prodgate gates");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("BLOCK checks"), "{text}");
+    assert!(text.contains("not ready"), "{text}");
     // A later PASSED unblocks, and the tag moves.
     alice
         .report_check(report(&repo, &p.digest, "e2e", CheckStatus::Passed))
         .await
         .expect("report passed");
+    let ready = bob
+        .evaluate_gates(prodgate::pb::EvaluateGatesRequest {
+            promotion_id: p.id.clone(),
+        })
+        .await
+        .expect("evaluate gates")
+        .into_inner();
+    assert!(ready.ready, "only the approval count blocks now: {ready:?}");
     let done = bob
         .approve(support::approve(&p.id))
         .await

@@ -242,6 +242,27 @@ impl PromotionService for PromotionApi {
         }))
     }
 
+    async fn evaluate_gates(
+        &self,
+        req: Request<pb::EvaluateGatesRequest>,
+    ) -> Result<Response<pb::GateReport>, Status> {
+        principal(&req)?;
+        let id = convert::promotion_id(&req.get_ref().promotion_id)?;
+        let report = self.promotions.evaluate_gates(id).await?;
+        Ok(Response::new(pb::GateReport {
+            ready: report.ready(),
+            gates: report
+                .gates
+                .iter()
+                .map(|g| pb::Gate {
+                    name: g.name.to_owned(),
+                    passed: g.passed,
+                    message: g.message.clone(),
+                })
+                .collect(),
+        }))
+    }
+
     async fn verify_audit_log(
         &self,
         req: Request<pb::VerifyAuditLogRequest>,

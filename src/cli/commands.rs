@@ -53,6 +53,14 @@ pub async fn get(g: &ClientArgs, id: String) -> Result<(), CliError> {
     Printer::stdout(g.output).promotion(&p)
 }
 
+/// Every gate of a promotion, evaluated now (EvaluateGates).
+pub async fn gates(g: &ClientArgs, id: String) -> Result<(), CliError> {
+    let mut c = Client::connect(g).await?;
+    let req = pb::EvaluateGatesRequest { promotion_id: id };
+    let r = c.api.evaluate_gates(c.unary(req)).await?.into_inner();
+    Printer::stdout(g.output).gate_report(&r)
+}
+
 /// Prints the answer of request/approve, then follows it if asked to, until
 /// `--timeout` after `started` if one was given.
 async fn answer(

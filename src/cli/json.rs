@@ -209,6 +209,20 @@ pub fn verification(v: &pb::VerifyAuditLogResponse) -> String {
         .finish()
 }
 
+pub fn gate_report(r: &pb::GateReport) -> String {
+    let gate = |g: &pb::Gate| {
+        Object::new()
+            .string("name", &g.name)
+            .boolean("passed", g.passed)
+            .string("message", &g.message)
+            .finish()
+    };
+    Object::new()
+        .boolean("ready", r.ready)
+        .array("gates", r.gates.iter().map(gate).collect())
+        .finish()
+}
+
 /// `grpc.health.v1.HealthCheckResponse`.
 pub fn health(status: i32, name: Option<&str>) -> String {
     Object::new().enumeration("status", status, name).finish()

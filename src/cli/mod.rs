@@ -266,6 +266,13 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Evaluate every gate of a promotion now: what blocks it, and why.
+    Gates {
+        /// Promotion ID.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// List promotions, oldest first unless --newest-first.
     List {
         /// Only this repository (host/path).
@@ -361,6 +368,7 @@ impl Command {
             | Command::Reject { client, .. }
             | Command::Cancel { client, .. }
             | Command::Get { client, .. }
+            | Command::Gates { client, .. }
             | Command::List { client, .. }
             | Command::History { client, .. }
             | Command::Deployed { client, .. }
@@ -623,6 +631,7 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
             commands::cancel(&client, req).await
         }
         Command::Get { id, client } => commands::get(&client, id).await,
+        Command::Gates { id, client } => commands::gates(&client, id).await,
         Command::List {
             repository,
             env,

@@ -69,6 +69,13 @@ impl Printer {
         }
     }
 
+    pub fn gate_report(&mut self, r: &pb::GateReport) -> Result<(), CliError> {
+        match self.format {
+            Format::Json => self.line(&json::gate_report(r)),
+            Format::Table => self.raw(&table::gate_report(r)),
+        }
+    }
+
     pub fn verification(&mut self, v: &pb::VerifyAuditLogResponse) -> Result<(), CliError> {
         match self.format {
             Format::Json => self.line(&json::verification(v)),

@@ -309,6 +309,25 @@ pub fn verification(v: &pb::VerifyAuditLogResponse) -> String {
     }
 }
 
+/// One line per gate, then whether only approvals are missing.
+pub fn gate_report(r: &pb::GateReport) -> String {
+    let mut out = String::new();
+    for g in &r.gates {
+        let verdict = if g.passed { "pass " } else { "BLOCK" };
+        out.push_str(&format!(
+            "{verdict} {:<15} {}\n",
+            clean(&g.name),
+            clean(&g.message)
+        ));
+    }
+    out.push_str(if r.ready {
+        "ready: only approvals (if any) are missing\n"
+    } else {
+        "not ready: a gate other than approvals blocks\n"
+    });
+    out
+}
+
 fn key_values(rows: &[(&str, String)]) -> String {
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
     let mut out = String::new();
