@@ -53,6 +53,13 @@ pub enum Error {
         principal: String,
         repository: String,
     },
+    #[error(
+        "{principal} may not break glass in environment {environment}: only its break_glass principals may"
+    )]
+    NotBreakGlass {
+        principal: String,
+        environment: String,
+    },
     /// A gate blocks the promotion from becoming APPROVED; the message names
     /// every blocking gate and what would unblock it.
     #[error("not approved: {0}")]

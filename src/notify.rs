@@ -48,9 +48,25 @@ pub struct Notification {
     pub superseded_by: String,
 }
 
-/// The event a committed change represents, if any: read from the audit
-/// entry's action. An approval is an event only when it is the last one
-/// needed (the promotion became APPROVED).
+/// The events a committed change represents: the one its audit entry's
+/// action names, and `break_glass` when the call used break-glass.
+pub fn events_of(c: &Change) -> Vec<NotifyEvent> {
+    let mut events: Vec<NotifyEvent> = event_of(c).into_iter().collect();
+    if c.entry
+        .event
+        .attributes
+        .get("break_glass")
+        .map(String::as_str)
+        == Some("true")
+    {
+        events.push(NotifyEvent::BreakGlass);
+    }
+    events
+}
+
+/// The event a committed change's action represents, if any. An approval
+/// is an event only when it is the last one needed (the promotion became
+/// APPROVED).
 pub fn event_of(c: &Change) -> Option<NotifyEvent> {
     Some(match c.entry.event.action {
         Action::Requested => NotifyEvent::Requested,
@@ -123,10 +139,11 @@ pub async fn run(hooks: Vec<NotifyConfig>, mut changes: broadcast::Receiver<Chan
             }
             Err(broadcast::error::RecvError::Closed) => return,
         };
-        let Some(event) = event_of(&c) else { continue };
-        for (hook, tx) in &queues {
-            if hook.events.contains(&event) && tx.try_send(notification(event, &c)).is_err() {
-                tracing::warn!(url = %hook.url, event = event.name(), "webhook queue full; event dropped");
+        for event in events_of(&c) {
+            for (hook, tx) in &queues {
+                if hook.events.contains(&event) && tx.try_send(notification(event, &c)).is_err() {
+                    tracing::warn!(url = %hook.url, event = event.name(), "webhook queue full; event dropped");
+                }
             }
         }
     }
@@ -188,6 +205,47 @@ async fn deliver(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_break_glass_approval_is_also_a_break_glass_event() {
+        use crate::domain::audit::{AuditEntry, GENESIS};
+        use crate::domain::machine::{self, NewPromotion};
+        use crate::domain::model::Time;
+        use crate::domain::policy::{Approver, Principal};
+        let who = |n: &str| Principal {
+            name: n.into(),
+            groups: vec![],
+        };
+        let config = crate::config::Config::parse(
+            "[[principal]]\nname = \"bob\"\ntoken_sha256 = \"0000000000000000000000000000000000000000000000000000000000000002\"\n\
+             [[environment]]\nname = \"production\"\ntag = \"production\"\napprovers = [\"bob\"]\nrequired_approvals = 1\n",
+        )
+        .expect("config");
+        let policy = config.environment("production").expect("production");
+        assert_eq!(policy.approvers, vec![Approver::parse("bob")]);
+        let new = NewPromotion {
+            repository: "r.io/app".into(),
+            environment: "production".into(),
+            source: "staging".into(),
+            digest: format!("sha256:{}", "1".repeat(64)),
+            reason: "ship".into(),
+            request_id: String::new(),
+        };
+        let p = machine::request(1, new, &who("alice"), policy, Time::ZERO).promotion;
+        let mut o = machine::approve(&p, &who("bob"), policy, "hotfix", Time::ZERO).unwrap();
+        let change = |o: &machine::Outcome| Change {
+            entry: AuditEntry::chain(GENESIS, 2, Time::ZERO, o.event.clone().unwrap()),
+            promotion: o.promotion.clone(),
+        };
+        assert_eq!(events_of(&change(&o)), vec![NotifyEvent::Approved]);
+        if let Some(e) = &mut o.event {
+            e.attributes.insert("break_glass".into(), "true".into());
+        }
+        assert_eq!(
+            events_of(&change(&o)),
+            vec![NotifyEvent::Approved, NotifyEvent::BreakGlass]
+        );
+    }
 
     #[test]
     fn signatures_are_hmac_sha256_of_the_body() {

@@ -48,17 +48,60 @@ struct GateInputs {
     soak_since: Option<Time>,
 }
 
+/// Refuses break-glass from anyone the policy's `break_glass` does not
+/// name, and without a reason (or comment) saying why.
+fn check_break_glass(
+    used: bool,
+    who: &Principal,
+    policy: &EnvironmentPolicy,
+    why: &str,
+    field: &'static str,
+) -> Result<(), Error> {
+    if !used {
+        return Ok(());
+    }
+    if !policy.may_break_glass(who) {
+        return Err(Error::NotBreakGlass {
+            principal: who.name.clone(),
+            environment: policy.name.clone(),
+        });
+    }
+    if why.trim().is_empty() {
+        return Err(Error::InvalidArgument {
+            field,
+            message: "is required with break_glass: say why the window or soak must be overridden"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
+/// Marks the outcome of a permitted break-glass call: the promotion, and
+/// its entry's attributes `break_glass` and `overridden` (the gates it
+/// overrode, if it completed the promotion).
+fn mark_break_glass(o: &mut Outcome, report: Option<&gates::GateReport>) {
+    o.promotion.break_glass = true;
+    if let Some(e) = &mut o.event {
+        e.attributes.insert("break_glass".into(), "true".into());
+        if let Some(overridden) = report.and_then(gates::GateReport::overridden) {
+            e.attributes.insert("overridden".into(), overridden);
+        }
+    }
+}
+
 /// Evaluates every gate for `after`, the promotion as the call would leave
 /// it, when it would become APPROVED; refuses with all blockers named.
+/// Returns the report it passed (None when nothing was evaluated).
 fn enforce_gates(
     config: &Config,
     after: &Promotion,
     policy: &EnvironmentPolicy,
     inputs: &GateInputs,
     now: Time,
-) -> Result<(), Error> {
+    break_glass: bool,
+) -> Result<Option<gates::GateReport>, Error> {
     if after.state != State::Approved {
-        return Ok(());
+        return Ok(None);
     }
     let approvers = principals_of(config, after);
     let report = gates::evaluate(&gates::Facts {
@@ -73,11 +116,11 @@ fn enforce_gates(
         // what was approved is that digest, whatever the tag does since.
         prerequisite: None,
         soak_since: inputs.soak_since,
-        break_glass: false,
+        break_glass,
     });
     match report.blocking_message() {
         Some(m) => Err(Error::GatesBlocked(m)),
-        None => Ok(()),
+        None => Ok(Some(report)),
     }
 }
 
@@ -121,12 +164,14 @@ pub struct RequestInput {
     pub environment: String,
     pub reason: String,
     pub request_id: String,
+    /// Override the window and soak gates (the policy's `break_glass` only).
+    pub break_glass: bool,
 }
 
 /// What an approver-facing call does to a pending promotion.
 #[derive(Debug, Clone, Copy)]
 enum Decision {
-    Approve,
+    Approve { break_glass: bool },
     Reject,
     Cancel,
 }
@@ -274,6 +319,8 @@ impl Promotions {
             media_type: manifest.media_type,
             bytes: manifest.bytes,
         };
+        let break_glass = input.break_glass;
+        check_break_glass(break_glass, &who, &policy, &input.reason, "reason")?;
         let inputs = self
             .gate_inputs(&repository, &policy, &manifest.digest)
             .await?;
@@ -297,8 +344,12 @@ impl Promotions {
                     return same_request(existing, &input);
                 }
                 let now = tx.now();
-                let o = machine::request(tx.next_id(), new, &who, &policy, now);
-                enforce_gates(&config, &o.promotion, &policy, &inputs, now)?;
+                let mut o = machine::request(tx.next_id(), new, &who, &policy, now);
+                let report =
+                    enforce_gates(&config, &o.promotion, &policy, &inputs, now, break_glass)?;
+                if break_glass {
+                    mark_break_glass(&mut o, report.as_ref());
+                }
                 tx.put_manifest(&o.promotion.repository, &o.promotion.digest, &pinned)?;
                 tx.commit(&o.promotion, o.event)?;
                 Ok(o.promotion)
@@ -312,9 +363,12 @@ impl Promotions {
         who: Principal,
         id: PromotionId,
         comment: String,
+        break_glass: bool,
     ) -> Result<Promotion, Error> {
         let mut changes = self.store.subscribe();
-        let p = self.decide(Decision::Approve, who, id, comment).await?;
+        let p = self
+            .decide(Decision::Approve { break_glass }, who, id, comment)
+            .await?;
         Ok(self.settled(p, &mut changes).await)
     }
 
@@ -348,7 +402,7 @@ impl Promotions {
         // for any pending approval, since which one completes it is decided
         // on the writer.
         let inputs = match decision {
-            Decision::Approve => match self.store.get(id).await? {
+            Decision::Approve { .. } => match self.store.get(id).await? {
                 Some(p) if p.state == State::PendingApproval => {
                     match self
                         .config
@@ -379,13 +433,24 @@ impl Promotions {
                     })
                 })?;
                 let o: Outcome = match decision {
-                    Decision::Approve => {
+                    Decision::Approve { break_glass } => {
+                        check_break_glass(break_glass, &who, policy, &comment, "comment")?;
                         if machine::may_approve(&p, &who, policy, now) {
                             let approvers = principals_of(&config, &p);
                             gates::check_last_slot(&p, policy, &approvers, &who)?;
                         }
-                        let o = machine::approve(&p, &who, policy, &comment, now)?;
-                        enforce_gates(&config, &o.promotion, policy, &inputs, now)?;
+                        let mut o = machine::approve(&p, &who, policy, &comment, now)?;
+                        let report = enforce_gates(
+                            &config,
+                            &o.promotion,
+                            policy,
+                            &inputs,
+                            now,
+                            break_glass,
+                        )?;
+                        if break_glass {
+                            mark_break_glass(&mut o, report.as_ref());
+                        }
                         o
                     }
                     Decision::Reject => machine::reject(&p, &who, policy, &comment, now)?,

@@ -306,3 +306,80 @@ async fn a_freeze_and_soak_block_naming_each_blocker() {
         "the passed check is not a blocker: {m}"
     );
 }
+
+#[tokio::test]
+async fn break_glass_overrides_a_freeze_only_for_its_principals_and_is_marked() {
+    use prodgate::pb::{ApproveRequest, PromotionState};
+    let registry = TestRegistry::start().await;
+    let now = std::time::SystemTime::now();
+    let rfc = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    let extra = format!(
+        "break_glass = [\"erin\"]\n\n[[freeze]]\nenvironments = [\"production\"]\nstart = \"{}\"\nend = \"{}\"\nreason = \"year-end freeze\"\n",
+        rfc(now - std::time::Duration::from_secs(3600)),
+        rfc(now + std::time::Duration::from_secs(3600)),
+    );
+    let server = TestServer::start(&gated_config(&registry.host, &extra));
+    let repo = format!("{}/team/app", registry.host);
+    registry.push_image("team/app", Some("dev"), 1024, 1).await;
+    let mut alice = server.client("alice").await;
+    alice
+        .request_promotion(support::request_to(&repo, "dev", "staging"))
+        .await
+        .expect("staging");
+    let p = alice
+        .request_promotion(support::request_to(&repo, "staging", "production"))
+        .await
+        .expect("request production")
+        .into_inner();
+    alice
+        .report_check(report(&repo, &p.digest, "e2e", CheckStatus::Passed))
+        .await
+        .expect("report passed");
+    let glass = |comment: &str| ApproveRequest {
+        promotion_id: p.id.clone(),
+        comment: comment.to_owned(),
+        break_glass: true,
+    };
+    let mut bob = server.client("bob").await;
+    let e = bob
+        .approve(support::approve(&p.id))
+        .await
+        .expect_err("frozen");
+    assert!(e.message().contains("year-end freeze"), "{e:?}");
+    // bob is an approver but not a break-glass principal.
+    let e = bob
+        .approve(glass("hotfix for INC-7"))
+        .await
+        .expect_err("bob may not break glass");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let mut erin = server.client("erin").await;
+    let e = erin
+        .approve(glass(""))
+        .await
+        .expect_err("break glass needs a reason");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().starts_with("comment"), "{e:?}");
+    let done = erin
+        .approve(glass("hotfix for INC-7"))
+        .await
+        .expect("erin breaks glass")
+        .into_inner();
+    assert_eq!(done.state, PromotionState::Promoted as i32, "{done:?}");
+    assert!(done.break_glass);
+    let entries = history(
+        &mut alice,
+        HistoryRequest {
+            promotion_id: p.id.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let approved = entries
+        .iter()
+        .find(|e| e.action == AuditAction::Approved as i32)
+        .expect("the approval");
+    assert_eq!(approved.actor, "erin");
+    assert_eq!(approved.attributes["break_glass"], "true");
+    assert_eq!(approved.attributes["overridden"], "window");
+    assert_eq!(approved.hash, expected_hash(approved));
+}

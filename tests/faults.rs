@@ -44,6 +44,7 @@ impl Faulty {
                 environment: "production".into(),
                 reason: "faults".into(),
                 request_id: String::new(),
+                break_glass: false,
             })
             .await
             .expect("request")
@@ -307,6 +308,7 @@ async fn a_digest_already_pinned_in_the_repository_is_not_fetched_again() {
             environment: "production".into(),
             reason: "same image, by digest".into(),
             request_id: String::new(),
+            break_glass: false,
         })
         .await
         .expect("request by digest")
@@ -327,6 +329,7 @@ async fn a_digest_already_pinned_in_the_repository_is_not_fetched_again() {
             environment: "production".into(),
             reason: "a digest never pushed here".into(),
             request_id: String::new(),
+            break_glass: false,
         })
         .await
         .expect_err("unknown digest");
@@ -374,6 +377,7 @@ async fn a_failing_move_shows_its_error_and_gives_way_to_a_newer_approval() {
             environment: "production".into(),
             reason: "the fix".into(),
             request_id: String::new(),
+            break_glass: false,
         })
         .await
         .expect("request the newer image")

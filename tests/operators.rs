@@ -16,6 +16,7 @@ fn request(repo: &str) -> RequestPromotionRequest {
         environment: "production".into(),
         reason: "operators".into(),
         request_id: String::new(),
+        break_glass: false,
     }
 }
 

@@ -971,6 +971,7 @@ async fn malformed_requests_are_refused_precisely_and_write_nothing() {
         .approve(ApproveRequest {
             promotion_id: "1".into(),
             comment: long.clone(),
+            break_glass: false,
         })
         .await
         .expect_err("long comment");

@@ -32,6 +32,7 @@ fn request(repo: &str) -> RequestPromotionRequest {
         environment: "production".into(),
         reason: "crash test".into(),
         request_id: String::new(),
+        break_glass: false,
     }
 }
 

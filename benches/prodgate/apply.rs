@@ -109,6 +109,7 @@ async fn prodgate_apply(
             environment: "production".into(),
             reason: "bench apply".into(),
             request_id: String::new(),
+            break_glass: false,
         })
         .await
         .map_err(|e| format!("request: {e}"))?
@@ -119,6 +120,7 @@ async fn prodgate_apply(
         .approve(ApproveRequest {
             promotion_id: p.id.clone(),
             comment: "bench".into(),
+            break_glass: false,
         })
         .await
         .map_err(|e| format!("approve: {e}"))?

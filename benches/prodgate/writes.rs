@@ -58,6 +58,7 @@ impl Caller for WriteCycle {
                 environment: "production".into(),
                 reason: "bench write".into(),
                 request_id: String::new(),
+                break_glass: false,
             })
             .await;
         let p = match p {

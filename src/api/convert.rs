@@ -105,6 +105,7 @@ pub fn promotion(p: &Promotion) -> pb::Promotion {
         expires_at: Some(timestamp(p.expires_at)),
         superseded_by: p.superseded_by.map(|id| id.to_string()).unwrap_or_default(),
         last_apply_error: p.last_apply_error.clone(),
+        break_glass: p.break_glass,
         apply_attempts: p.apply_attempts,
     }
 }
@@ -255,6 +256,7 @@ pub fn request_input(r: pb::RequestPromotionRequest) -> Result<RequestInput, Err
         environment: text("environment", &r.environment)?,
         reason: text("reason", &r.reason)?,
         request_id: r.request_id,
+        break_glass: r.break_glass,
     })
 }
 

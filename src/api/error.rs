@@ -19,7 +19,9 @@ impl From<Error> for Status {
                 Status::failed_precondition(msg)
             }
             Error::RequestIdReused { .. } => Status::already_exists(msg),
-            Error::NotCheckReporter { .. } => Status::permission_denied(msg),
+            Error::NotCheckReporter { .. } | Error::NotBreakGlass { .. } => {
+                Status::permission_denied(msg)
+            }
             Error::GatesBlocked(_) | Error::GroupsUnrepresented(_) => {
                 Status::failed_precondition(msg)
             }

@@ -87,7 +87,10 @@ impl PromotionService for PromotionApi {
         let r = req.into_inner();
         let id = convert::promotion_id(&r.promotion_id)?;
         let comment = convert::text("comment", &r.comment)?;
-        let p = self.promotions.approve(who, id, comment).await?;
+        let p = self
+            .promotions
+            .approve(who, id, comment, r.break_glass)
+            .await?;
         Ok(Response::new(convert::promotion(&p)))
     }
 

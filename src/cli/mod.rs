@@ -218,6 +218,10 @@ pub enum Command {
         /// Idempotency key: repeating a request with it returns the first promotion.
         #[arg(long)]
         request_id: Option<String>,
+        /// Override the environment's window and soak gates (its break_glass
+        /// principals only; recorded as such).
+        #[arg(long)]
+        break_glass: bool,
         /// Follow the promotion until it ends; exit 5 unless it ends
         /// PROMOTED, 6 if --timeout runs out first.
         #[arg(long)]
@@ -232,6 +236,10 @@ pub enum Command {
         /// Recorded with the approval in the audit log.
         #[arg(long)]
         comment: Option<String>,
+        /// Override the window and soak gates (break_glass principals only;
+        /// needs --comment).
+        #[arg(long)]
+        break_glass: bool,
         /// Follow the promotion until it ends; exit 5 unless it ends
         /// PROMOTED, 6 if --timeout runs out first.
         #[arg(long)]
@@ -584,6 +592,7 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
             env,
             reason,
             request_id,
+            break_glass,
             wait,
             client,
         } => {
@@ -593,18 +602,21 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
                 environment: env,
                 reason,
                 request_id: request_id.unwrap_or_default(),
+                break_glass,
             };
             commands::request(&client, req, wait).await
         }
         Command::Approve {
             id,
             comment,
+            break_glass,
             wait,
             client,
         } => {
             let req = pb::ApproveRequest {
                 promotion_id: id,
                 comment: comment.unwrap_or_default(),
+                break_glass,
             };
             commands::approve(&client, req, wait).await
         }

@@ -154,10 +154,12 @@ pub enum NotifyEvent {
     Cancelled,
     Expired,
     Superseded,
+    /// A call used break-glass (its entry says what it overrode).
+    BreakGlass,
 }
 
 impl NotifyEvent {
-    pub const ALL: [NotifyEvent; 8] = [
+    pub const ALL: [NotifyEvent; 9] = [
         NotifyEvent::Requested,
         NotifyEvent::Approved,
         NotifyEvent::Promoted,
@@ -166,6 +168,7 @@ impl NotifyEvent {
         NotifyEvent::Cancelled,
         NotifyEvent::Expired,
         NotifyEvent::Superseded,
+        NotifyEvent::BreakGlass,
     ];
 
     pub fn name(self) -> &'static str {
@@ -178,6 +181,7 @@ impl NotifyEvent {
             NotifyEvent::Cancelled => "cancelled",
             NotifyEvent::Expired => "expired",
             NotifyEvent::Superseded => "superseded",
+            NotifyEvent::BreakGlass => "break_glass",
         }
     }
 }

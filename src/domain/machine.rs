@@ -117,6 +117,7 @@ pub fn request(
         expires_at: now.plus(policy.approval_ttl),
         request_id: new.request_id,
         superseded_by: None,
+        break_glass: false,
         last_apply_error: String::new(),
         apply_attempts: 0,
     };

@@ -176,6 +176,8 @@ pub struct Promotion {
     pub request_id: String,
     /// The newer promotion that ended this one as SUPERSEDED.
     pub superseded_by: Option<PromotionId>,
+    /// A break-glass call overrode the window or soak gate for it.
+    pub break_glass: bool,
     /// While APPROVED: the last transient registry error of the tag move and
     /// how many attempts were made. Progress, not state: it is not audited
     /// (one entry per retry would flood the log), so it is not stored with

@@ -209,6 +209,7 @@ fn input(source: &str, environment: &str, reason: &str) -> RequestInput {
         environment: environment.into(),
         reason: reason.into(),
         request_id: String::new(),
+        break_glass: false,
     }
 }
 
@@ -248,7 +249,10 @@ async fn pending_promotions_expire_when_the_clock_passes_the_ttl() {
     );
     w.clock.advance(Duration::from_secs(1));
     assert_eq!(w.promotions.get(p.id).await.unwrap().state, State::Expired);
-    let refused = w.promotions.approve(who("bob"), p.id, String::new()).await;
+    let refused = w
+        .promotions
+        .approve(who("bob"), p.id, String::new(), false)
+        .await;
     assert!(
         matches!(refused, Err(Error::Domain(DomainError::NotPending { .. }))),
         "{refused:?}"
@@ -294,7 +298,7 @@ async fn a_stale_approval_cannot_move_the_tag_back() {
     let second = w.request(&new).await;
     let applied = w
         .promotions
-        .approve(who("bob"), second.id, String::new())
+        .approve(who("bob"), second.id, String::new(), false)
         .await
         .unwrap();
     assert_eq!(applied.state, State::Promoted, "{applied:?}");
@@ -312,7 +316,7 @@ async fn a_stale_approval_cannot_move_the_tag_back() {
     );
     let refused = w
         .promotions
-        .approve(who("carol"), first.id, String::new())
+        .approve(who("carol"), first.id, String::new(), false)
         .await;
     let Err(Error::Domain(e @ DomainError::NotPending { .. })) = refused else {
         panic!("approving a superseded promotion: {refused:?}");
@@ -342,7 +346,7 @@ async fn a_newer_promotion_does_not_supersede_the_older_one_applied_after_it() {
     let first = w.request(&a).await;
     let p = w
         .promotions
-        .approve(who("bob"), first.id, String::new())
+        .approve(who("bob"), first.id, String::new(), false)
         .await
         .unwrap();
     assert_eq!(p.state, State::Promoted);
@@ -421,7 +425,7 @@ async fn awaiting_me_lists_what_the_caller_may_approve_now_newest_first() {
     assert_eq!(ids(rest.clone()), vec![by_alice_1.id]);
     // Once carol approved, it is no longer awaiting anyone.
     w.promotions
-        .approve(who("carol"), by_alice_1.id, String::new())
+        .approve(who("carol"), by_alice_1.id, String::new(), false)
         .await
         .unwrap();
     let bob = w.promotions.list(mine("bob", false, 10)).await.unwrap();
@@ -455,7 +459,7 @@ async fn an_approved_move_not_done_by_the_apply_deadline_fails_with_the_last_err
     let d = w.registry.push("v1", "one");
     let p = w.request(&d).await;
     w.promotions
-        .approve(who("bob"), p.id, String::new())
+        .approve(who("bob"), p.id, String::new(), false)
         .await
         .unwrap();
     let waiting = until_state(&w, p.id, |p| p.apply_attempts >= 1).await;
@@ -487,7 +491,7 @@ async fn a_final_read_at_the_deadline_records_a_move_whose_answer_was_lost() {
     let d = w.registry.push("v1", "one");
     let p = w.request(&d).await;
     w.promotions
-        .approve(who("bob"), p.id, String::new())
+        .approve(who("bob"), p.id, String::new(), false)
         .await
         .unwrap();
     until_state(&w, p.id, |p| p.apply_attempts >= 1).await;

@@ -111,6 +111,7 @@ pub fn request_to(repo: &str, source: &str, env: &str) -> RequestPromotionReques
         environment: env.to_owned(),
         reason: format!("ship {source} to {env}"),
         request_id: String::new(),
+        break_glass: false,
     }
 }
 
@@ -119,6 +120,7 @@ pub fn approve(id: &str) -> ApproveRequest {
     ApproveRequest {
         promotion_id: id.to_owned(),
         comment: String::new(),
+        break_glass: false,
     }
 }
 

@@ -106,6 +106,7 @@ fn promotion(required: u32, approved_by: &[&str]) -> Promotion {
         expires_at: t.plus(Duration::from_secs(3600)),
         request_id: String::new(),
         superseded_by: None,
+        break_glass: false,
         last_apply_error: String::new(),
         apply_attempts: 0,
     }

@@ -200,6 +200,7 @@ impl From<PromotionV2> for Promotion {
             expires_at: p.expires_at,
             request_id: p.request_id,
             superseded_by: None,
+            break_glass: false,
             last_apply_error: String::new(),
             apply_attempts: 0,
         }

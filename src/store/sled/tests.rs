@@ -158,15 +158,16 @@ async fn a_format_2_directory_is_migrated_when_opened() {
             .iter()
             .map(|(k, v)| codec::decode_entry(k, v).unwrap())
             .collect();
-        // Format 2 is format 3 without the promotion's last field
-        // (`superseded_by`, one 0x00 byte for None), without the event's
+        // Format 2 is format 3 without the promotion's last two fields
+        // (`superseded_by` and `break_glass`, 0x00 each for None and
+        // false), without the event's
         // last field (`attributes`, one 0x00 byte for an empty map) and
         // without the index of promotions by environment. postcard writes
         // fields in order without names, so a tuple of the old fields is
         // the old encoding.
         for (k, v) in snapshot(&t.promotions) {
-            assert_eq!(v.last(), Some(&0));
-            t.promotions.insert(k, &v[..v.len() - 1]).unwrap();
+            assert!(v.ends_with(&[0, 0]));
+            t.promotions.insert(k, &v[..v.len() - 2]).unwrap();
         }
         for (k, v) in snapshot(&t.audit) {
             let r = codec::decode_record(&k, &v).unwrap();
@@ -190,8 +191,8 @@ async fn a_format_2_directory_is_migrated_when_opened() {
             ))
             .unwrap();
             let promotion = codec::encode(r.promotion.as_ref().unwrap());
-            assert_eq!(promotion.last(), Some(&0));
-            old.extend_from_slice(&promotion[..promotion.len() - 1]);
+            assert!(promotion.ends_with(&[0, 0]));
+            old.extend_from_slice(&promotion[..promotion.len() - 2]);
             t.audit.insert(k, old).unwrap();
         }
         // verify-log checks a format 2 store as it is.
