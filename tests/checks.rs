@@ -260,14 +260,17 @@ async fn a_missing_or_failed_check_blocks_the_final_approval_until_it_passes() {
     );
 }
 
-#[tokio::test]
-async fn a_freeze_and_soak_block_naming_each_blocker() {
+/// A server whose production (with `production_keys`) is frozen for the
+/// hour around now, and a production promotion in it that passed staging and
+/// its `e2e` check.
+async fn frozen_candidate(
+    production_keys: &str,
+) -> (TestRegistry, TestServer, prodgate::pb::Promotion) {
     let registry = TestRegistry::start().await;
-    // A freeze around now, and a soak far longer than the test.
     let now = std::time::SystemTime::now();
     let rfc = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
     let extra = format!(
-        "min_soak = \"1h\"\n\n[[freeze]]\nenvironments = [\"production\"]\nstart = \"{}\"\nend = \"{}\"\nreason = \"year-end freeze\"\n",
+        "{production_keys}\n[[freeze]]\nenvironments = [\"production\"]\nstart = \"{}\"\nend = \"{}\"\nreason = \"year-end freeze\"\n",
         rfc(now - std::time::Duration::from_secs(3600)),
         rfc(now + std::time::Duration::from_secs(3600)),
     );
@@ -288,6 +291,13 @@ async fn a_freeze_and_soak_block_naming_each_blocker() {
         .report_check(report(&repo, &p.digest, "e2e", CheckStatus::Passed))
         .await
         .expect("report passed");
+    (registry, server, p)
+}
+
+#[tokio::test]
+async fn a_freeze_and_soak_block_naming_each_blocker() {
+    // A soak far longer than the test.
+    let (_registry, server, p) = frozen_candidate("min_soak = \"1h\"\n").await;
     let e = server
         .client("bob")
         .await
@@ -310,31 +320,8 @@ async fn a_freeze_and_soak_block_naming_each_blocker() {
 #[tokio::test]
 async fn break_glass_overrides_a_freeze_only_for_its_principals_and_is_marked() {
     use prodgate::pb::{ApproveRequest, PromotionState};
-    let registry = TestRegistry::start().await;
-    let now = std::time::SystemTime::now();
-    let rfc = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
-    let extra = format!(
-        "break_glass = [\"erin\"]\n\n[[freeze]]\nenvironments = [\"production\"]\nstart = \"{}\"\nend = \"{}\"\nreason = \"year-end freeze\"\n",
-        rfc(now - std::time::Duration::from_secs(3600)),
-        rfc(now + std::time::Duration::from_secs(3600)),
-    );
-    let server = TestServer::start(&gated_config(&registry.host, &extra));
-    let repo = format!("{}/team/app", registry.host);
-    registry.push_image("team/app", Some("dev"), 1024, 1).await;
+    let (_registry, server, p) = frozen_candidate("break_glass = [\"erin\"]\n").await;
     let mut alice = server.client("alice").await;
-    alice
-        .request_promotion(support::request_to(&repo, "dev", "staging"))
-        .await
-        .expect("staging");
-    let p = alice
-        .request_promotion(support::request_to(&repo, "staging", "production"))
-        .await
-        .expect("request production")
-        .into_inner();
-    alice
-        .report_check(report(&repo, &p.digest, "e2e", CheckStatus::Passed))
-        .await
-        .expect("report passed");
     let glass = |comment: &str| ApproveRequest {
         promotion_id: p.id.clone(),
         comment: comment.to_owned(),
