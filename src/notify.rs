@@ -230,6 +230,7 @@ mod tests {
             digest: format!("sha256:{}", "1".repeat(64)),
             reason: "ship".into(),
             request_id: String::new(),
+            project: String::new(),
         };
         let p = machine::request(1, new, &who("alice"), policy, Time::ZERO).promotion;
         let mut o = machine::approve(&p, &who("bob"), policy, "hotfix", Time::ZERO).unwrap();

@@ -327,6 +327,7 @@ impl Promotions {
         let config = self.config.clone();
         let mut changes = self.store.subscribe();
         let new = NewPromotion {
+            project: governance.project_name().to_owned(),
             repository: input.repository.to_string(),
             environment: input.environment.clone(),
             source: source_ref,

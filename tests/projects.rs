@@ -99,6 +99,12 @@ async fn each_project_approves_only_its_own_repositories() {
         .await
         .expect("no project: anyone requests")
         .into_inner();
+    // Each promotion names the project that governs it.
+    let projects = [&payments, &web, &tools].map(|p| p.project.clone());
+    assert_eq!(
+        projects,
+        ["payments".to_owned(), "web".to_owned(), String::new()]
+    );
 
     // The other team's leads, and the top-level approvers the project
     // replaced, are refused, and nothing is recorded.

@@ -159,6 +159,7 @@ async fn load_story(
         digest,
         reason: format!("release 1.{release}: routine rollout"),
         request_id: String::new(),
+        project: String::new(),
     };
     let previous = random_digest(rng);
     let pol = policy.clone();

@@ -106,6 +106,7 @@ pub fn promotion(p: &Promotion) -> pb::Promotion {
         superseded_by: p.superseded_by.map(|id| id.to_string()).unwrap_or_default(),
         last_apply_error: p.last_apply_error.clone(),
         break_glass: p.break_glass,
+        project: p.project.clone(),
         apply_attempts: p.apply_attempts,
     }
 }

@@ -68,6 +68,8 @@ pub struct NewPromotion {
     pub digest: String,
     pub reason: String,
     pub request_id: String,
+    /// The governing project ("" for the defaults).
+    pub project: String,
 }
 
 fn event(p: &Promotion, action: Action, actor: &str, comment: &str) -> Event {
@@ -118,6 +120,7 @@ pub fn request(
         request_id: new.request_id,
         superseded_by: None,
         break_glass: false,
+        project: new.project,
         last_apply_error: String::new(),
         apply_attempts: 0,
     };
@@ -387,6 +390,7 @@ mod tests {
             digest: format!("sha256:{}", "1".repeat(64)),
             reason: "ship".into(),
             request_id: String::new(),
+            project: String::new(),
         };
         request(1, new, &who("alice", &["rm"]), &policy(required), t(100)).promotion
     }
@@ -405,6 +409,7 @@ mod tests {
                 digest: "d".into(),
                 reason: String::new(),
                 request_id: String::new(),
+                project: String::new(),
             };
             request(2, new, &who("alice", &[]), &policy(0), t(0))
         };
@@ -801,6 +806,7 @@ mod proptests {
                         digest: format!("sha256:{id:064x}"),
                         reason: format!("ship {id}"),
                         request_id: String::new(),
+                        project: String::new(),
                     };
                     let o = request(id, new, &principal(*requester), &pol, self.now);
                     let p = o.promotion;

@@ -178,6 +178,9 @@ pub struct Promotion {
     pub superseded_by: Option<PromotionId>,
     /// A break-glass call overrode the window or soak gate for it.
     pub break_glass: bool,
+    /// The project whose policy governs its repository ("" for the
+    /// top-level defaults), when it was requested.
+    pub project: String,
     /// While APPROVED: the last transient registry error of the tag move and
     /// how many attempts were made. Progress, not state: it is not audited
     /// (one entry per retry would flood the log), so it is not stored with

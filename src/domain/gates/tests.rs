@@ -107,6 +107,7 @@ fn promotion(required: u32, approved_by: &[&str]) -> Promotion {
         request_id: String::new(),
         superseded_by: None,
         break_glass: false,
+        project: String::new(),
         last_apply_error: String::new(),
         apply_attempts: 0,
     }

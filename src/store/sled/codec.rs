@@ -201,6 +201,7 @@ impl From<PromotionV2> for Promotion {
             request_id: p.request_id,
             superseded_by: None,
             break_glass: false,
+            project: String::new(),
             last_apply_error: String::new(),
             apply_attempts: 0,
         }
