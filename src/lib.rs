@@ -4,9 +4,11 @@
 //! keeping a hash-chained audit log of every step.
 //!
 //! # Layout
-//! - [`config`]: the TOML file, validated at start-up; errors name the key.
-//! - [`domain`]: promotion records, the state machine, policy, name grammar and
-//!   the audit hash chain. Pure: no I/O.
+//! - [`config`]: the TOML file, validated at start-up; errors name the key;
+//!   per-repository `[[project]]` policies.
+//! - [`domain`]: promotion records, the state machine, policy, the gates
+//!   (pure functions from facts to pass/block), name grammar and the audit
+//!   hash chain. Pure: no I/O; time is a parameter.
 //! - [`clock`]: where time comes from (the system clock, or a settable one
 //!   in tests).
 //! - [`store`]: the storage port (async reads, write jobs on a unit of work,
@@ -15,7 +17,8 @@
 //!   and indexes are derived from it, and one writer thread commits while a
 //!   flusher thread fsyncs before anyone is answered.
 //! - [`registry`]: resolving tags and copying manifests, behind a trait.
-//! - [`promotions`]: the use cases the RPCs call.
+//! - [`promotions`]: the use cases the RPCs call; they gather the gates'
+//!   facts and let the domain decide inside a write job.
 //! - [`apply`]: the worker that moves tags of APPROVED promotions.
 //! - [`auth`]: the caller's identity from credentials.
 //! - [`api`]: gRPC handlers, conversions, page tokens, error -> status.
