@@ -60,6 +60,12 @@ pub enum Error {
         principal: String,
         environment: String,
     },
+    #[error("cannot roll back environment {environment} of {repository}: {why}")]
+    RollbackRefused {
+        repository: String,
+        environment: String,
+        why: String,
+    },
     /// A gate blocks the promotion from becoming APPROVED; the message names
     /// every blocking gate and what would unblock it.
     #[error("not approved: {0}")]

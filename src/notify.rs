@@ -231,6 +231,7 @@ mod tests {
             reason: "ship".into(),
             request_id: String::new(),
             project: String::new(),
+            rollback: false,
         };
         let p = machine::request(1, new, &who("alice"), policy, Time::ZERO).promotion;
         let mut o = machine::approve(&p, &who("bob"), policy, "hotfix", Time::ZERO).unwrap();

@@ -108,7 +108,7 @@ fn enforce_gates(
         promotion: after,
         policy,
         now,
-        rollback: false,
+        rollback: after.rollback,
         approvers: &approvers,
         checks: &inputs.checks,
         // Checked when the promotion was requested (its digest was pinned
@@ -165,6 +165,21 @@ pub struct RequestInput {
     pub reason: String,
     pub request_id: String,
     /// Override the window and soak gates (the policy's `break_glass` only).
+    pub break_glass: bool,
+    /// A rollback (from [`Promotions::rollback`]): no prerequisite check,
+    /// `rollback_approvals` instead of `required_approvals`.
+    pub rollback: bool,
+}
+
+/// A validated Rollback.
+#[derive(Debug, Clone)]
+pub struct RollbackInput {
+    pub repository: Repository,
+    pub environment: String,
+    /// `None`: the digest the tag carried before its current one.
+    pub digest: Option<String>,
+    pub reason: String,
+    pub request_id: String,
     pub break_glass: bool,
 }
 
@@ -238,7 +253,10 @@ impl Promotions {
                 requesters: crate::config::describe(governance.requesters().unwrap_or_default()),
             });
         }
-        let policy = self.policy(&repository, &input.environment)?.clone();
+        let mut policy = self.policy(&repository, &input.environment)?.clone();
+        if input.rollback {
+            policy.required_approvals = policy.rollback_approvals;
+        }
         if policy.required_approvals > 0 && input.reason.trim().is_empty() {
             return Err(Error::InvalidArgument {
                 field: "reason",
@@ -293,7 +311,9 @@ impl Promotions {
                 })?,
         };
         let digest = manifest.digest.clone();
-        if let Some(required) = &policy.requires {
+        // A rollback's digest passed the prerequisite when it was first
+        // promoted here.
+        if let Some(required) = policy.requires.as_ref().filter(|_| !input.rollback) {
             let prereq = self.policy(&repository, required)?;
             // The source tag is the prerequisite's tag: the fetch just read it.
             let carried = if source_ref == prereq.tag {
@@ -334,6 +354,7 @@ impl Promotions {
             digest,
             reason: input.reason.clone(),
             request_id: input.request_id.clone(),
+            rollback: input.rollback,
         };
         let created = self
             .store
@@ -357,6 +378,102 @@ impl Promotions {
             })
             .await?;
         Ok(self.settled(created, &mut changes).await)
+    }
+
+    /// Opens a promotion back to a digest prodgate applied to the
+    /// environment before (default: the one before the current), with the
+    /// environment's `rollback_approvals`.
+    pub async fn rollback(&self, who: Principal, input: RollbackInput) -> Result<Promotion, Error> {
+        let repository = input.repository.to_string();
+        if input.reason.trim().is_empty() {
+            return Err(Error::InvalidArgument {
+                field: "reason",
+                message: "is required for a rollback: say why the tag goes back".into(),
+            });
+        }
+        self.policy(&repository, &input.environment)?;
+        let refused = |why: String| {
+            Err(Error::RollbackRefused {
+                repository: repository.clone(),
+                environment: input.environment.clone(),
+                why,
+            })
+        };
+        let Some(current) = self
+            .store
+            .deployed_at(&repository, &input.environment, None)
+            .await?
+        else {
+            return refused("prodgate has not moved its tag yet".into());
+        };
+        let target = match &input.digest {
+            None if current.event.previous_digest.is_empty() => {
+                return refused(format!(
+                    "its tag carried nothing before {}; name a digest",
+                    current.event.digest
+                ));
+            }
+            None => current.event.previous_digest.clone(),
+            Some(d) if *d == current.event.digest => {
+                return refused(format!("its tag already carries {d}"));
+            }
+            Some(d) => {
+                if !self.was_applied(&repository, &input.environment, d).await? {
+                    return refused(format!(
+                        "prodgate never moved its tag to {d}; a rollback goes back to a digest it carried"
+                    ));
+                }
+                d.clone()
+            }
+        };
+        let request = RequestInput {
+            repository: input.repository,
+            source: Source::Digest(target),
+            environment: input.environment,
+            reason: input.reason,
+            request_id: input.request_id,
+            break_glass: input.break_glass,
+            rollback: true,
+        };
+        self.request(who, request).await
+    }
+
+    /// Whether an APPLIED entry moved `environment`'s tag of `repository` to
+    /// `digest` (walks that tag's history, newest first).
+    async fn was_applied(
+        &self,
+        repository: &str,
+        environment: &str,
+        digest: &str,
+    ) -> Result<bool, Error> {
+        let filter = HistoryFilter {
+            repository: Some(repository.to_owned()),
+            environment: Some(environment.to_owned()),
+            ..Default::default()
+        };
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .history(
+                    filter.clone(),
+                    PageRequest {
+                        after,
+                        limit: 1000,
+                        newest_first: true,
+                    },
+                )
+                .await?;
+            if page.items.iter().any(|e| {
+                e.event.action == crate::domain::model::Action::Applied && e.event.digest == digest
+            }) {
+                return Ok(true);
+            }
+            match (page.more, page.items.last()) {
+                (true, Some(last)) => after = Some(last.sequence),
+                _ => return Ok(false),
+            }
+        }
     }
 
     pub async fn approve(

@@ -160,6 +160,7 @@ async fn load_story(
         reason: format!("release 1.{release}: routine rollout"),
         request_id: String::new(),
         project: String::new(),
+        rollback: false,
     };
     let previous = random_digest(rng);
     let pol = policy.clone();

@@ -7,7 +7,7 @@ use crate::domain::names::{Repository, Source};
 use crate::domain::names::{validate_check_name, validate_digest};
 use crate::error::Error;
 use crate::pb;
-use crate::promotions::{CheckInput, RequestInput};
+use crate::promotions::{CheckInput, RequestInput, RollbackInput};
 
 /// Longest free-text field (reason, comment).
 pub const MAX_TEXT: usize = 4096;
@@ -107,6 +107,7 @@ pub fn promotion(p: &Promotion) -> pb::Promotion {
         last_apply_error: p.last_apply_error.clone(),
         break_glass: p.break_glass,
         project: p.project.clone(),
+        rollback: p.rollback,
         apply_attempts: p.apply_attempts,
     }
 }
@@ -238,6 +239,34 @@ pub fn check_result(c: &CheckReport) -> pb::CheckResult {
     }
 }
 
+pub fn rollback_input(r: pb::RollbackRequest) -> Result<RollbackInput, Error> {
+    let repository = repository("repository", &r.repository)?;
+    if r.environment.is_empty() {
+        return Err(invalid("environment", "is required"));
+    }
+    let digest = match r.digest.as_str() {
+        "" => None,
+        d => {
+            validate_digest(d).map_err(|e| invalid("digest", e.to_string()))?;
+            Some(d.to_owned())
+        }
+    };
+    if r.request_id.len() > MAX_REQUEST_ID || r.request_id.chars().any(char::is_control) {
+        return Err(invalid(
+            "request_id",
+            format!("must be at most {MAX_REQUEST_ID} bytes without control characters"),
+        ));
+    }
+    Ok(RollbackInput {
+        repository,
+        environment: text("environment", &r.environment)?,
+        digest,
+        reason: text("reason", &r.reason)?,
+        request_id: r.request_id,
+        break_glass: r.break_glass,
+    })
+}
+
 pub fn request_input(r: pb::RequestPromotionRequest) -> Result<RequestInput, Error> {
     let repository = repository("repository", &r.repository)?;
     let source = Source::parse(&r.source)
@@ -258,6 +287,7 @@ pub fn request_input(r: pb::RequestPromotionRequest) -> Result<RequestInput, Err
         reason: text("reason", &r.reason)?,
         request_id: r.request_id,
         break_glass: r.break_glass,
+        rollback: false,
     })
 }
 

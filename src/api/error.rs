@@ -22,9 +22,9 @@ impl From<Error> for Status {
             Error::NotCheckReporter { .. } | Error::NotBreakGlass { .. } => {
                 Status::permission_denied(msg)
             }
-            Error::GatesBlocked(_) | Error::GroupsUnrepresented(_) => {
-                Status::failed_precondition(msg)
-            }
+            Error::GatesBlocked(_)
+            | Error::GroupsUnrepresented(_)
+            | Error::RollbackRefused { .. } => Status::failed_precondition(msg),
             Error::ShuttingDown => Status::unavailable(msg),
             Error::Domain(d) => match d {
                 DomainError::NotApprover { .. }

@@ -245,6 +245,16 @@ impl PromotionService for PromotionApi {
         }))
     }
 
+    async fn rollback(
+        &self,
+        req: Request<pb::RollbackRequest>,
+    ) -> Result<Response<pb::Promotion>, Status> {
+        let who = principal(&req)?;
+        let input = convert::rollback_input(req.into_inner())?;
+        let p = self.promotions.rollback(who, input).await?;
+        Ok(Response::new(convert::promotion(&p)))
+    }
+
     async fn evaluate_gates(
         &self,
         req: Request<pb::EvaluateGatesRequest>,

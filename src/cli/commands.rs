@@ -12,6 +12,17 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 /// Largest page the server serves; fewer round trips when printing everything.
 const PAGE_SIZE: u32 = 1000;
 
+pub async fn rollback(
+    g: &ClientArgs,
+    req: pb::RollbackRequest,
+    follow: bool,
+) -> Result<(), CliError> {
+    let started = Instant::now();
+    let mut c = Client::connect(g).await?;
+    let p = c.api.rollback(c.unary(req)).await?.into_inner();
+    answer(g, &mut c, p, follow, started).await
+}
+
 pub async fn request(
     g: &ClientArgs,
     req: pb::RequestPromotionRequest,

@@ -229,6 +229,33 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Roll an environment's tag back to a digest prodgate moved it to
+    /// before (default: the one before its current digest).
+    Rollback {
+        /// Registry host and repository path, without a tag.
+        repository: String,
+        /// Environment to roll back.
+        #[arg(long)]
+        env: String,
+        /// The digest to go back to (default: the previous one).
+        #[arg(long = "to")]
+        to: Option<String>,
+        /// Why (required; recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+        /// Idempotency key: repeating a rollback with it returns the first.
+        #[arg(long)]
+        request_id: Option<String>,
+        /// Override the window gate (break_glass principals only).
+        #[arg(long)]
+        break_glass: bool,
+        /// Follow the promotion until it ends; exit 5 unless it ends
+        /// PROMOTED, 6 if --timeout runs out first.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Approve a pending promotion.
     Approve {
         /// Promotion ID.
@@ -377,6 +404,7 @@ impl Command {
             | Command::Cancel { client, .. }
             | Command::Get { client, .. }
             | Command::Gates { client, .. }
+            | Command::Rollback { client, .. }
             | Command::List { client, .. }
             | Command::History { client, .. }
             | Command::Deployed { client, .. }
@@ -644,6 +672,26 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
         }
         Command::Get { id, client } => commands::get(&client, id).await,
         Command::Gates { id, client } => commands::gates(&client, id).await,
+        Command::Rollback {
+            repository,
+            env,
+            to,
+            reason,
+            request_id,
+            break_glass,
+            wait,
+            client,
+        } => {
+            let req = pb::RollbackRequest {
+                repository,
+                environment: env,
+                digest: to.unwrap_or_default(),
+                reason,
+                request_id: request_id.unwrap_or_default(),
+                break_glass,
+            };
+            commands::rollback(&client, req, wait).await
+        }
         Command::List {
             repository,
             env,

@@ -70,6 +70,8 @@ pub struct NewPromotion {
     pub request_id: String,
     /// The governing project ("" for the defaults).
     pub project: String,
+    /// A rollback (its REQUESTED entry says `kind = "rollback"`).
+    pub rollback: bool,
 }
 
 fn event(p: &Promotion, action: Action, actor: &str, comment: &str) -> Event {
@@ -121,10 +123,14 @@ pub fn request(
         superseded_by: None,
         break_glass: false,
         project: new.project,
+        rollback: new.rollback,
         last_apply_error: String::new(),
         apply_attempts: 0,
     };
-    let e = event(&p, Action::Requested, &requester.name, &p.reason);
+    let mut e = event(&p, Action::Requested, &requester.name, &p.reason);
+    if p.rollback {
+        e.attributes.insert("kind".into(), "rollback".into());
+    }
     Outcome {
         promotion: p,
         event: Some(e),
@@ -391,6 +397,7 @@ mod tests {
             reason: "ship".into(),
             request_id: String::new(),
             project: String::new(),
+            rollback: false,
         };
         request(1, new, &who("alice", &["rm"]), &policy(required), t(100)).promotion
     }
@@ -410,6 +417,7 @@ mod tests {
                 reason: String::new(),
                 request_id: String::new(),
                 project: String::new(),
+                rollback: false,
             };
             request(2, new, &who("alice", &[]), &policy(0), t(0))
         };
@@ -807,6 +815,7 @@ mod proptests {
                         reason: format!("ship {id}"),
                         request_id: String::new(),
                         project: String::new(),
+                        rollback: false,
                     };
                     let o = request(id, new, &principal(*requester), &pol, self.now);
                     let p = o.promotion;

@@ -181,6 +181,8 @@ pub struct Promotion {
     /// The project whose policy governs its repository ("" for the
     /// top-level defaults), when it was requested.
     pub project: String,
+    /// Opened by Rollback: back to a digest the tag carried before.
+    pub rollback: bool,
     /// While APPROVED: the last transient registry error of the tag move and
     /// how many attempts were made. Progress, not state: it is not audited
     /// (one entry per retry would flood the log), so it is not stored with

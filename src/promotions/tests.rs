@@ -210,6 +210,7 @@ fn input(source: &str, environment: &str, reason: &str) -> RequestInput {
         reason: reason.into(),
         request_id: String::new(),
         break_glass: false,
+        rollback: false,
     }
 }
 

@@ -108,6 +108,7 @@ fn promotion(required: u32, approved_by: &[&str]) -> Promotion {
         superseded_by: None,
         break_glass: false,
         project: String::new(),
+        rollback: false,
         last_apply_error: String::new(),
         apply_attempts: 0,
     }

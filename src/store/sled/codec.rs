@@ -202,6 +202,7 @@ impl From<PromotionV2> for Promotion {
             superseded_by: None,
             break_glass: false,
             project: String::new(),
+            rollback: false,
             last_apply_error: String::new(),
             apply_attempts: 0,
         }

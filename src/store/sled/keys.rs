@@ -18,8 +18,8 @@
 //! The `audit` tree is the source of truth; `promotions` and `index` are
 //! derived from it (see `Tx::commit`). Posting chunks are described in
 //! `postings`. Format 3 added `Event::attributes` at the end of the audit
-//! entry's event and `Promotion::superseded_by`, `break_glass` and
-//! `project` at the end of the promotion (in both record kinds) and the `e` index; a format 2 directory
+//! entry's event and `Promotion::superseded_by`, `break_glass`,
+//! `project` and `rollback` at the end of the promotion (in both record kinds) and the `e` index; a format 2 directory
 //! is migrated when it is opened (`migrate`). Repository, environment and principal names never contain
 //! 0x00: the repository grammar forbids it and config validation refuses it.
 

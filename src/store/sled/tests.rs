@@ -72,6 +72,7 @@ fn three_commits(t: &Trees) -> Vec<(Dump, Dump)> {
         reason: "test".into(),
         request_id: key.into(),
         project: String::new(),
+        rollback: false,
     };
     let mut state = WriterState::load(t.clone(), Arc::new(SystemClock)).unwrap();
     let mut changed = Vec::new();
@@ -159,16 +160,16 @@ async fn a_format_2_directory_is_migrated_when_opened() {
             .iter()
             .map(|(k, v)| codec::decode_entry(k, v).unwrap())
             .collect();
-        // Format 2 is format 3 without the promotion's last three fields
-        // (`superseded_by`, `break_glass`, `project`: 0x00 each for None,
-        // false and ""), without the event's
+        // Format 2 is format 3 without the promotion's last four fields
+        // (`superseded_by`, `break_glass`, `project`, `rollback`: 0x00
+        // each for None, false, "" and false), without the event's
         // last field (`attributes`, one 0x00 byte for an empty map) and
         // without the index of promotions by environment. postcard writes
         // fields in order without names, so a tuple of the old fields is
         // the old encoding.
         for (k, v) in snapshot(&t.promotions) {
-            assert!(v.ends_with(&[0, 0, 0]));
-            t.promotions.insert(k, &v[..v.len() - 3]).unwrap();
+            assert!(v.ends_with(&[0, 0, 0, 0]));
+            t.promotions.insert(k, &v[..v.len() - 4]).unwrap();
         }
         for (k, v) in snapshot(&t.audit) {
             let r = codec::decode_record(&k, &v).unwrap();
@@ -192,8 +193,8 @@ async fn a_format_2_directory_is_migrated_when_opened() {
             ))
             .unwrap();
             let promotion = codec::encode(r.promotion.as_ref().unwrap());
-            assert!(promotion.ends_with(&[0, 0, 0]));
-            old.extend_from_slice(&promotion[..promotion.len() - 3]);
+            assert!(promotion.ends_with(&[0, 0, 0, 0]));
+            old.extend_from_slice(&promotion[..promotion.len() - 4]);
             t.audit.insert(k, old).unwrap();
         }
         // verify-log checks a format 2 store as it is.
