@@ -103,12 +103,29 @@ fn enforce_gates(
     if after.state != State::Approved {
         return Ok(None);
     }
-    let approvers = principals_of(config, after);
-    let report = gates::evaluate(&gates::Facts {
-        promotion: after,
+    let report = evaluate(config, after, policy, inputs, now, break_glass);
+    match report.blocking_message() {
+        Some(m) => Err(Error::GatesBlocked(m)),
+        None => Ok(Some(report)),
+    }
+}
+
+/// Every gate of `p`'s policy, from the facts gathered for it: the one
+/// evaluation behind both enforcement and EvaluateGates.
+fn evaluate(
+    config: &Config,
+    p: &Promotion,
+    policy: &EnvironmentPolicy,
+    inputs: &GateInputs,
+    now: Time,
+    break_glass: bool,
+) -> gates::GateReport {
+    let approvers = principals_of(config, p);
+    gates::evaluate(&gates::Facts {
+        promotion: p,
         policy,
         now,
-        rollback: after.rollback,
+        rollback: p.rollback,
         approvers: &approvers,
         checks: &inputs.checks,
         // Checked when the promotion was requested (its digest was pinned
@@ -117,11 +134,7 @@ fn enforce_gates(
         prerequisite: None,
         soak_since: inputs.soak_since,
         break_glass,
-    });
-    match report.blocking_message() {
-        Some(m) => Err(Error::GatesBlocked(m)),
-        None => Ok(Some(report)),
-    }
+    })
 }
 
 /// The approvers of `p` with their groups as the configuration knows them.
@@ -898,18 +911,14 @@ impl Promotions {
             })?
             .clone();
         let inputs = self.gate_inputs(&p.repository, &policy, &p.digest).await?;
-        let approvers = principals_of(&self.config, &p);
-        Ok(gates::evaluate(&gates::Facts {
-            promotion: &p,
-            policy: &policy,
-            now: self.clock.now(),
-            rollback: false,
-            approvers: &approvers,
-            checks: &inputs.checks,
-            prerequisite: None,
-            soak_since: inputs.soak_since,
-            break_glass: false,
-        }))
+        Ok(evaluate(
+            &self.config,
+            &p,
+            &policy,
+            &inputs,
+            self.clock.now(),
+            false,
+        ))
     }
 
     /// The latest report of every check for a digest.

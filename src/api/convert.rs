@@ -239,6 +239,17 @@ pub fn check_result(c: &CheckReport) -> pb::CheckResult {
     }
 }
 
+/// An idempotency key: short and printable.
+fn request_id(s: &str) -> Result<(), Error> {
+    if s.len() > MAX_REQUEST_ID || s.chars().any(char::is_control) {
+        return Err(invalid(
+            "request_id",
+            format!("must be at most {MAX_REQUEST_ID} bytes without control characters"),
+        ));
+    }
+    Ok(())
+}
+
 pub fn rollback_input(r: pb::RollbackRequest) -> Result<RollbackInput, Error> {
     let repository = repository("repository", &r.repository)?;
     if r.environment.is_empty() {
@@ -251,12 +262,7 @@ pub fn rollback_input(r: pb::RollbackRequest) -> Result<RollbackInput, Error> {
             Some(d.to_owned())
         }
     };
-    if r.request_id.len() > MAX_REQUEST_ID || r.request_id.chars().any(char::is_control) {
-        return Err(invalid(
-            "request_id",
-            format!("must be at most {MAX_REQUEST_ID} bytes without control characters"),
-        ));
-    }
+    request_id(&r.request_id)?;
     Ok(RollbackInput {
         repository,
         environment: text("environment", &r.environment)?,
@@ -274,12 +280,7 @@ pub fn request_input(r: pb::RequestPromotionRequest) -> Result<RequestInput, Err
     if r.environment.is_empty() {
         return Err(invalid("environment", "is required"));
     }
-    if r.request_id.len() > MAX_REQUEST_ID || r.request_id.chars().any(char::is_control) {
-        return Err(invalid(
-            "request_id",
-            format!("must be at most {MAX_REQUEST_ID} bytes without control characters"),
-        ));
-    }
+    request_id(&r.request_id)?;
     Ok(RequestInput {
         repository,
         source,
