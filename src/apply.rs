@@ -25,7 +25,7 @@
 //! records it as applied.
 
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::Live;
 use crate::domain::machine;
 use crate::domain::model::{Promotion, PromotionId, State, Time};
 use crate::domain::names::Repository;
@@ -102,7 +102,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 /// What the worker needs besides the store and the registry.
 pub struct Settings {
     /// Environments' `apply_deadline`.
-    pub config: Arc<Config>,
+    pub config: Live,
     pub clock: Arc<dyn Clock>,
     pub progress: Progress,
 }
@@ -157,7 +157,7 @@ pub async fn run(
 struct Worker {
     store: Store,
     registry: Arc<dyn Registry>,
-    config: Arc<Config>,
+    config: Live,
     clock: Arc<dyn Clock>,
     progress: Progress,
 }
@@ -267,6 +267,8 @@ impl Worker {
             // While APPROVED, `updated_at` is when it was approved.
             let deadline = self
                 .config
+                .get()
+                .governing(&p.repository)
                 .environment(&p.environment)
                 .and_then(|e| e.apply_deadline)
                 .map(|d| (d, p.updated_at.plus(d)));

@@ -4,27 +4,31 @@
 //! verified client certificate. A token, when sent, takes precedence, so a
 //! job holding a machine certificate can still act as a token principal.
 
-use crate::config::PrincipalConfig;
+use crate::config::Live;
 use crate::domain::policy::Principal;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use tonic::{Request, Status, metadata::MetadataMap};
 
+/// Matches credentials against the running config's principals (a reload
+/// changes who they are without a restart).
 pub struct Authenticator {
-    principals: Vec<PrincipalConfig>,
+    config: Live,
 }
 
 impl Authenticator {
-    pub fn new(principals: Vec<PrincipalConfig>) -> Self {
-        Self { principals }
+    pub fn new(config: Live) -> Self {
+        Self { config }
     }
 
     /// The principal whose verified client certificate (DER) has this CN.
     pub fn authenticate_certificate(&self, der: &[u8]) -> Result<Principal, Status> {
         let cn = common_name(der)
             .ok_or_else(|| Status::unauthenticated("the client certificate has no common name"))?;
-        self.principals
+        self.config
+            .get()
+            .principals
             .iter()
             .find(|p| p.certificate_cn.as_deref() == Some(cn.as_str()))
             .map(|p| Principal {
@@ -58,8 +62,9 @@ impl Authenticator {
             })?;
         let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // Look at every principal so the time taken does not depend on which matched.
+        let config = self.config.get();
         let mut found = None;
-        for p in &self.principals {
+        for p in &config.principals {
             if p.token_sha256
                 .is_some_and(|h| bool::from(h.ct_eq(&presented)))
             {
@@ -115,12 +120,12 @@ mod tests {
     use super::*;
 
     fn auth() -> Authenticator {
-        Authenticator::new(vec![PrincipalConfig {
-            name: "alice".into(),
-            token_sha256: Some(Sha256::digest(b"s3cret").into()),
-            certificate_cn: None,
-            groups: vec!["rm".into()],
-        }])
+        let config = crate::config::Config::parse(&format!(
+            "[[principal]]\nname = \"alice\"\ntoken_sha256 = \"{}\"\ngroups = [\"rm\"]\n",
+            hex::encode(Sha256::digest(b"s3cret"))
+        ))
+        .unwrap();
+        Authenticator::new(Live::new(config))
     }
 
     fn md(v: &str) -> MetadataMap {

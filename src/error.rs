@@ -38,6 +38,10 @@ pub enum Error {
         request_id: String,
         promotion_id: u64,
     },
+    #[error(
+        "no policy version {0} was ever recorded here; POLICY_CHANGED entries in History and Promotion.policy_digest name the recorded ones"
+    )]
+    PolicyNotFound(String),
     #[error("prodgate has not moved the {environment} tag of {repository} (as of {at})")]
     NothingDeployed {
         repository: String,

@@ -40,6 +40,7 @@ pub struct Metrics {
     audit_entries: IntGauge,
     store_commits: IntCounter,
     store_flushes: IntCounter,
+    config_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -108,6 +109,17 @@ impl Metrics {
             "store_flushes_total",
             "Flushes (fsyncs) of the database since start; commits/flushes is the group-commit factor",
         )?;
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "config_reloads_total",
+                "Config reloads (SIGHUP) by result: success, or failure (the running config was kept)",
+            ),
+            &["result"],
+        )?;
+        for result in ["success", "failure"] {
+            config_reloads.with_label_values(&[result]);
+        }
+        registry.register(Box::new(config_reloads.clone()))?;
         registry.register(Box::new(store_commits.clone()))?;
         registry.register(Box::new(store_flushes.clone()))?;
         registry.register(Box::new(rpcs.clone()))?;
@@ -130,7 +142,15 @@ impl Metrics {
             audit_entries,
             store_commits,
             store_flushes,
+            config_reloads,
         }))
+    }
+
+    /// One config reload: applied, or refused (the old config runs on).
+    pub fn config_reload(&self, applied: bool) {
+        self.config_reloads
+            .with_label_values(&[if applied { "success" } else { "failure" }])
+            .inc();
     }
 
     /// One registry request: `operation` like "GET manifest", `outcome` the

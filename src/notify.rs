@@ -79,7 +79,7 @@ pub fn event_of(c: &Change) -> Option<NotifyEvent> {
         Action::Expired => NotifyEvent::Expired,
         Action::Superseded => NotifyEvent::Superseded,
         // Not a promotion's change (and not on the change stream).
-        Action::CheckReported => return None,
+        Action::CheckReported | Action::PolicyChanged => return None,
     })
 }
 

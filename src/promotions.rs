@@ -6,16 +6,18 @@
 
 use crate::apply::Progress;
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, Live};
 use crate::domain::audit::{AuditEntry, Verification};
 use crate::domain::gates;
 use crate::domain::machine::{self, NewPromotion, Outcome};
-use crate::domain::model::{CheckReport, CheckStatus, Promotion, PromotionId, State, Time};
+use crate::domain::model::{
+    CheckReport, CheckStatus, POLICY_ATTRIBUTE, Promotion, PromotionId, State, Time, policy_changed,
+};
 use crate::domain::names::{Repository, Source};
 use crate::domain::policy::{EnvironmentPolicy, Principal};
 use crate::error::Error;
 use crate::registry::{Manifest, Registry};
-use crate::store::{Change, PageRequest, Store, StoredManifest, UnitOfWork};
+use crate::store::{Change, PageRequest, Store, StoredManifest, StoredPolicy, UnitOfWork};
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -89,25 +91,32 @@ fn mark_break_glass(o: &mut Outcome, report: Option<&gates::GateReport>) {
     }
 }
 
-/// Evaluates every gate for `after`, the promotion as the call would leave
-/// it, when it would become APPROVED; refuses with all blockers named.
-/// Returns the report it passed (None when nothing was evaluated).
+/// Evaluates every gate for `o`, the promotion as the call would leave it,
+/// when it would become APPROVED; refuses with all blockers named. When
+/// they pass, stamps the policy version that allowed it on the promotion
+/// and on its entry (attribute `policy`). Returns the report it passed
+/// (None when nothing was evaluated).
 fn enforce_gates(
     config: &Config,
-    after: &Promotion,
+    o: &mut Outcome,
     policy: &EnvironmentPolicy,
     inputs: &GateInputs,
     now: Time,
     break_glass: bool,
 ) -> Result<Option<gates::GateReport>, Error> {
-    if after.state != State::Approved {
+    if o.promotion.state != State::Approved {
         return Ok(None);
     }
-    let report = evaluate(config, after, policy, inputs, now, break_glass);
-    match report.blocking_message() {
-        Some(m) => Err(Error::GatesBlocked(m)),
-        None => Ok(Some(report)),
+    let report = evaluate(config, &o.promotion, policy, inputs, now, break_glass);
+    if let Some(m) = report.blocking_message() {
+        return Err(Error::GatesBlocked(m));
     }
+    o.promotion.policy_digest = config.policy.digest.clone();
+    if let Some(e) = &mut o.event {
+        e.attributes
+            .insert(POLICY_ATTRIBUTE.to_owned(), config.policy.digest.clone());
+    }
+    Ok(Some(report))
 }
 
 /// Every gate of `p`'s policy, from the facts gathered for it: the one
@@ -147,6 +156,30 @@ fn principals_of(config: &Config, p: &Promotion) -> Vec<Principal> {
             groups: c.groups.clone(),
         })
         .collect()
+}
+
+/// The effective policy of `environment` for `repository`: its project's,
+/// or the top-level one (see `Config::governing`).
+fn policy_of<'c>(
+    config: &'c Config,
+    repository: &str,
+    environment: &str,
+) -> Result<&'c EnvironmentPolicy, Error> {
+    config
+        .governing(repository)
+        .environment(environment)
+        .ok_or_else(|| Error::InvalidArgument {
+            field: "environment",
+            message: format!(
+                "no environment named {environment:?} is configured (known: {})",
+                config
+                    .environments
+                    .iter()
+                    .map(|e| e.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        })
 }
 
 /// A validated ReportCheck.
@@ -206,7 +239,8 @@ enum Decision {
 
 #[derive(Clone)]
 pub struct Promotions {
-    config: Arc<Config>,
+    /// The running config; each call takes one snapshot and keeps it.
+    config: Live,
     store: Store,
     registry: Arc<dyn Registry>,
     clock: Arc<dyn Clock>,
@@ -218,7 +252,7 @@ pub struct Promotions {
 
 impl Promotions {
     pub fn new(
-        config: Arc<Config>,
+        config: Live,
         store: Store,
         registry: Arc<dyn Registry>,
         clock: Arc<dyn Clock>,
@@ -235,29 +269,19 @@ impl Promotions {
         }
     }
 
-    /// The effective policy of `environment` for `repository`: its
-    /// project's, or the top-level one (see `Config::governing`).
-    fn policy(&self, repository: &str, environment: &str) -> Result<&EnvironmentPolicy, Error> {
-        self.config
-            .governing(repository)
-            .environment(environment)
-            .ok_or_else(|| Error::InvalidArgument {
-                field: "environment",
-                message: format!(
-                    "no environment named {environment:?} is configured (known: {})",
-                    self.config
-                        .environments
-                        .iter()
-                        .map(|e| e.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            })
+    pub async fn request(&self, who: Principal, input: RequestInput) -> Result<Promotion, Error> {
+        let config = self.config.get();
+        self.request_under(config, who, input).await
     }
 
-    pub async fn request(&self, who: Principal, input: RequestInput) -> Result<Promotion, Error> {
+    async fn request_under(
+        &self,
+        config: Arc<Config>,
+        who: Principal,
+        input: RequestInput,
+    ) -> Result<Promotion, Error> {
         let repository = input.repository.to_string();
-        let governance = self.config.governing(&repository);
+        let governance = config.governing(&repository);
         if !governance.may_request(&who) {
             return Err(Error::NotRequester {
                 principal: who.name,
@@ -266,7 +290,7 @@ impl Promotions {
                 requesters: crate::config::describe(governance.requesters().unwrap_or_default()),
             });
         }
-        let mut policy = self.policy(&repository, &input.environment)?.clone();
+        let mut policy = policy_of(&config, &repository, &input.environment)?.clone();
         if input.rollback {
             policy.required_approvals = policy.rollback_approvals;
         }
@@ -279,7 +303,7 @@ impl Promotions {
                 ),
             });
         }
-        if self.config.registry(input.repository.host()).is_none() {
+        if config.registry(input.repository.host()).is_none() {
             return Err(Error::InvalidArgument {
                 field: "repository",
                 message: format!(
@@ -327,7 +351,7 @@ impl Promotions {
         // A rollback's digest passed the prerequisite when it was first
         // promoted here.
         if let Some(required) = policy.requires.as_ref().filter(|_| !input.rollback) {
-            let prereq = self.policy(&repository, required)?;
+            let prereq = policy_of(&config, &repository, required)?;
             // The source tag is the prerequisite's tag: the fetch just read it.
             let carried = if source_ref == prereq.tag {
                 Some(digest.clone())
@@ -357,8 +381,8 @@ impl Promotions {
         let inputs = self
             .gate_inputs(&repository, &policy, &manifest.digest)
             .await?;
-        let config = self.config.clone();
         let mut changes = self.store.subscribe();
+        let job_config = config.clone();
         let new = NewPromotion {
             project: governance.project_name().to_owned(),
             repository: input.repository.to_string(),
@@ -381,7 +405,7 @@ impl Promotions {
                 let now = tx.now();
                 let mut o = machine::request(tx.next_id(), new, &who, &policy, now);
                 let report =
-                    enforce_gates(&config, &o.promotion, &policy, &inputs, now, break_glass)?;
+                    enforce_gates(&job_config, &mut o, &policy, &inputs, now, break_glass)?;
                 if break_glass {
                     mark_break_glass(&mut o, report.as_ref());
                 }
@@ -390,7 +414,7 @@ impl Promotions {
                 Ok(o.promotion)
             })
             .await?;
-        Ok(self.settled(created, &mut changes).await)
+        Ok(self.settled(&config, created, &mut changes).await)
     }
 
     /// Opens a promotion back to a digest prodgate applied to the
@@ -404,7 +428,8 @@ impl Promotions {
                 message: "is required for a rollback: say why the tag goes back".into(),
             });
         }
-        self.policy(&repository, &input.environment)?;
+        let config = self.config.get();
+        policy_of(&config, &repository, &input.environment)?;
         let refused = |why: String| {
             Err(Error::RollbackRefused {
                 repository: repository.clone(),
@@ -448,7 +473,7 @@ impl Promotions {
             break_glass: input.break_glass,
             rollback: true,
         };
-        self.request(who, request).await
+        self.request_under(config, who, request).await
     }
 
     /// Whether an APPLIED entry moved `environment`'s tag of `repository` to
@@ -497,10 +522,17 @@ impl Promotions {
         break_glass: bool,
     ) -> Result<Promotion, Error> {
         let mut changes = self.store.subscribe();
+        let config = self.config.get();
         let p = self
-            .decide(Decision::Approve { break_glass }, who, id, comment)
+            .decide(
+                config.clone(),
+                Decision::Approve { break_glass },
+                who,
+                id,
+                comment,
+            )
             .await?;
-        Ok(self.settled(p, &mut changes).await)
+        Ok(self.settled(&config, p, &mut changes).await)
     }
 
     pub async fn reject(
@@ -509,7 +541,8 @@ impl Promotions {
         id: PromotionId,
         comment: String,
     ) -> Result<Promotion, Error> {
-        self.decide(Decision::Reject, who, id, comment).await
+        self.decide(self.config.get(), Decision::Reject, who, id, comment)
+            .await
     }
 
     pub async fn cancel(
@@ -518,28 +551,25 @@ impl Promotions {
         id: PromotionId,
         comment: String,
     ) -> Result<Promotion, Error> {
-        self.decide(Decision::Cancel, who, id, comment).await
+        self.decide(self.config.get(), Decision::Cancel, who, id, comment)
+            .await
     }
 
     async fn decide(
         &self,
+        config: Arc<Config>,
         decision: Decision,
         who: Principal,
         id: PromotionId,
         comment: String,
     ) -> Result<Promotion, Error> {
-        let config = self.config.clone();
         // The gates' inputs for the approval that would complete it; read
         // for any pending approval, since which one completes it is decided
         // on the writer.
         let inputs = match decision {
             Decision::Approve { .. } => match self.store.get(id).await? {
                 Some(p) if p.state == State::PendingApproval => {
-                    match self
-                        .config
-                        .governing(&p.repository)
-                        .environment(&p.environment)
-                    {
+                    match config.governing(&p.repository).environment(&p.environment) {
                         Some(policy) => {
                             let policy = policy.clone();
                             self.gate_inputs(&p.repository, &policy, &p.digest).await?
@@ -571,14 +601,8 @@ impl Promotions {
                             gates::check_last_slot(&p, policy, &approvers, &who)?;
                         }
                         let mut o = machine::approve(&p, &who, policy, &comment, now)?;
-                        let report = enforce_gates(
-                            &config,
-                            &o.promotion,
-                            policy,
-                            &inputs,
-                            now,
-                            break_glass,
-                        )?;
+                        let report =
+                            enforce_gates(&config, &mut o, policy, &inputs, now, break_glass)?;
                         if break_glass {
                             mark_break_glass(&mut o, report.as_ref());
                         }
@@ -621,8 +645,13 @@ impl Promotions {
 
     /// Waits up to `apply_wait` for an APPROVED promotion's tag move, so the
     /// common case answers PROMOTED; a slow registry answers APPROVED.
-    async fn settled(&self, p: Promotion, changes: &mut broadcast::Receiver<Change>) -> Promotion {
-        if p.state != State::Approved || self.config.apply_wait.is_zero() {
+    async fn settled(
+        &self,
+        config: &Config,
+        p: Promotion,
+        changes: &mut broadcast::Receiver<Change>,
+    ) -> Promotion {
+        if p.state != State::Approved || config.apply_wait.is_zero() {
             return p;
         }
         let id = p.id;
@@ -639,7 +668,7 @@ impl Promotions {
                 }
             }
         };
-        match tokio::time::timeout(self.config.apply_wait, wait).await {
+        match tokio::time::timeout(config.apply_wait, wait).await {
             Ok(Some(done)) => done,
             _ => self.get(id).await.unwrap_or(p),
         }
@@ -724,6 +753,7 @@ impl Promotions {
             ..q.filter
         };
         let now = self.clock.now();
+        let config = self.config.get();
         let mut items = Vec::new();
         let mut after = q.after;
         loop {
@@ -740,8 +770,7 @@ impl Promotions {
                 .await?;
             for p in page.items {
                 after = Some(p.id);
-                let may = self
-                    .config
+                let may = config
                     .governing(&p.repository)
                     .environment(&p.environment)
                     .is_some_and(|policy| machine::may_approve(&p, who, policy, now));
@@ -848,7 +877,7 @@ impl Promotions {
         environment: &str,
         at: Option<Time>,
     ) -> Result<AuditEntry, Error> {
-        self.policy(&repository.to_string(), environment)?;
+        policy_of(&self.config.get(), &repository.to_string(), environment)?;
         self.store
             .deployed_at(&repository.to_string(), environment, at)
             .await?
@@ -867,7 +896,7 @@ impl Promotions {
         input: CheckInput,
     ) -> Result<CheckReport, Error> {
         let repository = input.repository.to_string();
-        if !self.config.governing(&repository).may_report(&who) {
+        if !self.config.get().governing(&repository).may_report(&who) {
             return Err(Error::NotCheckReporter {
                 principal: who.name,
                 repository,
@@ -899,7 +928,8 @@ impl Promotions {
     /// (the approvals gate says how many are missing). Reads only.
     pub async fn evaluate_gates(&self, id: PromotionId) -> Result<gates::GateReport, Error> {
         let p = self.get(id).await?;
-        let governing = self.config.governing(&p.repository);
+        let config = self.config.get();
+        let governing = config.governing(&p.repository);
         let policy = governing
             .environment(&p.environment)
             .ok_or_else(|| Error::InvalidArgument {
@@ -912,13 +942,56 @@ impl Promotions {
             .clone();
         let inputs = self.gate_inputs(&p.repository, &policy, &p.digest).await?;
         Ok(evaluate(
-            &self.config,
+            &config,
             &p,
             &policy,
             &inputs,
             self.clock.now(),
             false,
         ))
+    }
+
+    /// Records the running policy version (a POLICY_CHANGED entry, actor
+    /// `prodgate`) unless it is the one the log last recorded; at start.
+    pub async fn record_policy(&self) -> Result<Option<AuditEntry>, Error> {
+        self.record_version(&self.config.get()).await
+    }
+
+    /// Runs `next` from now on, after recording its policy version if it
+    /// differs from the last recorded one, so that nothing is ever decided
+    /// under a version the log does not hold. If recording fails the
+    /// running config stays. Calls already under way finish under the
+    /// version they started with (their entries name it).
+    pub async fn adopt(&self, next: Config) -> Result<Option<AuditEntry>, Error> {
+        let next = Arc::new(next);
+        let entry = self.record_version(&next).await?;
+        self.config.replace(next);
+        Ok(entry)
+    }
+
+    async fn record_version(&self, config: &Config) -> Result<Option<AuditEntry>, Error> {
+        let digest = config.policy.digest.clone();
+        let json = config.policy.canonical_json.clone();
+        self.store
+            .write(move |tx: &mut dyn UnitOfWork| {
+                if tx.latest_policy()?.as_deref() == Some(digest.as_str()) {
+                    return Ok(None);
+                }
+                tx.put_policy(&digest, &json)?;
+                let now = tx.now();
+                Ok::<_, Error>(Some(tx.record(policy_changed(&digest), now)?))
+            })
+            .await
+    }
+
+    /// A recorded policy version; `None`: the running one.
+    pub async fn policy(&self, digest: Option<&str>) -> Result<StoredPolicy, Error> {
+        let running = self.config.get();
+        let digest = digest.unwrap_or(&running.policy.digest);
+        self.store
+            .policy(digest)
+            .await?
+            .ok_or_else(|| Error::PolicyNotFound(digest.to_owned()))
     }
 
     /// The latest report of every check for a digest.

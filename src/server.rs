@@ -12,7 +12,7 @@ use crate::api::promotion::PromotionApi;
 use crate::apply;
 use crate::auth::{AuthInterceptor, Authenticator};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, TlsConfig};
+use crate::config::{Config, ConfigError, Live, Loaded, TlsConfig};
 use crate::metrics::{Metrics, RpcMetricsLayer};
 use crate::pb::promotion_service_server::PromotionServiceServer;
 use crate::promotions::Promotions;
@@ -82,6 +82,8 @@ pub enum ServerError {
         path: String,
         message: String,
     },
+    #[error("cannot record the policy version in the audit log: {0}")]
+    Policy(crate::error::Error),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -195,14 +197,76 @@ async fn until_stopped<T>(stop: CancellationToken, task: impl Future<Output = T>
     }
 }
 
-/// Serves on `listener` until `shutdown` completes.
+/// Where reloads come from: each message on `requests` asks for one, and
+/// `load` reads and validates the config file again (it may block: it
+/// reads files and may run credential helpers).
+pub struct Reloads {
+    pub requests: tokio::sync::mpsc::Receiver<()>,
+    pub load: Arc<dyn Fn() -> Result<Loaded, ConfigError> + Send + Sync>,
+}
+
+/// Reloads the config once: validates the file, refuses what a reload may
+/// not change, records the new policy version if it differs, then runs
+/// it. Anything wrong keeps the running config and logs why, naming the
+/// key. Returns whether the new config runs.
+async fn reload(
+    load: Arc<dyn Fn() -> Result<Loaded, ConfigError> + Send + Sync>,
+    live: &Live,
+    promotions: &Promotions,
+) -> bool {
+    let loaded = match tokio::task::spawn_blocking(move || load()).await {
+        Ok(Ok(loaded)) => loaded,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "config reload failed: the running config is kept");
+            return false;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "config reload failed: the running config is kept");
+            return false;
+        }
+    };
+    for w in &loaded.warnings {
+        tracing::warn!(key = %w.key, "config: {}", w.message);
+    }
+    let (next, later) = match crate::config::reloaded(&live.get(), loaded.config) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(key = e.key, error = %e, "config reload refused: the running config is kept");
+            return false;
+        }
+    };
+    for w in &later {
+        tracing::warn!(key = %w.key, "config reload: {}", w.message);
+    }
+    let digest = next.policy.digest.clone();
+    match promotions.adopt(next).await {
+        Ok(Some(entry)) => {
+            tracing::info!(policy = %digest, sequence = entry.sequence, "config reloaded: new policy version recorded");
+            true
+        }
+        Ok(None) => {
+            tracing::info!(policy = %digest, "config reloaded: policy unchanged");
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "config reload failed: the new policy could not be recorded; the running config is kept");
+            false
+        }
+    }
+}
+
+/// Serves on `listener` until `shutdown` completes; reloads the policy on
+/// each of `reloads`' requests.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
+    reloads: Option<Reloads>,
 ) -> Result<(), ServerError> {
     install_crypto_provider();
-    let config = Arc::new(config);
+    let live = Live::new(config);
+    // Bound at start: what a reload may not change, or keeps until a restart.
+    let config = live.get();
     let metrics = Metrics::new(config.environments.iter().map(|e| e.name.clone()).collect())?;
     let opening = std::time::Instant::now();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -226,13 +290,25 @@ pub async fn run(
     let background = TaskTracker::new();
     let progress = apply::Progress::default();
     let promotions = Promotions::new(
-        config.clone(),
+        live.clone(),
         store.clone(),
         registry.clone(),
         clock.clone(),
         progress.clone(),
         draining.clone(),
     );
+    // Nothing is decided under a policy the log does not hold.
+    match promotions.record_policy().await {
+        Ok(Some(e)) => tracing::info!(
+            policy = %config.policy.digest,
+            sequence = e.sequence,
+            "policy version recorded"
+        ),
+        Ok(None) => {
+            tracing::info!(policy = %config.policy.digest, "policy unchanged since the last start")
+        }
+        Err(e) => return Err(ServerError::Policy(e)),
+    }
     let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
     if let Some(limit) = open_file_limit()
         && config.max_connections as u64 + OTHER_DESCRIPTORS > limit
@@ -249,7 +325,7 @@ pub async fn run(
         store.clone(),
         registry,
         apply::Settings {
-            config: config.clone(),
+            config: live.clone(),
             clock,
             progress,
         },
@@ -279,6 +355,15 @@ pub async fn run(
         stop.clone(),
         crate::notify::run(config.notify.clone(), store.subscribe()),
     ));
+    if let Some(mut r) = reloads {
+        let (live, promotions, metrics) = (live.clone(), promotions.clone(), metrics.clone());
+        background.spawn(until_stopped(stop.clone(), async move {
+            while r.requests.recv().await.is_some() {
+                let applied = reload(r.load.clone(), &live, &promotions).await;
+                metrics.config_reload(applied);
+            }
+        }));
+    }
     if let Some(addr) = &config.metrics_listen {
         {
             let l = TcpListener::bind(addr)
@@ -321,7 +406,7 @@ pub async fn run(
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let authenticated: Svc = InterceptedService::new(
         api,
-        AuthInterceptor(Arc::new(Authenticator::new(config.principals.clone()))),
+        AuthInterceptor(Arc::new(Authenticator::new(live.clone()))),
     );
 
     // The announcement scripts and tests wait for: only now, after the store

@@ -43,11 +43,11 @@ async fn check_reporters_report_and_the_latest_report_per_check_counts() {
         .await
         .expect_err("mallory is no check reporter");
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
-    assert!(
-        history(&mut alice, HistoryRequest::default())
-            .await
-            .is_empty()
-    );
+    let of_repo = HistoryRequest {
+        repository: repo.clone(),
+        ..Default::default()
+    };
+    assert!(history(&mut alice, of_repo.clone()).await.is_empty());
     // Malformed reports name the field.
     for (bad, field) in [
         (report(&repo, &digest, "E2E!", CheckStatus::Passed), "check"),
@@ -109,7 +109,7 @@ async fn check_reporters_report_and_the_latest_report_per_check_counts() {
 
     // Each report is an audit entry about no promotion, its facts in
     // attributes that the documented hash covers.
-    let entries = history(&mut alice, HistoryRequest::default()).await;
+    let entries = history(&mut alice, of_repo).await;
     assert_eq!(entries.len(), 3);
     for e in &entries {
         assert_eq!(e.action, AuditAction::CheckReported as i32);

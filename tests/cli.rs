@@ -229,23 +229,36 @@ async fn json_output_is_one_proto3_object_per_line() {
             "AUDIT_ACTION_APPLIED"
         ]
     );
-    // uint64 as strings; the chain links entry to entry.
-    assert_eq!(history[0]["sequence"], "1");
-    assert_eq!(history[0]["prevHash"], "0".repeat(64));
+    // uint64 as strings; the chain links entry to entry, from the start's
+    // POLICY_CHANGED entry (sequence 1, its digest an attribute).
+    let all = json(s, "rita", &["history"]).ok().lines();
+    assert_eq!(all[0]["action"], "AUDIT_ACTION_POLICY_CHANGED");
+    assert_eq!(all[0]["sequence"], "1");
+    assert_eq!(all[0]["prevHash"], "0".repeat(64));
+    assert!(
+        all[0]["attributes"]["policy"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("sha256:")),
+        "{:?}",
+        all[0]
+    );
+    assert_eq!(history[0]["sequence"], "2");
+    assert_eq!(history[0]["prevHash"], all[0]["hash"]);
     assert_eq!(history[1]["prevHash"], history[0]["hash"]);
     assert_eq!(history[2]["prevHash"], history[1]["hash"]);
     // --since and --until take the exact RFC 3339 times the JSON shows.
     let approved_at = history[1]["time"].as_str().expect("time");
+    let of_repo = |extra: &[&str]| {
+        let mut args = vec!["history", "--repository", &repo];
+        args.extend_from_slice(extra);
+        json(s, "rita", &args).ok().lines()
+    };
     let since = json(s, "rita", &["history", "--since", approved_at])
         .ok()
         .lines();
     assert_eq!(since, history[1..]);
-    let until = json(s, "rita", &["history", "--until", approved_at])
-        .ok()
-        .lines();
-    assert_eq!(until, history[..2]);
-    let limited = json(s, "rita", &["history", "--limit", "1"]).ok().lines();
-    assert_eq!(limited, history[..1]);
+    assert_eq!(of_repo(&["--until", approved_at]), history[..2]);
+    assert_eq!(of_repo(&["--limit", "1"]), history[..1]);
 
     let deployed = json(s, "carol", &["deployed", &repo, "--env", "production"])
         .ok()
@@ -265,7 +278,7 @@ async fn json_output_is_one_proto3_object_per_line() {
 
     let verified = json(s, "alice", &["verify-log"]).ok().one();
     assert_eq!(verified["ok"], true);
-    assert_eq!(verified["entriesChecked"], "3");
+    assert_eq!(verified["entriesChecked"], "4");
     assert_eq!(verified["headHash"], history[2]["hash"]);
 
     // reject and cancel answer the promotion too.
@@ -420,7 +433,7 @@ async fn table_output_is_for_people() {
 
     let verified = table(s, "alice", &["verify-log"]).ok();
     assert!(
-        verified.stdout.starts_with("ok: 5 entries, head "),
+        verified.stdout.starts_with("ok: 6 entries, head "),
         "{verified:#?}"
     );
     assert_eq!(table(s, "alice", &["health"]).ok().stdout, "SERVING\n");
@@ -670,7 +683,7 @@ async fn verify_log_online_and_offline_agree() {
     let offline_table = finish(prodgate().args(["verify-log", "--data-dir"]).arg(&data)).ok();
     assert_eq!(offline_table.stdout, online_table.stdout);
     assert!(
-        offline_table.stdout.starts_with("ok: 3 entries, head "),
+        offline_table.stdout.starts_with("ok: 4 entries, head "),
         "{offline_table:#?}"
     );
 
@@ -1379,18 +1392,19 @@ async fn list_mine_and_newest_first() {
             .map(|e| e["sequence"].as_str().unwrap_or("?").to_owned())
             .collect()
     };
-    assert_eq!(sequences(&["history"]), ["1", "2", "3", "4"]);
+    // 1 is the start's POLICY_CHANGED entry.
+    assert_eq!(sequences(&["history"]), ["1", "2", "3", "4", "5"]);
     assert_eq!(
         sequences(&["history", "--newest-first"]),
-        ["4", "3", "2", "1"]
+        ["5", "4", "3", "2", "1"]
     );
     assert_eq!(
         sequences(&["history", "--newest-first", "--limit", "1"]),
-        ["4"]
+        ["5"]
     );
     let newest = table(s, "alice", &["history", "--newest-first"]).ok();
     let first_row = newest.stdout.lines().nth(1).unwrap_or_default();
-    assert!(first_row.starts_with("4 "), "{newest:#?}");
+    assert!(first_row.starts_with("5 "), "{newest:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]

@@ -269,11 +269,16 @@ mod operated {
             get(r#"prodgate_pending_approvals{environment="production"}"#),
             1.0
         );
-        assert_eq!(get("prodgate_audit_entries"), 4.0);
-        // Four record changes, each flushed before it was acknowledged.
-        assert_eq!(get("prodgate_store_commits_total"), 4.0);
+        // The start's POLICY_CHANGED entry and four promotion entries.
+        assert_eq!(get("prodgate_audit_entries"), 5.0);
+        // Five audited changes, each flushed before it was acknowledged.
+        assert_eq!(get("prodgate_store_commits_total"), 5.0);
         let flushes = get("prodgate_store_flushes_total");
-        assert!((1.0..=4.0).contains(&flushes), "{flushes}");
+        assert!((1.0..=5.0).contains(&flushes), "{flushes}");
+        assert_eq!(
+            get(r#"prodgate_config_reloads_total{result="success"}"#),
+            0.0
+        );
     }
 
     #[tokio::test]

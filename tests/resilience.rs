@@ -91,7 +91,14 @@ async fn assert_indexes_agree(
     // The apply worker may still append APPLIED entries and move APPROVED
     // promotions to PROMOTED while this reads, so later reads are cut at
     // what the first one saw, and APPROVED and PROMOTED are checked together.
-    let all: Vec<u64> = history(c, "").await.iter().map(|e| e.sequence).collect();
+    // Every entry about a promotion (not the start's POLICY_CHANGED ones,
+    // which name no repository).
+    let all: Vec<u64> = history(c, "")
+        .await
+        .iter()
+        .filter(|e| !e.repository.is_empty())
+        .map(|e| e.sequence)
+        .collect();
     let newest = all.last().copied().unwrap_or(0);
     for (what, filter) in [
         (
@@ -446,7 +453,8 @@ async fn verify_log_offline_names_a_tampered_entry() {
     };
     let ok = verify();
     assert!(ok.status.success(), "{ok:?}");
-    assert!(String::from_utf8_lossy(&ok.stdout).contains("3 entries"));
+    // The start's POLICY_CHANGED entry and three about promotions.
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("4 entries"));
     {
         let db = sled::open(&data).expect("open data dir");
         let audit = db.open_tree("audit").expect("audit tree");
@@ -570,9 +578,11 @@ async fn a_full_disk_fails_closed() {
         PromotionState::PendingApproval as i32,
         "{after:?}"
     );
+    // The start's POLICY_CHANGED entry, the first request, and the
+    // acknowledged ones.
     assert_eq!(
         history(&mut c, "").await.len(),
-        1 + acknowledged,
+        2 + acknowledged,
         "{}",
         server.log()
     );

@@ -108,6 +108,7 @@ pub fn promotion(p: &Promotion) -> pb::Promotion {
         break_glass: p.break_glass,
         project: p.project.clone(),
         rollback: p.rollback,
+        policy_digest: p.policy_digest.clone(),
         apply_attempts: p.apply_attempts,
     }
 }
@@ -133,6 +134,15 @@ pub fn audit_entry(e: &AuditEntry) -> pb::AuditEntry {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
     }
+}
+
+/// GetPolicy's `digest`: empty for the running policy, else `sha256:<hex>`.
+pub fn policy_digest(s: &str) -> Result<Option<&str>, Error> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    validate_digest(s).map_err(|e| invalid("digest", e.to_string()))?;
+    Ok(Some(s))
 }
 
 pub fn promotion_id(s: &str) -> Result<PromotionId, Error> {

@@ -14,6 +14,7 @@ impl From<Error> for Status {
             Error::NotRequester { .. } => Status::permission_denied(msg),
             Error::PromotionNotFound(_)
             | Error::SourceNotFound(_)
+            | Error::PolicyNotFound(_)
             | Error::NothingDeployed { .. } => Status::not_found(msg),
             Error::PrerequisiteNotMet(_) | Error::Expired { .. } => {
                 Status::failed_precondition(msg)

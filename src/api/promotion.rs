@@ -245,6 +245,20 @@ impl PromotionService for PromotionApi {
         }))
     }
 
+    async fn get_policy(
+        &self,
+        req: Request<pb::GetPolicyRequest>,
+    ) -> Result<Response<pb::Policy>, Status> {
+        principal(&req)?;
+        let digest = convert::policy_digest(&req.get_ref().digest)?;
+        let p = self.promotions.policy(digest).await?;
+        Ok(Response::new(pb::Policy {
+            digest: p.digest,
+            canonical_json: p.canonical_json,
+            first_recorded: Some(convert::timestamp(p.first_recorded)),
+        }))
+    }
+
     async fn rollback(
         &self,
         req: Request<pb::RollbackRequest>,

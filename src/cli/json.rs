@@ -161,6 +161,10 @@ pub fn promotion(p: &pb::Promotion) -> String {
         .string("supersededBy", &p.superseded_by)
         .string("lastApplyError", &p.last_apply_error)
         .uint32("applyAttempts", p.apply_attempts)
+        .boolean("rollback", p.rollback)
+        .boolean("breakGlass", p.break_glass)
+        .string("policyDigest", &p.policy_digest)
+        .string("project", &p.project)
         .finish()
 }
 
@@ -220,6 +224,14 @@ pub fn gate_report(r: &pb::GateReport) -> String {
     Object::new()
         .boolean("ready", r.ready)
         .array("gates", r.gates.iter().map(gate).collect())
+        .finish()
+}
+
+pub fn policy(p: &pb::Policy) -> String {
+    Object::new()
+        .string("digest", &p.digest)
+        .string("canonicalJson", &p.canonical_json)
+        .timestamp("firstRecorded", p.first_recorded.as_ref())
         .finish()
 }
 

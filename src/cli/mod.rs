@@ -308,6 +308,15 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Show a recorded policy version (the running one without DIGEST):
+    /// who may do what, as the audit log's POLICY_CHANGED entries name it.
+    Policy {
+        /// `sha256:<hex>`, from a promotion's policy digest or a
+        /// POLICY_CHANGED entry; omit for the running policy.
+        digest: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// List promotions, oldest first unless --newest-first.
     List {
         /// Only this repository (host/path).
@@ -404,6 +413,7 @@ impl Command {
             | Command::Cancel { client, .. }
             | Command::Get { client, .. }
             | Command::Gates { client, .. }
+            | Command::Policy { client, .. }
             | Command::Rollback { client, .. }
             | Command::List { client, .. }
             | Command::History { client, .. }
@@ -672,6 +682,7 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
         }
         Command::Get { id, client } => commands::get(&client, id).await,
         Command::Gates { id, client } => commands::gates(&client, id).await,
+        Command::Policy { digest, client } => commands::policy(&client, digest).await,
         Command::Rollback {
             repository,
             env,

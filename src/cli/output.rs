@@ -76,6 +76,13 @@ impl Printer {
         }
     }
 
+    pub fn policy(&mut self, p: &pb::Policy) -> Result<(), CliError> {
+        match self.format {
+            Format::Json => self.line(&json::policy(p)),
+            Format::Table => self.raw(&table::policy(p)),
+        }
+    }
+
     pub fn verification(&mut self, v: &pb::VerifyAuditLogResponse) -> Result<(), CliError> {
         match self.format {
             Format::Json => self.line(&json::verification(v)),

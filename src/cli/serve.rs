@@ -1,5 +1,6 @@
 //! `prodgate serve`: config -> tracing -> bind -> [`crate::server::run`]
-//! until SIGTERM or SIGINT. The server announces its address in the log
+//! until SIGTERM or SIGINT; SIGHUP re-reads the config file (the policy
+//! changes without a restart; see `config::live`). The server announces its address in the log
 //! (`listening`, with `addr`) once its store is open, never on stdout, so
 //! that a JSON log stays JSON and a server that cannot start announces
 //! nothing.
@@ -28,20 +29,71 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
     for w in &loaded.warnings {
         tracing::warn!(key = %w.key, "config: {}", w.message);
     }
-    if let Some(l) = args.listen {
-        config.listen = l;
-    }
-    if let Some(d) = args.data_dir {
-        config.data_dir = d;
-    }
+    let overrides = Overrides {
+        listen: args.listen,
+        data_dir: args.data_dir,
+    };
+    overrides.apply(&mut config);
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|source| CliError::Listen {
             addr: config.listen.clone(),
             source,
         })?;
-    crate::server::run(config, listener, shutdown_signal()).await?;
+    let path = args.config;
+    let load = move || {
+        let mut loaded = Config::load_with(&path, Files::Read)?;
+        overrides.apply(&mut loaded.config);
+        Ok(loaded)
+    };
+    let reloads = crate::server::Reloads {
+        requests: reload_requests(),
+        load: std::sync::Arc::new(load),
+    };
+    crate::server::run(config, listener, shutdown_signal(), Some(reloads)).await?;
     Ok(())
+}
+
+/// The command line's `--listen`/`--data-dir`: they win over the file at
+/// start and on every reload (so a reload compares like with like).
+#[derive(Debug, Clone)]
+struct Overrides {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+}
+
+impl Overrides {
+    fn apply(&self, config: &mut Config) {
+        if let Some(l) = &self.listen {
+            config.listen.clone_from(l);
+        }
+        if let Some(d) = &self.data_dir {
+            config.data_dir.clone_from(d);
+        }
+    }
+}
+
+/// One message per SIGHUP. Signals that arrive while a reload runs fold
+/// into one more reload (the channel holds one), which reads the file as
+/// it is by then.
+fn reload_requests() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: reloading the config file");
+                    // Full: a reload is already queued and will read the file.
+                    let _ = tx.try_send(());
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP; config reload is off"),
+    }
+    #[cfg(not(unix))]
+    drop(tx);
+    rx
 }
 
 async fn shutdown_signal() {

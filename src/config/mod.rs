@@ -8,17 +8,23 @@
 //! - [`policy`]: an environment's policy keys, freezes, and the checks that
 //!   refuse a policy nobody could pass;
 //! - [`project`]: `[[project]]` policies and which one governs a repository;
-//! - [`pattern`]: the repository patterns projects match with.
+//! - [`pattern`]: the repository patterns projects match with;
+//! - [`live`]: the running config and what a reload may change;
+//! - [`version`]: the effective policy's canonical JSON and digest.
 
 mod credentials;
+mod live;
 mod pattern;
 mod policy;
 mod project;
 mod raw;
 mod validate;
+mod version;
 
+pub use live::{Live, NotReloadable, reloaded};
 pub use pattern::RepositoryPattern;
 pub use project::{Governance, ProjectConfig, describe};
+pub use version::PolicyVersion;
 
 use crate::domain::policy::{Approver, EnvironmentPolicy};
 use std::path::{Path, PathBuf};
@@ -239,6 +245,9 @@ pub struct Config {
     pub check_reporters: Vec<Approver>,
     /// In file order: the first whose pattern matches a repository governs it.
     pub projects: Vec<ProjectConfig>,
+    /// The canonical form and digest of everything above that decides who
+    /// may do what, computed when the file is validated.
+    pub policy: PolicyVersion,
 }
 
 impl Config {

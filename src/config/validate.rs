@@ -10,8 +10,8 @@ use super::{
     Config, ConfigError, ConfigWarning, DEFAULT_APPLY_DEADLINE, DEFAULT_APPLY_WAIT,
     DEFAULT_APPROVAL_TTL, DEFAULT_DATA_DIR, DEFAULT_EXPIRY_SWEEP, DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_REGISTRY_TIMEOUT, Files, Loaded, LogFormat,
-    NotifyConfig, NotifyEvent, PrincipalConfig, ProjectConfig, RegistryConfig, RepositoryPattern,
-    Secret, TlsConfig, credentials, invalid,
+    NotifyConfig, NotifyEvent, PolicyVersion, PrincipalConfig, ProjectConfig, RegistryConfig,
+    RepositoryPattern, Secret, TlsConfig, credentials, invalid,
 };
 use crate::domain::names::{Repository, validate_tag};
 use crate::domain::policy::{Approver, EnvironmentPolicy, Principal};
@@ -43,6 +43,7 @@ pub(super) fn config(raw: RawConfig, files: Files) -> Result<Loaded, ConfigError
     add_freezes("freeze", &raw.freeze, &mut c.environments)?;
     c.projects = projects(&raw.project, &raw.environment, &c, &people, &mut cx)?;
     across_sections(&c)?;
+    c.policy = PolicyVersion::of(&c);
     Ok(Loaded {
         config: c,
         warnings: cx.warnings,
@@ -153,6 +154,10 @@ fn top_level(raw: &RawConfig) -> Result<Config, ConfigError> {
         environments: Vec::new(),
         check_reporters: Vec::new(),
         projects: Vec::new(),
+        policy: PolicyVersion {
+            digest: String::new(),
+            canonical_json: String::new(),
+        },
     })
 }
 

@@ -124,6 +124,7 @@ pub fn request(
         break_glass: false,
         project: new.project,
         rollback: new.rollback,
+        policy_digest: String::new(),
         last_apply_error: String::new(),
         apply_attempts: 0,
     };
@@ -1143,8 +1144,10 @@ mod proptests {
                     Action::ApplyFailed => Some(State::Failed),
                     Action::Superseded => Some(State::Superseded),
                     Action::Requested | Action::Approved => None,
-                    Action::CheckReported => {
-                        return Err(TestCaseError::fail("a promotion's entry is a check report"));
+                    Action::CheckReported | Action::PolicyChanged => {
+                        return Err(TestCaseError::fail(
+                            "a promotion's entry is about no promotion",
+                        ));
                     }
                 };
                 match state {

@@ -125,6 +125,9 @@ pub enum Action {
     Superseded,
     /// A validation check's result for a digest; no promotion.
     CheckReported,
+    /// The effective policy changed (at start or on a reload); no
+    /// promotion; attribute `policy` is its digest.
+    PolicyChanged,
 }
 
 impl Action {
@@ -139,6 +142,7 @@ impl Action {
             Action::ApplyFailed => 7,
             Action::Superseded => 8,
             Action::CheckReported => 9,
+            Action::PolicyChanged => 10,
         }
     }
 }
@@ -183,6 +187,9 @@ pub struct Promotion {
     pub project: String,
     /// Opened by Rollback: back to a digest the tag carried before.
     pub rollback: bool,
+    /// The digest of the policy version under which it became APPROVED
+    /// (empty before).
+    pub policy_digest: String,
     /// While APPROVED: the last transient registry error of the tag move and
     /// how many attempts were made. Progress, not state: it is not audited
     /// (one entry per retry would flood the log), so it is not stored with
@@ -298,6 +305,28 @@ impl CheckReport {
         })
     }
 }
+
+/// The POLICY_CHANGED event recording the policy version `digest`, which
+/// the service writes on its own.
+pub fn policy_changed(digest: &str) -> Event {
+    let mut attributes = BTreeMap::new();
+    attributes.insert(POLICY_ATTRIBUTE.to_owned(), digest.to_owned());
+    Event {
+        action: Action::PolicyChanged,
+        actor: SERVICE_ACTOR.to_owned(),
+        promotion_id: NO_PROMOTION,
+        repository: String::new(),
+        environment: String::new(),
+        digest: String::new(),
+        previous_digest: String::new(),
+        comment: String::new(),
+        attributes,
+    }
+}
+
+/// The attribute naming a policy version's digest: on POLICY_CHANGED
+/// entries, and on the entry that makes a promotion APPROVED.
+pub const POLICY_ATTRIBUTE: &str = "policy";
 
 /// `promotion_id` of entries about no promotion (check reports); hashed and
 /// shown as the empty string. Promotion ids start at 1.

@@ -164,7 +164,7 @@ fn world() -> World {
 }
 
 fn world_with(config: Config) -> World {
-    let config = Arc::new(config);
+    let config = crate::config::Live::new(config);
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::at(Time {
         seconds: 1_800_000_000,
@@ -500,4 +500,78 @@ async fn a_final_read_at_the_deadline_records_a_move_whose_answer_was_lost() {
     let done = until_state(&w, p.id, |p| p.state.is_terminal()).await;
     assert_eq!(done.state, State::Promoted, "{done:?}");
     assert_eq!(w.registry.tag("production").as_deref(), Some(d.as_str()));
+}
+
+#[tokio::test]
+async fn each_policy_version_is_recorded_once_and_named_by_what_it_approved() {
+    use crate::domain::model::{Action, POLICY_ATTRIBUTE};
+    let w = world();
+    let first = config().policy;
+    // At start: recorded once, and not again while it stays the same.
+    let entry = w.promotions.record_policy().await.unwrap().unwrap();
+    assert_eq!(entry.event.action, Action::PolicyChanged);
+    assert_eq!(entry.event.actor, "prodgate");
+    assert_eq!(entry.event.attributes[POLICY_ATTRIBUTE], first.digest);
+    assert!(w.promotions.record_policy().await.unwrap().is_none());
+
+    // An approval under the first version names it.
+    let d = w.registry.push("v1", "one");
+    let p = w.request(&d).await;
+    let p = w
+        .promotions
+        .approve(who("bob"), p.id, "ok".into(), false)
+        .await
+        .unwrap();
+    assert_eq!(p.policy_digest, first.digest);
+    let history = w
+        .promotions
+        .history(HistoryQuery {
+            filter: HistoryFilter {
+                promotion_id: Some(p.id),
+                ..Default::default()
+            },
+            after: None,
+            limit: 10,
+            newest_first: false,
+        })
+        .await
+        .unwrap();
+    let approving = history
+        .items
+        .iter()
+        .find(|e| e.event.action == Action::Approved)
+        .unwrap();
+    assert_eq!(approving.event.attributes[POLICY_ATTRIBUTE], first.digest);
+    // The request before it (not approving) names no policy.
+    assert!(history.items[0].event.attributes.is_empty());
+
+    // A new version: recorded, runs, and the old one stays retrievable.
+    w.clock.advance(Duration::from_secs(5));
+    let second = Config::parse(&format!(
+        "apply_wait = \"5s\"\n{}",
+        POLICY.replace("required_approvals = 1", "required_approvals = 2")
+    ))
+    .unwrap();
+    let second_digest = second.policy.digest.clone();
+    assert_ne!(second_digest, first.digest);
+    let changed = w.promotions.adopt(second.clone()).await.unwrap().unwrap();
+    assert_eq!(changed.event.attributes[POLICY_ATTRIBUTE], second_digest);
+    assert!(w.promotions.adopt(second).await.unwrap().is_none());
+    let running = w.promotions.policy(None).await.unwrap();
+    assert_eq!(running.digest, second_digest);
+    assert_eq!(running.first_recorded, changed.time);
+    let old = w.promotions.policy(Some(&first.digest)).await.unwrap();
+    assert_eq!(old.canonical_json, first.canonical_json);
+    assert_eq!(old.first_recorded, entry.time);
+    let p = w
+        .promotions
+        .request(who("alice"), input("v1", "production", "again"))
+        .await
+        .unwrap();
+    assert_eq!(p.required_approvals, 2, "the new version decides");
+    let unknown = format!("sha256:{}", "0".repeat(64));
+    assert!(matches!(
+        w.promotions.policy(Some(&unknown)).await,
+        Err(Error::PolicyNotFound(_))
+    ));
 }

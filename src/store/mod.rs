@@ -46,6 +46,15 @@ pub struct StoredManifest {
     pub bytes: Vec<u8>,
 }
 
+/// One recorded version of the effective policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPolicy {
+    pub digest: String,
+    pub canonical_json: String,
+    /// The time of the POLICY_CHANGED entry that first recorded it.
+    pub first_recorded: Time,
+}
+
 /// A committed, durable change: the audit entry and the promotion as it
 /// stands right after it. Consumers (apply, watch, metrics, webhooks) read
 /// what happened from `entry.event.action`, never from timestamps.
@@ -128,6 +137,12 @@ pub trait UnitOfWork {
         digest: &str,
         m: &StoredManifest,
     ) -> Result<(), StoreError>;
+    /// Keeps a policy version's document under its digest (content-addressed,
+    /// like manifests); durable with the job. Record it with a
+    /// POLICY_CHANGED entry ([`UnitOfWork::record`]) in the same job.
+    fn put_policy(&mut self, digest: &str, canonical_json: &str) -> Result<(), StoreError>;
+    /// The digest the newest POLICY_CHANGED entry recorded, if any.
+    fn latest_policy(&self) -> Result<Option<String>, StoreError>;
     /// Chains `event` into the audit log with `after` (which replaces the
     /// stored promotion with its id, if any). Without an event nothing may
     /// have changed: an unaudited change is refused.
@@ -136,7 +151,7 @@ pub trait UnitOfWork {
         after: &Promotion,
         event: Option<Event>,
     ) -> Result<Option<AuditEntry>, StoreError>;
-    /// Chains an entry about no promotion (a check report), timed `at` (or
+    /// Chains an entry about no promotion (a check report, a policy change), timed `at` (or
     /// the last entry's time, if later).
     fn record(&mut self, event: Event, at: Time) -> Result<AuditEntry, StoreError>;
     /// How many writes the job made so far (a job that wrote nothing is
@@ -194,6 +209,8 @@ pub trait Storage: Send + Sync + 'static {
     /// The latest report of every check for `digest` in `repository`, by
     /// check name.
     async fn checks(&self, repository: &str, digest: &str) -> Result<Vec<CheckReport>, StoreError>;
+    /// A policy version a POLICY_CHANGED entry recorded, by digest.
+    async fn policy(&self, digest: &str) -> Result<Option<StoredPolicy>, StoreError>;
     /// How many entries the audit log holds (its last sequence number).
     async fn audit_len(&self) -> Result<u64, StoreError>;
     /// Checks the hash chain.

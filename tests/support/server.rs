@@ -187,6 +187,22 @@ impl TestServer {
         self.child.id()
     }
 
+    /// Replaces the config file (the running server reads it on SIGHUP or
+    /// at its next start).
+    pub fn write_config(&self, config: &str) {
+        std::fs::write(self.dir.path().join("prodgate.toml"), config).expect("write the config");
+    }
+
+    /// Sends SIGHUP: the server re-reads its config file.
+    pub fn hangup(&self) {
+        let status = Command::new("kill")
+            .arg("-HUP")
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -HUP failed");
+    }
+
     /// Kills the process with SIGKILL (no chance to flush anything more) and
     /// starts a new one on the same config and data directory.
     pub fn kill_and_restart(&mut self) {

@@ -109,6 +109,7 @@ fn promotion(required: u32, approved_by: &[&str]) -> Promotion {
         break_glass: false,
         project: String::new(),
         rollback: false,
+        policy_digest: String::new(),
         last_apply_error: String::new(),
         apply_attempts: 0,
     }

@@ -203,6 +203,7 @@ impl From<PromotionV2> for Promotion {
             break_glass: false,
             project: String::new(),
             rollback: false,
+            policy_digest: String::new(),
             last_apply_error: String::new(),
             apply_attempts: 0,
         }

@@ -14,12 +14,13 @@
 //! |              | `C` repository 0x00 digest 0x00 check | sequence of its latest report      |
 //! | `meta`       | `format`                              | u64 (3)                            |
 //! | `manifests`  | repository 0x00 digest                | media type, bytes                  |
+//! | `policies`   | digest (`sha256:<hex>`)               | the policy's canonical JSON        |
 //!
 //! The `audit` tree is the source of truth; `promotions` and `index` are
 //! derived from it (see `Tx::commit`). Posting chunks are described in
 //! `postings`. Format 3 added `Event::attributes` at the end of the audit
 //! entry's event and `Promotion::superseded_by`, `break_glass`,
-//! `project` and `rollback` at the end of the promotion (in both record kinds) and the `e` index; a format 2 directory
+//! `project`, `rollback` and `policy_digest` at the end of the promotion (in both record kinds) and the `e` index; a format 2 directory
 //! is migrated when it is opened (`migrate`). Repository, environment and principal names never contain
 //! 0x00: the repository grammar forbids it and config validation refuses it.
 
@@ -107,6 +108,10 @@ pub fn manifest(repository: &str, digest: &str) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(digest.as_bytes());
     k
+}
+
+pub fn policy(digest: &str) -> Vec<u8> {
+    digest.as_bytes().to_vec()
 }
 
 /// Index key = prefix followed by the id or sequence.

@@ -28,7 +28,7 @@ use crate::domain::audit::{AuditEntry, Verification, Verifier};
 use crate::domain::model::{CheckReport, Promotion, PromotionId, State, Time};
 use crate::store::{
     Change, HistoryFilter, Job, ListFilter, Page, PageRequest, Storage, Store, StoreError,
-    StoredManifest, WriterStats,
+    StoredManifest, StoredPolicy, WriterStats,
 };
 use async_trait::async_trait;
 use codec::{StoredPromotion, decode_promotion};
@@ -67,6 +67,8 @@ pub struct Trees {
     /// Pinned manifests by repository and digest: the exact bytes a promotion
     /// will push, seen in that repository when it was requested.
     manifests: sled::Tree,
+    /// Policy versions' canonical JSON by digest.
+    policies: sled::Tree,
 }
 
 impl Trees {
@@ -77,6 +79,7 @@ impl Trees {
             index: db.open_tree("index")?,
             meta: db.open_tree("meta")?,
             manifests: db.open_tree("manifests")?,
+            policies: db.open_tree("policies")?,
             db,
         })
     }
@@ -245,6 +248,11 @@ impl Storage for SledStore {
     async fn checks(&self, repository: &str, digest: &str) -> Result<Vec<CheckReport>, StoreError> {
         let (repository, digest) = (repository.to_owned(), digest.to_owned());
         self.read(move |t| t.checks(&repository, &digest)).await
+    }
+
+    async fn policy(&self, digest: &str) -> Result<Option<StoredPolicy>, StoreError> {
+        let digest = digest.to_owned();
+        self.read(move |t| t.policy(&digest)).await
     }
 
     async fn audit_len(&self) -> Result<u64, StoreError> {

@@ -5,8 +5,12 @@
 use super::codec::{decode_entry, decode_manifest, decode_promotion};
 use super::{Trees, keys, postings, request_id_of, stored_promotion};
 use crate::domain::audit::{AuditEntry, Verification, Verifier};
-use crate::domain::model::{Action, CheckReport, Promotion, PromotionId, State, Time};
-use crate::store::{HistoryFilter, ListFilter, Page, PageRequest, StoreError, StoredManifest};
+use crate::domain::model::{
+    Action, CheckReport, POLICY_ATTRIBUTE, Promotion, PromotionId, State, Time,
+};
+use crate::store::{
+    HistoryFilter, ListFilter, Page, PageRequest, StoreError, StoredManifest, StoredPolicy,
+};
 
 type Ids<'a> = Box<dyn Iterator<Item = Result<u64, StoreError>> + 'a>;
 
@@ -103,6 +107,64 @@ fn posting_range<'a>(
 }
 
 impl Trees {
+    /// POLICY_CHANGED entries, newest first. They are the only entries about
+    /// no repository, so the postings of repository "" are exactly them.
+    fn policy_entries(&self) -> impl Iterator<Item = Result<AuditEntry, StoreError>> + '_ {
+        let prefix = keys::audit_by_repository_prefix("");
+        // Collected first: the walk borrows the prefix, and there are few.
+        let seqs: Vec<sled::Result<u64>> =
+            postings::down_from(&self.index, &prefix, u64::MAX).collect();
+        seqs.into_iter()
+            .map(|seq| {
+                let key = keys::u64_key(seq?);
+                let v = self.audit.get(key)?.ok_or_else(|| StoreError::Corrupt {
+                    what: format!("audit entry {}", keys::read_u64(&key).unwrap_or(0)),
+                    reason: "indexed but missing".into(),
+                })?;
+                decode_entry(&key, &v)
+            })
+            .filter(|e| {
+                e.as_ref()
+                    .map_or(true, |e| e.event.action == Action::PolicyChanged)
+            })
+    }
+
+    pub fn latest_policy(&self) -> Result<Option<String>, StoreError> {
+        match self.policy_entries().next().transpose()? {
+            Some(e) => Ok(e.event.attributes.get(POLICY_ATTRIBUTE).cloned()),
+            None => Ok(None),
+        }
+    }
+
+    /// The version recorded under `digest`, timed by its first record.
+    /// Walks every POLICY_CHANGED entry: there is one per start or reload
+    /// that changed the policy, a few thousand in years of operation.
+    pub fn policy(&self, digest: &str) -> Result<Option<StoredPolicy>, StoreError> {
+        let Some(json) = self.policies.get(keys::policy(digest))? else {
+            return Ok(None);
+        };
+        let mut first = None;
+        for e in self.policy_entries() {
+            let e = e?;
+            if e.event.attributes.get(POLICY_ATTRIBUTE).map(String::as_str) == Some(digest) {
+                first = Some(e.time);
+            }
+        }
+        // Stored but never recorded: a job cut short before its entry.
+        let Some(first_recorded) = first else {
+            return Ok(None);
+        };
+        let canonical_json = String::from_utf8(json.to_vec()).map_err(|e| StoreError::Corrupt {
+            what: format!("policy {digest}"),
+            reason: e.to_string(),
+        })?;
+        Ok(Some(StoredPolicy {
+            digest: digest.to_owned(),
+            canonical_json,
+            first_recorded,
+        }))
+    }
+
     pub fn get(&self, id: PromotionId) -> Result<Option<Promotion>, StoreError> {
         Ok(stored_promotion(&self.promotions, id)?.map(|s| s.promotion))
     }

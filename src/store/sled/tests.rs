@@ -18,6 +18,7 @@ fn trees() -> Trees {
         index: db.open_tree("index").unwrap(),
         meta: db.open_tree("meta").unwrap(),
         manifests: db.open_tree("manifests").unwrap(),
+        policies: db.open_tree("policies").unwrap(),
         db,
     }
 }
@@ -160,16 +161,16 @@ async fn a_format_2_directory_is_migrated_when_opened() {
             .iter()
             .map(|(k, v)| codec::decode_entry(k, v).unwrap())
             .collect();
-        // Format 2 is format 3 without the promotion's last four fields
-        // (`superseded_by`, `break_glass`, `project`, `rollback`: 0x00
-        // each for None, false, "" and false), without the event's
+        // Format 2 is format 3 without the promotion's last five fields
+        // (`superseded_by`, `break_glass`, `project`, `rollback`,
+        // `policy_digest`: 0x00 each for None, false, "", false and ""), without the event's
         // last field (`attributes`, one 0x00 byte for an empty map) and
         // without the index of promotions by environment. postcard writes
         // fields in order without names, so a tuple of the old fields is
         // the old encoding.
         for (k, v) in snapshot(&t.promotions) {
-            assert!(v.ends_with(&[0, 0, 0, 0]));
-            t.promotions.insert(k, &v[..v.len() - 4]).unwrap();
+            assert!(v.ends_with(&[0, 0, 0, 0, 0]));
+            t.promotions.insert(k, &v[..v.len() - 5]).unwrap();
         }
         for (k, v) in snapshot(&t.audit) {
             let r = codec::decode_record(&k, &v).unwrap();
@@ -193,8 +194,8 @@ async fn a_format_2_directory_is_migrated_when_opened() {
             ))
             .unwrap();
             let promotion = codec::encode(r.promotion.as_ref().unwrap());
-            assert!(promotion.ends_with(&[0, 0, 0, 0]));
-            old.extend_from_slice(&promotion[..promotion.len() - 4]);
+            assert!(promotion.ends_with(&[0, 0, 0, 0, 0]));
+            old.extend_from_slice(&promotion[..promotion.len() - 5]);
             t.audit.insert(k, old).unwrap();
         }
         // verify-log checks a format 2 store as it is.

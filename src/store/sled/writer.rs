@@ -132,6 +132,21 @@ impl UnitOfWork for Tx<'_> {
         Ok(())
     }
 
+    fn put_policy(&mut self, digest: &str, canonical_json: &str) -> Result<(), StoreError> {
+        if self.state.is_poisoned() {
+            return Err(StoreError::Poisoned);
+        }
+        self.state
+            .trees
+            .policies
+            .insert(keys::policy(digest), canonical_json.as_bytes())?;
+        Ok(())
+    }
+
+    fn latest_policy(&self) -> Result<Option<String>, StoreError> {
+        self.state.trees.latest_policy()
+    }
+
     /// The audit record, written in one sled insert, is the commit: sled
     /// applies a single insert atomically, and the derived keys written after
     /// it are finished by `redo_derived` if a crash cuts them short. No sled
