@@ -19,7 +19,6 @@ use crate::promotions::Promotions;
 use crate::registry::Registry;
 use crate::registry::oci::{OciRegistry, RegistryHost};
 use crate::store::StoreError;
-use oci_client::secrets::RegistryAuth;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -182,9 +181,13 @@ fn registry_hosts(config: &Config) -> Vec<RegistryHost> {
         .map(|r| RegistryHost {
             host: r.host.clone(),
             insecure: r.insecure,
-            auth: r.credentials.as_ref().map_or(RegistryAuth::Anonymous, |c| {
-                RegistryAuth::Basic(c.username.clone(), c.password.clone())
-            }),
+            credentials: r.credentials.clone(),
+            credential_source: r.credential_source.clone(),
+            ca_certificates: r
+                .ca_cert
+                .as_ref()
+                .map(|c| c.certificates.clone())
+                .unwrap_or_default(),
         })
         .collect()
 }

@@ -1,11 +1,13 @@
 //! Registry credentials: `username` with `password_env`/`password_file`, or
 //! what the Docker config gives for the registry's host (`auths`, or the
 //! credential helper named by `credHelpers`/`credsStore`, through the
-//! `docker_credential` crate). Secrets are read at start-up and never logged.
+//! `docker_credential` crate). Read at start-up, and again by
+//! [`read_again`] when a running server sees a secret rotate. Secrets are
+//! never logged.
 
 use super::raw::RawRegistry;
 use super::validate::Cx;
-use super::{ConfigError, Files, RegistryCredentials, invalid};
+use super::{ConfigError, CredentialSource, Files, RegistryCredentials, invalid};
 use docker_credential::{CredentialRetrievalError, DockerCredential};
 use std::path::{Path, PathBuf};
 
@@ -14,13 +16,13 @@ use std::path::{Path, PathBuf};
 const HELPER_NOT_FOUND: &str = "credentials not found";
 
 /// `username` + `password_env`/`password_file` of `registry[i]`, or the
-/// Docker config's credentials for its host.
+/// Docker config's credentials for its host; and where to read them again.
 pub(super) fn registry_credentials(
     i: usize,
     r: &RawRegistry,
     docker: Option<&DockerConfig>,
     cx: &mut Cx,
-) -> Result<Option<RegistryCredentials>, ConfigError> {
+) -> Result<(Option<RegistryCredentials>, CredentialSource), ConfigError> {
     let key = |f: &str| format!("registry[{i}].{f}");
     let password = match (&r.password_env, &r.password_file) {
         (Some(_), Some(_)) => {
@@ -49,39 +51,92 @@ pub(super) fn registry_credentials(
             }
         },
         (None, Some(path)) => match cx.read(&key("password_file"), path)? {
-            Some(bytes) => Password::Given(
-                String::from_utf8(bytes)
-                    .map_err(|_| {
-                        invalid(
-                            key("password_file"),
-                            format!("{} is not UTF-8 text", path.display()),
-                        )
-                    })?
-                    .trim_end_matches(['\r', '\n'])
-                    .to_owned(),
-            ),
+            Some(bytes) => Password::Given(password_text(&key("password_file"), path, bytes)?),
             None => Password::NotHere,
         },
         (None, None) => Password::None,
     };
-    match (&r.username, password) {
-        (Some(u), Password::Given(p)) => Ok(Some(RegistryCredentials {
+    let source = match (&r.username, &r.password_env, &r.password_file) {
+        (Some(username), _, Some(path)) => CredentialSource::PasswordFile {
+            username: username.clone(),
+            path: path.clone(),
+        },
+        (Some(username), Some(var), None) => CredentialSource::Env {
+            username: username.clone(),
+            var: var.clone(),
+        },
+        _ => match docker {
+            Some(d) if r.username.is_none() => CredentialSource::DockerConfig {
+                path: d.path.clone(),
+            },
+            _ => CredentialSource::None,
+        },
+    };
+    let credentials = match (&r.username, password) {
+        (Some(u), Password::Given(p)) => Some(RegistryCredentials {
             username: u.clone(),
             password: p,
-        })),
-        (Some(_), Password::NotHere) => Ok(None),
-        (Some(_), Password::None) => Err(invalid(
-            key("username"),
-            "needs password_env or password_file",
-        )),
+        }),
+        (Some(_), Password::NotHere) => None,
+        (Some(_), Password::None) => {
+            return Err(invalid(
+                key("username"),
+                "needs password_env or password_file",
+            ));
+        }
         (None, Password::Given(_) | Password::NotHere) => {
-            Err(invalid(key("username"), "is required with a password"))
+            return Err(invalid(key("username"), "is required with a password"));
         }
         (None, Password::None) => match docker {
-            Some(d) => d.credentials(&r.host, cx.files),
-            None => Ok(None),
+            Some(d) => d.credentials(&r.host, cx.files)?,
+            None => None,
         },
+    };
+    Ok((credentials, source))
+}
+
+/// The credentials `source` gives for `host` now (see
+/// [`CredentialSource::read`]).
+pub(super) fn read_again(
+    source: &CredentialSource,
+    host: &str,
+) -> Result<Option<RegistryCredentials>, ConfigError> {
+    let read = |key: &str, path: &Path| {
+        std::fs::read(path)
+            .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))
+    };
+    match source {
+        CredentialSource::None => Ok(None),
+        CredentialSource::Env { username, var } => match std::env::var(var) {
+            Ok(password) => Ok(Some(RegistryCredentials {
+                username: username.clone(),
+                password,
+            })),
+            Err(_) => Err(invalid(
+                "password_env",
+                format!("environment variable {var} is not set"),
+            )),
+        },
+        CredentialSource::PasswordFile { username, path } => {
+            let bytes = read("password_file", path)?;
+            Ok(Some(RegistryCredentials {
+                username: username.clone(),
+                password: password_text("password_file", path, bytes)?,
+            }))
+        }
+        CredentialSource::DockerConfig { path } => {
+            let bytes = read("docker_config", path)?;
+            DockerConfig::parse(path.clone(), bytes)?.credentials(host, Files::Read)
+        }
     }
+}
+
+/// A password file's text without the line end `echo pw > file` leaves.
+fn password_text(key: &str, path: &Path, bytes: Vec<u8>) -> Result<String, ConfigError> {
+    Ok(String::from_utf8(bytes)
+        .map_err(|_| invalid(key, format!("{} is not UTF-8 text", path.display())))?
+        .trim_end_matches(['\r', '\n'])
+        .to_owned())
 }
 
 enum Password {
@@ -121,13 +176,17 @@ impl DockerConfig {
                 _ => return Ok(None),
             },
         };
+        Self::parse(path, bytes).map(Some)
+    }
+
+    fn parse(path: PathBuf, bytes: Vec<u8>) -> Result<Self, ConfigError> {
         let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
             invalid(
                 "docker_config",
                 format!("{} is not JSON: {e}", path.display()),
             )
         })?;
-        Ok(Some(DockerConfig {
+        Ok(DockerConfig {
             creds_store: v
                 .get("credsStore")
                 .and_then(|s| s.as_str())
@@ -140,7 +199,7 @@ impl DockerConfig {
                 .unwrap_or_default(),
             path,
             bytes,
-        }))
+        })
     }
 
     /// The helper `docker-credential-<name>` that would answer for `host`,

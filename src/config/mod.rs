@@ -48,9 +48,9 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an approved promotion may take to reach its tag.
 pub const DEFAULT_APPLY_DEADLINE: Duration = Duration::from_secs(3600);
 
-/// What to do with the files a config names and the server reads only when
-/// it starts (registry `password_file`, `[tls]` files, `docker_config`,
-/// `[[notify]] secret_file`) and with `password_env`.
+/// What to do with the files a config names and the server reads when it
+/// starts (registry `password_file` and `ca_cert`, `[tls]` files,
+/// `docker_config`, `[[notify]] secret_file`) and with `password_env`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Files {
     /// As `serve` does: read them now; one that cannot be read is an error,
@@ -99,8 +99,9 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 }
 
 /// How prodgate authenticates to a registry. The secret is read at start-up
-/// from the environment or a file, never from the config itself, and is
-/// never logged.
+/// (and again when it rotates, see [`CredentialSource`]) from the
+/// environment, a file or a credential helper, never from the config itself,
+/// and is never logged.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RegistryCredentials {
     pub username: String,
@@ -121,8 +122,64 @@ pub struct RegistryConfig {
     pub host: String,
     pub insecure: bool,
     /// From `username` + `password_env`/`password_file`, else from the
-    /// Docker config's `auths`, else none (anonymous).
+    /// Docker config's `auths` or credential helper, else none (anonymous),
+    /// as read at start-up; [`RegistryConfig::credential_source`] says where
+    /// to read them again.
     pub credentials: Option<RegistryCredentials>,
+    pub credential_source: CredentialSource,
+    /// `ca_cert`: certificates trusted for this registry (and the token
+    /// realm it names) besides the system's roots.
+    pub ca_cert: Option<CaCert>,
+}
+
+/// Where a registry's credentials come from, so that a running server can
+/// read them again when a secret rotates (see [`CredentialSource::read`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// Nothing configured: anonymous.
+    None,
+    /// `username` + `password_env`: the environment of a running process
+    /// does not change, so there is nothing to watch.
+    Env { username: String, var: String },
+    /// `username` + `password_file`.
+    PasswordFile { username: String, path: PathBuf },
+    /// The Docker config at `path`: its `auths` entry for the host, or the
+    /// credential helper it names (`credHelpers`/`credsStore`).
+    DockerConfig { path: PathBuf },
+}
+
+impl CredentialSource {
+    /// The file whose change means the credentials may have changed.
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            CredentialSource::PasswordFile { path, .. }
+            | CredentialSource::DockerConfig { path } => Some(path),
+            CredentialSource::None | CredentialSource::Env { .. } => None,
+        }
+    }
+
+    /// The credentials for `host` as they are now: reads the file again and
+    /// runs the credential helper again. Blocking (a helper is a program).
+    pub fn read(&self, host: &str) -> Result<Option<RegistryCredentials>, ConfigError> {
+        credentials::read_again(self, host)
+    }
+}
+
+/// The certificates of a `[[registry]] ca_cert` file, checked at start-up.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CaCert {
+    pub path: PathBuf,
+    /// DER, one per PEM `CERTIFICATE` block; at least one.
+    pub certificates: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for CaCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaCert")
+            .field("path", &self.path)
+            .field("certificates", &self.certificates.len())
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -579,6 +636,105 @@ approval_ttl = "2h"
                 .unwrap()
                 .warnings
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn ca_cert_is_checked_and_named_in_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ca.pem");
+        let with = |path: &Path, insecure: bool| {
+            base().replace(
+                "insecure = true",
+                &format!(
+                    "insecure = {insecure}\nca_cert = {:?}",
+                    path.display().to_string()
+                ),
+            )
+        };
+        let pem = "-----BEGIN CERTIFICATE-----\nMAMCAQA=\n-----END CERTIFICATE-----\n";
+        std::fs::write(&file, format!("{pem}{pem}")).unwrap();
+        let c = Config::parse(&with(&file, false)).unwrap();
+        let ca = c.registries[0].ca_cert.as_ref().unwrap();
+        assert_eq!(ca.certificates.len(), 2);
+        assert_eq!(ca.certificates[0], [0x30, 0x03, 0x02, 0x01, 0x00]);
+
+        std::fs::write(&file, "not a certificate").unwrap();
+        let e = err(&with(&file, false));
+        assert!(
+            e.starts_with("registry[0].ca_cert: ") && e.contains("no PEM certificate"),
+            "{e}"
+        );
+        let e = err(&with(&file, true));
+        assert!(
+            e.starts_with("registry[0].ca_cert: ") && e.contains("insecure"),
+            "{e}"
+        );
+
+        let absent = dir.path().join("absent.pem");
+        let e = err(&with(&absent, false));
+        assert!(e.starts_with("registry[0].ca_cert: cannot read "), "{e}");
+        let checked = Config::parse_with(&with(&absent, false), Files::WarnIfAbsent).unwrap();
+        assert_eq!(checked.config.registries[0].ca_cert, None);
+        assert_eq!(checked.warnings.len(), 1, "{:?}", checked.warnings);
+        assert_eq!(checked.warnings[0].key, "registry[0].ca_cert");
+    }
+
+    #[test]
+    fn credentials_say_where_to_read_them_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let password = dir.path().join("password");
+        std::fs::write(&password, "pw\n").unwrap();
+        let c = Config::parse(&base().replace(
+            "insecure = true",
+            &format!(
+                "insecure = true\nusername = \"ci\"\npassword_file = {:?}",
+                password.display().to_string()
+            ),
+        ))
+        .unwrap();
+        let r = &c.registries[0];
+        let source = CredentialSource::PasswordFile {
+            username: "ci".into(),
+            path: password.clone(),
+        };
+        assert_eq!(r.credential_source, source);
+        assert_eq!(source.file(), Some(password.as_path()));
+        std::fs::write(&password, "rotated\r\n").unwrap();
+        assert_eq!(
+            source.read("127.0.0.1:5000").unwrap(),
+            Some(RegistryCredentials {
+                username: "ci".into(),
+                password: "rotated".into(),
+            })
+        );
+
+        let docker = dir.path().join("config.json");
+        std::fs::write(&docker, "{}").unwrap();
+        let c = Config::parse(&format!(
+            "docker_config = {:?}\n{}",
+            docker.display().to_string(),
+            base()
+        ))
+        .unwrap();
+        let source = &c.registries[0].credential_source;
+        assert_eq!(
+            source,
+            &CredentialSource::DockerConfig {
+                path: docker.clone()
+            }
+        );
+        assert_eq!(source.read("127.0.0.1:5000").unwrap(), None);
+        use base64::Engine;
+        let auth = base64::engine::general_purpose::STANDARD.encode("ci:later");
+        std::fs::write(
+            &docker,
+            format!(r#"{{"auths": {{"127.0.0.1:5000": {{"auth": "{auth}"}}}}}}"#),
+        )
+        .unwrap();
+        assert_eq!(
+            source.read("127.0.0.1:5000").unwrap().map(|c| c.password),
+            Some("later".into())
         );
     }
 

@@ -45,6 +45,7 @@ pub(super) struct RawRegistry {
     pub username: Option<String>,
     pub password_env: Option<String>,
     pub password_file: Option<PathBuf>,
+    pub ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,7 +7,7 @@ use super::raw::{
     RawConfig, RawEnvironment, RawNotify, RawPrincipal, RawProject, RawRegistry, RawTls,
 };
 use super::{
-    Config, ConfigError, ConfigWarning, DEFAULT_APPLY_DEADLINE, DEFAULT_APPLY_WAIT,
+    CaCert, Config, ConfigError, ConfigWarning, DEFAULT_APPLY_DEADLINE, DEFAULT_APPLY_WAIT,
     DEFAULT_APPROVAL_TTL, DEFAULT_DATA_DIR, DEFAULT_EXPIRY_SWEEP, DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_REGISTRY_TIMEOUT, Files, Loaded, LogFormat,
     NotifyConfig, NotifyEvent, PolicyVersion, PrincipalConfig, ProjectConfig, RegistryConfig,
@@ -242,14 +242,65 @@ fn registries(
         if !hosts.insert(r.host.clone()) {
             return Err(invalid(key, format!("{:?} is listed twice", r.host)));
         }
-        let credentials = credentials::registry_credentials(i, &r, docker, cx)?;
+        let (credentials, credential_source) =
+            credentials::registry_credentials(i, &r, docker, cx)?;
+        let ca_cert = match &r.ca_cert {
+            Some(path) => ca_cert(i, path, r.insecure, cx)?,
+            None => None,
+        };
         registries.push(RegistryConfig {
             host: r.host,
             insecure: r.insecure,
             credentials,
+            credential_source,
+            ca_cert,
         });
     }
     Ok(registries)
+}
+
+/// `registry[i].ca_cert`: a PEM file of one or more certificates, or `None`
+/// when it does not exist here and [`Files::WarnIfAbsent`] allows that.
+fn ca_cert(
+    i: usize,
+    path: &Path,
+    insecure: bool,
+    cx: &mut Cx,
+) -> Result<Option<CaCert>, ConfigError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let key = format!("registry[{i}].ca_cert");
+    if insecure {
+        return Err(invalid(
+            key,
+            "is set, but the registry is insecure = true: plain HTTP has no certificate to check",
+        ));
+    }
+    let Some(bytes) = cx.read(&key, path)? else {
+        return Ok(None);
+    };
+    let certificates = CertificateDer::pem_slice_iter(&bytes)
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            invalid(
+                &key,
+                format!("{} is not PEM certificates: {e}", path.display()),
+            )
+        })?;
+    if certificates.is_empty() {
+        return Err(invalid(
+            key,
+            format!(
+                "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(Some(CaCert {
+        path: path.to_owned(),
+        certificates,
+    }))
 }
 
 /// Every `[[principal]]`: unique names, each with a way to authenticate.

@@ -1,7 +1,9 @@
 //! The registry side: resolving tags to digests and moving a tag by copying a
 //! manifest, behind the [`Registry`] trait so error mapping can be tested
-//! without a network. [`oci::OciRegistry`] is the real implementation.
+//! without a network. [`oci::OciRegistry`] is the real implementation;
+//! [`credentials`] keeps its credentials current while the server runs.
 
+pub mod credentials;
 pub mod oci;
 
 use crate::domain::names::Repository;

@@ -26,10 +26,11 @@
 //!   token answers and error bodies up to [`BODY_LIMIT`]; registry text
 //!   repeated in an error is cut to [`ECHO_LIMIT`] bytes.
 
+use super::credentials::{Credentials, Current};
 use super::{MANIFEST_LIMIT, Manifest, Moved, Registry, RegistryError};
+use crate::config::{CredentialSource, RegistryCredentials};
 use crate::domain::names::Repository;
 use async_trait::async_trait;
-use oci_client::secrets::RegistryAuth;
 use reqwest::header::{
     ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, RETRY_AFTER,
     WWW_AUTHENTICATE,
@@ -38,7 +39,7 @@ use reqwest::{Method, StatusCode, Url};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Media types a copied manifest may have; without the index types a
 /// registry answers 404 for a multi-arch tag.
@@ -72,15 +73,78 @@ pub struct RegistryHost {
     pub host: String,
     /// Plain HTTP instead of HTTPS.
     pub insecure: bool,
-    pub auth: RegistryAuth,
+    /// As read at start-up.
+    pub credentials: Option<RegistryCredentials>,
+    /// Where to read them again when they rotate.
+    pub credential_source: CredentialSource,
+    /// Certificates (DER) trusted for this registry and its token realm,
+    /// besides the system's roots: `ca_cert`.
+    pub ca_certificates: Vec<Vec<u8>>,
+}
+
+impl RegistryHost {
+    /// A registry without credentials or extra roots.
+    pub fn anonymous(host: &str, insecure: bool) -> Self {
+        Self {
+            host: host.to_owned(),
+            insecure,
+            credentials: None,
+            credential_source: CredentialSource::None,
+            ca_certificates: Vec::new(),
+        }
+    }
+}
+
+/// A configured registry as the client uses it.
+struct Host {
+    name: String,
+    insecure: bool,
+    /// Its own client when it has a `ca_cert`, so that CA is trusted for
+    /// this registry (and its token realm) only.
+    http: reqwest::Client,
+    credentials: Credentials,
 }
 
 pub struct OciRegistry {
     metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+    /// For registries without a `ca_cert` (and hosts nobody configured,
+    /// which are reached anonymously).
     http: reqwest::Client,
-    hosts: Vec<RegistryHost>,
+    hosts: Vec<Host>,
     /// Authorization header per (repository, push?) once a registry asked for one.
-    authorizations: Mutex<HashMap<(String, bool), HeaderValue>>,
+    authorizations: Mutex<HashMap<(String, bool), Authorization>>,
+}
+
+/// An `Authorization` header a registry asked for, and how long to use it.
+struct Authorization {
+    header: HeaderValue,
+    /// What the registry asked for, to make the next header without first
+    /// being refused once more.
+    challenge: Challenge,
+    /// [`Current::generation`] of the credentials it was made with: once they
+    /// are read again and differ, it is not reused.
+    generation: u64,
+    /// For a token: when to fetch a new one (shortly before it expires).
+    renew_at: Option<Instant>,
+}
+
+/// A token from a token service, and how long it may be used.
+struct Token {
+    token: String,
+    lifetime: Duration,
+}
+
+/// A token's lifetime when the answer has no `expires_in` (Distribution's
+/// token specification: 60 seconds).
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+
+/// How long before its expiry a token is renewed: a tenth of its lifetime,
+/// at most this, so that a request never goes out with a token that expires
+/// on the way.
+const TOKEN_RENEW_MARGIN: Duration = Duration::from_secs(30);
+
+fn renew_at(sent: Instant, lifetime: Duration) -> Instant {
+    sent + lifetime - (lifetime / 10).min(TOKEN_RENEW_MARGIN)
 }
 
 /// A response reduced to what the callers read.
@@ -91,7 +155,7 @@ struct Answer {
 }
 
 /// What a registry's `WWW-Authenticate` asks for.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Challenge {
     /// Fetch a token from `realm`.
     Bearer {
@@ -103,23 +167,61 @@ enum Challenge {
     Other,
 }
 
+fn http_client(timeout: Duration, roots: &[Vec<u8>]) -> Result<reqwest::Client, String> {
+    let roots = roots
+        .iter()
+        .map(|der| reqwest::Certificate::from_der(der))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("a ca_cert certificate is not usable: {e}"))?;
+    reqwest::Client::builder()
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .no_proxy()
+        .redirect(redirect_policy())
+        .user_agent(concat!("prodgate/", env!("CARGO_PKG_VERSION")))
+        // Added to the system's roots, not instead of them: a token realm
+        // elsewhere may well have a public certificate.
+        .tls_certs_merge(roots)
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
 impl OciRegistry {
     pub fn new(
         hosts: Vec<RegistryHost>,
         timeout: Duration,
         metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
     ) -> Result<Self, RegistryError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(timeout)
-            .timeout(timeout)
-            .no_proxy()
-            .redirect(redirect_policy())
-            .user_agent(concat!("prodgate/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| RegistryError::Protocol {
-                registry: String::new(),
-                message: format!("cannot build the HTTP client: {e}"),
-            })?;
+        let http = http_client(timeout, &[]).map_err(|message| RegistryError::Protocol {
+            registry: String::new(),
+            message,
+        })?;
+        let hosts = hosts
+            .into_iter()
+            .map(|h| {
+                let http = if h.ca_certificates.is_empty() {
+                    http.clone()
+                } else {
+                    http_client(timeout, &h.ca_certificates).map_err(|message| {
+                        RegistryError::Protocol {
+                            registry: h.host.clone(),
+                            message,
+                        }
+                    })?
+                };
+                Ok(Host {
+                    credentials: Credentials::new(
+                        &h.host,
+                        h.credential_source,
+                        h.credentials,
+                        timeout,
+                    ),
+                    name: h.host,
+                    insecure: h.insecure,
+                    http,
+                })
+            })
+            .collect::<Result<_, RegistryError>>()?;
         Ok(Self {
             metrics,
             http,
@@ -128,12 +230,34 @@ impl OciRegistry {
         })
     }
 
-    fn host(&self, repo: &Repository) -> Option<&RegistryHost> {
-        self.hosts.iter().find(|h| h.host == repo.host())
+    fn host(&self, repo: &Repository) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.name == repo.host())
+    }
+
+    fn http(&self, repo: &Repository) -> &reqwest::Client {
+        self.host(repo).map_or(&self.http, |h| &h.http)
     }
 
     fn insecure(&self, repo: &Repository) -> bool {
         self.host(repo).is_some_and(|h| h.insecure)
+    }
+
+    async fn credentials(&self, repo: &Repository) -> Current {
+        match self.host(repo) {
+            Some(h) => h.credentials.current().await,
+            None => Current {
+                credentials: None,
+                generation: 0,
+            },
+        }
+    }
+
+    /// After a refusal: whether the credentials changed when read again.
+    async fn refresh(&self, repo: &Repository) -> bool {
+        match self.host(repo) {
+            Some(h) => h.credentials.refresh().await,
+            None => false,
+        }
     }
 
     fn manifest_url(&self, repo: &Repository, reference: &str) -> String {
@@ -145,53 +269,82 @@ impl OciRegistry {
         )
     }
 
-    fn cached_authorization(&self, repo: &Repository, push: bool) -> Option<HeaderValue> {
-        self.authorizations
-            .lock()
+    /// The header to send first. One made with the current credentials (a
+    /// token: not yet due for renewal) is reused; otherwise, once a registry
+    /// has asked for credentials, the next header is made right away (a new
+    /// token fetched shortly before the old one expires) rather than after
+    /// another 401. A renewal that fails sends nothing: the 401 that follows
+    /// negotiates again and reports what went wrong.
+    async fn first_authorization(
+        &self,
+        repo: &Repository,
+        push: bool,
+        current: &Current,
+    ) -> Option<HeaderValue> {
+        let now = Instant::now();
+        let renew = {
+            let cached = self.authorizations.lock().ok()?;
+            let a = cached.get(&(repo.to_string(), push))?;
+            if a.generation == current.generation && a.renew_at.is_none_or(|at| now < at) {
+                return Some(a.header.clone());
+            }
+            a.challenge.clone()
+        };
+        self.authorize(repo, push, &renew, current)
+            .await
             .ok()
-            .and_then(|m| m.get(&(repo.to_string(), push)).cloned())
+            .flatten()
     }
 
-    /// Answers the registry's 401 `challenge` with the configured credentials,
+    /// Answers the registry's 401 `challenge` with `current` credentials,
     /// under the rules in the module comment.
     async fn authorize(
         &self,
         repo: &Repository,
         push: bool,
-        challenge: Challenge,
+        challenge: &Challenge,
+        current: &Current,
     ) -> Result<Option<HeaderValue>, RegistryError> {
-        let auth = self.host(repo).map(|h| &h.auth);
-        let header = match (challenge, auth) {
-            // A configured token is for the registry itself, never a realm.
-            (_, Some(RegistryAuth::Bearer(token))) => sensitive(&format!("Bearer {token}")),
+        let auth = current.credentials.as_ref();
+        let (header, renew) = match (challenge, auth) {
             (Challenge::Bearer { realm, service }, auth) => {
+                let sent = Instant::now();
                 let token = self
-                    .token(repo, push, &realm, service.as_deref(), auth)
+                    .token(repo, push, realm, service.as_deref(), auth)
                     .await?;
-                sensitive(&format!("Bearer {token}"))
+                (
+                    sensitive(&format!("Bearer {}", token.token)),
+                    Some(renew_at(sent, token.lifetime)),
+                )
             }
-            (Challenge::Other, Some(RegistryAuth::Basic(user, password))) => {
-                basic_authorization(user, password)
-            }
-            (Challenge::Other, Some(RegistryAuth::Anonymous) | None) => None,
+            (Challenge::Other, Some(c)) => (basic_authorization(&c.username, &c.password), None),
+            (Challenge::Other, None) => (None, None),
         };
         if let (Some(h), Ok(mut m)) = (&header, self.authorizations.lock()) {
-            m.insert((repo.to_string(), push), h.clone());
+            m.insert(
+                (repo.to_string(), push),
+                Authorization {
+                    header: h.clone(),
+                    challenge: challenge.clone(),
+                    generation: current.generation,
+                    renew_at: renew,
+                },
+            );
         }
         Ok(header)
     }
 
     /// A token from `realm` for pulling (and pushing) `repo`, the way
     /// Distribution's token auth specifies: GET with `service` and `scope`,
-    /// Basic credentials if configured, `{"token": …}` back.
+    /// Basic credentials if configured, `{"token": …, "expires_in": …}` back.
     async fn token(
         &self,
         repo: &Repository,
         push: bool,
         realm: &str,
         service: Option<&str>,
-        auth: Option<&RegistryAuth>,
-    ) -> Result<String, RegistryError> {
+        auth: Option<&RegistryCredentials>,
+    ) -> Result<Token, RegistryError> {
         let mut url = realm_url(repo, realm, self.insecure(repo))?;
         {
             let mut query = url.query_pairs_mut();
@@ -202,21 +355,19 @@ impl OciRegistry {
             query.append_pair("scope", &format!("repository:{}:{actions}", repo.path()));
         }
         let mut req = self
-            .http
+            .http(repo)
             .get(url.clone())
             .header(ACCEPT, "application/json");
-        if let Some(RegistryAuth::Basic(user, password)) = auth
-            && let Some(h) = basic_authorization(user, password)
+        if let Some(c) = auth
+            && let Some(h) = basic_authorization(&c.username, &c.password)
         {
             req = req.header(AUTHORIZATION, h);
         }
         let sent = req.send().await;
         self.count("GET token", &sent);
         let realm_text = echo(realm.as_bytes());
-        let token_error = |e: reqwest::Error| {
-            let reason = transport_reason(&e);
-            unavailable(repo, format!("token service {realm_text}: {reason}"), None)
-        };
+        let token_error =
+            |e: reqwest::Error| transport_error_at(repo, &format!("token service {realm_text}"), e);
         let mut res = sent.map_err(token_error)?;
         refuse_redirect(repo, &Method::GET, &res)?;
         let status = res.status();
@@ -262,6 +413,7 @@ impl OciRegistry {
         struct TokenAnswer {
             token: Option<String>,
             access_token: Option<String>,
+            expires_in: Option<u64>,
         }
         // serde's message would quote the body, which may hold a token.
         let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|_| {
@@ -270,11 +422,15 @@ impl OciRegistry {
                 format!("token service {realm_text} sent an answer that is not JSON with a token"),
             )
         })?;
+        let lifetime = answer
+            .expires_in
+            .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs);
         // `token` is Distribution's field, `access_token` the OAuth2 alias.
         answer
             .token
             .or(answer.access_token)
             .filter(|t| !t.is_empty())
+            .map(|token| Token { token, lifetime })
             .ok_or_else(|| {
                 protocol(
                     repo,
@@ -294,9 +450,11 @@ impl OciRegistry {
     }
 
     /// One HTTP request with the cached authorization; on 401, negotiate
-    /// credentials once and repeat. The body of a successful GET is a
-    /// manifest and may be up to [`MANIFEST_LIMIT`]; any other body is cut at
-    /// [`BODY_LIMIT`].
+    /// credentials and repeat. If the registry (or its token service) still
+    /// refuses, the credentials are read again and, if they changed (a
+    /// rotated secret), negotiated once more. The body of a successful GET is
+    /// a manifest and may be up to [`MANIFEST_LIMIT`]; any other body is cut
+    /// at [`BODY_LIMIT`].
     async fn send(
         &self,
         repo: &Repository,
@@ -305,11 +463,13 @@ impl OciRegistry {
         body: Option<(bytes::Bytes, HeaderValue)>,
     ) -> Result<Answer, RegistryError> {
         let push = method == Method::PUT;
-        let mut authorization = self.cached_authorization(repo, push);
+        let mut current = self.credentials(repo).await;
+        let mut authorization = self.first_authorization(repo, push, &current).await;
         let mut negotiated = false;
+        let mut refreshed = false;
         loop {
             let mut req = self
-                .http
+                .http(repo)
                 .request(method.clone(), self.manifest_url(repo, reference))
                 .header(ACCEPT, MANIFEST_TYPES);
             if let Some(a) = &authorization {
@@ -334,18 +494,38 @@ impl OciRegistry {
                     .map_err(|e| transport_error(repo, e))?
                     .0
             };
-            if status == StatusCode::UNAUTHORIZED && !negotiated {
-                negotiated = true;
-                if let Some(a) = self.authorize(repo, push, challenge(&headers)).await? {
-                    authorization = Some(a);
-                    continue;
-                }
-            }
-            return Ok(Answer {
+            let answer = Answer {
                 status,
                 headers,
                 body,
-            });
+            };
+            if status != StatusCode::UNAUTHORIZED {
+                return Ok(answer);
+            }
+            if negotiated {
+                // Refused what was just negotiated: worth one more try only
+                // with credentials that changed when read again.
+                if refreshed || !self.refresh(repo).await {
+                    return Ok(answer);
+                }
+                refreshed = true;
+                current = self.credentials(repo).await;
+            }
+            negotiated = true;
+            let challenge = challenge(&answer.headers);
+            let header = match self.authorize(repo, push, &challenge, &current).await {
+                // The token service refused them: the same question.
+                Err(RegistryError::Denied { .. }) if !refreshed && self.refresh(repo).await => {
+                    refreshed = true;
+                    current = self.credentials(repo).await;
+                    self.authorize(repo, push, &challenge, &current).await?
+                }
+                other => other?,
+            };
+            match header {
+                Some(a) => authorization = Some(a),
+                None => return Ok(answer),
+            }
         }
     }
 
@@ -631,17 +811,78 @@ fn protocol(repo: &Repository, message: String) -> RegistryError {
 }
 
 fn transport_error(repo: &Repository, e: reqwest::Error) -> RegistryError {
-    unavailable(repo, transport_reason(&e), None)
+    transport_error_at(repo, "", e)
+}
+
+/// A request to `what` (the registry itself when empty) that got no answer.
+/// A certificate that does not verify is [`RegistryError::Refused`]:
+/// retrying cannot help, the registry's certificate or prodgate's `ca_cert`
+/// must change, and the message says so.
+fn transport_error_at(repo: &Repository, what: &str, e: reqwest::Error) -> RegistryError {
+    let at = |reason: String| {
+        if what.is_empty() {
+            reason
+        } else {
+            format!("{what}: {reason}")
+        }
+    };
+    if let Some(cert) = certificate_error(&e) {
+        return RegistryError::Refused {
+            registry: repo.host().to_owned(),
+            reason: at(format!(
+                "its TLS certificate is not trusted ({cert}); if an internal CA issued it, \
+                 name that CA's certificate in ca_cert of the registry's [[registry]] section"
+            )),
+        };
+    }
+    unavailable(repo, at(transport_reason(&e)), None)
+}
+
+/// The rustls certificate error somewhere in `e`'s chain of causes.
+/// `io::Error::source` skips the error an `io::Error` wraps (and reqwest
+/// nests them), so an `io::Error` is followed through `get_ref`.
+fn certificate_error(e: &reqwest::Error) -> Option<String> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(tls @ rustls::Error::InvalidCertificate(_)) =
+            err.downcast_ref::<rustls::Error>()
+        {
+            return Some(tls.to_string());
+        }
+        next = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    None
 }
 
 fn transport_reason(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         "no answer in time".to_owned()
     } else if e.is_connect() {
-        format!("cannot connect: {e}")
+        format!("cannot connect: {}", causes(e))
     } else {
-        format!("request failed: {e}")
+        format!("request failed: {}", causes(e))
     }
+}
+
+/// `e` and its causes, each once: reqwest's own message names only the URL.
+fn causes(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = std::error::Error::source(e);
+    while let Some(cause) = next {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        next = cause.source();
+    }
+    text
 }
 
 /// `Retry-After` as seconds or an HTTP date.
@@ -1097,11 +1338,7 @@ mod hardening_tests {
         // prodgate's own check can stop the push.
         let (host, seen) = recording_registry(digest.clone()).await;
         let registry = OciRegistry::new(
-            vec![RegistryHost {
-                host: host.clone(),
-                insecure: true,
-                auth: RegistryAuth::Anonymous,
-            }],
+            vec![RegistryHost::anonymous(&host, true)],
             Duration::from_secs(5),
             None,
         )
