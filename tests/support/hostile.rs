@@ -330,6 +330,10 @@ impl Body for Generated {
 /// `localhost`.
 pub struct TestCa {
     pub ca_file: PathBuf,
+    /// The server certificate and its key (PEM), for a server other than
+    /// [`Hostile`] (e.g. `docker-registry`) to serve.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
     acceptor: TlsAcceptor,
     _dir: tempfile::TempDir,
 }
@@ -357,6 +361,10 @@ impl TestCa {
             .expect("temp dir for the CA");
         let ca_file = dir.path().join("ca.pem");
         std::fs::write(&ca_file, ca.pem()).expect("write the CA certificate");
+        let cert_file = dir.path().join("server.pem");
+        std::fs::write(&cert_file, cert.pem()).expect("write the server certificate");
+        let key_file = dir.path().join("server.key");
+        std::fs::write(&key_file, key.serialize_pem()).expect("write the server key");
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -370,6 +378,8 @@ impl TestCa {
         .expect("server TLS config");
         TestCa {
             ca_file,
+            cert_file,
+            key_file,
             acceptor: TlsAcceptor::from(Arc::new(config)),
             _dir: dir,
         }

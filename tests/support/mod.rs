@@ -5,6 +5,7 @@ pub mod hostile;
 pub mod proxy;
 pub mod registry;
 pub mod server;
+pub mod token_server;
 
 use registry::TestRegistry;
 use server::{TestServer, standard_config};

@@ -1,21 +1,29 @@
 //! A throwaway OCI registry for integration tests.
 //!
 //! [`TestRegistry`] owns one `docker-registry serve` process (Debian's CNCF Distribution 2.8.2)
-//! on a free loopback port, together with its temporary directory (config, storage and log) and a
-//! plain-HTTP client. Its helpers push blobs, images, indexes and raw manifests, read manifests
+//! on a free loopback port, together with its temporary directory (config, storage and log) and
+//! an HTTP client. Its helpers push blobs, images, indexes and raw manifests, read manifests
 //! back, retag and delete. Dropping it kills the process and removes the directory.
+//!
+//! It runs open, or as registries are run ([`Options`]): HTTP basic auth, Distribution's token
+//! auth trusting a [`TokenServer`], HTTPS with a certificate from a [`TestCa`]. The harness's own
+//! requests authenticate however the registry asks: Basic credentials, or tokens it mints with
+//! the token server's key (so they never show in the token server's log).
 
 use std::fmt::Display;
-use std::fs::{self, File};
+use std::fs;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::hostile::TestCa;
+use super::token_server::{self, Signer, TokenServer};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use reqwest::header::{ACCEPT, CONTENT_TYPE, LOCATION};
-use reqwest::{Client, Response, StatusCode, Url};
+use reqwest::{Client, Method, RequestBuilder, Response, StatusCode, Url};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
@@ -48,10 +56,33 @@ const TOKEN_HEADER: &str = "X-Prodgate-Test-Registry";
 pub struct TestRegistry {
     /// `127.0.0.1:PORT`
     pub host: String,
+    scheme: &'static str,
     child: Child,
     http: Client,
+    auth: HarnessAuth,
     token: String,
     dir: TempDir,
+}
+
+/// How a [`TestRegistry`] is run; the default is open, over plain HTTP.
+#[derive(Default, Clone, Copy)]
+pub struct Options<'a> {
+    /// HTTP basic auth (htpasswd, bcrypt) for this user and password.
+    pub basic: Option<(&'a str, &'a str)>,
+    /// Distribution's `auth: token`, trusting this token service.
+    pub token: Option<&'a TokenServer>,
+    /// HTTPS with the server certificate of this CA.
+    pub tls: Option<&'a TestCa>,
+}
+
+/// How the harness's own requests authenticate.
+#[derive(Clone)]
+enum HarnessAuth {
+    None,
+    /// The value of the `Authorization` header.
+    Basic(String),
+    /// A token minted per request for the repository it is about.
+    Token(Arc<Signer>),
 }
 
 enum Startup {
@@ -62,20 +93,27 @@ enum Startup {
 impl TestRegistry {
     /// Starts a fresh, empty registry and waits until `GET /v2/` answers 200.
     pub async fn start() -> TestRegistry {
-        Self::start_with_auth(None).await
+        Self::start_with(Options::default()).await
     }
 
     /// A registry that demands HTTP basic auth (htpasswd, bcrypt) for every
     /// request; this harness's own requests send `user`/`password`.
     pub async fn start_with_basic_auth(user: &str, password: &str) -> TestRegistry {
-        Self::start_with_auth(Some((user, password))).await
+        Self::start_with(Options {
+            basic: Some((user, password)),
+            ..Options::default()
+        })
+        .await
     }
 
-    async fn start_with_auth(auth: Option<(&str, &str)>) -> TestRegistry {
-        let http = http_client(auth);
+    pub async fn start_with(options: Options<'_>) -> TestRegistry {
+        // The crate builds reqwest with `rustls-no-provider`, so even a plain-HTTP client needs a
+        // process-wide rustls provider; Err only means one is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = http_client(options.tls);
         let deadline = Instant::now() + STARTUP_DEADLINE;
         for _ in 0..PORT_ATTEMPTS {
-            let mut registry = Self::spawn(http.clone(), free_port(), auth);
+            let mut registry = Self::spawn(http.clone(), free_port(), options);
             match registry.wait_until_ready(deadline).await {
                 Startup::Ready => return registry,
                 // Dropping it reaps the exited process and removes its directory.
@@ -85,7 +123,7 @@ impl TestRegistry {
         panic!("{REGISTRY_BIN}: the chosen port was taken in each of {PORT_ATTEMPTS} attempts");
     }
 
-    fn spawn(http: Client, port: u16, auth: Option<(&str, &str)>) -> TestRegistry {
+    fn spawn(http: Client, port: u16, options: Options<'_>) -> TestRegistry {
         let dir = tempfile::Builder::new()
             .prefix("prodgate-registry-")
             .tempdir()
@@ -94,34 +132,95 @@ impl TestRegistry {
         let token = format!("{:016x}", rand::random::<u64>());
         let config = dir.path().join("config.yml");
         let mut yaml = config_yaml(&dir.path().join("storage"), &host, &token);
-        if let Some((user, password)) = auth {
-            let hash = bcrypt::hash(password, 4).expect("bcrypt the test password");
-            let htpasswd = dir.path().join("htpasswd");
-            fs::write(&htpasswd, format!("{user}:{hash}\n")).expect("write htpasswd");
+        let path = |p: &Path| json!(p.to_str().expect("temporary path is UTF-8"));
+        if let Some(ca) = options.tls {
             yaml.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: basic-realm\n    path: {}\n",
-                json!(htpasswd.to_str().expect("temporary path is UTF-8"))
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                path(&ca.cert_file),
+                path(&ca.key_file)
             ));
         }
+        let mut auth = HarnessAuth::None;
+        if let Some((user, password)) = options.basic {
+            write_htpasswd(dir.path(), user, password);
+            yaml.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: basic-realm\n    path: {}\n",
+                path(&dir.path().join("htpasswd"))
+            ));
+            auth = HarnessAuth::Basic(basic_header(user, password));
+        }
+        if let Some(server) = options.token {
+            let signer = server.signer();
+            yaml.push_str(&format!(
+                "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                json!(server.realm()),
+                token_server::SERVICE,
+                token_server::ISSUER,
+                path(&signer.cert_file),
+            ));
+            auth = HarnessAuth::Token(signer);
+        }
         fs::write(&config, yaml).expect("write the registry config");
-        let log = File::create(dir.path().join(LOG_FILE)).expect("create the registry log");
-        let child = Command::new(REGISTRY_BIN)
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone the registry log handle"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("spawn {REGISTRY_BIN} (apt-get install docker-registry): {e}")
-            });
+        let child = start_process(dir.path());
         TestRegistry {
             host,
+            scheme: if options.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
             child,
             http,
+            auth,
             token,
             dir,
         }
+    }
+
+    /// Makes `password` the only one the registry accepts for `user` (a
+    /// rotated secret), then restarts the registry in place (same port,
+    /// same storage), so the change holds whether or not the registry
+    /// re-reads its htpasswd file on its own.
+    pub async fn set_basic_password(&mut self, user: &str, password: &str) {
+        assert!(
+            matches!(self.auth, HarnessAuth::Basic(_)),
+            "set_basic_password: the registry does not use basic auth"
+        );
+        write_htpasswd(self.dir.path(), user, password);
+        self.auth = HarnessAuth::Basic(basic_header(user, password));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = start_process(self.dir.path());
+        match self
+            .wait_until_ready(Instant::now() + STARTUP_DEADLINE)
+            .await
+        {
+            Startup::Ready => {}
+            Startup::PortTaken => panic!("{REGISTRY_BIN}: port {} taken on restart", self.host),
+        }
+    }
+
+    /// `builder` with the harness's credentials for `repo` (`None`: the
+    /// `/v2/` probe, for which a token needs no access).
+    fn authorized(&self, builder: RequestBuilder, repo: Option<&str>) -> RequestBuilder {
+        match &self.auth {
+            HarnessAuth::None => builder,
+            HarnessAuth::Basic(header) => builder.header(reqwest::header::AUTHORIZATION, header),
+            HarnessAuth::Token(signer) => {
+                let access: Vec<(String, Vec<String>)> = repo
+                    .map(|r| {
+                        let actions = ["pull", "push", "delete"].map(str::to_owned).to_vec();
+                        vec![(r.to_owned(), actions)]
+                    })
+                    .unwrap_or_default();
+                let token = signer.mint("test-harness", &access, 300);
+                builder.bearer_auth(token)
+            }
+        }
+    }
+
+    fn request(&self, method: Method, url: impl reqwest::IntoUrl, repo: &str) -> RequestBuilder {
+        self.authorized(self.http.request(method, url), Some(repo))
     }
 
     async fn wait_until_ready(&mut self, deadline: Instant) -> Startup {
@@ -155,7 +254,8 @@ impl TestRegistry {
     }
 
     async fn is_ready(&self, probe: &str) -> bool {
-        match self.http.get(probe).timeout(PROBE_TIMEOUT).send().await {
+        let probe = self.authorized(self.http.get(probe), None);
+        match probe.timeout(PROBE_TIMEOUT).send().await {
             Ok(resp) => {
                 resp.status() == StatusCode::OK
                     && resp
@@ -172,9 +272,9 @@ impl TestRegistry {
         self.child.id()
     }
 
-    /// `http://{host}{path}`
+    /// `http://{host}{path}`, or `https://` when it serves TLS.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.host, path)
+        format!("{}://{}{}", self.scheme, self.host, path)
     }
 
     /// The registry's output so far: warnings, errors and its access log.
@@ -196,8 +296,7 @@ impl TestRegistry {
         let timeout = REQUEST_TIMEOUT + Duration::from_secs((data.len() >> 20) as u64);
         let start = self.url(&format!("/v2/{repo}/blobs/uploads/"));
         let resp = self
-            .http
-            .post(&start)
+            .request(Method::POST, &start, repo)
             .send()
             .await
             .expect("POST a blob upload");
@@ -208,8 +307,7 @@ impl TestRegistry {
             .expect("upload Location is a URL reference");
         put.query_pairs_mut().append_pair("digest", &digest);
         let resp = self
-            .http
-            .put(put.clone())
+            .request(Method::PUT, put.clone(), repo)
             .timeout(timeout)
             .header(CONTENT_TYPE, "application/octet-stream")
             .body(data)
@@ -323,8 +421,7 @@ impl TestRegistry {
     ) -> String {
         let url = self.manifest_url(repo, reference);
         let resp = self
-            .http
-            .put(&url)
+            .request(Method::PUT, &url, repo)
             .header(CONTENT_TYPE, content_type)
             .body(bytes.to_vec())
             .send()
@@ -338,8 +435,7 @@ impl TestRegistry {
     pub async fn manifest(&self, repo: &str, reference: &str) -> Option<(String, Vec<u8>)> {
         let url = self.manifest_url(repo, reference);
         let resp = self
-            .http
-            .get(&url)
+            .request(Method::GET, &url, repo)
             .header(ACCEPT, MANIFEST_ACCEPT)
             .send()
             .await
@@ -357,8 +453,7 @@ impl TestRegistry {
     pub async fn tag_digest(&self, repo: &str, tag: &str) -> Option<String> {
         let url = self.manifest_url(repo, tag);
         let resp = self
-            .http
-            .head(&url)
+            .request(Method::HEAD, &url, repo)
             .header(ACCEPT, MANIFEST_ACCEPT)
             .send()
             .await
@@ -384,8 +479,7 @@ impl TestRegistry {
     pub async fn delete_manifest(&self, repo: &str, digest: &str) {
         let url = self.manifest_url(repo, digest);
         let resp = self
-            .http
-            .delete(&url)
+            .request(Method::DELETE, &url, repo)
             .send()
             .await
             .expect("DELETE a manifest");
@@ -405,25 +499,43 @@ impl Drop for TestRegistry {
     }
 }
 
-fn http_client(auth: Option<(&str, &str)>) -> Client {
-    // The crate builds reqwest with `rustls-no-provider`, so even a plain-HTTP client needs a
-    // process-wide rustls provider; Err only means one is installed already.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut headers = reqwest::header::HeaderMap::new();
-    if let Some((user, password)) = auth {
-        use base64::Engine;
-        let b = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-        headers.insert(
-            reqwest::header::AUTHORIZATION,
-            format!("Basic {b}").parse().expect("ascii credentials"),
-        );
+fn http_client(tls: Option<&TestCa>) -> Client {
+    let mut builder = Client::builder().no_proxy().timeout(REQUEST_TIMEOUT);
+    if let Some(ca) = tls {
+        let pem = fs::read(&ca.ca_file).expect("read the test CA");
+        let ca = reqwest::Certificate::from_pem(&pem).expect("the test CA is PEM");
+        builder = builder.tls_certs_only([ca]);
     }
-    Client::builder()
-        .default_headers(headers)
-        .no_proxy()
-        .timeout(REQUEST_TIMEOUT)
-        .build()
-        .expect("build the HTTP client")
+    builder.build().expect("build the HTTP client")
+}
+
+fn basic_header(user: &str, password: &str) -> String {
+    use base64::Engine;
+    let b = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {b}")
+}
+
+/// `dir/htpasswd` with one bcrypt entry.
+fn write_htpasswd(dir: &Path, user: &str, password: &str) {
+    let hash = bcrypt::hash(password, 4).expect("bcrypt the test password");
+    fs::write(dir.join("htpasswd"), format!("{user}:{hash}\n")).expect("write htpasswd");
+}
+
+/// `docker-registry serve dir/config.yml`, its output appended to the log.
+fn start_process(dir: &Path) -> Child {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(LOG_FILE))
+        .expect("open the registry log");
+    Command::new(REGISTRY_BIN)
+        .arg("serve")
+        .arg(dir.join("config.yml"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone the registry log handle"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {REGISTRY_BIN} (apt-get install docker-registry): {e}"))
 }
 
 /// A port that was free a moment ago; the registry may still lose it to someone else.
