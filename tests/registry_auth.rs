@@ -405,7 +405,11 @@ async fn a_credential_helper_supplies_and_renews_the_password() {
             .collect::<Vec<_>>()
     };
     promote(&mut alice, &registry, "v1").await;
-    assert_eq!(ran(), vec![host.clone()], "run once, at start-up, for the host");
+    assert_eq!(
+        ran(),
+        vec![host.clone()],
+        "run once, at start-up, for the host"
+    );
 
     registry.set_basic_password(USER, "helper-pass-2").await;
     std::fs::write(&secret, "helper-pass-2").expect("rotate the helper's secret");

@@ -21,6 +21,14 @@
 //!   over plain HTTP when the registry itself is configured `insecure = true`
 //!   (its traffic is plain text anyway). Any other realm is refused, with an
 //!   error naming it and the rule, and receives no request at all.
+//! - A token is asked for one repository, `pull` to read and `pull,push` to
+//!   push, and reused until shortly before its `expires_in`; then the next
+//!   one is fetched before the request, not after a refusal. Headers made
+//!   with credentials that have since been read again (a rotated secret,
+//!   see [`super::credentials`]) are not reused.
+//! - A registry's `ca_cert` is trusted for that registry and the token realm
+//!   it names, by a client of its own; a certificate that does not verify
+//!   is refused, not retried, with a message naming `ca_cert`.
 //! - Every body is read with a cap: a manifest up to [`MANIFEST_LIMIT`]
 //!   (`Content-Length` checked first, a streamed body counted as it arrives),
 //!   token answers and error bodies up to [`BODY_LIMIT`]; registry text
