@@ -1507,3 +1507,78 @@ async fn a_superseded_promotion_says_by_which() {
     assert_eq!(exact["state"], "PROMOTION_STATE_SUPERSEDED");
     assert_eq!(exact["supersededBy"], newer.as_str());
 }
+
+#[tokio::test]
+async fn checks_and_policy_versions_from_the_command_line() {
+    let registry = support::registry::TestRegistry::start().await;
+    let digest = registry.push_image("app", Some("staging"), 1024, 1).await;
+    let s = &TestServer::start(&format!(
+        "check_reporters = [\"alice\"]\n{}",
+        standard_config(&registry.host)
+    ));
+    let repo = format!("{}/app", registry.host);
+    let report = |who: &str, status: &str| {
+        json(
+            s,
+            who,
+            &[
+                "report-check",
+                &repo,
+                "--digest",
+                &digest,
+                "--check",
+                "e2e",
+                "--status",
+                status,
+                "--url",
+                "https://ci.example/e2e/7",
+            ],
+        )
+    };
+    // A non-reporter is refused (exit 3, the status named).
+    let refused = report("mallory", "passed").code(3);
+    assert!(refused.stderr.contains("PERMISSION_DENIED"), "{refused:#?}");
+    let reported = report("alice", "failed").ok().one();
+    assert_eq!(reported["status"], "CHECK_STATUS_FAILED");
+    assert_eq!(reported["reportedBy"], "alice");
+    report("alice", "passed").ok();
+    // The latest report per check counts.
+    let listed = json(s, "bob", &["checks", &repo, "--digest", &digest])
+        .ok()
+        .lines();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["status"], "CHECK_STATUS_PASSED");
+    assert_eq!(listed[0]["detailsUrl"], "https://ci.example/e2e/7");
+    let text = table(s, "bob", &["checks", &repo, "--digest", &digest]).ok();
+    assert!(
+        text.stdout.contains("e2e") && text.stdout.contains("PASSED"),
+        "{text:#?}"
+    );
+
+    // The running policy, and the same version by its digest.
+    let running = json(s, "bob", &["policy"]).ok().one();
+    let digest_of_policy = running["digest"].as_str().expect("digest").to_owned();
+    let canonical = running["canonicalJson"].as_str().expect("canonical JSON");
+    assert_eq!(
+        digest_of_policy,
+        format!("sha256:{}", sha256_hex(canonical.as_bytes()))
+    );
+    let again = json(s, "bob", &["policy", &digest_of_policy]).ok().one();
+    assert_eq!(again, running);
+    let shown = table(s, "bob", &["policy"]).ok();
+    assert!(
+        shown
+            .stdout
+            .starts_with(&format!("policy {digest_of_policy}\n")),
+        "{shown:#?}"
+    );
+    assert!(shown.stdout.contains("\"check_reporters\""), "{shown:#?}");
+    let unknown = format!("sha256:{}", "0".repeat(64));
+    let missing = table(s, "bob", &["policy", &unknown]).code(3);
+    assert!(missing.stderr.contains("NOT_FOUND"), "{missing:#?}");
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}

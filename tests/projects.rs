@@ -241,3 +241,90 @@ async fn only_a_projects_requesters_may_request_there() {
         None
     );
 }
+
+#[tokio::test]
+async fn cancel_and_expiry_follow_the_governing_projects_policy() {
+    // payments overrides approval_ttl; the top-level production keeps 24h.
+    let registry = TestRegistry::start().await;
+    let server = TestServer::start(&config_with_sweep(&registry.host));
+    for path in ["payments/api", "tools/app"] {
+        registry.push_image(path, Some("staging"), 1024, 1).await;
+    }
+    let repo = |path: &str| format!("{}/{path}", registry.host);
+    let mut ci = server.client("ci-payments").await;
+    // Cancel: the requester or one of the project's approvers; another
+    // team's lead is refused, and nothing is recorded.
+    let p = ci
+        .request_promotion(request_to(&repo("payments/api"), "staging", "production"))
+        .await
+        .expect("request")
+        .into_inner();
+    let cancel = |id: &str| pb::CancelRequest {
+        promotion_id: id.to_owned(),
+        comment: "not this one".into(),
+    };
+    let e = server
+        .client("wendy")
+        .await
+        .cancel(cancel(&p.id))
+        .await
+        .expect_err("another team's lead");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert_eq!(
+        state(&support::get(&mut ci, &p.id).await),
+        PromotionState::PendingApproval
+    );
+    let cancelled = server
+        .client("pam")
+        .await
+        .cancel(cancel(&p.id))
+        .await
+        .expect("the project's lead cancels")
+        .into_inner();
+    assert_eq!(state(&cancelled), PromotionState::Cancelled);
+
+    // Expiry: the project's one-second TTL ends its promotion; the
+    // top-level one's stays pending.
+    let short = ci
+        .request_promotion(request_to(&repo("payments/api"), "staging", "production"))
+        .await
+        .expect("request")
+        .into_inner();
+    let long = server
+        .client("alice")
+        .await
+        .request_promotion(request_to(&repo("tools/app"), "staging", "production"))
+        .await
+        .expect("request")
+        .into_inner();
+    let expired = wait_for_state(
+        &mut ci,
+        &short.id,
+        PromotionState::Expired,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(expired.project, "payments");
+    let e = server
+        .client("pam")
+        .await
+        .approve(approve(&short.id))
+        .await
+        .expect_err("expired");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert_eq!(
+        state(&support::get(&mut ci, &long.id).await),
+        PromotionState::PendingApproval
+    );
+}
+
+/// [`config`] with a fast expiry sweep and payments' production approvals
+/// valid for one second.
+fn config_with_sweep(registry_host: &str) -> String {
+    let c = config(registry_host).replace(
+        "[[project.environment]]\nname = \"production\"\napprovers = [\"group:payments-leads\"]",
+        "[[project.environment]]\nname = \"production\"\napprovers = [\"group:payments-leads\"]\napproval_ttl = \"1s\"",
+    );
+    assert!(c.contains("approval_ttl = \"1s\""), "{c}");
+    format!("expiry_sweep_interval = \"100ms\"\n{c}")
+}

@@ -72,6 +72,21 @@ pub async fn gates(g: &ClientArgs, id: String) -> Result<(), CliError> {
     Printer::stdout(g.output).gate_report(&r)
 }
 
+/// Records a check result (ReportCheck) and prints it as stored.
+pub async fn report_check(g: &ClientArgs, req: pb::ReportCheckRequest) -> Result<(), CliError> {
+    let mut c = Client::connect(g).await?;
+    let r = c.api.report_check(c.unary(req)).await?.into_inner();
+    Printer::stdout(g.output).checks(std::slice::from_ref(&r))
+}
+
+/// The latest report of every check for a digest (ListChecks).
+pub async fn checks(g: &ClientArgs, repository: String, digest: String) -> Result<(), CliError> {
+    let mut c = Client::connect(g).await?;
+    let req = pb::ListChecksRequest { repository, digest };
+    let r = c.api.list_checks(c.unary(req)).await?.into_inner();
+    Printer::stdout(g.output).checks(&r.checks)
+}
+
 /// A recorded policy version (GetPolicy); the running one by default.
 pub async fn policy(g: &ClientArgs, digest: Option<String>) -> Result<(), CliError> {
     let mut c = Client::connect(g).await?;

@@ -227,6 +227,20 @@ pub fn gate_report(r: &pb::GateReport) -> String {
         .finish()
 }
 
+pub fn check(r: &pb::CheckResult) -> String {
+    let status = pb::CheckStatus::try_from(r.status).ok();
+    Object::new()
+        .string("repository", &r.repository)
+        .string("digest", &r.digest)
+        .string("check", &r.check)
+        .enumeration("status", r.status, status.map(|s| s.as_str_name()))
+        .string("reportedBy", &r.reported_by)
+        .timestamp("time", r.time.as_ref())
+        .string("detailsUrl", &r.details_url)
+        .string("comment", &r.comment)
+        .finish()
+}
+
 pub fn policy(p: &pb::Policy) -> String {
     Object::new()
         .string("digest", &p.digest)

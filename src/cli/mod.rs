@@ -308,6 +308,41 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Report a validation check's result for a digest (check reporters
+    /// only); the latest report per check counts for `required_checks`.
+    ReportCheck {
+        /// Registry host and repository path, without a tag.
+        #[arg(value_parser = repository)]
+        repository: String,
+        /// The digest the check ran against (sha256:…).
+        #[arg(long)]
+        digest: String,
+        /// Check name, e.g. e2e.
+        #[arg(long)]
+        check: String,
+        /// passed or failed.
+        #[arg(long)]
+        status: CheckStatusArg,
+        /// Where the run's details are (recorded).
+        #[arg(long)]
+        url: Option<String>,
+        /// Recorded in the audit log.
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The latest report of every check for a digest.
+    Checks {
+        /// Registry host and repository path, without a tag.
+        #[arg(value_parser = repository)]
+        repository: String,
+        /// The digest (sha256:…).
+        #[arg(long)]
+        digest: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Show a recorded policy version (the running one without DIGEST):
     /// who may do what, as the audit log's POLICY_CHANGED entries name it.
     Policy {
@@ -414,6 +449,8 @@ impl Command {
             | Command::Get { client, .. }
             | Command::Gates { client, .. }
             | Command::Policy { client, .. }
+            | Command::ReportCheck { client, .. }
+            | Command::Checks { client, .. }
             | Command::Rollback { client, .. }
             | Command::List { client, .. }
             | Command::History { client, .. }
@@ -463,6 +500,22 @@ fn untagged(s: &str, for_request: bool) -> Result<String, String> {
     } else {
         format!("a repository names no {what}: give the repository alone ({repo})")
     })
+}
+
+/// `report-check --status` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CheckStatusArg {
+    Passed,
+    Failed,
+}
+
+impl CheckStatusArg {
+    pub fn proto(self) -> pb::CheckStatus {
+        match self {
+            CheckStatusArg::Passed => pb::CheckStatus::Passed,
+            CheckStatusArg::Failed => pb::CheckStatus::Failed,
+        }
+    }
 }
 
 /// `--state` values; `pending` is short for PENDING_APPROVAL.
@@ -683,6 +736,30 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
         Command::Get { id, client } => commands::get(&client, id).await,
         Command::Gates { id, client } => commands::gates(&client, id).await,
         Command::Policy { digest, client } => commands::policy(&client, digest).await,
+        Command::ReportCheck {
+            repository,
+            digest,
+            check,
+            status,
+            url,
+            comment,
+            client,
+        } => {
+            let req = pb::ReportCheckRequest {
+                repository,
+                digest,
+                check,
+                status: status.proto() as i32,
+                details_url: url.unwrap_or_default(),
+                comment: comment.unwrap_or_default(),
+            };
+            commands::report_check(&client, req).await
+        }
+        Command::Checks {
+            repository,
+            digest,
+            client,
+        } => commands::checks(&client, repository, digest).await,
         Command::Rollback {
             repository,
             env,

@@ -76,6 +76,13 @@ impl Printer {
         }
     }
 
+    pub fn checks(&mut self, checks: &[pb::CheckResult]) -> Result<(), CliError> {
+        match self.format {
+            Format::Json => checks.iter().try_for_each(|r| self.line(&json::check(r))),
+            Format::Table => self.raw(&table::checks(checks)),
+        }
+    }
+
     pub fn policy(&mut self, p: &pb::Policy) -> Result<(), CliError> {
         match self.format {
             Format::Json => self.line(&json::policy(p)),

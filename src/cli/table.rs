@@ -309,6 +309,41 @@ pub fn verification(v: &pb::VerifyAuditLogResponse) -> String {
     }
 }
 
+/// One line per check: name, status, who reported it when, its details.
+pub fn checks(checks: &[pb::CheckResult]) -> String {
+    if checks.is_empty() {
+        return "no check reports for this digest\n".to_owned();
+    }
+    let mut out = format!(
+        "{:<16} {:<7} {:<16} {:<20} DETAILS\n",
+        "CHECK", "STATUS", "REPORTED BY", "TIME"
+    );
+    for r in checks {
+        let status = match pb::CheckStatus::try_from(r.status) {
+            Ok(s) => label(s.as_str_name(), "CHECK_STATUS_"),
+            Err(_) => r.status.to_string(),
+        };
+        let time = r
+            .time
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |t| rfc3339(t, Precision::Seconds));
+        let details = if r.details_url.is_empty() {
+            clean(&r.comment)
+        } else {
+            clean(&r.details_url)
+        };
+        out.push_str(&format!(
+            "{:<16} {:<7} {:<16} {:<20} {}\n",
+            clean(&r.check),
+            status,
+            clean(&r.reported_by),
+            time,
+            details
+        ));
+    }
+    out
+}
+
 /// The digest, when it was first recorded, and the document indented for
 /// reading (the canonical form, which the digest covers, is in `-o json`).
 pub fn policy(p: &pb::Policy) -> String {
