@@ -590,7 +590,8 @@ impl Promotions {
                 let policy = governing.environment(&p.environment).ok_or_else(|| {
                     Error::Domain(machine::DomainError::NotApprover {
                         principal: who.name.clone(),
-                        environment: format!("{} (no longer configured)", p.environment),
+                        environment: p.environment.clone(),
+                        governed: " (it is no longer configured)".into(),
                     })
                 })?;
                 let o: Outcome = match decision {

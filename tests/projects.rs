@@ -127,6 +127,15 @@ async fn each_project_approves_only_its_own_repositories() {
             "{}",
             e.message()
         );
+        // The refusal says whose policy it is and who approves there.
+        if id == &payments.id {
+            assert!(
+                e.message()
+                    .contains("of project payments (its approvers: group:payments-leads)"),
+                "{}",
+                e.message()
+            );
+        }
         let e = c
             .reject(RejectRequest {
                 promotion_id: id.clone(),

@@ -169,10 +169,27 @@ pub fn audit_entries(es: &[pb::AuditEntry]) -> String {
             or_dash(clean(&e.repository)),
             or_dash(clean(&e.environment)),
             or_dash(short_digest(&e.digest)),
-            clean(&e.comment),
+            comment_and_attributes(e),
         ]
     }));
     grid(&rows)
+}
+
+/// The comment, then the entry's attributes as `key=value` in key order
+/// (`policy=sha256:…`, `check=e2e status=passed`), so the table shows
+/// every fact the hash covers.
+fn comment_and_attributes(e: &pb::AuditEntry) -> String {
+    let mut keys: Vec<&String> = e.attributes.keys().collect();
+    keys.sort();
+    let mut parts: Vec<String> = Vec::new();
+    if !e.comment.is_empty() {
+        parts.push(clean(&e.comment));
+    }
+    parts.extend(
+        keys.into_iter()
+            .map(|k| format!("{}={}", clean(k), clean(&e.attributes[k]))),
+    );
+    parts.join(" ")
 }
 
 /// Every field of one promotion, for `get` and the answers of
@@ -196,6 +213,15 @@ pub fn promotion(p: &pb::Promotion, now: SystemTime) -> String {
     }
     if !p.superseded_by.is_empty() {
         rows.push(("superseded by", clean(&p.superseded_by)));
+    }
+    if !p.project.is_empty() {
+        rows.push(("project", clean(&p.project)));
+    }
+    if p.rollback {
+        rows.push((
+            "rollback",
+            "yes: back to a digest this tag carried before".into(),
+        ));
     }
     rows.push(("requested by", clean(&p.requested_by)));
     rows.push(("reason", clean(&p.reason)));
@@ -232,6 +258,15 @@ pub fn promotion(p: &pb::Promotion, now: SystemTime) -> String {
         if let Some(t) = t {
             rows.push((key, moment(t, now)));
         }
+    }
+    if !p.policy_digest.is_empty() {
+        rows.push(("policy", clean(&p.policy_digest)));
+    }
+    if p.break_glass {
+        rows.push((
+            "break-glass",
+            "used (its audit entry says what it overrode)".into(),
+        ));
     }
     if !p.failure_message.is_empty() {
         rows.push(("failure", clean(&p.failure_message)));

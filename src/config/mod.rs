@@ -21,9 +21,10 @@ mod raw;
 mod validate;
 mod version;
 
+pub use crate::domain::policy::describe;
 pub use live::{Live, NotReloadable, reloaded};
 pub use pattern::RepositoryPattern;
-pub use project::{Governance, ProjectConfig, describe};
+pub use project::{Governance, ProjectConfig};
 pub use version::PolicyVersion;
 
 use crate::domain::policy::{Approver, EnvironmentPolicy};

@@ -99,21 +99,6 @@ impl<'a> Governance<'a> {
     }
 }
 
-/// `group:<g>` or the principal's name, as the config writes it.
-pub fn describe(members: &[Approver]) -> String {
-    if members.is_empty() {
-        return "nobody".to_owned();
-    }
-    members
-        .iter()
-        .map(|m| match m {
-            Approver::Principal(name) => name.clone(),
-            Approver::Group(g) => format!("group:{g}"),
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 #[cfg(test)]
 mod tests {
     use crate::config::{Config, Files};

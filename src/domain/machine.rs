@@ -23,10 +23,13 @@ use super::policy::{EnvironmentPolicy, Principal};
 /// Why a transition was refused. Refusals change nothing and write nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DomainError {
-    #[error("{principal} is not a designated approver of environment {environment}")]
+    #[error("{principal} is not a designated approver of environment {environment}{governed}")]
     NotApprover {
         principal: String,
         environment: String,
+        /// Who approves there, and the project whose policy says so (empty
+        /// where that is not known).
+        governed: String,
     },
     #[error(
         "{principal} requested this promotion and environment {environment} does not allow self-approval; another approver must approve it"
@@ -179,9 +182,18 @@ fn require_approver(
     if policy.is_approver(who) {
         Ok(())
     } else {
+        let project = if p.project.is_empty() {
+            String::new()
+        } else {
+            format!(" of project {}", p.project)
+        };
         Err(DomainError::NotApprover {
             principal: who.name.clone(),
             environment: p.environment.clone(),
+            governed: format!(
+                "{project} (its approvers: {})",
+                super::policy::describe(&policy.approvers)
+            ),
         })
     }
 }

@@ -38,6 +38,21 @@ impl Approver {
     }
 }
 
+/// `group:<g>` or the principal's name, as the config writes it.
+pub fn describe(members: &[Approver]) -> String {
+    if members.is_empty() {
+        return "nobody".to_owned();
+    }
+    members
+        .iter()
+        .map(|m| match m {
+            Approver::Principal(name) => name.clone(),
+            Approver::Group(g) => format!("group:{g}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The gate in front of one environment's tag.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnvironmentPolicy {
