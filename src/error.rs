@@ -42,6 +42,14 @@ pub enum Error {
         "no policy version {0} was ever recorded here; POLICY_CHANGED entries in History and Promotion.policy_digest name the recorded ones"
     )]
     PolicyNotFound(String),
+    /// A bug or a broken invariant on the server's side (never the caller's).
+    #[error("internal error: {0}")]
+    Internal(String),
+    #[error("{field}: {message}")]
+    OutOfRange {
+        field: &'static str,
+        message: String,
+    },
     #[error("prodgate has not moved the {environment} tag of {repository} (as of {at})")]
     NothingDeployed {
         repository: String,

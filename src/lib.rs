@@ -24,6 +24,8 @@
 //! - [`api`]: gRPC handlers, conversions, page tokens, error -> status.
 //! - [`server`]: wires it all up and serves until shutdown.
 //! - [`cli`]: the command line: `serve`, local tools, the gRPC client subcommands.
+//! - [`evidence`]: the audit log's signed checkpoints, inclusion and
+//!   consistency proofs, and their publication.
 //! - [`error`]: the service error every use case returns.
 //! - [`telemetry`]: logs (text or JSON).
 //! - [`metrics`]: Prometheus counters and the `/metrics` endpoint.
@@ -37,6 +39,7 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod evidence;
 pub mod metrics;
 pub mod notify;
 pub mod promotions;

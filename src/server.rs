@@ -405,7 +405,19 @@ pub async fn run(
         .build_v1alpha()?
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let health_service = health_service.max_decoding_message_size(MAX_REQUEST_BYTES);
-    let api = PromotionServiceServer::new(PromotionApi::new(promotions))
+    let evidence = crate::evidence::Evidence::new(store.clone(), config.checkpoint.as_ref());
+    if let Some(c) = &config.checkpoint {
+        for target in &c.publish {
+            // Not `until_stopped`: a publisher ends on its own after a last
+            // publication at shutdown.
+            background.spawn(crate::evidence::publish(
+                evidence.clone(),
+                target.clone(),
+                stop.clone(),
+            ));
+        }
+    }
+    let api = PromotionServiceServer::new(PromotionApi::new(promotions, evidence))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let authenticated: Svc = InterceptedService::new(
         api,

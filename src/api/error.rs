@@ -11,6 +11,8 @@ impl From<Error> for Status {
         let msg = e.to_string();
         match e {
             Error::InvalidArgument { .. } => Status::invalid_argument(msg),
+            Error::OutOfRange { .. } => Status::out_of_range(msg),
+            Error::Internal(_) => Status::internal(msg),
             Error::NotRequester { .. } => Status::permission_denied(msg),
             Error::PromotionNotFound(_)
             | Error::SourceNotFound(_)

@@ -4,6 +4,7 @@
 use super::convert;
 use super::page_token::{self, Kind};
 use crate::auth::principal;
+use crate::evidence::Evidence;
 use crate::pb;
 use crate::pb::promotion_service_server::PromotionService;
 use crate::promotions::{HistoryFilter, HistoryQuery, ListFilter, ListQuery, Promotions};
@@ -11,12 +12,20 @@ use tonic::{Request, Response, Status};
 
 pub struct PromotionApi {
     promotions: Promotions,
+    evidence: Evidence,
 }
 
 impl PromotionApi {
-    pub fn new(promotions: Promotions) -> Self {
-        Self { promotions }
+    pub fn new(promotions: Promotions, evidence: Evidence) -> Self {
+        Self {
+            promotions,
+            evidence,
+        }
     }
+}
+
+fn hex_list(hashes: &[[u8; 32]]) -> Vec<String> {
+    hashes.iter().map(hex::encode).collect()
 }
 
 fn token_error(e: String) -> Status {
@@ -256,6 +265,47 @@ impl PromotionService for PromotionApi {
             digest: p.digest,
             canonical_json: p.canonical_json,
             first_recorded: Some(convert::timestamp(p.first_recorded)),
+        }))
+    }
+
+    async fn get_checkpoint(
+        &self,
+        req: Request<pb::GetCheckpointRequest>,
+    ) -> Result<Response<pb::Checkpoint>, Status> {
+        principal(&req)?;
+        let head = self.evidence.checkpoint().await?;
+        Ok(Response::new(pb::Checkpoint {
+            size: head.size,
+            root_hash: hex::encode(head.root),
+            note: head.note,
+        }))
+    }
+
+    async fn get_inclusion_proof(
+        &self,
+        req: Request<pb::GetInclusionProofRequest>,
+    ) -> Result<Response<pb::InclusionProof>, Status> {
+        principal(&req)?;
+        let r = req.get_ref();
+        let p = self.evidence.inclusion(r.sequence, r.tree_size).await?;
+        Ok(Response::new(pb::InclusionProof {
+            leaf_index: p.from,
+            tree_size: p.tree_size,
+            hashes: hex_list(&p.hashes),
+        }))
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        req: Request<pb::GetConsistencyProofRequest>,
+    ) -> Result<Response<pb::ConsistencyProof>, Status> {
+        principal(&req)?;
+        let r = req.get_ref();
+        let p = self.evidence.consistency(r.from_size, r.to_size).await?;
+        Ok(Response::new(pb::ConsistencyProof {
+            from_size: p.from,
+            to_size: p.tree_size,
+            hashes: hex_list(&p.hashes),
         }))
     }
 

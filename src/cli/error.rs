@@ -90,6 +90,17 @@ pub enum CliError {
     Hinted { error: Box<CliError>, hint: String },
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
+    #[error("cannot write {}: {source}", path.display())]
+    WriteFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Evidence(String),
+    /// The bundle or proof does not verify; what failed is the message.
+    #[error("NOT VERIFIED: {0}")]
+    NotVerified(String),
 }
 
 impl CliError {
@@ -108,6 +119,9 @@ impl CliError {
             | CliError::Store(_)
             | CliError::StoreDir(_)
             | CliError::ChainBroken
+            | CliError::WriteFile { .. }
+            | CliError::Evidence(_)
+            | CliError::NotVerified(_)
             | CliError::Output(_) => Exit::Local,
             CliError::Connect { .. } | CliError::NotServing(_) | CliError::WatchEnded(_) => {
                 Exit::Unreachable

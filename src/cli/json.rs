@@ -241,6 +241,14 @@ pub fn check(r: &pb::CheckResult) -> String {
         .finish()
 }
 
+pub fn checkpoint(c: &pb::Checkpoint) -> String {
+    Object::new()
+        .uint64("size", c.size)
+        .string("rootHash", &c.root_hash)
+        .string("note", &c.note)
+        .finish()
+}
+
 pub fn policy(p: &pb::Policy) -> String {
     Object::new()
         .string("digest", &p.digest)

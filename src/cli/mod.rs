@@ -23,6 +23,7 @@
 pub mod client;
 pub mod commands;
 pub mod error;
+pub mod evidence;
 pub mod json;
 pub mod local;
 pub mod output;
@@ -430,6 +431,55 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Make a checkpoint signing key: NAME.key (private, for [checkpoint]
+    /// key_file) and NAME.pub (the verifier key auditors use), in DIR.
+    Keygen {
+        /// The key's name, shown in every signature (e.g. prodgate.example.com).
+        #[arg(long)]
+        name: String,
+        /// Directory to write the two files to.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// The audit log's current checkpoint (size, root, signed note); with
+    /// --key, verified first.
+    Checkpoint {
+        /// The log's verifier key (its text, or a file holding it).
+        #[arg(long, value_name = "KEY")]
+        verifier_key: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Prove that entry SEQ is in the log the signed checkpoint commits to,
+    /// checking the signature, the entry's hash and the inclusion proof here.
+    Prove {
+        /// The entry's sequence number.
+        sequence: u64,
+        /// The log's verifier key (its text, or a file holding it).
+        #[arg(long, value_name = "KEY")]
+        verifier_key: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Write entries SEQ.. and a signed checkpoint covering them to FILE
+    /// (JSON lines; `verify-export` checks it without the server).
+    Export {
+        /// The first entry to export.
+        #[arg(long, value_name = "SEQ")]
+        since: u64,
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Verify an export bundle offline: signature, every entry's hash and
+    /// chain, and the Merkle root they lead to.
+    VerifyExport {
+        file: PathBuf,
+        /// The log's verifier key (its text, or a file holding it).
+        #[arg(long)]
+        key: String,
+    },
     /// Print a shell completion script.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -441,7 +491,11 @@ impl Command {
     /// The client options of a client subcommand; `None` for the local ones.
     fn client_mut(&mut self) -> Option<&mut ClientArgs> {
         match self {
-            Command::Serve(_) | Command::CheckConfig { .. } | Command::Completions { .. } => None,
+            Command::Serve(_)
+            | Command::CheckConfig { .. }
+            | Command::Keygen { .. }
+            | Command::VerifyExport { .. }
+            | Command::Completions { .. } => None,
             Command::Request { client, .. }
             | Command::Approve { client, .. }
             | Command::Reject { client, .. }
@@ -451,6 +505,9 @@ impl Command {
             | Command::Policy { client, .. }
             | Command::ReportCheck { client, .. }
             | Command::Checks { client, .. }
+            | Command::Checkpoint { client, .. }
+            | Command::Prove { client, .. }
+            | Command::Export { client, .. }
             | Command::Rollback { client, .. }
             | Command::List { client, .. }
             | Command::History { client, .. }
@@ -668,6 +725,18 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
         Command::Serve(args) => serve::serve(args).await,
         Command::CheckConfig { file, strict } => local::check_config(&file, strict, out),
         Command::Completions { shell } => local::completions(shell, &mut command(), out),
+        Command::Keygen { name, out: dir } => evidence::keygen(&name, &dir, out),
+        Command::VerifyExport { file, key } => evidence::verify_export(&file, &key, out),
+        Command::Checkpoint {
+            verifier_key,
+            client,
+        } => evidence::checkpoint(&client, verifier_key).await,
+        Command::Prove {
+            sequence,
+            verifier_key,
+            client,
+        } => evidence::prove(&client, sequence, &verifier_key).await,
+        Command::Export { since, out, client } => evidence::export(&client, since, &out).await,
         Command::VerifyLog {
             data_dir: Some(dir),
             client,

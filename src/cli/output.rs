@@ -83,6 +83,13 @@ impl Printer {
         }
     }
 
+    pub fn checkpoint(&mut self, c: &pb::Checkpoint) -> Result<(), CliError> {
+        match self.format {
+            Format::Json => self.line(&json::checkpoint(c)),
+            Format::Table => self.raw(&table::checkpoint(c)),
+        }
+    }
+
     pub fn policy(&mut self, p: &pb::Policy) -> Result<(), CliError> {
         match self.format {
             Format::Json => self.line(&json::policy(p)),

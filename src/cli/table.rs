@@ -379,6 +379,22 @@ pub fn checks(checks: &[pb::CheckResult]) -> String {
     out
 }
 
+/// The size and root, then the signed note as it is (a blank line before
+/// its signature lines), or why there is none.
+pub fn checkpoint(c: &pb::Checkpoint) -> String {
+    let mut out = format!("size {}\nroot {}\n", c.size, clean(&c.root_hash));
+    if c.note.is_empty() {
+        out.push_str("(unsigned: the server has no [checkpoint] key)\n");
+    } else {
+        out.push('\n');
+        for line in c.note.lines() {
+            out.push_str(&clean(line));
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// The digest, when it was first recorded, and the document indented for
 /// reading (the canonical form, which the digest covers, is in `-o json`).
 pub fn policy(p: &pb::Policy) -> String {

@@ -118,6 +118,7 @@ pub fn reloaded(
         file.expiry_sweep_interval != running.expiry_sweep_interval,
     );
     later("log_format", file.log_format != running.log_format);
+    later("checkpoint", file.checkpoint != running.checkpoint);
     let next = Config {
         principals: file.principals,
         environments: file.environments,

@@ -9,9 +9,12 @@
 //!   refuse a policy nobody could pass;
 //! - [`project`]: `[[project]]` policies and which one governs a repository;
 //! - [`pattern`]: the repository patterns projects match with;
+//! - [`checkpoint`]: `[checkpoint]`, the audit log's signing key and
+//!   where its checkpoints are published;
 //! - [`live`]: the running config and what a reload may change;
 //! - [`version`]: the effective policy's canonical JSON and digest.
 
+mod checkpoint;
 mod credentials;
 mod live;
 mod pattern;
@@ -22,6 +25,7 @@ mod validate;
 mod version;
 
 pub use crate::domain::policy::describe;
+pub use checkpoint::{CheckpointConfig, DEFAULT_PUBLISH_INTERVAL, PublishConfig};
 pub use live::{Live, NotReloadable, reloaded};
 pub use pattern::RepositoryPattern;
 pub use project::{Governance, ProjectConfig};
@@ -306,6 +310,8 @@ pub struct Config {
     /// The canonical form and digest of everything above that decides who
     /// may do what, computed when the file is validated.
     pub policy: PolicyVersion,
+    /// Signed checkpoints of the audit log; `None`: heads are unsigned.
+    pub checkpoint: Option<CheckpointConfig>,
 }
 
 impl Config {

@@ -34,6 +34,7 @@ pub(super) struct RawConfig {
     pub project: Vec<RawProject>,
     #[serde(default)]
     pub freeze: Vec<RawFreeze>,
+    pub checkpoint: Option<super::checkpoint::RawCheckpoint>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -44,6 +44,10 @@ pub(super) fn config(raw: RawConfig, files: Files) -> Result<Loaded, ConfigError
     c.projects = projects(&raw.project, &raw.environment, &c, &people, &mut cx)?;
     across_sections(&c)?;
     c.policy = PolicyVersion::of(&c);
+    c.checkpoint = raw
+        .checkpoint
+        .map(|r| super::checkpoint::checkpoint(r, &c.data_dir, &mut cx))
+        .transpose()?;
     Ok(Loaded {
         config: c,
         warnings: cx.warnings,
@@ -158,6 +162,7 @@ fn top_level(raw: &RawConfig) -> Result<Config, ConfigError> {
             digest: String::new(),
             canonical_json: String::new(),
         },
+        checkpoint: None,
     })
 }
 

@@ -9,9 +9,14 @@
 //! only after its writes are durable. Every committed change is published
 //! as a [`Change`]: the audit entry with the promotion as it stands after it.
 //!
+//! The audit log is also a Merkle tree ([`merkle`]); its heads and proofs
+//! cover durable entries only, so a signed checkpoint never names an entry
+//! a failed flush later removes.
+//!
 //! Backends: [`sled`] (the embedded default). A second backend implements
 //! [`Storage`] and [`UnitOfWork`]; nothing above this module changes.
 
+pub mod merkle;
 pub mod sled;
 
 use crate::domain::audit::{AuditEntry, Verification};
@@ -53,6 +58,13 @@ pub struct StoredPolicy {
     pub canonical_json: String,
     /// The time of the POLICY_CHANGED entry that first recorded it.
     pub first_recorded: Time,
+}
+
+/// The Merkle tree's size and root at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TreeHead {
+    pub size: u64,
+    pub root: [u8; 32],
 }
 
 /// A committed, durable change: the audit entry and the promotion as it
@@ -211,6 +223,17 @@ pub trait Storage: Send + Sync + 'static {
     async fn checks(&self, repository: &str, digest: &str) -> Result<Vec<CheckReport>, StoreError>;
     /// A policy version a POLICY_CHANGED entry recorded, by digest.
     async fn policy(&self, digest: &str) -> Result<Option<StoredPolicy>, StoreError>;
+    /// The Merkle tree over every durable entry: its size and root.
+    async fn tree_head(&self) -> Result<TreeHead, StoreError>;
+    /// The root of the tree of the first `size` entries (`size` at most
+    /// the head's).
+    async fn tree_root(&self, size: u64) -> Result<[u8; 32], StoreError>;
+    /// The inclusion proof of leaf `index` (sequence `index + 1`) in the tree
+    /// of `size` entries (`index < size`, `size` at most the head's).
+    async fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<[u8; 32]>, StoreError>;
+    /// The consistency proof from size `from` to size `to` (`1 <= from <= to`,
+    /// `to` at most the head's).
+    async fn consistency_proof(&self, from: u64, to: u64) -> Result<Vec<[u8; 32]>, StoreError>;
     /// How many entries the audit log holds (its last sequence number).
     async fn audit_len(&self) -> Result<u64, StoreError>;
     /// Checks the hash chain.

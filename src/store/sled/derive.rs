@@ -22,7 +22,8 @@ pub fn derive(
     before: Option<&StoredPromotion>,
     entry: &AuditEntry,
     after: &Promotion,
-) -> sled::Result<()> {
+) -> Result<(), StoreError> {
+    super::merkle::append(t, entry)?;
     let (id, seq) = (after.id, entry.sequence);
     postings::append(
         &t.index,
@@ -79,7 +80,8 @@ pub fn derive(
 /// What is derived from an entry about no promotion: its audit postings
 /// and, for a check report, the latest-report key, written last (it names
 /// the sequence, which is how `is_derived` tells it finished). Idempotent.
-pub fn derive_event(t: &Trees, entry: &AuditEntry) -> sled::Result<()> {
+pub fn derive_event(t: &Trees, entry: &AuditEntry) -> Result<(), StoreError> {
+    super::merkle::append(t, entry)?;
     let (e, seq) = (&entry.event, entry.sequence);
     postings::append(
         &t.index,

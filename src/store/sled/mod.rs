@@ -19,6 +19,7 @@ mod derive;
 pub mod dir;
 mod horizon;
 mod keys;
+mod merkle;
 mod postings;
 mod query;
 mod writer;
@@ -28,11 +29,12 @@ use crate::domain::audit::{AuditEntry, Verification, Verifier};
 use crate::domain::model::{CheckReport, Promotion, PromotionId, State, Time};
 use crate::store::{
     Change, HistoryFilter, Job, ListFilter, Page, PageRequest, Storage, Store, StoreError,
-    StoredManifest, StoredPolicy, WriterStats,
+    StoredManifest, StoredPolicy, TreeHead, WriterStats,
 };
 use async_trait::async_trait;
 use codec::{StoredPromotion, decode_promotion};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, mpsc};
 
@@ -69,6 +71,8 @@ pub struct Trees {
     manifests: sled::Tree,
     /// Policy versions' canonical JSON by digest.
     policies: sled::Tree,
+    /// The audit log's Merkle tree nodes (`merkle`).
+    merkle: sled::Tree,
 }
 
 impl Trees {
@@ -80,6 +84,7 @@ impl Trees {
             meta: db.open_tree("meta")?,
             manifests: db.open_tree("manifests")?,
             policies: db.open_tree("policies")?,
+            merkle: db.open_tree("merkle")?,
             db,
         })
     }
@@ -97,6 +102,9 @@ pub struct SledStore {
     /// VerifyAuditLog hashes only newer entries (the offline `verify-log`
     /// always checks everything). The lock also keeps checks one at a time.
     verified: Arc<Mutex<Verifier>>,
+    /// The newest sequence a successful flush covered (the flusher's
+    /// `acknowledged`): tree heads and proofs stop there.
+    durable: Arc<AtomicU64>,
 }
 
 /// Opens (or creates) the sled store under `dir` as the service's [`Store`].
@@ -123,6 +131,7 @@ impl SledStore {
         let mut horizon = horizon::Horizon::open(dir).map_err(|e| horizon_error("open", e))?;
         if let Some(acknowledged) = horizon.read().map_err(|e| horizon_error("read", e))? {
             let undone = derive::roll_back(&trees, acknowledged)?;
+            merkle::truncate(&trees, acknowledged)?;
             trees.db.flush()?;
             horizon.clear().map_err(|e| horizon_error("clear", e))?;
             tracing::warn!(
@@ -132,14 +141,21 @@ impl SledStore {
             );
         }
         derive::redo_derived(&trees)?;
+        let added = merkle::repair(&trees)?;
+        if added > 0 {
+            trees.db.flush()?;
+            tracing::info!(entries = added, "added audit entries to the Merkle tree");
+        }
         let state = writer::WriterState::load(trees.clone(), clock)?;
         let (jobs, rx) = mpsc::channel(QUEUE_DEPTH);
         let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
         let stats = Arc::new(WriterStats::default());
         let (to_flusher, flusher_rx) = std::sync::mpsc::channel();
+        let durable = Arc::new(AtomicU64::new(state.next_sequence - 1));
         let flusher = writer::Flusher {
             db: trees.db.clone(),
             horizon,
+            durable: durable.clone(),
             acknowledged: state.next_sequence - 1,
             poisoned: state.poisoned.clone(),
             changes: changes.clone(),
@@ -161,6 +177,7 @@ impl SledStore {
             changes,
             stats,
             verified: Arc::new(Mutex::new(Verifier::default())),
+            durable,
         })
     }
 
@@ -253,6 +270,27 @@ impl Storage for SledStore {
     async fn policy(&self, digest: &str) -> Result<Option<StoredPolicy>, StoreError> {
         let digest = digest.to_owned();
         self.read(move |t| t.policy(&digest)).await
+    }
+
+    async fn tree_head(&self) -> Result<TreeHead, StoreError> {
+        let size = self.durable.load(Ordering::Acquire);
+        let root = self.tree_root(size).await?;
+        Ok(TreeHead { size, root })
+    }
+
+    async fn tree_root(&self, size: u64) -> Result<[u8; 32], StoreError> {
+        self.read(move |t| crate::store::merkle::root(size, &t.merkle))
+            .await
+    }
+
+    async fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<[u8; 32]>, StoreError> {
+        self.read(move |t| crate::store::merkle::inclusion_proof(index, size, &t.merkle))
+            .await
+    }
+
+    async fn consistency_proof(&self, from: u64, to: u64) -> Result<Vec<[u8; 32]>, StoreError> {
+        self.read(move |t| crate::store::merkle::consistency_proof(from, to, &t.merkle))
+            .await
     }
 
     async fn audit_len(&self) -> Result<u64, StoreError> {

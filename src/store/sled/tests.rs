@@ -19,6 +19,7 @@ fn trees() -> Trees {
         meta: db.open_tree("meta").unwrap(),
         manifests: db.open_tree("manifests").unwrap(),
         policies: db.open_tree("policies").unwrap(),
+        merkle: db.open_tree("merkle").unwrap(),
         db,
     }
 }

@@ -192,7 +192,7 @@ impl UnitOfWork for Tx<'_> {
         if let Err(e) = derive(t, stored.as_ref(), &entry, after) {
             tracing::error!(error = %e, "indexing a committed audit entry failed; refusing all further writes");
             self.state.poisoned.store(true, Ordering::Release);
-            return Err(e.into());
+            return Err(e);
         }
         self.changed.push(Change {
             entry: entry.clone(),
@@ -225,7 +225,7 @@ impl UnitOfWork for Tx<'_> {
         if let Err(e) = derive_event(t, &entry) {
             tracing::error!(error = %e, "indexing a committed audit entry failed; refusing all further writes");
             self.state.poisoned.store(true, Ordering::Release);
-            return Err(e.into());
+            return Err(e);
         }
         Ok(entry)
     }
@@ -290,6 +290,8 @@ pub struct Flusher {
     pub horizon: horizon::Horizon,
     /// The newest audit sequence a successful flush covered.
     pub acknowledged: u64,
+    /// `acknowledged`, for readers (tree heads stop there).
+    pub durable: Arc<std::sync::atomic::AtomicU64>,
     pub poisoned: Arc<AtomicBool>,
     pub changes: broadcast::Sender<Change>,
     pub stats: Arc<WriterStats>,
@@ -340,6 +342,7 @@ impl Flusher {
                     .fetch_add(writes as u64, Ordering::Relaxed);
                 let newest = group.iter().map(|c| c.last_sequence).max();
                 self.acknowledged = newest.unwrap_or(0).max(self.acknowledged);
+                self.durable.store(self.acknowledged, Ordering::Release);
                 Ok(())
             }
             Err(e) => {

@@ -1,0 +1,290 @@
+//! The evidence subcommands: `keygen` (local), `checkpoint`, `prove` and
+//! `export` (client), `verify-export` (local, no server). Verification is
+//! done here, on the auditor's machine, with the log's verifier key: the
+//! server is not trusted for it.
+
+use super::client::Client;
+use super::output::Printer;
+use super::{CliError, ClientArgs};
+use crate::evidence::bundle::{self, Line};
+use crate::pb;
+use signed_note::{Note, StandardVerifier, VerifierList};
+use std::io::Write;
+use std::path::Path;
+use tlog_tiles::checkpoint::Checkpoint;
+use tlog_tiles::tlog::{self, Hash};
+
+/// A verifier key given as its text or as a file holding it.
+fn verifier_key(key: &str) -> Result<String, CliError> {
+    let path = Path::new(key);
+    if path.is_file() {
+        return std::fs::read_to_string(path)
+            .map(|s| s.trim().to_owned())
+            .map_err(|source| CliError::ReadFile {
+                what: "verifier key",
+                path: path.to_owned(),
+                source,
+            });
+    }
+    Ok(key.trim().to_owned())
+}
+
+/// Writes `NAME.key` (private, mode 0600) and `NAME.pub` in `dir`; never
+/// overwrites a key.
+pub fn keygen(name: &str, dir: &Path, out: &mut Printer) -> Result<(), CliError> {
+    let (skey, vkey) = crate::evidence::keygen(name).ok_or_else(|| {
+        CliError::Evidence(format!(
+            "--name {name:?}: a key name is non-empty, without spaces or '+' (e.g. prodgate.example.com)"
+        ))
+    })?;
+    let private = dir.join(format!("{name}.key"));
+    let public = dir.join(format!("{name}.pub"));
+    let write = |path: &Path, text: &str, mode: u32| -> Result<(), CliError> {
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut o, mode);
+        #[cfg(not(unix))]
+        let _ = mode;
+        let mut f = o.open(path).map_err(|source| CliError::WriteFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        f.write_all(format!("{text}\n").as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(|source| CliError::WriteFile {
+                path: path.to_owned(),
+                source,
+            })
+    };
+    write(&private, &skey, 0o600)?;
+    write(&public, &vkey, 0o644)?;
+    out.raw(&format!(
+        "private key: {}  ([checkpoint] key_file; keep it secret)\nverifier key: {}  (give it to auditors)\n{vkey}\n",
+        private.display(),
+        public.display()
+    ))
+}
+
+/// Checks a signed checkpoint note against `key`; returns its size and root.
+fn verified_note(note: &str, key: &str) -> Result<(String, u64, [u8; 32]), CliError> {
+    let verifier = StandardVerifier::new(key).map_err(|_| {
+        CliError::Evidence(
+            "--key is not a signed-note verifier key (<name>+<8 hex>+<base64>)".into(),
+        )
+    })?;
+    let note = Note::from_bytes(note.as_bytes())
+        .map_err(|e| CliError::NotVerified(format!("the checkpoint is not a signed note: {e}")))?;
+    note.verify(&VerifierList::new(vec![Box::new(verifier)]))
+        .map_err(|e| CliError::NotVerified(format!("the checkpoint's signature: {e}")))?;
+    let c = Checkpoint::from_bytes(note.text())
+        .map_err(|e| CliError::NotVerified(format!("the note is no checkpoint: {e}")))?;
+    Ok((c.origin().to_owned(), c.size(), c.hash().0))
+}
+
+fn hex32(s: &str, what: &str) -> Result<[u8; 32], CliError> {
+    hex::decode(s)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| CliError::NotVerified(format!("the server sent a malformed {what}")))
+}
+
+async fn signed_checkpoint(c: &mut Client) -> Result<pb::Checkpoint, CliError> {
+    let cp = c
+        .api
+        .get_checkpoint(c.unary(pb::GetCheckpointRequest {}))
+        .await?
+        .into_inner();
+    if cp.note.is_empty() {
+        return Err(CliError::Evidence(
+            "the server signs no checkpoints: configure [checkpoint] (origin, key_file from `prodgate keygen`)".into(),
+        ));
+    }
+    Ok(cp)
+}
+
+/// The current checkpoint; with `key`, verified before it is printed.
+pub async fn checkpoint(g: &ClientArgs, key: Option<String>) -> Result<(), CliError> {
+    let mut c = Client::connect(g).await?;
+    let cp = c
+        .api
+        .get_checkpoint(c.unary(pb::GetCheckpointRequest {}))
+        .await?
+        .into_inner();
+    if let Some(key) = key {
+        if cp.note.is_empty() {
+            return Err(CliError::NotVerified(
+                "the server sent no signed note".into(),
+            ));
+        }
+        let (_, size, root) = verified_note(&cp.note, &verifier_key(&key)?)?;
+        if size != cp.size || hex::encode(root) != cp.root_hash {
+            return Err(CliError::NotVerified(
+                "the note's size or root differs from the checkpoint's".into(),
+            ));
+        }
+    }
+    Printer::stdout(g.output).checkpoint(&cp)
+}
+
+/// Proves entry `sequence` is in the log the signed checkpoint commits to,
+/// verifying everything here with `key`.
+pub async fn prove(g: &ClientArgs, sequence: u64, key: &str) -> Result<(), CliError> {
+    let key = verifier_key(key)?;
+    let mut c = Client::connect(g).await?;
+    let cp = signed_checkpoint(&mut c).await?;
+    let (origin, size, root) = verified_note(&cp.note, &key)?;
+    let proof = c
+        .api
+        .get_inclusion_proof(c.unary(pb::GetInclusionProofRequest {
+            sequence,
+            tree_size: size,
+        }))
+        .await?
+        .into_inner();
+    let e = entry_at(&mut c, sequence).await?;
+    let computed = match bundle::entry_line(&e) {
+        Line::Entry(entry) => entry,
+        _ => return Err(CliError::Evidence("internal: not an entry".into())),
+    };
+    let hash = hex32(&computed.hash, "entry hash")?;
+    // The entry's fields must hash to its hash, or the proof proves nothing
+    // about them.
+    if computed.computed_hash() != Some(hash) {
+        return Err(CliError::NotVerified(format!(
+            "entry {sequence}'s fields do not hash to its hash"
+        )));
+    }
+    let hashes = proof
+        .hashes
+        .iter()
+        .map(|h| hex32(h, "proof hash").map(Hash))
+        .collect::<Result<Vec<_>, _>>()?;
+    tlog::check_record(
+        &hashes,
+        size,
+        Hash(root),
+        sequence - 1,
+        tlog::record_hash(&hash),
+    )
+    .map_err(|_| {
+        CliError::NotVerified(format!(
+            "the inclusion proof of entry {sequence} does not lead to the signed root"
+        ))
+    })?;
+    Printer::stdout(g.output).raw(&format!(
+        "ok: entry {sequence} (hash {}) is in {origin} at size {size}, root {}\n",
+        computed.hash,
+        hex::encode(root)
+    ))
+}
+
+/// The entry with `sequence`, paging History from the start (History pages
+/// by position, not by sequence).
+async fn entry_at(c: &mut Client, sequence: u64) -> Result<pb::AuditEntry, CliError> {
+    let mut token = String::new();
+    loop {
+        let page = c
+            .api
+            .history(c.unary(pb::HistoryRequest {
+                page_size: 1000,
+                page_token: token.clone(),
+                ..Default::default()
+            }))
+            .await?
+            .into_inner();
+        if let Some(e) = page.entries.iter().find(|e| e.sequence == sequence) {
+            return Ok(e.clone());
+        }
+        if page.next_page_token.is_empty() || page.next_page_token == token {
+            return Err(CliError::Evidence(format!(
+                "entry {sequence} is not in the log"
+            )));
+        }
+        token = page.next_page_token;
+    }
+}
+
+/// Writes the bundle of entries `since`..=checkpoint size to `out_path`.
+pub async fn export(g: &ClientArgs, since: u64, out_path: &Path) -> Result<(), CliError> {
+    if since == 0 {
+        return Err(CliError::Evidence("--since: sequences start at 1".into()));
+    }
+    let mut c = Client::connect(g).await?;
+    let cp = signed_checkpoint(&mut c).await?;
+    let size = cp.size;
+    let mut lines = vec![Line::Checkpoint {
+        size,
+        root_hash: cp.root_hash.clone(),
+        note: cp.note.clone(),
+    }];
+    if since <= size {
+        let proof = c
+            .api
+            .get_inclusion_proof(c.unary(pb::GetInclusionProofRequest {
+                sequence: since,
+                tree_size: size,
+            }))
+            .await?
+            .into_inner();
+        lines.push(Line::InclusionProof {
+            leaf_index: proof.leaf_index,
+            tree_size: proof.tree_size,
+            hashes: proof.hashes,
+        });
+        let mut token = String::new();
+        'pages: loop {
+            let page = c
+                .api
+                .history(c.unary(pb::HistoryRequest {
+                    page_size: 1000,
+                    page_token: token.clone(),
+                    ..Default::default()
+                }))
+                .await?
+                .into_inner();
+            for e in &page.entries {
+                if e.sequence > size {
+                    break 'pages;
+                }
+                if e.sequence >= since {
+                    lines.push(bundle::entry_line(e));
+                }
+            }
+            if page.next_page_token.is_empty() || page.next_page_token == token {
+                break;
+            }
+            token = page.next_page_token;
+        }
+    }
+    let mut text = Vec::new();
+    for line in &lines {
+        serde_json::to_writer(&mut text, line)
+            .map_err(|e| CliError::Evidence(format!("cannot encode the bundle: {e}")))?;
+        text.push(b'\n');
+    }
+    std::fs::write(out_path, &text).map_err(|source| CliError::WriteFile {
+        path: out_path.to_owned(),
+        source,
+    })?;
+    Printer::stdout(g.output).raw(&format!(
+        "wrote {}: entries {since}..{size} and the checkpoint at size {size}\n",
+        out_path.display()
+    ))
+}
+
+/// Verifies a bundle offline with the log's verifier key.
+pub fn verify_export(file: &Path, key: &str, out: &mut Printer) -> Result<(), CliError> {
+    let key = verifier_key(key)?;
+    let f = std::fs::File::open(file).map_err(|source| CliError::ReadFile {
+        what: "bundle",
+        path: file.to_owned(),
+        source,
+    })?;
+    let r = bundle::verify(std::io::BufReader::new(f), &key)
+        .map_err(|e| CliError::NotVerified(e.to_string()))?;
+    out.raw(&format!(
+        "ok: entries {}..{} of {} verified against its checkpoint at size {}, signed by {}\n",
+        r.first, r.tree_size, r.origin, r.tree_size, r.key_name
+    ))
+}
