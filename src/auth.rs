@@ -1,31 +1,223 @@
 //! Who is calling. The principal comes only from the call's credentials,
 //! never from a request field: a bearer token matched against configured
-//! SHA-256 hashes in constant time, or, with mTLS, the common name of the
+//! SHA-256 hashes in constant time, a JWT from a trusted `[[identity]]`
+//! issuer mapped by its rules, or, with mTLS, the common name of the
 //! verified client certificate. A token, when sent, takes precedence, so a
 //! job holding a machine certificate can still act as a token principal.
+//!
+//! - [`jwt`]: what makes a bearer token a JWT, its claims, its mapping;
+//! - [`keys`]: the issuers' signing keys (JWKS), cached and refreshed;
+//! - [`layer`]: the tower service in front of the API that runs all this.
+//!
+//! Verifying a JWT may have to fetch the issuer's keys (the first call, or
+//! a token signed with a key the issuer just rotated in), which is I/O, so
+//! authentication is async and runs in [`layer::Authenticate`] rather than
+//! in a tonic interceptor (those are synchronous). Calls with a static
+//! token or a cached key never wait on anything.
 
-use crate::config::Live;
+pub mod jwt;
+pub mod keys;
+pub mod layer;
+
+use crate::clock::Clock;
+use crate::config::{Config, JwsAlgorithm, Live};
 use crate::domain::policy::Principal;
+use crate::metrics::Metrics;
+use jwt::shown;
+use keys::{KeyCache, KeyError};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
-use tonic::{Request, Status, metadata::MetadataMap};
+use tonic::{Request, Status};
 
-/// Matches credentials against the running config's principals (a reload
-/// changes who they are without a restart).
+/// Why a call was not authenticated. Messages say which check failed and
+/// name the issuer or key, never the token.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing `authorization: Bearer <token>` metadata")]
+    Missing,
+    #[error("{0}")]
+    BadHeader(&'static str),
+    #[error("unknown token")]
+    UnknownToken,
+    #[error("{0}")]
+    Certificate(String),
+    #[error("{message}")]
+    Malformed { message: String },
+    #[error("{}", match issuer {
+        Some(i) => format!("the token's issuer {} is not a trusted [[identity]]", shown(i)),
+        None => "the token has no `iss` claim".to_owned(),
+    })]
+    UntrustedIssuer { issuer: Option<String> },
+    #[error("token from {}: {message}", shown(issuer))]
+    Algorithm { issuer: String, message: String },
+    #[error("token from {}: {source}", shown(issuer))]
+    UnknownKey { issuer: String, source: KeyError },
+    #[error(
+        "token from {}: the signature does not verify with key {}",
+        shown(issuer),
+        shown(kid)
+    )]
+    Signature { issuer: String, kid: String },
+    #[error("token from {} expired {seconds_ago} s ago", shown(issuer))]
+    Expired { issuer: String, seconds_ago: i64 },
+    #[error(
+        "token from {} is not valid yet: its `{claim}` is {seconds_ahead} s ahead",
+        shown(issuer)
+    )]
+    NotYetValid {
+        issuer: String,
+        claim: &'static str,
+        seconds_ahead: i64,
+    },
+    #[error(
+        "token from {}: its `aud` does not include {}",
+        shown(issuer),
+        shown(audience)
+    )]
+    Audience { issuer: String, audience: String },
+    #[error("token from {}: no `{claim}` claim: {why}", shown(issuer))]
+    MissingClaim {
+        issuer: String,
+        claim: &'static str,
+        why: &'static str,
+    },
+    #[error(
+        "token from {}: it lives {seconds} s (exp - iat), more than max_lifetime ({max_seconds} s)",
+        shown(issuer)
+    )]
+    Lifetime {
+        issuer: String,
+        seconds: i64,
+        max_seconds: u64,
+    },
+    #[error("token from {} matched no rule", shown(issuer))]
+    NoRule { issuer: String },
+    #[error("token from {}: {message}", shown(issuer))]
+    Mapping { issuer: String, message: String },
+    #[error("cannot get the signing keys of {}: {message}", shown(issuer))]
+    KeysUnavailable { issuer: String, message: String },
+}
+
+impl AuthError {
+    /// Every value of the `reason` label of `prodgate_auth_failures_total`.
+    pub const REASONS: [&'static str; 17] = [
+        "missing_credentials",
+        "bad_header",
+        "unknown_token",
+        "certificate",
+        "malformed",
+        "untrusted_issuer",
+        "algorithm",
+        "unknown_kid",
+        "signature",
+        "expired",
+        "not_yet_valid",
+        "audience",
+        "missing_claim",
+        "lifetime",
+        "no_rule",
+        "mapping",
+        "jwks_unavailable",
+    ];
+
+    /// The metric label: one of [`AuthError::REASONS`].
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing_credentials",
+            AuthError::BadHeader(_) => "bad_header",
+            AuthError::UnknownToken => "unknown_token",
+            AuthError::Certificate(_) => "certificate",
+            AuthError::Malformed { .. } => "malformed",
+            AuthError::UntrustedIssuer { .. } => "untrusted_issuer",
+            AuthError::Algorithm { .. } => "algorithm",
+            AuthError::UnknownKey { .. } => "unknown_kid",
+            AuthError::Signature { .. } => "signature",
+            AuthError::Expired { .. } => "expired",
+            AuthError::NotYetValid { .. } => "not_yet_valid",
+            AuthError::Audience { .. } => "audience",
+            AuthError::MissingClaim { .. } => "missing_claim",
+            AuthError::Lifetime { .. } => "lifetime",
+            AuthError::NoRule { .. } => "no_rule",
+            AuthError::Mapping { .. } => "mapping",
+            AuthError::KeysUnavailable { .. } => "jwks_unavailable",
+        }
+    }
+
+    /// UNAUTHENTICATED, except when prodgate could not get an issuer's keys:
+    /// then the token may be fine and a retry may pass, so UNAVAILABLE.
+    pub fn to_status(&self) -> Status {
+        match self {
+            AuthError::KeysUnavailable { .. } => Status::unavailable(self.to_string()),
+            AuthError::Missing
+            | AuthError::BadHeader(_)
+            | AuthError::UnknownToken
+            | AuthError::Certificate(_)
+            | AuthError::Malformed { .. }
+            | AuthError::UntrustedIssuer { .. }
+            | AuthError::Algorithm { .. }
+            | AuthError::UnknownKey { .. }
+            | AuthError::Signature { .. }
+            | AuthError::Expired { .. }
+            | AuthError::NotYetValid { .. }
+            | AuthError::Audience { .. }
+            | AuthError::MissingClaim { .. }
+            | AuthError::Lifetime { .. }
+            | AuthError::NoRule { .. }
+            | AuthError::Mapping { .. } => Status::unauthenticated(self.to_string()),
+        }
+    }
+}
+
+/// Matches credentials against the running config's principals and
+/// identities (a reload changes who they are without a restart).
 pub struct Authenticator {
     config: Live,
+    keys: KeyCache,
+    clock: Arc<dyn Clock>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Authenticator {
-    pub fn new(config: Live) -> Self {
-        Self { config }
+    pub fn new(
+        config: Live,
+        clock: Arc<dyn Clock>,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<Self, String> {
+        Ok(Self {
+            config,
+            keys: KeyCache::new()?,
+            clock,
+            metrics,
+        })
+    }
+
+    /// The caller of a request with these headers and, with mTLS, this
+    /// verified client certificate (DER). A failure is counted and logged
+    /// (without the token) before it is returned.
+    pub async fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+        certificate: Option<&[u8]>,
+    ) -> Result<Principal, AuthError> {
+        let result = match (headers.get("authorization"), certificate) {
+            (None, Some(der)) => self.certificate(der),
+            (header, _) => self.bearer(header).await,
+        };
+        if let Err(e) = &result {
+            if let Some(m) = &self.metrics {
+                m.auth_failure(e.reason());
+            }
+            tracing::debug!(reason = e.reason(), error = %e, "call not authenticated");
+        }
+        result
     }
 
     /// The principal whose verified client certificate (DER) has this CN.
-    pub fn authenticate_certificate(&self, der: &[u8]) -> Result<Principal, Status> {
-        let cn = common_name(der)
-            .ok_or_else(|| Status::unauthenticated("the client certificate has no common name"))?;
+    fn certificate(&self, der: &[u8]) -> Result<Principal, AuthError> {
+        let cn = common_name(der).ok_or_else(|| {
+            AuthError::Certificate("the client certificate has no common name".into())
+        })?;
         self.config
             .get()
             .principals
@@ -36,53 +228,139 @@ impl Authenticator {
                 groups: p.groups.clone(),
             })
             .ok_or_else(|| {
-                Status::unauthenticated(format!(
+                AuthError::Certificate(format!(
                     "no principal is bound to client certificate CN {cn:?}"
                 ))
             })
     }
 
-    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Principal, Status> {
-        let header = metadata
-            .get("authorization")
-            .ok_or_else(|| {
-                Status::unauthenticated("missing `authorization: Bearer <token>` metadata")
-            })?
+    async fn bearer(&self, header: Option<&http::HeaderValue>) -> Result<Principal, AuthError> {
+        let header = header
+            .ok_or(AuthError::Missing)?
             .to_str()
-            .map_err(|_| {
-                Status::unauthenticated("the authorization metadata is not valid ASCII")
-            })?;
+            .map_err(|_| AuthError::BadHeader("the authorization metadata is not valid ASCII"))?;
         let token = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                Status::unauthenticated("the authorization metadata must be `Bearer <token>`")
-            })?;
-        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        // Look at every principal so the time taken does not depend on which matched.
+            .ok_or(AuthError::BadHeader(
+                "the authorization metadata must be `Bearer <token>`",
+            ))?;
+        // One snapshot for the whole call: a reload mid-call changes nothing here.
         let config = self.config.get();
-        let mut found = None;
-        for p in &config.principals {
-            if p.token_sha256
-                .is_some_and(|h| bool::from(h.ct_eq(&presented)))
-            {
-                found = Some(p);
-            }
+        // Static tokens first, whatever they look like, so every token that
+        // worked before identities existed works the same now.
+        if let Some(p) = static_token(&config, token) {
+            return Ok(p);
         }
-        found
-            .map(|p| Principal {
-                name: p.name.clone(),
-                groups: p.groups.clone(),
-            })
-            .ok_or_else(|| Status::unauthenticated("unknown token"))
+        match jwt::parse(token) {
+            None => Err(AuthError::UnknownToken),
+            Some(t) => self.verify_jwt(&config, t).await,
+        }
+    }
+
+    /// A JWT: its issuer's identity, then `alg`, key, signature, claims and
+    /// rules, in that order; the first failure is the answer.
+    async fn verify_jwt(
+        &self,
+        config: &Config,
+        t: jwt::Unverified<'_>,
+    ) -> Result<Principal, AuthError> {
+        let iss = t.claims.get("iss").and_then(|v| v.as_str());
+        let identity = config
+            .identities
+            .iter()
+            .find(|i| Some(i.issuer.as_str()) == iss)
+            .ok_or_else(|| AuthError::UntrustedIssuer {
+                issuer: iss.map(str::to_owned),
+            })?;
+        let issuer = || identity.issuer.clone();
+        let alg = JwsAlgorithm::from_name(&t.alg)
+            .filter(|a| identity.algorithms.contains(a))
+            .ok_or_else(|| AuthError::Algorithm {
+                issuer: issuer(),
+                message: format!(
+                    "alg {} is not accepted (algorithms: {})",
+                    shown(&t.alg),
+                    identity
+                        .algorithms
+                        .iter()
+                        .map(|a| a.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })?;
+        let key = self
+            .keys
+            .key(&identity.keys, t.kid.as_deref(), alg)
+            .await
+            .map_err(|e| match e {
+                KeyError::Unavailable(message) => AuthError::KeysUnavailable {
+                    issuer: issuer(),
+                    message,
+                },
+                e @ (KeyError::UnknownKid { .. } | KeyError::NoKid { .. }) => {
+                    AuthError::UnknownKey {
+                        issuer: issuer(),
+                        source: e,
+                    }
+                }
+            })?;
+        let kid = key.kid.clone().unwrap_or_default();
+        // The key decides how it may be used, not the token: an RSA key
+        // never checks an ES256 signature, a key pinned to RS256 never a PS256 one.
+        if key.kind != alg.key_kind() || key.alg.is_some_and(|a| a != alg) {
+            return Err(AuthError::Algorithm {
+                issuer: issuer(),
+                message: format!(
+                    "alg {} does not fit key {} ({}{})",
+                    alg.name(),
+                    shown(&kid),
+                    key.kind.name(),
+                    key.alg
+                        .map(|a| format!(", for {}", a.name()))
+                        .unwrap_or_default()
+                ),
+            });
+        }
+        let mut validation = jsonwebtoken::Validation::new(alg.to_jwt());
+        // The claims are checked below, with our clock and our messages.
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        let verified = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            t.token,
+            &key.key,
+            &validation,
+        )
+        .map_err(|_| AuthError::Signature {
+            issuer: issuer(),
+            kid: kid.clone(),
+        })?;
+        jwt::check_claims(&verified.claims, identity, self.clock.now().seconds)?;
+        jwt::map_to_principal(&verified.claims, identity)
     }
 }
 
-/// Attaches the caller's [`Principal`] to every request, or refuses it.
-#[derive(Clone)]
-pub struct AuthInterceptor(pub Arc<Authenticator>);
+/// The principal whose token hash matches, looking at every principal so
+/// the time taken does not depend on which matched.
+fn static_token(config: &Config, token: &str) -> Option<Principal> {
+    let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    let mut found = None;
+    for p in &config.principals {
+        if p.token_sha256
+            .is_some_and(|h| bool::from(h.ct_eq(&presented)))
+        {
+            found = Some(p);
+        }
+    }
+    found.map(|p| Principal {
+        name: p.name.clone(),
+        groups: p.groups.clone(),
+    })
+}
 
 fn common_name(der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
@@ -90,21 +368,7 @@ fn common_name(der: &[u8]) -> Option<String> {
     cn.as_str().ok().map(str::to_owned)
 }
 
-impl tonic::service::Interceptor for AuthInterceptor {
-    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        let certificate = req
-            .peer_certs()
-            .and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()));
-        let principal = match (req.metadata().contains_key("authorization"), certificate) {
-            (false, Some(der)) => self.0.authenticate_certificate(&der)?,
-            _ => self.0.authenticate(req.metadata())?,
-        };
-        req.extensions_mut().insert(principal);
-        Ok(req)
-    }
-}
-
-/// The principal the interceptor attached; also named on the call's span.
+/// The principal [`layer::Authenticate`] attached; also named on the call's span.
 pub fn principal<T>(req: &Request<T>) -> Result<Principal, Status> {
     let p = req
         .extensions()
@@ -125,26 +389,50 @@ mod tests {
             hex::encode(Sha256::digest(b"s3cret"))
         ))
         .unwrap();
-        Authenticator::new(Live::new(config))
+        Authenticator::new(Live::new(config), Arc::new(crate::clock::SystemClock), None).unwrap()
     }
 
-    fn md(v: &str) -> MetadataMap {
-        let mut m = MetadataMap::new();
+    fn headers(v: &str) -> http::HeaderMap {
+        let mut m = http::HeaderMap::new();
         m.insert("authorization", v.parse().unwrap());
         m
     }
 
-    #[test]
-    fn tokens() {
+    #[tokio::test]
+    async fn tokens() {
         let a = auth();
-        let p = a.authenticate(&md("Bearer s3cret")).unwrap();
+        let p = a
+            .authenticate(&headers("Bearer s3cret"), None)
+            .await
+            .unwrap();
         assert_eq!(p.name, "alice");
         assert_eq!(p.groups, vec!["rm".to_string()]);
         for bad in ["Bearer wrong", "s3cret", "Basic s3cret", "Bearer "] {
-            let e = a.authenticate(&md(bad)).unwrap_err();
-            assert_eq!(e.code(), tonic::Code::Unauthenticated, "{bad}");
+            let e = a.authenticate(&headers(bad), None).await.unwrap_err();
+            assert_eq!(e.to_status().code(), tonic::Code::Unauthenticated, "{bad}");
         }
-        let e = a.authenticate(&MetadataMap::new()).unwrap_err();
-        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        let e = a
+            .authenticate(&http::HeaderMap::new(), None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason(), "missing_credentials");
+        // A JWT from an issuer nobody trusts is named as such.
+        let e = a
+            .authenticate(
+                &headers("Bearer eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJ4In0.c2ln"),
+                None,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason(), "untrusted_issuer");
+        assert!(!e.to_string().contains("eyJ"), "{e}");
+    }
+
+    #[test]
+    fn every_reason_is_listed_once() {
+        let mut r = AuthError::REASONS.to_vec();
+        r.sort();
+        r.dedup();
+        assert_eq!(r.len(), AuthError::REASONS.len());
     }
 }

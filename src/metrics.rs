@@ -41,6 +41,7 @@ pub struct Metrics {
     store_commits: IntCounter,
     store_flushes: IntCounter,
     config_reloads: IntCounterVec,
+    auth_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -119,6 +120,19 @@ impl Metrics {
         for result in ["success", "failure"] {
             config_reloads.with_label_values(&[result]);
         }
+        let auth_failures = IntCounterVec::new(
+            Opts::new(
+                "auth_failures_total",
+                "Calls refused before the API by authentication, by reason (a fixed set: \
+                 expired, audience, unknown_kid, no_rule, unknown_token, ...)",
+            ),
+            &["reason"],
+        )?;
+        // Every reason at zero, so a rate over one never starts from "absent".
+        for reason in crate::auth::AuthError::REASONS {
+            auth_failures.with_label_values(&[reason]);
+        }
+        registry.register(Box::new(auth_failures.clone()))?;
         registry.register(Box::new(config_reloads.clone()))?;
         registry.register(Box::new(store_commits.clone()))?;
         registry.register(Box::new(store_flushes.clone()))?;
@@ -143,6 +157,7 @@ impl Metrics {
             store_commits,
             store_flushes,
             config_reloads,
+            auth_failures,
         }))
     }
 
@@ -151,6 +166,12 @@ impl Metrics {
         self.config_reloads
             .with_label_values(&[if applied { "success" } else { "failure" }])
             .inc();
+    }
+
+    /// One call refused by authentication; `reason` is one of
+    /// [`crate::auth::AuthError::REASONS`].
+    pub fn auth_failure(&self, reason: &'static str) {
+        self.auth_failures.with_label_values(&[reason]).inc();
     }
 
     /// One registry request: `operation` like "GET manifest", `outcome` the

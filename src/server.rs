@@ -10,7 +10,8 @@ mod oversize;
 
 use crate::api::promotion::PromotionApi;
 use crate::apply;
-use crate::auth::{AuthInterceptor, Authenticator};
+use crate::auth::Authenticator;
+use crate::auth::layer::Authenticate;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError, Live, Loaded, TlsConfig};
 use crate::metrics::{Metrics, RpcMetricsLayer};
@@ -28,7 +29,6 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 
 /// How long shutdown waits for clients to finish their calls and hang up.
@@ -81,6 +81,8 @@ pub enum ServerError {
         path: String,
         message: String,
     },
+    #[error("cannot set up authentication: {0}")]
+    Auth(String),
     #[error("cannot record the policy version in the audit log: {0}")]
     Policy(crate::error::Error),
     #[error("gRPC server failed: {0}")]
@@ -329,7 +331,7 @@ pub async fn run(
         registry,
         apply::Settings {
             config: live.clone(),
-            clock,
+            clock: clock.clone(),
             progress,
         },
         stop.clone(),
@@ -389,7 +391,7 @@ pub async fn run(
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    type Svc = InterceptedService<PromotionServiceServer<PromotionApi>, AuthInterceptor>;
+    type Svc = Authenticate<PromotionServiceServer<PromotionApi>>;
     health.set_serving::<Svc>().await;
     health.set_service_status("", ServingStatus::Serving).await;
     // v1alpha too: grpcurl before 1.8.8, Postman and Python's grpcio-reflection speak only it.
@@ -419,10 +421,9 @@ pub async fn run(
     }
     let api = PromotionServiceServer::new(PromotionApi::new(promotions, evidence))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let authenticated: Svc = InterceptedService::new(
-        api,
-        AuthInterceptor(Arc::new(Authenticator::new(live.clone()))),
-    );
+    let authenticator = Authenticator::new(live.clone(), clock.clone(), Some(metrics.clone()))
+        .map_err(ServerError::Auth)?;
+    let authenticated: Svc = Authenticate::new(api, Arc::new(authenticator));
 
     // The announcement scripts and tests wait for: only now, after the store
     // opened, so a server that cannot start never announces an address.

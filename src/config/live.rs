@@ -3,8 +3,8 @@
 //! with it from start to end, so no call sees half of an old policy and
 //! half of a new one.
 //!
-//! A reload changes the policy only: principals, environments, projects,
-//! freezes and check reporters. `listen`, `data_dir` and `[tls]` are bound
+//! A reload changes the policy only: principals, identities (issuers and
+//! their rules), environments, projects, freezes and check reporters. `listen`, `data_dir` and `[tls]` are bound
 //! when the server starts, so a file that changes them is refused whole
 //! (the old config keeps running); every other key (registries, webhooks,
 //! timeouts, metrics) keeps its running value until the next restart, and
@@ -121,6 +121,7 @@ pub fn reloaded(
     later("checkpoint", file.checkpoint != running.checkpoint);
     let next = Config {
         principals: file.principals,
+        identities: file.identities,
         environments: file.environments,
         check_reporters: file.check_reporters,
         projects: file.projects,

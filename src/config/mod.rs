@@ -5,6 +5,7 @@
 //! - [`raw`]: the file as written (serde);
 //! - [`validate`]: one function per section, from raw to typed;
 //! - [`credentials`]: registry secrets and the Docker config;
+//! - [`identity`]: `[[identity]]` issuers of JWTs, their rules, JWKS keys;
 //! - [`policy`]: an environment's policy keys, freezes, and the checks that
 //!   refuse a policy nobody could pass;
 //! - [`project`]: `[[project]]` policies and which one governs a repository;
@@ -16,6 +17,7 @@
 
 mod checkpoint;
 mod credentials;
+mod identity;
 mod live;
 mod pattern;
 mod policy;
@@ -26,6 +28,10 @@ mod version;
 
 pub use crate::domain::policy::describe;
 pub use checkpoint::{CheckpointConfig, DEFAULT_PUBLISH_INTERVAL, PublishConfig};
+pub use identity::{
+    DEFAULT_ALGORITHMS, IdentityConfig, IdentityRule, JwsAlgorithm, Key, KeyKind, KeySet,
+    KeySource, MAX_JWKS_BYTES, Template,
+};
 pub use live::{Live, NotReloadable, reloaded};
 pub use pattern::RepositoryPattern;
 pub use project::{Governance, ProjectConfig};
@@ -299,6 +305,9 @@ pub struct Config {
     pub notify: Vec<NotifyConfig>,
     pub registries: Vec<RegistryConfig>,
     pub principals: Vec<PrincipalConfig>,
+    /// Issuers whose JWTs authenticate callers, mapped to principals by
+    /// their rules; part of the policy (they decide who is who).
+    pub identities: Vec<IdentityConfig>,
     /// The top-level policies: they govern every repository no project
     /// matches (see [`Config::governing`]).
     pub environments: Vec<EnvironmentPolicy>,

@@ -3,9 +3,10 @@
 //! `[[freeze]]`, and the checks that refuse an effective policy no
 //! promotion could ever pass.
 
+use super::identity::{IdentityConfig, IdentityRule, Reach};
 use super::raw::{PolicyKeys, RawFreeze};
 use super::validate::{Cx, check_name, duration};
-use super::{ConfigError, DEFAULT_APPROVAL_TTL, invalid};
+use super::{ConfigError, DEFAULT_APPROVAL_TTL, PrincipalConfig, invalid};
 use crate::domain::gates::weekday_name;
 use crate::domain::model::Time;
 use crate::domain::policy::{Approver, EnvironmentPolicy, Freeze, Hours, Principal, Window, Zone};
@@ -25,8 +26,9 @@ pub(super) fn apply_policy_keys(
     prefix: &str,
     keys: &PolicyKeys<'_>,
     inherited: Option<&PolicyKeys<'_>>,
-    people: &[Principal],
+    people: &People,
     policy: &mut EnvironmentPolicy,
+    cx: &mut Cx,
 ) -> Result<(), ConfigError> {
     let key = |field: &str| format!("{prefix}.{field}");
     if let Some(approvers) = keys.approvers {
@@ -59,7 +61,7 @@ pub(super) fn apply_policy_keys(
         policy.min_soak = Some(duration(&key("min_soak"), Some(soak), Duration::ZERO)?);
     }
     if let Some(list) = keys.break_glass {
-        policy.break_glass = members(&key("break_glass"), list, people)?;
+        policy.break_glass = members(&key("break_glass"), list, people, cx)?;
     }
     if keys.allowed_days.is_some() || keys.allowed_hours.is_some() || keys.time_zone.is_some() {
         // Each window key overrides on its own: a project that gives only
@@ -273,51 +275,212 @@ pub(super) fn add_freezes(
     Ok(())
 }
 
+/// Everyone the config says can authenticate, as the satisfiability
+/// checks see them: the `[[principal]]`s, and what each `[[identity.rule]]`
+/// can map a token to.
+///
+/// A rule counts like this (decided here, documented in the README's
+/// "Identity"): a literal `principal` is one more name; a templated one
+/// stands for any number of distinct names, so it never limits how many
+/// approvals can be given. Its literal `groups` are certain. A templated
+/// group or `groups_claim` could be anything the IdP says, which no config
+/// check can know: a list that only such groups could satisfy is a warning,
+/// not an error.
+pub(super) struct People {
+    principals: Vec<Principal>,
+    /// Each rule with its key, `identity[i].rule[j]`.
+    rules: Vec<(String, IdentityRule)>,
+}
+
+impl People {
+    pub fn new(principals: &[PrincipalConfig], identities: &[IdentityConfig]) -> People {
+        People {
+            principals: principals
+                .iter()
+                .map(|p| Principal {
+                    name: p.name.clone(),
+                    groups: p.groups.clone(),
+                })
+                .collect(),
+            rules: identities
+                .iter()
+                .enumerate()
+                .flat_map(|(i, id)| {
+                    id.rules
+                        .iter()
+                        .enumerate()
+                        .map(move |(j, r)| (format!("identity[{i}].rule[{j}]"), r.clone()))
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Who a list of principals and groups designates.
+#[derive(Default)]
+struct Designated {
+    /// Distinct names certainly designated.
+    names: BTreeSet<String>,
+    /// A rule with a templated principal is designated: any number.
+    many: bool,
+    /// Names designated only if tokens carry the right group (see [`People`]).
+    maybe_names: BTreeSet<String>,
+    maybe_many: bool,
+    /// The rules behind the `maybe_*`, for messages.
+    maybe_rules: BTreeSet<String>,
+}
+
+impl Designated {
+    /// At most this many distinct approvers; `None`: no limit.
+    fn at_most(&self) -> Option<usize> {
+        (!self.many && !self.maybe_many).then(|| self.names.union(&self.maybe_names).count())
+    }
+}
+
 /// A principals-or-groups list (`requesters`, `check_reporters`,
 /// `break_glass`): every entry names a principal or a group with members.
 pub(super) fn members(
     key: &str,
     list: &[String],
-    people: &[Principal],
+    people: &People,
+    cx: &mut Cx,
 ) -> Result<Vec<Approver>, ConfigError> {
     for (j, m) in list.iter().enumerate() {
         check_name(&format!("{key}[{j}]"), m)?;
     }
     let parsed: Vec<Approver> = list.iter().map(|m| Approver::parse(m)).collect();
-    who_is_in(key, &parsed, people)?;
+    who_is_in(key, &parsed, people, cx)?;
     Ok(parsed)
 }
 
-/// The names of everyone `list` designates, sorted (so messages list them
-/// in a stable order); an entry that designates nobody is an error.
-fn who_is_in<'p>(
+/// Everyone `list` designates; an entry that designates nobody is an
+/// error, one that only a token's templated groups or `groups_claim` could
+/// satisfy a warning.
+fn who_is_in(
     key: &str,
     list: &[Approver],
-    people: &'p [Principal],
-) -> Result<BTreeSet<&'p str>, ConfigError> {
-    let mut everyone = BTreeSet::new();
+    people: &People,
+    cx: &mut Cx,
+) -> Result<Designated, ConfigError> {
+    let mut d = Designated::default();
     for a in list {
-        let members: Vec<&str> = people
-            .iter()
-            .filter(|p| a.matches(p))
-            .map(|p| p.name.as_str())
-            .collect();
-        if members.is_empty() {
-            return Err(invalid(
-                key,
-                match a {
-                    Approver::Principal(name) => {
-                        format!("{name:?} is not a configured principal")
-                    }
-                    Approver::Group(g) => format!(
-                        "\"group:{g}\" has no members: no [[principal]] lists {g:?} in groups"
-                    ),
-                },
-            ));
+        let mut certain = false;
+        let mut maybe_rules = Vec::new();
+        for p in people.principals.iter().filter(|p| a.matches(p)) {
+            d.names.insert(p.name.clone());
+            certain = true;
         }
-        everyone.extend(members);
+        for (rule_key, r) in &people.rules {
+            let reach = r.reaches(a);
+            // Named by a principal entry, the name is the one in the list.
+            let name = match a {
+                Approver::Principal(n) => Some(n.as_str()),
+                Approver::Group(_) => r.fixed_name(),
+            };
+            match (reach, name) {
+                (Reach::No, _) => {}
+                (Reach::Yes, Some(n)) => {
+                    d.names.insert(n.to_owned());
+                    certain = true;
+                }
+                (Reach::Yes, None) => {
+                    d.many = true;
+                    certain = true;
+                }
+                (Reach::Maybe, Some(n)) => {
+                    d.maybe_names.insert(n.to_owned());
+                    maybe_rules.push(rule_key.as_str());
+                }
+                (Reach::Maybe, None) => {
+                    d.maybe_many = true;
+                    maybe_rules.push(rule_key.as_str());
+                }
+            }
+        }
+        if certain {
+            continue;
+        }
+        if !maybe_rules.is_empty() {
+            let Approver::Group(g) = a else {
+                continue;
+            };
+            cx.warn(
+                key,
+                format!(
+                    "\"group:{g}\" has no [[principal]] member; only a token whose templated \
+                     groups or groups_claim say {g:?} would be in it ({}), which check-config \
+                     cannot know",
+                    maybe_rules.join(", ")
+                ),
+            );
+            d.maybe_rules
+                .extend(maybe_rules.iter().map(|r| (*r).to_owned()));
+            continue;
+        }
+        let rules = if people.rules.is_empty() {
+            ""
+        } else {
+            " or [[identity.rule]] gives"
+        };
+        return Err(invalid(
+            key,
+            match a {
+                Approver::Principal(name) => {
+                    format!("{name:?} is not a configured principal")
+                }
+                Approver::Group(g) => format!(
+                    "\"group:{g}\" has no members: no [[principal]] lists {g:?} in groups{rules}"
+                ),
+            },
+        ));
     }
-    Ok(everyone)
+    Ok(d)
+}
+
+/// Whether someone in group `g` can be an approver of `policy`.
+fn group_can_approve(g: &str, policy: &EnvironmentPolicy, people: &People) -> (Vec<String>, Reach) {
+    let mut members = Vec::new();
+    let mut best = Reach::No;
+    let mut raise = |r: Reach| {
+        best = match (best, r) {
+            (Reach::Yes, _) | (_, Reach::Yes) => Reach::Yes,
+            (Reach::Maybe, _) | (_, Reach::Maybe) => Reach::Maybe,
+            _ => Reach::No,
+        }
+    };
+    for p in people
+        .principals
+        .iter()
+        .filter(|p| p.groups.iter().any(|pg| pg == g))
+    {
+        members.push(format!("{:?}", p.name));
+        if policy.is_approver(p) {
+            raise(Reach::Yes);
+        }
+    }
+    for (key, r) in &people.rules {
+        let in_group = r.has_group(g);
+        if in_group == Reach::No {
+            continue;
+        }
+        members.push(key.clone());
+        let approver =
+            policy
+                .approvers
+                .iter()
+                .map(|a| r.reaches(a))
+                .fold(Reach::No, |acc, x| match (acc, x) {
+                    (Reach::Yes, _) | (_, Reach::Yes) => Reach::Yes,
+                    (Reach::Maybe, _) | (_, Reach::Maybe) => Reach::Maybe,
+                    _ => Reach::No,
+                });
+        raise(match (in_group, approver) {
+            (_, Reach::No) | (Reach::No, _) => Reach::No,
+            (Reach::Yes, Reach::Yes) => Reach::Yes,
+            _ => Reach::Maybe,
+        });
+    }
+    (members, best)
 }
 
 /// Refuses an effective policy no promotion can ever pass: approvals
@@ -328,10 +491,12 @@ fn who_is_in<'p>(
 /// does), a soak without a prerequisite. Warns when only some requesters
 /// are stuck: with self-approval off and exactly `required_approvals`
 /// approvers, a promotion requested by one of them can never collect enough.
+/// What only identity tokens' templated groups could satisfy is a warning
+/// (see [`People`]).
 pub(super) fn policy_can_pass(
     prefix: &str,
     policy: &EnvironmentPolicy,
-    people: &[Principal],
+    people: &People,
     reporters: &[Approver],
     cx: &mut Cx,
 ) -> Result<(), ConfigError> {
@@ -348,26 +513,44 @@ pub(super) fn policy_can_pass(
             format!("{field} is {most} but no approvers are designated"),
         ));
     }
-    let can_approve = who_is_in(&key("approvers"), &policy.approvers, people)?;
-    let quoted: Vec<String> = can_approve.iter().map(|n| format!("{n:?}")).collect();
+    let can_approve = who_is_in(&key("approvers"), &policy.approvers, people, cx)?;
+    let quoted: Vec<String> = can_approve.names.iter().map(|n| format!("{n:?}")).collect();
     for (field, required) in [
         ("required_approvals", policy.required_approvals),
         ("rollback_approvals", policy.rollback_approvals),
     ] {
         let required = required as usize;
-        if required > can_approve.len() {
-            return Err(invalid(
+        if can_approve.many || required <= can_approve.names.len() {
+            continue;
+        }
+        if can_approve.at_most().is_none_or(|n| required <= n) {
+            cx.warn(
                 key(field),
                 format!(
-                    "{required} approvals can never be given: only {} principal(s) can approve ({})",
-                    can_approve.len(),
-                    quoted.join(", ")
+                    "{required} approvals need approvers that only tokens' templated groups or \
+                     groups_claim can supply ({}); the [[principal]]s and fixed groups give {}",
+                    can_approve
+                        .maybe_rules
+                        .iter()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    can_approve.names.len()
                 ),
-            ));
+            );
+            continue;
         }
+        return Err(invalid(
+            key(field),
+            format!(
+                "{required} approvals can never be given: only {} principal(s) can approve ({})",
+                can_approve.names.len(),
+                quoted.join(", ")
+            ),
+        ));
     }
     let required = policy.required_approvals as usize;
-    if required > 0 && required == can_approve.len() && !policy.allow_self_approval {
+    if required > 0 && can_approve.at_most() == Some(required) && !policy.allow_self_approval {
         cx.warn(
             key("required_approvals"),
             format!(
@@ -386,25 +569,32 @@ pub(super) fn policy_can_pass(
         ));
     }
     for g in &policy.required_groups {
-        let members: Vec<&Principal> = people
-            .iter()
-            .filter(|p| p.groups.iter().any(|pg| pg == g))
-            .collect();
+        let (members, reach) = group_can_approve(g, policy, people);
         if members.is_empty() {
             return Err(invalid(
                 key("required_groups"),
                 format!("{g:?} has no members: no [[principal]] lists {g:?} in groups"),
             ));
         }
-        if !members.iter().any(|p| policy.is_approver(p)) {
-            let names: Vec<String> = members.iter().map(|p| format!("{:?}", p.name)).collect();
-            return Err(invalid(
+        match reach {
+            Reach::Yes => {}
+            Reach::Maybe => cx.warn(
                 key("required_groups"),
                 format!(
-                    "no member of {g:?} ({}) is an approver, so its approval can never be given",
-                    names.join(", ")
+                    "{g:?}: an approver in it can only come from a token's templated groups or \
+                     groups_claim ({}), which check-config cannot know",
+                    members.join(", ")
                 ),
-            ));
+            ),
+            Reach::No => {
+                return Err(invalid(
+                    key("required_groups"),
+                    format!(
+                        "no member of {g:?} ({}) is an approver, so its approval can never be given",
+                        members.join(", ")
+                    ),
+                ));
+            }
         }
     }
     if !policy.required_checks.is_empty() && reporters.is_empty() {

@@ -3,6 +3,7 @@
 //! [`super::validate`].
 
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 #[derive(Debug, Deserialize)]
@@ -25,6 +26,8 @@ pub(super) struct RawConfig {
     pub registry: Vec<RawRegistry>,
     #[serde(default)]
     pub principal: Vec<RawPrincipal>,
+    #[serde(default)]
+    pub identity: Vec<RawIdentity>,
     #[serde(default)]
     pub environment: Vec<RawEnvironment>,
     /// Who may ReportCheck outside any project; absent: nobody.
@@ -73,6 +76,32 @@ pub(super) struct RawPrincipal {
     pub certificate_cn: Option<String>,
     #[serde(default)]
     pub groups: Vec<String>,
+}
+
+/// `[[identity]]`: an issuer whose JWTs callers may present.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIdentity {
+    pub issuer: String,
+    pub audience: String,
+    pub jwks_url: Option<String>,
+    pub jwks_file: Option<PathBuf>,
+    pub algorithms: Option<Vec<String>>,
+    pub max_lifetime: Option<String>,
+    #[serde(default)]
+    pub rule: Vec<RawIdentityRule>,
+}
+
+/// `[[identity.rule]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIdentityRule {
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
+    pub principal: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    pub groups_claim: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -2,7 +2,7 @@
 //! section, each naming the key of the first thing it refuses, then the
 //! checks that span sections.
 
-use super::policy::{add_freezes, apply_policy_keys, members, policy_can_pass};
+use super::policy::{People, add_freezes, apply_policy_keys, members, policy_can_pass};
 use super::raw::{
     RawConfig, RawEnvironment, RawNotify, RawPrincipal, RawProject, RawRegistry, RawTls,
 };
@@ -14,7 +14,7 @@ use super::{
     RepositoryPattern, Secret, TlsConfig, credentials, invalid,
 };
 use crate::domain::names::{Repository, validate_tag};
-use crate::domain::policy::{Approver, EnvironmentPolicy, Principal};
+use crate::domain::policy::{Approver, EnvironmentPolicy};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -35,8 +35,9 @@ pub(super) fn config(raw: RawConfig, files: Files) -> Result<Loaded, ConfigError
     let docker = credentials::DockerConfig::load(raw.docker_config.as_deref(), &mut cx)?;
     c.registries = registries(raw.registry, docker.as_ref(), &mut cx)?;
     c.principals = principals(raw.principal)?;
-    let people = people(&c.principals);
-    c.check_reporters = members("check_reporters", &raw.check_reporters, &people)?;
+    c.identities = super::identity::identities(raw.identity, &c.principals, &mut cx)?;
+    let people = People::new(&c.principals, &c.identities);
+    c.check_reporters = members("check_reporters", &raw.check_reporters, &people, &mut cx)?;
     c.environments = environments(&raw.environment, &people, &c.check_reporters, &mut cx)?;
     // Before projects copy the environments: a top-level freeze holds for
     // every repository.
@@ -155,6 +156,7 @@ fn top_level(raw: &RawConfig) -> Result<Config, ConfigError> {
         notify: Vec::new(),
         registries: Vec::new(),
         principals: Vec::new(),
+        identities: Vec::new(),
         environments: Vec::new(),
         check_reporters: Vec::new(),
         projects: Vec::new(),
@@ -365,7 +367,7 @@ fn principals(raw: Vec<RawPrincipal>) -> Result<Vec<PrincipalConfig>, ConfigErro
 /// one, and approvals that the configured principals can give.
 fn environments(
     raw: &[RawEnvironment],
-    people: &[Principal],
+    people: &People,
     reporters: &[Approver],
     cx: &mut Cx,
 ) -> Result<Vec<EnvironmentPolicy>, ConfigError> {
@@ -425,7 +427,7 @@ fn environments(
             rollback_approvals: 0,
             freezes: Vec::new(),
         };
-        apply_policy_keys(&prefix, &e.policy_keys(), None, people, &mut policy)?;
+        apply_policy_keys(&prefix, &e.policy_keys(), None, people, &mut policy, cx)?;
         policy_can_pass(&prefix, &policy, people, reporters, cx)?;
         environments.push(policy);
     }
@@ -439,7 +441,7 @@ fn projects(
     raw: &[RawProject],
     raw_environments: &[RawEnvironment],
     c: &Config,
-    people: &[Principal],
+    people: &People,
     cx: &mut Cx,
 ) -> Result<Vec<ProjectConfig>, ConfigError> {
     let mut projects: Vec<ProjectConfig> = Vec::new();
@@ -466,7 +468,7 @@ fn projects(
         let requesters = p
             .requesters
             .as_deref()
-            .map(|r| members(&key("requesters"), r, people))
+            .map(|r| members(&key("requesters"), r, people, cx))
             .transpose()?;
         if requesters.as_ref().is_some_and(Vec::is_empty) {
             cx.warn(
@@ -478,7 +480,7 @@ fn projects(
         let check_reporters = p
             .check_reporters
             .as_deref()
-            .map(|r| members(&key("check_reporters"), r, people))
+            .map(|r| members(&key("check_reporters"), r, people, cx))
             .transpose()?;
         let mut environments = c.environments.clone();
         let mut overridden: Vec<&str> = Vec::new();
@@ -511,6 +513,7 @@ fn projects(
                 inherited.as_ref(),
                 people,
                 policy,
+                cx,
             )?;
             let reporters = check_reporters.as_deref().unwrap_or(&c.check_reporters);
             policy_can_pass(&prefix, policy, people, reporters, cx)?;
@@ -607,18 +610,6 @@ fn environment_names(environments: &[EnvironmentPolicy]) -> String {
     } else {
         names.join(", ")
     }
-}
-
-/// The principals as authentication will see them, so lists are matched as
-/// requests and approvals will be.
-fn people(principals: &[PrincipalConfig]) -> Vec<Principal> {
-    principals
-        .iter()
-        .map(|p| Principal {
-            name: p.name.clone(),
-            groups: p.groups.clone(),
-        })
-        .collect()
 }
 
 /// What one section cannot see alone.

@@ -1,7 +1,9 @@
 //! The effective policy as one canonical JSON document and its digest: what
-//! decides who may do what (principals' names and groups, projects,
-//! environments with every override and freeze resolved, check reporters),
-//! never token hashes, secrets, addresses or timeouts. The digest is what
+//! decides who may do what (principals' names and groups, identities:
+//! issuers, audiences, algorithms, lifetimes and the rules that map tokens
+//! to names and groups, projects, environments with every override and
+//! freeze resolved, check reporters), never token hashes, key material,
+//! secrets, addresses (a JWKS URL or file included) or timeouts. The digest is what
 //! POLICY_CHANGED entries, the `policy` attribute of an approving entry and
 //! `Promotion.policy_digest` name; GetPolicy hands back the document.
 //!
@@ -11,10 +13,15 @@
 //! durations (seconds), RFC 3339 UTC strings for instants. Lists keep the
 //! file's order where order decides (projects, their patterns); principals
 //! are sorted by name and their groups sorted and deduplicated, since
-//! reordering them in the file changes nobody's rights. An auditor
+//! reordering them in the file changes nobody's rights; identities and
+//! their rules keep the file's order (the first matching rule maps a
+//! token). `identities` is left out when there are none, so a config
+//! without `[[identity]]` keeps the digest it had before identities
+//! existed (an older prodgate cannot write a document that has them, so
+//! one digest still has one meaning). An auditor
 //! re-hashes the document with SHA-256 to check it against its digest.
 
-use super::{Config, PrincipalConfig, ProjectConfig};
+use super::{Config, IdentityConfig, PrincipalConfig, ProjectConfig};
 use crate::domain::model::Time;
 use crate::domain::policy::{Approver, EnvironmentPolicy, Freeze, Window};
 use jiff::civil::Weekday;
@@ -39,6 +46,7 @@ impl PolicyVersion {
             check_reporters: members(&config.check_reporters),
             environments: config.environments.iter().map(environment).collect(),
             format: FORMAT,
+            identities: config.identities.iter().map(identity).collect(),
             principals: principals(&config.principals),
             projects: config.projects.iter().map(project).collect(),
         };
@@ -59,8 +67,29 @@ struct Document {
     check_reporters: Vec<String>,
     environments: Vec<Environment>,
     format: u32,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    identities: Vec<Identity>,
     principals: Vec<Principal>,
     projects: Vec<Project>,
+}
+
+#[derive(Serialize)]
+struct Identity {
+    algorithms: Vec<&'static str>,
+    audience: String,
+    issuer: String,
+    max_lifetime_seconds: Option<u64>,
+    rules: Vec<Rule>,
+}
+
+/// Claims as a sorted list of pairs rather than an object: their order
+/// means nothing, and pairs keep the ordering rule visible in the types.
+#[derive(Serialize)]
+struct Rule {
+    claims: Vec<[String; 2]>,
+    groups: Vec<String>,
+    groups_claim: Option<String>,
+    principal: String,
 }
 
 #[derive(Serialize)]
@@ -137,6 +166,30 @@ fn principals(list: &[PrincipalConfig]) -> Vec<Principal> {
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
+}
+
+fn identity(i: &IdentityConfig) -> Identity {
+    Identity {
+        algorithms: i.algorithms.iter().map(|a| a.name()).collect(),
+        audience: i.audience.clone(),
+        issuer: i.issuer.clone(),
+        max_lifetime_seconds: i.max_lifetime.map(|d| d.as_secs()),
+        rules: i
+            .rules
+            .iter()
+            .map(|r| Rule {
+                // A BTreeMap iterates in ascending key order.
+                claims: r
+                    .claims
+                    .iter()
+                    .map(|(k, v)| [k.clone(), v.clone()])
+                    .collect(),
+                groups: r.groups.iter().map(|g| g.as_str().to_owned()).collect(),
+                groups_claim: r.groups_claim.clone(),
+                principal: r.principal.as_str().to_owned(),
+            })
+            .collect(),
+    }
 }
 
 fn project(p: &ProjectConfig) -> Project {
