@@ -2,6 +2,7 @@
 //! `prodgate serve` process, each on a free loopback port with temp storage.
 #![allow(dead_code)]
 pub mod hostile;
+pub mod oidc;
 pub mod proxy;
 pub mod registry;
 pub mod server;

@@ -1,0 +1,476 @@
+//! Callers with JWTs from trusted issuers (`[[identity]]`), end to end: a
+//! real `prodgate serve` trusting a GitHub-Actions-style issuer whose JWKS
+//! is a file and a company IdP whose JWKS is served over loopback HTTP,
+//! with tokens minted here (ES256 and RS256). Accepted tokens act as the
+//! principal their rule maps them to; every kind of bad token is refused
+//! with UNAUTHENTICATED naming the check, and counted by reason; keys
+//! rotate without a restart; static tokens work as before.
+
+mod support;
+
+use prodgate::pb::{self, AuditAction, HistoryRequest, ListPromotionsRequest, PromotionState};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use support::hostile::{Hostile, Reply};
+use support::oidc::{SigningKey, hs256, jwks, now, unsigned};
+use support::registry::{TestRegistry, free_port};
+use support::server::{TestServer, registry_toml, standard_config};
+use support::{approve, history, request_to};
+use tonic::Code;
+
+const CI_ISSUER: &str = "https://token.actions.githubusercontent.test";
+const IDP_ISSUER: &str = "https://idp.acme.test";
+
+/// The GitHub-Actions-style issuer (keys in `jwks_file`) and the company
+/// IdP (keys at `jwks_url`), as the README's examples have them.
+fn identities(jwks_file: &Path, jwks_url: &str) -> String {
+    format!(
+        r#"
+[[identity]]
+issuer = "{CI_ISSUER}"
+audience = "prodgate"
+jwks_file = {file:?}
+max_lifetime = "1h"
+[[identity.rule]]
+claims = {{ repository_owner = "acme", ref = "refs/heads/main" }}
+principal = "ci:{{repository}}"
+groups = ["ci", "{{repository_owner}}-ci"]
+
+[[identity]]
+issuer = "{IDP_ISSUER}"
+audience = "prodgate"
+jwks_url = "{jwks_url}"
+algorithms = ["RS256"]
+[[identity.rule]]
+principal = "sso:{{email}}"
+groups_claim = "groups"
+"#,
+        file = jwks_file.display().to_string()
+    )
+}
+
+/// Claims of a CI job's token on acme/app's main branch.
+fn ci_claims() -> Value {
+    let t = now();
+    json!({
+        "iss": CI_ISSUER,
+        "aud": "prodgate",
+        "sub": "repo:acme/app:ref:refs/heads/main",
+        "repository": "acme/app",
+        "repository_owner": "acme",
+        "ref": "refs/heads/main",
+        "workflow": "promote",
+        "iat": t,
+        "nbf": t,
+        "exp": t + 300,
+    })
+}
+
+/// Claims of a release manager's token from the company IdP.
+fn person_claims(email: &str) -> Value {
+    let t = now();
+    json!({
+        "iss": IDP_ISSUER,
+        "aud": ["prodgate", "wiki"],
+        "sub": "00u1abc",
+        "email": email,
+        "groups": ["release-managers", "staff"],
+        "iat": t,
+        "exp": t + 600,
+    })
+}
+
+fn with(mut claims: Value, key: &str, value: Value) -> Value {
+    claims[key] = value;
+    claims
+}
+
+fn without(mut claims: Value, key: &str) -> Value {
+    claims.as_object_mut().expect("claims object").remove(key);
+    claims
+}
+
+/// A loopback HTTP server answering every request with `body`'s current
+/// value (the test changes it to rotate keys).
+async fn jwks_server(body: Arc<Mutex<String>>) -> Hostile {
+    Hostile::start(move |_| Reply::json(&body.lock().unwrap_or_else(PoisonError::into_inner))).await
+}
+
+async fn list_as(server: &TestServer, token: &str) -> Result<(), tonic::Status> {
+    server
+        .client_with_token(token)
+        .await
+        .list_promotions(ListPromotionsRequest::default())
+        .await
+        .map(drop)
+}
+
+/// `prodgate_auth_failures_total` by reason, scraped now.
+async fn failures(metrics: &str) -> HashMap<String, u64> {
+    let body = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body");
+    body.lines()
+        .filter_map(|l| l.strip_prefix("prodgate_auth_failures_total{reason=\""))
+        .filter_map(|l| {
+            let (reason, value) = l.split_once("\"} ")?;
+            Some((reason.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn tokens_act_as_the_principal_their_rule_maps_them_to() {
+    prodgate::server::install_crypto_provider();
+    let registry = TestRegistry::start().await;
+    let digest = registry
+        .push_image("acme/app", Some("staging"), 1024, 1)
+        .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ci_key = SigningKey::es256("gh-1");
+    let jwks_file = dir.path().join("github-jwks.json");
+    std::fs::write(&jwks_file, jwks(&[&ci_key])).expect("write the JWKS");
+    let idp_key = SigningKey::rs256("idp-1");
+    let idp = jwks_server(Arc::new(Mutex::new(jwks(&[&idp_key])))).await;
+    // Only acme's CI may request acme's promotions: its group comes from
+    // the `{repository_owner}-ci` template.
+    let config = format!(
+        "{}{}\n[[project]]\nname = \"acme\"\nrepositories = [\"{}/acme/*\"]\nrequesters = [\"group:acme-ci\"]\n",
+        standard_config(&registry.host),
+        identities(&jwks_file, &format!("{}/jwks", idp.url())),
+        registry.host
+    );
+    let server = TestServer::start(&config);
+    let repo = format!("{}/acme/app", registry.host);
+
+    let mut ci = server.client_with_token(&ci_key.sign(&ci_claims())).await;
+    let p = ci
+        .request_promotion(request_to(&repo, "staging", "production"))
+        .await
+        .expect("CI's token requests")
+        .into_inner();
+    assert_eq!(p.requested_by, "ci:acme/app");
+    assert_eq!(p.digest, digest);
+    // A static principal outside acme-ci may not.
+    let e = server
+        .client("alice")
+        .await
+        .request_promotion(request_to(&repo, "staging", "production"))
+        .await
+        .expect_err("alice is not in acme-ci");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+
+    // The person's groups come from the IdP's `groups` claim; the URL's
+    // keys are fetched on first use.
+    let mut ann = server
+        .client_with_token(&idp_key.sign(&person_claims("ann@acme.test")))
+        .await;
+    let done = ann
+        .approve(approve(&p.id))
+        .await
+        .expect("a release manager from the IdP approves")
+        .into_inner();
+    assert_eq!(
+        PromotionState::try_from(done.state),
+        Ok(PromotionState::Promoted),
+        "{done:?}"
+    );
+    assert_eq!(done.approvals[0].approver, "sso:ann@acme.test");
+    assert_eq!(
+        registry.tag_digest("acme/app", "production").await,
+        Some(digest)
+    );
+
+    let entries = history(
+        &mut ann,
+        HistoryRequest {
+            promotion_id: p.id.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let actors: Vec<(AuditAction, &str)> = entries
+        .iter()
+        .map(|e| {
+            (
+                AuditAction::try_from(e.action).expect("action"),
+                e.actor.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actors,
+        [
+            (AuditAction::Requested, "ci:acme/app"),
+            (AuditAction::Approved, "sso:ann@acme.test"),
+            (AuditAction::Applied, "prodgate"),
+        ]
+    );
+
+    // The identities are part of the recorded policy, their keys are not.
+    let policy = ann
+        .get_policy(pb::GetPolicyRequest::default())
+        .await
+        .expect("policy")
+        .into_inner();
+    assert!(
+        policy
+            .canonical_json
+            .contains("\"principal\":\"ci:{repository}\"")
+    );
+    assert!(
+        !policy.canonical_json.contains("jwks"),
+        "{}",
+        policy.canonical_json
+    );
+}
+
+#[tokio::test]
+async fn bad_tokens_are_refused_naming_the_check_and_counted_by_reason() {
+    prodgate::server::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ci_key = SigningKey::es256("gh-1");
+    let rsa = SigningKey::rs256("gh-rsa");
+    let jwks_file = dir.path().join("github-jwks.json");
+    std::fs::write(&jwks_file, jwks(&[&ci_key, &rsa])).expect("write the JWKS");
+    let idp_key = SigningKey::rs256("idp-1");
+    let idp = jwks_server(Arc::new(Mutex::new(jwks(&[&idp_key])))).await;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let config = format!(
+        "metrics_listen = \"{metrics}\"\n{}{}{}",
+        registry_toml("127.0.0.1:1"),
+        support::server::principals_toml(),
+        identities(&jwks_file, &format!("{}/jwks", idp.url())),
+    );
+    let server = TestServer::start(&config);
+
+    // Good tokens, and the static tokens as before.
+    list_as(&server, &ci_key.sign(&ci_claims()))
+        .await
+        .expect("ES256 CI token");
+    list_as(&server, &rsa.sign(&ci_claims()))
+        .await
+        .expect("RS256 CI token");
+    list_as(&server, &support::server::token("alice"))
+        .await
+        .expect("a static token");
+
+    let t = now();
+    let stranger = SigningKey::es256("gh-1");
+    let public_key = jwks(&[&rsa]);
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "expired",
+            ci_key.sign(&with(
+                with(ci_claims(), "exp", json!(t - 120)),
+                "iat",
+                json!(t - 400),
+            )),
+            "expired",
+        ),
+        (
+            "not_yet_valid",
+            ci_key.sign(&with(ci_claims(), "nbf", json!(t + 600))),
+            "not valid yet: its `nbf`",
+        ),
+        (
+            "untrusted_issuer",
+            ci_key.sign(&with(ci_claims(), "iss", json!("https://evil.test"))),
+            "issuer \"https://evil.test\" is not a trusted [[identity]]",
+        ),
+        (
+            "audience",
+            ci_key.sign(&with(ci_claims(), "aud", json!("someone-else"))),
+            "`aud` does not include \"prodgate\"",
+        ),
+        (
+            "signature",
+            stranger.sign(&ci_claims()),
+            "signature does not verify with key \"gh-1\"",
+        ),
+        (
+            "unknown_kid",
+            stranger.sign_as("gh-9", &ci_claims()),
+            "no key \"gh-9\"",
+        ),
+        (
+            "algorithm",
+            unsigned("gh-1", &ci_claims()),
+            "alg \"none\" is not accepted",
+        ),
+        (
+            "algorithm",
+            hs256("gh-rsa", public_key.as_bytes(), &ci_claims()),
+            "alg \"HS256\" is not accepted",
+        ),
+        (
+            "algorithm",
+            // An RS256 header on the EC key's kid: the key decides.
+            rsa.sign_as("gh-1", &ci_claims()),
+            "alg RS256 does not fit key \"gh-1\"",
+        ),
+        (
+            "missing_claim",
+            ci_key.sign(&without(ci_claims(), "exp")),
+            "no `exp` claim",
+        ),
+        (
+            "lifetime",
+            ci_key.sign(&with(ci_claims(), "exp", json!(t + 7200))),
+            "more than max_lifetime (3600 s)",
+        ),
+        (
+            "no_rule",
+            ci_key.sign(&with(ci_claims(), "ref", json!("refs/heads/feature"))),
+            "token from \"https://token.actions.githubusercontent.test\" matched no rule",
+        ),
+        (
+            "algorithm",
+            // The IdP allows RS256 only.
+            SigningKey::es256("idp-1").sign(&person_claims("ann@acme.test")),
+            "alg \"ES256\" is not accepted (algorithms: RS256)",
+        ),
+        (
+            "unknown_token",
+            "not-a-configured-token".to_owned(),
+            "unknown token",
+        ),
+    ];
+    let mut expected: HashMap<String, u64> = HashMap::new();
+    for (reason, token, message) in &cases {
+        let e = list_as(&server, token)
+            .await
+            .expect_err(&format!("a token failing {reason} is refused"));
+        assert_eq!(e.code(), Code::Unauthenticated, "{reason}: {e:?}");
+        assert!(
+            e.message().contains(message),
+            "{reason}: {:?} does not say {message:?}",
+            e.message()
+        );
+        for part in token.split('.').filter(|p| p.len() > 8) {
+            assert!(
+                !e.message().contains(part),
+                "{reason}: the message shows the token"
+            );
+        }
+        *expected.entry((*reason).to_owned()).or_default() += 1;
+    }
+    let log = server.log();
+    for (_, token, _) in &cases {
+        let signature = token.rsplit('.').next().unwrap_or_default();
+        assert!(
+            signature.len() < 8 || !log.contains(signature),
+            "the log shows a token"
+        );
+    }
+    let counted = failures(&metrics).await;
+    for (reason, n) in &expected {
+        assert_eq!(counted.get(reason), Some(n), "reason {reason}: {counted:?}");
+    }
+    assert_eq!(counted.get("mapping"), Some(&0), "{counted:?}");
+}
+
+#[tokio::test]
+async fn rotated_keys_are_used_without_a_restart() {
+    prodgate::server::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let old = SigningKey::es256("gh-2025");
+    let jwks_file = dir.path().join("github-jwks.json");
+    std::fs::write(&jwks_file, jwks(&[&old])).expect("write the JWKS");
+    let idp_old = SigningKey::rs256("idp-2025");
+    let served = Arc::new(Mutex::new(jwks(&[&idp_old])));
+    let idp = jwks_server(served.clone()).await;
+    let config = format!(
+        "{}{}{}",
+        registry_toml("127.0.0.1:1"),
+        support::server::principals_toml(),
+        identities(&jwks_file, &format!("{}/jwks", idp.url())),
+    );
+    let server = TestServer::start(&config);
+
+    // The file: the issuer replaces its key.
+    list_as(&server, &old.sign(&ci_claims()))
+        .await
+        .expect("old key");
+    let new = SigningKey::es256("gh-2026");
+    std::fs::write(&jwks_file, jwks(&[&new])).expect("rotate the JWKS file");
+    list_as(&server, &new.sign(&ci_claims()))
+        .await
+        .expect("a new kid re-reads the file at once");
+    // The withdrawn key stops working once the change is seen (the file's
+    // metadata is looked at about once a second).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match list_as(&server, &old.sign(&ci_claims())).await {
+            Err(e) => {
+                assert_eq!(e.code(), Code::Unauthenticated);
+                assert!(e.message().contains("no key \"gh-2025\""), "{e:?}");
+                break;
+            }
+            Ok(()) => assert!(Instant::now() < deadline, "the withdrawn key still works"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The URL: fetched on first use, and again for the first unknown kid.
+    let person = person_claims("ann@acme.test");
+    list_as(&server, &idp_old.sign(&person))
+        .await
+        .expect("old IdP key");
+    assert_eq!(idp.requests().len(), 1);
+    let idp_new = SigningKey::rs256("idp-2026");
+    *served.lock().unwrap_or_else(PoisonError::into_inner) = jwks(&[&idp_old, &idp_new]);
+    list_as(&server, &idp_new.sign(&person))
+        .await
+        .expect("a new kid refetches the JWKS");
+    assert_eq!(idp.requests().len(), 2);
+    // Made-up kids do not make prodgate hammer the issuer: one refetch per 30 s.
+    for i in 0..3 {
+        let e = list_as(&server, &idp_new.sign_as(&format!("made-up-{i}"), &person))
+            .await
+            .expect_err("an unknown kid");
+        assert_eq!(e.code(), Code::Unauthenticated);
+    }
+    assert_eq!(idp.requests().len(), 2, "{:?}", idp.requests());
+    assert!(idp.requests().iter().all(|r| r.path() == "/jwks"));
+}
+
+#[tokio::test]
+async fn identities_reload_with_the_policy() {
+    prodgate::server::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = SigningKey::es256("gh-1");
+    let jwks_file = dir.path().join("github-jwks.json");
+    std::fs::write(&jwks_file, jwks(&[&key])).expect("write the JWKS");
+    let base = format!(
+        "{}{}",
+        registry_toml("127.0.0.1:1"),
+        support::server::principals_toml()
+    );
+    let server = TestServer::start(&base);
+    let token = key.sign(&ci_claims());
+    let e = list_as(&server, &token).await.expect_err("no identity yet");
+    assert!(e.message().contains("not a trusted [[identity]]"), "{e:?}");
+
+    let trusting = format!(
+        "{base}\n[[identity]]\nissuer = \"{CI_ISSUER}\"\naudience = \"prodgate\"\njwks_file = {:?}\n[[identity.rule]]\nclaims = {{ repository_owner = \"acme\" }}\nprincipal = \"ci:{{repository}}\"\n",
+        jwks_file.display().to_string()
+    );
+    server.write_config(&trusting);
+    server.hangup();
+    // The reload happens in the server's own time: poll for its effect.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(e) = list_as(&server, &token).await {
+        assert!(
+            Instant::now() < deadline,
+            "never trusted after the reload: {e:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
