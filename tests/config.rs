@@ -388,3 +388,170 @@ async fn serve_authenticates_to_the_registry_with_a_credential_helpers_answer() 
     );
     assert!(!server.log().contains(password), "the password was logged");
 }
+
+/// The test principals, one environment with `policy` lines, and
+/// `identity` (an `[[identity]]` section with its rules).
+fn config_with_identity(identity: &str, policy: &str) -> String {
+    format!("{}\n{identity}\n", config_with_policy(policy))
+}
+
+const IDENTITY: &str = r#"
+[[identity]]
+issuer = "https://idp.test"
+audience = "prodgate"
+jwks_url = "https://idp.test/keys"
+"#;
+
+#[test]
+fn identities_are_checked_and_counted_by_check_config() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = tmp.path().join("prodgate.toml");
+    let check = |config: &str, strict: bool| {
+        std::fs::write(&file, config).expect("write config");
+        let mut args = vec!["check-config"];
+        if strict {
+            args.push("--strict");
+        }
+        args.push(path_str(&file));
+        prodgate(&args, tmp.path(), &[])
+    };
+    let rule = "[[identity.rule]]\nprincipal = \"sso:{email}\"\n";
+    let policy = "approvers = [\"bob\"]\nrequired_approvals = 1\nallow_self_approval = true";
+    for (identity, error) in [
+        (
+            IDENTITY.replace("https://idp.test/keys", "http://idp.test/keys") + rule,
+            "identity[0].jwks_url: \"http://idp.test/keys\": keys that decide who is who come \
+             over HTTPS; plain HTTP only to a loopback address like 127.0.0.1",
+        ),
+        (
+            format!("{IDENTITY}algorithms = [\"RS256\", \"HS256\"]\n{rule}"),
+            "identity[0].algorithms[1]: \"HS256\": HMAC needs a shared secret; with a public \
+             JWKS anyone could sign",
+        ),
+        (
+            format!("{IDENTITY}algorithms = [\"none\"]\n{rule}"),
+            "identity[0].algorithms[0]: \"none\": an unsigned token proves nothing",
+        ),
+        (
+            IDENTITY.to_owned(),
+            "identity[0].rule: no [[identity.rule]]: a token maps to a principal only through a rule",
+        ),
+        (
+            format!("{IDENTITY}[[identity.rule]]\nprincipal = \"ci:{{repository\"\n"),
+            "identity[0].rule[0].principal: \"ci:{repository\": `{` without a matching `}`",
+        ),
+        (
+            format!("{IDENTITY}[[identity.rule]]\nprincipal = \"prodgate\"\n"),
+            "identity[0].rule[0].principal: \"prodgate\" is reserved for the service itself",
+        ),
+        (
+            format!(
+                "{IDENTITY}{rule}{}",
+                IDENTITY.replace("[[identity]]", "[[identity]]")
+            ) + rule,
+            "identity[1].issuer: \"https://idp.test\" is listed twice: one [[identity]] per \
+             issuer, with several rules",
+        ),
+        (
+            format!("{IDENTITY}max_lifetime = \"0s\"\n{rule}"),
+            "identity[0].max_lifetime: must be greater than zero",
+        ),
+    ] {
+        let out = check(&config_with_identity(&identity, policy), false);
+        assert_eq!(out.code, Some(1), "{out:#?}");
+        assert_eq!(out.stderr, format!("prodgate: {error}\n"), "{out:#?}");
+    }
+    // Unknown keys are refused by name.
+    let out = check(
+        &config_with_identity(
+            &format!("{IDENTITY}{rule}claim = {{ a = \"b\" }}\n"),
+            policy,
+        ),
+        false,
+    );
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert!(out.stderr.contains("unknown field `claim`"), "{out:#?}");
+
+    // Groups a rule gives count: a fixed group is certain, and a templated
+    // principal stands for any number of people.
+    let fixed = format!(
+        "{IDENTITY}[[identity.rule]]\nclaims = {{ team = \"rm\" }}\nprincipal = \"sso:{{email}}\"\ngroups = [\"sso-rm\"]\n"
+    );
+    let out = check(
+        &config_with_identity(
+            &fixed,
+            "approvers = [\"group:sso-rm\"]\nrequired_approvals = 3",
+        ),
+        false,
+    );
+    assert_eq!((out.code, out.stderr.as_str()), (Some(0), ""), "{out:#?}");
+    // A literal principal is one person.
+    let one = fixed.replace("sso:{email}", "deployer");
+    let out = check(
+        &config_with_identity(
+            &one,
+            "approvers = [\"group:sso-rm\"]\nrequired_approvals = 2",
+        ),
+        false,
+    );
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert_eq!(
+        out.stderr,
+        "prodgate: environment[0].required_approvals: 2 approvals can never be given: only 1 \
+         principal(s) can approve (\"deployer\")\n"
+    );
+    // Groups only a token's groups_claim could bring: a warning.
+    let claimed = format!(
+        "{IDENTITY}[[identity.rule]]\nprincipal = \"sso:{{email}}\"\ngroups_claim = \"groups\"\n"
+    );
+    let out = check(
+        &config_with_identity(
+            &claimed,
+            "approvers = [\"group:sso-rm\"]\nrequired_approvals = 2",
+        ),
+        false,
+    );
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert!(
+        out.stderr.starts_with(
+            "prodgate: warning: environment[0].approvers: \"group:sso-rm\" has no [[principal]] member; \
+             only a token whose templated groups or groups_claim say \"sso-rm\" would be in it \
+             (identity[0].rule[0])"
+        ),
+        "{out:#?}"
+    );
+    // A template that could name a [[principal]] is a warning.
+    let bare = format!("{IDENTITY}[[identity.rule]]\nprincipal = \"{{sub}}\"\n");
+    let out = check(&config_with_identity(&bare, policy), false);
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("identity[0].rule[0].principal: \"{sub}\" could render as \"alice\""),
+        "{out:#?}"
+    );
+
+    // A jwks_file absent here is a warning, an error with --strict; one
+    // that exists must hold a usable key.
+    let keys = tmp.path().join("jwks.json");
+    let with_file = IDENTITY.replace(
+        "jwks_url = \"https://idp.test/keys\"",
+        &format!("jwks_file = {:?}", path_str(&keys)),
+    ) + rule;
+    let out = check(&config_with_identity(&with_file, policy), false);
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert!(out.stderr.contains("identity[0].jwks_file: "), "{out:#?}");
+    let out = check(&config_with_identity(&with_file, policy), true);
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert!(
+        out.stderr
+            .starts_with("prodgate: identity[0].jwks_file: cannot read "),
+        "{out:#?}"
+    );
+    std::fs::write(&keys, r#"{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}"#).expect("write keys");
+    let out = check(&config_with_identity(&with_file, policy), true);
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert!(
+        out.stderr.contains("holds no usable signing key"),
+        "{out:#?}"
+    );
+}
