@@ -1013,13 +1013,47 @@ fn ci_workflow_requests_the_promotion_through_prodgate() {
         flag_value(argv, "--request-id").map(|id| id.contains("GITHUB_RUN_ID")),
         Some(true)
     );
-    for var in ["PRODGATE_SERVER", "PRODGATE_TOKEN"] {
-        let value = step["env"][var].as_str().unwrap_or_default();
-        assert!(
-            value.contains(&format!("secrets.{var}")),
-            "{var} must come from secrets, is {value:?}"
-        );
-    }
+    let server = step["env"]["PRODGATE_SERVER"].as_str().unwrap_or_default();
+    assert!(
+        server.contains("secrets.PRODGATE_SERVER"),
+        "PRODGATE_SERVER must come from secrets, is {server:?}"
+    );
+
+    // No shared token: the job's own OIDC token, fresh for each call, for
+    // the audience prodgate's GitHub identity expects.
+    assert!(
+        !file.contains("PRODGATE_TOKEN"),
+        "the workflow still uses a static PRODGATE_TOKEN"
+    );
+    assert_eq!(
+        str_at(&wf, "permissions.id-token"),
+        "write",
+        "the job needs id-token: write to get an OIDC token"
+    );
+    let token_file = flag_value(argv, "--token-file").expect("--token-file");
+    let fetch = script
+        .lines()
+        .position(|l| l.contains("$ACTIONS_ID_TOKEN_REQUEST_URL&audience="))
+        .expect("the script asks for the job's OIDC token with an audience");
+    assert!(script.contains("Bearer $ACTIONS_ID_TOKEN_REQUEST_TOKEN"));
+    assert!(
+        script
+            .lines()
+            .skip(fetch)
+            .any(|l| l.contains("> \"$token_file\"")),
+        "the OIDC token is written to the --token-file"
+    );
+    assert_eq!(token_file, "$token_file");
+    let timeout = flag_value(argv, "--timeout").expect("--timeout: a round of waiting");
+    let round = humantime::parse_duration(timeout).expect("a duration");
+    assert!(
+        round < std::time::Duration::from_secs(5 * 60),
+        "a round of waiting ({timeout}) must end before GitHub's token (about 5 minutes) does"
+    );
+    assert!(
+        script.contains("6) continue"),
+        "a round that runs out starts another"
+    );
 
     assert!(
         file.contains(&format!(":{BIN_PATH}\"")),
@@ -1043,6 +1077,21 @@ fn ci_workflow_requests_the_promotion_through_prodgate() {
         .find(|e| e["name"].as_str() == Some(required))
         .and_then(|e| e["tag"].as_str());
     assert_eq!(flag_value(argv, "--source"), required_tag);
+
+    // prodgate trusts GitHub's issuer with the workflow's audience.
+    let audience = str_at(&wf, "env.PRODGATE_AUDIENCE");
+    let identities = config["identity"].as_array().expect("[[identity]]");
+    let github = identities
+        .iter()
+        .find(|i| i["issuer"].as_str() == Some("https://token.actions.githubusercontent.com"))
+        .expect("an [[identity]] for GitHub Actions in the Kubernetes config");
+    assert_eq!(github["audience"].as_str(), Some(audience));
+    let rule = &github["rule"].as_array().expect("[[identity.rule]]")[0];
+    assert_eq!(
+        rule["claims"]["ref"].as_str(),
+        Some("refs/heads/main"),
+        "only the main branch may promote"
+    );
 
     // Every exit code is handled and explained.
     for code in ["0", "3", "4", "5"] {
