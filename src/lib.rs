@@ -20,7 +20,8 @@
 //! - [`promotions`]: the use cases the RPCs call; they gather the gates'
 //!   facts and let the domain decide inside a write job.
 //! - [`apply`]: the worker that moves tags of APPROVED promotions.
-//! - [`auth`]: the caller's identity from credentials.
+//! - [`auth`]: the caller's identity from credentials: static tokens, JWTs
+//!   of trusted `[[identity]]` issuers (JWKS cached and rotated), mTLS.
 //! - [`api`]: gRPC handlers, conversions, page tokens, error -> status.
 //! - [`server`]: wires it all up and serves until shutdown.
 //! - [`cli`]: the command line: `serve`, local tools, the gRPC client subcommands.

@@ -445,10 +445,7 @@ fn identities_are_checked_and_counted_by_check_config() {
             "identity[0].rule[0].principal: \"prodgate\" is reserved for the service itself",
         ),
         (
-            format!(
-                "{IDENTITY}{rule}{}",
-                IDENTITY.replace("[[identity]]", "[[identity]]")
-            ) + rule,
+            format!("{IDENTITY}{rule}{IDENTITY}{rule}"),
             "identity[1].issuer: \"https://idp.test\" is listed twice: one [[identity]] per \
              issuer, with several rules",
         ),
