@@ -91,6 +91,31 @@ impl Progress {
     }
 }
 
+/// One tag move at a time per repository and environment. The apply lanes
+/// and the drift watch take a tag's lock around a move and its record, so a
+/// drift restore never lands between a promotion's push and its read-back
+/// or record (which would fail the promotion, or put the tag back under a
+/// digest it was just approved away from).
+#[derive(Clone, Default)]
+pub struct TagLocks(Arc<Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>>);
+
+impl TagLocks {
+    pub async fn lock(
+        &self,
+        repository: &str,
+        environment: &str,
+    ) -> tokio::sync::OwnedMutexGuard<()> {
+        let tag = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((repository.to_owned(), environment.to_owned()))
+            .or_default()
+            .clone();
+        tag.lock_owned().await
+    }
+}
+
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -105,6 +130,8 @@ pub struct Settings {
     pub config: Live,
     pub clock: Arc<dyn Clock>,
     pub progress: Progress,
+    /// Shared with the drift watch.
+    pub tags: TagLocks,
 }
 
 pub async fn run(
@@ -123,6 +150,7 @@ pub async fn run(
             config: settings.config,
             clock: settings.clock,
             progress: settings.progress,
+            tags: settings.tags,
         },
         stop: stop.clone(),
         lanes: HashMap::new(),
@@ -160,6 +188,7 @@ struct Worker {
     config: Live,
     clock: Arc<dyn Clock>,
     progress: Progress,
+    tags: TagLocks,
 }
 
 /// One repository environment's queue, and the newest promotion approved
@@ -280,8 +309,11 @@ impl Worker {
                 return;
             }
             attempt += 1;
+            // Held through the record: the drift watch must not restore the
+            // old digest between this push and its APPLIED entry.
+            let tag = self.tags.lock(&p.repository, &p.environment).await;
             let result = match Repository::parse(&p.repository) {
-                Ok(repo) => move_pinned(store, registry, &repo, &p).await,
+                Ok(repo) => move_pinned(store, registry, &repo, &p.digest, &p.target_tag).await,
                 Err(e) => Err(RegistryError::Protocol {
                     registry: String::new(),
                     message: format!("stored repository {:?} is invalid: {e}", p.repository),
@@ -317,6 +349,7 @@ impl Worker {
                         None => wait,
                     };
                     tracing::warn!(promotion = id, attempt, error = %e, retry_in = ?wait, "tag move failed; retrying");
+                    drop(tag);
                     last_error = e.to_string();
                     self.progress.note(id, last_error.clone(), attempt);
                     tokio::select! {
@@ -432,34 +465,36 @@ async fn give_way(store: &Store, id: PromotionId) -> bool {
     }
 }
 
-/// Pushes the manifest pinned at request time. Every request pins one, so
-/// the fetch by digest (which the registry client checks against the
+/// Points `tag` at the manifest pinned under `digest` at request time (a
+/// promotion's move, or the drift watch's restore). Every request pins one,
+/// so the fetch by digest (which the registry client checks against the
 /// digest) only covers a pin that cannot be read.
-async fn move_pinned(
+pub async fn move_pinned(
     store: &Store,
     registry: &dyn Registry,
     repo: &Repository,
-    p: &Promotion,
+    digest: &str,
+    tag: &str,
 ) -> Result<Moved, RegistryError> {
     let pinned = store
-        .manifest(&p.repository, &p.digest)
+        .manifest(&repo.to_string(), digest)
         .await
         .ok()
         .flatten();
     let manifest = match pinned {
         Some(m) => Manifest {
-            digest: p.digest.clone(),
+            digest: digest.to_owned(),
             media_type: m.media_type,
             bytes: m.bytes,
         },
         None => registry
-            .fetch(repo, &p.digest)
+            .fetch(repo, digest)
             .await?
             .ok_or_else(|| RegistryError::NotFound {
-                reference: format!("{repo}@{}", p.digest),
+                reference: format!("{repo}@{digest}"),
             })?,
     };
-    registry.move_tag(repo, &manifest, &p.target_tag).await
+    registry.move_tag(repo, &manifest, tag).await
 }
 
 /// Between half and all of `d`, so many waiting lanes do not retry in step.

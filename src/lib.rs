@@ -20,6 +20,8 @@
 //! - [`promotions`]: the use cases the RPCs call; they gather the gates'
 //!   facts and let the domain decide inside a write job.
 //! - [`apply`]: the worker that moves tags of APPROVED promotions.
+//! - [`drift`]: the watch that notices (and may undo) tag moves made
+//!   behind prodgate's back.
 //! - [`auth`]: the caller's identity from credentials: static tokens, JWTs
 //!   of trusted `[[identity]]` issuers (JWKS cached and rotated), mTLS.
 //! - [`api`]: gRPC handlers, conversions, page tokens, error -> status.
@@ -30,7 +32,7 @@
 //! - [`error`]: the service error every use case returns.
 //! - [`telemetry`]: logs (text or JSON).
 //! - [`metrics`]: Prometheus counters and the `/metrics` endpoint.
-//! - [`notify`]: webhook notifications of promotion events.
+//! - [`notify`]: webhook notifications of promotion and drift events.
 
 pub mod api;
 pub mod apply;
@@ -39,6 +41,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod domain;
+pub mod drift;
 pub mod error;
 pub mod evidence;
 pub mod metrics;

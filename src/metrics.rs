@@ -1,13 +1,15 @@
 //! Prometheus metrics and the `/metrics` endpoint. Counters are fed from
 //! three places: a tower layer around the gRPC server (RPCs by method and
 //! status), the registry client (requests by operation and outcome), and the
-//! store's stream of committed changes (final states, apply latency). Gauges
+//! store's streams of committed changes (final states, apply latency) and
+//! promotion-less entries (drift). Gauges
 //! that describe stored state (pending approvals, audit entries) are read
 //! from the store at scrape time, so they cannot drift. Every label value
 //! comes from the config or the code, never from a client: each one is kept
 //! for the life of the process.
 
-use crate::domain::model::{Promotion, State, Time};
+use crate::domain::audit::AuditEntry;
+use crate::domain::model::{Action, Promotion, State, Time};
 use crate::store::{Change, Store};
 use crate::telemetry::Throttle;
 use prometheus::{
@@ -42,6 +44,7 @@ pub struct Metrics {
     store_flushes: IntCounter,
     config_reloads: IntCounterVec,
     auth_failures: IntCounterVec,
+    drift_detected: IntCounterVec,
 }
 
 impl Metrics {
@@ -133,6 +136,18 @@ impl Metrics {
             auth_failures.with_label_values(&[reason]);
         }
         registry.register(Box::new(auth_failures.clone()))?;
+        let drift_detected = IntCounterVec::new(
+            Opts::new(
+                "drift_detected_total",
+                "DRIFT_DETECTED entries: a tag prodgate moved found carrying another digest, by environment",
+            ),
+            &["environment"],
+        )?;
+        // Zero from the start, so an alert on its increase sees the first one.
+        for e in &environments {
+            drift_detected.with_label_values(&[e.as_str()]);
+        }
+        registry.register(Box::new(drift_detected.clone()))?;
         registry.register(Box::new(config_reloads.clone()))?;
         registry.register(Box::new(store_commits.clone()))?;
         registry.register(Box::new(store_flushes.clone()))?;
@@ -158,6 +173,7 @@ impl Metrics {
             store_flushes,
             config_reloads,
             auth_failures,
+            drift_detected,
         }))
     }
 
@@ -259,6 +275,26 @@ pub async fn follow_changes(metrics: Arc<Metrics>, mut changes: broadcast::Recei
             Ok(c) => metrics.observe_change(&c.promotion),
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 tracing::warn!(missed = n, "metrics missed promotion changes");
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Counts drift from committed entries about no promotion.
+pub async fn follow_records(metrics: Arc<Metrics>, mut records: broadcast::Receiver<AuditEntry>) {
+    loop {
+        match records.recv().await {
+            Ok(e) if e.event.action == Action::DriftDetected => metrics
+                .drift_detected
+                .with_label_values(&[e.event.environment.as_str()])
+                .inc(),
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(
+                    missed = n,
+                    "metrics missed audit entries about no promotion"
+                );
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }

@@ -1,5 +1,6 @@
-//! Webhook notifications: a JSON POST per promotion event to each configured
-//! `[[notify]]` URL that subscribed to it. Each webhook has its own bounded
+//! Webhook notifications: a JSON POST per promotion event (from the store's
+//! changes) and per drift entry (from its promotion-less records) to each
+//! configured `[[notify]]` URL that subscribed to it. Each webhook has its own bounded
 //! queue and delivery task with retries, so a slow or dead receiver never
 //! blocks or fails a promotion; when its queue is full, events are dropped
 //! with a warning.
@@ -12,7 +13,9 @@
 //! entry's `sequence` and `entry_hash`.
 
 use crate::config::{NotifyConfig, NotifyEvent, Secret};
+use crate::domain::audit::AuditEntry;
 use crate::domain::model::{Action, Promotion, State};
+use crate::pb;
 use crate::store::Change;
 use hmac::{Hmac, Mac};
 use serde::Serialize;
@@ -27,10 +30,14 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The body of a notification. `sequence` and `entry_hash` name the audit
 /// entry it reports, so a receiver can de-duplicate retried deliveries and
-/// check the entry against `History`.
+/// check the entry against `History`; `action` is that entry's action (as
+/// the proto names it). A drift notification is about no promotion: its
+/// promotion fields are empty, `digest` and `previous_digest` are the
+/// entry's.
 #[derive(Debug, Clone, Serialize)]
 pub struct Notification {
     pub event: &'static str,
+    pub action: &'static str,
     pub sequence: u64,
     pub entry_hash: String,
     pub promotion_id: String,
@@ -79,14 +86,66 @@ pub fn event_of(c: &Change) -> Option<NotifyEvent> {
         Action::Expired => NotifyEvent::Expired,
         Action::Superseded => NotifyEvent::Superseded,
         // Not a promotion's change (and not on the change stream).
-        Action::CheckReported | Action::PolicyChanged => return None,
+        Action::CheckReported
+        | Action::PolicyChanged
+        | Action::DriftDetected
+        | Action::DriftRestored => return None,
     })
+}
+
+/// The event an entry about no promotion represents, if any.
+pub fn record_event(e: &AuditEntry) -> Option<NotifyEvent> {
+    match e.event.action {
+        Action::DriftDetected | Action::DriftRestored => Some(NotifyEvent::Drift),
+        Action::CheckReported | Action::PolicyChanged => None,
+        // Promotions' actions come as changes.
+        Action::Requested
+        | Action::Approved
+        | Action::Rejected
+        | Action::Cancelled
+        | Action::Expired
+        | Action::Applied
+        | Action::ApplyFailed
+        | Action::Superseded => None,
+    }
+}
+
+/// `AUDIT_ACTION_APPLIED` and so on, as History shows it.
+fn action_name(a: Action) -> &'static str {
+    i32::try_from(a.number())
+        .ok()
+        .and_then(|n| pb::AuditAction::try_from(n).ok())
+        .map_or("AUDIT_ACTION_UNSPECIFIED", |a| a.as_str_name())
+}
+
+fn record_notification(event: NotifyEvent, e: &AuditEntry) -> Notification {
+    let ev = &e.event;
+    Notification {
+        event: event.name(),
+        action: action_name(ev.action),
+        sequence: e.sequence,
+        entry_hash: hex::encode(e.hash),
+        promotion_id: String::new(),
+        repository: ev.repository.clone(),
+        environment: ev.environment.clone(),
+        target_tag: String::new(),
+        digest: ev.digest.clone(),
+        state: "",
+        requested_by: String::new(),
+        reason: String::new(),
+        approvers: Vec::new(),
+        required_approvals: 0,
+        previous_digest: ev.previous_digest.clone(),
+        failure_message: String::new(),
+        superseded_by: String::new(),
+    }
 }
 
 fn notification(event: NotifyEvent, c: &Change) -> Notification {
     let p: &Promotion = &c.promotion;
     Notification {
         event: event.name(),
+        action: action_name(c.entry.event.action),
         sequence: c.entry.sequence,
         entry_hash: hex::encode(c.entry.hash),
         promotion_id: p.id.to_string(),
@@ -105,8 +164,13 @@ fn notification(event: NotifyEvent, c: &Change) -> Notification {
     }
 }
 
-/// Fans committed changes out to the webhooks until the change stream closes.
-pub async fn run(hooks: Vec<NotifyConfig>, mut changes: broadcast::Receiver<Change>) {
+/// Fans committed changes and drift records out to the webhooks until the
+/// change stream closes.
+pub async fn run(
+    hooks: Vec<NotifyConfig>,
+    mut changes: broadcast::Receiver<Change>,
+    mut records: broadcast::Receiver<AuditEntry>,
+) {
     if hooks.is_empty() {
         return;
     }
@@ -130,21 +194,38 @@ pub async fn run(hooks: Vec<NotifyConfig>, mut changes: broadcast::Receiver<Chan
             (h, tx)
         })
         .collect();
+    let send = |event: NotifyEvent, n: &dyn Fn() -> Notification| {
+        for (hook, tx) in &queues {
+            if hook.events.contains(&event) && tx.try_send(n()).is_err() {
+                tracing::warn!(url = %hook.url, event = event.name(), "webhook queue full; event dropped");
+            }
+        }
+    };
+    let mut records_open = true;
     loop {
-        let c = match changes.recv().await {
-            Ok(c) => c,
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!(missed = n, "webhooks missed promotion changes");
-                continue;
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
-        };
-        for event in events_of(&c) {
-            for (hook, tx) in &queues {
-                if hook.events.contains(&event) && tx.try_send(notification(event, &c)).is_err() {
-                    tracing::warn!(url = %hook.url, event = event.name(), "webhook queue full; event dropped");
+        tokio::select! {
+            c = changes.recv() => match c {
+                Ok(c) => {
+                    for event in events_of(&c) {
+                        send(event, &|| notification(event, &c));
+                    }
                 }
-            }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "webhooks missed promotion changes");
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            r = records.recv(), if records_open => match r {
+                Ok(e) => {
+                    if let Some(event) = record_event(&e) {
+                        send(event, &|| record_notification(event, &e));
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "webhooks missed audit entries about no promotion");
+                }
+                Err(broadcast::error::RecvError::Closed) => records_open = false,
+            },
         }
     }
 }
@@ -193,7 +274,7 @@ async fn deliver(
                 Err(e) => tracing::warn!(%url, attempt, error = %e, "webhook unreachable"),
             }
             if attempt == ATTEMPTS {
-                tracing::error!(%url, event = n.event, promotion = %n.promotion_id, "webhook gave up");
+                tracing::error!(%url, event = n.event, sequence = n.sequence, promotion = %n.promotion_id, "webhook gave up");
             } else {
                 tokio::time::sleep(backoff).await;
                 backoff *= 2;

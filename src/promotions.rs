@@ -8,6 +8,7 @@ use crate::apply::Progress;
 use crate::clock::Clock;
 use crate::config::{Config, Live};
 use crate::domain::audit::{AuditEntry, Verification};
+use crate::domain::drift::TagRecord;
 use crate::domain::gates;
 use crate::domain::machine::{self, NewPromotion, Outcome};
 use crate::domain::model::{
@@ -871,16 +872,17 @@ impl Promotions {
         Ok(rx)
     }
 
-    /// The APPLIED entry behind what `environment`'s tag carried at `at`.
+    /// The APPLIED entry behind what `environment`'s tag carried at `at`,
+    /// and the drift watch's entries since.
     pub async fn deployed(
         &self,
         repository: &Repository,
         environment: &str,
         at: Option<Time>,
-    ) -> Result<AuditEntry, Error> {
+    ) -> Result<TagRecord, Error> {
         policy_of(&self.config.get(), &repository.to_string(), environment)?;
         self.store
-            .deployed_at(&repository.to_string(), environment, at)
+            .tag_record(&repository.to_string(), environment, at)
             .await?
             .ok_or_else(|| Error::NothingDeployed {
                 repository: repository.to_string(),

@@ -326,16 +326,30 @@ pub async fn run(
         );
     }
 
+    let tags = apply::TagLocks::default();
     background.spawn(apply::run(
         store.clone(),
-        registry,
+        registry.clone(),
         apply::Settings {
             config: live.clone(),
             clock: clock.clone(),
             progress,
+            tags: tags.clone(),
         },
         stop.clone(),
     ));
+    if let Some(every) = config.drift_check_interval {
+        background.spawn(crate::drift::run(
+            store.clone(),
+            registry,
+            crate::drift::Settings {
+                config: live.clone(),
+                every,
+                tags,
+            },
+            stop.clone(),
+        ));
+    }
     {
         let promotions = promotions.clone();
         let every = config.expiry_sweep_interval;
@@ -358,7 +372,15 @@ pub async fn run(
     ));
     background.spawn(until_stopped(
         stop.clone(),
-        crate::notify::run(config.notify.clone(), store.subscribe()),
+        crate::metrics::follow_records(metrics.clone(), store.subscribe_records()),
+    ));
+    background.spawn(until_stopped(
+        stop.clone(),
+        crate::notify::run(
+            config.notify.clone(),
+            store.subscribe(),
+            store.subscribe_records(),
+        ),
     ));
     if let Some(mut r) = reloads {
         let (live, promotions, metrics) = (live.clone(), promotions.clone(), metrics.clone());

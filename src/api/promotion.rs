@@ -67,14 +67,17 @@ impl PromotionService for PromotionApi {
             return Err(Status::invalid_argument("environment: is required"));
         }
         let at = r.at.as_ref().map(|t| convert::time("at", t)).transpose()?;
-        let e = self
+        let record = self
             .promotions
             .deployed(&repository, &r.environment, at)
             .await?;
+        let drifted = record.drifted();
+        let e = record.applied;
         Ok(Response::new(pb::Deployed {
             digest: e.event.digest,
             promotion_id: e.event.promotion_id.to_string(),
             since: Some(convert::timestamp(e.time)),
+            drifted,
         }))
     }
 

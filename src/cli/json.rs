@@ -200,6 +200,7 @@ pub fn deployed(d: &pb::Deployed) -> String {
         .string("digest", &d.digest)
         .string("promotionId", &d.promotion_id)
         .timestamp("since", d.since.as_ref())
+        .boolean("drifted", d.drifted)
         .finish()
 }
 

@@ -324,6 +324,12 @@ pub fn deployed(d: &pb::Deployed, repository: &str, now: SystemTime) -> String {
     if let Some(t) = &d.since {
         rows.push(("since", moment(t, now)));
     }
+    if d.drifted {
+        rows.push((
+            "drifted",
+            "yes: the registry's tag carries something else (see history)".to_owned(),
+        ));
+    }
     key_values(&rows)
 }
 

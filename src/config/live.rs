@@ -117,6 +117,10 @@ pub fn reloaded(
         "expiry_sweep_interval",
         file.expiry_sweep_interval != running.expiry_sweep_interval,
     );
+    later(
+        "drift_check_interval",
+        file.drift_check_interval != running.drift_check_interval,
+    );
     later("log_format", file.log_format != running.log_format);
     later("checkpoint", file.checkpoint != running.checkpoint);
     let next = Config {

@@ -50,6 +50,10 @@ pub const DEFAULT_APPLY_WAIT: Duration = Duration::from_secs(1);
 pub const DEFAULT_REGISTRY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often pending promotions are checked for expiry.
 pub const DEFAULT_EXPIRY_SWEEP: Duration = Duration::from_secs(5);
+/// How often the drift watch reads the tags prodgate moved. On by default:
+/// noticing a production tag moved behind prodgate's back is the point, and
+/// one manifest HEAD per tag a minute is little load for a registry.
+pub const DEFAULT_DRIFT_CHECK: Duration = Duration::from_secs(60);
 /// Connections served at once; each is a file descriptor, so this must stay
 /// below the process's open-file limit (deploy/README.md).
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 4096;
@@ -230,10 +234,13 @@ pub enum NotifyEvent {
     Superseded,
     /// A call used break-glass (its entry says what it overrode).
     BreakGlass,
+    /// The drift watch found a tag moved behind prodgate's back, or
+    /// restored it (the body's `action` says which).
+    Drift,
 }
 
 impl NotifyEvent {
-    pub const ALL: [NotifyEvent; 9] = [
+    pub const ALL: [NotifyEvent; 10] = [
         NotifyEvent::Requested,
         NotifyEvent::Approved,
         NotifyEvent::Promoted,
@@ -243,6 +250,7 @@ impl NotifyEvent {
         NotifyEvent::Expired,
         NotifyEvent::Superseded,
         NotifyEvent::BreakGlass,
+        NotifyEvent::Drift,
     ];
 
     pub fn name(self) -> &'static str {
@@ -256,6 +264,7 @@ impl NotifyEvent {
             NotifyEvent::Expired => "expired",
             NotifyEvent::Superseded => "superseded",
             NotifyEvent::BreakGlass => "break_glass",
+            NotifyEvent::Drift => "drift",
         }
     }
 }
@@ -297,6 +306,9 @@ pub struct Config {
     pub apply_wait: Duration,
     pub registry_timeout: Duration,
     pub expiry_sweep_interval: Duration,
+    /// How often the drift watch reads the tags prodgate moved; `None`
+    /// (`"0"` in the file): no drift watch.
+    pub drift_check_interval: Option<Duration>,
     pub metrics_listen: Option<String>,
     pub max_connections: usize,
     pub handshake_timeout: Duration,

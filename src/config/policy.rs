@@ -60,6 +60,9 @@ pub(super) fn apply_policy_keys(
         // Zero is refused: "no soak" is said by leaving the key out.
         policy.min_soak = Some(duration(&key("min_soak"), Some(soak), Duration::ZERO)?);
     }
+    if let Some(restore) = keys.restore_on_drift {
+        policy.restore_on_drift = restore;
+    }
     if let Some(list) = keys.break_glass {
         policy.break_glass = members(&key("break_glass"), list, people, cx)?;
     }

@@ -14,6 +14,7 @@ pub(super) struct RawConfig {
     pub apply_wait: Option<String>,
     pub registry_timeout: Option<String>,
     pub expiry_sweep_interval: Option<String>,
+    pub drift_check_interval: Option<String>,
     pub metrics_listen: Option<String>,
     pub max_connections: Option<u32>,
     pub handshake_timeout: Option<String>,
@@ -125,6 +126,7 @@ pub(super) struct RawEnvironment {
     pub time_zone: Option<String>,
     pub break_glass: Option<Vec<String>>,
     pub rollback_approvals: Option<u32>,
+    pub restore_on_drift: Option<bool>,
 }
 
 /// `[[project]]`: the policy of the repositories its patterns match.
@@ -163,6 +165,7 @@ pub(super) struct RawProjectEnvironment {
     pub time_zone: Option<String>,
     pub break_glass: Option<Vec<String>>,
     pub rollback_approvals: Option<u32>,
+    pub restore_on_drift: Option<bool>,
 }
 
 /// `[[freeze]]` or `[[project.freeze]]`.
@@ -190,6 +193,7 @@ pub(super) struct PolicyKeys<'a> {
     pub time_zone: Option<&'a str>,
     pub break_glass: Option<&'a [String]>,
     pub rollback_approvals: Option<u32>,
+    pub restore_on_drift: Option<bool>,
 }
 
 impl RawEnvironment {
@@ -207,6 +211,7 @@ impl RawEnvironment {
             time_zone: self.time_zone.as_deref(),
             break_glass: self.break_glass.as_deref(),
             rollback_approvals: self.rollback_approvals,
+            restore_on_drift: self.restore_on_drift,
         }
     }
 }
@@ -226,6 +231,7 @@ impl RawProjectEnvironment {
             time_zone: self.time_zone.as_deref(),
             break_glass: self.break_glass.as_deref(),
             rollback_approvals: self.rollback_approvals,
+            restore_on_drift: self.restore_on_drift,
         }
     }
 }

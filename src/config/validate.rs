@@ -8,10 +8,10 @@ use super::raw::{
 };
 use super::{
     CaCert, Config, ConfigError, ConfigWarning, DEFAULT_APPLY_DEADLINE, DEFAULT_APPLY_WAIT,
-    DEFAULT_APPROVAL_TTL, DEFAULT_DATA_DIR, DEFAULT_EXPIRY_SWEEP, DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_REGISTRY_TIMEOUT, Files, Loaded, LogFormat,
-    NotifyConfig, NotifyEvent, PolicyVersion, PrincipalConfig, ProjectConfig, RegistryConfig,
-    RepositoryPattern, Secret, TlsConfig, credentials, invalid,
+    DEFAULT_APPROVAL_TTL, DEFAULT_DATA_DIR, DEFAULT_DRIFT_CHECK, DEFAULT_EXPIRY_SWEEP,
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_REGISTRY_TIMEOUT,
+    Files, Loaded, LogFormat, NotifyConfig, NotifyEvent, PolicyVersion, PrincipalConfig,
+    ProjectConfig, RegistryConfig, RepositoryPattern, Secret, TlsConfig, credentials, invalid,
 };
 use crate::domain::names::{Repository, validate_tag};
 use crate::domain::policy::{Approver, EnvironmentPolicy};
@@ -144,6 +144,13 @@ fn top_level(raw: &RawConfig) -> Result<Config, ConfigError> {
             raw.expiry_sweep_interval.as_deref(),
             DEFAULT_EXPIRY_SWEEP,
         )?,
+        // Zero turns the watch off.
+        drift_check_interval: Some(any_duration(
+            "drift_check_interval",
+            raw.drift_check_interval.as_deref(),
+            DEFAULT_DRIFT_CHECK,
+        )?)
+        .filter(|d| !d.is_zero()),
         metrics_listen: raw.metrics_listen.clone(),
         max_connections,
         handshake_timeout: duration(
@@ -426,6 +433,7 @@ fn environments(
             break_glass: Vec::new(),
             rollback_approvals: 0,
             freezes: Vec::new(),
+            restore_on_drift: false,
         };
         apply_policy_keys(&prefix, &e.policy_keys(), None, people, &mut policy, cx)?;
         policy_can_pass(&prefix, &policy, people, reporters, cx)?;

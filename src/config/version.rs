@@ -29,8 +29,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 /// Bumped when the document's shape changes, so two versions of prodgate
-/// never give one policy two meanings under one digest.
-const FORMAT: u32 = 1;
+/// never give one policy two meanings under one digest. 2: environments
+/// gained `restore_on_drift`.
+const FORMAT: u32 = 2;
 
 /// One version of the effective policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +123,7 @@ struct Environment {
     required_checks: Vec<String>,
     required_groups: Vec<String>,
     requires: Option<String>,
+    restore_on_drift: bool,
     rollback_approvals: u32,
     tag: String,
     window: Option<WindowDoc>,
@@ -216,6 +218,7 @@ fn environment(e: &EnvironmentPolicy) -> Environment {
         required_checks: e.required_checks.clone(),
         required_groups: e.required_groups.clone(),
         requires: e.requires.clone(),
+        restore_on_drift: e.restore_on_drift,
         rollback_approvals: e.rollback_approvals,
         tag: e.tag.clone(),
         window: e.window.as_ref().map(window),
@@ -298,7 +301,7 @@ required_approvals = 1
         );
         assert_eq!(v.digest, expected);
         let doc: serde_json::Value = serde_json::from_str(&v.canonical_json).unwrap();
-        assert_eq!(doc["format"], 1);
+        assert_eq!(doc["format"], 2);
         // Sorted principals, sorted groups; no token hashes anywhere.
         assert_eq!(doc["principals"][0]["name"], "alice");
         assert_eq!(

@@ -391,6 +391,7 @@ mod tests {
             break_glass: Vec::new(),
             rollback_approvals: required,
             freezes: Vec::new(),
+            restore_on_drift: false,
         }
     }
 
@@ -587,6 +588,7 @@ mod proptests {
             break_glass: Vec::new(),
             rollback_approvals: required,
             freezes: Vec::new(),
+            restore_on_drift: false,
         }
     }
 
@@ -1156,7 +1158,10 @@ mod proptests {
                     Action::ApplyFailed => Some(State::Failed),
                     Action::Superseded => Some(State::Superseded),
                     Action::Requested | Action::Approved => None,
-                    Action::CheckReported | Action::PolicyChanged => {
+                    Action::CheckReported
+                    | Action::PolicyChanged
+                    | Action::DriftDetected
+                    | Action::DriftRestored => {
                         return Err(TestCaseError::fail(
                             "a promotion's entry is about no promotion",
                         ));

@@ -1,8 +1,9 @@
 //! The domain: promotion records, the state machine, approval policy, the
-//! gates, name grammar and the audit hash chain. Pure: no tonic, no sled,
+//! gates, name grammar, the audit hash chain and tag drift. Pure: no tonic, no sled,
 //! no I/O.
 
 pub mod audit;
+pub mod drift;
 pub mod gates;
 pub mod machine;
 pub mod model;

@@ -128,6 +128,12 @@ pub enum Action {
     /// The effective policy changed (at start or on a reload); no
     /// promotion; attribute `policy` is its digest.
     PolicyChanged,
+    /// The drift watch found a tag off the digest prodgate moved it to; no
+    /// promotion (see [`drift_detected`]).
+    DriftDetected,
+    /// prodgate pushed the approved manifest back under a drifted tag; no
+    /// promotion (see [`drift_restored`]).
+    DriftRestored,
 }
 
 impl Action {
@@ -143,6 +149,8 @@ impl Action {
             Action::Superseded => 8,
             Action::CheckReported => 9,
             Action::PolicyChanged => 10,
+            Action::DriftDetected => 11,
+            Action::DriftRestored => 12,
         }
     }
 }
@@ -321,6 +329,61 @@ pub fn policy_changed(digest: &str) -> Event {
         previous_digest: String::new(),
         comment: String::new(),
         attributes,
+    }
+}
+
+/// The DRIFT_DETECTED event: `environment`'s tag of `repository` carries
+/// `observed` (empty: the tag is gone) instead of `expected`, the digest
+/// prodgate last moved it to.
+pub fn drift_detected(
+    repository: &str,
+    environment: &str,
+    observed: &str,
+    expected: &str,
+) -> Event {
+    service_event(
+        Action::DriftDetected,
+        repository,
+        environment,
+        observed,
+        expected,
+    )
+}
+
+/// The DRIFT_RESTORED event: prodgate pushed `restored` back under the tag,
+/// which carried `observed` (empty: the tag was gone).
+pub fn drift_restored(
+    repository: &str,
+    environment: &str,
+    restored: &str,
+    observed: &str,
+) -> Event {
+    service_event(
+        Action::DriftRestored,
+        repository,
+        environment,
+        restored,
+        observed,
+    )
+}
+
+fn service_event(
+    action: Action,
+    repository: &str,
+    environment: &str,
+    digest: &str,
+    previous_digest: &str,
+) -> Event {
+    Event {
+        action,
+        actor: SERVICE_ACTOR.to_owned(),
+        promotion_id: NO_PROMOTION,
+        repository: repository.to_owned(),
+        environment: environment.to_owned(),
+        digest: digest.to_owned(),
+        previous_digest: previous_digest.to_owned(),
+        comment: String::new(),
+        attributes: BTreeMap::new(),
     }
 }
 

@@ -86,6 +86,9 @@ pub struct EnvironmentPolicy {
     /// The freezes that apply to this environment, already resolved from
     /// the top-level and project configuration.
     pub freezes: Vec<Freeze>,
+    /// When the drift watch finds the tag moved behind prodgate's back, push
+    /// the approved manifest back under it.
+    pub restore_on_drift: bool,
 }
 
 impl EnvironmentPolicy {

@@ -181,6 +181,7 @@ fn world_with(config: Config) -> World {
             config: config.clone(),
             clock: Arc::new(clock.clone()),
             progress: progress.clone(),
+            tags: apply::TagLocks::default(),
         },
         stopped.clone(),
     ));

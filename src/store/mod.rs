@@ -8,6 +8,9 @@
 //! concurrent approvals cannot both count), and a job's caller is answered
 //! only after its writes are durable. Every committed change is published
 //! as a [`Change`]: the audit entry with the promotion as it stands after it.
+//! Entries about no promotion (check reports, policy changes, drift) are
+//! published on a stream of their own ([`Storage::subscribe_records`]), so
+//! the consumers of promotion changes never see a change without one.
 //!
 //! The audit log is also a Merkle tree ([`merkle`]); its heads and proofs
 //! cover durable entries only, so a signed checkpoint never names an entry
@@ -20,6 +23,7 @@ pub mod merkle;
 pub mod sled;
 
 use crate::domain::audit::{AuditEntry, Verification};
+use crate::domain::drift::TagRecord;
 use crate::domain::model::{CheckReport, Event, Promotion, PromotionId, State, Time};
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -184,6 +188,9 @@ pub trait Storage: Send + Sync + 'static {
     async fn submit(&self, job: Job) -> Result<(), StoreError>;
     /// Every committed, durable change, in commit order.
     fn subscribe(&self) -> broadcast::Receiver<Change>;
+    /// Every committed, durable entry about no promotion
+    /// ([`UnitOfWork::record`]), in commit order.
+    fn subscribe_records(&self) -> broadcast::Receiver<AuditEntry>;
     fn stats(&self) -> &WriterStats;
 
     async fn get(&self, id: PromotionId) -> Result<Option<Promotion>, StoreError>;
@@ -218,6 +225,20 @@ pub trait Storage: Send + Sync + 'static {
         environment: &str,
         at: Option<Time>,
     ) -> Result<Option<AuditEntry>, StoreError>;
+    /// Every repository and environment whose tag prodgate moved (an APPLIED
+    /// entry exists), in no particular order. It may also name a pair whose
+    /// only APPLIED entry a failed flush took back; [`Storage::tag_record`]
+    /// then finds nothing.
+    async fn moved_tags(&self) -> Result<Vec<(String, String)>, StoreError>;
+    /// What the audit log says about `environment`'s tag of `repository` at
+    /// `at` (now if `None`): the last APPLIED entry at or before then, and
+    /// the DRIFT_DETECTED and DRIFT_RESTORED entries after it up to then.
+    async fn tag_record(
+        &self,
+        repository: &str,
+        environment: &str,
+        at: Option<Time>,
+    ) -> Result<Option<TagRecord>, StoreError>;
     /// The latest report of every check for `digest` in `repository`, by
     /// check name.
     async fn checks(&self, repository: &str, digest: &str) -> Result<Vec<CheckReport>, StoreError>;

@@ -74,6 +74,7 @@ fn policy() -> EnvironmentPolicy {
         break_glass: vec![Approver::parse("group:sre")],
         rollback_approvals: 1,
         freezes: Vec::new(),
+        restore_on_drift: false,
     }
 }
 

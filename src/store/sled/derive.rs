@@ -9,7 +9,7 @@ use super::codec::{
 };
 use super::{Trees, keys, postings, stored_promotion};
 use crate::domain::audit::AuditEntry;
-use crate::domain::model::{CheckReport, Promotion};
+use crate::domain::model::{Action, CheckReport, Promotion, State};
 use crate::store::StoreError;
 
 /// Writes what is derived from one audit record, given the promotion's
@@ -35,6 +35,10 @@ pub fn derive(
         &keys::audit_by_environment_prefix(&entry.event.environment),
         seq,
     )?;
+    if entry.event.action == Action::Applied {
+        t.index
+            .insert(keys::moved_tag(&after.repository, &after.environment), &[])?;
+    }
     match before.map(|b| b.promotion.state) {
         None => {
             postings::append(
@@ -229,6 +233,14 @@ fn undo(t: &Trees, record: &Record) -> Result<(), StoreError> {
         &keys::audit_by_environment_prefix(&record.entry.event.environment),
         seq,
     )?;
+    if record.entry.event.action == Action::Applied
+        && t.deployed_at(&after.repository, &after.environment, None)?
+            .is_none()
+    {
+        // Its postings are gone, so this finds only older APPLIED entries.
+        t.index
+            .remove(keys::moved_tag(&after.repository, &after.environment))?;
+    }
     let mut audit = stored_promotion(&t.promotions, id)?
         .map(|s| s.audit)
         .unwrap_or_default();
@@ -276,6 +288,30 @@ fn undo(t: &Trees, record: &Record) -> Result<(), StoreError> {
             }
             t.promotions.remove(keys::u64_key(id))?;
         }
+    }
+    Ok(())
+}
+
+/// Writes the `T` key of every tag a PROMOTED promotion moved, once per
+/// directory written before those keys existed (then marks it). Every
+/// APPLIED entry ends its promotion PROMOTED, so those are all of them.
+/// Idempotent: a run cut short runs again at the next start.
+pub fn index_moved_tags(t: &Trees) -> Result<(), StoreError> {
+    if t.meta.get(keys::MOVED_TAGS)?.is_some() {
+        return Ok(());
+    }
+    let mut tags = 0;
+    for id in super::query::state_ids(&t.index, State::Promoted, 0) {
+        if let Some(p) = t.get(id?)? {
+            t.index
+                .insert(keys::moved_tag(&p.repository, &p.environment), &[])?;
+            tags += 1;
+        }
+    }
+    t.meta.insert(keys::MOVED_TAGS, &[])?;
+    t.db.flush()?;
+    if tags > 0 {
+        tracing::info!(promotions = tags, "indexed the tags prodgate moved");
     }
     Ok(())
 }

@@ -12,7 +12,9 @@
 //! |              | `S` state-code id                     | (empty)                            |
 //! |              | `I` principal 0x00 request_id         | id                                 |
 //! |              | `C` repository 0x00 digest 0x00 check | sequence of its latest report      |
+//! |              | `T` repository 0x00 environment       | (empty): prodgate moved this tag   |
 //! | `meta`       | `format`                              | u64 (3)                            |
+//! |              | `moved-tags`                          | (empty): the `T` keys are complete |
 //! | `manifests`  | repository 0x00 digest                | media type, bytes                  |
 //! | `policies`   | digest (`sha256:<hex>`)               | the policy's canonical JSON        |
 //!
@@ -21,12 +23,16 @@
 //! `postings`. Format 3 added `Event::attributes` at the end of the audit
 //! entry's event and `Promotion::superseded_by`, `break_glass`,
 //! `project`, `rollback` and `policy_digest` at the end of the promotion (in both record kinds) and the `e` index; a format 2 directory
-//! is migrated when it is opened (`migrate`). Repository, environment and principal names never contain
+//! is migrated when it is opened (`migrate`). The `T` keys came later
+//! within format 3: a directory without the `moved-tags` marker gets them
+//! from its PROMOTED promotions when it is opened (`index_moved_tags`). Repository, environment and principal names never contain
 //! 0x00: the repository grammar forbids it and config validation refuses it.
 
 use crate::domain::model::State;
 
 pub const FORMAT: &[u8] = b"format";
+/// Marks a directory whose `T` keys cover every APPLIED entry.
+pub const MOVED_TAGS: &[u8] = b"moved-tags";
 
 pub fn u64_key(n: u64) -> [u8; 8] {
     n.to_be_bytes()
@@ -94,6 +100,28 @@ pub fn checks_prefix(repository: &str, digest: &str) -> Vec<u8> {
     k.extend_from_slice(digest.as_bytes());
     k.push(0);
     k
+}
+
+/// The key saying prodgate moved `environment`'s tag of `repository`.
+pub fn moved_tag(repository: &str, environment: &str) -> Vec<u8> {
+    let mut k = moved_tags_prefix();
+    k.extend_from_slice(repository.as_bytes());
+    k.push(0);
+    k.extend_from_slice(environment.as_bytes());
+    k
+}
+
+pub fn moved_tags_prefix() -> Vec<u8> {
+    vec![b'T']
+}
+
+/// The repository and environment of a [`moved_tag`] key.
+pub fn read_moved_tag(key: &[u8]) -> Option<(String, String)> {
+    let rest = key.strip_prefix(b"T")?;
+    let zero = rest.iter().position(|b| *b == 0)?;
+    let repository = std::str::from_utf8(&rest[..zero]).ok()?;
+    let environment = std::str::from_utf8(&rest[zero + 1..]).ok()?;
+    Some((repository.to_owned(), environment.to_owned()))
 }
 
 pub fn request_id(principal: &str, request_id: &str) -> Vec<u8> {

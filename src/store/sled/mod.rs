@@ -26,6 +26,7 @@ mod writer;
 
 use crate::clock::Clock;
 use crate::domain::audit::{AuditEntry, Verification, Verifier};
+use crate::domain::drift::TagRecord;
 use crate::domain::model::{CheckReport, Promotion, PromotionId, State, Time};
 use crate::store::{
     Change, HistoryFilter, Job, ListFilter, Page, PageRequest, Storage, Store, StoreError,
@@ -97,6 +98,7 @@ pub struct SledStore {
     trees: Trees,
     jobs: mpsc::Sender<Job>,
     changes: broadcast::Sender<Change>,
+    records: broadcast::Sender<AuditEntry>,
     stats: Arc<WriterStats>,
     /// The verifier as it stood after the last successful check: the next
     /// VerifyAuditLog hashes only newer entries (the offline `verify-log`
@@ -146,9 +148,11 @@ impl SledStore {
             trees.db.flush()?;
             tracing::info!(entries = added, "added audit entries to the Merkle tree");
         }
+        derive::index_moved_tags(&trees)?;
         let state = writer::WriterState::load(trees.clone(), clock)?;
         let (jobs, rx) = mpsc::channel(QUEUE_DEPTH);
         let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
+        let (records, _) = broadcast::channel(CHANGES_CAPACITY);
         let stats = Arc::new(WriterStats::default());
         let (to_flusher, flusher_rx) = std::sync::mpsc::channel();
         let durable = Arc::new(AtomicU64::new(state.next_sequence - 1));
@@ -159,6 +163,7 @@ impl SledStore {
             acknowledged: state.next_sequence - 1,
             poisoned: state.poisoned.clone(),
             changes: changes.clone(),
+            records: records.clone(),
             stats: stats.clone(),
         };
         std::thread::Builder::new()
@@ -175,6 +180,7 @@ impl SledStore {
             trees,
             jobs,
             changes,
+            records,
             stats,
             verified: Arc::new(Mutex::new(Verifier::default())),
             durable,
@@ -202,6 +208,10 @@ impl Storage for SledStore {
 
     fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.changes.subscribe()
+    }
+
+    fn subscribe_records(&self) -> broadcast::Receiver<AuditEntry> {
+        self.records.subscribe()
     }
 
     fn stats(&self) -> &WriterStats {
@@ -259,6 +269,21 @@ impl Storage for SledStore {
     ) -> Result<Option<AuditEntry>, StoreError> {
         let (repository, environment) = (repository.to_owned(), environment.to_owned());
         self.read(move |t| t.deployed_at(&repository, &environment, at))
+            .await
+    }
+
+    async fn moved_tags(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.read(|t| t.moved_tags()).await
+    }
+
+    async fn tag_record(
+        &self,
+        repository: &str,
+        environment: &str,
+        at: Option<Time>,
+    ) -> Result<Option<TagRecord>, StoreError> {
+        let (repository, environment) = (repository.to_owned(), environment.to_owned());
+        self.read(move |t| t.tag_record(&repository, &environment, at))
             .await
     }
 

@@ -5,6 +5,7 @@
 use super::codec::{decode_entry, decode_manifest, decode_promotion};
 use super::{Trees, keys, postings, request_id_of, stored_promotion};
 use crate::domain::audit::{AuditEntry, Verification, Verifier};
+use crate::domain::drift::TagRecord;
 use crate::domain::model::{
     Action, CheckReport, POLICY_ATTRIBUTE, Promotion, PromotionId, State, Time,
 };
@@ -424,6 +425,55 @@ impl Trees {
             let Some(e) = self.entry(seq?)? else { continue };
             if e.event.environment == environment && e.event.action == Action::Applied {
                 return Ok(Some(e));
+            }
+        }
+        Ok(None)
+    }
+
+    pub fn moved_tags(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.index.scan_prefix(keys::moved_tags_prefix()) {
+            let (k, _) = kv?;
+            match keys::read_moved_tag(&k) {
+                Some(pair) => out.push(pair),
+                None => {
+                    return Err(StoreError::Corrupt {
+                        what: "a moved-tag index key".into(),
+                        reason: "not a repository and an environment".into(),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Walks the repository's entries down from `at` to the last APPLIED
+    /// one of the environment, keeping the drift entries on the way: as
+    /// bounded as [`Trees::deployed_at`].
+    pub fn tag_record(
+        &self,
+        repository: &str,
+        environment: &str,
+        at: Option<Time>,
+    ) -> Result<Option<TagRecord>, StoreError> {
+        let prefix = keys::audit_by_repository_prefix(repository);
+        let end = match at {
+            Some(t) => self.last_at_or_before(t, self.audit_len()?)?,
+            None => u64::MAX,
+        };
+        let mut drift = Vec::new();
+        for seq in postings::down_from(&self.index, &prefix, end) {
+            let Some(e) = self.entry(seq?)? else { continue };
+            if e.event.environment != environment {
+                continue;
+            }
+            match e.event.action {
+                Action::Applied => {
+                    drift.reverse();
+                    return Ok(Some(TagRecord { applied: e, drift }));
+                }
+                Action::DriftDetected | Action::DriftRestored => drift.push(e),
+                _ => {}
             }
         }
         Ok(None)

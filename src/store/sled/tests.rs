@@ -61,6 +61,7 @@ fn three_commits(t: &Trees) -> Vec<(Dump, Dump)> {
         break_glass: Vec::new(),
         rollback_approvals: 1,
         freezes: Vec::new(),
+        restore_on_drift: false,
     };
     let who = |name: &str| Principal {
         name: name.into(),
@@ -77,10 +78,11 @@ fn three_commits(t: &Trees) -> Vec<(Dump, Dump)> {
         rollback: false,
     };
     let mut state = WriterState::load(t.clone(), Arc::new(SystemClock)).unwrap();
-    let mut changed = Vec::new();
+    let (mut changed, mut recorded) = (Vec::new(), Vec::new());
     let mut tx = Tx {
         state: &mut state,
         changed: &mut changed,
+        recorded: &mut recorded,
         writes: 0,
     };
     let mut after = Vec::new();
@@ -267,10 +269,11 @@ fn check_reports_keep_the_latest_per_check_through_redo_and_roll_back() {
         comment: String::new(),
     };
     let mut state = WriterState::load(t.clone(), Arc::new(SystemClock)).unwrap();
-    let mut changed = Vec::new();
+    let (mut changed, mut recorded) = (Vec::new(), Vec::new());
     let mut tx = Tx {
         state: &mut state,
         changed: &mut changed,
+        recorded: &mut recorded,
         writes: 0,
     };
     let mut after = Vec::new();

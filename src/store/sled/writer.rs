@@ -68,6 +68,7 @@ impl WriterState {
 pub struct Tx<'a> {
     pub state: &'a mut WriterState,
     pub changed: &'a mut Vec<Change>,
+    pub recorded: &'a mut Vec<AuditEntry>,
     pub writes: usize,
 }
 
@@ -202,8 +203,8 @@ impl UnitOfWork for Tx<'_> {
     }
 
     /// Like `commit`, for an entry about no promotion: one insert of the
-    /// record, then its indexes (`derive_event`). Not published as a
-    /// [`Change`] (that stream is about promotions).
+    /// record, then its indexes (`derive_event`). Published on the records
+    /// stream, not as a [`Change`] (that stream is about promotions).
     fn record(&mut self, event: Event, at: Time) -> Result<AuditEntry, StoreError> {
         if self.state.is_poisoned() {
             return Err(StoreError::Poisoned);
@@ -227,6 +228,7 @@ impl UnitOfWork for Tx<'_> {
             self.state.poisoned.store(true, Ordering::Release);
             return Err(e);
         }
+        self.recorded.push(entry.clone());
         Ok(entry)
     }
 
@@ -239,6 +241,7 @@ impl UnitOfWork for Tx<'_> {
 pub struct Committed {
     completions: Vec<Completion>,
     changed: Vec<Change>,
+    recorded: Vec<AuditEntry>,
     writes: usize,
     /// The newest audit sequence once the batch was applied.
     last_sequence: u64,
@@ -264,6 +267,7 @@ pub fn run_writer(
         let mut committed = Committed {
             completions: Vec::with_capacity(batch.len()),
             changed: Vec::new(),
+            recorded: Vec::new(),
             writes: 0,
             last_sequence: 0,
         };
@@ -271,6 +275,7 @@ pub fn run_writer(
             let mut tx = Tx {
                 state: &mut state,
                 changed: &mut committed.changed,
+                recorded: &mut committed.recorded,
                 writes: 0,
             };
             committed.completions.push(job(&mut tx));
@@ -294,6 +299,7 @@ pub struct Flusher {
     pub durable: Arc<std::sync::atomic::AtomicU64>,
     pub poisoned: Arc<AtomicBool>,
     pub changes: broadcast::Sender<Change>,
+    pub records: broadcast::Sender<AuditEntry>,
     pub stats: Arc<WriterStats>,
 }
 
@@ -315,6 +321,9 @@ impl Flusher {
                     for change in committed.changed {
                         // No subscriber is fine.
                         let _ = self.changes.send(change);
+                    }
+                    for entry in committed.recorded {
+                        let _ = self.records.send(entry);
                     }
                 }
             }
