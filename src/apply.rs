@@ -97,7 +97,10 @@ impl Progress {
 /// or record (which would fail the promotion, or put the tag back under a
 /// digest it was just approved away from).
 #[derive(Clone, Default)]
-pub struct TagLocks(Arc<Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>>);
+pub struct TagLocks(Arc<Mutex<HashMap<(String, String), TagLock>>>);
+
+/// One tag's lock; held across awaits, so tokio's.
+type TagLock = Arc<tokio::sync::Mutex<()>>;
 
 impl TagLocks {
     pub async fn lock(

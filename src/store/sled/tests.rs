@@ -41,11 +41,9 @@ fn restore(t: &Trees, (promotions, index): &(Dump, Dump)) {
     }
 }
 
-/// Commits like the writer does: request promotion 1, request promotion 2
-/// (with an idempotency key), then reject 1. Returns the derived state
-/// after each commit.
-fn three_commits(t: &Trees) -> Vec<(Dump, Dump)> {
-    let policy = EnvironmentPolicy {
+/// One approval from `bob` moves production.
+fn policy() -> EnvironmentPolicy {
+    EnvironmentPolicy {
         name: "production".into(),
         tag: "production".into(),
         requires: None,
@@ -62,7 +60,14 @@ fn three_commits(t: &Trees) -> Vec<(Dump, Dump)> {
         rollback_approvals: 1,
         freezes: Vec::new(),
         restore_on_drift: false,
-    };
+    }
+}
+
+/// Commits like the writer does: request promotion 1, request promotion 2
+/// (with an idempotency key), then reject 1. Returns the derived state
+/// after each commit.
+fn three_commits(t: &Trees) -> Vec<(Dump, Dump)> {
+    let policy = policy();
     let who = |name: &str| Principal {
         name: name.into(),
         groups: vec![],
@@ -333,4 +338,75 @@ fn check_reports_keep_the_latest_per_check_through_redo_and_roll_back() {
             .first_bad_sequence
             .is_none()
     );
+}
+
+#[test]
+fn moved_tags_and_tag_records_follow_applied_and_drift_entries() {
+    use super::derive::index_moved_tags;
+    use crate::domain::model::{Action, drift_detected};
+    let t = trees();
+    let who = |name: &str| Principal {
+        name: name.into(),
+        groups: vec![],
+    };
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let rogue = format!("sha256:{}", "b".repeat(64));
+    let new = NewPromotion {
+        repository: "r.io/a".into(),
+        environment: "production".into(),
+        source: "staging".into(),
+        digest: digest.clone(),
+        reason: "test".into(),
+        request_id: String::new(),
+        project: String::new(),
+        rollback: false,
+    };
+    let mut state = WriterState::load(t.clone(), Arc::new(SystemClock)).unwrap();
+    let (mut changed, mut recorded) = (Vec::new(), Vec::new());
+    let mut tx = Tx {
+        state: &mut state,
+        changed: &mut changed,
+        recorded: &mut recorded,
+        writes: 0,
+    };
+    let now = tx.now();
+    let requested = machine::request(1, new, &who("alice"), &policy(), now);
+    tx.commit(&requested.promotion, requested.event).unwrap();
+    let approved = machine::approve(&requested.promotion, &who("bob"), &policy(), "", now).unwrap();
+    tx.commit(&approved.promotion, approved.event).unwrap();
+    assert!(t.moved_tags().unwrap().is_empty());
+    assert_eq!(t.tag_record("r.io/a", "production", None).unwrap(), None);
+    let applied = machine::applied(&approved.promotion, "", now).unwrap();
+    tx.commit(&applied.promotion, applied.event).unwrap();
+    let event = drift_detected("r.io/a", "production", &rogue, &digest);
+    let drift = tx.record(event, now).unwrap();
+    assert_eq!(recorded, vec![drift.clone()], "published as a record");
+    let pair = vec![("r.io/a".to_owned(), "production".to_owned())];
+    assert_eq!(t.moved_tags().unwrap(), pair);
+    let record = t.tag_record("r.io/a", "production", None).unwrap().unwrap();
+    assert_eq!(record.applied.event.action, Action::Applied);
+    assert_eq!(record.expected(), digest);
+    assert_eq!(record.drift, vec![drift]);
+    assert!(record.drifted());
+    assert_eq!(t.tag_record("r.io/a", "staging", None).unwrap(), None);
+
+    // A directory from before the index gets it when opened.
+    t.index
+        .remove(keys::moved_tag("r.io/a", "production"))
+        .unwrap();
+    t.meta.remove(keys::MOVED_TAGS).unwrap();
+    index_moved_tags(&t).unwrap();
+    assert_eq!(t.moved_tags().unwrap(), pair);
+
+    // Refused by a failed flush: the drift entry, then the APPLIED one.
+    roll_back(&t, 3).unwrap();
+    assert!(
+        !t.tag_record("r.io/a", "production", None)
+            .unwrap()
+            .unwrap()
+            .drifted()
+    );
+    roll_back(&t, 2).unwrap();
+    assert!(t.moved_tags().unwrap().is_empty());
+    assert_eq!(t.tag_record("r.io/a", "production", None).unwrap(), None);
 }
