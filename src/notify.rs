@@ -331,6 +331,38 @@ mod tests {
     }
 
     #[test]
+    fn drift_entries_are_drift_events_about_no_promotion() {
+        use crate::domain::audit::GENESIS;
+        use crate::domain::model::{Time, drift_detected, drift_restored, policy_changed};
+        let entry = |e| AuditEntry::chain(GENESIS, 5, Time::ZERO, e);
+        let detected = entry(drift_detected(
+            "r.io/app",
+            "production",
+            "sha256:b",
+            "sha256:a",
+        ));
+        assert_eq!(record_event(&detected), Some(NotifyEvent::Drift));
+        let n = record_notification(NotifyEvent::Drift, &detected);
+        assert_eq!(
+            (n.event, n.action, n.sequence),
+            ("drift", "AUDIT_ACTION_DRIFT_DETECTED", 5)
+        );
+        assert_eq!(
+            (n.digest.as_str(), n.previous_digest.as_str()),
+            ("sha256:b", "sha256:a")
+        );
+        assert_eq!(n.promotion_id, "");
+        let restored = entry(drift_restored(
+            "r.io/app",
+            "production",
+            "sha256:a",
+            "sha256:b",
+        ));
+        assert_eq!(record_event(&restored), Some(NotifyEvent::Drift));
+        assert_eq!(record_event(&entry(policy_changed("sha256:p"))), None);
+    }
+
+    #[test]
     fn signatures_are_hmac_sha256_of_the_body() {
         // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
         let key = Secret::new(b"Jefe".to_vec());

@@ -505,6 +505,24 @@ approval_ttl = "2h"
     }
 
     #[test]
+    fn drift_check_interval_defaults_to_a_minute_and_zero_turns_it_off() {
+        let interval = |top: &str| {
+            Config::parse(&format!("{top}\n{}", base())).map(|c| c.drift_check_interval)
+        };
+        assert_eq!(interval("").unwrap(), Some(DEFAULT_DRIFT_CHECK));
+        assert_eq!(DEFAULT_DRIFT_CHECK, Duration::from_secs(60));
+        assert_eq!(
+            interval("drift_check_interval = \"5m\"").unwrap(),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(interval("drift_check_interval = \"0\"").unwrap(), None);
+        let e = interval("drift_check_interval = \"often\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("drift_check_interval: "), "{e}");
+    }
+
+    #[test]
     fn apply_deadline_defaults_to_an_hour_and_zero_means_forever() {
         let deadline = |extra: &str| {
             Config::parse(&production_with(extra))

@@ -770,6 +770,37 @@ reason = "payments migration"
     }
 
     #[test]
+    fn restore_on_drift_is_off_unless_set_and_a_project_may_set_it_either_way() {
+        let c = Config::parse(&gated()).unwrap();
+        assert!(!production(&c, "r.test/web/app").restore_on_drift);
+        assert!(!production(&c, "r.test/pay/api").restore_on_drift);
+        let c = Config::parse(&gated().replace(
+            "required_approvals = 1\nallowed_hours",
+            "required_approvals = 1\nrestore_on_drift = true\nallowed_hours",
+        ))
+        .unwrap();
+        assert!(!production(&c, "r.test/web/app").restore_on_drift);
+        assert!(production(&c, "r.test/pay/api").restore_on_drift);
+        let c = Config::parse(&gated().replace(
+            "break_glass = [\"group:sre\"]",
+            "break_glass = [\"group:sre\"]\nrestore_on_drift = true",
+        ))
+        .unwrap();
+        assert!(production(&c, "r.test/web/app").restore_on_drift);
+        assert!(
+            production(&c, "r.test/pay/api").restore_on_drift,
+            "inherited"
+        );
+        let e = Config::parse(&gated().replace(
+            "break_glass = [\"group:sre\"]",
+            "break_glass = [\"group:sre\"]\nrestore_on_drift = \"yes\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("restore_on_drift"), "{e}");
+    }
+
+    #[test]
     fn rollback_approvals_given_at_the_top_level_stay_when_a_project_changes_the_count() {
         let c = Config::parse(&gated().replace(
             "break_glass = [\"group:sre\"]",
