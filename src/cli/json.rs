@@ -274,6 +274,19 @@ mod tests {
     }
 
     #[test]
+    fn deployed_carries_drifted_when_true() {
+        let mut d = pb::Deployed {
+            digest: "sha256:ab".into(),
+            promotion_id: "7".into(),
+            since: None,
+            drifted: false,
+        };
+        assert_eq!(parse(&deployed(&d)).get("drifted"), None);
+        d.drifted = true;
+        assert_eq!(parse(&deployed(&d))["drifted"], json!(true));
+    }
+
+    #[test]
     fn promotion_uses_camel_case_enum_names_and_omits_defaults() {
         let p = pb::Promotion {
             id: "7".into(),

@@ -464,6 +464,25 @@ mod tests {
     }
 
     #[test]
+    fn deployed_says_drifted_only_when_it_is() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000);
+        let mut d = pb::Deployed {
+            digest: format!("sha256:{}", "a".repeat(64)),
+            promotion_id: "7".into(),
+            since: at(820),
+            drifted: false,
+        };
+        assert!(!deployed(&d, "r/app", now).contains("drifted"));
+        d.drifted = true;
+        let text = deployed(&d, "r/app", now);
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("drifted:") && l.ends_with("(see history)")),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn list_columns_line_up() {
         let now = UNIX_EPOCH + Duration::from_secs(1_000);
         let p = |id: &str, state, repo: &str| pb::Promotion {
