@@ -226,9 +226,7 @@ pub trait Storage: Send + Sync + 'static {
         at: Option<Time>,
     ) -> Result<Option<AuditEntry>, StoreError>;
     /// Every repository and environment whose tag prodgate moved (an APPLIED
-    /// entry exists), in no particular order. It may also name a pair whose
-    /// only APPLIED entry a failed flush took back; [`Storage::tag_record`]
-    /// then finds nothing.
+    /// entry exists), in no particular order: what the drift watch reads.
     async fn moved_tags(&self) -> Result<Vec<(String, String)>, StoreError>;
     /// What the audit log says about `environment`'s tag of `repository` at
     /// `at` (now if `None`): the last APPLIED entry at or before then, and

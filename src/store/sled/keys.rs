@@ -25,7 +25,9 @@
 //! `project`, `rollback` and `policy_digest` at the end of the promotion (in both record kinds) and the `e` index; a format 2 directory
 //! is migrated when it is opened (`migrate`). The `T` keys came later
 //! within format 3: a directory without the `moved-tags` marker gets them
-//! from its PROMOTED promotions when it is opened (`index_moved_tags`). Repository, environment and principal names never contain
+//! from its PROMOTED promotions when it is opened (`index_moved_tags`).
+//! (A build without them that writes to a marked directory leaves its own
+//! moves out of the index, so its tags are not watched for drift.) Repository, environment and principal names never contain
 //! 0x00: the repository grammar forbids it and config validation refuses it.
 
 use crate::domain::model::State;
