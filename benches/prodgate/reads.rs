@@ -16,8 +16,8 @@ use prodgate::domain::model::{Promotion, PromotionId};
 use prodgate::domain::policy::{EnvironmentPolicy, Principal};
 use prodgate::error::Error as PgError;
 use prodgate::pb::{
-    GetDeployedRequest, GetPromotionRequest, HistoryRequest, ListPromotionsRequest,
-    VerifyAuditLogRequest,
+    GetCheckpointRequest, GetConsistencyProofRequest, GetDeployedRequest, GetInclusionProofRequest,
+    GetPromotionRequest, HistoryRequest, ListPromotionsRequest, VerifyAuditLogRequest,
 };
 use prodgate::store::{Store, StoredManifest, UnitOfWork};
 use rand::rngs::StdRng;
@@ -373,10 +373,14 @@ enum ReadCall {
     HistoryFromTheFuture,
     ListByUnusedEnvironment,
     Verify,
+    // Evidence (issue 12): proofs read stored Merkle nodes, never recompute.
+    Checkpoint,
+    Inclusion,
+    Consistency,
 }
 
 impl ReadCall {
-    const ALL: [ReadCall; 8] = [
+    const ALL: [ReadCall; 11] = [
         ReadCall::History,
         ReadCall::List,
         ReadCall::ListByRepository,
@@ -385,6 +389,9 @@ impl ReadCall {
         ReadCall::HistoryFromTheFuture,
         ReadCall::ListByUnusedEnvironment,
         ReadCall::Verify,
+        ReadCall::Checkpoint,
+        ReadCall::Inclusion,
+        ReadCall::Consistency,
     ];
 
     fn name(self) -> &'static str {
@@ -399,6 +406,9 @@ impl ReadCall {
                 "ListPromotions by an environment with no promotions"
             }
             ReadCall::Verify => "VerifyAuditLog (the first call checks everything)",
+            ReadCall::Checkpoint => "GetCheckpoint (tree head, unsigned)",
+            ReadCall::Inclusion => "GetInclusionProof (random entry, current size)",
+            ReadCall::Consistency => "GetConsistencyProof (random size to current)",
         }
     }
 
@@ -414,6 +424,7 @@ async fn read_call(
     kind: ReadCall,
     repo: &str,
     id: u64,
+    sequence: u64,
 ) -> Result<usize, tonic::Status> {
     Ok(match kind {
         ReadCall::History => c
@@ -476,6 +487,28 @@ async fn read_call(
             .await?
             .into_inner()
             .promotions
+            .len(),
+        ReadCall::Checkpoint => {
+            c.get_checkpoint(GetCheckpointRequest {}).await?;
+            1
+        }
+        ReadCall::Inclusion => c
+            .get_inclusion_proof(GetInclusionProofRequest {
+                sequence,
+                tree_size: 0,
+            })
+            .await?
+            .into_inner()
+            .hashes
+            .len(),
+        ReadCall::Consistency => c
+            .get_consistency_proof(GetConsistencyProofRequest {
+                from_size: sequence,
+                to_size: 0,
+            })
+            .await?
+            .into_inner()
+            .hashes
             .len(),
         ReadCall::Verify => {
             let v = c
@@ -607,6 +640,11 @@ pub async fn run(smoke: bool, report: &mut Report) {
     let id_picks: Vec<u64> = (0..calls)
         .map(|_| rng.random_range(1..=loaded.promotions))
         .collect();
+    let size = alice
+        .get_checkpoint(GetCheckpointRequest {})
+        .await
+        .map_or(1, |c| c.into_inner().size.max(1));
+    let seq_picks: Vec<u64> = (0..calls).map(|_| rng.random_range(1..=size)).collect();
     let mut rows = Vec::new();
     let mut json_calls = serde_json::Map::new();
     let mut page_p99 = Vec::new();
@@ -615,7 +653,7 @@ pub async fn run(smoke: bool, report: &mut Report) {
         let (mut errors, mut first) = (0u64, None);
         for i in 0..calls {
             let t = Instant::now();
-            match read_call(&mut alice, kind, &repo_picks[i], id_picks[i]).await {
+            match read_call(&mut alice, kind, &repo_picks[i], id_picks[i], seq_picks[i]).await {
                 Ok(_) => lat.push(micros_since(t)),
                 Err(e) => {
                     errors += 1;
