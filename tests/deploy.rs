@@ -24,6 +24,7 @@ const DEPLOY_FILES: &[&str] = &[
     "kubernetes/service.yaml",
     "kubernetes/statefulset.yaml",
     "prodgate.example.toml",
+    "prodgate.oidc.example.toml",
     "prodgate.projects.example.toml",
     "registry-dev.yml",
     "systemd/prodgate.service",
@@ -350,6 +351,102 @@ fn projects_example_passes_check_config_without_warnings_on_the_dev_registry() {
     assert_eq!(first["host"].as_str(), Some(str_at(&registry, "http.addr")));
     let projects = table["project"].as_array().expect("[[project]]");
     assert_eq!(projects.len(), 2, "the example shows two teams");
+}
+
+/// `deploy/prodgate.oidc.example.toml` as the README's "Try it locally"
+/// uses it, from `dir`: check-config's stdout and stderr.
+fn check_oidc_example_in(dir: &Path) -> (bool, String, String) {
+    let empty = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_prodgate"))
+        .args(["check-config"])
+        .arg(deploy_dir().join("prodgate.oidc.example.toml"))
+        .current_dir(dir)
+        .env("DOCKER_CONFIG", empty.path())
+        .output()
+        .expect("run prodgate check-config");
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn oidc_example_trusts_the_demo_issuer_and_passes_check_config() {
+    let origin = "deploy/prodgate.oidc.example.toml";
+    let config = read("prodgate.oidc.example.toml");
+    let table = toml_table(origin, &config);
+    assert_cli(
+        "README.md",
+        &["serve", "--config", "deploy/prodgate.oidc.example.toml"].map(String::from),
+    );
+
+    // Where the README starts it, before `scripts/demo-oidc init demo-oidc`:
+    // only the JWKS file is missing, which check-config names.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (ok, stdout, stderr) = check_oidc_example_in(dir.path());
+    assert!(
+        ok && stdout.starts_with("ok:"),
+        "{origin}: {stdout}{stderr}"
+    );
+    assert_eq!(
+        stderr.lines().collect::<Vec<_>>(),
+        [
+            "prodgate: warning: identity[0].jwks_file: demo-oidc/jwks.json does not exist on this machine; `prodgate serve` will need it"
+        ],
+        "{origin}"
+    );
+    // After it: no warning, so the script's JWKS holds a key prodgate can use.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/demo-oidc");
+    let init = Command::new(&script)
+        .args(["init", "demo-oidc"])
+        .current_dir(dir.path())
+        .output()
+        .expect("run scripts/demo-oidc");
+    assert!(init.status.success(), "{}", text(&init.stderr));
+    let (ok, stdout, stderr) = check_oidc_example_in(dir.path());
+    assert!(
+        ok && stdout.starts_with("ok:"),
+        "{origin}: {stdout}{stderr}"
+    );
+    assert_eq!(stderr, "", "{origin}: warnings after init");
+
+    // The issuer is the script's, and the rest is the laptop setup of
+    // prodgate.example.toml.
+    let identity = &table["identity"].as_array().expect("[[identity]]")[0];
+    let script_text = std::fs::read_to_string(&script).expect("read scripts/demo-oidc");
+    let issuer = identity["issuer"].as_str().expect("issuer");
+    assert!(
+        script_text.contains(&format!("ISSUER=\"{issuer}\"")),
+        "scripts/demo-oidc does not mint tokens from {issuer}"
+    );
+    assert_eq!(identity["audience"].as_str(), Some("prodgate"));
+    let registry = yaml_doc("registry-dev.yml");
+    let first = &table["registry"].as_array().expect("[[registry]]")[0];
+    assert_eq!(first["host"].as_str(), Some(str_at(&registry, "http.addr")));
+    let base = toml_table(
+        "deploy/prodgate.example.toml",
+        &read("prodgate.example.toml"),
+    );
+    let essentials = |t: &toml::Table| -> Vec<Vec<Option<toml::Value>>> {
+        t["environment"]
+            .as_array()
+            .expect("[[environment]]")
+            .iter()
+            .map(|e| {
+                ["name", "tag", "requires", "approvers", "required_approvals"]
+                    .iter()
+                    .map(|k| e.get(*k).cloned())
+                    .collect()
+            })
+            .collect()
+    };
+    assert_eq!(
+        essentials(&table),
+        essentials(&base),
+        "{origin}: environments"
+    );
+    assert_ne!(
+        toml_str(&table, "data_dir", origin),
+        toml_str(&base, "data_dir", "deploy/prodgate.example.toml"),
+        "its own data, so the README's promotion IDs start from 1"
+    );
 }
 
 #[test]

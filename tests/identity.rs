@@ -474,3 +474,130 @@ async fn identities_reload_with_the_policy() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `scripts/demo-oidc` with `args`, run from the repository root; its
+/// stdout, trimmed.
+fn demo_oidc(args: &[&str]) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(root.join("scripts/demo-oidc"))
+        .args(args)
+        .current_dir(root)
+        .output()
+        .expect("run scripts/demo-oidc");
+    assert!(
+        out.status.success(),
+        "scripts/demo-oidc {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8 output")
+        .trim()
+        .to_owned()
+}
+
+/// The README's "Try it locally": `scripts/demo-oidc` makes the key and
+/// mints the tokens, `deploy/prodgate.oidc.example.toml` (only its registry
+/// host and its `jwks_file` pointed at this test's) is the config.
+#[tokio::test]
+async fn the_demo_issuer_script_mints_tokens_the_oidc_example_accepts() {
+    prodgate::server::install_crypto_provider();
+    let registry = TestRegistry::start().await;
+    let digest = registry
+        .push_image("acme/app", Some("staging"), 512, 7)
+        .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let demo = dir.path().join("demo-oidc");
+    let demo = demo.to_str().expect("utf-8 temp path");
+    demo_oidc(&["init", demo]);
+
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prodgate.oidc.example.toml"),
+    )
+    .expect("read the example");
+    let mut config = example.clone();
+    for (from, to) in [
+        (
+            "\"127.0.0.1:5000\"".to_owned(),
+            format!("{:?}", registry.host),
+        ),
+        (
+            "\"demo-oidc/jwks.json\"".to_owned(),
+            format!("{:?}", format!("{demo}/jwks.json")),
+        ),
+    ] {
+        assert_eq!(example.matches(&from).count(), 1, "{from} in the example");
+        config = config.replace(&from, &to);
+    }
+    let server = TestServer::start(&config);
+    let repo = format!("{}/acme/app", registry.host);
+
+    let ci_token = |git_ref: &str, extra: &[&str]| {
+        let sub = format!("repo:acme/app:ref:{git_ref}");
+        let git_ref = format!("ref={git_ref}");
+        let mut args = vec![
+            "token",
+            demo,
+            "--sub",
+            &sub,
+            "--claim",
+            "repository=acme/app",
+            "--claim",
+            "repository_owner=acme",
+            "--claim",
+            &git_ref,
+        ];
+        args.extend_from_slice(extra);
+        demo_oidc(&args)
+    };
+
+    let p = server
+        .client_with_token(&ci_token("refs/heads/main", &[]))
+        .await
+        .request_promotion(request_to(&repo, "staging", "production"))
+        .await
+        .expect("the main branch's token requests")
+        .into_inner();
+    assert_eq!(p.requested_by, "ci:acme/app");
+    assert_eq!(p.digest, digest);
+    // The example's static token for bob approves.
+    let mut bob = server.client_with_token("bob-demo-token").await;
+    let done = bob
+        .approve(approve(&p.id))
+        .await
+        .expect("bob approves")
+        .into_inner();
+    assert_eq!(
+        PromotionState::try_from(done.state),
+        Ok(PromotionState::Promoted),
+        "{done:?}"
+    );
+    let requested = history(
+        &mut bob,
+        HistoryRequest {
+            promotion_id: p.id.clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .into_iter()
+    .find(|e| e.action == AuditAction::Requested as i32)
+    .expect("a REQUESTED entry");
+    assert_eq!(requested.actor, "ci:acme/app");
+
+    for (what, token, message) in [
+        (
+            "a feature branch",
+            ci_token("refs/heads/feature", &[]),
+            "token from \"https://demo-oidc.invalid\" matched no rule",
+        ),
+        (
+            "a token minted an hour ago",
+            ci_token("refs/heads/main", &["--ago", "3600"]),
+            "expired",
+        ),
+    ] {
+        let e = list_as(&server, &token).await.expect_err(what);
+        assert_eq!(e.code(), Code::Unauthenticated, "{what}: {e:?}");
+        assert!(e.message().contains(message), "{what}: {e:?}");
+    }
+}
