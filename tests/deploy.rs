@@ -18,6 +18,7 @@ const DEPLOY_FILES: &[&str] = &[
     "Dockerfile.dockerignore",
     "README.md",
     "ci/promote-to-production.yml",
+    "kubernetes/gateway.yaml",
     "kubernetes/kustomization.yaml",
     "kubernetes/prodgate.toml",
     "kubernetes/secret.example.yaml",
@@ -502,6 +503,8 @@ fn kubernetes() -> Kubernetes {
             match str_at(&doc, "kind") {
                 "StatefulSet" => assert!(statefulset.replace(doc).is_none(), "two StatefulSets"),
                 "Service" => assert!(service.replace(doc).is_none(), "two Services"),
+                // gateway.yaml, when an overlay or an edit enables it.
+                "Gateway" | "GRPCRoute" => {}
                 other => panic!("deploy/kubernetes/{r}: unexpected kind {other}"),
             }
         }
@@ -711,6 +714,91 @@ fn kubernetes_service_exposes_grpc_and_metrics() {
         };
         assert_eq!(target, port, "{name} targetPort");
     }
+}
+
+#[test]
+fn kubernetes_gateway_exposes_only_grpc_over_tls_from_cert_manager() {
+    let origin = "deploy/kubernetes/gateway.yaml";
+    // Optional: listed, commented out, where uncommenting it applies it.
+    let kustomization = read("kubernetes/kustomization.yaml");
+    let k = yaml_doc("kubernetes/kustomization.yaml");
+    assert!(!strings(vec_at(&k, "resources")).contains(&"gateway.yaml".to_owned()));
+    assert!(
+        kustomization.lines().any(|l| l == "  # - gateway.yaml"),
+        "kustomization.yaml should offer `# - gateway.yaml` among its resources"
+    );
+
+    let docs = yaml_docs("kubernetes/gateway.yaml");
+    let of_kind = |kind: &str| -> &Yaml {
+        let mut found = docs.iter().filter(|d| str_at(d, "kind") == kind);
+        let doc = found
+            .next()
+            .unwrap_or_else(|| panic!("{origin}: no {kind}"));
+        assert!(found.next().is_none(), "{origin}: two of {kind}");
+        assert_eq!(
+            str_at(doc, "apiVersion"),
+            "gateway.networking.k8s.io/v1",
+            "{origin}: {kind}"
+        );
+        doc
+    };
+    assert_eq!(docs.len(), 2, "{origin}: a Gateway and a GRPCRoute");
+    let gateway = of_kind("Gateway");
+    let route = of_kind("GRPCRoute");
+
+    // TLS ends at the Gateway with a certificate cert-manager keeps in a Secret.
+    let issuer = &at(gateway, "metadata.annotations")["cert-manager.io/cluster-issuer"];
+    assert!(
+        issuer.as_str().is_some_and(|i| !i.is_empty()),
+        "{origin}: the Gateway needs the cert-manager.io/cluster-issuer annotation"
+    );
+    let listeners = vec_at(gateway, "spec.listeners");
+    assert_eq!(listeners.len(), 1, "{origin}: one listener");
+    let listener = &listeners[0];
+    assert_eq!(str_at(listener, "protocol"), "HTTPS");
+    assert_eq!(int_at(listener, "port"), 443);
+    assert_eq!(str_at(listener, "tls.mode"), "Terminate");
+    let certs = vec_at(listener, "tls.certificateRefs");
+    assert_eq!(certs.len(), 1);
+    assert_eq!(str_at(&certs[0], "kind"), "Secret");
+    assert!(!str_at(&certs[0], "name").is_empty());
+    let hostname = str_at(listener, "hostname");
+    let kinds = vec_at(listener, "allowedRoutes.kinds");
+    assert_eq!(kinds.len(), 1, "{origin}: only gRPC routes on the listener");
+    assert_eq!(str_at(&kinds[0], "kind"), "GRPCRoute");
+
+    // The route: that listener, that hostname, the Service's gRPC port only.
+    let parents = vec_at(route, "spec.parentRefs");
+    assert_eq!(parents.len(), 1);
+    assert_eq!(
+        str_at(&parents[0], "name"),
+        str_at(gateway, "metadata.name")
+    );
+    assert_eq!(str_at(&parents[0], "sectionName"), str_at(listener, "name"));
+    assert_eq!(strings(vec_at(route, "spec.hostnames")), [hostname]);
+    let service = yaml_doc("kubernetes/service.yaml");
+    let grpc = named(vec_at(&service, "spec.ports"), "grpc");
+    // What tells the gateway to speak cleartext HTTP/2 to the pod.
+    assert_eq!(str_at(grpc, "appProtocol"), "kubernetes.io/h2c");
+    let rules = vec_at(route, "spec.rules");
+    assert!(!rules.is_empty());
+    for rule in rules {
+        assert!(
+            rule["matches"].is_badvalue(),
+            "{origin}: every RPC goes through, health and reflection too"
+        );
+        for backend in vec_at(rule, "backendRefs") {
+            assert_eq!(str_at(backend, "name"), str_at(&service, "metadata.name"));
+            assert_eq!(int_at(backend, "port"), int_at(grpc, "port"));
+            assert_eq!(int_at(backend, "port"), GRPC_PORT);
+        }
+    }
+
+    // The CI workflow's example server is this hostname.
+    assert!(
+        read("ci/promote-to-production.yml").contains(&format!("https://{hostname},")),
+        "deploy/ci/promote-to-production.yml should name https://{hostname} as PRODGATE_SERVER"
+    );
 }
 
 // ---------------------------------------------------------------- Dockerfile
