@@ -12,10 +12,12 @@ use crate::domain::drift::TagRecord;
 use crate::domain::gates;
 use crate::domain::machine::{self, NewPromotion, Outcome};
 use crate::domain::model::{
-    CheckReport, CheckStatus, POLICY_ATTRIBUTE, Promotion, PromotionId, State, Time, policy_changed,
+    CheckReport, CheckStatus, POLICY_ATTRIBUTE, Promotion, PromotionId, SIGNATURE_ATTRIBUTE, State,
+    Time, policy_changed,
 };
 use crate::domain::names::{Repository, Source};
 use crate::domain::policy::{EnvironmentPolicy, Principal};
+use crate::domain::signature::{self, Verdict};
 use crate::error::Error;
 use crate::registry::{Manifest, Registry};
 use crate::store::{Change, PageRequest, Store, StoredManifest, StoredPolicy, UnitOfWork};
@@ -49,6 +51,8 @@ pub struct ListQuery {
 struct GateInputs {
     checks: Vec<CheckReport>,
     soak_since: Option<Time>,
+    /// Read when the policy names `signature_keys`.
+    signature: Option<Verdict>,
 }
 
 /// Refuses break-glass from anyone the policy's `break_glass` does not
@@ -116,6 +120,13 @@ fn enforce_gates(
     if let Some(e) = &mut o.event {
         e.attributes
             .insert(POLICY_ATTRIBUTE.to_owned(), config.policy.digest.clone());
+        // The gate passed, so with keys configured a signature verified.
+        if let (false, Some(Verdict::Verified { fingerprint, .. })) =
+            (policy.signature_keys.is_empty(), &inputs.signature)
+        {
+            e.attributes
+                .insert(SIGNATURE_ATTRIBUTE.to_owned(), fingerprint.clone());
+        }
     }
     Ok(Some(report))
 }
@@ -144,6 +155,7 @@ fn evaluate(
         prerequisite: None,
         soak_since: inputs.soak_since,
         break_glass,
+        signature: inputs.signature.as_ref(),
     })
 }
 
@@ -620,8 +632,8 @@ impl Promotions {
             .await
     }
 
-    /// Reads what the checks and soak gates of `policy` need for `digest`
-    /// (nothing when they are not configured).
+    /// Reads what the checks, soak and signature gates of `policy` need for
+    /// `digest` (nothing when they are not configured).
     async fn gate_inputs(
         &self,
         repository: &str,
@@ -642,7 +654,22 @@ impl Promotions {
                 .map(|e| e.time),
             _ => None,
         };
-        Ok(GateInputs { checks, soak_since })
+        let signature = if policy.signature_keys.is_empty() {
+            None
+        } else {
+            let repo = Repository::parse(repository).map_err(|e| {
+                Error::Internal(format!(
+                    "stored repository {repository:?} does not parse: {e}"
+                ))
+            })?;
+            let found = crate::registry::signatures::find(&*self.registry, &repo, digest).await?;
+            Some(signature::verify(digest, &policy.signature_keys, &found))
+        };
+        Ok(GateInputs {
+            checks,
+            soak_since,
+            signature,
+        })
     }
 
     /// Waits up to `apply_wait` for an APPROVED promotion's tag move, so the

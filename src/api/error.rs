@@ -45,7 +45,8 @@ impl From<Error> for Status {
                 RegistryError::Denied { .. }
                 | RegistryError::DigestMismatch { .. }
                 | RegistryError::Refused { .. }
-                | RegistryError::ManifestTooLarge { .. } => Status::failed_precondition(msg),
+                | RegistryError::ManifestTooLarge { .. }
+                | RegistryError::BlobTooLarge { .. } => Status::failed_precondition(msg),
             },
             Error::Store(s) => {
                 tracing::error!(error = %s, "storage failure");

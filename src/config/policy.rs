@@ -10,8 +10,10 @@ use super::{ConfigError, DEFAULT_APPROVAL_TTL, PrincipalConfig, invalid};
 use crate::domain::gates::weekday_name;
 use crate::domain::model::Time;
 use crate::domain::policy::{Approver, EnvironmentPolicy, Freeze, Hours, Principal, Window, Zone};
+use crate::domain::signature::SignatureKey;
 use jiff::civil;
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Sets on `policy` the keys `keys` gives: every key of a top-level
@@ -63,6 +65,9 @@ pub(super) fn apply_policy_keys(
     if let Some(restore) = keys.restore_on_drift {
         policy.restore_on_drift = restore;
     }
+    if let Some(paths) = keys.signature_keys {
+        policy.signature_keys = signature_keys(&key("signature_keys"), paths, cx)?;
+    }
     if let Some(list) = keys.break_glass {
         policy.break_glass = members(&key("break_glass"), list, people, cx)?;
     }
@@ -92,6 +97,38 @@ pub(super) fn apply_policy_keys(
         policy.window = (!w.days.is_empty() || w.hours.is_some()).then_some(w);
     }
     Ok(())
+}
+
+/// `signature_keys`: PEM public keys (ECDSA P-256 or Ed25519), read now so
+/// that a missing or foreign file stops the start, each key once. A file
+/// absent while only checking the config is left out (with the warning
+/// [`Cx::read`] gives).
+fn signature_keys(
+    key: &str,
+    paths: &[PathBuf],
+    cx: &mut Cx,
+) -> Result<Vec<SignatureKey>, ConfigError> {
+    let mut out: Vec<SignatureKey> = Vec::new();
+    for (j, path) in paths.iter().enumerate() {
+        let k = format!("{key}[{j}]");
+        let Some(pem) = cx.read(&k, path)? else {
+            continue;
+        };
+        let parsed = SignatureKey::from_pem(&pem)
+            .map_err(|e| invalid(&k, format!("{} {e}", path.display())))?;
+        if out.iter().any(|o| o.fingerprint == parsed.fingerprint) {
+            return Err(invalid(
+                k,
+                format!(
+                    "{} is a key listed twice ({})",
+                    path.display(),
+                    parsed.fingerprint
+                ),
+            ));
+        }
+        out.push(parsed);
+    }
+    Ok(out)
 }
 
 /// `required_groups`: plain group names, each once.

@@ -127,6 +127,7 @@ pub(super) struct RawEnvironment {
     pub break_glass: Option<Vec<String>>,
     pub rollback_approvals: Option<u32>,
     pub restore_on_drift: Option<bool>,
+    pub signature_keys: Option<Vec<PathBuf>>,
 }
 
 /// `[[project]]`: the policy of the repositories its patterns match.
@@ -166,6 +167,7 @@ pub(super) struct RawProjectEnvironment {
     pub break_glass: Option<Vec<String>>,
     pub rollback_approvals: Option<u32>,
     pub restore_on_drift: Option<bool>,
+    pub signature_keys: Option<Vec<PathBuf>>,
 }
 
 /// `[[freeze]]` or `[[project.freeze]]`.
@@ -194,6 +196,7 @@ pub(super) struct PolicyKeys<'a> {
     pub break_glass: Option<&'a [String]>,
     pub rollback_approvals: Option<u32>,
     pub restore_on_drift: Option<bool>,
+    pub signature_keys: Option<&'a [PathBuf]>,
 }
 
 impl RawEnvironment {
@@ -212,6 +215,7 @@ impl RawEnvironment {
             break_glass: self.break_glass.as_deref(),
             rollback_approvals: self.rollback_approvals,
             restore_on_drift: self.restore_on_drift,
+            signature_keys: self.signature_keys.as_deref(),
         }
     }
 }
@@ -232,6 +236,7 @@ impl RawProjectEnvironment {
             break_glass: self.break_glass.as_deref(),
             rollback_approvals: self.rollback_approvals,
             restore_on_drift: self.restore_on_drift,
+            signature_keys: self.signature_keys.as_deref(),
         }
     }
 }

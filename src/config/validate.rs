@@ -434,6 +434,7 @@ fn environments(
             rollback_approvals: 0,
             freezes: Vec::new(),
             restore_on_drift: false,
+            signature_keys: Vec::new(),
         };
         apply_policy_keys(&prefix, &e.policy_keys(), None, people, &mut policy, cx)?;
         policy_can_pass(&prefix, &policy, people, reporters, cx)?;

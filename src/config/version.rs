@@ -3,7 +3,8 @@
 //! issuers, audiences, algorithms, lifetimes and the rules that map tokens
 //! to names and groups, projects, environments with every override and
 //! freeze resolved, check reporters), never token hashes, key material,
-//! secrets, addresses (a JWKS URL or file included) or timeouts. The digest is what
+//! secrets, addresses (a JWKS URL or file included; signature keys by their
+//! fingerprint, not their file) or timeouts. The digest is what
 //! POLICY_CHANGED entries, the `policy` attribute of an approving entry and
 //! `Promotion.policy_digest` name; GetPolicy hands back the document.
 //!
@@ -30,8 +31,10 @@ use sha2::{Digest, Sha256};
 
 /// Bumped when the document's shape changes, so two versions of prodgate
 /// never give one policy two meanings under one digest. 2: environments
-/// gained `restore_on_drift`.
-const FORMAT: u32 = 2;
+/// gained `restore_on_drift`. 3: environments gained `signature_keys` (the
+/// keys' fingerprints, not their file paths: moving a file changes nobody's
+/// rights, replacing the key in it does).
+const FORMAT: u32 = 3;
 
 /// One version of the effective policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +128,7 @@ struct Environment {
     requires: Option<String>,
     restore_on_drift: bool,
     rollback_approvals: u32,
+    signature_keys: Vec<String>,
     tag: String,
     window: Option<WindowDoc>,
 }
@@ -220,6 +224,11 @@ fn environment(e: &EnvironmentPolicy) -> Environment {
         requires: e.requires.clone(),
         restore_on_drift: e.restore_on_drift,
         rollback_approvals: e.rollback_approvals,
+        signature_keys: e
+            .signature_keys
+            .iter()
+            .map(|k| k.fingerprint.clone())
+            .collect(),
         tag: e.tag.clone(),
         window: e.window.as_ref().map(window),
     }
@@ -301,7 +310,7 @@ required_approvals = 1
         );
         assert_eq!(v.digest, expected);
         let doc: serde_json::Value = serde_json::from_str(&v.canonical_json).unwrap();
-        assert_eq!(doc["format"], 2);
+        assert_eq!(doc["format"], 3);
         // Sorted principals, sorted groups; no token hashes anywhere.
         assert_eq!(doc["principals"][0]["name"], "alice");
         assert_eq!(

@@ -9,6 +9,7 @@
 
 use super::model::{Approval, Promotion, Time};
 use super::policy::{EnvironmentPolicy, Freeze, Principal, Window};
+use super::signature::Verdict;
 use jiff::tz::{AmbiguousOffset, TimeZone};
 use jiff::{SignedDuration, Timestamp, civil};
 use std::time::Duration;
@@ -19,6 +20,7 @@ pub const REQUIRED_GROUPS: &str = "required_groups";
 pub const CHECKS: &str = "checks";
 pub const SOAK: &str = "soak";
 pub const WINDOW: &str = "window";
+pub const SIGNATURE: &str = "signature";
 
 /// The gates break-glass may override, in the order the audit attribute
 /// `overridden` lists them (`window,soak`). Never approvals, groups, checks.
@@ -58,13 +60,16 @@ pub struct Facts<'a> {
     /// Break-glass is invoked by a principal the policy's `break_glass`
     /// names; the caller refuses anyone else before evaluating.
     pub break_glass: bool,
+    /// What the registry holds for the digest, verified against the
+    /// policy's `signature_keys`; `None`: not read (the gate then blocks).
+    pub signature: Option<&'a Verdict>,
 }
 
 /// One gate's verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GateResult {
     /// One of [`PREREQUISITE`], [`APPROVALS`], [`REQUIRED_GROUPS`],
-    /// [`CHECKS`], [`SOAK`], [`WINDOW`].
+    /// [`CHECKS`], [`SIGNATURE`], [`SOAK`], [`WINDOW`].
     pub name: &'static str,
     pub passed: bool,
     /// Passed only because break-glass overrode a block; the message says
@@ -127,6 +132,7 @@ pub fn evaluate(f: &Facts<'_>) -> GateReport {
         Some(approvals(f)),
         required_groups(f),
         checks(f),
+        signature(f),
         soak(f),
         window(f),
     ];
@@ -412,6 +418,49 @@ fn checks(f: &Facts<'_>) -> Option<GateResult> {
     })
 }
 
+/// Unlike checks and soak, a rollback is checked too: a key may have been
+/// revoked (removed from `signature_keys`) since the digest first passed.
+fn signature(f: &Facts<'_>) -> Option<GateResult> {
+    let keys = &f.policy.signature_keys;
+    if keys.is_empty() {
+        return None;
+    }
+    let digest = &f.promotion.digest;
+    let fingerprints: Vec<String> = keys.iter().map(|k| k.fingerprint.clone()).collect();
+    let sign = format!(
+        "sign {digest} with one of the keys signature_keys names ({}), e.g. `cosign sign --key cosign.key {}@{digest}`",
+        and_list(&fingerprints),
+        f.promotion.repository
+    );
+    Some(match f.signature {
+        Some(Verdict::Verified {
+            fingerprint,
+            source,
+        }) => pass(
+            SIGNATURE,
+            format!("{digest} is signed by key {fingerprint} ({source})"),
+        ),
+        Some(Verdict::Unsigned { looked_at }) => block(
+            SIGNATURE,
+            format!(
+                "no signature of {digest} found (looked for {}): {sign}",
+                or_list(looked_at)
+            ),
+        ),
+        Some(Verdict::Invalid { reasons }) => block(
+            SIGNATURE,
+            format!(
+                "no valid signature of {digest} by a configured key ({}): {sign}",
+                reasons.join("; ")
+            ),
+        ),
+        None => block(
+            SIGNATURE,
+            format!("the signatures of {digest} were not read for this decision; repeat the call"),
+        ),
+    })
+}
+
 fn soak(f: &Facts<'_>) -> Option<GateResult> {
     let min = f.policy.min_soak?;
     if f.rollback {
@@ -684,6 +733,15 @@ fn between(a: Time, b: Time) -> Duration {
 fn show_duration(d: Duration) -> String {
     let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
     humantime::format_duration(Duration::from_secs(secs)).to_string()
+}
+
+/// `a`, `a or b`, `a, b or c`.
+fn or_list(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    }
 }
 
 /// `a`, `a and b`, `a, b and c`.

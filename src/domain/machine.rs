@@ -392,6 +392,7 @@ mod tests {
             rollback_approvals: required,
             freezes: Vec::new(),
             restore_on_drift: false,
+            signature_keys: Vec::new(),
         }
     }
 
@@ -589,6 +590,7 @@ mod proptests {
             rollback_approvals: required,
             freezes: Vec::new(),
             restore_on_drift: false,
+            signature_keys: Vec::new(),
         }
     }
 

@@ -9,3 +9,4 @@ pub mod machine;
 pub mod model;
 pub mod names;
 pub mod policy;
+pub mod signature;

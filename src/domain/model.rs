@@ -391,6 +391,10 @@ fn service_event(
 /// entries, and on the entry that makes a promotion APPROVED.
 pub const POLICY_ATTRIBUTE: &str = "policy";
 
+/// The attribute naming the fingerprint of the key whose signature passed
+/// the signature gate, on the entry that makes a promotion APPROVED.
+pub const SIGNATURE_ATTRIBUTE: &str = "signature";
+
 /// `promotion_id` of entries about no promotion (check reports); hashed and
 /// shown as the empty string. Promotion ids start at 1.
 pub const NO_PROMOTION: PromotionId = 0;

@@ -89,6 +89,9 @@ pub struct EnvironmentPolicy {
     /// When the drift watch finds the tag moved behind prodgate's back, push
     /// the approved manifest back under it.
     pub restore_on_drift: bool,
+    /// Keys one of which must have signed the digest (cosign); empty: no
+    /// such gate.
+    pub signature_keys: Vec<super::signature::SignatureKey>,
 }
 
 impl EnvironmentPolicy {

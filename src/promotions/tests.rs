@@ -31,7 +31,14 @@ enum Moves {
 struct FakeRegistry {
     manifests: Mutex<HashMap<String, Manifest>>,
     tags: Mutex<HashMap<String, String>>,
+    blobs: Mutex<HashMap<String, Vec<u8>>>,
     moves: Mutex<Moves>,
+    /// Reads of signature tags fail as if the registry were down.
+    signatures_down: Mutex<bool>,
+}
+
+fn sha256_of(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
 impl FakeRegistry {
@@ -50,6 +57,56 @@ impl FakeRegistry {
 
     fn tag(&self, tag: &str) -> Option<String> {
         self.tags.lock().unwrap().get(tag).cloned()
+    }
+
+    fn blob(&self, bytes: &[u8]) -> String {
+        let digest = sha256_of(bytes);
+        self.blobs
+            .lock()
+            .unwrap()
+            .insert(digest.clone(), bytes.to_vec());
+        digest
+    }
+
+    /// Stores cosign's legacy signature of `digest` by `key`: a payload
+    /// naming `names` (the digest itself, unless a test lies).
+    fn sign(&self, digest: &str, names: &str, key: &p256::ecdsa::SigningKey) {
+        use base64::Engine;
+        use p256::ecdsa::signature::Signer;
+        let payload = serde_json::to_vec(&serde_json::json!({
+            "critical": {
+                "identity": {"docker-reference": REPO},
+                "image": {"docker-manifest-digest": names},
+                "type": "cosign container image signature",
+            },
+            "optional": null,
+        }))
+        .unwrap();
+        let sig: p256::ecdsa::DerSignature = key.sign(&payload);
+        let layer = self.blob(&payload);
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": self.blob(b"{}"), "size": 2},
+            "layers": [{
+                "mediaType": signature::SIMPLE_SIGNING_MEDIA_TYPE,
+                "digest": layer,
+                "size": payload.len(),
+                "annotations": {
+                    signature::SIGNATURE_ANNOTATION:
+                        base64::engine::general_purpose::STANDARD.encode(sig.as_bytes()),
+                },
+            }],
+        }))
+        .unwrap();
+        let m = Manifest {
+            digest: sha256_of(&manifest),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            bytes: manifest,
+        };
+        let tag = signature::legacy_tag(digest).unwrap();
+        self.tags.lock().unwrap().insert(tag, m.digest.clone());
+        self.manifests.lock().unwrap().insert(m.digest.clone(), m);
     }
 }
 
@@ -71,11 +128,35 @@ impl Registry for FakeRegistry {
         _: &Repository,
         reference: &str,
     ) -> Result<Option<Manifest>, RegistryError> {
+        if reference.starts_with("sha256-") && *self.signatures_down.lock().unwrap() {
+            return Err(RegistryError::Unavailable {
+                registry: "reg.test".into(),
+                reason: "HTTP 503".into(),
+                retry_after: None,
+            });
+        }
         let digest = match reference.starts_with("sha256:") {
             true => Some(reference.to_owned()),
             false => self.tag(reference),
         };
         Ok(digest.and_then(|d| self.manifests.lock().unwrap().get(&d).cloned()))
+    }
+
+    async fn fetch_blob(
+        &self,
+        repo: &Repository,
+        digest: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<u8>>, RegistryError> {
+        let blob = self.blobs.lock().unwrap().get(digest).cloned();
+        match blob {
+            Some(b) if b.len() > limit => Err(RegistryError::BlobTooLarge {
+                reference: format!("{repo}@{digest}"),
+                limit,
+                size: Some(b.len() as u64),
+            }),
+            other => Ok(other),
+        }
     }
 
     async fn move_tag(
@@ -575,4 +656,142 @@ async fn each_policy_version_is_recorded_once_and_named_by_what_it_approved() {
         w.promotions.policy(Some(&unknown)).await,
         Err(Error::PolicyNotFound(_))
     ));
+}
+
+/// A world whose `production` demands a signature by the returned key.
+fn signed_world() -> (World, p256::ecdsa::SigningKey, tempfile::TempDir) {
+    use p256::pkcs8::{EncodePublicKey, LineEnding};
+    let key = p256::ecdsa::SigningKey::from_slice(&[3; 32]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cosign.pub");
+    let pem = key
+        .verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .unwrap();
+    std::fs::write(&path, pem).unwrap();
+    let text = format!(
+        "apply_wait = \"5s\"\n{POLICY}signature_keys = [{:?}]\n",
+        path.display()
+    );
+    (world_with(Config::parse(&text).unwrap()), key, dir)
+}
+
+async fn approving_entry(w: &World, id: PromotionId) -> AuditEntry {
+    let listing = w
+        .promotions
+        .history(HistoryQuery {
+            filter: HistoryFilter {
+                promotion_id: Some(id),
+                ..Default::default()
+            },
+            after: None,
+            limit: 10,
+            newest_first: false,
+        })
+        .await
+        .unwrap();
+    listing
+        .items
+        .into_iter()
+        .find(|e| e.event.action == crate::domain::model::Action::Approved)
+        .expect("an APPROVED entry")
+}
+
+#[tokio::test]
+async fn a_signed_digest_passes_and_its_approval_names_the_key() {
+    let (w, key, _keys) = signed_world();
+    let d = w.registry.push("v1", "one");
+    w.registry.sign(&d, &d, &key);
+    let p = w.request(&d).await;
+    let gates = w.promotions.evaluate_gates(p.id).await.unwrap();
+    let fingerprint = config_key_fingerprint(&w);
+    let g = gates.gate(gates::SIGNATURE).expect("the signature gate");
+    assert!(g.passed, "{g:?}");
+    let p = w
+        .promotions
+        .approve(who("bob"), p.id, String::new(), false)
+        .await
+        .unwrap();
+    assert_eq!(p.state, State::Promoted, "{p:?}");
+    let e = approving_entry(&w, p.id).await;
+    assert_eq!(e.event.attributes[SIGNATURE_ATTRIBUTE], fingerprint);
+}
+
+fn config_key_fingerprint(w: &World) -> String {
+    let config = w.promotions.config.get();
+    config.environments[1].signature_keys[0].fingerprint.clone()
+}
+
+#[tokio::test]
+async fn unsigned_or_signed_for_another_digest_blocks_the_last_approval() {
+    let (w, key, _keys) = signed_world();
+    let d = w.registry.push("v1", "one");
+    let other = w.registry.push("v2", "two");
+    let p = w.request(&d).await;
+    let refused = w
+        .promotions
+        .approve(who("bob"), p.id, String::new(), false)
+        .await;
+    let tag = signature::legacy_tag(&d).unwrap();
+    match refused {
+        Err(Error::GatesBlocked(m)) => {
+            assert!(m.starts_with("signature: no signature of"), "{m}");
+            assert!(m.contains(&format!("{REPO}:{tag}")), "{m}");
+        }
+        other => panic!("an unsigned digest: {other:?}"),
+    }
+    // A signature whose payload names another digest, stored under this one's tag.
+    w.registry.sign(&d, &other, &key);
+    let refused = w
+        .promotions
+        .approve(who("bob"), p.id, String::new(), false)
+        .await;
+    match refused {
+        Err(Error::GatesBlocked(m)) => {
+            assert!(m.contains(&format!("it signs \"{other}\"")), "{m}")
+        }
+        other => panic!("a signature of another digest: {other:?}"),
+    }
+    assert_eq!(
+        w.store.get(p.id).await.unwrap().unwrap().state,
+        State::PendingApproval
+    );
+}
+
+#[tokio::test]
+async fn a_registry_failure_while_reading_signatures_is_unavailable_not_a_block() {
+    let (w, key, _keys) = signed_world();
+    let d = w.registry.push("v1", "one");
+    w.registry.sign(&d, &d, &key);
+    *w.registry.signatures_down.lock().unwrap() = true;
+    let refused = w
+        .promotions
+        .request(who("alice"), input(&d, "production", "ship it"))
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(Error::Registry(RegistryError::Unavailable { .. }))
+        ),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_payload_is_not_read_and_blocks() {
+    let (w, key, _keys) = signed_world();
+    let d = w.registry.push("v1", "one");
+    w.registry.sign(&d, &d, &key);
+    // Swap the payload for one over the cap (its digest no longer matters:
+    // the size is refused first).
+    for b in w.registry.blobs.lock().unwrap().values_mut() {
+        if b.len() > 2 {
+            b.resize(signature::PAYLOAD_LIMIT + 1, b' ');
+        }
+    }
+    let p = w.request(&d).await;
+    let report = w.promotions.evaluate_gates(p.id).await.unwrap();
+    let g = report.gate(gates::SIGNATURE).unwrap();
+    assert!(!g.passed, "{g:?}");
+    assert!(g.message.contains("over the 65536-byte limit"), "{g:?}");
 }

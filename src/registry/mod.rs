@@ -1,10 +1,12 @@
 //! The registry side: resolving tags to digests and moving a tag by copying a
 //! manifest, behind the [`Registry`] trait so error mapping can be tested
 //! without a network. [`oci::OciRegistry`] is the real implementation;
-//! [`credentials`] keeps its credentials current while the server runs.
+//! [`credentials`] keeps its credentials current while the server runs;
+//! [`signatures`] finds cosign's signatures of a digest.
 
 pub mod credentials;
 pub mod oci;
+pub mod signatures;
 
 use crate::domain::names::Repository;
 use async_trait::async_trait;
@@ -44,6 +46,13 @@ pub enum RegistryError {
         reference: String,
         size: Option<u64>,
     },
+    /// A blob over the caller's `limit`; `size` as for [`Self::ManifestTooLarge`].
+    #[error("blob {reference} is {}, over the {limit}-byte limit for it", blob_size_text(.size, *.limit))]
+    BlobTooLarge {
+        reference: String,
+        limit: usize,
+        size: Option<u64>,
+    },
 }
 
 /// The largest manifest prodgate reads: Distribution's own limit
@@ -57,6 +66,13 @@ fn size_text(size: &Option<u64>) -> String {
     }
 }
 
+fn blob_size_text(size: &Option<u64>, limit: usize) -> String {
+    match size {
+        Some(n) => format!("{n} bytes"),
+        None => format!("more than {limit} bytes (sent without a Content-Length)"),
+    }
+}
+
 impl RegistryError {
     /// Whether trying the same call again later may succeed.
     pub fn is_transient(&self) -> bool {
@@ -67,7 +83,8 @@ impl RegistryError {
             | RegistryError::DigestMismatch { .. }
             | RegistryError::Protocol { .. }
             | RegistryError::Refused { .. }
-            | RegistryError::ManifestTooLarge { .. } => false,
+            | RegistryError::ManifestTooLarge { .. }
+            | RegistryError::BlobTooLarge { .. } => false,
         }
     }
 }
@@ -103,6 +120,16 @@ pub trait Registry: Send + Sync + 'static {
         repo: &Repository,
         reference: &str,
     ) -> Result<Option<Manifest>, RegistryError>;
+
+    /// The blob `digest` (`sha256:<hex>`) of `repo`, checked against its
+    /// digest, or `None` if absent; refused over `limit` bytes
+    /// ([`RegistryError::BlobTooLarge`]).
+    async fn fetch_blob(
+        &self,
+        repo: &Repository,
+        digest: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<u8>>, RegistryError>;
 
     /// Points `tag` at `manifest` by pushing its exact bytes (no blob moves):
     /// reads where the tag points first, pushes, reads the tag back to confirm.

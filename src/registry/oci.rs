@@ -1,5 +1,6 @@
 //! [`Registry`] over the OCI distribution HTTP API. The three calls a tag move
-//! needs (GET a manifest by digest, HEAD a tag, PUT a manifest) are made
+//! needs (GET a manifest by digest, HEAD a tag, PUT a manifest), and the GET
+//! of a small blob the signature gate needs, are made
 //! directly with reqwest, so prodgate sees every status and header
 //! (`Retry-After`, `Docker-Content-Digest`, `Content-Type`) and makes no
 //! request it does not need. Every request has a deadline.
@@ -31,6 +32,7 @@
 //!   is refused, not retried, with a message naming `ca_cert`.
 //! - Every body is read with a cap: a manifest up to [`MANIFEST_LIMIT`]
 //!   (`Content-Length` checked first, a streamed body counted as it arrives),
+//!   a blob (only a signature's payload is ever read) up to the caller's cap,
 //!   token answers and error bodies up to [`BODY_LIMIT`]; registry text
 //!   repeated in an error is cut to [`ECHO_LIMIT`] bytes.
 
@@ -156,6 +158,26 @@ fn renew_at(sent: Instant, lifetime: Duration) -> Instant {
 }
 
 /// A response reduced to what the callers read.
+/// What a request is about.
+#[derive(Debug, Clone, Copy)]
+enum Resource<'a> {
+    /// A manifest by tag or digest, read up to [`MANIFEST_LIMIT`].
+    Manifest(&'a str),
+    /// A blob by digest (checked to be `sha256:<hex>` before it enters a
+    /// URL), read up to `limit` bytes.
+    Blob { digest: &'a str, limit: usize },
+}
+
+impl Resource<'_> {
+    /// The metric label's noun.
+    fn kind(&self) -> &'static str {
+        match self {
+            Resource::Manifest(_) => "manifest",
+            Resource::Blob { .. } => "blob",
+        }
+    }
+}
+
 struct Answer {
     status: StatusCode,
     headers: HeaderMap,
@@ -272,6 +294,15 @@ impl OciRegistry {
         let scheme = if self.insecure(repo) { "http" } else { "https" };
         format!(
             "{scheme}://{}/v2/{}/manifests/{reference}",
+            repo.host(),
+            repo.path()
+        )
+    }
+
+    fn blob_url(&self, repo: &Repository, digest: &str) -> String {
+        let scheme = if self.insecure(repo) { "http" } else { "https" };
+        format!(
+            "{scheme}://{}/v2/{}/blobs/{digest}",
             repo.host(),
             repo.path()
         )
@@ -470,16 +501,33 @@ impl OciRegistry {
         reference: &str,
         body: Option<(bytes::Bytes, HeaderValue)>,
     ) -> Result<Answer, RegistryError> {
+        self.send_to(repo, method, Resource::Manifest(reference), body)
+            .await
+    }
+
+    /// [`OciRegistry::send`] to a manifest or a blob.
+    async fn send_to(
+        &self,
+        repo: &Repository,
+        method: Method,
+        resource: Resource<'_>,
+        body: Option<(bytes::Bytes, HeaderValue)>,
+    ) -> Result<Answer, RegistryError> {
         let push = method == Method::PUT;
         let mut current = self.credentials(repo).await;
         let mut authorization = self.first_authorization(repo, push, &current).await;
         let mut negotiated = false;
         let mut refreshed = false;
         loop {
-            let mut req = self
-                .http(repo)
-                .request(method.clone(), self.manifest_url(repo, reference))
-                .header(ACCEPT, MANIFEST_TYPES);
+            let mut req = match resource {
+                Resource::Manifest(reference) => self
+                    .http(repo)
+                    .request(method.clone(), self.manifest_url(repo, reference))
+                    .header(ACCEPT, MANIFEST_TYPES),
+                Resource::Blob { digest, .. } => self
+                    .http(repo)
+                    .request(method.clone(), self.blob_url(repo, digest)),
+            };
             if let Some(a) = &authorization {
                 req = req.header(AUTHORIZATION, a.clone());
             }
@@ -489,13 +537,20 @@ impl OciRegistry {
                     .body(bytes.clone());
             }
             let sent = req.send().await;
-            self.count(&format!("{method} manifest"), &sent);
+            self.count(&format!("{method} {}", resource.kind()), &sent);
             let mut res = sent.map_err(|e| transport_error(repo, e))?;
             refuse_redirect(repo, &method, &res)?;
             let status = res.status();
             let headers = res.headers().clone();
             let body = if method == Method::GET && status.is_success() {
-                read_manifest(repo, reference, &mut res).await?
+                match resource {
+                    Resource::Manifest(reference) => {
+                        read_manifest(repo, reference, &mut res).await?
+                    }
+                    Resource::Blob { digest, limit } => {
+                        read_blob(repo, digest, limit, &mut res).await?
+                    }
+                }
             } else {
                 read_capped(&mut res, BODY_LIMIT)
                     .await
@@ -735,6 +790,45 @@ async fn read_manifest(
     } else {
         Err(too_large(None))
     }
+}
+
+/// A blob body, refused over `limit` like [`read_manifest`] refuses a
+/// manifest.
+async fn read_blob(
+    repo: &Repository,
+    digest: &str,
+    limit: usize,
+    res: &mut reqwest::Response,
+) -> Result<Vec<u8>, RegistryError> {
+    let too_large = |size| RegistryError::BlobTooLarge {
+        reference: reference_text(repo, digest),
+        limit,
+        size,
+    };
+    if let Some(n) = res.content_length()
+        && n > limit as u64
+    {
+        return Err(too_large(Some(n)));
+    }
+    let (body, complete) = read_capped(res, limit)
+        .await
+        .map_err(|e| transport_error(repo, e))?;
+    if complete {
+        Ok(body)
+    } else {
+        Err(too_large(None))
+    }
+}
+
+/// Whether `digest` is `sha256:` and 64 lowercase hex digits: the only
+/// digests prodgate puts into a blob URL (anything else from a manifest
+/// could reach another path).
+fn is_sha256_digest(digest: &str) -> bool {
+    digest.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 /// A `Docker-Content-Digest` value, if it has the shape of an OCI digest
@@ -1002,6 +1096,39 @@ impl Registry for OciRegistry {
             media_type,
             bytes: got.body,
         }))
+    }
+
+    async fn fetch_blob(
+        &self,
+        repo: &Repository,
+        digest: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<u8>>, RegistryError> {
+        if !is_sha256_digest(digest) {
+            return Err(protocol(
+                repo,
+                format!(
+                    "blob digest {:?} is not sha256:<64 hex digits>",
+                    echo(digest.as_bytes())
+                ),
+            ));
+        }
+        let got = self
+            .send_to(repo, Method::GET, Resource::Blob { digest, limit }, None)
+            .await?;
+        if got.status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        check(repo, digest, &got)?;
+        let actual = sha256_digest(&got.body);
+        if actual != digest {
+            return Err(RegistryError::DigestMismatch {
+                reference: reference_text(repo, digest),
+                expected: digest.to_owned(),
+                actual,
+            });
+        }
+        Ok(Some(got.body))
     }
 
     async fn move_tag(

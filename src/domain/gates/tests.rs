@@ -75,6 +75,7 @@ fn policy() -> EnvironmentPolicy {
         rollback_approvals: 1,
         freezes: Vec::new(),
         restore_on_drift: false,
+        signature_keys: Vec::new(),
     }
 }
 
@@ -141,6 +142,7 @@ struct Case {
     break_glass: bool,
     rollback: bool,
     now: Time,
+    signature: Option<Verdict>,
 }
 
 impl Case {
@@ -160,6 +162,7 @@ impl Case {
             break_glass: false,
             rollback: false,
             now: at("2026-03-27T10:20:00Z"),
+            signature: None,
         }
     }
 
@@ -174,6 +177,7 @@ impl Case {
             prerequisite: self.prerequisite,
             soak_since: self.soak_since,
             break_glass: self.break_glass,
+            signature: self.signature.as_ref(),
         })
     }
 
@@ -779,6 +783,84 @@ fn a_rollback_skips_prerequisite_checks_and_soak_but_not_the_window() {
         r.blocking_message().as_deref(),
         Some("window: production is frozen until 2027-01-05T00:00:00Z (year-end freeze)")
     );
+}
+
+// ---- signature ----
+
+fn signature_key() -> crate::domain::signature::SignatureKey {
+    use p256::pkcs8::{EncodePublicKey, LineEnding};
+    let k = p256::ecdsa::SigningKey::from_slice(&[7; 32]).unwrap();
+    let pem = k.verifying_key().to_public_key_pem(LineEnding::LF).unwrap();
+    crate::domain::signature::SignatureKey::from_pem(pem.as_bytes()).unwrap()
+}
+
+fn signed_case() -> Case {
+    let mut c = Case::new();
+    c.policy.signature_keys = vec![signature_key()];
+    c.signature = Some(Verdict::Verified {
+        fingerprint: c.policy.signature_keys[0].fingerprint.clone(),
+        source: "sha256-aaaa.sig layer 0".into(),
+    });
+    c
+}
+
+#[test]
+fn the_signature_gate_runs_only_with_keys_and_passes_naming_the_key() {
+    let mut c = signed_case();
+    let fp = c.policy.signature_keys[0].fingerprint.clone();
+    assert_eq!(names(&c.eval()), [PREREQUISITE, APPROVALS, SIGNATURE]);
+    let g = c.gate(SIGNATURE);
+    assert!(g.passed, "{g:?}");
+    assert_eq!(
+        g.message,
+        format!("{DIGEST} is signed by key {fp} (sha256-aaaa.sig layer 0)")
+    );
+    c.policy.signature_keys.clear();
+    assert_eq!(names(&c.eval()), [PREREQUISITE, APPROVALS]);
+}
+
+#[test]
+fn an_unsigned_or_badly_signed_digest_blocks_saying_how_to_sign_it() {
+    let mut c = signed_case();
+    let fp = c.policy.signature_keys[0].fingerprint.clone();
+    let how = format!(
+        "sign {DIGEST} with one of the keys signature_keys names ({fp}), e.g. `cosign sign --key cosign.key {REPO}@{DIGEST}`"
+    );
+    c.signature = Some(Verdict::Unsigned {
+        looked_at: vec!["r:sha256-a.sig".into(), "r:sha256-a".into()],
+    });
+    let g = c.gate(SIGNATURE);
+    assert!(!g.passed, "{g:?}");
+    assert_eq!(
+        g.message,
+        format!("no signature of {DIGEST} found (looked for r:sha256-a.sig or r:sha256-a): {how}")
+    );
+    c.signature = Some(Verdict::Invalid {
+        reasons: vec!["x: it signs \"sha256:b\", not this digest".into()],
+    });
+    let g = c.gate(SIGNATURE);
+    assert!(!g.passed, "{g:?}");
+    assert_eq!(
+        g.message,
+        format!(
+            "no valid signature of {DIGEST} by a configured key (x: it signs \"sha256:b\", not this digest): {how}"
+        )
+    );
+    // Not read is never a pass.
+    c.signature = None;
+    assert!(!c.gate(SIGNATURE).passed);
+}
+
+#[test]
+fn a_rollback_and_break_glass_do_not_skip_the_signature() {
+    let mut c = signed_case();
+    c.signature = Some(Verdict::Unsigned {
+        looked_at: vec!["r:t".into()],
+    });
+    c.rollback = true;
+    c.break_glass = true;
+    let g = c.gate(SIGNATURE);
+    assert!(!g.passed && !g.overridden, "{g:?}");
 }
 
 // ---- types ----
