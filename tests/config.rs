@@ -223,6 +223,71 @@ fn every_projects_effective_policy_is_checked_by_check_config_and_serve() {
     assert_eq!(check.stderr, "", "{check:#?}");
 }
 
+#[test]
+fn signature_keys_are_read_at_load_an_absent_one_warned_about_by_check_config() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = tmp.path().join("prodgate.toml");
+    let data = tmp.path().join("data");
+    let absent = tmp.path().join("absent.pub");
+    let not_a_key = tmp.path().join("notes.txt");
+    std::fs::write(&not_a_key, "hello").expect("write");
+    let serve = |file: &Path| {
+        prodgate(
+            &[
+                "serve",
+                "--config",
+                path_str(file),
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                path_str(&data),
+            ],
+            tmp.path(),
+            &[],
+        )
+    };
+    let policy = |key: &Path| {
+        config_with_policy(&format!(
+            "approvers = [\"bob\", \"carol\"]\nrequired_approvals = 1\nsignature_keys = [{:?}]",
+            path_str(key)
+        ))
+    };
+
+    std::fs::write(&file, policy(&absent)).expect("write config");
+    let check = prodgate(&["check-config", path_str(&file)], tmp.path(), &[]);
+    assert_eq!(check.code, Some(0), "{check:#?}");
+    assert_eq!(
+        check.stderr,
+        format!(
+            "prodgate: warning: environment[0].signature_keys[0]: {} does not exist on this \
+             machine; `prodgate serve` will need it\n",
+            absent.display()
+        ),
+        "{check:#?}"
+    );
+    let refused = serve(&file);
+    assert_eq!(refused.code, Some(1), "{refused:#?}");
+    assert!(
+        refused.stderr.contains(&format!(
+            "environment[0].signature_keys[0]: cannot read {}",
+            absent.display()
+        )),
+        "{refused:#?}"
+    );
+
+    std::fs::write(&file, policy(&not_a_key)).expect("write config");
+    let check = prodgate(&["check-config", path_str(&file)], tmp.path(), &[]);
+    assert_eq!(check.code, Some(1), "{check:#?}");
+    assert!(
+        check.stderr.starts_with(&format!(
+            "prodgate: environment[0].signature_keys[0]: {} is not a PEM public key",
+            not_a_key.display()
+        )),
+        "{check:#?}"
+    );
+    assert!(!data.exists(), "serve created its store before refusing");
+}
+
 /// A fake `docker-credential-<name>` in `bin` that appends what it was asked
 /// (its stdin, the registry host) to `asked` and then runs `body`.
 fn fake_helper(bin: &Path, name: &str, asked: &Path, body: &str) {

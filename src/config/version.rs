@@ -383,4 +383,33 @@ reason = "year-end freeze"
                 .contains("\"start\":\"2026-12-20T00:00:00Z\"")
         );
     }
+
+    #[test]
+    fn signature_keys_enter_by_fingerprint_not_by_path() {
+        use p256::pkcs8::{EncodePublicKey, LineEnding};
+        let dir = tempfile::tempdir().unwrap();
+        let key = p256::ecdsa::SigningKey::from_slice(&[5; 32]).unwrap();
+        let pem = key
+            .verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap();
+        let der = key.verifying_key().to_public_key_der().unwrap();
+        let fingerprint = format!("sha256:{}", hex::encode(Sha256::digest(der.as_bytes())));
+        let (a, b) = (dir.path().join("a.pub"), dir.path().join("b.pub"));
+        std::fs::write(&a, &pem).unwrap();
+        std::fs::write(&b, &pem).unwrap();
+        let with = |p: &std::path::Path| {
+            PolicyVersion::of(&config(&format!("signature_keys = [{:?}]", p.display())))
+        };
+        let v = with(&a);
+        let doc: serde_json::Value = serde_json::from_str(&v.canonical_json).unwrap();
+        assert_eq!(
+            doc["environments"][0]["signature_keys"],
+            serde_json::json!([fingerprint])
+        );
+        assert!(!v.canonical_json.contains("a.pub"), "{}", v.canonical_json);
+        // The same key elsewhere: the same rights.
+        assert_eq!(with(&b).digest, v.digest);
+        assert_ne!(PolicyVersion::of(&config("")).digest, v.digest);
+    }
 }
