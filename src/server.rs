@@ -13,7 +13,7 @@ use crate::apply;
 use crate::auth::Authenticator;
 use crate::auth::layer::Authenticate;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, ConfigError, Live, Loaded, TlsConfig};
+use crate::config::{Config, ConfigError, Live, Loaded, StorageConfig, TlsConfig};
 use crate::metrics::{Metrics, RpcMetricsLayer};
 use crate::pb::promotion_service_server::PromotionServiceServer;
 use crate::promotions::Promotions;
@@ -275,9 +275,12 @@ pub async fn run(
     let metrics = Metrics::new(config.environments.iter().map(|e| e.name.clone()).collect())?;
     let opening = std::time::Instant::now();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let store = crate::store::sled::open(&config.data_dir, clock.clone())?;
-    // Opening replays sled's log written since the previous start: this line
-    // is where a slow start shows.
+    let store = match &config.storage {
+        StorageConfig::Sled => crate::store::sled::open(&config.data_dir, clock.clone())?,
+        StorageConfig::Postgres(pg) => crate::store::postgres::open(pg, clock.clone()).await?,
+    };
+    // Opening replays sled's log written since the previous start (or
+    // migrates PostgreSQL's schema): this line is where a slow start shows.
     tracing::info!(
         audit_entries = store.audit_len().await.unwrap_or(0),
         took_ms = u64::try_from(opening.elapsed().as_millis()).unwrap_or(u64::MAX),
@@ -452,7 +455,7 @@ pub async fn run(
     let addr = listener
         .local_addr()
         .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string());
-    tracing::info!(%addr, tls = tls.is_some(), data_dir = %config.data_dir.display(), "listening");
+    tracing::info!(%addr, tls = tls.is_some(), data_dir = %config.data_dir.display(), storage = %config.storage.describe(), "listening");
     let router = tonic::transport::Server::builder()
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         // Outermost first: the metrics layer sees the rewritten status.

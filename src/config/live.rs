@@ -4,7 +4,7 @@
 //! half of a new one.
 //!
 //! A reload changes the policy only: principals, identities (issuers and
-//! their rules), environments, projects, freezes and check reporters. `listen`, `data_dir` and `[tls]` are bound
+//! their rules), environments, projects, freezes and check reporters. `listen`, `data_dir`, `[storage]` and `[tls]` are bound
 //! when the server starts, so a file that changes them is refused whole
 //! (the old config keeps running); every other key (registries, webhooks,
 //! timeouts, metrics) keeps its running value until the next restart, and
@@ -68,6 +68,15 @@ pub fn reloaded(
             "data_dir",
             running.data_dir.display().to_string(),
             file.data_dir.display().to_string(),
+        ));
+    }
+    // The store is opened once, at start: another database would need a
+    // restart (and a migration), never a silent switch.
+    if file.storage.describe() != running.storage.describe() {
+        return Err(refuse(
+            "storage",
+            running.storage.describe(),
+            file.storage.describe(),
         ));
     }
     if file.tls != running.tls {
@@ -201,5 +210,11 @@ required_approvals = 2
         assert!(e.to_string().contains("restart"), "{e}");
         let e = reloaded(&running, config("data_dir = \"/elsewhere\"")).unwrap_err();
         assert_eq!(e.key, "data_dir");
+        let pg = config(
+            "[storage]\nbackend = \"postgres\"\nurl = \"postgres://prodgate@127.0.0.1/prodgate\"",
+        );
+        let e = reloaded(&running, pg).unwrap_err();
+        assert_eq!(e.key, "storage");
+        assert!(e.to_string().contains("postgres (url = "), "{e}");
     }
 }

@@ -12,6 +12,7 @@
 //! - [`pattern`]: the repository patterns projects match with;
 //! - [`checkpoint`]: `[checkpoint]`, the audit log's signing key and
 //!   where its checkpoints are published;
+//! - [`storage`]: `[storage]`, sled or PostgreSQL and its connection secrets;
 //! - [`live`]: the running config and what a reload may change;
 //! - [`version`]: the effective policy's canonical JSON and digest.
 
@@ -23,6 +24,7 @@ mod pattern;
 mod policy;
 mod project;
 mod raw;
+mod storage;
 mod validate;
 mod version;
 
@@ -35,6 +37,7 @@ pub use identity::{
 pub use live::{Live, NotReloadable, reloaded};
 pub use pattern::RepositoryPattern;
 pub use project::{Governance, ProjectConfig};
+pub use storage::{PostgresConfig, StorageConfig};
 pub use version::PolicyVersion;
 
 use crate::domain::policy::{Approver, EnvironmentPolicy};
@@ -303,6 +306,8 @@ impl std::fmt::Debug for Secret {
 pub struct Config {
     pub listen: String,
     pub data_dir: PathBuf,
+    /// `[storage]`: sled under `data_dir` (the default) or PostgreSQL.
+    pub storage: StorageConfig,
     pub apply_wait: Duration,
     pub registry_timeout: Duration,
     pub expiry_sweep_interval: Duration,

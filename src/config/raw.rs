@@ -39,6 +39,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub freeze: Vec<RawFreeze>,
     pub checkpoint: Option<super::checkpoint::RawCheckpoint>,
+    pub storage: Option<super::storage::RawStorage>,
 }
 
 #[derive(Debug, Deserialize)]

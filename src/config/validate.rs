@@ -45,6 +45,7 @@ pub(super) fn config(raw: RawConfig, files: Files) -> Result<Loaded, ConfigError
     c.projects = projects(&raw.project, &raw.environment, &c, &people, &mut cx)?;
     across_sections(&c)?;
     c.policy = PolicyVersion::of(&c);
+    c.storage = super::storage::storage(raw.storage, &mut cx)?;
     c.checkpoint = raw
         .checkpoint
         .map(|r| super::checkpoint::checkpoint(r, &c.data_dir, &mut cx))
@@ -132,6 +133,7 @@ fn top_level(raw: &RawConfig) -> Result<Config, ConfigError> {
             .data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+        storage: super::StorageConfig::Sled,
         // Zero is meaningful here: answer at once, never wait for the tag move.
         apply_wait: any_duration("apply_wait", raw.apply_wait.as_deref(), DEFAULT_APPLY_WAIT)?,
         registry_timeout: duration(

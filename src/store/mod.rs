@@ -16,10 +16,12 @@
 //! cover durable entries only, so a signed checkpoint never names an entry
 //! a failed flush later removes.
 //!
-//! Backends: [`sled`] (the embedded default). A second backend implements
-//! [`Storage`] and [`UnitOfWork`]; nothing above this module changes.
+//! Backends: [`sled`] (the embedded default) and [`postgres`]; each
+//! implements [`Storage`] and [`UnitOfWork`], and nothing above this module
+//! knows which one runs.
 
 pub mod merkle;
+pub mod postgres;
 pub mod sled;
 
 use crate::domain::audit::{AuditEntry, Verification};

@@ -14,7 +14,7 @@
 //! keeps in-memory bookkeeping per 16-entry leaf, so keys are kept few
 //! (`postings`) and records compact (postcard).
 
-mod codec;
+pub(crate) mod codec;
 mod derive;
 pub mod dir;
 mod horizon;

@@ -1,0 +1,530 @@
+//! The write path: one writer thread with one connection runs the queued
+//! jobs in arrival order inside one transaction per batch (group commit),
+//! commits it (synchronous commit: durable when COMMIT returns), and only
+//! then answers the batch's callers and publishes its changes.
+//!
+//! A database error in a batch rolls the whole transaction back: every job
+//! in it that wrote is refused with [`StoreError::Backend`], and the chain's
+//! head is read again from the database before the next batch, so nothing
+//! in memory runs ahead of what was committed (also after a COMMIT whose
+//! outcome the lost connection hid). A lost connection is opened again for
+//! the next batch: PostgreSQL restarting costs the writes made meanwhile,
+//! not a restart of prodgate.
+
+use super::{Shared, decode_entry, decode_promotion, int};
+use crate::clock::Clock;
+use crate::domain::audit::{AuditEntry, GENESIS, Hash};
+use crate::domain::model::{
+    Action, CheckReport, Event, POLICY_ATTRIBUTE, Promotion, PromotionId, State, Time,
+};
+use crate::store::merkle::{NodeReader, nodes_for};
+use crate::store::sled::codec::{RecordRef, encode};
+use crate::store::{Change, Completion, Job, StoreError, StoredManifest, UnitOfWork};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::sync::mpsc;
+
+/// How many queued jobs one transaction may hold at most.
+pub const MAX_BATCH: usize = 512;
+/// Held by the writer's session while it writes: this slice runs one
+/// replica per database, and a second one must fail loudly rather than
+/// interleave its appends ("prodgate" + 1 in ASCII).
+const WRITER_LOCK: i64 = 0x7072_6f64_6761_7466;
+
+/// The chain's head and the id counter, as committed.
+#[derive(Clone)]
+struct Head {
+    next_sequence: u64,
+    hash: Hash,
+    last_time: Time,
+    next_id: PromotionId,
+}
+
+impl Default for Head {
+    fn default() -> Self {
+        Head {
+            next_sequence: 1,
+            hash: GENESIS,
+            last_time: Time::ZERO,
+            next_id: 1,
+        }
+    }
+}
+
+pub struct Writer {
+    config: postgres::Config,
+    client: Option<postgres::Client>,
+    /// `None`: read it from the database before the next batch.
+    head: Option<Head>,
+    clock: Arc<dyn Clock>,
+    shared: Shared,
+}
+
+fn backend(doing: &str, e: postgres::Error) -> StoreError {
+    StoreError::Backend(format!("{doing}: {e}"))
+}
+
+impl Writer {
+    /// Connects and reads the head; the caller reports a failure at open.
+    pub fn start(
+        config: postgres::Config,
+        clock: Arc<dyn Clock>,
+        shared: Shared,
+    ) -> Result<Writer, StoreError> {
+        let mut w = Writer {
+            config,
+            client: None,
+            head: None,
+            clock,
+            shared,
+        };
+        w.ready()?;
+        if let Some(head) = &w.head {
+            w.shared
+                .durable
+                .store(head.next_sequence - 1, Ordering::Release);
+        }
+        Ok(w)
+    }
+
+    /// A connection holding the writer lock, and the head read through it.
+    fn ready(&mut self) -> Result<(), StoreError> {
+        if self.client.as_ref().is_some_and(|c| c.is_closed()) {
+            self.client = None;
+        }
+        if self.client.is_none() {
+            self.head = None;
+            let mut c = self
+                .config
+                .connect(postgres::NoTls)
+                .map_err(|e| backend("connecting to PostgreSQL", e))?;
+            let locked: bool = c
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&WRITER_LOCK])
+                .map_err(|e| backend("taking the writer lock", e))?
+                .get(0);
+            if !locked {
+                return Err(StoreError::Backend(
+                    "another prodgate is writing to this database; this version runs one replica per database".into(),
+                ));
+            }
+            // Acknowledge only what is durable: a database or role default
+            // of `off` would let a crash lose acknowledged writes. Stricter
+            // settings (remote_apply for a standby) are kept.
+            let mode: String = c
+                .query_one("SHOW synchronous_commit", &[])
+                .map_err(|e| backend("reading synchronous_commit", e))?
+                .get(0);
+            if mode == "off" {
+                c.batch_execute("SET synchronous_commit = on")
+                    .map_err(|e| backend("setting synchronous_commit", e))?;
+            }
+            self.client = Some(c);
+        }
+        if self.head.is_none() {
+            let Some(c) = self.client.as_mut() else {
+                return Err(StoreError::Closed);
+            };
+            self.head = Some(load_head(c)?);
+        }
+        Ok(())
+    }
+
+    /// Runs one batch in one transaction and answers it.
+    fn run_batch(&mut self, jobs: Vec<Job>) {
+        let mut down = self.ready().err();
+        let mut head = self.head.clone().unwrap_or_default();
+        let mut changed = Vec::new();
+        let mut recorded = Vec::new();
+        let mut completions: Vec<Completion> = Vec::with_capacity(jobs.len());
+        let mut writes = 0;
+        let txn = match (&down, self.client.as_mut()) {
+            (None, Some(c)) => match c.transaction() {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    down = Some(backend("starting a transaction", e));
+                    None
+                }
+            },
+            _ => None,
+        };
+        let batch = RefCell::new(Batch {
+            txn,
+            failed: down,
+            nodes: HashMap::new(),
+        });
+        for job in jobs {
+            let mut tx = Tx {
+                batch: &batch,
+                head: &mut head,
+                clock: self.clock.as_ref(),
+                changed: &mut changed,
+                recorded: &mut recorded,
+                writes: 0,
+            };
+            completions.push(job(&mut tx));
+            writes += tx.writes;
+        }
+        let Batch { txn, failed, .. } = batch.into_inner();
+        let outcome = match (failed, txn) {
+            // Dropping the transaction rolls it back.
+            (Some(e), _) => Err(e),
+            (None, Some(txn)) => txn.commit().map_err(|e| backend("committing the batch", e)),
+            (None, None) => Err(StoreError::Closed),
+        };
+        match &outcome {
+            Ok(()) => {
+                if writes > 0 {
+                    let stats = &self.shared.stats;
+                    stats.flushes.fetch_add(1, Ordering::Relaxed);
+                    stats.commits.fetch_add(writes as u64, Ordering::Relaxed);
+                }
+                self.shared
+                    .durable
+                    .store(head.next_sequence - 1, Ordering::Release);
+                self.head = Some(head);
+            }
+            Err(e) => {
+                if writes > 0 {
+                    tracing::error!(error = %e, jobs = completions.len(), "a write batch was rolled back; its writes were refused");
+                }
+                // Read the head again: a COMMIT cut off by a lost
+                // connection may or may not have landed.
+                self.head = None;
+            }
+        }
+        for c in completions {
+            c(outcome.clone());
+        }
+        if outcome.is_ok() {
+            for change in changed {
+                // No subscriber is fine.
+                let _ = self.shared.changes.send(change);
+            }
+            for entry in recorded {
+                let _ = self.shared.records.send(entry);
+            }
+        }
+    }
+}
+
+/// Runs batches until every sender is gone.
+pub fn run(mut w: Writer, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        w.run_batch(batch);
+    }
+}
+
+fn load_head(c: &mut postgres::Client) -> Result<Head, StoreError> {
+    let last = c
+        .query_opt(
+            "SELECT sequence, record FROM audit ORDER BY sequence DESC LIMIT 1",
+            &[],
+        )
+        .map_err(|e| backend("reading the audit log's head", e))?;
+    let mut head = Head::default();
+    if let Some(row) = last {
+        let e = decode_entry(row.get(0), row.get(1))?;
+        head.next_sequence = e.sequence + 1;
+        head.hash = e.hash;
+        head.last_time = e.time;
+    }
+    let max_id: i64 = c
+        .query_one("SELECT coalesce(max(id), 0) FROM promotions", &[])
+        .map_err(|e| backend("reading the newest promotion id", e))?
+        .get(0);
+    // Ids are never reused: promotions are never deleted.
+    head.next_id = u64::try_from(max_id).unwrap_or(0) + 1;
+    Ok(head)
+}
+
+/// The batch's transaction; after the first error every later statement
+/// of the batch fails with it (PostgreSQL refuses them anyway).
+struct Batch<'c> {
+    txn: Option<postgres::Transaction<'c>>,
+    failed: Option<StoreError>,
+    /// Merkle nodes written in this batch, so appending reads them without
+    /// a round trip.
+    nodes: HashMap<u64, [u8; 32]>,
+}
+
+impl Batch<'_> {
+    fn run<T>(
+        &mut self,
+        doing: &str,
+        f: impl FnOnce(&mut postgres::Transaction<'_>) -> Result<T, postgres::Error>,
+    ) -> Result<T, StoreError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let Some(txn) = self.txn.as_mut() else {
+            return Err(StoreError::Closed);
+        };
+        f(txn).map_err(|e| {
+            let e = backend(doing, e);
+            self.failed = Some(e.clone());
+            e
+        })
+    }
+}
+
+/// A write job's view: reads and writes go through the batch's transaction.
+struct Tx<'a, 'c> {
+    batch: &'a RefCell<Batch<'c>>,
+    head: &'a mut Head,
+    clock: &'a dyn Clock,
+    changed: &'a mut Vec<Change>,
+    recorded: &'a mut Vec<AuditEntry>,
+    writes: usize,
+}
+
+impl NodeReader for RefCell<Batch<'_>> {
+    fn node(&self, index: u64) -> Result<Option<[u8; 32]>, StoreError> {
+        let mut b = self.borrow_mut();
+        if let Some(h) = b.nodes.get(&index) {
+            return Ok(Some(*h));
+        }
+        let i = int(index)?;
+        let row = b.run("reading a Merkle node", |t| {
+            t.query_opt("SELECT hash FROM merkle WHERE node = $1", &[&i])
+        })?;
+        row.map(|r| node_hash(index, r.get(0))).transpose()
+    }
+}
+
+pub fn node_hash(index: u64, bytes: &[u8]) -> Result<[u8; 32], StoreError> {
+    bytes.try_into().map_err(|_| StoreError::Corrupt {
+        what: format!("Merkle node {index}"),
+        reason: format!("{} bytes, not 32", bytes.len()),
+    })
+}
+
+impl Tx<'_, '_> {
+    /// Inserts the audit row and the entry's Merkle nodes, and advances the
+    /// head (restored by the caller if the batch rolls back).
+    fn append(
+        &mut self,
+        entry: &AuditEntry,
+        promotion: Option<&Promotion>,
+    ) -> Result<(), StoreError> {
+        let record = encode(&RecordRef { entry, promotion });
+        let seq = int(entry.sequence)?;
+        let id = promotion.map(|p| int(p.id)).transpose()?;
+        let action = i16::try_from(entry.event.action.number()).unwrap_or(i16::MAX);
+        let nanos = i32::try_from(entry.time.nanos).unwrap_or(i32::MAX);
+        let (first, nodes) = nodes_for(entry.sequence, &entry.hash, self.batch)?;
+        let indexes = (0..nodes.len() as u64)
+            .map(|i| int(first + i))
+            .collect::<Result<Vec<i64>, _>>()?;
+        let hashes: Vec<&[u8]> = nodes.iter().map(|h| h.as_slice()).collect();
+        let mut b = self.batch.borrow_mut();
+        b.run("appending an audit entry", |t| {
+            t.execute(
+                "INSERT INTO audit (sequence, time_seconds, time_nanos, action, promotion_id, repository, environment, record)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[
+                    &seq,
+                    &entry.time.seconds,
+                    &nanos,
+                    &action,
+                    &id,
+                    &entry.event.repository,
+                    &entry.event.environment,
+                    &record,
+                ],
+            )?;
+            t.execute(
+                "INSERT INTO merkle (node, hash) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
+                &[&indexes, &hashes],
+            )
+        })?;
+        for (i, h) in nodes.into_iter().enumerate() {
+            b.nodes.insert(first + i as u64, h);
+        }
+        self.writes += 1;
+        self.head.next_sequence = entry.sequence + 1;
+        self.head.hash = entry.hash;
+        self.head.last_time = entry.time;
+        Ok(())
+    }
+}
+
+impl UnitOfWork for Tx<'_, '_> {
+    fn now(&mut self) -> Time {
+        let now = self.clock.now().max(self.head.last_time);
+        self.head.last_time = now;
+        now
+    }
+
+    fn get(&self, id: PromotionId) -> Result<Option<Promotion>, StoreError> {
+        let i = int(id)?;
+        let row = self.batch.borrow_mut().run("reading a promotion", |t| {
+            t.query_opt("SELECT record FROM promotions WHERE id = $1", &[&i])
+        })?;
+        row.map(|r| decode_promotion(id, r.get(0))).transpose()
+    }
+
+    fn find_request(
+        &self,
+        principal: &str,
+        request_id: &str,
+    ) -> Result<Option<PromotionId>, StoreError> {
+        let row = self.batch.borrow_mut().run("reading a request id", |t| {
+            t.query_opt(
+                "SELECT id FROM promotions WHERE requested_by = $1 AND request_id = $2 AND request_id <> '' ORDER BY id DESC LIMIT 1",
+                &[&principal, &request_id],
+            )
+        })?;
+        Ok(row.and_then(|r| u64::try_from(r.get::<_, i64>(0)).ok()))
+    }
+
+    fn next_id(&self) -> PromotionId {
+        self.head.next_id
+    }
+
+    fn open_promotions(
+        &self,
+        repository: &str,
+        environment: &str,
+    ) -> Result<Vec<Promotion>, StoreError> {
+        let (pending, approved) = (State::PendingApproval.label(), State::Approved.label());
+        let rows = self.batch.borrow_mut().run("reading open promotions", |t| {
+            t.query(
+                "SELECT id, record FROM promotions WHERE repository = $1 AND environment = $2 AND state IN ($3, $4) ORDER BY id",
+                &[&repository, &environment, &pending, &approved],
+            )
+        })?;
+        rows.iter()
+            .map(|r| decode_promotion(u64::try_from(r.get::<_, i64>(0)).unwrap_or(0), r.get(1)))
+            .collect()
+    }
+
+    fn put_manifest(
+        &mut self,
+        repository: &str,
+        digest: &str,
+        m: &StoredManifest,
+    ) -> Result<(), StoreError> {
+        self.batch.borrow_mut().run("pinning a manifest", |t| {
+            t.execute(
+                "INSERT INTO manifests (repository, digest, media_type, bytes) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                &[&repository, &digest, &m.media_type, &m.bytes],
+            )
+        })?;
+        Ok(())
+    }
+
+    fn put_policy(&mut self, digest: &str, canonical_json: &str) -> Result<(), StoreError> {
+        self.batch.borrow_mut().run("keeping a policy version", |t| {
+            t.execute(
+                "INSERT INTO policies (digest, canonical_json) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&digest, &canonical_json],
+            )
+        })?;
+        Ok(())
+    }
+
+    fn latest_policy(&self) -> Result<Option<String>, StoreError> {
+        let action = Action::PolicyChanged.number() as i16;
+        let row = self.batch.borrow_mut().run("reading the latest policy", |t| {
+            t.query_opt(
+                "SELECT sequence, record FROM audit WHERE action = $1 ORDER BY sequence DESC LIMIT 1",
+                &[&action],
+            )
+        })?;
+        match row {
+            Some(r) => Ok(decode_entry(r.get(0), r.get(1))?
+                .event
+                .attributes
+                .get(POLICY_ATTRIBUTE)
+                .cloned()),
+            None => Ok(None),
+        }
+    }
+
+    /// The audit row, the promotion's row and the indexes are written in
+    /// the batch's transaction: they commit together or not at all, so
+    /// nothing is derived after the fact (unlike sled's redo at start).
+    fn commit(
+        &mut self,
+        after: &Promotion,
+        event: Option<Event>,
+    ) -> Result<Option<AuditEntry>, StoreError> {
+        let stored = self.get(after.id)?;
+        let Some(event) = event else {
+            // Only a repeated approval has no event, and it changes nothing.
+            return if stored.is_some_and(|s| s == *after) {
+                Ok(None)
+            } else {
+                Err(StoreError::Unaudited(after.id))
+            };
+        };
+        let time = after.updated_at.max(self.head.last_time);
+        let entry = AuditEntry::chain(self.head.hash, self.head.next_sequence, time, event);
+        self.append(&entry, Some(after))?;
+        let id = int(after.id)?;
+        let record = encode(after);
+        let state = after.state.label();
+        self.batch.borrow_mut().run("storing a promotion", |t| {
+            t.execute(
+                "INSERT INTO promotions (id, repository, environment, state, requested_by, request_id, record)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, record = EXCLUDED.record",
+                &[
+                    &id,
+                    &after.repository,
+                    &after.environment,
+                    &state,
+                    &after.requested_by,
+                    &after.request_id,
+                    &record,
+                ],
+            )?;
+            if entry.event.action == Action::Applied {
+                t.execute(
+                    "INSERT INTO moved_tags (repository, environment) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    &[&after.repository, &after.environment],
+                )?;
+            }
+            Ok(0)
+        })?;
+        if stored.is_none() {
+            self.head.next_id = self.head.next_id.max(after.id + 1);
+        }
+        self.changed.push(Change {
+            entry: entry.clone(),
+            promotion: after.clone(),
+        });
+        Ok(Some(entry))
+    }
+
+    fn record(&mut self, event: Event, at: Time) -> Result<AuditEntry, StoreError> {
+        let time = at.max(self.head.last_time);
+        let entry = AuditEntry::chain(self.head.hash, self.head.next_sequence, time, event);
+        self.append(&entry, None)?;
+        if let Some(r) = CheckReport::from_entry(&entry) {
+            let seq = int(entry.sequence)?;
+            self.batch.borrow_mut().run("indexing a check report", |t| {
+                t.execute(
+                    "INSERT INTO checks (repository, digest, name, sequence) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (repository, digest, name) DO UPDATE SET sequence = EXCLUDED.sequence",
+                    &[&r.repository, &r.digest, &r.check, &seq],
+                )
+            })?;
+        }
+        self.recorded.push(entry.clone());
+        Ok(entry)
+    }
+
+    fn writes(&self) -> usize {
+        self.writes
+    }
+}
