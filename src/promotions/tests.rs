@@ -1,6 +1,8 @@
-//! Use-case tests on the storage port's sled backend in a temp dir, a
-//! registry double behind the `Registry` trait, and the settable clock: time
-//! moves because a test says so, never by sleeping.
+//! Use-case tests on every backend of the storage port (sled in a temp
+//! dir, PostgreSQL in a fresh database of a private cluster), a registry
+//! double behind the `Registry` trait, and the settable clock: time moves
+//! because a test says so, never by sleeping. Each test is written once, as
+//! `async fn name(b: Backend)`, and [`on_every_backend!`] runs it on each.
 
 use super::*;
 use crate::apply;
@@ -188,12 +190,77 @@ impl Registry for FakeRegistry {
     }
 }
 
+#[path = "../../tests/support/postgres.rs"]
+mod pg_support;
+
+/// Which storage backend a test's world runs on.
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Sled,
+    Postgres,
+}
+
+impl Backend {
+    /// A fresh store of this kind, and the temp dir it lives in (sled).
+    async fn open(self, clock: &ManualClock) -> (Store, Option<tempfile::TempDir>) {
+        let clock = Arc::new(clock.clone());
+        match self {
+            Backend::Sled => {
+                let dir = tempfile::tempdir().unwrap();
+                (
+                    crate::store::sled::open(dir.path(), clock).unwrap(),
+                    Some(dir),
+                )
+            }
+            Backend::Postgres => {
+                let cluster = pg_support::Cluster::shared().expect("PostgreSQL is installed");
+                let db = cluster.database();
+                let config = crate::config::PostgresConfig {
+                    connection: Some(crate::config::Secret::new(db.url.as_bytes())),
+                    password: Some(crate::config::Secret::new(db.password.as_bytes())),
+                    origin: db.url.clone(),
+                };
+                (
+                    crate::store::postgres::open(&config, clock).await.unwrap(),
+                    None,
+                )
+            }
+        }
+    }
+}
+
+/// Runs each named `async fn name(b: Backend)` as a test on sled and on
+/// PostgreSQL. The PostgreSQL tests skip (saying so) only where PostgreSQL
+/// is not installed and CI is not set.
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod on_sled {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Backend::Sled).await
+                }
+            )*
+        }
+        mod on_postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    if super::pg_support::Cluster::shared().is_some() {
+                        super::$name(super::Backend::Postgres).await
+                    }
+                }
+            )*
+        }
+    };
+}
+
 struct World {
     promotions: Promotions,
     registry: Arc<FakeRegistry>,
     clock: ManualClock,
     store: Store,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
     _stop: tokio_util::sync::DropGuard,
 }
 
@@ -240,18 +307,17 @@ fn who(name: &str) -> Principal {
 }
 
 /// A service over a fresh store with the apply worker running.
-fn world() -> World {
-    world_with(config())
+async fn world(b: Backend) -> World {
+    world_with(b, config()).await
 }
 
-fn world_with(config: Config) -> World {
+async fn world_with(b: Backend, config: Config) -> World {
     let config = crate::config::Live::new(config);
-    let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::at(Time {
         seconds: 1_800_000_000,
         nanos: 0,
     });
-    let store = crate::store::sled::open(dir.path(), Arc::new(clock.clone())).unwrap();
+    let (store, dir) = b.open(&clock).await;
     let registry = Arc::new(FakeRegistry::default());
     let progress = apply::Progress::default();
     let stopped = tokio_util::sync::CancellationToken::new();
@@ -319,9 +385,8 @@ impl World {
     }
 }
 
-#[tokio::test]
-async fn pending_promotions_expire_when_the_clock_passes_the_ttl() {
-    let w = world();
+async fn pending_promotions_expire_when_the_clock_passes_the_ttl(b: Backend) {
+    let w = world(b).await;
     let d = w.registry.push("v1", "one");
     let p = w.request(&d).await;
     assert_eq!(p.state, State::PendingApproval);
@@ -342,9 +407,8 @@ async fn pending_promotions_expire_when_the_clock_passes_the_ttl() {
     );
 }
 
-#[tokio::test]
-async fn the_sweep_records_every_overdue_promotion_once() {
-    let w = world();
+async fn the_sweep_records_every_overdue_promotion_once(b: Backend) {
+    let w = world(b).await;
     let d = w.registry.push("v1", "one");
     let first = w.request(&d).await;
     w.clock.advance(Duration::from_secs(30));
@@ -372,9 +436,8 @@ async fn the_sweep_records_every_overdue_promotion_once() {
     );
 }
 
-#[tokio::test]
-async fn a_stale_approval_cannot_move_the_tag_back() {
-    let w = world();
+async fn a_stale_approval_cannot_move_the_tag_back(b: Backend) {
+    let w = world(b).await;
     let old = w.registry.push("v1", "old");
     let new = w.registry.push("v2", "new");
     let first = w.request(&old).await;
@@ -419,11 +482,10 @@ async fn a_stale_approval_cannot_move_the_tag_back() {
     );
 }
 
-#[tokio::test]
-async fn a_newer_promotion_does_not_supersede_the_older_one_applied_after_it() {
+async fn a_newer_promotion_does_not_supersede_the_older_one_applied_after_it(b: Backend) {
     // Requested later but applied first is the newer one; one requested
     // after an applied promotion is not touched.
-    let w = world();
+    let w = world(b).await;
     let a = w.registry.push("v1", "a");
     let b = w.registry.push("v2", "b");
     let first = w.request(&a).await;
@@ -440,9 +502,8 @@ async fn a_newer_promotion_does_not_supersede_the_older_one_applied_after_it() {
     );
 }
 
-#[tokio::test]
-async fn a_reason_is_required_where_approvals_are() {
-    let w = world();
+async fn a_reason_is_required_where_approvals_are(b: Backend) {
+    let w = world(b).await;
     let d = w.registry.push("v1", "one");
     let refused = w
         .promotions
@@ -469,9 +530,8 @@ async fn a_reason_is_required_where_approvals_are() {
     assert_eq!(p.state, State::Promoted);
 }
 
-#[tokio::test]
-async fn awaiting_me_lists_what_the_caller_may_approve_now_newest_first() {
-    let w = world();
+async fn awaiting_me_lists_what_the_caller_may_approve_now_newest_first(b: Backend) {
+    let w = world(b).await;
     let d = w.registry.push("v1", "one");
     let by_alice_1 = w.request(&d).await;
     let by_bob = w
@@ -531,13 +591,16 @@ async fn until_state(w: &World, id: PromotionId, done: impl Fn(&Promotion) -> bo
 }
 
 /// Approve answers at once (apply_wait 0), so the worker's retries show.
-fn impatient() -> World {
-    world_with(Config::parse(&format!("apply_wait = \"0s\"\n{POLICY}")).unwrap())
+async fn impatient(b: Backend) -> World {
+    world_with(
+        b,
+        Config::parse(&format!("apply_wait = \"0s\"\n{POLICY}")).unwrap(),
+    )
+    .await
 }
 
-#[tokio::test]
-async fn an_approved_move_not_done_by_the_apply_deadline_fails_with_the_last_error() {
-    let w = impatient();
+async fn an_approved_move_not_done_by_the_apply_deadline_fails_with_the_last_error(b: Backend) {
+    let w = impatient(b).await;
     *w.registry.moves.lock().unwrap() = Moves::Fail;
     let d = w.registry.push("v1", "one");
     let p = w.request(&d).await;
@@ -567,9 +630,8 @@ async fn an_approved_move_not_done_by_the_apply_deadline_fails_with_the_last_err
     assert_eq!(w.registry.tag("production"), None);
 }
 
-#[tokio::test]
-async fn a_final_read_at_the_deadline_records_a_move_whose_answer_was_lost() {
-    let w = impatient();
+async fn a_final_read_at_the_deadline_records_a_move_whose_answer_was_lost(b: Backend) {
+    let w = impatient(b).await;
     *w.registry.moves.lock().unwrap() = Moves::LoseAnswer;
     let d = w.registry.push("v1", "one");
     let p = w.request(&d).await;
@@ -584,10 +646,9 @@ async fn a_final_read_at_the_deadline_records_a_move_whose_answer_was_lost() {
     assert_eq!(w.registry.tag("production").as_deref(), Some(d.as_str()));
 }
 
-#[tokio::test]
-async fn each_policy_version_is_recorded_once_and_named_by_what_it_approved() {
+async fn each_policy_version_is_recorded_once_and_named_by_what_it_approved(b: Backend) {
     use crate::domain::model::{Action, POLICY_ATTRIBUTE};
-    let w = world();
+    let w = world(b).await;
     let first = config().policy;
     // At start: recorded once, and not again while it stays the same.
     let entry = w.promotions.record_policy().await.unwrap().unwrap();
@@ -659,7 +720,7 @@ async fn each_policy_version_is_recorded_once_and_named_by_what_it_approved() {
 }
 
 /// A world whose `production` demands a signature by the returned key.
-fn signed_world() -> (World, p256::ecdsa::SigningKey, tempfile::TempDir) {
+async fn signed_world() -> (World, p256::ecdsa::SigningKey, tempfile::TempDir) {
     use p256::pkcs8::{EncodePublicKey, LineEnding};
     let key = p256::ecdsa::SigningKey::from_slice(&[3; 32]).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -673,7 +734,11 @@ fn signed_world() -> (World, p256::ecdsa::SigningKey, tempfile::TempDir) {
         "apply_wait = \"5s\"\n{POLICY}signature_keys = [{:?}]\n",
         path.display()
     );
-    (world_with(Config::parse(&text).unwrap()), key, dir)
+    (
+        world_with(Backend::Sled, Config::parse(&text).unwrap()).await,
+        key,
+        dir,
+    )
 }
 
 async fn approving_entry(w: &World, id: PromotionId) -> AuditEntry {
@@ -699,7 +764,7 @@ async fn approving_entry(w: &World, id: PromotionId) -> AuditEntry {
 
 #[tokio::test]
 async fn a_signed_digest_passes_and_its_approval_names_the_key() {
-    let (w, key, _keys) = signed_world();
+    let (w, key, _keys) = signed_world().await;
     let d = w.registry.push("v1", "one");
     w.registry.sign(&d, &d, &key);
     let p = w.request(&d).await;
@@ -724,7 +789,7 @@ fn config_key_fingerprint(w: &World) -> String {
 
 #[tokio::test]
 async fn unsigned_or_signed_for_another_digest_blocks_the_last_approval() {
-    let (w, key, _keys) = signed_world();
+    let (w, key, _keys) = signed_world().await;
     let d = w.registry.push("v1", "one");
     let other = w.registry.push("v2", "two");
     let p = w.request(&d).await;
@@ -760,7 +825,7 @@ async fn unsigned_or_signed_for_another_digest_blocks_the_last_approval() {
 
 #[tokio::test]
 async fn a_registry_failure_while_reading_signatures_is_unavailable_not_a_block() {
-    let (w, key, _keys) = signed_world();
+    let (w, key, _keys) = signed_world().await;
     let d = w.registry.push("v1", "one");
     w.registry.sign(&d, &d, &key);
     *w.registry.signatures_down.lock().unwrap() = true;
@@ -779,7 +844,7 @@ async fn a_registry_failure_while_reading_signatures_is_unavailable_not_a_block(
 
 #[tokio::test]
 async fn an_oversized_payload_is_not_read_and_blocks() {
-    let (w, key, _keys) = signed_world();
+    let (w, key, _keys) = signed_world().await;
     let d = w.registry.push("v1", "one");
     w.registry.sign(&d, &d, &key);
     // Swap the payload for one over the cap (its digest no longer matters:
@@ -795,3 +860,15 @@ async fn an_oversized_payload_is_not_read_and_blocks() {
     assert!(!g.passed, "{g:?}");
     assert!(g.message.contains("over the 65536-byte limit"), "{g:?}");
 }
+
+on_every_backend!(
+    pending_promotions_expire_when_the_clock_passes_the_ttl,
+    the_sweep_records_every_overdue_promotion_once,
+    a_stale_approval_cannot_move_the_tag_back,
+    a_newer_promotion_does_not_supersede_the_older_one_applied_after_it,
+    a_reason_is_required_where_approvals_are,
+    awaiting_me_lists_what_the_caller_may_approve_now_newest_first,
+    an_approved_move_not_done_by_the_apply_deadline_fails_with_the_last_error,
+    a_final_read_at_the_deadline_records_a_move_whose_answer_was_lost,
+    each_policy_version_is_recorded_once_and_named_by_what_it_approved,
+);
