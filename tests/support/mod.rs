@@ -1,8 +1,10 @@
 //! Real parts for integration tests: Debian's `docker-registry` and a
-//! `prodgate serve` process, each on a free loopback port with temp storage.
+//! `prodgate serve` process, each on a free loopback port with temp storage,
+//! and a private PostgreSQL cluster for the PostgreSQL backend.
 #![allow(dead_code)]
 pub mod hostile;
 pub mod oidc;
+pub mod postgres;
 pub mod proxy;
 pub mod registry;
 pub mod server;
