@@ -15,7 +15,9 @@
 //!   the stream of committed changes) and its backends: [`store::sled`], the
 //!   embedded default, where the audit log is the source of truth, records
 //!   and indexes are derived from it, and one writer thread commits while a
-//!   flusher thread fsyncs before anyone is answered.
+//!   flusher thread fsyncs before anyone is answered; and
+//!   [`store::postgres`], one replica on a PostgreSQL database, where each
+//!   batch of writes is one transaction.
 //! - [`registry`]: resolving tags and copying manifests, behind a trait.
 //! - [`promotions`]: the use cases the RPCs call; they gather the gates'
 //!   facts and let the domain decide inside a write job.

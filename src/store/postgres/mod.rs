@@ -724,3 +724,6 @@ impl Storage for PgStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;
