@@ -260,6 +260,58 @@ async fn reload(
     }
 }
 
+/// How often health asks a database backend whether it answers.
+const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// A probe that takes longer counts as the database not answering.
+const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Keeps health NOT_SERVING while the database does not answer (a load
+/// balancer then sends calls to a replica that can answer them) and
+/// SERVING again once it does; the store reconnects on its own.
+async fn probe_store(
+    store: crate::store::Store,
+    health: tonic_health::server::HealthReporter,
+    gate: Arc<tokio::sync::Mutex<bool>>,
+    stop: CancellationToken,
+) {
+    type Svc = Authenticate<PromotionServiceServer<PromotionApi>>;
+    let mut serving = true;
+    let mut tick = tokio::time::interval(STORE_PROBE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let answer = tokio::time::timeout(STORE_PROBE_TIMEOUT, store.audit_len()).await;
+        let ok = matches!(answer, Ok(Ok(_)));
+        if ok == serving {
+            continue;
+        }
+        let shutting_down = gate.lock().await;
+        if *shutting_down {
+            return;
+        }
+        serving = ok;
+        if ok {
+            tracing::info!("the database answers again: serving");
+            health.set_service_status("", ServingStatus::Serving).await;
+            health.set_serving::<Svc>().await;
+        } else {
+            match answer {
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "the database does not answer: not serving")
+                }
+                _ => tracing::error!("the database did not answer in time: not serving"),
+            }
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            health.set_not_serving::<Svc>().await;
+        }
+    }
+}
+
 /// Serves on `listener` until `shutdown` completes; reloads the policy on
 /// each of `reloads`' requests.
 pub async fn run(
@@ -419,6 +471,18 @@ pub async fn run(
     type Svc = Authenticate<PromotionServiceServer<PromotionApi>>;
     health.set_serving::<Svc>().await;
     health.set_service_status("", ServingStatus::Serving).await;
+    // Whether shutdown began: once it has, the store probe leaves health
+    // NOT_SERVING. A lock, not a flag, so a probe's update cannot land
+    // between shutdown's check and its own.
+    let health_gate = Arc::new(tokio::sync::Mutex::new(false));
+    if matches!(config.storage, StorageConfig::Postgres(_)) {
+        background.spawn(probe_store(
+            store.clone(),
+            health.clone(),
+            health_gate.clone(),
+            stop.clone(),
+        ));
+    }
     // v1alpha too: grpcurl before 1.8.8, Postman and Python's grpcio-reflection speak only it.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -473,10 +537,13 @@ pub async fn run(
     let closing = draining.clone();
     let shutdown = async {
         shutdown.await;
+        let mut shutting_down = health_gate.lock().await;
+        *shutting_down = true;
         health
             .set_service_status("", ServingStatus::NotServing)
             .await;
         health.set_not_serving::<Svc>().await;
+        drop(shutting_down);
         tracing::info!("shutting down: no new connections, finishing in-flight calls");
         // Open WatchPromotion streams end now, so clients reconnect elsewhere.
         draining.cancel();

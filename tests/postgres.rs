@@ -3,11 +3,11 @@
 //! answers as on sled: promotions, History, VerifyAuditLog, tree heads and
 //! proofs; acknowledged writes survive SIGKILL of prodgate; concurrent
 //! writers keep one gapless chain; PostgreSQL stopping gives UNAVAILABLE
-//! and its return recovers without restarting prodgate.
+//! and health NOT_SERVING, and its return recovers without restarting
+//! prodgate.
 //!
 //! First slice of issue 13: one replica per database. Several replicas,
-//! LISTEN/NOTIFY watches, `migrate --from-sled` and health NOT_SERVING
-//! while the database is down are not built yet.
+//! LISTEN/NOTIFY watches and `migrate --from-sled` are not built yet.
 
 mod support;
 
@@ -232,7 +232,7 @@ async fn thirty_two_concurrent_writers_keep_one_gapless_chain() {
 }
 
 #[tokio::test]
-async fn postgresql_stopped_is_unavailable_and_its_return_recovers() {
+async fn postgresql_stopped_is_unavailable_and_not_serving_until_it_returns() {
     // A cluster of its own: stopping the shared one would fail other tests.
     let Some(cluster) = Cluster::start() else {
         return;
@@ -249,8 +249,25 @@ async fn postgresql_stopped_is_unavailable_and_its_return_recovers() {
         .expect("request")
         .into_inner();
     let before = assert_one_chain(&mut alice).await.len();
+    // Health as a load balancer watches it: each change is pushed.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await)
+        .watch(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("health watch")
+        .into_inner();
+    let mut next_status = async move || {
+        tokio::time::timeout(Duration::from_secs(10), health.message())
+            .await
+            .expect("a health change in time")
+            .expect("health stream")
+            .expect("health stream open")
+            .status
+    };
+    use tonic_health::pb::health_check_response::ServingStatus;
+    assert_eq!(next_status().await, ServingStatus::Serving as i32);
 
     cluster.stop();
+    assert_eq!(next_status().await, ServingStatus::NotServing as i32);
     let e = alice
         .request_promotion(request_to(&repo, "staging", "production"))
         .await
@@ -267,6 +284,7 @@ async fn postgresql_stopped_is_unavailable_and_its_return_recovers() {
     // Back: the next calls succeed on new connections, without a restart
     // of prodgate, and the refused write left nothing behind.
     cluster.resume();
+    assert_eq!(next_status().await, ServingStatus::Serving as i32);
     alice
         .get_promotion(GetPromotionRequest {
             promotion_id: first.id.clone(),
