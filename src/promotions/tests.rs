@@ -190,8 +190,7 @@ impl Registry for FakeRegistry {
     }
 }
 
-#[path = "../../tests/support/postgres.rs"]
-mod pg_support;
+use crate::store::postgres::test_cluster as pg_support;
 
 /// Which storage backend a test's world runs on.
 #[derive(Debug, Clone, Copy)]

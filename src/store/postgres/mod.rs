@@ -725,5 +725,11 @@ impl Storage for PgStore {
     }
 }
 
+/// The private PostgreSQL cluster of the integration tests, shared with the
+/// library's tests (the use cases on every backend, and `tests` here).
+#[cfg(test)]
+#[path = "../../../tests/support/postgres.rs"]
+pub(crate) mod test_cluster;
+
 #[cfg(test)]
 mod tests;

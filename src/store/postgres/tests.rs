@@ -3,10 +3,8 @@
 //! connection half way is rolled back whole and refused, the head in memory
 //! does not run ahead, and the next write reconnects and continues the chain.
 
-#[path = "../../../tests/support/postgres.rs"]
-mod pg_support;
-
 use super::PgStore;
+use super::test_cluster as pg_support;
 use crate::clock::ManualClock;
 use crate::config::{PostgresConfig, Secret};
 use crate::domain::model::{Time, policy_changed};
