@@ -37,11 +37,13 @@ async fn a_batch_that_loses_its_connection_is_refused_whole_and_the_chain_goes_o
         seconds: 1_800_000_000,
         nanos: 0,
     };
+    let mut changes = store.subscribe_records();
     store
         .write(move |uow| uow.record(policy_changed("sha256:one"), at).map(drop))
         .await
         .unwrap();
-    let mut changes = store.subscribe_records();
+    // Callers are answered before the batch is published: wait for it.
+    assert_eq!(changes.recv().await.unwrap().sequence, 1);
 
     // One job appends, then its connection dies (as when PostgreSQL
     // restarts), then it appends again.

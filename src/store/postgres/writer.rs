@@ -32,6 +32,8 @@ pub const MAX_BATCH: usize = 512;
 /// replica per database, and a second one must fail loudly rather than
 /// interleave its appends ("prodgate" + 1 in ASCII).
 const WRITER_LOCK: i64 = 0x7072_6f64_6761_7466;
+/// How long a connection may take to answer a ping after a failed batch.
+const VALID_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The chain's head and the id counter, as committed.
 #[derive(Clone)]
@@ -192,6 +194,13 @@ impl Writer {
                 // Read the head again: a COMMIT cut off by a lost
                 // connection may or may not have landed.
                 self.head = None;
+                // A connection that no longer answers is opened anew for
+                // the next batch, not reused until TCP gives up on it.
+                if let Some(c) = self.client.as_mut()
+                    && c.is_valid(VALID_CHECK).is_err()
+                {
+                    self.client = None;
+                }
             }
         }
         for c in completions {
