@@ -501,7 +501,7 @@ pub async fn move_pinned(
 }
 
 /// Between half and all of `d`, so many waiting lanes do not retry in step.
-fn jitter(d: Duration) -> Duration {
+pub(crate) fn jitter(d: Duration) -> Duration {
     let half = d / 2;
     half + Duration::from_millis(rand::rng().random_range(0..=half.as_millis() as u64))
 }

@@ -22,6 +22,8 @@
 //! - [`promotions`]: the use cases the RPCs call; they gather the gates'
 //!   facts and let the domain decide inside a write job.
 //! - [`apply`]: the worker that moves tags of APPROVED promotions.
+//! - [`attach`]: the record of each APPLIED promotion, pushed as an OCI
+//!   artifact referring to the promoted image (`attach_record`).
 //! - [`drift`]: the watch that notices (and may undo) tag moves made
 //!   behind prodgate's back.
 //! - [`auth`]: the caller's identity from credentials: static tokens, JWTs
@@ -38,6 +40,7 @@
 
 pub mod api;
 pub mod apply;
+pub mod attach;
 pub mod auth;
 pub mod cli;
 pub mod clock;

@@ -45,6 +45,7 @@ pub struct Metrics {
     config_reloads: IntCounterVec,
     auth_failures: IntCounterVec,
     drift_detected: IntCounterVec,
+    attach_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -148,6 +149,17 @@ impl Metrics {
             drift_detected.with_label_values(&[e.as_str()]);
         }
         registry.register(Box::new(drift_detected.clone()))?;
+        let attach_failures = IntCounterVec::new(
+            Opts::new(
+                "attach_failures_total",
+                "Failed attempts to attach a promotion's record to the image (each is retried), by environment",
+            ),
+            &["environment"],
+        )?;
+        for e in &environments {
+            attach_failures.with_label_values(&[e.as_str()]);
+        }
+        registry.register(Box::new(attach_failures.clone()))?;
         registry.register(Box::new(config_reloads.clone()))?;
         registry.register(Box::new(store_commits.clone()))?;
         registry.register(Box::new(store_flushes.clone()))?;
@@ -174,6 +186,7 @@ impl Metrics {
             config_reloads,
             auth_failures,
             drift_detected,
+            attach_failures,
         }))
     }
 
@@ -188,6 +201,12 @@ impl Metrics {
     /// [`crate::auth::AuthError::REASONS`].
     pub fn auth_failure(&self, reason: &'static str) {
         self.auth_failures.with_label_values(&[reason]).inc();
+    }
+
+    /// One failed attempt to attach a record to an image of `environment`
+    /// (a configured environment's name).
+    pub fn attach_failure(&self, environment: &str) {
+        self.attach_failures.with_label_values(&[environment]).inc();
     }
 
     /// One registry request: `operation` like "GET manifest", `outcome` the

@@ -393,6 +393,17 @@ pub async fn run(
         },
         stop.clone(),
     ));
+    background.spawn(crate::attach::run(
+        store.clone(),
+        registry.clone(),
+        crate::evidence::Evidence::new(store.clone(), config.checkpoint.as_ref()),
+        crate::attach::Settings {
+            config: live.clone(),
+            clock: clock.clone(),
+            metrics: Some(metrics.clone()),
+        },
+        stop.clone(),
+    ));
     if let Some(every) = config.drift_check_interval {
         background.spawn(crate::drift::run(
             store.clone(),

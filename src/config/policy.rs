@@ -65,6 +65,9 @@ pub(super) fn apply_policy_keys(
     if let Some(restore) = keys.restore_on_drift {
         policy.restore_on_drift = restore;
     }
+    if let Some(attach) = keys.attach_record {
+        policy.attach_record = attach;
+    }
     if let Some(paths) = keys.signature_keys {
         policy.signature_keys = signature_keys(&key("signature_keys"), paths, cx)?;
     }
@@ -804,6 +807,35 @@ reason = "payments migration"
                 .freezes
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn attach_record_is_off_unless_set_and_a_project_may_set_it_either_way() {
+        let c = Config::parse(&gated()).unwrap();
+        assert!(!production(&c, "r.test/web/app").attach_record);
+        let c = Config::parse(&gated().replace(
+            "required_approvals = 1\nallowed_hours",
+            "required_approvals = 1\nattach_record = true\nallowed_hours",
+        ))
+        .unwrap();
+        assert!(!production(&c, "r.test/web/app").attach_record);
+        assert!(production(&c, "r.test/pay/api").attach_record);
+        let on = gated().replace(
+            "break_glass = [\"group:sre\"]",
+            "break_glass = [\"group:sre\"]\nattach_record = true",
+        );
+        let c = Config::parse(&on).unwrap();
+        assert!(production(&c, "r.test/web/app").attach_record);
+        assert!(production(&c, "r.test/pay/api").attach_record, "inherited");
+        // It is policy: turning it on changes the policy's digest.
+        assert_ne!(
+            Config::parse(&gated()).unwrap().policy.digest,
+            c.policy.digest
+        );
+        let e = Config::parse(&on.replace("attach_record = true", "attach_record = 1"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("attach_record"), "{e}");
     }
 
     #[test]

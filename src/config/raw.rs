@@ -129,6 +129,7 @@ pub(super) struct RawEnvironment {
     pub rollback_approvals: Option<u32>,
     pub restore_on_drift: Option<bool>,
     pub signature_keys: Option<Vec<PathBuf>>,
+    pub attach_record: Option<bool>,
 }
 
 /// `[[project]]`: the policy of the repositories its patterns match.
@@ -169,6 +170,7 @@ pub(super) struct RawProjectEnvironment {
     pub rollback_approvals: Option<u32>,
     pub restore_on_drift: Option<bool>,
     pub signature_keys: Option<Vec<PathBuf>>,
+    pub attach_record: Option<bool>,
 }
 
 /// `[[freeze]]` or `[[project.freeze]]`.
@@ -198,6 +200,7 @@ pub(super) struct PolicyKeys<'a> {
     pub rollback_approvals: Option<u32>,
     pub restore_on_drift: Option<bool>,
     pub signature_keys: Option<&'a [PathBuf]>,
+    pub attach_record: Option<bool>,
 }
 
 impl RawEnvironment {
@@ -217,6 +220,7 @@ impl RawEnvironment {
             rollback_approvals: self.rollback_approvals,
             restore_on_drift: self.restore_on_drift,
             signature_keys: self.signature_keys.as_deref(),
+            attach_record: self.attach_record,
         }
     }
 }
@@ -238,6 +242,7 @@ impl RawProjectEnvironment {
             rollback_approvals: self.rollback_approvals,
             restore_on_drift: self.restore_on_drift,
             signature_keys: self.signature_keys.as_deref(),
+            attach_record: self.attach_record,
         }
     }
 }

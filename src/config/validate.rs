@@ -436,6 +436,7 @@ fn environments(
             rollback_approvals: 0,
             freezes: Vec::new(),
             restore_on_drift: false,
+            attach_record: false,
             signature_keys: Vec::new(),
         };
         apply_policy_keys(&prefix, &e.policy_keys(), None, people, &mut policy, cx)?;

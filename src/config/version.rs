@@ -33,8 +33,9 @@ use sha2::{Digest, Sha256};
 /// never give one policy two meanings under one digest. 2: environments
 /// gained `restore_on_drift`. 3: environments gained `signature_keys` (the
 /// keys' fingerprints, not their file paths: moving a file changes nobody's
-/// rights, replacing the key in it does).
-const FORMAT: u32 = 3;
+/// rights, replacing the key in it does). 4: environments gained
+/// `attach_record`.
+const FORMAT: u32 = 4;
 
 /// One version of the effective policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +119,7 @@ struct Environment {
     apply_deadline_seconds: Option<u64>,
     approval_ttl_seconds: u64,
     approvers: Vec<String>,
+    attach_record: bool,
     break_glass: Vec<String>,
     freezes: Vec<FreezeDoc>,
     min_soak_seconds: Option<u64>,
@@ -214,6 +216,7 @@ fn environment(e: &EnvironmentPolicy) -> Environment {
         apply_deadline_seconds: e.apply_deadline.map(|d| d.as_secs()),
         approval_ttl_seconds: e.approval_ttl.as_secs(),
         approvers: members(&e.approvers),
+        attach_record: e.attach_record,
         break_glass: members(&e.break_glass),
         freezes: e.freezes.iter().map(freeze).collect(),
         min_soak_seconds: e.min_soak.map(|d| d.as_secs()),

@@ -392,6 +392,7 @@ mod tests {
             rollback_approvals: required,
             freezes: Vec::new(),
             restore_on_drift: false,
+            attach_record: false,
             signature_keys: Vec::new(),
         }
     }
@@ -590,6 +591,7 @@ mod proptests {
             rollback_approvals: required,
             freezes: Vec::new(),
             restore_on_drift: false,
+            attach_record: false,
             signature_keys: Vec::new(),
         }
     }

@@ -92,6 +92,9 @@ pub struct EnvironmentPolicy {
     /// Keys one of which must have signed the digest (cosign); empty: no
     /// such gate.
     pub signature_keys: Vec<super::signature::SignatureKey>,
+    /// After a promotion is applied, push its record as an OCI artifact
+    /// referring to the promoted digest (see `attach`).
+    pub attach_record: bool,
 }
 
 impl EnvironmentPolicy {

@@ -188,6 +188,59 @@ impl Registry for FakeRegistry {
             }),
         }
     }
+
+    async fn push_blob(&self, repo: &Repository, bytes: &[u8]) -> Result<String, RegistryError> {
+        if bytes.len() > crate::registry::PUSH_BLOB_LIMIT {
+            return Err(RegistryError::BlobTooLarge {
+                reference: format!("{repo}@{}", sha256_of(bytes)),
+                limit: crate::registry::PUSH_BLOB_LIMIT,
+                size: Some(bytes.len() as u64),
+            });
+        }
+        Ok(self.blob(bytes))
+    }
+
+    async fn push_manifest(
+        &self,
+        _: &Repository,
+        m: &Manifest,
+        reference: &str,
+    ) -> Result<(), RegistryError> {
+        if sha256_of(&m.bytes) != m.digest {
+            return Err(RegistryError::DigestMismatch {
+                reference: reference.into(),
+                expected: m.digest.clone(),
+                actual: sha256_of(&m.bytes),
+            });
+        }
+        self.manifests
+            .lock()
+            .unwrap()
+            .insert(m.digest.clone(), m.clone());
+        if !reference.starts_with("sha256:") {
+            self.tags
+                .lock()
+                .unwrap()
+                .insert(reference.into(), m.digest.clone());
+        }
+        Ok(())
+    }
+
+    async fn fetch_index(
+        &self,
+        repo: &Repository,
+        tag: &str,
+    ) -> Result<Option<Manifest>, RegistryError> {
+        match self.fetch(repo, tag).await? {
+            Some(m) if m.media_type != crate::registry::INDEX_MEDIA_TYPE => {
+                Err(RegistryError::Protocol {
+                    registry: "reg.test".into(),
+                    message: format!("{tag} is not an index"),
+                })
+            }
+            other => Ok(other),
+        }
+    }
 }
 
 use crate::store::postgres::test_cluster as pg_support;

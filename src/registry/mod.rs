@@ -59,6 +59,15 @@ pub enum RegistryError {
 /// (`maxManifestBodySize`, 4 MiB), so nothing bigger can be pushed back anyway.
 pub const MANIFEST_LIMIT: u64 = 4 * 1024 * 1024;
 
+/// The largest blob prodgate uploads. The only blobs it pushes are a
+/// promotion record (a few KiB) and the empty config; one request carries
+/// the whole blob (a monolithic upload), so it is kept small.
+pub const PUSH_BLOB_LIMIT: usize = 1024 * 1024;
+
+/// The media type of an OCI image index (what the referrers tag schema
+/// keeps under `sha256-<hex>`).
+pub const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+
 fn size_text(size: &Option<u64>) -> String {
     match size {
         Some(n) => format!("{n} bytes"),
@@ -139,4 +148,30 @@ pub trait Registry: Send + Sync + 'static {
         manifest: &Manifest,
         tag: &str,
     ) -> Result<Moved, RegistryError>;
+
+    /// Uploads `bytes` as a blob of `repo` in one request (a monolithic
+    /// upload: POST, then PUT with the digest) and returns its digest
+    /// (`sha256:<hex>`); refused over [`PUSH_BLOB_LIMIT`] before any request.
+    async fn push_blob(&self, repo: &Repository, bytes: &[u8]) -> Result<String, RegistryError>;
+
+    /// Pushes `manifest`'s exact bytes under `reference`: its own digest or
+    /// a tag. Refused before any request when the bytes do not hash to its
+    /// digest or are over [`MANIFEST_LIMIT`]. Nothing is compared or read
+    /// back: callers that race other writers do that around it.
+    async fn push_manifest(
+        &self,
+        repo: &Repository,
+        manifest: &Manifest,
+        reference: &str,
+    ) -> Result<(), RegistryError>;
+
+    /// The OCI image index `tag` points to, asked for as
+    /// [`INDEX_MEDIA_TYPE`] only, or `None` if the tag does not exist; read
+    /// up to [`MANIFEST_LIMIT`]. A tag carrying anything but an index is
+    /// [`RegistryError::Protocol`].
+    async fn fetch_index(
+        &self,
+        repo: &Repository,
+        tag: &str,
+    ) -> Result<Option<Manifest>, RegistryError>;
 }

@@ -37,7 +37,9 @@
 //!   repeated in an error is cut to [`ECHO_LIMIT`] bytes.
 
 use super::credentials::{Credentials, Current};
-use super::{MANIFEST_LIMIT, Manifest, Moved, Registry, RegistryError};
+use super::{
+    INDEX_MEDIA_TYPE, MANIFEST_LIMIT, Manifest, Moved, PUSH_BLOB_LIMIT, Registry, RegistryError,
+};
 use crate::config::{CredentialSource, RegistryCredentials};
 use crate::domain::names::Repository;
 use async_trait::async_trait;
@@ -166,6 +168,14 @@ enum Resource<'a> {
     /// A blob by digest (checked to be `sha256:<hex>` before it enters a
     /// URL), read up to `limit` bytes.
     Blob { digest: &'a str, limit: usize },
+    /// An image index by tag, asked for as [`INDEX_MEDIA_TYPE`] only, read
+    /// up to [`MANIFEST_LIMIT`].
+    Index(&'a str),
+    /// The start of a blob upload (`POST …/blobs/uploads/`).
+    Uploads,
+    /// Where the registry said to PUT an upload's bytes (its `Location`,
+    /// checked to be on the registry's own origin), with `digest=` added.
+    Upload(&'a Url),
 }
 
 impl Resource<'_> {
@@ -174,6 +184,8 @@ impl Resource<'_> {
         match self {
             Resource::Manifest(_) => "manifest",
             Resource::Blob { .. } => "blob",
+            Resource::Index(_) => "index",
+            Resource::Uploads | Resource::Upload(_) => "upload",
         }
     }
 }
@@ -294,6 +306,15 @@ impl OciRegistry {
         let scheme = if self.insecure(repo) { "http" } else { "https" };
         format!(
             "{scheme}://{}/v2/{}/manifests/{reference}",
+            repo.host(),
+            repo.path()
+        )
+    }
+
+    fn uploads_url(&self, repo: &Repository) -> String {
+        let scheme = if self.insecure(repo) { "http" } else { "https" };
+        format!(
+            "{scheme}://{}/v2/{}/blobs/uploads/",
             repo.host(),
             repo.path()
         )
@@ -513,7 +534,7 @@ impl OciRegistry {
         resource: Resource<'_>,
         body: Option<(bytes::Bytes, HeaderValue)>,
     ) -> Result<Answer, RegistryError> {
-        let push = method == Method::PUT;
+        let push = method == Method::PUT || method == Method::POST;
         let mut current = self.credentials(repo).await;
         let mut authorization = self.first_authorization(repo, push, &current).await;
         let mut negotiated = false;
@@ -527,6 +548,14 @@ impl OciRegistry {
                 Resource::Blob { digest, .. } => self
                     .http(repo)
                     .request(method.clone(), self.blob_url(repo, digest)),
+                Resource::Index(tag) => self
+                    .http(repo)
+                    .request(method.clone(), self.manifest_url(repo, tag))
+                    .header(ACCEPT, INDEX_MEDIA_TYPE),
+                Resource::Uploads => self
+                    .http(repo)
+                    .request(method.clone(), self.uploads_url(repo)),
+                Resource::Upload(url) => self.http(repo).request(method.clone(), url.clone()),
             };
             if let Some(a) = &authorization {
                 req = req.header(AUTHORIZATION, a.clone());
@@ -544,11 +573,17 @@ impl OciRegistry {
             let headers = res.headers().clone();
             let body = if method == Method::GET && status.is_success() {
                 match resource {
-                    Resource::Manifest(reference) => {
+                    Resource::Manifest(reference) | Resource::Index(reference) => {
                         read_manifest(repo, reference, &mut res).await?
                     }
                     Resource::Blob { digest, limit } => {
                         read_blob(repo, digest, limit, &mut res).await?
+                    }
+                    Resource::Uploads | Resource::Upload(_) => {
+                        read_capped(&mut res, BODY_LIMIT)
+                            .await
+                            .map_err(|e| transport_error(repo, e))?
+                            .0
                     }
                 }
             } else {
@@ -1148,25 +1183,7 @@ impl Registry for OciRegistry {
         // digest the promotion was approved for. Checked before any request,
         // so a mismatch moves nothing and, being permanent, fails the
         // promotion instead of retrying.
-        let actual = sha256_digest(&manifest.bytes);
-        if actual != manifest.digest {
-            return Err(RegistryError::DigestMismatch {
-                reference: format!(
-                    "the manifest pinned for {}",
-                    reference_text(repo, &manifest.digest)
-                ),
-                expected: manifest.digest.clone(),
-                actual,
-            });
-        }
-        let content_type =
-            HeaderValue::from_str(&manifest.media_type).map_err(|_| RegistryError::Protocol {
-                registry: repo.host().to_owned(),
-                message: format!(
-                    "invalid media type {:?}",
-                    echo(manifest.media_type.as_bytes())
-                ),
-            })?;
+        let content_type = pushable(repo, manifest)?;
         // Compare before write: what the tag carries right before the push.
         let previous_digest = self.head(repo, tag).await?.unwrap_or_default();
         let body = bytes::Bytes::from(manifest.bytes.clone());
@@ -1184,6 +1201,161 @@ impl Registry for OciRegistry {
             }),
         }
     }
+
+    async fn push_blob(&self, repo: &Repository, bytes: &[u8]) -> Result<String, RegistryError> {
+        let digest = sha256_digest(bytes);
+        if bytes.len() > PUSH_BLOB_LIMIT {
+            return Err(RegistryError::BlobTooLarge {
+                reference: reference_text(repo, &digest),
+                limit: PUSH_BLOB_LIMIT,
+                size: Some(bytes.len() as u64),
+            });
+        }
+        let started = self
+            .send_to(repo, Method::POST, Resource::Uploads, None)
+            .await?;
+        check(repo, &digest, &started)?;
+        // The upload's URL: relative or absolute, but on the registry's own
+        // origin, where prodgate's credentials may go (module comment).
+        let base = Url::parse(&self.uploads_url(repo))
+            .map_err(|e| protocol(repo, format!("cannot form the upload URL: {e}")))?;
+        let location = started
+            .headers
+            .get(LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .ok_or_else(|| protocol(repo, "a blob upload started without a Location".into()))?;
+        let mut url = base.join(location).map_err(|_| {
+            protocol(
+                repo,
+                format!(
+                    "blob upload Location {:?} is not a URL",
+                    echo(location.as_bytes())
+                ),
+            )
+        })?;
+        if !same_origin(&base, &url) {
+            return Err(RegistryError::Refused {
+                registry: repo.host().to_owned(),
+                reason: format!(
+                    "refused to upload to {}: a blob upload must stay on the registry's own \
+                     scheme, host and port",
+                    echo(url.as_str().as_bytes())
+                ),
+            });
+        }
+        url.query_pairs_mut().append_pair("digest", &digest);
+        let body = bytes::Bytes::from(bytes.to_vec());
+        let put = self
+            .send_to(
+                repo,
+                Method::PUT,
+                Resource::Upload(&url),
+                Some((body, HeaderValue::from_static("application/octet-stream"))),
+            )
+            .await?;
+        check(repo, &digest, &put)?;
+        Ok(digest)
+    }
+
+    async fn push_manifest(
+        &self,
+        repo: &Repository,
+        manifest: &Manifest,
+        reference: &str,
+    ) -> Result<(), RegistryError> {
+        let content_type = pushable(repo, manifest)?;
+        let body = bytes::Bytes::from(manifest.bytes.clone());
+        let put = self
+            .send(repo, Method::PUT, reference, Some((body, content_type)))
+            .await?;
+        check(repo, reference, &put)?;
+        // The registry names what it stored; another digest means it kept
+        // other bytes than these (it may not, for an exact push).
+        if let Some(d) = put.headers.get(DIGEST_HEADER) {
+            let stored = digest_header(repo, d)?;
+            if stored != manifest.digest {
+                return Err(RegistryError::DigestMismatch {
+                    reference: reference_text(repo, reference),
+                    expected: manifest.digest.clone(),
+                    actual: stored,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn fetch_index(
+        &self,
+        repo: &Repository,
+        tag: &str,
+    ) -> Result<Option<Manifest>, RegistryError> {
+        let got = self
+            .send_to(repo, Method::GET, Resource::Index(tag), None)
+            .await?;
+        if got.status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        check(repo, tag, &got)?;
+        let digest = sha256_digest(&got.body);
+        if let Some(d) = got.headers.get(DIGEST_HEADER) {
+            let expected = digest_header(repo, d)?;
+            if expected != digest {
+                return Err(RegistryError::DigestMismatch {
+                    reference: reference_text(repo, tag),
+                    expected,
+                    actual: digest,
+                });
+            }
+        }
+        match media_type_of(&got.body) {
+            Some(t) if t == INDEX_MEDIA_TYPE => Ok(Some(Manifest {
+                digest,
+                media_type: t,
+                bytes: got.body,
+            })),
+            other => Err(protocol(
+                repo,
+                format!(
+                    "{} holds {}, not an OCI image index",
+                    reference_text(repo, tag),
+                    other.map_or_else(
+                        || "no recognizable manifest".to_owned(),
+                        |t| echo(t.as_bytes())
+                    )
+                ),
+            )),
+        }
+    }
+}
+
+/// The `Content-Type` to push `manifest` with, once its bytes are known to
+/// hash to its digest and to fit [`MANIFEST_LIMIT`]; checked before any
+/// request, so a mismatch pushes nothing.
+fn pushable(repo: &Repository, manifest: &Manifest) -> Result<HeaderValue, RegistryError> {
+    let actual = sha256_digest(&manifest.bytes);
+    if actual != manifest.digest {
+        return Err(RegistryError::DigestMismatch {
+            reference: format!(
+                "the manifest pinned for {}",
+                reference_text(repo, &manifest.digest)
+            ),
+            expected: manifest.digest.clone(),
+            actual,
+        });
+    }
+    if manifest.bytes.len() as u64 > MANIFEST_LIMIT {
+        return Err(RegistryError::ManifestTooLarge {
+            reference: reference_text(repo, &manifest.digest),
+            size: Some(manifest.bytes.len() as u64),
+        });
+    }
+    HeaderValue::from_str(&manifest.media_type).map_err(|_| RegistryError::Protocol {
+        registry: repo.host().to_owned(),
+        message: format!(
+            "invalid media type {:?}",
+            echo(manifest.media_type.as_bytes())
+        ),
+    })
 }
 
 /// `mediaType` from the manifest body, or inferred from its shape when absent

@@ -75,6 +75,7 @@ fn policy() -> EnvironmentPolicy {
         rollback_approvals: 1,
         freezes: Vec::new(),
         restore_on_drift: false,
+        attach_record: false,
         signature_keys: Vec::new(),
     }
 }
