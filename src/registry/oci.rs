@@ -1,7 +1,9 @@
 //! [`Registry`] over the OCI distribution HTTP API. The three calls a tag move
-//! needs (GET a manifest by digest, HEAD a tag, PUT a manifest), and the GET
-//! of a small blob the signature gate needs, are made
-//! directly with reqwest, so prodgate sees every status and header
+//! needs (GET a manifest by digest, HEAD a tag, PUT a manifest), the GET
+//! of a small blob the signature gate needs, and what attaching a record
+//! needs (a monolithic blob upload: POST, then PUT to the `Location` on the
+//! registry's own origin; a manifest PUT by digest or tag; an index GET by
+//! tag) are made directly with reqwest, so prodgate sees every status and header
 //! (`Retry-After`, `Docker-Content-Digest`, `Content-Type`) and makes no
 //! request it does not need. Every request has a deadline.
 //!
@@ -30,7 +32,10 @@
 //! - A registry's `ca_cert` is trusted for that registry and the token realm
 //!   it names, by a client of its own; a certificate that does not verify
 //!   is refused, not retried, with a message naming `ca_cert`.
-//! - Every body is read with a cap: a manifest up to [`MANIFEST_LIMIT`]
+//! - What prodgate pushes is capped before it is sent: a blob at
+//!   [`PUSH_BLOB_LIMIT`], a manifest at [`MANIFEST_LIMIT`]; a push asks for
+//!   a `pull,push` token like a tag move.
+//! - Every body is read with a cap: a manifest (or index) up to [`MANIFEST_LIMIT`]
 //!   (`Content-Length` checked first, a streamed body counted as it arrives),
 //!   a blob (only a signature's payload is ever read) up to the caller's cap,
 //!   token answers and error bodies up to [`BODY_LIMIT`]; registry text
