@@ -313,7 +313,8 @@ required_approvals = 1
         );
         assert_eq!(v.digest, expected);
         let doc: serde_json::Value = serde_json::from_str(&v.canonical_json).unwrap();
-        assert_eq!(doc["format"], 3);
+        assert_eq!(doc["format"], 4);
+        assert_eq!(doc["environments"][0]["attach_record"], false);
         // Sorted principals, sorted groups; no token hashes anywhere.
         assert_eq!(doc["principals"][0]["name"], "alice");
         assert_eq!(
