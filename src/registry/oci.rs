@@ -1647,6 +1647,90 @@ mod hardening_tests {
         (host, seen)
     }
 
+    /// A registry whose blob uploads start with `location` and that
+    /// records every request line.
+    async fn uploading_registry(location: String) -> (String, Arc<Mutex<Vec<String>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let host = listener.local_addr().expect("address").to_string();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (log, location) = (Arc::clone(&log), location.clone());
+                let service = service_fn(move |req: hyper::Request<Incoming>| {
+                    if let Ok(mut l) = log.lock() {
+                        l.push(format!("{} {}", req.method(), req.uri()));
+                    }
+                    let status = match *req.method() {
+                        Method::POST => 202,
+                        Method::PUT => 201,
+                        _ => 404,
+                    };
+                    let res = hyper::Response::builder()
+                        .status(status)
+                        .header(LOCATION, location.clone())
+                        .body(Full::new(bytes::Bytes::new()));
+                    async move { res }
+                });
+                tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+            }
+        });
+        (host, seen)
+    }
+
+    #[tokio::test]
+    async fn blob_uploads_stay_on_the_registrys_origin_and_are_capped() {
+        crate::server::install_crypto_provider();
+        let client = |host: &str| {
+            OciRegistry::new(
+                vec![RegistryHost::anonymous(host, true)],
+                Duration::from_secs(5),
+                None,
+            )
+            .expect("client")
+        };
+        // A relative Location: the PUT goes there, with the digest added.
+        let (host, seen) = uploading_registry("/v2/app/blobs/uploads/u1?_state=s".into()).await;
+        let digest = client(&host)
+            .push_blob(&repo(&host), b"{}")
+            .await
+            .expect("uploaded");
+        assert_eq!(digest, sha256_digest(b"{}"));
+        let requests = seen.lock().map(|l| l.clone()).unwrap_or_default();
+        assert_eq!(
+            requests,
+            vec![
+                "POST /v2/app/blobs/uploads/".to_owned(),
+                format!(
+                    "PUT /v2/app/blobs/uploads/u1?_state=s&digest={}",
+                    digest.replace(':', "%3A")
+                ),
+            ]
+        );
+
+        // Elsewhere: refused, and the bytes are not sent anywhere.
+        let (host, seen) =
+            uploading_registry("http://localhost:1/v2/app/blobs/uploads/u2".into()).await;
+        let err = client(&host)
+            .push_blob(&repo(&host), b"{}")
+            .await
+            .expect_err("another origin");
+        assert!(matches!(err, RegistryError::Refused { .. }), "{err:?}");
+        let requests = seen.lock().map(|l| l.clone()).unwrap_or_default();
+        assert_eq!(requests, vec!["POST /v2/app/blobs/uploads/".to_owned()]);
+
+        // Over the cap: refused before any request.
+        let (host, seen) = uploading_registry("/u".into()).await;
+        let err = client(&host)
+            .push_blob(&repo(&host), &vec![0; PUSH_BLOB_LIMIT + 1])
+            .await
+            .expect_err("too large");
+        assert!(matches!(err, RegistryError::BlobTooLarge { .. }), "{err:?}");
+        assert!(seen.lock().map(|l| l.is_empty()).unwrap_or(false));
+    }
+
     #[tokio::test]
     async fn move_tag_pushes_nothing_when_pinned_bytes_do_not_match_their_digest() {
         crate::server::install_crypto_provider();
