@@ -53,6 +53,8 @@ pub enum CliError {
     Store(#[from] crate::store::StoreError),
     #[error("{0}")]
     StoreDir(#[from] crate::store::sled::dir::DirError),
+    #[error("{0}")]
+    Migrate(#[from] crate::store::postgres::migrate::MigrateError),
     /// The chain verdict is already on stdout (`BROKEN at sequence …`).
     #[error("the audit chain is broken")]
     ChainBroken,
@@ -118,6 +120,7 @@ impl CliError {
             | CliError::Server(_)
             | CliError::Store(_)
             | CliError::StoreDir(_)
+            | CliError::Migrate(_)
             | CliError::ChainBroken
             | CliError::WriteFile { .. }
             | CliError::Evidence(_)

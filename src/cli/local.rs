@@ -1,10 +1,13 @@
 //! The subcommands that need no server: `check-config`, `verify-log
-//! --data-dir` (a stopped server's data directory) and `completions`.
+//! --data-dir` (a stopped server's data directory), `migrate` (such a
+//! directory into PostgreSQL) and `completions`.
 
 use super::CliError;
 use super::output::Printer;
-use crate::config::{Config, Files};
+use crate::config::{Config, Files, PostgresConfig};
 use crate::pb;
+use crate::store::StoreError;
+use crate::store::postgres::migrate::{self, MigrateError};
 use std::path::Path;
 
 /// Validates `file`. Warnings go to stderr and do not fail the check; files
@@ -46,6 +49,34 @@ pub fn verify_offline(dir: &Path, out: &mut Printer) -> Result<(), CliError> {
     } else {
         Err(CliError::ChainBroken)
     }
+}
+
+/// Copies the sled store under `dir` into `target` and prints what was
+/// copied and the head and root both stores now share.
+pub async fn migrate(
+    dir: &Path,
+    target: PostgresConfig,
+    out: &mut Printer,
+) -> Result<(), CliError> {
+    let dir = dir.to_owned();
+    // sled and the blocking PostgreSQL client, off the async workers.
+    let report = tokio::task::spawn_blocking(move || migrate::from_sled(&dir, &target))
+        .await
+        .map_err(|e| {
+            MigrateError::Store(StoreError::Backend(format!("the copy stopped: {e}")))
+        })??;
+    out.raw(&format!(
+        "ok: copied and checked {} audit entries, {} promotions, {} pinned manifests, \
+         {} policy versions, {} check reports, {} moved tags\nhead_hash: {}\nroot_hash: {}\n",
+        report.entries,
+        report.promotions,
+        report.manifests,
+        report.policies,
+        report.checks,
+        report.moved_tags,
+        hex::encode(report.head_hash),
+        hex::encode(report.root),
+    ))
 }
 
 pub fn completions(

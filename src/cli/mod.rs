@@ -1,8 +1,8 @@
 //! The `prodgate` command line: flag definitions, dispatch to one thin
 //! function per subcommand, and the exit-code contract.
 //!
-//! `serve`, `check-config`, `verify-log --data-dir` and `completions` work
-//! locally; every other subcommand is a gRPC client of a running server and
+//! `serve`, `check-config`, `verify-log --data-dir`, `migrate` and
+//! `completions` work locally; every other subcommand is a gRPC client of a running server and
 //! takes the [`ClientArgs`] (`--server`, `--token`, TLS flags, `-o`,
 //! `--timeout`; see [`client`]).
 //!
@@ -46,7 +46,8 @@ const LONG_ABOUT: &str = "\
 Gated, audited promotion of container images.
 
 `prodgate serve` runs the gRPC service; the other subcommands are its client
-(or, for check-config, verify-log --data-dir and completions, local tools).
+(or, for check-config, verify-log --data-dir, migrate and completions, local
+tools).
 `prodgate <subcommand> --help` lists a client subcommand's connection options
 (--server, --token, TLS, --output, --timeout).
 
@@ -426,6 +427,33 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Copy a stopped server's sled data directory into an empty PostgreSQL
+    /// database, in one transaction, and check the copy (the same chain
+    /// head, Merkle root and records) before committing it.
+    ///
+    /// Name the database with --to (no password in it; add
+    /// --password-file) or, to keep a password out of the shell's history,
+    /// with --to-env, the environment variable holding the whole string:
+    /// the rules of [storage] url, url_env and password_file.
+    Migrate {
+        /// The sled data directory (its server must be stopped).
+        #[arg(long, value_name = "DIR")]
+        from_sled: PathBuf,
+        /// The database, e.g. postgres://prodgate@db.example:5432/prodgate.
+        #[arg(
+            long,
+            value_name = "URL",
+            required_unless_present = "to_env",
+            conflicts_with = "to_env"
+        )]
+        to: Option<String>,
+        /// The environment variable that holds the connection string.
+        #[arg(long, value_name = "VAR")]
+        to_env: Option<String>,
+        /// A file holding the database password.
+        #[arg(long, value_name = "PATH")]
+        password_file: Option<PathBuf>,
+    },
     /// gRPC health check of the server; exit 0 only when SERVING.
     Health {
         #[command(flatten)]
@@ -495,6 +523,7 @@ impl Command {
             | Command::CheckConfig { .. }
             | Command::Keygen { .. }
             | Command::VerifyExport { .. }
+            | Command::Migrate { .. }
             | Command::Completions { .. } => None,
             Command::Request { client, .. }
             | Command::Approve { client, .. }
@@ -745,6 +774,19 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
             data_dir: None,
             client,
         } => commands::verify_log(&client).await,
+        Command::Migrate {
+            from_sled,
+            to,
+            to_env,
+            password_file,
+        } => {
+            let target = crate::config::postgres_from_flags(
+                to.as_deref(),
+                to_env.as_deref(),
+                password_file.as_deref(),
+            )?;
+            local::migrate(&from_sled, target, out).await
+        }
         Command::Health { client } => commands::health(&client).await,
         Command::Request {
             repository,

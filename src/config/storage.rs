@@ -90,6 +90,45 @@ pub(super) fn storage(raw: Option<RawStorage>, cx: &mut Cx) -> Result<StorageCon
     }
 }
 
+/// The flags of `prodgate migrate` that name its PostgreSQL database and
+/// the `[storage]` keys they stand for: validated as the keys are, and an
+/// error names the flag.
+const FLAGS: [(&str, &str); 3] = [
+    ("url_env", "--to-env"),
+    ("url", "--to"),
+    ("password_file", "--password-file"),
+];
+
+/// A PostgreSQL target given as `prodgate migrate --to`/`--to-env`/
+/// `--password-file`, with the rules of `url`/`url_env`/`password_file`
+/// (no password in `--to`; files are read now).
+pub fn postgres_from_flags(
+    to: Option<&str>,
+    to_env: Option<&str>,
+    password_file: Option<&std::path::Path>,
+) -> Result<PostgresConfig, ConfigError> {
+    let raw = RawStorage {
+        backend: Some("postgres".into()),
+        url: to.map(str::to_owned),
+        url_env: to_env.map(str::to_owned),
+        password_file: password_file.map(std::path::Path::to_owned),
+    };
+    postgres(raw, &mut Cx::new(super::Files::Read)).map_err(|e| match e {
+        ConfigError::Invalid { key, mut message } => {
+            // `url_env` before `url`: one contains the other.
+            for (k, flag) in FLAGS {
+                message = message.replace(k, flag);
+            }
+            let key = FLAGS
+                .iter()
+                .find(|(k, _)| key == format!("storage.{k}"))
+                .map_or(key, |(_, flag)| (*flag).to_owned());
+            ConfigError::Invalid { key, message }
+        }
+        other => other,
+    })
+}
+
 fn postgres(raw: RawStorage, cx: &mut Cx) -> Result<PostgresConfig, ConfigError> {
     let (connection, mut origin) = match (&raw.url, &raw.url_env) {
         (Some(_), Some(_)) => {

@@ -63,6 +63,13 @@ pub(super) struct Cx {
 }
 
 impl Cx {
+    pub fn new(files: Files) -> Cx {
+        Cx {
+            files,
+            warnings: Vec::new(),
+        }
+    }
+
     pub fn warn(&mut self, key: impl Into<String>, message: impl Into<String>) {
         self.warnings.push(ConfigWarning {
             key: key.into(),

@@ -10,11 +10,15 @@
 //! - here: opening, and the reads on a few pipelined connections that
 //!   reconnect on their own (so reads recover when PostgreSQL comes back).
 //!
+//! - `migrate`: `prodgate migrate --from-sled`, a stopped server's sled
+//!   store copied into an empty database and checked, in one transaction.
+//!
 //! Not in this slice (issue 13): several replicas on one database (the
 //! writer takes an advisory lock so a second one fails instead of forking
 //! the chain), cross-replica watch (LISTEN/NOTIFY), leadership of the apply
-//! worker, `migrate --from-sled`, TLS to the database.
+//! worker, TLS to the database.
 
+pub mod migrate;
 mod schema;
 mod writer;
 

@@ -26,6 +26,12 @@ pub enum DirError {
         dir.display()
     )]
     InUse { dir: PathBuf },
+    #[error(
+        "the prodgate store at {} {why}, which only a server's start repairs: start \
+         `prodgate serve` on it once, stop it, and run this again",
+        dir.display()
+    )]
+    NeedsStart { dir: PathBuf, why: String },
     #[error("cannot read {}: {source}", dir.display())]
     Unreadable {
         dir: PathBuf,

@@ -22,6 +22,27 @@ pub struct Horizon {
     file: File,
 }
 
+/// The recorded horizon of the store in `dir`, read without creating or
+/// writing anything (for offline tools); `None` if there is none, also when
+/// the file is missing or shorter than a horizon.
+pub fn peek(dir: &Path) -> std::io::Result<Option<u64>> {
+    let mut buf = [0u8; 16];
+    match File::open(dir.join(FILE_NAME)).and_then(|mut f| f.read_exact(&mut buf)) {
+        Ok(()) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    }
+    let (magic, seq) = buf.split_at(8);
+    Ok((magic == MAGIC).then(|| u64::from_be_bytes(seq.try_into().unwrap_or([0; 8]))))
+}
+
 impl Horizon {
     /// Opens (creating and sizing it if needed) the horizon file in `dir`.
     pub fn open(dir: &Path) -> std::io::Result<Horizon> {
@@ -85,7 +106,9 @@ mod tests {
         drop(h);
         let mut h = Horizon::open(dir.path()).unwrap();
         assert_eq!(h.read().unwrap(), Some(41));
+        assert_eq!(peek(dir.path()).unwrap(), Some(41));
         h.clear().unwrap();
+        assert_eq!(peek(dir.path()).unwrap(), None);
         assert_eq!(Horizon::open(dir.path()).unwrap().read().unwrap(), None);
         assert_eq!(
             std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().len(),

@@ -6,6 +6,7 @@
 //! - `derive`: derived records, and the start-up repairs: finishing a
 //!   derivation a crash cut short, rolling back entries whose flush failed
 //!   (the refusal horizon, `horizon`), migrating format 2.
+//! - `export`: a stopped server's store, read for `prodgate migrate`.
 //! - `query`: reads through the indexes; `codec`: record encodings;
 //!   `keys`: the key layout; `postings`: packed posting lists.
 //!
@@ -17,6 +18,7 @@
 pub(crate) mod codec;
 mod derive;
 pub mod dir;
+pub(crate) mod export;
 mod horizon;
 mod keys;
 mod merkle;
