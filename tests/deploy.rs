@@ -20,6 +20,12 @@ const DEPLOY_FILES: &[&str] = &[
     "ci/promote-to-production.yml",
     "kubernetes/gateway.yaml",
     "kubernetes/kustomization.yaml",
+    "kubernetes/postgres/cluster.yaml",
+    "kubernetes/postgres/deployment.yaml",
+    "kubernetes/postgres/kustomization.yaml",
+    "kubernetes/postgres/pdb.yaml",
+    "kubernetes/postgres/prodgate.toml",
+    "kubernetes/postgres/service.yaml",
     "kubernetes/prodgate.toml",
     "kubernetes/secret.example.yaml",
     "kubernetes/service.yaml",
@@ -714,6 +720,216 @@ fn kubernetes_service_exposes_grpc_and_metrics() {
         };
         assert_eq!(target, port, "{name} targetPort");
     }
+}
+
+// ---------------------------------------------------------------- Kubernetes on PostgreSQL
+
+/// The PostgreSQL kit (`kubernetes/postgres/`): what its kustomization
+/// applies, its config, and the CloudNativePG cluster it points at.
+struct PostgresKit {
+    config_text: String,
+    config: toml::Table,
+    deployment: Yaml,
+    pdb: Yaml,
+    service: Yaml,
+    cluster: Yaml,
+}
+
+fn postgres_kit() -> PostgresKit {
+    let k = yaml_doc("kubernetes/postgres/kustomization.yaml");
+    assert_eq!(str_at(&k, "kind"), "Kustomization");
+    let mut deployment = None;
+    let mut pdb = None;
+    let mut service = None;
+    for r in strings(vec_at(&k, "resources")) {
+        assert!(
+            !r.contains('/'),
+            "kustomize loads no file from outside the kit: {r}"
+        );
+        for doc in yaml_docs(&format!("kubernetes/postgres/{r}")) {
+            match str_at(&doc, "kind") {
+                "Deployment" => assert!(deployment.replace(doc).is_none(), "two Deployments"),
+                "PodDisruptionBudget" => assert!(pdb.replace(doc).is_none(), "two PDBs"),
+                "Service" => assert!(service.replace(doc).is_none(), "two Services"),
+                other => panic!("deploy/kubernetes/postgres/{r}: unexpected kind {other}"),
+            }
+        }
+    }
+    let generator = &vec_at(&k, "configMapGenerator")[0];
+    assert_eq!(str_at(generator, "name"), "prodgate-config");
+    assert_eq!(strings(vec_at(generator, "files")), ["prodgate.toml"]);
+    let cluster = yaml_doc("kubernetes/postgres/cluster.yaml");
+    let config_text = read("kubernetes/postgres/prodgate.toml");
+    PostgresKit {
+        config: toml_table("deploy/kubernetes/postgres/prodgate.toml", &config_text),
+        config_text,
+        deployment: deployment.expect("a Deployment"),
+        pdb: pdb.expect("a PodDisruptionBudget"),
+        service: service.expect("a Service"),
+        cluster,
+    }
+}
+
+/// `postgres://USER@HOST:PORT/DB` as (user, host, port, database).
+fn postgres_url(url: &str) -> (&str, &str, &str, &str) {
+    let rest = url
+        .strip_prefix("postgres://")
+        .unwrap_or_else(|| panic!("{url}: not a postgres:// URL"));
+    let (user, rest) = rest.split_once('@').expect("a user");
+    let (host_port, db) = rest.split_once('/').expect("a database");
+    let (host, port) = host_port.split_once(':').expect("a port");
+    (user, host, port, db)
+}
+
+#[test]
+fn kubernetes_postgres_deployment_is_three_ready_replicas_kept_two_by_the_pdb() {
+    let k = postgres_kit();
+    let d = &k.deployment;
+    assert_eq!(int_at(d, "spec.replicas"), 3);
+    assert_eq!(
+        int_at(d, "spec.strategy.rollingUpdate.maxUnavailable"),
+        0,
+        "a rollout never goes below the replica count"
+    );
+    let pod_labels = at(d, "spec.template.metadata.labels");
+    assert!(labels_subset(
+        at(d, "spec.selector.matchLabels"),
+        pod_labels
+    ));
+    // The PDB selects exactly the Deployment's pods and keeps two of three.
+    assert_eq!(str_at(&k.pdb, "apiVersion"), "policy/v1");
+    assert_eq!(int_at(&k.pdb, "spec.minAvailable"), 2);
+    assert_eq!(
+        at(&k.pdb, "spec.selector.matchLabels"),
+        at(d, "spec.selector.matchLabels")
+    );
+    assert!(labels_subset(
+        at(&k.pdb, "spec.selector.matchLabels"),
+        pod_labels
+    ));
+    // The Service is the sled kit's, and selects these pods.
+    assert_eq!(
+        read("kubernetes/postgres/service.yaml"),
+        read("kubernetes/service.yaml"),
+        "the two kits' Services differ"
+    );
+    assert!(labels_subset(at(&k.service, "spec.selector"), pod_labels));
+
+    let pod = at(d, "spec.template.spec");
+    assert!(
+        pod["volumeClaimTemplates"].is_badvalue() && !vec_at(pod, "volumes").is_empty(),
+        "stateless pods"
+    );
+    let c = &vec_at(pod, "containers")[0];
+    let args = strings(vec_at(c, "args"));
+    assert_cli("deploy/kubernetes/postgres/deployment.yaml args", &args);
+    assert_eq!(args[0], "serve");
+    assert_eq!(flag_value(&args, "--config"), Some(CONFIG_PATH));
+    assert_eq!(
+        int_at(named(vec_at(c, "ports"), "grpc"), "containerPort"),
+        GRPC_PORT
+    );
+    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        assert_eq!(int_at(at(c, probe), "grpc.port"), GRPC_PORT, "{probe}");
+    }
+    assert!(bool_at(pod, "securityContext.runAsNonRoot"));
+    assert_eq!(int_at(pod, "securityContext.runAsUser"), UID);
+    assert!(bool_at(c, "securityContext.readOnlyRootFilesystem"));
+    assert!(!bool_at(pod, "enableServiceLinks"));
+    let grace = int_at(pod, "terminationGracePeriodSeconds");
+    let drain = prodgate::server::SHUTDOWN_GRACE + prodgate::apply::SHUTDOWN_GRACE;
+    assert!(grace as u64 >= drain.as_secs() + 5, "grace {grace}");
+    let mounts = vec_at(c, "volumeMounts");
+    for m in mounts {
+        named(vec_at(pod, "volumes"), str_at(m, "name"));
+    }
+    assert!(
+        mounts.iter().all(|m| str_at(m, "mountPath") != DATA_DIR),
+        "no data volume: the state is in PostgreSQL"
+    );
+}
+
+#[test]
+fn kubernetes_postgres_config_names_the_cnpg_cluster_and_its_secret() {
+    let k = postgres_kit();
+    let origin = "deploy/kubernetes/postgres/prodgate.toml";
+    assert_config_ok(origin, &k.config_text);
+    let storage = k.config["storage"].as_table().expect("[storage]");
+    assert_eq!(storage["backend"].as_str(), Some("postgres"));
+    assert!(
+        k.config.get("data_dir").is_none(),
+        "{origin}: data_dir unused"
+    );
+
+    // The same service as the sled kit: only where the state lives differs.
+    let mut sled = toml_table(
+        "deploy/kubernetes/prodgate.toml",
+        &read("kubernetes/prodgate.toml"),
+    );
+    sled.remove("data_dir");
+    let mut pg = k.config.clone();
+    pg.remove("storage");
+    assert_eq!(pg, sled, "the two kits' configs differ beyond storage");
+
+    // The URL names the cluster's primary Service, its owner and database.
+    let cluster = &k.cluster;
+    assert_eq!(str_at(cluster, "apiVersion"), "postgresql.cnpg.io/v1");
+    assert_eq!(str_at(cluster, "kind"), "Cluster");
+    let name = str_at(cluster, "metadata.name");
+    let url = storage["url"].as_str().expect("storage.url");
+    let (user, host, port, db) = postgres_url(url);
+    assert_eq!(host, format!("{name}-rw"), "the primary's Service");
+    assert_eq!(port, "5432");
+    assert_eq!(user, str_at(cluster, "spec.bootstrap.initdb.owner"));
+    assert_eq!(db, str_at(cluster, "spec.bootstrap.initdb.database"));
+
+    // password_file is the `password` key of the Secret CloudNativePG
+    // creates for the owner (`<cluster>-app`), as the Deployment mounts it.
+    let pod = at(&k.deployment, "spec.template.spec");
+    let volume = vec_at(pod, "volumes")
+        .iter()
+        .find(|v| v["secret"]["secretName"].as_str() == Some(&format!("{name}-app")))
+        .unwrap_or_else(|| panic!("no volume of the Secret {name}-app"));
+    let item = &vec_at(volume, "secret.items")[0];
+    assert_eq!(str_at(item, "key"), "password");
+    let mount = named(
+        vec_at(pod, "containers.0.volumeMounts"),
+        str_at(volume, "name"),
+    );
+    assert!(bool_at(mount, "readOnly"));
+    assert_eq!(
+        storage["password_file"].as_str(),
+        Some(format!("{}/{}", str_at(mount, "mountPath"), str_at(item, "path")).as_str())
+    );
+    // The registry password as in the sled kit.
+    let registry = named(vec_at(pod, "volumes"), "registry-credentials");
+    assert_eq!(str_at(registry, "secret.secretName"), "prodgate-registry");
+}
+
+#[test]
+fn cnpg_cluster_acknowledges_only_what_a_standby_also_flushed() {
+    let k = postgres_kit();
+    let c = &k.cluster;
+    assert_eq!(int_at(c, "spec.instances"), 3);
+    let sync = at(c, "spec.postgresql.synchronous");
+    assert!(
+        int_at(sync, "number") >= 1,
+        "at least one synchronous standby"
+    );
+    assert!(
+        int_at(sync, "number") < int_at(c, "spec.instances") - 1,
+        "one standby may be down while writes go on"
+    );
+    assert_eq!(
+        str_at(sync, "dataDurability"),
+        "required",
+        "never fall back to asynchronous replication"
+    );
+    let commit = str_at(c, "spec.postgresql.parameters.synchronous_commit");
+    assert!(
+        ["on", "remote_apply"].contains(&commit),
+        "synchronous_commit {commit} does not wait for the standby's flush"
+    );
 }
 
 #[test]
