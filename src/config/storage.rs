@@ -273,6 +273,38 @@ mod tests {
     }
 
     #[test]
+    fn migrate_flags_follow_the_keys_rules_and_errors_name_the_flag() {
+        use crate::config::postgres_from_flags;
+        let p = postgres_from_flags(Some("postgres://prodgate@127.0.0.1/prodgate"), None, None)
+            .unwrap();
+        assert!(p.connection.is_some() && p.password.is_none());
+        let refused = |r: Result<_, ConfigError>| match r {
+            Err(ConfigError::Invalid { key, message }) => (key, message),
+            other => panic!("{other:?}"),
+        };
+        let (key, message) = refused(postgres_from_flags(
+            Some("postgres://a:hunter2@h/db"),
+            None,
+            None,
+        ));
+        assert_eq!(key, "--to");
+        assert!(message.contains("--password-file") && message.contains("--to-env"));
+        assert!(!message.contains("hunter2"), "{message}");
+        let (key, _) = refused(postgres_from_flags(
+            None,
+            Some("PRODGATE_TEST_NEVER_SET"),
+            None,
+        ));
+        assert_eq!(key, "--to-env");
+        let (key, _) = refused(postgres_from_flags(
+            Some("postgres://a@h/db"),
+            None,
+            Some(std::path::Path::new("/nonexistent/prodgate-pw")),
+        ));
+        assert_eq!(key, "--password-file");
+    }
+
+    #[test]
     fn secrets_stay_out_of_debug_and_errors() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("pw");
