@@ -312,6 +312,103 @@ async fn probe_store(
     }
 }
 
+/// What runs on one replica at a time (the leader), not on each.
+struct Leader {
+    store: crate::store::Store,
+    registry: Arc<dyn Registry>,
+    config: Live,
+    clock: Arc<dyn Clock>,
+    progress: apply::Progress,
+    promotions: Promotions,
+    evidence: crate::evidence::Evidence,
+    metrics: Arc<Metrics>,
+}
+
+/// Runs the apply worker, the drift watch, the expiry sweep and the
+/// checkpoint publishers while this replica leads (from the start, on
+/// sled), until `stop`. A term that ends early (PostgreSQL lost the
+/// leader's session) stops them at their safe points before the turn is
+/// given up, and the replica follows until it can lead again; the next
+/// term's apply worker picks up every APPROVED promotion, as after a
+/// restart.
+async fn lead(leader: Leader, stop: CancellationToken) {
+    while let Some(leadership) = leader.store.lead(&stop).await {
+        let term = leadership.term.clone();
+        let running = TaskTracker::new();
+        let tags = apply::TagLocks::default();
+        // Bound per term, like the rest of the config a start binds.
+        let config = leader.config.get();
+        running.spawn(apply::run(
+            leader.store.clone(),
+            leader.registry.clone(),
+            apply::Settings {
+                config: leader.config.clone(),
+                clock: leader.clock.clone(),
+                progress: leader.progress.clone(),
+                tags: tags.clone(),
+            },
+            term.clone(),
+        ));
+        running.spawn(crate::attach::run(
+            leader.store.clone(),
+            leader.registry.clone(),
+            leader.evidence.clone(),
+            crate::attach::Settings {
+                config: leader.config.clone(),
+                clock: leader.clock.clone(),
+                metrics: Some(leader.metrics.clone()),
+            },
+            term.clone(),
+        ));
+        if let Some(every) = config.drift_check_interval {
+            running.spawn(crate::drift::run(
+                leader.store.clone(),
+                leader.registry.clone(),
+                crate::drift::Settings {
+                    config: leader.config.clone(),
+                    every,
+                    tags,
+                },
+                term.clone(),
+            ));
+        }
+        {
+            let promotions = leader.promotions.clone();
+            let every = config.expiry_sweep_interval;
+            running.spawn(until_stopped(term.clone(), async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    match promotions.sweep_expired().await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(expired = n, "expired pending promotions"),
+                        Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
+                    }
+                }
+            }));
+        }
+        if let Some(c) = &config.checkpoint {
+            for target in &c.publish {
+                // Not `until_stopped`: a publisher ends on its own after a
+                // last publication at the end of the term.
+                running.spawn(crate::evidence::publish(
+                    leader.evidence.clone(),
+                    target.clone(),
+                    term.clone(),
+                ));
+            }
+        }
+        running.close();
+        running.wait().await;
+        drop(leadership);
+        if stop.is_cancelled() {
+            return;
+        }
+        tracing::warn!("the leadership ended; following until this replica can lead again");
+    }
+}
+
 /// Serves on `listener` until `shutdown` completes; reloads the policy on
 /// each of `reloads`' requests.
 pub async fn run(
@@ -381,57 +478,20 @@ pub async fn run(
         );
     }
 
-    let tags = apply::TagLocks::default();
-    background.spawn(apply::run(
-        store.clone(),
-        registry.clone(),
-        apply::Settings {
+    let evidence = crate::evidence::Evidence::new(store.clone(), config.checkpoint.as_ref());
+    background.spawn(lead(
+        Leader {
+            store: store.clone(),
+            registry,
             config: live.clone(),
             clock: clock.clone(),
             progress,
-            tags: tags.clone(),
+            promotions: promotions.clone(),
+            evidence: evidence.clone(),
+            metrics: metrics.clone(),
         },
         stop.clone(),
     ));
-    background.spawn(crate::attach::run(
-        store.clone(),
-        registry.clone(),
-        crate::evidence::Evidence::new(store.clone(), config.checkpoint.as_ref()),
-        crate::attach::Settings {
-            config: live.clone(),
-            clock: clock.clone(),
-            metrics: Some(metrics.clone()),
-        },
-        stop.clone(),
-    ));
-    if let Some(every) = config.drift_check_interval {
-        background.spawn(crate::drift::run(
-            store.clone(),
-            registry,
-            crate::drift::Settings {
-                config: live.clone(),
-                every,
-                tags,
-            },
-            stop.clone(),
-        ));
-    }
-    {
-        let promotions = promotions.clone();
-        let every = config.expiry_sweep_interval;
-        background.spawn(until_stopped(stop.clone(), async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                match promotions.sweep_expired().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(expired = n, "expired pending promotions"),
-                    Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
-                }
-            }
-        }));
-    }
     background.spawn(until_stopped(
         stop.clone(),
         crate::metrics::follow_changes(metrics.clone(), store.subscribe()),
@@ -507,18 +567,6 @@ pub async fn run(
         .build_v1alpha()?
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let health_service = health_service.max_decoding_message_size(MAX_REQUEST_BYTES);
-    let evidence = crate::evidence::Evidence::new(store.clone(), config.checkpoint.as_ref());
-    if let Some(c) = &config.checkpoint {
-        for target in &c.publish {
-            // Not `until_stopped`: a publisher ends on its own after a last
-            // publication at shutdown.
-            background.spawn(crate::evidence::publish(
-                evidence.clone(),
-                target.clone(),
-                stop.clone(),
-            ));
-        }
-    }
     let api = PromotionServiceServer::new(PromotionApi::new(promotions, evidence))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let authenticator = Authenticator::new(live.clone(), clock.clone(), Some(metrics.clone()))

@@ -6,22 +6,21 @@
 //! and health NOT_SERVING, and its return recovers without restarting
 //! prodgate.
 //!
-//! First slice of issue 13: one replica per database. Several replicas,
-//! LISTEN/NOTIFY watches and `migrate --from-sled` are not built yet.
+//! One replica here; several replicas on one database are in
+//! tests/replicas.rs.
 
 mod support;
 
 use prodgate::pb::{
     self, GetCheckpointRequest, GetInclusionProofRequest, GetPromotionRequest, HistoryRequest,
-    VerifyAuditLogRequest,
 };
 use sha2::{Digest, Sha256};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::postgres::{Cluster, TestDatabase};
 use support::registry::TestRegistry;
-use support::server::{Client, TestServer, standard_config};
-use support::{actions_of, approve, expected_hash, history, request_to, wait_for_state};
+use support::server::{TestServer, standard_config};
+use support::{actions_of, approve, assert_one_chain, request_to, wait_for_state};
 use tonic::Code;
 
 fn config(registry: &TestRegistry, db: &TestDatabase) -> String {
@@ -49,29 +48,6 @@ fn mth(leaves: &[[u8; 32]]) -> [u8; 32] {
             sha(&[&[1], &mth(&leaves[..k]), &mth(&leaves[k..])])
         }
     }
-}
-
-/// The whole log is one chain: sequences 1..=n without a gap, each hash
-/// recomputed from its fields, each prev_hash the hash before it; and the
-/// server's own check agrees.
-async fn assert_one_chain(c: &mut Client) -> Vec<pb::AuditEntry> {
-    let entries = history(c, HistoryRequest::default()).await;
-    let mut prev = "0".repeat(64);
-    for (i, e) in entries.iter().enumerate() {
-        assert_eq!(e.sequence, i as u64 + 1, "a gap before {e:?}");
-        assert_eq!(e.prev_hash, prev, "entry {}", e.sequence);
-        assert_eq!(e.hash, expected_hash(e), "entry {}", e.sequence);
-        prev = e.hash.clone();
-    }
-    let v = c
-        .verify_audit_log(VerifyAuditLogRequest {})
-        .await
-        .expect("verify")
-        .into_inner();
-    assert!(v.ok, "{v:?}");
-    assert_eq!(v.entries_checked, entries.len() as u64);
-    assert_eq!(v.head_hash, prev);
-    entries
 }
 
 #[tokio::test]

@@ -31,6 +31,7 @@ use async_trait::async_trait;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use tokio::sync::{broadcast, oneshot};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -182,9 +183,42 @@ pub type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// A write job as the backend runs it.
 pub type Job = Box<dyn FnOnce(&mut dyn UnitOfWork) -> Completion + Send>;
 
+/// This replica's turn at running what must run once per deployment, not
+/// once per replica (the apply worker, the expiry sweep, the drift watch,
+/// checkpoint publication). `term` is cancelled when the turn ends (the
+/// leadership was lost, or `stop` was cancelled); the turn is given up
+/// when this is dropped, so drop it only after those tasks have stopped.
+pub struct Leadership {
+    pub term: CancellationToken,
+    /// What keeps the turn (a database session), released on drop.
+    _hold: Option<Box<dyn Send + Sync>>,
+}
+
+impl Leadership {
+    /// A turn held by `hold` for as long as it lives.
+    pub fn new(term: CancellationToken, hold: Box<dyn Send + Sync>) -> Self {
+        Leadership {
+            term,
+            _hold: Some(hold),
+        }
+    }
+}
+
 /// A storage backend.
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
+    /// Waits until this replica leads (`None` once `stop` is cancelled).
+    /// A backend only one process can open (sled) leads at once, until
+    /// `stop`.
+    async fn lead(&self, stop: &CancellationToken) -> Option<Leadership> {
+        if stop.is_cancelled() {
+            return None;
+        }
+        Some(Leadership {
+            term: stop.child_token(),
+            _hold: None,
+        })
+    }
     /// Queues `job`; its completion is called once its writes are durable
     /// (or refused). Errs if the backend has stopped.
     async fn submit(&self, job: Job) -> Result<(), StoreError>;

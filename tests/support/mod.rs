@@ -166,3 +166,26 @@ pub fn expected_hash(e: &pb::AuditEntry) -> String {
     }
     hex::encode(Sha256::digest(&b))
 }
+
+/// The whole log is one chain: sequences 1..=n without a gap, each hash
+/// recomputed from its fields, each prev_hash the hash before it; and the
+/// server's own check agrees.
+pub async fn assert_one_chain(c: &mut Client) -> Vec<pb::AuditEntry> {
+    let entries = history(c, HistoryRequest::default()).await;
+    let mut prev = "0".repeat(64);
+    for (i, e) in entries.iter().enumerate() {
+        assert_eq!(e.sequence, i as u64 + 1, "a gap before {e:?}");
+        assert_eq!(e.prev_hash, prev, "entry {}", e.sequence);
+        assert_eq!(e.hash, expected_hash(e), "entry {}", e.sequence);
+        prev = e.hash.clone();
+    }
+    let v = c
+        .verify_audit_log(pb::VerifyAuditLogRequest {})
+        .await
+        .expect("verify")
+        .into_inner();
+    assert!(v.ok, "{v:?}");
+    assert_eq!(v.entries_checked, entries.len() as u64);
+    assert_eq!(v.head_hash, prev);
+    entries
+}

@@ -215,6 +215,13 @@ impl TestServer {
         self.log_copier = Some(log_copier);
     }
 
+    /// Kills the process with SIGKILL and waits for it to end (its log
+    /// stays readable).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.reap();
+    }
+
     /// Like [`TestServer::kill_and_restart`], on the same address, so that
     /// clients holding the URL find the new process: a server restart as
     /// its clients see it.

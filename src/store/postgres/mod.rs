@@ -1,11 +1,17 @@
 //! The PostgreSQL backend (`[storage] backend = "postgres"`): the same port
-//! and the same guarantees as [`crate::store::sled`] for one replica. The
-//! audit log is the source of truth; the promotion rows, the indexes and
-//! the Merkle nodes are written in the same transaction as each entry, so
-//! they never lag it.
+//! and the same guarantees as [`crate::store::sled`], for any number of
+//! replicas on one database. The audit log is the source of truth; the
+//! promotion rows, the indexes and the Merkle nodes are written in the same
+//! transaction as each entry, so they never lag it.
 //!
 //! - `writer`: one thread, one connection, one transaction per batch of
-//!   queued jobs (group commit), acknowledged after COMMIT;
+//!   queued jobs (group commit), acknowledged after COMMIT; every batch
+//!   serializes with the other replicas' on a transaction-level lock and
+//!   reads the chain's head inside its transaction;
+//! - `listen`: LISTEN/NOTIFY, so changes committed through another replica
+//!   reach this one's subscribers at once and in sequence order;
+//! - `leader`: which replica runs the once-per-deployment tasks (a
+//!   session-level advisory lock on a dedicated connection);
 //! - `schema`: versioned migrations applied at open under an advisory lock;
 //! - here: opening, and the reads on a few pipelined connections that
 //!   reconnect on their own (so reads recover when PostgreSQL comes back).
@@ -13,11 +19,10 @@
 //! - `migrate`: `prodgate migrate --from-sled`, a stopped server's sled
 //!   store copied into an empty database and checked, in one transaction.
 //!
-//! Not in this slice (issue 13): several replicas on one database (the
-//! writer takes an advisory lock so a second one fails instead of forking
-//! the chain), cross-replica watch (LISTEN/NOTIFY), leadership of the apply
-//! worker, TLS to the database.
+//! Not built yet (issue 13): TLS to the database.
 
+mod leader;
+mod listen;
 pub mod migrate;
 mod schema;
 mod writer;
@@ -31,8 +36,8 @@ use crate::domain::model::{
 };
 use crate::store::merkle::NodeReader;
 use crate::store::{
-    Change, HistoryFilter, Job, ListFilter, Page, PageRequest, Storage, Store, StoreError,
-    StoredManifest, StoredPolicy, TreeHead, WriterStats,
+    Change, HistoryFilter, Job, Leadership, ListFilter, Page, PageRequest, Storage, Store,
+    StoreError, StoredManifest, StoredPolicy, TreeHead, WriterStats,
 };
 use async_trait::async_trait;
 use std::str::FromStr;
@@ -41,6 +46,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_postgres::types::ToSql;
+use tokio_util::sync::CancellationToken;
 
 /// Depth of the writer's queue; callers wait (asynchronously) beyond it.
 const QUEUE_DEPTH: usize = 4096;
@@ -62,6 +68,18 @@ struct Shared {
     stats: Arc<WriterStats>,
     /// The newest committed sequence: tree heads stop there.
     durable: Arc<AtomicU64>,
+    /// The last sequence published to subscribers: the writer and the
+    /// listener publish under this lock, each entry once and in order.
+    published: Arc<Mutex<u64>>,
+    /// Asks the listener to publish what the database holds beyond
+    /// `published` (the writer found another replica's entries before its own).
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl Shared {
+    fn lock_published(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.published.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// The PostgreSQL backend. The writer stops when the last handle is dropped.
@@ -72,6 +90,9 @@ pub struct PgStore {
     /// The verifier after the last successful check (as in sled): the next
     /// VerifyAuditLog hashes only newer entries.
     verified: Arc<Mutex<Verifier>>,
+    config: tokio_postgres::Config,
+    /// Stops the listener when the store is dropped.
+    _listener: tokio_util::sync::DropGuard,
 }
 
 /// Opens the database `config` names, migrates its schema and starts the
@@ -318,6 +339,8 @@ impl PgStore {
             records,
             stats: Arc::new(WriterStats::default()),
             durable: Arc::new(AtomicU64::new(0)),
+            published: Arc::new(Mutex::new(0)),
+            wake: Arc::new(tokio::sync::Notify::new()),
         };
         let (jobs, rx) = mpsc::channel(QUEUE_DEPTH);
         let (started, ready) = oneshot::channel();
@@ -340,9 +363,17 @@ impl PgStore {
             )
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
         ready.await.map_err(|_| StoreError::Closed)??;
+        let listening = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(listen::run(
+            client_config.clone(),
+            shared.clone(),
+            listening.clone(),
+        ));
         Ok(PgStore {
             jobs,
             shared,
+            config: client_config.clone(),
+            _listener: listening.drop_guard(),
             reads: Reads {
                 config: client_config,
                 slots: (0..READ_CONNECTIONS)
@@ -424,6 +455,10 @@ impl Storage for PgStore {
 
     fn stats(&self) -> &WriterStats {
         &self.shared.stats
+    }
+
+    async fn lead(&self, stop: &CancellationToken) -> Option<Leadership> {
+        leader::lead(&self.config, stop).await
     }
 
     async fn get(&self, id: PromotionId) -> Result<Option<Promotion>, StoreError> {

@@ -3,6 +3,20 @@
 //! commits it (synchronous commit: durable when COMMIT returns), and only
 //! then answers the batch's callers and publishes its changes.
 //!
+//! Several replicas append to one log: each batch's transaction first takes
+//! a transaction-level advisory lock on the log ([`LOG_LOCK`]) and only then
+//! reads the chain's head (sequence, hash, time, next promotion id), so the
+//! head is never trusted from memory across transactions and the batches of
+//! all replicas form one gapless chain. An advisory lock rather than
+//! `SELECT … FOR UPDATE` on a head row: it needs no row rewritten per batch
+//! (no dead tuples on the hottest row), the head is read from the audit
+//! table itself (so it cannot disagree with it), and it is released at
+//! COMMIT after the commit is visible, so the next holder's statements
+//! (READ COMMITTED: a snapshot per statement) see every earlier batch. The
+//! unit of work's reads (request ids, open promotions, approvals) run after
+//! the lock in the same transaction, so concurrent approvals on different
+//! replicas are decided one after the other, as on sled.
+//!
 //! A database error in a batch rolls the whole transaction back: every job
 //! in it that wrote is refused with [`StoreError::Backend`], and the chain's
 //! head is read again from the database before the next batch, so nothing
@@ -28,10 +42,12 @@ use tokio::sync::mpsc;
 
 /// How many queued jobs one transaction may hold at most.
 pub const MAX_BATCH: usize = 512;
-/// Held by the writer's session while it writes: this slice runs one
-/// replica per database, and a second one must fail loudly rather than
-/// interleave its appends ("prodgate" + 1 in ASCII).
-const WRITER_LOCK: i64 = 0x7072_6f64_6761_7466;
+/// Taken by every batch's transaction before it reads the chain's head, on
+/// every replica ("prodgate" + 1 in ASCII); released at COMMIT or ROLLBACK.
+const LOG_LOCK: i64 = 0x7072_6f64_6761_7466;
+/// The channel a committing batch notifies with its last sequence, so the
+/// other replicas publish its changes at once (see `listen`).
+pub const CHANNEL: &str = "prodgate_audit";
 /// How long a connection may take to answer a ping after a failed batch.
 const VALID_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -58,8 +74,6 @@ impl Default for Head {
 pub struct Writer {
     config: postgres::Config,
     client: Option<postgres::Client>,
-    /// `None`: read it from the database before the next batch.
-    head: Option<Head>,
     clock: Arc<dyn Clock>,
     shared: Shared,
 }
@@ -78,39 +92,31 @@ impl Writer {
         let mut w = Writer {
             config,
             client: None,
-            head: None,
             clock,
             shared,
         };
         w.ready()?;
-        if let Some(head) = &w.head {
-            w.shared
-                .durable
-                .store(head.next_sequence - 1, Ordering::Release);
-        }
+        let Some(c) = w.client.as_mut() else {
+            return Err(StoreError::Closed);
+        };
+        // Everything committed before this start counts as published: a
+        // subscriber hears of changes made after it subscribed.
+        let last = load_head(c)?.next_sequence - 1;
+        w.shared.durable.fetch_max(last, Ordering::AcqRel);
+        *w.shared.lock_published() = last;
         Ok(w)
     }
 
-    /// A connection holding the writer lock, and the head read through it.
+    /// An open connection.
     fn ready(&mut self) -> Result<(), StoreError> {
         if self.client.as_ref().is_some_and(|c| c.is_closed()) {
             self.client = None;
         }
         if self.client.is_none() {
-            self.head = None;
             let mut c = self
                 .config
                 .connect(postgres::NoTls)
                 .map_err(|e| backend("connecting to PostgreSQL", e))?;
-            let locked: bool = c
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&WRITER_LOCK])
-                .map_err(|e| backend("taking the writer lock", e))?
-                .get(0);
-            if !locked {
-                return Err(StoreError::Backend(
-                    "another prodgate is writing to this database; this version runs one replica per database".into(),
-                ));
-            }
             // Acknowledge only what is durable: a database or role default
             // of `off` would let a crash lose acknowledged writes. Stricter
             // settings (remote_apply for a standby) are kept.
@@ -124,33 +130,31 @@ impl Writer {
             }
             self.client = Some(c);
         }
-        if self.head.is_none() {
-            let Some(c) = self.client.as_mut() else {
-                return Err(StoreError::Closed);
-            };
-            self.head = Some(load_head(c)?);
-        }
         Ok(())
     }
 
     /// Runs one batch in one transaction and answers it.
     fn run_batch(&mut self, jobs: Vec<Job>) {
         let mut down = self.ready().err();
-        let mut head = self.head.clone().unwrap_or_default();
+        let mut head = Head::default();
         let mut changed = Vec::new();
         let mut recorded = Vec::new();
         let mut completions: Vec<Completion> = Vec::with_capacity(jobs.len());
         let mut writes = 0;
         let txn = match (&down, self.client.as_mut()) {
-            (None, Some(c)) => match c.transaction() {
-                Ok(t) => Some(t),
+            (None, Some(c)) => match begin(c) {
+                Ok((t, h)) => {
+                    head = h;
+                    Some(t)
+                }
                 Err(e) => {
-                    down = Some(backend("starting a transaction", e));
+                    down = Some(e);
                     None
                 }
             },
             _ => None,
         };
+        let first = head.next_sequence;
         let batch = RefCell::new(Batch {
             txn,
             failed: down,
@@ -169,10 +173,11 @@ impl Writer {
             writes += tx.writes;
         }
         let Batch { txn, failed, .. } = batch.into_inner();
+        let last = head.next_sequence - 1;
         let outcome = match (failed, txn) {
             // Dropping the transaction rolls it back.
             (Some(e), _) => Err(e),
-            (None, Some(txn)) => txn.commit().map_err(|e| backend("committing the batch", e)),
+            (None, Some(txn)) => notify_and_commit(txn, writes > 0, last),
             (None, None) => Err(StoreError::Closed),
         };
         match &outcome {
@@ -182,18 +187,12 @@ impl Writer {
                     stats.flushes.fetch_add(1, Ordering::Relaxed);
                     stats.commits.fetch_add(writes as u64, Ordering::Relaxed);
                 }
-                self.shared
-                    .durable
-                    .store(head.next_sequence - 1, Ordering::Release);
-                self.head = Some(head);
+                self.shared.durable.fetch_max(last, Ordering::AcqRel);
             }
             Err(e) => {
                 if writes > 0 {
                     tracing::error!(error = %e, jobs = completions.len(), "a write batch was rolled back; its writes were refused");
                 }
-                // Read the head again: a COMMIT cut off by a lost
-                // connection may or may not have landed.
-                self.head = None;
                 // A connection that no longer answers is opened anew for
                 // the next batch, not reused until TCP gives up on it.
                 if let Some(c) = self.client.as_mut()
@@ -206,7 +205,18 @@ impl Writer {
         for c in completions {
             c(outcome.clone());
         }
-        if outcome.is_ok() {
+        if outcome.is_ok() && writes > 0 {
+            self.publish(first, last, changed, recorded);
+        }
+    }
+
+    /// Publishes a committed batch's changes if they follow the last
+    /// published entry; otherwise another replica committed in between,
+    /// and the listener publishes everything from the database in order
+    /// (this batch included).
+    fn publish(&self, first: u64, last: u64, changed: Vec<Change>, recorded: Vec<AuditEntry>) {
+        let mut published = self.shared.lock_published();
+        if *published + 1 == first {
             for change in changed {
                 // No subscriber is fine.
                 let _ = self.shared.changes.send(change);
@@ -214,8 +224,37 @@ impl Writer {
             for entry in recorded {
                 let _ = self.shared.records.send(entry);
             }
+            *published = last;
+        } else if *published < last {
+            self.shared.wake.notify_one();
         }
     }
+}
+
+/// Starts a batch's transaction: the log's lock first, then the head as
+/// the replicas committed it.
+fn begin(c: &mut postgres::Client) -> Result<(postgres::Transaction<'_>, Head), StoreError> {
+    let mut t = c
+        .transaction()
+        .map_err(|e| backend("starting a transaction", e))?;
+    t.execute("SELECT pg_advisory_xact_lock($1)", &[&LOG_LOCK])
+        .map_err(|e| backend("taking the audit log's lock", e))?;
+    let head = load_head(&mut t)?;
+    Ok((t, head))
+}
+
+/// Commits; a batch that wrote tells the other replicas (NOTIFY is
+/// delivered at COMMIT, and only if it commits).
+fn notify_and_commit(
+    mut txn: postgres::Transaction<'_>,
+    wrote: bool,
+    last: u64,
+) -> Result<(), StoreError> {
+    if wrote {
+        txn.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &last.to_string()])
+            .map_err(|e| backend("notifying the other replicas", e))?;
+    }
+    txn.commit().map_err(|e| backend("committing the batch", e))
 }
 
 /// Runs batches until every sender is gone.
@@ -232,7 +271,7 @@ pub fn run(mut w: Writer, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
-fn load_head(c: &mut postgres::Client) -> Result<Head, StoreError> {
+fn load_head(c: &mut impl postgres::GenericClient) -> Result<Head, StoreError> {
     let last = c
         .query_opt(
             "SELECT sequence, record FROM audit ORDER BY sequence DESC LIMIT 1",

@@ -1,0 +1,160 @@
+//! Which replica runs the once-per-deployment tasks: the one whose
+//! dedicated connection holds a session-level advisory lock
+//! ([`LEADER_LOCK`]). Followers try again every [`RETRY`].
+//!
+//! An advisory lock rather than row claims with leases: PostgreSQL itself
+//! releases it when the leader's session ends (a killed or crashed leader
+//! hands over as soon as its socket closes), it needs no clock agreement
+//! between replicas and no lease renewals written to the log's database,
+//! and the apply worker's start-up scan already resumes whatever APPROVED
+//! promotions a previous leader left. It must not go through a
+//! transaction-mode pooler (the session is the lock).
+//!
+//! A leader cut off from the database stops itself: it checks its session
+//! every [`CHECK`] and ends its term when the check fails or takes longer
+//! than [`CHECK_TIMEOUT`]; PostgreSQL drops a silent session only after its
+//! TCP keepalives give up (about 11 s, set below), so the old leader has
+//! stopped taking new work before another replica can lead. A tag move
+//! already in flight may still land; recording it is a transaction that
+//! finds the promotion no longer APPROVED if the new leader recorded it, so
+//! a promotion is recorded APPLIED once whichever replica moved the tag.
+
+use crate::store::Leadership;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The leader's lock ("prodgate" + 2 in ASCII); the log's and the
+/// migrations' locks are its neighbours.
+const LEADER_LOCK: i64 = 0x7072_6f64_6761_7467;
+/// How often a follower asks for the lock.
+const RETRY: Duration = Duration::from_secs(1);
+/// How often the leader checks that its session is alive.
+const CHECK: Duration = Duration::from_secs(1);
+/// A check that takes longer ends the term.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+/// The server's keepalives on the leader's session: idle 5 s, then 3
+/// probes 2 s apart, so PostgreSQL releases a vanished leader's lock
+/// after about 11 s (the defaults would keep it for hours).
+const KEEPALIVES: &str =
+    "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3";
+
+/// A connection for the lock, and a token cancelled when it ends.
+struct Session {
+    client: Arc<tokio_postgres::Client>,
+    ended: CancellationToken,
+}
+
+async fn connect(config: &tokio_postgres::Config) -> Result<Session, tokio_postgres::Error> {
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    let ended = CancellationToken::new();
+    let on_end = ended.clone();
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "the PostgreSQL leadership connection ended");
+        }
+        on_end.cancel();
+    });
+    client.batch_execute(KEEPALIVES).await?;
+    Ok(Session {
+        client: Arc::new(client),
+        ended,
+    })
+}
+
+/// Keeps the session (and so the lock) until dropped.
+struct Hold {
+    watcher: tokio::task::JoinHandle<()>,
+    _client: Arc<tokio_postgres::Client>,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        // The watcher's handle on the client goes with it; the last one
+        // closes the session, which releases the lock.
+        self.watcher.abort();
+    }
+}
+
+/// Waits until this replica holds the leader's lock; `None` once `stop`
+/// is cancelled.
+pub async fn lead(config: &tokio_postgres::Config, stop: &CancellationToken) -> Option<Leadership> {
+    let mut session: Option<Session> = None;
+    let mut following = false;
+    loop {
+        if stop.is_cancelled() {
+            return None;
+        }
+        if session.as_ref().is_some_and(|s| s.ended.is_cancelled()) {
+            session = None;
+        }
+        if session.is_none() {
+            match connect(config).await {
+                Ok(s) => session = Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot connect to PostgreSQL for leadership; trying again")
+                }
+            }
+        }
+        if let Some(s) = &session {
+            match s
+                .client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])
+                .await
+            {
+                Ok(row) if row.get::<_, bool>(0) => {
+                    tracing::info!("this replica leads: it applies promotions and runs the sweeps");
+                    return session.map(|s| term(s, stop));
+                }
+                Ok(_) => {
+                    if !following {
+                        tracing::info!("another replica leads: following");
+                        following = true;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot ask for leadership; trying again");
+                    session = None;
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            _ = tokio::time::sleep(RETRY) => {}
+        }
+    }
+}
+
+/// The term of a session that holds the lock: it ends with `stop`, or
+/// when the session ends or stops answering.
+fn term(session: Session, stop: &CancellationToken) -> Leadership {
+    let term = stop.child_token();
+    let (client, ended) = (session.client.clone(), session.ended);
+    let ending = term.clone();
+    let watcher = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = ending.cancelled() => return,
+                _ = ended.cancelled() => {
+                    tracing::error!("the leadership connection ended: no longer leading");
+                    ending.cancel();
+                    return;
+                }
+                _ = tokio::time::sleep(CHECK) => {}
+            }
+            let alive = tokio::time::timeout(CHECK_TIMEOUT, client.simple_query("SELECT 1")).await;
+            if !matches!(alive, Ok(Ok(_))) {
+                tracing::error!("the leadership connection does not answer: no longer leading");
+                ending.cancel();
+                return;
+            }
+        }
+    });
+    Leadership::new(
+        term,
+        Box::new(Hold {
+            watcher,
+            _client: session.client,
+        }),
+    )
+}

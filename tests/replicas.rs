@@ -1,0 +1,299 @@
+//! Three real `prodgate serve` replicas on one PostgreSQL database (a
+//! private cluster, tests/support/postgres.rs) and the real registry:
+//! writes through all of them keep one gapless chain and one promotion per
+//! request id; concurrent approvals on different replicas count exactly the
+//! required number and the tag moves once; the leader killed while an
+//! approved promotion waits on a frozen registry leaves it to another
+//! replica, which applies it once; a watch on one replica sees a change
+//! made through another at once.
+
+mod support;
+
+use prodgate::pb::{self, PromotionState, WatchPromotionRequest};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use support::postgres::{Cluster, TestDatabase};
+use support::registry::TestRegistry;
+use support::server::{TestServer, standard_config};
+use support::{actions_of, approve, assert_one_chain, request_to, wait_for_state};
+use tonic::Code;
+
+const REPLICAS: usize = 3;
+/// The leader's log line (src/store/postgres/leader.rs).
+const LEADS: &str = "this replica leads";
+
+fn config(registry: &TestRegistry, db: &TestDatabase) -> String {
+    format!("{}\n{}", standard_config(&registry.host), db.storage_toml())
+}
+
+fn replicas(registry: &TestRegistry, db: &TestDatabase) -> Vec<TestServer> {
+    let config = config(registry, db);
+    (0..REPLICAS).map(|_| TestServer::start(&config)).collect()
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill {sig} {pid} failed");
+}
+
+/// Which replica leads: the one that logged so. Leadership is taken in the
+/// background after start-up, so the logs are read until one says it.
+async fn leader(servers: &[TestServer]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let leading: Vec<usize> = (0..servers.len())
+            .filter(|&i| servers[i].log().contains(LEADS))
+            .collect();
+        match leading.as_slice() {
+            [one] => return *one,
+            [] => assert!(Instant::now() < deadline, "no replica leads"),
+            more => panic!("several replicas lead at once: {more:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn writes_through_three_replicas_keep_one_gapless_chain() {
+    let Some(cluster) = Cluster::shared() else {
+        return;
+    };
+    let db = cluster.database();
+    let registry = TestRegistry::start().await;
+    registry.push_image("app", Some("staging"), 256, 1).await;
+    let repo = format!("{}/app", registry.host);
+    let servers = replicas(&registry, &db);
+    let mut writers = Vec::new();
+    for (r, server) in servers.iter().enumerate() {
+        for w in 0..6 {
+            let mut c = server.client("alice").await;
+            let repo = repo.clone();
+            writers.push(tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for i in 0..8 {
+                    let mut req = request_to(&repo, "staging", "production");
+                    // Request ids shared by the replicas: each names one
+                    // promotion, whichever replica a retry reaches.
+                    req.request_id = format!("w{w}-{i}");
+                    let p = c.request_promotion(req).await.expect("request");
+                    ids.push((r, format!("w{w}-{i}"), p.into_inner().id));
+                }
+                ids
+            }));
+        }
+    }
+    let mut by_request = std::collections::HashMap::new();
+    for w in writers {
+        for (replica, request_id, id) in w.await.expect("join") {
+            let first = by_request.entry(request_id.clone()).or_insert(id.clone());
+            assert_eq!(
+                *first, id,
+                "request id {request_id} named two promotions (replica {replica})"
+            );
+        }
+    }
+    assert_eq!(by_request.len(), 6 * 8);
+    // Every replica sees the same single chain, and its own check agrees.
+    let mut lengths = Vec::new();
+    for server in &servers {
+        let mut c = server.client("alice").await;
+        let entries = assert_one_chain(&mut c).await;
+        let requested = entries
+            .iter()
+            .filter(|e| e.action == pb::AuditAction::Requested as i32)
+            .count();
+        assert_eq!(requested, 6 * 8);
+        lengths.push(entries.len());
+    }
+    assert!(lengths.windows(2).all(|w| w[0] == w[1]), "{lengths:?}");
+}
+
+#[tokio::test]
+async fn concurrent_approvals_on_three_replicas_count_exactly_two_and_apply_once() {
+    let Some(cluster) = Cluster::shared() else {
+        return;
+    };
+    let db = cluster.database();
+    let registry = TestRegistry::start().await;
+    let digest = registry.push_image("app", Some("staging"), 256, 2).await;
+    let repo = format!("{}/app", registry.host);
+    let servers = replicas(&registry, &db);
+    let mut alice = servers[0].client("alice").await;
+    let p = alice
+        .request_promotion(request_to(&repo, "staging", "prod2"))
+        .await
+        .expect("request")
+        .into_inner();
+    assert_eq!(p.required_approvals, 2);
+    let mut calls = Vec::new();
+    for (i, who) in ["bob", "carol", "dave", "erin", "rita", "bob"]
+        .iter()
+        .enumerate()
+    {
+        let mut c = servers[i % REPLICAS].client(who).await;
+        let id = p.id.clone();
+        calls.push(tokio::spawn(async move { c.approve(approve(&id)).await }));
+    }
+    for call in calls {
+        if let Err(e) = call.await.expect("join") {
+            assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        }
+    }
+    let done = wait_for_state(
+        &mut alice,
+        &p.id,
+        PromotionState::Promoted,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(done.approvals.len(), 2, "{done:?}");
+    use pb::AuditAction::*;
+    assert_eq!(
+        actions_of(&mut alice, &p.id).await,
+        [Requested, Approved, Approved, Applied]
+    );
+    assert_eq!(
+        registry.tag_digest("app", "prod2").await.as_deref(),
+        Some(digest.as_str())
+    );
+    assert_one_chain(&mut alice).await;
+}
+
+#[tokio::test]
+async fn a_killed_leaders_approved_promotion_is_applied_once_by_another_replica() {
+    let Some(cluster) = Cluster::shared() else {
+        return;
+    };
+    let db = cluster.database();
+    let registry = TestRegistry::start().await;
+    let digest = registry.push_image("app", Some("staging"), 256, 3).await;
+    let repo = format!("{}/app", registry.host);
+    let mut servers = replicas(&registry, &db);
+    let lead = leader(&servers).await;
+    let follower = (lead + 1) % REPLICAS;
+    let mut alice = servers[follower].client("alice").await;
+    let p = alice
+        .request_promotion(request_to(&repo, "staging", "production"))
+        .await
+        .expect("request")
+        .into_inner();
+    // The registry hangs: the leader's tag move cannot finish.
+    signal(registry.pid(), "-STOP");
+    let mut bob = servers[follower].client("bob").await;
+    bob.approve(approve(&p.id)).await.expect("approve");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !servers[lead].log().contains("tag move failed; retrying") {
+        assert!(
+            Instant::now() < deadline,
+            "the leader never tried: {}",
+            servers[lead].log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    servers[lead].kill();
+    // Another replica takes over; the promotion stays APPROVED while the
+    // registry is frozen, and no new approval is asked for.
+    let survivors: Vec<usize> = (0..REPLICAS).filter(|&i| i != lead).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let next = loop {
+        if let Some(&i) = survivors
+            .iter()
+            .find(|&&i| servers[i].log().contains(LEADS))
+        {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "no replica took over");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    signal(registry.pid(), "-CONT");
+    let done = wait_for_state(
+        &mut alice,
+        &p.id,
+        PromotionState::Promoted,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(done.digest, digest);
+    assert_eq!(done.approvals.len(), 1);
+    assert!(
+        servers[next].log().contains("tag applied"),
+        "{}",
+        servers[next].log()
+    );
+    use pb::AuditAction::*;
+    assert_eq!(
+        actions_of(&mut alice, &p.id).await,
+        [Requested, Approved, Applied]
+    );
+    assert_eq!(
+        registry.tag_digest("app", "production").await.as_deref(),
+        Some(digest.as_str())
+    );
+    assert_one_chain(&mut alice).await;
+}
+
+#[tokio::test]
+async fn a_watch_on_one_replica_sees_a_change_made_through_another() {
+    let Some(cluster) = Cluster::shared() else {
+        return;
+    };
+    let db = cluster.database();
+    let registry = TestRegistry::start().await;
+    registry.push_image("app", Some("staging"), 256, 4).await;
+    let repo = format!("{}/app", registry.host);
+    let servers = replicas(&registry, &db);
+    let mut alice_a = servers[0].client("alice").await;
+    let p = alice_a
+        .request_promotion(request_to(&repo, "staging", "prod2"))
+        .await
+        .expect("request")
+        .into_inner();
+    let mut stream = servers[1]
+        .client("alice")
+        .await
+        .watch_promotion(WatchPromotionRequest {
+            promotion_id: p.id.clone(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = stream.message().await.expect("stream").expect("state");
+    assert_eq!(first.state, PromotionState::PendingApproval as i32);
+    assert!(first.approvals.is_empty());
+    // One approval of two, through replica A: nothing else happens to the
+    // promotion, so only the cross-replica notification can bring it to B.
+    servers[0]
+        .client("bob")
+        .await
+        .approve(approve(&p.id))
+        .await
+        .expect("approve");
+    let next = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("the change reached the other replica in time")
+        .expect("stream")
+        .expect("state");
+    assert_eq!(next.state, PromotionState::PendingApproval as i32);
+    let approvers: Vec<&str> = next.approvals.iter().map(|a| a.approver.as_str()).collect();
+    assert_eq!(approvers, ["bob"]);
+    // The second approval through replica C: B's watch follows to the end.
+    servers[2]
+        .client("carol")
+        .await
+        .approve(approve(&p.id))
+        .await
+        .expect("approve");
+    let mut last = next;
+    while last.state != PromotionState::Promoted as i32 {
+        last = tokio::time::timeout(Duration::from_secs(20), stream.message())
+            .await
+            .expect("the next change in time")
+            .expect("stream")
+            .expect("state");
+    }
+    assert!(stream.message().await.expect("stream").is_none());
+}
