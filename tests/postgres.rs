@@ -11,9 +11,7 @@
 
 mod support;
 
-use prodgate::pb::{
-    self, GetCheckpointRequest, GetInclusionProofRequest, GetPromotionRequest, HistoryRequest,
-};
+use prodgate::pb::{self, GetCheckpointRequest, GetInclusionProofRequest, GetPromotionRequest};
 use sha2::{Digest, Sha256};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
