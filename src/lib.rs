@@ -16,8 +16,10 @@
 //!   embedded default, where the audit log is the source of truth, records
 //!   and indexes are derived from it, and one writer thread commits while a
 //!   flusher thread fsyncs before anyone is answered; and
-//!   [`store::postgres`], one replica on a PostgreSQL database, where each
-//!   batch of writes is one transaction.
+//!   [`store::postgres`], any number of replicas on one PostgreSQL
+//!   database, where each batch of writes is one transaction serialized
+//!   with the other replicas', one replica leads (applies, sweeps) and
+//!   LISTEN/NOTIFY carries changes between them.
 //! - [`registry`]: resolving tags and copying manifests, behind a trait.
 //! - [`promotions`]: the use cases the RPCs call; they gather the gates'
 //!   facts and let the domain decide inside a write job.

@@ -1,7 +1,9 @@
 //! Builds and runs the gRPC server: the promotion service behind
 //! authentication, plus unauthenticated health and reflection, optionally
-//! over TLS/mTLS; starts the apply worker, the expiry sweep, the metrics
-//! endpoint and webhook delivery; stops when `shutdown` completes.
+//! over TLS/mTLS; starts the metrics endpoint and webhook delivery, and,
+//! while this replica leads (always, on sled), the apply worker, the
+//! expiry sweep, the drift watch and checkpoint publication; stops when
+//! `shutdown` completes.
 //! `conn` accepts the connections; `oversize` gives over-limit requests
 //! the conventional status.
 
@@ -322,11 +324,15 @@ struct Leader {
     promotions: Promotions,
     evidence: crate::evidence::Evidence,
     metrics: Arc<Metrics>,
+    notify: Vec<crate::config::NotifyConfig>,
 }
 
-/// Runs the apply worker, the drift watch, the expiry sweep and the
-/// checkpoint publishers while this replica leads (from the start, on
-/// sled), until `stop`. A term that ends early (PostgreSQL lost the
+/// Runs the apply worker, the drift watch, the expiry sweep, the
+/// checkpoint publishers, webhook delivery and the metrics that count
+/// committed changes while this replica leads (from the start, on sled),
+/// until `stop`. Every replica sees every change, so these run on the
+/// leader alone: a webhook is sent once, and the counters summed over the
+/// replicas count each change once. A term that ends early (PostgreSQL lost the
 /// leader's session) stops them at their safe points before the turn is
 /// given up, and the replica follows until it can lead again; the next
 /// term's apply worker picks up every APPROVED promotion, as after a
@@ -399,6 +405,25 @@ async fn lead(leader: Leader, stop: CancellationToken) {
                 ));
             }
         }
+        running.spawn(until_stopped(
+            term.clone(),
+            crate::metrics::follow_changes(leader.metrics.clone(), leader.store.subscribe()),
+        ));
+        running.spawn(until_stopped(
+            term.clone(),
+            crate::metrics::follow_records(
+                leader.metrics.clone(),
+                leader.store.subscribe_records(),
+            ),
+        ));
+        running.spawn(until_stopped(
+            term.clone(),
+            crate::notify::run(
+                leader.notify.clone(),
+                leader.store.subscribe(),
+                leader.store.subscribe_records(),
+            ),
+        ));
         running.close();
         running.wait().await;
         drop(leadership);
@@ -489,24 +514,9 @@ pub async fn run(
             promotions: promotions.clone(),
             evidence: evidence.clone(),
             metrics: metrics.clone(),
+            notify: config.notify.clone(),
         },
         stop.clone(),
-    ));
-    background.spawn(until_stopped(
-        stop.clone(),
-        crate::metrics::follow_changes(metrics.clone(), store.subscribe()),
-    ));
-    background.spawn(until_stopped(
-        stop.clone(),
-        crate::metrics::follow_records(metrics.clone(), store.subscribe_records()),
-    ));
-    background.spawn(until_stopped(
-        stop.clone(),
-        crate::notify::run(
-            config.notify.clone(),
-            store.subscribe(),
-            store.subscribe_records(),
-        ),
     ));
     if let Some(mut r) = reloads {
         let (live, promotions, metrics) = (live.clone(), promotions.clone(), metrics.clone());

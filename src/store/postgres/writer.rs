@@ -48,6 +48,8 @@ const LOG_LOCK: i64 = 0x7072_6f64_6761_7466;
 /// The channel a committing batch notifies with its last sequence, so the
 /// other replicas publish its changes at once (see `listen`).
 pub const CHANNEL: &str = "prodgate_audit";
+/// How long a batch's transaction may sit idle before PostgreSQL ends it.
+const STALLED_BATCH: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a connection may take to answer a ping after a failed batch.
 const VALID_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -128,6 +130,15 @@ impl Writer {
                 c.batch_execute("SET synchronous_commit = on")
                     .map_err(|e| backend("setting synchronous_commit", e))?;
             }
+            // A batch holds the log's lock for milliseconds; a replica that
+            // stalls inside one (frozen, or cut off without a FIN) would
+            // stop every replica's writes until TCP gave up. PostgreSQL
+            // ends such a transaction after this, releasing the lock.
+            c.batch_execute(&format!(
+                "SET idle_in_transaction_session_timeout = {}",
+                STALLED_BATCH.as_millis()
+            ))
+            .map_err(|e| backend("setting idle_in_transaction_session_timeout", e))?;
             self.client = Some(c);
         }
         Ok(())
