@@ -4,7 +4,8 @@
 //! request id; concurrent approvals on different replicas count exactly the
 //! required number and the tag moves once; the leader killed while an
 //! approved promotion waits on a frozen registry leaves it to another
-//! replica, which applies it once; a watch on one replica sees a change
+//! replica, which applies it once; a frozen leader (SIGSTOP) hands over
+//! and stops leading when it thaws; a watch on one replica sees a change
 //! made through another at once.
 
 mod support;
@@ -296,4 +297,53 @@ async fn a_watch_on_one_replica_sees_a_change_made_through_another() {
             .expect("state");
     }
     assert!(stream.message().await.expect("stream").is_none());
+}
+
+#[tokio::test]
+async fn a_frozen_leader_hands_over_and_stops_leading_when_it_thaws() {
+    let Some(cluster) = Cluster::shared() else {
+        return;
+    };
+    let db = cluster.database();
+    let registry = TestRegistry::start().await;
+    let digest = registry.push_image("app", Some("staging"), 256, 5).await;
+    let repo = format!("{}/app", registry.host);
+    let servers = replicas(&registry, &db);
+    let lead = leader(&servers).await;
+    let follower = (lead + 1) % REPLICAS;
+    let mut alice = servers[follower].client("alice").await;
+    let p = alice
+        .request_promotion(request_to(&repo, "staging", "production"))
+        .await
+        .expect("request")
+        .into_inner();
+    // Frozen, its socket stays open: only the session's idle timeout on
+    // the database side lets another replica lead.
+    signal(servers[lead].pid(), "-STOP");
+    let mut bob = servers[follower].client("bob").await;
+    bob.approve(approve(&p.id)).await.expect("approve");
+    let done = wait_for_state(
+        &mut alice,
+        &p.id,
+        PromotionState::Promoted,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(done.digest, digest);
+    signal(servers[lead].pid(), "-CONT");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !servers[lead].log().contains("no longer leading") {
+        assert!(
+            Instant::now() < deadline,
+            "the thawed leader still leads: {}",
+            servers[lead].log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    use pb::AuditAction::*;
+    assert_eq!(
+        actions_of(&mut alice, &p.id).await,
+        [Requested, Approved, Applied]
+    );
+    assert_one_chain(&mut alice).await;
 }

@@ -14,7 +14,12 @@
 //! every [`CHECK`] and ends its term when the check fails or takes longer
 //! than [`CHECK_TIMEOUT`]; PostgreSQL drops a silent session only after its
 //! TCP keepalives give up (about 11 s, set below), so the old leader has
-//! stopped taking new work before another replica can lead. A tag move
+//! stopped taking new work before another replica can lead. A leader that
+//! is alive but frozen (SIGSTOP, a paused VM) keeps its socket open and
+//! its keepalives answered by the kernel; its session's
+//! `idle_session_timeout` ([`IDLE_LEADER`], PostgreSQL 14 and later) ends
+//! it instead, since a live leader's checks never leave it idle that long.
+//! A tag move
 //! already in flight may still land; recording it is a transaction that
 //! finds the promotion no longer APPROVED if the new leader recorded it, so
 //! a promotion is recorded APPLIED once whichever replica moved the tag.
@@ -39,6 +44,10 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 const KEEPALIVES: &str =
     "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3";
 
+/// PostgreSQL ends the leader's session after this long without a check,
+/// which releases the lock (a frozen leader hands over).
+const IDLE_LEADER: Duration = Duration::from_secs(5);
+
 /// A connection for the lock, and a token cancelled when it ends.
 struct Session {
     client: Arc<tokio_postgres::Client>,
@@ -56,6 +65,12 @@ async fn connect(config: &tokio_postgres::Config) -> Result<Session, tokio_postg
         on_end.cancel();
     });
     client.batch_execute(KEEPALIVES).await?;
+    let idle = format!("SET idle_session_timeout = {}", IDLE_LEADER.as_millis());
+    if let Err(e) = client.batch_execute(&idle).await {
+        // Before PostgreSQL 14: everything else works; a frozen leader
+        // keeps leading until it is killed.
+        tracing::warn!(error = %e, "cannot set idle_session_timeout on the leadership connection");
+    }
     Ok(Session {
         client: Arc::new(client),
         ended,
