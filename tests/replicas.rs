@@ -6,7 +6,8 @@
 //! approved promotion waits on a frozen registry leaves it to another
 //! replica, which applies it once; a frozen leader (SIGSTOP) hands over
 //! and stops leading when it thaws; a watch on one replica sees a change
-//! made through another at once.
+//! made through another at once; webhooks are sent once, not once per
+//! replica.
 
 mod support;
 
@@ -346,4 +347,76 @@ async fn a_frozen_leader_hands_over_and_stops_leading_when_it_thaws() {
         [Requested, Approved, Applied]
     );
     assert_one_chain(&mut alice).await;
+}
+
+#[tokio::test]
+async fn webhooks_are_sent_once_however_many_replicas_see_the_change() {
+    use axum::{Router, routing::post};
+    let Some(cluster) = Cluster::shared() else {
+        return;
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+    let app = Router::new().route(
+        "/hook",
+        post(move |body: String| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(serde_json::from_str(&body).expect("json body"));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind receiver");
+    let hook = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let db = cluster.database();
+    let registry = TestRegistry::start().await;
+    registry.push_image("app", Some("staging"), 256, 6).await;
+    let repo = format!("{}/app", registry.host);
+    let config = format!(
+        "{}\n[[notify]]\nurl = \"http://{hook}/hook\"\nevents = [\"requested\", \"approved\", \"promoted\"]\n",
+        config(&registry, &db)
+    );
+    let servers: Vec<TestServer> = (0..REPLICAS).map(|_| TestServer::start(&config)).collect();
+    let mut ids = Vec::new();
+    for (ask, decide) in [(0, 1), (2, 0)] {
+        let p = servers[ask]
+            .client("alice")
+            .await
+            .request_promotion(request_to(&repo, "staging", "production"))
+            .await
+            .expect("request")
+            .into_inner();
+        servers[decide]
+            .client("bob")
+            .await
+            .approve(approve(&p.id))
+            .await
+            .expect("approve");
+        ids.push(p.id);
+    }
+    // Each replica's webhook deliveries are in commit order: once the last
+    // change's arrives, a second sender's copies of the first would have too.
+    let event = |n: serde_json::Value| {
+        let field = |k: &str| n[k].as_str().expect("a string field").to_owned();
+        (field("promotion_id"), field("event"))
+    };
+    let mut events = Vec::new();
+    while events.last() != Some(&(ids[1].clone(), "promoted".to_owned())) {
+        let n = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("notification in time")
+            .expect("receiver open");
+        events.push(event(n));
+    }
+    while let Ok(n) = rx.try_recv() {
+        events.push(event(n));
+    }
+    let expected: Vec<(String, String)> = ids
+        .iter()
+        .flat_map(|id| ["requested", "approved", "promoted"].map(|e| (id.clone(), e.to_owned())))
+        .collect();
+    assert_eq!(events, expected);
 }
