@@ -654,6 +654,9 @@ async fn refusals_and_unreachable_servers_have_their_own_exit_codes() {
 
 #[tokio::test]
 async fn verify_log_online_and_offline_agree() {
+    if support::server::skip_on_postgres("`verify-log --data-dir` reads a sled data directory") {
+        return;
+    }
     let w = World::start().await;
     let World {
         registry,

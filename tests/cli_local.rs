@@ -153,6 +153,9 @@ fn verify_log_refuses_another_programs_sled_database() {
 
 #[tokio::test]
 async fn a_running_servers_store_is_named_as_locked() {
+    if support::server::skip_on_postgres("the lock on a sled data directory") {
+        return;
+    }
     // No registry is needed: nothing here reaches one.
     let mut server = TestServer::start(&standard_config("127.0.0.1:9"));
     let data = server.data_dir();

@@ -1,6 +1,12 @@
 //! Starts a real `prodgate serve` process on a free loopback port with a
 //! config and data directory of its own, and gives typed gRPC clients that
 //! authenticate as the test principals.
+//!
+//! With `PRODGATE_TEST_BACKEND=postgres` every server stores its data in
+//! PostgreSQL instead of sled: one database per data directory on the test
+//! process's shared cluster (tests/support/postgres.rs), so the same tests
+//! run on both backends and a restart on the same data directory finds the
+//! same data.
 
 use prodgate::pb::promotion_service_client::PromotionServiceClient;
 use sha2::{Digest, Sha256};
@@ -12,6 +18,60 @@ use std::time::Duration;
 use tempfile::TempDir;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+
+/// The variable that picks the backend of every [`TestServer`]: unset or
+/// `sled` (the default), or `postgres`.
+pub const BACKEND_VAR: &str = "PRODGATE_TEST_BACKEND";
+
+/// Whether this run stores the test servers' data in PostgreSQL.
+pub fn backend_is_postgres() -> bool {
+    match std::env::var(BACKEND_VAR) {
+        Ok(v) if v == "postgres" => true,
+        Ok(v) if v.is_empty() || v == "sled" => false,
+        Ok(v) => panic!("{BACKEND_VAR}={v:?}: expected `sled` or `postgres`"),
+        Err(_) => false,
+    }
+}
+
+/// For a test that is about sled itself (its files, its lock, offline
+/// reads of the data directory): true, saying so, when this run is on
+/// PostgreSQL, where the test has nothing to check. `why` names what the
+/// test needs from sled.
+pub fn skip_on_postgres(why: &str) -> bool {
+    let skip = backend_is_postgres();
+    if skip {
+        eprintln!("skipped on PostgreSQL: {why}");
+    }
+    skip
+}
+
+/// `config` as this run's backend needs it: on PostgreSQL, with a
+/// `[storage]` section for the database that belongs to `data_dir`, unless
+/// the test chose its own `[storage]`.
+fn with_backend(config: &str, data_dir: &Path) -> String {
+    if !backend_is_postgres() || config.lines().any(|l| l.trim() == "[storage]") {
+        return config.to_owned();
+    }
+    format!("{config}\n{}", database_for(data_dir))
+}
+
+/// The `[storage]` section of the database that belongs to `data_dir`,
+/// created on first use: restarts and second servers on one data directory
+/// share its data, as they would with sled.
+fn database_for(data_dir: &Path) -> String {
+    static DATABASES: std::sync::Mutex<std::collections::BTreeMap<PathBuf, String>> =
+        std::sync::Mutex::new(std::collections::BTreeMap::new());
+    let mut databases = DATABASES.lock().unwrap_or_else(|e| e.into_inner());
+    databases
+        .entry(data_dir.to_owned())
+        .or_insert_with(|| {
+            let cluster = super::postgres::Cluster::shared().unwrap_or_else(|| {
+                panic!("{BACKEND_VAR}=postgres, but PostgreSQL is not installed")
+            });
+            cluster.database().storage_toml()
+        })
+        .clone()
+}
 
 /// Principals of the standard test config: name, groups.
 pub const PRINCIPALS: &[(&str, &[&str])] = &[
@@ -115,8 +175,8 @@ impl TestServer {
             .prefix("prodgate-test-")
             .tempdir()
             .expect("create a temp dir for the server");
-        std::fs::write(dir.path().join("prodgate.toml"), config).expect("write the config");
         let data_dir = dir.path().join("data");
+        write_config_file(dir.path(), config, &data_dir);
         Self::spawn(dir, data_dir, Vec::new())
     }
 
@@ -127,8 +187,8 @@ impl TestServer {
             .prefix("prodgate-test-")
             .tempdir()
             .expect("create a temp dir for the server");
-        std::fs::write(dir.path().join("prodgate.toml"), config).expect("write the config");
         let data_dir = dir.path().join("data");
+        write_config_file(dir.path(), config, &data_dir);
         let env = env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), v.clone()))
@@ -142,7 +202,7 @@ impl TestServer {
             .prefix("prodgate-test-")
             .tempdir()
             .expect("create a temp dir for the server");
-        std::fs::write(dir.path().join("prodgate.toml"), config).expect("write the config");
+        write_config_file(dir.path(), config, data_dir);
         Self::spawn(dir, data_dir.to_owned(), Vec::new())
     }
 
@@ -190,7 +250,7 @@ impl TestServer {
     /// Replaces the config file (the running server reads it on SIGHUP or
     /// at its next start).
     pub fn write_config(&self, config: &str) {
-        std::fs::write(self.dir.path().join("prodgate.toml"), config).expect("write the config");
+        write_config_file(self.dir.path(), config, &self.data_dir);
     }
 
     /// Sends SIGHUP: the server re-reads its config file.
@@ -267,6 +327,13 @@ impl TestServer {
     pub async fn anonymous(&self) -> Client {
         PromotionServiceClient::with_interceptor(self.channel().await, Bearer(None))
     }
+}
+
+/// Writes `dir/prodgate.toml`: `config`, on PostgreSQL with the `[storage]`
+/// of `data_dir`'s database.
+fn write_config_file(dir: &Path, config: &str, data_dir: &Path) {
+    std::fs::write(dir.join("prodgate.toml"), with_backend(config, data_dir))
+        .expect("write the config");
 }
 
 /// Runs `prodgate serve` in `dir` on `listen` and returns once it is
