@@ -2,7 +2,7 @@
 //! and Debian's `docker-registry` on loopback:
 //!
 //! ```sh
-//! cargo bench --bench prodgate -- [apply|writes|reads|all] [--smoke]
+//! cargo bench --bench prodgate -- [apply|writes|pgwrites|reads|all] [--smoke]
 //! ```
 //!
 //! - `apply`: cost of applying an approved promotion as the image grows
@@ -12,6 +12,10 @@
 //! - `writes`: durable write throughput and latency at 1..256 concurrent
 //!   clients, next to the disk's raw fsync rate and an empty RPC (health
 //!   check), with the group-commit factor from prodgate's `/metrics`.
+//! - `pgwrites`: durable writes/s and latency at 64 clients with prodgate on
+//!   PostgreSQL (a private cluster, `fsync` and `synchronous_commit` on), one
+//!   replica and three, beside `pgbench`'s insert rate on the same server and
+//!   sled's number from `writes` (when it ran in the same run).
 //! - `reads`: a data directory bulk-loaded through `Store::write` to 1,000,000
 //!   audit entries, then start-up time, read latencies, resident memory and
 //!   bytes on disk per entry.
@@ -31,7 +35,7 @@
 //!
 //! # Layout
 //! - this file: the arguments, the scenarios in order, the final `JSON:` line.
-//! - [`apply`], [`writes`], [`reads`]: one scenario each, with its table,
+//! - [`apply`], [`writes`], [`pgwrites`], [`reads`]: one scenario each, with its table,
 //!   targets and JSON section.
 //! - [`setup`]: the prodgate server every scenario measures (its config,
 //!   start, clients, `/metrics`).
@@ -39,10 +43,11 @@
 //!   percentiles.
 //! - [`report`]: targets, tables, rounding, and the machine the run was on.
 //! - `support`: the integration tests' registry, proxy and server
-//!   (`tests/support/`), shared rather than copied.
+//!   and PostgreSQL cluster (`tests/support/`), shared rather than copied.
 
 mod apply;
 mod load;
+mod pgwrites;
 mod reads;
 mod report;
 mod setup;
@@ -59,8 +64,18 @@ use support::registry::TestRegistry;
 enum Scenario {
     Apply,
     Writes,
+    PgWrites,
     Reads,
 }
+
+/// Every scenario, in the order `all` runs them: `pgwrites` after `writes`,
+/// so that it can show sled's number beside PostgreSQL's.
+const ALL: [Scenario; 4] = [
+    Scenario::Apply,
+    Scenario::Writes,
+    Scenario::PgWrites,
+    Scenario::Reads,
+];
 
 struct Args {
     scenarios: Vec<Scenario>,
@@ -77,18 +92,19 @@ fn parse_args() -> Args {
             "--smoke" => smoke = true,
             "apply" => scenarios.push(Scenario::Apply),
             "writes" => scenarios.push(Scenario::Writes),
+            "pgwrites" => scenarios.push(Scenario::PgWrites),
             "reads" => scenarios.push(Scenario::Reads),
-            "all" => scenarios.extend([Scenario::Apply, Scenario::Writes, Scenario::Reads]),
+            "all" => scenarios.extend(ALL),
             other => {
                 eprintln!(
-                    "unknown argument {other:?}\nusage: cargo bench --bench prodgate -- [apply|writes|reads|all] [--smoke]"
+                    "unknown argument {other:?}\nusage: cargo bench --bench prodgate -- [apply|writes|pgwrites|reads|all] [--smoke]"
                 );
                 std::process::exit(2);
             }
         }
     }
     if scenarios.is_empty() {
-        scenarios = vec![Scenario::Apply, Scenario::Writes, Scenario::Reads];
+        scenarios = ALL.to_vec();
     }
     scenarios.dedup();
     Args { scenarios, smoke }
@@ -162,7 +178,7 @@ async fn run(args: &Args) -> Report {
     let needs_registry = args
         .scenarios
         .iter()
-        .any(|s| matches!(s, Scenario::Apply | Scenario::Writes));
+        .any(|s| matches!(s, Scenario::Apply | Scenario::Writes | Scenario::PgWrites));
     let registry = if needs_registry {
         Some(TestRegistry::start().await)
     } else {
@@ -173,8 +189,9 @@ async fn run(args: &Args) -> Report {
         match (s, &registry) {
             (Scenario::Apply, Some(r)) => apply::run(args.smoke, r, &mut report).await,
             (Scenario::Writes, Some(r)) => writes::run(args.smoke, r, &mut report).await,
+            (Scenario::PgWrites, Some(r)) => pgwrites::run(args.smoke, r, &mut report).await,
             (Scenario::Reads, _) => reads::run(args.smoke, &mut report).await,
-            _ => unreachable!("the registry runs for apply and writes"),
+            _ => unreachable!("the registry runs for apply, writes and pgwrites"),
         }
         println!("  ({s:?} took {:.1} s)", t.elapsed().as_secs_f64());
     }

@@ -21,7 +21,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
 /// Appends 4 KiB and fsyncs, for `dur`: the disk's durable-write ceiling.
-fn raw_fsync_rate(dir: &Path, dur: Duration) -> (f64, Percentiles) {
+pub fn raw_fsync_rate(dir: &Path, dur: Duration) -> (f64, Percentiles) {
     let path = dir.join("bench-fsync.tmp");
     let mut f = std::fs::File::create(&path).expect("create the fsync probe file");
     let block = [0x5au8; 4096];
@@ -84,7 +84,7 @@ impl Caller for WriteCycle {
 }
 
 /// RequestPromotion → Reject cycles by `clients` clients until `dur` passes.
-async fn write_load(
+pub async fn write_load(
     chans: &[Channel],
     clients: usize,
     repo: &str,
@@ -181,7 +181,7 @@ async fn health_load(chans: &[Channel], clients: usize, dur: Duration) -> Load {
     Load::new(all, start)
 }
 
-async fn scrape_store_counters(http: &reqwest::Client, port: u16) -> (u64, u64) {
+pub async fn scrape_store_counters(http: &reqwest::Client, port: u16) -> (u64, u64) {
     let text = http
         .get(format!("http://127.0.0.1:{port}/metrics"))
         .send()

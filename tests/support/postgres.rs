@@ -101,7 +101,19 @@ impl Cluster {
     }
 
     /// A new cluster of the caller's own; `None` as for [`Cluster::shared`].
+    /// It runs with `fsync = off`: the tests kill prodgate, never the machine.
     pub fn start() -> Option<Cluster> {
+        Cluster::start_with(false)
+    }
+
+    /// Like [`Cluster::start`], but durable as a production server is
+    /// (`fsync = on`, `synchronous_commit = on`): for the benchmarks, whose
+    /// write numbers mean nothing if a commit does not reach the disk.
+    pub fn start_durable() -> Option<Cluster> {
+        Cluster::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Option<Cluster> {
         let Some(bin) = bin_dir() else {
             assert!(
                 may_skip(),
@@ -138,10 +150,16 @@ impl Cluster {
                 .arg(format!("--pwfile={}", pwfile.display())),
         );
         let port = free_port();
+        let durability = if durable {
+            "fsync = on\nsynchronous_commit = on\n"
+        } else {
+            // The tests kill prodgate, never the machine: PostgreSQL's own
+            // fsync only costs time there.
+            "fsync = off\n"
+        };
         let conf = format!(
             "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
-             # The tests kill prodgate, never the machine: PostgreSQL's own\n\
-             # fsync only costs time here.\nfsync = off\nmax_connections = 300\n",
+             {durability}max_connections = 300\n",
             dir.join("run").display()
         );
         let conf_path = data.join("postgresql.conf");
@@ -245,6 +263,16 @@ impl Cluster {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The directory of PostgreSQL's programs (`pgbench`, `psql`, …).
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
+    /// The superuser's password (also in every [`TestDatabase`]).
+    pub fn password(&self) -> &str {
+        &self.password
     }
 }
 
