@@ -151,7 +151,18 @@ pub async fn history(
     limit: Option<u32>,
 ) -> Result<(), CliError> {
     let c = Client::connect(g).await?;
-    let all = pages(limit, |page_token, page_size| {
+    let all = history_pages(&c, filter, limit).await?;
+    Printer::stdout(g.output).audit_entries(&all)
+}
+
+/// The audit entries `filter` selects, oldest first unless it says
+/// otherwise, following pages until the end or `limit` entries.
+pub(super) async fn history_pages(
+    c: &Client,
+    filter: pb::HistoryRequest,
+    limit: Option<u32>,
+) -> Result<Vec<pb::AuditEntry>, CliError> {
+    pages(limit, |page_token, page_size| {
         let mut api = c.api.clone();
         let req = c.unary(pb::HistoryRequest {
             page_size,
@@ -163,8 +174,7 @@ pub async fn history(
             Ok((page.entries, page.next_page_token))
         }
     })
-    .await?;
-    Printer::stdout(g.output).audit_entries(&all)
+    .await
 }
 
 /// Follows page tokens until the last page or `limit` items. `fetch` gets

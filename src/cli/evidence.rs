@@ -83,9 +83,7 @@ fn verified_note(note: &str, key: &str) -> Result<(String, u64, [u8; 32]), CliEr
 }
 
 fn hex32(s: &str, what: &str) -> Result<[u8; 32], CliError> {
-    hex::decode(s)
-        .ok()
-        .and_then(|b| b.try_into().ok())
+    bundle::hex32(s)
         .ok_or_else(|| CliError::NotVerified(format!("the server sent a malformed {what}")))
 }
 
@@ -142,7 +140,7 @@ pub async fn prove(g: &ClientArgs, sequence: u64, key: &str) -> Result<(), CliEr
         }))
         .await?
         .into_inner();
-    let e = entry_at(&mut c, sequence).await?;
+    let e = entry_at(&c, sequence).await?;
     let computed = match bundle::entry_line(&e) {
         Line::Entry(entry) => entry,
         _ => return Err(CliError::Evidence("internal: not an entry".into())),
@@ -179,30 +177,20 @@ pub async fn prove(g: &ClientArgs, sequence: u64, key: &str) -> Result<(), CliEr
     ))
 }
 
-/// The entry with `sequence`, paging History from the start (History pages
-/// by position, not by sequence).
-async fn entry_at(c: &mut Client, sequence: u64) -> Result<pb::AuditEntry, CliError> {
-    let mut token = String::new();
-    loop {
-        let page = c
-            .api
-            .history(c.unary(pb::HistoryRequest {
-                page_size: 1000,
-                page_token: token.clone(),
-                ..Default::default()
-            }))
-            .await?
-            .into_inner();
-        if let Some(e) = page.entries.iter().find(|e| e.sequence == sequence) {
-            return Ok(e.clone());
-        }
-        if page.next_page_token.is_empty() || page.next_page_token == token {
-            return Err(CliError::Evidence(format!(
-                "entry {sequence} is not in the log"
-            )));
-        }
-        token = page.next_page_token;
-    }
+/// The first `n` entries of the log, oldest first: History pages by
+/// position, and the log is gapless, so they are sequences 1 to `n`.
+async fn first_entries(c: &Client, n: u64) -> Result<Vec<pb::AuditEntry>, CliError> {
+    let limit = u32::try_from(n).unwrap_or(u32::MAX);
+    super::commands::history_pages(c, pb::HistoryRequest::default(), Some(limit)).await
+}
+
+/// The entry with `sequence`.
+async fn entry_at(c: &Client, sequence: u64) -> Result<pb::AuditEntry, CliError> {
+    first_entries(c, sequence)
+        .await?
+        .into_iter()
+        .find(|e| e.sequence == sequence)
+        .ok_or_else(|| CliError::Evidence(format!("entry {sequence} is not in the log")))
 }
 
 /// Writes the bundle of entries `since`..=checkpoint size to `out_path`.
@@ -232,29 +220,10 @@ pub async fn export(g: &ClientArgs, since: u64, out_path: &Path) -> Result<(), C
             tree_size: proof.tree_size,
             hashes: proof.hashes,
         });
-        let mut token = String::new();
-        'pages: loop {
-            let page = c
-                .api
-                .history(c.unary(pb::HistoryRequest {
-                    page_size: 1000,
-                    page_token: token.clone(),
-                    ..Default::default()
-                }))
-                .await?
-                .into_inner();
-            for e in &page.entries {
-                if e.sequence > size {
-                    break 'pages;
-                }
-                if e.sequence >= since {
-                    lines.push(bundle::entry_line(e));
-                }
+        for e in first_entries(&c, size).await? {
+            if (since..=size).contains(&e.sequence) {
+                lines.push(bundle::entry_line(&e));
             }
-            if page.next_page_token.is_empty() || page.next_page_token == token {
-                break;
-            }
-            token = page.next_page_token;
         }
     }
     let mut text = Vec::new();

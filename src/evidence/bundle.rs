@@ -132,7 +132,8 @@ pub enum BundleError {
     Read(String),
 }
 
-fn hex32(s: &str) -> Option<[u8; 32]> {
+/// 32 bytes from lowercase or uppercase hex, if that is what `s` is.
+pub fn hex32(s: &str) -> Option<[u8; 32]> {
     hex::decode(s).ok()?.try_into().ok()
 }
 
