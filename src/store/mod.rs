@@ -30,7 +30,7 @@ use crate::domain::model::{CheckReport, Event, Promotion, PromotionId, State, Ti
 use async_trait::async_trait;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -176,6 +176,20 @@ pub trait UnitOfWork {
     /// How many writes the job made so far (a job that wrote nothing is
     /// answered even if the flush fails).
     fn writes(&self) -> usize;
+}
+
+/// For a backend's writer thread: blocks for the next job, then takes the
+/// jobs already queued behind it, up to `max`, as one batch (group commit).
+/// `None` once every sender is gone.
+pub fn next_batch(rx: &mut mpsc::Receiver<Job>, max: usize) -> Option<Vec<Job>> {
+    let mut batch = vec![rx.blocking_recv()?];
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
 }
 
 /// Called with the outcome of the flush that covers a job's writes.

@@ -270,14 +270,7 @@ fn notify_and_commit(
 
 /// Runs batches until every sender is gone.
 pub fn run(mut w: Writer, mut rx: mpsc::Receiver<Job>) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = crate::store::next_batch(&mut rx, MAX_BATCH) {
         w.run_batch(batch);
     }
 }

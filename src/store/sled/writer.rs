@@ -256,14 +256,7 @@ pub fn run_writer(
     mut rx: mpsc::Receiver<Job>,
     to_flusher: std::sync::mpsc::Sender<Committed>,
 ) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = crate::store::next_batch(&mut rx, MAX_BATCH) {
         let mut committed = Committed {
             completions: Vec::with_capacity(batch.len()),
             changed: Vec::new(),
