@@ -383,29 +383,19 @@ mod tests {
     use super::*;
     use crate::domain::audit::AuditEntry;
     use crate::domain::model::{Action, Event};
-    use crate::store::StoreError;
-    use crate::store::merkle::{self, NodeReader};
-
-    #[derive(Default)]
-    struct Memory(HashMap<u64, [u8; 32]>);
-
-    impl NodeReader for Memory {
-        fn node(&self, index: u64) -> Result<Option<[u8; 32]>, StoreError> {
-            Ok(self.0.get(&index).copied())
-        }
-    }
+    use crate::store::merkle::{self, MemoryNodes};
 
     /// A log of `n` entries, its tree, and a signed checkpoint of it.
     struct Log {
         entries: Vec<AuditEntry>,
-        tree: Memory,
+        tree: MemoryNodes,
         note: String,
         vkey: String,
     }
 
     fn log(n: u64) -> Log {
         let mut entries: Vec<AuditEntry> = Vec::new();
-        let mut tree = Memory::default();
+        let mut tree = MemoryNodes::default();
         for seq in 1..=n {
             let prev = entries.last().map_or([0u8; 32], |e| e.hash);
             let mut attributes = BTreeMap::new();
@@ -431,10 +421,7 @@ mod tests {
                     attributes,
                 },
             );
-            let (first, nodes) = merkle::nodes_for(seq, &e.hash, &tree).unwrap();
-            for (i, h) in (first..).zip(nodes) {
-                tree.0.insert(i, h);
-            }
+            tree.append(seq, &e.hash);
             entries.push(e);
         }
         let (skey, vkey) = crate::evidence::keygen("test.example/log").unwrap();

@@ -101,20 +101,33 @@ pub fn consistency_proof(
         .map_err(|e| failed(&format!("proving size {from} in size {to}"), e))
 }
 
+/// A tree's stored nodes in memory, for tests of what reads them.
+#[cfg(test)]
+#[derive(Default)]
+pub struct MemoryNodes(pub std::collections::HashMap<u64, [u8; 32]>);
+
+#[cfg(test)]
+impl MemoryNodes {
+    /// Stores the nodes entry `sequence` adds, as a backend does.
+    pub fn append(&mut self, sequence: u64, entry_hash: &[u8; 32]) {
+        let (first, nodes) = nodes_for(sequence, entry_hash, self).unwrap();
+        for (i, n) in (first..).zip(nodes) {
+            self.0.insert(i, n);
+        }
+    }
+}
+
+#[cfg(test)]
+impl NodeReader for MemoryNodes {
+    fn node(&self, index: u64) -> Result<Option<[u8; 32]>, StoreError> {
+        Ok(self.0.get(&index).copied())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use sha2::{Digest, Sha256};
-    use std::collections::HashMap;
-
-    #[derive(Default)]
-    struct Memory(HashMap<u64, [u8; 32]>);
-
-    impl NodeReader for Memory {
-        fn node(&self, index: u64) -> Result<Option<[u8; 32]>, StoreError> {
-            Ok(self.0.get(&index).copied())
-        }
-    }
 
     fn entry_hash(i: u64) -> [u8; 32] {
         Sha256::digest(i.to_be_bytes()).into()
@@ -147,14 +160,11 @@ mod tests {
 
     #[test]
     fn stored_nodes_give_the_rfc_9162_root_at_every_size() {
-        let mut m = Memory::default();
+        let mut m = MemoryNodes::default();
         let mut leaves = Vec::new();
         for seq in 1..=70u64 {
             let h = entry_hash(seq);
-            let (first, nodes) = nodes_for(seq, &h, &m).unwrap();
-            for (i, n) in nodes.into_iter().enumerate() {
-                m.0.insert(first + i as u64, n);
-            }
+            m.append(seq, &h);
             leaves.push(h);
             assert_eq!(m.0.len() as u64, stored_count(seq));
             assert_eq!(root(seq, &m).unwrap(), mth(&leaves), "size {seq}");
