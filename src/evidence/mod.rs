@@ -95,8 +95,8 @@ impl Evidence {
     }
 
     /// The size a request names: 0 is the current one; more is refused.
-    async fn size(&self, field: &'static str, asked: u64) -> Result<u64, Error> {
-        let current = self.store.tree_head().await?.size;
+    fn size(&self, field: &'static str, asked: u64) -> Result<u64, Error> {
+        let current = self.store.tree_size();
         match asked {
             0 => Ok(current),
             n if n > current => Err(Error::OutOfRange {
@@ -116,7 +116,7 @@ impl Evidence {
                 message: "is required; sequences start at 1".into(),
             });
         }
-        let size = self.size("tree_size", tree_size).await?;
+        let size = self.size("tree_size", tree_size)?;
         if sequence > size {
             return Err(Error::OutOfRange {
                 field: "sequence",
@@ -139,7 +139,7 @@ impl Evidence {
                 message: "is required: every tree is consistent with the empty one".into(),
             });
         }
-        let to = self.size("to_size", to_size).await?;
+        let to = self.size("to_size", to_size)?;
         if from_size > to {
             return Err(Error::OutOfRange {
                 field: "from_size",

@@ -292,8 +292,14 @@ pub trait Storage: Send + Sync + 'static {
     async fn checks(&self, repository: &str, digest: &str) -> Result<Vec<CheckReport>, StoreError>;
     /// A policy version a POLICY_CHANGED entry recorded, by digest.
     async fn policy(&self, digest: &str) -> Result<Option<StoredPolicy>, StoreError>;
+    /// How many entries the Merkle tree covers: every durable one.
+    fn tree_size(&self) -> u64;
     /// The Merkle tree over every durable entry: its size and root.
-    async fn tree_head(&self) -> Result<TreeHead, StoreError>;
+    async fn tree_head(&self) -> Result<TreeHead, StoreError> {
+        let size = self.tree_size();
+        let root = self.tree_root(size).await?;
+        Ok(TreeHead { size, root })
+    }
     /// The root of the tree of the first `size` entries (`size` at most
     /// the head's).
     async fn tree_root(&self, size: u64) -> Result<[u8; 32], StoreError>;

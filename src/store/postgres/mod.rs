@@ -37,7 +37,7 @@ use crate::domain::model::{
 use crate::store::merkle::NodeReader;
 use crate::store::{
     Change, HistoryFilter, Job, Leadership, ListFilter, Page, PageRequest, Storage, Store,
-    StoreError, StoredManifest, StoredPolicy, TreeHead, WriterStats,
+    StoreError, StoredManifest, StoredPolicy, WriterStats,
 };
 use async_trait::async_trait;
 use std::str::FromStr;
@@ -687,10 +687,8 @@ impl Storage for PgStore {
         }))
     }
 
-    async fn tree_head(&self) -> Result<TreeHead, StoreError> {
-        let size = self.shared.durable.load(Ordering::Acquire);
-        let root = self.tree_root(size).await?;
-        Ok(TreeHead { size, root })
+    fn tree_size(&self) -> u64 {
+        self.shared.durable.load(Ordering::Acquire)
     }
 
     async fn tree_root(&self, size: u64) -> Result<[u8; 32], StoreError> {

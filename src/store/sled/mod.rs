@@ -32,7 +32,7 @@ use crate::domain::drift::TagRecord;
 use crate::domain::model::{CheckReport, Promotion, PromotionId, State, Time};
 use crate::store::{
     Change, HistoryFilter, Job, ListFilter, Page, PageRequest, Storage, Store, StoreError,
-    StoredManifest, StoredPolicy, TreeHead, WriterStats,
+    StoredManifest, StoredPolicy, WriterStats,
 };
 use async_trait::async_trait;
 use codec::{StoredPromotion, decode_promotion};
@@ -299,10 +299,8 @@ impl Storage for SledStore {
         self.read(move |t| t.policy(&digest)).await
     }
 
-    async fn tree_head(&self) -> Result<TreeHead, StoreError> {
-        let size = self.durable.load(Ordering::Acquire);
-        let root = self.tree_root(size).await?;
-        Ok(TreeHead { size, root })
+    fn tree_size(&self) -> u64 {
+        self.durable.load(Ordering::Acquire)
     }
 
     async fn tree_root(&self, size: u64) -> Result<[u8; 32], StoreError> {
