@@ -137,12 +137,24 @@ fn refused_entries_are_rolled_back_to_the_horizon() {
     assert!(t.audit.is_empty());
 }
 
+/// The directory's database without sled's background flusher thread,
+/// which can still hold the directory's lock for a moment after the last
+/// handle is dropped: these tests reopen the same directory at once (and
+/// flush explicitly).
+fn open_without_flusher(dir: &std::path::Path) -> sled::Db {
+    sled::Config::new()
+        .path(dir)
+        .flush_every_ms(None)
+        .open()
+        .unwrap()
+}
+
 #[test]
 fn a_data_directory_of_the_earlier_format_is_refused_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
     {
         // Format 1 had no marker and stored JSON audit entries.
-        let db = sled::open(dir.path()).unwrap();
+        let db = open_without_flusher(dir.path());
         let audit = db.open_tree("audit").unwrap();
         audit.insert(keys::u64_key(1), &b"{}"[..]).unwrap();
         db.flush().unwrap();
@@ -159,7 +171,7 @@ fn a_data_directory_of_the_earlier_format_is_refused_with_a_reason() {
 async fn a_format_2_directory_is_migrated_when_opened() {
     let dir = tempfile::tempdir().unwrap();
     let (promotions, entries) = {
-        let db = sled::open(dir.path()).unwrap();
+        let db = open_without_flusher(dir.path());
         let t = Trees::open(db).unwrap();
         three_commits(&t);
         let snapshot = |tree: &sled::Tree| -> Vec<_> { tree.iter().map(Result::unwrap).collect() };
@@ -216,7 +228,7 @@ async fn a_format_2_directory_is_migrated_when_opened() {
         let v = verify_offline(dir.path()).unwrap();
         assert_eq!(v.first_bad_sequence, None, "{}", v.message);
         assert_eq!(v.entries_checked, 3);
-        let db = sled::open(dir.path()).unwrap();
+        let db = open_without_flusher(dir.path());
         let t = Trees::open(db).unwrap();
         for (k, _) in snapshot(&t.index) {
             if k.first() == Some(&b'e') {
