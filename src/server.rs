@@ -26,6 +26,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::broadcast;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -327,6 +328,27 @@ struct Leader {
     notify: Vec<crate::config::NotifyConfig>,
 }
 
+/// The subscriptions of what reports each committed change once (the
+/// counting metrics and the webhooks), unlike the apply and attach workers,
+/// which rescan the store at the start of a term.
+struct Followers {
+    metrics_changes: broadcast::Receiver<crate::store::Change>,
+    metrics_records: broadcast::Receiver<crate::domain::audit::AuditEntry>,
+    notify_changes: broadcast::Receiver<crate::store::Change>,
+    notify_records: broadcast::Receiver<crate::domain::audit::AuditEntry>,
+}
+
+impl Followers {
+    fn subscribe(store: &crate::store::Store) -> Self {
+        Followers {
+            metrics_changes: store.subscribe(),
+            metrics_records: store.subscribe_records(),
+            notify_changes: store.subscribe(),
+            notify_records: store.subscribe_records(),
+        }
+    }
+}
+
 /// Runs the apply worker, the drift watch, the expiry sweep, the
 /// checkpoint publishers, webhook delivery and the metrics that count
 /// committed changes while this replica leads (from the start, on sled),
@@ -337,9 +359,19 @@ struct Leader {
 /// given up, and the replica follows until it can lead again; the next
 /// term's apply worker picks up every APPROVED promotion, as after a
 /// restart.
-async fn lead(leader: Leader, stop: CancellationToken) {
+async fn lead(leader: Leader, stop: CancellationToken, from_start: Followers) {
+    let mut from_start = Some(from_start);
     while let Some(leadership) = leader.store.lead(&stop).await {
         let term = leadership.term.clone();
+        // The first term reports from the subscriptions made before the
+        // server took its first call, so nothing committed between the start
+        // and this task's first step goes unreported. A term that had to wait
+        // for another replica, and every later one, reports from now: what
+        // came before was the previous leader's to report.
+        let followers = match from_start.take() {
+            Some(f) if !leadership.waited => f,
+            _ => Followers::subscribe(&leader.store),
+        };
         let running = TaskTracker::new();
         let tags = apply::TagLocks::default();
         // Bound per term, like the rest of the config a start binds.
@@ -407,21 +439,18 @@ async fn lead(leader: Leader, stop: CancellationToken) {
         }
         running.spawn(until_stopped(
             term.clone(),
-            crate::metrics::follow_changes(leader.metrics.clone(), leader.store.subscribe()),
+            crate::metrics::follow_changes(leader.metrics.clone(), followers.metrics_changes),
         ));
         running.spawn(until_stopped(
             term.clone(),
-            crate::metrics::follow_records(
-                leader.metrics.clone(),
-                leader.store.subscribe_records(),
-            ),
+            crate::metrics::follow_records(leader.metrics.clone(), followers.metrics_records),
         ));
         running.spawn(until_stopped(
             term.clone(),
             crate::notify::run(
                 leader.notify.clone(),
-                leader.store.subscribe(),
-                leader.store.subscribe_records(),
+                followers.notify_changes,
+                followers.notify_records,
             ),
         ));
         running.close();
@@ -517,6 +546,7 @@ pub async fn run(
             notify: config.notify.clone(),
         },
         stop.clone(),
+        Followers::subscribe(&store),
     ));
     if let Some(mut r) = reloads {
         let (live, promotions, metrics) = (live.clone(), promotions.clone(), metrics.clone());

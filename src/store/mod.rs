@@ -204,15 +204,19 @@ pub type Job = Box<dyn FnOnce(&mut dyn UnitOfWork) -> Completion + Send>;
 /// when this is dropped, so drop it only after those tasks have stopped.
 pub struct Leadership {
     pub term: CancellationToken,
+    /// Whether another replica led when this one first asked: what was
+    /// committed before this turn began was that replica's to report.
+    pub waited: bool,
     /// What keeps the turn (a database session), released on drop.
     _hold: Option<Box<dyn Send + Sync>>,
 }
 
 impl Leadership {
     /// A turn held by `hold` for as long as it lives.
-    pub fn new(term: CancellationToken, hold: Box<dyn Send + Sync>) -> Self {
+    pub fn new(term: CancellationToken, waited: bool, hold: Box<dyn Send + Sync>) -> Self {
         Leadership {
             term,
+            waited,
             _hold: Some(hold),
         }
     }
@@ -230,6 +234,7 @@ pub trait Storage: Send + Sync + 'static {
         }
         Some(Leadership {
             term: stop.child_token(),
+            waited: false,
             _hold: None,
         })
     }

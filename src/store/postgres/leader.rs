@@ -119,7 +119,7 @@ pub async fn lead(config: &tokio_postgres::Config, stop: &CancellationToken) -> 
             {
                 Ok(row) if row.get::<_, bool>(0) => {
                     tracing::info!("this replica leads: it applies promotions and runs the sweeps");
-                    return session.map(|s| term(s, stop));
+                    return session.map(|s| term(s, stop, following));
                 }
                 Ok(_) => {
                     if !following {
@@ -142,7 +142,7 @@ pub async fn lead(config: &tokio_postgres::Config, stop: &CancellationToken) -> 
 
 /// The term of a session that holds the lock: it ends with `stop`, or
 /// when the session ends or stops answering.
-fn term(session: Session, stop: &CancellationToken) -> Leadership {
+fn term(session: Session, stop: &CancellationToken, waited: bool) -> Leadership {
     let term = stop.child_token();
     let (client, ended) = (session.client.clone(), session.ended);
     let ending = term.clone();
@@ -167,6 +167,7 @@ fn term(session: Session, stop: &CancellationToken) -> Leadership {
     });
     Leadership::new(
         term,
+        waited,
         Box::new(Hold {
             watcher,
             _client: session.client,
