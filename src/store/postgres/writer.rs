@@ -24,6 +24,15 @@
 //! outcome the lost connection hid). A lost connection is opened again for
 //! the next batch: PostgreSQL restarting costs the writes made meanwhile,
 //! not a restart of prodgate.
+//!
+//! What a write costs here is round trips to the database, one after the
+//! other on the writer's connection, so a write makes as few as it can:
+//! every statement is prepared once per connection ([`Statements`]); the
+//! audit row, its Merkle nodes and the promotion's row go in one statement;
+//! a promotion read or written earlier in the batch is answered from the
+//! batch, and an id never handed out is known to be absent without asking.
+//! RequestPromotion then costs about four round trips and Reject two, plus
+//! five per batch (BEGIN, the lock, the head, NOTIFY, COMMIT).
 
 use super::{Shared, decode_entry, decode_promotion, int};
 use crate::clock::Clock;
@@ -75,7 +84,7 @@ impl Default for Head {
 
 pub struct Writer {
     config: postgres::Config,
-    client: Option<postgres::Client>,
+    conn: Option<Conn>,
     clock: Arc<dyn Clock>,
     shared: Shared,
 }
@@ -93,17 +102,17 @@ impl Writer {
     ) -> Result<Writer, StoreError> {
         let mut w = Writer {
             config,
-            client: None,
+            conn: None,
             clock,
             shared,
         };
         w.ready()?;
-        let Some(c) = w.client.as_mut() else {
+        let Some(Conn { client, statements }) = w.conn.as_mut() else {
             return Err(StoreError::Closed);
         };
         // Everything committed before this start counts as published: a
         // subscriber hears of changes made after it subscribed.
-        let last = load_head(c)?.next_sequence - 1;
+        let last = load_head(client, statements)?.next_sequence - 1;
         w.shared.durable.fetch_max(last, Ordering::AcqRel);
         *w.shared.lock_published() = last;
         Ok(w)
@@ -111,10 +120,10 @@ impl Writer {
 
     /// An open connection.
     fn ready(&mut self) -> Result<(), StoreError> {
-        if self.client.as_ref().is_some_and(|c| c.is_closed()) {
-            self.client = None;
+        if self.conn.as_ref().is_some_and(|c| c.client.is_closed()) {
+            self.conn = None;
         }
-        if self.client.is_none() {
+        if self.conn.is_none() {
             let mut c = self
                 .config
                 .connect(postgres::NoTls)
@@ -139,7 +148,11 @@ impl Writer {
                 STALLED_BATCH.as_millis()
             ))
             .map_err(|e| backend("setting idle_in_transaction_session_timeout", e))?;
-            self.client = Some(c);
+            let statements = Statements::prepare(&mut c)?;
+            self.conn = Some(Conn {
+                client: c,
+                statements,
+            });
         }
         Ok(())
     }
@@ -152,8 +165,12 @@ impl Writer {
         let mut recorded = Vec::new();
         let mut completions: Vec<Completion> = Vec::with_capacity(jobs.len());
         let mut writes = 0;
-        let txn = match (&down, self.client.as_mut()) {
-            (None, Some(c)) => match begin(c) {
+        let (client, statements) = match self.conn.as_mut() {
+            Some(Conn { client, statements }) => (Some(client), Some(&*statements)),
+            None => (None, None),
+        };
+        let txn = match (&down, client, statements) {
+            (None, Some(c), Some(st)) => match begin(c, st) {
                 Ok((t, h)) => {
                     head = h;
                     Some(t)
@@ -168,8 +185,10 @@ impl Writer {
         let first = head.next_sequence;
         let batch = RefCell::new(Batch {
             txn,
+            statements,
             failed: down,
             nodes: HashMap::new(),
+            promotions: HashMap::new(),
         });
         for job in jobs {
             let mut tx = Tx {
@@ -188,7 +207,10 @@ impl Writer {
         let outcome = match (failed, txn) {
             // Dropping the transaction rolls it back.
             (Some(e), _) => Err(e),
-            (None, Some(txn)) => notify_and_commit(txn, writes > 0, last),
+            (None, Some(txn)) => match statements {
+                Some(st) => notify_and_commit(txn, st, writes > 0, last),
+                None => Err(StoreError::Closed),
+            },
             (None, None) => Err(StoreError::Closed),
         };
         match &outcome {
@@ -206,10 +228,10 @@ impl Writer {
                 }
                 // A connection that no longer answers is opened anew for
                 // the next batch, not reused until TCP gives up on it.
-                if let Some(c) = self.client.as_mut()
-                    && c.is_valid(VALID_CHECK).is_err()
+                if let Some(c) = self.conn.as_mut()
+                    && c.client.is_valid(VALID_CHECK).is_err()
                 {
-                    self.client = None;
+                    self.conn = None;
                 }
             }
         }
@@ -244,13 +266,19 @@ impl Writer {
 
 /// Starts a batch's transaction: the log's lock first, then the head as
 /// the replicas committed it.
-fn begin(c: &mut postgres::Client) -> Result<(postgres::Transaction<'_>, Head), StoreError> {
+fn begin<'c>(
+    c: &'c mut postgres::Client,
+    st: &Statements,
+) -> Result<(postgres::Transaction<'c>, Head), StoreError> {
     let mut t = c
         .transaction()
         .map_err(|e| backend("starting a transaction", e))?;
-    t.execute("SELECT pg_advisory_xact_lock($1)", &[&LOG_LOCK])
+    // Its own statement: under READ COMMITTED the head's statement below
+    // takes its snapshot after the lock is held, so it sees the batch the
+    // previous holder committed.
+    t.execute(&st.lock, &[&LOG_LOCK])
         .map_err(|e| backend("taking the audit log's lock", e))?;
-    let head = load_head(&mut t)?;
+    let head = load_head(&mut t, st)?;
     Ok((t, head))
 }
 
@@ -258,14 +286,104 @@ fn begin(c: &mut postgres::Client) -> Result<(postgres::Transaction<'_>, Head), 
 /// delivered at COMMIT, and only if it commits).
 fn notify_and_commit(
     mut txn: postgres::Transaction<'_>,
+    st: &Statements,
     wrote: bool,
     last: u64,
 ) -> Result<(), StoreError> {
     if wrote {
-        txn.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &last.to_string()])
+        txn.execute(&st.notify, &[&CHANNEL, &last.to_string()])
             .map_err(|e| backend("notifying the other replicas", e))?;
     }
     txn.commit().map_err(|e| backend("committing the batch", e))
+}
+
+/// One connection and the writer's statements prepared on it.
+struct Conn {
+    client: postgres::Client,
+    statements: Statements,
+}
+
+/// Every statement the writer runs, prepared once per connection: a
+/// statement sent as text is parsed and described in a round trip of its
+/// own each time it runs, and round trips are what a write costs here
+/// (see BENCHMARKS.md, "Issue 13").
+struct Statements {
+    lock: postgres::Statement,
+    head: postgres::Statement,
+    notify: postgres::Statement,
+    get_promotion: postgres::Statement,
+    find_request: postgres::Statement,
+    open_promotions: postgres::Statement,
+    put_manifest: postgres::Statement,
+    put_policy: postgres::Statement,
+    latest_policy: postgres::Statement,
+    append: postgres::Statement,
+    append_with_promotion: postgres::Statement,
+    moved_tag: postgres::Statement,
+    check: postgres::Statement,
+    merkle_node: postgres::Statement,
+}
+
+/// The audit row and its Merkle nodes: parameters 1 to 10 of both appends.
+const INSERT_AUDIT: &str = "audit_row AS (
+        INSERT INTO audit (sequence, time_seconds, time_nanos, action, promotion_id, repository, environment, record)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+    ), merkle_rows AS (
+        INSERT INTO merkle (node, hash) SELECT * FROM unnest($9::bigint[], $10::bytea[])
+    )";
+
+impl Statements {
+    fn prepare(c: &mut postgres::Client) -> Result<Statements, StoreError> {
+        let mut prepare = |sql: &str| {
+            c.prepare(sql)
+                .map_err(|e| backend("preparing the writer's statements", e))
+        };
+        Ok(Statements {
+            lock: prepare("SELECT pg_advisory_xact_lock($1)")?,
+            // One row even when the log is empty (NULL sequence and record).
+            head: prepare(
+                "SELECT (SELECT coalesce(max(id), 0) FROM promotions), last.sequence, last.record
+                 FROM (SELECT 1) AS one
+                 LEFT JOIN (SELECT sequence, record FROM audit ORDER BY sequence DESC LIMIT 1) AS last ON true",
+            )?,
+            notify: prepare("SELECT pg_notify($1, $2)")?,
+            get_promotion: prepare("SELECT record FROM promotions WHERE id = $1")?,
+            find_request: prepare(
+                "SELECT id FROM promotions WHERE requested_by = $1 AND request_id = $2 AND request_id <> '' ORDER BY id DESC LIMIT 1",
+            )?,
+            open_promotions: prepare(
+                "SELECT id, record FROM promotions WHERE repository = $1 AND environment = $2 AND state IN ($3, $4) ORDER BY id",
+            )?,
+            put_manifest: prepare(
+                "INSERT INTO manifests (repository, digest, media_type, bytes) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            )?,
+            put_policy: prepare(
+                "INSERT INTO policies (digest, canonical_json) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )?,
+            latest_policy: prepare(
+                "SELECT sequence, record FROM audit WHERE action = $1 ORDER BY sequence DESC LIMIT 1",
+            )?,
+            // Data-modifying WITH clauses run exactly once, whether or not
+            // the main statement reads them, and all of them or none commit.
+            append: prepare(&format!(
+                "WITH {INSERT_AUDIT} SELECT 1"
+            ))?,
+            append_with_promotion: prepare(&format!(
+                "WITH {INSERT_AUDIT}
+                 INSERT INTO promotions (id, repository, environment, state, requested_by, request_id, record)
+                 VALUES ($5, $11, $12, $13, $14, $15, $16)
+                 ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, record = EXCLUDED.record"
+            ))?,
+            moved_tag: prepare(
+                "INSERT INTO moved_tags (repository, environment) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )?,
+            check: prepare(
+                "INSERT INTO checks (repository, digest, name, sequence) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (repository, digest, name) DO UPDATE SET sequence = EXCLUDED.sequence",
+            )?,
+            merkle_node: prepare("SELECT hash FROM merkle WHERE node = $1")?,
+        })
+    }
 }
 
 /// Runs batches until every sender is gone.
@@ -275,24 +393,18 @@ pub fn run(mut w: Writer, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
-fn load_head(c: &mut impl postgres::GenericClient) -> Result<Head, StoreError> {
-    let last = c
-        .query_opt(
-            "SELECT sequence, record FROM audit ORDER BY sequence DESC LIMIT 1",
-            &[],
-        )
+fn load_head(c: &mut impl postgres::GenericClient, st: &Statements) -> Result<Head, StoreError> {
+    let row = c
+        .query_one(&st.head, &[])
         .map_err(|e| backend("reading the audit log's head", e))?;
     let mut head = Head::default();
-    if let Some(row) = last {
-        let e = decode_entry(row.get(0), row.get(1))?;
+    if let (Some(sequence), Some(record)) = (row.get(1), row.get(2)) {
+        let e = decode_entry(sequence, record)?;
         head.next_sequence = e.sequence + 1;
         head.hash = e.hash;
         head.last_time = e.time;
     }
-    let max_id: i64 = c
-        .query_one("SELECT coalesce(max(id), 0) FROM promotions", &[])
-        .map_err(|e| backend("reading the newest promotion id", e))?
-        .get(0);
+    let max_id: i64 = row.get(0);
     // Ids are never reused: promotions are never deleted.
     head.next_id = u64::try_from(max_id).unwrap_or(0) + 1;
     Ok(head)
@@ -302,25 +414,30 @@ fn load_head(c: &mut impl postgres::GenericClient) -> Result<Head, StoreError> {
 /// of the batch fails with it (PostgreSQL refuses them anyway).
 struct Batch<'c> {
     txn: Option<postgres::Transaction<'c>>,
+    statements: Option<&'c Statements>,
     failed: Option<StoreError>,
     /// Merkle nodes written in this batch, so appending reads them without
     /// a round trip.
     nodes: HashMap<u64, [u8; 32]>,
+    /// Promotions read or written in this batch, as this transaction sees
+    /// them. Nothing else changes them meanwhile: every writer holds the
+    /// log's lock for its whole transaction.
+    promotions: HashMap<PromotionId, Option<Promotion>>,
 }
 
 impl Batch<'_> {
     fn run<T>(
         &mut self,
         doing: &str,
-        f: impl FnOnce(&mut postgres::Transaction<'_>) -> Result<T, postgres::Error>,
+        f: impl FnOnce(&mut postgres::Transaction<'_>, &Statements) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
-        let Some(txn) = self.txn.as_mut() else {
+        let (Some(txn), Some(st)) = (self.txn.as_mut(), self.statements) else {
             return Err(StoreError::Closed);
         };
-        f(txn).map_err(|e| {
+        f(txn, st).map_err(|e| {
             let e = backend(doing, e);
             self.failed = Some(e.clone());
             e
@@ -345,8 +462,8 @@ impl NodeReader for RefCell<Batch<'_>> {
             return Ok(Some(*h));
         }
         let i = int(index)?;
-        let row = b.run("reading a Merkle node", |t| {
-            t.query_opt("SELECT hash FROM merkle WHERE node = $1", &[&i])
+        let row = b.run("reading a Merkle node", |t, st| {
+            t.query_opt(&st.merkle_node, &[&i])
         })?;
         row.map(|r| node_hash(index, r.get(0))).transpose()
     }
@@ -360,8 +477,10 @@ pub fn node_hash(index: u64, bytes: &[u8]) -> Result<[u8; 32], StoreError> {
 }
 
 impl Tx<'_, '_> {
-    /// Inserts the audit row and the entry's Merkle nodes, and advances the
-    /// head (restored by the caller if the batch rolls back).
+    /// Inserts the audit row, the entry's Merkle nodes and, for a
+    /// promotion's entry, the promotion's row, in one statement (one round
+    /// trip); advances the head (restored by the caller if the batch rolls
+    /// back).
     fn append(
         &mut self,
         entry: &AuditEntry,
@@ -378,28 +497,44 @@ impl Tx<'_, '_> {
             .collect::<Result<Vec<i64>, _>>()?;
         let hashes: Vec<&[u8]> = nodes.iter().map(|h| h.as_slice()).collect();
         let mut b = self.batch.borrow_mut();
-        b.run("appending an audit entry", |t| {
-            t.execute(
-                "INSERT INTO audit (sequence, time_seconds, time_nanos, action, promotion_id, repository, environment, record)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                &[
-                    &seq,
-                    &entry.time.seconds,
-                    &nanos,
-                    &action,
-                    &id,
-                    &entry.event.repository,
-                    &entry.event.environment,
-                    &record,
-                ],
-            )?;
-            t.execute(
-                "INSERT INTO merkle (node, hash) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
-                &[&indexes, &hashes],
-            )
-        })?;
+        let audit: [&(dyn postgres::types::ToSql + Sync); 10] = [
+            &seq,
+            &entry.time.seconds,
+            &nanos,
+            &action,
+            &id,
+            &entry.event.repository,
+            &entry.event.environment,
+            &record,
+            &indexes,
+            &hashes,
+        ];
+        match promotion {
+            None => b.run("appending an audit entry", |t, st| {
+                t.execute(&st.append, &audit)
+            })?,
+            Some(p) => {
+                let (state, stored) = (p.state.label(), encode(p));
+                let mut params = audit.to_vec();
+                params.extend_from_slice(&[
+                    &p.repository as &(dyn postgres::types::ToSql + Sync),
+                    &p.environment,
+                    &state,
+                    &p.requested_by,
+                    &p.request_id,
+                    &stored,
+                ]);
+                b.run(
+                    "appending an audit entry and storing its promotion",
+                    |t, st| t.execute(&st.append_with_promotion, &params),
+                )?
+            }
+        };
         for (i, h) in nodes.into_iter().enumerate() {
             b.nodes.insert(first + i as u64, h);
+        }
+        if let Some(p) = promotion {
+            b.promotions.insert(p.id, Some(p.clone()));
         }
         self.writes += 1;
         self.head.next_sequence = entry.sequence + 1;
@@ -417,11 +552,22 @@ impl UnitOfWork for Tx<'_, '_> {
     }
 
     fn get(&self, id: PromotionId) -> Result<Option<Promotion>, StoreError> {
+        let mut b = self.batch.borrow_mut();
+        if let Some(p) = b.promotions.get(&id) {
+            return Ok(p.clone());
+        }
+        // Ids are handed out in order and never reused: one at or past the
+        // next is nobody's yet.
+        if id >= self.head.next_id {
+            return Ok(None);
+        }
         let i = int(id)?;
-        let row = self.batch.borrow_mut().run("reading a promotion", |t| {
-            t.query_opt("SELECT record FROM promotions WHERE id = $1", &[&i])
+        let row = b.run("reading a promotion", |t, st| {
+            t.query_opt(&st.get_promotion, &[&i])
         })?;
-        row.map(|r| decode_promotion(id, r.get(0))).transpose()
+        let p = row.map(|r| decode_promotion(id, r.get(0))).transpose()?;
+        b.promotions.insert(id, p.clone());
+        Ok(p)
     }
 
     fn find_request(
@@ -429,12 +575,12 @@ impl UnitOfWork for Tx<'_, '_> {
         principal: &str,
         request_id: &str,
     ) -> Result<Option<PromotionId>, StoreError> {
-        let row = self.batch.borrow_mut().run("reading a request id", |t| {
-            t.query_opt(
-                "SELECT id FROM promotions WHERE requested_by = $1 AND request_id = $2 AND request_id <> '' ORDER BY id DESC LIMIT 1",
-                &[&principal, &request_id],
-            )
-        })?;
+        let row = self
+            .batch
+            .borrow_mut()
+            .run("reading a request id", |t, st| {
+                t.query_opt(&st.find_request, &[&principal, &request_id])
+            })?;
         Ok(row.and_then(|r| u64::try_from(r.get::<_, i64>(0)).ok()))
     }
 
@@ -448,12 +594,15 @@ impl UnitOfWork for Tx<'_, '_> {
         environment: &str,
     ) -> Result<Vec<Promotion>, StoreError> {
         let (pending, approved) = (State::PendingApproval.label(), State::Approved.label());
-        let rows = self.batch.borrow_mut().run("reading open promotions", |t| {
-            t.query(
-                "SELECT id, record FROM promotions WHERE repository = $1 AND environment = $2 AND state IN ($3, $4) ORDER BY id",
-                &[&repository, &environment, &pending, &approved],
-            )
-        })?;
+        let rows = self
+            .batch
+            .borrow_mut()
+            .run("reading open promotions", |t, st| {
+                t.query(
+                    &st.open_promotions,
+                    &[&repository, &environment, &pending, &approved],
+                )
+            })?;
         rows.iter()
             .map(|r| decode_promotion(u64::try_from(r.get::<_, i64>(0)).unwrap_or(0), r.get(1)))
             .collect()
@@ -465,9 +614,9 @@ impl UnitOfWork for Tx<'_, '_> {
         digest: &str,
         m: &StoredManifest,
     ) -> Result<(), StoreError> {
-        self.batch.borrow_mut().run("pinning a manifest", |t| {
+        self.batch.borrow_mut().run("pinning a manifest", |t, st| {
             t.execute(
-                "INSERT INTO manifests (repository, digest, media_type, bytes) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                &st.put_manifest,
                 &[&repository, &digest, &m.media_type, &m.bytes],
             )
         })?;
@@ -475,23 +624,22 @@ impl UnitOfWork for Tx<'_, '_> {
     }
 
     fn put_policy(&mut self, digest: &str, canonical_json: &str) -> Result<(), StoreError> {
-        self.batch.borrow_mut().run("keeping a policy version", |t| {
-            t.execute(
-                "INSERT INTO policies (digest, canonical_json) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[&digest, &canonical_json],
-            )
-        })?;
+        self.batch
+            .borrow_mut()
+            .run("keeping a policy version", |t, st| {
+                t.execute(&st.put_policy, &[&digest, &canonical_json])
+            })?;
         Ok(())
     }
 
     fn latest_policy(&self) -> Result<Option<String>, StoreError> {
         let action = Action::PolicyChanged.number() as i16;
-        let row = self.batch.borrow_mut().run("reading the latest policy", |t| {
-            t.query_opt(
-                "SELECT sequence, record FROM audit WHERE action = $1 ORDER BY sequence DESC LIMIT 1",
-                &[&action],
-            )
-        })?;
+        let row = self
+            .batch
+            .borrow_mut()
+            .run("reading the latest policy", |t, st| {
+                t.query_opt(&st.latest_policy, &[&action])
+            })?;
         match row {
             Some(r) => Ok(decode_entry(r.get(0), r.get(1))?
                 .event
@@ -522,32 +670,13 @@ impl UnitOfWork for Tx<'_, '_> {
         let time = after.updated_at.max(self.head.last_time);
         let entry = AuditEntry::chain(self.head.hash, self.head.next_sequence, time, event);
         self.append(&entry, Some(after))?;
-        let id = int(after.id)?;
-        let record = encode(after);
-        let state = after.state.label();
-        self.batch.borrow_mut().run("storing a promotion", |t| {
-            t.execute(
-                "INSERT INTO promotions (id, repository, environment, state, requested_by, request_id, record)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
-                 ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, record = EXCLUDED.record",
-                &[
-                    &id,
-                    &after.repository,
-                    &after.environment,
-                    &state,
-                    &after.requested_by,
-                    &after.request_id,
-                    &record,
-                ],
-            )?;
-            if entry.event.action == Action::Applied {
-                t.execute(
-                    "INSERT INTO moved_tags (repository, environment) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                    &[&after.repository, &after.environment],
-                )?;
-            }
-            Ok(0)
-        })?;
+        if entry.event.action == Action::Applied {
+            self.batch
+                .borrow_mut()
+                .run("indexing a moved tag", |t, st| {
+                    t.execute(&st.moved_tag, &[&after.repository, &after.environment])
+                })?;
+        }
         if stored.is_none() {
             self.head.next_id = self.head.next_id.max(after.id + 1);
         }
@@ -564,13 +693,11 @@ impl UnitOfWork for Tx<'_, '_> {
         self.append(&entry, None)?;
         if let Some(r) = CheckReport::from_entry(&entry) {
             let seq = int(entry.sequence)?;
-            self.batch.borrow_mut().run("indexing a check report", |t| {
-                t.execute(
-                    "INSERT INTO checks (repository, digest, name, sequence) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (repository, digest, name) DO UPDATE SET sequence = EXCLUDED.sequence",
-                    &[&r.repository, &r.digest, &r.check, &seq],
-                )
-            })?;
+            self.batch
+                .borrow_mut()
+                .run("indexing a check report", |t, st| {
+                    t.execute(&st.check, &[&r.repository, &r.digest, &r.check, &seq])
+                })?;
         }
         self.recorded.push(entry.clone());
         Ok(entry)
