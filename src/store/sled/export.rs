@@ -153,10 +153,7 @@ impl Snapshot {
     /// nodes, or `None` where they do not cover `size` (a server's start
     /// adds the missing ones; the copy computes its own either way).
     pub fn tree_root(&self, size: u64) -> Result<Option<[u8; 32]>, StoreError> {
-        let stored = match self.trees.merkle.last()? {
-            Some((k, _)) => keys::read_u64(&k).map_or(0, |i| i + 1),
-            None => 0,
-        };
+        let stored = self.trees.merkle.stored()?;
         if stored < crate::store::merkle::stored_count(size) {
             return Ok(None);
         }

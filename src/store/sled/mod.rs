@@ -74,8 +74,8 @@ pub struct Trees {
     manifests: sled::Tree,
     /// Policy versions' canonical JSON by digest.
     policies: sled::Tree,
-    /// The audit log's Merkle tree nodes (`merkle`).
-    merkle: sled::Tree,
+    /// The audit log's Merkle tree nodes (`merkle_chunks`).
+    merkle: merkle::Nodes,
 }
 
 impl Trees {
@@ -87,7 +87,7 @@ impl Trees {
             meta: db.open_tree("meta")?,
             manifests: db.open_tree("manifests")?,
             policies: db.open_tree("policies")?,
-            merkle: db.open_tree("merkle")?,
+            merkle: merkle::Nodes::open(&db)?,
             db,
         })
     }

@@ -11,17 +11,7 @@ use crate::store::UnitOfWork;
 use std::time::Duration;
 
 fn trees() -> Trees {
-    let db = sled::Config::new().temporary(true).open().unwrap();
-    Trees {
-        promotions: db.open_tree("promotions").unwrap(),
-        audit: db.open_tree("audit").unwrap(),
-        index: db.open_tree("index").unwrap(),
-        meta: db.open_tree("meta").unwrap(),
-        manifests: db.open_tree("manifests").unwrap(),
-        policies: db.open_tree("policies").unwrap(),
-        merkle: db.open_tree("merkle").unwrap(),
-        db,
-    }
+    Trees::open(sled::Config::new().temporary(true).open().unwrap()).unwrap()
 }
 
 type Dump = Vec<(sled::IVec, sled::IVec)>;
@@ -268,6 +258,60 @@ async fn a_format_2_directory_is_migrated_when_opened() {
         by_env.items.iter().map(|p| p.id).collect::<Vec<_>>(),
         vec![2, 1]
     );
+}
+
+/// A store written with one sled key per Merkle node (tree `merkle`, the
+/// first layout) has its nodes in chunks after a start, the same root, and
+/// the old tree gone.
+#[tokio::test]
+async fn merkle_nodes_of_the_first_layout_move_to_chunks_when_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = {
+        let t = Trees::open(open_without_flusher(dir.path())).unwrap();
+        three_commits(&t);
+        let root = crate::store::merkle::root(3, &t.merkle).unwrap();
+        let old = t.db.open_tree("merkle").unwrap();
+        for i in 0..t.merkle.stored().unwrap() {
+            let node = crate::store::merkle::NodeReader::node(&t.merkle, i)
+                .unwrap()
+                .unwrap();
+            old.insert(keys::u64_key(i), &node).unwrap();
+        }
+        t.db.drop_tree("merkle_chunks").unwrap();
+        t.meta
+            .insert(keys::FORMAT, &keys::u64_key(FORMAT_VERSION))
+            .unwrap();
+        t.db.flush().unwrap();
+        root
+    };
+    horizon::Horizon::open(dir.path()).unwrap();
+    let store = SledStore::open(dir.path(), Arc::new(SystemClock)).unwrap();
+    assert_eq!(store.tree_root(3).await.unwrap(), root);
+    let names = store.trees.db.tree_names();
+    assert!(!names.iter().any(|n| n.as_ref() == b"merkle"));
+    assert!(store.trees.merkle.stored().unwrap() >= crate::store::merkle::stored_count(3));
+}
+
+/// Merkle nodes still in memory when the process died (the writer writes
+/// the chunk being filled at the end of each batch) are rebuilt at open,
+/// also when the last entry's derivation was cut short: finishing it must
+/// not need the lost nodes.
+#[tokio::test]
+async fn merkle_nodes_lost_in_a_crash_are_rebuilt_when_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = {
+        let t = Trees::open(open_without_flusher(dir.path())).unwrap();
+        let after = three_commits(&t);
+        restore(&t, &after[1]);
+        t.meta
+            .insert(keys::FORMAT, &keys::u64_key(FORMAT_VERSION))
+            .unwrap();
+        t.db.flush().unwrap();
+        crate::store::merkle::root(3, &t.merkle).unwrap()
+    };
+    horizon::Horizon::open(dir.path()).unwrap();
+    let store = SledStore::open(dir.path(), Arc::new(SystemClock)).unwrap();
+    assert_eq!(store.tree_root(3).await.unwrap(), root);
 }
 
 /// Check reports are entries about no promotion: the latest per check

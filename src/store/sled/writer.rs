@@ -275,6 +275,11 @@ pub fn run_writer(
             committed.writes += tx.writes;
         }
         committed.last_sequence = state.next_sequence - 1;
+        // The Merkle tree's partly filled chunk, so the flush covers it.
+        if let Err(e) = state.trees.merkle.sync() {
+            tracing::error!(error = %e, "storing Merkle nodes failed; refusing all further writes");
+            state.poisoned.store(true, Ordering::Release);
+        }
         if to_flusher.send(committed).is_err() {
             // The flusher only ends when this sender is dropped.
             break;
