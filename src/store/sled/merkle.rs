@@ -48,6 +48,17 @@ struct Tail {
     dirty: bool,
 }
 
+impl Tail {
+    /// Writes the chunk to sled if it changed since it was last written.
+    fn write_to(&mut self, tree: &sled::Tree) -> Result<(), StoreError> {
+        if self.dirty {
+            tree.insert(keys::u64_key(self.chunk), self.value.as_slice())?;
+            self.dirty = false;
+        }
+        Ok(())
+    }
+}
+
 impl Nodes {
     pub fn open(db: &sled::Db) -> Result<Nodes, StoreError> {
         Ok(Nodes {
@@ -74,13 +85,10 @@ impl Nodes {
 
     /// Writes the tail to sled if it changed since it was last written.
     pub fn sync(&self) -> Result<(), StoreError> {
-        let mut tail = self.tail();
-        if let Some(t) = tail.as_mut().filter(|t| t.dirty) {
-            self.tree
-                .insert(keys::u64_key(t.chunk), t.value.as_slice())?;
-            t.dirty = false;
+        match self.tail().as_mut() {
+            Some(t) => t.write_to(&self.tree),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Stores `nodes` under consecutive indexes from `first`, which is at
@@ -94,9 +102,8 @@ impl Nodes {
         while !rest.is_empty() {
             let (chunk, slot) = (index / CHUNK, (index % CHUNK) as usize);
             if guard.as_ref().is_none_or(|t| t.chunk != chunk) {
-                if let Some(t) = guard.as_ref().filter(|t| t.dirty) {
-                    self.tree
-                        .insert(keys::u64_key(t.chunk), t.value.as_slice())?;
+                if let Some(t) = guard.as_mut() {
+                    t.write_to(&self.tree)?;
                 }
                 let value = self
                     .tree
@@ -128,9 +135,7 @@ impl Nodes {
             }
             tail.dirty = true;
             if tail.value.len() == CHUNK as usize * NODE {
-                self.tree
-                    .insert(keys::u64_key(chunk), tail.value.as_slice())?;
-                tail.dirty = false;
+                tail.write_to(&self.tree)?;
             }
             index += take as u64;
             rest = &rest[take..];
