@@ -39,13 +39,7 @@ fn needs_start(dir: &Path, why: &str) -> dir::DirError {
 
 impl Snapshot {
     pub fn open(dir: &Path) -> Result<Snapshot, dir::DirError> {
-        let db = dir::open_existing(dir)?;
-        // `open_existing` checked the tree names: opening them creates nothing.
-        let trees = Trees::open(db)?;
-        let format = trees
-            .meta
-            .get(keys::FORMAT)?
-            .and_then(|v| keys::read_u64(&v));
+        let (trees, format) = super::open_offline(dir)?;
         if format == Some(2) {
             return Err(needs_start(dir, "is in store format 2"));
         }

@@ -344,18 +344,25 @@ impl Storage for SledStore {
 /// Checks the audit chain of the store under `dir` without a running server;
 /// refuses a directory that holds no prodgate store ([`dir::open_existing`]).
 pub fn verify_offline(dir: &Path) -> Result<Verification, dir::DirError> {
-    let db = dir::open_existing(dir)?;
-    // Every tree exists: `open_existing` checked the names.
-    let trees = Trees::open(db)?;
-    let format = trees
-        .meta
-        .get(keys::FORMAT)?
-        .and_then(|v| keys::read_u64(&v));
+    let (trees, format) = open_offline(dir)?;
     let decode = match format {
         Some(2) => codec::decode_entry_v2,
         _ => codec::decode_entry,
     };
     Ok(trees.verify_with(Verifier::default(), decode)?.0)
+}
+
+/// The store under `dir` for an offline tool ([`dir::open_existing`]) and
+/// its format marker.
+fn open_offline(dir: &Path) -> Result<(Trees, Option<u64>), dir::DirError> {
+    let db = dir::open_existing(dir)?;
+    // `open_existing` checked the tree names: opening them creates nothing.
+    let trees = Trees::open(db)?;
+    let format = trees
+        .meta
+        .get(keys::FORMAT)?
+        .and_then(|v| keys::read_u64(&v));
+    Ok((trees, format))
 }
 
 /// The promotion id stored under a principal's idempotency key.
