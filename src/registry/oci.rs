@@ -1617,39 +1617,38 @@ mod hardening_tests {
     /// A registry that answers HEAD with `digest`, PUT with 201, and records
     /// every request line.
     async fn recording_registry(digest: String) -> (String, Arc<Mutex<Vec<String>>>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let host = listener.local_addr().expect("address").to_string();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = Arc::clone(&seen);
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (log, digest) = (Arc::clone(&log), digest.clone());
-                let service = service_fn(move |req: hyper::Request<Incoming>| {
-                    if let Ok(mut l) = log.lock() {
-                        l.push(format!("{} {}", req.method(), req.uri().path()));
-                    }
-                    let status = match *req.method() {
-                        Method::PUT => 201,
-                        Method::HEAD => 200,
-                        _ => 404,
-                    };
-                    let res = hyper::Response::builder()
-                        .status(status)
-                        .header(DIGEST_HEADER, digest.clone())
-                        .body(Full::new(bytes::Bytes::new()));
-                    async move { res }
-                });
-                tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
-            }
-        });
-        (host, seen)
+        let status = |m: &Method| match *m {
+            Method::PUT => 201,
+            Method::HEAD => 200,
+            _ => 404,
+        };
+        scripted_registry(
+            status,
+            hyper::header::HeaderName::from_static(DIGEST_HEADER),
+            digest,
+        )
+        .await
     }
 
     /// A registry whose blob uploads start with `location` and that
     /// records every request line.
     async fn uploading_registry(location: String) -> (String, Arc<Mutex<Vec<String>>>) {
+        let status = |m: &Method| match *m {
+            Method::POST => 202,
+            Method::PUT => 201,
+            _ => 404,
+        };
+        scripted_registry(status, LOCATION, location).await
+    }
+
+    /// A registry that answers each request with `status(method)`, an empty
+    /// body and the header `name: value`, and records every request line
+    /// (method and URI).
+    async fn scripted_registry(
+        status: fn(&Method) -> u16,
+        name: hyper::header::HeaderName,
+        value: String,
+    ) -> (String, Arc<Mutex<Vec<String>>>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -1658,19 +1657,14 @@ mod hardening_tests {
         let log = Arc::clone(&seen);
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (log, location) = (Arc::clone(&log), location.clone());
+                let (log, name, value) = (Arc::clone(&log), name.clone(), value.clone());
                 let service = service_fn(move |req: hyper::Request<Incoming>| {
                     if let Ok(mut l) = log.lock() {
                         l.push(format!("{} {}", req.method(), req.uri()));
                     }
-                    let status = match *req.method() {
-                        Method::POST => 202,
-                        Method::PUT => 201,
-                        _ => 404,
-                    };
                     let res = hyper::Response::builder()
-                        .status(status)
-                        .header(LOCATION, location.clone())
+                        .status(status(req.method()))
+                        .header(name.clone(), value.clone())
                         .body(Full::new(bytes::Bytes::new()));
                     async move { res }
                 });
