@@ -320,14 +320,9 @@ pub async fn follow_records(metrics: Arc<Metrics>, mut records: broadcast::Recei
     }
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown` completes.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
-    store: Store,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let app = axum::Router::new().route(
+/// `GET /metrics`, served by the server on `metrics_listen` (`server::http1`).
+pub fn app(metrics: Arc<Metrics>, store: Store) -> axum::Router {
+    axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let (metrics, store) = (metrics.clone(), store.clone());
@@ -342,10 +337,7 @@ pub async fn serve(
                 )
             }
         }),
-    );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    )
 }
 
 /// Tower layer around every gRPC call: a `rpc` tracing span (method, and the

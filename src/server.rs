@@ -4,10 +4,14 @@
 //! while this replica leads (always, on sled), the apply worker, the
 //! expiry sweep, the drift watch and checkpoint publication; stops when
 //! `shutdown` completes.
-//! `conn` accepts the connections; `oversize` gives over-limit requests
-//! the conventional status.
+//! `conn` accepts the connections (every listener, each with its own cap);
+//! `grpc` serves gRPC connections (keepalive, idle timeout); `http1` the
+//! metrics endpoint under its own limits; `oversize` gives over-limit
+//! requests the conventional status.
 
 mod conn;
+mod grpc;
+mod http1;
 mod oversize;
 
 use crate::api::promotion::PromotionApi;
@@ -166,12 +170,11 @@ fn tls_acceptor(tls: &TlsConfig) -> Result<tokio_rustls::TlsAcceptor, ServerErro
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// The soft limit on open files, when the system tells (Linux).
+/// The soft limit on open files, when the system tells.
 fn open_file_limit() -> Option<u64> {
-    // "Max open files            1024                 524288               files"
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.split_whitespace().nth(3)?.parse().ok()
+    rlimit::getrlimit(rlimit::Resource::NOFILE)
+        .ok()
+        .map(|(soft, _hard)| soft)
 }
 
 /// Descriptors prodgate needs besides client connections: the database's
@@ -361,7 +364,9 @@ impl Followers {
 /// restart.
 async fn lead(leader: Leader, stop: CancellationToken, from_start: Followers) {
     let mut from_start = Some(from_start);
+    let mut pause = RELEAD_PAUSE_MIN;
     while let Some(leadership) = leader.store.lead(&stop).await {
+        let began = tokio::time::Instant::now();
         let term = leadership.term.clone();
         // The first term reports from the subscriptions made before the
         // server took its first call, so nothing committed between the start
@@ -459,12 +464,33 @@ async fn lead(leader: Leader, stop: CancellationToken, from_start: Followers) {
         if stop.is_cancelled() {
             return;
         }
-        tracing::warn!("the leadership ended; following until this replica can lead again");
+        // A term that ends as soon as it starts (the database refuses what
+        // leading needs) must not become a loop that logs as fast as it can:
+        // the pause before the next attempt doubles while terms stay short.
+        if began.elapsed() >= RELEAD_PAUSE_MAX {
+            pause = RELEAD_PAUSE_MIN;
+        }
+        tracing::warn!(
+            retry_in_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
+            "the leadership ended; following until this replica can lead again"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.cancelled() => return,
+        }
+        pause = (pause * 2).min(RELEAD_PAUSE_MAX);
     }
 }
 
+/// The pause after a term ends before this replica tries to lead again,
+/// doubling up to the maximum while terms end within it.
+const RELEAD_PAUSE_MIN: Duration = Duration::from_millis(500);
+const RELEAD_PAUSE_MAX: Duration = Duration::from_secs(30);
+
 /// Serves on `listener` until `shutdown` completes; reloads the policy on
-/// each of `reloads`' requests.
+/// each of `reloads`' requests. Every listener is bound before anything
+/// starts, so a listener that cannot bind ends `run` at once with the
+/// address and the reason, and nothing is left running behind it.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -475,6 +501,16 @@ pub async fn run(
     let live = Live::new(config);
     // Bound at start: what a reload may not change, or keeps until a restart.
     let config = live.get();
+    let metrics_listener =
+        match &config.metrics_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| {
+                ServerError::MetricsListen {
+                    addr: addr.clone(),
+                    source,
+                }
+            })?),
+            None => None,
+        };
     let metrics = Metrics::new(config.environments.iter().map(|e| e.name.clone()).collect())?;
     let opening = std::time::Instant::now();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -521,18 +557,57 @@ pub async fn run(
         Err(e) => return Err(ServerError::Policy(e)),
     }
     let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
+    let connections = config.max_connections as u64
+        + metrics_listener
+            .as_ref()
+            .map_or(0, |_| config.metrics_max_connections as u64);
     if let Some(limit) = open_file_limit()
-        && config.max_connections as u64 + OTHER_DESCRIPTORS > limit
+        && connections + OTHER_DESCRIPTORS > limit
     {
         tracing::warn!(
             max_connections = config.max_connections,
+            metrics_max_connections = config.metrics_max_connections,
             open_file_limit = limit,
             "max_connections does not fit the open-file limit: once descriptors run out, \
              new clients wait; raise the limit (LimitNOFILE) or lower max_connections"
         );
     }
 
+    // Everything that can fail is built before anything starts.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    type Svc = Authenticate<PromotionServiceServer<PromotionApi>>;
+    health.set_serving::<Svc>().await;
+    health.set_service_status("", ServingStatus::Serving).await;
+    // v1alpha too: grpcurl before 1.8.8, Postman and Python's grpcio-reflection speak only it.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
+        .build_v1()?
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()?
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let health_service = health_service.max_decoding_message_size(MAX_REQUEST_BYTES);
     let evidence = crate::evidence::Evidence::new(store.clone(), config.checkpoint.as_ref());
+    let api = PromotionServiceServer::new(PromotionApi::new(promotions.clone(), evidence.clone()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let authenticator = Authenticator::new(live.clone(), clock.clone(), Some(metrics.clone()))
+        .map_err(ServerError::Auth)?;
+    let authenticated: Svc = Authenticate::new(api, Arc::new(authenticator));
+    let routes = tonic::service::Routes::new(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(authenticated)
+        .prepare();
+    let service = tower::ServiceBuilder::new()
+        // Outermost first: the metrics layer sees the rewritten status.
+        .layer(RpcMetricsLayer::new(metrics.clone(), DESCRIPTOR_SETS)?)
+        .layer(tower::util::MapResponseLayer::new(oversize::rewrite))
+        .service(routes);
+
     background.spawn(lead(
         Leader {
             store: store.clone(),
@@ -541,7 +616,7 @@ pub async fn run(
             clock: clock.clone(),
             progress,
             promotions: promotions.clone(),
-            evidence: evidence.clone(),
+            evidence,
             metrics: metrics.clone(),
             notify: config.notify.clone(),
         },
@@ -557,31 +632,23 @@ pub async fn run(
             }
         }));
     }
-    if let Some(addr) = &config.metrics_listen {
-        {
-            let l = TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServerError::MetricsListen {
-                    addr: addr.clone(),
-                    source,
-                })?;
-            // Display, not Debug of an Option: JSON logs get "addr":"127.0.0.1:9090".
-            if let Ok(addr) = l.local_addr() {
-                tracing::info!(%addr, "serving metrics at /metrics");
-            }
-            background.spawn(crate::metrics::serve(
-                l,
-                metrics.clone(),
-                store.clone(),
-                stop.clone().cancelled_owned(),
-            ));
+    if let Some(l) = metrics_listener {
+        // Display, not Debug of an Option: JSON logs get "addr":"127.0.0.1:9090".
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(%addr, "serving metrics at /metrics");
         }
+        background.spawn(http1::serve(
+            l,
+            http1::Limits {
+                setting: "metrics_max_connections",
+                max_connections: config.metrics_max_connections,
+                head_timeout: config.handshake_timeout,
+                idle_timeout: config.idle_timeout,
+            },
+            crate::metrics::app(metrics.clone(), store.clone()),
+            stop.clone(),
+        ));
     }
-
-    let (health, health_service) = tonic_health::server::health_reporter();
-    type Svc = Authenticate<PromotionServiceServer<PromotionApi>>;
-    health.set_serving::<Svc>().await;
-    health.set_service_status("", ServingStatus::Serving).await;
     // Whether shutdown began: once it has, the store probe leaves health
     // NOT_SERVING. A lock, not a flag, so a probe's update cannot land
     // between shutdown's check and its own.
@@ -594,24 +661,6 @@ pub async fn run(
             stop.clone(),
         ));
     }
-    // v1alpha too: grpcurl before 1.8.8, Postman and Python's grpcio-reflection speak only it.
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1 = reflection()
-        .build_v1()?
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()?
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let health_service = health_service.max_decoding_message_size(MAX_REQUEST_BYTES);
-    let api = PromotionServiceServer::new(PromotionApi::new(promotions, evidence))
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let authenticator = Authenticator::new(live.clone(), clock.clone(), Some(metrics.clone()))
-        .map_err(ServerError::Auth)?;
-    let authenticated: Svc = Authenticate::new(api, Arc::new(authenticator));
 
     // The announcement scripts and tests wait for: only now, after the store
     // opened, so a server that cannot start never announces an address.
@@ -619,18 +668,15 @@ pub async fn run(
         .local_addr()
         .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string());
     tracing::info!(%addr, tls = tls.is_some(), data_dir = %config.data_dir.display(), storage = %config.storage.describe(), "listening");
-    let router = tonic::transport::Server::builder()
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        // Outermost first: the metrics layer sees the rewritten status.
-        .layer(RpcMetricsLayer::new(metrics, DESCRIPTOR_SETS)?)
-        .layer(tower::util::MapResponseLayer::new(oversize::rewrite))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(authenticated);
     let limits = conn::Limits {
         max_connections: config.max_connections,
         handshake_timeout: config.handshake_timeout,
+    };
+    let settings = grpc::Settings {
+        max_concurrent_streams: MAX_CONCURRENT_STREAMS,
+        keepalive_interval: config.keepalive_interval,
+        keepalive_timeout: crate::config::KEEPALIVE_TIMEOUT,
+        idle_timeout: config.idle_timeout,
     };
     // The accept loop stops (and closes the listening socket) when draining starts.
     let closing = draining.clone();
@@ -647,38 +693,33 @@ pub async fn run(
         // Open WatchPromotion streams end now, so clients reconnect elsewhere.
         draining.cancel();
     };
-    // Two instantiations: tonic reads the client certificate (for auth)
-    // from the connection type, so TLS and plain connections stay distinct types.
+    // Two instantiations: auth reads the client certificate from the
+    // connection's `ConnectInfo`, so TLS and plain connections stay distinct types.
     let serve = async {
         match tls {
             Some(acceptor) => {
                 let upgrade = move |tcp| acceptor.accept(tcp);
                 let incoming = conn::incoming(listener, limits, upgrade, closing);
-                router
-                    .serve_with_incoming_shutdown(incoming, shutdown)
-                    .await
+                grpc::serve(incoming, service, settings, shutdown).await
             }
             None => {
                 let upgrade = |tcp| std::future::ready(Ok(tcp));
                 let incoming = conn::incoming(listener, limits, upgrade, closing);
-                router
-                    .serve_with_incoming_shutdown(incoming, shutdown)
-                    .await
+                grpc::serve(incoming, service, settings, shutdown).await
             }
         }
     };
     // Graceful shutdown waits for every client to close its connection; one
     // that never does must not keep the process alive past the grace period.
-    let result = tokio::select! {
-        r = serve => r,
+    tokio::select! {
+        () = serve => {}
         _ = async {
             draining.cancelled().await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         } => {
             tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; closing them");
-            Ok(())
         }
-    };
+    }
     // In-flight RPCs are done; let the worker reach a safe point (it bounds
     // its own wait), then flush.
     stop.cancel();
@@ -687,7 +728,6 @@ pub async fn run(
     if store.flush().await.is_err() {
         tracing::error!("final flush failed");
     }
-    result?;
     tracing::info!("stopped");
     Ok(())
 }

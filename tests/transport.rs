@@ -587,3 +587,181 @@ async fn metrics_have_build_process_and_every_environment() {
         assert!(get("process_max_fds") >= get("process_open_fds"));
     }
 }
+
+/// Caps `pid`'s open files at `n`, as a default shell or unit does (1,024).
+fn limit_open_files(pid: u32, n: usize) {
+    let limited = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &format!("--nofile={n}:{n}")])
+        .status()
+        .expect("run prlimit");
+    assert!(limited.success());
+}
+
+/// The test itself holds more than a thousand sockets.
+fn raise_own_open_file_limit() {
+    rlimit::increase_nofile_limit(8192).expect("raise the test's open-file limit");
+}
+
+/// `n` connections to `addr`, each having sent `first` (nothing if empty).
+async fn flood(addr: &str, n: usize, first: &[u8]) -> Vec<TcpStream> {
+    let mut socks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        if !first.is_empty() {
+            s.write_all(first).await.expect("write");
+        }
+        socks.push(s);
+    }
+    socks
+}
+
+/// A health check that must answer within `limit`.
+async fn health_within(server: &TestServer, limit: Duration) {
+    let status = tokio::time::timeout(limit, health_check(server))
+        .await
+        .unwrap_or_else(|_| panic!("no health answer within {limit:?}"))
+        .expect("health check");
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+}
+
+#[tokio::test]
+async fn preface_then_silence_is_closed_at_the_idle_timeout() {
+    raise_own_open_file_limit();
+    let server = TestServer::start(&format!(
+        "idle_timeout = \"3s\"\n{}",
+        standard_config(NO_REGISTRY)
+    ));
+    limit_open_files(server.pid(), 1024);
+    // More connections than the server has descriptors: once it holds what
+    // it can, the rest wait in the listen backlog with their preface sent.
+    let flooded = Instant::now();
+    let socks = flood(&server.addr, 1100, PREFACE).await;
+    let limit = Duration::from_secs(40);
+    let watchers: Vec<_> = socks
+        .into_iter()
+        .map(|s| tokio::spawn(closed_by_server(s, limit)))
+        .collect();
+    let mut last = flooded;
+    for w in watchers {
+        last = last.max(w.await.expect("watcher"));
+    }
+    // Two rounds at most (those held, then those from the backlog), each
+    // the idle timeout and the close grace.
+    let took = last - flooded;
+    assert!(took < Duration::from_secs(20), "closed after {took:?}");
+    // A normal call is served again, and the server has descriptors for it.
+    let seen = server.log().len();
+    health_within(&server, Duration::from_secs(10)).await;
+    let after = &server.log()[seen..];
+    assert!(
+        !after.contains("Too many open files"),
+        "out of descriptors after the flood was closed:\n{after}"
+    );
+}
+
+#[tokio::test]
+async fn a_peer_that_does_not_answer_keepalive_pings_is_closed() {
+    let server = TestServer::start(&format!(
+        "keepalive_interval = \"1s\"\nidle_timeout = \"1h\"\n{}",
+        standard_config(NO_REGISTRY)
+    ));
+    let mut s = TcpStream::connect(&server.addr).await.expect("connect");
+    s.write_all(PREFACE).await.expect("preface");
+    s.write_all(&[0, 0, 0, SETTINGS, 0, 0, 0, 0, 0])
+        .await
+        .expect("empty SETTINGS");
+    let opened = Instant::now();
+    // The server pings; this peer never answers.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let (kind, flags, _) = read_frame(&mut s).await;
+            if kind == PING && flags & ACK == 0 {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("a keepalive PING within 10 s");
+    let closed = closed_by_server(s, Duration::from_secs(40)).await;
+    let took = closed - opened;
+    // The interval, then the 20 s the ping may go unanswered.
+    assert!(
+        took >= Duration::from_secs(20),
+        "closed after {took:?}, before the keepalive timeout"
+    );
+}
+
+#[tokio::test]
+async fn silent_metrics_clients_cannot_take_the_grpc_listeners_descriptors() {
+    raise_own_open_file_limit();
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let server = TestServer::start(&format!(
+        "metrics_listen = \"{metrics_addr}\"\nhandshake_timeout = \"2s\"\n{}",
+        standard_config(NO_REGISTRY)
+    ));
+    let pid = server.pid();
+    health_within(&server, Duration::from_secs(10)).await;
+    limit_open_files(pid, 1024);
+    let before = open_fds(pid);
+    let socks = flood(&metrics_addr, 1100, b"").await;
+    // The metrics listener holds at most its 64 connections, however many
+    // clients come; gRPC is served meanwhile.
+    health_within(&server, Duration::from_secs(10)).await;
+    let mut most = 0;
+    for _ in 0..20 {
+        most = most.max(open_fds(pid));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        most <= before + 64 + 4,
+        "{before} descriptors before, up to {most} with 1,100 silent metrics clients"
+    );
+    drop(socks);
+
+    // A request head that never ends is closed at the handshake timeout.
+    let mut slow = TcpStream::connect(&metrics_addr).await.expect("connect");
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("half a head");
+    let sent = Instant::now();
+    let closed = closed_by_server(slow, Duration::from_secs(30)).await;
+    assert!(closed - sent < Duration::from_secs(15));
+    // And scrapes still work.
+    assert!(scrape(&metrics_addr).await.contains("prodgate_"));
+}
+
+#[tokio::test]
+async fn a_listener_that_cannot_bind_ends_serve_at_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let exited = support::server::serve_until_exit(
+        &format!(
+            "metrics_listen = \"{addr}\"\n{}",
+            standard_config(NO_REGISTRY)
+        ),
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        exited.code,
+        Some(1),
+        "serve did not exit 1 with metrics_listen taken:\n{}",
+        exited.log
+    );
+    assert!(
+        exited
+            .log
+            .contains(&format!("cannot listen for metrics on {addr}")),
+        "{}",
+        exited.log
+    );
+    assert!(
+        exited.log_bytes < 64 * 1024,
+        "{} bytes of log for a failed start:\n{}",
+        exited.log_bytes,
+        exited.log
+    );
+    assert!(!exited.log.contains("leadership ended"), "{}", exited.log);
+}

@@ -117,6 +117,15 @@ pub fn reloaded(
         "handshake_timeout",
         file.handshake_timeout != running.handshake_timeout,
     );
+    later("idle_timeout", file.idle_timeout != running.idle_timeout);
+    later(
+        "keepalive_interval",
+        file.keepalive_interval != running.keepalive_interval,
+    );
+    later(
+        "metrics_max_connections",
+        file.metrics_max_connections != running.metrics_max_connections,
+    );
     later(
         "registry_timeout",
         file.registry_timeout != running.registry_timeout,

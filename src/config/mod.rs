@@ -63,6 +63,18 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 4096;
 /// How long a new connection may take to finish the TLS handshake (with TLS)
 /// and send the HTTP/2 preface before it is closed.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a gRPC connection may stay open with no call in progress
+/// before the server closes it (GOAWAY); clients reconnect when they next call.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How often the server pings an HTTP/2 peer; one that does not answer
+/// within [`KEEPALIVE_TIMEOUT`] is closed.
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
+/// How long a keepalive ping may go unanswered.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Connections the metrics listener serves at once: its own small pool, so
+/// scrapers (or anyone who can reach it, without a token) never take the
+/// descriptors the gRPC listener needs.
+pub const DEFAULT_METRICS_MAX_CONNECTIONS: u32 = 64;
 /// How long an approved promotion may take to reach its tag.
 pub const DEFAULT_APPLY_DEADLINE: Duration = Duration::from_secs(3600);
 
@@ -317,6 +329,12 @@ pub struct Config {
     pub metrics_listen: Option<String>,
     pub max_connections: usize,
     pub handshake_timeout: Duration,
+    /// A connection with no call in progress for this long is closed.
+    pub idle_timeout: Duration,
+    /// HTTP/2 keepalive ping interval.
+    pub keepalive_interval: Duration,
+    /// Connections the metrics listener serves at once.
+    pub metrics_max_connections: usize,
     pub log_format: LogFormat,
     pub tls: Option<TlsConfig>,
     pub notify: Vec<NotifyConfig>,

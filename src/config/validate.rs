@@ -9,9 +9,10 @@ use super::raw::{
 use super::{
     CaCert, Config, ConfigError, ConfigWarning, DEFAULT_APPLY_DEADLINE, DEFAULT_APPLY_WAIT,
     DEFAULT_APPROVAL_TTL, DEFAULT_DATA_DIR, DEFAULT_DRIFT_CHECK, DEFAULT_EXPIRY_SWEEP,
-    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_REGISTRY_TIMEOUT,
-    Files, Loaded, LogFormat, NotifyConfig, NotifyEvent, PolicyVersion, PrincipalConfig,
-    ProjectConfig, RegistryConfig, RepositoryPattern, Secret, TlsConfig, credentials, invalid,
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_LISTEN,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_METRICS_MAX_CONNECTIONS, DEFAULT_REGISTRY_TIMEOUT, Files,
+    Loaded, LogFormat, NotifyConfig, NotifyEvent, PolicyVersion, PrincipalConfig, ProjectConfig,
+    RegistryConfig, RepositoryPattern, Secret, TlsConfig, credentials, invalid,
 };
 use crate::domain::names::{Repository, validate_tag};
 use crate::domain::policy::{Approver, EnvironmentPolicy};
@@ -124,6 +125,13 @@ fn top_level(raw: &RawConfig) -> Result<Config, ConfigError> {
         0 => return Err(invalid("max_connections", "must be at least 1")),
         n => n as usize,
     };
+    let metrics_max_connections = match raw
+        .metrics_max_connections
+        .unwrap_or(DEFAULT_METRICS_MAX_CONNECTIONS)
+    {
+        0 => return Err(invalid("metrics_max_connections", "must be at least 1")),
+        n => n as usize,
+    };
     let log_format = match raw.log_format.as_deref() {
         None | Some("text") => LogFormat::Text,
         Some("json") => LogFormat::Json,
@@ -167,6 +175,17 @@ fn top_level(raw: &RawConfig) -> Result<Config, ConfigError> {
             raw.handshake_timeout.as_deref(),
             DEFAULT_HANDSHAKE_TIMEOUT,
         )?,
+        idle_timeout: duration(
+            "idle_timeout",
+            raw.idle_timeout.as_deref(),
+            DEFAULT_IDLE_TIMEOUT,
+        )?,
+        keepalive_interval: duration(
+            "keepalive_interval",
+            raw.keepalive_interval.as_deref(),
+            DEFAULT_KEEPALIVE_INTERVAL,
+        )?,
+        metrics_max_connections,
         log_format,
         tls: None,
         notify: Vec::new(),

@@ -1,13 +1,15 @@
-//! Accepting gRPC connections without letting clients exhaust the process:
-//! at most `max_connections` at once, each closed unless it finishes the TLS
-//! handshake (with TLS) and sends the HTTP/2 preface within
-//! `handshake_timeout`, and accept errors (out of file descriptors) answered
+//! Accepting connections without letting clients exhaust the process. Every
+//! listener (gRPC, metrics) accepts through [`accept`]: its own cap on
+//! connections at once, and accept errors (out of file descriptors) answered
 //! with a growing pause and a throttled log line instead of a busy loop.
+//! For gRPC, [`incoming`] also closes a connection unless it finishes the TLS
+//! handshake (with TLS) and sends the HTTP/2 preface within
+//! `handshake_timeout`.
 //!
 //! Neither hyper nor tonic bounds the time before the preface, and tonic
 //! retries a failed accept at once (a core at 100 % while descriptors are
-//! exhausted), so accepting happens here and tonic is handed finished
-//! connections. TLS is accepted here too: under tonic's TLS the preface is
+//! exhausted), so accepting happens here and [`super::grpc`] is handed
+//! finished connections. TLS is accepted here too: under tonic's TLS the preface is
 //! encrypted and cannot be watched for.
 
 use crate::telemetry::Throttle;
@@ -52,31 +54,55 @@ pub fn incoming<S, F, Fut>(
     limits: Limits,
     upgrade: F,
     stop: CancellationToken,
-) -> impl tokio_stream::Stream<Item = Result<Conn<S>, std::convert::Infallible>>
+) -> tokio_stream::wrappers::ReceiverStream<Conn<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(TcpStream) -> Fut + Send + 'static,
     Fut: Future<Output = io::Result<S>> + Send + 'static,
 {
-    // Finished connections wait here until tonic takes them; a few suffice
-    // because tonic takes each at once.
+    // Finished connections wait here until they are taken; a few suffice
+    // because each is taken at once.
     let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(accept_loop(listener, limits, upgrade, tx, stop));
-    tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok)
+    let handshake_timeout = limits.handshake_timeout;
+    let take = move |tcp: TcpStream, slot: OwnedSemaphorePermit| {
+        let deadline = Instant::now() + handshake_timeout;
+        let upgrading = upgrade(tcp);
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout_at(deadline, upgrading).await {
+                Ok(Ok(io)) => {
+                    // Err: the server stopped; dropping the connection closes it.
+                    let expiry = tokio::time::sleep_until(deadline);
+                    let _ = tx.send(Conn::new(io, expiry, slot)).await;
+                }
+                // Per connection and caused by the client: not worth more than debug.
+                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!("TLS handshake not finished in time; closed"),
+            }
+        });
+    };
+    tokio::spawn(accept(
+        listener,
+        "max_connections",
+        limits.max_connections,
+        take,
+        stop,
+    ));
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
-async fn accept_loop<S, F, Fut>(
+/// The accept loop every listener shares: at most `max_connections`
+/// connections at once (`setting` names the key that sets it, for the log),
+/// each handed to `take` with the slot it holds until dropped; accept errors
+/// back off. Returns when `stop` is cancelled, closing the listener.
+pub async fn accept(
     listener: TcpListener,
-    limits: Limits,
-    upgrade: F,
-    tx: mpsc::Sender<Conn<S>>,
+    setting: &'static str,
+    max_connections: usize,
+    mut take: impl FnMut(TcpStream, OwnedSemaphorePermit) + Send,
     stop: CancellationToken,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Fn(TcpStream) -> Fut + Send + 'static,
-    Fut: Future<Output = io::Result<S>> + Send + 'static,
-{
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+) {
+    let slots = Arc::new(Semaphore::new(max_connections));
     let full = Throttle::new(LOG_EVERY);
     let failing = Throttle::new(LOG_EVERY);
     let mut backoff = ACCEPT_BACKOFF_MIN;
@@ -88,10 +114,11 @@ async fn accept_loop<S, F, Fut>(
             Err(_) => {
                 if let Some(suppressed) = full.allow() {
                     tracing::warn!(
-                        max_connections = limits.max_connections,
+                        setting,
+                        limit = max_connections,
                         suppressed,
                         "connection limit reached; new connections wait until one closes \
-                         (raise max_connections, within the open-file limit, if this is normal load)"
+                         (raise the setting, within the open-file limit, if this is normal load)"
                     );
                 }
                 tokio::select! {
@@ -137,21 +164,7 @@ async fn accept_loop<S, F, Fut>(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
-        let deadline = Instant::now() + limits.handshake_timeout;
-        let upgrading = upgrade(tcp);
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            match tokio::time::timeout_at(deadline, upgrading).await {
-                Ok(Ok(io)) => {
-                    // Err: the server stopped; dropping the connection closes it.
-                    let expiry = tokio::time::sleep_until(deadline);
-                    let _ = tx.send(Conn::new(io, expiry, slot)).await;
-                }
-                // Per connection and caused by the client: not worth more than debug.
-                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!("TLS handshake not finished in time; closed"),
-            }
-        });
+        take(tcp, slot);
     }
 }
 

@@ -329,6 +329,68 @@ impl TestServer {
     }
 }
 
+/// What a `prodgate serve` that was expected to stop on its own did.
+pub struct Exited {
+    /// The exit code; `None` if it was still running at the limit (then
+    /// killed) or died of a signal.
+    pub code: Option<i32>,
+    /// The first MiB of its log.
+    pub log: String,
+    /// The size of its whole log, in bytes.
+    pub log_bytes: u64,
+}
+
+/// Runs `prodgate serve` with `config` (on this run's backend) and waits
+/// for it to exit, at most `limit`; for servers that must refuse to start.
+pub fn serve_until_exit(config: &str, limit: Duration) -> Exited {
+    use std::io::Read;
+    let dir = tempfile::Builder::new()
+        .prefix("prodgate-test-")
+        .tempdir()
+        .expect("create a temp dir for the server");
+    let data_dir = dir.path().join("data");
+    write_config_file(dir.path(), config, &data_dir);
+    let log_path = dir.path().join("server.log");
+    let log = std::fs::File::create(&log_path).expect("create the server log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_prodgate"))
+        .arg("serve")
+        .arg("--config")
+        .arg(dir.path().join("prodgate.toml"))
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .env("RUST_LOG", "prodgate=debug,info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start prodgate serve");
+    let deadline = std::time::Instant::now() + limit;
+    let code = loop {
+        match child.try_wait().expect("wait for prodgate") {
+            Some(status) => break status.code(),
+            None if std::time::Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let log_bytes = std::fs::metadata(&log_path).map_or(0, |m| m.len());
+    let mut text = Vec::new();
+    std::fs::File::open(&log_path)
+        .expect("open the server log")
+        .take(1 << 20)
+        .read_to_end(&mut text)
+        .expect("read the server log");
+    Exited {
+        code,
+        log: String::from_utf8_lossy(&text).into_owned(),
+        log_bytes,
+    }
+}
+
 /// Writes `dir/prodgate.toml`: `config`, on PostgreSQL with the `[storage]`
 /// of `data_dir`'s database.
 fn write_config_file(dir: &Path, config: &str, data_dir: &Path) {
