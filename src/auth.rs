@@ -200,10 +200,13 @@ impl Authenticator {
         headers: &http::HeaderMap,
         certificate: Option<&[u8]>,
     ) -> Result<Principal, AuthError> {
-        let result = match (headers.get("authorization"), certificate) {
+        let mut result = match (headers.get("authorization"), certificate) {
             (None, Some(der)) => self.certificate(der),
             (header, _) => self.bearer(header).await,
         };
+        if let Ok(who) = &mut result {
+            who.aliases = self.config.get().other_names(&who.name);
+        }
         if let Err(e) = &result {
             if let Some(m) = &self.metrics {
                 m.auth_failure(e.reason());
@@ -223,10 +226,7 @@ impl Authenticator {
             .principals
             .iter()
             .find(|p| p.certificate_cn.as_deref() == Some(cn.as_str()))
-            .map(|p| Principal {
-                name: p.name.clone(),
-                groups: p.groups.clone(),
-            })
+            .map(|p| Principal::new(p.name.clone(), p.groups.clone()))
             .ok_or_else(|| {
                 AuthError::Certificate(format!(
                     "no principal is bound to client certificate CN {cn:?}"
@@ -356,10 +356,7 @@ fn static_token(config: &Config, token: &str) -> Option<Principal> {
             found = Some(p);
         }
     }
-    found.map(|p| Principal {
-        name: p.name.clone(),
-        groups: p.groups.clone(),
-    })
+    found.map(|p| Principal::new(p.name.clone(), p.groups.clone()))
 }
 
 fn common_name(der: &[u8]) -> Option<String> {

@@ -293,10 +293,7 @@ mod tests {
         use crate::domain::machine::{self, NewPromotion};
         use crate::domain::model::Time;
         use crate::domain::policy::{Approver, Principal};
-        let who = |n: &str| Principal {
-            name: n.into(),
-            groups: vec![],
-        };
+        let who = |n: &str| Principal::new(n, vec![]);
         let config = crate::config::Config::parse(
             "[[principal]]\nname = \"bob\"\ntoken_sha256 = \"0000000000000000000000000000000000000000000000000000000000000002\"\n\
              [[environment]]\nname = \"production\"\ntag = \"production\"\napprovers = [\"bob\"]\nrequired_approvals = 1\n",

@@ -164,10 +164,7 @@ fn principals_of(config: &Config, p: &Promotion) -> Vec<Principal> {
     p.approvals
         .iter()
         .filter_map(|a| config.principals.iter().find(|c| c.name == a.approver))
-        .map(|c| Principal {
-            name: c.name.clone(),
-            groups: c.groups.clone(),
-        })
+        .map(|c| Principal::new(c.name.clone(), c.groups.clone()))
         .collect()
 }
 

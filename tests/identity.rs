@@ -601,3 +601,105 @@ async fn the_demo_issuer_script_mints_tokens_the_oidc_example_accepts() {
         assert!(e.message().contains(message), "{what}: {e:?}");
     }
 }
+
+#[tokio::test]
+async fn one_person_under_two_names_is_one_person() {
+    prodgate::server::install_crypto_provider();
+    let registry = TestRegistry::start().await;
+    registry
+        .push_image("acme/app", Some("staging"), 1024, 1)
+        .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ci_key = SigningKey::es256("gh-1");
+    let jwks_file = dir.path().join("github-jwks.json");
+    std::fs::write(&jwks_file, jwks(&[&ci_key])).expect("write the JWKS");
+    let idp_key = SigningKey::rs256("idp-1");
+    let idp = jwks_server(Arc::new(Mutex::new(jwks(&[&idp_key])))).await;
+    // bob (a static token) also logs in through the IdP as sso:bob@acme.test.
+    let config = format!(
+        "{}{}",
+        standard_config(&registry.host).replacen(
+            "name = \"bob\"\n",
+            "name = \"bob\"\naliases = [\"sso:bob@acme.test\"]\n",
+            1
+        ),
+        identities(&jwks_file, &format!("{}/jwks", idp.url())),
+    );
+    let server = TestServer::start(&config);
+    let repo = format!("{}/acme/app", registry.host);
+    let mut bob = server.client("bob").await;
+    let mut sso_bob = server
+        .client_with_token(&idp_key.sign(&person_claims("bob@acme.test")))
+        .await;
+
+    // bob requests with his token and cannot approve under his other name.
+    let p = bob
+        .request_promotion(request_to(&repo, "staging", "production"))
+        .await
+        .expect("bob requests")
+        .into_inner();
+    let e = sso_bob
+        .approve(approve(&p.id))
+        .await
+        .expect_err("the requester under another name");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+
+    // Two approvals needed: bob's two names count once.
+    let p2 = server
+        .client("alice")
+        .await
+        .request_promotion(request_to(&repo, "staging", "prod2"))
+        .await
+        .expect("alice requests")
+        .into_inner();
+    bob.approve(approve(&p2.id)).await.expect("bob approves");
+    let again = sso_bob
+        .approve(approve(&p2.id))
+        .await
+        .expect("the same person again changes nothing")
+        .into_inner();
+    assert_eq!(
+        PromotionState::try_from(again.state),
+        Ok(PromotionState::PendingApproval)
+    );
+    assert_eq!(again.approvals.len(), 1, "{again:?}");
+    // Nor does it wait for him under his other name.
+    let waiting = sso_bob
+        .list_promotions(ListPromotionsRequest {
+            awaiting_me: true,
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(
+        waiting
+            .promotions
+            .iter()
+            .all(|w| w.id != p2.id && w.id != p.id)
+    );
+
+    // The audit log keeps the name each acted under.
+    let done = server
+        .client("dave")
+        .await
+        .approve(approve(&p2.id))
+        .await
+        .expect("a second person")
+        .into_inner();
+    let approvers: Vec<&str> = done.approvals.iter().map(|a| a.approver.as_str()).collect();
+    assert_eq!(approvers, ["bob", "dave"]);
+    let p3 = server
+        .client("alice")
+        .await
+        .request_promotion(request_to(&repo, "staging", "production"))
+        .await
+        .expect("alice requests")
+        .into_inner();
+    let approved = sso_bob
+        .approve(approve(&p3.id))
+        .await
+        .expect("bob approves alice's request under his IdP name")
+        .into_inner();
+    assert_eq!(approved.approvals[0].approver, "sso:bob@acme.test");
+}

@@ -81,10 +81,7 @@ fn fixture() -> Fixture {
             .iter()
             .find(|p| p.name == name)
             .unwrap_or_else(|| panic!("the bench config has no principal {name}"));
-        Principal {
-            name: p.name.clone(),
-            groups: p.groups.clone(),
-        }
+        Principal::new(p.name.clone(), p.groups.clone())
     };
     Fixture {
         production: env("production"),

@@ -208,7 +208,7 @@ pub fn map_to_principal(
             }
         }
     }
-    Ok(Principal { name, groups })
+    Ok(Principal::new(name, groups))
 }
 
 /// What config validation accepts as a principal or group name.

@@ -220,6 +220,9 @@ pub struct PrincipalConfig {
     /// Common name of the principal's client certificate (mTLS), if any.
     pub certificate_cn: Option<String>,
     pub groups: Vec<String>,
+    /// The other names this person acts under (an OIDC principal, say):
+    /// each acts as this principal for separation of duties and counting.
+    pub aliases: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -359,6 +362,24 @@ pub struct Config {
 }
 
 impl Config {
+    /// The other names of the person acting as `name`: a principal's
+    /// aliases, or for an alias its principal and that one's other aliases.
+    /// Empty for a name no `[[principal]]` claims.
+    pub fn other_names(&self, name: &str) -> Vec<String> {
+        let Some(p) = self
+            .principals
+            .iter()
+            .find(|p| p.name == name || p.aliases.iter().any(|a| a == name))
+        else {
+            return Vec::new();
+        };
+        std::iter::once(&p.name)
+            .chain(&p.aliases)
+            .filter(|n| *n != name)
+            .cloned()
+            .collect()
+    }
+
     /// The file at `path`, every file it names read ([`Files::Read`]);
     /// warnings are dropped (`serve` uses [`Config::load_with`] to log them).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -455,6 +476,49 @@ approval_ttl = "2h"
 
     fn err(text: &str) -> String {
         Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn an_alias_names_one_person() {
+        let aliased = |alice: &str, carol: &str| {
+            base()
+                .replacen(
+                    "name = \"alice\"\n",
+                    &format!("name = \"alice\"\naliases = [{alice}]\n"),
+                    1,
+                )
+                .replacen(
+                    "name = \"carol\"\n",
+                    &format!("name = \"carol\"\naliases = [{carol}]\n"),
+                    1,
+                )
+        };
+        let c = Config::parse(&aliased("\"sso:alice@acme\", \"alice2\"", "")).unwrap();
+        assert_eq!(c.other_names("alice"), ["sso:alice@acme", "alice2"]);
+        assert_eq!(c.other_names("sso:alice@acme"), ["alice", "alice2"]);
+        assert!(c.other_names("carol").is_empty());
+        assert!(c.other_names("nobody").is_empty());
+        let e = err(&aliased("\"sso:x\"", "\"sso:x\""));
+        assert!(e.contains("principal[1].aliases[0]"), "{e}");
+        assert!(
+            e.contains("claimed by principals \"alice\" and \"carol\""),
+            "{e}"
+        );
+        let e = err(&aliased("\"carol\"", ""));
+        assert!(e.contains("is the name of a principal"), "{e}");
+        // Aliases are policy (they decide who is who); none keeps the digest.
+        let plain = Config::parse(&base()).unwrap().policy.digest;
+        assert_eq!(
+            Config::parse(&aliased("", "")).unwrap().policy.digest,
+            plain
+        );
+        assert_ne!(
+            Config::parse(&aliased("\"sso:alice@acme\"", ""))
+                .unwrap()
+                .policy
+                .digest,
+            plain
+        );
     }
 
     #[test]

@@ -340,10 +340,7 @@ impl People {
         People {
             principals: principals
                 .iter()
-                .map(|p| Principal {
-                    name: p.name.clone(),
-                    groups: p.groups.clone(),
-                })
+                .map(|p| Principal::new(p.name.clone(), p.groups.clone()))
                 .collect(),
             rules: identities
                 .iter()

@@ -163,10 +163,7 @@ allow_self_approval = true
     }
 
     fn who(name: &str, groups: &[&str]) -> Principal {
-        Principal {
-            name: name.into(),
-            groups: groups.iter().map(|g| (*g).into()).collect(),
-        }
+        Principal::new(name, groups.iter().map(|g| (*g).into()).collect())
     }
 
     fn err(text: &str) -> String {

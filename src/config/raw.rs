@@ -77,6 +77,9 @@ pub(super) struct RawNotify {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPrincipal {
     pub name: String,
+    /// Other names the same person acts under (e.g. an OIDC principal).
+    #[serde(default)]
+    pub aliases: Vec<String>,
     pub token_sha256: Option<String>,
     pub certificate_cn: Option<String>,
     #[serde(default)]

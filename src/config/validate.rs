@@ -388,12 +388,43 @@ fn principals(raw: Vec<RawPrincipal>) -> Result<Vec<PrincipalConfig>, ConfigErro
         for (j, g) in p.groups.iter().enumerate() {
             check_name(&format!("principal[{i}].groups[{j}]"), g)?;
         }
+        for (j, a) in p.aliases.iter().enumerate() {
+            check_name(&format!("principal[{i}].aliases[{j}]"), a)?;
+        }
         principals.push(PrincipalConfig {
             name: p.name,
             token_sha256,
             certificate_cn: p.certificate_cn,
             groups: p.groups,
+            aliases: p.aliases,
         });
+    }
+    // An alias names one person: never a principal, never two principals'.
+    let mut claimed: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    for (i, p) in principals.iter().enumerate() {
+        for (j, a) in p.aliases.iter().enumerate() {
+            let key = format!("principal[{i}].aliases[{j}]");
+            if names.contains(a) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{a:?} is the name of a principal, not another name of {:?}",
+                        p.name
+                    ),
+                ));
+            }
+            if let Some(other) = claimed.insert(a, &p.name)
+                && other != p.name
+            {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{a:?} is claimed by principals {other:?} and {:?}; an alias names one person",
+                        p.name
+                    ),
+                ));
+            }
+        }
     }
     Ok(principals)
 }

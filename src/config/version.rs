@@ -99,6 +99,9 @@ struct Rule {
 
 #[derive(Serialize)]
 struct Principal {
+    /// Left out when empty, so a policy without aliases keeps its digest.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    aliases: Vec<String>,
     certificate_cn: Option<String>,
     groups: Vec<String>,
     name: String,
@@ -165,7 +168,10 @@ fn principals(list: &[PrincipalConfig]) -> Vec<Principal> {
             let mut groups = p.groups.clone();
             groups.sort();
             groups.dedup();
+            let mut aliases = p.aliases.clone();
+            aliases.sort();
             Principal {
+                aliases,
                 certificate_cn: p.certificate_cn.clone(),
                 groups,
                 name: p.name.clone(),

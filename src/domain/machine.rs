@@ -205,8 +205,8 @@ pub fn may_approve(p: &Promotion, who: &Principal, policy: &EnvironmentPolicy, n
     p.state == State::PendingApproval
         && now < p.expires_at
         && policy.is_approver(who)
-        && (who.name != p.requested_by || policy.allow_self_approval)
-        && !p.approvals.iter().any(|a| a.approver == who.name)
+        && (!who.is(&p.requested_by) || policy.allow_self_approval)
+        && !p.approvals.iter().any(|a| who.is(&a.approver))
 }
 
 /// Records an approval. The same approver twice counts once and changes nothing.
@@ -219,14 +219,14 @@ pub fn approve(
     now: Time,
 ) -> Result<Outcome, DomainError> {
     require_approver(p, who, policy)?;
-    if who.name == p.requested_by && !policy.allow_self_approval {
+    if who.is(&p.requested_by) && !policy.allow_self_approval {
         return Err(DomainError::SelfApproval {
             principal: who.name.clone(),
             environment: p.environment.clone(),
         });
     }
     require_pending(p, "approved")?;
-    if p.approvals.iter().any(|a| a.approver == who.name) {
+    if p.approvals.iter().any(|a| who.is(&a.approver)) {
         return Ok(Outcome {
             promotion: p.clone(),
             event: None,
@@ -275,7 +275,7 @@ pub fn cancel(
     comment: &str,
     now: Time,
 ) -> Result<Outcome, DomainError> {
-    if who.name != p.requested_by && !policy.is_approver(who) {
+    if !who.is(&p.requested_by) && !policy.is_approver(who) {
         return Err(DomainError::NotAllowedToCancel {
             environment: p.environment.clone(),
         });
@@ -368,10 +368,7 @@ mod tests {
     use std::time::Duration;
 
     fn who(name: &str, groups: &[&str]) -> Principal {
-        Principal {
-            name: name.into(),
-            groups: groups.iter().map(|g| g.to_string()).collect(),
-        }
+        Principal::new(name, groups.iter().map(|g| g.to_string()).collect())
     }
 
     fn policy(required: u32) -> EnvironmentPolicy {
@@ -556,10 +553,10 @@ mod proptests {
 
     fn principal(i: usize) -> Principal {
         let (name, groups) = POOL[i % POOL.len()];
-        Principal {
-            name: name.to_owned(),
-            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
-        }
+        Principal::new(
+            name.to_owned(),
+            groups.iter().map(|g| (*g).to_owned()).collect(),
+        )
     }
 
     fn by_name(name: &str) -> Principal {

@@ -10,8 +10,29 @@ use std::time::Duration;
 /// An authenticated caller. Built only from credentials, never from a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
+    /// The name the caller acted under (what the audit log records).
     pub name: String,
     pub groups: Vec<String>,
+    /// The other names the same person acts under (`[[principal]] aliases`,
+    /// and the principal an alias belongs to): separation of duties and
+    /// "approved once per person" compare persons, not names.
+    pub aliases: Vec<String>,
+}
+
+impl Principal {
+    /// A principal with no other names.
+    pub fn new(name: impl Into<String>, groups: Vec<String>) -> Self {
+        Principal {
+            name: name.into(),
+            groups,
+            aliases: Vec::new(),
+        }
+    }
+
+    /// Whether `name` is this person: the name used or one of the others.
+    pub fn is(&self, name: &str) -> bool {
+        self.name == name || self.aliases.iter().any(|a| a == name)
+    }
 }
 
 /// A designated approver: a principal by name, or everyone in a group.

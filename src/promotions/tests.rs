@@ -348,14 +348,12 @@ apply_deadline = "10m"
 "#;
 
 fn who(name: &str) -> Principal {
-    Principal {
-        name: name.into(),
-        groups: if name == "bob" {
-            vec!["rm".into()]
-        } else {
-            vec![]
-        },
-    }
+    let groups = if name == "bob" {
+        vec!["rm".into()]
+    } else {
+        vec![]
+    };
+    Principal::new(name, groups)
 }
 
 /// A service over a fresh store with the apply worker running.

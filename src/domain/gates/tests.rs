@@ -47,10 +47,10 @@ fn year_end() -> Freeze {
 }
 
 fn who(name: &str, groups: &[&str]) -> Principal {
-    Principal {
-        name: name.to_owned(),
-        groups: groups.iter().map(|g| g.to_string()).collect(),
-    }
+    Principal::new(
+        name.to_owned(),
+        groups.iter().map(|g| g.to_string()).collect(),
+    )
 }
 
 /// `production` requires `staging`; nothing else is gated.

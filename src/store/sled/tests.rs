@@ -60,10 +60,7 @@ fn policy() -> EnvironmentPolicy {
 /// after each commit.
 fn three_commits(t: &Trees) -> Vec<(Dump, Dump)> {
     let policy = policy();
-    let who = |name: &str| Principal {
-        name: name.into(),
-        groups: vec![],
-    };
+    let who = |name: &str| Principal::new(name, vec![]);
     let new = |repo: &str, key: &str| NewPromotion {
         repository: repo.into(),
         environment: "production".into(),
@@ -403,10 +400,7 @@ fn moved_tags_and_tag_records_follow_applied_and_drift_entries() {
     use super::derive::index_moved_tags;
     use crate::domain::model::{Action, drift_detected};
     let t = trees();
-    let who = |name: &str| Principal {
-        name: name.into(),
-        groups: vec![],
-    };
+    let who = |name: &str| Principal::new(name, vec![]);
     let digest = format!("sha256:{}", "a".repeat(64));
     let rogue = format!("sha256:{}", "b".repeat(64));
     let new = NewPromotion {
