@@ -585,8 +585,29 @@ mod operated {
         assert_eq!(events, ["requested", "approved", "promoted"]);
     }
 
-    /// Each delivery is signed with the webhook's secret and names its event,
-    /// a delivery id and the audit entry it reports; `superseded` is an event.
+    /// `v1,<base64 HMAC-SHA256 of "id.timestamp.body">`: a Standard Webhooks
+    /// receiver's own check, written from the specification, not from
+    /// prodgate's code.
+    fn standard_webhooks_signature(key: &[u8], id: &str, timestamp: &str, body: &str) -> String {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key).expect("key");
+        mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
+        format!(
+            "v1,{}",
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+        )
+    }
+
+    fn unix_now() -> i64 {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970");
+        i64::try_from(since.as_secs()).expect("seconds fit")
+    }
+
+    /// Each delivery is signed with the webhook's secret (as GitHub does and
+    /// as Standard Webhooks does) and names its event, a delivery id and the
+    /// audit entry it reports; `superseded` is an event.
     #[tokio::test]
     async fn webhooks_are_signed_and_name_their_audit_entry() {
         use axum::{Router, http::HeaderMap, routing::post};
@@ -660,6 +681,21 @@ mod operated {
                     .to_owned()
             };
             assert_eq!(header("x-prodgate-signature-256"), want);
+            // Standard Webhooks: the delivery id, the attempt's time in Unix
+            // seconds, and a signature over both and the body.
+            let id = header("webhook-id");
+            assert_eq!(id, header("x-prodgate-delivery"));
+            let timestamp = header("webhook-timestamp");
+            let sent: i64 = timestamp.parse().expect("integer seconds");
+            assert!(
+                (unix_now() - sent).abs() <= 5,
+                "webhook-timestamp {sent} is not now ({})",
+                unix_now()
+            );
+            assert_eq!(
+                header("webhook-signature"),
+                standard_webhooks_signature(b"s3cret-key", &id, &timestamp, &body)
+            );
             let n: serde_json::Value = serde_json::from_str(&body).expect("json body");
             assert_eq!(
                 header("x-prodgate-event"),
