@@ -16,6 +16,10 @@
 //! every retry of one delivery; `webhook-timestamp` is the attempt's time in
 //! Unix seconds (so each attempt is signed anew). The body carries the audit
 //! entry's `sequence` and `entry_hash`.
+//!
+//! Redirects are never followed: a receiver's 3xx is a failed attempt. A
+//! followed redirect would hand the signed body to an address nobody
+//! configured (and 302/303 would turn the POST into a GET).
 
 use crate::config::{NotifyConfig, NotifyEvent, Secret};
 use crate::domain::audit::AuditEntry;
@@ -183,6 +187,7 @@ pub async fn run(
     let client = match reqwest::Client::builder()
         .timeout(TIMEOUT)
         .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("prodgate/", env!("CARGO_PKG_VERSION")))
         .build()
     {
@@ -327,6 +332,9 @@ async fn deliver(
             let sent = post.body(body.clone()).send().await;
             match sent {
                 Ok(r) if r.status().is_success() => break,
+                Ok(r) if r.status().is_redirection() => {
+                    tracing::warn!(%url, attempt, status = %r.status(), "webhook answered with a redirect, which is not followed");
+                }
                 Ok(r) => tracing::warn!(%url, attempt, status = %r.status(), "webhook refused"),
                 Err(e) => tracing::warn!(%url, attempt, error = %e, "webhook unreachable"),
             }
