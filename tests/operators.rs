@@ -813,35 +813,33 @@ mod operated {
         for path in ["/found", "/temporary"] {
             let seen = &attempts[path];
             assert_eq!(seen.len(), 5, "{path}: every attempt, no more");
-            let header = |i: usize, name: &str| {
-                seen[i]
-                    .0
-                    .get(name)
+            let header = |h: &HeaderMap, name: &str| {
+                h.get(name)
                     .and_then(|v| v.to_str().ok())
-                    .unwrap_or_else(|| panic!("{path}: attempt {i} has no {name}"))
+                    .unwrap_or_else(|| panic!("{path}: an attempt without {name}"))
                     .to_owned()
             };
-            let id = header(0, "webhook-id");
-            for i in 0..seen.len() {
+            let id = header(&seen[0].0, "webhook-id");
+            for (i, (headers, body)) in seen.iter().enumerate() {
                 assert_eq!(
-                    header(i, "webhook-id"),
+                    header(headers, "webhook-id"),
                     id,
                     "{path}: one id for every retry"
                 );
-                assert_eq!(header(i, "x-prodgate-delivery"), id);
+                assert_eq!(header(headers, "x-prodgate-delivery"), id);
+                let timestamp = header(headers, "webhook-timestamp");
                 assert_eq!(
-                    header(i, "webhook-signature"),
-                    standard_webhooks_signature(
-                        b"s3cret-key",
-                        &id,
-                        &header(i, "webhook-timestamp"),
-                        &seen[i].1
-                    ),
+                    header(headers, "webhook-signature"),
+                    standard_webhooks_signature(b"s3cret-key", &id, &timestamp, body),
                     "{path}: attempt {i} signed with its own timestamp"
                 );
             }
-            let first: i64 = header(0, "webhook-timestamp").parse().expect("seconds");
-            let last: i64 = header(4, "webhook-timestamp").parse().expect("seconds");
+            let first: i64 = header(&seen[0].0, "webhook-timestamp")
+                .parse()
+                .expect("seconds");
+            let last: i64 = header(&seen[4].0, "webhook-timestamp")
+                .parse()
+                .expect("seconds");
             assert!(last - first >= 2, "{path}: timestamps {first}..{last}");
         }
         // Any followed redirect reaches its target before prodgate sees
