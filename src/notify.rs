@@ -5,22 +5,32 @@
 //! blocks or fails a promotion; when its queue is full, events are dropped
 //! with a warning.
 //!
-//! Every delivery is signed when its webhook has a `secret_file`:
-//! `x-prodgate-signature-256: sha256=<hex HMAC-SHA256 of the body>`, the
-//! scheme GitHub webhooks use, so receivers can reuse their verification.
-//! `x-prodgate-event` names the event and `x-prodgate-delivery` is a random
-//! id, the same on every retry of one delivery; the body carries the audit
+//! Every delivery is signed when its webhook has a `secret_file`, twice
+//! with the same key, so receivers can reuse the verification they have:
+//! `x-prodgate-signature-256: sha256=<hex HMAC-SHA256 of the body>` (the
+//! scheme GitHub webhooks use) and, as the Standard Webhooks specification
+//! has it, `webhook-signature: v1,<base64 HMAC-SHA256 of
+//! "<webhook-id>.<webhook-timestamp>.<body>">`, whose signed timestamp lets
+//! a receiver refuse replays. `x-prodgate-event` names the event;
+//! `x-prodgate-delivery` and `webhook-id` are one random id, the same on
+//! every retry of one delivery; `webhook-timestamp` is the attempt's time in
+//! Unix seconds (so each attempt is signed anew). The body carries the audit
 //! entry's `sequence` and `entry_hash`.
+//!
+//! Redirects are never followed: a receiver's 3xx is a failed attempt. A
+//! followed redirect would hand the signed body to an address nobody
+//! configured (and 302/303 would turn the POST into a GET).
 
 use crate::config::{NotifyConfig, NotifyEvent, Secret};
 use crate::domain::audit::AuditEntry;
 use crate::domain::model::{Action, Promotion, State};
 use crate::pb;
 use crate::store::Change;
+use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::Sha256;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::sync::{broadcast, mpsc};
 
 const QUEUE: usize = 1000;
@@ -177,6 +187,7 @@ pub async fn run(
     let client = match reqwest::Client::builder()
         .timeout(TIMEOUT)
         .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("prodgate/", env!("CARGO_PKG_VERSION")))
         .build()
     {
@@ -230,13 +241,65 @@ pub async fn run(
     }
 }
 
+fn hmac(key: &Secret) -> Hmac<Sha256> {
+    // HMAC accepts keys of any length; `new_from_slice` cannot fail for it.
+    <Hmac<Sha256> as Mac>::new_from_slice(key.expose())
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"))
+}
+
 /// `sha256=<hex HMAC-SHA256 of body under key>`.
 pub fn signature(key: &Secret, body: &[u8]) -> String {
-    // HMAC accepts keys of any length; `new_from_slice` cannot fail for it.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key.expose())
-        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    let mut mac = hmac(key);
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The Standard Webhooks signature: `v1,<base64 HMAC-SHA256 under key of
+/// "<id>.<timestamp>.<body>">`. The specification's libraries take the key
+/// as base64 (`whsec_` + base64 of the same bytes).
+pub fn standard_signature(key: &Secret, id: &str, timestamp: u64, body: &[u8]) -> String {
+    let mut mac = hmac(key);
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    )
+}
+
+/// The headers of one attempt of a delivery: the event, the delivery id
+/// (also as `webhook-id`), the attempt's `webhook-timestamp`, and with a
+/// key both signatures.
+fn attempt_headers(
+    event: &'static str,
+    delivery: &str,
+    timestamp: u64,
+    body: &[u8],
+    key: Option<&Secret>,
+) -> Vec<(&'static str, String)> {
+    let mut headers = vec![
+        ("x-prodgate-event", event.to_owned()),
+        ("x-prodgate-delivery", delivery.to_owned()),
+        ("webhook-id", delivery.to_owned()),
+        ("webhook-timestamp", timestamp.to_string()),
+    ];
+    if let Some(key) = key {
+        headers.push(("x-prodgate-signature-256", signature(key, body)));
+        headers.push((
+            "webhook-signature",
+            standard_signature(key, delivery, timestamp, body),
+        ));
+    }
+    headers
+}
+
+/// Now in Unix seconds, from the wall clock rather than the injected
+/// [`crate::clock::Clock`]: receivers hold `webhook-timestamp` against
+/// their own wall clock to refuse replays.
+fn unix_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 async fn deliver(
@@ -256,20 +319,22 @@ async fn deliver(
         // One random id per delivery, the same on every retry of it:
         // receivers de-duplicate by it (or by the entry's sequence).
         let delivery = hex::encode(rand::random::<[u8; 16]>());
-        let signed = secret.as_ref().map(|k| signature(k, &body));
         let mut backoff = FIRST_BACKOFF;
         for attempt in 1..=ATTEMPTS {
             let mut post = client
                 .post(&url)
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .header("x-prodgate-event", n.event)
-                .header("x-prodgate-delivery", &delivery);
-            if let Some(sig) = &signed {
-                post = post.header("x-prodgate-signature-256", sig);
+                .header(http::header::CONTENT_TYPE, "application/json");
+            for (name, value) in
+                attempt_headers(n.event, &delivery, unix_seconds(), &body, secret.as_ref())
+            {
+                post = post.header(name, value);
             }
             let sent = post.body(body.clone()).send().await;
             match sent {
                 Ok(r) if r.status().is_success() => break,
+                Ok(r) if r.status().is_redirection() => {
+                    tracing::warn!(%url, attempt, status = %r.status(), "webhook answered with a redirect, which is not followed");
+                }
                 Ok(r) => tracing::warn!(%url, attempt, status = %r.status(), "webhook refused"),
                 Err(e) => tracing::warn!(%url, attempt, error = %e, "webhook unreachable"),
             }
@@ -357,6 +422,66 @@ mod tests {
         ));
         assert_eq!(record_event(&restored), Some(NotifyEvent::Drift));
         assert_eq!(record_event(&entry(policy_changed("sha256:p"))), None);
+    }
+
+    #[test]
+    fn standard_signatures_are_v1_base64_hmac_of_id_timestamp_and_body() {
+        // The example of the Standard Webhooks specification and its
+        // libraries' tests: secret whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw.
+        let key = Secret::new(
+            base64::engine::general_purpose::STANDARD
+                .decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+                .expect("base64"),
+        );
+        assert_eq!(
+            standard_signature(
+                &key,
+                "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                1614265330,
+                br#"{"test": 2432232314}"#
+            ),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+    }
+
+    #[test]
+    fn attempts_carry_both_signatures_only_with_a_key() {
+        let names = |h: &[(&'static str, String)]| h.iter().map(|(n, _)| *n).collect::<Vec<_>>();
+        let value = |h: &[(&'static str, String)], name: &str| {
+            h.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone())
+        };
+        let unsigned = attempt_headers("promoted", "d1", 1700000000, b"{}", None);
+        assert_eq!(
+            names(&unsigned),
+            [
+                "x-prodgate-event",
+                "x-prodgate-delivery",
+                "webhook-id",
+                "webhook-timestamp"
+            ]
+        );
+        assert_eq!(value(&unsigned, "webhook-id").as_deref(), Some("d1"));
+        assert_eq!(
+            value(&unsigned, "webhook-timestamp").as_deref(),
+            Some("1700000000")
+        );
+        let key = Secret::new(b"Jefe".to_vec());
+        let signed = attempt_headers("promoted", "d1", 1700000000, b"{}", Some(&key));
+        assert_eq!(
+            value(&signed, "x-prodgate-signature-256"),
+            Some(signature(&key, b"{}"))
+        );
+        assert_eq!(
+            value(&signed, "webhook-signature"),
+            Some(standard_signature(&key, "d1", 1700000000, b"{}"))
+        );
+        // Each attempt has its own timestamp, so its own signature.
+        let later = attempt_headers("promoted", "d1", 1700000001, b"{}", Some(&key));
+        assert_ne!(
+            value(&later, "webhook-signature"),
+            value(&signed, "webhook-signature")
+        );
+        assert_eq!(value(&later, "webhook-id"), value(&signed, "webhook-id"));
     }
 
     #[test]

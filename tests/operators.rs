@@ -585,8 +585,29 @@ mod operated {
         assert_eq!(events, ["requested", "approved", "promoted"]);
     }
 
-    /// Each delivery is signed with the webhook's secret and names its event,
-    /// a delivery id and the audit entry it reports; `superseded` is an event.
+    /// `v1,<base64 HMAC-SHA256 of "id.timestamp.body">`: a Standard Webhooks
+    /// receiver's own check, written from the specification, not from
+    /// prodgate's code.
+    fn standard_webhooks_signature(key: &[u8], id: &str, timestamp: &str, body: &str) -> String {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key).expect("key");
+        mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
+        format!(
+            "v1,{}",
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+        )
+    }
+
+    fn unix_now() -> i64 {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970");
+        i64::try_from(since.as_secs()).expect("seconds fit")
+    }
+
+    /// Each delivery is signed with the webhook's secret (as GitHub does and
+    /// as Standard Webhooks does) and names its event, a delivery id and the
+    /// audit entry it reports; `superseded` is an event.
     #[tokio::test]
     async fn webhooks_are_signed_and_name_their_audit_entry() {
         use axum::{Router, http::HeaderMap, routing::post};
@@ -660,6 +681,21 @@ mod operated {
                     .to_owned()
             };
             assert_eq!(header("x-prodgate-signature-256"), want);
+            // Standard Webhooks: the delivery id, the attempt's time in Unix
+            // seconds, and a signature over both and the body.
+            let id = header("webhook-id");
+            assert_eq!(id, header("x-prodgate-delivery"));
+            let timestamp = header("webhook-timestamp");
+            let sent: i64 = timestamp.parse().expect("integer seconds");
+            assert!(
+                (unix_now() - sent).abs() <= 5,
+                "webhook-timestamp {sent} is not now ({})",
+                unix_now()
+            );
+            assert_eq!(
+                header("webhook-signature"),
+                standard_webhooks_signature(b"s3cret-key", &id, &timestamp, &body)
+            );
             let n: serde_json::Value = serde_json::from_str(&body).expect("json body");
             assert_eq!(
                 header("x-prodgate-event"),
@@ -694,6 +730,123 @@ mod operated {
         assert!(
             !server.log().contains("s3cret-key"),
             "the secret reached the log"
+        );
+    }
+
+    /// A webhook that answers with a redirect (302 or 307) is not followed:
+    /// the address it names gets nothing, and the answer counts as a failed
+    /// delivery, retried with the same id and signed anew for each attempt.
+    #[tokio::test]
+    async fn webhook_redirects_are_not_followed_but_retried() {
+        use axum::{
+            Router,
+            http::{HeaderMap, StatusCode, Uri, header::LOCATION},
+            routing::post,
+        };
+        use tokio::sync::mpsc;
+        // The address the redirects point at: it must never hear from prodgate.
+        let (landed_tx, mut landed) = mpsc::unbounded_channel::<String>();
+        let elsewhere = Router::new().fallback(move |uri: Uri| {
+            let tx = landed_tx.clone();
+            async move {
+                let _ = tx.send(uri.to_string());
+                "ok"
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the redirect target");
+        let target = format!("http://{}/landed", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, elsewhere).await });
+
+        let (tx, mut rx) = mpsc::unbounded_channel::<(&'static str, HeaderMap, String)>();
+        let redirect = |path: &'static str, status: StatusCode| {
+            let tx = tx.clone();
+            let target = target.clone();
+            post(move |headers: HeaderMap, body: String| {
+                let _ = tx.send((path, headers, body));
+                let target = target.clone();
+                async move { (status, [(LOCATION, target)]) }
+            })
+        };
+        let app = Router::new()
+            .route("/found", redirect("/found", StatusCode::FOUND))
+            .route(
+                "/temporary",
+                redirect("/temporary", StatusCode::TEMPORARY_REDIRECT),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
+        let hook = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let registry = TestRegistry::start().await;
+        registry.push_image("app", Some("staging"), 1024, 1).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret_file = dir.path().join("hook.secret");
+        std::fs::write(&secret_file, "s3cret-key\n").expect("write secret");
+        let secret = secret_file.to_str().expect("utf-8 path");
+        let config = format!(
+            "{}\n[[notify]]\nurl = \"http://{hook}/found\"\nevents = [\"requested\"]\nsecret_file = {secret:?}\n\n\
+             [[notify]]\nurl = \"http://{hook}/temporary\"\nevents = [\"requested\"]\nsecret_file = {secret:?}\n",
+            standard_config(&registry.host),
+        );
+        let server = TestServer::start(&config);
+        server
+            .client("alice")
+            .await
+            .request_promotion(request(&format!("{}/app", registry.host)))
+            .await
+            .expect("request");
+
+        // prodgate makes 5 attempts per delivery, about 3 s apart in all.
+        let mut attempts: HashMap<&str, Vec<(HeaderMap, String)>> = HashMap::new();
+        while attempts.values().map(Vec::len).sum::<usize>() < 10 {
+            let (path, headers, body) =
+                tokio::time::timeout(std::time::Duration::from_secs(30), rx.recv())
+                    .await
+                    .unwrap_or_else(|_| panic!("too few attempts: {attempts:?}"))
+                    .expect("receiver open");
+            attempts.entry(path).or_default().push((headers, body));
+        }
+        for path in ["/found", "/temporary"] {
+            let seen = &attempts[path];
+            assert_eq!(seen.len(), 5, "{path}: every attempt, no more");
+            let header = |h: &HeaderMap, name: &str| {
+                h.get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_else(|| panic!("{path}: an attempt without {name}"))
+                    .to_owned()
+            };
+            let id = header(&seen[0].0, "webhook-id");
+            for (i, (headers, body)) in seen.iter().enumerate() {
+                assert_eq!(
+                    header(headers, "webhook-id"),
+                    id,
+                    "{path}: one id for every retry"
+                );
+                assert_eq!(header(headers, "x-prodgate-delivery"), id);
+                let timestamp = header(headers, "webhook-timestamp");
+                assert_eq!(
+                    header(headers, "webhook-signature"),
+                    standard_webhooks_signature(b"s3cret-key", &id, &timestamp, body),
+                    "{path}: attempt {i} signed with its own timestamp"
+                );
+            }
+            let first: i64 = header(&seen[0].0, "webhook-timestamp")
+                .parse()
+                .expect("seconds");
+            let last: i64 = header(&seen[4].0, "webhook-timestamp")
+                .parse()
+                .expect("seconds");
+            assert!(last - first >= 2, "{path}: timestamps {first}..{last}");
+        }
+        // Any followed redirect reaches its target before prodgate sees
+        // the answer and retries, so by now it would have arrived.
+        assert!(
+            landed.try_recv().is_err(),
+            "a redirect was followed to {target}"
         );
     }
 }
