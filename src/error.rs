@@ -86,6 +86,10 @@ pub enum Error {
     GroupsUnrepresented(#[from] crate::domain::gates::GroupsUnrepresented),
     #[error("the server is shutting down; repeat the call")]
     ShuttingDown,
+    #[error(
+        "{principal} already has {limit} WatchPromotion streams open (max_watches_per_principal = {limit}); close one before opening another"
+    )]
+    TooManyWatches { principal: String, limit: usize },
     #[error(transparent)]
     Domain(#[from] DomainError),
     #[error(transparent)]

@@ -258,6 +258,52 @@ pub struct Promotions {
     progress: Progress,
     /// Cancelled when the server starts draining: open watches end then.
     draining: CancellationToken,
+    /// Open watches per principal, bounded by `max_watches_per_principal`.
+    watches: Arc<Watches>,
+}
+
+/// How many WatchPromotion streams each principal has open. Each holds a
+/// task, two subscriptions and a buffer on the server; without a bound one
+/// caller could open them until memory runs out.
+#[derive(Default)]
+struct Watches {
+    open: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// One open watch, counted until dropped (when its task ends).
+struct WatchSlot {
+    watches: Arc<Watches>,
+    principal: String,
+}
+
+impl Watches {
+    fn open(self: &Arc<Self>, principal: &str, limit: usize) -> Result<WatchSlot, Error> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(principal.to_owned()).or_default();
+        if *n >= limit {
+            return Err(Error::TooManyWatches {
+                principal: principal.to_owned(),
+                limit,
+            });
+        }
+        *n += 1;
+        Ok(WatchSlot {
+            watches: self.clone(),
+            principal: principal.to_owned(),
+        })
+    }
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        let mut open = self.watches.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.principal) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.principal);
+            }
+        }
+    }
 }
 
 impl Promotions {
@@ -276,6 +322,7 @@ impl Promotions {
             clock,
             progress,
             draining,
+            watches: Arc::default(),
         }
     }
 
@@ -837,8 +884,11 @@ impl Promotions {
     /// first, the last item is [`Error::ShuttingDown`]: watch again elsewhere.
     pub async fn watch(
         &self,
+        who: &Principal,
         id: PromotionId,
     ) -> Result<mpsc::Receiver<Result<Promotion, Error>>, Error> {
+        let limit = self.config.get().max_watches_per_principal;
+        let slot = self.watches.open(&who.name, limit)?;
         // Subscribe before reading, so no change between the two is missed.
         let mut changes = self.store.subscribe();
         let mut attempts = self.progress.subscribe();
@@ -847,6 +897,8 @@ impl Promotions {
         let this = self.clone();
         let draining = self.draining.clone();
         tokio::spawn(async move {
+            // Counted while this task runs: it ends when the stream closes.
+            let _slot = slot;
             let mut last = first;
             if tx.send(Ok(last.clone())).await.is_err() {
                 return;

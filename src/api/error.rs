@@ -29,6 +29,7 @@ impl From<Error> for Status {
             | Error::GroupsUnrepresented(_)
             | Error::RollbackRefused { .. } => Status::failed_precondition(msg),
             Error::ShuttingDown => Status::unavailable(msg),
+            Error::TooManyWatches { .. } => Status::resource_exhausted(msg),
             Error::Domain(d) => match d {
                 DomainError::NotApprover { .. }
                 | DomainError::SelfApproval { .. }

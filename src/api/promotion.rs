@@ -43,9 +43,9 @@ impl PromotionService for PromotionApi {
         &self,
         req: Request<pb::WatchPromotionRequest>,
     ) -> Result<Response<Self::WatchPromotionStream>, Status> {
-        principal(&req)?;
+        let who = principal(&req)?;
         let id = convert::promotion_id(&req.get_ref().promotion_id)?;
-        let changes = self.promotions.watch(id).await?;
+        let changes = self.promotions.watch(&who, id).await?;
         let stream = tokio_stream::StreamExt::map(
             tokio_stream::wrappers::ReceiverStream::new(changes),
             |change| match change {

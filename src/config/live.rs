@@ -123,6 +123,10 @@ pub fn reloaded(
         file.keepalive_interval != running.keepalive_interval,
     );
     later(
+        "max_watches_per_principal",
+        file.max_watches_per_principal != running.max_watches_per_principal,
+    );
+    later(
         "metrics_max_connections",
         file.metrics_max_connections != running.metrics_max_connections,
     );

@@ -75,6 +75,8 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// scrapers (or anyone who can reach it, without a token) never take the
 /// descriptors the gRPC listener needs.
 pub const DEFAULT_METRICS_MAX_CONNECTIONS: u32 = 64;
+/// WatchPromotion streams one principal may have open at once.
+pub const DEFAULT_MAX_WATCHES_PER_PRINCIPAL: u32 = 64;
 /// How long an approved promotion may take to reach its tag.
 pub const DEFAULT_APPLY_DEADLINE: Duration = Duration::from_secs(3600);
 
@@ -338,6 +340,8 @@ pub struct Config {
     pub keepalive_interval: Duration,
     /// Connections the metrics listener serves at once.
     pub metrics_max_connections: usize,
+    /// WatchPromotion streams one principal may have open at once.
+    pub max_watches_per_principal: usize,
     pub log_format: LogFormat,
     pub tls: Option<TlsConfig>,
     pub notify: Vec<NotifyConfig>,
