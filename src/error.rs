@@ -84,6 +84,13 @@ pub enum Error {
     GatesBlocked(String),
     #[error(transparent)]
     GroupsUnrepresented(#[from] crate::domain::gates::GroupsUnrepresented),
+    #[error(
+        "no [[project]] claims {repository}, and unclaimed_repositories = \"refuse\": promotions go only to repositories matching {patterns}"
+    )]
+    Unclaimed {
+        repository: String,
+        patterns: String,
+    },
     #[error("the server is shutting down; repeat the call")]
     ShuttingDown,
     #[error(

@@ -339,6 +339,14 @@ impl Promotions {
     ) -> Result<Promotion, Error> {
         let repository = input.repository.to_string();
         let governance = config.governing(&repository);
+        if governance.project().is_none()
+            && config.unclaimed_repositories == crate::config::Unclaimed::Refuse
+        {
+            return Err(Error::Unclaimed {
+                repository,
+                patterns: config.project_patterns(),
+            });
+        }
         if !governance.may_request(&who) {
             return Err(Error::NotRequester {
                 principal: who.name,

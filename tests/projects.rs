@@ -337,3 +337,68 @@ fn config_with_sweep(registry_host: &str) -> String {
     assert!(c.contains("approval_ttl = \"1s\""), "{c}");
     format!("expiry_sweep_interval = \"100ms\"\n{c}")
 }
+
+#[tokio::test]
+async fn a_second_name_for_a_registry_is_governed_by_the_same_projects() {
+    let registry = TestRegistry::start().await;
+    let port = registry
+        .host
+        .rsplit_once(':')
+        .map(|(_, p)| p.to_owned())
+        .expect("host:port");
+    let alias = format!("localhost:{port}");
+    let second = format!("[[registry]]\nhost = \"{alias}\"\ninsecure = true\n");
+    // Both names, undeclared: a project naming one would not hold the other.
+    let refused = support::server::serve_until_exit(
+        &format!("{second}{}", config(&registry.host)),
+        Duration::from_secs(30),
+    );
+    assert_ne!(refused.code, Some(0), "{}", refused.log);
+    assert!(
+        refused.code.is_some(),
+        "serve kept running:\n{}",
+        refused.log
+    );
+    assert!(
+        refused.log.contains("the same registry") && refused.log.contains("alias_of"),
+        "{}",
+        refused.log
+    );
+
+    let declared = format!(
+        "unclaimed_repositories = \"refuse\"\n[[registry]]\nhost = \"{alias}\"\ninsecure = true\nalias_of = \"{}\"\n{}",
+        registry.host,
+        config(&registry.host)
+    );
+    let server = TestServer::start(&declared);
+    let mut bob = server.client("bob").await;
+    // payments lets only its requesters request, under either name.
+    for host in [&registry.host, &alias] {
+        let e = bob
+            .request_promotion(request_to(
+                &format!("{host}/payments/api"),
+                "staging",
+                "production",
+            ))
+            .await
+            .expect_err("bob is not a payments requester");
+        assert_eq!(e.code(), Code::PermissionDenied, "{host}: {e:?}");
+        assert!(e.message().contains("payments"), "{e:?}");
+    }
+    // A repository no project claims is refused, naming the patterns.
+    let e = bob
+        .request_promotion(request_to(
+            &format!("{alias}/other/app"),
+            "staging",
+            "production",
+        ))
+        .await
+        .expect_err("unclaimed");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("unclaimed_repositories")
+            && e.message()
+                .contains(&format!("{}/payments/*", registry.host)),
+        "{e:?}"
+    );
+}

@@ -18,7 +18,7 @@ impl From<Error> for Status {
             | Error::SourceNotFound(_)
             | Error::PolicyNotFound(_)
             | Error::NothingDeployed { .. } => Status::not_found(msg),
-            Error::PrerequisiteNotMet(_) | Error::Expired { .. } => {
+            Error::PrerequisiteNotMet(_) | Error::Expired { .. } | Error::Unclaimed { .. } => {
                 Status::failed_precondition(msg)
             }
             Error::RequestIdReused { .. } => Status::already_exists(msg),

@@ -162,6 +162,9 @@ pub struct RegistryConfig {
     /// `ca_cert`: certificates trusted for this registry (and the token
     /// realm it names) besides the system's roots.
     pub ca_cert: Option<CaCert>,
+    /// `alias_of`: the host of the entry this one is another name of; its
+    /// repositories are governed as that registry's.
+    pub alias_of: Option<String>,
 }
 
 /// Where a registry's credentials come from, so that a running server can
@@ -225,6 +228,16 @@ pub struct PrincipalConfig {
     /// The other names this person acts under (an OIDC principal, say):
     /// each acts as this principal for separation of duties and counting.
     pub aliases: Vec<String>,
+}
+
+/// `unclaimed_repositories`: what governs a repository no `[[project]]`'s
+/// pattern matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unclaimed {
+    /// The top-level environments (the default).
+    Default,
+    /// Nothing: requests for it are refused, naming the projects' patterns.
+    Refuse,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -342,6 +355,8 @@ pub struct Config {
     pub metrics_max_connections: usize,
     /// WatchPromotion streams one principal may have open at once.
     pub max_watches_per_principal: usize,
+    /// What governs a repository no `[[project]]` claims.
+    pub unclaimed_repositories: Unclaimed,
     pub log_format: LogFormat,
     pub tls: Option<TlsConfig>,
     pub notify: Vec<NotifyConfig>,
@@ -480,6 +495,43 @@ approval_ttl = "2h"
 
     fn err(text: &str) -> String {
         Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn two_names_of_one_registry_need_alias_of() {
+        let with = |extra: &str| Config::parse(&format!("{}{extra}", base()));
+        for other in ["localhost:5000", "LOCALHOST:5000", "127.0.0.2:5000"] {
+            let e = with(&format!(
+                "[[registry]]\nhost = \"{other}\"\ninsecure = true\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("registry[1].host") && e.contains("alias_of"),
+                "{other}: {e}"
+            );
+            let c = with(&format!(
+                "[[registry]]\nhost = \"{other}\"\ninsecure = true\nalias_of = \"127.0.0.1:5000\"\n"
+            ))
+            .unwrap();
+            assert_eq!(
+                c.canonical_repository(&format!("{other}/a/b")),
+                "127.0.0.1:5000/a/b"
+            );
+        }
+        // A default port written out is the same port.
+        let two = "[[registry]]\nhost = \"r.test\"\n[[registry]]\nhost = \"r.test:443\"\n";
+        assert!(with(two).unwrap_err().to_string().contains("alias_of"));
+        // Another port, another registry.
+        with("[[registry]]\nhost = \"localhost:5001\"\ninsecure = true\n").unwrap();
+        let e = with("[[registry]]\nhost = \"localhost:5001\"\nalias_of = \"nowhere:1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("registry[1].alias_of"), "{e}");
+        let e = Config::parse(&format!("unclaimed_repositories = \"deny\"\n{}", base()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unclaimed_repositories"), "{e}");
     }
 
     #[test]

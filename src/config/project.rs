@@ -42,9 +42,59 @@ impl Config {
     /// [`crate::domain::names::Repository`] displays it; stored promotions
     /// keep that form).
     pub fn governing(&self, repository: &str) -> Governance<'_> {
+        let canonical = self.canonical_repository(repository);
         Governance {
             config: self,
-            project: self.projects.iter().find(|p| p.governs(repository)),
+            project: self.projects.iter().find(|p| p.governs(&canonical)),
+        }
+    }
+
+    /// Every project's patterns, for messages: `a/* (payments), b/* (web)`,
+    /// at most a few hundred characters.
+    pub fn project_patterns(&self) -> String {
+        let all: Vec<String> = self
+            .projects
+            .iter()
+            .flat_map(|p| {
+                p.repositories
+                    .iter()
+                    .map(move |r| format!("{r} ({})", p.name))
+            })
+            .collect();
+        if all.is_empty() {
+            return "no pattern (there is no [[project]])".to_owned();
+        }
+        let mut out = String::new();
+        for (i, p) in all.iter().enumerate() {
+            if out.len() + p.len() > 400 {
+                out.push_str(&format!(", and {} more", all.len() - i));
+                break;
+            }
+            if i > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(p);
+        }
+        out
+    }
+
+    /// `repository` named through the registry its host is an `alias_of`,
+    /// so that both names fall under the same projects.
+    pub(crate) fn canonical_repository<'r>(
+        &self,
+        repository: &'r str,
+    ) -> std::borrow::Cow<'r, str> {
+        let Some((host, path)) = repository.split_once('/') else {
+            return repository.into();
+        };
+        match self
+            .registries
+            .iter()
+            .find(|r| r.host == host)
+            .and_then(|r| r.alias_of.as_deref())
+        {
+            Some(target) => format!("{target}/{path}").into(),
+            None => repository.into(),
         }
     }
 }

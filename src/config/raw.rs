@@ -22,6 +22,7 @@ pub(super) struct RawConfig {
     pub keepalive_interval: Option<String>,
     pub metrics_max_connections: Option<u32>,
     pub max_watches_per_principal: Option<u32>,
+    pub unclaimed_repositories: Option<String>,
     pub log_format: Option<String>,
     pub docker_config: Option<PathBuf>,
     pub tls: Option<RawTls>,
@@ -56,6 +57,9 @@ pub(super) struct RawRegistry {
     pub password_env: Option<String>,
     pub password_file: Option<PathBuf>,
     pub ca_cert: Option<PathBuf>,
+    /// The `host` of another `[[registry]]` entry that is the same registry
+    /// under another name; this one is governed by that one's projects.
+    pub alias_of: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

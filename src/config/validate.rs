@@ -140,6 +140,16 @@ fn top_level(raw: &RawConfig) -> Result<Config, ConfigError> {
         0 => return Err(invalid("max_watches_per_principal", "must be at least 1")),
         n => n as usize,
     };
+    let unclaimed_repositories = match raw.unclaimed_repositories.as_deref() {
+        None | Some("default") => super::Unclaimed::Default,
+        Some("refuse") => super::Unclaimed::Refuse,
+        Some(other) => {
+            return Err(invalid(
+                "unclaimed_repositories",
+                format!("{other:?} is not one of \"default\", \"refuse\""),
+            ));
+        }
+    };
     let log_format = match raw.log_format.as_deref() {
         None | Some("text") => LogFormat::Text,
         Some("json") => LogFormat::Json,
@@ -195,6 +205,7 @@ fn top_level(raw: &RawConfig) -> Result<Config, ConfigError> {
         )?,
         metrics_max_connections,
         max_watches_per_principal,
+        unclaimed_repositories,
         log_format,
         tls: None,
         notify: Vec::new(),
@@ -305,9 +316,91 @@ fn registries(
             credentials,
             credential_source,
             ca_cert,
+            alias_of: r.alias_of,
         });
     }
+    registry_aliases(&registries)?;
     Ok(registries)
+}
+
+/// Two entries for one registry (`localhost:5000` and `127.0.0.1:5000`)
+/// would let a repository named through the second escape the projects
+/// that name the first: refused unless one says it is `alias_of` the other.
+/// An alias names a real entry that is no alias itself.
+fn registry_aliases(registries: &[RegistryConfig]) -> Result<(), ConfigError> {
+    for (i, r) in registries.iter().enumerate() {
+        let Some(target) = &r.alias_of else { continue };
+        let key = format!("registry[{i}].alias_of");
+        match registries.iter().find(|o| &o.host == target) {
+            None => {
+                return Err(invalid(
+                    key,
+                    format!("{target:?} is not the host of another [[registry]]"),
+                ));
+            }
+            Some(o) if o.host == r.host => {
+                return Err(invalid(key, "names this entry itself"));
+            }
+            Some(o) if o.alias_of.is_some() => {
+                return Err(invalid(
+                    key,
+                    format!("{target:?} is itself an alias; name the registry it aliases"),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    for (i, a) in registries.iter().enumerate() {
+        for (j, b) in registries.iter().enumerate().skip(i + 1) {
+            let declared = a.alias_of.as_deref() == Some(b.host.as_str())
+                || b.alias_of.as_deref() == Some(a.host.as_str())
+                || (a.alias_of.is_some() && a.alias_of == b.alias_of);
+            if !declared && same_endpoint(a, b) {
+                return Err(invalid(
+                    format!("registry[{j}].host"),
+                    format!(
+                        "{:?} and registry[{i}] {:?} are the same registry (address and port); \
+                         say alias_of = {:?} on one of them so both are governed by the same projects",
+                        b.host, a.host, a.host
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether two entries reach the same address and port, as far as the
+/// names themselves tell: case, a default port written out or not, and
+/// every loopback spelling (`localhost`, `127.0.0.1`, `127.0.0.2`). No DNS is
+/// asked (a config check must not hang on it): two names that only DNS
+/// makes equal need `alias_of`, which the README says.
+fn same_endpoint(a: &RegistryConfig, b: &RegistryConfig) -> bool {
+    fn endpoint(r: &RegistryConfig) -> (String, u16) {
+        let host = r.host.to_ascii_lowercase();
+        let default = if r.insecure { 80 } else { 443 };
+        let (name, port) = match host.rsplit_once(':') {
+            // A bare IPv6 address: its colons are not a port.
+            Some((n, _)) if !n.ends_with(']') && n.contains(':') => (host.clone(), default),
+            Some((n, p)) => match p.parse() {
+                Ok(port) => (n.to_owned(), port),
+                Err(_) => (host.clone(), default),
+            },
+            None => (host.clone(), default),
+        };
+        let bare = name.trim_start_matches('[').trim_end_matches(']');
+        let loopback = bare == "localhost"
+            || bare
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        let name = match bare.parse::<std::net::IpAddr>() {
+            _ if loopback => "loopback".to_owned(),
+            Ok(ip) => ip.to_string(),
+            Err(_) => bare.to_owned(),
+        };
+        (name, port)
+    }
+    endpoint(a) == endpoint(b)
 }
 
 /// `registry[i].ca_cert`: a PEM file of one or more certificates, or `None`

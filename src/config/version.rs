@@ -54,6 +54,11 @@ impl PolicyVersion {
             identities: config.identities.iter().map(identity).collect(),
             principals: principals(&config.principals),
             projects: config.projects.iter().map(project).collect(),
+            registry_aliases: registry_aliases(config),
+            unclaimed_repositories: match config.unclaimed_repositories {
+                super::Unclaimed::Default => None,
+                super::Unclaimed::Refuse => Some("refuse"),
+            },
         };
         // Serializing these plain structs cannot fail (no maps with
         // non-string keys, no floats); an empty document would still be
@@ -76,6 +81,25 @@ struct Document {
     identities: Vec<Identity>,
     principals: Vec<Principal>,
     projects: Vec<Project>,
+    /// Which registry names govern as another (`alias_of`): they decide
+    /// which project a repository falls under. Left out when none, like
+    /// the next key when it has its default, so older policies keep their
+    /// digests.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    registry_aliases: Vec<[String; 2]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unclaimed_repositories: Option<&'static str>,
+}
+
+/// `[alias, registry it aliases]`, sorted.
+fn registry_aliases(config: &Config) -> Vec<[String; 2]> {
+    let mut out: Vec<[String; 2]> = config
+        .registries
+        .iter()
+        .filter_map(|r| Some([r.host.clone(), r.alias_of.clone()?]))
+        .collect();
+    out.sort();
+    out
 }
 
 #[derive(Serialize)]
