@@ -66,11 +66,13 @@ pub enum Error {
         repository: String,
     },
     #[error(
-        "{principal} may not break glass in environment {environment}: only its break_glass principals may"
+        "{principal} may not break glass in environment {environment}: only its break_glass principals may ({allowed})"
     )]
     NotBreakGlass {
         principal: String,
         environment: String,
+        /// Who may, as configured (`nobody` when no one).
+        allowed: String,
     },
     #[error("cannot roll back environment {environment} of {repository}: {why}")]
     RollbackRefused {

@@ -208,7 +208,7 @@ pub async fn run(
     let send = |event: NotifyEvent, n: &dyn Fn() -> Notification| {
         for (hook, tx) in &queues {
             if hook.events.contains(&event) && tx.try_send(n()).is_err() {
-                tracing::warn!(url = %hook.url, event = event.name(), "webhook queue full; event dropped");
+                tracing::warn!(url = %shown(&hook.url), event = event.name(), "webhook queue full; event dropped");
             }
         }
     };
@@ -302,12 +302,32 @@ fn unix_seconds() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// A webhook URL as logs show it: scheme, host, port and path. A URL may
+/// carry a token in its user part or query (`?token=…`), and secrets never
+/// reach a log.
+fn shown(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => {
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            let rest = if u.query().is_some() { "?…" } else { "" };
+            format!(
+                "{}://{}{port}{}{rest}",
+                u.scheme(),
+                u.host_str().unwrap_or(""),
+                u.path()
+            )
+        }
+        Err(_) => "(a URL that does not parse)".to_owned(),
+    }
+}
+
 async fn deliver(
     client: reqwest::Client,
-    url: String,
+    target: String,
     secret: Option<Secret>,
     mut rx: mpsc::Receiver<Notification>,
 ) {
+    let url = shown(&target);
     while let Some(n) = rx.recv().await {
         let body = match serde_json::to_vec(&n) {
             Ok(b) => b,
@@ -322,7 +342,7 @@ async fn deliver(
         let mut backoff = FIRST_BACKOFF;
         for attempt in 1..=ATTEMPTS {
             let mut post = client
-                .post(&url)
+                .post(&target)
                 .header(http::header::CONTENT_TYPE, "application/json");
             for (name, value) in
                 attempt_headers(n.event, &delivery, unix_seconds(), &body, secret.as_ref())
@@ -336,7 +356,10 @@ async fn deliver(
                     tracing::warn!(%url, attempt, status = %r.status(), "webhook answered with a redirect, which is not followed");
                 }
                 Ok(r) => tracing::warn!(%url, attempt, status = %r.status(), "webhook refused"),
-                Err(e) => tracing::warn!(%url, attempt, error = %e, "webhook unreachable"),
+                // Without the URL: reqwest's error names the whole of it.
+                Err(e) => {
+                    tracing::warn!(%url, attempt, error = %e.without_url(), "webhook unreachable")
+                }
             }
             if attempt == ATTEMPTS {
                 tracing::error!(%url, event = n.event, sequence = n.sequence, promotion = %n.promotion_id, "webhook gave up");
@@ -351,6 +374,16 @@ async fn deliver(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logged_urls_carry_no_credentials() {
+        assert_eq!(
+            shown("https://user:s3cret@hooks.example.com:8443/p/x?token=abc#f"),
+            "https://hooks.example.com:8443/p/x?…"
+        );
+        assert_eq!(shown("http://127.0.0.1/hook"), "http://127.0.0.1/hook");
+        assert!(!shown("not a url s3cret").contains("s3cret"));
+    }
 
     #[test]
     fn a_break_glass_approval_is_also_a_break_glass_event() {

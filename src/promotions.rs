@@ -71,6 +71,7 @@ fn check_break_glass(
         return Err(Error::NotBreakGlass {
             principal: who.name.clone(),
             environment: policy.name.clone(),
+            allowed: crate::domain::policy::describe(&policy.break_glass),
         });
     }
     if why.trim().is_empty() {

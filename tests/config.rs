@@ -617,3 +617,46 @@ fn identities_are_checked_and_counted_by_check_config() {
         "{out:#?}"
     );
 }
+
+#[test]
+fn rules_of_two_issuers_that_render_one_principal_are_warned_about_and_refused_when_strict() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = tmp.path().join("prodgate.toml");
+    let check = |config: &str, strict: bool| {
+        std::fs::write(&file, config).expect("write config");
+        let mut args = vec!["check-config"];
+        if strict {
+            args.push("--strict");
+        }
+        args.push(path_str(&file));
+        prodgate(&args, tmp.path(), &[])
+    };
+    let second = |principal: &str| {
+        format!(
+            "{IDENTITY}[[identity.rule]]\nprincipal = \"sso:{{email}}\"\n\
+             [[identity]]\nissuer = \"https://ci.test\"\naudience = \"prodgate\"\n\
+             jwks_url = \"https://ci.test/keys\"\n[[identity.rule]]\nprincipal = \"{principal}\"\n"
+        )
+    };
+    let policy = "approvers = [\"bob\"]\nrequired_approvals = 1";
+    let clash = config_with_identity(&second("sso:{sub}"), policy);
+    let out = check(&clash, false);
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("warning: identity[1].rule[0].principal")
+            && out.stderr.contains("identity[0].rule[0]")
+            && out.stderr.contains("https://ci.test"),
+        "{out:#?}"
+    );
+    let strict = check(&clash, true);
+    assert_eq!(strict.code, Some(1), "{strict:#?}");
+    assert!(strict.stderr.contains("refused by --strict"), "{strict:#?}");
+    // A prefix of its own keeps them apart.
+    let apart = check(&config_with_identity(&second("ci:{sub}"), policy), true);
+    assert_eq!(apart.code, Some(0), "{apart:#?}");
+    assert!(
+        !apart.stderr.contains("render the same principal"),
+        "{apart:#?}"
+    );
+}

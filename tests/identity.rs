@@ -703,3 +703,135 @@ async fn one_person_under_two_names_is_one_person() {
         .into_inner();
     assert_eq!(approved.approvals[0].approver, "sso:bob@acme.test");
 }
+
+/// A JWKS endpoint on a thread of its own that answers `body` after
+/// `delay` (changeable while it runs), counting requests; a slow issuer
+/// the async tests cannot stall themselves with.
+struct SlowJwks {
+    url: String,
+    delay: Arc<Mutex<Duration>>,
+    served: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl SlowJwks {
+    fn start(body: String) -> SlowJwks {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}/jwks", listener.local_addr().expect("addr"));
+        let delay = Arc::new(Mutex::new(Duration::ZERO));
+        let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (d, n) = (delay.clone(), served.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let (d, n, body) = (d.clone(), n.clone(), body.clone());
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    let _ = conn.read(&mut buf);
+                    n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let wait = *d.lock().unwrap_or_else(PoisonError::into_inner);
+                    std::thread::sleep(wait);
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                });
+            }
+        });
+        SlowJwks { url, delay, served }
+    }
+
+    fn served(&self) -> usize {
+        self.served.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[tokio::test]
+async fn a_slow_refetch_never_holds_up_tokens_whose_key_is_cached() {
+    prodgate::server::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ci_key = SigningKey::es256("gh-1");
+    let jwks_file = dir.path().join("github-jwks.json");
+    std::fs::write(&jwks_file, jwks(&[&ci_key])).expect("write the JWKS");
+    let idp_key = SigningKey::rs256("idp-1");
+    let idp = SlowJwks::start(jwks(&[&idp_key]));
+    let server = TestServer::start(&format!(
+        "{}{}",
+        standard_config("127.0.0.1:9"),
+        identities(&jwks_file, &idp.url)
+    ));
+    let good = idp_key.sign(&person_claims("ann@acme.test"));
+    list_as(&server, &good)
+        .await
+        .expect("keys fetched on first use");
+    assert_eq!(idp.served(), 1);
+
+    // The issuer turns slow; a token with a kid it never had sends the
+    // server to fetch again.
+    *idp.delay.lock().unwrap_or_else(PoisonError::into_inner) = Duration::from_secs(4);
+    let forged = idp_key.sign_as("idp-unknown", &person_claims("ann@acme.test"));
+    let refetch = {
+        let client = server.client_with_token(&forged).await;
+        tokio::spawn(async move {
+            let mut client = client;
+            client
+                .list_promotions(ListPromotionsRequest::default())
+                .await
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while idp.served() < 2 {
+        assert!(Instant::now() < deadline, "no refetch for the unknown kid");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The fetch is under way: a token whose key is cached does not wait.
+    let started = Instant::now();
+    list_as(&server, &good).await.expect("cached key");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "a cached key waited {took:?} for the refetch"
+    );
+    assert!(!refetch.is_finished(), "the refetch was not slow after all");
+    let e = refetch.await.expect("task").expect_err("an unknown kid");
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+}
+
+#[tokio::test]
+async fn made_up_kids_do_not_make_the_server_reread_its_jwks_file() {
+    prodgate::server::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ci_key = SigningKey::es256("gh-1");
+    let jwks_file = dir.path().join("github-jwks.json");
+    std::fs::write(&jwks_file, jwks(&[&ci_key])).expect("write the JWKS");
+    let server = TestServer::start(&format!(
+        "{}{}",
+        standard_config("127.0.0.1:9"),
+        identities(&jwks_file, "http://127.0.0.1:9/jwks")
+    ));
+    list_as(&server, &ci_key.sign(&ci_claims()))
+        .await
+        .expect("the file's key");
+    for i in 0..200 {
+        let forged = ci_key.sign_as(&format!("forged-{i}"), &ci_claims());
+        let e = list_as(&server, &forged).await.expect_err("unknown kid");
+        assert_eq!(e.code(), Code::Unauthenticated);
+    }
+    let loads = server.log().matches("JWKS loaded").count();
+    assert!(loads <= 2, "{loads} JWKS loads for 200 made-up kids");
+    // A rotated file is still used at once (its stamp changed).
+    let rotated = SigningKey::es256("gh-2");
+    std::fs::write(&jwks_file, jwks(&[&ci_key, &rotated])).expect("rotate");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match list_as(&server, &rotated.sign(&ci_claims())).await {
+            Ok(()) => break,
+            Err(e) if Instant::now() < deadline => {
+                assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the rotated key was never used: {e:?}"),
+        }
+    }
+}

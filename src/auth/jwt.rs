@@ -105,7 +105,8 @@ pub fn check_claims(
     if now >= exp {
         return Err(AuthError::Expired {
             issuer: issuer.to_owned(),
-            seconds_ago: now - exp,
+            // Saturating: `exp` is the token's, and may be any i64.
+            seconds_ago: now.saturating_sub(exp),
         });
     }
     for name in ["nbf", "iat"] {
@@ -115,7 +116,7 @@ pub fn check_claims(
             return Err(AuthError::NotYetValid {
                 issuer: issuer.to_owned(),
                 claim: name,
-                seconds_ahead: t - now,
+                seconds_ahead: t.saturating_sub(now),
             });
         }
     }
@@ -302,6 +303,15 @@ groups_claim = "groups"
         let e = check_claims(&no_exp, &id, NOW).unwrap_err();
         assert_eq!(e.reason(), "missing_claim");
         assert!(e.to_string().contains("`exp`"), "{e}");
+        // Times at the ends of the range say how far, never a wrapped number.
+        let mut ancient = claims(ok.clone());
+        ancient.insert("exp".into(), json!(i64::MIN));
+        let e = check_claims(&ancient, &id, NOW).unwrap_err().to_string();
+        assert!(e.contains(&format!("expired {} s ago", i64::MAX)), "{e}");
+        let mut future = claims(ok.clone());
+        future.insert("nbf".into(), json!(i64::MAX));
+        let e = check_claims(&future, &id, -NOW).unwrap_err().to_string();
+        assert!(e.contains(&format!("is {} s ahead", i64::MAX)), "{e}");
         let mut no_iat = claims(ok);
         no_iat.remove("iat");
         assert_eq!(

@@ -5,14 +5,15 @@
 //! - A `jwks_url` is fetched on first use and again when older than
 //!   [`URL_MAX_AGE`] (so a key the issuer withdrew stops working), and when
 //!   a token names a `kid` the cache does not have, at most once per
-//!   [`REFETCH_INTERVAL`]: the issuer rotated its keys, and the first token
+//!   [`REFETCH_INTERVAL`] (for a `jwks_file` too): the issuer rotated its keys, and the first token
 //!   signed with the new one is accepted without a restart, while a stream
 //!   of made-up `kid`s costs the issuer one request per interval. A fetch
 //!   that fails keeps the keys already held.
 //! - A `jwks_file` is re-read when its mtime, length or inode change
-//!   (looked at no more than once per [`FILE_CHECK_INTERVAL`]), and at once
-//!   for an unknown `kid`: a local read is cheap, and a rotated file must
-//!   not wait for the next look.
+//!   (looked at no more than once per [`FILE_CHECK_INTERVAL`]), so a rotated
+//!   file is used within a second.
+//! - A call whose key is cached never waits for a fetch under way: it
+//!   uses the keys held (the fetch holds the source's lock across its I/O).
 //!
 //! The HTTP client has a timeout, reads at most [`MAX_JWKS_BYTES`], and
 //! follows no redirect: keys come from the configured URL or not at all.
@@ -124,7 +125,16 @@ impl KeyCache {
         let src = self.source(source);
         let mut keys = src.keys.load_full();
         let mut just_loaded = false;
-        if keys.is_none() || src.due(&mut *src.state.lock().await, &keys) {
+        // With keys held, a refresh under way (the lock taken) means they
+        // are being renewed: use them meanwhile instead of waiting on the
+        // I/O, so a slow issuer (or made-up `kid`s) never stalls the calls
+        // whose key is cached.
+        let due = match (&keys, src.state.try_lock()) {
+            (None, _) => true,
+            (Some(_), Ok(mut state)) => src.due(&mut state, &keys),
+            (Some(_), Err(_)) => false,
+        };
+        if due {
             let before = keys.clone();
             keys = self.refresh(&src, false).await?;
             just_loaded = !same(&before, &keys);
@@ -167,10 +177,13 @@ impl KeyCache {
             return Err(KeyError::Unavailable(message.clone()));
         }
         if unknown_kid {
-            if let KeySource::Url(_) = src.source
-                && state
-                    .refetched
-                    .is_some_and(|t| now.duration_since(t) < REFETCH_INTERVAL)
+            // A file too: a rotated file is noticed by its stamp within
+            // FILE_CHECK_INTERVAL, so re-reading it for every made-up `kid`
+            // would only let anyone with a token make the server read (and
+            // log) as fast as it can send.
+            if state
+                .refetched
+                .is_some_and(|t| now.duration_since(t) < REFETCH_INTERVAL)
             {
                 return Ok(now_held);
             }
@@ -195,7 +208,15 @@ impl KeyCache {
         };
         match loaded {
             Ok(keys) => {
-                tracing::info!(source = %src.source, keys = keys.keys.len(), "JWKS loaded");
+                // Loading the same keys again is not news.
+                let unchanged = now_held
+                    .as_deref()
+                    .is_some_and(|held| held.kids() == keys.kids());
+                if unchanged {
+                    tracing::debug!(source = %src.source, keys = keys.keys.len(), "JWKS read again: unchanged");
+                } else {
+                    tracing::info!(source = %src.source, keys = keys.keys.len(), "JWKS loaded");
+                }
                 let keys = Arc::new(keys);
                 src.keys.store(Some(keys.clone()));
                 state.failed = None;

@@ -23,6 +23,14 @@ pub fn check_config(file: &Path, strict: bool, out: &mut Printer) -> Result<(), 
     for w in &loaded.warnings {
         eprintln!("prodgate: warning: {w}");
     }
+    // `--strict` refuses the ambiguities `serve` only warns about.
+    if strict && let Some(w) = loaded.warnings.iter().find(|w| w.strict) {
+        return Err(crate::config::ConfigError::Invalid {
+            key: w.key.clone(),
+            message: format!("{} (refused by --strict)", w.message),
+        }
+        .into());
+    }
     let c = loaded.config;
     let environments: Vec<&str> = c.environments.iter().map(|e| e.name.as_str()).collect();
     out.raw(&format!(

@@ -307,6 +307,51 @@ impl Template {
         Ok(out)
     }
 
+    /// A name both templates can render (each placeholder standing for any
+    /// non-empty string), if there is one. Decided on the literal text
+    /// around the placeholders: both fixed texts must agree as far as both
+    /// go at the start and at the end; when that holds, claim values can
+    /// fill in the rest (a placeholder's value is free text), so the
+    /// example is built from one side's text.
+    pub fn overlap(&self, other: &Template) -> Option<String> {
+        if let (Some(a), Some(b)) = (self.literal(), other.literal()) {
+            return (a == b).then(|| a.to_owned());
+        }
+        if let Some(a) = self.literal() {
+            return other.could_produce(a).then(|| a.to_owned());
+        }
+        if let Some(b) = other.literal() {
+            return self.could_produce(b).then(|| b.to_owned());
+        }
+        let (pa, sa) = (self.fixed_prefix(), self.fixed_suffix());
+        let (pb, sb) = (other.fixed_prefix(), other.fixed_suffix());
+        let prefixes = pa.starts_with(pb) || pb.starts_with(pa);
+        let suffixes = sa.ends_with(sb) || sb.ends_with(sa);
+        (prefixes && suffixes).then(|| {
+            let (p, s) = (
+                if pa.len() >= pb.len() { pa } else { pb },
+                if sa.len() >= sb.len() { sa } else { sb },
+            );
+            format!("{p}x{s}")
+        })
+    }
+
+    /// The text before the first placeholder.
+    fn fixed_prefix(&self) -> &str {
+        match self.parts.first() {
+            Some(Part::Text(t)) => t,
+            _ => "",
+        }
+    }
+
+    /// The text after the last placeholder.
+    fn fixed_suffix(&self) -> &str {
+        match self.parts.last() {
+            Some(Part::Text(t)) if self.parts.len() > 1 => t,
+            _ => "",
+        }
+    }
+
     /// Whether some claim values render it as `name` (a placeholder stands
     /// for any string).
     pub fn could_produce(&self, name: &str) -> bool {
@@ -407,6 +452,27 @@ pub(super) fn identities(
                 format!("identity[{i}].rule[{}]", j + 1),
                 format!("is never used: rule[{j}] has no claims, so it matches every token first"),
             );
+        }
+        // A token of one issuer must never act as another's principal.
+        for (j, mine) in rules.iter().enumerate() {
+            for (k, other) in out.iter().enumerate() {
+                for (l, theirs) in other.rules.iter().enumerate() {
+                    if let Some(name) = mine.principal.overlap(&theirs.principal) {
+                        cx.warn_strict(
+                            format!("identity[{i}].rule[{j}].principal"),
+                            format!(
+                                "{:?} can render the same principal as identity[{k}].rule[{l}] {:?} \
+                                 (e.g. {name:?}): a token of {:?} could act as one of {:?}; \
+                                 give each issuer's principals a prefix of their own",
+                                mine.principal.as_str(),
+                                theirs.principal.as_str(),
+                                r.issuer,
+                                other.issuer,
+                            ),
+                        );
+                    }
+                }
+            }
         }
         out.push(IdentityConfig {
             issuer: r.issuer,
@@ -575,6 +641,15 @@ impl std::fmt::Debug for KeySet {
 }
 
 impl KeySet {
+    /// Each key's `kid` and type, in order: enough to tell a re-read of the
+    /// same document from new keys, for the log.
+    pub fn kids(&self) -> Vec<(Option<&str>, &'static str)> {
+        self.keys
+            .iter()
+            .map(|k| (k.kid.as_deref(), k.kind.name()))
+            .collect()
+    }
+
     /// Parses a JWKS document; refuses one without a single usable key.
     pub fn parse(bytes: &[u8]) -> Result<KeySet, String> {
         use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
@@ -670,6 +745,22 @@ mod tests {
         for bad in ["ci:{repo", "ci:}x", "{}", "a{b{c}}"] {
             assert!(Template::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn templates_that_can_render_one_name_overlap() {
+        let t = |s: &str| Template::parse(s).unwrap();
+        let overlap = |a: &str, b: &str| t(a).overlap(&t(b));
+        assert_eq!(overlap("ci:{sub}", "ci:{repository}"), Some("ci:x".into()));
+        assert_eq!(overlap("ci:{sub}", "ci:{a}@{b}"), Some("ci:x".into()));
+        assert_eq!(overlap("{sub}", "sso:{email}"), Some("sso:x".into()));
+        assert_eq!(overlap("gh:{sub}", "gl:{sub}"), None);
+        assert_eq!(overlap("{a}@github", "{a}@gitlab"), None);
+        assert_eq!(overlap("deployer", "deployer"), Some("deployer".into()));
+        assert_eq!(overlap("deployer", "ci:{x}"), None);
+        assert_eq!(overlap("ci:deployer", "ci:{x}"), Some("ci:deployer".into()));
+        // Symmetric.
+        assert_eq!(overlap("ci:{x}", "ci:deployer"), Some("ci:deployer".into()));
     }
 
     #[test]

@@ -98,6 +98,7 @@ pub fn reloaded(
     let mut later = |key: &str, changed: bool| {
         if changed {
             warnings.push(ConfigWarning {
+                strict: false,
                 key: key.to_owned(),
                 message: "changed; this takes effect at the next restart (a reload changes the policy only)".into(),
             });

@@ -101,6 +101,9 @@ pub enum Files {
 pub struct ConfigWarning {
     pub key: String,
     pub message: String,
+    /// An ambiguity that `check-config --strict` refuses (a warning only,
+    /// so that a running deployment is not stopped by an upgrade).
+    pub strict: bool,
 }
 
 /// A valid config and what looked wrong in it.

@@ -76,6 +76,16 @@ impl Cx {
         self.warnings.push(ConfigWarning {
             key: key.into(),
             message: message.into(),
+            strict: false,
+        });
+    }
+
+    /// A warning that `check-config --strict` makes an error.
+    pub fn warn_strict(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push(ConfigWarning {
+            key: key.into(),
+            message: message.into(),
+            strict: true,
         });
     }
 

@@ -551,6 +551,17 @@ fn window(f: &Facts<'_>) -> Option<GateResult> {
             " and does not open within {HORIZON_DAYS} days of its last freeze"
         )),
     }
+    if !f.break_glass {
+        // Who can act now, for someone who cannot wait.
+        if f.policy.break_glass.is_empty() {
+            message.push_str(&format!("; nobody may break glass in {env}"));
+        } else {
+            message.push_str(&format!(
+                "; {} may override it with break-glass and a reason",
+                super::policy::describe(&f.policy.break_glass)
+            ));
+        }
+    }
     Some(break_glass(f, block(WINDOW, message)))
 }
 

@@ -218,6 +218,8 @@ pub fn approve(
     comment: &str,
     now: Time,
 ) -> Result<Outcome, DomainError> {
+    // A finished promotion's state first: it is the answer whoever asks.
+    require_pending(p, "approved")?;
     require_approver(p, who, policy)?;
     if who.is(&p.requested_by) && !policy.allow_self_approval {
         return Err(DomainError::SelfApproval {
@@ -225,7 +227,6 @@ pub fn approve(
             environment: p.environment.clone(),
         });
     }
-    require_pending(p, "approved")?;
     if p.approvals.iter().any(|a| who.is(&a.approver)) {
         return Ok(Outcome {
             promotion: p.clone(),
@@ -256,8 +257,8 @@ pub fn reject(
     comment: &str,
     now: Time,
 ) -> Result<Outcome, DomainError> {
-    require_approver(p, who, policy)?;
     require_pending(p, "rejected")?;
+    require_approver(p, who, policy)?;
     let mut next = p.clone();
     next.state = State::Rejected;
     next.updated_at = now;
@@ -275,12 +276,12 @@ pub fn cancel(
     comment: &str,
     now: Time,
 ) -> Result<Outcome, DomainError> {
+    require_pending(p, "cancelled")?;
     if !who.is(&p.requested_by) && !policy.is_approver(who) {
         return Err(DomainError::NotAllowedToCancel {
             environment: p.environment.clone(),
         });
     }
-    require_pending(p, "cancelled")?;
     let mut next = p.clone();
     next.state = State::Cancelled;
     next.updated_at = now;

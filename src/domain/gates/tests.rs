@@ -532,7 +532,7 @@ fn office_hours_follow_berlin_across_the_spring_clock_change() {
     assert_eq!(
         g.message,
         "production is outside its window (mon,tue,wed,thu,fri 09:00-17:00 Europe/Berlin) \
-         and opens at 2026-03-30T07:00:00Z (Mon 2026-03-30 09:00 Europe/Berlin)"
+         and opens at 2026-03-30T07:00:00Z (Mon 2026-03-30 09:00 Europe/Berlin); group:sre may override it with break-glass and a reason"
     );
     c.now = at("2026-03-30T07:00:00Z");
     let g = c.gate(WINDOW);
@@ -646,7 +646,7 @@ fn a_freeze_blocks_from_its_exact_start_until_its_exclusive_end() {
         assert!(!g.passed, "{now}");
         assert_eq!(
             g.message,
-            "production is frozen until 2027-01-05T00:00:00Z (year-end freeze)"
+            "production is frozen until 2027-01-05T00:00:00Z (year-end freeze); group:sre may override it with break-glass and a reason"
         );
     }
 
@@ -663,7 +663,7 @@ fn after_a_freeze_the_window_says_when_it_really_opens() {
     assert_eq!(
         c.gate(WINDOW).message,
         "production is frozen until 2027-01-05T00:00:00Z (year-end freeze) \
-         and opens at 2027-01-05T08:00:00Z (Tue 2027-01-05 09:00 Europe/Berlin)"
+         and opens at 2027-01-05T08:00:00Z (Tue 2027-01-05 09:00 Europe/Berlin); group:sre may override it with break-glass and a reason"
     );
 }
 
@@ -678,13 +678,13 @@ fn overlapping_freezes_are_all_named_and_the_opening_is_after_the_last() {
     assert_eq!(
         c.gate(WINDOW).message,
         "production is frozen until 2027-01-05T00:00:00Z (year-end freeze) \
-         and opens at 2027-01-10T00:00:00Z"
+         and opens at 2027-01-10T00:00:00Z; group:sre may override it with break-glass and a reason"
     );
     c.now = at("2027-01-04T12:00:00Z");
     assert_eq!(
         c.gate(WINDOW).message,
         "production is frozen until 2027-01-05T00:00:00Z (year-end freeze) \
-         and until 2027-01-10T00:00:00Z (migration)"
+         and until 2027-01-10T00:00:00Z (migration); group:sre may override it with break-glass and a reason"
     );
 }
 
@@ -728,7 +728,7 @@ fn the_blocking_message_names_every_blocker_and_what_unblocks_it() {
              required_groups: needs an approval by a member of group `security`; \
              checks: check `e2e` has no PASSED report for {DIGEST}; \
              soak: 12m left (staging since 2026-12-21T10:02:00Z, needs 30m); \
-             window: production is frozen until 2027-01-05T00:00:00Z (year-end freeze)"
+             window: production is frozen until 2027-01-05T00:00:00Z (year-end freeze); group:sre may override it with break-glass and a reason"
         )
     );
 }
@@ -782,7 +782,9 @@ fn a_rollback_skips_prerequisite_checks_and_soak_but_not_the_window() {
     }
     assert_eq!(
         r.blocking_message().as_deref(),
-        Some("window: production is frozen until 2027-01-05T00:00:00Z (year-end freeze)")
+        Some(
+            "window: production is frozen until 2027-01-05T00:00:00Z (year-end freeze); group:sre may override it with break-glass and a reason"
+        )
     );
 }
 
