@@ -21,6 +21,7 @@ pub(super) struct RawConfig {
     pub idle_timeout: Option<String>,
     pub keepalive_interval: Option<String>,
     pub metrics_max_connections: Option<u32>,
+    pub max_checks_per_digest: Option<u32>,
     pub log_format: Option<String>,
     pub docker_config: Option<PathBuf>,
     pub tls: Option<RawTls>,
