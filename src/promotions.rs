@@ -13,7 +13,7 @@ use crate::domain::gates;
 use crate::domain::machine::{self, NewPromotion, Outcome};
 use crate::domain::model::{
     CheckReport, CheckStatus, POLICY_ATTRIBUTE, Promotion, PromotionId, SIGNATURE_ATTRIBUTE, State,
-    Time, policy_changed,
+    Time, may_record_check, policy_changed,
 };
 use crate::domain::names::{Repository, Source};
 use crate::domain::policy::{EnvironmentPolicy, Principal};
@@ -943,9 +943,25 @@ impl Promotions {
             comment: input.comment,
         };
         let event = report.event();
+        let limit = self.config.get().max_checks_per_digest;
+        let (repository, digest, check) = (
+            report.repository.clone(),
+            report.digest.clone(),
+            report.check.clone(),
+        );
         let entry = self
             .store
             .write(move |tx: &mut dyn UnitOfWork| {
+                // Counted in the write job, which runs alone: two new names
+                // reported at once cannot both take the last place.
+                let names = tx.check_names(&repository, &digest, &check, limit)?;
+                if !may_record_check(names.known, names.distinct, limit) {
+                    return Err(Error::TooManyChecks {
+                        repository,
+                        digest,
+                        limit,
+                    });
+                }
                 let now = tx.now();
                 Ok::<_, Error>(tx.record(event, now)?)
             })
