@@ -27,11 +27,12 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::store::{HistoryFilter, ListFilter};
 
-/// One page of a listing and the cursor to continue after (`None` at the end).
+/// One page of a listing and the cursor to continue after (`None` at the
+/// end): an id or sequence, or for checks a check name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Listing<T> {
+pub struct Listing<T, K = u64> {
     pub items: Vec<T>,
-    pub next: Option<u64>,
+    pub next: Option<K>,
 }
 
 /// A ListPromotions call, validated.
@@ -1040,13 +1041,28 @@ impl Promotions {
             .ok_or_else(|| Error::PolicyNotFound(digest.to_owned()))
     }
 
-    /// The latest report of every check for a digest.
+    /// A page of the latest report of each check for a digest, by check
+    /// name, after the name `after`.
     pub async fn list_checks(
         &self,
         repository: &Repository,
         digest: &str,
-    ) -> Result<Vec<CheckReport>, Error> {
-        Ok(self.store.checks(&repository.to_string(), digest).await?)
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Listing<CheckReport, String>, Error> {
+        let page = self
+            .store
+            .checks_page(&repository.to_string(), digest, after, limit)
+            .await?;
+        let next = page
+            .items
+            .last()
+            .map(|c| c.check.clone())
+            .filter(|_| page.more);
+        Ok(Listing {
+            items: page.items,
+            next,
+        })
     }
 
     pub async fn verify(&self) -> Result<Verification, Error> {
