@@ -65,6 +65,16 @@ pub enum Error {
         principal: String,
         repository: String,
     },
+    /// A new check name for a digest that already has reports of the
+    /// configured number of distinct checks.
+    #[error(
+        "{repository}@{digest} already has reports of {limit} distinct checks (max_checks_per_digest = {limit}); report one of those again, or raise max_checks_per_digest"
+    )]
+    TooManyChecks {
+        repository: String,
+        digest: String,
+        limit: usize,
+    },
     #[error(
         "{principal} may not break glass in environment {environment}: only its break_glass principals may ({allowed})"
     )]

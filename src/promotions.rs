@@ -13,7 +13,7 @@ use crate::domain::gates;
 use crate::domain::machine::{self, NewPromotion, Outcome};
 use crate::domain::model::{
     CheckReport, CheckStatus, POLICY_ATTRIBUTE, Promotion, PromotionId, SIGNATURE_ATTRIBUTE, State,
-    Time, policy_changed,
+    Time, may_record_check, policy_changed,
 };
 use crate::domain::names::{Repository, Source};
 use crate::domain::policy::{EnvironmentPolicy, Principal};
@@ -27,11 +27,12 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::store::{HistoryFilter, ListFilter};
 
-/// One page of a listing and the cursor to continue after (`None` at the end).
+/// One page of a listing and the cursor to continue after (`None` at the
+/// end): an id or sequence, or for checks a check name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Listing<T> {
+pub struct Listing<T, K = u64> {
     pub items: Vec<T>,
-    pub next: Option<u64>,
+    pub next: Option<K>,
 }
 
 /// A ListPromotions call, validated.
@@ -1001,9 +1002,25 @@ impl Promotions {
             comment: input.comment,
         };
         let event = report.event();
+        let limit = self.config.get().max_checks_per_digest;
+        let (repository, digest, check) = (
+            report.repository.clone(),
+            report.digest.clone(),
+            report.check.clone(),
+        );
         let entry = self
             .store
             .write(move |tx: &mut dyn UnitOfWork| {
+                // Counted in the write job, which runs alone: two new names
+                // reported at once cannot both take the last place.
+                let names = tx.check_names(&repository, &digest, &check, limit)?;
+                if !may_record_check(names.known, names.distinct, limit) {
+                    return Err(Error::TooManyChecks {
+                        repository,
+                        digest,
+                        limit,
+                    });
+                }
                 let now = tx.now();
                 Ok::<_, Error>(tx.record(event, now)?)
             })
@@ -1082,13 +1099,28 @@ impl Promotions {
             .ok_or_else(|| Error::PolicyNotFound(digest.to_owned()))
     }
 
-    /// The latest report of every check for a digest.
+    /// A page of the latest report of each check for a digest, by check
+    /// name, after the name `after`.
     pub async fn list_checks(
         &self,
         repository: &Repository,
         digest: &str,
-    ) -> Result<Vec<CheckReport>, Error> {
-        Ok(self.store.checks(&repository.to_string(), digest).await?)
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Listing<CheckReport, String>, Error> {
+        let page = self
+            .store
+            .checks_page(&repository.to_string(), digest, after, limit)
+            .await?;
+        let next = page
+            .items
+            .last()
+            .map(|c| c.check.clone())
+            .filter(|_| page.more);
+        Ok(Listing {
+            items: page.items,
+            next,
+        })
     }
 
     pub async fn verify(&self) -> Result<Verification, Error> {

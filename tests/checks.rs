@@ -83,6 +83,7 @@ async fn check_reporters_report_and_the_latest_report_per_check_counts() {
         .list_checks(ListChecksRequest {
             repository: repo.clone(),
             digest: digest.clone(),
+            ..Default::default()
         })
         .await
         .expect("list checks")
@@ -134,11 +135,253 @@ async fn check_reporters_report_and_the_latest_report_per_check_counts() {
         .list_checks(ListChecksRequest {
             repository: repo,
             digest: format!("sha256:{}", "e".repeat(64)),
+            ..Default::default()
         })
         .await
         .expect("list")
         .into_inner();
     assert!(none.checks.is_empty());
+}
+
+/// A server where alice reports checks, the repository and a digest.
+async fn reporting() -> (TestRegistry, TestServer, String, String) {
+    let registry = TestRegistry::start().await;
+    let server = TestServer::start(&format!(
+        "check_reporters = [\"alice\"]\n{}",
+        standard_config(&registry.host)
+    ));
+    let repo = format!("{}/team/app", registry.host);
+    let digest = format!("sha256:{}", "d".repeat(64));
+    (registry, server, repo, digest)
+}
+
+#[tokio::test]
+async fn a_digest_takes_at_most_max_checks_per_digest_distinct_names() {
+    let (_registry, server, repo, digest) = reporting().await;
+    let mut alice = server.client("alice").await;
+    for i in 0..64 {
+        alice
+            .report_check(report(
+                &repo,
+                &digest,
+                &format!("c{i:02}"),
+                CheckStatus::Passed,
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("check {i}: {e:?}"));
+    }
+    let of_repo = HistoryRequest {
+        repository: repo.clone(),
+        ..Default::default()
+    };
+    assert_eq!(history(&mut alice, of_repo.clone()).await.len(), 64);
+    // The 65th distinct name is refused, naming the limit, the repository
+    // and the digest; nothing is recorded.
+    let e = alice
+        .report_check(report(&repo, &digest, "c64", CheckStatus::Passed))
+        .await
+        .expect_err("a 65th check name");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    for part in ["max_checks_per_digest = 64", repo.as_str(), digest.as_str()] {
+        assert!(e.message().contains(part), "{part}: {e:?}");
+    }
+    assert_eq!(history(&mut alice, of_repo.clone()).await.len(), 64);
+    // A known name may still be reported again, and its latest report counts.
+    let again = alice
+        .report_check(report(&repo, &digest, "c07", CheckStatus::Failed))
+        .await
+        .expect("re-report c07")
+        .into_inner();
+    assert_eq!(again.status, CheckStatus::Failed as i32);
+    assert_eq!(history(&mut alice, of_repo).await.len(), 65);
+    let checks = all_checks(&mut alice, &repo, &digest, 0).await;
+    assert_eq!(checks.len(), 64);
+    let c07 = checks.iter().find(|c| c.check == "c07").expect("c07");
+    assert_eq!(c07.status, CheckStatus::Failed as i32);
+    // The cap is per digest.
+    alice
+        .report_check(report(
+            &repo,
+            &format!("sha256:{}", "e".repeat(64)),
+            "c64",
+            CheckStatus::Passed,
+        ))
+        .await
+        .expect("another digest has room");
+}
+
+#[tokio::test]
+async fn concurrent_new_names_cannot_overrun_a_configured_limit() {
+    let registry = TestRegistry::start().await;
+    let server = TestServer::start(&format!(
+        "check_reporters = [\"alice\"]\nmax_checks_per_digest = 3\n{}",
+        standard_config(&registry.host)
+    ));
+    let repo = format!("{}/team/app", registry.host);
+    let digest = format!("sha256:{}", "d".repeat(64));
+    let alice = server.client("alice").await;
+    for n in ["a", "b"] {
+        alice
+            .clone()
+            .report_check(report(&repo, &digest, n, CheckStatus::Passed))
+            .await
+            .expect("room for it");
+    }
+    // Ten new names at once for the last place: one gets it.
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..10 {
+        let (mut c, req) = (
+            alice.clone(),
+            report(&repo, &digest, &format!("new{i}"), CheckStatus::Passed),
+        );
+        calls.spawn(async move { c.report_check(req).await });
+    }
+    let mut accepted = 0;
+    while let Some(r) = calls.join_next().await {
+        match r.expect("call task") {
+            Ok(_) => accepted += 1,
+            Err(e) => {
+                assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                assert!(e.message().contains("max_checks_per_digest = 3"), "{e:?}");
+            }
+        }
+    }
+    assert_eq!(accepted, 1);
+    let mut alice = alice;
+    assert_eq!(all_checks(&mut alice, &repo, &digest, 0).await.len(), 3);
+}
+
+/// Every check of `digest`, following page tokens; asserts every page but
+/// the last is full.
+async fn all_checks(
+    c: &mut support::server::Client,
+    repo: &str,
+    digest: &str,
+    page_size: i32,
+) -> Vec<prodgate::pb::CheckResult> {
+    let mut all = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = c
+            .list_checks(ListChecksRequest {
+                repository: repo.to_owned(),
+                digest: digest.to_owned(),
+                page_size,
+                page_token: token.clone(),
+            })
+            .await
+            .expect("list checks")
+            .into_inner();
+        let last = page.next_page_token.is_empty();
+        if page_size > 0 && !last {
+            assert_eq!(page.checks.len(), page_size as usize, "a full page");
+        }
+        all.extend(page.checks);
+        if last {
+            return all;
+        }
+        assert_ne!(page.next_page_token, token, "the token advances");
+        token = page.next_page_token;
+    }
+}
+
+#[tokio::test]
+async fn list_checks_pages_by_name_and_refuses_foreign_tokens() {
+    let (_registry, server, repo, digest) = reporting().await;
+    let mut alice = server.client("alice").await;
+    let names = ["zz", "a-b", "ab", "m", "e2e", "a.c", "scan"];
+    for n in names {
+        alice
+            .report_check(report(&repo, &digest, n, CheckStatus::Passed))
+            .await
+            .expect("report");
+    }
+    let mut sorted = names.map(str::to_owned).to_vec();
+    sorted.sort();
+    for size in [1, 3, 7, 0, 1000] {
+        let got: Vec<String> = all_checks(&mut alice, &repo, &digest, size)
+            .await
+            .into_iter()
+            .map(|c| c.check)
+            .collect();
+        assert_eq!(got, sorted, "page_size {size}: each once, by name");
+    }
+    let first = alice
+        .list_checks(ListChecksRequest {
+            repository: repo.clone(),
+            digest: digest.clone(),
+            page_size: 3,
+            ..Default::default()
+        })
+        .await
+        .expect("first page")
+        .into_inner();
+    assert_eq!(first.checks.len(), 3);
+    assert!(!first.next_page_token.is_empty());
+    let list = |digest: &str, page_size: i32, page_token: &str| ListChecksRequest {
+        repository: repo.clone(),
+        digest: digest.to_owned(),
+        page_size,
+        page_token: page_token.to_owned(),
+    };
+    let other = format!("sha256:{}", "e".repeat(64));
+    for (bad, field) in [
+        (list(&digest, 3, "not-a-token"), "page_token"),
+        (list(&other, 3, &first.next_page_token), "page_token"),
+        (list(&digest, -1, ""), "page_size"),
+        (list(&digest, 1001, ""), "page_size"),
+    ] {
+        let e = alice.list_checks(bad).await.expect_err(field);
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().starts_with(field), "{e:?}");
+    }
+}
+
+#[tokio::test]
+async fn details_url_must_be_http_or_https() {
+    let (_registry, server, repo, digest) = reporting().await;
+    let mut alice = server.client("alice").await;
+    let with_url = |url: &str| ReportCheckRequest {
+        details_url: url.to_owned(),
+        ..report(&repo, &digest, "e2e", CheckStatus::Passed)
+    };
+    for bad in [
+        "javascript:alert(1)",
+        "ftp://x",
+        "data:text/html,hi",
+        "/relative/path",
+        "ci.example/42",
+        "https://ci.example/a b",
+        " javascript:alert(1)",
+    ] {
+        let e = alice.report_check(with_url(bad)).await.expect_err(bad);
+        assert_eq!(e.code(), Code::InvalidArgument, "{bad}: {e:?}");
+        assert!(e.message().starts_with("details_url"), "{bad}: {e:?}");
+    }
+    let too_long = format!("https://ci.example/{}", "a".repeat(4096));
+    let e = alice
+        .report_check(with_url(&too_long))
+        .await
+        .expect_err("too long");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let of_repo = HistoryRequest {
+        repository: repo.clone(),
+        ..Default::default()
+    };
+    assert!(history(&mut alice, of_repo.clone()).await.is_empty());
+    for good in [
+        "",
+        "http://ci.example/1",
+        "HTTPS://ci.example:8443/run?id=2#log",
+    ] {
+        let r = alice
+            .report_check(with_url(good))
+            .await
+            .unwrap_or_else(|e| panic!("{good}: {e:?}"))
+            .into_inner();
+        assert_eq!(r.details_url, good, "stored as sent");
+    }
+    assert_eq!(history(&mut alice, of_repo).await.len(), 3);
 }
 
 /// A config whose production needs the `e2e` check, a release manager among

@@ -74,6 +74,7 @@ async fn seen(
         .list_checks(ListChecksRequest {
             repository: repo.to_owned(),
             digest: digest.to_owned(),
+            ..Default::default()
         })
         .await
         .expect("list checks")

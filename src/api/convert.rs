@@ -190,6 +190,37 @@ pub fn page_size(n: u32) -> Result<usize, Error> {
     }
 }
 
+/// ListChecks' `page_size` (an int32, as AIP-158 has it): the same
+/// meaning as the other listings' sizes, and a negative one is refused.
+pub fn signed_page_size(n: i32) -> Result<usize, Error> {
+    let n = u32::try_from(n).map_err(|_| invalid("page_size", format!("{n} is negative")))?;
+    page_size(n)
+}
+
+/// A check's `details_url`: empty, or an absolute `http`/`https` URL as
+/// sent (so a console or notification that links it never links a
+/// `javascript:` or `data:` URL), at most [`MAX_TEXT`] bytes. Whitespace
+/// and control characters are refused rather than dropped the way the URL
+/// parser does, so what is stored is what was checked.
+fn details_url(s: &str) -> Result<String, Error> {
+    let s = text("details_url", s)?;
+    if s.is_empty() {
+        return Ok(s);
+    }
+    let refuse = |why: &str| invalid("details_url", format!("{:?} {why}", truncate(&s)));
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(refuse("contains whitespace or control characters"));
+    }
+    let url =
+        reqwest::Url::parse(&s).map_err(|e| refuse(&format!("is not an absolute URL: {e}")))?;
+    match url.scheme() {
+        "http" | "https" => Ok(s),
+        other => Err(refuse(&format!(
+            "has scheme {other}; only http and https are allowed"
+        ))),
+    }
+}
+
 /// Echoes a refused value without repeating megabytes of it.
 fn truncate(s: &str) -> String {
     match s.char_indices().nth(64) {
@@ -228,7 +259,7 @@ pub fn check_input(r: pb::ReportCheckRequest) -> Result<CheckInput, Error> {
         digest: r.digest,
         check: r.check,
         status,
-        details_url: text("details_url", &r.details_url)?,
+        details_url: details_url(&r.details_url)?,
         comment: text("comment", &r.comment)?,
     })
 }
@@ -328,5 +359,43 @@ mod tests {
         assert!(state_filter(99).is_err());
         assert_eq!(state_filter(0).unwrap(), None);
         assert_eq!(state_filter(3).unwrap(), Some(State::Promoted));
+        assert_eq!(signed_page_size(0).unwrap(), DEFAULT_PAGE_SIZE);
+        assert_eq!(signed_page_size(7).unwrap(), 7);
+        assert!(signed_page_size(-1).is_err());
+        assert!(signed_page_size(i32::MIN).is_err());
+        assert!(signed_page_size(1001).is_err());
+    }
+
+    #[test]
+    fn details_urls_are_http_or_https() {
+        for good in [
+            "",
+            "http://ci.example/1",
+            "https://ci.example:8443/run?id=2#log",
+            "HTTPS://CI.example/x",
+            "http://[::1]/x",
+        ] {
+            assert_eq!(details_url(good).unwrap(), good, "kept as sent");
+        }
+        for bad in [
+            "javascript:alert(1)",
+            "JavaScript:alert(1)",
+            "ftp://x",
+            "data:text/html,<b>x</b>",
+            "file:///etc/passwd",
+            "/relative",
+            "ci.example/1",
+            "https://",
+            "https://ci.example/a b",
+            " http://ci.example/",
+            "http://ci.example/\n",
+            "http://ci.example/\u{7}",
+            "https://ci.example/\u{a0}",
+        ] {
+            let e = details_url(bad).unwrap_err().to_string();
+            assert!(e.starts_with("details_url: "), "{bad}: {e}");
+        }
+        let long = format!("https://ci.example/{}", "a".repeat(MAX_TEXT));
+        assert!(details_url(&long).is_err());
     }
 }

@@ -28,6 +28,7 @@ impl From<Error> for Status {
             Error::GatesBlocked(_)
             | Error::GroupsUnrepresented(_)
             | Error::RollbackRefused { .. } => Status::failed_precondition(msg),
+            Error::TooManyChecks { .. } => Status::resource_exhausted(msg),
             Error::ShuttingDown => Status::unavailable(msg),
             Error::TooManyWatches { .. } => Status::resource_exhausted(msg),
             Error::Domain(d) => match d {

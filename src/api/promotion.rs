@@ -251,9 +251,21 @@ impl PromotionService for PromotionApi {
         let repository = convert::repository("repository", &r.repository)?;
         crate::domain::names::validate_digest(&r.digest)
             .map_err(|e| Status::invalid_argument(format!("digest: {e}")))?;
-        let checks = self.promotions.list_checks(&repository, &r.digest).await?;
+        let limit = convert::signed_page_size(r.page_size)?;
+        let fp = page_token::fingerprint(&[&r.repository, &r.digest]);
+        let after =
+            page_token::decode_name(&r.page_token, Kind::Checks, fp).map_err(token_error)?;
+        let listing = self
+            .promotions
+            .list_checks(&repository, &r.digest, after.as_deref(), limit)
+            .await?;
+        let next_page_token = listing
+            .next
+            .map(|n| page_token::encode_name(Kind::Checks, fp, &n))
+            .unwrap_or_default();
         Ok(Response::new(pb::ListChecksResponse {
-            checks: checks.iter().map(convert::check_result).collect(),
+            checks: listing.items.iter().map(convert::check_result).collect(),
+            next_page_token,
         }))
     }
 

@@ -79,12 +79,25 @@ pub async fn report_check(g: &ClientArgs, req: pb::ReportCheckRequest) -> Result
     Printer::stdout(g.output).checks(std::slice::from_ref(&r))
 }
 
-/// The latest report of every check for a digest (ListChecks).
+/// The latest report of every check for a digest (ListChecks, every page).
 pub async fn checks(g: &ClientArgs, repository: String, digest: String) -> Result<(), CliError> {
-    let mut c = Client::connect(g).await?;
-    let req = pb::ListChecksRequest { repository, digest };
-    let r = c.api.list_checks(c.unary(req)).await?.into_inner();
-    Printer::stdout(g.output).checks(&r.checks)
+    let c = Client::connect(g).await?;
+    let all = pages(None, |page_token, page_size| {
+        let mut api = c.api.clone();
+        let req = c.unary(pb::ListChecksRequest {
+            repository: repository.clone(),
+            digest: digest.clone(),
+            // At most PAGE_SIZE (1000), so it fits.
+            page_size: i32::try_from(page_size).unwrap_or(i32::MAX),
+            page_token,
+        });
+        async move {
+            let page = api.list_checks(req).await?.into_inner();
+            Ok((page.checks, page.next_page_token))
+        }
+    })
+    .await?;
+    Printer::stdout(g.output).checks(&all)
 }
 
 /// A recorded policy version (GetPolicy); the running one by default.

@@ -132,6 +132,10 @@ pub fn reloaded(
         file.metrics_max_connections != running.metrics_max_connections,
     );
     later(
+        "max_checks_per_digest",
+        file.max_checks_per_digest != running.max_checks_per_digest,
+    );
+    later(
         "registry_timeout",
         file.registry_timeout != running.registry_timeout,
     );
@@ -189,6 +193,7 @@ required_approvals = 1
             r#"
 listen = "127.0.0.1:50051"
 registry_timeout = "3s"
+max_checks_per_digest = 8
 [[principal]]
 name = "bob"
 token_sha256 = "{HASH}"
@@ -208,9 +213,10 @@ required_approvals = 2
         assert_eq!(next.environments[0].required_approvals, 2);
         assert_eq!(next.policy, file.policy);
         assert_eq!(next.registry_timeout, running.registry_timeout);
+        assert_eq!(next.max_checks_per_digest, running.max_checks_per_digest);
         assert_eq!(
             warnings.iter().map(|w| w.key.as_str()).collect::<Vec<_>>(),
-            ["registry_timeout"]
+            ["max_checks_per_digest", "registry_timeout"]
         );
     }
 

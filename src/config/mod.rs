@@ -77,6 +77,10 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 pub const DEFAULT_METRICS_MAX_CONNECTIONS: u32 = 64;
 /// WatchPromotion streams one principal may have open at once.
 pub const DEFAULT_MAX_WATCHES_PER_PRINCIPAL: u32 = 64;
+/// Distinct check names one digest of one repository may have reports
+/// for: enough for any pipeline, and it bounds what ListChecks and the
+/// checks gate read per digest.
+pub const DEFAULT_MAX_CHECKS_PER_DIGEST: u32 = 64;
 /// How long an approved promotion may take to reach its tag.
 pub const DEFAULT_APPLY_DEADLINE: Duration = Duration::from_secs(3600);
 
@@ -360,6 +364,9 @@ pub struct Config {
     pub max_watches_per_principal: usize,
     /// What governs a repository no `[[project]]` claims.
     pub unclaimed_repositories: Unclaimed,
+    /// Distinct check names a repository's digest may have reports for; a
+    /// new name beyond it is refused (a known one may be reported again).
+    pub max_checks_per_digest: usize,
     pub log_format: LogFormat,
     pub tls: Option<TlsConfig>,
     pub notify: Vec<NotifyConfig>,
@@ -608,6 +615,18 @@ approval_ttl = "2h"
                 .unwrap_err()
                 .to_string()
                 .contains("max_connections")
+        );
+        assert!(
+            with("max_checks_per_digest = 0")
+                .unwrap_err()
+                .to_string()
+                .contains("max_checks_per_digest")
+        );
+        assert_eq!(
+            with("max_checks_per_digest = 5")
+                .unwrap()
+                .max_checks_per_digest,
+            5
         );
         assert!(
             with("registry_timeout = \"0s\"")

@@ -23,6 +23,7 @@ pub(super) struct RawConfig {
     pub metrics_max_connections: Option<u32>,
     pub max_watches_per_principal: Option<u32>,
     pub unclaimed_repositories: Option<String>,
+    pub max_checks_per_digest: Option<u32>,
     pub log_format: Option<String>,
     pub docker_config: Option<PathBuf>,
     pub tls: Option<RawTls>,

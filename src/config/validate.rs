@@ -10,10 +10,10 @@ use super::{
     CaCert, Config, ConfigError, ConfigWarning, DEFAULT_APPLY_DEADLINE, DEFAULT_APPLY_WAIT,
     DEFAULT_APPROVAL_TTL, DEFAULT_DATA_DIR, DEFAULT_DRIFT_CHECK, DEFAULT_EXPIRY_SWEEP,
     DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_LISTEN,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_WATCHES_PER_PRINCIPAL, DEFAULT_METRICS_MAX_CONNECTIONS,
-    DEFAULT_REGISTRY_TIMEOUT, Files, Loaded, LogFormat, NotifyConfig, NotifyEvent, PolicyVersion,
-    PrincipalConfig, ProjectConfig, RegistryConfig, RepositoryPattern, Secret, TlsConfig,
-    credentials, invalid,
+    DEFAULT_MAX_CHECKS_PER_DIGEST, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_WATCHES_PER_PRINCIPAL,
+    DEFAULT_METRICS_MAX_CONNECTIONS, DEFAULT_REGISTRY_TIMEOUT, Files, Loaded, LogFormat,
+    NotifyConfig, NotifyEvent, PolicyVersion, PrincipalConfig, ProjectConfig, RegistryConfig,
+    RepositoryPattern, Secret, TlsConfig, credentials, invalid,
 };
 use crate::domain::names::{Repository, validate_tag};
 use crate::domain::policy::{Approver, EnvironmentPolicy};
@@ -160,6 +160,13 @@ fn top_level(raw: &RawConfig) -> Result<Config, ConfigError> {
             ));
         }
     };
+    let max_checks_per_digest = match raw
+        .max_checks_per_digest
+        .unwrap_or(DEFAULT_MAX_CHECKS_PER_DIGEST)
+    {
+        0 => return Err(invalid("max_checks_per_digest", "must be at least 1")),
+        n => n as usize,
+    };
     let log_format = match raw.log_format.as_deref() {
         None | Some("text") => LogFormat::Text,
         Some("json") => LogFormat::Json,
@@ -216,6 +223,7 @@ fn top_level(raw: &RawConfig) -> Result<Config, ConfigError> {
         metrics_max_connections,
         max_watches_per_principal,
         unclaimed_repositories,
+        max_checks_per_digest,
         log_format,
         tls: None,
         notify: Vec::new(),

@@ -314,6 +314,14 @@ impl CheckReport {
     }
 }
 
+/// Whether a report of a check may be recorded for a digest whose reports
+/// name `distinct` checks (`known`: this check among them): a known check
+/// may always be reported again; a new one only while fewer than `limit`
+/// are, so what a digest's checks take is bounded.
+pub fn may_record_check(known: bool, distinct: usize, limit: usize) -> bool {
+    known || distinct < limit
+}
+
 /// The POLICY_CHANGED event recording the policy version `digest`, which
 /// the service writes on its own.
 pub fn policy_changed(digest: &str) -> Event {
@@ -401,3 +409,21 @@ pub const NO_PROMOTION: PromotionId = 0;
 
 /// The actor of entries the service writes on its own.
 pub const SERVICE_ACTOR: &str = "prodgate";
+
+#[cfg(test)]
+mod check_limit_tests {
+    use super::may_record_check;
+
+    #[test]
+    fn a_new_check_needs_room_a_known_one_never_does() {
+        assert!(may_record_check(false, 0, 1));
+        assert!(may_record_check(false, 63, 64));
+        assert!(!may_record_check(false, 64, 64));
+        assert!(
+            !may_record_check(false, 3000, 64),
+            "reported before the limit"
+        );
+        assert!(may_record_check(true, 64, 64));
+        assert!(may_record_check(true, 3000, 64));
+    }
+}

@@ -117,6 +117,20 @@ pub struct Page<T> {
     pub more: bool,
 }
 
+/// What a write job needs to know about a digest's check reports before
+/// recording one more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckNames {
+    /// Whether the check being reported already has a report.
+    pub known: bool,
+    /// How many distinct checks have a report, counted no further than
+    /// asked ([`UnitOfWork::check_names`]).
+    pub distinct: usize,
+}
+
+/// How many check reports [`Storage::checks`] reads per page.
+const CHECKS_PAGE: usize = 1000;
+
 /// Counters of the write path, for metrics and benchmarks: how many commits
 /// one flush acknowledges is the point of group commit.
 #[derive(Debug, Default)]
@@ -173,6 +187,16 @@ pub trait UnitOfWork {
     /// Chains an entry about no promotion (a check report, a policy change), timed `at` (or
     /// the last entry's time, if later).
     fn record(&mut self, event: Event, at: Time) -> Result<AuditEntry, StoreError>;
+    /// Whether `check` has a report for `digest` in `repository`, and how
+    /// many distinct checks do, counted up to `up_to` (a larger number
+    /// reads as `up_to`), as this job sees them.
+    fn check_names(
+        &self,
+        repository: &str,
+        digest: &str,
+        check: &str,
+        up_to: usize,
+    ) -> Result<CheckNames, StoreError>;
     /// How many writes the job made so far (a job that wrote nothing is
     /// answered even if the flush fails).
     fn writes(&self) -> usize;
@@ -292,9 +316,36 @@ pub trait Storage: Send + Sync + 'static {
         environment: &str,
         at: Option<Time>,
     ) -> Result<Option<TagRecord>, StoreError>;
+    /// The latest report of each check for `digest` in `repository`, by
+    /// check name in byte order: at most `limit` of them, those after the
+    /// name `after`.
+    async fn checks_page(
+        &self,
+        repository: &str,
+        digest: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<CheckReport>, StoreError>;
     /// The latest report of every check for `digest` in `repository`, by
-    /// check name.
-    async fn checks(&self, repository: &str, digest: &str) -> Result<Vec<CheckReport>, StoreError>;
+    /// check name: every page of [`Storage::checks_page`]. At most
+    /// `max_checks_per_digest` unless the digest had more reports before
+    /// that limit existed; those are all read too, since a gate must see
+    /// every one.
+    async fn checks(&self, repository: &str, digest: &str) -> Result<Vec<CheckReport>, StoreError> {
+        let mut all: Vec<CheckReport> = Vec::new();
+        loop {
+            let after = all.last().map(|c| c.check.clone());
+            let page = self
+                .checks_page(repository, digest, after.as_deref(), CHECKS_PAGE)
+                .await?;
+            // An empty page cannot say where to go on: the end.
+            let end = !page.more || page.items.is_empty();
+            all.extend(page.items);
+            if end {
+                return Ok(all);
+            }
+        }
+    }
     /// A policy version a POLICY_CHANGED entry recorded, by digest.
     async fn policy(&self, digest: &str) -> Result<Option<StoredPolicy>, StoreError>;
     /// How many entries the Merkle tree covers: every durable one.

@@ -647,20 +647,33 @@ impl Storage for PgStore {
         }))
     }
 
-    async fn checks(&self, repository: &str, digest: &str) -> Result<Vec<CheckReport>, StoreError> {
+    /// Names compare in byte order (`COLLATE "C"`), as sled's keys do,
+    /// whatever the database's collation: a page token continues the same
+    /// walk on either backend. Every name is longer than "".
+    async fn checks_page(
+        &self,
+        repository: &str,
+        digest: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<CheckReport>, StoreError> {
+        let after = after.unwrap_or("");
+        let take = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
         let rows = self
             .reads
             .query(
                 "reading check reports",
                 "SELECT a.sequence, a.record FROM checks c JOIN audit a ON a.sequence = c.sequence
-                 WHERE c.repository = $1 AND c.digest = $2 ORDER BY c.name",
-                &[&repository, &digest],
+                 WHERE c.repository = $1 AND c.digest = $2 AND c.name COLLATE \"C\" > $3
+                 ORDER BY c.name COLLATE \"C\" LIMIT $4",
+                &[&repository, &digest, &after, &take],
             )
             .await?;
-        Ok(entries(&rows)?
+        let reports = entries(&rows)?
             .iter()
             .filter_map(CheckReport::from_entry)
-            .collect())
+            .collect();
+        Ok(page(reports, limit))
     }
 
     async fn policy(&self, digest: &str) -> Result<Option<StoredPolicy>, StoreError> {

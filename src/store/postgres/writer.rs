@@ -42,7 +42,7 @@ use crate::domain::model::{
 };
 use crate::store::merkle::{NodeReader, nodes_for};
 use crate::store::sled::codec::{RecordRef, encode};
-use crate::store::{Change, Completion, Job, StoreError, StoredManifest, UnitOfWork};
+use crate::store::{Change, CheckNames, Completion, Job, StoreError, StoredManifest, UnitOfWork};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -321,6 +321,7 @@ struct Statements {
     append_with_promotion: postgres::Statement,
     moved_tag: postgres::Statement,
     check: postgres::Statement,
+    check_names: postgres::Statement,
     merkle_node: postgres::Statement,
 }
 
@@ -380,6 +381,12 @@ impl Statements {
             check: prepare(
                 "INSERT INTO checks (repository, digest, name, sequence) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (repository, digest, name) DO UPDATE SET sequence = EXCLUDED.sequence",
+            )?,
+            // The count stops at $4 rows: a digest reported before the
+            // limit existed may hold many more.
+            check_names: prepare(
+                "SELECT EXISTS (SELECT 1 FROM checks WHERE repository = $1 AND digest = $2 AND name = $3),
+                        (SELECT count(*) FROM (SELECT 1 FROM checks WHERE repository = $1 AND digest = $2 LIMIT $4) AS c)",
             )?,
             merkle_node: prepare("SELECT hash FROM merkle WHERE node = $1")?,
         })
@@ -701,6 +708,29 @@ impl UnitOfWork for Tx<'_, '_> {
         }
         self.recorded.push(entry.clone());
         Ok(entry)
+    }
+
+    /// Read in the batch's transaction, under the log's lock every writer
+    /// holds: no other writer adds a check between this read and the
+    /// job's write.
+    fn check_names(
+        &self,
+        repository: &str,
+        digest: &str,
+        check: &str,
+        up_to: usize,
+    ) -> Result<CheckNames, StoreError> {
+        let up_to = i64::try_from(up_to).unwrap_or(i64::MAX);
+        let row = self
+            .batch
+            .borrow_mut()
+            .run("reading a digest's checks", |t, st| {
+                t.query_one(&st.check_names, &[&repository, &digest, &check, &up_to])
+            })?;
+        Ok(CheckNames {
+            known: row.get(0),
+            distinct: usize::try_from(row.get::<_, i64>(1)).unwrap_or(0),
+        })
     }
 
     fn writes(&self) -> usize {

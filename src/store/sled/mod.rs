@@ -289,9 +289,17 @@ impl Storage for SledStore {
             .await
     }
 
-    async fn checks(&self, repository: &str, digest: &str) -> Result<Vec<CheckReport>, StoreError> {
+    async fn checks_page(
+        &self,
+        repository: &str,
+        digest: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<CheckReport>, StoreError> {
         let (repository, digest) = (repository.to_owned(), digest.to_owned());
-        self.read(move |t| t.checks(&repository, &digest)).await
+        let after = after.map(str::to_owned);
+        self.read(move |t| t.checks_page(&repository, &digest, after.as_deref(), limit))
+            .await
     }
 
     async fn policy(&self, digest: &str) -> Result<Option<StoredPolicy>, StoreError> {

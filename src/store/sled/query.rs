@@ -10,7 +10,8 @@ use crate::domain::model::{
     Action, CheckReport, POLICY_ATTRIBUTE, Promotion, PromotionId, State, Time,
 };
 use crate::store::{
-    HistoryFilter, ListFilter, Page, PageRequest, StoreError, StoredManifest, StoredPolicy,
+    CheckNames, HistoryFilter, ListFilter, Page, PageRequest, StoreError, StoredManifest,
+    StoredPolicy,
 };
 
 type Ids<'a> = Box<dyn Iterator<Item = Result<u64, StoreError>> + 'a>;
@@ -291,23 +292,62 @@ impl Trees {
         Ok(builder.finish())
     }
 
-    pub fn checks(&self, repository: &str, digest: &str) -> Result<Vec<CheckReport>, StoreError> {
-        let mut out = Vec::new();
-        for kv in self
-            .index
-            .scan_prefix(keys::checks_prefix(repository, digest))
-        {
-            let (_, v) = kv?;
+    /// A page of a digest's latest check reports: the `C` keys sort by
+    /// check name, so the walk seeks past `after` and stops at the limit.
+    pub fn checks_page(
+        &self,
+        repository: &str,
+        digest: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<CheckReport>, StoreError> {
+        use std::ops::Bound;
+        let prefix = keys::checks_prefix(repository, digest);
+        let start = match after {
+            Some(name) => Bound::Excluded(keys::check(repository, digest, name)),
+            None => Bound::Included(prefix.clone()),
+        };
+        let mut builder = PageBuilder::new(limit);
+        for kv in self.index.range((start, Bound::Unbounded)) {
+            let (k, v) = kv?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
             let Some(seq) = keys::read_u64(&v) else {
                 continue;
             };
             if let Some(e) = self.entry(seq)?
                 && let Some(report) = CheckReport::from_entry(&e)
+                && !builder.offer(report)
             {
-                out.push(report);
+                break;
             }
         }
-        Ok(out)
+        Ok(builder.finish())
+    }
+
+    /// What a write job needs before recording a report of `check`.
+    pub fn check_names(
+        &self,
+        repository: &str,
+        digest: &str,
+        check: &str,
+        up_to: usize,
+    ) -> Result<CheckNames, StoreError> {
+        let known = self
+            .index
+            .contains_key(keys::check(repository, digest, check))?;
+        let mut distinct = 0;
+        for k in self
+            .index
+            .scan_prefix(keys::checks_prefix(repository, digest))
+            .keys()
+            .take(up_to)
+        {
+            k?;
+            distinct += 1;
+        }
+        Ok(CheckNames { known, distinct })
     }
 
     /// How many entries the audit log holds (its last sequence number).

@@ -352,8 +352,9 @@ fn check_reports_keep_the_latest_per_check_through_redo_and_roll_back() {
     );
     let latest = |t: &Trees| {
         let mut v: Vec<(String, CheckStatus)> = t
-            .checks("r.io/a", &digest)
+            .checks_page("r.io/a", &digest, None, usize::MAX)
             .unwrap()
+            .items
             .into_iter()
             .map(|c| (c.check, c.status))
             .collect();
@@ -368,8 +369,9 @@ fn check_reports_keep_the_latest_per_check_through_redo_and_roll_back() {
         ]
     );
     assert!(
-        t.checks("r.io/a", &format!("sha256:{}", "c".repeat(64)))
+        t.checks_page("r.io/a", &format!("sha256:{}", "c".repeat(64)), None, 10)
             .unwrap()
+            .items
             .is_empty()
     );
     // A crash after the last record, before its index: finished on open.
@@ -461,4 +463,59 @@ fn moved_tags_and_tag_records_follow_applied_and_drift_entries() {
     roll_back(&t, 2).unwrap();
     assert!(t.moved_tags().unwrap().is_empty());
     assert_eq!(t.tag_record("r.io/a", "production", None).unwrap(), None);
+}
+
+/// A digest's checks page in byte order of their names, never into another
+/// digest's or repository's, and a write job sees what a report would add.
+#[test]
+fn check_pages_follow_names_and_check_names_counts_them() {
+    use crate::domain::model::{CheckReport, CheckStatus};
+    let t = trees();
+    let digest = format!("sha256:{}", "b".repeat(64));
+    let other = format!("sha256:{}", "c".repeat(64));
+    let report = |repository: &str, digest: &str, check: &str| CheckReport {
+        repository: repository.into(),
+        digest: digest.into(),
+        check: check.into(),
+        status: CheckStatus::Passed,
+        reported_by: "ci".into(),
+        time: Time::ZERO,
+        details_url: String::new(),
+        comment: String::new(),
+    };
+    let mut state = WriterState::load(t.clone(), Arc::new(SystemClock)).unwrap();
+    let (mut changed, mut recorded) = (Vec::new(), Vec::new());
+    let mut tx = Tx {
+        state: &mut state,
+        changed: &mut changed,
+        recorded: &mut recorded,
+        writes: 0,
+    };
+    for r in [
+        report("r.io/a", &digest, "b"),
+        report("r.io/a", &digest, "ab"),
+        report("r.io/a", &digest, "a-b"),
+        report("r.io/a", &digest, "a"),
+        report("r.io/a", &other, "a0"),
+        report("r.io/ab", &digest, "a0"),
+    ] {
+        let now = tx.now();
+        tx.record(r.event(), now).unwrap();
+    }
+    let names = tx.check_names("r.io/a", &digest, "ab", 10).unwrap();
+    assert_eq!((names.known, names.distinct), (true, 4));
+    let names = tx.check_names("r.io/a", &digest, "zz", 3).unwrap();
+    assert_eq!((names.known, names.distinct), (false, 3), "counted up to 3");
+    let names = tx.check_names("r.io/b", &digest, "a", 10).unwrap();
+    assert_eq!((names.known, names.distinct), (false, 0));
+    let page = |after: Option<&str>, limit| {
+        let p = t.checks_page("r.io/a", &digest, after, limit).unwrap();
+        let names: Vec<String> = p.items.into_iter().map(|c| c.check).collect();
+        (names, p.more)
+    };
+    assert_eq!(page(None, 2), (vec!["a".into(), "a-b".into()], true));
+    assert_eq!(page(Some("a-b"), 2), (vec!["ab".into(), "b".into()], false));
+    assert_eq!(page(Some("b"), 2), (vec![], false));
+    // A name that was never reported still says where to go on.
+    assert_eq!(page(Some("a0"), 10), (vec!["ab".into(), "b".into()], false));
 }

@@ -11,7 +11,9 @@ use super::{Trees, horizon, keys, request_id_of, stored_promotion};
 use crate::clock::Clock;
 use crate::domain::audit::{AuditEntry, GENESIS, Hash};
 use crate::domain::model::{Event, Promotion, PromotionId, State, Time};
-use crate::store::{Change, Completion, Job, StoreError, StoredManifest, UnitOfWork, WriterStats};
+use crate::store::{
+    Change, CheckNames, Completion, Job, StoreError, StoredManifest, UnitOfWork, WriterStats,
+};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{broadcast, mpsc};
@@ -230,6 +232,18 @@ impl UnitOfWork for Tx<'_> {
         }
         self.recorded.push(entry.clone());
         Ok(entry)
+    }
+
+    fn check_names(
+        &self,
+        repository: &str,
+        digest: &str,
+        check: &str,
+        up_to: usize,
+    ) -> Result<CheckNames, StoreError> {
+        self.state
+            .trees
+            .check_names(repository, digest, check, up_to)
     }
 
     fn writes(&self) -> usize {
