@@ -35,8 +35,12 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
+    /// A write (or anything but a read) failed: nothing was recorded.
     #[error("storage error: {0}")]
     Backend(String),
+    /// A read failed; nothing was changed by it.
+    #[error("could not read the store: {0}")]
+    Read(String),
     #[error("stored record {what} is unreadable: {reason}")]
     Corrupt { what: String, reason: String },
     #[error("the data directory could not be flushed to disk: {0}")]

@@ -83,7 +83,7 @@ pub struct Report {
 }
 
 fn pg(doing: &str, e: postgres::Error) -> StoreError {
-    StoreError::Backend(format!("{doing}: {e}"))
+    super::backend(doing, e)
 }
 
 /// Copies the sled store under `dir` into the database `target` names and
@@ -131,7 +131,7 @@ fn migrate_schema(config: &tokio_postgres::Config) -> Result<(), StoreError> {
         let (mut client, connection) = config
             .connect(tokio_postgres::NoTls)
             .await
-            .map_err(|e| StoreError::Backend(format!("connecting to PostgreSQL: {e}")))?;
+            .map_err(|e| pg("connecting to PostgreSQL", e))?;
         let connection = tokio::spawn(connection);
         let result = schema::migrate(&mut client).await;
         drop(client);

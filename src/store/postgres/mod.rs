@@ -124,8 +124,30 @@ fn client_config(config: &PostgresConfig) -> Result<tokio_postgres::Config, Stor
     Ok(c)
 }
 
+/// What went wrong, for a message: PostgreSQL's own message and SQLSTATE
+/// rather than the client's bare "db error", or the client's error with its
+/// causes. Neither holds the connection string or the password.
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} (SQLSTATE {})", db.message(), db.code().code());
+    }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 fn backend(doing: &str, e: tokio_postgres::Error) -> StoreError {
-    StoreError::Backend(format!("{doing}: {e}"))
+    StoreError::Backend(format!("{doing}: {}", describe(&e)))
+}
+
+/// A failed read: the caller may retry, nothing was changed.
+fn unreadable(doing: &str, e: tokio_postgres::Error) -> StoreError {
+    StoreError::Read(format!("{doing}: {}", describe(&e)))
 }
 
 /// A sequence or id as PostgreSQL's BIGINT.
@@ -186,10 +208,10 @@ impl Reads {
             .config
             .connect(tokio_postgres::NoTls)
             .await
-            .map_err(|e| backend("connecting to PostgreSQL", e))?;
+            .map_err(|e| unreadable("connecting to PostgreSQL", e))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "a PostgreSQL read connection ended");
+                tracing::warn!(error = %describe(&e), "a PostgreSQL read connection ended");
             }
         });
         let client = Arc::new(client);
@@ -207,7 +229,7 @@ impl Reads {
             .await?
             .query(sql, params)
             .await
-            .map_err(|e| backend(doing, e))
+            .map_err(|e| unreadable(doing, e))
     }
 
     async fn query_opt(
@@ -220,7 +242,7 @@ impl Reads {
             .await?
             .query_opt(sql, params)
             .await
-            .map_err(|e| backend(doing, e))
+            .map_err(|e| unreadable(doing, e))
     }
 }
 
@@ -240,7 +262,7 @@ impl NodeReader for Nodes {
                 self.client
                     .query_opt("SELECT hash FROM merkle WHERE node = $1", &[&i]),
             )
-            .map_err(|e| backend("reading a Merkle node", e))?;
+            .map_err(|e| unreadable("reading a Merkle node", e))?;
         row.map(|r| writer::node_hash(index, r.get(0))).transpose()
     }
 }
@@ -396,7 +418,7 @@ impl PgStore {
         };
         tokio::task::spawn_blocking(move || f(&nodes))
             .await
-            .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
+            .map_err(|e| StoreError::Read(format!("read task failed: {e}")))?
     }
 
     /// POLICY_CHANGED entries, oldest first: one per start or reload that

@@ -78,9 +78,7 @@ const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
-fn failed(doing: &str, e: tokio_postgres::Error) -> StoreError {
-    StoreError::Backend(format!("{doing}: {e}"))
-}
+use super::backend as failed;
 
 /// Brings the database's schema to this build's version, or refuses one a
 /// newer prodgate migrated further.

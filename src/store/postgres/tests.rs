@@ -26,6 +26,67 @@ async fn open(db: &pg_support::TestDatabase) -> Store {
     ))
 }
 
+/// Runs `sql` in the test's own database (psql runs on `postgres`).
+fn psql_in(db: &pg_support::TestDatabase, sql: &str) {
+    let out = std::process::Command::new(pg_support_bin("psql"))
+        .args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            &db.url,
+            "-c",
+            sql,
+        ])
+        .env("PGPASSWORD", &db.password)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn pg_support_bin(name: &str) -> std::path::PathBuf {
+    pg_support::Cluster::shared().unwrap().bin().join(name)
+}
+
+#[tokio::test]
+async fn a_failed_write_or_read_says_postgresqls_own_message() {
+    let Some(cluster) = pg_support::Cluster::shared() else {
+        return;
+    };
+    let db = cluster.database();
+    let store = open(&db).await;
+    let at = Time {
+        seconds: 1_800_000_000,
+        nanos: 0,
+    };
+    // Something PostgreSQL itself refuses: the audit table gone.
+    psql_in(&db, "ALTER TABLE audit RENAME TO audit_gone");
+    let e = store
+        .write(move |uow| uow.record(policy_changed("sha256:one"), at).map(drop))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Backend(_)), "{e:?}");
+    let text = e.to_string();
+    assert!(
+        text.contains("relation \"audit\" does not exist") && text.contains("42P01"),
+        "{text}"
+    );
+    assert!(!text.contains("db error"), "{text}");
+    let e = store.audit_len().await.unwrap_err();
+    assert!(matches!(e, StoreError::Read(_)), "{e:?}");
+    assert!(
+        e.to_string().starts_with("could not read the store: ")
+            && e.to_string().contains("relation \"audit\" does not exist"),
+        "{e}"
+    );
+    assert!(!e.to_string().contains(&db.password), "{e}");
+}
+
 #[tokio::test]
 async fn a_batch_that_loses_its_connection_is_refused_whole_and_the_chain_goes_on() {
     let Some(cluster) = pg_support::Cluster::shared() else {
