@@ -52,7 +52,9 @@ impl From<Error> for Status {
                 tracing::error!(error = %s, "storage failure");
                 match s {
                     StoreError::Corrupt { .. } => Status::data_loss(msg),
-                    StoreError::Format { .. } | StoreError::Unaudited(_) => Status::internal(msg),
+                    StoreError::Format { .. }
+                    | StoreError::Unaudited(_)
+                    | StoreError::Unusable(_) => Status::internal(msg),
                     StoreError::Read(_) => Status::unavailable(format!("{msg}; retry")),
                     StoreError::Backend(_) | StoreError::Closed => Status::unavailable(format!(
                         "the change was not recorded, so nothing was changed: {msg}; retry"

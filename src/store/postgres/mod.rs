@@ -12,6 +12,8 @@
 //!   reach this one's subscribers at once and in sequence order;
 //! - `leader`: which replica runs the once-per-deployment tasks (a
 //!   session-level advisory lock on a dedicated connection);
+//! - `preflight`: what open checks before the schema: UTF8, and this
+//!   machine's clock against the database's (`max_clock_skew`);
 //! - `schema`: versioned migrations applied at open under an advisory lock;
 //! - here: opening, and the reads on a few pipelined connections that
 //!   reconnect on their own (so reads recover when PostgreSQL comes back).
@@ -24,6 +26,7 @@
 mod leader;
 mod listen;
 pub mod migrate;
+mod preflight;
 mod schema;
 mod writer;
 
@@ -350,9 +353,15 @@ impl PgStore {
                 .await
                 .map_err(|e| backend("connecting to PostgreSQL", e))?;
             let connection = tokio::spawn(connection);
-            schema::migrate(&mut client).await?;
+            let checked = async {
+                preflight::encoding(&client).await?;
+                preflight::clock_skew(&client, clock.as_ref(), config.max_clock_skew).await?;
+                schema::migrate(&mut client).await
+            }
+            .await;
             drop(client);
             let _ = connection.await;
+            checked?;
         }
         let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
         let (records, _) = broadcast::channel(CHANGES_CAPACITY);
