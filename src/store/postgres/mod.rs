@@ -14,7 +14,8 @@
 //!   session-level advisory lock on a dedicated connection);
 //! - `preflight`: what open checks before the schema: UTF8, and this
 //!   machine's clock against the database's (`max_clock_skew`);
-//! - `schema`: versioned migrations applied at open under an advisory lock;
+//! - `schema`: versioned migrations applied at open under an advisory lock,
+//!   refusing a schema that is not prodgate's;
 //! - here: opening, and the reads on a few pipelined connections that
 //!   reconnect on their own (so reads recover when PostgreSQL comes back).
 //!

@@ -124,6 +124,59 @@ fn tables(db: &pg_support::TestDatabase) -> String {
 }
 
 #[tokio::test]
+async fn a_schema_that_is_not_prodgates_is_refused_naming_the_table_and_nothing_is_created() {
+    let Some(cluster) = pg_support::Cluster::shared() else {
+        return;
+    };
+    let now = || ManualClock::at(SystemClock.now());
+    for (setup, table, after) in [
+        // golang-migrate's layout: serve panicked (exit 101) on it.
+        (
+            "CREATE TABLE schema_migrations (version bigint NOT NULL PRIMARY KEY, dirty boolean NOT NULL); INSERT INTO schema_migrations VALUES (20240101, false)",
+            "schema_migrations",
+            "schema_migrations",
+        ),
+        // Rails' layout, with a version above prodgate's: not "a newer prodgate".
+        (
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY); INSERT INTO schema_migrations VALUES (20240101)",
+            "schema_migrations",
+            "schema_migrations",
+        ),
+        // Another application's tables, one named like prodgate's.
+        (
+            "CREATE TABLE audit (id serial, what text); CREATE TABLE users (id serial)",
+            "audit",
+            "audit,users",
+        ),
+        (
+            "CREATE VIEW accounts AS SELECT 1 AS id",
+            "accounts",
+            "accounts",
+        ),
+    ] {
+        let db = cluster.database();
+        psql_in(&db, setup);
+        let e = refused(&db, now()).await;
+        assert!(
+            e.contains(&format!(
+                "the database holds a table `{table}` (schema `public`) that is not prodgate's"
+            )) && e.contains("a database (or schema) of its own"),
+            "{setup}: {e}"
+        );
+        assert!(!e.contains("newer"), "{e}");
+        assert_eq!(tables(&db), after, "{setup}: something was created");
+    }
+
+    // prodgate's own schema opens again, and a newer prodgate's is named so.
+    let db = cluster.database();
+    drop(open(&db).await);
+    drop(open(&db).await);
+    psql_in(&db, "INSERT INTO schema_migrations (version) VALUES (99)");
+    let e = refused(&db, now()).await;
+    assert!(e.contains("schema version 99"), "{e}");
+}
+
+#[tokio::test]
 async fn a_database_not_in_utf8_is_refused_at_open() {
     let Some(cluster) = pg_support::Cluster::shared() else {
         return;
