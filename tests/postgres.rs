@@ -247,6 +247,13 @@ async fn postgresql_stopped_is_unavailable_and_not_serving_until_it_returns() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    // Why, in PostgreSQL's or the connection's own words, not "db error";
+    // a write says nothing was recorded, a read that it could not read.
+    assert!(
+        e.message().starts_with("the change was not recorded") && e.message().ends_with("; retry"),
+        "{e:?}"
+    );
+    assert!(!e.message().ends_with("db error; retry"), "{e:?}");
     let e = alice
         .get_promotion(GetPromotionRequest {
             promotion_id: first.id.clone(),
@@ -254,6 +261,11 @@ async fn postgresql_stopped_is_unavailable_and_not_serving_until_it_returns() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(
+        e.message().starts_with("could not read the store: ") && e.message().ends_with("; retry"),
+        "{e:?}"
+    );
+    assert!(!e.message().contains("not recorded"), "{e:?}");
 
     // Back: the next calls succeed on new connections, without a restart
     // of prodgate, and the refused write left nothing behind.
