@@ -109,7 +109,9 @@ const MARKER_COLUMNS: [(&str, &str); 2] = [
 /// Refuses, before anything is created, a schema that holds another
 /// application's tables: prodgate's own `schema_migrations` in another
 /// layout, or any table (or view) where prodgate's marker is absent or
-/// records no migration yet.
+/// records no migration yet. An extension's relations (managed databases
+/// often put `pg_stat_statements` in `public`) are the database's, not an
+/// application's.
 async fn refuse_foreign(client: &tokio_postgres::Client) -> Result<(), StoreError> {
     let reading = |e| failed("reading the database's schema", e);
     let schema: Option<String> = client
@@ -128,6 +130,9 @@ async fn refuse_foreign(client: &tokio_postgres::Client) -> Result<(), StoreErro
             "SELECT c.relname::text FROM pg_catalog.pg_class c
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
              WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                   WHERE d.classid = 'pg_catalog.pg_class'::regclass
+                     AND d.objid = c.oid AND d.deptype = 'e')
              ORDER BY c.relname",
             &[&schema],
         )
