@@ -8,6 +8,7 @@
 //! each change, while one codec keeps the audit record byte-identical on
 //! both backends (a later `migrate --from-sled` copies it as is).
 
+use super::backend as failed;
 use crate::store::StoreError;
 
 /// Held while migrating; any constant unlikely to clash with the
@@ -78,8 +79,6 @@ const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
-use super::backend as failed;
-
 /// Brings the database's schema to this build's version, or refuses one a
 /// newer prodgate migrated further.
 pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<(), StoreError> {
@@ -121,7 +120,8 @@ async fn refuse_foreign(client: &tokio_postgres::Client) -> Result<(), StoreErro
         .map_err(reading)?;
     let Some(schema) = schema else {
         return Err(StoreError::Unusable(
-            "no schema of the search_path exists in the database, so prodgate has nowhere to              create its tables: create one (or fix search_path)"
+            "no schema of the search_path exists in the database, so prodgate has nowhere to \
+             create its tables: create one (or fix search_path)"
                 .into(),
         ));
     };

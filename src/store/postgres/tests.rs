@@ -167,6 +167,18 @@ async fn a_schema_that_is_not_prodgates_is_refused_naming_the_table_and_nothing_
         assert_eq!(tables(&db), after, "{setup}: something was created");
     }
 
+    // A search_path naming no schema that exists: said so, not "db error".
+    let db = cluster.database();
+    let nowhere = pg_support::TestDatabase {
+        url: format!("{}?options=-csearch_path%3Dnowhere", db.url),
+        name: db.name.clone(),
+        password_file: db.password_file.clone(),
+        password: db.password.clone(),
+    };
+    let e = refused(&nowhere, now()).await;
+    assert!(e.contains("no schema of the search_path exists"), "{e}");
+    assert_eq!(tables(&db), "", "something was created");
+
     // prodgate's own schema opens again, and a newer prodgate's is named so;
     // an extension's views beside it are no application's.
     let db = cluster.database();
