@@ -183,7 +183,8 @@ fn policy_of<'c>(
         .ok_or_else(|| Error::InvalidArgument {
             field: "environment",
             message: format!(
-                "no environment named {environment:?} is configured (known: {})",
+                "no environment named {:?} is configured (known: {})",
+                crate::domain::names::echo(environment),
                 config
                     .environments
                     .iter()

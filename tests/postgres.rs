@@ -247,6 +247,13 @@ async fn postgresql_stopped_is_unavailable_and_not_serving_until_it_returns() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    // Why, in PostgreSQL's or the connection's own words, not "db error";
+    // a write says nothing was recorded, a read that it could not read.
+    assert!(
+        e.message().starts_with("the change was not recorded") && e.message().ends_with("; retry"),
+        "{e:?}"
+    );
+    assert!(!e.message().ends_with("db error; retry"), "{e:?}");
     let e = alice
         .get_promotion(GetPromotionRequest {
             promotion_id: first.id.clone(),
@@ -254,6 +261,11 @@ async fn postgresql_stopped_is_unavailable_and_not_serving_until_it_returns() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(
+        e.message().starts_with("could not read the store: ") && e.message().ends_with("; retry"),
+        "{e:?}"
+    );
+    assert!(!e.message().contains("not recorded"), "{e:?}");
 
     // Back: the next calls succeed on new connections, without a restart
     // of prodgate, and the refused write left nothing behind.
@@ -272,4 +284,33 @@ async fn postgresql_stopped_is_unavailable_and_not_serving_until_it_returns() {
     let entries = assert_one_chain(&mut alice).await;
     // Only the new request: the refused one left no entry, no gap.
     assert_eq!(entries.len(), before + 1, "{entries:?}");
+}
+
+#[tokio::test]
+async fn serve_refuses_another_applications_schema_with_a_sentence_not_a_panic() {
+    let Some(cluster) = Cluster::shared() else {
+        return;
+    };
+    let db = cluster.database();
+    // golang-migrate's table: serve panicked on it (exit 101).
+    let out = std::process::Command::new(cluster.bin().join("psql"))
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &db.url, "-c"])
+        .arg("CREATE TABLE schema_migrations (version bigint NOT NULL PRIMARY KEY, dirty boolean NOT NULL); INSERT INTO schema_migrations VALUES (3, false)")
+        .env("PGPASSWORD", &db.password)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let registry = TestRegistry::start().await;
+    let exited =
+        support::server::serve_until_exit(&config(&registry, &db), Duration::from_secs(30));
+    assert_eq!(exited.code, Some(1), "{}", exited.log);
+    assert!(
+        exited.log.contains(
+            "the database holds a table `schema_migrations` (schema `public`) that is not prodgate's: give prodgate a database (or schema) of its own"
+        ),
+        "{}",
+        exited.log
+    );
+    assert!(!exited.log.contains("panicked"), "{}", exited.log);
+    assert!(!exited.log.contains(&db.password), "the password leaked");
 }

@@ -5,7 +5,9 @@
 mod support;
 
 use prodgate::pb::{
-    AuditAction, GetDeployedRequest, HistoryRequest, ListPromotionsRequest, PromotionState,
+    ApproveRequest, AuditAction, CancelRequest, EvaluateGatesRequest, GetDeployedRequest,
+    GetPolicyRequest, GetPromotionRequest, HistoryRequest, ListChecksRequest,
+    ListPromotionsRequest, PromotionState, RequestPromotionRequest,
 };
 use support::{World, actions_of, approve, get, request_to};
 
@@ -134,6 +136,157 @@ async fn timestamps_outside_years_1_to_9999_are_invalid_not_a_panic() {
         .await
         .expect_err("nothing deployed");
     assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+}
+
+#[tokio::test]
+async fn ids_beyond_64_bits_nul_filters_and_huge_names_answer_alike_on_every_backend() {
+    let w = World::start().await;
+    let repo = w.repo("team/app");
+    let mut alice = w.server.client("alice").await;
+    w.registry
+        .push_image("team/app", Some("staging"), 1024, 1)
+        .await;
+    let p = alice
+        .request_promotion(request_to(&repo, "staging", "production"))
+        .await
+        .expect("request")
+        .into_inner();
+
+    // An id no promotion can have (beyond BIGINT, still a u64): NOT_FOUND,
+    // not UNAVAILABLE ("retry") as PostgreSQL answered.
+    for id in ["9223372036854775808", "18446744073709551615"] {
+        let e = alice
+            .get_promotion(GetPromotionRequest {
+                promotion_id: id.into(),
+            })
+            .await
+            .expect_err(id);
+        assert_eq!(e.code(), tonic::Code::NotFound, "{id}: {e:?}");
+        let e = alice
+            .evaluate_gates(EvaluateGatesRequest {
+                promotion_id: id.into(),
+            })
+            .await
+            .expect_err(id);
+        assert_eq!(e.code(), tonic::Code::NotFound, "{id}: {e:?}");
+        let e = alice
+            .cancel(CancelRequest {
+                promotion_id: id.into(),
+                ..Default::default()
+            })
+            .await
+            .expect_err(id);
+        assert_eq!(e.code(), tonic::Code::NotFound, "{id}: {e:?}");
+        let mut bob = w.server.client("bob").await;
+        let e = bob
+            .approve(ApproveRequest {
+                promotion_id: id.into(),
+                ..approve(&p.id)
+            })
+            .await
+            .expect_err(id);
+        assert_eq!(e.code(), tonic::Code::NotFound, "{id}: {e:?}");
+        let h = alice
+            .history(HistoryRequest {
+                promotion_id: id.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{id}: {e:?}"))
+            .into_inner();
+        assert!(h.entries.is_empty(), "{id}: {h:?}");
+    }
+
+    // A NUL byte (or any control character) in a name filter: INVALID_ARGUMENT
+    // naming the field, not UNAVAILABLE on one backend and an empty OK on
+    // the other.
+    for bad in ["production\0", "\0", "prod\nuction"] {
+        let e = alice
+            .list_promotions(ListPromotionsRequest {
+                environment: bad.into(),
+                ..Default::default()
+            })
+            .await
+            .expect_err(bad);
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad:?}: {e:?}");
+        assert!(e.message().starts_with("environment: "), "{e:?}");
+        let e = alice
+            .history(HistoryRequest {
+                environment: bad.into(),
+                ..Default::default()
+            })
+            .await
+            .expect_err(bad);
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad:?}: {e:?}");
+        assert!(e.message().starts_with("environment: "), "{e:?}");
+    }
+    let e = alice
+        .history(HistoryRequest {
+            repository: format!("{repo}\0"),
+            ..Default::default()
+        })
+        .await
+        .expect_err("NUL in a repository filter");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+
+    // Values far beyond any name are echoed cut short: a 20,000-byte
+    // environment made the status exceed gRPC's 16 KiB metadata limit.
+    let huge = "e".repeat(20_000);
+    let short = |e: &tonic::Status, what: &str| {
+        assert!(
+            e.message().len() < 1024,
+            "{what}: {} bytes",
+            e.message().len()
+        );
+        assert!(e.message().contains("eeee…"), "{what}: {}", e.message());
+    };
+    let e = alice
+        .get_deployed(GetDeployedRequest {
+            repository: repo.clone(),
+            environment: huge.clone(),
+            at: None,
+        })
+        .await
+        .expect_err("huge environment");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    short(&e, "GetDeployed environment");
+    let e = alice
+        .request_promotion(RequestPromotionRequest {
+            source: huge.clone(),
+            ..request_to(&repo, "staging", "production")
+        })
+        .await
+        .expect_err("huge source tag");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    short(&e, "RequestPromotion source");
+    let e = alice
+        .list_checks(ListChecksRequest {
+            repository: repo.clone(),
+            digest: huge.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("huge digest");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    short(&e, "ListChecks digest");
+    let e = alice
+        .get_policy(GetPolicyRequest {
+            digest: huge.clone(),
+        })
+        .await
+        .expect_err("huge policy digest");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    short(&e, "GetPolicy digest");
+    // A filter no name matches is an empty answer, not an error.
+    let h = alice
+        .history(HistoryRequest {
+            environment: huge,
+            ..Default::default()
+        })
+        .await
+        .expect("huge environment filter")
+        .into_inner();
+    assert!(h.entries.is_empty());
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 use crate::domain::audit::AuditEntry;
 use crate::domain::model::{CheckReport, CheckStatus};
 use crate::domain::model::{Promotion, PromotionId, State, Time};
-use crate::domain::names::{Repository, Source};
+use crate::domain::names::{Repository, Source, echo};
 use crate::domain::names::{validate_check_name, validate_digest};
 use crate::error::Error;
 use crate::pb;
@@ -158,10 +158,23 @@ pub fn promotion_id(s: &str) -> Result<PromotionId, Error> {
             "promotion_id",
             format!(
                 "{:?} is not a promotion id (a positive decimal number)",
-                truncate(s)
+                echo(s)
             ),
         )),
     }
+}
+
+/// An optional name filter (an environment): empty means "any". Control
+/// characters are refused here, as no configured name holds one, so every
+/// backend answers alike (PostgreSQL's text cannot hold a NUL at all).
+pub fn name_filter(field: &'static str, s: &str) -> Result<Option<String>, Error> {
+    if s.chars().any(char::is_control) {
+        return Err(invalid(
+            field,
+            format!("{:?} holds a control character; no name does", echo(s)),
+        ));
+    }
+    Ok(optional(s))
 }
 
 /// An optional filter: empty means "any".
@@ -207,7 +220,7 @@ fn details_url(s: &str) -> Result<String, Error> {
     if s.is_empty() {
         return Ok(s);
     }
-    let refuse = |why: &str| invalid("details_url", format!("{:?} {why}", truncate(&s)));
+    let refuse = |why: &str| invalid("details_url", format!("{:?} {why}", echo(&s)));
     if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(refuse("contains whitespace or control characters"));
     }
@@ -221,16 +234,8 @@ fn details_url(s: &str) -> Result<String, Error> {
     }
 }
 
-/// Echoes a refused value without repeating megabytes of it.
-fn truncate(s: &str) -> String {
-    match s.char_indices().nth(64) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_owned(),
-    }
-}
-
 pub fn repository(field: &'static str, s: &str) -> Result<Repository, Error> {
-    Repository::parse(s).map_err(|e| invalid(field, format!("{:?} {e}", truncate(s))))
+    Repository::parse(s).map_err(|e| invalid(field, format!("{:?} {e}", echo(s))))
 }
 
 /// A repository filter must be well-formed when present.
@@ -317,7 +322,7 @@ pub fn rollback_input(r: pb::RollbackRequest) -> Result<RollbackInput, Error> {
 pub fn request_input(r: pb::RequestPromotionRequest) -> Result<RequestInput, Error> {
     let repository = repository("repository", &r.repository)?;
     let source = Source::parse(&r.source)
-        .map_err(|e| invalid("source", format!("{:?} {e}", truncate(&r.source))))?;
+        .map_err(|e| invalid("source", format!("{:?} {e}", echo(&r.source))))?;
     if r.environment.is_empty() {
         return Err(invalid("environment", "is required"));
     }
@@ -357,6 +362,15 @@ mod tests {
         assert!(page_size(1001).is_err());
         assert!(text("reason", &"x".repeat(4097)).is_err());
         assert!(state_filter(99).is_err());
+        assert_eq!(name_filter("environment", "").unwrap(), None);
+        assert_eq!(
+            name_filter("environment", "production").unwrap().as_deref(),
+            Some("production")
+        );
+        for bad in ["prod\0", "\0", "a\nb", "\u{7f}"] {
+            let e = name_filter("environment", bad).unwrap_err().to_string();
+            assert!(e.starts_with("environment: "), "{e}");
+        }
         assert_eq!(state_filter(0).unwrap(), None);
         assert_eq!(state_filter(3).unwrap(), Some(State::Promoted));
         assert_eq!(signed_page_size(0).unwrap(), DEFAULT_PAGE_SIZE);

@@ -54,11 +54,14 @@ impl From<Error> for Status {
                 tracing::error!(error = %s, "storage failure");
                 match s {
                     StoreError::Corrupt { .. } => Status::data_loss(msg),
-                    StoreError::Format { .. } | StoreError::Unaudited(_) => Status::internal(msg),
-                    StoreError::Backend(_)
-                    | StoreError::Flush(_)
-                    | StoreError::Poisoned
-                    | StoreError::Closed => Status::unavailable(format!(
+                    StoreError::Format { .. }
+                    | StoreError::Unaudited(_)
+                    | StoreError::Unusable(_) => Status::internal(msg),
+                    StoreError::Read(_) => Status::unavailable(format!("{msg}; retry")),
+                    StoreError::Backend(_) | StoreError::Closed => Status::unavailable(format!(
+                        "the change was not recorded, so nothing was changed: {msg}; retry"
+                    )),
+                    StoreError::Flush(_) | StoreError::Poisoned => Status::unavailable(format!(
                         "the change was not recorded, so nothing was changed: {msg}"
                     )),
                 }

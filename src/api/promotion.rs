@@ -148,7 +148,7 @@ impl PromotionService for PromotionApi {
         let r = req.into_inner();
         let filter = ListFilter {
             repository: convert::repository_filter(&r.repository)?,
-            environment: convert::optional(&r.environment),
+            environment: convert::name_filter("environment", &r.environment)?,
             state: convert::state_filter(r.state)?,
         };
         let limit = convert::page_size(r.page_size)?;
@@ -188,7 +188,7 @@ impl PromotionService for PromotionApi {
         let r = req.into_inner();
         let filter = HistoryFilter {
             repository: convert::repository_filter(&r.repository)?,
-            environment: convert::optional(&r.environment),
+            environment: convert::name_filter("environment", &r.environment)?,
             promotion_id: convert::optional(&r.promotion_id)
                 .map(|id| convert::promotion_id(&id))
                 .transpose()?,

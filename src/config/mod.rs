@@ -37,7 +37,7 @@ pub use identity::{
 pub use live::{Live, NotReloadable, reloaded};
 pub use pattern::RepositoryPattern;
 pub use project::{Governance, ProjectConfig};
-pub use storage::{PostgresConfig, StorageConfig, postgres_from_flags};
+pub use storage::{DEFAULT_MAX_CLOCK_SKEW, PostgresConfig, StorageConfig, postgres_from_flags};
 pub use version::PolicyVersion;
 
 use crate::domain::policy::{Approver, EnvironmentPolicy};

@@ -10,6 +10,10 @@ use super::{ConfigError, Files, Secret, invalid};
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
+
+/// How far this machine's clock may be from the database's at start-up.
+pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -18,6 +22,7 @@ pub(super) struct RawStorage {
     pub url: Option<String>,
     pub url_env: Option<String>,
     pub password_file: Option<PathBuf>,
+    pub max_clock_skew: Option<String>,
 }
 
 /// `[storage]`, validated.
@@ -41,6 +46,10 @@ pub struct PostgresConfig {
     /// `url_env = NAME`, and the password file's path): what a reload
     /// compares, so a rotated password is not a change of database.
     pub origin: String,
+    /// How far this machine's clock may be from the database's when the
+    /// store opens: every replica's entries share one log whose times never
+    /// go back, so one clock ahead would hold every later entry at its time.
+    pub max_clock_skew: Duration,
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -49,6 +58,7 @@ impl std::fmt::Debug for PostgresConfig {
             .field("origin", &self.origin)
             .field("connection", &self.connection)
             .field("password", &self.password)
+            .field("max_clock_skew", &self.max_clock_skew)
             .finish()
     }
 }
@@ -75,6 +85,7 @@ pub(super) fn storage(raw: Option<RawStorage>, cx: &mut Cx) -> Result<StorageCon
                 ("storage.url", raw.url.is_some()),
                 ("storage.url_env", raw.url_env.is_some()),
                 ("storage.password_file", raw.password_file.is_some()),
+                ("storage.max_clock_skew", raw.max_clock_skew.is_some()),
             ] {
                 if set {
                     return Err(invalid(key, "applies only with backend = \"postgres\""));
@@ -112,6 +123,7 @@ pub fn postgres_from_flags(
         url: to.map(str::to_owned),
         url_env: to_env.map(str::to_owned),
         password_file: password_file.map(std::path::Path::to_owned),
+        max_clock_skew: None,
     };
     postgres(raw, &mut Cx::new(super::Files::Read)).map_err(|e| match e {
         ConfigError::Invalid { key, mut message } => {
@@ -213,10 +225,16 @@ fn postgres(raw: RawStorage, cx: &mut Cx) -> Result<PostgresConfig, ConfigError>
             }
         }
     };
+    let max_clock_skew = super::validate::duration(
+        "storage.max_clock_skew",
+        raw.max_clock_skew.as_deref(),
+        DEFAULT_MAX_CLOCK_SKEW,
+    )?;
     Ok(PostgresConfig {
         connection,
         password,
         origin,
+        max_clock_skew,
     })
 }
 
@@ -270,6 +288,31 @@ mod tests {
         assert!(!message.contains("hunter2"), "{message}");
         let (key, _) = refused("backend = \"postgres\"\nurl_env = \"PRODGATE_TEST_NEVER_SET\"");
         assert_eq!(key, "storage.url_env");
+    }
+
+    #[test]
+    fn max_clock_skew_defaults_to_two_seconds_and_applies_only_to_postgres() {
+        let pg = "backend = \"postgres\"\nurl = \"postgres://a@h/db\"";
+        let skew = |extra: &str| match parse(&format!("{pg}\n{extra}")).map(|c| c.storage) {
+            Ok(StorageConfig::Postgres(p)) => Ok(p.max_clock_skew),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(skew("").unwrap(), std::time::Duration::from_secs(2));
+        assert_eq!(
+            skew("max_clock_skew = \"500ms\"").unwrap(),
+            std::time::Duration::from_millis(500)
+        );
+        for bad in ["max_clock_skew = \"0s\"", "max_clock_skew = \"soon\""] {
+            match skew(bad) {
+                Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "storage.max_clock_skew"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            refused("max_clock_skew = \"2s\"").0,
+            "storage.max_clock_skew"
+        );
     }
 
     #[test]

@@ -33,6 +33,20 @@ pub enum NameError {
     BadCheck(String),
 }
 
+/// How many characters of a refused value a message repeats.
+const ECHOED: usize = 64;
+
+/// A client's value as an error message repeats it: cut after [`ECHOED`]
+/// characters with an ellipsis, so a message stays far below gRPC's
+/// metadata limit (16 KiB) whatever was sent. The one way values sent by
+/// clients are echoed.
+pub fn echo(s: &str) -> String {
+    match s.char_indices().nth(ECHOED) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
 /// Longest repository name (host and path) most registries accept.
 const MAX_REPOSITORY_LEN: usize = 255;
 
@@ -77,7 +91,7 @@ impl fmt::Display for Repository {
 }
 
 fn validate_host(host: &str) -> Result<(), NameError> {
-    let bad = || NameError::BadHost(host.to_owned());
+    let bad = || NameError::BadHost(echo(host));
     let (name, port) = match host.rsplit_once(':') {
         Some((name, port)) => (name, Some(port)),
         None => (host, None),
@@ -109,7 +123,7 @@ fn validate_host(host: &str) -> Result<(), NameError> {
 
 /// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`
 fn validate_path_component(c: &str) -> Result<(), NameError> {
-    let bad = || NameError::BadPathComponent(c.to_owned());
+    let bad = || NameError::BadPathComponent(echo(c));
     let b = c.as_bytes();
     let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
     if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
@@ -145,7 +159,7 @@ pub fn validate_tag(tag: &str) -> Result<(), NameError> {
     if ok {
         Ok(())
     } else {
-        Err(NameError::BadTag(tag.to_owned()))
+        Err(NameError::BadTag(echo(tag)))
     }
 }
 
@@ -160,7 +174,7 @@ pub fn validate_digest(digest: &str) -> Result<(), NameError> {
     if ok {
         Ok(())
     } else {
-        Err(NameError::BadDigest(digest.to_owned()))
+        Err(NameError::BadDigest(echo(digest)))
     }
 }
 
@@ -178,7 +192,7 @@ pub fn validate_check_name(name: &str) -> Result<(), NameError> {
     } else if first_ok && rest_ok && name.len() <= 63 {
         Ok(())
     } else {
-        Err(NameError::BadCheck(name.to_owned()))
+        Err(NameError::BadCheck(echo(name)))
     }
 }
 

@@ -35,8 +35,16 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
+    /// A write (or anything but a read) failed: nothing was recorded.
     #[error("storage error: {0}")]
     Backend(String),
+    /// A read failed; nothing was changed by it.
+    #[error("could not read the store: {0}")]
+    Read(String),
+    /// The database cannot be used as it is (another application's schema,
+    /// an encoding other than UTF8, a clock too far off); said at open.
+    #[error("{0}")]
+    Unusable(String),
     #[error("stored record {what} is unreadable: {reason}")]
     Corrupt { what: String, reason: String },
     #[error("the data directory could not be flushed to disk: {0}")]

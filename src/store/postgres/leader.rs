@@ -60,7 +60,7 @@ async fn connect(config: &tokio_postgres::Config) -> Result<Session, tokio_postg
     let on_end = ended.clone();
     tokio::spawn(async move {
         if let Err(e) = connection.await {
-            tracing::warn!(error = %e, "the PostgreSQL leadership connection ended");
+            tracing::warn!(error = %super::describe(&e), "the PostgreSQL leadership connection ended");
         }
         on_end.cancel();
     });
@@ -69,7 +69,7 @@ async fn connect(config: &tokio_postgres::Config) -> Result<Session, tokio_postg
     if let Err(e) = client.batch_execute(&idle).await {
         // Before PostgreSQL 14: everything else works; a frozen leader
         // keeps leading until it is killed.
-        tracing::warn!(error = %e, "cannot set idle_session_timeout on the leadership connection");
+        tracing::warn!(error = %super::describe(&e), "cannot set idle_session_timeout on the leadership connection");
     }
     Ok(Session {
         client: Arc::new(client),
@@ -107,7 +107,7 @@ pub async fn lead(config: &tokio_postgres::Config, stop: &CancellationToken) -> 
             match connect(config).await {
                 Ok(s) => session = Some(s),
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot connect to PostgreSQL for leadership; trying again")
+                    tracing::warn!(error = %super::describe(&e), "cannot connect to PostgreSQL for leadership; trying again")
                 }
             }
         }
@@ -128,7 +128,7 @@ pub async fn lead(config: &tokio_postgres::Config, stop: &CancellationToken) -> 
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot ask for leadership; trying again");
+                    tracing::warn!(error = %super::describe(&e), "cannot ask for leadership; trying again");
                     session = None;
                 }
             }

@@ -8,7 +8,7 @@
 //! once too, covering what was committed while it was away.
 
 use super::writer::CHANNEL;
-use super::{Shared, int};
+use super::{Shared, backend, int};
 use crate::store::sled::codec::Record;
 use crate::store::{Change, StoreError};
 use std::sync::atomic::Ordering;
@@ -40,10 +40,6 @@ pub async fn run(config: tokio_postgres::Config, shared: Shared, stop: Cancellat
     }
 }
 
-fn backend(doing: &str, e: tokio_postgres::Error) -> StoreError {
-    StoreError::Backend(format!("{doing}: {e}"))
-}
-
 /// One connection's life: LISTEN, catch up, then catch up at every wake-up
 /// until the connection ends.
 async fn listen(config: &tokio_postgres::Config, shared: &Shared) -> Result<(), StoreError> {
@@ -63,7 +59,7 @@ async fn listen(config: &tokio_postgres::Config, shared: &Shared) -> Result<(), 
                 }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
-                    tracing::warn!(error = %e, "the PostgreSQL listening connection ended");
+                    tracing::warn!(error = %super::describe(&e), "the PostgreSQL listening connection ended");
                     return;
                 }
                 None => return,

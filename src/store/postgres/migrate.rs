@@ -83,7 +83,7 @@ pub struct Report {
 }
 
 fn pg(doing: &str, e: postgres::Error) -> StoreError {
-    StoreError::Backend(format!("{doing}: {e}"))
+    super::backend(doing, e)
 }
 
 /// Copies the sled store under `dir` into the database `target` names and
@@ -120,7 +120,8 @@ pub fn from_sled(dir: &Path, target: &PostgresConfig) -> Result<Report, MigrateE
     Ok(report)
 }
 
-/// The schema a server would find; applied by the same migrations, on
+/// The schema a server would find (refusing a foreign one or another
+/// encoding, as the server does); applied by the same migrations, on
 /// tokio-postgres as the server does, on a runtime of this thread's own.
 fn migrate_schema(config: &tokio_postgres::Config) -> Result<(), StoreError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -131,9 +132,15 @@ fn migrate_schema(config: &tokio_postgres::Config) -> Result<(), StoreError> {
         let (mut client, connection) = config
             .connect(tokio_postgres::NoTls)
             .await
-            .map_err(|e| StoreError::Backend(format!("connecting to PostgreSQL: {e}")))?;
+            .map_err(|e| pg("connecting to PostgreSQL", e))?;
         let connection = tokio::spawn(connection);
-        let result = schema::migrate(&mut client).await;
+        // The server's own checks of the database, but the clock's: the
+        // copy keeps the entries' times.
+        let result = async {
+            super::preflight::encoding(&client).await?;
+            schema::migrate(&mut client).await
+        }
+        .await;
         drop(client);
         let _ = connection.await;
         result

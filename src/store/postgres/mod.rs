@@ -12,7 +12,10 @@
 //!   reach this one's subscribers at once and in sequence order;
 //! - `leader`: which replica runs the once-per-deployment tasks (a
 //!   session-level advisory lock on a dedicated connection);
-//! - `schema`: versioned migrations applied at open under an advisory lock;
+//! - `preflight`: what open checks before the schema: UTF8, and this
+//!   machine's clock against the database's (`max_clock_skew`);
+//! - `schema`: versioned migrations applied at open under an advisory lock,
+//!   refusing a schema that is not prodgate's;
 //! - here: opening, and the reads on a few pipelined connections that
 //!   reconnect on their own (so reads recover when PostgreSQL comes back).
 //!
@@ -24,6 +27,7 @@
 mod leader;
 mod listen;
 pub mod migrate;
+mod preflight;
 mod schema;
 mod writer;
 
@@ -124,8 +128,30 @@ fn client_config(config: &PostgresConfig) -> Result<tokio_postgres::Config, Stor
     Ok(c)
 }
 
+/// What went wrong, for a message: PostgreSQL's own message and SQLSTATE
+/// rather than the client's bare "db error", or the client's error with its
+/// causes. Neither holds the connection string or the password.
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} (SQLSTATE {})", db.message(), db.code().code());
+    }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 fn backend(doing: &str, e: tokio_postgres::Error) -> StoreError {
-    StoreError::Backend(format!("{doing}: {e}"))
+    StoreError::Backend(format!("{doing}: {}", describe(&e)))
+}
+
+/// A failed read: the caller may retry, nothing was changed.
+fn unreadable(doing: &str, e: tokio_postgres::Error) -> StoreError {
+    StoreError::Read(format!("{doing}: {}", describe(&e)))
 }
 
 /// A sequence or id as PostgreSQL's BIGINT.
@@ -186,10 +212,10 @@ impl Reads {
             .config
             .connect(tokio_postgres::NoTls)
             .await
-            .map_err(|e| backend("connecting to PostgreSQL", e))?;
+            .map_err(|e| unreadable("connecting to PostgreSQL", e))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "a PostgreSQL read connection ended");
+                tracing::warn!(error = %describe(&e), "a PostgreSQL read connection ended");
             }
         });
         let client = Arc::new(client);
@@ -207,7 +233,7 @@ impl Reads {
             .await?
             .query(sql, params)
             .await
-            .map_err(|e| backend(doing, e))
+            .map_err(|e| unreadable(doing, e))
     }
 
     async fn query_opt(
@@ -220,7 +246,7 @@ impl Reads {
             .await?
             .query_opt(sql, params)
             .await
-            .map_err(|e| backend(doing, e))
+            .map_err(|e| unreadable(doing, e))
     }
 }
 
@@ -240,7 +266,7 @@ impl NodeReader for Nodes {
                 self.client
                     .query_opt("SELECT hash FROM merkle WHERE node = $1", &[&i]),
             )
-            .map_err(|e| backend("reading a Merkle node", e))?;
+            .map_err(|e| unreadable("reading a Merkle node", e))?;
         row.map(|r| writer::node_hash(index, r.get(0))).transpose()
     }
 }
@@ -328,9 +354,15 @@ impl PgStore {
                 .await
                 .map_err(|e| backend("connecting to PostgreSQL", e))?;
             let connection = tokio::spawn(connection);
-            schema::migrate(&mut client).await?;
+            let checked = async {
+                preflight::encoding(&client).await?;
+                preflight::clock_skew(&client, clock.as_ref(), config.max_clock_skew).await?;
+                schema::migrate(&mut client).await
+            }
+            .await;
             drop(client);
             let _ = connection.await;
+            checked?;
         }
         let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
         let (records, _) = broadcast::channel(CHANGES_CAPACITY);
@@ -396,7 +428,7 @@ impl PgStore {
         };
         tokio::task::spawn_blocking(move || f(&nodes))
             .await
-            .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
+            .map_err(|e| StoreError::Read(format!("read task failed: {e}")))?
     }
 
     /// POLICY_CHANGED entries, oldest first: one per start or reload that
@@ -462,7 +494,10 @@ impl Storage for PgStore {
     }
 
     async fn get(&self, id: PromotionId) -> Result<Option<Promotion>, StoreError> {
-        let i = int(id)?;
+        // Beyond BIGINT: no promotion has it (as on sled, where none does).
+        let Ok(i) = i64::try_from(id) else {
+            return Ok(None);
+        };
         let row = self
             .reads
             .query_opt(
@@ -566,7 +601,11 @@ impl Storage for PgStore {
             f.and("environment = $", vec![Box::new(e)]);
         }
         if let Some(id) = filter.promotion_id {
-            f.and("promotion_id = $", vec![Box::new(int(id)?)]);
+            // Beyond BIGINT: no entry names it.
+            let Ok(id) = i64::try_from(id) else {
+                return Ok(page(Vec::new(), request.limit));
+            };
+            f.and("promotion_id = $", vec![Box::new(id)]);
         }
         // Entry times never decrease along the sequence, so these bound the
         // same range sled finds by bisecting.

@@ -8,6 +8,7 @@
 //! each change, while one codec keeps the audit record byte-identical on
 //! both backends (a later `migrate --from-sled` copies it as is).
 
+use super::backend as failed;
 use crate::store::StoreError;
 
 /// Held while migrating; any constant unlikely to clash with the
@@ -78,10 +79,6 @@ const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
-fn failed(doing: &str, e: tokio_postgres::Error) -> StoreError {
-    StoreError::Backend(format!("{doing}: {e}"))
-}
-
 /// Brings the database's schema to this build's version, or refuses one a
 /// newer prodgate migrated further.
 pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<(), StoreError> {
@@ -100,7 +97,104 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<(), StoreErr
     Ok(())
 }
 
+/// `schema_migrations` as prodgate creates it: what tells prodgate's schema
+/// from another tool's table of the same name (golang-migrate's is
+/// `(version bigint, dirty boolean)`, Rails' `(version varchar)`).
+const MARKER_COLUMNS: [(&str, &str); 2] = [
+    ("version", "integer"),
+    ("applied_at", "timestamp with time zone"),
+];
+
+/// Refuses, before anything is created, a schema that holds another
+/// application's tables: prodgate's own `schema_migrations` in another
+/// layout, or any table (or view) where prodgate's marker is absent or
+/// records no migration yet. An extension's relations (managed databases
+/// often put `pg_stat_statements` in `public`) are the database's, not an
+/// application's.
+async fn refuse_foreign(client: &tokio_postgres::Client) -> Result<(), StoreError> {
+    let reading = |e| failed("reading the database's schema", e);
+    let schema: Option<String> = client
+        .query_one("SELECT current_schema()", &[])
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(reading)?;
+    let Some(schema) = schema else {
+        return Err(StoreError::Unusable(
+            "no schema of the search_path exists in the database, so prodgate has nowhere to \
+             create its tables: create one (or fix search_path)"
+                .into(),
+        ));
+    };
+    let rows = client
+        .query(
+            "SELECT c.relname::text FROM pg_catalog.pg_class c
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                   WHERE d.classid = 'pg_catalog.pg_class'::regclass
+                     AND d.objid = c.oid AND d.deptype = 'e')
+             ORDER BY c.relname",
+            &[&schema],
+        )
+        .await
+        .map_err(reading)?;
+    let tables = rows
+        .iter()
+        .map(|r| r.try_get::<_, String>(0))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(reading)?;
+    let foreign = |table: &str| {
+        StoreError::Unusable(format!(
+            "the database holds a table `{table}` (schema `{schema}`) that is not prodgate's: \
+             give prodgate a database (or schema) of its own; nothing was created"
+        ))
+    };
+    if !tables.iter().any(|t| t == "schema_migrations") {
+        return match tables.first() {
+            Some(t) => Err(foreign(t)),
+            None => Ok(()),
+        };
+    }
+    let rows = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod)
+             FROM pg_catalog.pg_attribute a
+             JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relname = 'schema_migrations' AND c.relkind = 'r'
+               AND a.attnum > 0 AND NOT a.attisdropped
+             ORDER BY a.attnum",
+            &[&schema],
+        )
+        .await
+        .map_err(reading)?;
+    let columns = rows
+        .iter()
+        .map(|r| Ok((r.try_get::<_, String>(0)?, r.try_get::<_, String>(1)?)))
+        .collect::<Result<Vec<_>, tokio_postgres::Error>>()
+        .map_err(reading)?;
+    if columns
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .ne(MARKER_COLUMNS)
+    {
+        return Err(foreign("schema_migrations"));
+    }
+    // prodgate's marker with no migration recorded: created by a start that
+    // stopped before migration 1, so nothing else here is prodgate's.
+    let applied: i64 = client
+        .query_one("SELECT count(*) FROM schema_migrations", &[])
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(reading)?;
+    match tables.iter().find(|t| *t != "schema_migrations") {
+        Some(t) if applied == 0 => Err(foreign(t)),
+        _ => Ok(()),
+    }
+}
+
 async fn apply(client: &mut tokio_postgres::Client) -> Result<(), StoreError> {
+    refuse_foreign(client).await?;
     client
         .batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -117,7 +211,9 @@ async fn apply(client: &mut tokio_postgres::Client) -> Result<(), StoreError> {
         )
         .await
         .map_err(|e| failed("reading schema_migrations", e))?;
-    let current: i32 = row.get(0);
+    let current: i32 = row
+        .try_get(0)
+        .map_err(|e| failed("reading schema_migrations", e))?;
     let known = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
     if current > known {
         return Err(StoreError::Format {

@@ -5,25 +5,247 @@
 
 use super::PgStore;
 use super::test_cluster as pg_support;
-use crate::clock::ManualClock;
+use crate::clock::{Clock, ManualClock, SystemClock};
 use crate::config::{PostgresConfig, Secret};
 use crate::domain::model::{Time, policy_changed};
 use crate::store::{Store, StoreError};
 use std::sync::Arc;
+use std::time::Duration;
 
-async fn open(db: &pg_support::TestDatabase) -> Store {
-    let config = PostgresConfig {
+fn config(db: &pg_support::TestDatabase, max_clock_skew: Duration) -> PostgresConfig {
+    PostgresConfig {
         connection: Some(Secret::new(db.url.as_bytes())),
         password: Some(Secret::new(db.password.as_bytes())),
         origin: db.url.clone(),
-    };
+        max_clock_skew,
+    }
+}
+
+async fn open(db: &pg_support::TestDatabase) -> Store {
+    // A manual clock, days from the database's: the skew check is off here
+    // and tested on its own below.
     let clock = ManualClock::at(Time {
         seconds: 1_800_000_000,
         nanos: 0,
     });
     Store::new(Arc::new(
-        PgStore::open(&config, Arc::new(clock)).await.unwrap(),
+        PgStore::open(&config(db, Duration::MAX), Arc::new(clock))
+            .await
+            .unwrap(),
     ))
+}
+
+/// The message of a store that refused to open.
+async fn refused(db: &pg_support::TestDatabase, clock: impl Clock) -> String {
+    match PgStore::open(&config(db, Duration::from_secs(2)), Arc::new(clock)).await {
+        Ok(_) => panic!("opened"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn now_plus(d: Duration, ahead: bool) -> ManualClock {
+    let now = SystemClock.now();
+    let s = i64::try_from(d.as_secs()).unwrap();
+    ManualClock::at(Time {
+        seconds: if ahead {
+            now.seconds + s
+        } else {
+            now.seconds - s
+        },
+        nanos: now.nanos,
+    })
+}
+
+#[tokio::test]
+async fn a_clock_beyond_max_clock_skew_of_the_databases_is_refused_at_open_saying_by_how_much() {
+    let Some(cluster) = pg_support::Cluster::shared() else {
+        return;
+    };
+    let db = cluster.database();
+    let two_days = Duration::from_secs(2 * 86_400);
+    let e = refused(&db, now_plus(two_days, true)).await;
+    assert!(
+        e.contains("clock is 2days ahead of the database's")
+            && e.contains("max_clock_skew = 2s")
+            && e.contains("NTP"),
+        "{e}"
+    );
+    let e = refused(&db, now_plus(Duration::from_secs(600), false)).await;
+    assert!(e.contains("clock is 10m behind the database's"), "{e}");
+    // Nothing was created by the refused starts.
+    assert_eq!(tables(&db), "", "something was created");
+    // Within the bound: opens, on the real clock and on one a second off.
+    for clock in [
+        ManualClock::at(SystemClock.now()),
+        now_plus(Duration::from_secs(1), true),
+    ] {
+        PgStore::open(&config(&db, Duration::from_secs(2)), Arc::new(clock))
+            .await
+            .unwrap();
+    }
+}
+
+/// Runs `sql` in the test's own database (psql runs on `postgres`).
+fn psql_in(db: &pg_support::TestDatabase, sql: &str) {
+    let out = std::process::Command::new(pg_support_bin("psql"))
+        .args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            &db.url,
+            "-c",
+            sql,
+        ])
+        .env("PGPASSWORD", &db.password)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn pg_support_bin(name: &str) -> std::path::PathBuf {
+    pg_support::Cluster::shared().unwrap().bin().join(name)
+}
+
+/// The relations in the database's `public` schema, sorted.
+fn tables(db: &pg_support::TestDatabase) -> String {
+    let out = std::process::Command::new(pg_support_bin("psql"))
+        .args(["-X", "-q", "-t", "-A", "-d", &db.url, "-c"])
+        .arg("SELECT string_agg(relname, ',' ORDER BY relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND relkind IN ('r', 'v')")
+        .env("PGPASSWORD", &db.password)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test]
+async fn a_schema_that_is_not_prodgates_is_refused_naming_the_table_and_nothing_is_created() {
+    let Some(cluster) = pg_support::Cluster::shared() else {
+        return;
+    };
+    let now = || ManualClock::at(SystemClock.now());
+    for (setup, table, after) in [
+        // golang-migrate's layout: serve panicked (exit 101) on it.
+        (
+            "CREATE TABLE schema_migrations (version bigint NOT NULL PRIMARY KEY, dirty boolean NOT NULL); INSERT INTO schema_migrations VALUES (20240101, false)",
+            "schema_migrations",
+            "schema_migrations",
+        ),
+        // Rails' layout, with a version above prodgate's: not "a newer prodgate".
+        (
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY); INSERT INTO schema_migrations VALUES (20240101)",
+            "schema_migrations",
+            "schema_migrations",
+        ),
+        // Another application's tables, one named like prodgate's.
+        (
+            "CREATE TABLE audit (id serial, what text); CREATE TABLE users (id serial)",
+            "audit",
+            "audit,users",
+        ),
+        (
+            "CREATE VIEW accounts AS SELECT 1 AS id",
+            "accounts",
+            "accounts",
+        ),
+    ] {
+        let db = cluster.database();
+        psql_in(&db, setup);
+        let e = refused(&db, now()).await;
+        assert!(
+            e.contains(&format!(
+                "the database holds a table `{table}` (schema `public`) that is not prodgate's"
+            )) && e.contains("a database (or schema) of its own"),
+            "{setup}: {e}"
+        );
+        assert!(!e.contains("newer"), "{e}");
+        assert_eq!(tables(&db), after, "{setup}: something was created");
+    }
+
+    // A search_path naming no schema that exists: said so, not "db error".
+    let db = cluster.database();
+    let nowhere = pg_support::TestDatabase {
+        url: format!("{}?options=-csearch_path%3Dnowhere", db.url),
+        name: db.name.clone(),
+        password_file: db.password_file.clone(),
+        password: db.password.clone(),
+    };
+    let e = refused(&nowhere, now()).await;
+    assert!(e.contains("no schema of the search_path exists"), "{e}");
+    assert_eq!(tables(&db), "", "something was created");
+
+    // prodgate's own schema opens again, and a newer prodgate's is named so;
+    // an extension's views beside it are no application's.
+    let db = cluster.database();
+    psql_in(&db, "CREATE EXTENSION pg_stat_statements");
+    drop(open(&db).await);
+    drop(open(&db).await);
+    psql_in(&db, "INSERT INTO schema_migrations (version) VALUES (99)");
+    let e = refused(&db, now()).await;
+    assert!(e.contains("schema version 99"), "{e}");
+}
+
+#[tokio::test]
+async fn a_database_not_in_utf8_is_refused_at_open() {
+    let Some(cluster) = pg_support::Cluster::shared() else {
+        return;
+    };
+    let db = cluster.database();
+    let latin1 = format!("{}_latin1", db.name);
+    cluster.psql(&format!(
+        "CREATE DATABASE {latin1} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+    ));
+    let db = pg_support::TestDatabase {
+        url: db.url.replace(&db.name, &latin1),
+        name: latin1,
+        password_file: db.password_file.clone(),
+        password: db.password.clone(),
+    };
+    let e = refused(&db, ManualClock::at(SystemClock.now())).await;
+    assert!(
+        e.contains("server_encoding is LATIN1, not UTF8") && e.contains("ENCODING 'UTF8'"),
+        "{e}"
+    );
+    assert_eq!(tables(&db), "", "something was created");
+}
+
+#[tokio::test]
+async fn a_failed_write_or_read_says_postgresqls_own_message() {
+    let Some(cluster) = pg_support::Cluster::shared() else {
+        return;
+    };
+    let db = cluster.database();
+    let store = open(&db).await;
+    let at = Time {
+        seconds: 1_800_000_000,
+        nanos: 0,
+    };
+    // Something PostgreSQL itself refuses: the audit table gone.
+    psql_in(&db, "ALTER TABLE audit RENAME TO audit_gone");
+    let e = store
+        .write(move |uow| uow.record(policy_changed("sha256:one"), at).map(drop))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Backend(_)), "{e:?}");
+    let text = e.to_string();
+    assert!(
+        text.contains("relation \"audit\" does not exist") && text.contains("42P01"),
+        "{text}"
+    );
+    assert!(!text.contains("db error"), "{text}");
+    let e = store.audit_len().await.unwrap_err();
+    assert!(matches!(e, StoreError::Read(_)), "{e:?}");
+    assert!(
+        e.to_string().starts_with("could not read the store: ")
+            && e.to_string().contains("relation \"audit\" does not exist"),
+        "{e}"
+    );
+    assert!(!e.to_string().contains(&db.password), "{e}");
 }
 
 #[tokio::test]

@@ -34,7 +34,7 @@
 //! RequestPromotion then costs about four round trips and Reject two, plus
 //! five per batch (BEGIN, the lock, the head, NOTIFY, COMMIT).
 
-use super::{Shared, decode_entry, decode_promotion, int};
+use super::{Shared, backend, decode_entry, decode_promotion, int};
 use crate::clock::Clock;
 use crate::domain::audit::{AuditEntry, GENESIS, Hash};
 use crate::domain::model::{
@@ -87,10 +87,6 @@ pub struct Writer {
     conn: Option<Conn>,
     clock: Arc<dyn Clock>,
     shared: Shared,
-}
-
-fn backend(doing: &str, e: postgres::Error) -> StoreError {
-    StoreError::Backend(format!("{doing}: {e}"))
 }
 
 impl Writer {

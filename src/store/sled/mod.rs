@@ -190,15 +190,27 @@ impl SledStore {
     }
 
     /// Runs `f` (reads) on the blocking pool, off the async worker threads:
-    /// a sled read may wait for the disk.
+    /// a sled read may wait for the disk. Its failures are
+    /// [`StoreError::Read`]: nothing was changed by them.
     async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Trees) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.blocking(f).await.map_err(|e| match e {
+            StoreError::Backend(m) => StoreError::Read(m),
+            other => other,
+        })
+    }
+
+    /// Runs `f` on the blocking pool.
+    async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Trees) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let trees = self.trees.clone();
         tokio::task::spawn_blocking(move || f(&trees))
             .await
-            .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
+            .map_err(|e| StoreError::Backend(format!("storage task failed: {e}")))?
     }
 }
 
@@ -344,7 +356,7 @@ impl Storage for SledStore {
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
-        self.read(|t| t.db.flush().map(drop).map_err(StoreError::from))
+        self.blocking(|t| t.db.flush().map(drop).map_err(StoreError::from))
             .await
     }
 }
