@@ -738,11 +738,24 @@ fn local_commands_need_no_server() {
     let checked = check(&config).ok();
     assert_eq!(
         checked.stdout,
-        "ok: 1 registries, 7 principals, environments: staging, production, prod2, shortlived, selfok\n"
+        "ok: 5 environments (staging, production, prod2, shortlived, selfok), 0 projects, \
+         0 freezes, 0 identities, 0 check reporters, 1 registry, 7 principals\n"
     );
     std::fs::write(&config, "listen = 5\n").expect("write config");
     let bad = check(&config).code(1);
     assert!(bad.stderr.starts_with("prodgate: "), "{bad:#?}");
+    // A TOML syntax error is the toml crate's snippet, line by line, not
+    // one line of `\n` escapes.
+    std::fs::write(&config, "listen = \"127.0.0.1:1\"\ndata_dir = [\n").expect("write config");
+    let bad = check(&config).code(1);
+    assert!(bad.stderr.starts_with("prodgate: "), "{bad:#?}");
+    assert!(!bad.stderr.contains("\\n"), "{bad:#?}");
+    assert!(bad.stderr.lines().count() >= 3, "{bad:#?}");
+    assert!(
+        bad.stderr.lines().any(|l| l.trim_start().starts_with('|')),
+        "{bad:#?}"
+    );
+    assert!(bad.stderr.contains('^'), "{bad:#?}");
 }
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate with
@@ -1584,4 +1597,65 @@ async fn checks_and_policy_versions_from_the_command_line() {
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// `list --project NAME`: only the promotions of repositories that project
+/// governs, page after page; an unknown name is refused with the known ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn list_filters_by_project() {
+    let registry = support::registry::TestRegistry::start().await;
+    let host = registry.host.clone();
+    let config = format!(
+        "{}\n[[project]]\nname = \"payments\"\nrepositories = [\"{host}/payments/*\"]\n\
+         [[project]]\nname = \"web\"\nrepositories = [\"{host}/web/*\"]\n",
+        standard_config(&host)
+    );
+    let server = TestServer::start(&config);
+    for path in ["payments/api", "web/site", "tools/ci", "payments/ledger"] {
+        registry.push_image(path, Some("staging"), 512, 1).await;
+        let repo = format!("{host}/{path}");
+        json(&server, "alice", &request_args(&repo, "staging")).ok();
+    }
+    let listed = json(&server, "alice", &["list", "--project", "payments"]).ok();
+    let repos: Vec<String> = listed
+        .lines()
+        .iter()
+        .map(|p| p["repository"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        repos,
+        [
+            format!("{host}/payments/api"),
+            format!("{host}/payments/ledger")
+        ],
+        "{listed:#?}"
+    );
+    // With --limit 1 each page holds one: the walk goes past the others
+    // without ending the listing early.
+    let limited = json(
+        &server,
+        "alice",
+        &[
+            "list",
+            "--project",
+            "payments",
+            "--limit",
+            "1",
+            "--newest-first",
+        ],
+    )
+    .ok();
+    assert_eq!(
+        limited.one()["repository"],
+        format!("{host}/payments/ledger")
+    );
+    let web = table(&server, "alice", &["list", "--project", "web"]).ok();
+    assert!(web.stdout.contains("web/site"), "{web:#?}");
+    assert!(!web.stdout.contains("payments/"), "{web:#?}");
+    let unknown = table(&server, "alice", &["list", "--project", "nope"]).code(3);
+    assert!(
+        unknown.stderr.contains("INVALID_ARGUMENT") || unknown.stderr.contains("invalid"),
+        "{unknown:#?}"
+    );
+    assert!(unknown.stderr.contains("payments, web"), "{unknown:#?}");
 }

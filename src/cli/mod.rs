@@ -362,6 +362,9 @@ pub enum Command {
         /// Only promotions to this environment.
         #[arg(long, alias = "environment")]
         env: Option<String>,
+        /// Only promotions of repositories this [[project]] governs.
+        #[arg(long, value_name = "NAME")]
+        project: Option<String>,
         /// Only promotions in this state (any case).
         #[arg(long, value_enum, ignore_case = true)]
         state: Option<StateArg>,
@@ -470,9 +473,10 @@ pub enum Command {
         out: PathBuf,
     },
     /// The audit log's current checkpoint (size, root, signed note); with
-    /// --key, verified first.
+    /// --verifier-key, verified first.
     Checkpoint {
-        /// The log's verifier key (its text, or a file holding it).
+        /// The log's verifier key (its text, or a file holding it, e.g. the
+        /// NAME.pub of `prodgate keygen`).
         #[arg(long, value_name = "KEY")]
         verifier_key: Option<String>,
         #[command(flatten)]
@@ -480,19 +484,51 @@ pub enum Command {
     },
     /// Prove that entry SEQ is in the log the signed checkpoint commits to,
     /// checking the signature, the entry's hash and the inclusion proof here.
+    ///
+    /// With -o json: one object with the sequence, leafIndex, treeSize,
+    /// rootHash, entryHash, the proof's hashes and the signed note.
     Prove {
         /// The entry's sequence number.
         sequence: u64,
-        /// The log's verifier key (its text, or a file holding it).
+        /// The log's verifier key (its text, or a file holding it, e.g. the
+        /// NAME.pub of `prodgate keygen`).
+        #[arg(long, value_name = "KEY")]
+        verifier_key: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Prove that the log at size --to (default: the signed checkpoint's)
+    /// still holds the log at size --from unchanged: fetches the RFC 9162
+    /// consistency proof and checks it here against the two roots.
+    ///
+    /// The root at --to is the signed checkpoint's when --to is its size.
+    /// The root at --from is --from-root when given (e.g. from a checkpoint
+    /// you kept); otherwise both roots are recomputed from the entries,
+    /// each checked against its hash and chain, and bound to the signed
+    /// checkpoint. With -o json: one object with fromSize, toSize,
+    /// fromRoot, toRoot, the proof's hashes and the signed note.
+    Consistency {
+        /// The smaller tree size (at least 1).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        from: u64,
+        /// The larger tree size (default: the signed checkpoint's size).
+        #[arg(long, value_name = "M", value_parser = clap::value_parser!(u64).range(1..))]
+        to: Option<u64>,
+        /// The root hash (hex) you hold for size --from.
+        #[arg(long, value_name = "HEX")]
+        from_root: Option<String>,
+        /// The log's verifier key (its text, or a file holding it, e.g. the
+        /// NAME.pub of `prodgate keygen`).
         #[arg(long, value_name = "KEY")]
         verifier_key: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Write entries SEQ.. and a signed checkpoint covering them to FILE
-    /// (JSON lines; `verify-export` checks it without the server).
+    /// (JSON lines; `verify-export` checks it without the server). SEQ past
+    /// the signed checkpoint's size is an error: there is nothing to prove.
     Export {
-        /// The first entry to export.
+        /// The first entry to export (1 to the checkpoint's size).
         #[arg(long, value_name = "SEQ")]
         since: u64,
         #[arg(long, value_name = "FILE")]
@@ -501,12 +537,15 @@ pub enum Command {
         client: ClientArgs,
     },
     /// Verify an export bundle offline: signature, every entry's hash and
-    /// chain, and the Merkle root they lead to.
+    /// chain, and the Merkle root they lead to. A bundle without entries
+    /// proves nothing and fails.
     VerifyExport {
         file: PathBuf,
-        /// The log's verifier key (its text, or a file holding it).
-        #[arg(long)]
-        key: String,
+        /// The log's verifier key (its text, or a file holding it, e.g. the
+        /// NAME.pub of `prodgate keygen`). `--key` is accepted too, as
+        /// earlier versions named it.
+        #[arg(long, value_name = "KEY", alias = "key")]
+        verifier_key: String,
     },
     /// Print a shell completion script.
     Completions {
@@ -536,6 +575,7 @@ impl Command {
             | Command::Checks { client, .. }
             | Command::Checkpoint { client, .. }
             | Command::Prove { client, .. }
+            | Command::Consistency { client, .. }
             | Command::Export { client, .. }
             | Command::Rollback { client, .. }
             | Command::List { client, .. }
@@ -755,7 +795,9 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
         Command::CheckConfig { file, strict } => local::check_config(&file, strict, out),
         Command::Completions { shell } => local::completions(shell, &mut command(), out),
         Command::Keygen { name, out: dir } => evidence::keygen(&name, &dir, out),
-        Command::VerifyExport { file, key } => evidence::verify_export(&file, &key, out),
+        Command::VerifyExport { file, verifier_key } => {
+            evidence::verify_export(&file, &verifier_key, out)
+        }
         Command::Checkpoint {
             verifier_key,
             client,
@@ -765,6 +807,20 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
             verifier_key,
             client,
         } => evidence::prove(&client, sequence, &verifier_key).await,
+        Command::Consistency {
+            from,
+            to,
+            from_root,
+            verifier_key,
+            client,
+        } => {
+            let asked = evidence::Sizes {
+                from,
+                to,
+                from_root,
+            };
+            evidence::consistency(&client, asked, &verifier_key).await
+        }
         Command::Export { since, out, client } => evidence::export(&client, since, &out).await,
         Command::VerifyLog {
             data_dir: Some(dir),
@@ -894,6 +950,7 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
         Command::List {
             repository,
             env,
+            project,
             state,
             mine,
             newest_first,
@@ -908,6 +965,7 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
                 page_token: String::new(),
                 newest_first,
                 awaiting_me: mine,
+                project: project.unwrap_or_default(),
             };
             commands::list(&client, filter, limit).await
         }
