@@ -542,8 +542,8 @@ pub enum Command {
     VerifyExport {
         file: PathBuf,
         /// The log's verifier key (its text, or a file holding it, e.g. the
-        /// NAME.pub of `prodgate keygen`). `--key` is accepted too, as
-        /// earlier versions named it.
+        /// NAME.pub of `prodgate keygen`).
+        // `--key`, as earlier versions named it, still works (unlisted).
         #[arg(long, value_name = "KEY", alias = "key")]
         verifier_key: String,
     },
