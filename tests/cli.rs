@@ -1588,7 +1588,16 @@ async fn checks_and_policy_versions_from_the_command_line() {
             .starts_with(&format!("policy {digest_of_policy}\n")),
         "{shown:#?}"
     );
-    assert!(shown.stdout.contains("\"check_reporters\""), "{shown:#?}");
+    // Readable per environment, not the JSON document.
+    assert!(
+        shown.stdout.contains("\nenvironment production\n"),
+        "{shown:#?}"
+    );
+    assert!(
+        shown.stdout.contains("  required_approvals: 1\n"),
+        "{shown:#?}"
+    );
+    assert!(!shown.stdout.contains('{'), "{shown:#?}");
     let unknown = format!("sha256:{}", "0".repeat(64));
     let missing = table(s, "bob", &["policy", &unknown]).code(3);
     assert!(missing.stderr.contains("NOT_FOUND"), "{missing:#?}");
@@ -1658,4 +1667,72 @@ async fn list_filters_by_project() {
         "{unknown:#?}"
     );
     assert!(unknown.stderr.contains("payments, web"), "{unknown:#?}");
+}
+
+/// `policy diff OLD [NEW]` after a SIGHUP changed the policy: the key that
+/// changed, in its environment, old → new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn policy_diff_shows_what_a_reload_changed() {
+    let config = standard_config("127.0.0.1:5000");
+    let server = TestServer::start(&config);
+    let before = json(&server, "bob", &["policy"]).ok().one();
+    let old = before["digest"].as_str().expect("digest").to_owned();
+    let production = "approvers = [\"group:release-managers\", \"carol\"]\nrequired_approvals = 1";
+    assert!(config.contains(production));
+    server.write_config(&config.replace(
+        production,
+        "approvers = [\"group:release-managers\", \"carol\"]\nrequired_approvals = 2",
+    ));
+    server.hangup();
+    // The reload runs in the server process: poll until it took effect.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let new = loop {
+        let now = json(&server, "bob", &["policy"]).ok().one();
+        let digest = now["digest"].as_str().expect("digest").to_owned();
+        if digest != old {
+            break digest;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", server.log());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let diff = table(&server, "bob", &["policy", "diff", &old]).ok();
+    assert!(
+        diff.stdout.starts_with(&format!("policy {old} -> {new}\n")),
+        "{diff:#?}"
+    );
+    assert!(
+        diff.stdout
+            .contains("environment production\n  required_approvals: 1 → 2\n"),
+        "{diff:#?}"
+    );
+    assert!(!diff.stdout.contains("environment staging"), "{diff:#?}");
+    let as_json = json(&server, "bob", &["policy", "diff", &old, &new])
+        .ok()
+        .one();
+    // rollback_approvals follows required_approvals unless set: it changes
+    // too, and nothing else does.
+    let changes = as_json["changes"].as_array().expect("changes");
+    let keys: Vec<(&str, &str)> = changes
+        .iter()
+        .map(|c| {
+            (
+                c["section"].as_str().unwrap_or(""),
+                c["key"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("environment production", "required_approvals"),
+            ("environment production", "rollback_approvals")
+        ],
+        "{as_json}"
+    );
+    assert_eq!(
+        (changes[0]["old"].as_u64(), changes[0]["new"].as_u64()),
+        (Some(1), Some(2))
+    );
+    let same = table(&server, "bob", &["policy", "diff", &new, &new]).ok();
+    assert!(same.stdout.ends_with("no change\n"), "{same:#?}");
 }

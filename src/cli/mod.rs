@@ -27,6 +27,7 @@ pub mod evidence;
 pub mod json;
 pub mod local;
 pub mod output;
+pub mod policy;
 pub mod serve;
 pub mod table;
 pub mod time;
@@ -346,8 +347,12 @@ pub enum Command {
         client: ClientArgs,
     },
     /// Show a recorded policy version (the running one without DIGEST):
-    /// who may do what, as the audit log's POLICY_CHANGED entries name it.
+    /// who may do what, as the audit log's POLICY_CHANGED entries name it,
+    /// per project and environment (-o json: the canonical document the
+    /// digest covers). `policy diff A [B]` shows what changed.
     Policy {
+        #[command(subcommand)]
+        action: Option<PolicyAction>,
         /// `sha256:<hex>`, from a promotion's policy digest or a
         /// POLICY_CHANGED entry; omit for the running policy.
         digest: Option<String>,
@@ -554,6 +559,20 @@ pub enum Command {
     },
 }
 
+/// `prodgate policy` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PolicyAction {
+    /// What changed from policy version A to B (default: the running one):
+    /// per project and environment, each changed key as old → new, and the
+    /// projects, environments and principals added or removed.
+    Diff {
+        /// `sha256:<hex>` of the older version.
+        a: String,
+        /// `sha256:<hex>` of the newer version; omit for the running policy.
+        b: Option<String>,
+    },
+}
+
 impl Command {
     /// The client options of a client subcommand; `None` for the local ones.
     fn client_mut(&mut self) -> Option<&mut ClientArgs> {
@@ -681,6 +700,13 @@ pub fn command() -> clap::Command {
     CLIENT_ARG_IDS
         .iter()
         .fold(Cli::command(), |c, id| c.mut_arg(*id, |a| a.hide(true)))
+        // `policy diff` takes the client options of `policy`, given before
+        // or after `diff`: global there, clap hands their values up.
+        .mut_subcommand("policy", |c| {
+            CLIENT_ARG_IDS
+                .iter()
+                .fold(c, |c, id| c.mut_arg(*id, |a| a.global(true)))
+        })
 }
 
 /// Parses `args` (argv, program name first), runs the subcommand and reports
@@ -902,7 +928,16 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
         }
         Command::Get { id, client } => commands::get(&client, id).await,
         Command::Gates { id, client } => commands::gates(&client, id).await,
-        Command::Policy { digest, client } => commands::policy(&client, digest).await,
+        Command::Policy {
+            action: Some(PolicyAction::Diff { a, b }),
+            client,
+            ..
+        } => policy::diff(&client, a, b).await,
+        Command::Policy {
+            action: None,
+            digest,
+            client,
+        } => policy::show(&client, digest).await,
         Command::ReportCheck {
             repository,
             digest,
@@ -1155,5 +1190,66 @@ mod tests {
             None
         );
         assert_eq!(code(&["prodgate", "get", "7", "--output", "json"]), None);
+    }
+
+    #[test]
+    fn policy_diff_takes_the_client_options_before_or_after_diff() {
+        for args in [
+            &[
+                "prodgate",
+                "policy",
+                "diff",
+                "sha256:a",
+                "sha256:b",
+                "-o",
+                "json",
+                "--server",
+                "http://a:1",
+            ][..],
+            &[
+                "prodgate",
+                "policy",
+                "-o",
+                "json",
+                "--server",
+                "http://a:1",
+                "diff",
+                "sha256:a",
+                "sha256:b",
+            ],
+        ] {
+            let mut cli = parsed(args);
+            let c = cli
+                .command
+                .client_mut()
+                .cloned()
+                .expect("a client subcommand");
+            assert_eq!(
+                (c.output, c.server.as_str()),
+                (Format::Json, "http://a:1"),
+                "{args:?}"
+            );
+            assert_eq!(c.origin.server, Source::Flag, "{args:?}");
+            match cli.command {
+                Command::Policy {
+                    action: Some(PolicyAction::Diff { a, b }),
+                    ..
+                } => assert_eq!((a.as_str(), b.as_deref()), ("sha256:a", Some("sha256:b"))),
+                other => panic!("{other:?}"),
+            }
+        }
+        let mut cli = parsed(&["prodgate", "policy", "sha256:a", "-o", "json"]);
+        assert_eq!(
+            cli.command.client_mut().map(|c| c.output),
+            Some(Format::Json)
+        );
+        assert!(matches!(
+            cli.command,
+            Command::Policy {
+                action: None,
+                digest: Some(_),
+                ..
+            }
+        ));
     }
 }
