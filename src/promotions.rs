@@ -44,6 +44,8 @@ pub struct ListQuery {
     pub newest_first: bool,
     /// Only pending promotions this principal may approve now.
     pub awaiting: Option<Principal>,
+    /// Only promotions of repositories this `[[project]]` governs now.
+    pub project: Option<String>,
 }
 
 /// What the gates need that takes I/O, read before the write job (the job
@@ -804,10 +806,21 @@ impl Promotions {
     }
 
     /// A page of promotions. With `awaiting`, only pending promotions that
-    /// principal may approve now: the walk goes on past those it may not, so
-    /// the cursor is the last promotion examined, not the last returned.
+    /// principal may approve now; with `project`, only those of
+    /// repositories that project governs. Either way the walk goes on past
+    /// those left out, so a page is short only at the end, and the cursor is
+    /// the last promotion examined, not the last returned.
     pub async fn list(&self, q: ListQuery) -> Result<Listing<Promotion>, Error> {
-        let Some(who) = &q.awaiting else {
+        let config = self.config.get();
+        if let Some(name) = &q.project
+            && !config.projects.iter().any(|p| &p.name == name)
+        {
+            return Err(Error::InvalidArgument {
+                field: "project",
+                message: unknown_project(name, &config.projects),
+            });
+        }
+        if q.awaiting.is_none() && q.project.is_none() {
             let page = self
                 .store
                 .list(
@@ -825,19 +838,21 @@ impl Promotions {
                 self.progress.overlay(p);
             }
             return Ok(Listing { items, next });
-        };
-        if q.filter.state.is_some_and(|s| s != State::PendingApproval) {
+        }
+        if q.awaiting.is_some() && q.filter.state.is_some_and(|s| s != State::PendingApproval) {
             return Err(Error::InvalidArgument {
                 field: "awaiting_me",
                 message: "lists PENDING_APPROVAL promotions only; leave state unset".into(),
             });
         }
-        let filter = ListFilter {
-            state: Some(State::PendingApproval),
-            ..q.filter
+        let filter = match q.awaiting {
+            Some(_) => ListFilter {
+                state: Some(State::PendingApproval),
+                ..q.filter
+            },
+            None => q.filter,
         };
         let now = self.clock.now();
-        let config = self.config.get();
         let mut items = Vec::new();
         let mut after = q.after;
         loop {
@@ -852,13 +867,20 @@ impl Promotions {
                     },
                 )
                 .await?;
-            for p in page.items {
+            for mut p in page.items {
                 after = Some(p.id);
-                let may = config
-                    .governing(&p.repository)
-                    .environment(&p.environment)
-                    .is_some_and(|policy| machine::may_approve(&p, who, policy, now));
-                if may {
+                let governance = config.governing(&p.repository);
+                let in_project = q
+                    .project
+                    .as_ref()
+                    .is_none_or(|name| governance.project_name() == name);
+                let may = q.awaiting.as_ref().is_none_or(|who| {
+                    governance
+                        .environment(&p.environment)
+                        .is_some_and(|policy| machine::may_approve(&p, who, policy, now))
+                });
+                if in_project && may {
+                    self.progress.overlay(&mut p);
                     items.push(p);
                     if items.len() == q.limit {
                         return Ok(Listing { items, next: after });
@@ -1157,6 +1179,26 @@ fn same_request(existing: Promotion, input: &RequestInput) -> Result<Promotion, 
             request_id: input.request_id.clone(),
             promotion_id: existing.id,
         })
+    }
+}
+
+/// The INVALID_ARGUMENT message for a project name no `[[project]]` has:
+/// the names that exist, at most a screenful of them.
+fn unknown_project(name: &str, projects: &[crate::config::ProjectConfig]) -> String {
+    const SHOWN: usize = 20;
+    let names: Vec<&str> = projects
+        .iter()
+        .take(SHOWN)
+        .map(|p| p.name.as_str())
+        .collect();
+    match projects.len() {
+        0 => format!("no project {name:?}: the config has no [[project]]"),
+        n if n > SHOWN => format!(
+            "no project {name:?}; projects: {}, … ({} more)",
+            names.join(", "),
+            n - SHOWN
+        ),
+        _ => format!("no project {name:?}; projects: {}", names.join(", ")),
     }
 }
 

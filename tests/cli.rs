@@ -738,11 +738,24 @@ fn local_commands_need_no_server() {
     let checked = check(&config).ok();
     assert_eq!(
         checked.stdout,
-        "ok: 1 registries, 7 principals, environments: staging, production, prod2, shortlived, selfok\n"
+        "ok: 5 environments (staging, production, prod2, shortlived, selfok), 0 projects, \
+         0 freezes, 0 identities, 0 check reporters, 1 registry, 7 principals\n"
     );
     std::fs::write(&config, "listen = 5\n").expect("write config");
     let bad = check(&config).code(1);
     assert!(bad.stderr.starts_with("prodgate: "), "{bad:#?}");
+    // A TOML syntax error is the toml crate's snippet, line by line, not
+    // one line of `\n` escapes.
+    std::fs::write(&config, "listen = \"127.0.0.1:1\"\ndata_dir = [\n").expect("write config");
+    let bad = check(&config).code(1);
+    assert!(bad.stderr.starts_with("prodgate: "), "{bad:#?}");
+    assert!(!bad.stderr.contains("\\n"), "{bad:#?}");
+    assert!(bad.stderr.lines().count() >= 3, "{bad:#?}");
+    assert!(
+        bad.stderr.lines().any(|l| l.trim_start().starts_with('|')),
+        "{bad:#?}"
+    );
+    assert!(bad.stderr.contains('^'), "{bad:#?}");
 }
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate with
@@ -1575,7 +1588,16 @@ async fn checks_and_policy_versions_from_the_command_line() {
             .starts_with(&format!("policy {digest_of_policy}\n")),
         "{shown:#?}"
     );
-    assert!(shown.stdout.contains("\"check_reporters\""), "{shown:#?}");
+    // Readable per environment, not the JSON document.
+    assert!(
+        shown.stdout.contains("\nenvironment production\n"),
+        "{shown:#?}"
+    );
+    assert!(
+        shown.stdout.contains("  required_approvals: 1\n"),
+        "{shown:#?}"
+    );
+    assert!(!shown.stdout.contains('{'), "{shown:#?}");
     let unknown = format!("sha256:{}", "0".repeat(64));
     let missing = table(s, "bob", &["policy", &unknown]).code(3);
     assert!(missing.stderr.contains("NOT_FOUND"), "{missing:#?}");
@@ -1584,4 +1606,133 @@ async fn checks_and_policy_versions_from_the_command_line() {
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// `list --project NAME`: only the promotions of repositories that project
+/// governs, page after page; an unknown name is refused with the known ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn list_filters_by_project() {
+    let registry = support::registry::TestRegistry::start().await;
+    let host = registry.host.clone();
+    let config = format!(
+        "{}\n[[project]]\nname = \"payments\"\nrepositories = [\"{host}/payments/*\"]\n\
+         [[project]]\nname = \"web\"\nrepositories = [\"{host}/web/*\"]\n",
+        standard_config(&host)
+    );
+    let server = TestServer::start(&config);
+    for path in ["payments/api", "web/site", "tools/ci", "payments/ledger"] {
+        registry.push_image(path, Some("staging"), 512, 1).await;
+        let repo = format!("{host}/{path}");
+        json(&server, "alice", &request_args(&repo, "staging")).ok();
+    }
+    let listed = json(&server, "alice", &["list", "--project", "payments"]).ok();
+    let repos: Vec<String> = listed
+        .lines()
+        .iter()
+        .map(|p| p["repository"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        repos,
+        [
+            format!("{host}/payments/api"),
+            format!("{host}/payments/ledger")
+        ],
+        "{listed:#?}"
+    );
+    // With --limit 1 each page holds one: the walk goes past the others
+    // without ending the listing early.
+    let limited = json(
+        &server,
+        "alice",
+        &[
+            "list",
+            "--project",
+            "payments",
+            "--limit",
+            "1",
+            "--newest-first",
+        ],
+    )
+    .ok();
+    assert_eq!(
+        limited.one()["repository"],
+        format!("{host}/payments/ledger")
+    );
+    let web = table(&server, "alice", &["list", "--project", "web"]).ok();
+    assert!(web.stdout.contains("web/site"), "{web:#?}");
+    assert!(!web.stdout.contains("payments/"), "{web:#?}");
+    let unknown = table(&server, "alice", &["list", "--project", "nope"]).code(3);
+    assert!(
+        unknown.stderr.contains("INVALID_ARGUMENT") || unknown.stderr.contains("invalid"),
+        "{unknown:#?}"
+    );
+    assert!(unknown.stderr.contains("payments, web"), "{unknown:#?}");
+}
+
+/// `policy diff OLD [NEW]` after a SIGHUP changed the policy: the key that
+/// changed, in its environment, old → new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn policy_diff_shows_what_a_reload_changed() {
+    let config = standard_config("127.0.0.1:5000");
+    let server = TestServer::start(&config);
+    let before = json(&server, "bob", &["policy"]).ok().one();
+    let old = before["digest"].as_str().expect("digest").to_owned();
+    let production = "approvers = [\"group:release-managers\", \"carol\"]\nrequired_approvals = 1";
+    assert!(config.contains(production));
+    server.write_config(&config.replace(
+        production,
+        "approvers = [\"group:release-managers\", \"carol\"]\nrequired_approvals = 2",
+    ));
+    server.hangup();
+    // The reload runs in the server process: poll until it took effect.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let new = loop {
+        let now = json(&server, "bob", &["policy"]).ok().one();
+        let digest = now["digest"].as_str().expect("digest").to_owned();
+        if digest != old {
+            break digest;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", server.log());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let diff = table(&server, "bob", &["policy", "diff", &old]).ok();
+    assert!(
+        diff.stdout.starts_with(&format!("policy {old} -> {new}\n")),
+        "{diff:#?}"
+    );
+    assert!(
+        diff.stdout
+            .contains("environment production\n  required_approvals: 1 → 2\n"),
+        "{diff:#?}"
+    );
+    assert!(!diff.stdout.contains("environment staging"), "{diff:#?}");
+    let as_json = json(&server, "bob", &["policy", "diff", &old, &new])
+        .ok()
+        .one();
+    // rollback_approvals follows required_approvals unless set: it changes
+    // too, and nothing else does.
+    let changes = as_json["changes"].as_array().expect("changes");
+    let keys: Vec<(&str, &str)> = changes
+        .iter()
+        .map(|c| {
+            (
+                c["section"].as_str().unwrap_or(""),
+                c["key"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("environment production", "required_approvals"),
+            ("environment production", "rollback_approvals")
+        ],
+        "{as_json}"
+    );
+    assert_eq!(
+        (changes[0]["old"].as_u64(), changes[0]["new"].as_u64()),
+        (Some(1), Some(2))
+    );
+    let same = table(&server, "bob", &["policy", "diff", &new, &new]).ok();
+    assert!(same.stdout.ends_with("no change\n"), "{same:#?}");
 }

@@ -340,6 +340,103 @@ async fn checkpoints_and_proofs_verify_independently_and_exports_round_trip() {
     let pubfile = pubfile.to_str().unwrap();
     let proved = cli(&server, &["prove", "3", "--verifier-key", pubfile]);
     assert!(proved.status.success(), "{proved:?}");
+    // -o json: what was checked, for a script to keep.
+    let proved = cli(
+        &server,
+        &["prove", "3", "--verifier-key", pubfile, "-o", "json"],
+    );
+    assert!(proved.status.success(), "{proved:?}");
+    let j: serde_json::Value = serde_json::from_slice(&proved.stdout).expect("one JSON object");
+    assert_eq!(j["leafIndex"], "2", "{j}");
+    let tree_size: u64 = j["treeSize"].as_str().unwrap().parse().unwrap();
+    assert!(tree_size >= size, "{j}");
+    assert!(!j["hashes"].as_array().unwrap().is_empty(), "{j}");
+    assert!(j["note"].as_str().unwrap().starts_with(ORIGIN), "{j}");
+    assert_eq!(j["entryHash"], entries[2].hash, "{j}");
+
+    // A consistency proof between two sizes, checked by the CLI against
+    // roots it recomputed (and bound to the signed checkpoint) ...
+    let consistent = cli(
+        &server,
+        &[
+            "consistency",
+            "--from",
+            "3",
+            "--to",
+            "7",
+            "--verifier-key",
+            pubfile,
+            "-o",
+            "json",
+        ],
+    );
+    assert!(consistent.status.success(), "{consistent:?}");
+    let j: serde_json::Value = serde_json::from_slice(&consistent.stdout).unwrap();
+    assert_eq!(
+        (j["fromSize"].as_str(), j["toSize"].as_str()),
+        (Some("3"), Some("7"))
+    );
+    assert_eq!(j["fromRoot"], hex::encode(mth(&leaves[..3])), "{j}");
+    assert_eq!(j["toRoot"], hex::encode(mth(&leaves[..7])), "{j}");
+    // ... or against a root the auditor kept: right for its size, wrong
+    // for any other.
+    let root4 = hex::encode(mth(&leaves[..4]));
+    let kept = cli(
+        &server,
+        &[
+            "consistency",
+            "--from",
+            "4",
+            "--from-root",
+            &root4,
+            "--verifier-key",
+            pubfile,
+        ],
+    );
+    assert!(kept.status.success(), "{kept:?}");
+    assert!(
+        String::from_utf8_lossy(&kept.stdout).starts_with("ok: "),
+        "{kept:?}"
+    );
+    let tampered_size = cli(
+        &server,
+        &[
+            "consistency",
+            "--from",
+            "5",
+            "--from-root",
+            &root4,
+            "--verifier-key",
+            pubfile,
+        ],
+    );
+    assert_eq!(tampered_size.status.code(), Some(1), "{tampered_size:?}");
+    assert!(
+        String::from_utf8_lossy(&tampered_size.stderr).contains("NOT VERIFIED"),
+        "{tampered_size:?}"
+    );
+    // The checkpoint command takes the same flag.
+    let checked = cli(&server, &["checkpoint", "--verifier-key", pubfile]);
+    assert!(checked.status.success(), "{checked:?}");
+    // An export past the end of the log has nothing to prove.
+    let beyond = (size + 100).to_string();
+    let empty_export = keys.path().join("empty.jsonl");
+    let past = cli(
+        &server,
+        &[
+            "export",
+            "--since",
+            &beyond,
+            "--out",
+            empty_export.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(past.status.code(), Some(1), "{past:?}");
+    assert!(
+        String::from_utf8_lossy(&past.stderr).contains("nothing"),
+        "{past:?}"
+    );
+    assert!(!empty_export.exists());
     let bundle = keys.path().join("bundle.jsonl");
     let exported = cli(
         &server,
@@ -348,14 +445,42 @@ async fn checkpoints_and_proofs_verify_independently_and_exports_round_trip() {
     assert!(exported.status.success(), "{exported:?}");
     let verified = cli(
         &server,
-        &["verify-export", bundle.to_str().unwrap(), "--key", pubfile],
+        &[
+            "verify-export",
+            bundle.to_str().unwrap(),
+            "--verifier-key",
+            pubfile,
+        ],
     );
     assert!(verified.status.success(), "{verified:?}");
+    // --key, as earlier versions named it, still works.
+    let old_flag = cli(
+        &server,
+        &["verify-export", bundle.to_str().unwrap(), "--key", pubfile],
+    );
+    assert!(old_flag.status.success(), "{old_flag:?}");
     assert!(
         String::from_utf8_lossy(&verified.stdout).starts_with("ok: entries 3.."),
         "{verified:?}"
     );
     let text = std::fs::read_to_string(&bundle).unwrap();
+    // The checkpoint alone: a bundle that proves nothing fails.
+    let bare = keys.path().join("bare.jsonl");
+    std::fs::write(&bare, format!("{}\n", text.lines().next().unwrap())).unwrap();
+    let nothing = cli(
+        &server,
+        &[
+            "verify-export",
+            bare.to_str().unwrap(),
+            "--verifier-key",
+            pubfile,
+        ],
+    );
+    assert_eq!(nothing.status.code(), Some(1), "{nothing:?}");
+    assert!(
+        String::from_utf8_lossy(&nothing.stderr).contains("no entries"),
+        "{nothing:?}"
+    );
     let tampered = keys.path().join("tampered.jsonl");
     std::fs::write(&tampered, text.replacen("ship staging", "ship Staging", 1)).unwrap();
     assert_ne!(std::fs::read_to_string(&tampered).unwrap(), text);
@@ -402,4 +527,36 @@ async fn checkpoints_and_proofs_verify_independently_and_exports_round_trip() {
         .expect("a published checkpoint");
     let (_, published_size, _) = check_note(copies[at..].trim_end_matches('\n'), &vkey);
     assert_eq!(published_size, final_size);
+
+    // A restart publishes no checkpoint the file already holds (only a
+    // larger one, if the log grew).
+    server.kill_and_restart();
+    let mut alice = server.client("alice").await;
+    let restarted_size = alice
+        .get_checkpoint(GetCheckpointRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .size;
+    drop(alice);
+    assert_eq!(server.terminate(), Some(0), "{}", server.log());
+    let copies = std::fs::read_to_string(&published).unwrap();
+    let sizes = published_sizes(&copies);
+    assert!(
+        sizes.windows(2).all(|w| w[0] < w[1]),
+        "a size published twice: {sizes:?}"
+    );
+    assert_eq!(sizes.last(), Some(&restarted_size), "{sizes:?}");
+}
+
+/// The sizes of the published notes, in file order.
+fn published_sizes(copies: &str) -> Vec<u64> {
+    let mut lines = copies.lines();
+    let mut sizes = Vec::new();
+    while let Some(line) = lines.next() {
+        if line == ORIGIN {
+            sizes.push(lines.next().unwrap().parse().unwrap());
+        }
+    }
+    sizes
 }

@@ -152,13 +152,23 @@ impl PromotionService for PromotionApi {
             state: convert::state_filter(r.state)?,
         };
         let limit = convert::page_size(r.page_size)?;
-        let fp = page_token::fingerprint(&[
-            &r.repository,
-            &r.environment,
-            &r.state.to_string(),
-            &r.newest_first.to_string(),
-            &r.awaiting_me.to_string(),
-        ]);
+        let (state, newest_first, awaiting_me) = (
+            r.state.to_string(),
+            r.newest_first.to_string(),
+            r.awaiting_me.to_string(),
+        );
+        let mut parts = vec![
+            r.repository.as_str(),
+            r.environment.as_str(),
+            &state,
+            &newest_first,
+            &awaiting_me,
+        ];
+        // Only when given, so tokens of listings without it stay valid.
+        if !r.project.is_empty() {
+            parts.push(&r.project);
+        }
+        let fp = page_token::fingerprint(&parts);
         let after = page_token::decode(&r.page_token, Kind::Promotions, fp).map_err(token_error)?;
         let listing = self
             .promotions
@@ -168,6 +178,7 @@ impl PromotionService for PromotionApi {
                 limit,
                 newest_first: r.newest_first,
                 awaiting: r.awaiting_me.then_some(who),
+                project: convert::optional(&r.project),
             })
             .await?;
         let next_page_token = listing

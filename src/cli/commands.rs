@@ -100,16 +100,6 @@ pub async fn checks(g: &ClientArgs, repository: String, digest: String) -> Resul
     Printer::stdout(g.output).checks(&all)
 }
 
-/// A recorded policy version (GetPolicy); the running one by default.
-pub async fn policy(g: &ClientArgs, digest: Option<String>) -> Result<(), CliError> {
-    let mut c = Client::connect(g).await?;
-    let req = pb::GetPolicyRequest {
-        digest: digest.unwrap_or_default(),
-    };
-    let p = c.api.get_policy(c.unary(req)).await?.into_inner();
-    Printer::stdout(g.output).policy(&p)
-}
-
 /// Prints the answer of request/approve, then follows it if asked to, until
 /// `--timeout` after `started` if one was given.
 async fn answer(

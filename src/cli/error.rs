@@ -173,7 +173,18 @@ impl CliError {
     /// registry put in the message, with control and bidi characters
     /// escaped so that none reaches the terminal.
     pub fn line(&self) -> String {
-        format!("prodgate: {}", crate::telemetry::visible(&self.to_string()))
+        let text = self.to_string();
+        match self {
+            // The toml crate's message is a snippet of the file: the line,
+            // a caret under the column, what was expected. Its line breaks
+            // are the layout, so they stay; anything else unprintable is
+            // still made visible.
+            CliError::Config(crate::config::ConfigError::Parse { .. }) => {
+                let lines: Vec<_> = text.lines().map(crate::telemetry::visible).collect();
+                format!("prodgate: {}", lines.join("\n"))
+            }
+            _ => format!("prodgate: {}", crate::telemetry::visible(&text)),
+        }
     }
 
     /// Whether `main` should print the error: a broken chain already said so

@@ -1,13 +1,14 @@
-//! The evidence subcommands: `keygen` (local), `checkpoint`, `prove` and
-//! `export` (client), `verify-export` (local, no server). Verification is
+//! The evidence subcommands: `keygen` (local), `checkpoint`, `prove`,
+//! `consistency` and `export` (client), `verify-export` (local, no server). Verification is
 //! done here, on the auditor's machine, with the log's verifier key: the
 //! server is not trusted for it.
 
 use super::client::Client;
 use super::output::Printer;
-use super::{CliError, ClientArgs};
+use super::{CliError, ClientArgs, json};
 use crate::evidence::bundle::{self, Line};
 use crate::pb;
+use crate::store::merkle::{self, MemoryNodes};
 use signed_note::{Note, StandardVerifier, VerifierList};
 use std::io::Write;
 use std::path::Path;
@@ -70,7 +71,7 @@ pub fn keygen(name: &str, dir: &Path, out: &mut Printer) -> Result<(), CliError>
 fn verified_note(note: &str, key: &str) -> Result<(String, u64, [u8; 32]), CliError> {
     let verifier = StandardVerifier::new(key).map_err(|_| {
         CliError::Evidence(
-            "--key is not a signed-note verifier key (<name>+<8 hex>+<base64>)".into(),
+            "--verifier-key is not a signed-note verifier key (<name>+<8 hex>+<base64>)".into(),
         )
     })?;
     let note = Note::from_bytes(note.as_bytes())
@@ -170,11 +171,163 @@ pub async fn prove(g: &ClientArgs, sequence: u64, key: &str) -> Result<(), CliEr
             "the inclusion proof of entry {sequence} does not lead to the signed root"
         ))
     })?;
-    Printer::stdout(g.output).raw(&format!(
-        "ok: entry {sequence} (hash {}) is in {origin} at size {size}, root {}\n",
-        computed.hash,
-        hex::encode(root)
-    ))
+    let out = &mut Printer::stdout(g.output);
+    match g.output {
+        super::Format::Json => out.raw(&format!(
+            "{}\n",
+            json::inclusion(&json::Inclusion {
+                sequence,
+                entry_hash: &computed.hash,
+                proof: &proof,
+                root_hash: &hex::encode(root),
+                note: &cp.note,
+            })
+        )),
+        super::Format::Table => out.raw(&format!(
+            "ok: entry {sequence} (hash {}) is in {origin} at size {size}, root {}\n",
+            computed.hash,
+            hex::encode(root)
+        )),
+    }
+}
+
+/// What `consistency` is asked to prove.
+#[derive(Debug, Clone)]
+pub struct Sizes {
+    pub from: u64,
+    /// `None`: the signed checkpoint's size.
+    pub to: Option<u64>,
+    /// The root the caller holds for `from` (hex).
+    pub from_root: Option<String>,
+}
+
+/// Proves that the tree of `asked.to` entries extends the tree of
+/// `asked.from`, checking the consistency proof here against roots that do
+/// not come from the server unchecked: the signed checkpoint's, the one
+/// the caller holds, or ones recomputed from the entries and bound to the
+/// signed checkpoint.
+pub async fn consistency(g: &ClientArgs, asked: Sizes, key: &str) -> Result<(), CliError> {
+    let key = verifier_key(key)?;
+    let held = asked
+        .from_root
+        .as_deref()
+        .map(|h| {
+            bundle::hex32(h.trim()).ok_or_else(|| {
+                CliError::Evidence(format!("--from-root {h:?} is not 32 bytes of hex"))
+            })
+        })
+        .transpose()?;
+    let mut c = Client::connect(g).await?;
+    let cp = signed_checkpoint(&mut c).await?;
+    let (origin, size, root) = verified_note(&cp.note, &key)?;
+    let (from, to) = (asked.from, asked.to.unwrap_or(size));
+    if to > size {
+        return Err(CliError::Evidence(format!(
+            "--to {to}: the signed checkpoint covers entries 1 to {size}"
+        )));
+    }
+    if from > to {
+        return Err(CliError::Evidence(format!(
+            "--from {from} is larger than --to {to}"
+        )));
+    }
+    let (from_root, to_root) = match held {
+        Some(f) if to == size => (f, root),
+        _ => {
+            let roots = roots_from_entries(&c, size, root, &[from, to]).await?;
+            (held.unwrap_or(roots[0]), roots[1])
+        }
+    };
+    let proof = c
+        .api
+        .get_consistency_proof(c.unary(pb::GetConsistencyProofRequest {
+            from_size: from,
+            to_size: to,
+        }))
+        .await?
+        .into_inner();
+    if (proof.from_size, proof.to_size) != (from, to) {
+        return Err(CliError::NotVerified(format!(
+            "asked for the proof from size {from} to {to}, the server sent one from {} to {}",
+            proof.from_size, proof.to_size
+        )));
+    }
+    let hashes = proof
+        .hashes
+        .iter()
+        .map(|h| hex32(h, "proof hash").map(Hash))
+        .collect::<Result<Vec<_>, _>>()?;
+    tlog::check_tree(&hashes, to, Hash(to_root), from, Hash(from_root)).map_err(|_| {
+        CliError::NotVerified(format!(
+            "the consistency proof does not lead from root {} at size {from} to root {} at size {to}",
+            hex::encode(from_root),
+            hex::encode(to_root)
+        ))
+    })?;
+    let out = &mut Printer::stdout(g.output);
+    match g.output {
+        super::Format::Json => out.raw(&format!(
+            "{}\n",
+            json::consistency(&json::Consistency {
+                proof: &proof,
+                from_root: &hex::encode(from_root),
+                to_root: &hex::encode(to_root),
+                note: &cp.note,
+            })
+        )),
+        super::Format::Table => out.raw(&format!(
+            "ok: {origin} at size {to} (root {}) extends size {from} (root {}) unchanged\n",
+            hex::encode(to_root),
+            hex::encode(from_root)
+        )),
+    }
+}
+
+/// The roots of the trees of each of `sizes` entries, rebuilt from the
+/// entries 1 to `size` after checking each one's hash and chain, and the
+/// whole against the signed `root` of `size`: what the server says the
+/// entries were is then what it signed.
+async fn roots_from_entries(
+    c: &Client,
+    size: u64,
+    root: [u8; 32],
+    sizes: &[u64],
+) -> Result<Vec<[u8; 32]>, CliError> {
+    let mut tree = MemoryNodes::default();
+    let mut prev = [0u8; 32];
+    let mut seen = 0;
+    for e in first_entries(c, size).await? {
+        let Line::Entry(entry) = bundle::entry_line(&e) else {
+            return Err(CliError::Evidence("internal: not an entry".into()));
+        };
+        let sequence = seen + 1;
+        let hash = hex32(&entry.hash, "entry hash")?;
+        if entry.sequence != sequence
+            || bundle::hex32(&entry.prev_hash) != Some(prev)
+            || entry.computed_hash() != Some(hash)
+        {
+            return Err(CliError::NotVerified(format!(
+                "entry {sequence} does not hash to its hash or does not chain to the one before"
+            )));
+        }
+        tree.push(sequence, &hash)
+            .map_err(|e| CliError::Evidence(format!("cannot rebuild the tree: {e}")))?;
+        prev = hash;
+        seen = sequence;
+    }
+    let root_of = |n: u64| {
+        merkle::root(n, &tree).map_err(|_| {
+            CliError::NotVerified(format!(
+                "the server sent {seen} entries, the signed checkpoint covers {size}"
+            ))
+        })
+    };
+    if seen != size || root_of(size)? != root {
+        return Err(CliError::NotVerified(
+            "the entries do not lead to the signed checkpoint's root".into(),
+        ));
+    }
+    sizes.iter().map(|&n| root_of(n)).collect()
 }
 
 /// The first `n` entries of the log, oldest first: History pages by
@@ -201,29 +354,33 @@ pub async fn export(g: &ClientArgs, since: u64, out_path: &Path) -> Result<(), C
     let mut c = Client::connect(g).await?;
     let cp = signed_checkpoint(&mut c).await?;
     let size = cp.size;
+    if since > size {
+        return Err(CliError::Evidence(format!(
+            "--since {since}: the signed checkpoint covers entries 1 to {size}; there is nothing \
+             from {since} on to export yet"
+        )));
+    }
     let mut lines = vec![Line::Checkpoint {
         size,
         root_hash: cp.root_hash.clone(),
         note: cp.note.clone(),
     }];
-    if since <= size {
-        let proof = c
-            .api
-            .get_inclusion_proof(c.unary(pb::GetInclusionProofRequest {
-                sequence: since,
-                tree_size: size,
-            }))
-            .await?
-            .into_inner();
-        lines.push(Line::InclusionProof {
-            leaf_index: proof.leaf_index,
-            tree_size: proof.tree_size,
-            hashes: proof.hashes,
-        });
-        for e in first_entries(&c, size).await? {
-            if (since..=size).contains(&e.sequence) {
-                lines.push(bundle::entry_line(&e));
-            }
+    let proof = c
+        .api
+        .get_inclusion_proof(c.unary(pb::GetInclusionProofRequest {
+            sequence: since,
+            tree_size: size,
+        }))
+        .await?
+        .into_inner();
+    lines.push(Line::InclusionProof {
+        leaf_index: proof.leaf_index,
+        tree_size: proof.tree_size,
+        hashes: proof.hashes,
+    });
+    for e in first_entries(&c, size).await? {
+        if (since..=size).contains(&e.sequence) {
+            lines.push(bundle::entry_line(&e));
         }
     }
     let mut text = Vec::new();

@@ -258,6 +258,51 @@ pub fn policy(p: &pb::Policy) -> String {
         .finish()
 }
 
+/// What `prove` checked: the entry, its inclusion proof and the signed
+/// checkpoint the proof leads to.
+pub struct Inclusion<'a> {
+    pub sequence: u64,
+    pub entry_hash: &'a str,
+    pub proof: &'a pb::InclusionProof,
+    pub root_hash: &'a str,
+    pub note: &'a str,
+}
+
+/// `prove -o json`; `leafIndex` is the sequence less 1 (so, as every
+/// default, absent for entry 1).
+pub fn inclusion(i: &Inclusion) -> String {
+    Object::new()
+        .uint64("sequence", i.sequence)
+        .string("entryHash", i.entry_hash)
+        .uint64("leafIndex", i.proof.leaf_index)
+        .uint64("treeSize", i.proof.tree_size)
+        .string("rootHash", i.root_hash)
+        .array("hashes", i.proof.hashes.iter().map(|h| quote(h)).collect())
+        .string("note", i.note)
+        .finish()
+}
+
+/// What `consistency` checked: the proof, the two roots it joins and the
+/// signed checkpoint.
+pub struct Consistency<'a> {
+    pub proof: &'a pb::ConsistencyProof,
+    pub from_root: &'a str,
+    pub to_root: &'a str,
+    pub note: &'a str,
+}
+
+/// `consistency -o json`.
+pub fn consistency(c: &Consistency) -> String {
+    Object::new()
+        .uint64("fromSize", c.proof.from_size)
+        .uint64("toSize", c.proof.to_size)
+        .string("fromRoot", c.from_root)
+        .string("toRoot", c.to_root)
+        .array("hashes", c.proof.hashes.iter().map(|h| quote(h)).collect())
+        .string("note", c.note)
+        .finish()
+}
+
 /// `grpc.health.v1.HealthCheckResponse`.
 pub fn health(status: i32, name: Option<&str>) -> String {
     Object::new().enumeration("status", status, name).finish()

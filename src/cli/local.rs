@@ -32,13 +32,42 @@ pub fn check_config(file: &Path, strict: bool, out: &mut Printer) -> Result<(), 
         .into());
     }
     let c = loaded.config;
+    out.raw(&format!("ok: {}\n", checked(&c)))
+}
+
+/// What `check-config` checked, counted: `3 environments (staging, …), 2
+/// projects, …`, so a config whose section went unread (a typo in a table
+/// name is refused, a missing one is not) shows as a 0.
+fn checked(c: &Config) -> String {
+    let count =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     let environments: Vec<&str> = c.environments.iter().map(|e| e.name.as_str()).collect();
-    out.raw(&format!(
-        "ok: {} registries, {} principals, environments: {}\n",
-        c.registries.len(),
-        c.principals.len(),
-        environments.join(", ")
-    ))
+    // A freeze applies to several environments (and to every project's
+    // copy of them); count each once.
+    let mut freezes: Vec<&crate::domain::policy::Freeze> = Vec::new();
+    let every = c
+        .environments
+        .iter()
+        .chain(c.projects.iter().flat_map(|p| p.environments.iter()));
+    for f in every.flat_map(|e| e.freezes.iter()) {
+        if !freezes.contains(&f) {
+            freezes.push(f);
+        }
+    }
+    [
+        format!(
+            "{} ({})",
+            count(environments.len(), "environment", "environments"),
+            environments.join(", ")
+        ),
+        count(c.projects.len(), "project", "projects"),
+        count(freezes.len(), "freeze", "freezes"),
+        count(c.identities.len(), "identity", "identities"),
+        count(c.check_reporters.len(), "check reporter", "check reporters"),
+        count(c.registries.len(), "registry", "registries"),
+        count(c.principals.len(), "principal", "principals"),
+    ]
+    .join(", ")
 }
 
 /// Same verdict and output as the online `verify-log`, from the files.

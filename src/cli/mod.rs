@@ -27,6 +27,7 @@ pub mod evidence;
 pub mod json;
 pub mod local;
 pub mod output;
+pub mod policy;
 pub mod serve;
 pub mod table;
 pub mod time;
@@ -346,8 +347,12 @@ pub enum Command {
         client: ClientArgs,
     },
     /// Show a recorded policy version (the running one without DIGEST):
-    /// who may do what, as the audit log's POLICY_CHANGED entries name it.
+    /// who may do what, as the audit log's POLICY_CHANGED entries name it,
+    /// per project and environment (-o json: the canonical document the
+    /// digest covers). `policy diff A [B]` shows what changed.
     Policy {
+        #[command(subcommand)]
+        action: Option<PolicyAction>,
         /// `sha256:<hex>`, from a promotion's policy digest or a
         /// POLICY_CHANGED entry; omit for the running policy.
         digest: Option<String>,
@@ -362,6 +367,9 @@ pub enum Command {
         /// Only promotions to this environment.
         #[arg(long, alias = "environment")]
         env: Option<String>,
+        /// Only promotions of repositories this [[project]] governs.
+        #[arg(long, value_name = "NAME")]
+        project: Option<String>,
         /// Only promotions in this state (any case).
         #[arg(long, value_enum, ignore_case = true)]
         state: Option<StateArg>,
@@ -470,9 +478,10 @@ pub enum Command {
         out: PathBuf,
     },
     /// The audit log's current checkpoint (size, root, signed note); with
-    /// --key, verified first.
+    /// --verifier-key, verified first.
     Checkpoint {
-        /// The log's verifier key (its text, or a file holding it).
+        /// The log's verifier key (its text, or a file holding it, e.g. the
+        /// NAME.pub of `prodgate keygen`).
         #[arg(long, value_name = "KEY")]
         verifier_key: Option<String>,
         #[command(flatten)]
@@ -480,19 +489,51 @@ pub enum Command {
     },
     /// Prove that entry SEQ is in the log the signed checkpoint commits to,
     /// checking the signature, the entry's hash and the inclusion proof here.
+    ///
+    /// With -o json: one object with the sequence, leafIndex, treeSize,
+    /// rootHash, entryHash, the proof's hashes and the signed note.
     Prove {
         /// The entry's sequence number.
         sequence: u64,
-        /// The log's verifier key (its text, or a file holding it).
+        /// The log's verifier key (its text, or a file holding it, e.g. the
+        /// NAME.pub of `prodgate keygen`).
+        #[arg(long, value_name = "KEY")]
+        verifier_key: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Prove that the log at size --to (default: the signed checkpoint's)
+    /// still holds the log at size --from unchanged: fetches the RFC 9162
+    /// consistency proof and checks it here against the two roots.
+    ///
+    /// The root at --to is the signed checkpoint's when --to is its size.
+    /// The root at --from is --from-root when given (e.g. from a checkpoint
+    /// you kept); otherwise both roots are recomputed from the entries,
+    /// each checked against its hash and chain, and bound to the signed
+    /// checkpoint. With -o json: one object with fromSize, toSize,
+    /// fromRoot, toRoot, the proof's hashes and the signed note.
+    Consistency {
+        /// The smaller tree size (at least 1).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        from: u64,
+        /// The larger tree size (default: the signed checkpoint's size).
+        #[arg(long, value_name = "M", value_parser = clap::value_parser!(u64).range(1..))]
+        to: Option<u64>,
+        /// The root hash (hex) you hold for size --from.
+        #[arg(long, value_name = "HEX")]
+        from_root: Option<String>,
+        /// The log's verifier key (its text, or a file holding it, e.g. the
+        /// NAME.pub of `prodgate keygen`).
         #[arg(long, value_name = "KEY")]
         verifier_key: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Write entries SEQ.. and a signed checkpoint covering them to FILE
-    /// (JSON lines; `verify-export` checks it without the server).
+    /// (JSON lines; `verify-export` checks it without the server). SEQ past
+    /// the signed checkpoint's size is an error: there is nothing to prove.
     Export {
-        /// The first entry to export.
+        /// The first entry to export (1 to the checkpoint's size).
         #[arg(long, value_name = "SEQ")]
         since: u64,
         #[arg(long, value_name = "FILE")]
@@ -501,17 +542,34 @@ pub enum Command {
         client: ClientArgs,
     },
     /// Verify an export bundle offline: signature, every entry's hash and
-    /// chain, and the Merkle root they lead to.
+    /// chain, and the Merkle root they lead to. A bundle without entries
+    /// proves nothing and fails.
     VerifyExport {
         file: PathBuf,
-        /// The log's verifier key (its text, or a file holding it).
-        #[arg(long)]
-        key: String,
+        /// The log's verifier key (its text, or a file holding it, e.g. the
+        /// NAME.pub of `prodgate keygen`).
+        // `--key`, as earlier versions named it, still works (unlisted).
+        #[arg(long, value_name = "KEY", alias = "key")]
+        verifier_key: String,
     },
     /// Print a shell completion script.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
+    },
+}
+
+/// `prodgate policy` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PolicyAction {
+    /// What changed from policy version A to B (default: the running one):
+    /// per project and environment, each changed key as old → new, and the
+    /// projects, environments and principals added or removed.
+    Diff {
+        /// `sha256:<hex>` of the older version.
+        a: String,
+        /// `sha256:<hex>` of the newer version; omit for the running policy.
+        b: Option<String>,
     },
 }
 
@@ -536,6 +594,7 @@ impl Command {
             | Command::Checks { client, .. }
             | Command::Checkpoint { client, .. }
             | Command::Prove { client, .. }
+            | Command::Consistency { client, .. }
             | Command::Export { client, .. }
             | Command::Rollback { client, .. }
             | Command::List { client, .. }
@@ -641,6 +700,13 @@ pub fn command() -> clap::Command {
     CLIENT_ARG_IDS
         .iter()
         .fold(Cli::command(), |c, id| c.mut_arg(*id, |a| a.hide(true)))
+        // `policy diff` takes the client options of `policy`, given before
+        // or after `diff`: global there, clap hands their values up.
+        .mut_subcommand("policy", |c| {
+            CLIENT_ARG_IDS
+                .iter()
+                .fold(c, |c, id| c.mut_arg(*id, |a| a.global(true)))
+        })
 }
 
 /// Parses `args` (argv, program name first), runs the subcommand and reports
@@ -755,7 +821,9 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
         Command::CheckConfig { file, strict } => local::check_config(&file, strict, out),
         Command::Completions { shell } => local::completions(shell, &mut command(), out),
         Command::Keygen { name, out: dir } => evidence::keygen(&name, &dir, out),
-        Command::VerifyExport { file, key } => evidence::verify_export(&file, &key, out),
+        Command::VerifyExport { file, verifier_key } => {
+            evidence::verify_export(&file, &verifier_key, out)
+        }
         Command::Checkpoint {
             verifier_key,
             client,
@@ -765,6 +833,20 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
             verifier_key,
             client,
         } => evidence::prove(&client, sequence, &verifier_key).await,
+        Command::Consistency {
+            from,
+            to,
+            from_root,
+            verifier_key,
+            client,
+        } => {
+            let asked = evidence::Sizes {
+                from,
+                to,
+                from_root,
+            };
+            evidence::consistency(&client, asked, &verifier_key).await
+        }
         Command::Export { since, out, client } => evidence::export(&client, since, &out).await,
         Command::VerifyLog {
             data_dir: Some(dir),
@@ -846,7 +928,16 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
         }
         Command::Get { id, client } => commands::get(&client, id).await,
         Command::Gates { id, client } => commands::gates(&client, id).await,
-        Command::Policy { digest, client } => commands::policy(&client, digest).await,
+        Command::Policy {
+            action: Some(PolicyAction::Diff { a, b }),
+            client,
+            ..
+        } => policy::diff(&client, a, b).await,
+        Command::Policy {
+            action: None,
+            digest,
+            client,
+        } => policy::show(&client, digest).await,
         Command::ReportCheck {
             repository,
             digest,
@@ -894,6 +985,7 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
         Command::List {
             repository,
             env,
+            project,
             state,
             mine,
             newest_first,
@@ -908,6 +1000,7 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
                 page_token: String::new(),
                 newest_first,
                 awaiting_me: mine,
+                project: project.unwrap_or_default(),
             };
             commands::list(&client, filter, limit).await
         }
@@ -1097,5 +1190,66 @@ mod tests {
             None
         );
         assert_eq!(code(&["prodgate", "get", "7", "--output", "json"]), None);
+    }
+
+    #[test]
+    fn policy_diff_takes_the_client_options_before_or_after_diff() {
+        for args in [
+            &[
+                "prodgate",
+                "policy",
+                "diff",
+                "sha256:a",
+                "sha256:b",
+                "-o",
+                "json",
+                "--server",
+                "http://a:1",
+            ][..],
+            &[
+                "prodgate",
+                "policy",
+                "-o",
+                "json",
+                "--server",
+                "http://a:1",
+                "diff",
+                "sha256:a",
+                "sha256:b",
+            ],
+        ] {
+            let mut cli = parsed(args);
+            let c = cli
+                .command
+                .client_mut()
+                .cloned()
+                .expect("a client subcommand");
+            assert_eq!(
+                (c.output, c.server.as_str()),
+                (Format::Json, "http://a:1"),
+                "{args:?}"
+            );
+            assert_eq!(c.origin.server, Source::Flag, "{args:?}");
+            match cli.command {
+                Command::Policy {
+                    action: Some(PolicyAction::Diff { a, b }),
+                    ..
+                } => assert_eq!((a.as_str(), b.as_deref()), ("sha256:a", Some("sha256:b"))),
+                other => panic!("{other:?}"),
+            }
+        }
+        let mut cli = parsed(&["prodgate", "policy", "sha256:a", "-o", "json"]);
+        assert_eq!(
+            cli.command.client_mut().map(|c| c.output),
+            Some(Format::Json)
+        );
+        assert!(matches!(
+            cli.command,
+            Command::Policy {
+                action: None,
+                digest: Some(_),
+                ..
+            }
+        ));
     }
 }

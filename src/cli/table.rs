@@ -401,22 +401,11 @@ pub fn checkpoint(c: &pb::Checkpoint) -> String {
     out
 }
 
-/// The digest, when it was first recorded, and the document indented for
-/// reading (the canonical form, which the digest covers, is in `-o json`).
+/// The digest, when it was first recorded, and the policy per project and
+/// environment (the canonical document, which the digest covers, is in
+/// `-o json`).
 pub fn policy(p: &pb::Policy) -> String {
-    let recorded = p
-        .first_recorded
-        .as_ref()
-        .map_or_else(|| "-".to_owned(), |t| rfc3339(t, Precision::Seconds));
-    let body = serde_json::from_str::<serde_json::Value>(&p.canonical_json)
-        .and_then(|v| serde_json::to_string_pretty(&v))
-        .unwrap_or_else(|_| p.canonical_json.clone());
-    let mut out = format!("policy {}\nfirst recorded {}\n", clean(&p.digest), recorded);
-    for line in body.lines() {
-        out.push_str(&clean(line));
-        out.push('\n');
-    }
-    out
+    super::policy::summary(p)
 }
 
 /// One line per gate, then whether only approvals are missing.

@@ -50,6 +50,10 @@ pub struct PublishConfig {
     pub url: Option<String>,
     /// Append each new checkpoint to this file.
     pub file: Option<PathBuf>,
+    /// Where the size last POSTed to `url` is remembered (under
+    /// `data_dir`), so a restart does not send it again; a `file` target
+    /// is read back instead.
+    pub sent_marker: Option<PathBuf>,
 }
 
 impl CheckpointConfig {
@@ -130,6 +134,11 @@ pub(super) fn checkpoint(
                 p.interval.as_deref(),
                 DEFAULT_PUBLISH_INTERVAL,
             )?,
+            sent_marker: p.url.as_deref().map(|u| {
+                use sha2::Digest;
+                let id = hex::encode(sha2::Sha256::digest(u.as_bytes()));
+                data_dir.join(format!("checkpoint-sent-{}", &id[..16]))
+            }),
             url: p.url,
             file: p.file,
         });

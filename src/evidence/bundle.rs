@@ -102,7 +102,7 @@ pub struct Report {
     pub origin: String,
     pub key_name: String,
     pub tree_size: u64,
-    /// The first exported sequence (tree_size + 1 when no entry was).
+    /// The first exported sequence.
     pub first: u64,
 }
 
@@ -130,6 +130,11 @@ pub enum BundleError {
     BadRoot,
     #[error("cannot read the bundle: {0}")]
     Read(String),
+    /// A checkpoint alone proves nothing about any entry.
+    #[error(
+        "the bundle holds no entries, only the checkpoint at size {0}: there is nothing to verify"
+    )]
+    NoEntries(u64),
 }
 
 /// 32 bytes from lowercase or uppercase hex, if that is what `s` is.
@@ -288,9 +293,10 @@ pub fn verify(r: impl BufRead, verifier_key: &str) -> Result<Report, BundleError
         tree_size: size,
         first,
     };
-    // 2. The inclusion proof of the first entry (absent: nothing exported).
+    // 2. The inclusion proof of the first entry (absent: nothing exported,
+    // and a checkpoint alone proves nothing).
     let (first, proof) = match lines.next().transpose()? {
-        None => return Ok(report(size + 1)),
+        None => return Err(BundleError::NoEntries(size)),
         Some((
             n,
             Line::InclusionProof {
@@ -481,12 +487,17 @@ mod tests {
     fn a_bundle_verifies_from_any_first_entry() {
         for n in [1u64, 2, 7, 8, 13] {
             let l = log(n);
-            for since in 1..=n + 1 {
+            for since in 1..=n {
                 let r = verify(&bundle(&l, since, |_| {})[..], &l.vkey)
                     .unwrap_or_else(|e| panic!("size {n} since {since}: {e}"));
                 assert_eq!((r.tree_size, r.first), (n, since));
                 assert_eq!(r.origin, "test.example/log");
             }
+            // A checkpoint without entries proves nothing.
+            assert_eq!(
+                verify(&bundle(&l, n + 1, |_| {})[..], &l.vkey),
+                Err(BundleError::NoEntries(n))
+            );
         }
     }
 

@@ -70,6 +70,11 @@ impl Evidence {
         Evidence { store, signing }
     }
 
+    /// The origin of the signed checkpoints; `None` without a key.
+    pub fn origin(&self) -> Option<&str> {
+        self.signing.as_ref().map(|s| s.origin.as_str())
+    }
+
     /// The current head, signed if a key is configured.
     pub async fn checkpoint(&self) -> Result<SignedHead, Error> {
         let head = self.store.tree_head().await?;
@@ -156,7 +161,10 @@ impl Evidence {
 }
 
 /// Publishes each new checkpoint per `[[checkpoint.publish]]` until `stop`,
-/// then once more (the final size) before it returns.
+/// then once more (the final size) before it returns. It starts from the
+/// size the target last took (read back from its file, or the marker of its
+/// URL), so a restart or a new leadership term does not publish the same
+/// checkpoint again.
 pub async fn publish(evidence: Evidence, target: PublishConfig, stop: CancellationToken) {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -169,7 +177,12 @@ pub async fn publish(evidence: Evidence, target: PublishConfig, stop: Cancellati
             return;
         }
     };
-    let mut published = 0;
+    let mut published = {
+        let (evidence, target) = (evidence.clone(), target.clone());
+        tokio::task::spawn_blocking(move || last_published(&evidence, &target))
+            .await
+            .unwrap_or(0)
+    };
     let mut tick = tokio::time::interval(target.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -181,6 +194,16 @@ pub async fn publish(evidence: Evidence, target: PublishConfig, stop: Cancellati
             Ok(head) if head.size > published && !head.note.is_empty() => {
                 if deliver(&client, &target, &head.note).await {
                     published = head.size;
+                    if let Some(marker) = target.sent_marker.clone() {
+                        let size = head.size;
+                        let written =
+                            tokio::task::spawn_blocking(move || remember(&marker, size)).await;
+                        if !matches!(written, Ok(Ok(()))) {
+                            tracing::warn!(
+                                "cannot record the published checkpoint size; a restart sends it again"
+                            );
+                        }
+                    }
                 }
             }
             Ok(_) => {}
@@ -190,6 +213,58 @@ pub async fn publish(evidence: Evidence, target: PublishConfig, stop: Cancellati
             return;
         }
     }
+}
+
+/// The size of the last checkpoint `target` took: the smaller of what its
+/// file ends with and what its URL's marker says (a place that missed a
+/// publication gets the next one), 0 when nothing is known.
+fn last_published(evidence: &Evidence, target: &PublishConfig) -> u64 {
+    let file = target.file.as_ref().map(|f| {
+        let text = std::fs::read_to_string(f).unwrap_or_default();
+        evidence
+            .origin()
+            .map_or(0, |origin| last_size_in(&text, origin))
+    });
+    let url = target.sent_marker.as_ref().map(|m| {
+        std::fs::read_to_string(m)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+    });
+    match (file, url) {
+        (Some(a), Some(b)) => a.min(b),
+        (Some(n), None) | (None, Some(n)) => n,
+        (None, None) => 0,
+    }
+}
+
+/// The size of the last checkpoint of `origin` in published notes (each
+/// starts with its origin line, then the size).
+fn last_size_in(text: &str, origin: &str) -> u64 {
+    let mut lines = text.lines();
+    let mut last = 0;
+    while let Some(line) = lines.next() {
+        if line == origin
+            && let Some(size) = lines.next().and_then(|l| l.parse().ok())
+        {
+            last = size;
+        }
+    }
+    last
+}
+
+/// Records `size` in `marker`, replacing it whole (written aside, synced,
+/// renamed).
+fn remember(marker: &std::path::Path, size: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = marker.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let aside = marker.with_extension("new");
+    let mut f = std::fs::File::create(&aside)?;
+    f.write_all(format!("{size}\n").as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&aside, marker)
 }
 
 /// Sends one note to each of the target's places; true if all took it.
@@ -241,4 +316,18 @@ fn append(path: &std::path::Path, note: &str) -> std::io::Result<()> {
     f.write_all(note.as_bytes())?;
     f.write_all(b"\n")?;
     f.sync_data()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_published_size_is_read_back_from_the_notes() {
+        let notes =
+            "log.example\n3\nAAAA\n\n\u{2014} k abc\n\nlog.example\n7\nBBBB\n\n\u{2014} k def\n\n";
+        assert_eq!(last_size_in(notes, "log.example"), 7);
+        assert_eq!(last_size_in(notes, "other.example"), 0);
+        assert_eq!(last_size_in("", "log.example"), 0);
+    }
 }

@@ -101,23 +101,29 @@ pub fn consistency_proof(
         .map_err(|e| failed(&format!("proving size {from} in size {to}"), e))
 }
 
-/// A tree's stored nodes in memory, for tests of what reads them.
-#[cfg(test)]
+/// A tree's stored nodes in memory: for tests of what reads them, and for
+/// the CLI, which rebuilds a tree from entries it fetched to learn its
+/// roots without trusting the server's.
 #[derive(Default)]
 pub struct MemoryNodes(pub std::collections::HashMap<u64, [u8; 32]>);
 
-#[cfg(test)]
 impl MemoryNodes {
-    /// Stores the nodes entry `sequence` adds, as a backend does.
-    pub fn append(&mut self, sequence: u64, entry_hash: &[u8; 32]) {
-        let (first, nodes) = nodes_for(sequence, entry_hash, self).unwrap();
+    /// Stores the nodes entry `sequence` adds, as a backend does; entries
+    /// must come in order from 1.
+    pub fn push(&mut self, sequence: u64, entry_hash: &[u8; 32]) -> Result<(), StoreError> {
+        let (first, nodes) = nodes_for(sequence, entry_hash, self)?;
         for (i, n) in (first..).zip(nodes) {
             self.0.insert(i, n);
         }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    pub fn append(&mut self, sequence: u64, entry_hash: &[u8; 32]) {
+        self.push(sequence, entry_hash).unwrap();
     }
 }
 
-#[cfg(test)]
 impl NodeReader for MemoryNodes {
     fn node(&self, index: u64) -> Result<Option<[u8; 32]>, StoreError> {
         Ok(self.0.get(&index).copied())
