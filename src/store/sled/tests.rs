@@ -128,6 +128,23 @@ fn refused_entries_are_rolled_back_to_the_horizon() {
 /// which can still hold the directory's lock for a moment after the last
 /// handle is dropped: these tests reopen the same directory at once (and
 /// flush explicitly).
+/// Opens the store at `dir` for the server once the handles a test dropped
+/// have let go of it: sled's own threads can hold the directory's lock a
+/// moment after the last handle drops (seen in CI on a busy machine). The
+/// wait is bounded; any other error fails at once.
+fn reopen(dir: &std::path::Path) -> SledStore {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match SledStore::open(dir, Arc::new(SystemClock)) {
+            Ok(store) => return store,
+            Err(e) if e.to_string().contains("in use") && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("cannot reopen {}: {e}", dir.display()),
+        }
+    }
+}
+
 fn open_without_flusher(dir: &std::path::Path) -> sled::Db {
     sled::Config::new()
         .path(dir)
@@ -282,7 +299,7 @@ async fn merkle_nodes_of_the_first_layout_move_to_chunks_when_opened() {
         root
     };
     horizon::Horizon::open(dir.path()).unwrap();
-    let store = SledStore::open(dir.path(), Arc::new(SystemClock)).unwrap();
+    let store = reopen(dir.path());
     assert_eq!(store.tree_root(3).await.unwrap(), root);
     let names = store.trees.db.tree_names();
     assert!(!names.iter().any(|n| n.as_ref() == b"merkle"));
@@ -307,7 +324,7 @@ async fn merkle_nodes_lost_in_a_crash_are_rebuilt_when_opened() {
         crate::store::merkle::root(3, &t.merkle).unwrap()
     };
     horizon::Horizon::open(dir.path()).unwrap();
-    let store = SledStore::open(dir.path(), Arc::new(SystemClock)).unwrap();
+    let store = reopen(dir.path());
     assert_eq!(store.tree_root(3).await.unwrap(), root);
 }
 
