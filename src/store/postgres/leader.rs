@@ -57,7 +57,7 @@ struct Session {
 
 async fn connect(config: &tokio_postgres::Config) -> Result<Session, tokio_postgres::Error> {
     let mut config = config.clone();
-    config.application_name(&format!("prodgate leader {}", std::process::id()));
+    config.application_name(format!("prodgate leader {}", std::process::id()));
     let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
     let ended = CancellationToken::new();
     let on_end = ended.clone();

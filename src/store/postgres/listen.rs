@@ -46,7 +46,7 @@ pub async fn run(config: tokio_postgres::Config, shared: Shared, stop: Cancellat
 async fn listen(config: &tokio_postgres::Config, shared: &Shared) -> Result<(), StoreError> {
     // Named, so an operator (or a test) can tell it apart in pg_stat_activity.
     let mut config = config.clone();
-    config.application_name(&format!("prodgate listen {}", std::process::id()));
+    config.application_name(format!("prodgate listen {}", std::process::id()));
     let (client, mut connection) = config
         .connect(tokio_postgres::NoTls)
         .await
