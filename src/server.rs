@@ -290,7 +290,8 @@ async fn probe_store(
             _ = tick.tick() => {}
         }
         let answer = tokio::time::timeout(STORE_PROBE_TIMEOUT, store.audit_len()).await;
-        let ok = matches!(answer, Ok(Ok(_)));
+        let following = store.following();
+        let ok = matches!(answer, Ok(Ok(_))) && following;
         if ok == serving {
             continue;
         }
@@ -308,7 +309,10 @@ async fn probe_store(
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "the database does not answer: not serving")
                 }
-                _ => tracing::error!("the database did not answer in time: not serving"),
+                Err(_) => tracing::error!("the database did not answer in time: not serving"),
+                Ok(Ok(_)) => tracing::error!(
+                    "this replica cannot follow other replicas' changes (its listening connection is down): not serving"
+                ),
             }
             health
                 .set_service_status("", ServingStatus::NotServing)

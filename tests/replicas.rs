@@ -420,3 +420,111 @@ async fn webhooks_are_sent_once_however_many_replicas_see_the_change() {
         .collect();
     assert_eq!(events, expected);
 }
+
+/// The health service's answer from `server`.
+async fn health(server: &TestServer) -> i32 {
+    tonic_health::pb::health_client::HealthClient::new(server.channel().await)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("health check")
+        .into_inner()
+        .status
+}
+
+#[tokio::test]
+async fn a_leader_that_cannot_follow_the_log_steps_down_and_stops_serving() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let Some(cluster) = Cluster::shared() else {
+        return;
+    };
+    let db = cluster.database();
+    let registry = TestRegistry::start().await;
+    let digest = registry.push_image("app", Some("staging"), 256, 6).await;
+    let repo = format!("{}/app", registry.host);
+    let servers = replicas(&registry, &db);
+    let lead = leader(&servers).await;
+    let follower = (lead + 1) % REPLICAS;
+    let mut alice = servers[follower].client("alice").await;
+    // Every connection the replicas need is open before new ones are
+    // refused: reads take the four read connections in turn.
+    for s in &servers {
+        assert_eq!(health(s).await, ServingStatus::Serving as i32);
+        let mut c = s.client("alice").await;
+        for _ in 0..8 {
+            c.list_promotions(pb::ListPromotionsRequest::default())
+                .await
+                .expect("list");
+        }
+    }
+    // The leader's listening connection ends and cannot come back (the
+    // database takes no new connections), while its leadership session,
+    // its writer and every other replica keep theirs.
+    cluster.psql(&format!(
+        "ALTER DATABASE {} ALLOW_CONNECTIONS false",
+        db.name
+    ));
+    let ended = cluster.psql(&format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = '{}' AND application_name = 'prodgate listen {}'",
+        db.name,
+        servers[lead].pid()
+    ));
+    assert_eq!(ended, "1", "the leader's listening connection");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !servers[lead]
+        .log()
+        .contains("cannot follow other replicas' changes: no longer leading")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "a leader that cannot follow kept leading:\n{}",
+            servers[lead].log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while health(&servers[lead]).await != ServingStatus::NotServing as i32 {
+        assert!(Instant::now() < deadline, "health stayed SERVING");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Another replica leads and applies what is approved through a third.
+    let p = alice
+        .request_promotion(request_to(&repo, "staging", "production"))
+        .await
+        .expect("request")
+        .into_inner();
+    servers[follower]
+        .client("bob")
+        .await
+        .approve(approve(&p.id))
+        .await
+        .expect("approve");
+    let done = wait_for_state(
+        &mut alice,
+        &p.id,
+        PromotionState::Promoted,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(done.digest, digest);
+    assert!(
+        (0..REPLICAS)
+            .filter(|&i| i != lead)
+            .any(|i| servers[i].log().contains(LEADS)),
+        "no other replica took over"
+    );
+    // Connections allowed again: it follows, and serves, again.
+    cluster.psql(&format!(
+        "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+        db.name
+    ));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while health(&servers[lead]).await != ServingStatus::Serving as i32 {
+        assert!(
+            Instant::now() < deadline,
+            "it never served again:\n{}",
+            servers[lead].log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -270,6 +270,12 @@ pub trait Storage: Send + Sync + 'static {
             _hold: None,
         })
     }
+    /// Whether this replica sees every change committed to the store (a
+    /// backend shared by replicas must hear of the others' writes). Health
+    /// reports NOT_SERVING while it does not.
+    fn following(&self) -> bool {
+        true
+    }
     /// Queues `job`; its completion is called once its writes are durable
     /// (or refused). Errs if the backend has stopped.
     async fn submit(&self, job: Job) -> Result<(), StoreError>;

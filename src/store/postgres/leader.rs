@@ -24,6 +24,7 @@
 //! finds the promotion no longer APPROVED if the new leader recorded it, so
 //! a promotion is recorded APPLIED once whichever replica moved the tag.
 
+use super::Follow;
 use crate::store::Leadership;
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,6 +56,8 @@ struct Session {
 }
 
 async fn connect(config: &tokio_postgres::Config) -> Result<Session, tokio_postgres::Error> {
+    let mut config = config.clone();
+    config.application_name(format!("prodgate leader {}", std::process::id()));
     let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
     let ended = CancellationToken::new();
     let on_end = ended.clone();
@@ -93,13 +96,33 @@ impl Drop for Hold {
 
 /// Waits until this replica holds the leader's lock; `None` once `stop`
 /// is cancelled.
-pub async fn lead(config: &tokio_postgres::Config, stop: &CancellationToken) -> Option<Leadership> {
+pub async fn lead(
+    config: &tokio_postgres::Config,
+    stop: &CancellationToken,
+    follow: Arc<Follow>,
+) -> Option<Leadership> {
     let mut session: Option<Session> = None;
     let mut following = false;
+    let mut blind = false;
     loop {
         if stop.is_cancelled() {
             return None;
         }
+        // A replica that cannot hear of the others' writes does not ask.
+        if !follow.ok() {
+            if !blind {
+                tracing::warn!(
+                    "cannot follow other replicas' changes (the listening connection is down): not asking to lead"
+                );
+                blind = true;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return None,
+                _ = tokio::time::sleep(RETRY) => {}
+            }
+            continue;
+        }
+        blind = false;
         if session.as_ref().is_some_and(|s| s.ended.is_cancelled()) {
             session = None;
         }
@@ -119,7 +142,7 @@ pub async fn lead(config: &tokio_postgres::Config, stop: &CancellationToken) -> 
             {
                 Ok(row) if row.get::<_, bool>(0) => {
                     tracing::info!("this replica leads: it applies promotions and runs the sweeps");
-                    return session.map(|s| term(s, stop, following));
+                    return session.map(|s| term(s, stop, following, follow));
                 }
                 Ok(_) => {
                     if !following {
@@ -140,9 +163,15 @@ pub async fn lead(config: &tokio_postgres::Config, stop: &CancellationToken) -> 
     }
 }
 
-/// The term of a session that holds the lock: it ends with `stop`, or
-/// when the session ends or stops answering.
-fn term(session: Session, stop: &CancellationToken, waited: bool) -> Leadership {
+/// The term of a session that holds the lock: it ends with `stop`, when
+/// the session ends or stops answering, or when this replica stops
+/// following the log ([`Follow`]).
+fn term(
+    session: Session,
+    stop: &CancellationToken,
+    waited: bool,
+    follow: Arc<Follow>,
+) -> Leadership {
     let term = stop.child_token();
     let (client, ended) = (session.client.clone(), session.ended);
     let ending = term.clone();
@@ -156,6 +185,15 @@ fn term(session: Session, stop: &CancellationToken, waited: bool) -> Leadership 
                     return;
                 }
                 _ = tokio::time::sleep(CHECK) => {}
+            }
+            if !follow.ok() {
+                // Its apply worker would never hear of promotions approved
+                // through other replicas: let one that can hear lead.
+                tracing::error!(
+                    "this replica cannot follow other replicas' changes: no longer leading"
+                );
+                ending.cancel();
+                return;
             }
             let alive = tokio::time::timeout(CHECK_TIMEOUT, client.simple_query("SELECT 1")).await;
             if !matches!(alive, Ok(Ok(_))) {

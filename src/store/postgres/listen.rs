@@ -28,6 +28,7 @@ pub async fn run(config: tokio_postgres::Config, shared: Shared, stop: Cancellat
         tokio::select! {
             _ = stop.cancelled() => return,
             r = listen(&config, &shared) => {
+                shared.follow.down();
                 if let Err(e) = r {
                     tracing::warn!(error = %e, "listening for other replicas' changes failed; connecting again");
                 }
@@ -43,6 +44,9 @@ pub async fn run(config: tokio_postgres::Config, shared: Shared, stop: Cancellat
 /// One connection's life: LISTEN, catch up, then catch up at every wake-up
 /// until the connection ends.
 async fn listen(config: &tokio_postgres::Config, shared: &Shared) -> Result<(), StoreError> {
+    // Named, so an operator (or a test) can tell it apart in pg_stat_activity.
+    let mut config = config.clone();
+    config.application_name(format!("prodgate listen {}", std::process::id()));
     let (client, mut connection) = config
         .connect(tokio_postgres::NoTls)
         .await
@@ -73,6 +77,7 @@ async fn listen(config: &tokio_postgres::Config, shared: &Shared) -> Result<(), 
             .map_err(|e| backend("listening for other replicas' changes", e))?;
         loop {
             catch_up(&client, shared).await?;
+            shared.follow.up();
             tokio::select! {
                 w = wakeups.recv() => if w.is_none() {
                     return Err(StoreError::Backend("the listening connection closed".into()));

@@ -75,6 +75,8 @@ struct Shared {
     /// The last sequence published to subscribers: the writer and the
     /// listener publish under this lock, each entry once and in order.
     published: Arc<Mutex<u64>>,
+    /// Whether the listener follows the log (see [`Follow`]).
+    follow: Arc<Follow>,
     /// Asks the listener to publish what the database holds beyond
     /// `published` (the writer found another replica's entries before its own).
     wake: Arc<tokio::sync::Notify>,
@@ -83,6 +85,51 @@ struct Shared {
 impl Shared {
     fn lock_published(&self) -> std::sync::MutexGuard<'_, u64> {
         self.published.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// How long the listener may be down before this replica counts as not
+/// following the log: a reconnect (every second) usually ends it sooner.
+pub const FOLLOW_GRACE: Duration = Duration::from_secs(3);
+
+/// Whether this replica sees what other replicas commit. Its listener is
+/// the only way it does; a replica that cannot follow must not lead (its
+/// apply worker would never hear of promotions approved elsewhere, while
+/// they were answered APPROVED) and must not report SERVING.
+pub struct Follow {
+    /// Since when the listener has been down (or not yet up); `None` while
+    /// it listens.
+    down_since: Mutex<Option<std::time::Instant>>,
+}
+
+impl Follow {
+    fn new() -> Self {
+        Follow {
+            down_since: Mutex::new(Some(std::time::Instant::now())),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<std::time::Instant>> {
+        self.down_since.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The listener listens and has caught up.
+    fn up(&self) {
+        if self.lock().take().is_some() {
+            tracing::info!("following other replicas' changes");
+        }
+    }
+
+    /// The listener lost its connection (or could not make one).
+    fn down(&self) {
+        self.lock().get_or_insert_with(std::time::Instant::now);
+    }
+
+    /// Whether this replica follows the log, or lost it less than
+    /// [`FOLLOW_GRACE`] ago.
+    pub fn ok(&self) -> bool {
+        self.lock()
+            .is_none_or(|since| since.elapsed() < FOLLOW_GRACE)
     }
 }
 
@@ -372,6 +419,7 @@ impl PgStore {
             stats: Arc::new(WriterStats::default()),
             durable: Arc::new(AtomicU64::new(0)),
             published: Arc::new(Mutex::new(0)),
+            follow: Arc::new(Follow::new()),
             wake: Arc::new(tokio::sync::Notify::new()),
         };
         let (jobs, rx) = mpsc::channel(QUEUE_DEPTH);
@@ -490,7 +538,11 @@ impl Storage for PgStore {
     }
 
     async fn lead(&self, stop: &CancellationToken) -> Option<Leadership> {
-        leader::lead(&self.config, stop).await
+        leader::lead(&self.config, stop, self.shared.follow.clone()).await
+    }
+
+    fn following(&self) -> bool {
+        self.shared.follow.ok()
     }
 
     async fn get(&self, id: PromotionId) -> Result<Option<Promotion>, StoreError> {
