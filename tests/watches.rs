@@ -100,7 +100,7 @@ async fn one_principal_may_hold_a_bounded_number_of_watches() {
 #[tokio::test]
 async fn closed_watches_give_their_memory_back() {
     const WATCHES: usize = 2000;
-    const ROUNDS: usize = 8;
+    const ROUNDS: usize = 10;
     let registry = TestRegistry::start().await;
     // As the shipped Dockerfile and systemd unit run it.
     let server = TestServer::start_with_env(
@@ -143,11 +143,14 @@ async fn closed_watches_give_their_memory_back() {
     eprintln!(
         "server RSS {before} KiB before; with {WATCHES} watches open, round by round (KiB): {peaks:?}"
     );
-    // The allocator settles in the first rounds; after that, a leak of even
-    // 1 KiB per closed watch would add ~8 MiB over the last four rounds.
-    let grew = peaks[ROUNDS - 1].saturating_sub(peaks[ROUNDS - 5]);
+    // The allocator settles over the first rounds (more slowly on a busy
+    // machine: seen still adding 1-2 MiB a round at round 6, 0.2 MiB at
+    // round 8), and growth that shrinks round by round is not a leak. A
+    // leak of even 1 KiB per closed watch adds 2 MiB every round, however
+    // many came before: 4 MiB over the last two.
+    let grew = peaks[ROUNDS - 1].saturating_sub(peaks[ROUNDS - 3]);
     assert!(
-        grew < 4 * 1024,
-        "RSS grew {grew} KiB over the last four rounds: {peaks:?}"
+        grew < 2 * 1024,
+        "RSS grew {grew} KiB over the last two rounds: {peaks:?}"
     );
 }
