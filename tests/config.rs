@@ -454,6 +454,18 @@ async fn serve_authenticates_to_the_registry_with_a_credential_helpers_answer() 
     assert!(!server.log().contains(password), "the password was logged");
 }
 
+/// `prodgate check-config [--strict] FILE` on `config` written to `file`.
+fn check_config(file: &Path, config: &str, strict: bool) -> Out {
+    std::fs::write(file, config).expect("write config");
+    let mut args = vec!["check-config"];
+    if strict {
+        args.push("--strict");
+    }
+    args.push(path_str(file));
+    let dir = file.parent().expect("the config's directory");
+    prodgate(&args, dir, &[])
+}
+
 /// The test principals, one environment with `policy` lines, and
 /// `identity` (an `[[identity]]` section with its rules).
 fn config_with_identity(identity: &str, policy: &str) -> String {
@@ -471,15 +483,7 @@ jwks_url = "https://idp.test/keys"
 fn identities_are_checked_and_counted_by_check_config() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let file = tmp.path().join("prodgate.toml");
-    let check = |config: &str, strict: bool| {
-        std::fs::write(&file, config).expect("write config");
-        let mut args = vec!["check-config"];
-        if strict {
-            args.push("--strict");
-        }
-        args.push(path_str(&file));
-        prodgate(&args, tmp.path(), &[])
-    };
+    let check = |config: &str, strict: bool| check_config(&file, config, strict);
     let rule = "[[identity.rule]]\nprincipal = \"sso:{email}\"\n";
     let policy = "approvers = [\"bob\"]\nrequired_approvals = 1\nallow_self_approval = true";
     for (identity, error) in [
@@ -622,15 +626,7 @@ fn identities_are_checked_and_counted_by_check_config() {
 fn rules_of_two_issuers_that_render_one_principal_are_warned_about_and_refused_when_strict() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let file = tmp.path().join("prodgate.toml");
-    let check = |config: &str, strict: bool| {
-        std::fs::write(&file, config).expect("write config");
-        let mut args = vec!["check-config"];
-        if strict {
-            args.push("--strict");
-        }
-        args.push(path_str(&file));
-        prodgate(&args, tmp.path(), &[])
-    };
+    let check = |config: &str, strict: bool| check_config(&file, config, strict);
     let second = |principal: &str| {
         format!(
             "{IDENTITY}[[identity.rule]]\nprincipal = \"sso:{{email}}\"\n\
