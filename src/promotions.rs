@@ -12,8 +12,8 @@ use crate::domain::drift::TagRecord;
 use crate::domain::gates;
 use crate::domain::machine::{self, NewPromotion, Outcome};
 use crate::domain::model::{
-    CheckReport, CheckStatus, POLICY_ATTRIBUTE, Promotion, PromotionId, SIGNATURE_ATTRIBUTE, State,
-    Time, may_record_check, policy_changed,
+    CheckReport, CheckStatus, POLICY_ATTRIBUTE, Precision, Promotion, PromotionId,
+    SIGNATURE_ATTRIBUTE, State, Time, may_record_check, policy_changed,
 };
 use crate::domain::names::{Repository, Source};
 use crate::domain::policy::{EnvironmentPolicy, Principal};
@@ -996,7 +996,7 @@ impl Promotions {
             .ok_or_else(|| Error::NothingDeployed {
                 repository: repository.to_string(),
                 environment: environment.to_owned(),
-                at: at.map_or_else(|| "now".to_owned(), Time::rfc3339),
+                at: at.map_or_else(|| "now".to_owned(), |t| t.rfc3339(Precision::Nanos)),
             })
     }
 
@@ -1158,7 +1158,7 @@ fn expire_due(tx: &mut dyn UnitOfWork, p: &Promotion, now: Time) -> Result<(), E
             tx.commit(&o.promotion, o.event)?;
             Err(Error::Expired {
                 id: p.id,
-                expires_at: p.expires_at.rfc3339(),
+                expires_at: p.expires_at.rfc3339(Precision::Nanos),
             })
         }
         None => Ok(()),

@@ -5,7 +5,7 @@
 //! worker in [`super`] gathers the facts and does the I/O.
 
 use crate::domain::audit::AuditEntry;
-use crate::domain::model::{CheckReport, Promotion};
+use crate::domain::model::{CheckReport, Precision, Promotion};
 use crate::evidence::SignedHead;
 use crate::registry::{INDEX_MEDIA_TYPE, Manifest};
 use serde::{Deserialize, Serialize};
@@ -103,7 +103,7 @@ impl Record {
                 .iter()
                 .map(|a| RecordApproval {
                     approver: a.approver.clone(),
-                    time: a.time.rfc3339(),
+                    time: a.time.rfc3339(Precision::Nanos),
                     comment: a.comment.clone(),
                 })
                 .collect(),
@@ -114,14 +114,14 @@ impl Record {
                     check: c.check.clone(),
                     status: c.status.name().to_owned(),
                     reported_by: c.reported_by.clone(),
-                    time: c.time.rfc3339(),
+                    time: c.time.rfc3339(Precision::Nanos),
                     details_url: c.details_url.clone(),
                 })
                 .collect(),
             applied: RecordEntry {
                 sequence: applied.sequence,
                 hash: hex::encode(applied.hash),
-                time: applied.time.rfc3339(),
+                time: applied.time.rfc3339(Precision::Nanos),
             },
             checkpoint: RecordCheckpoint {
                 size: head.size,

@@ -6,6 +6,7 @@ use super::time::{Precision, relative, rfc3339};
 use crate::pb;
 use prost_types::Timestamp;
 use std::time::SystemTime;
+use unicode_width::UnicodeWidthStr;
 
 /// Hex digits of a digest shown in columns: enough to tell images apart.
 const SHORT_DIGEST_HEX: usize = 12;
@@ -64,6 +65,14 @@ pub fn short_digest(d: &str) -> String {
     }
 }
 
+/// `s` followed by spaces up to `width` terminal cells. Not `{:width$}`,
+/// which counts chars: `名前` is two chars but four cells.
+fn pad(s: &str, width: usize) -> String {
+    let mut out = s.to_owned();
+    out.push_str(&" ".repeat(width.saturating_sub(s.width())));
+    out
+}
+
 fn or_dash(s: String) -> String {
     if s.is_empty() { "-".to_owned() } else { s }
 }
@@ -92,7 +101,7 @@ fn grid(rows: &[Vec<String>]) -> String {
         .map(|i| {
             rows.iter()
                 .filter_map(|r| r.get(i))
-                .map(|c| c.chars().count())
+                .map(|c| c.width())
                 .max()
                 .unwrap_or(0)
         })
@@ -104,9 +113,7 @@ fn grid(rows: &[Vec<String>]) -> String {
             if i + 1 == row.len() {
                 line.push_str(cell);
             } else {
-                let pad = widths[i].saturating_sub(cell.chars().count());
-                line.push_str(cell);
-                line.push_str(&" ".repeat(pad));
+                line.push_str(&pad(cell, widths[i]));
                 line.push_str(GAP);
             }
         }
@@ -229,11 +236,11 @@ pub fn promotion(p: &pb::Promotion, now: SystemTime) -> String {
     let approver_width = p
         .approvals
         .iter()
-        .map(|a| clean(&a.approver).chars().count())
+        .map(|a| clean(&a.approver).width())
         .max()
         .unwrap_or(0);
     for a in &p.approvals {
-        let mut line = format!("  {:approver_width$}", clean(&a.approver));
+        let mut line = format!("  {}", pad(&clean(&a.approver), approver_width));
         if let Some(t) = &a.time {
             line.push_str(&format!("  {}", moment(t, now)));
         }
@@ -374,10 +381,10 @@ pub fn checks(checks: &[pb::CheckResult]) -> String {
             clean(&r.details_url)
         };
         out.push_str(&format!(
-            "{:<16} {:<7} {:<16} {:<20} {}\n",
-            clean(&r.check),
+            "{} {:<7} {} {:<20} {}\n",
+            pad(&clean(&r.check), 16),
             status,
-            clean(&r.reported_by),
+            pad(&clean(&r.reported_by), 16),
             time,
             details
         ));
@@ -414,8 +421,8 @@ pub fn gate_report(r: &pb::GateReport) -> String {
     for g in &r.gates {
         let verdict = if g.passed { "pass " } else { "BLOCK" };
         out.push_str(&format!(
-            "{verdict} {:<15} {}\n",
-            clean(&g.name),
+            "{verdict} {} {}\n",
+            pad(&clean(&g.name), 15),
             clean(&g.message)
         ));
     }
@@ -508,6 +515,17 @@ mod tests {
         );
         assert!(lines[2].contains("sha256:aaaaaaaaaaaa  alice"), "{text}");
         assert!(lines[2].ends_with("0/1        3m ago"), "{text}");
+    }
+
+    #[test]
+    fn wide_characters_take_two_columns() {
+        let row = |a: &str, b: &str| vec![a.to_owned(), b.to_owned()];
+        let text = grid(&[
+            row("NAME", "STATE"),
+            row("名前", "PROMOTED"),
+            row("r/app", "FAILED"),
+        ]);
+        assert_eq!(text, "NAME   STATE\n名前   PROMOTED\nr/app  FAILED\n");
     }
 
     #[test]

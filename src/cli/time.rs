@@ -1,6 +1,8 @@
 //! Moments on the command line and on screen: parsing `--since`/`--until`/
 //! `--at`, RFC 3339 rendering of `google.protobuf.Timestamp`, and "3m ago".
 
+pub use crate::domain::model::Precision;
+use crate::domain::model::Time;
 use prost_types::Timestamp;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -33,50 +35,16 @@ fn moment_at(s: &str, now: SystemTime) -> Result<Timestamp, String> {
     })
 }
 
-/// How many fractional digits RFC 3339 output shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Precision {
-    /// Whole seconds, for tables.
-    Seconds,
-    /// 0, 3, 6 or 9 digits, whichever loses nothing: the proto3 JSON rule.
-    Exact,
-}
-
-/// RFC 3339 in UTC with `Z`. Total for any input: a server sending nanos
-/// outside 0..1e9 gets them clamped instead of crashing the client.
+/// RFC 3339 in UTC with `Z` ([`Time::rfc3339`]). Total for any input: a
+/// server sending nanos outside 0..1e9 gets them clamped instead of
+/// crashing the client.
 pub fn rfc3339(ts: &Timestamp, precision: Precision) -> String {
-    let days = ts.seconds.div_euclid(86_400);
-    let secs_of_day = ts.seconds.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
-    let (h, m, s) = (
-        secs_of_day / 3600,
-        secs_of_day % 3600 / 60,
-        secs_of_day % 60,
-    );
-    let nanos = ts.nanos.clamp(0, NANOS_PER_SECOND - 1);
-    let fraction = match precision {
-        Precision::Seconds => String::new(),
-        Precision::Exact if nanos == 0 => String::new(),
-        Precision::Exact if nanos % 1_000_000 == 0 => format!(".{:03}", nanos / 1_000_000),
-        Precision::Exact if nanos % 1_000 == 0 => format!(".{:06}", nanos / 1_000),
-        Precision::Exact => format!(".{nanos:09}"),
-    };
-    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}{fraction}Z")
-}
-
-/// Gregorian date of a day count since 1970-01-01 (H. Hinnant's
-/// `civil_from_days`); exact for every i64 day count a Timestamp can give.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    let nanos = u32::try_from(ts.nanos.clamp(0, NANOS_PER_SECOND - 1)).unwrap_or(0);
+    Time {
+        seconds: ts.seconds,
+        nanos,
+    }
+    .rfc3339(precision)
 }
 
 /// "just now", "45s ago", "3m ago", "2h ago", "5d ago"; "in 3m" for the

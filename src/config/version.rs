@@ -23,7 +23,7 @@
 //! re-hashes the document with SHA-256 to check it against its digest.
 
 use super::{Config, IdentityConfig, PrincipalConfig, ProjectConfig};
-use crate::domain::model::Time;
+use crate::domain::model::{Precision, Time};
 use crate::domain::policy::{Approver, EnvironmentPolicy, Freeze, Window};
 use jiff::civil::Weekday;
 use serde::Serialize;
@@ -278,10 +278,7 @@ fn freeze(f: &Freeze) -> FreezeDoc {
 /// RFC 3339 in UTC with only the fractional digits needed
 /// (`2026-12-20T00:00:00Z`), as jiff prints it.
 fn instant(t: Time) -> String {
-    i32::try_from(t.nanos)
-        .ok()
-        .and_then(|n| jiff::Timestamp::new(t.seconds, n).ok())
-        .map_or_else(|| t.rfc3339(), |ts| ts.to_string())
+    t.rfc3339(Precision::Shortest)
 }
 
 fn window(w: &Window) -> WindowDoc {

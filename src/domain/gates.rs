@@ -7,7 +7,7 @@
 //! Adding a gate touches three places: its function here (and its line in
 //! [`evaluate`]), its config key, and its test.
 
-use super::model::{Approval, Promotion, Time};
+use super::model::{Approval, Precision, Promotion, Time};
 use super::policy::{EnvironmentPolicy, Freeze, Principal, Window};
 use super::signature::Verdict;
 use jiff::tz::{AmbiguousOffset, TimeZone};
@@ -695,7 +695,7 @@ fn from_timestamp(ts: Timestamp) -> Time {
 
 /// `2027-01-05T00:00:00Z`: RFC 3339 in UTC, fractions only when present.
 fn show(t: Time) -> String {
-    to_timestamp(t).to_string()
+    t.rfc3339(Precision::Shortest)
 }
 
 /// `Tue 2027-01-05 09:00 Europe/Berlin`

@@ -1,5 +1,7 @@
 //! The promotion record, its states, and the audit events it produces.
 
+use jiff::fmt::temporal::DateTimePrinter;
+use jiff::{SignedDuration, civil};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -27,18 +29,35 @@ impl Time {
         }
     }
 
-    /// `2026-11-26T18:00:00.123456789Z`, for messages.
-    pub fn rfc3339(self) -> String {
-        // humantime renders years 1970..=9999 and panics past them; the API
-        // refuses such times, but a message must never be the thing that fails.
-        const LAST: i64 = 253_402_300_799;
-        match u64::try_from(self.seconds) {
-            Ok(secs) if self.seconds <= LAST => {
-                let st = UNIX_EPOCH + Duration::new(secs, self.nanos.min(999_999_999));
-                humantime::format_rfc3339_nanos(st).to_string()
-            }
-            _ => format!("{}s from 1970-01-01T00:00:00Z", self.seconds),
-        }
+    /// `2026-11-26T18:00:00.123456789Z`: RFC 3339 in UTC with `Z`, the one
+    /// renderer of instants (jiff's printer). Through civil time in UTC, not
+    /// `jiff::Timestamp`, whose range stops a day short of
+    /// 9999-12-31T23:59:59Z (room for any offset), the last instant the API
+    /// accepts. Outside the years -9999..=9999 no date can be printed; the
+    /// API refuses such times, but rendering must never be what fails, so
+    /// they read `…s from 1970-01-01T00:00:00Z`.
+    pub fn rfc3339(self, precision: Precision) -> String {
+        const EPOCH: civil::DateTime = civil::date(1970, 1, 1).at(0, 0, 0, 0);
+        let nanos = self.nanos.min(999_999_999);
+        let Some(utc) = i32::try_from(nanos)
+            .ok()
+            .and_then(|n| EPOCH.checked_add(SignedDuration::new(self.seconds, n)).ok())
+        else {
+            return format!("{}s from 1970-01-01T00:00:00Z", self.seconds);
+        };
+        let digits = match precision {
+            Precision::Seconds => Some(0),
+            Precision::Exact if nanos == 0 => Some(0),
+            Precision::Exact if nanos.is_multiple_of(1_000_000) => Some(3),
+            Precision::Exact if nanos.is_multiple_of(1_000) => Some(6),
+            Precision::Exact | Precision::Nanos => Some(9),
+            Precision::Shortest => None,
+        };
+        let mut out = DateTimePrinter::new()
+            .precision(digits)
+            .datetime_to_string(&utc);
+        out.push('Z');
+        out
     }
 
     pub fn plus(self, d: Duration) -> Self {
@@ -52,6 +71,23 @@ impl Time {
             nanos: u32::try_from(total % 1_000_000_000).unwrap_or(0),
         }
     }
+}
+
+/// How many fractional digits [`Time::rfc3339`] shows. Each one is a format
+/// already in use; the policy digest and attached records depend on theirs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// Whole seconds, for tables.
+    Seconds,
+    /// 0, 3, 6 or 9 digits, whichever loses nothing: the proto3 JSON rule
+    /// (`-o json`).
+    Exact,
+    /// As few digits as lose nothing (`.12`), none for whole seconds: jiff's
+    /// own `Display`, as the canonical policy document (which its digest
+    /// covers) and the gates' messages print instants.
+    Shortest,
+    /// Always nine digits: the attached promotion record and error messages.
+    Nanos,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -425,5 +461,49 @@ mod check_limit_tests {
         );
         assert!(may_record_check(true, 64, 64));
         assert!(may_record_check(true, 3000, 64));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_renderer_four_precisions() {
+        let t = Time {
+            seconds: 1_795_703_520,
+            nanos: 120_000_000,
+        };
+        assert_eq!(t.rfc3339(Precision::Seconds), "2026-11-26T14:32:00Z");
+        assert_eq!(t.rfc3339(Precision::Exact), "2026-11-26T14:32:00.120Z");
+        assert_eq!(t.rfc3339(Precision::Shortest), "2026-11-26T14:32:00.12Z");
+        assert_eq!(
+            t.rfc3339(Precision::Nanos),
+            "2026-11-26T14:32:00.120000000Z"
+        );
+        // Records and messages printed humantime's nanos format until jiff.
+        for seconds in [0, 86_399, 951_782_400, 1_795_703_520, 253_402_300_799] {
+            for nanos in [0, 5, 120_000_000, 999_999_999] {
+                let t = Time { seconds, nanos };
+                let st = UNIX_EPOCH + Duration::new(u64::try_from(seconds).unwrap_or(0), nanos);
+                assert_eq!(
+                    t.rfc3339(Precision::Nanos),
+                    humantime::format_rfc3339_nanos(st).to_string()
+                );
+            }
+        }
+        let first = Time {
+            seconds: -62_135_596_800,
+            nanos: 0,
+        };
+        assert_eq!(first.rfc3339(Precision::Exact), "0001-01-01T00:00:00Z");
+        let beyond = Time {
+            seconds: 253_402_300_800 * 2,
+            nanos: 0,
+        };
+        assert_eq!(
+            beyond.rfc3339(Precision::Seconds),
+            "506804601600s from 1970-01-01T00:00:00Z"
+        );
     }
 }
