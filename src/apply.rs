@@ -24,6 +24,7 @@
 //! finds the digest already there (a push whose answer was lost), which
 //! records it as applied.
 
+use crate::backoff::{Delays, jitter};
 use crate::clock::Clock;
 use crate::config::Live;
 use crate::domain::machine;
@@ -32,7 +33,6 @@ use crate::domain::names::Repository;
 use crate::error::Error;
 use crate::registry::{Manifest, Moved, Registry, RegistryError};
 use crate::store::{Store, UnitOfWork};
-use rand::Rng;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -282,7 +282,7 @@ impl Worker {
         stop: &CancellationToken,
     ) {
         let (store, registry) = (&self.store, self.registry.as_ref());
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = Delays::new(FIRST_BACKOFF, MAX_BACKOFF);
         let mut attempt = 0u32;
         let mut last_error = String::new();
         loop {
@@ -340,6 +340,8 @@ impl Worker {
                     return;
                 }
                 Err(e) if e.is_transient() => {
+                    // Taken on every transient failure, Retry-After or not.
+                    let backoff = backoff.next_delay();
                     let wait = match &e {
                         RegistryError::Unavailable {
                             retry_after: Some(r),
@@ -363,7 +365,6 @@ impl Worker {
                         // Stopping between attempts is safe: nothing was moved.
                         _ = stop.cancelled() => return,
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 Err(e) => {
                     tracing::error!(promotion = id, attempt, error = %e, "tag move failed for good");
@@ -498,12 +499,6 @@ pub async fn move_pinned(
             })?,
     };
     registry.move_tag(repo, &manifest, tag).await
-}
-
-/// Between half and all of `d`, so many waiting lanes do not retry in step.
-pub(crate) fn jitter(d: Duration) -> Duration {
-    let half = d / 2;
-    half + Duration::from_millis(rand::rng().random_range(0..=half.as_millis() as u64))
 }
 
 /// Records the outcome; an applied promotion supersedes, in the same write,

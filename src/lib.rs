@@ -24,6 +24,8 @@
 //! - [`promotions`]: the use cases the RPCs call; they gather the gates'
 //!   facts and let the domain decide inside a write job.
 //! - [`apply`]: the worker that moves tags of APPROVED promotions.
+//! - [`backoff`]: the retry loops' one backoff policy (first pause,
+//!   doubling, capped; jitter).
 //! - [`attach`]: the record of each APPLIED promotion, pushed as an OCI
 //!   artifact referring to the promoted image (`attach_record`).
 //! - [`drift`]: the watch that notices (and may undo) tag moves made
@@ -44,6 +46,7 @@ pub mod api;
 pub mod apply;
 pub mod attach;
 pub mod auth;
+pub mod backoff;
 pub mod cli;
 pub mod clock;
 pub mod config;

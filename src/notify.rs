@@ -21,6 +21,7 @@
 //! followed redirect would hand the signed body to an address nobody
 //! configured (and 302/303 would turn the POST into a GET).
 
+use crate::backoff::Delays;
 use crate::config::{NotifyConfig, NotifyEvent, Secret};
 use crate::domain::audit::AuditEntry;
 use crate::domain::model::{Action, Promotion, State};
@@ -339,7 +340,8 @@ async fn deliver(
         // One random id per delivery, the same on every retry of it:
         // receivers de-duplicate by it (or by the entry's sequence).
         let delivery = hex::encode(rand::random::<[u8; 16]>());
-        let mut backoff = FIRST_BACKOFF;
+        // No cap: ATTEMPTS ends the doubling first.
+        let mut backoff = Delays::new(FIRST_BACKOFF, Duration::MAX);
         for attempt in 1..=ATTEMPTS {
             let mut post = client
                 .post(&target)
@@ -364,8 +366,7 @@ async fn deliver(
             if attempt == ATTEMPTS {
                 tracing::error!(%url, event = n.event, sequence = n.sequence, promotion = %n.promotion_id, "webhook gave up");
             } else {
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
     }

@@ -18,6 +18,7 @@ use crate::api::promotion::PromotionApi;
 use crate::apply;
 use crate::auth::Authenticator;
 use crate::auth::layer::Authenticate;
+use crate::backoff::Delays;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError, Live, Loaded, StorageConfig, TlsConfig};
 use crate::metrics::{Metrics, RpcMetricsLayer};
@@ -368,7 +369,7 @@ impl Followers {
 /// restart.
 async fn lead(leader: Leader, stop: CancellationToken, from_start: Followers) {
     let mut from_start = Some(from_start);
-    let mut pause = RELEAD_PAUSE_MIN;
+    let mut pauses = Delays::new(RELEAD_PAUSE_MIN, RELEAD_PAUSE_MAX);
     while let Some(leadership) = leader.store.lead(&stop).await {
         let began = tokio::time::Instant::now();
         let term = leadership.term.clone();
@@ -472,8 +473,9 @@ async fn lead(leader: Leader, stop: CancellationToken, from_start: Followers) {
         // leading needs) must not become a loop that logs as fast as it can:
         // the pause before the next attempt doubles while terms stay short.
         if began.elapsed() >= RELEAD_PAUSE_MAX {
-            pause = RELEAD_PAUSE_MIN;
+            pauses.reset();
         }
+        let pause = pauses.next_delay();
         tracing::warn!(
             retry_in_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
             "the leadership ended; following until this replica can lead again"
@@ -482,7 +484,6 @@ async fn lead(leader: Leader, stop: CancellationToken, from_start: Followers) {
             _ = tokio::time::sleep(pause) => {}
             _ = stop.cancelled() => return,
         }
-        pause = (pause * 2).min(RELEAD_PAUSE_MAX);
     }
 }
 

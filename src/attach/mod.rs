@@ -25,6 +25,7 @@
 pub mod record;
 
 use crate::apply::TagLocks;
+use crate::backoff::{Delays, jitter};
 use crate::clock::Clock;
 use crate::config::Live;
 use crate::domain::audit::AuditEntry;
@@ -263,7 +264,7 @@ impl Worker {
         stop: CancellationToken,
     ) -> PromotionId {
         let deadline = tokio::time::Instant::now() + DEADLINE;
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = Delays::new(FIRST_BACKOFF, MAX_BACKOFF);
         let mut attempts = 0u32;
         loop {
             attempts += 1;
@@ -281,6 +282,7 @@ impl Worker {
             {
                 m.attach_failure(&p.environment);
             }
+            let backoff = backoff.next_delay();
             // A registry's Retry-After, if longer, is honoured.
             let wait = match &error {
                 AttachError::Registry(RegistryError::Unavailable {
@@ -289,7 +291,7 @@ impl Worker {
                 }) => backoff.max(*after).min(MAX_BACKOFF),
                 _ => backoff,
             };
-            let wait = crate::apply::jitter(wait);
+            let wait = jitter(wait);
             if tokio::time::Instant::now() + wait > deadline {
                 tracing::error!(promotion = p.id, repository = %p.repository,
                     environment = %p.environment, attempts, error = %error,
@@ -304,7 +306,6 @@ impl Worker {
                 _ = stop.cancelled() => return p.id,
                 _ = tokio::time::sleep(wait) => {}
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 

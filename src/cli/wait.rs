@@ -8,8 +8,8 @@ use super::CliError;
 use super::client::Client;
 use super::output::Printer;
 use super::table::state_label;
+use crate::backoff::{Delays, jitter};
 use crate::pb::{self, PromotionState};
-use rand::Rng;
 use std::time::{Duration, Instant};
 
 /// First pause before watching again after losing the server; doubled after
@@ -57,7 +57,7 @@ pub async fn follow(
     limit: Option<Limit>,
 ) -> Result<(), CliError> {
     let mut last = first;
-    let mut retry = FIRST_RETRY;
+    let mut retry = Delays::new(FIRST_RETRY, MAX_RETRY);
     let mut lost = false;
     while !is_terminal(last.state) {
         let mut heard = false;
@@ -69,7 +69,7 @@ pub async fn follow(
             None => watched.await,
         };
         if heard {
-            retry = FIRST_RETRY;
+            retry.reset();
             lost = false;
         }
         match result {
@@ -89,8 +89,7 @@ pub async fn follow(
                         }
                     );
                 }
-                let pause = jitter(retry);
-                retry = (retry * 2).min(MAX_RETRY);
+                let pause = jitter(retry.next_delay());
                 match limit {
                     Some(l) if Instant::now() + pause >= l.deadline => {
                         tokio::time::sleep_until(l.deadline.into()).await;
@@ -170,12 +169,4 @@ fn end_state(p: &pb::Promotion) -> String {
     } else {
         format!("{label} by promotion {}", p.superseded_by)
     }
-}
-
-/// Between half and all of `d`, so that many waiting CI jobs do not all
-/// reconnect to a restarted server at the same moment.
-fn jitter(d: Duration) -> Duration {
-    let half = d / 2;
-    let spread = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
-    half + Duration::from_millis(rand::rng().random_range(0..=spread))
 }

@@ -12,6 +12,7 @@
 //! finished connections. TLS is accepted here too: under tonic's TLS the preface is
 //! encrypted and cannot be watched for.
 
+use crate::backoff::Delays;
 use crate::telemetry::Throttle;
 use std::future::Future;
 use std::io;
@@ -105,7 +106,7 @@ pub async fn accept(
     let slots = Arc::new(Semaphore::new(max_connections));
     let full = Throttle::new(LOG_EVERY);
     let failing = Throttle::new(LOG_EVERY);
-    let mut backoff = ACCEPT_BACKOFF_MIN;
+    let mut backoff = Delays::new(ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX);
     loop {
         // A slot first: at the limit, clients wait in the listen backlog
         // (where they cost no descriptor) until a connection closes.
@@ -136,26 +137,26 @@ pub async fn accept(
         };
         let tcp = match accepted {
             Ok((tcp, _)) => {
-                backoff = ACCEPT_BACKOFF_MIN;
+                backoff.reset();
                 tcp
             }
             // The client gave up before we took its connection: nothing to wait for.
             Err(e) if is_per_connection(&e) => continue,
             Err(e) => {
+                let pause = backoff.next_delay();
                 if let Some(suppressed) = failing.allow() {
                     tracing::warn!(
                         error = %e,
-                        retry_in_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
+                        retry_in_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
                         suppressed,
                         "cannot accept connections; if out of file descriptors, raise the \
                          open-file limit (LimitNOFILE) or lower max_connections"
                     );
                 }
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(pause) => {}
                     _ = stop.cancelled() => return,
                 }
-                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 continue;
             }
         };
