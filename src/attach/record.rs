@@ -166,6 +166,8 @@ fn sha256(bytes: &[u8]) -> String {
 /// The artifact: an image manifest with the empty config, `layer` (the
 /// record) as its only layer, and `subject` the promoted manifest.
 pub fn artifact(layer: &Descriptor, subject: &Descriptor, promotion_id: &str) -> Manifest {
+    // `json!`, not oci-spec's builder: these bytes are pushed and digested, and
+    // serde_json's sorted keys keep a retried record's digest what it was.
     let doc = json!({
         "schemaVersion": 2,
         "mediaType": IMAGE_MANIFEST,
@@ -203,6 +205,8 @@ pub fn lists(index: &[u8], id: &str) -> Result<bool, IndexError> {
         .any(|d| is_record_of(d, id)))
 }
 
+// `Value`, not oci-spec's `ImageIndex`: `merge` writes the index back and every
+// field prodgate does not know must survive; `lists` shares it to accept the same indexes.
 fn parse(index: &[u8]) -> Result<Value, IndexError> {
     serde_json::from_slice(index).map_err(|e| IndexError::NotAnIndex(e.to_string()))
 }

@@ -1366,6 +1366,8 @@ fn pushable(repo: &Repository, manifest: &Manifest) -> Result<HeaderValue, Regis
 /// `mediaType` from the manifest body, or inferred from its shape when absent
 /// (it is optional in OCI manifests).
 pub fn media_type_of(bytes: &[u8]) -> Option<String> {
+    // `Value`, not oci-spec: only the shape is asked, and a manifest being
+    // copied must not be refused for a field oci-spec's types require.
     let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
     if let Some(mt) = v.get("mediaType").and_then(|m| m.as_str()) {
         return Some(mt.to_owned());

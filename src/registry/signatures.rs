@@ -10,7 +10,7 @@ use crate::domain::signature::{
     BUNDLE_ARTIFACT_PREFIX, CANDIDATE_LIMIT, Candidate, Found, PAYLOAD_LIMIT, SIGNATURE_ANNOTATION,
     SIMPLE_SIGNING_MEDIA_TYPE, legacy_tag, referrers_tag,
 };
-use serde_json::Value;
+use oci_spec::image::{ImageIndex, ImageManifest, MediaType};
 
 /// Every signature of `digest` in `repo`, up to [`CANDIDATE_LIMIT`] of each
 /// form. A signature that cannot be read for what it is (a missing or
@@ -92,10 +92,9 @@ async fn legacy_candidates(
     manifest: &[u8],
     found: &mut Found,
 ) -> Result<(), RegistryError> {
-    let layers = serde_json::from_slice::<Value>(manifest)
-        .ok()
-        .and_then(|v| v.get("layers").and_then(Value::as_array).cloned());
-    let Some(layers) = layers else {
+    // Typed: a manifest oci-spec refuses (a descriptor without its required
+    // mediaType, digest or size) is invalid anyway and stays unreadable.
+    let Ok(manifest) = serde_json::from_slice::<ImageManifest>(manifest) else {
         unreadable(
             found,
             tag.to_owned(),
@@ -103,27 +102,22 @@ async fn legacy_candidates(
         );
         return Ok(());
     };
-    let signing = layers
+    let simple_signing = MediaType::from(SIMPLE_SIGNING_MEDIA_TYPE);
+    let signing = manifest
+        .layers()
         .iter()
         .enumerate()
-        .filter(|(_, l)| {
-            l.get("mediaType").and_then(Value::as_str) == Some(SIMPLE_SIGNING_MEDIA_TYPE)
-        })
+        .filter(|(_, l)| *l.media_type() == simple_signing)
         .take(CANDIDATE_LIMIT);
     let mut any = false;
     for (i, layer) in signing {
         any = true;
         let source = format!("{tag} layer {i}");
-        let Some(blob) = layer.get("digest").and_then(Value::as_str) else {
-            unreadable(found, source, "the layer has no digest");
-            continue;
-        };
+        let blob = layer.digest().as_ref();
         let Some(signature) = layer
-            .pointer(&format!(
-                "/annotations/{}",
-                SIGNATURE_ANNOTATION.replace('/', "~1")
-            ))
-            .and_then(Value::as_str)
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(SIGNATURE_ANNOTATION))
         else {
             unreadable(
                 found,
@@ -166,21 +160,20 @@ async fn bundle_candidates(
     index: &[u8],
     found: &mut Found,
 ) -> Result<(), RegistryError> {
-    let Some(manifests) = serde_json::from_slice::<Value>(index)
-        .ok()
-        .and_then(|v| v.get("manifests").and_then(Value::as_array).cloned())
-    else {
+    // Typed as above: an index oci-spec refuses is invalid anyway.
+    let Ok(index) = serde_json::from_slice::<ImageIndex>(index) else {
         unreadable(found, tag.to_owned(), "is not an image index");
         return Ok(());
     };
-    let bundles = manifests
+    let bundles = index
+        .manifests()
         .iter()
         .filter(|d| {
-            d.get("artifactType")
-                .and_then(Value::as_str)
-                .is_some_and(|t| t.starts_with(BUNDLE_ARTIFACT_PREFIX))
+            d.artifact_type()
+                .as_ref()
+                .is_some_and(|t| t.to_string().starts_with(BUNDLE_ARTIFACT_PREFIX))
         })
-        .filter_map(|d| d.get("digest").and_then(Value::as_str))
+        .map(|d| d.digest().as_ref())
         .take(CANDIDATE_LIMIT);
     for manifest_digest in bundles {
         let source = format!("{tag} → {manifest_digest}");
@@ -193,16 +186,9 @@ async fn bundle_candidates(
             Read::Unusable => continue,
         };
         // cosign puts the bundle in the artifact's one layer.
-        let layer = serde_json::from_slice::<Value>(&m.bytes)
+        let layer = serde_json::from_slice::<ImageManifest>(&m.bytes)
             .ok()
-            .and_then(|v| {
-                v.get("layers")
-                    .and_then(Value::as_array)
-                    .and_then(|l| l.first())
-                    .and_then(|l| l.get("digest"))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            });
+            .and_then(|v| v.layers().first().map(|l| l.digest().to_string()));
         let Some(layer) = layer else {
             unreadable(found, source, "the bundle's manifest has no layer");
             continue;
