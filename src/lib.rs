@@ -64,7 +64,12 @@ pub mod telemetry;
 
 /// Generated protobuf types and gRPC stubs of `proto/prodgate/v1`.
 pub mod pb {
+    mod timestamp;
+    pub use timestamp::Timestamp;
+
     tonic::include_proto!("prodgate.v1");
+    // proto3 JSON (serde) of every message above, from pbjson-build
+    include!(concat!(env!("OUT_DIR"), "/prodgate.v1.serde.rs"));
 
     /// Encoded descriptors, served by reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -102,7 +102,7 @@ async fn check_reporters_report_and_the_latest_report_per_check_counts() {
         ]
     );
     assert_eq!(checks[0].details_url, "https://ci.example/e2e/42");
-    let at = |t: &Option<prost_types::Timestamp>| t.map(|t| (t.seconds, t.nanos));
+    let at = |t: &Option<prodgate::pb::Timestamp>| t.map(|t| (t.seconds, t.nanos));
     assert!(
         at(&checks[0].time) > at(&first.time),
         "the latest report counts"

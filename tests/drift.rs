@@ -179,7 +179,7 @@ async fn wait_for_drift(c: &mut Client, repo: &str, n: usize) -> Vec<pb::AuditEn
     }
 }
 
-async fn deployed(c: &mut Client, repo: &str, at: Option<prost_types::Timestamp>) -> pb::Deployed {
+async fn deployed(c: &mut Client, repo: &str, at: Option<prodgate::pb::Timestamp>) -> pb::Deployed {
     c.get_deployed(GetDeployedRequest {
         repository: repo.to_owned(),
         environment: "production".into(),

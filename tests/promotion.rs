@@ -863,7 +863,7 @@ async fn listings_paginate_with_checked_tokens() {
     )
     .await;
     assert_eq!(earlier.first(), all.first());
-    let key = |t: Option<prost_types::Timestamp>| t.map(|t| (t.seconds, t.nanos));
+    let key = |t: Option<prodgate::pb::Timestamp>| t.map(|t| (t.seconds, t.nanos));
     assert!(earlier.iter().all(|e| key(e.time) <= key(cut)));
 }
 
@@ -1007,7 +1007,7 @@ async fn malformed_requests_are_refused_precisely_and_write_nothing() {
     assert_eq!(e.code(), Code::InvalidArgument);
     let e = alice
         .history(HistoryRequest {
-            since: Some(prost_types::Timestamp {
+            since: Some(prodgate::pb::Timestamp {
                 seconds: 0,
                 nanos: -1,
             }),

@@ -98,7 +98,7 @@ async fn timestamps_outside_years_1_to_9999_are_invalid_not_a_panic() {
     let w = World::start().await;
     let repo = w.repo("team/app");
     let mut alice = w.server.client("alice").await;
-    let year_10000 = prost_types::Timestamp {
+    let year_10000 = prodgate::pb::Timestamp {
         seconds: 253_402_300_800,
         nanos: 0,
     };
@@ -114,7 +114,7 @@ async fn timestamps_outside_years_1_to_9999_are_invalid_not_a_panic() {
     assert!(e.message().starts_with("at:"), "{e:?}");
     let e = alice
         .history(HistoryRequest {
-            since: Some(prost_types::Timestamp {
+            since: Some(prodgate::pb::Timestamp {
                 seconds: i64::MIN,
                 nanos: 0,
             }),
@@ -128,7 +128,7 @@ async fn timestamps_outside_years_1_to_9999_are_invalid_not_a_panic() {
         .get_deployed(GetDeployedRequest {
             repository: repo,
             environment: "production".into(),
-            at: Some(prost_types::Timestamp {
+            at: Some(prodgate::pb::Timestamp {
                 seconds: 253_402_300_799,
                 nanos: 999_999_999,
             }),
@@ -377,7 +377,7 @@ async fn listings_newest_first_and_awaiting_me() {
     // A `since` in the future matches nothing.
     let future = alice
         .history(HistoryRequest {
-            since: Some(prost_types::Timestamp {
+            since: Some(prodgate::pb::Timestamp {
                 seconds: 253_402_300_000,
                 nanos: 0,
             }),

@@ -273,7 +273,7 @@ impl Setup {
     async fn approving_attributes(
         &mut self,
         id: &str,
-    ) -> std::collections::HashMap<String, String> {
+    ) -> std::collections::BTreeMap<String, String> {
         history(
             &mut self.alice,
             HistoryRequest {

@@ -466,7 +466,7 @@ async fn read_call(
         ReadCall::HistoryFromTheFuture => {
             let tomorrow = std::time::SystemTime::now() + Duration::from_secs(86_400);
             c.history(HistoryRequest {
-                since: Some(prost_types::Timestamp::from(tomorrow)),
+                since: Some(prodgate::pb::Timestamp::from(tomorrow)),
                 page_size: 100,
                 ..Default::default()
             })

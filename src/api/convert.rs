@@ -23,8 +23,8 @@ fn invalid(field: &'static str, message: impl Into<String>) -> Error {
     }
 }
 
-pub fn timestamp(t: Time) -> prost_types::Timestamp {
-    prost_types::Timestamp {
+pub fn timestamp(t: Time) -> crate::pb::Timestamp {
+    crate::pb::Timestamp {
         seconds: t.seconds,
         // Always below 1e9, so it fits.
         nanos: i32::try_from(t.nanos).unwrap_or(0),
@@ -36,7 +36,7 @@ pub fn timestamp(t: Time) -> prost_types::Timestamp {
 pub const MIN_SECONDS: i64 = -62_135_596_800;
 pub const MAX_SECONDS: i64 = 253_402_300_799;
 
-pub fn time(field: &'static str, ts: &prost_types::Timestamp) -> Result<Time, Error> {
+pub fn time(field: &'static str, ts: &crate::pb::Timestamp) -> Result<Time, Error> {
     let nanos = u32::try_from(ts.nanos)
         .ok()
         .filter(|n| *n < 1_000_000_000)

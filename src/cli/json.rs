@@ -1,261 +1,114 @@
-//! The proto3 JSON mapping of the messages the CLI prints, written by hand
-//! because the generated prost types carry no serde. This is the one place
-//! that decides how a message looks in `--output json`; scripts depend on it.
+//! `--output json`: one proto3-JSON object per line, for scripts.
 //!
-//! The choices, all from the proto3 JSON spec:
+//! A message the server sent is printed by the serde impls pbjson-build
+//! generates from the .proto (build.rs), so the mapping follows the proto3
+//! JSON spec rather than a hand-written copy of it:
 //! - field names are lowerCamelCase (`requestedBy`, `promotionId`);
 //! - enums are their full names (`"PROMOTION_STATE_PROMOTED"`,
 //!   `"AUDIT_ACTION_APPLIED"`); a number this build does not know is printed
-//!   as the number, as the spec says;
+//!   as the number, as the spec says (see [`unknown_enum`]);
 //! - `google.protobuf.Timestamp` is an RFC 3339 string in UTC with `Z` and 0,
-//!   3, 6 or 9 fractional digits;
+//!   3, 6 or 9 fractional digits (`pb::Timestamp`);
 //! - `uint64` is a decimal string (`"sequence":"12"`), `uint32` and `bool`
 //!   are JSON numbers and booleans;
 //! - **fields at their default value are omitted** (empty string, 0, false,
 //!   empty list, unset Timestamp), as a proto3 serializer does by default. So
 //!   a successful `verify-log` has `"ok":true`, a broken one has no `ok` at
 //!   all, and a promotion without a previous digest has no `previousDigest`.
-//!   Scripts should read a missing field as its default (jq: `.ok // false`).
+//!   Scripts should read a missing field as its default (jq: `.ok // false`);
+//! - `attributes` has its keys in ascending order (a BTreeMap, build.rs).
 //!
-//! Every object is one line; field order follows the .proto.
+//! Every object is one line; field order follows the .proto. The objects of
+//! `prove` and `consistency` are the CLI's own, in the same style.
 
-use super::time::{Precision, rfc3339};
 use crate::pb;
-use prost_types::Timestamp;
+#[cfg(test)]
+use crate::pb::Timestamp;
+use serde::Serialize;
 
-/// Builds one JSON object, leaving out fields at their proto3 default.
-struct Object {
-    buf: String,
+/// One message as one line of JSON.
+fn line<T: Serialize>(value: &T) -> String {
+    // Serializing these types fails only on an enum number pbjson does not
+    // know, which the callers route through `unknown_enum` first; should it
+    // ever fail, the line still parses and says why.
+    serde_json::to_string(value).unwrap_or_else(|e| {
+        serde_json::json!({ "error": format!("cannot render as JSON: {e}") }).to_string()
+    })
 }
 
-impl Object {
-    fn new() -> Self {
-        Self {
-            buf: String::from("{"),
-        }
-    }
-
-    fn key(&mut self, name: &str) {
-        if self.buf.len() > 1 {
-            self.buf.push(',');
-        }
-        self.buf.push_str(&quote(name));
-        self.buf.push(':');
-    }
-
-    fn string(mut self, name: &str, v: &str) -> Self {
-        if !v.is_empty() {
-            self.key(name);
-            self.buf.push_str(&quote(v));
-        }
-        self
-    }
-
-    /// A `map<string, string>` as a JSON object, keys in ascending order
-    /// (HashMap order would differ run to run); omitted when empty.
-    fn map(mut self, name: &str, v: &std::collections::HashMap<String, String>) -> Self {
-        if !v.is_empty() {
-            self.key(name);
-            let mut pairs: Vec<_> = v.iter().collect();
-            pairs.sort();
-            self.buf.push('{');
-            for (i, (k, val)) in pairs.into_iter().enumerate() {
-                if i > 0 {
-                    self.buf.push(',');
-                }
-                self.buf.push_str(&quote(k));
-                self.buf.push(':');
-                self.buf.push_str(&quote(val));
-            }
-            self.buf.push('}');
-        }
-        self
-    }
-
-    fn boolean(mut self, name: &str, v: bool) -> Self {
-        if v {
-            self.key(name);
-            self.buf.push_str("true");
-        }
-        self
-    }
-
-    fn uint32(mut self, name: &str, v: u32) -> Self {
-        if v != 0 {
-            self.key(name);
-            self.buf.push_str(&v.to_string());
-        }
-        self
-    }
-
-    /// 64-bit integers are strings: JavaScript numbers lose precision above 2^53.
-    fn uint64(mut self, name: &str, v: u64) -> Self {
-        if v != 0 {
-            self.key(name);
-            self.buf.push_str(&quote(&v.to_string()));
-        }
-        self
-    }
-
-    fn enumeration(mut self, name: &str, number: i32, known: Option<&str>) -> Self {
-        if number != 0 {
-            self.key(name);
-            match known {
-                Some(n) => self.buf.push_str(&quote(n)),
-                None => self.buf.push_str(&number.to_string()),
-            }
-        }
-        self
-    }
-
-    fn timestamp(mut self, name: &str, v: Option<&Timestamp>) -> Self {
-        if let Some(ts) = v {
-            self.key(name);
-            self.buf.push_str(&quote(&rfc3339(ts, Precision::Exact)));
-        }
-        self
-    }
-
-    /// `items` are already-rendered JSON values.
-    fn array(mut self, name: &str, items: Vec<String>) -> Self {
-        if !items.is_empty() {
-            self.key(name);
-            self.buf.push('[');
-            self.buf.push_str(&items.join(","));
-            self.buf.push(']');
-        }
-        self
-    }
-
-    fn finish(mut self) -> String {
-        self.buf.push('}');
-        self.buf
-    }
-}
-
-/// A JSON string literal with serde_json's escaping.
-fn quote(s: &str) -> String {
-    serde_json::Value::String(s.to_owned()).to_string()
+/// pbjson refuses to serialize an enum number the build does not know (an
+/// error, "Invalid variant"), where the proto3 JSON spec, and this CLI talking
+/// to a newer server, print the number. So `with_known` renders the message
+/// with `placeholder` in the field instead, and the placeholder's name is
+/// replaced by the number. The replacement cannot hit a string value (inside
+/// one every `"` is escaped, so `"name":"` never occurs) and the first match
+/// is the message's own field: every field before the enum is a scalar.
+fn unknown_enum(with_known: String, name: &str, placeholder: &str, number: i32) -> String {
+    with_known.replacen(
+        &format!("\"{name}\":\"{placeholder}\""),
+        &format!("\"{name}\":{number}"),
+        1,
+    )
 }
 
 pub fn promotion(p: &pb::Promotion) -> String {
-    let state = pb::PromotionState::try_from(p.state).ok();
-    Object::new()
-        .string("id", &p.id)
-        .string("repository", &p.repository)
-        .string("environment", &p.environment)
-        .string("targetTag", &p.target_tag)
-        .string("source", &p.source)
-        .string("digest", &p.digest)
-        .enumeration("state", p.state, state.map(|s| s.as_str_name()))
-        .string("requestedBy", &p.requested_by)
-        .string("reason", &p.reason)
-        .array("approvals", p.approvals.iter().map(approval).collect())
-        .uint32("requiredApprovals", p.required_approvals)
-        .string("previousDigest", &p.previous_digest)
-        .timestamp("createdAt", p.created_at.as_ref())
-        .timestamp("updatedAt", p.updated_at.as_ref())
-        .timestamp("promotedAt", p.promoted_at.as_ref())
-        .string("failureMessage", &p.failure_message)
-        .timestamp("expiresAt", p.expires_at.as_ref())
-        .string("supersededBy", &p.superseded_by)
-        .string("lastApplyError", &p.last_apply_error)
-        .uint32("applyAttempts", p.apply_attempts)
-        .boolean("rollback", p.rollback)
-        .boolean("breakGlass", p.break_glass)
-        .string("policyDigest", &p.policy_digest)
-        .string("project", &p.project)
-        .finish()
-}
-
-fn approval(a: &pb::Approval) -> String {
-    Object::new()
-        .string("approver", &a.approver)
-        .string("comment", &a.comment)
-        .timestamp("time", a.time.as_ref())
-        .finish()
+    if pb::PromotionState::try_from(p.state).is_ok() {
+        return line(p);
+    }
+    let placeholder = pb::PromotionState::PendingApproval;
+    let mut known = p.clone();
+    known.set_state(placeholder);
+    unknown_enum(line(&known), "state", placeholder.as_str_name(), p.state)
 }
 
 pub fn audit_entry(e: &pb::AuditEntry) -> String {
-    let action = pb::AuditAction::try_from(e.action).ok();
-    Object::new()
-        .uint64("sequence", e.sequence)
-        .timestamp("time", e.time.as_ref())
-        .string("actor", &e.actor)
-        .enumeration("action", e.action, action.map(|a| a.as_str_name()))
-        .string("promotionId", &e.promotion_id)
-        .string("repository", &e.repository)
-        .string("environment", &e.environment)
-        .string("digest", &e.digest)
-        .string("previousDigest", &e.previous_digest)
-        .string("comment", &e.comment)
-        .string("prevHash", &e.prev_hash)
-        .string("hash", &e.hash)
-        .map("attributes", &e.attributes)
-        .finish()
-}
-
-pub fn deployed(d: &pb::Deployed) -> String {
-    Object::new()
-        .string("digest", &d.digest)
-        .string("promotionId", &d.promotion_id)
-        .timestamp("since", d.since.as_ref())
-        .boolean("drifted", d.drifted)
-        .finish()
-}
-
-pub fn verification(v: &pb::VerifyAuditLogResponse) -> String {
-    Object::new()
-        .boolean("ok", v.ok)
-        .uint64("entriesChecked", v.entries_checked)
-        .uint64("firstBadSequence", v.first_bad_sequence)
-        .string("headHash", &v.head_hash)
-        .string("message", &v.message)
-        .finish()
-}
-
-pub fn gate_report(r: &pb::GateReport) -> String {
-    let gate = |g: &pb::Gate| {
-        Object::new()
-            .string("name", &g.name)
-            .boolean("passed", g.passed)
-            .string("message", &g.message)
-            .finish()
-    };
-    Object::new()
-        .boolean("ready", r.ready)
-        .array("gates", r.gates.iter().map(gate).collect())
-        .finish()
+    if pb::AuditAction::try_from(e.action).is_ok() {
+        return line(e);
+    }
+    let placeholder = pb::AuditAction::Requested;
+    let mut known = e.clone();
+    known.set_action(placeholder);
+    unknown_enum(line(&known), "action", placeholder.as_str_name(), e.action)
 }
 
 pub fn check(r: &pb::CheckResult) -> String {
-    let status = pb::CheckStatus::try_from(r.status).ok();
-    Object::new()
-        .string("repository", &r.repository)
-        .string("digest", &r.digest)
-        .string("check", &r.check)
-        .enumeration("status", r.status, status.map(|s| s.as_str_name()))
-        .string("reportedBy", &r.reported_by)
-        .timestamp("time", r.time.as_ref())
-        .string("detailsUrl", &r.details_url)
-        .string("comment", &r.comment)
-        .finish()
+    if pb::CheckStatus::try_from(r.status).is_ok() {
+        return line(r);
+    }
+    let placeholder = pb::CheckStatus::Passed;
+    let mut known = r.clone();
+    known.set_status(placeholder);
+    unknown_enum(line(&known), "status", placeholder.as_str_name(), r.status)
+}
+
+pub fn deployed(d: &pb::Deployed) -> String {
+    line(d)
+}
+
+pub fn verification(v: &pb::VerifyAuditLogResponse) -> String {
+    line(v)
+}
+
+pub fn gate_report(r: &pb::GateReport) -> String {
+    line(r)
 }
 
 pub fn checkpoint(c: &pb::Checkpoint) -> String {
-    Object::new()
-        .uint64("size", c.size)
-        .string("rootHash", &c.root_hash)
-        .string("note", &c.note)
-        .finish()
+    line(c)
 }
 
 pub fn policy(p: &pb::Policy) -> String {
-    Object::new()
-        .string("digest", &p.digest)
-        .string("canonicalJson", &p.canonical_json)
-        .timestamp("firstRecorded", p.first_recorded.as_ref())
-        .finish()
+    line(p)
+}
+
+/// `u64` as a decimal string, as proto3 JSON writes 64-bit integers
+/// (JavaScript numbers lose precision above 2^53).
+fn decimal<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// What `prove` checked: the entry, its inclusion proof and the signed
@@ -271,15 +124,33 @@ pub struct Inclusion<'a> {
 /// `prove -o json`; `leafIndex` is the sequence less 1 (so, as every
 /// default, absent for entry 1).
 pub fn inclusion(i: &Inclusion) -> String {
-    Object::new()
-        .uint64("sequence", i.sequence)
-        .string("entryHash", i.entry_hash)
-        .uint64("leafIndex", i.proof.leaf_index)
-        .uint64("treeSize", i.proof.tree_size)
-        .string("rootHash", i.root_hash)
-        .array("hashes", i.proof.hashes.iter().map(|h| quote(h)).collect())
-        .string("note", i.note)
-        .finish()
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Json<'a> {
+        #[serde(skip_serializing_if = "is_zero", serialize_with = "decimal")]
+        sequence: u64,
+        #[serde(skip_serializing_if = "str::is_empty")]
+        entry_hash: &'a str,
+        #[serde(skip_serializing_if = "is_zero", serialize_with = "decimal")]
+        leaf_index: u64,
+        #[serde(skip_serializing_if = "is_zero", serialize_with = "decimal")]
+        tree_size: u64,
+        #[serde(skip_serializing_if = "str::is_empty")]
+        root_hash: &'a str,
+        #[serde(skip_serializing_if = "<[String]>::is_empty")]
+        hashes: &'a [String],
+        #[serde(skip_serializing_if = "str::is_empty")]
+        note: &'a str,
+    }
+    line(&Json {
+        sequence: i.sequence,
+        entry_hash: i.entry_hash,
+        leaf_index: i.proof.leaf_index,
+        tree_size: i.proof.tree_size,
+        root_hash: i.root_hash,
+        hashes: &i.proof.hashes,
+        note: i.note,
+    })
 }
 
 /// What `consistency` checked: the proof, the two roots it joins and the
@@ -293,19 +164,41 @@ pub struct Consistency<'a> {
 
 /// `consistency -o json`.
 pub fn consistency(c: &Consistency) -> String {
-    Object::new()
-        .uint64("fromSize", c.proof.from_size)
-        .uint64("toSize", c.proof.to_size)
-        .string("fromRoot", c.from_root)
-        .string("toRoot", c.to_root)
-        .array("hashes", c.proof.hashes.iter().map(|h| quote(h)).collect())
-        .string("note", c.note)
-        .finish()
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Json<'a> {
+        #[serde(skip_serializing_if = "is_zero", serialize_with = "decimal")]
+        from_size: u64,
+        #[serde(skip_serializing_if = "is_zero", serialize_with = "decimal")]
+        to_size: u64,
+        #[serde(skip_serializing_if = "str::is_empty")]
+        from_root: &'a str,
+        #[serde(skip_serializing_if = "str::is_empty")]
+        to_root: &'a str,
+        #[serde(skip_serializing_if = "<[String]>::is_empty")]
+        hashes: &'a [String],
+        #[serde(skip_serializing_if = "str::is_empty")]
+        note: &'a str,
+    }
+    line(&Json {
+        from_size: c.proof.from_size,
+        to_size: c.proof.to_size,
+        from_root: c.from_root,
+        to_root: c.to_root,
+        hashes: &c.proof.hashes,
+        note: c.note,
+    })
 }
 
-/// `grpc.health.v1.HealthCheckResponse`.
+/// `grpc.health.v1.HealthCheckResponse`: tonic-health's type, which has no
+/// generated serde here, so its one enum field is written out.
 pub fn health(status: i32, name: Option<&str>) -> String {
-    Object::new().enumeration("status", status, name).finish()
+    let value = match (status, name) {
+        (0, _) => return String::from("{}"),
+        (_, Some(n)) => serde_json::Value::from(n),
+        (n, None) => serde_json::Value::from(n),
+    };
+    serde_json::json!({ "status": value }).to_string()
 }
 
 #[cfg(test)]

@@ -399,10 +399,10 @@ pub enum Command {
         promotion: Option<String>,
         /// RFC 3339 (2026-11-26T14:32:00Z) or a duration ago (2h).
         #[arg(long, value_name = "T", value_parser = time::parse_moment)]
-        since: Option<prost_types::Timestamp>,
+        since: Option<crate::pb::Timestamp>,
         /// RFC 3339 (2026-11-26T14:32:00Z) or a duration ago (2h).
         #[arg(long, value_name = "T", value_parser = time::parse_moment)]
-        until: Option<prost_types::Timestamp>,
+        until: Option<crate::pb::Timestamp>,
         /// Newest entry first.
         #[arg(long)]
         newest_first: bool,
@@ -422,7 +422,7 @@ pub enum Command {
         env: String,
         /// RFC 3339 (2026-11-26T14:32:00Z) or a duration ago (2h).
         #[arg(long, value_name = "T", value_parser = time::parse_moment)]
-        at: Option<prost_types::Timestamp>,
+        at: Option<crate::pb::Timestamp>,
         #[command(flatten)]
         client: ClientArgs,
     },

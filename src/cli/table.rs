@@ -4,7 +4,7 @@
 
 use super::time::{Precision, relative, rfc3339};
 use crate::pb;
-use prost_types::Timestamp;
+use crate::pb::Timestamp;
 use std::time::SystemTime;
 use unicode_width::UnicodeWidthStr;
 

@@ -3,7 +3,7 @@
 
 pub use crate::domain::model::Precision;
 use crate::domain::model::Time;
-use prost_types::Timestamp;
+use crate::pb::Timestamp;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const NANOS_PER_SECOND: i32 = 1_000_000_000;
