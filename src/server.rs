@@ -93,8 +93,6 @@ pub enum ServerError {
     Auth(String),
     #[error("cannot record the policy version in the audit log: {0}")]
     Policy(crate::error::Error),
-    #[error("gRPC server failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
 }
 
 /// Installs the process-wide TLS crypto provider (ring). Safe to call twice.
