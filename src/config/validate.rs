@@ -395,28 +395,26 @@ fn registry_aliases(registries: &[RegistryConfig]) -> Result<(), ConfigError> {
 /// makes equal need `alias_of`, which the README says.
 fn same_endpoint(a: &RegistryConfig, b: &RegistryConfig) -> bool {
     fn endpoint(r: &RegistryConfig) -> (String, u16) {
+        // Hosts are `name[:port]` (Repository::parse refuses IPv6
+        // literals), so the last colon, if any, starts the port.
         let host = r.host.to_ascii_lowercase();
         let default = if r.insecure { 80 } else { 443 };
         let (name, port) = match host.rsplit_once(':') {
-            // A bare IPv6 address: its colons are not a port.
-            Some((n, _)) if !n.ends_with(']') && n.contains(':') => (host.clone(), default),
-            Some((n, p)) => match p.parse() {
-                Ok(port) => (n.to_owned(), port),
-                Err(_) => (host.clone(), default),
-            },
-            None => (host.clone(), default),
+            Some((n, p)) => (n.to_owned(), p.parse().unwrap_or(default)),
+            None => (host, default),
         };
-        let bare = name.trim_start_matches('[').trim_end_matches(']');
-        let loopback = bare == "localhost"
-            || bare
-                .parse::<std::net::IpAddr>()
+        let loopback = name == "localhost"
+            || name
+                .parse::<std::net::Ipv4Addr>()
                 .is_ok_and(|ip| ip.is_loopback());
-        let name = match bare.parse::<std::net::IpAddr>() {
-            _ if loopback => "loopback".to_owned(),
-            Ok(ip) => ip.to_string(),
-            Err(_) => bare.to_owned(),
-        };
-        (name, port)
+        (
+            if loopback {
+                "loopback".to_owned()
+            } else {
+                name
+            },
+            port,
+        )
     }
     endpoint(a) == endpoint(b)
 }
