@@ -57,9 +57,9 @@ pub fn parse(token: &str) -> Option<Unverified<'_>> {
 /// a huge claim cannot make a huge message.
 pub fn shown(s: &str) -> String {
     const MAX: usize = 120;
-    match s.char_indices().nth(MAX) {
+    match crate::domain::names::cut(s, MAX) {
         None => format!("{s:?}"),
-        Some((i, _)) => format!("{:?}…", &s[..i]),
+        Some(head) => format!("{head:?}…"),
     }
 }
 

@@ -41,10 +41,16 @@ const ECHOED: usize = 64;
 /// metadata limit (16 KiB) whatever was sent. The one way values sent by
 /// clients are echoed.
 pub fn echo(s: &str) -> String {
-    match s.char_indices().nth(ECHOED) {
-        Some((i, _)) => format!("{}…", &s[..i]),
+    match cut(s, ECHOED) {
+        Some(head) => format!("{head}…"),
         None => s.to_owned(),
     }
+}
+
+/// The first `max` characters of `s` when it has more (`None` when it fits):
+/// where every message that repeats a client's value cuts it.
+pub fn cut(s: &str, max: usize) -> Option<&str> {
+    s.char_indices().nth(max).map(|(i, _)| &s[..i])
 }
 
 /// Longest repository name (host and path) most registries accept.
