@@ -89,7 +89,9 @@ pub fn event_of(c: &Change) -> Option<NotifyEvent> {
     Some(match c.entry.event.action {
         Action::Requested => NotifyEvent::Requested,
         Action::Approved if c.promotion.state == State::Approved => NotifyEvent::Approved,
+        Action::Approved if c.promotion.state == State::Waiting => NotifyEvent::Waiting,
         Action::Approved => return None,
+        Action::GatesPassed => NotifyEvent::GatesPassed,
         Action::Applied => NotifyEvent::Promoted,
         Action::ApplyFailed => NotifyEvent::Failed,
         Action::Rejected => NotifyEvent::Rejected,
@@ -117,7 +119,8 @@ pub fn record_event(e: &AuditEntry) -> Option<NotifyEvent> {
         | Action::Expired
         | Action::Applied
         | Action::ApplyFailed
-        | Action::Superseded => None,
+        | Action::Superseded
+        | Action::GatesPassed => None,
     }
 }
 

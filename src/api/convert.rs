@@ -66,6 +66,7 @@ pub fn state(s: State) -> pb::PromotionState {
         State::Expired => pb::PromotionState::Expired,
         State::Failed => pb::PromotionState::Failed,
         State::Superseded => pb::PromotionState::Superseded,
+        State::Waiting => pb::PromotionState::Waiting,
     }
 }
 
@@ -94,6 +95,7 @@ pub fn promotion(p: &Promotion) -> pb::Promotion {
                 approver: a.approver.clone(),
                 comment: a.comment.clone(),
                 time: Some(timestamp(a.time)),
+                groups: a.groups.clone(),
             })
             .collect(),
         required_approvals: p.required_approvals,
@@ -110,6 +112,8 @@ pub fn promotion(p: &Promotion) -> pb::Promotion {
         rollback: p.rollback,
         policy_digest: p.policy_digest.clone(),
         apply_attempts: p.apply_attempts,
+        waiting_for: p.waiting_for.clone(),
+        not_before: p.not_before.map(timestamp),
     }
 }
 

@@ -272,6 +272,10 @@ pub enum NotifyEvent {
     Cancelled,
     Expired,
     Superseded,
+    /// The approvals are complete and another gate still blocks.
+    Waiting,
+    /// A WAITING promotion's gates passed; its tag moves next.
+    GatesPassed,
     /// A call used break-glass (its entry says what it overrode).
     BreakGlass,
     /// The drift watch found a tag moved behind prodgate's back, or
@@ -280,7 +284,7 @@ pub enum NotifyEvent {
 }
 
 impl NotifyEvent {
-    pub const ALL: [NotifyEvent; 10] = [
+    pub const ALL: [NotifyEvent; 12] = [
         NotifyEvent::Requested,
         NotifyEvent::Approved,
         NotifyEvent::Promoted,
@@ -289,6 +293,8 @@ impl NotifyEvent {
         NotifyEvent::Cancelled,
         NotifyEvent::Expired,
         NotifyEvent::Superseded,
+        NotifyEvent::Waiting,
+        NotifyEvent::GatesPassed,
         NotifyEvent::BreakGlass,
         NotifyEvent::Drift,
     ];
@@ -303,6 +309,8 @@ impl NotifyEvent {
             NotifyEvent::Cancelled => "cancelled",
             NotifyEvent::Expired => "expired",
             NotifyEvent::Superseded => "superseded",
+            NotifyEvent::Waiting => "waiting",
+            NotifyEvent::GatesPassed => "gates_passed",
             NotifyEvent::BreakGlass => "break_glass",
             NotifyEvent::Drift => "drift",
         }

@@ -128,6 +128,8 @@ pub fn request(
         project: new.project,
         rollback: new.rollback,
         policy_digest: String::new(),
+        waiting_for: Vec::new(),
+        not_before: None,
         last_apply_error: String::new(),
         apply_attempts: 0,
     };
@@ -238,6 +240,7 @@ pub fn approve(
         approver: who.name.clone(),
         comment: comment.to_owned(),
         time: now,
+        groups: recorded_groups(who),
     });
     if next.approvals.len() >= next.required_approvals as usize {
         next.state = State::Approved;
@@ -349,6 +352,14 @@ pub fn supersede(p: &Promotion, newer: &Promotion, now: Time) -> Option<Outcome>
         promotion: next,
         event: Some(e),
     })
+}
+
+/// `who`'s groups as an approval records them: sorted, each once.
+pub fn recorded_groups(who: &Principal) -> Vec<String> {
+    let mut g = who.groups.clone();
+    g.sort();
+    g.dedup();
+    g
 }
 
 fn require_approved(p: &Promotion) -> Result<(), DomainError> {

@@ -101,10 +101,14 @@ pub enum State {
     Failed,
     /// A newer promotion of the same repository and environment won.
     Superseded,
+    /// The approvals are complete and another gate (soak, window, freeze,
+    /// checks, signature) still blocks; prodgate moves it on by itself.
+    /// Last, so the stored variant index of every older state stays.
+    Waiting,
 }
 
 impl State {
-    pub const ALL: [State; 8] = [
+    pub const ALL: [State; 9] = [
         State::PendingApproval,
         State::Approved,
         State::Promoted,
@@ -113,11 +117,21 @@ impl State {
         State::Expired,
         State::Failed,
         State::Superseded,
+        State::Waiting,
     ];
 
     /// Terminal states never change again.
     pub fn is_terminal(self) -> bool {
-        !matches!(self, State::PendingApproval | State::Approved)
+        !matches!(
+            self,
+            State::PendingApproval | State::Waiting | State::Approved
+        )
+    }
+
+    /// Open and not yet APPROVED: it may still be approved, rejected or
+    /// cancelled (approvals are recorded in either).
+    pub fn is_undecided(self) -> bool {
+        matches!(self, State::PendingApproval | State::Waiting)
     }
 
     /// Stable one-byte code used in storage keys.
@@ -131,6 +145,7 @@ impl State {
             State::Expired => 6,
             State::Failed => 7,
             State::Superseded => 8,
+            State::Waiting => 9,
         }
     }
 
@@ -144,6 +159,7 @@ impl State {
             State::Expired => "EXPIRED",
             State::Failed => "FAILED",
             State::Superseded => "SUPERSEDED",
+            State::Waiting => "WAITING",
         }
     }
 }
@@ -170,6 +186,9 @@ pub enum Action {
     /// prodgate pushed the approved manifest back under a drifted tag; no
     /// promotion (see [`drift_restored`]).
     DriftRestored,
+    /// A WAITING promotion's gates all passed and it became APPROVED
+    /// (actor `prodgate`; attributes `gates`, `policy`).
+    GatesPassed,
 }
 
 impl Action {
@@ -187,6 +206,7 @@ impl Action {
             Action::PolicyChanged => 10,
             Action::DriftDetected => 11,
             Action::DriftRestored => 12,
+            Action::GatesPassed => 13,
         }
     }
 }
@@ -196,6 +216,9 @@ pub struct Approval {
     pub approver: String,
     pub comment: String,
     pub time: Time,
+    /// The approver's groups when they approved, sorted: `required_groups`
+    /// is judged on these only, so a later group change alters nothing.
+    pub groups: Vec<String>,
 }
 
 pub type PromotionId = u64;
@@ -234,6 +257,11 @@ pub struct Promotion {
     /// The digest of the policy version under which it became APPROVED
     /// (empty before).
     pub policy_digest: String,
+    /// While WAITING: the gates that still block, in evaluation order.
+    pub waiting_for: Vec<String>,
+    /// While WAITING: the earliest time the time gates can all be open;
+    /// `None` when only checks or a signature block.
+    pub not_before: Option<Time>,
     /// While APPROVED: the last transient registry error of the tag move and
     /// how many attempts were made. Progress, not state: it is not audited
     /// (one entry per retry would flood the log), so it is not stored with

@@ -204,6 +204,8 @@ impl From<PromotionV2> for Promotion {
             project: String::new(),
             rollback: false,
             policy_digest: String::new(),
+            waiting_for: Vec::new(),
+            not_before: None,
             last_apply_error: String::new(),
             apply_attempts: 0,
         }
