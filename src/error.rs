@@ -1,6 +1,7 @@
 //! The service's error: every way a use case can fail, structured so that
 //! `api::error` maps each to one precise gRPC status.
 
+pub use crate::domain::decision::Blocker;
 use crate::domain::machine::DomainError;
 use crate::registry::RegistryError;
 pub use crate::store::StoreError;
@@ -28,9 +29,6 @@ pub enum Error {
     /// The source tag or digest is not in the registry.
     #[error("{0} was not found in the registry")]
     SourceNotFound(String),
-    /// The prerequisite environment's tag does not carry the digest.
-    #[error("{0}")]
-    PrerequisiteNotMet(String),
     #[error(
         "request_id {request_id:?} was already used by this principal for promotion {promotion_id} with different parameters"
     )]
@@ -90,12 +88,10 @@ pub enum Error {
         environment: String,
         why: String,
     },
-    /// A gate blocks the promotion from becoming APPROVED; the message names
-    /// every blocking gate and what would unblock it.
-    #[error("not approved: {0}")]
-    GatesBlocked(String),
-    #[error(transparent)]
-    GroupsUnrepresented(#[from] crate::domain::gates::GroupsUnrepresented),
+    /// Gates that refuse a call rather than wait (a prerequisite not met,
+    /// a request that would change nothing): every one that fails.
+    #[error("{}", blocked_message(.0))]
+    Blocked(Vec<Blocker>),
     #[error(
         "no [[project]] claims {repository}, and unclaimed_repositories = \"refuse\": promotions go only to repositories matching {patterns}"
     )]
@@ -115,4 +111,11 @@ pub enum Error {
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// The blockers' sentences, `; `-separated (each already names its gate's
+/// subject and what would unblock it).
+fn blocked_message(blockers: &[Blocker]) -> String {
+    let parts: Vec<&str> = blockers.iter().map(|b| b.description.as_str()).collect();
+    parts.join("; ")
 }

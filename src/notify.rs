@@ -415,6 +415,8 @@ mod tests {
         };
         let p = machine::request(1, new, &who("alice"), policy, Time::ZERO).promotion;
         let mut o = machine::approve(&p, &who("bob"), policy, "hotfix", Time::ZERO).unwrap();
+        // What `decision::approve` makes of it where no other gate is configured.
+        o.promotion.state = crate::domain::model::State::Approved;
         let change = |o: &machine::Outcome| Change {
             entry: AuditEntry::chain(GENESIS, 2, Time::ZERO, o.event.clone().unwrap()),
             promotion: o.promotion.clone(),

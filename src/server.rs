@@ -434,6 +434,12 @@ async fn lead(leader: Leader, stop: CancellationToken, from_start: Followers) {
                 }
             }));
         }
+        // WAITING promotions move on by themselves, on the leader only.
+        running.spawn(crate::promotions::waiting::run(
+            leader.promotions.clone(),
+            leader.store.clone(),
+            term.clone(),
+        ));
         if let Some(c) = &config.checkpoint {
             for target in &c.publish {
                 // Not `until_stopped`: a publisher ends on its own after a

@@ -18,16 +18,14 @@ impl From<Error> for Status {
             | Error::SourceNotFound(_)
             | Error::PolicyNotFound(_)
             | Error::NothingDeployed { .. } => Status::not_found(msg),
-            Error::PrerequisiteNotMet(_) | Error::Expired { .. } | Error::Unclaimed { .. } => {
+            Error::Blocked(_) | Error::Expired { .. } | Error::Unclaimed { .. } => {
                 Status::failed_precondition(msg)
             }
             Error::RequestIdReused { .. } => Status::already_exists(msg),
             Error::NotCheckReporter { .. } | Error::NotBreakGlass { .. } => {
                 Status::permission_denied(msg)
             }
-            Error::GatesBlocked(_)
-            | Error::GroupsUnrepresented(_)
-            | Error::RollbackRefused { .. } => Status::failed_precondition(msg),
+            Error::RollbackRefused { .. } => Status::failed_precondition(msg),
             Error::TooManyChecks { .. } => Status::resource_exhausted(msg),
             Error::ShuttingDown => Status::unavailable(msg),
             Error::TooManyWatches { .. } => Status::resource_exhausted(msg),

@@ -5,10 +5,11 @@
 //! unblock it.
 //!
 //! Adding a gate touches three places: its function here (and its line in
-//! [`evaluate`]), its config key, and its test.
+//! [`evaluate`]), its config key, and its test. What a verdict does to a
+//! promotion (refuse, wait, approve) is [`super::decision`]'s.
 
 use super::model::{Approval, Precision, Promotion, Time};
-use super::policy::{EnvironmentPolicy, Freeze, Principal, Window};
+use super::policy::{EnvironmentPolicy, Freeze, Window};
 use super::signature::Verdict;
 use jiff::tz::{AmbiguousOffset, TimeZone};
 use jiff::{SignedDuration, Timestamp, civil};
@@ -20,11 +21,22 @@ pub const REQUIRED_GROUPS: &str = "required_groups";
 pub const CHECKS: &str = "checks";
 pub const SOAK: &str = "soak";
 pub const WINDOW: &str = "window";
+pub const FREEZE: &str = "freeze";
 pub const SIGNATURE: &str = "signature";
 
 /// The gates break-glass may override, in the order the audit attribute
-/// `overridden` lists them (`window,soak`). Never approvals, groups, checks.
-pub const BREAK_GLASS_OVERRIDES: [&str; 2] = [WINDOW, SOAK];
+/// `overridden` lists them (`window,freeze,soak`). Never approvals, groups,
+/// checks or a signature.
+pub const BREAK_GLASS_OVERRIDES: [&str; 3] = [WINDOW, FREEZE, SOAK];
+
+/// The gates time alone opens: a promotion waiting only for them knows
+/// when it moves ([`not_before`]).
+pub const TIME_GATES: [&str; 3] = [SOAK, WINDOW, FREEZE];
+
+/// The gates a promotion whose approvals are complete waits for, rather
+/// than being refused: time, checks still to be reported, a signature
+/// still to be pushed.
+pub const WAITABLE: [&str; 5] = [CHECKS, SIGNATURE, SOAK, WINDOW, FREEZE];
 
 /// How far past an instant [`next_opening`] looks for a weekly window: a
 /// week, plus a week for the day a clock change swallows the hours.
@@ -43,9 +55,6 @@ pub struct Facts<'a> {
     /// A rollback skips the prerequisite, checks and soak gates: its digest
     /// passed them before.
     pub rollback: bool,
-    /// The principals who approved, with their groups as the configuration
-    /// knows them now. An approver missing here counts in no group.
-    pub approvers: &'a [Principal],
     /// Reports about the repository's pinned digest, in the order they were
     /// recorded; several per check may be given: the latest counts (on equal
     /// times, the later in the slice).
@@ -57,8 +66,8 @@ pub struct Facts<'a> {
     /// When the latest APPLIED entry moved the `requires` environment's tag
     /// of this repository to this digest; `None`: no entry did.
     pub soak_since: Option<Time>,
-    /// Break-glass is invoked by a principal the policy's `break_glass`
-    /// names; the caller refuses anyone else before evaluating.
+    /// The promotion is marked break-glass (by a principal the policy's
+    /// `break_glass` names; the decision refuses anyone else).
     pub break_glass: bool,
     /// What the registry holds for the digest, verified against the
     /// policy's `signature_keys`; `None`: not read (the gate then blocks).
@@ -69,7 +78,7 @@ pub struct Facts<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GateResult {
     /// One of [`PREREQUISITE`], [`APPROVALS`], [`REQUIRED_GROUPS`],
-    /// [`CHECKS`], [`SIGNATURE`], [`SOAK`], [`WINDOW`].
+    /// [`CHECKS`], [`SIGNATURE`], [`SOAK`], [`WINDOW`], [`FREEZE`].
     pub name: &'static str,
     pub passed: bool,
     /// Passed only because break-glass overrode a block; the message says
@@ -101,6 +110,18 @@ impl GateReport {
     /// No gate other than the approval count blocks (EvaluateGates' `ready`).
     pub fn ready(&self) -> bool {
         self.blocking().all(|g| g.name == APPROVALS)
+    }
+
+    /// The quorum is recorded: the approval count and the required groups
+    /// pass (whatever the other gates say).
+    pub fn quorum(&self) -> bool {
+        self.blocking()
+            .all(|g| g.name != APPROVALS && g.name != REQUIRED_GROUPS)
+    }
+
+    /// The names of the blocking gates, in evaluation order.
+    pub fn blocking_names(&self) -> Vec<String> {
+        self.blocking().map(|g| g.name.to_owned()).collect()
     }
 
     /// Every blocking gate and what would unblock it, `; `-separated, each
@@ -135,6 +156,7 @@ pub fn evaluate(f: &Facts<'_>) -> GateReport {
         signature(f),
         soak(f),
         window(f),
+        freeze(f),
     ];
     GateReport {
         gates: gates.into_iter().flatten().collect(),
@@ -243,31 +265,14 @@ fn approver_names(approvals: &[Approval]) -> String {
     names.join(", ")
 }
 
-fn groups_of<'a>(name: &str, approvers: &'a [Principal]) -> &'a [String] {
-    approvers
-        .iter()
-        .find(|p| p.name == name)
-        .map_or(&[], |p| p.groups.as_slice())
-}
-
-/// The required groups no approval in `approvals` (nor `extra`, an approval
-/// about to be given) represents, in the policy's order.
-fn unrepresented<'p>(
-    policy: &'p EnvironmentPolicy,
-    approvals: &[Approval],
-    approvers: &[Principal],
-    extra: Option<&Principal>,
-) -> Vec<&'p str> {
+/// The required groups no recorded approval represents, in the policy's
+/// order. An approval counts for the groups it recorded, never for the
+/// groups its approver has now.
+fn unrepresented<'p>(policy: &'p EnvironmentPolicy, approvals: &[Approval]) -> Vec<&'p str> {
     policy
         .required_groups
         .iter()
-        .filter(|g| {
-            let by_approval = approvals
-                .iter()
-                .any(|a| groups_of(&a.approver, approvers).contains(g));
-            let by_extra = extra.is_some_and(|p| p.groups.contains(g));
-            !by_approval && !by_extra
-        })
+        .filter(|g| !approvals.iter().any(|a| a.groups.contains(g)))
         .map(String::as_str)
         .collect()
 }
@@ -285,7 +290,7 @@ fn required_groups(f: &Facts<'_>) -> Option<GateResult> {
             "no approvals required, so no group needs to approve".to_owned(),
         ));
     }
-    let missing = unrepresented(f.policy, &p.approvals, f.approvers, None);
+    let missing = unrepresented(f.policy, &p.approvals);
     Some(if missing.is_empty() {
         let by: Vec<String> = f
             .policy
@@ -295,7 +300,7 @@ fn required_groups(f: &Facts<'_>) -> Option<GateResult> {
                 let who = p
                     .approvals
                     .iter()
-                    .find(|a| groups_of(&a.approver, f.approvers).contains(g))
+                    .find(|a| a.groups.contains(g))
                     .map_or("", |a| a.approver.as_str());
                 format!("`{g}` ({who})")
             })
@@ -320,44 +325,6 @@ fn needs_groups(missing: &[&str]) -> String {
         "needs an approval by a member of {noun} {}",
         and_list(&quoted)
     )
-}
-
-/// The refusal of an approval that would fill the last open slot while a
-/// required group is still unrepresented.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "this approval would be the last one environment {environment} requires, but the promotion still {}: the last approval must come from such a member",
-    needs_groups(&groups.iter().map(String::as_str).collect::<Vec<_>>())
-)]
-pub struct GroupsUnrepresented {
-    pub environment: String,
-    pub groups: Vec<String>,
-}
-
-/// For the Approve path, before recording: refuses `candidate`'s approval
-/// when it would fill the last open slot of `p` (pending, before this
-/// approval) while a required group is still unrepresented. A non-final
-/// approval is always allowed. Call it only for an approval that would
-/// count ([`super::machine::may_approve`]).
-pub fn check_last_slot(
-    p: &Promotion,
-    policy: &EnvironmentPolicy,
-    approvers: &[Principal],
-    candidate: &Principal,
-) -> Result<(), GroupsUnrepresented> {
-    let last = p.approvals.len() + 1 >= p.required_approvals as usize;
-    if !last {
-        return Ok(());
-    }
-    let missing = unrepresented(policy, &p.approvals, approvers, Some(candidate));
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(GroupsUnrepresented {
-            environment: p.environment.clone(),
-            groups: missing.into_iter().map(str::to_owned).collect(),
-        })
-    }
 }
 
 /// The latest report of `check`; on equal times the later in the slice.
@@ -511,58 +478,85 @@ fn soak(f: &Facts<'_>) -> Option<GateResult> {
 }
 
 fn window(f: &Facts<'_>) -> Option<GateResult> {
-    let w = f.policy.window.as_ref();
+    let w = f.policy.window.as_ref()?;
+    let env = &f.policy.name;
+    if window_open(w, f.now) {
+        return Some(pass(WINDOW, format!("{env} is open ({})", describe(w))));
+    }
+    let mut message = format!("{env} is outside its window ({})", describe(w));
+    message.push_str(&opening(f, None));
+    message.push_str(&break_glass_hint(f));
+    Some(break_glass(f, block(WINDOW, message)))
+}
+
+fn freeze(f: &Facts<'_>) -> Option<GateResult> {
     let freezes = &f.policy.freezes;
-    if w.is_none() && freezes.is_empty() {
+    if freezes.is_empty() {
         return None;
     }
     let env = &f.policy.name;
-    let now = f.now;
-    let frozen: Vec<&Freeze> = freezes.iter().filter(|z| z.contains(now)).collect();
-    let inside = w.is_none_or(|w| window_open(w, now));
-    if frozen.is_empty() && inside {
-        let message = match w {
-            Some(w) => format!("{env} is open ({})", describe(w)),
-            None => format!("{env} is not frozen"),
-        };
-        return Some(pass(WINDOW, message));
+    let frozen: Vec<&Freeze> = freezes.iter().filter(|z| z.contains(f.now)).collect();
+    if frozen.is_empty() {
+        return Some(pass(FREEZE, format!("{env} is not frozen")));
     }
-    let mut message = if frozen.is_empty() {
-        // `inside` is false, so there is a window.
-        let shape = w.map(describe).unwrap_or_default();
-        format!("{env} is outside its window ({shape})")
+    let until: Vec<String> = frozen
+        .iter()
+        .map(|z| format!("until {} ({})", show(z.end), z.reason))
+        .collect();
+    let mut message = format!("{env} is frozen {}", and_list(&until));
+    message.push_str(&opening(f, frozen.iter().map(|z| z.end).max()));
+    message.push_str(&break_glass_hint(f));
+    Some(break_glass(f, block(FREEZE, message)))
+}
+
+/// ` and opens at …`: when the window and freezes together next let it
+/// through; nothing when that is `thaw` (the end of the freeze just named).
+fn opening(f: &Facts<'_>, thaw: Option<Time>) -> String {
+    let w = f.policy.window.as_ref();
+    match next_opening(w, &f.policy.freezes, f.now) {
+        Some(t) if Some(t) == thaw => String::new(),
+        Some(t) => match w {
+            Some(w) => format!(" and opens at {} ({})", show(t), show_local(w, t)),
+            None => format!(" and opens at {}", show(t)),
+        },
+        None => format!(" and does not open within {HORIZON_DAYS} days of its last freeze"),
+    }
+}
+
+/// Who can act now, for someone who cannot wait (nothing once break-glass
+/// is in use).
+fn break_glass_hint(f: &Facts<'_>) -> String {
+    let env = &f.policy.name;
+    if f.break_glass {
+        String::new()
+    } else if f.policy.break_glass.is_empty() {
+        format!("; nobody may break glass in {env}")
     } else {
-        let until: Vec<String> = frozen
-            .iter()
-            .map(|z| format!("until {} ({})", show(z.end), z.reason))
-            .collect();
-        format!("{env} is frozen {}", and_list(&until))
-    };
-    let thaw = frozen.iter().map(|z| z.end).max();
-    match next_opening(w, freezes, now) {
-        Some(t) if Some(t) == thaw => {}
-        Some(t) => {
-            message.push_str(&format!(" and opens at {}", show(t)));
-            if let Some(w) = w {
-                message.push_str(&format!(" ({})", show_local(w, t)));
-            }
-        }
-        None => message.push_str(&format!(
-            " and does not open within {HORIZON_DAYS} days of its last freeze"
-        )),
+        format!(
+            "; {} may override it with break-glass and a reason",
+            super::policy::describe(&f.policy.break_glass)
+        )
     }
-    if !f.break_glass {
-        // Who can act now, for someone who cannot wait.
-        if f.policy.break_glass.is_empty() {
-            message.push_str(&format!("; nobody may break glass in {env}"));
-        } else {
-            message.push_str(&format!(
-                "; {} may override it with break-glass and a reason",
-                super::policy::describe(&f.policy.break_glass)
-            ));
-        }
+}
+
+/// The earliest time every blocking time gate (soak, window, freeze) of
+/// `report` can be open at once; `None` when none blocks or one never opens
+/// by time alone (a soak that cannot be counted, a window that does not
+/// open within the horizon).
+pub fn not_before(f: &Facts<'_>, report: &GateReport) -> Option<Time> {
+    let blocks = |name: &str| report.gate(name).is_some_and(|g| !g.passed);
+    if !TIME_GATES.into_iter().any(blocks) {
+        return None;
     }
-    Some(break_glass(f, block(WINDOW, message)))
+    let mut from = f.now;
+    if blocks(SOAK) {
+        let ready = f.soak_since?.plus(f.policy.min_soak?);
+        from = from.max(ready);
+    }
+    if f.policy.window.is_some() || !f.policy.freezes.is_empty() {
+        from = next_opening(f.policy.window.as_ref(), &f.policy.freezes, from)?;
+    }
+    Some(from)
 }
 
 /// Whether the weekly window (freezes aside) is open at `t`: the zone's
@@ -732,11 +726,7 @@ pub fn weekday_name(d: civil::Weekday) -> &'static str {
 
 /// From `a` to `b`, zero if `b` is not later.
 fn between(a: Time, b: Time) -> Duration {
-    let nanos = |t: Time| i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos);
-    let d = (nanos(b) - nanos(a)).max(0);
-    let secs = u64::try_from(d / 1_000_000_000).unwrap_or(u64::MAX);
-    let sub = u32::try_from(d % 1_000_000_000).unwrap_or(0);
-    Duration::new(secs, sub)
+    a.until(b)
 }
 
 /// `12m`, `1h 30m`: whole seconds, rounded up so that "1s left" is never

@@ -77,7 +77,8 @@ pub struct NewPromotion {
     pub rollback: bool,
 }
 
-fn event(p: &Promotion, action: Action, actor: &str, comment: &str) -> Event {
+/// The entry recording `action` on `p` (as it stands after it).
+pub fn entry(p: &Promotion, action: Action, actor: &str, comment: &str) -> Event {
     Event {
         action,
         actor: actor.to_owned(),
@@ -91,7 +92,8 @@ fn event(p: &Promotion, action: Action, actor: &str, comment: &str) -> Event {
     }
 }
 
-/// Opens a promotion. With no approvals required it is APPROVED at once.
+/// Opens a promotion, PENDING_APPROVAL; [`super::decision::request`]
+/// decides at once when no approvals are required.
 pub fn request(
     id: PromotionId,
     new: NewPromotion,
@@ -99,11 +101,7 @@ pub fn request(
     policy: &EnvironmentPolicy,
     now: Time,
 ) -> Outcome {
-    let state = if policy.required_approvals == 0 {
-        State::Approved
-    } else {
-        State::PendingApproval
-    };
+    let state = State::PendingApproval;
     let p = Promotion {
         id,
         repository: new.repository,
@@ -133,7 +131,7 @@ pub fn request(
         last_apply_error: String::new(),
         apply_attempts: 0,
     };
-    let mut e = event(&p, Action::Requested, &requester.name, &p.reason);
+    let mut e = entry(&p, Action::Requested, &requester.name, &p.reason);
     if p.rollback {
         e.attributes.insert("kind".into(), "rollback".into());
     }
@@ -143,28 +141,31 @@ pub fn request(
     }
 }
 
-/// A pending promotion past its deadline, as the service records it.
+/// An undecided promotion past its deadline (`approval_ttl` while pending,
+/// `wait_ttl` while waiting), as the service records it.
 pub fn expire_if_due(p: &Promotion, now: Time) -> Option<Outcome> {
-    if p.state != State::PendingApproval || now < p.expires_at {
+    if !p.state.is_undecided() || now < p.expires_at {
         return None;
     }
     let mut next = p.clone();
     next.state = State::Expired;
     next.updated_at = now;
-    let e = event(
-        &next,
-        Action::Expired,
-        SERVICE_ACTOR,
-        "approval_ttl elapsed",
-    );
+    let why = match p.state {
+        State::Waiting => format!(
+            "wait_ttl elapsed while waiting for {}",
+            p.waiting_for.join(", ")
+        ),
+        _ => "approval_ttl elapsed".to_owned(),
+    };
+    let e = entry(&next, Action::Expired, SERVICE_ACTOR, &why);
     Some(Outcome {
         promotion: next,
         event: Some(e),
     })
 }
 
-fn require_pending(p: &Promotion, verb: &'static str) -> Result<(), DomainError> {
-    if p.state == State::PendingApproval {
+fn require_undecided(p: &Promotion, verb: &'static str) -> Result<(), DomainError> {
+    if p.state.is_undecided() {
         Ok(())
     } else {
         Err(DomainError::NotPending {
@@ -200,8 +201,9 @@ fn require_approver(
     }
 }
 
-/// Whether `who`'s approval would count now: the promotion is pending and
-/// not overdue, `who` is an approver, not the requester (unless the policy
+/// Whether `who`'s approval is still needed now (what "awaiting me"
+/// lists): the promotion is pending (a WAITING one has its quorum) and not
+/// overdue, `who` is an approver, not the requester (unless the policy
 /// allows self-approval), and has not approved it yet.
 pub fn may_approve(p: &Promotion, who: &Principal, policy: &EnvironmentPolicy, now: Time) -> bool {
     p.state == State::PendingApproval
@@ -211,8 +213,11 @@ pub fn may_approve(p: &Promotion, who: &Principal, policy: &EnvironmentPolicy, n
         && !p.approvals.iter().any(|a| who.is(&a.approver))
 }
 
-/// Records an approval. The same approver twice counts once and changes nothing.
-/// Callers expire a due promotion first ([`expire_if_due`]).
+/// Records an approval while the promotion is undecided, whatever the other
+/// gates say; whether it completes the quorum is
+/// [`super::decision::approve`]'s to decide. The same person twice counts
+/// once and changes nothing. Callers expire a due promotion first
+/// ([`expire_if_due`]).
 pub fn approve(
     p: &Promotion,
     who: &Principal,
@@ -221,7 +226,7 @@ pub fn approve(
     now: Time,
 ) -> Result<Outcome, DomainError> {
     // A finished promotion's state first: it is the answer whoever asks.
-    require_pending(p, "approved")?;
+    require_undecided(p, "approved")?;
     require_approver(p, who, policy)?;
     if who.is(&p.requested_by) && !policy.allow_self_approval {
         return Err(DomainError::SelfApproval {
@@ -242,11 +247,8 @@ pub fn approve(
         time: now,
         groups: recorded_groups(who),
     });
-    if next.approvals.len() >= next.required_approvals as usize {
-        next.state = State::Approved;
-    }
     next.updated_at = now;
-    let e = event(&next, Action::Approved, &who.name, comment);
+    let e = entry(&next, Action::Approved, &who.name, comment);
     Ok(Outcome {
         promotion: next,
         event: Some(e),
@@ -260,12 +262,12 @@ pub fn reject(
     comment: &str,
     now: Time,
 ) -> Result<Outcome, DomainError> {
-    require_pending(p, "rejected")?;
+    require_undecided(p, "rejected")?;
     require_approver(p, who, policy)?;
     let mut next = p.clone();
     next.state = State::Rejected;
     next.updated_at = now;
-    let e = event(&next, Action::Rejected, &who.name, comment);
+    let e = entry(&next, Action::Rejected, &who.name, comment);
     Ok(Outcome {
         promotion: next,
         event: Some(e),
@@ -279,7 +281,7 @@ pub fn cancel(
     comment: &str,
     now: Time,
 ) -> Result<Outcome, DomainError> {
-    require_pending(p, "cancelled")?;
+    require_undecided(p, "cancelled")?;
     if !who.is(&p.requested_by) && !policy.is_approver(who) {
         return Err(DomainError::NotAllowedToCancel {
             environment: p.environment.clone(),
@@ -288,7 +290,7 @@ pub fn cancel(
     let mut next = p.clone();
     next.state = State::Cancelled;
     next.updated_at = now;
-    let e = event(&next, Action::Cancelled, &who.name, comment);
+    let e = entry(&next, Action::Cancelled, &who.name, comment);
     Ok(Outcome {
         promotion: next,
         event: Some(e),
@@ -303,7 +305,7 @@ pub fn applied(p: &Promotion, previous_digest: &str, now: Time) -> Result<Outcom
     next.previous_digest = previous_digest.to_owned();
     next.promoted_at = Some(now);
     next.updated_at = now;
-    let e = event(&next, Action::Applied, SERVICE_ACTOR, "");
+    let e = entry(&next, Action::Applied, SERVICE_ACTOR, "");
     Ok(Outcome {
         promotion: next,
         event: Some(e),
@@ -317,7 +319,7 @@ pub fn apply_failed(p: &Promotion, message: &str, now: Time) -> Result<Outcome, 
     next.state = State::Failed;
     next.failure_message = message.to_owned();
     next.updated_at = now;
-    let e = event(&next, Action::ApplyFailed, SERVICE_ACTOR, message);
+    let e = entry(&next, Action::ApplyFailed, SERVICE_ACTOR, message);
     Ok(Outcome {
         promotion: next,
         event: Some(e),
@@ -328,7 +330,10 @@ pub fn apply_failed(p: &Promotion, message: &str, now: Time) -> Result<Outcome, 
 /// `newer`, a later promotion of the same repository and environment, was
 /// applied or approved first. `None` when `p` is not older or not open.
 pub fn supersede(p: &Promotion, newer: &Promotion, now: Time) -> Option<Outcome> {
-    let open = matches!(p.state, State::PendingApproval | State::Approved);
+    let open = matches!(
+        p.state,
+        State::PendingApproval | State::Waiting | State::Approved
+    );
     let same_target = p.repository == newer.repository && p.environment == newer.environment;
     if !open || !same_target || p.id >= newer.id {
         return None;
@@ -347,7 +352,7 @@ pub fn supersede(p: &Promotion, newer: &Promotion, now: Time) -> Option<Outcome>
             newer.id, newer.digest
         ),
     };
-    let e = event(&next, Action::Superseded, SERVICE_ACTOR, &comment);
+    let e = entry(&next, Action::Superseded, SERVICE_ACTOR, &comment);
     Some(Outcome {
         promotion: next,
         event: Some(e),
@@ -376,6 +381,47 @@ fn require_approved(p: &Promotion) -> Result<(), DomainError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The service decides through `decision`; with no gate but the
+    /// approvals configured, these are its request and approve.
+    fn decided<'a>(policy: &'a EnvironmentPolicy, now: Time) -> crate::domain::decision::Facts<'a> {
+        crate::domain::decision::Facts {
+            policy,
+            policy_digest: "",
+            now,
+            checks: &[],
+            soak_since: None,
+            signature: None,
+            prerequisite: None,
+            deployed: None,
+        }
+    }
+
+    fn request(
+        id: PromotionId,
+        new: NewPromotion,
+        requester: &Principal,
+        policy: &EnvironmentPolicy,
+        now: Time,
+    ) -> Outcome {
+        crate::domain::decision::request(id, new, requester, false, &decided(policy, now))
+            .expect("no refusing gate is configured")
+    }
+
+    fn approve(
+        p: &Promotion,
+        who: &Principal,
+        policy: &EnvironmentPolicy,
+        comment: &str,
+        now: Time,
+    ) -> Result<Outcome, DomainError> {
+        crate::domain::decision::approve(p, who, false, comment, &decided(policy, now)).map_err(
+            |r| match r {
+                crate::domain::decision::Refusal::Domain(d) => d,
+                other => panic!("not a domain refusal: {other:?}"),
+            },
+        )
+    }
     use crate::domain::policy::Approver;
     use std::time::Duration;
 
@@ -542,6 +588,47 @@ mod proptests {
     use proptest::prelude::*;
     use proptest::sample::Index;
     use proptest::test_runner::TestCaseError;
+
+    /// The service decides through `decision`; with no gate but the
+    /// approvals configured, these are its request and approve.
+    fn decided<'a>(policy: &'a EnvironmentPolicy, now: Time) -> crate::domain::decision::Facts<'a> {
+        crate::domain::decision::Facts {
+            policy,
+            policy_digest: "",
+            now,
+            checks: &[],
+            soak_since: None,
+            signature: None,
+            prerequisite: None,
+            deployed: None,
+        }
+    }
+
+    fn request(
+        id: PromotionId,
+        new: NewPromotion,
+        requester: &Principal,
+        policy: &EnvironmentPolicy,
+        now: Time,
+    ) -> Outcome {
+        crate::domain::decision::request(id, new, requester, false, &decided(policy, now))
+            .expect("no refusing gate is configured")
+    }
+
+    fn approve(
+        p: &Promotion,
+        who: &Principal,
+        policy: &EnvironmentPolicy,
+        comment: &str,
+        now: Time,
+    ) -> Result<Outcome, DomainError> {
+        crate::domain::decision::approve(p, who, false, comment, &decided(policy, now)).map_err(
+            |r| match r {
+                crate::domain::decision::Refusal::Domain(d) => d,
+                other => panic!("not a domain refusal: {other:?}"),
+            },
+        )
+    }
     use std::collections::{HashMap, HashSet};
     use std::time::Duration;
 
@@ -1093,6 +1180,7 @@ mod proptests {
                     State::Superseded => {
                         prop_assert!(p.superseded_by.is_some_and(|by| by > p.id));
                     }
+                    State::Waiting => prop_assert!(false, "no gate here makes it wait"),
                 }
                 prop_assert_eq!(p.superseded_by.is_some(), p.state == State::Superseded);
                 prop_assert_eq!(p.promoted_at.is_some(), p.state == State::Promoted);
@@ -1171,7 +1259,8 @@ mod proptests {
                     Action::ApplyFailed => Some(State::Failed),
                     Action::Superseded => Some(State::Superseded),
                     Action::Requested | Action::Approved => None,
-                    Action::CheckReported
+                    Action::GatesPassed
+                    | Action::CheckReported
                     | Action::PolicyChanged
                     | Action::DriftDetected
                     | Action::DriftRestored => {

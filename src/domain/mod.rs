@@ -3,6 +3,7 @@
 //! no I/O.
 
 pub mod audit;
+pub mod decision;
 pub mod drift;
 pub mod gates;
 pub mod machine;

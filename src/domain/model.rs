@@ -60,6 +60,16 @@ impl Time {
         out
     }
 
+    /// From `self` to `later`, zero if `later` is not later.
+    pub fn until(self, later: Time) -> Duration {
+        let nanos = |t: Time| i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos);
+        let d = (nanos(later) - nanos(self)).max(0);
+        Duration::new(
+            u64::try_from(d / 1_000_000_000).unwrap_or(u64::MAX),
+            u32::try_from(d % 1_000_000_000).unwrap_or(0),
+        )
+    }
+
     pub fn plus(self, d: Duration) -> Self {
         let total = i128::from(self.nanos) + i128::from(d.subsec_nanos());
         let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);

@@ -7,7 +7,12 @@
 use super::*;
 use crate::apply;
 use crate::clock::ManualClock;
+use crate::domain::audit::AuditEntry;
+use crate::domain::gates;
 use crate::domain::machine::DomainError;
+use crate::domain::model::{Promotion, SIGNATURE_ATTRIBUTE, State, Time};
+use crate::domain::signature;
+use crate::registry::Manifest;
 use crate::registry::{Moved, RegistryError};
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
@@ -760,9 +765,10 @@ async fn each_policy_version_is_recorded_once_and_named_by_what_it_approved(b: B
     let old = w.promotions.policy(Some(&first.digest)).await.unwrap();
     assert_eq!(old.canonical_json, first.canonical_json);
     assert_eq!(old.first_recorded, entry.time);
+    w.registry.push("v2", "two");
     let p = w
         .promotions
-        .request(who("alice"), input("v1", "production", "again"))
+        .request(who("alice"), input("v2", "production", "again"))
         .await
         .unwrap();
     assert_eq!(p.required_approvals, 2, "the new version decides");
@@ -842,38 +848,43 @@ fn config_key_fingerprint(w: &World) -> String {
 }
 
 #[tokio::test]
-async fn unsigned_or_signed_for_another_digest_blocks_the_last_approval() {
+async fn an_unsigned_digest_waits_for_its_signature_and_ships_once_signed() {
     let (w, key, _keys) = signed_world().await;
     let d = w.registry.push("v1", "one");
     let other = w.registry.push("v2", "two");
     let p = w.request(&d).await;
-    let refused = w
+    // The approval is recorded, and the promotion waits for the signature.
+    let waiting = w
         .promotions
         .approve(who("bob"), p.id, String::new(), false)
-        .await;
+        .await
+        .expect("an approval is recorded whatever the signature says");
+    assert_eq!(waiting.state, State::Waiting);
+    assert_eq!(waiting.waiting_for, ["signature"]);
+    assert_eq!(waiting.not_before, None, "no time gate blocks");
+    assert_eq!(waiting.approvals.len(), 1);
     let tag = signature::legacy_tag(&d).unwrap();
-    match refused {
-        Err(Error::GatesBlocked(m)) => {
-            assert!(m.starts_with("signature: no signature of"), "{m}");
-            assert!(m.contains(&format!("{REPO}:{tag}")), "{m}");
-        }
-        other => panic!("an unsigned digest: {other:?}"),
-    }
+    let g = w.promotions.evaluate_gates(p.id).await.unwrap();
+    let m = &g.gate(gates::SIGNATURE).unwrap().message;
+    assert!(m.starts_with("no signature of"), "{m}");
+    assert!(m.contains(&format!("{REPO}:{tag}")), "{m}");
     // A signature whose payload names another digest, stored under this one's tag.
     w.registry.sign(&d, &other, &key);
-    let refused = w
-        .promotions
-        .approve(who("bob"), p.id, String::new(), false)
-        .await;
-    match refused {
-        Err(Error::GatesBlocked(m)) => {
-            assert!(m.contains(&format!("it signs \"{other}\"")), "{m}")
-        }
-        other => panic!("a signature of another digest: {other:?}"),
-    }
+    let again = w.promotions.reevaluate(p.id).await.unwrap();
+    assert_eq!(again.promotion.state, State::Waiting);
+    let g = w.promotions.evaluate_gates(p.id).await.unwrap();
+    let m = &g.gate(gates::SIGNATURE).unwrap().message;
+    assert!(m.contains(&format!("it signs \"{other}\"")), "{m}");
+    // Signed for real: it moves on by itself, recorded as GATES_PASSED.
+    w.registry.sign(&d, &d, &key);
+    let done = w.promotions.reevaluate(p.id).await.unwrap();
+    assert_eq!(done.promotion.state, State::Approved);
+    assert!(done.promotion.waiting_for.is_empty());
+    let actions = w.actions(p.id).await;
     assert_eq!(
-        w.store.get(p.id).await.unwrap().unwrap().state,
-        State::PendingApproval
+        actions.last(),
+        Some(&crate::domain::model::Action::GatesPassed),
+        "{actions:?}"
     );
 }
 
@@ -882,10 +893,11 @@ async fn a_registry_failure_while_reading_signatures_is_unavailable_not_a_block(
     let (w, key, _keys) = signed_world().await;
     let d = w.registry.push("v1", "one");
     w.registry.sign(&d, &d, &key);
+    let p = w.request(&d).await;
     *w.registry.signatures_down.lock().unwrap() = true;
     let refused = w
         .promotions
-        .request(who("alice"), input(&d, "production", "ship it"))
+        .approve(who("bob"), p.id, String::new(), false)
         .await;
     assert!(
         matches!(
@@ -894,6 +906,8 @@ async fn a_registry_failure_while_reading_signatures_is_unavailable_not_a_block(
         ),
         "{refused:?}"
     );
+    let p = w.store.get(p.id).await.unwrap().unwrap();
+    assert!(p.approvals.is_empty(), "nothing was recorded: {p:?}");
 }
 
 #[tokio::test]

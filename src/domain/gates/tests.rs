@@ -46,11 +46,15 @@ fn year_end() -> Freeze {
     )
 }
 
-fn who(name: &str, groups: &[&str]) -> Principal {
-    Principal::new(
-        name.to_owned(),
-        groups.iter().map(|g| g.to_string()).collect(),
-    )
+/// The groups each test approver recorded with an approval.
+fn recorded_groups(name: &str) -> Vec<String> {
+    let groups: &[&str] = match name {
+        "alice" | "bob" => &["rm"],
+        "sam" => &["security"],
+        "dana" => &["dba", "security"],
+        _ => &[],
+    };
+    groups.iter().map(|g| g.to_string()).collect()
 }
 
 /// `production` requires `staging`; nothing else is gated.
@@ -98,6 +102,7 @@ fn promotion(required: u32, approved_by: &[&str]) -> Promotion {
                 approver: a.to_string(),
                 comment: String::new(),
                 time: t,
+                groups: recorded_groups(a),
             })
             .collect(),
         required_approvals: required,
@@ -113,6 +118,8 @@ fn promotion(required: u32, approved_by: &[&str]) -> Promotion {
         project: String::new(),
         rollback: false,
         policy_digest: String::new(),
+        waiting_for: Vec::new(),
+        not_before: None,
         last_apply_error: String::new(),
         apply_attempts: 0,
     }
@@ -136,7 +143,6 @@ fn report(check: &str, status: CheckStatus, time: &str) -> CheckReport {
 struct Case {
     policy: EnvironmentPolicy,
     promotion: Promotion,
-    approvers: Vec<Principal>,
     checks: Vec<CheckReport>,
     prerequisite: Option<bool>,
     soak_since: Option<Time>,
@@ -151,12 +157,6 @@ impl Case {
         Case {
             policy: policy(),
             promotion: promotion(1, &["alice"]),
-            approvers: vec![
-                who("alice", &["rm"]),
-                who("bob", &["rm"]),
-                who("sam", &["security"]),
-                who("dana", &["dba", "security"]),
-            ],
             checks: Vec::new(),
             prerequisite: Some(true),
             soak_since: None,
@@ -173,7 +173,6 @@ impl Case {
             policy: &self.policy,
             now: self.now,
             rollback: self.rollback,
-            approvers: &self.approvers,
             checks: &self.checks,
             prerequisite: self.prerequisite,
             soak_since: self.soak_since,
@@ -215,14 +214,15 @@ fn only_configured_gates_are_reported_approvals_always() {
             REQUIRED_GROUPS,
             CHECKS,
             SOAK,
-            WINDOW
+            FREEZE
         ]
     );
 
-    // A window alone (no freeze) configures the window gate too.
+    // A window alone (no freeze) configures the window gate, not the freeze gate.
     c.policy.freezes.clear();
     c.policy.window = Some(window(&[], None, "UTC"));
     assert!(c.eval().gate(WINDOW).is_some());
+    assert!(c.eval().gate(FREEZE).is_none());
 }
 
 // ---- prerequisite ----
@@ -306,49 +306,14 @@ fn required_groups_need_one_approval_by_a_member_of_each() {
 }
 
 #[test]
-fn an_approver_the_configuration_no_longer_knows_counts_in_no_group() {
+fn an_approval_counts_for_the_groups_it_recorded_only() {
     let mut c = Case::new();
     c.policy.required_groups = vec!["security".into()];
     c.promotion = promotion(1, &["sam"]);
     assert!(c.gate(REQUIRED_GROUPS).passed);
-    c.approvers.retain(|p| p.name != "sam");
+    // Whatever sam's groups are now, the approval says what they were.
+    c.promotion.approvals[0].groups.clear();
     assert!(!c.gate(REQUIRED_GROUPS).passed);
-}
-
-#[test]
-fn the_last_slot_is_refused_while_a_required_group_is_unrepresented() {
-    let mut pol = policy();
-    pol.required_groups = vec!["security".into()];
-    let approvers = [who("alice", &["rm"]), who("sam", &["security"])];
-
-    // Not the last slot: recorded whatever the group.
-    let p = promotion(3, &["alice"]);
-    assert_eq!(
-        check_last_slot(&p, &pol, &approvers, &who("bob", &["rm"])),
-        Ok(())
-    );
-
-    // The last slot, and nobody from security yet.
-    let p = promotion(2, &["alice"]);
-    let err = check_last_slot(&p, &pol, &approvers, &who("bob", &["rm"])).unwrap_err();
-    assert_eq!(err.groups, ["security"]);
-    assert!(
-        err.to_string()
-            .contains("needs an approval by a member of group `security`"),
-        "{err}"
-    );
-    // The candidate is the member.
-    assert_eq!(
-        check_last_slot(&p, &pol, &approvers, &who("sam", &["security"])),
-        Ok(())
-    );
-
-    // Security already approved: any approver may fill the last slot.
-    let p = promotion(2, &["sam"]);
-    assert_eq!(
-        check_last_slot(&p, &pol, &approvers, &who("bob", &["rm"])),
-        Ok(())
-    );
 }
 
 #[test]
@@ -636,13 +601,13 @@ fn a_freeze_blocks_from_its_exact_start_until_its_exclusive_end() {
     c.policy.freezes = vec![year_end()];
 
     c.now = at("2026-12-19T23:59:59.999999999Z");
-    let g = c.gate(WINDOW);
+    let g = c.gate(FREEZE);
     assert!(g.passed);
     assert_eq!(g.message, "production is not frozen");
 
     for now in ["2026-12-20T00:00:00Z", "2027-01-04T23:59:59.999999999Z"] {
         c.now = at(now);
-        let g = c.gate(WINDOW);
+        let g = c.gate(FREEZE);
         assert!(!g.passed, "{now}");
         assert_eq!(
             g.message,
@@ -651,7 +616,7 @@ fn a_freeze_blocks_from_its_exact_start_until_its_exclusive_end() {
     }
 
     c.now = at("2027-01-05T00:00:00Z");
-    assert!(c.gate(WINDOW).passed);
+    assert!(c.gate(FREEZE).passed);
 }
 
 #[test]
@@ -661,7 +626,7 @@ fn after_a_freeze_the_window_says_when_it_really_opens() {
     c.policy.window = Some(window(&OFFICE, hours((9, 0), (17, 0)), "Europe/Berlin"));
     c.now = at("2026-12-24T10:00:00Z");
     assert_eq!(
-        c.gate(WINDOW).message,
+        c.gate(FREEZE).message,
         "production is frozen until 2027-01-05T00:00:00Z (year-end freeze) \
          and opens at 2027-01-05T08:00:00Z (Tue 2027-01-05 09:00 Europe/Berlin); group:sre may override it with break-glass and a reason"
     );
@@ -676,13 +641,13 @@ fn overlapping_freezes_are_all_named_and_the_opening_is_after_the_last() {
     ];
     c.now = at("2026-12-24T10:00:00Z");
     assert_eq!(
-        c.gate(WINDOW).message,
+        c.gate(FREEZE).message,
         "production is frozen until 2027-01-05T00:00:00Z (year-end freeze) \
          and opens at 2027-01-10T00:00:00Z; group:sre may override it with break-glass and a reason"
     );
     c.now = at("2027-01-04T12:00:00Z");
     assert_eq!(
-        c.gate(WINDOW).message,
+        c.gate(FREEZE).message,
         "production is frozen until 2027-01-05T00:00:00Z (year-end freeze) \
          and until 2027-01-10T00:00:00Z (migration); group:sre may override it with break-glass and a reason"
     );
@@ -715,7 +680,7 @@ fn the_blocking_message_names_every_blocker_and_what_unblocks_it() {
             REQUIRED_GROUPS,
             CHECKS,
             SOAK,
-            WINDOW
+            FREEZE
         ]
     );
     assert!(!r.ready());
@@ -728,7 +693,7 @@ fn the_blocking_message_names_every_blocker_and_what_unblocks_it() {
              required_groups: needs an approval by a member of group `security`; \
              checks: check `e2e` has no PASSED report for {DIGEST}; \
              soak: 12m left (staging since 2026-12-21T10:02:00Z, needs 30m); \
-             window: production is frozen until 2027-01-05T00:00:00Z (year-end freeze); group:sre may override it with break-glass and a reason"
+             freeze: production is frozen until 2027-01-05T00:00:00Z (year-end freeze); group:sre may override it with break-glass and a reason"
         )
     );
 }
@@ -738,7 +703,7 @@ fn break_glass_overrides_only_window_and_soak_and_marks_them() {
     let mut c = everything_blocks();
     c.break_glass = true;
     let r = c.eval();
-    for name in [WINDOW, SOAK] {
+    for name in [FREEZE, SOAK] {
         let g = r.gate(name).expect("configured");
         assert!(g.passed && g.overridden, "{g:?}");
         assert!(
@@ -750,9 +715,9 @@ fn break_glass_overrides_only_window_and_soak_and_marks_them() {
         let g = r.gate(name).expect("configured");
         assert!(!g.passed && !g.overridden, "{g:?}");
     }
-    assert_eq!(r.overridden().as_deref(), Some("window,soak"));
+    assert_eq!(r.overridden().as_deref(), Some("freeze,soak"));
     let msg = r.blocking_message().expect("still blocked");
-    assert!(!msg.contains("window:") && !msg.contains("soak:"), "{msg}");
+    assert!(!msg.contains("freeze:") && !msg.contains("soak:"), "{msg}");
 
     // With everything else satisfied, break-glass alone lets it through.
     c.prerequisite = Some(true);
@@ -760,11 +725,11 @@ fn break_glass_overrides_only_window_and_soak_and_marks_them() {
     c.checks = vec![report("e2e", CheckStatus::Passed, "2026-12-21T10:05:00Z")];
     let r = c.eval();
     assert!(r.passed(), "{:?}", r.blocking_message());
-    assert_eq!(r.overridden().as_deref(), Some("window,soak"));
+    assert_eq!(r.overridden().as_deref(), Some("freeze,soak"));
 
     // Only what blocked is marked; nothing blocked, nothing overridden.
     c.soak_since = Some(at("2026-12-01T00:00:00Z"));
-    assert_eq!(c.eval().overridden().as_deref(), Some("window"));
+    assert_eq!(c.eval().overridden().as_deref(), Some("freeze"));
     c.now = at("2027-01-05T00:00:00Z");
     assert_eq!(c.eval().overridden(), None);
 }
@@ -783,7 +748,7 @@ fn a_rollback_skips_prerequisite_checks_and_soak_but_not_the_window() {
     assert_eq!(
         r.blocking_message().as_deref(),
         Some(
-            "window: production is frozen until 2027-01-05T00:00:00Z (year-end freeze); group:sre may override it with break-glass and a reason"
+            "freeze: production is frozen until 2027-01-05T00:00:00Z (year-end freeze); group:sre may override it with break-glass and a reason"
         )
     );
 }
@@ -956,7 +921,9 @@ proptest! {
         c.policy.window = Some(w.clone());
         c.policy.freezes = freezes.clone();
         c.now = now;
-        prop_assert_eq!(c.gate(WINDOW).passed, open(now));
+        let r = c.eval();
+        let passed = [WINDOW, FREEZE].iter().all(|n| r.gate(n).is_none_or(|g| g.passed));
+        prop_assert_eq!(passed, open(now));
 
         if next > now {
             let before = from_timestamp(to_timestamp(next) - SignedDuration::from_nanos(1));

@@ -1,0 +1,357 @@
+//! The whole decision about a promotion, one pure function per command: a
+//! reducer `(promotion, command, facts) -> (promotion, entries)` or a
+//! refusal naming every blocker.
+//!
+//! The use cases gather the [`Facts`] by I/O first (what the prerequisite's
+//! tag carries, the checks reported, when the soak began, the signature
+//! verdict, what the target tag carries now), then run one of these inside a
+//! write job and commit what it returns. Nothing here reads a clock, a store
+//! or a registry, so every rule is tested with plain values.
+//!
+//! ```text
+//! request ─┬─ prerequisite/no-op fails ──> refused (nothing recorded)
+//!          └─> PENDING_APPROVAL ──approve (quorum)──┬─> APPROVED (gates pass)
+//!                    (no approvals required) ───────┘     ^
+//!                                                  └─> WAITING ──gates pass──┘ (GATES_PASSED)
+//! ```
+//!
+//! The quorum is `required_approvals` distinct persons whose recorded groups
+//! cover every required group; approvals are recorded in any order while the
+//! promotion is open, whatever the other gates say. Once the quorum is met
+//! the other gates decide between APPROVED and WAITING; a WAITING promotion
+//! is re-evaluated ([`reevaluate`]) when a check is reported, when its
+//! `not_before` arrives, on a policy reload and at start.
+
+use super::gates::{self, GateReport};
+use super::machine::{self, DomainError, NewPromotion, Outcome};
+use super::model::{
+    Action, CheckReport, Event, POLICY_ATTRIBUTE, Promotion, PromotionId, SERVICE_ACTOR,
+    SIGNATURE_ATTRIBUTE, State, Time,
+};
+use super::policy::{EnvironmentPolicy, Principal};
+use super::signature::Verdict;
+use std::time::Duration;
+
+/// How long a WAITING promotion may wait when the policy does not say.
+pub const DEFAULT_WAIT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The gate a request for what the tag already carries fails.
+pub const NOOP: &str = "noop";
+/// The gate a break-glass call by someone not allowed to fails.
+pub const BREAK_GLASS: &str = "break_glass";
+
+/// What the decision rests on besides the promotion: the policy in force,
+/// the time, and what I/O found before the write job.
+#[derive(Debug, Clone)]
+pub struct Facts<'a> {
+    pub policy: &'a EnvironmentPolicy,
+    /// The digest of the policy version in force (stamped on the entry that
+    /// makes a promotion APPROVED).
+    pub policy_digest: &'a str,
+    pub now: Time,
+    /// Reports about the pinned digest, in recorded order.
+    pub checks: &'a [CheckReport],
+    /// When the latest APPLIED entry moved the `requires` environment's tag
+    /// to the digest.
+    pub soak_since: Option<Time>,
+    /// The signature verdict, read when the policy names `signature_keys`.
+    pub signature: Option<&'a Verdict>,
+    /// Request only: what the `requires` environment's tag carries now.
+    pub prerequisite: Option<&'a Prerequisite>,
+    /// Request only: what prodgate last applied to the target tag.
+    pub deployed: Option<&'a Deployed>,
+}
+
+/// The `requires` environment's tag as read for a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prerequisite {
+    /// `repository:tag`, as the refusal names it.
+    pub reference: String,
+    pub environment: String,
+    /// The digest it carries; `None`: the tag does not exist.
+    pub carries: Option<String>,
+}
+
+/// The APPLIED entry behind what the target tag carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deployed {
+    pub digest: String,
+    /// The promotion whose tag move it recorded.
+    pub promotion_id: PromotionId,
+    pub time: Time,
+    /// The drift watch last saw the tag carry something else (and has not
+    /// restored it since).
+    pub drifted: bool,
+}
+
+/// One reason a command is refused: the gate, what it is about (a promotion
+/// id or a repository), and the sentence a person reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocker {
+    pub gate: &'static str,
+    pub subject: String,
+    pub description: String,
+}
+
+/// Why a command is refused. A refusal changes nothing and records nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Who may act, or the promotion's state.
+    Domain(DomainError),
+    /// Break-glass by a principal the policy's `break_glass` does not name.
+    BreakGlass {
+        principal: String,
+        environment: String,
+        allowed: String,
+    },
+    /// Break-glass without a word on why (`field` is the request's).
+    Unexplained { field: &'static str },
+    /// Gates that refuse rather than wait: every one that fails.
+    Blocked(Vec<Blocker>),
+}
+
+impl From<DomainError> for Refusal {
+    fn from(e: DomainError) -> Self {
+        Refusal::Domain(e)
+    }
+}
+
+/// Opens a promotion: refused when its prerequisite is not met or it would
+/// change nothing; otherwise PENDING_APPROVAL, or, with no approvals
+/// required, decided at once by the other gates.
+pub fn request(
+    id: PromotionId,
+    new: NewPromotion,
+    who: &Principal,
+    break_glass: bool,
+    f: &Facts<'_>,
+) -> Result<Outcome, Refusal> {
+    check_break_glass(break_glass, who, f.policy, &new.reason, "reason")?;
+    let mut blockers = Vec::new();
+    if !new.rollback
+        && let (Some(env), Some(pre)) = (f.policy.requires.as_deref(), f.prerequisite)
+        && pre.carries.as_deref() != Some(new.digest.as_str())
+    {
+        blockers.push(Blocker {
+            gate: gates::PREREQUISITE,
+            subject: new.repository.clone(),
+            description: format!(
+                "environment {} requires {env}: {} must first be promoted there, but {} {}",
+                f.policy.name,
+                new.digest,
+                pre.reference,
+                pre.carries
+                    .as_ref()
+                    .map_or_else(|| "does not exist".to_owned(), |d| format!("points to {d}")),
+            ),
+        });
+    }
+    if let Some(d) = f.deployed.filter(|d| d.digest == new.digest && !d.drifted) {
+        blockers.push(Blocker {
+            gate: NOOP,
+            subject: new.repository.clone(),
+            description: format!(
+                "the {} tag of {} already carries {} (promotion {} moved it there at {}); a promotion would change nothing",
+                f.policy.tag,
+                new.repository,
+                new.digest,
+                d.promotion_id,
+                d.time.rfc3339(super::model::Precision::Seconds),
+            ),
+        });
+    }
+    if !blockers.is_empty() {
+        return Err(Refusal::Blocked(blockers));
+    }
+    let mut o = machine::request(id, new, who, f.policy, f.now);
+    if break_glass {
+        o.promotion.break_glass = true;
+        mark(&mut o.event, "break_glass", "true");
+    }
+    settle(&mut o, f);
+    Ok(o)
+}
+
+/// Records `who`'s approval (each person once; a repeat changes nothing),
+/// then, once the quorum is met, lets the other gates decide between
+/// APPROVED and WAITING. Never refused by a gate.
+pub fn approve(
+    p: &Promotion,
+    who: &Principal,
+    break_glass: bool,
+    comment: &str,
+    f: &Facts<'_>,
+) -> Result<Outcome, Refusal> {
+    let mut o = machine::approve(p, who, f.policy, comment, f.now)?;
+    check_break_glass(break_glass, who, f.policy, comment, "comment")?;
+    let breaks_glass_now = break_glass && !p.break_glass;
+    if o.event.is_none() && !breaks_glass_now {
+        // A repeated approval (and no new break-glass): nothing to record.
+        return Ok(o);
+    }
+    let mut event = o.event.take().unwrap_or_else(|| {
+        // The same approver again, now breaking glass: recorded as an
+        // approval entry of its own so the audit log says who and why.
+        machine::entry(&o.promotion, Action::Approved, &who.name, comment)
+    });
+    if break_glass {
+        o.promotion.break_glass = true;
+        event.attributes.insert("break_glass".into(), "true".into());
+    }
+    o.event = Some(event);
+    settle(&mut o, f);
+    Ok(o)
+}
+
+/// A WAITING promotion whose gates now all pass becomes APPROVED, recorded
+/// as GATES_PASSED; an overdue one (past `wait_ttl`) EXPIRED. `None` when
+/// nothing changes (still waiting, or not WAITING at all).
+pub fn reevaluate(p: &Promotion, f: &Facts<'_>) -> Option<Outcome> {
+    if p.state != State::Waiting {
+        return None;
+    }
+    if let Some(o) = machine::expire_if_due(p, f.now) {
+        return Some(o);
+    }
+    let report = evaluate(p, f);
+    if !report.passed() {
+        return None;
+    }
+    let mut next = p.clone();
+    let waited = p.waiting_for.join(",");
+    next.state = State::Approved;
+    next.waiting_for = Vec::new();
+    next.not_before = None;
+    next.updated_at = f.now;
+    let mut event = machine::entry(
+        &next,
+        Action::GatesPassed,
+        SERVICE_ACTOR,
+        &format!("the gates it waited for passed: {waited}"),
+    );
+    event.attributes.insert("gates".into(), waited);
+    let mut o = Outcome {
+        promotion: next,
+        event: Some(event),
+    };
+    stamp_approved(&mut o, &report, f);
+    Some(o)
+}
+
+/// Every gate of `p`, evaluated on `f` (also EvaluateGates' answer).
+pub fn evaluate(p: &Promotion, f: &Facts<'_>) -> GateReport {
+    gates::evaluate(&gate_facts(p, f))
+}
+
+/// When `p`'s blocking time gates can all be open (`None`: none blocks,
+/// or one never opens by time alone).
+pub fn not_before(p: &Promotion, f: &Facts<'_>) -> Option<Time> {
+    let gf = gate_facts(p, f);
+    gates::not_before(&gf, &gates::evaluate(&gf))
+}
+
+fn gate_facts<'a>(p: &'a Promotion, f: &Facts<'a>) -> gates::Facts<'a> {
+    gates::Facts {
+        promotion: p,
+        policy: f.policy,
+        now: f.now,
+        rollback: p.rollback,
+        checks: f.checks,
+        // Read for a request; afterwards the pinned digest is what was
+        // approved, whatever the prerequisite's tag does since.
+        prerequisite: f
+            .prerequisite
+            .map(|pre| pre.carries.as_deref() == Some(p.digest.as_str())),
+        soak_since: f.soak_since,
+        break_glass: p.break_glass,
+        signature: f.signature,
+    }
+}
+
+/// Once the quorum is met, the gates decide between APPROVED and WAITING.
+/// The outcome's event (REQUESTED or APPROVED) records the result. A
+/// promotion already WAITING keeps the deadline it got when it began to.
+fn settle(o: &mut Outcome, f: &Facts<'_>) {
+    if !o.promotion.state.is_undecided() {
+        return;
+    }
+    let report = evaluate(&o.promotion, f);
+    if !report.quorum() {
+        return;
+    }
+    if report.passed() {
+        o.promotion.state = State::Approved;
+        stamp_approved(o, &report, f);
+        return;
+    }
+    let gf = gate_facts(&o.promotion, f);
+    let not_before = gates::not_before(&gf, &report);
+    let p = &mut o.promotion;
+    if p.state != State::Waiting {
+        p.state = State::Waiting;
+        p.expires_at = f.now.plus(wait_ttl(f.policy));
+    }
+    p.waiting_for = report.blocking_names();
+    p.not_before = not_before;
+    if let Some(e) = &mut o.event {
+        e.attributes
+            .insert("waiting_for".into(), p.waiting_for.join(","));
+    }
+}
+
+/// How long a promotion may stay WAITING under `policy`.
+pub fn wait_ttl(_policy: &EnvironmentPolicy) -> Duration {
+    DEFAULT_WAIT_TTL
+}
+
+/// Stamps the policy version that allowed an APPROVED promotion on it and
+/// its entry, with the signing key and what break-glass overrode.
+fn stamp_approved(o: &mut Outcome, report: &GateReport, f: &Facts<'_>) {
+    o.promotion.policy_digest = f.policy_digest.to_owned();
+    let Some(e) = &mut o.event else { return };
+    e.attributes
+        .insert(POLICY_ATTRIBUTE.to_owned(), f.policy_digest.to_owned());
+    if let (false, Some(Verdict::Verified { fingerprint, .. })) =
+        (f.policy.signature_keys.is_empty(), f.signature)
+    {
+        e.attributes
+            .insert(SIGNATURE_ATTRIBUTE.to_owned(), fingerprint.clone());
+    }
+    if let Some(overridden) = report.overridden() {
+        e.attributes.insert("overridden".into(), overridden);
+    }
+}
+
+fn mark(event: &mut Option<Event>, key: &str, value: &str) {
+    if let Some(e) = event {
+        e.attributes.insert(key.into(), value.into());
+    }
+}
+
+/// Break-glass by someone the policy does not name is refused outright;
+/// without a reason it is an invalid call.
+fn check_break_glass(
+    used: bool,
+    who: &Principal,
+    policy: &EnvironmentPolicy,
+    why: &str,
+    field: &'static str,
+) -> Result<(), Refusal> {
+    if !used {
+        return Ok(());
+    }
+    if !policy.may_break_glass(who) {
+        return Err(Refusal::BreakGlass {
+            principal: who.name.clone(),
+            environment: policy.name.clone(),
+            allowed: super::policy::describe(&policy.break_glass),
+        });
+    }
+    if why.trim().is_empty() {
+        return Err(Refusal::Unexplained { field });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

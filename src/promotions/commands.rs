@@ -1,0 +1,619 @@
+//! The calls that write. Each gathers its facts ([`super::facts`]), then in
+//! one write job reads the record, lets `domain::decision` decide, and
+//! commits what it returns; a refusal commits nothing.
+
+use super::facts::Gathered;
+use super::{CheckInput, Promotions, RequestInput, RollbackInput, policy_of};
+use crate::config::Config;
+use crate::domain::decision::{self, Refusal};
+use crate::domain::machine::{self, NewPromotion, Outcome};
+use crate::domain::model::{
+    Action, CheckReport, Precision, Promotion, PromotionId, State, Time, may_record_check,
+};
+use crate::domain::names::Source;
+use crate::domain::policy::{EnvironmentPolicy, Principal};
+use crate::error::Error;
+use crate::registry::Manifest;
+use crate::store::{HistoryFilter, PageRequest, StoredManifest, UnitOfWork};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// What an approver-facing call does to an undecided promotion.
+#[derive(Debug, Clone, Copy)]
+enum Verdict {
+    Approve { break_glass: bool },
+    Reject,
+    Cancel,
+}
+
+/// A re-evaluated WAITING promotion, and when to look at it again.
+#[derive(Debug, Clone)]
+pub struct Reevaluated {
+    pub promotion: Promotion,
+    /// Still WAITING: the earliest time its gates may have changed by
+    /// themselves (its `not_before`, else its deadline).
+    pub next: Option<Time>,
+}
+
+impl From<Refusal> for Error {
+    fn from(r: Refusal) -> Error {
+        match r {
+            Refusal::Domain(d) => Error::Domain(d),
+            Refusal::BreakGlass {
+                principal,
+                environment,
+                allowed,
+            } => Error::NotBreakGlass {
+                principal,
+                environment,
+                allowed,
+            },
+            Refusal::Unexplained { field } => Error::InvalidArgument {
+                field,
+                message: "is required with break_glass: say why the window, freeze or soak must be overridden".into(),
+            },
+            Refusal::Blocked(blockers) => Error::Blocked(blockers),
+        }
+    }
+}
+
+impl Promotions {
+    pub async fn request(&self, who: Principal, input: RequestInput) -> Result<Promotion, Error> {
+        let config = self.config.get();
+        self.request_under(config, who, input).await
+    }
+
+    async fn request_under(
+        &self,
+        config: Arc<Config>,
+        who: Principal,
+        input: RequestInput,
+    ) -> Result<Promotion, Error> {
+        let repository = input.repository.to_string();
+        let governance = config.governing(&repository);
+        if governance.project().is_none()
+            && config.unclaimed_repositories == crate::config::Unclaimed::Refuse
+        {
+            return Err(Error::Unclaimed {
+                repository,
+                patterns: config.project_patterns(),
+            });
+        }
+        if !governance.may_request(&who) {
+            return Err(Error::NotRequester {
+                principal: who.name,
+                repository,
+                project: governance.project_name().to_owned(),
+                requesters: crate::config::describe(governance.requesters().unwrap_or_default()),
+            });
+        }
+        let mut policy = policy_of(&config, &repository, &input.environment)?.clone();
+        if input.rollback {
+            policy.required_approvals = policy.rollback_approvals;
+        }
+        if policy.required_approvals > 0 && input.reason.trim().is_empty() {
+            return Err(Error::InvalidArgument {
+                field: "reason",
+                message: format!(
+                    "is required for environment {}, which needs approval: say what this promotion ships and why, for the approvers and the audit log",
+                    policy.name
+                ),
+            });
+        }
+        if config.registry(input.repository.host()).is_none() {
+            return Err(Error::InvalidArgument {
+                field: "repository",
+                message: format!(
+                    "registry {} is not configured; prodgate only promotes within its configured registries",
+                    input.repository.host()
+                ),
+            });
+        }
+        // A retried request answers from the record, whatever the tags do now.
+        if !input.request_id.is_empty()
+            && let Some(existing) = self
+                .store
+                .find_request(&who.name, &input.request_id)
+                .await?
+        {
+            return same_request(existing, &input);
+        }
+        let source_ref = input.source.as_reference().to_owned();
+        // Pin the manifest itself: the apply pushes these exact bytes. A digest
+        // already pinned for this repository is immutable content seen there
+        // before, so it needs no registry round trip; a tag always does.
+        let known = match &input.source {
+            Source::Digest(d) => self
+                .store
+                .manifest(&repository, d)
+                .await?
+                .map(|m| Manifest {
+                    digest: source_ref.clone(),
+                    media_type: m.media_type,
+                    bytes: m.bytes,
+                }),
+            Source::Tag(_) => None,
+        };
+        let manifest = match known {
+            Some(m) => m,
+            None => self
+                .registry
+                .fetch(&input.repository, &source_ref)
+                .await?
+                .ok_or_else(|| {
+                    Error::SourceNotFound(format!("{}:{source_ref}", input.repository))
+                })?,
+        };
+        let digest = manifest.digest.clone();
+        // Decided at once when nobody approves: the gates' facts now.
+        let mut facts = if policy.required_approvals == 0 {
+            self.gather_gates(&repository, &policy, &digest).await?
+        } else {
+            Gathered::default()
+        };
+        // A rollback's digest passed the prerequisite when it was first
+        // promoted here.
+        if let Some(required) = policy.requires.as_ref().filter(|_| !input.rollback) {
+            let prereq = policy_of(&config, &repository, required)?;
+            // The source tag is the prerequisite's tag: the fetch just read it.
+            let carries = if source_ref == prereq.tag {
+                Some(digest.clone())
+            } else {
+                self.registry
+                    .resolve(&input.repository, &prereq.tag)
+                    .await?
+            };
+            facts.prerequisite = Some(decision::Prerequisite {
+                reference: format!("{}:{}", input.repository, prereq.tag),
+                environment: prereq.name.clone(),
+                carries,
+            });
+        }
+        facts.deployed = self.deployed_now(&repository, &input.environment).await?;
+        let pinned = StoredManifest {
+            media_type: manifest.media_type,
+            bytes: manifest.bytes,
+        };
+        let mut changes = self.store.subscribe();
+        let job_config = config.clone();
+        let new = NewPromotion {
+            project: governance.project_name().to_owned(),
+            repository,
+            environment: input.environment.clone(),
+            source: source_ref,
+            digest,
+            reason: input.reason.clone(),
+            request_id: input.request_id.clone(),
+            rollback: input.rollback,
+        };
+        let created = self
+            .store
+            .write(move |tx: &mut dyn UnitOfWork| {
+                // After the retry lookup: a retry of a request that was
+                // applied since returns it rather than a no-op refusal.
+                if !new.request_id.is_empty()
+                    && let Some(id) = tx.find_request(&who.name, &new.request_id)?
+                {
+                    let existing = tx.get(id)?.ok_or(Error::PromotionNotFound(id))?;
+                    return same_request(existing, &input);
+                }
+                let now = tx.now();
+                let f = facts.facts(&policy, &job_config.policy.digest, now);
+                let o = decision::request(tx.next_id(), new, &who, input.break_glass, &f)?;
+                tx.put_manifest(&o.promotion.repository, &o.promotion.digest, &pinned)?;
+                tx.commit(&o.promotion, o.event)?;
+                Ok(o.promotion)
+            })
+            .await?;
+        Ok(self.settled(&config, created, &mut changes).await)
+    }
+
+    /// Opens a promotion back to a digest prodgate applied to the
+    /// environment before, with the environment's `rollback_approvals`.
+    /// By default the newest digest the tag carried before that no
+    /// rollback moved it away from: rolling back twice never brings back
+    /// what the first rollback removed.
+    pub async fn rollback(&self, who: Principal, input: RollbackInput) -> Result<Promotion, Error> {
+        let repository = input.repository.to_string();
+        if input.reason.trim().is_empty() {
+            return Err(Error::InvalidArgument {
+                field: "reason",
+                message: "is required for a rollback: say why the tag goes back".into(),
+            });
+        }
+        let config = self.config.get();
+        policy_of(&config, &repository, &input.environment)?;
+        let refused = |why: String| {
+            Err(Error::RollbackRefused {
+                repository: repository.clone(),
+                environment: input.environment.clone(),
+                why,
+            })
+        };
+        let Some(current) = self
+            .store
+            .deployed_at(&repository, &input.environment, None)
+            .await?
+        else {
+            return refused("prodgate has not moved its tag yet".into());
+        };
+        let target = match &input.digest {
+            None => match self
+                .rollback_target(&repository, &input.environment, &current.event.digest)
+                .await?
+            {
+                Some(d) => d,
+                None => {
+                    return refused(format!(
+                        "no digest is left to go back to: before {} its tag carried nothing prodgate applied, or only digests a rollback already moved it away from; name a digest",
+                        current.event.digest
+                    ));
+                }
+            },
+            Some(d) if *d == current.event.digest => {
+                return refused(format!("its tag already carries {d}"));
+            }
+            Some(d) => {
+                if !self
+                    .applied_history(&repository, &input.environment)
+                    .await?
+                    .iter()
+                    .any(|(digest, _, _)| digest == d)
+                {
+                    return refused(format!(
+                        "prodgate never moved its tag to {d}; a rollback goes back to a digest it carried"
+                    ));
+                }
+                d.clone()
+            }
+        };
+        let request = RequestInput {
+            repository: input.repository,
+            source: Source::Digest(target),
+            environment: input.environment,
+            reason: input.reason,
+            request_id: input.request_id,
+            break_glass: input.break_glass,
+            rollback: true,
+        };
+        self.request_under(config, who, request).await
+    }
+
+    /// The default rollback target: walking the tag's moves newest first,
+    /// the digest each move replaced, skipping the current one and every
+    /// digest a rollback moved the tag away from.
+    async fn rollback_target(
+        &self,
+        repository: &str,
+        environment: &str,
+        current: &str,
+    ) -> Result<Option<String>, Error> {
+        let moves = self.applied_history(repository, environment).await?;
+        let mut rolled_away: HashSet<String> = HashSet::new();
+        for (_, previous, promotion) in &moves {
+            let rollback = self
+                .store
+                .get(*promotion)
+                .await?
+                .is_some_and(|p| p.rollback);
+            if rollback {
+                rolled_away.insert(previous.clone());
+            }
+        }
+        Ok(moves
+            .into_iter()
+            .map(|(_, previous, _)| previous)
+            .find(|d| !d.is_empty() && d != current && !rolled_away.contains(d)))
+    }
+
+    /// Every APPLIED move of `environment`'s tag of `repository`, newest
+    /// first: the digest, the digest it replaced, the promotion.
+    async fn applied_history(
+        &self,
+        repository: &str,
+        environment: &str,
+    ) -> Result<Vec<(String, String, PromotionId)>, Error> {
+        let filter = HistoryFilter {
+            repository: Some(repository.to_owned()),
+            environment: Some(environment.to_owned()),
+            ..Default::default()
+        };
+        let mut moves = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .history(
+                    filter.clone(),
+                    PageRequest {
+                        after,
+                        limit: 1000,
+                        newest_first: true,
+                    },
+                )
+                .await?;
+            moves.extend(
+                page.items
+                    .iter()
+                    .filter(|e| e.event.action == Action::Applied)
+                    .map(|e| {
+                        (
+                            e.event.digest.clone(),
+                            e.event.previous_digest.clone(),
+                            e.event.promotion_id,
+                        )
+                    }),
+            );
+            match (page.more, page.items.last()) {
+                (true, Some(last)) => after = Some(last.sequence),
+                _ => return Ok(moves),
+            }
+        }
+    }
+
+    pub async fn approve(
+        &self,
+        who: Principal,
+        id: PromotionId,
+        comment: String,
+        break_glass: bool,
+    ) -> Result<Promotion, Error> {
+        let mut changes = self.store.subscribe();
+        let config = self.config.get();
+        let p = self
+            .decide(
+                config.clone(),
+                Verdict::Approve { break_glass },
+                who,
+                id,
+                comment,
+            )
+            .await?;
+        Ok(self.settled(&config, p, &mut changes).await)
+    }
+
+    pub async fn reject(
+        &self,
+        who: Principal,
+        id: PromotionId,
+        comment: String,
+    ) -> Result<Promotion, Error> {
+        self.decide(self.config.get(), Verdict::Reject, who, id, comment)
+            .await
+    }
+
+    pub async fn cancel(
+        &self,
+        who: Principal,
+        id: PromotionId,
+        comment: String,
+    ) -> Result<Promotion, Error> {
+        self.decide(self.config.get(), Verdict::Cancel, who, id, comment)
+            .await
+    }
+
+    async fn decide(
+        &self,
+        config: Arc<Config>,
+        verdict: Verdict,
+        who: Principal,
+        id: PromotionId,
+        comment: String,
+    ) -> Result<Promotion, Error> {
+        // The gates' facts for an approval that may complete the quorum;
+        // read for any undecided promotion, since which approval completes
+        // it is decided on the writer.
+        let facts = match verdict {
+            Verdict::Approve { .. } => self.gather_for(&config, id).await?,
+            Verdict::Reject | Verdict::Cancel => Gathered::default(),
+        };
+        self.store
+            .write(move |tx: &mut dyn UnitOfWork| {
+                let p = tx.get(id)?.ok_or(Error::PromotionNotFound(id))?;
+                let now = tx.now();
+                expire_due(tx, &p, now)?;
+                let policy = policy_for(&config, &p, &who)?;
+                let o: Outcome = match verdict {
+                    Verdict::Approve { break_glass } => {
+                        let f = facts.facts(policy, &config.policy.digest, now);
+                        decision::approve(&p, &who, break_glass, &comment, &f)?
+                    }
+                    Verdict::Reject => machine::reject(&p, &who, policy, &comment, now)?,
+                    Verdict::Cancel => machine::cancel(&p, &who, policy, &comment, now)?,
+                };
+                // A repeated approval has no event; commit writes nothing then.
+                tx.commit(&o.promotion, o.event)?;
+                Ok(o.promotion)
+            })
+            .await
+    }
+
+    /// The gates' facts for promotion `id` when it is undecided (nothing
+    /// otherwise: no gate is evaluated for it).
+    async fn gather_for(&self, config: &Config, id: PromotionId) -> Result<Gathered, Error> {
+        match self.store.get(id).await? {
+            Some(p) if p.state.is_undecided() => {
+                match config.governing(&p.repository).environment(&p.environment) {
+                    Some(policy) => self.gather_gates(&p.repository, policy, &p.digest).await,
+                    None => Ok(Gathered::default()),
+                }
+            }
+            _ => Ok(Gathered::default()),
+        }
+    }
+
+    /// Looks at a WAITING promotion again: APPROVED (GATES_PASSED) once its
+    /// gates pass, EXPIRED past its `wait_ttl`, else unchanged with when to
+    /// look again.
+    pub async fn reevaluate(&self, id: PromotionId) -> Result<Reevaluated, Error> {
+        let config = self.config.get();
+        let facts = self.gather_for(&config, id).await?;
+        self.store
+            .write(move |tx: &mut dyn UnitOfWork| {
+                let p = tx.get(id)?.ok_or(Error::PromotionNotFound(id))?;
+                if p.state != State::Waiting {
+                    return Ok(Reevaluated {
+                        promotion: p,
+                        next: None,
+                    });
+                }
+                let now = tx.now();
+                let Some(policy) = config.governing(&p.repository).environment(&p.environment)
+                else {
+                    // No longer configured: it waits for its deadline.
+                    let next = Some(p.expires_at);
+                    return Ok(Reevaluated { promotion: p, next });
+                };
+                let f = facts.facts(policy, &config.policy.digest, now);
+                match decision::reevaluate(&p, &f) {
+                    Some(o) => {
+                        tx.commit(&o.promotion, o.event)?;
+                        Ok(Reevaluated {
+                            promotion: o.promotion,
+                            next: None,
+                        })
+                    }
+                    None => {
+                        let at = decision::not_before(&p, &f);
+                        let next = Some(at.map_or(p.expires_at, |t| t.min(p.expires_at)));
+                        Ok(Reevaluated { promotion: p, next })
+                    }
+                }
+            })
+            .await
+    }
+
+    /// Records the expiry of `id` if it is (still) overdue; returns the record.
+    pub async fn expire(&self, id: PromotionId) -> Result<Promotion, Error> {
+        self.store
+            .write(move |tx: &mut dyn UnitOfWork| {
+                let p = tx.get(id)?.ok_or(Error::PromotionNotFound(id))?;
+                let now = tx.now();
+                match machine::expire_if_due(&p, now) {
+                    Some(o) => {
+                        tx.commit(&o.promotion, o.event)?;
+                        Ok(o.promotion)
+                    }
+                    None => Ok(p),
+                }
+            })
+            .await
+    }
+
+    /// Records the expiry of every overdue undecided promotion (pending
+    /// past `approval_ttl`, waiting past `wait_ttl`).
+    pub async fn sweep_expired(&self) -> Result<usize, Error> {
+        let mut open = self.store.in_state(State::PendingApproval).await?;
+        open.extend(self.store.in_state(State::Waiting).await?);
+        let now = self.clock.now();
+        let mut n = 0;
+        for p in open.into_iter().filter(|p| p.expires_at <= now) {
+            if self.expire(p.id).await?.state == State::Expired {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Records a check result for a digest (its latest report per check
+    /// counts for the checks gate). Only check reporters may.
+    pub async fn report_check(
+        &self,
+        who: Principal,
+        input: CheckInput,
+    ) -> Result<CheckReport, Error> {
+        let repository = input.repository.to_string();
+        if !self.config.get().governing(&repository).may_report(&who) {
+            return Err(Error::NotCheckReporter {
+                principal: who.name,
+                repository,
+            });
+        }
+        let mut report = CheckReport {
+            repository,
+            digest: input.digest,
+            check: input.check,
+            status: input.status,
+            reported_by: who.name,
+            time: Time::ZERO,
+            details_url: input.details_url,
+            comment: input.comment,
+        };
+        let event = report.event();
+        let limit = self.config.get().max_checks_per_digest;
+        let (repository, digest, check) = (
+            report.repository.clone(),
+            report.digest.clone(),
+            report.check.clone(),
+        );
+        let entry = self
+            .store
+            .write(move |tx: &mut dyn UnitOfWork| {
+                // Counted in the write job, which runs alone: two new names
+                // reported at once cannot both take the last place.
+                let names = tx.check_names(&repository, &digest, &check, limit)?;
+                if !may_record_check(names.known, names.distinct, limit) {
+                    return Err(Error::TooManyChecks {
+                        repository,
+                        digest,
+                        limit,
+                    });
+                }
+                let now = tx.now();
+                Ok::<_, Error>(tx.record(event, now)?)
+            })
+            .await?;
+        report.time = entry.time;
+        Ok(report)
+    }
+}
+
+/// The policy `who` acts under on `p`, refusing when its environment is
+/// no longer configured.
+fn policy_for<'c>(
+    config: &'c Config,
+    p: &Promotion,
+    who: &Principal,
+) -> Result<&'c EnvironmentPolicy, Error> {
+    config
+        .governing(&p.repository)
+        .environment(&p.environment)
+        .ok_or_else(|| {
+            Error::Domain(machine::DomainError::NotApprover {
+                principal: who.name.clone(),
+                environment: p.environment.clone(),
+                governed: " (it is no longer configured)".into(),
+            })
+        })
+}
+
+/// Writes the EXPIRED entry of an overdue promotion and refuses the call.
+fn expire_due(tx: &mut dyn UnitOfWork, p: &Promotion, now: Time) -> Result<(), Error> {
+    match machine::expire_if_due(p, now) {
+        Some(o) => {
+            tx.commit(&o.promotion, o.event)?;
+            Err(Error::Expired {
+                id: p.id,
+                expires_at: p.expires_at.rfc3339(Precision::Nanos),
+            })
+        }
+        None => Ok(()),
+    }
+}
+
+/// An idempotent retry returns the original; a reused key with other
+/// parameters is refused.
+fn same_request(existing: Promotion, input: &RequestInput) -> Result<Promotion, Error> {
+    let same = existing.repository == input.repository.to_string()
+        && existing.source == input.source.as_reference()
+        && existing.environment == input.environment
+        && existing.reason == input.reason;
+    if same {
+        Ok(existing)
+    } else {
+        Err(Error::RequestIdReused {
+            request_id: input.request_id.clone(),
+            promotion_id: existing.id,
+        })
+    }
+}

@@ -1,0 +1,226 @@
+//! The reads: a promotion (recording its expiry when overdue), pages of
+//! promotions, history and checks, the gates as they stand, the deployed
+//! digest, a recorded policy version, the log's verification.
+
+use super::{HistoryQuery, ListQuery, Listing, Promotions, policy_of, unknown_project};
+use crate::domain::audit::{AuditEntry, Verification};
+use crate::domain::decision;
+use crate::domain::drift::TagRecord;
+use crate::domain::gates;
+use crate::domain::machine;
+use crate::domain::model::{CheckReport, Precision, Promotion, PromotionId, State, Time};
+use crate::domain::names::Repository;
+use crate::error::Error;
+use crate::store::{ListFilter, PageRequest, StoredPolicy};
+
+impl Promotions {
+    /// The promotion, recording its expiry first if it is overdue, with the
+    /// apply worker's retry state while it is APPROVED.
+    pub async fn get(&self, id: PromotionId) -> Result<Promotion, Error> {
+        let mut p = self
+            .store
+            .get(id)
+            .await?
+            .ok_or(Error::PromotionNotFound(id))?;
+        if machine::expire_if_due(&p, self.clock.now()).is_some() {
+            return self.expire(id).await;
+        }
+        self.progress.overlay(&mut p);
+        Ok(p)
+    }
+
+    /// A page of promotions. With `awaiting`, only pending promotions that
+    /// principal may approve now; with `project`, only those of
+    /// repositories that project governs. Either way the walk goes on past
+    /// those left out, so a page is short only at the end, and the cursor is
+    /// the last promotion examined, not the last returned.
+    pub async fn list(&self, q: ListQuery) -> Result<Listing<Promotion>, Error> {
+        let config = self.config.get();
+        if let Some(name) = &q.project
+            && !config.projects.iter().any(|p| &p.name == name)
+        {
+            return Err(Error::InvalidArgument {
+                field: "project",
+                message: unknown_project(name, &config.projects),
+            });
+        }
+        if q.awaiting.is_none() && q.project.is_none() {
+            let page = self
+                .store
+                .list(
+                    q.filter,
+                    PageRequest {
+                        after: q.after,
+                        limit: q.limit,
+                        newest_first: q.newest_first,
+                    },
+                )
+                .await?;
+            let next = page.items.last().map(|p| p.id).filter(|_| page.more);
+            let mut items = page.items;
+            for p in &mut items {
+                self.progress.overlay(p);
+            }
+            return Ok(Listing { items, next });
+        }
+        if q.awaiting.is_some() && q.filter.state.is_some_and(|s| s != State::PendingApproval) {
+            return Err(Error::InvalidArgument {
+                field: "awaiting_me",
+                message: "lists PENDING_APPROVAL promotions only; leave state unset".into(),
+            });
+        }
+        let filter = match q.awaiting {
+            Some(_) => ListFilter {
+                state: Some(State::PendingApproval),
+                ..q.filter
+            },
+            None => q.filter,
+        };
+        let now = self.clock.now();
+        let mut items = Vec::new();
+        let mut after = q.after;
+        loop {
+            let page = self
+                .store
+                .list(
+                    filter.clone(),
+                    PageRequest {
+                        after,
+                        limit: q.limit.max(1),
+                        newest_first: q.newest_first,
+                    },
+                )
+                .await?;
+            for mut p in page.items {
+                after = Some(p.id);
+                let governance = config.governing(&p.repository);
+                let in_project = q
+                    .project
+                    .as_ref()
+                    .is_none_or(|name| governance.project_name() == name);
+                let may = q.awaiting.as_ref().is_none_or(|who| {
+                    governance
+                        .environment(&p.environment)
+                        .is_some_and(|policy| machine::may_approve(&p, who, policy, now))
+                });
+                if in_project && may {
+                    self.progress.overlay(&mut p);
+                    items.push(p);
+                    if items.len() == q.limit {
+                        return Ok(Listing { items, next: after });
+                    }
+                }
+            }
+            if !page.more {
+                return Ok(Listing { items, next: None });
+            }
+        }
+    }
+
+    pub async fn history(&self, q: HistoryQuery) -> Result<Listing<AuditEntry>, Error> {
+        let page = self
+            .store
+            .history(
+                q.filter,
+                PageRequest {
+                    after: q.after,
+                    limit: q.limit,
+                    newest_first: q.newest_first,
+                },
+            )
+            .await?;
+        let next = page.items.last().map(|e| e.sequence).filter(|_| page.more);
+        Ok(Listing {
+            items: page.items,
+            next,
+        })
+    }
+
+    /// The APPLIED entry behind what `environment`'s tag carried at `at`,
+    /// and the drift watch's entries since.
+    pub async fn deployed(
+        &self,
+        repository: &Repository,
+        environment: &str,
+        at: Option<Time>,
+    ) -> Result<TagRecord, Error> {
+        policy_of(&self.config.get(), &repository.to_string(), environment)?;
+        self.store
+            .tag_record(&repository.to_string(), environment, at)
+            .await?
+            .ok_or_else(|| Error::NothingDeployed {
+                repository: repository.to_string(),
+                environment: environment.to_owned(),
+                at: at.map_or_else(|| "now".to_owned(), |t| t.rfc3339(Precision::Nanos)),
+            })
+    }
+
+    /// Every gate configured for promotion `id`, evaluated now as it stands
+    /// (the approvals gate says how many are missing). Reads only. A
+    /// finished promotion has no gates left to pass: refused, naming its
+    /// state.
+    pub async fn evaluate_gates(&self, id: PromotionId) -> Result<gates::GateReport, Error> {
+        let p = self.get(id).await?;
+        if p.state.is_terminal() {
+            return Err(Error::Domain(machine::DomainError::NotPending {
+                id,
+                state: p.state,
+                verb: "evaluated",
+                superseded_by: p.superseded_by,
+            }));
+        }
+        let config = self.config.get();
+        let governing = config.governing(&p.repository);
+        let policy = governing
+            .environment(&p.environment)
+            .ok_or_else(|| Error::InvalidArgument {
+                field: "promotion_id",
+                message: format!(
+                    "promotion {id}'s environment {} is no longer configured",
+                    p.environment
+                ),
+            })?
+            .clone();
+        let facts = self.gather_gates(&p.repository, &policy, &p.digest).await?;
+        let f = facts.facts(&policy, &config.policy.digest, self.clock.now());
+        Ok(decision::evaluate(&p, &f))
+    }
+
+    /// A recorded policy version; `None`: the running one.
+    pub async fn policy(&self, digest: Option<&str>) -> Result<StoredPolicy, Error> {
+        let running = self.config.get();
+        let digest = digest.unwrap_or(&running.policy.digest);
+        self.store
+            .policy(digest)
+            .await?
+            .ok_or_else(|| Error::PolicyNotFound(digest.to_owned()))
+    }
+
+    /// A page of the latest report of each check for a digest, by check
+    /// name, after the name `after`.
+    pub async fn list_checks(
+        &self,
+        repository: &Repository,
+        digest: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Listing<CheckReport, String>, Error> {
+        let page = self
+            .store
+            .checks_page(&repository.to_string(), digest, after, limit)
+            .await?;
+        let next = page
+            .items
+            .last()
+            .map(|c| c.check.clone())
+            .filter(|_| page.more);
+        Ok(Listing {
+            items: page.items,
+            next,
+        })
+    }
+
+    pub async fn verify(&self) -> Result<Verification, Error> {
+        Ok(self.store.verify().await?)
+    }
+}
