@@ -431,15 +431,20 @@ impl Promotions {
                     .await?
             };
             if carried.as_deref() != Some(digest.as_str()) {
-                return Err(Error::PrerequisiteNotMet(format!(
-                    "environment {} requires {}: {digest} must first be promoted there, but {}:{} {}",
-                    policy.name,
-                    prereq.name,
-                    input.repository,
-                    prereq.tag,
-                    carried
-                        .map_or_else(|| "does not exist".to_owned(), |d| format!("points to {d}")),
-                )));
+                return Err(Error::PrerequisiteNotMet {
+                    repository: input.repository.to_string(),
+                    message: format!(
+                        "environment {} requires {}: {digest} must first be promoted there, but {}:{} {}",
+                        policy.name,
+                        prereq.name,
+                        input.repository,
+                        prereq.tag,
+                        carried.map_or_else(
+                            || "does not exist".to_owned(),
+                            |d| format!("points to {d}")
+                        ),
+                    ),
+                });
             }
         }
         let pinned = StoredManifest {
