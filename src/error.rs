@@ -119,3 +119,43 @@ fn blocked_message(blockers: &[Blocker]) -> String {
     let parts: Vec<&str> = blockers.iter().map(|b| b.description.as_str()).collect();
     parts.join("; ")
 }
+
+impl Error {
+    /// Every gate that refused, one per blocker (the
+    /// `google.rpc.PreconditionFailure` violations `api::error` attaches);
+    /// empty for an error that is no gate's refusal. Exhaustive, so a new
+    /// variant is placed here too. A blocker whose subject the error does
+    /// not know has it empty; the call fills it in (`api::error::status`).
+    pub fn blockers(&self) -> Vec<Blocker> {
+        let one = |gate: &'static str, subject: &str| {
+            vec![Blocker {
+                gate,
+                subject: subject.to_owned(),
+                description: self.to_string(),
+            }]
+        };
+        match self {
+            Error::Blocked(list) => list.clone(),
+            Error::RollbackRefused { repository, .. } => one("rollback", repository),
+            Error::NotBreakGlass { .. } => one(crate::domain::decision::BREAK_GLASS, ""),
+            Error::InvalidArgument { .. }
+            | Error::NotRequester { .. }
+            | Error::PromotionNotFound(_)
+            | Error::SourceNotFound(_)
+            | Error::RequestIdReused { .. }
+            | Error::PolicyNotFound(_)
+            | Error::Internal(_)
+            | Error::OutOfRange { .. }
+            | Error::NothingDeployed { .. }
+            | Error::Expired { .. }
+            | Error::NotCheckReporter { .. }
+            | Error::TooManyChecks { .. }
+            | Error::Unclaimed { .. }
+            | Error::ShuttingDown
+            | Error::TooManyWatches { .. }
+            | Error::Domain(_)
+            | Error::Registry(_)
+            | Error::Store(_) => Vec::new(),
+        }
+    }
+}

@@ -3,7 +3,7 @@
 //! status), the registry client (requests by operation and outcome), and the
 //! store's streams of committed changes (final states, apply latency) and
 //! promotion-less entries (drift). Gauges
-//! that describe stored state (pending approvals, audit entries) are read
+//! that describe stored state (promotions by open state, audit entries) are read
 //! from the store at scrape time, so they cannot drift. Every label value
 //! comes from the config or the code, never from a client: each one is kept
 //! for the life of the process.
@@ -37,6 +37,8 @@ pub struct Metrics {
     apply_seconds: HistogramVec,
     registry_requests: IntCounterVec,
     pending: IntGaugeVec,
+    /// WAITING promotions: approvals complete, another gate still blocks.
+    waiting: IntGaugeVec,
     /// APPROVED promotions whose tag move has not happened yet.
     apply_waiting: IntGaugeVec,
     audit_entries: IntGauge,
@@ -96,6 +98,14 @@ impl Metrics {
         )?;
         let pending = IntGaugeVec::new(
             Opts::new("pending_approvals", "Promotions waiting for approval"),
+            &["environment"],
+        )?;
+        let waiting = IntGaugeVec::new(
+            Opts::new(
+                "promotions_waiting",
+                "Promotions whose approvals are complete while another gate (soak, window, \
+                 freeze, checks, signature) still blocks",
+            ),
             &["environment"],
         )?;
         let apply_waiting = IntGaugeVec::new(
@@ -168,6 +178,7 @@ impl Metrics {
         registry.register(Box::new(apply_seconds.clone()))?;
         registry.register(Box::new(registry_requests.clone()))?;
         registry.register(Box::new(pending.clone()))?;
+        registry.register(Box::new(waiting.clone()))?;
         registry.register(Box::new(apply_waiting.clone()))?;
         registry.register(Box::new(audit_entries.clone()))?;
         Ok(Arc::new(Self {
@@ -179,6 +190,7 @@ impl Metrics {
             apply_seconds,
             registry_requests,
             pending,
+            waiting,
             apply_waiting,
             audit_entries,
             store_commits,
@@ -242,6 +254,7 @@ impl Metrics {
     pub async fn render(&self, store: &Store) -> String {
         for (gauge, state) in [
             (&self.pending, State::PendingApproval),
+            (&self.waiting, State::Waiting),
             (&self.apply_waiting, State::Approved),
         ] {
             gauge.reset();

@@ -468,10 +468,12 @@ async fn a_missing_or_failed_check_blocks_the_final_approval_until_it_passes() {
         .output()
         .expect("run prodgate gates");
     let text = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // A blocking gate is exit 7, so a script can branch on it.
+    assert_eq!(out.status.code(), Some(7), "{text} {stderr}");
     assert!(
-        out.status.success(),
-        "{text} {}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr.contains(&format!("promotion {} is blocked by ", p.id)) && stderr.contains("checks"),
+        "{stderr}"
     );
     assert!(text.contains("BLOCK checks"), "{text}");
     assert!(text.contains("not ready"), "{text}");

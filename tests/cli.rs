@@ -719,6 +719,7 @@ fn local_commands_need_no_server() {
         "  4  server unreachable",
         "  5  --wait ended",
         "  6  --wait gave up after --timeout",
+        "  7  gates: at least one gate blocks",
     ] {
         assert!(help.stdout.contains(line), "{line:?}");
     }
@@ -1386,6 +1387,21 @@ async fn list_mine_and_newest_first() {
     assert!(ids("alice", &["list", "--mine"]).is_empty());
     let mine = table(s, "bob", &["list", "--mine"]).ok();
     assert_eq!(mine.stdout.lines().count(), 3, "{mine:#?}");
+    // No gate but the approvals holds any of them, so none is WAITING.
+    assert!(ids("alice", &["list", "--state", "waiting"]).is_empty());
+    assert!(ids("alice", &["list", "--state", "WAITING"]).is_empty());
+    // prod2 still lacks an approval: `gates` reports it and exits 7.
+    let gates = table(s, "alice", &["gates", &p2]).code(7);
+    assert!(gates.stdout.contains("BLOCK approvals"), "{gates:#?}");
+    assert_eq!(
+        gates.stderr,
+        format!("prodgate: promotion {p2} is blocked by approvals\n"),
+        "{gates:#?}"
+    );
+    // The selfok promotion is also pending, so also blocked; the JSON
+    // report is still printed.
+    let report = json(s, "alice", &["gates", &p3]).code(7).one();
+    assert_eq!(report["ready"], true, "{report}");
 
     assert_eq!(
         ids("alice", &["list", "--newest-first"]),

@@ -572,7 +572,11 @@ async fn metrics_have_build_process_and_every_environment() {
             1.0
         );
         for env in ["staging", "production", "prod2", "shortlived", "selfok"] {
-            for gauge in ["prodgate_pending_approvals", "prodgate_apply_waiting"] {
+            for gauge in [
+                "prodgate_pending_approvals",
+                "prodgate_promotions_waiting",
+                "prodgate_apply_waiting",
+            ] {
                 assert_eq!(
                     get(&format!(r#"{gauge}{{environment="{env}"}}"#)),
                     0.0,

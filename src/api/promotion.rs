@@ -1,8 +1,8 @@
 //! `prodgate.v1.PromotionService`: each handler authenticates, validates and
 //! converts, calls the use case, and maps the error. Nothing else.
 
-use super::convert;
 use super::page_token::{self, Kind};
+use super::{convert, error};
 use crate::auth::principal;
 use crate::evidence::Evidence;
 use crate::pb;
@@ -29,7 +29,7 @@ fn hex_list(hashes: &[[u8; 32]]) -> Vec<String> {
 }
 
 fn token_error(e: String) -> Status {
-    Status::invalid_argument(format!("page_token {e}"))
+    error::invalid_argument("page_token", e)
 }
 
 type PromotionStream =
@@ -64,7 +64,7 @@ impl PromotionService for PromotionApi {
         let r = req.into_inner();
         let repository = convert::repository("repository", &r.repository)?;
         if r.environment.is_empty() {
-            return Err(Status::invalid_argument("environment: is required"));
+            return Err(error::invalid_argument("environment", "is required"));
         }
         let at = r.at.as_ref().map(|t| convert::time("at", t)).transpose()?;
         let record = self
@@ -87,7 +87,12 @@ impl PromotionService for PromotionApi {
     ) -> Result<Response<pb::Promotion>, Status> {
         let who = principal(&req)?;
         let input = convert::request_input(req.into_inner())?;
-        let p = self.promotions.request(who, input).await?;
+        let repository = input.repository.to_string();
+        let p = self
+            .promotions
+            .request(who, input)
+            .await
+            .map_err(|e| error::status(e, &repository))?;
         Ok(Response::new(convert::promotion(&p)))
     }
 
@@ -102,7 +107,8 @@ impl PromotionService for PromotionApi {
         let p = self
             .promotions
             .approve(who, id, comment, r.break_glass)
-            .await?;
+            .await
+            .map_err(|e| error::status(e, &id.to_string()))?;
         Ok(Response::new(convert::promotion(&p)))
     }
 
@@ -261,7 +267,7 @@ impl PromotionService for PromotionApi {
         let r = req.into_inner();
         let repository = convert::repository("repository", &r.repository)?;
         crate::domain::names::validate_digest(&r.digest)
-            .map_err(|e| Status::invalid_argument(format!("digest: {e}")))?;
+            .map_err(|e| error::invalid_argument("digest", e.to_string()))?;
         let limit = convert::signed_page_size(r.page_size)?;
         let fp = page_token::fingerprint(&[&r.repository, &r.digest]);
         let after =
@@ -341,7 +347,12 @@ impl PromotionService for PromotionApi {
     ) -> Result<Response<pb::Promotion>, Status> {
         let who = principal(&req)?;
         let input = convert::rollback_input(req.into_inner())?;
-        let p = self.promotions.rollback(who, input).await?;
+        let repository = input.repository.to_string();
+        let p = self
+            .promotions
+            .rollback(who, input)
+            .await
+            .map_err(|e| error::status(e, &repository))?;
         Ok(Response::new(convert::promotion(&p)))
     }
 

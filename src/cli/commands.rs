@@ -20,7 +20,7 @@ pub async fn rollback(
     let started = Instant::now();
     let mut c = Client::connect(g).await?;
     let p = c.api.rollback(c.unary(req)).await?.into_inner();
-    answer(g, &mut c, p, follow, started).await
+    answer(g, &mut c, p, follow, started, Printer::promotion).await
 }
 
 pub async fn request(
@@ -31,7 +31,7 @@ pub async fn request(
     let started = Instant::now();
     let mut c = Client::connect(g).await?;
     let p = c.api.request_promotion(c.unary(req)).await?.into_inner();
-    answer(g, &mut c, p, follow, started).await
+    answer(g, &mut c, p, follow, started, Printer::promotion).await
 }
 
 pub async fn approve(
@@ -42,7 +42,7 @@ pub async fn approve(
     let started = Instant::now();
     let mut c = Client::connect(g).await?;
     let p = c.api.approve(c.unary(req)).await?.into_inner();
-    answer(g, &mut c, p, follow, started).await
+    answer(g, &mut c, p, follow, started, Printer::approval).await
 }
 
 pub async fn reject(g: &ClientArgs, req: pb::RejectRequest) -> Result<(), CliError> {
@@ -67,9 +67,25 @@ pub async fn get(g: &ClientArgs, id: String) -> Result<(), CliError> {
 /// Every gate of a promotion, evaluated now (EvaluateGates).
 pub async fn gates(g: &ClientArgs, id: String) -> Result<(), CliError> {
     let mut c = Client::connect(g).await?;
-    let req = pb::EvaluateGatesRequest { promotion_id: id };
+    let req = pb::EvaluateGatesRequest {
+        promotion_id: id.clone(),
+    };
     let r = c.api.evaluate_gates(c.unary(req)).await?.into_inner();
-    Printer::stdout(g.output).gate_report(&r)
+    Printer::stdout(g.output).gate_report(&r)?;
+    let blocking: Vec<&str> = r
+        .gates
+        .iter()
+        .filter(|g| !g.passed)
+        .map(|g| g.name.as_str())
+        .collect();
+    if blocking.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::GateBlocks {
+            id,
+            gates: blocking.join(", "),
+        })
+    }
 }
 
 /// Records a check result (ReportCheck) and prints it as stored.
@@ -100,7 +116,8 @@ pub async fn checks(g: &ClientArgs, repository: String, digest: String) -> Resul
     Printer::stdout(g.output).checks(&all)
 }
 
-/// Prints the answer of request/approve, then follows it if asked to, until
+/// Prints the answer of request/approve/rollback with `print`, then follows
+/// it if asked to (through WAITING and APPROVED to a final state), until
 /// `--timeout` after `started` if one was given.
 async fn answer(
     g: &ClientArgs,
@@ -108,9 +125,10 @@ async fn answer(
     p: pb::Promotion,
     follow: bool,
     started: Instant,
+    print: fn(&mut Printer, &pb::Promotion) -> Result<(), CliError>,
 ) -> Result<(), CliError> {
     let out = &mut Printer::stdout(g.output);
-    out.promotion(&p)?;
+    print(out, &p)?;
     if follow {
         let limit = g.timeout.map(|t| wait::Limit {
             deadline: started + t,

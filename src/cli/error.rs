@@ -16,6 +16,7 @@ pub enum Exit {
     Unreachable = 4,
     NotPromoted = 5,
     WaitTimedOut = 6,
+    GateBlocks = 7,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +88,10 @@ pub enum CliError {
         state: String,
         after: std::time::Duration,
     },
+    /// `gates`: at least one gate blocks (the report is on stdout);
+    /// `gates` lists the blocking ones by name.
+    #[error("promotion {id} is blocked by {gates}")]
+    GateBlocks { id: String, gates: String },
     /// Another error with what to change ([`super::client::explain`]).
     #[error("{error}; {hint}")]
     Hinted { error: Box<CliError>, hint: String },
@@ -133,6 +138,7 @@ impl CliError {
             CliError::Status(_) => Exit::Refused,
             CliError::NotPromoted { .. } => Exit::NotPromoted,
             CliError::WaitTimedOut { .. } => Exit::WaitTimedOut,
+            CliError::GateBlocks { .. } => Exit::GateBlocks,
             CliError::Hinted { error, .. } => error.exit(),
         }
     }

@@ -280,6 +280,35 @@ mod tests {
     }
 
     #[test]
+    fn a_waiting_promotion_has_its_gates_and_groups() {
+        let p = pb::Promotion {
+            id: "7".into(),
+            state: pb::PromotionState::Waiting as i32,
+            approvals: vec![pb::Approval {
+                approver: "carol".into(),
+                groups: vec!["security".into()],
+                ..Default::default()
+            }],
+            waiting_for: vec!["soak".into(), "window".into()],
+            not_before: Some(Timestamp {
+                seconds: 1_795_703_520,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            parse(&promotion(&p)),
+            json!({
+                "id": "7",
+                "state": "PROMOTION_STATE_WAITING",
+                "approvals": [{"approver": "carol", "groups": ["security"]}],
+                "waitingFor": ["soak", "window"],
+                "notBefore": "2026-11-26T14:32:00Z",
+            })
+        );
+    }
+
+    #[test]
     fn unknown_enum_numbers_stay_numbers_and_uint64_are_strings() {
         let e = pb::AuditEntry {
             sequence: 12,

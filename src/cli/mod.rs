@@ -19,6 +19,7 @@
 //! | 4 | server unreachable or unavailable: connection refused, TLS failure, a connection closed or reset mid-call (whatever status tonic labels it with, e.g. `UNKNOWN`), `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `health` not `SERVING` |
 //! | 5 | `--wait` ended in a terminal state other than `PROMOTED` (`FAILED`, `REJECTED`, `CANCELLED`, `EXPIRED`, `SUPERSEDED`) |
 //! | 6 | `--wait` gave up after `--timeout`; the promotion was still in progress and goes on on the server |
+//! | 7 | `gates`: at least one gate blocks the promotion now (approvals included); the report is on stdout |
 
 pub mod client;
 pub mod commands;
@@ -64,7 +65,9 @@ Exit codes:
      health not SERVING
   5  --wait ended in FAILED, REJECTED, CANCELLED, EXPIRED or SUPERSEDED
      instead of PROMOTED
-  6  --wait gave up after --timeout; the promotion goes on without it";
+  6  --wait gave up after --timeout; the promotion goes on without it
+  7  gates: at least one gate blocks (approvals included); the report is
+     on stdout";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -305,6 +308,7 @@ pub enum Command {
         client: ClientArgs,
     },
     /// Evaluate every gate of a promotion now: what blocks it, and why.
+    /// Exits 7 when any gate blocks (approvals included), 0 when none does.
     Gates {
         /// Promotion ID.
         id: String,
@@ -676,6 +680,9 @@ pub enum StateArg {
     Expired,
     Failed,
     Superseded,
+    /// Approvals complete, another gate (soak, window, freeze, checks,
+    /// signature) still blocks.
+    Waiting,
 }
 
 impl StateArg {
@@ -689,6 +696,7 @@ impl StateArg {
             StateArg::Expired => pb::PromotionState::Expired,
             StateArg::Failed => pb::PromotionState::Failed,
             StateArg::Superseded => pb::PromotionState::Superseded,
+            StateArg::Waiting => pb::PromotionState::Waiting,
         }
     }
 }
@@ -1189,6 +1197,14 @@ mod tests {
             code(&["prodgate", "list", "--state", "PENDING_APPROVAL"]),
             None
         );
+        let mut cli = parsed(&["prodgate", "list", "--state", "WAITING"]);
+        assert!(cli.command.client_mut().is_some());
+        match cli.command {
+            Command::List { state: Some(s), .. } => {
+                assert_eq!(s.proto(), pb::PromotionState::Waiting)
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(code(&["prodgate", "get", "7", "--output", "json"]), None);
     }
 

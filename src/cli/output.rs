@@ -39,6 +39,18 @@ impl Printer {
         }
     }
 
+    /// The answer of approve: while WAITING, a table says only that the
+    /// approval was recorded and what the promotion waits for (`get`
+    /// shows the rest); otherwise as [`Printer::promotion`].
+    pub fn approval(&mut self, p: &pb::Promotion) -> Result<(), CliError> {
+        match self.format {
+            Format::Table if p.state == pb::PromotionState::Waiting as i32 => {
+                self.raw(&table::approval_waiting(p))
+            }
+            Format::Json | Format::Table => self.promotion(p),
+        }
+    }
+
     /// A change seen while following a promotion with --wait.
     pub fn progress(&mut self, p: &pb::Promotion) -> Result<(), CliError> {
         match self.format {

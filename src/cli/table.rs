@@ -3,6 +3,7 @@
 //! `--output json`.
 
 use super::time::{Precision, relative, rfc3339};
+use crate::domain::gates;
 use crate::pb;
 use crate::pb::Timestamp;
 use std::time::SystemTime;
@@ -13,6 +14,9 @@ const SHORT_DIGEST_HEX: usize = 12;
 
 /// Column separator.
 const GAP: &str = "  ";
+
+/// The freeze gate's name in `waiting_for` (a time gate, like soak and window).
+const FREEZE: &str = "freeze";
 
 pub fn state_label(n: i32) -> String {
     match pb::PromotionState::try_from(n) {
@@ -233,14 +237,10 @@ pub fn promotion(p: &pb::Promotion, now: SystemTime) -> String {
     rows.push(("requested by", clean(&p.requested_by)));
     rows.push(("reason", clean(&p.reason)));
     rows.push(("approvals", approvals(p)));
-    let approver_width = p
-        .approvals
-        .iter()
-        .map(|a| clean(&a.approver).width())
-        .max()
-        .unwrap_or(0);
-    for a in &p.approvals {
-        let mut line = format!("  {}", pad(&clean(&a.approver), approver_width));
+    let approvers: Vec<String> = p.approvals.iter().map(approver).collect();
+    let approver_width = approvers.iter().map(|a| a.width()).max().unwrap_or(0);
+    for (a, who) in p.approvals.iter().zip(&approvers) {
+        let mut line = format!("  {}", pad(who, approver_width));
         if let Some(t) = &a.time {
             line.push_str(&format!("  {}", moment(t, now)));
         }
@@ -248,6 +248,13 @@ pub fn promotion(p: &pb::Promotion, now: SystemTime) -> String {
             line.push_str(&format!("  {:?}", clean(&a.comment)));
         }
         rows.push(("", line));
+    }
+    if !p.waiting_for.is_empty() {
+        let names: Vec<String> = p.waiting_for.iter().map(|g| clean(g)).collect();
+        rows.push(("waiting for", names.join(", ")));
+    }
+    if let Some(t) = &p.not_before {
+        rows.push(("not before", moment(t, now)));
     }
     // Only a pending promotion can still expire; an ended one never will.
     let expires = if is(p, pb::PromotionState::PendingApproval) {
@@ -284,6 +291,45 @@ pub fn promotion(p: &pb::Promotion, now: SystemTime) -> String {
     key_values(&rows)
 }
 
+/// `carol (security, sre)`: the approver and the groups they approved with.
+fn approver(a: &pb::Approval) -> String {
+    let name = clean(&a.approver);
+    if a.groups.is_empty() {
+        return name;
+    }
+    let groups: Vec<String> = a.groups.iter().map(|g| clean(g)).collect();
+    format!("{name} ({})", groups.join(", "))
+}
+
+/// `soak (until 2026-11-26T15:32:00Z), window (opens …), checks`: the gates
+/// a WAITING promotion waits for, the time gates with `not_before` (the
+/// earliest moment they can all be open).
+fn waiting_for(p: &pb::Promotion) -> String {
+    let at = p
+        .not_before
+        .as_ref()
+        .map(|t| rfc3339(t, Precision::Seconds));
+    let gates: Vec<String> = p
+        .waiting_for
+        .iter()
+        .map(|g| match (g.as_str(), &at) {
+            (gates::SOAK | FREEZE, Some(t)) => format!("{} (until {t})", clean(g)),
+            (gates::WINDOW, Some(t)) => format!("{} (opens {t})", clean(g)),
+            _ => clean(g),
+        })
+        .collect();
+    gates.join(", ")
+}
+
+/// The answer of `approve` when the approval was recorded and another gate
+/// still holds the promotion (WAITING): which, and until when.
+pub fn approval_waiting(p: &pb::Promotion) -> String {
+    if p.waiting_for.is_empty() {
+        return "recorded; waiting for its gates to pass\n".to_owned();
+    }
+    format!("recorded; waiting for: {}\n", waiting_for(p))
+}
+
 /// While APPROVED with a registry that keeps failing: why the tag has not
 /// moved yet, and how often it was tried (the worker keeps trying).
 fn apply_error(p: &pb::Promotion) -> Option<String> {
@@ -312,6 +358,9 @@ pub fn progress(p: &pb::Promotion) -> String {
             clean(&p.target_tag),
             reference(&p.repository, &p.digest)
         ));
+    }
+    if is(p, pb::PromotionState::Waiting) && !p.waiting_for.is_empty() {
+        line.push_str(&format!(": waiting for {}", waiting_for(p)));
     }
     if !p.failure_message.is_empty() {
         line.push_str(&format!(": {}", clean(&p.failure_message)));
@@ -644,5 +693,101 @@ mod tests {
                 "a".repeat(64)
             )
         );
+    }
+
+    fn waiting() -> pb::Promotion {
+        let mut p = sample(pb::PromotionState::Waiting);
+        p.required_approvals = 2;
+        p.approvals = vec![
+            pb::Approval {
+                approver: "bob".into(),
+                time: at(1_795_703_520),
+                groups: vec!["release-managers".into()],
+                ..Default::default()
+            },
+            pb::Approval {
+                approver: "carol".into(),
+                comment: "ok".into(),
+                time: at(1_795_703_520 + 60),
+                groups: vec!["security".into(), "sre".into()],
+            },
+        ];
+        p.waiting_for = vec!["soak".into(), "window".into(), "checks".into()];
+        p.not_before = at(1_795_703_520 + 3600);
+        p
+    }
+
+    #[test]
+    fn a_waiting_promotion_says_what_it_waits_for_and_until_when() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_795_703_520 + 180);
+        let p = waiting();
+        let text = promotion(&p, now);
+        assert!(text.contains("state:           WAITING\n"), "{text}");
+        let indent = " ".repeat(19);
+        assert!(
+            text.contains(&format!(
+                "approvals:       2/2\n\
+                 {indent}bob (release-managers)  2026-11-26T14:32:00Z (3m ago)\n\
+                 {indent}carol (security, sre)   2026-11-26T14:33:00Z (2m ago)  \"ok\"\n"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains("waiting for:     soak, window, checks\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("not before:      2026-11-26T15:32:00Z (in 57m)\n"),
+            "{text}"
+        );
+        // Not pending any more: its approval deadline no longer applies.
+        assert!(!text.contains("expires"), "{text}");
+        let until =
+            "soak (until 2026-11-26T15:32:00Z), window (opens 2026-11-26T15:32:00Z), checks";
+        assert_eq!(
+            approval_waiting(&p),
+            format!("recorded; waiting for: {until}\n")
+        );
+        assert_eq!(
+            progress(&p),
+            format!("promotion 7: WAITING (approvals 2/2): waiting for {until}\n")
+        );
+        let row = promotions(std::slice::from_ref(&p), now);
+        assert!(
+            row.lines()
+                .nth(1)
+                .is_some_and(|l| l.starts_with("7   WAITING  ")),
+            "{row}"
+        );
+
+        // Only checks or a signature missing: no time to show.
+        let mut p = waiting();
+        p.waiting_for = vec!["signature".into()];
+        p.not_before = None;
+        let text = promotion(&p, now);
+        assert!(text.contains("waiting for:     signature\n"), "{text}");
+        assert!(!text.contains("not before"), "{text}");
+        assert_eq!(approval_waiting(&p), "recorded; waiting for: signature\n");
+        // A gate name from the server is shown escaped.
+        p.waiting_for = vec!["fr\u{1b}[2Jeeze".into()];
+        assert_eq!(
+            approval_waiting(&p),
+            "recorded; waiting for: fr\\u{1b}[2Jeeze\n"
+        );
+        // Without groups an approver is just the name.
+        let mut p = waiting();
+        p.state = pb::PromotionState::Approved as i32;
+        p.waiting_for.clear();
+        p.not_before = None;
+        p.approvals[0].groups.clear();
+        let text = promotion(&p, now);
+        let bob = format!(
+            "\n{}bob{}2026-11-26T14:32:00Z",
+            " ".repeat(19),
+            " ".repeat(20)
+        );
+        assert!(text.contains(&bob), "{text}");
+        assert!(!text.contains("waiting for"), "{text}");
+        assert_eq!(progress(&p), "promotion 7: APPROVED (approvals 2/2)\n");
     }
 }

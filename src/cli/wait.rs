@@ -29,10 +29,16 @@ pub struct Limit {
 
 /// What a line is printed for: a new state, an approval that moved a
 /// multi-approval promotion closer (1/2 -> 2/2) without changing its state,
-/// or a different tag-move error while APPROVED. Other field changes
-/// (timestamps, the attempt count) are not progress anyone waits for.
-fn milestone(p: &pb::Promotion) -> (i32, usize, &str) {
-    (p.state, p.approvals.len(), &p.last_apply_error)
+/// a gate a WAITING promotion no longer waits for, or a different tag-move
+/// error while APPROVED. Other field changes (timestamps, the attempt
+/// count) are not progress anyone waits for.
+fn milestone(p: &pb::Promotion) -> (i32, usize, &[String], &str) {
+    (
+        p.state,
+        p.approvals.len(),
+        &p.waiting_for,
+        &p.last_apply_error,
+    )
 }
 
 fn is_terminal(state: i32) -> bool {
@@ -168,5 +174,33 @@ fn end_state(p: &pb::Promotion) -> String {
         label
     } else {
         format!("{label} by promotion {}", p.superseded_by)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_goes_on_through_waiting_and_approved() {
+        for open in [
+            PromotionState::PendingApproval,
+            PromotionState::Waiting,
+            PromotionState::Approved,
+        ] {
+            assert!(!is_terminal(open as i32), "{open:?}");
+        }
+        assert!(is_terminal(PromotionState::Promoted as i32));
+        // A gate that passed while still WAITING is progress worth a line.
+        let before = pb::Promotion {
+            state: PromotionState::Waiting as i32,
+            waiting_for: vec!["soak".into(), "window".into()],
+            ..Default::default()
+        };
+        let after = pb::Promotion {
+            waiting_for: vec!["window".into()],
+            ..before.clone()
+        };
+        assert_ne!(milestone(&before), milestone(&after));
     }
 }
