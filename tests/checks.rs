@@ -399,7 +399,7 @@ fn gated_config(registry_host: &str, extra: &str) -> String {
 }
 
 #[tokio::test]
-async fn a_missing_or_failed_check_blocks_the_final_approval_until_it_passes() {
+async fn an_approval_waits_for_a_missing_or_failed_check_and_the_tag_moves_once_it_passes() {
     use prodgate::pb::PromotionState;
     let registry = TestRegistry::start().await;
     let server = TestServer::start(&gated_config(&registry.host, ""));
@@ -418,30 +418,6 @@ async fn a_missing_or_failed_check_blocks_the_final_approval_until_it_passes() {
         .await
         .expect("request production")
         .into_inner();
-    let entries_before = history(&mut alice, HistoryRequest::default()).await.len();
-    // No report yet: refused, naming the check and the digest; nothing recorded.
-    let e = bob
-        .approve(support::approve(&p.id))
-        .await
-        .expect_err("no e2e report");
-    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
-    assert!(e.message().contains("`e2e`"), "{e:?}");
-    assert!(e.message().contains(&p.digest), "{e:?}");
-    assert_eq!(
-        history(&mut alice, HistoryRequest::default()).await.len(),
-        entries_before
-    );
-    // A FAILED report still blocks.
-    alice
-        .report_check(report(&repo, &p.digest, "e2e", CheckStatus::Failed))
-        .await
-        .expect("report failed");
-    let e = bob
-        .approve(support::approve(&p.id))
-        .await
-        .expect_err("e2e failed");
-    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
-    assert!(e.message().contains("FAILED"), "{e:?}");
     // EvaluateGates says what blocks, without changing anything.
     let gates = bob
         .evaluate_gates(prodgate::pb::EvaluateGatesRequest {
@@ -458,7 +434,8 @@ async fn a_missing_or_failed_check_blocks_the_final_approval_until_it_passes() {
             .find(|g| g.name == name)
             .unwrap_or_else(|| panic!("no {name} gate in {gates:?}"))
     };
-    assert!(!gate("checks").passed && gate("checks").message.contains("FAILED"));
+    assert!(!gate("checks").passed && gate("checks").message.contains("`e2e`"));
+    assert!(gate("checks").message.contains(&p.digest));
     assert!(!gate("approvals").passed, "bob has not approved yet");
     // The CLI shows the same, one line per gate.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_prodgate"))
@@ -476,26 +453,36 @@ async fn a_missing_or_failed_check_blocks_the_final_approval_until_it_passes() {
         "{stderr}"
     );
     assert!(text.contains("BLOCK checks"), "{text}");
-    assert!(text.contains("not ready"), "{text}");
-    // A later PASSED unblocks, and the tag moves.
+    // No report yet: the approval is recorded and the promotion waits.
+    let waiting = bob
+        .approve(support::approve(&p.id))
+        .await
+        .expect("an approval is recorded whatever the checks say")
+        .into_inner();
+    assert_eq!(waiting.state, PromotionState::Waiting as i32, "{waiting:?}");
+    assert_eq!(waiting.waiting_for, ["checks"]);
+    assert_eq!(waiting.not_before, None, "no time opens a check");
+    // A FAILED report leaves it waiting.
+    alice
+        .report_check(report(&repo, &p.digest, "e2e", CheckStatus::Failed))
+        .await
+        .expect("report failed");
+    assert_eq!(
+        support::get(&mut alice, &p.id).await.state,
+        PromotionState::Waiting as i32
+    );
+    // A later PASSED releases it: nobody acts, the tag moves.
     alice
         .report_check(report(&repo, &p.digest, "e2e", CheckStatus::Passed))
         .await
         .expect("report passed");
-    let ready = bob
-        .evaluate_gates(prodgate::pb::EvaluateGatesRequest {
-            promotion_id: p.id.clone(),
-        })
-        .await
-        .expect("evaluate gates")
-        .into_inner();
-    assert!(ready.ready, "only the approval count blocks now: {ready:?}");
-    let done = bob
-        .approve(support::approve(&p.id))
-        .await
-        .expect("approve once e2e passed")
-        .into_inner();
-    assert_eq!(done.state, PromotionState::Promoted as i32, "{done:?}");
+    support::wait_for_state(
+        &mut alice,
+        &p.id,
+        PromotionState::Promoted,
+        std::time::Duration::from_secs(20),
+    )
+    .await;
     assert_eq!(
         registry
             .tag_digest("team/app", "production")
@@ -503,6 +490,22 @@ async fn a_missing_or_failed_check_blocks_the_final_approval_until_it_passes() {
             .as_deref(),
         Some(p.digest.as_str())
     );
+    let entries = history(
+        &mut alice,
+        HistoryRequest {
+            promotion_id: p.id.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let passed = entries
+        .iter()
+        .find(|e| e.action == AuditAction::GatesPassed as i32)
+        .expect("a GATES_PASSED entry");
+    assert_eq!(passed.actor, "prodgate");
+    assert_eq!(passed.attributes["gates"], "checks");
+    assert!(passed.attributes.contains_key("policy"));
+    assert_eq!(passed.hash, expected_hash(passed));
 }
 
 /// A server whose production (with `production_keys`) is frozen for the
@@ -540,26 +543,30 @@ async fn frozen_candidate(
 }
 
 #[tokio::test]
-async fn a_freeze_and_soak_block_naming_each_blocker() {
+async fn a_freeze_and_soak_make_the_approval_wait_naming_each() {
+    use prodgate::pb::PromotionState;
     // A soak far longer than the test.
     let (_registry, server, p) = frozen_candidate("min_soak = \"1h\"\n").await;
-    let e = server
+    let waiting = server
         .client("bob")
         .await
         .approve(support::approve(&p.id))
         .await
-        .expect_err("frozen and not soaked");
-    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
-    let m = e.message();
-    assert!(m.contains("soak:") && m.contains("left"), "{m}");
-    assert!(
-        m.contains("window:") && m.contains("year-end freeze"),
-        "{m}"
+        .expect("recorded though frozen and not soaked")
+        .into_inner();
+    assert_eq!(waiting.state, PromotionState::Waiting as i32, "{waiting:?}");
+    assert_eq!(
+        waiting.waiting_for,
+        ["soak", "freeze"],
+        "the passed check is not a blocker"
     );
-    assert!(
-        !m.contains("checks:"),
-        "the passed check is not a blocker: {m}"
-    );
+    let not_before = waiting.not_before.expect("time opens both");
+    let in_an_hour = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        + 3500;
+    assert!(not_before.seconds >= in_an_hour, "{not_before:?}");
 }
 
 #[tokio::test]
@@ -573,11 +580,12 @@ async fn break_glass_overrides_a_freeze_only_for_its_principals_and_is_marked() 
         break_glass: true,
     };
     let mut bob = server.client("bob").await;
-    let e = bob
+    let waiting = bob
         .approve(support::approve(&p.id))
         .await
-        .expect_err("frozen");
-    assert!(e.message().contains("year-end freeze"), "{e:?}");
+        .expect("recorded, and waits for the freeze")
+        .into_inner();
+    assert_eq!(waiting.state, PromotionState::Waiting as i32, "{waiting:?}");
     // bob is an approver but not a break-glass principal.
     let e = bob
         .approve(glass("hotfix for INC-7"))
@@ -608,10 +616,9 @@ async fn break_glass_overrides_a_freeze_only_for_its_principals_and_is_marked() 
     .await;
     let approved = entries
         .iter()
-        .find(|e| e.action == AuditAction::Approved as i32)
-        .expect("the approval");
-    assert_eq!(approved.actor, "erin");
+        .find(|e| e.action == AuditAction::Approved as i32 && e.actor == "erin")
+        .expect("erin's approval");
     assert_eq!(approved.attributes["break_glass"], "true");
-    assert_eq!(approved.attributes["overridden"], "window");
+    assert_eq!(approved.attributes["overridden"], "freeze");
     assert_eq!(approved.hash, expected_hash(approved));
 }

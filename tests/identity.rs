@@ -835,3 +835,80 @@ async fn made_up_kids_do_not_make_the_server_reread_its_jwks_file() {
         }
     }
 }
+
+#[tokio::test]
+async fn an_idp_group_satisfies_required_groups_and_is_recorded_with_the_approval() {
+    prodgate::server::install_crypto_provider();
+    let registry = TestRegistry::start().await;
+    let digest = registry
+        .push_image("acme/app", Some("staging"), 1024, 1)
+        .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ci_key = SigningKey::es256("gh-1");
+    let jwks_file = dir.path().join("github-jwks.json");
+    std::fs::write(&jwks_file, jwks(&[&ci_key])).expect("write the JWKS");
+    let idp_key = SigningKey::rs256("idp-1");
+    let idp = jwks_server(Arc::new(Mutex::new(jwks(&[&idp_key])))).await;
+    // acme's production needs two approvals, one by security; security is
+    // a group only the IdP knows (no [[principal]] is in it).
+    let config = format!(
+        "{}{}\n[[project]]\nname = \"acme\"\nrepositories = [\"{}/acme/*\"]\n\
+         [[project.environment]]\nname = \"production\"\n\
+         approvers = [\"group:release-managers\", \"group:security\"]\n\
+         required_approvals = 2\nrequired_groups = [\"security\"]\n",
+        standard_config(&registry.host),
+        identities(&jwks_file, &format!("{}/jwks", idp.url())),
+        registry.host
+    );
+    let server = TestServer::start(&config);
+    let repo = format!("{}/acme/app", registry.host);
+    let p = server
+        .client("alice")
+        .await
+        .request_promotion(request_to(&repo, "staging", "production"))
+        .await
+        .expect("request")
+        .into_inner();
+    // bob (release-managers, from [[principal]]) approves first.
+    let one = server
+        .client("bob")
+        .await
+        .approve(approve(&p.id))
+        .await
+        .expect("bob approves")
+        .into_inner();
+    assert_eq!(one.state, PromotionState::PendingApproval as i32);
+    // sam logs in with the IdP; his `groups` claim says security.
+    let sam = with(
+        person_claims("sam@acme.test"),
+        "groups",
+        json!(["security", "staff"]),
+    );
+    let done = server
+        .client_with_token(&idp_key.sign(&sam))
+        .await
+        .approve(approve(&p.id))
+        .await
+        .expect("sam approves")
+        .into_inner();
+    assert_eq!(done.state, PromotionState::Promoted as i32, "{done:?}");
+    assert_eq!(done.approvals[1].approver, "sso:sam@acme.test");
+    assert_eq!(done.approvals[1].groups, ["security", "staff"]);
+    assert_eq!(
+        registry.tag_digest("acme/app", "production").await,
+        Some(digest)
+    );
+    let entries = history(
+        &mut server.client("alice").await,
+        HistoryRequest {
+            promotion_id: p.id.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let by_sam = entries
+        .iter()
+        .find(|e| e.actor == "sso:sam@acme.test")
+        .expect("sam's entry");
+    assert_eq!(by_sam.attributes["groups"], "security,staff");
+}

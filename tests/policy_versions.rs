@@ -177,7 +177,8 @@ async fn policy_versions_are_recorded_named_and_reloaded_without_a_restart() {
     let old = policy(&mut alice, &first.digest).await;
     assert_eq!(old.canonical_json, first.canonical_json);
     // The new policy decides: bob no longer approves, rita does; nina's
-    // token works.
+    // token works. (A new image: production already carries the first.)
+    registry.push_image("app", Some("staging"), 1024, 2).await;
     let p = alice
         .request_promotion(request_to(&repo, "staging", "production"))
         .await

@@ -683,6 +683,8 @@ async fn the_audit_log_is_a_verifiable_hash_chain() {
         .approve(approve(&p.id))
         .await
         .expect("approve");
+    // The next image: production already carries the first.
+    w.registry.push_image("app", Some("staging"), 1024, 2).await;
     let q = alice
         .request_promotion(request_to(&repo, "staging", "production"))
         .await
@@ -734,7 +736,12 @@ async fn listings_paginate_with_checked_tokens() {
     w.registry.push_image("other", Some("dev"), 1024, 2).await;
     let mut alice = w.server.client("alice").await;
     let mut ids = Vec::new();
-    for _ in 0..7 {
+    for i in 0..7 {
+        // A new image each time: a request for what staging already
+        // carries would change nothing and is refused.
+        w.registry
+            .push_image("app", Some("dev"), 1024, 10 + i)
+            .await;
         let p = alice
             .request_promotion(request_to(&w.repo("app"), "dev", "staging"))
             .await

@@ -163,3 +163,45 @@ async fn rollback_approvals_zero_applies_at_once_and_nothing_to_roll_back_is_ref
         Some(old.as_str())
     );
 }
+
+#[tokio::test]
+async fn rolling_back_twice_never_brings_back_what_was_rolled_back() {
+    let registry = TestRegistry::start().await;
+    let server = TestServer::start(&config(&registry.host, 0));
+    let repo = format!("{}/team/app", registry.host);
+    let (mut alice, mut bob) = (server.client("alice").await, server.client("bob").await);
+    let one = ship(&registry, &mut alice, &mut bob, 1).await;
+    let two = ship(&registry, &mut alice, &mut bob, 2).await;
+    let three = ship(&registry, &mut alice, &mut bob, 3).await;
+    let first = alice
+        .rollback(rollback(&repo, ""))
+        .await
+        .expect("first rollback")
+        .into_inner();
+    assert_eq!(first.state, PromotionState::Promoted as i32, "{first:?}");
+    assert_eq!(first.digest, two, "back from 3 to 2");
+    // The tag carried 3 before 2: a default rollback must not return to
+    // the release just rolled back.
+    let second = alice
+        .rollback(rollback(&repo, ""))
+        .await
+        .expect("second rollback")
+        .into_inner();
+    assert_eq!(second.digest, one, "back from 2 to 1, skipping 3");
+    assert_ne!(second.digest, three);
+    assert_eq!(second.state, PromotionState::Promoted as i32, "{second:?}");
+    // Nothing is left: 2 and 3 were rolled away from, 1 is current.
+    let e = alice
+        .rollback(rollback(&repo, ""))
+        .await
+        .expect_err("nothing left");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("no digest is left"), "{e:?}");
+    // An explicit digest still works.
+    let back = alice
+        .rollback(rollback(&repo, &three))
+        .await
+        .expect("explicit rollback to 3")
+        .into_inner();
+    assert_eq!(back.digest, three);
+}

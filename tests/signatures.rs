@@ -17,7 +17,6 @@ use std::path::Path;
 use support::registry::{OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, TestRegistry};
 use support::server::{Client, TestServer, principals_toml, registry_toml};
 use support::{approve, history, request_to};
-use tonic::Code;
 
 const REPO: &str = "team/app";
 const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
@@ -214,7 +213,7 @@ fn config(host: &str, keys: &[String]) -> String {
 
 struct Setup {
     registry: TestRegistry,
-    _server: TestServer,
+    server: TestServer,
     alice: Client,
     bob: Client,
     trusted: Key,
@@ -235,7 +234,7 @@ async fn setup() -> Setup {
     let (alice, bob) = (server.client("alice").await, server.client("bob").await);
     Setup {
         registry,
-        _server: server,
+        server,
         alice,
         bob,
         trusted,
@@ -343,18 +342,31 @@ async fn a_signed_image_is_promoted_and_its_approval_names_the_key() {
 
 /// The approval that would complete `id` is refused for want of a
 /// signature; the message (after `signature: `) is returned.
+/// The signature gate's message for `id` as EvaluateGates reports it,
+/// prefixed `signature: `, asserting that it blocks.
 async fn refused(s: &mut Setup, id: &str) -> String {
-    let e = s
+    let report = s
         .bob
-        .approve(approve(id))
+        .evaluate_gates(prodgate::pb::EvaluateGatesRequest {
+            promotion_id: id.to_owned(),
+        })
         .await
-        .expect_err("the signature gate blocks");
-    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
-    let m = e.message();
-    let at = m
-        .find("signature: ")
-        .unwrap_or_else(|| panic!("names the gate: {m}"));
-    m[at..].to_owned()
+        .expect("evaluate")
+        .into_inner();
+    let g = report
+        .gates
+        .iter()
+        .find(|g| g.name == "signature")
+        .unwrap_or_else(|| panic!("a signature gate: {report:?}"));
+    assert!(!g.passed, "{g:?}");
+    format!("signature: {}", g.message)
+}
+
+/// A signature arrives in the registry, not through prodgate: a reload
+/// (SIGHUP) makes the waiting promotions be looked at at once rather than
+/// at the next periodic recheck.
+async fn look_again(s: &Setup) {
+    s.server.hangup();
 }
 
 #[tokio::test]
@@ -364,6 +376,15 @@ async fn unsigned_wrong_key_and_another_digests_signature_block() {
     let other = s.registry.push_image(REPO, None, 256, 99).await;
     let id = s.request_production().await;
     let legacy = format!("{}:sha256-{}.sig", s.repo(), hex_of(&digest));
+    // The approval is recorded; the promotion waits for a signature.
+    let waiting = s
+        .bob
+        .approve(approve(&id))
+        .await
+        .expect("recorded")
+        .into_inner();
+    assert_eq!(waiting.state, PromotionState::Waiting as i32, "{waiting:?}");
+    assert_eq!(waiting.waiting_for, ["signature"]);
 
     // Unsigned: the message names where it looked and how to sign.
     let m = refused(&mut s, &id).await;
@@ -394,21 +415,22 @@ async fn unsigned_wrong_key_and_another_digests_signature_block() {
     );
 
     let p = support::get(&mut s.alice, &id).await;
-    assert_eq!(p.state, PromotionState::PendingApproval as i32, "{p:?}");
+    assert_eq!(p.state, PromotionState::Waiting as i32, "{p:?}");
     assert_ne!(
         s.registry.tag_digest(REPO, "production").await.as_deref(),
         Some(digest.as_str())
     );
 
-    // Signed properly at last.
+    // Signed properly at last: it ships without another approval.
     sign_legacy(&s.registry, &digest, &digest, &s.trusted).await;
-    let done = s
-        .bob
-        .approve(approve(&id))
-        .await
-        .expect("approve")
-        .into_inner();
-    assert_eq!(done.state, PromotionState::Promoted as i32, "{done:?}");
+    look_again(&s).await;
+    support::wait_for_state(
+        &mut s.alice,
+        &id,
+        PromotionState::Promoted,
+        std::time::Duration::from_secs(20),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -459,22 +481,30 @@ async fn a_rollback_checks_the_signature_again() {
         request_id: String::new(),
         break_glass: false,
     };
-    let e = s
-        .alice
-        .rollback(rollback.clone())
-        .await
-        .expect_err("the old digest is no longer signed");
-    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
-    assert!(e.message().contains("signature: no signature of"), "{e:?}");
-
-    sign_legacy(&s.registry, &old, &old, &s.trusted).await;
-    let done = s
+    let waiting = s
         .alice
         .rollback(rollback)
         .await
-        .expect("rollback")
+        .expect("the rollback is opened")
         .into_inner();
-    assert_eq!(done.state, PromotionState::Promoted as i32, "{done:?}");
+    assert_eq!(waiting.state, PromotionState::Waiting as i32, "{waiting:?}");
+    assert_eq!(
+        waiting.waiting_for,
+        ["signature"],
+        "the old digest is no longer signed"
+    );
+    let m = refused(&mut s, &waiting.id).await;
+    assert!(m.contains("signature: no signature of"), "{m}");
+
+    sign_legacy(&s.registry, &old, &old, &s.trusted).await;
+    look_again(&s).await;
+    let done = support::wait_for_state(
+        &mut s.alice,
+        &waiting.id,
+        PromotionState::Promoted,
+        std::time::Duration::from_secs(20),
+    )
+    .await;
     assert_eq!(done.digest, old);
     assert_eq!(
         s.approving_attributes(&done.id).await["signature"],

@@ -241,14 +241,21 @@ pub fn approve(
         });
     }
     let mut next = p.clone();
+    let groups = recorded_groups(who);
     next.approvals.push(Approval {
         approver: who.name.clone(),
         comment: comment.to_owned(),
         time: now,
-        groups: recorded_groups(who),
+        groups: groups.clone(),
     });
     next.updated_at = now;
-    let e = entry(&next, Action::Approved, &who.name, comment);
+    let mut e = entry(&next, Action::Approved, &who.name, comment);
+    // The groups the approval counts for, in the log an auditor reads
+    // (absent for an approver in no group).
+    if !groups.is_empty() {
+        e.attributes
+            .insert(GROUPS_ATTRIBUTE.to_owned(), groups.join(","));
+    }
     Ok(Outcome {
         promotion: next,
         event: Some(e),
@@ -358,6 +365,10 @@ pub fn supersede(p: &Promotion, newer: &Promotion, now: Time) -> Option<Outcome>
         event: Some(e),
     })
 }
+
+/// The APPROVED entry's attribute naming the approver's groups then,
+/// sorted and comma-separated.
+pub const GROUPS_ATTRIBUTE: &str = "groups";
 
 /// `who`'s groups as an approval records them: sorted, each once.
 pub fn recorded_groups(who: &Principal) -> Vec<String> {

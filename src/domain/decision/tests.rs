@@ -277,6 +277,7 @@ fn groups_are_those_recorded_with_the_approval() {
         "sorted, once"
     );
     assert_eq!(o.promotion.state, State::Approved);
+    assert_eq!(o.event.unwrap().attributes["groups"], "oncall,security");
     // An approval by someone outside the group is recorded and leaves it pending.
     let p = requested(&pol, &w, t(0));
     let o = approve(&p, &who("bob", &["rm"]), false, "", &w.facts(&pol, t(1))).unwrap();
