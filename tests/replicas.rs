@@ -528,3 +528,59 @@ async fn a_leader_that_cannot_follow_the_log_steps_down_and_stops_serving() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn a_waiting_promotion_moves_once_when_its_soak_ends_on_three_replicas() {
+    let Some(cluster) = Cluster::shared() else {
+        return;
+    };
+    let db = cluster.database();
+    let registry = TestRegistry::start().await;
+    let digest = registry.push_image("app", Some("dev"), 256, 7).await;
+    let repo = format!("{}/app", registry.host);
+    let config = format!(
+        "{}\n[[environment]]\nname = \"soaked\"\ntag = \"soaked\"\nrequires = \"staging\"\n\
+         approvers = [\"group:release-managers\"]\nrequired_approvals = 1\nmin_soak = \"3s\"\n",
+        config(&registry, &db)
+    );
+    let servers: Vec<TestServer> = (0..REPLICAS).map(|_| TestServer::start(&config)).collect();
+    let mut alice = servers[0].client("alice").await;
+    alice
+        .request_promotion(request_to(&repo, "dev", "staging"))
+        .await
+        .expect("staging");
+    let p = servers[1]
+        .client("alice")
+        .await
+        .request_promotion(request_to(&repo, "staging", "soaked"))
+        .await
+        .expect("request")
+        .into_inner();
+    // Approved on a replica that may not lead: it waits for the soak, and
+    // only the leader's timer moves it.
+    let waiting = servers[2]
+        .client("bob")
+        .await
+        .approve(approve(&p.id))
+        .await
+        .expect("recorded in the soak")
+        .into_inner();
+    assert_eq!(waiting.state, PromotionState::Waiting as i32, "{waiting:?}");
+    wait_for_state(
+        &mut alice,
+        &p.id,
+        PromotionState::Promoted,
+        Duration::from_secs(30),
+    )
+    .await;
+    use pb::AuditAction::*;
+    assert_eq!(
+        actions_of(&mut alice, &p.id).await,
+        [Requested, Approved, GatesPassed, Applied]
+    );
+    assert_eq!(
+        registry.tag_digest("app", "soaked").await.as_deref(),
+        Some(digest.as_str())
+    );
+    assert_one_chain(&mut alice).await;
+}
