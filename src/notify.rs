@@ -432,6 +432,73 @@ mod tests {
     }
 
     #[test]
+    fn an_approval_that_waits_is_a_waiting_event_and_its_release_gates_passed() {
+        use crate::domain::audit::{AuditEntry, GENESIS};
+        use crate::domain::model::{Action, Event, Promotion, State, Time};
+        let event = |action| Event {
+            action,
+            actor: "bob".into(),
+            promotion_id: 1,
+            repository: "r.io/app".into(),
+            environment: "production".into(),
+            digest: String::new(),
+            previous_digest: String::new(),
+            comment: String::new(),
+            attributes: Default::default(),
+        };
+        let change = |action, state| {
+            let mut promotion = Promotion {
+                id: 1,
+                repository: "r.io/app".into(),
+                environment: "production".into(),
+                target_tag: "production".into(),
+                source: "staging".into(),
+                digest: String::new(),
+                state,
+                requested_by: "alice".into(),
+                reason: String::new(),
+                approvals: Vec::new(),
+                required_approvals: 1,
+                previous_digest: String::new(),
+                created_at: Time::ZERO,
+                updated_at: Time::ZERO,
+                promoted_at: None,
+                failure_message: String::new(),
+                expires_at: Time::ZERO,
+                request_id: String::new(),
+                superseded_by: None,
+                break_glass: false,
+                project: String::new(),
+                rollback: false,
+                policy_digest: String::new(),
+                waiting_for: vec!["soak".into()],
+                not_before: None,
+                last_apply_error: String::new(),
+                apply_attempts: 0,
+            };
+            promotion.state = state;
+            Change {
+                entry: AuditEntry::chain(GENESIS, 2, Time::ZERO, event(action)),
+                promotion,
+            }
+        };
+        assert_eq!(
+            events_of(&change(Action::Approved, State::Waiting)),
+            vec![NotifyEvent::Waiting]
+        );
+        assert_eq!(
+            events_of(&change(Action::Approved, State::PendingApproval)),
+            Vec::<NotifyEvent>::new()
+        );
+        assert_eq!(
+            events_of(&change(Action::GatesPassed, State::Approved)),
+            vec![NotifyEvent::GatesPassed]
+        );
+        assert_eq!(NotifyEvent::Waiting.name(), "waiting");
+        assert_eq!(NotifyEvent::GatesPassed.name(), "gates_passed");
+    }
+
+    #[test]
     fn drift_entries_are_drift_events_about_no_promotion() {
         use crate::domain::audit::GENESIS;
         use crate::domain::model::{Time, drift_detected, drift_restored, policy_changed};

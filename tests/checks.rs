@@ -622,3 +622,38 @@ async fn break_glass_overrides_a_freeze_only_for_its_principals_and_is_marked() 
     assert_eq!(approved.attributes["overridden"], "freeze");
     assert_eq!(approved.hash, expected_hash(approved));
 }
+
+#[tokio::test]
+async fn a_reader_sees_what_a_waiting_promotion_still_waits_for() {
+    use prodgate::pb::PromotionState;
+    let registry = TestRegistry::start().await;
+    let server = TestServer::start(&gated_config(&registry.host, "min_soak = \"1h\""));
+    let repo = format!("{}/team/app", registry.host);
+    registry.push_image("team/app", Some("dev"), 1024, 1).await;
+    let mut alice = server.client("alice").await;
+    alice
+        .request_promotion(support::request_to(&repo, "dev", "staging"))
+        .await
+        .expect("staging");
+    let p = alice
+        .request_promotion(support::request_to(&repo, "staging", "production"))
+        .await
+        .expect("request production")
+        .into_inner();
+    let waiting = server
+        .client("bob")
+        .await
+        .approve(support::approve(&p.id))
+        .await
+        .expect("recorded")
+        .into_inner();
+    assert_eq!(waiting.waiting_for, ["checks", "soak"]);
+    alice
+        .report_check(report(&repo, &p.digest, "e2e", CheckStatus::Passed))
+        .await
+        .expect("report passed");
+    let now = support::get(&mut alice, &p.id).await;
+    assert_eq!(now.state, PromotionState::Waiting as i32);
+    assert_eq!(now.waiting_for, ["soak"], "the check passed since");
+    assert_eq!(now.not_before, waiting.not_before);
+}

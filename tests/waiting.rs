@@ -89,14 +89,31 @@ async fn an_approval_in_the_soak_is_kept_and_the_tag_moves_by_itself_when_it_end
         .expect("list waiting")
         .into_inner();
     assert_eq!(listed.promotions.len(), 1);
-    // Nobody acts again: it ships when the soak ends.
-    let done = wait_for_state(
-        &mut alice,
-        &p.id,
-        PromotionState::Promoted,
-        Duration::from_secs(30),
-    )
-    .await;
+    // Nobody acts again: it ships when the soak ends. The CLI follows it
+    // through WAITING and exits 0 on PROMOTED.
+    let out = tokio::task::spawn_blocking({
+        let (id, addr) = (p.id.clone(), server.addr.clone());
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_prodgate"))
+                .args(["get", &id, "--wait", "--timeout", "30s", "--server"])
+                .arg(format!("http://{addr}"))
+                .env("PRODGATE_TOKEN", support::server::token("alice"))
+                .output()
+                .expect("run prodgate get --wait")
+        }
+    })
+    .await
+    .expect("join");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("PROMOTED"), "{text}");
+    let done = get(&mut alice, &p.id).await;
+    assert_eq!(done.state, PromotionState::Promoted as i32);
     assert!(
         done.waiting_for.is_empty() && done.not_before.is_none(),
         "{done:?}"

@@ -57,11 +57,12 @@ pub async fn cancel(g: &ClientArgs, req: pb::CancelRequest) -> Result<(), CliErr
     Printer::stdout(g.output).promotion(&p)
 }
 
-pub async fn get(g: &ClientArgs, id: String) -> Result<(), CliError> {
+pub async fn get(g: &ClientArgs, id: String, follow: bool) -> Result<(), CliError> {
+    let started = Instant::now();
     let mut c = Client::connect(g).await?;
     let req = pb::GetPromotionRequest { promotion_id: id };
     let p = c.api.get_promotion(c.unary(req)).await?.into_inner();
-    Printer::stdout(g.output).promotion(&p)
+    answer(g, &mut c, p, follow, started, Printer::promotion).await
 }
 
 /// Every gate of a promotion, evaluated now (EvaluateGates).

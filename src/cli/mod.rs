@@ -304,6 +304,11 @@ pub enum Command {
     Get {
         /// Promotion ID.
         id: String,
+        /// Follow the promotion until it ends (through WAITING: it moves on
+        /// by itself); exit 5 unless it ends PROMOTED, 6 if --timeout runs
+        /// out first.
+        #[arg(long)]
+        wait: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -934,7 +939,7 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
             };
             commands::cancel(&client, req).await
         }
-        Command::Get { id, client } => commands::get(&client, id).await,
+        Command::Get { id, wait, client } => commands::get(&client, id, wait).await,
         Command::Gates { id, client } => commands::gates(&client, id).await,
         Command::Policy {
             action: Some(PolicyAction::Diff { a, b }),

@@ -53,6 +53,28 @@ impl Promotions {
         policy: &EnvironmentPolicy,
         digest: &str,
     ) -> Result<Gathered, Error> {
+        self.gather(repository, policy, digest, true).await
+    }
+
+    /// Like [`Promotions::gather_gates`], reading the store only: no
+    /// signature (it takes registry round trips), for reads that show how a
+    /// WAITING promotion's gates stand.
+    pub(super) async fn gather_stored(
+        &self,
+        repository: &str,
+        policy: &EnvironmentPolicy,
+        digest: &str,
+    ) -> Result<Gathered, Error> {
+        self.gather(repository, policy, digest, false).await
+    }
+
+    async fn gather(
+        &self,
+        repository: &str,
+        policy: &EnvironmentPolicy,
+        digest: &str,
+        read_signature: bool,
+    ) -> Result<Gathered, Error> {
         let checks = if policy.required_checks.is_empty() {
             Vec::new()
         } else {
@@ -67,7 +89,7 @@ impl Promotions {
                 .map(|e| e.time),
             _ => None,
         };
-        let signature = if policy.signature_keys.is_empty() {
+        let signature = if policy.signature_keys.is_empty() || !read_signature {
             None
         } else {
             let repo = Repository::parse(repository).map_err(|e| {

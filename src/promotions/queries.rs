@@ -26,7 +26,36 @@ impl Promotions {
             return self.expire(id).await;
         }
         self.progress.overlay(&mut p);
+        self.refresh_waiting(&mut p).await;
         Ok(p)
+    }
+
+    /// A WAITING promotion's `waiting_for` and `not_before` as its gates
+    /// stand now. The record keeps what blocked when it began to wait (a
+    /// check reported since changes no record, so writes no entry); a
+    /// reader wants what it still waits for. The signature is not read
+    /// again here (registry round trips): it stays listed while the record
+    /// lists it. When everything passes, the record's values stay until the
+    /// waiting task moves it (moments later).
+    async fn refresh_waiting(&self, p: &mut Promotion) {
+        if p.state != State::Waiting {
+            return;
+        }
+        let config = self.config.get();
+        let Some(policy) = config.governing(&p.repository).environment(&p.environment) else {
+            return;
+        };
+        let Ok(facts) = self.gather_stored(&p.repository, policy, &p.digest).await else {
+            return;
+        };
+        let f = facts.facts(policy, &config.policy.digest, self.clock.now());
+        let mut blocking = decision::evaluate(p, &f).blocking_names();
+        let signature_passed_then = !p.waiting_for.iter().any(|g| g == gates::SIGNATURE);
+        blocking.retain(|g| g != gates::SIGNATURE || !signature_passed_then);
+        if !blocking.is_empty() {
+            p.not_before = decision::not_before(p, &f);
+            p.waiting_for = blocking;
+        }
     }
 
     /// A page of promotions. With `awaiting`, only pending promotions that
@@ -60,6 +89,7 @@ impl Promotions {
             let mut items = page.items;
             for p in &mut items {
                 self.progress.overlay(p);
+                self.refresh_waiting(p).await;
             }
             return Ok(Listing { items, next });
         }
@@ -105,6 +135,7 @@ impl Promotions {
                 });
                 if in_project && may {
                     self.progress.overlay(&mut p);
+                    self.refresh_waiting(&mut p).await;
                     items.push(p);
                     if items.len() == q.limit {
                         return Ok(Listing { items, next: after });
