@@ -444,3 +444,232 @@ reason = "year-end freeze"
         assert_ne!(PolicyVersion::of(&config("")).digest, v.digest);
     }
 }
+
+/// The canonical document of a config that sets every key, pinned byte for
+/// byte: a refactoring of how policies are read or written must leave it
+/// (and so every recorded digest) as it is.
+#[cfg(test)]
+mod pinned {
+    use super::*;
+
+    const HASH: &str = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b";
+
+    /// Every key of `[[environment]]` and `[[project.environment]]` away
+    /// from its default, with a signature key from a fixed seed.
+    pub(crate) fn every_key(dir: &std::path::Path) -> String {
+        use p256::pkcs8::{EncodePublicKey, LineEnding};
+        let key = p256::ecdsa::SigningKey::from_slice(&[5; 32]).unwrap();
+        let pem = key
+            .verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap();
+        let path = dir.join("cosign.pub");
+        std::fs::write(&path, pem).unwrap();
+        format!(
+            r#"
+check_reporters = ["group:ci"]
+unclaimed_repositories = "refuse"
+[[registry]]
+host = "r.test"
+[[registry]]
+host = "localhost:5000"
+insecure = true
+[[registry]]
+host = "127.0.0.1:5000"
+insecure = true
+alias_of = "localhost:5000"
+[[principal]]
+name = "ann"
+token_sha256 = "{HASH}"
+groups = ["rm", "security"]
+aliases = ["sso:ann"]
+[[principal]]
+name = "ben"
+token_sha256 = "{HASH}"
+groups = ["rm", "pay-leads"]
+[[principal]]
+name = "cat"
+token_sha256 = "{HASH}"
+groups = ["rm", "security", "pay-leads"]
+[[principal]]
+name = "sre"
+token_sha256 = "{HASH}"
+groups = ["sre"]
+[[principal]]
+name = "bot"
+token_sha256 = "{HASH}"
+groups = ["ci"]
+[[environment]]
+name = "staging"
+tag = "staging"
+required_approvals = 0
+[[environment]]
+name = "production"
+tag = "production"
+requires = "staging"
+approvers = ["group:rm", "ann"]
+required_approvals = 2
+allow_self_approval = true
+approval_ttl = "2h"
+apply_deadline = "30m"
+required_groups = ["security"]
+required_checks = ["e2e", "scan"]
+min_soak = "45m"
+allowed_days = ["mon", "tue", "wed", "thu"]
+allowed_hours = "09:00-17:00"
+time_zone = "Europe/Berlin"
+break_glass = ["group:sre"]
+rollback_approvals = 1
+restore_on_drift = true
+signature_keys = [{path:?}]
+attach_record = true
+[[freeze]]
+environments = ["production"]
+start = "2026-12-20T00:00:00Z"
+end = "2027-01-05T00:00:00Z"
+reason = "year-end freeze"
+[[project]]
+name = "pay"
+repositories = ["r.test/pay/*", "r.test/ledger"]
+requesters = ["group:pay-leads"]
+check_reporters = ["bot"]
+[[project.environment]]
+name = "production"
+approvers = ["group:pay-leads"]
+required_approvals = 1
+allow_self_approval = false
+approval_ttl = "3h"
+required_groups = ["pay-leads"]
+required_checks = ["e2e"]
+min_soak = "1h"
+allowed_days = ["fri"]
+allowed_hours = "22:00-02:00"
+time_zone = "America/New_York"
+break_glass = ["ann"]
+rollback_approvals = 2
+restore_on_drift = false
+signature_keys = []
+attach_record = false
+[[project.environment]]
+name = "staging"
+allowed_hours = "08:00-18:00"
+[[project.freeze]]
+environments = ["staging"]
+start = "2026-11-01T00:00:00Z"
+end = "2026-11-02T00:00:00Z"
+reason = "payments migration"
+[[project]]
+name = "web"
+repositories = ["r.test/web/**"]
+[[project]]
+name = "tokyo"
+repositories = ["r.test/tokyo/*"]
+[[project.environment]]
+name = "production"
+required_approvals = 1
+time_zone = "Asia/Tokyo"
+[[project.environment]]
+name = "staging"
+approvers = ["ben"]
+required_approvals = 1
+allowed_days = ["sat"]
+"#
+        )
+    }
+
+    const EVERY_KEY: &str = concat!(
+        r##"{"check_reporters":["group:ci"],"environments":[{"allow_self_approval":false,"apply_dead"##,
+        r##"line_seconds":3600,"approval_ttl_seconds":86400,"approvers":[],"attach_record":false,"br"##,
+        r##"eak_glass":[],"freezes":[],"min_soak_seconds":null,"name":"staging","required_approvals""##,
+        r##":0,"required_checks":[],"required_groups":[],"requires":null,"restore_on_drift":false,"r"##,
+        r##"ollback_approvals":0,"signature_keys":[],"tag":"staging","window":null},{"allow_self_app"##,
+        r##"roval":true,"apply_deadline_seconds":1800,"approval_ttl_seconds":7200,"approvers":["grou"##,
+        r##"p:rm","ann"],"attach_record":true,"break_glass":["group:sre"],"freezes":[{"end":"2027-01"##,
+        r##"-05T00:00:00Z","reason":"year-end freeze","start":"2026-12-20T00:00:00Z"}],"min_soak_sec"##,
+        r##"onds":2700,"name":"production","required_approvals":2,"required_checks":["e2e","scan"],""##,
+        r##"required_groups":["security"],"requires":"staging","restore_on_drift":true,"rollback_app"##,
+        r##"rovals":1,"signature_keys":["sha256:24bd4e669723bd264edfa722e21680098cbe88c74850f0d74489"##,
+        r##"074dcf218c15"],"tag":"production","window":{"days":["mon","tue","wed","thu"],"hours":"09"##,
+        r##":00-17:00","time_zone":"Europe/Berlin"}}],"format":4,"principals":[{"aliases":["sso:ann""##,
+        r##"],"certificate_cn":null,"groups":["rm","security"],"name":"ann"},{"certificate_cn":null,"##,
+        r##""groups":["pay-leads","rm"],"name":"ben"},{"certificate_cn":null,"groups":["ci"],"name":"##,
+        r##""bot"},{"certificate_cn":null,"groups":["pay-leads","rm","security"],"name":"cat"},{"cer"##,
+        r##"tificate_cn":null,"groups":["sre"],"name":"sre"}],"projects":[{"check_reporters":["bot"]"##,
+        r##","environments":[{"allow_self_approval":false,"apply_deadline_seconds":3600,"approval_tt"##,
+        r##"l_seconds":86400,"approvers":[],"attach_record":false,"break_glass":[],"freezes":[{"end""##,
+        r##":"2026-11-02T00:00:00Z","reason":"payments migration","start":"2026-11-01T00:00:00Z"}],""##,
+        r##"min_soak_seconds":null,"name":"staging","required_approvals":0,"required_checks":[],"req"##,
+        r##"uired_groups":[],"requires":null,"restore_on_drift":false,"rollback_approvals":0,"signat"##,
+        r##"ure_keys":[],"tag":"staging","window":{"days":[],"hours":"08:00-18:00","time_zone":"UTC""##,
+        r##"}},{"allow_self_approval":false,"apply_deadline_seconds":1800,"approval_ttl_seconds":108"##,
+        r##"00,"approvers":["group:pay-leads"],"attach_record":false,"break_glass":["ann"],"freezes""##,
+        r##":[{"end":"2027-01-05T00:00:00Z","reason":"year-end freeze","start":"2026-12-20T00:00:00Z"##,
+        r##""}],"min_soak_seconds":3600,"name":"production","required_approvals":1,"required_checks""##,
+        r##":["e2e"],"required_groups":["pay-leads"],"requires":"staging","restore_on_drift":false,""##,
+        r##"rollback_approvals":2,"signature_keys":[],"tag":"production","window":{"days":["fri"],"h"##,
+        r##"ours":"22:00-02:00","time_zone":"America/New_York"}}],"name":"pay","repositories":["r.te"##,
+        r##"st/pay/*","r.test/ledger"],"requesters":["group:pay-leads"]},{"check_reporters":null,"en"##,
+        r##"vironments":[{"allow_self_approval":false,"apply_deadline_seconds":3600,"approval_ttl_se"##,
+        r##"conds":86400,"approvers":[],"attach_record":false,"break_glass":[],"freezes":[],"min_soa"##,
+        r##"k_seconds":null,"name":"staging","required_approvals":0,"required_checks":[],"required_g"##,
+        r##"roups":[],"requires":null,"restore_on_drift":false,"rollback_approvals":0,"signature_key"##,
+        r##"s":[],"tag":"staging","window":null},{"allow_self_approval":true,"apply_deadline_seconds"##,
+        r##"":1800,"approval_ttl_seconds":7200,"approvers":["group:rm","ann"],"attach_record":true,""##,
+        r##"break_glass":["group:sre"],"freezes":[{"end":"2027-01-05T00:00:00Z","reason":"year-end f"##,
+        r##"reeze","start":"2026-12-20T00:00:00Z"}],"min_soak_seconds":2700,"name":"production","req"##,
+        r##"uired_approvals":2,"required_checks":["e2e","scan"],"required_groups":["security"],"requ"##,
+        r##"ires":"staging","restore_on_drift":true,"rollback_approvals":1,"signature_keys":["sha256"##,
+        r##":24bd4e669723bd264edfa722e21680098cbe88c74850f0d74489074dcf218c15"],"tag":"production",""##,
+        r##"window":{"days":["mon","tue","wed","thu"],"hours":"09:00-17:00","time_zone":"Europe/Berl"##,
+        r##"in"}}],"name":"web","repositories":["r.test/web/**"],"requesters":null},{"check_reporter"##,
+        r##"s":null,"environments":[{"allow_self_approval":false,"apply_deadline_seconds":3600,"appr"##,
+        r##"oval_ttl_seconds":86400,"approvers":["ben"],"attach_record":false,"break_glass":[],"free"##,
+        r##"zes":[],"min_soak_seconds":null,"name":"staging","required_approvals":1,"required_checks"##,
+        r##"":[],"required_groups":[],"requires":null,"restore_on_drift":false,"rollback_approvals":"##,
+        r##"1,"signature_keys":[],"tag":"staging","window":{"days":["sat"],"hours":null,"time_zone":"##,
+        r##""UTC"}},{"allow_self_approval":true,"apply_deadline_seconds":1800,"approval_ttl_seconds""##,
+        r##":7200,"approvers":["group:rm","ann"],"attach_record":true,"break_glass":["group:sre"],"f"##,
+        r##"reezes":[{"end":"2027-01-05T00:00:00Z","reason":"year-end freeze","start":"2026-12-20T00"##,
+        r##":00:00Z"}],"min_soak_seconds":2700,"name":"production","required_approvals":1,"required_"##,
+        r##"checks":["e2e","scan"],"required_groups":["security"],"requires":"staging","restore_on_d"##,
+        r##"rift":true,"rollback_approvals":1,"signature_keys":["sha256:24bd4e669723bd264edfa722e216"##,
+        r##"80098cbe88c74850f0d74489074dcf218c15"],"tag":"production","window":{"days":["mon","tue","##,
+        r##""wed","thu"],"hours":"09:00-17:00","time_zone":"Asia/Tokyo"}}],"name":"tokyo","repositor"##,
+        r##"ies":["r.test/tokyo/*"],"requesters":null}],"registry_aliases":[["127.0.0.1:5000","local"##,
+        r##"host:5000"]],"unclaimed_repositories":"refuse"}"##,
+    );
+    const EVERY_KEY_DIGEST: &str =
+        "sha256:7406e260001351439f3f909e8d49b4f801eec56248d73a2c82b3eb855cd4b922";
+
+    #[test]
+    fn a_config_with_every_key_keeps_its_document_byte_for_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = Config::parse(&every_key(dir.path())).unwrap().policy;
+        assert_eq!(v.canonical_json, EVERY_KEY);
+        assert_eq!(v.digest, EVERY_KEY_DIGEST);
+    }
+
+    #[test]
+    fn the_deploy_examples_keep_their_digests() {
+        for (file, digest) in [
+            (
+                "prodgate.example.toml",
+                "sha256:3e291d329fb82252478837b29ada8c070c583e96f7bbc0d1cc4c54c14e40966a",
+            ),
+            (
+                "prodgate.oidc.example.toml",
+                "sha256:e3efbf18b555cd2a852803840490782f2c17c46cb7501bef1870b7a39dd84502",
+            ),
+            (
+                "prodgate.projects.example.toml",
+                "sha256:9382ece97c805741c4345cff3902c9e1157452bb190d4ec96e6652fc629d4092",
+            ),
+        ] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("deploy")
+                .join(file);
+            let loaded = Config::load_with(&path, crate::config::Files::WarnIfAbsent).unwrap();
+            assert_eq!(loaded.config.policy.digest, digest, "{file}");
+        }
+    }
+}
