@@ -6,8 +6,11 @@
 //! - [`validate`]: one function per section, from raw to typed;
 //! - [`credentials`]: registry secrets and the Docker config;
 //! - [`identity`]: `[[identity]]` issuers of JWTs, their rules, JWKS keys;
-//! - [`policy`]: an environment's policy keys, freezes, and the checks that
-//!   refuse a policy nobody could pass;
+//! - [`keys`]: an environment's gate keys, each declared once: its field in
+//!   both sections, its default, its check and its place in the policy
+//!   document;
+//! - [`policy`]: the gate keys' checks, the window, freezes, and the checks
+//!   that refuse a policy nobody could pass;
 //! - [`project`]: `[[project]]` policies and which one governs a repository;
 //! - [`pattern`]: the repository patterns projects match with;
 //! - [`checkpoint`]: `[checkpoint]`, the audit log's signing key and
@@ -19,6 +22,7 @@
 mod checkpoint;
 mod credentials;
 mod identity;
+mod keys;
 mod live;
 mod pattern;
 mod policy;
@@ -652,6 +656,10 @@ approval_ttl = "2h"
                 .contains("colour")
         );
         assert!(err(&base().replace("\"2h\"", "\"soon\"")).contains("environment[1].approval_ttl"));
+        assert!(
+            err(&base().replace("required_approvals = 0\n", ""))
+                .starts_with("environment[0].required_approvals: is missing")
+        );
         assert!(err(&base().replace(TOKEN_HASH, "abc")).contains("principal[0].token_sha256"));
         assert!(
             err(&base().replace("requires = \"staging\"", "requires = \"qa\""))

@@ -9,25 +9,30 @@
 //! `Promotion.policy_digest` name; GetPolicy hands back the document.
 //!
 //! Canonical form: UTF-8 JSON without whitespace, object keys in ascending
-//! byte order (the structs below declare their fields in that order, so the
-//! output does not depend on serde_json's map features), integers for
-//! durations (seconds), RFC 3339 UTC strings for instants. Lists keep the
-//! file's order where order decides (projects, their patterns); principals
-//! are sorted by name and their groups sorted and deduplicated, since
-//! reordering them in the file changes nobody's rights; identities and
-//! their rules keep the file's order (the first matching rule maps a
-//! token). `identities` is left out when there are none, so a config
-//! without `[[identity]]` keeps the digest it had before identities
-//! existed (an older prodgate cannot write a document that has them, so
-//! one digest still has one meaning). An auditor
+//! byte order (the structs below declare their fields in that order, and an
+//! environment is a `BTreeMap` by name, so the output does not depend on
+//! serde_json's map features), integers for durations (seconds), RFC 3339
+//! UTC strings for instants. Lists keep the file's order where order
+//! decides (projects, their patterns); principals are sorted by name and
+//! their groups sorted and deduplicated, since reordering them in the file
+//! changes nobody's rights; identities and their rules keep the file's
+//! order (the first matching rule maps a token). `identities` is left out
+//! when there are none, so a config without `[[identity]]` keeps the digest
+//! it had before identities existed (an older prodgate cannot write a
+//! document that has them, so one digest still has one meaning). An auditor
 //! re-hashes the document with SHA-256 to check it against its digest.
+//!
+//! An environment's gate keys are written as [`super::keys`] declares them
+//! (by the writers in [`json`]); its other fields here.
 
+use super::keys::{OwnFields, document_fields};
 use super::{Config, IdentityConfig, PrincipalConfig, ProjectConfig};
 use crate::domain::model::{Precision, Time};
 use crate::domain::policy::{Approver, EnvironmentPolicy, Freeze, Window};
 use jiff::civil::Weekday;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 
 /// Bumped when the document's shape changes, so two versions of prodgate
 /// never give one policy two meanings under one digest. 2: environments
@@ -140,37 +145,87 @@ struct Project {
     requesters: Option<Vec<String>>,
 }
 
+/// An environment: its fields by name. A map sorted by the name, so the
+/// keys are in ascending order however many there are.
+type Environment = BTreeMap<&'static str, Json>;
+
+/// A value in an environment, written as the value alone (`untagged`).
 #[derive(Serialize)]
-struct Environment {
-    allow_self_approval: bool,
-    apply_deadline_seconds: Option<u64>,
-    approval_ttl_seconds: u64,
-    approvers: Vec<String>,
-    attach_record: bool,
-    break_glass: Vec<String>,
-    freezes: Vec<FreezeDoc>,
-    min_soak_seconds: Option<u64>,
-    name: String,
-    required_approvals: u32,
-    required_checks: Vec<String>,
-    required_groups: Vec<String>,
-    requires: Option<String>,
-    restore_on_drift: bool,
-    rollback_approvals: u32,
-    signature_keys: Vec<String>,
-    tag: String,
-    window: Option<WindowDoc>,
+#[serde(untagged)]
+pub(super) enum Json {
+    Null,
+    Bool(bool),
+    Number(u64),
+    Text(String),
+    List(Vec<String>),
+    Freezes(Vec<FreezeDoc>),
+    Window(WindowDoc),
+}
+
+impl From<bool> for Json {
+    fn from(b: bool) -> Json {
+        Json::Bool(b)
+    }
+}
+
+impl From<u32> for Json {
+    fn from(n: u32) -> Json {
+        Json::Number(u64::from(n))
+    }
+}
+
+impl From<Vec<String>> for Json {
+    fn from(list: Vec<String>) -> Json {
+        Json::List(list)
+    }
+}
+
+/// How the document writes the gate keys (named in [`super::keys`]'s
+/// table); `None`: the key is left out.
+pub(super) mod json {
+    use super::Json;
+    use crate::domain::policy::Approver;
+    use crate::domain::signature::SignatureKey;
+    use std::time::Duration;
+
+    /// The value as it is.
+    pub fn plain<T: Clone + Into<Json>>(value: &T) -> Option<Json> {
+        Some(value.clone().into())
+    }
+
+    /// Whole seconds.
+    pub fn seconds(d: &Duration) -> Option<Json> {
+        Some(Json::Number(d.as_secs()))
+    }
+
+    /// Whole seconds, or null.
+    pub fn optional_seconds(d: &Option<Duration>) -> Option<Json> {
+        Some(d.map_or(Json::Null, |d| Json::Number(d.as_secs())))
+    }
+
+    /// `group:<g>` or the principal's name, in the file's order.
+    pub fn members(list: &[Approver]) -> Option<Json> {
+        Some(Json::List(super::members(list)))
+    }
+
+    /// The keys' fingerprints, not their files: moving a file changes
+    /// nobody's rights, replacing the key in it does.
+    pub fn fingerprints(keys: &[SignatureKey]) -> Option<Json> {
+        Some(Json::List(
+            keys.iter().map(|k| k.fingerprint.clone()).collect(),
+        ))
+    }
 }
 
 #[derive(Serialize)]
-struct FreezeDoc {
+pub(super) struct FreezeDoc {
     end: String,
     reason: String,
     start: String,
 }
 
 #[derive(Serialize)]
-struct WindowDoc {
+pub(super) struct WindowDoc {
     days: Vec<&'static str>,
     hours: Option<String>,
     time_zone: String,
@@ -241,30 +296,42 @@ fn project(p: &ProjectConfig) -> Project {
 }
 
 fn environment(e: &EnvironmentPolicy) -> Environment {
-    Environment {
-        allow_self_approval: e.allow_self_approval,
-        apply_deadline_seconds: e.apply_deadline.map(|d| d.as_secs()),
-        approval_ttl_seconds: e.approval_ttl.as_secs(),
-        approvers: members(&e.approvers),
-        attach_record: e.attach_record,
-        break_glass: members(&e.break_glass),
-        freezes: e.freezes.iter().map(freeze).collect(),
-        min_soak_seconds: e.min_soak.map(|d| d.as_secs()),
-        name: e.name.clone(),
-        required_approvals: e.required_approvals,
-        required_checks: e.required_checks.clone(),
-        required_groups: e.required_groups.clone(),
-        requires: e.requires.clone(),
-        restore_on_drift: e.restore_on_drift,
-        rollback_approvals: e.rollback_approvals,
-        signature_keys: e
-            .signature_keys
-            .iter()
-            .map(|k| k.fingerprint.clone())
-            .collect(),
-        tag: e.tag.clone(),
-        window: e.window.as_ref().map(window),
+    let (own, gates) = document_fields(e);
+    // Every field by name, without `..`: one added to `OwnFields` and left
+    // out here does not compile.
+    let OwnFields {
+        name,
+        tag,
+        requires,
+        apply_deadline,
+        freezes,
+        window: win,
+    } = own;
+    let fields = [
+        (
+            "apply_deadline_seconds",
+            apply_deadline.map_or(Json::Null, |d| Json::Number(d.as_secs())),
+        ),
+        (
+            "freezes",
+            Json::Freezes(freezes.iter().map(freeze).collect()),
+        ),
+        ("name", Json::Text(name.clone())),
+        ("requires", requires.clone().map_or(Json::Null, Json::Text)),
+        ("tag", Json::Text(tag.clone())),
+        (
+            "window",
+            win.as_ref().map_or(Json::Null, |w| Json::Window(window(w))),
+        ),
+    ];
+    let mut out = Environment::new();
+    for (key, value) in fields.into_iter().chain(gates) {
+        // Names are unique (a test of `keys` checks them): a second value
+        // would replace the first and change the digest.
+        let twice = out.insert(key, value);
+        debug_assert!(twice.is_none(), "{key} written twice");
     }
+    out
 }
 
 fn freeze(f: &Freeze) -> FreezeDoc {
