@@ -16,7 +16,7 @@ use super::policy::{
     signature_keys, soak,
 };
 use super::version::{Json, json};
-use super::{ConfigError, DEFAULT_APPROVAL_TTL};
+use super::{ConfigError, DEFAULT_APPROVAL_TTL, DEFAULT_WAIT_TTL};
 use crate::domain::policy::{Approver, EnvironmentPolicy, Freeze, Window};
 use crate::domain::signature::SignatureKey;
 use std::path::PathBuf;
@@ -253,6 +253,11 @@ gate_keys! {
             "signature_keys": json::fingerprints;
         break_glass: Vec<String> => Vec<Approver> = Vec::new(), break_glass,
             "break_glass": json::members;
+        /// How long a promotion that has its approvals may wait for the
+        /// other gates (WAITING), from when it started waiting, before it
+        /// ends EXPIRED. Written only away from its default (`json::wait_ttl`).
+        wait_ttl: String => Duration = DEFAULT_WAIT_TTL, positive_duration,
+            "wait_ttl_seconds": json::wait_ttl;
     }
     // The days, hours and time zone make the policy's `window` together
     // (`policy::window`), each overridden on its own.
@@ -358,6 +363,7 @@ mod tests {
                 r#"["ann"]"#,
                 json!(["ann"]),
             ),
+            s("wait_ttl", r#""1d""#, json!(86400), r#""30m""#, json!(1800)),
             s(
                 "allowed_days",
                 r#"["mon", "tue"]"#,
@@ -520,7 +526,8 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), count, "a name written twice: {names:?}");
-        let c = Config::parse(&config("", None)).unwrap();
+        // wait_ttl away from its default, so that every key is written.
+        let c = Config::parse(&config("wait_ttl = \"1h\"", None)).unwrap();
         let written: Vec<String> = production(&c, None)
             .as_object()
             .unwrap()

@@ -42,7 +42,7 @@ pub use live::{Live, NotReloadable, reloaded};
 pub use pattern::RepositoryPattern;
 pub use project::{Governance, ProjectConfig};
 pub use storage::{DEFAULT_MAX_CLOCK_SKEW, PostgresConfig, StorageConfig, postgres_from_flags};
-pub use version::PolicyVersion;
+pub use version::{LEFT_OUT_AT_DEFAULT, PolicyVersion};
 
 use crate::domain::policy::{Approver, EnvironmentPolicy};
 use std::path::{Path, PathBuf};
@@ -87,6 +87,9 @@ pub const DEFAULT_MAX_WATCHES_PER_PRINCIPAL: u32 = 64;
 pub const DEFAULT_MAX_CHECKS_PER_DIGEST: u32 = 64;
 /// How long an approved promotion may take to reach its tag.
 pub const DEFAULT_APPLY_DEADLINE: Duration = Duration::from_secs(3600);
+/// `wait_ttl`: how long a promotion that has its approvals may wait for
+/// the other gates (WAITING) before it ends EXPIRED.
+pub const DEFAULT_WAIT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// What to do with the files a config names and the server reads when it
 /// starts (registry `password_file` and `ca_cert`, `[tls]` files,

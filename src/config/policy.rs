@@ -909,6 +909,82 @@ reason = "payments migration"
     }
 
     #[test]
+    fn wait_ttl_is_a_week_unless_set_a_project_may_change_it_and_zero_is_refused() {
+        use crate::config::DEFAULT_WAIT_TTL;
+        let week = Duration::from_secs(7 * 24 * 3600);
+        assert_eq!(DEFAULT_WAIT_TTL, week);
+        let plain = Config::parse(&gated()).unwrap();
+        assert_eq!(production(&plain, "r.test/web/app").wait_ttl, week);
+        assert_eq!(production(&plain, "r.test/pay/api").wait_ttl, week);
+
+        let top_line = |value: &str| {
+            gated().replace(
+                "break_glass = [\"group:sre\"]",
+                &format!("break_glass = [\"group:sre\"]\nwait_ttl = {value}"),
+            )
+        };
+        let top = top_line("\"2d\"");
+        let c = Config::parse(&top).unwrap();
+        let two_days = Duration::from_secs(2 * 24 * 3600);
+        assert_eq!(production(&c, "r.test/web/app").wait_ttl, two_days);
+        assert_eq!(
+            production(&c, "r.test/pay/api").wait_ttl,
+            two_days,
+            "inherited"
+        );
+        let project_line = |text: &str, value: &str| {
+            text.replace(
+                "required_approvals = 1\nallowed_hours",
+                &format!("required_approvals = 1\nwait_ttl = {value}\nallowed_hours"),
+            )
+        };
+        let both = Config::parse(&project_line(&top, "\"90m\"")).unwrap();
+        assert_eq!(production(&both, "r.test/web/app").wait_ttl, two_days);
+        assert_eq!(
+            production(&both, "r.test/pay/api").wait_ttl,
+            Duration::from_secs(5400)
+        );
+        let only_project = Config::parse(&project_line(&gated(), "\"90m\"")).unwrap();
+        assert_eq!(production(&only_project, "r.test/web/app").wait_ttl, week);
+        assert_eq!(
+            production(&only_project, "r.test/pay/api").wait_ttl,
+            Duration::from_secs(5400)
+        );
+
+        // In the policy's document only away from its default: a config
+        // that does not set it, or sets the default, keeps its digest.
+        assert!(!plain.policy.canonical_json.contains("wait_ttl"));
+        for week in ["\"7d\"", "\"168h\"", "\"1w\""] {
+            let c = Config::parse(&top_line(week)).unwrap();
+            assert_eq!(c.policy, plain.policy, "{week}");
+        }
+        let json = &both.policy.canonical_json;
+        assert!(json.contains("\"wait_ttl_seconds\":172800"), "{json}");
+        assert!(json.contains("\"wait_ttl_seconds\":5400"), "{json}");
+        assert_ne!(both.policy.digest, plain.policy.digest);
+
+        for (text, want) in [
+            (
+                top_line("\"0s\""),
+                "environment[1].wait_ttl: must be greater than zero",
+            ),
+            (
+                project_line(&gated(), "\"0s\""),
+                "project[0].environment[0].wait_ttl: must be greater than zero",
+            ),
+            (
+                top_line("\"soon\""),
+                "environment[1].wait_ttl: \"soon\" is not a duration",
+            ),
+        ] {
+            let e = Config::parse(&text).unwrap_err().to_string();
+            assert!(e.starts_with(want), "want {want:?}\n got {e:?}");
+        }
+        let e = Config::parse(&top_line("7")).unwrap_err().to_string();
+        assert!(e.contains("wait_ttl"), "{e}");
+    }
+
+    #[test]
     fn rollback_approvals_given_at_the_top_level_stay_when_a_project_changes_the_count() {
         let c = Config::parse(&gated().replace(
             "break_glass = [\"group:sre\"]",

@@ -19,14 +19,19 @@
 //! order (the first matching rule maps a token). `identities` is left out
 //! when there are none, so a config without `[[identity]]` keeps the digest
 //! it had before identities existed (an older prodgate cannot write a
-//! document that has them, so one digest still has one meaning). An auditor
-//! re-hashes the document with SHA-256 to check it against its digest.
+//! document that has them, so one digest still has one meaning). In the
+//! same way an environment's `wait_ttl_seconds` is left out while its
+//! `wait_ttl` is the default 7d ([`LEFT_OUT_AT_DEFAULT`]): a config written
+//! before the key existed keeps its digest, and that document already
+//! meant 7d, since an older prodgate (which never writes the key) has no
+//! other wait. An auditor re-hashes the document with SHA-256 to check it
+//! against its digest.
 //!
 //! An environment's gate keys are written as [`super::keys`] declares them
 //! (by the writers in [`json`]); its other fields here.
 
 use super::keys::{OwnFields, document_fields};
-use super::{Config, IdentityConfig, PrincipalConfig, ProjectConfig};
+use super::{Config, DEFAULT_WAIT_TTL, IdentityConfig, PrincipalConfig, ProjectConfig};
 use crate::domain::model::{Precision, Time};
 use crate::domain::policy::{Approver, EnvironmentPolicy, Freeze, Window};
 use jiff::civil::Weekday;
@@ -39,8 +44,16 @@ use std::collections::BTreeMap;
 /// gained `restore_on_drift`. 3: environments gained `signature_keys` (the
 /// keys' fingerprints, not their file paths: moving a file changes nobody's
 /// rights, replacing the key in it does). 4: environments gained
-/// `attach_record`.
+/// `attach_record`. `wait_ttl_seconds` did not bump it: the document
+/// leaves it out where it means what older documents meant (see the
+/// module's comment).
 const FORMAT: u32 = 4;
+
+/// An environment's keys the document leaves out while they hold their
+/// default, with that default (see the module's comment); `prodgate policy`
+/// shows them at it.
+pub const LEFT_OUT_AT_DEFAULT: [(&str, u64); 1] =
+    [("wait_ttl_seconds", DEFAULT_WAIT_TTL.as_secs())];
 
 /// One version of the effective policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,7 +196,7 @@ impl From<Vec<String>> for Json {
 /// How the document writes the gate keys (named in [`super::keys`]'s
 /// table); `None`: the key is left out.
 pub(super) mod json {
-    use super::Json;
+    use super::{Json, LEFT_OUT_AT_DEFAULT};
     use crate::domain::policy::Approver;
     use crate::domain::signature::SignatureKey;
     use std::time::Duration;
@@ -214,6 +227,14 @@ pub(super) mod json {
         Some(Json::List(
             keys.iter().map(|k| k.fingerprint.clone()).collect(),
         ))
+    }
+
+    /// Whole seconds, left out at the default 7d, so that a config that
+    /// does not set `wait_ttl` keeps the digest it had before the key
+    /// existed (see the module's comment).
+    pub fn wait_ttl(d: &Duration) -> Option<Json> {
+        let [(_, default)] = LEFT_OUT_AT_DEFAULT;
+        (d.as_secs() != default).then_some(Json::Number(d.as_secs()))
     }
 }
 
