@@ -330,3 +330,47 @@ async fn a_request_for_what_the_tag_already_carries_opens_nothing() {
         PromotionState::Promoted as i32
     );
 }
+
+#[tokio::test]
+async fn a_promotion_waits_no_longer_than_wait_ttl() {
+    let registry = TestRegistry::start().await;
+    // A soak far longer than the test, and a wait_ttl of two seconds.
+    let server = TestServer::start(&config(
+        &registry.host,
+        "min_soak = \"1h\"\napproval_ttl = \"1s\"\nwait_ttl = \"2s\"",
+    ));
+    let mut alice = server.client("alice").await;
+    let p = candidate(&registry, &mut alice, 5).await;
+    let waiting = server
+        .client("bob")
+        .await
+        .approve(approve(&p.id))
+        .await
+        .expect("recorded in the soak")
+        .into_inner();
+    assert_eq!(waiting.state, PromotionState::Waiting as i32, "{waiting:?}");
+    // approval_ttl (1s) no longer applies; wait_ttl counts from the approval.
+    let approved_at = waiting.approvals[0].time.expect("time");
+    let expires = waiting.expires_at.expect("a deadline");
+    assert_eq!(expires.seconds - approved_at.seconds, 2, "{waiting:?}");
+    let done = wait_for_state(
+        &mut alice,
+        &p.id,
+        PromotionState::Expired,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(done.updated_at.unwrap().seconds >= expires.seconds);
+    let entries = history(
+        &mut alice,
+        HistoryRequest {
+            promotion_id: p.id.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let expired = entries.last().expect("entries");
+    assert_eq!(expired.action, AuditAction::Expired as i32);
+    assert_eq!(expired.actor, "prodgate");
+    assert!(expired.comment.contains("wait_ttl"), "{expired:?}");
+}

@@ -5,11 +5,16 @@
 //! `config::version`) as plain JSON, key by key, rather than as the
 //! structs that wrote it: a key a newer server adds shows up here without a
 //! change to the client, and a document is never rejected for its shape.
+//! An environment's keys the document leaves out at their default
+//! (`wait_ttl_seconds`, see `config::LEFT_OUT_AT_DEFAULT`) are read at that
+//! default, so every environment shows them and a diff says `7days → 1h`
+//! rather than "added".
 
 use super::client::Client;
 use super::output::Printer;
 use super::table::clean;
 use super::{CliError, ClientArgs, Format};
+use crate::config::LEFT_OUT_AT_DEFAULT;
 use crate::pb;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -126,6 +131,13 @@ fn sections(doc: &Map<String, Value>) -> Vec<(String, Map<String, Value>)> {
             .unwrap_or_default()
     };
     let list = |v: &Value| v.as_array().cloned().unwrap_or_default();
+    let environment = |e: &Value| {
+        let mut keys = fields(e, &["name"]);
+        for (key, default) in LEFT_OUT_AT_DEFAULT {
+            keys.entry(key).or_insert(Value::from(default));
+        }
+        keys
+    };
     for (key, value) in doc {
         match key.as_str() {
             "principals" => {
@@ -135,7 +147,7 @@ fn sections(doc: &Map<String, Value>) -> Vec<(String, Map<String, Value>)> {
             }
             "environments" => {
                 for e in list(value) {
-                    out.push((format!("environment {}", named(&e)), fields(&e, &["name"])));
+                    out.push((format!("environment {}", named(&e)), environment(&e)));
                 }
             }
             "projects" => {
@@ -148,7 +160,7 @@ fn sections(doc: &Map<String, Value>) -> Vec<(String, Map<String, Value>)> {
                     for e in list(&p["environments"]) {
                         out.push((
                             format!("project {name} environment {}", named(&e)),
-                            fields(&e, &["name"]),
+                            environment(&e),
                         ));
                     }
                 }
@@ -416,5 +428,43 @@ mod tests {
             assert!(s.contains(line), "{line:?} in\n{s}");
         }
         assert!(!s.contains('{'), "{s}");
+    }
+
+    #[test]
+    fn wait_ttl_left_out_of_the_document_reads_as_its_default() {
+        let mut waits = env("production", 1, &["group:rm"]);
+        waits["wait_ttl_seconds"] = Value::from(1800);
+        let doc_with = |project_env: Value| {
+            serde_json::json!({
+                "format": 4, "check_reporters": [],
+                "principals": [{"name": "bob", "groups": ["rm"]}],
+                "environments": [env("production", 1, &["group:rm"])],
+                "projects": [{"name": "pay", "repositories": ["r/pay/*"], "environments": [project_env]}],
+            })
+        };
+        let p = pb::Policy {
+            digest: "sha256:ab".into(),
+            canonical_json: doc_with(waits.clone()).to_string(),
+            first_recorded: None,
+        };
+        let s = summary(&p);
+        for line in [
+            "environment production\n",
+            "  wait_ttl: 7days\n",
+            "project pay\n  repositories: r/pay/*\n  environment production\n    wait_ttl: 30m\n",
+        ] {
+            assert!(s.contains(line), "{line:?} in\n{s}");
+        }
+        let old = doc(doc_with(env("production", 1, &["group:rm"])));
+        let c = changes(&old, &doc(doc_with(waits)));
+        assert_eq!(
+            c,
+            [Change {
+                section: "project pay environment production".into(),
+                key: "wait_ttl_seconds".into(),
+                old: Some(Value::from(604800)),
+                new: Some(Value::from(1800)),
+            }]
+        );
     }
 }

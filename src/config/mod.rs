@@ -6,8 +6,11 @@
 //! - [`validate`]: one function per section, from raw to typed;
 //! - [`credentials`]: registry secrets and the Docker config;
 //! - [`identity`]: `[[identity]]` issuers of JWTs, their rules, JWKS keys;
-//! - [`policy`]: an environment's policy keys, freezes, and the checks that
-//!   refuse a policy nobody could pass;
+//! - [`keys`]: an environment's gate keys, each declared once: its field in
+//!   both sections, its default, its check and its place in the policy
+//!   document;
+//! - [`policy`]: the gate keys' checks, the window, freezes, and the checks
+//!   that refuse a policy nobody could pass;
 //! - [`project`]: `[[project]]` policies and which one governs a repository;
 //! - [`pattern`]: the repository patterns projects match with;
 //! - [`checkpoint`]: `[checkpoint]`, the audit log's signing key and
@@ -19,6 +22,7 @@
 mod checkpoint;
 mod credentials;
 mod identity;
+mod keys;
 mod live;
 mod pattern;
 mod policy;
@@ -38,7 +42,7 @@ pub use live::{Live, NotReloadable, reloaded};
 pub use pattern::RepositoryPattern;
 pub use project::{Governance, ProjectConfig};
 pub use storage::{DEFAULT_MAX_CLOCK_SKEW, PostgresConfig, StorageConfig, postgres_from_flags};
-pub use version::PolicyVersion;
+pub use version::{LEFT_OUT_AT_DEFAULT, PolicyVersion};
 
 use crate::domain::policy::{Approver, EnvironmentPolicy};
 use std::path::{Path, PathBuf};
@@ -83,6 +87,9 @@ pub const DEFAULT_MAX_WATCHES_PER_PRINCIPAL: u32 = 64;
 pub const DEFAULT_MAX_CHECKS_PER_DIGEST: u32 = 64;
 /// How long an approved promotion may take to reach its tag.
 pub const DEFAULT_APPLY_DEADLINE: Duration = Duration::from_secs(3600);
+/// `wait_ttl`: how long a promotion that has its approvals may wait for
+/// the other gates (WAITING) before it ends EXPIRED.
+pub const DEFAULT_WAIT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// What to do with the files a config names and the server reads when it
 /// starts (registry `password_file` and `ca_cert`, `[tls]` files,
@@ -652,6 +659,10 @@ approval_ttl = "2h"
                 .contains("colour")
         );
         assert!(err(&base().replace("\"2h\"", "\"soon\"")).contains("environment[1].approval_ttl"));
+        assert!(
+            err(&base().replace("required_approvals = 0\n", ""))
+                .starts_with("environment[0].required_approvals: is missing")
+        );
         assert!(err(&base().replace(TOKEN_HASH, "abc")).contains("principal[0].token_sha256"));
         assert!(
             err(&base().replace("requires = \"staging\"", "requires = \"qa\""))

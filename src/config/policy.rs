@@ -1,12 +1,13 @@
-//! The keys an environment's policy is made of, shared by `[[environment]]`
-//! and `[[project.environment]]` (which overrides only the keys it gives),
-//! `[[freeze]]`, and the checks that refuse an effective policy no
-//! promotion could ever pass.
+//! The checks of an environment's gate keys (declared once in
+//! [`super::keys`]; `[[project.environment]]` overrides only the keys it
+//! gives), the window they make, `[[freeze]]`, and the checks that refuse
+//! an effective policy no promotion could ever pass.
 
 use super::identity::{IdentityConfig, IdentityRule, Reach};
-use super::raw::{PolicyKeys, RawFreeze};
+use super::keys::{GateKeys, set_given};
+use super::raw::RawFreeze;
 use super::validate::{Cx, check_name, duration};
-use super::{ConfigError, DEFAULT_APPROVAL_TTL, PrincipalConfig, invalid};
+use super::{ConfigError, PrincipalConfig, invalid};
 use crate::domain::gates::weekday_name;
 use crate::domain::model::Time;
 use crate::domain::policy::{Approver, EnvironmentPolicy, Freeze, Hours, Principal, Window, Zone};
@@ -16,105 +17,138 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Sets on `policy` the keys `keys` gives: every key of a top-level
+/// Sets on `policy` the gate keys `keys` gives: every key of a top-level
 /// environment, or the overrides of a `[[project.environment]]`. `prefix`
 /// is the section's key, e.g. `project[0].environment[1]`.
 /// `inherited` are the top-level environment's own keys when a project
-/// overrides it, for the defaults that depend on what was written rather
-/// than on the policy it made: `rollback_approvals` (absent both, the
-/// effective `required_approvals`) and `time_zone` (which makes no window
-/// on its own, so the policy cannot carry it).
+/// overrides it, for what depends on what was written rather than on the
+/// policy it made: `rollback_approvals` (absent both, the effective
+/// `required_approvals`) and `time_zone` (which makes no window on its
+/// own, so the policy cannot carry it).
 pub(super) fn apply_policy_keys(
     prefix: &str,
-    keys: &PolicyKeys<'_>,
-    inherited: Option<&PolicyKeys<'_>>,
+    keys: &GateKeys<'_>,
+    inherited: Option<&GateKeys<'_>>,
     people: &People,
     policy: &mut EnvironmentPolicy,
     cx: &mut Cx,
 ) -> Result<(), ConfigError> {
+    let written = keys.or(inherited.copied().unwrap_or_default());
+    set_given(prefix, keys, &mut KeyCx { people, cx }, policy)?;
+    if written.rollback_approvals.is_none() {
+        policy.rollback_approvals = policy.required_approvals;
+    }
+    window(prefix, keys, &written, policy)
+}
+
+/// The window keys `keys` gives, over the window `policy` has; `written`
+/// is what the project and its top-level environment say together.
+fn window(
+    prefix: &str,
+    keys: &GateKeys<'_>,
+    written: &GateKeys<'_>,
+    policy: &mut EnvironmentPolicy,
+) -> Result<(), ConfigError> {
+    if keys.allowed_days.is_none() && keys.allowed_hours.is_none() && keys.time_zone.is_none() {
+        return Ok(());
+    }
     let key = |field: &str| format!("{prefix}.{field}");
-    if let Some(approvers) = keys.approvers {
-        for (j, a) in approvers.iter().enumerate() {
-            check_name(&format!("{prefix}.approvers[{j}]"), a)?;
-        }
-        policy.approvers = approvers.iter().map(|a| Approver::parse(a)).collect();
+    // Each window key overrides on its own: a project that gives only
+    // `allowed_hours` keeps the top-level days and time zone.
+    let mut w = policy.window.clone().unwrap_or(Window {
+        days: Vec::new(),
+        hours: None,
+        time_zone: Zone::utc(),
+    });
+    if let Some(days) = keys.allowed_days {
+        w.days = weekdays(&key("allowed_days"), days)?;
     }
-    if let Some(n) = keys.required_approvals {
-        policy.required_approvals = n;
+    if let Some(hours) = keys.allowed_hours {
+        w.hours = Some(parse_hours(&key("allowed_hours"), hours)?);
     }
-    if let Some(allow) = keys.allow_self_approval {
-        policy.allow_self_approval = allow;
+    if let Some(zone) = written.time_zone {
+        w.time_zone = Zone::get(zone).map_err(|e| {
+            invalid(
+                key("time_zone"),
+                format!("{zone:?} is not an IANA time zone like \"Europe/Berlin\": {e}"),
+            )
+        })?;
     }
-    if let Some(ttl) = keys.approval_ttl {
-        policy.approval_ttl = duration(&key("approval_ttl"), Some(ttl), DEFAULT_APPROVAL_TTL)?;
-    }
-    policy.rollback_approvals = keys
-        .rollback_approvals
-        .or(inherited.and_then(|k| k.rollback_approvals))
-        .unwrap_or(policy.required_approvals);
-    if let Some(groups) = keys.required_groups {
-        policy.required_groups = group_names(&key("required_groups"), groups)?;
-    }
-    if let Some(checks) = keys.required_checks {
-        policy.required_checks = check_names(&key("required_checks"), checks)?;
-    }
-    if let Some(soak) = keys.min_soak {
-        // Zero is refused: "no soak" is said by leaving the key out.
-        policy.min_soak = Some(duration(&key("min_soak"), Some(soak), Duration::ZERO)?);
-    }
-    if let Some(restore) = keys.restore_on_drift {
-        policy.restore_on_drift = restore;
-    }
-    if let Some(attach) = keys.attach_record {
-        policy.attach_record = attach;
-    }
-    if let Some(paths) = keys.signature_keys {
-        policy.signature_keys = signature_keys(&key("signature_keys"), paths, cx)?;
-    }
-    if let Some(list) = keys.break_glass {
-        policy.break_glass = members(&key("break_glass"), list, people, cx)?;
-    }
-    if keys.allowed_days.is_some() || keys.allowed_hours.is_some() || keys.time_zone.is_some() {
-        // Each window key overrides on its own: a project that gives only
-        // `allowed_hours` keeps the top-level days and time zone.
-        let mut w = policy.window.clone().unwrap_or(Window {
-            days: Vec::new(),
-            hours: None,
-            time_zone: Zone::utc(),
-        });
-        if let Some(days) = keys.allowed_days {
-            w.days = weekdays(&key("allowed_days"), days)?;
-        }
-        if let Some(hours) = keys.allowed_hours {
-            w.hours = Some(parse_hours(&key("allowed_hours"), hours)?);
-        }
-        if let Some(zone) = keys.time_zone.or(inherited.and_then(|k| k.time_zone)) {
-            w.time_zone = Zone::get(zone).map_err(|e| {
-                invalid(
-                    key("time_zone"),
-                    format!("{zone:?} is not an IANA time zone like \"Europe/Berlin\": {e}"),
-                )
-            })?;
-        }
-        // A time zone alone restricts nothing.
-        policy.window = (!w.days.is_empty() || w.hours.is_some()).then_some(w);
-    }
+    // A time zone alone restricts nothing.
+    policy.window = (!w.days.is_empty() || w.hours.is_some()).then_some(w);
     Ok(())
+}
+
+/// What the checks of the gate keys ([`super::keys`]) may read besides
+/// the value: who exists, and the validation's context (files, warnings).
+pub(super) struct KeyCx<'a> {
+    pub people: &'a People,
+    pub cx: &'a mut Cx,
+}
+
+/// A key whose value is the policy's as written (a count, a switch).
+pub(super) fn as_written<T: Clone>(
+    _key: &str,
+    value: &T,
+    _: &mut KeyCx<'_>,
+) -> Result<T, ConfigError> {
+    Ok(value.clone())
+}
+
+/// A duration like `"24h"`; zero is refused.
+pub(super) fn positive_duration(
+    key: &str,
+    value: &str,
+    _: &mut KeyCx<'_>,
+) -> Result<Duration, ConfigError> {
+    duration(key, Some(value), Duration::ZERO)
+}
+
+/// `min_soak`: zero is refused, since "no soak" is said by leaving the key
+/// out.
+pub(super) fn soak(
+    key: &str,
+    value: &str,
+    cx: &mut KeyCx<'_>,
+) -> Result<Option<Duration>, ConfigError> {
+    positive_duration(key, value, cx).map(Some)
+}
+
+/// `approvers`: principals by name and groups as `group:<g>`; whether
+/// they exist is checked with the whole policy (`policy_can_pass`).
+pub(super) fn approver_list(
+    key: &str,
+    list: &[String],
+    _: &mut KeyCx<'_>,
+) -> Result<Vec<Approver>, ConfigError> {
+    for (j, a) in list.iter().enumerate() {
+        check_name(&format!("{key}[{j}]"), a)?;
+    }
+    Ok(list.iter().map(|a| Approver::parse(a)).collect())
+}
+
+/// `break_glass`: principals and groups who exist.
+pub(super) fn break_glass(
+    key: &str,
+    list: &[String],
+    cx: &mut KeyCx<'_>,
+) -> Result<Vec<Approver>, ConfigError> {
+    members(key, list, cx.people, cx.cx)
 }
 
 /// `signature_keys`: PEM public keys (ECDSA P-256 or Ed25519), read now so
 /// that a missing or foreign file stops the start, each key once. A file
 /// absent while only checking the config is left out (with the warning
 /// [`Cx::read`] gives).
-fn signature_keys(
+pub(super) fn signature_keys(
     key: &str,
     paths: &[PathBuf],
-    cx: &mut Cx,
+    cx: &mut KeyCx<'_>,
 ) -> Result<Vec<SignatureKey>, ConfigError> {
     let mut out: Vec<SignatureKey> = Vec::new();
     for (j, path) in paths.iter().enumerate() {
         let k = format!("{key}[{j}]");
-        let Some(pem) = cx.read(&k, path)? else {
+        let Some(pem) = cx.cx.read(&k, path)? else {
             continue;
         };
         let parsed = SignatureKey::from_pem(&pem)
@@ -135,7 +169,11 @@ fn signature_keys(
 }
 
 /// `required_groups`: plain group names, each once.
-fn group_names(key: &str, groups: &[String]) -> Result<Vec<String>, ConfigError> {
+pub(super) fn group_names(
+    key: &str,
+    groups: &[String],
+    _: &mut KeyCx<'_>,
+) -> Result<Vec<String>, ConfigError> {
     let mut out: Vec<String> = Vec::new();
     for (j, g) in groups.iter().enumerate() {
         let k = format!("{key}[{j}]");
@@ -156,7 +194,11 @@ fn group_names(key: &str, groups: &[String]) -> Result<Vec<String>, ConfigError>
 
 /// `required_checks`: names as ReportCheck accepts them
 /// (`[a-z0-9][a-z0-9._-]{0,62}`), each once.
-fn check_names(key: &str, checks: &[String]) -> Result<Vec<String>, ConfigError> {
+pub(super) fn check_names(
+    key: &str,
+    checks: &[String],
+    _: &mut KeyCx<'_>,
+) -> Result<Vec<String>, ConfigError> {
     let mut out: Vec<String> = Vec::new();
     for (j, c) in checks.iter().enumerate() {
         let k = format!("{key}[{j}]");
@@ -864,6 +906,82 @@ reason = "payments migration"
         .unwrap_err()
         .to_string();
         assert!(e.contains("restore_on_drift"), "{e}");
+    }
+
+    #[test]
+    fn wait_ttl_is_a_week_unless_set_a_project_may_change_it_and_zero_is_refused() {
+        use crate::config::DEFAULT_WAIT_TTL;
+        let week = Duration::from_secs(7 * 24 * 3600);
+        assert_eq!(DEFAULT_WAIT_TTL, week);
+        let plain = Config::parse(&gated()).unwrap();
+        assert_eq!(production(&plain, "r.test/web/app").wait_ttl, week);
+        assert_eq!(production(&plain, "r.test/pay/api").wait_ttl, week);
+
+        let top_line = |value: &str| {
+            gated().replace(
+                "break_glass = [\"group:sre\"]",
+                &format!("break_glass = [\"group:sre\"]\nwait_ttl = {value}"),
+            )
+        };
+        let top = top_line("\"2d\"");
+        let c = Config::parse(&top).unwrap();
+        let two_days = Duration::from_secs(2 * 24 * 3600);
+        assert_eq!(production(&c, "r.test/web/app").wait_ttl, two_days);
+        assert_eq!(
+            production(&c, "r.test/pay/api").wait_ttl,
+            two_days,
+            "inherited"
+        );
+        let project_line = |text: &str, value: &str| {
+            text.replace(
+                "required_approvals = 1\nallowed_hours",
+                &format!("required_approvals = 1\nwait_ttl = {value}\nallowed_hours"),
+            )
+        };
+        let both = Config::parse(&project_line(&top, "\"90m\"")).unwrap();
+        assert_eq!(production(&both, "r.test/web/app").wait_ttl, two_days);
+        assert_eq!(
+            production(&both, "r.test/pay/api").wait_ttl,
+            Duration::from_secs(5400)
+        );
+        let only_project = Config::parse(&project_line(&gated(), "\"90m\"")).unwrap();
+        assert_eq!(production(&only_project, "r.test/web/app").wait_ttl, week);
+        assert_eq!(
+            production(&only_project, "r.test/pay/api").wait_ttl,
+            Duration::from_secs(5400)
+        );
+
+        // In the policy's document only away from its default: a config
+        // that does not set it, or sets the default, keeps its digest.
+        assert!(!plain.policy.canonical_json.contains("wait_ttl"));
+        for week in ["\"7d\"", "\"168h\"", "\"1w\""] {
+            let c = Config::parse(&top_line(week)).unwrap();
+            assert_eq!(c.policy, plain.policy, "{week}");
+        }
+        let json = &both.policy.canonical_json;
+        assert!(json.contains("\"wait_ttl_seconds\":172800"), "{json}");
+        assert!(json.contains("\"wait_ttl_seconds\":5400"), "{json}");
+        assert_ne!(both.policy.digest, plain.policy.digest);
+
+        for (text, want) in [
+            (
+                top_line("\"0s\""),
+                "environment[1].wait_ttl: must be greater than zero",
+            ),
+            (
+                project_line(&gated(), "\"0s\""),
+                "project[0].environment[0].wait_ttl: must be greater than zero",
+            ),
+            (
+                top_line("\"soon\""),
+                "environment[1].wait_ttl: \"soon\" is not a duration",
+            ),
+        ] {
+            let e = Config::parse(&text).unwrap_err().to_string();
+            assert!(e.starts_with(want), "want {want:?}\n got {e:?}");
+        }
+        let e = Config::parse(&top_line("7")).unwrap_err().to_string();
+        assert!(e.contains("wait_ttl"), "{e}");
     }
 
     #[test]

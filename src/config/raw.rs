@@ -1,7 +1,9 @@
 //! The file as written: serde structs that mirror the TOML one to one.
 //! Unknown keys are refused here; everything else is checked in
-//! [`super::validate`].
+//! [`super::validate`]. `[[environment]]` and `[[project.environment]]`
+//! are made, with their gate keys, by [`super::keys`].
 
+pub(super) use super::keys::{RawEnvironment, RawProjectEnvironment};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -118,32 +120,6 @@ pub(super) struct RawIdentityRule {
     pub groups_claim: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawEnvironment {
-    pub name: String,
-    pub tag: String,
-    pub requires: Option<String>,
-    #[serde(default)]
-    pub approvers: Vec<String>,
-    pub required_approvals: u32,
-    #[serde(default)]
-    pub allow_self_approval: bool,
-    pub approval_ttl: Option<String>,
-    pub apply_deadline: Option<String>,
-    pub required_groups: Option<Vec<String>>,
-    pub required_checks: Option<Vec<String>>,
-    pub min_soak: Option<String>,
-    pub allowed_days: Option<Vec<String>>,
-    pub allowed_hours: Option<String>,
-    pub time_zone: Option<String>,
-    pub break_glass: Option<Vec<String>>,
-    pub rollback_approvals: Option<u32>,
-    pub restore_on_drift: Option<bool>,
-    pub signature_keys: Option<Vec<PathBuf>>,
-    pub attach_record: Option<bool>,
-}
-
 /// `[[project]]`: the policy of the repositories its patterns match.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -160,31 +136,6 @@ pub(super) struct RawProject {
     pub freeze: Vec<RawFreeze>,
 }
 
-/// `[[project.environment]]`: a top-level environment's overridable keys,
-/// each absent one inherited. `tag`, `requires` and `apply_deadline` are
-/// not among them (a tag belongs to the environment, whoever's repository it
-/// is in), so serde refuses them as unknown.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawProjectEnvironment {
-    pub name: String,
-    pub approvers: Option<Vec<String>>,
-    pub required_approvals: Option<u32>,
-    pub allow_self_approval: Option<bool>,
-    pub approval_ttl: Option<String>,
-    pub required_groups: Option<Vec<String>>,
-    pub required_checks: Option<Vec<String>>,
-    pub min_soak: Option<String>,
-    pub allowed_days: Option<Vec<String>>,
-    pub allowed_hours: Option<String>,
-    pub time_zone: Option<String>,
-    pub break_glass: Option<Vec<String>>,
-    pub rollback_approvals: Option<u32>,
-    pub restore_on_drift: Option<bool>,
-    pub signature_keys: Option<Vec<PathBuf>>,
-    pub attach_record: Option<bool>,
-}
-
 /// `[[freeze]]` or `[[project.freeze]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -193,68 +144,4 @@ pub(super) struct RawFreeze {
     pub start: String,
     pub end: String,
     pub reason: String,
-}
-
-/// The keys an environment's policy is made of that a project may override,
-/// as one view of either section, so both are read by the same code.
-pub(super) struct PolicyKeys<'a> {
-    pub approvers: Option<&'a [String]>,
-    pub required_approvals: Option<u32>,
-    pub allow_self_approval: Option<bool>,
-    pub approval_ttl: Option<&'a str>,
-    pub required_groups: Option<&'a [String]>,
-    pub required_checks: Option<&'a [String]>,
-    pub min_soak: Option<&'a str>,
-    pub allowed_days: Option<&'a [String]>,
-    pub allowed_hours: Option<&'a str>,
-    pub time_zone: Option<&'a str>,
-    pub break_glass: Option<&'a [String]>,
-    pub rollback_approvals: Option<u32>,
-    pub restore_on_drift: Option<bool>,
-    pub signature_keys: Option<&'a [PathBuf]>,
-    pub attach_record: Option<bool>,
-}
-
-impl RawEnvironment {
-    pub fn policy_keys(&self) -> PolicyKeys<'_> {
-        PolicyKeys {
-            approvers: Some(&self.approvers),
-            required_approvals: Some(self.required_approvals),
-            allow_self_approval: Some(self.allow_self_approval),
-            approval_ttl: self.approval_ttl.as_deref(),
-            required_groups: self.required_groups.as_deref(),
-            required_checks: self.required_checks.as_deref(),
-            min_soak: self.min_soak.as_deref(),
-            allowed_days: self.allowed_days.as_deref(),
-            allowed_hours: self.allowed_hours.as_deref(),
-            time_zone: self.time_zone.as_deref(),
-            break_glass: self.break_glass.as_deref(),
-            rollback_approvals: self.rollback_approvals,
-            restore_on_drift: self.restore_on_drift,
-            signature_keys: self.signature_keys.as_deref(),
-            attach_record: self.attach_record,
-        }
-    }
-}
-
-impl RawProjectEnvironment {
-    pub fn policy_keys(&self) -> PolicyKeys<'_> {
-        PolicyKeys {
-            approvers: self.approvers.as_deref(),
-            required_approvals: self.required_approvals,
-            allow_self_approval: self.allow_self_approval,
-            approval_ttl: self.approval_ttl.as_deref(),
-            required_groups: self.required_groups.as_deref(),
-            required_checks: self.required_checks.as_deref(),
-            min_soak: self.min_soak.as_deref(),
-            allowed_days: self.allowed_days.as_deref(),
-            allowed_hours: self.allowed_hours.as_deref(),
-            time_zone: self.time_zone.as_deref(),
-            break_glass: self.break_glass.as_deref(),
-            rollback_approvals: self.rollback_approvals,
-            restore_on_drift: self.restore_on_drift,
-            signature_keys: self.signature_keys.as_deref(),
-            attach_record: self.attach_record,
-        }
-    }
 }

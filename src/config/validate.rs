@@ -2,14 +2,15 @@
 //! section, each naming the key of the first thing it refuses, then the
 //! checks that span sections.
 
+use super::keys::with_defaults;
 use super::policy::{People, add_freezes, apply_policy_keys, members, policy_can_pass};
 use super::raw::{
     RawConfig, RawEnvironment, RawNotify, RawPrincipal, RawProject, RawRegistry, RawTls,
 };
 use super::{
     CaCert, Config, ConfigError, ConfigWarning, DEFAULT_APPLY_DEADLINE, DEFAULT_APPLY_WAIT,
-    DEFAULT_APPROVAL_TTL, DEFAULT_DATA_DIR, DEFAULT_DRIFT_CHECK, DEFAULT_EXPIRY_SWEEP,
-    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_LISTEN,
+    DEFAULT_DATA_DIR, DEFAULT_DRIFT_CHECK, DEFAULT_EXPIRY_SWEEP, DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_LISTEN,
     DEFAULT_MAX_CHECKS_PER_DIGEST, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_WATCHES_PER_PRINCIPAL,
     DEFAULT_METRICS_MAX_CONNECTIONS, DEFAULT_REGISTRY_TIMEOUT, Files, Loaded, LogFormat,
     NotifyConfig, NotifyEvent, PolicyVersion, PrincipalConfig, ProjectConfig, RegistryConfig,
@@ -587,34 +588,26 @@ fn environments(
                 "an environment cannot require itself",
             ));
         }
-        let mut policy = EnvironmentPolicy {
-            name: e.name.clone(),
-            tag: e.tag.clone(),
-            requires: e.requires.clone(),
-            approvers: Vec::new(),
-            required_approvals: 0,
-            allow_self_approval: false,
-            approval_ttl: DEFAULT_APPROVAL_TTL,
-            // Zero means no deadline: keep retrying until the tag moves.
-            apply_deadline: Some(any_duration(
-                &key("apply_deadline"),
-                e.apply_deadline.as_deref(),
-                DEFAULT_APPLY_DEADLINE,
-            )?)
-            .filter(|d| !d.is_zero()),
-            // Off unless the keys say otherwise.
-            required_groups: Vec::new(),
-            required_checks: Vec::new(),
-            min_soak: None,
-            window: None,
-            break_glass: Vec::new(),
-            rollback_approvals: 0,
-            freezes: Vec::new(),
-            restore_on_drift: false,
-            attach_record: false,
-            signature_keys: Vec::new(),
-        };
-        apply_policy_keys(&prefix, &e.policy_keys(), None, people, &mut policy, cx)?;
+        if e.required_approvals.is_none() {
+            return Err(invalid(
+                key("required_approvals"),
+                "is missing: say how many approvals a promotion needs (0: none)",
+            ));
+        }
+        // Zero means no deadline: keep retrying until the tag moves.
+        let apply_deadline = Some(any_duration(
+            &key("apply_deadline"),
+            e.apply_deadline.as_deref(),
+            DEFAULT_APPLY_DEADLINE,
+        )?)
+        .filter(|d| !d.is_zero());
+        let mut policy = with_defaults(
+            e.name.clone(),
+            e.tag.clone(),
+            e.requires.clone(),
+            apply_deadline,
+        );
+        apply_policy_keys(&prefix, &e.gate_keys(), None, people, &mut policy, cx)?;
         policy_can_pass(&prefix, &policy, people, reporters, cx)?;
         environments.push(policy);
     }
@@ -693,10 +686,10 @@ fn projects(
             let inherited = raw_environments
                 .iter()
                 .find(|x| x.name == e.name)
-                .map(RawEnvironment::policy_keys);
+                .map(RawEnvironment::gate_keys);
             apply_policy_keys(
                 &prefix,
-                &e.policy_keys(),
+                &e.gate_keys(),
                 inherited.as_ref(),
                 people,
                 policy,

@@ -9,33 +9,51 @@
 //! `Promotion.policy_digest` name; GetPolicy hands back the document.
 //!
 //! Canonical form: UTF-8 JSON without whitespace, object keys in ascending
-//! byte order (the structs below declare their fields in that order, so the
-//! output does not depend on serde_json's map features), integers for
-//! durations (seconds), RFC 3339 UTC strings for instants. Lists keep the
-//! file's order where order decides (projects, their patterns); principals
-//! are sorted by name and their groups sorted and deduplicated, since
-//! reordering them in the file changes nobody's rights; identities and
-//! their rules keep the file's order (the first matching rule maps a
-//! token). `identities` is left out when there are none, so a config
-//! without `[[identity]]` keeps the digest it had before identities
-//! existed (an older prodgate cannot write a document that has them, so
-//! one digest still has one meaning). An auditor
-//! re-hashes the document with SHA-256 to check it against its digest.
+//! byte order (the structs below declare their fields in that order, and an
+//! environment is a `BTreeMap` by name, so the output does not depend on
+//! serde_json's map features), integers for durations (seconds), RFC 3339
+//! UTC strings for instants. Lists keep the file's order where order
+//! decides (projects, their patterns); principals are sorted by name and
+//! their groups sorted and deduplicated, since reordering them in the file
+//! changes nobody's rights; identities and their rules keep the file's
+//! order (the first matching rule maps a token). `identities` is left out
+//! when there are none, so a config without `[[identity]]` keeps the digest
+//! it had before identities existed (an older prodgate cannot write a
+//! document that has them, so one digest still has one meaning). In the
+//! same way an environment's `wait_ttl_seconds` is left out while its
+//! `wait_ttl` is the default 7d ([`LEFT_OUT_AT_DEFAULT`]): a config written
+//! before the key existed keeps its digest, and that document already
+//! meant 7d, since an older prodgate (which never writes the key) has no
+//! other wait. An auditor re-hashes the document with SHA-256 to check it
+//! against its digest.
+//!
+//! An environment's gate keys are written as [`super::keys`] declares them
+//! (by the writers in [`json`]); its other fields here.
 
-use super::{Config, IdentityConfig, PrincipalConfig, ProjectConfig};
+use super::keys::{OwnFields, document_fields};
+use super::{Config, DEFAULT_WAIT_TTL, IdentityConfig, PrincipalConfig, ProjectConfig};
 use crate::domain::model::{Precision, Time};
 use crate::domain::policy::{Approver, EnvironmentPolicy, Freeze, Window};
 use jiff::civil::Weekday;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 
 /// Bumped when the document's shape changes, so two versions of prodgate
 /// never give one policy two meanings under one digest. 2: environments
 /// gained `restore_on_drift`. 3: environments gained `signature_keys` (the
 /// keys' fingerprints, not their file paths: moving a file changes nobody's
 /// rights, replacing the key in it does). 4: environments gained
-/// `attach_record`.
+/// `attach_record`. `wait_ttl_seconds` did not bump it: the document
+/// leaves it out where it means what older documents meant (see the
+/// module's comment).
 const FORMAT: u32 = 4;
+
+/// An environment's keys the document leaves out while they hold their
+/// default, with that default (see the module's comment); `prodgate policy`
+/// shows them at it.
+pub const LEFT_OUT_AT_DEFAULT: [(&str, u64); 1] =
+    [("wait_ttl_seconds", DEFAULT_WAIT_TTL.as_secs())];
 
 /// One version of the effective policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,37 +158,95 @@ struct Project {
     requesters: Option<Vec<String>>,
 }
 
+/// An environment: its fields by name. A map sorted by the name, so the
+/// keys are in ascending order however many there are.
+type Environment = BTreeMap<&'static str, Json>;
+
+/// A value in an environment, written as the value alone (`untagged`).
 #[derive(Serialize)]
-struct Environment {
-    allow_self_approval: bool,
-    apply_deadline_seconds: Option<u64>,
-    approval_ttl_seconds: u64,
-    approvers: Vec<String>,
-    attach_record: bool,
-    break_glass: Vec<String>,
-    freezes: Vec<FreezeDoc>,
-    min_soak_seconds: Option<u64>,
-    name: String,
-    required_approvals: u32,
-    required_checks: Vec<String>,
-    required_groups: Vec<String>,
-    requires: Option<String>,
-    restore_on_drift: bool,
-    rollback_approvals: u32,
-    signature_keys: Vec<String>,
-    tag: String,
-    window: Option<WindowDoc>,
+#[serde(untagged)]
+pub(super) enum Json {
+    Null,
+    Bool(bool),
+    Number(u64),
+    Text(String),
+    List(Vec<String>),
+    Freezes(Vec<FreezeDoc>),
+    Window(WindowDoc),
+}
+
+impl From<bool> for Json {
+    fn from(b: bool) -> Json {
+        Json::Bool(b)
+    }
+}
+
+impl From<u32> for Json {
+    fn from(n: u32) -> Json {
+        Json::Number(u64::from(n))
+    }
+}
+
+impl From<Vec<String>> for Json {
+    fn from(list: Vec<String>) -> Json {
+        Json::List(list)
+    }
+}
+
+/// How the document writes the gate keys (named in [`super::keys`]'s
+/// table); `None`: the key is left out.
+pub(super) mod json {
+    use super::{Json, LEFT_OUT_AT_DEFAULT};
+    use crate::domain::policy::Approver;
+    use crate::domain::signature::SignatureKey;
+    use std::time::Duration;
+
+    /// The value as it is.
+    pub fn plain<T: Clone + Into<Json>>(value: &T) -> Option<Json> {
+        Some(value.clone().into())
+    }
+
+    /// Whole seconds.
+    pub fn seconds(d: &Duration) -> Option<Json> {
+        Some(Json::Number(d.as_secs()))
+    }
+
+    /// Whole seconds, or null.
+    pub fn optional_seconds(d: &Option<Duration>) -> Option<Json> {
+        Some(d.map_or(Json::Null, |d| Json::Number(d.as_secs())))
+    }
+
+    /// `group:<g>` or the principal's name, in the file's order.
+    pub fn members(list: &[Approver]) -> Option<Json> {
+        Some(Json::List(super::members(list)))
+    }
+
+    /// The keys' fingerprints, not their files: moving a file changes
+    /// nobody's rights, replacing the key in it does.
+    pub fn fingerprints(keys: &[SignatureKey]) -> Option<Json> {
+        Some(Json::List(
+            keys.iter().map(|k| k.fingerprint.clone()).collect(),
+        ))
+    }
+
+    /// Whole seconds, left out at the default 7d, so that a config that
+    /// does not set `wait_ttl` keeps the digest it had before the key
+    /// existed (see the module's comment).
+    pub fn wait_ttl(d: &Duration) -> Option<Json> {
+        let [(_, default)] = LEFT_OUT_AT_DEFAULT;
+        (d.as_secs() != default).then_some(Json::Number(d.as_secs()))
+    }
 }
 
 #[derive(Serialize)]
-struct FreezeDoc {
+pub(super) struct FreezeDoc {
     end: String,
     reason: String,
     start: String,
 }
 
 #[derive(Serialize)]
-struct WindowDoc {
+pub(super) struct WindowDoc {
     days: Vec<&'static str>,
     hours: Option<String>,
     time_zone: String,
@@ -241,30 +317,42 @@ fn project(p: &ProjectConfig) -> Project {
 }
 
 fn environment(e: &EnvironmentPolicy) -> Environment {
-    Environment {
-        allow_self_approval: e.allow_self_approval,
-        apply_deadline_seconds: e.apply_deadline.map(|d| d.as_secs()),
-        approval_ttl_seconds: e.approval_ttl.as_secs(),
-        approvers: members(&e.approvers),
-        attach_record: e.attach_record,
-        break_glass: members(&e.break_glass),
-        freezes: e.freezes.iter().map(freeze).collect(),
-        min_soak_seconds: e.min_soak.map(|d| d.as_secs()),
-        name: e.name.clone(),
-        required_approvals: e.required_approvals,
-        required_checks: e.required_checks.clone(),
-        required_groups: e.required_groups.clone(),
-        requires: e.requires.clone(),
-        restore_on_drift: e.restore_on_drift,
-        rollback_approvals: e.rollback_approvals,
-        signature_keys: e
-            .signature_keys
-            .iter()
-            .map(|k| k.fingerprint.clone())
-            .collect(),
-        tag: e.tag.clone(),
-        window: e.window.as_ref().map(window),
+    let (own, gates) = document_fields(e);
+    // Every field by name, without `..`: one added to `OwnFields` and left
+    // out here does not compile.
+    let OwnFields {
+        name,
+        tag,
+        requires,
+        apply_deadline,
+        freezes,
+        window: win,
+    } = own;
+    let fields = [
+        (
+            "apply_deadline_seconds",
+            apply_deadline.map_or(Json::Null, |d| Json::Number(d.as_secs())),
+        ),
+        (
+            "freezes",
+            Json::Freezes(freezes.iter().map(freeze).collect()),
+        ),
+        ("name", Json::Text(name.clone())),
+        ("requires", requires.clone().map_or(Json::Null, Json::Text)),
+        ("tag", Json::Text(tag.clone())),
+        (
+            "window",
+            win.as_ref().map_or(Json::Null, |w| Json::Window(window(w))),
+        ),
+    ];
+    let mut out = Environment::new();
+    for (key, value) in fields.into_iter().chain(gates) {
+        // Names are unique (a test of `keys` checks them): a second value
+        // would replace the first and change the digest.
+        let twice = out.insert(key, value);
+        debug_assert!(twice.is_none(), "{key} written twice");
     }
+    out
 }
 
 fn freeze(f: &Freeze) -> FreezeDoc {
@@ -442,5 +530,234 @@ reason = "year-end freeze"
         // The same key elsewhere: the same rights.
         assert_eq!(with(&b).digest, v.digest);
         assert_ne!(PolicyVersion::of(&config("")).digest, v.digest);
+    }
+}
+
+/// The canonical document of a config that sets every key, pinned byte for
+/// byte: a refactoring of how policies are read or written must leave it
+/// (and so every recorded digest) as it is.
+#[cfg(test)]
+mod pinned {
+    use super::*;
+
+    const HASH: &str = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b";
+
+    /// Every key of `[[environment]]` and `[[project.environment]]` away
+    /// from its default, with a signature key from a fixed seed.
+    pub(crate) fn every_key(dir: &std::path::Path) -> String {
+        use p256::pkcs8::{EncodePublicKey, LineEnding};
+        let key = p256::ecdsa::SigningKey::from_slice(&[5; 32]).unwrap();
+        let pem = key
+            .verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap();
+        let path = dir.join("cosign.pub");
+        std::fs::write(&path, pem).unwrap();
+        format!(
+            r#"
+check_reporters = ["group:ci"]
+unclaimed_repositories = "refuse"
+[[registry]]
+host = "r.test"
+[[registry]]
+host = "localhost:5000"
+insecure = true
+[[registry]]
+host = "127.0.0.1:5000"
+insecure = true
+alias_of = "localhost:5000"
+[[principal]]
+name = "ann"
+token_sha256 = "{HASH}"
+groups = ["rm", "security"]
+aliases = ["sso:ann"]
+[[principal]]
+name = "ben"
+token_sha256 = "{HASH}"
+groups = ["rm", "pay-leads"]
+[[principal]]
+name = "cat"
+token_sha256 = "{HASH}"
+groups = ["rm", "security", "pay-leads"]
+[[principal]]
+name = "sre"
+token_sha256 = "{HASH}"
+groups = ["sre"]
+[[principal]]
+name = "bot"
+token_sha256 = "{HASH}"
+groups = ["ci"]
+[[environment]]
+name = "staging"
+tag = "staging"
+required_approvals = 0
+[[environment]]
+name = "production"
+tag = "production"
+requires = "staging"
+approvers = ["group:rm", "ann"]
+required_approvals = 2
+allow_self_approval = true
+approval_ttl = "2h"
+apply_deadline = "30m"
+required_groups = ["security"]
+required_checks = ["e2e", "scan"]
+min_soak = "45m"
+allowed_days = ["mon", "tue", "wed", "thu"]
+allowed_hours = "09:00-17:00"
+time_zone = "Europe/Berlin"
+break_glass = ["group:sre"]
+rollback_approvals = 1
+restore_on_drift = true
+signature_keys = [{path:?}]
+attach_record = true
+[[freeze]]
+environments = ["production"]
+start = "2026-12-20T00:00:00Z"
+end = "2027-01-05T00:00:00Z"
+reason = "year-end freeze"
+[[project]]
+name = "pay"
+repositories = ["r.test/pay/*", "r.test/ledger"]
+requesters = ["group:pay-leads"]
+check_reporters = ["bot"]
+[[project.environment]]
+name = "production"
+approvers = ["group:pay-leads"]
+required_approvals = 1
+allow_self_approval = false
+approval_ttl = "3h"
+required_groups = ["pay-leads"]
+required_checks = ["e2e"]
+min_soak = "1h"
+allowed_days = ["fri"]
+allowed_hours = "22:00-02:00"
+time_zone = "America/New_York"
+break_glass = ["ann"]
+rollback_approvals = 2
+restore_on_drift = false
+signature_keys = []
+attach_record = false
+[[project.environment]]
+name = "staging"
+allowed_hours = "08:00-18:00"
+[[project.freeze]]
+environments = ["staging"]
+start = "2026-11-01T00:00:00Z"
+end = "2026-11-02T00:00:00Z"
+reason = "payments migration"
+[[project]]
+name = "web"
+repositories = ["r.test/web/**"]
+[[project]]
+name = "tokyo"
+repositories = ["r.test/tokyo/*"]
+[[project.environment]]
+name = "production"
+required_approvals = 1
+time_zone = "Asia/Tokyo"
+[[project.environment]]
+name = "staging"
+approvers = ["ben"]
+required_approvals = 1
+allowed_days = ["sat"]
+"#
+        )
+    }
+
+    const EVERY_KEY: &str = concat!(
+        r##"{"check_reporters":["group:ci"],"environments":[{"allow_self_approval":false,"apply_dead"##,
+        r##"line_seconds":3600,"approval_ttl_seconds":86400,"approvers":[],"attach_record":false,"br"##,
+        r##"eak_glass":[],"freezes":[],"min_soak_seconds":null,"name":"staging","required_approvals""##,
+        r##":0,"required_checks":[],"required_groups":[],"requires":null,"restore_on_drift":false,"r"##,
+        r##"ollback_approvals":0,"signature_keys":[],"tag":"staging","window":null},{"allow_self_app"##,
+        r##"roval":true,"apply_deadline_seconds":1800,"approval_ttl_seconds":7200,"approvers":["grou"##,
+        r##"p:rm","ann"],"attach_record":true,"break_glass":["group:sre"],"freezes":[{"end":"2027-01"##,
+        r##"-05T00:00:00Z","reason":"year-end freeze","start":"2026-12-20T00:00:00Z"}],"min_soak_sec"##,
+        r##"onds":2700,"name":"production","required_approvals":2,"required_checks":["e2e","scan"],""##,
+        r##"required_groups":["security"],"requires":"staging","restore_on_drift":true,"rollback_app"##,
+        r##"rovals":1,"signature_keys":["sha256:24bd4e669723bd264edfa722e21680098cbe88c74850f0d74489"##,
+        r##"074dcf218c15"],"tag":"production","window":{"days":["mon","tue","wed","thu"],"hours":"09"##,
+        r##":00-17:00","time_zone":"Europe/Berlin"}}],"format":4,"principals":[{"aliases":["sso:ann""##,
+        r##"],"certificate_cn":null,"groups":["rm","security"],"name":"ann"},{"certificate_cn":null,"##,
+        r##""groups":["pay-leads","rm"],"name":"ben"},{"certificate_cn":null,"groups":["ci"],"name":"##,
+        r##""bot"},{"certificate_cn":null,"groups":["pay-leads","rm","security"],"name":"cat"},{"cer"##,
+        r##"tificate_cn":null,"groups":["sre"],"name":"sre"}],"projects":[{"check_reporters":["bot"]"##,
+        r##","environments":[{"allow_self_approval":false,"apply_deadline_seconds":3600,"approval_tt"##,
+        r##"l_seconds":86400,"approvers":[],"attach_record":false,"break_glass":[],"freezes":[{"end""##,
+        r##":"2026-11-02T00:00:00Z","reason":"payments migration","start":"2026-11-01T00:00:00Z"}],""##,
+        r##"min_soak_seconds":null,"name":"staging","required_approvals":0,"required_checks":[],"req"##,
+        r##"uired_groups":[],"requires":null,"restore_on_drift":false,"rollback_approvals":0,"signat"##,
+        r##"ure_keys":[],"tag":"staging","window":{"days":[],"hours":"08:00-18:00","time_zone":"UTC""##,
+        r##"}},{"allow_self_approval":false,"apply_deadline_seconds":1800,"approval_ttl_seconds":108"##,
+        r##"00,"approvers":["group:pay-leads"],"attach_record":false,"break_glass":["ann"],"freezes""##,
+        r##":[{"end":"2027-01-05T00:00:00Z","reason":"year-end freeze","start":"2026-12-20T00:00:00Z"##,
+        r##""}],"min_soak_seconds":3600,"name":"production","required_approvals":1,"required_checks""##,
+        r##":["e2e"],"required_groups":["pay-leads"],"requires":"staging","restore_on_drift":false,""##,
+        r##"rollback_approvals":2,"signature_keys":[],"tag":"production","window":{"days":["fri"],"h"##,
+        r##"ours":"22:00-02:00","time_zone":"America/New_York"}}],"name":"pay","repositories":["r.te"##,
+        r##"st/pay/*","r.test/ledger"],"requesters":["group:pay-leads"]},{"check_reporters":null,"en"##,
+        r##"vironments":[{"allow_self_approval":false,"apply_deadline_seconds":3600,"approval_ttl_se"##,
+        r##"conds":86400,"approvers":[],"attach_record":false,"break_glass":[],"freezes":[],"min_soa"##,
+        r##"k_seconds":null,"name":"staging","required_approvals":0,"required_checks":[],"required_g"##,
+        r##"roups":[],"requires":null,"restore_on_drift":false,"rollback_approvals":0,"signature_key"##,
+        r##"s":[],"tag":"staging","window":null},{"allow_self_approval":true,"apply_deadline_seconds"##,
+        r##"":1800,"approval_ttl_seconds":7200,"approvers":["group:rm","ann"],"attach_record":true,""##,
+        r##"break_glass":["group:sre"],"freezes":[{"end":"2027-01-05T00:00:00Z","reason":"year-end f"##,
+        r##"reeze","start":"2026-12-20T00:00:00Z"}],"min_soak_seconds":2700,"name":"production","req"##,
+        r##"uired_approvals":2,"required_checks":["e2e","scan"],"required_groups":["security"],"requ"##,
+        r##"ires":"staging","restore_on_drift":true,"rollback_approvals":1,"signature_keys":["sha256"##,
+        r##":24bd4e669723bd264edfa722e21680098cbe88c74850f0d74489074dcf218c15"],"tag":"production",""##,
+        r##"window":{"days":["mon","tue","wed","thu"],"hours":"09:00-17:00","time_zone":"Europe/Berl"##,
+        r##"in"}}],"name":"web","repositories":["r.test/web/**"],"requesters":null},{"check_reporter"##,
+        r##"s":null,"environments":[{"allow_self_approval":false,"apply_deadline_seconds":3600,"appr"##,
+        r##"oval_ttl_seconds":86400,"approvers":["ben"],"attach_record":false,"break_glass":[],"free"##,
+        r##"zes":[],"min_soak_seconds":null,"name":"staging","required_approvals":1,"required_checks"##,
+        r##"":[],"required_groups":[],"requires":null,"restore_on_drift":false,"rollback_approvals":"##,
+        r##"1,"signature_keys":[],"tag":"staging","window":{"days":["sat"],"hours":null,"time_zone":"##,
+        r##""UTC"}},{"allow_self_approval":true,"apply_deadline_seconds":1800,"approval_ttl_seconds""##,
+        r##":7200,"approvers":["group:rm","ann"],"attach_record":true,"break_glass":["group:sre"],"f"##,
+        r##"reezes":[{"end":"2027-01-05T00:00:00Z","reason":"year-end freeze","start":"2026-12-20T00"##,
+        r##":00:00Z"}],"min_soak_seconds":2700,"name":"production","required_approvals":1,"required_"##,
+        r##"checks":["e2e","scan"],"required_groups":["security"],"requires":"staging","restore_on_d"##,
+        r##"rift":true,"rollback_approvals":1,"signature_keys":["sha256:24bd4e669723bd264edfa722e216"##,
+        r##"80098cbe88c74850f0d74489074dcf218c15"],"tag":"production","window":{"days":["mon","tue","##,
+        r##""wed","thu"],"hours":"09:00-17:00","time_zone":"Asia/Tokyo"}}],"name":"tokyo","repositor"##,
+        r##"ies":["r.test/tokyo/*"],"requesters":null}],"registry_aliases":[["127.0.0.1:5000","local"##,
+        r##"host:5000"]],"unclaimed_repositories":"refuse"}"##,
+    );
+    const EVERY_KEY_DIGEST: &str =
+        "sha256:7406e260001351439f3f909e8d49b4f801eec56248d73a2c82b3eb855cd4b922";
+
+    #[test]
+    fn a_config_with_every_key_keeps_its_document_byte_for_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = Config::parse(&every_key(dir.path())).unwrap().policy;
+        assert_eq!(v.canonical_json, EVERY_KEY);
+        assert_eq!(v.digest, EVERY_KEY_DIGEST);
+    }
+
+    #[test]
+    fn the_deploy_examples_keep_their_digests() {
+        for (file, digest) in [
+            (
+                "prodgate.example.toml",
+                "sha256:3e291d329fb82252478837b29ada8c070c583e96f7bbc0d1cc4c54c14e40966a",
+            ),
+            (
+                "prodgate.oidc.example.toml",
+                "sha256:e3efbf18b555cd2a852803840490782f2c17c46cb7501bef1870b7a39dd84502",
+            ),
+            (
+                "prodgate.projects.example.toml",
+                "sha256:9382ece97c805741c4345cff3902c9e1157452bb190d4ec96e6652fc629d4092",
+            ),
+        ] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("deploy")
+                .join(file);
+            let loaded = Config::load_with(&path, crate::config::Files::WarnIfAbsent).unwrap();
+            assert_eq!(loaded.config.policy.digest, digest, "{file}");
+        }
     }
 }

@@ -30,10 +30,6 @@ use super::model::{
 };
 use super::policy::{EnvironmentPolicy, Principal};
 use super::signature::Verdict;
-use std::time::Duration;
-
-/// How long a WAITING promotion may wait when the policy does not say.
-pub const DEFAULT_WAIT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The gate a request for what the tag already carries fails.
 pub const NOOP: &str = "noop";
@@ -289,7 +285,7 @@ fn settle(o: &mut Outcome, f: &Facts<'_>) {
     let p = &mut o.promotion;
     if p.state != State::Waiting {
         p.state = State::Waiting;
-        p.expires_at = f.now.plus(wait_ttl(f.policy));
+        p.expires_at = f.now.plus(f.policy.wait_ttl);
     }
     p.waiting_for = report.blocking_names();
     p.not_before = not_before;
@@ -297,11 +293,6 @@ fn settle(o: &mut Outcome, f: &Facts<'_>) {
         e.attributes
             .insert("waiting_for".into(), p.waiting_for.join(","));
     }
-}
-
-/// How long a promotion may stay WAITING under `policy`.
-pub fn wait_ttl(_policy: &EnvironmentPolicy) -> Duration {
-    DEFAULT_WAIT_TTL
 }
 
 /// Stamps the policy version that allowed an APPROVED promotion on it and

@@ -460,6 +460,7 @@ mod tests {
             restore_on_drift: false,
             attach_record: false,
             signature_keys: Vec::new(),
+            wait_ttl: Duration::from_secs(7 * 24 * 3600),
         }
     }
 
@@ -700,6 +701,7 @@ mod proptests {
             restore_on_drift: false,
             attach_record: false,
             signature_keys: Vec::new(),
+            wait_ttl: Duration::from_secs(7 * 24 * 3600),
         }
     }
 

@@ -116,6 +116,10 @@ pub struct EnvironmentPolicy {
     /// After a promotion is applied, push its record as an OCI artifact
     /// referring to the promoted digest (see `attach`).
     pub attach_record: bool,
+    /// How long a promotion that has its approvals may wait for the other
+    /// gates (WAITING), counted from when it started waiting, before it
+    /// ends EXPIRED.
+    pub wait_ttl: Duration,
 }
 
 impl EnvironmentPolicy {

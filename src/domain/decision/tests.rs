@@ -6,10 +6,13 @@ use super::*;
 use crate::domain::model::{CheckStatus, Precision};
 use crate::domain::policy::{Approver, Freeze, Window, Zone};
 use proptest::prelude::*;
+use std::time::Duration;
 
 const REPO: &str = "reg.test/team/app";
 const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 const T0: i64 = 1_800_000_000;
+/// production's `wait_ttl`.
+const WAIT_TTL: Duration = Duration::from_secs(3 * 24 * 3600);
 
 fn t(s: i64) -> Time {
     Time {
@@ -47,6 +50,7 @@ fn policy() -> EnvironmentPolicy {
         restore_on_drift: false,
         attach_record: false,
         signature_keys: Vec::new(),
+        wait_ttl: WAIT_TTL,
     }
 }
 
@@ -136,11 +140,7 @@ fn an_approval_in_the_soak_is_kept_and_the_promotion_ships_when_it_ends() {
     assert_eq!(p.waiting_for, ["soak"]);
     assert_eq!(p.not_before, Some(t(1800)));
     assert_eq!(p.approvals.len(), 2);
-    assert_eq!(
-        p.expires_at,
-        t(180).plus(DEFAULT_WAIT_TTL),
-        "wait_ttl from now on"
-    );
+    assert_eq!(p.expires_at, t(180).plus(WAIT_TTL), "wait_ttl from now on");
     let e = two.event.unwrap();
     assert_eq!(e.action, Action::Approved);
     assert_eq!(e.attributes["waiting_for"], "soak");
@@ -457,7 +457,7 @@ fn a_waiting_promotion_expires_after_wait_ttl_not_approval_ttl() {
     assert_eq!(p.state, State::Waiting);
     // approval_ttl (1h) passes: still waiting.
     assert_eq!(reevaluate(&p, &w.facts(&pol, t(7200))), None);
-    let deadline = t(2).plus(DEFAULT_WAIT_TTL);
+    let deadline = t(2).plus(WAIT_TTL);
     assert_eq!(
         reevaluate(&p, &w.facts(&pol, deadline.plus(Duration::from_nanos(0))))
             .map(|o| o.promotion.state),

@@ -52,6 +52,7 @@ fn policy() -> EnvironmentPolicy {
         restore_on_drift: false,
         attach_record: false,
         signature_keys: Vec::new(),
+        wait_ttl: Duration::from_secs(7 * 24 * 3600),
     }
 }
 
