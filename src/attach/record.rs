@@ -301,6 +301,7 @@ mod tests {
                 approver: "bob".into(),
                 comment: "lgtm".into(),
                 time: t(1_700_000_100),
+                groups: vec![],
             }],
             required_approvals: 1,
             previous_digest: format!("sha256:{}", "b".repeat(64)),
@@ -315,6 +316,8 @@ mod tests {
             project: String::new(),
             rollback: false,
             policy_digest: format!("sha256:{}", "c".repeat(64)),
+            waiting_for: vec![],
+            not_before: None,
             last_apply_error: String::new(),
             apply_attempts: 0,
         }

@@ -243,6 +243,7 @@ mod tests {
                     seconds: 1_795_703_520,
                     nanos: 500_000_000,
                 }),
+                groups: vec![],
             }],
             required_approvals: 1,
             previous_digest: String::new(),

@@ -538,6 +538,7 @@ mod tests {
                 approver: "bob".into(),
                 comment: "lgtm".into(),
                 time: at(1_795_703_520),
+                groups: vec![],
             }],
             required_approvals: 1,
             ..Default::default()

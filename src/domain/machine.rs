@@ -1088,6 +1088,7 @@ mod proptests {
                     State::PendingApproval => {
                         prop_assert!(p.approvals.len() < required, "enough approvals but pending")
                     }
+                    State::Waiting => {}
                     State::Expired => prop_assert!(p.updated_at >= p.expires_at),
                     State::Rejected | State::Cancelled => {}
                     State::Superseded => {
@@ -1170,7 +1171,7 @@ mod proptests {
                     Action::Applied => Some(State::Promoted),
                     Action::ApplyFailed => Some(State::Failed),
                     Action::Superseded => Some(State::Superseded),
-                    Action::Requested | Action::Approved => None,
+                    Action::Requested | Action::Approved | Action::GatesPassed => None,
                     Action::CheckReported
                     | Action::PolicyChanged
                     | Action::DriftDetected

@@ -98,6 +98,7 @@ fn promotion(required: u32, approved_by: &[&str]) -> Promotion {
                 approver: a.to_string(),
                 comment: String::new(),
                 time: t,
+                groups: vec![],
             })
             .collect(),
         required_approvals: required,
@@ -113,6 +114,8 @@ fn promotion(required: u32, approved_by: &[&str]) -> Promotion {
         project: String::new(),
         rollback: false,
         policy_digest: String::new(),
+        waiting_for: vec![],
+        not_before: None,
         last_apply_error: String::new(),
         apply_attempts: 0,
     }
