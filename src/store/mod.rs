@@ -18,8 +18,13 @@
 //!
 //! Backends: [`sled`] (the embedded default) and [`postgres`]; each
 //! implements [`Storage`] and [`UnitOfWork`], and nothing above this module
-//! knows which one runs.
+//! knows which one runs. Both store the same records, encoded by [`codec`]
+//! (which also upgrades the earlier formats); `conformance` holds the tests
+//! every backend passes alike.
 
+pub mod codec;
+#[cfg(test)]
+pub(crate) mod conformance;
 pub mod merkle;
 pub mod postgres;
 pub mod sled;

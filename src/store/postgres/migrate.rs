@@ -16,13 +16,13 @@
 //! transaction, and a database that already holds anything is refused: the
 //! copy never merges into, or races, a chain that a server writes.
 
-use super::{action, client_config, decode_entry, int, schema, writer::node_hash};
+use super::{action, client_config, entry, int, schema, writer::node_hash};
 use crate::config::PostgresConfig;
 use crate::domain::audit::{Hash, Verifier};
 use crate::domain::model::{Action, CheckReport, Promotion, PromotionId};
 use crate::store::StoreError;
+use crate::store::codec::encode;
 use crate::store::merkle::{self, NodeReader};
-use crate::store::sled::codec::encode;
 use crate::store::sled::dir::DirError;
 use crate::store::sled::export::{Exported, Snapshot};
 use std::cell::RefCell;
@@ -445,7 +445,7 @@ fn check(
             )
             .map_err(|e| pg("reading the copied audit log", e))?;
         for r in &rows {
-            v.push(&decode_entry(r.get(0), r.get(1))?);
+            v.push(&entry(r)?);
         }
         if v.is_broken() || rows.len() < CHUNK {
             break;

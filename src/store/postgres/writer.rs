@@ -34,14 +34,14 @@
 //! RequestPromotion then costs about four round trips and Reject two, plus
 //! five per batch (BEGIN, the lock, the head, NOTIFY, COMMIT).
 
-use super::{Shared, backend, decode_entry, decode_promotion, int};
+use super::{Shared, backend, entry, int, uint};
 use crate::clock::Clock;
 use crate::domain::audit::{AuditEntry, GENESIS, Hash};
 use crate::domain::model::{
     Action, CheckReport, Event, POLICY_ATTRIBUTE, Promotion, PromotionId, State, Time,
 };
+use crate::store::codec::{RecordRef, decode_entry, decode_promotion, encode};
 use crate::store::merkle::{NodeReader, nodes_for};
-use crate::store::sled::codec::{RecordRef, encode};
 use crate::store::{Change, CheckNames, Completion, Job, StoreError, StoredManifest, UnitOfWork};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -53,7 +53,7 @@ use tokio::sync::mpsc;
 pub const MAX_BATCH: usize = 512;
 /// Taken by every batch's transaction before it reads the chain's head, on
 /// every replica ("prodgate" + 1 in ASCII); released at COMMIT or ROLLBACK.
-const LOG_LOCK: i64 = 0x7072_6f64_6761_7466;
+pub(super) const LOG_LOCK: i64 = 0x7072_6f64_6761_7466;
 /// The channel a committing batch notifies with its last sequence, so the
 /// other replicas publish its changes at once (see `listen`).
 pub const CHANNEL: &str = "prodgate_audit";
@@ -402,7 +402,7 @@ fn load_head(c: &mut impl postgres::GenericClient, st: &Statements) -> Result<He
         .map_err(|e| backend("reading the audit log's head", e))?;
     let mut head = Head::default();
     if let (Some(sequence), Some(record)) = (row.get(1), row.get(2)) {
-        let e = decode_entry(sequence, record)?;
+        let e = decode_entry(uint(sequence), record)?;
         head.next_sequence = e.sequence + 1;
         head.hash = e.hash;
         head.last_time = e.time;
@@ -607,7 +607,7 @@ impl UnitOfWork for Tx<'_, '_> {
                 )
             })?;
         rows.iter()
-            .map(|r| decode_promotion(u64::try_from(r.get::<_, i64>(0)).unwrap_or(0), r.get(1)))
+            .map(|r| decode_promotion(uint(r.get(0)), r.get(1)))
             .collect()
     }
 
@@ -644,11 +644,7 @@ impl UnitOfWork for Tx<'_, '_> {
                 t.query_opt(&st.latest_policy, &[&action])
             })?;
         match row {
-            Some(r) => Ok(decode_entry(r.get(0), r.get(1))?
-                .event
-                .attributes
-                .get(POLICY_ATTRIBUTE)
-                .cloned()),
+            Some(r) => Ok(entry(&r)?.event.attributes.get(POLICY_ATTRIBUTE).cloned()),
             None => Ok(None),
         }
     }

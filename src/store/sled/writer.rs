@@ -5,12 +5,12 @@
 //! of batch N, and one fsync acknowledges every write that queued meanwhile
 //! (group commit).
 
-use super::codec::{RecordRef, decode_entry, encode, encode_manifest};
 use super::derive::{derive, derive_event};
 use super::{Trees, horizon, keys, request_id_of, stored_promotion};
 use crate::clock::Clock;
 use crate::domain::audit::{AuditEntry, GENESIS, Hash};
 use crate::domain::model::{Event, Promotion, PromotionId, State, Time};
+use crate::store::codec::{RecordRef, decode_entry, encode};
 use crate::store::{
     Change, CheckNames, Completion, Job, StoreError, StoredManifest, UnitOfWork, WriterStats,
 };
@@ -38,7 +38,7 @@ impl WriterState {
     pub fn load(trees: Trees, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
         let (next_sequence, head_hash, last_time) = match trees.audit.last()? {
             Some((k, v)) => {
-                let e = decode_entry(&k, &v)?;
+                let e = decode_entry(keys::number(&k), &v)?;
                 (e.sequence + 1, e.hash, e.time)
             }
             None => (1, GENESIS, Time::ZERO),
@@ -131,7 +131,7 @@ impl UnitOfWork for Tx<'_> {
         self.state
             .trees
             .manifests
-            .insert(keys::manifest(repository, digest), encode_manifest(m))?;
+            .insert(keys::manifest(repository, digest), keys::encode_manifest(m))?;
         Ok(())
     }
 
