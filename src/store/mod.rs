@@ -22,6 +22,7 @@
 //! (which also upgrades the earlier formats); `conformance` holds the tests
 //! every backend passes alike.
 
+pub mod chain;
 pub mod codec;
 #[cfg(test)]
 pub(crate) mod conformance;

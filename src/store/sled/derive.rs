@@ -8,6 +8,7 @@ use super::{Trees, keys, postings, stored_promotion};
 use crate::domain::audit::AuditEntry;
 use crate::domain::model::{Action, CheckReport, Promotion, State};
 use crate::store::StoreError;
+use crate::store::chain::Indexed;
 use crate::store::codec::{
     Old, Record, RecordRef, StoredPromotion, StoredPromotionRef, decode_record, encode,
     upgrade_record, upgrade_stored_promotion,
@@ -36,9 +37,9 @@ pub fn derive(
         &keys::audit_by_environment_prefix(&entry.event.environment),
         seq,
     )?;
-    if entry.event.action == Action::Applied {
+    if let Some((repository, environment)) = Indexed::of(entry, Some(after)).moved_tag {
         t.index
-            .insert(keys::moved_tag(&after.repository, &after.environment), &[])?;
+            .insert(keys::moved_tag(repository, environment), &[])?;
     }
     match before.map(|b| b.promotion.state) {
         None => {
@@ -100,7 +101,7 @@ pub fn derive_event(t: &Trees, entry: &AuditEntry) -> Result<(), StoreError> {
             seq,
         )?;
     }
-    if let Some(r) = CheckReport::from_entry(entry) {
+    if let Some(r) = Indexed::of(entry, None).check {
         t.index.insert(
             keys::check(&r.repository, &r.digest, &r.check),
             &keys::u64_key(seq),

@@ -158,12 +158,12 @@ impl SledStore {
         let (records, _) = broadcast::channel(CHANGES_CAPACITY);
         let stats = Arc::new(WriterStats::default());
         let (to_flusher, flusher_rx) = std::sync::mpsc::channel();
-        let durable = Arc::new(AtomicU64::new(state.next_sequence - 1));
+        let durable = Arc::new(AtomicU64::new(state.head.last_sequence()));
         let flusher = writer::Flusher {
             db: trees.db.clone(),
             horizon,
             durable: durable.clone(),
-            acknowledged: state.next_sequence - 1,
+            acknowledged: state.head.last_sequence(),
             poisoned: state.poisoned.clone(),
             changes: changes.clone(),
             records: records.clone(),

@@ -8,6 +8,7 @@ use crate::clock::SystemClock;
 use crate::domain::machine::{self, NewPromotion};
 use crate::domain::policy::Principal;
 use crate::store::UnitOfWork;
+use crate::store::chain::Outbox;
 use crate::store::conformance::policy;
 
 fn trees() -> Trees {
@@ -48,13 +49,8 @@ fn three_commits(t: &Trees) -> Vec<(Dump, Dump)> {
         rollback: false,
     };
     let mut state = WriterState::load(t.clone(), Arc::new(SystemClock)).unwrap();
-    let (mut changed, mut recorded) = (Vec::new(), Vec::new());
-    let mut tx = Tx {
-        state: &mut state,
-        changed: &mut changed,
-        recorded: &mut recorded,
-        writes: 0,
-    };
+    let mut outbox = Outbox::default();
+    let mut tx = Tx::new(&mut state, &mut outbox);
     let mut after = Vec::new();
     let now = tx.now();
     let first = machine::request(1, new("r.io/a", ""), &who("alice"), &policy, now);
@@ -150,12 +146,8 @@ fn a_data_directory_of_the_earlier_format_is_refused_with_a_reason() {
 /// [`crate::store::conformance::every_kind`] as the writer runs it.
 fn every_kind(t: &Trees, reports: bool) {
     let mut state = WriterState::load(t.clone(), Arc::new(SystemClock)).unwrap();
-    let mut tx = Tx {
-        state: &mut state,
-        changed: &mut Vec::new(),
-        recorded: &mut Vec::new(),
-        writes: 0,
-    };
+    let mut outbox = Outbox::default();
+    let mut tx = Tx::new(&mut state, &mut outbox);
     crate::store::conformance::every_kind(&mut tx, reports).unwrap();
 }
 
@@ -390,13 +382,8 @@ fn check_reports_keep_the_latest_per_check_through_redo_and_roll_back() {
         comment: String::new(),
     };
     let mut state = WriterState::load(t.clone(), Arc::new(SystemClock)).unwrap();
-    let (mut changed, mut recorded) = (Vec::new(), Vec::new());
-    let mut tx = Tx {
-        state: &mut state,
-        changed: &mut changed,
-        recorded: &mut recorded,
-        writes: 0,
-    };
+    let mut outbox = Outbox::default();
+    let mut tx = Tx::new(&mut state, &mut outbox);
     let mut after = Vec::new();
     for r in [
         report("e2e", CheckStatus::Passed),
@@ -408,7 +395,7 @@ fn check_reports_keep_the_latest_per_check_through_redo_and_roll_back() {
         after.push(derived(&t));
     }
     assert!(
-        changed.is_empty(),
+        outbox.changed.is_empty(),
         "check reports are not promotion changes"
     );
     let latest = |t: &Trees| {
@@ -477,13 +464,8 @@ fn moved_tags_and_tag_records_follow_applied_and_drift_entries() {
         rollback: false,
     };
     let mut state = WriterState::load(t.clone(), Arc::new(SystemClock)).unwrap();
-    let (mut changed, mut recorded) = (Vec::new(), Vec::new());
-    let mut tx = Tx {
-        state: &mut state,
-        changed: &mut changed,
-        recorded: &mut recorded,
-        writes: 0,
-    };
+    let mut outbox = Outbox::default();
+    let mut tx = Tx::new(&mut state, &mut outbox);
     let now = tx.now();
     let requested = machine::request(1, new, &who("alice"), &policy(), now);
     tx.commit(&requested.promotion, requested.event).unwrap();
@@ -495,7 +477,11 @@ fn moved_tags_and_tag_records_follow_applied_and_drift_entries() {
     tx.commit(&applied.promotion, applied.event).unwrap();
     let event = drift_detected("r.io/a", "production", &rogue, &digest);
     let drift = tx.record(event, now).unwrap();
-    assert_eq!(recorded, vec![drift.clone()], "published as a record");
+    assert_eq!(
+        outbox.recorded,
+        vec![drift.clone()],
+        "published as a record"
+    );
     let pair = vec![("r.io/a".to_owned(), "production".to_owned())];
     assert_eq!(t.moved_tags().unwrap(), pair);
     let record = t.tag_record("r.io/a", "production", None).unwrap().unwrap();
@@ -545,13 +531,8 @@ fn check_pages_follow_names_and_check_names_counts_them() {
         comment: String::new(),
     };
     let mut state = WriterState::load(t.clone(), Arc::new(SystemClock)).unwrap();
-    let (mut changed, mut recorded) = (Vec::new(), Vec::new());
-    let mut tx = Tx {
-        state: &mut state,
-        changed: &mut changed,
-        recorded: &mut recorded,
-        writes: 0,
-    };
+    let mut outbox = Outbox::default();
+    let mut tx = Tx::new(&mut state, &mut outbox);
     for r in [
         report("r.io/a", &digest, "b"),
         report("r.io/a", &digest, "ab"),
