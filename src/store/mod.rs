@@ -18,9 +18,11 @@
 //!
 //! Backends: [`sled`] (the embedded default) and [`postgres`]; each
 //! implements [`Storage`] and [`UnitOfWork`], and nothing above this module
-//! knows which one runs. Both store the same records, encoded by [`codec`]
-//! (which also upgrades the earlier formats); `conformance` holds the tests
-//! every backend passes alike.
+//! knows which one runs. Both append by the same rules ([`chain`]: numbering,
+//! hashing, entry times, the refusal of unaudited changes, what is published
+//! and indexed), store the same records ([`codec`], which also upgrades the
+//! earlier formats), and pass the same tests (`conformance`); each keeps only
+//! its own I/O.
 
 pub mod chain;
 pub mod codec;

@@ -1,7 +1,9 @@
-//! The PostgreSQL backend's own promises, beyond the use cases both
-//! backends run (src/promotions/tests.rs): a batch that loses its
+//! The PostgreSQL backend's own promises, beyond what every backend does
+//! alike (the conformance suite, run here on a fresh database at the end,
+//! and the use cases in src/promotions/tests.rs): a batch that loses its
 //! connection half way is rolled back whole and refused, the head in memory
-//! does not run ahead, and the next write reconnects and continues the chain.
+//! does not run ahead, and the next write reconnects and continues the
+//! chain; the checks at open; a database an earlier build wrote.
 
 use super::PgStore;
 use super::test_cluster as pg_support;
@@ -391,4 +393,20 @@ async fn a_database_of_format_3_records_is_re_encoded_when_opened() {
     drop(store);
     let store = open(&db).await;
     assert_eq!(read(store).await, held);
+}
+
+/// A fresh database of the shared cluster, for the conformance suite (none
+/// where PostgreSQL is not installed, outside CI).
+async fn fresh(clock: &ManualClock) -> Option<(Store, Box<dyn std::any::Any>)> {
+    let db = pg_support::Cluster::shared()?.database();
+    // The suite's clock is days from the database's: the skew check is
+    // tested on its own above.
+    let store = PgStore::open(&config(&db, Duration::MAX), Arc::new(clock.clone()))
+        .await
+        .unwrap();
+    Some((Store::new(Arc::new(store)), Box::new(db)))
+}
+
+mod conformance {
+    crate::store::conformance::conformance_suite!(super::fresh);
 }
