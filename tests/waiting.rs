@@ -374,3 +374,53 @@ async fn a_promotion_waits_no_longer_than_wait_ttl() {
     assert_eq!(expired.actor, "prodgate");
     assert!(expired.comment.contains("wait_ttl"), "{expired:?}");
 }
+
+#[tokio::test]
+async fn a_waiting_promotion_gives_way_to_a_newer_one_applied_first() {
+    let registry = TestRegistry::start().await;
+    let rfc = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    let now = SystemTime::now();
+    let keys = format!(
+        "break_glass = [\"erin\"]\n\n[[freeze]]\nenvironments = [\"production\"]\nstart = \"{}\"\nend = \"{}\"\nreason = \"year-end freeze\"\n",
+        rfc(now - Duration::from_secs(3600)),
+        rfc(now + Duration::from_secs(3600)),
+    );
+    let server = TestServer::start(&config(&registry.host, &keys));
+    let repo = format!("{}/team/app", registry.host);
+    let mut alice = server.client("alice").await;
+    let mut bob = server.client("bob").await;
+    let older = candidate(&registry, &mut alice, 6).await;
+    let waiting = bob
+        .approve(approve(&older.id))
+        .await
+        .expect("recorded in the freeze")
+        .into_inner();
+    assert_eq!(waiting.state, PromotionState::Waiting as i32);
+    // A hotfix, newer, breaks glass and ships first.
+    registry.push_image("team/app", Some("dev"), 1024, 7).await;
+    alice
+        .request_promotion(request_to(&repo, "dev", "staging"))
+        .await
+        .expect("staging");
+    let hotfix = server
+        .client("erin")
+        .await
+        .request_promotion(RequestPromotionRequest {
+            break_glass: true,
+            reason: "INC-9 hotfix".into(),
+            ..request_to(&repo, "staging", "production")
+        })
+        .await
+        .expect("erin breaks glass")
+        .into_inner();
+    let done = bob
+        .approve(approve(&hotfix.id))
+        .await
+        .expect("approve the hotfix")
+        .into_inner();
+    assert_eq!(done.state, PromotionState::Promoted as i32, "{done:?}");
+    // The older one never moves the tag back.
+    let older = get(&mut alice, &older.id).await;
+    assert_eq!(older.state, PromotionState::Superseded as i32, "{older:?}");
+    assert_eq!(older.superseded_by, hotfix.id);
+}

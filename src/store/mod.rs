@@ -18,8 +18,16 @@
 //!
 //! Backends: [`sled`] (the embedded default) and [`postgres`]; each
 //! implements [`Storage`] and [`UnitOfWork`], and nothing above this module
-//! knows which one runs.
+//! knows which one runs. Both append by the same rules ([`chain`]: numbering,
+//! hashing, entry times, the refusal of unaudited changes, what is published
+//! and indexed), store the same records ([`codec`], which also upgrades the
+//! earlier formats), and pass the same tests (`conformance`); each keeps only
+//! its own I/O.
 
+pub mod chain;
+pub mod codec;
+#[cfg(test)]
+pub(crate) mod conformance;
 pub mod merkle;
 pub mod postgres;
 pub mod sled;
@@ -164,7 +172,7 @@ pub trait UnitOfWork {
     /// The id the next new promotion will get.
     fn next_id(&self) -> PromotionId;
     /// Promotions of one repository and environment that are still open
-    /// (PENDING_APPROVAL or APPROVED), oldest first.
+    /// (PENDING_APPROVAL, WAITING or APPROVED), oldest first.
     fn open_promotions(
         &self,
         repository: &str,

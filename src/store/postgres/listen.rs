@@ -9,7 +9,7 @@
 
 use super::writer::CHANNEL;
 use super::{Shared, backend, int};
-use crate::store::sled::codec::Record;
+use crate::store::codec::{Record, decode_record};
 use crate::store::{Change, StoreError};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -107,13 +107,7 @@ async fn catch_up(client: &tokio_postgres::Client, shared: &Shared) -> Result<()
         let n = rows.len();
         let mut records = Vec::with_capacity(n);
         for r in &rows {
-            let sequence: i64 = r.get(0);
-            let record: Record =
-                postcard::from_bytes(r.get(1)).map_err(|e| StoreError::Corrupt {
-                    what: format!("audit entry {sequence}"),
-                    reason: e.to_string(),
-                })?;
-            records.push(record);
+            records.push(decode_record(super::uint(r.get(0)), r.get(1))?);
         }
         {
             let mut published = shared.lock_published();

@@ -16,13 +16,14 @@
 //! transaction, and a database that already holds anything is refused: the
 //! copy never merges into, or races, a chain that a server writes.
 
-use super::{action, client_config, decode_entry, int, schema, writer::node_hash};
+use super::{action, client_config, entry, int, schema, writer::node_hash};
 use crate::config::PostgresConfig;
 use crate::domain::audit::{Hash, Verifier};
-use crate::domain::model::{Action, CheckReport, Promotion, PromotionId};
+use crate::domain::model::{Promotion, PromotionId};
 use crate::store::StoreError;
+use crate::store::chain::Indexed;
+use crate::store::codec::encode;
 use crate::store::merkle::{self, NodeReader};
-use crate::store::sled::codec::encode;
 use crate::store::sled::dir::DirError;
 use crate::store::sled::export::{Exported, Snapshot};
 use std::cell::RefCell;
@@ -260,17 +261,19 @@ fn copy(snapshot: &Snapshot, txn: &mut postgres::Transaction<'_>) -> Result<Repo
             .into());
         }
         nodes.0.extend(added);
-        // Derived as the PostgreSQL writer derives them (`Tx::commit`,
-        // `Tx::record`): the promotion after its newest entry, the newest
-        // report per check, every tag an APPLIED entry moved.
-        if let Some(p) = &exported.record.promotion {
-            if entry.event.action == Action::Applied {
-                moved.insert((p.repository.clone(), p.environment.clone()));
-            }
-            promotions.insert(p.id, p.clone());
+        // Derived as every writer derives them (`store::chain`): the
+        // promotion after its newest entry, the newest report per check,
+        // every tag an APPLIED entry moved.
+        let promotion = exported.record.promotion.as_ref();
+        let indexed = Indexed::of(entry, promotion);
+        if let Some((repository, environment)) = indexed.moved_tag {
+            moved.insert((repository.to_owned(), environment.to_owned()));
         }
-        if let Some(r) = CheckReport::from_entry(entry) {
+        if let Some(r) = indexed.check {
             checks.insert((r.repository, r.digest, r.check), entry.sequence);
+        }
+        if let Some(p) = promotion {
+            promotions.insert(p.id, p.clone());
         }
         entries = entry.sequence;
         rows.push(exported)?;
@@ -445,7 +448,7 @@ fn check(
             )
             .map_err(|e| pg("reading the copied audit log", e))?;
         for r in &rows {
-            v.push(&decode_entry(r.get(0), r.get(1))?);
+            v.push(&entry(r)?);
         }
         if v.is_broken() || rows.len() < CHUNK {
             break;

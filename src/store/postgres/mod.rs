@@ -38,6 +38,7 @@ use crate::domain::drift::TagRecord;
 use crate::domain::model::{
     Action, CheckReport, POLICY_ATTRIBUTE, Promotion, PromotionId, State, Time,
 };
+use crate::store::codec::{decode_entry, decode_promotion};
 use crate::store::merkle::NodeReader;
 use crate::store::{
     Change, HistoryFilter, Job, Leadership, ListFilter, Page, PageRequest, Storage, Store,
@@ -210,28 +211,13 @@ fn uint(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
-/// The entry of an audit row's record (sled's encoding: the entry first,
-/// so the promotion after it is not decoded).
-fn decode_entry(sequence: i64, bytes: &[u8]) -> Result<AuditEntry, StoreError> {
-    postcard::take_from_bytes::<AuditEntry>(bytes)
-        .map(|(entry, _promotion)| entry)
-        .map_err(|e| StoreError::Corrupt {
-            what: format!("audit entry {sequence}"),
-            reason: e.to_string(),
-        })
-}
-
-fn decode_promotion(id: PromotionId, bytes: &[u8]) -> Result<Promotion, StoreError> {
-    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt {
-        what: format!("promotion {id}"),
-        reason: e.to_string(),
-    })
+/// The entry of an audit row read as `sequence, record`.
+fn entry(row: &tokio_postgres::Row) -> Result<AuditEntry, StoreError> {
+    decode_entry(uint(row.get(0)), row.get(1))
 }
 
 fn entries(rows: &[tokio_postgres::Row]) -> Result<Vec<AuditEntry>, StoreError> {
-    rows.iter()
-        .map(|r| decode_entry(r.get(0), r.get(1)))
-        .collect()
+    rows.iter().map(entry).collect()
 }
 
 fn promotions(rows: &[tokio_postgres::Row]) -> Result<Vec<Promotion>, StoreError> {
@@ -515,7 +501,7 @@ impl PgStore {
             .reads
             .query_opt("reading the deployed digest", &sql, &f.params())
             .await?;
-        row.map(|r| decode_entry(r.get(0), r.get(1))).transpose()
+        row.as_ref().map(entry).transpose()
     }
 }
 
@@ -841,7 +827,7 @@ impl Storage for PgStore {
             let n = rows.len();
             for r in &rows {
                 let seq: i64 = r.get(0);
-                match decode_entry(seq, r.get(1)) {
+                match decode_entry(uint(seq), r.get(1)) {
                     Ok(e) => {
                         if !v.push(&e) {
                             break;

@@ -6,19 +6,38 @@
 //! and otherwise as the same postcard bytes sled stores (`record`): the
 //! domain types change often and a column per field would have to follow
 //! each change, while one codec keeps the audit record byte-identical on
-//! both backends (a later `migrate --from-sled` copies it as is).
+//! both backends (a later `migrate --from-sled` copies it as is). So a
+//! change of the record format is a migration too: the records are decoded
+//! in the earlier shape and written anew (`store::codec`).
 
 use super::backend as failed;
 use crate::store::StoreError;
+use crate::store::codec::{Old, RecordRef, encode, upgrade_promotion, upgrade_record};
 
 /// Held while migrating; any constant unlikely to clash with the
 /// application's other locks ("prodgate" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7072_6f64_6761_7465;
 
+/// Records re-encoded per statement in a record migration.
+const RECORD_CHUNK: i64 = 1000;
+
+/// One step of the schema.
+enum Migration {
+    /// Statements, run as they are.
+    Sql(&'static str),
+    /// Every stored record, written in format `Old`, re-encoded in the
+    /// current format. Records are re-encoded straight to the current
+    /// format, so only the first such migration a start applies decodes
+    /// anything; later ones (from formats the database never held since)
+    /// are recorded and skip the work.
+    Records(Old),
+}
+
 /// Migration `n` is `MIGRATIONS[n - 1]`; never edit one that shipped.
-const MIGRATIONS: &[&str] = &[
+const MIGRATIONS: &[Migration] = &[
     // 1: the audit log, the records derived from it, the Merkle nodes.
-    r#"
+    Migration::Sql(
+        r#"
     CREATE TABLE audit (
         sequence      BIGINT PRIMARY KEY,
         time_seconds  BIGINT NOT NULL,
@@ -77,6 +96,10 @@ const MIGRATIONS: &[&str] = &[
         hash          BYTEA NOT NULL
     );
     "#,
+    ),
+    // 2: store format 4 (`Approval::groups`, `Promotion::waiting_for` and
+    // `not_before`); the database held format 3 until then.
+    Migration::Records(Old::V3),
 ];
 
 /// Brings the database's schema to this build's version, or refuses one a
@@ -221,15 +244,30 @@ async fn apply(client: &mut tokio_postgres::Client) -> Result<(), StoreError> {
             supported: format!("schema versions up to {known}"),
         });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+    let mut records_current = false;
+    for (i, migration) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let version = i as i32 + 1;
         let tx = client
             .transaction()
             .await
             .map_err(|e| failed("starting a migration", e))?;
-        tx.batch_execute(sql)
-            .await
-            .map_err(|e| failed(&format!("applying schema migration {version}"), e))?;
+        match migration {
+            Migration::Sql(sql) => tx
+                .batch_execute(sql)
+                .await
+                .map_err(|e| failed(&format!("applying schema migration {version}"), e))?,
+            Migration::Records(_) if records_current => {}
+            Migration::Records(from) => {
+                let (records, promotions) = reencode(&tx, *from).await?;
+                records_current = true;
+                tracing::info!(
+                    records,
+                    promotions,
+                    "re-encoded the stored records from store format {} in the current one",
+                    from.number()
+                );
+            }
+        }
         tx.execute(
             "INSERT INTO schema_migrations (version) VALUES ($1)",
             &[&version],
@@ -242,4 +280,89 @@ async fn apply(client: &mut tokio_postgres::Client) -> Result<(), StoreError> {
         tracing::info!(version, "applied a PostgreSQL schema migration");
     }
     Ok(())
+}
+
+/// Re-encodes every audit record and promotion row written in format
+/// `from`, in the migration's transaction. It first takes the writers' log
+/// lock, so no batch of a running replica commits between the reads and
+/// the writes; a replica of an earlier build that goes on writing after it
+/// would write the old format, which is why every replica of it must be
+/// stopped before one of this build starts (it could not read the new
+/// format either).
+async fn reencode(
+    tx: &tokio_postgres::Transaction<'_>,
+    from: Old,
+) -> Result<(u64, u64), StoreError> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&super::writer::LOG_LOCK],
+    )
+    .await
+    .map_err(|e| failed("taking the audit log's lock", e))?;
+    let records = reencode_table(
+        tx,
+        "SELECT sequence, record FROM audit WHERE sequence > $1 ORDER BY sequence LIMIT $2",
+        "UPDATE audit AS a SET record = u.record
+         FROM unnest($1::bigint[], $2::bytea[]) AS u(sequence, record)
+         WHERE a.sequence = u.sequence",
+        |sequence, bytes| {
+            let r = upgrade_record(from, sequence, bytes)?;
+            Ok(encode(&RecordRef {
+                entry: &r.entry,
+                promotion: r.promotion.as_ref(),
+            }))
+        },
+    )
+    .await?;
+    let promotions = reencode_table(
+        tx,
+        "SELECT id, record FROM promotions WHERE id > $1 ORDER BY id LIMIT $2",
+        "UPDATE promotions AS p SET record = u.record
+         FROM unnest($1::bigint[], $2::bytea[]) AS u(id, record)
+         WHERE p.id = u.id",
+        |id, bytes| Ok(encode(&upgrade_promotion(from, id, bytes)?)),
+    )
+    .await?;
+    Ok((records, promotions))
+}
+
+/// Reads `(key, record)` rows with `select` a chunk at a time (keys
+/// ascending, after `$1`, at most `$2`) and writes back with `update` (key
+/// and record arrays) those whose bytes `upgrade` changes. Returns how many
+/// it changed.
+async fn reencode_table(
+    tx: &tokio_postgres::Transaction<'_>,
+    select: &str,
+    update: &str,
+    upgrade: impl Fn(u64, &[u8]) -> Result<Vec<u8>, StoreError>,
+) -> Result<u64, StoreError> {
+    let reading = |e| failed("reading the records to re-encode", e);
+    let mut after = 0i64;
+    let mut changed = 0;
+    loop {
+        let rows = tx
+            .query(select, &[&after, &RECORD_CHUNK])
+            .await
+            .map_err(reading)?;
+        let (mut keys, mut records) = (Vec::new(), Vec::new());
+        for r in &rows {
+            let key: i64 = r.try_get(0).map_err(reading)?;
+            let bytes: &[u8] = r.try_get(1).map_err(reading)?;
+            let upgraded = upgrade(super::uint(key), bytes)?;
+            if upgraded != bytes {
+                keys.push(key);
+                records.push(upgraded);
+            }
+            after = key;
+        }
+        if !keys.is_empty() {
+            tx.execute(update, &[&keys, &records])
+                .await
+                .map_err(|e| failed("writing the re-encoded records", e))?;
+            changed += keys.len() as u64;
+        }
+        if (rows.len() as i64) < RECORD_CHUNK {
+            return Ok(changed);
+        }
+    }
 }

@@ -1,7 +1,9 @@
-//! The PostgreSQL backend's own promises, beyond the use cases both
-//! backends run (src/promotions/tests.rs): a batch that loses its
+//! The PostgreSQL backend's own promises, beyond what every backend does
+//! alike (the conformance suite, run here on a fresh database at the end,
+//! and the use cases in src/promotions/tests.rs): a batch that loses its
 //! connection half way is rolled back whole and refused, the head in memory
-//! does not run ahead, and the next write reconnects and continues the chain.
+//! does not run ahead, and the next write reconnects and continues the
+//! chain; the checks at open; a database an earlier build wrote.
 
 use super::PgStore;
 use super::test_cluster as pg_support;
@@ -298,4 +300,113 @@ async fn a_batch_that_loses_its_connection_is_refused_whole_and_the_chain_goes_o
         "{v:?}"
     );
     assert_eq!(store.tree_head().await.unwrap().size, 2);
+}
+
+/// A database the previous build wrote (schema version 1, records in store
+/// format 3) has its records re-encoded when opened, and reads back as it
+/// was written, with approvals in no group and nothing waiting.
+#[tokio::test]
+async fn a_database_of_format_3_records_is_re_encoded_when_opened() {
+    use crate::domain::model::State;
+    use crate::store::codec::{decode_record, written};
+    use crate::store::{HistoryFilter, PageRequest};
+    let Some(cluster) = pg_support::Cluster::shared() else {
+        return;
+    };
+    let db = cluster.database();
+    let page = PageRequest {
+        after: None,
+        limit: 100,
+        newest_first: false,
+    };
+    let read = |store: Store| async move {
+        let v = store.verify().await.unwrap();
+        assert_eq!(v.first_bad_sequence, None, "{}", v.message);
+        (
+            [store.get(1).await.unwrap(), store.get(2).await.unwrap()],
+            store.in_state(State::Approved).await.unwrap(),
+            store.find_request("alice", "k1").await.unwrap(),
+            store
+                .history(HistoryFilter::default(), page)
+                .await
+                .unwrap()
+                .items,
+            store.tree_head().await.unwrap(),
+        )
+    };
+    let store = open(&db).await;
+    store
+        .write(|uow| crate::store::conformance::every_kind(uow, true))
+        .await
+        .unwrap();
+    let held = read(store).await;
+    assert_eq!(held.0[0].as_ref().unwrap().approvals.len(), 1);
+
+    // As the previous build left it: every record in format 3, and schema
+    // migration 2 not applied.
+    let (client, connection) = super::client_config(&config(&db, Duration::MAX))
+        .unwrap()
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    for r in client
+        .query("SELECT sequence, record FROM audit", &[])
+        .await
+        .unwrap()
+    {
+        let sequence: i64 = r.get(0);
+        let record = decode_record(sequence as u64, r.get(1)).unwrap();
+        let old = written::record_v3(&record.entry, record.promotion.as_ref());
+        client
+            .execute(
+                "UPDATE audit SET record = $2 WHERE sequence = $1",
+                &[&sequence, &old],
+            )
+            .await
+            .unwrap();
+    }
+    for id in [1i64, 2] {
+        let p = held.0[id as usize - 1].as_ref().unwrap();
+        client
+            .execute(
+                "UPDATE promotions SET record = $2 WHERE id = $1",
+                &[&id, &written::promotion_v3(p)],
+            )
+            .await
+            .unwrap();
+    }
+    client
+        .execute("DELETE FROM schema_migrations WHERE version = 2", &[])
+        .await
+        .unwrap();
+    drop(client);
+    connection.await.unwrap().unwrap();
+
+    let store = open(&db).await;
+    assert_eq!(read(store.clone()).await, held);
+    let approved = store.get(1).await.unwrap().unwrap();
+    assert_eq!(approved.approvals[0].approver, "bob");
+    assert!(approved.approvals[0].groups.is_empty());
+    assert!(approved.waiting_for.is_empty() && approved.not_before.is_none());
+    // Opening again applies nothing more.
+    drop(store);
+    let store = open(&db).await;
+    assert_eq!(read(store).await, held);
+}
+
+/// A fresh database of the shared cluster, for the conformance suite (none
+/// where PostgreSQL is not installed, outside CI).
+async fn fresh(clock: &ManualClock) -> Option<(Store, Box<dyn std::any::Any>)> {
+    let db = pg_support::Cluster::shared()?.database();
+    // The suite's clock is days from the database's: the skew check is
+    // tested on its own above.
+    let store = PgStore::open(&config(&db, Duration::MAX), Arc::new(clock.clone()))
+        .await
+        .unwrap();
+    Some((Store::new(Arc::new(store)), Box::new(db)))
+}
+
+mod conformance {
+    crate::store::conformance::conformance_suite!(super::fresh);
 }

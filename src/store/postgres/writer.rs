@@ -34,15 +34,14 @@
 //! RequestPromotion then costs about four round trips and Reject two, plus
 //! five per batch (BEGIN, the lock, the head, NOTIFY, COMMIT).
 
-use super::{Shared, backend, decode_entry, decode_promotion, int};
+use super::{Shared, backend, entry, int, uint};
 use crate::clock::Clock;
-use crate::domain::audit::{AuditEntry, GENESIS, Hash};
-use crate::domain::model::{
-    Action, CheckReport, Event, POLICY_ATTRIBUTE, Promotion, PromotionId, State, Time,
-};
+use crate::domain::audit::AuditEntry;
+use crate::domain::model::{Action, Event, POLICY_ATTRIBUTE, Promotion, PromotionId, State, Time};
+use crate::store::chain::{Appender, Head, Indexed, Outbox};
+use crate::store::codec::{RecordRef, decode_entry, decode_promotion, encode};
 use crate::store::merkle::{NodeReader, nodes_for};
-use crate::store::sled::codec::{RecordRef, encode};
-use crate::store::{Change, CheckNames, Completion, Job, StoreError, StoredManifest, UnitOfWork};
+use crate::store::{CheckNames, Completion, Job, StoreError, StoredManifest, UnitOfWork};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -53,7 +52,7 @@ use tokio::sync::mpsc;
 pub const MAX_BATCH: usize = 512;
 /// Taken by every batch's transaction before it reads the chain's head, on
 /// every replica ("prodgate" + 1 in ASCII); released at COMMIT or ROLLBACK.
-const LOG_LOCK: i64 = 0x7072_6f64_6761_7466;
+pub(super) const LOG_LOCK: i64 = 0x7072_6f64_6761_7466;
 /// The channel a committing batch notifies with its last sequence, so the
 /// other replicas publish its changes at once (see `listen`).
 pub const CHANNEL: &str = "prodgate_audit";
@@ -61,26 +60,6 @@ pub const CHANNEL: &str = "prodgate_audit";
 const STALLED_BATCH: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a connection may take to answer a ping after a failed batch.
 const VALID_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// The chain's head and the id counter, as committed.
-#[derive(Clone)]
-struct Head {
-    next_sequence: u64,
-    hash: Hash,
-    last_time: Time,
-    next_id: PromotionId,
-}
-
-impl Default for Head {
-    fn default() -> Self {
-        Head {
-            next_sequence: 1,
-            hash: GENESIS,
-            last_time: Time::ZERO,
-            next_id: 1,
-        }
-    }
-}
 
 pub struct Writer {
     config: postgres::Config,
@@ -108,7 +87,7 @@ impl Writer {
         };
         // Everything committed before this start counts as published: a
         // subscriber hears of changes made after it subscribed.
-        let last = load_head(client, statements)?.next_sequence - 1;
+        let last = load_head(client, statements)?.last_sequence();
         w.shared.durable.fetch_max(last, Ordering::AcqRel);
         *w.shared.lock_published() = last;
         Ok(w)
@@ -157,8 +136,7 @@ impl Writer {
     fn run_batch(&mut self, jobs: Vec<Job>) {
         let mut down = self.ready().err();
         let mut head = Head::default();
-        let mut changed = Vec::new();
-        let mut recorded = Vec::new();
+        let mut outbox = Outbox::default();
         let mut completions: Vec<Completion> = Vec::with_capacity(jobs.len());
         let mut writes = 0;
         let (client, statements) = match self.conn.as_mut() {
@@ -189,17 +167,14 @@ impl Writer {
         for job in jobs {
             let mut tx = Tx {
                 batch: &batch,
-                head: &mut head,
                 clock: self.clock.as_ref(),
-                changed: &mut changed,
-                recorded: &mut recorded,
-                writes: 0,
+                chain: Appender::new(&mut head, &mut outbox),
             };
             completions.push(job(&mut tx));
-            writes += tx.writes;
+            writes += tx.chain.writes();
         }
         let Batch { txn, failed, .. } = batch.into_inner();
-        let last = head.next_sequence - 1;
+        let last = head.last_sequence();
         let outcome = match (failed, txn) {
             // Dropping the transaction rolls it back.
             (Some(e), _) => Err(e),
@@ -235,7 +210,7 @@ impl Writer {
             c(outcome.clone());
         }
         if outcome.is_ok() && writes > 0 {
-            self.publish(first, last, changed, recorded);
+            self.publish(first, last, outbox);
         }
     }
 
@@ -243,14 +218,14 @@ impl Writer {
     /// published entry; otherwise another replica committed in between,
     /// and the listener publishes everything from the database in order
     /// (this batch included).
-    fn publish(&self, first: u64, last: u64, changed: Vec<Change>, recorded: Vec<AuditEntry>) {
+    fn publish(&self, first: u64, last: u64, outbox: Outbox) {
         let mut published = self.shared.lock_published();
         if *published + 1 == first {
-            for change in changed {
+            for change in outbox.changed {
                 // No subscriber is fine.
                 let _ = self.shared.changes.send(change);
             }
-            for entry in recorded {
+            for entry in outbox.recorded {
                 let _ = self.shared.records.send(entry);
             }
             *published = last;
@@ -349,7 +324,7 @@ impl Statements {
                 "SELECT id FROM promotions WHERE requested_by = $1 AND request_id = $2 AND request_id <> '' ORDER BY id DESC LIMIT 1",
             )?,
             open_promotions: prepare(
-                "SELECT id, record FROM promotions WHERE repository = $1 AND environment = $2 AND state IN ($3, $4) ORDER BY id",
+                "SELECT id, record FROM promotions WHERE repository = $1 AND environment = $2 AND state IN ($3, $4, $5) ORDER BY id",
             )?,
             put_manifest: prepare(
                 "INSERT INTO manifests (repository, digest, media_type, bytes) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
@@ -400,17 +375,12 @@ fn load_head(c: &mut impl postgres::GenericClient, st: &Statements) -> Result<He
     let row = c
         .query_one(&st.head, &[])
         .map_err(|e| backend("reading the audit log's head", e))?;
-    let mut head = Head::default();
-    if let (Some(sequence), Some(record)) = (row.get(1), row.get(2)) {
-        let e = decode_entry(sequence, record)?;
-        head.next_sequence = e.sequence + 1;
-        head.hash = e.hash;
-        head.last_time = e.time;
-    }
+    let last = match (row.get(1), row.get(2)) {
+        (Some(sequence), Some(record)) => Some(decode_entry(uint(sequence), record)?),
+        _ => None,
+    };
     let max_id: i64 = row.get(0);
-    // Ids are never reused: promotions are never deleted.
-    head.next_id = u64::try_from(max_id).unwrap_or(0) + 1;
-    Ok(head)
+    Ok(Head::after(last.as_ref(), u64::try_from(max_id).ok()))
 }
 
 /// The batch's transaction; after the first error every later statement
@@ -451,11 +421,8 @@ impl Batch<'_> {
 /// A write job's view: reads and writes go through the batch's transaction.
 struct Tx<'a, 'c> {
     batch: &'a RefCell<Batch<'c>>,
-    head: &'a mut Head,
     clock: &'a dyn Clock,
-    changed: &'a mut Vec<Change>,
-    recorded: &'a mut Vec<AuditEntry>,
-    writes: usize,
+    chain: Appender<'a>,
 }
 
 impl NodeReader for RefCell<Batch<'_>> {
@@ -479,79 +446,90 @@ pub fn node_hash(index: u64, bytes: &[u8]) -> Result<[u8; 32], StoreError> {
     })
 }
 
-impl Tx<'_, '_> {
-    /// Inserts the audit row, the entry's Merkle nodes and, for a
-    /// promotion's entry, the promotion's row, in one statement (one round
-    /// trip); advances the head (restored by the caller if the batch rolls
-    /// back).
-    fn append(
-        &mut self,
-        entry: &AuditEntry,
-        promotion: Option<&Promotion>,
-    ) -> Result<(), StoreError> {
-        let record = encode(&RecordRef { entry, promotion });
-        let seq = int(entry.sequence)?;
-        let id = promotion.map(|p| int(p.id)).transpose()?;
-        let action = i16::try_from(entry.event.action.number()).unwrap_or(i16::MAX);
-        let nanos = i32::try_from(entry.time.nanos).unwrap_or(i32::MAX);
-        let (first, nodes) = nodes_for(entry.sequence, &entry.hash, self.batch)?;
-        let indexes = (0..nodes.len() as u64)
-            .map(|i| int(first + i))
-            .collect::<Result<Vec<i64>, _>>()?;
-        let hashes: Vec<&[u8]> = nodes.iter().map(|h| h.as_slice()).collect();
-        let mut b = self.batch.borrow_mut();
-        let audit: [&(dyn postgres::types::ToSql + Sync); 10] = [
-            &seq,
-            &entry.time.seconds,
-            &nanos,
-            &action,
-            &id,
-            &entry.event.repository,
-            &entry.event.environment,
-            &record,
-            &indexes,
-            &hashes,
-        ];
-        match promotion {
-            None => b.run("appending an audit entry", |t, st| {
-                t.execute(&st.append, &audit)
-            })?,
-            Some(p) => {
-                let (state, stored) = (p.state.label(), encode(p));
-                let mut params = audit.to_vec();
-                params.extend_from_slice(&[
-                    &p.repository as &(dyn postgres::types::ToSql + Sync),
-                    &p.environment,
-                    &state,
-                    &p.requested_by,
-                    &p.request_id,
-                    &stored,
-                ]);
-                b.run(
-                    "appending an audit entry and storing its promotion",
-                    |t, st| t.execute(&st.append_with_promotion, &params),
-                )?
-            }
-        };
-        for (i, h) in nodes.into_iter().enumerate() {
-            b.nodes.insert(first + i as u64, h);
+/// Inserts the audit row, the entry's Merkle nodes and, for a promotion's
+/// entry, the promotion's row, in one statement (one round trip).
+fn append(
+    batch: &RefCell<Batch<'_>>,
+    entry: &AuditEntry,
+    promotion: Option<&Promotion>,
+) -> Result<(), StoreError> {
+    let record = encode(&RecordRef { entry, promotion });
+    let seq = int(entry.sequence)?;
+    let id = promotion.map(|p| int(p.id)).transpose()?;
+    let action = i16::try_from(entry.event.action.number()).unwrap_or(i16::MAX);
+    let nanos = i32::try_from(entry.time.nanos).unwrap_or(i32::MAX);
+    let (first, nodes) = nodes_for(entry.sequence, &entry.hash, batch)?;
+    let indexes = (0..nodes.len() as u64)
+        .map(|i| int(first + i))
+        .collect::<Result<Vec<i64>, _>>()?;
+    let hashes: Vec<&[u8]> = nodes.iter().map(|h| h.as_slice()).collect();
+    let mut b = batch.borrow_mut();
+    let audit: [&(dyn postgres::types::ToSql + Sync); 10] = [
+        &seq,
+        &entry.time.seconds,
+        &nanos,
+        &action,
+        &id,
+        &entry.event.repository,
+        &entry.event.environment,
+        &record,
+        &indexes,
+        &hashes,
+    ];
+    match promotion {
+        None => b.run("appending an audit entry", |t, st| {
+            t.execute(&st.append, &audit)
+        })?,
+        Some(p) => {
+            let (state, stored) = (p.state.label(), encode(p));
+            let mut params = audit.to_vec();
+            params.extend_from_slice(&[
+                &p.repository as &(dyn postgres::types::ToSql + Sync),
+                &p.environment,
+                &state,
+                &p.requested_by,
+                &p.request_id,
+                &stored,
+            ]);
+            b.run(
+                "appending an audit entry and storing its promotion",
+                |t, st| t.execute(&st.append_with_promotion, &params),
+            )?
         }
-        if let Some(p) = promotion {
-            b.promotions.insert(p.id, Some(p.clone()));
-        }
-        self.writes += 1;
-        self.head.next_sequence = entry.sequence + 1;
-        self.head.hash = entry.hash;
-        self.head.last_time = entry.time;
-        Ok(())
+    };
+    for (i, h) in nodes.into_iter().enumerate() {
+        b.nodes.insert(first + i as u64, h);
     }
+    if let Some(p) = promotion {
+        b.promotions.insert(p.id, Some(p.clone()));
+    }
+    Ok(())
+}
+
+/// Writes what `entry` indexes beside the log ([`Indexed`]).
+fn index(
+    batch: &RefCell<Batch<'_>>,
+    entry: &AuditEntry,
+    promotion: Option<&Promotion>,
+) -> Result<(), StoreError> {
+    let indexed = Indexed::of(entry, promotion);
+    if let Some((repository, environment)) = indexed.moved_tag {
+        batch.borrow_mut().run("indexing a moved tag", |t, st| {
+            t.execute(&st.moved_tag, &[&repository, &environment])
+        })?;
+    }
+    if let Some(r) = indexed.check {
+        let seq = int(entry.sequence)?;
+        batch.borrow_mut().run("indexing a check report", |t, st| {
+            t.execute(&st.check, &[&r.repository, &r.digest, &r.check, &seq])
+        })?;
+    }
+    Ok(())
 }
 
 impl UnitOfWork for Tx<'_, '_> {
     fn now(&mut self) -> Time {
-        let now = self.clock.now().max(self.head.last_time);
-        self.head.last_time = now;
-        now
+        self.chain.now(self.clock)
     }
 
     fn get(&self, id: PromotionId) -> Result<Option<Promotion>, StoreError> {
@@ -561,7 +539,7 @@ impl UnitOfWork for Tx<'_, '_> {
         }
         // Ids are handed out in order and never reused: one at or past the
         // next is nobody's yet.
-        if id >= self.head.next_id {
+        if id >= self.chain.head().next_id {
             return Ok(None);
         }
         let i = int(id)?;
@@ -588,7 +566,7 @@ impl UnitOfWork for Tx<'_, '_> {
     }
 
     fn next_id(&self) -> PromotionId {
-        self.head.next_id
+        self.chain.head().next_id
     }
 
     fn open_promotions(
@@ -596,18 +574,22 @@ impl UnitOfWork for Tx<'_, '_> {
         repository: &str,
         environment: &str,
     ) -> Result<Vec<Promotion>, StoreError> {
-        let (pending, approved) = (State::PendingApproval.label(), State::Approved.label());
+        let (pending, waiting, approved) = (
+            State::PendingApproval.label(),
+            State::Waiting.label(),
+            State::Approved.label(),
+        );
         let rows = self
             .batch
             .borrow_mut()
             .run("reading open promotions", |t, st| {
                 t.query(
                     &st.open_promotions,
-                    &[&repository, &environment, &pending, &approved],
+                    &[&repository, &environment, &pending, &waiting, &approved],
                 )
             })?;
         rows.iter()
-            .map(|r| decode_promotion(u64::try_from(r.get::<_, i64>(0)).unwrap_or(0), r.get(1)))
+            .map(|r| decode_promotion(uint(r.get(0)), r.get(1)))
             .collect()
     }
 
@@ -644,11 +626,7 @@ impl UnitOfWork for Tx<'_, '_> {
                 t.query_opt(&st.latest_policy, &[&action])
             })?;
         match row {
-            Some(r) => Ok(decode_entry(r.get(0), r.get(1))?
-                .event
-                .attributes
-                .get(POLICY_ATTRIBUTE)
-                .cloned()),
+            Some(r) => Ok(entry(&r)?.event.attributes.get(POLICY_ATTRIBUTE).cloned()),
             None => Ok(None),
         }
     }
@@ -662,48 +640,24 @@ impl UnitOfWork for Tx<'_, '_> {
         event: Option<Event>,
     ) -> Result<Option<AuditEntry>, StoreError> {
         let stored = self.get(after.id)?;
-        let Some(event) = event else {
-            // Only a repeated approval has no event, and it changes nothing.
-            return if stored.is_some_and(|s| s == *after) {
-                Ok(None)
-            } else {
-                Err(StoreError::Unaudited(after.id))
-            };
-        };
-        let time = after.updated_at.max(self.head.last_time);
-        let entry = AuditEntry::chain(self.head.hash, self.head.next_sequence, time, event);
-        self.append(&entry, Some(after))?;
-        if entry.event.action == Action::Applied {
-            self.batch
-                .borrow_mut()
-                .run("indexing a moved tag", |t, st| {
-                    t.execute(&st.moved_tag, &[&after.repository, &after.environment])
-                })?;
-        }
-        if stored.is_none() {
-            self.head.next_id = self.head.next_id.max(after.id + 1);
-        }
-        self.changed.push(Change {
-            entry: entry.clone(),
-            promotion: after.clone(),
-        });
-        Ok(Some(entry))
+        let batch = self.batch;
+        self.chain.commit(
+            stored.as_ref(),
+            after,
+            event,
+            |entry| append(batch, entry, Some(after)),
+            |entry| index(batch, entry, Some(after)),
+        )
     }
 
     fn record(&mut self, event: Event, at: Time) -> Result<AuditEntry, StoreError> {
-        let time = at.max(self.head.last_time);
-        let entry = AuditEntry::chain(self.head.hash, self.head.next_sequence, time, event);
-        self.append(&entry, None)?;
-        if let Some(r) = CheckReport::from_entry(&entry) {
-            let seq = int(entry.sequence)?;
-            self.batch
-                .borrow_mut()
-                .run("indexing a check report", |t, st| {
-                    t.execute(&st.check, &[&r.repository, &r.digest, &r.check, &seq])
-                })?;
-        }
-        self.recorded.push(entry.clone());
-        Ok(entry)
+        let batch = self.batch;
+        self.chain.record(
+            event,
+            at,
+            |entry| append(batch, entry, None),
+            |entry| index(batch, entry, None),
+        )
     }
 
     /// Read in the batch's transaction, under the log's lock every writer
@@ -730,6 +684,6 @@ impl UnitOfWork for Tx<'_, '_> {
     }
 
     fn writes(&self) -> usize {
-        self.writes
+        self.chain.writes()
     }
 }

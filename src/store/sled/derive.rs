@@ -1,16 +1,18 @@
 //! Records derived from the audit log (the promotion record and the
 //! indexes), and the start-up repairs of them: finishing a derivation a
 //! crash cut short (`redo_derived`), rolling back entries a failed flush
-//! refused (`roll_back`), and migrating a format 2 directory (`migrate`).
+//! refused (`roll_back`), and migrating a directory of an earlier format
+//! (`migrate`).
 
-use super::codec::{
-    Record, StoredPromotion, StoredPromotionRef, decode_promotion, decode_record, encode,
-    upgrade_promotion, upgrade_record,
-};
 use super::{Trees, keys, postings, stored_promotion};
 use crate::domain::audit::AuditEntry;
 use crate::domain::model::{Action, CheckReport, Promotion, State};
 use crate::store::StoreError;
+use crate::store::chain::Indexed;
+use crate::store::codec::{
+    Old, Record, RecordRef, StoredPromotion, StoredPromotionRef, decode_record, encode,
+    upgrade_record, upgrade_stored_promotion,
+};
 
 /// Writes what is derived from one audit record, given the promotion's
 /// stored value before it: the indexes first, the promotion's value last.
@@ -35,9 +37,9 @@ pub fn derive(
         &keys::audit_by_environment_prefix(&entry.event.environment),
         seq,
     )?;
-    if entry.event.action == Action::Applied {
+    if let Some((repository, environment)) = Indexed::of(entry, Some(after)).moved_tag {
         t.index
-            .insert(keys::moved_tag(&after.repository, &after.environment), &[])?;
+            .insert(keys::moved_tag(repository, environment), &[])?;
     }
     match before.map(|b| b.promotion.state) {
         None => {
@@ -99,7 +101,7 @@ pub fn derive_event(t: &Trees, entry: &AuditEntry) -> Result<(), StoreError> {
             seq,
         )?;
     }
-    if let Some(r) = CheckReport::from_entry(entry) {
+    if let Some(r) = Indexed::of(entry, None).check {
         t.index.insert(
             keys::check(&r.repository, &r.digest, &r.check),
             &keys::u64_key(seq),
@@ -138,7 +140,7 @@ pub fn redo_derived(t: &Trees) -> Result<(), StoreError> {
     let mut unfinished = Vec::new();
     for kv in t.audit.iter().rev() {
         let (k, v) = kv?;
-        let record = decode_record(&k, &v)?;
+        let record = decode_record(keys::number(&k), &v)?;
         if is_derived(t, &record)? {
             break;
         }
@@ -174,7 +176,7 @@ pub fn roll_back(t: &Trees, acknowledged: u64) -> Result<usize, StoreError> {
         if keys::read_u64(&k).is_none_or(|seq| seq <= acknowledged) {
             break;
         }
-        let record = decode_record(&k, &v)?;
+        let record = decode_record(keys::number(&k), &v)?;
         undo(t, &record)?;
         t.audit.remove(&k)?;
         undone += 1;
@@ -204,7 +206,7 @@ fn undo_event(t: &Trees, entry: &AuditEntry) -> Result<(), StoreError> {
         let earlier = earlier?;
         let k = keys::u64_key(earlier);
         let Some(v) = t.audit.get(k)? else { continue };
-        let before = decode_record(&k, &v)?.entry;
+        let before = decode_record(keys::number(&k), &v)?.entry;
         if let Some(b) = CheckReport::from_entry(&before)
             && b.digest == r.digest
             && b.check == r.check
@@ -253,7 +255,7 @@ fn undo(t: &Trees, record: &Record) -> Result<(), StoreError> {
                 what: format!("audit entry {prev}"),
                 reason: format!("promotion {id} lists it, but it is missing"),
             })?;
-            decode_record(&key, &v)?.promotion
+            decode_record(keys::number(&key), &v)?.promotion
         }
         None => None,
     };
@@ -316,36 +318,103 @@ pub fn index_moved_tags(t: &Trees) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Rewrites a format 2 directory as format 3: every record gains
-/// `superseded_by` (none), and promotions are indexed by environment.
-/// Idempotent (records already in format 3 are left alone, postings
-/// ignore repeats), so a migration cut short runs again at the next start;
-/// the caller marks the format only after this returns and is flushed.
-pub fn migrate(t: &Trees) -> Result<(u64, u64), StoreError> {
-    let mut records = 0;
-    for kv in t.audit.iter() {
-        let (k, v) = kv?;
-        if let Some(upgraded) = upgrade_record(&v) {
-            t.audit.insert(k, upgraded)?;
-            records += 1;
-        }
-    }
-    let mut promotions = 0;
-    for kv in t.promotions.iter() {
-        let (k, v) = kv?;
-        let promotion = match upgrade_promotion(&v) {
-            Some((upgraded, p)) => {
-                t.promotions.insert(&k, upgraded)?;
-                p
+/// Records rewritten per sled transaction while migrating.
+const MIGRATION_CHUNK: usize = 1000;
+
+/// Rewrites a directory in format `from` as the current format: every
+/// audit record and promotion value in the current shape (see
+/// `store::codec`), and from format 2 the index of promotions by
+/// environment too. Each tree is rewritten a chunk per sled transaction
+/// that also advances the tree's progress key in `meta`, so a chunk is
+/// rewritten whole or not at all and a run cut short goes on after the
+/// last whole chunk at the next start, never reading a rewritten record as
+/// the old format. The caller flushes, then marks the format (which removes
+/// the progress keys). Returns how many records of each tree it rewrote.
+pub fn migrate(t: &Trees, from: Old) -> Result<(u64, u64), StoreError> {
+    migrate_some(t, from, usize::MAX)
+}
+
+/// [`migrate`], stopping after `limit` records of each tree (as a crash
+/// would; for tests).
+pub(super) fn migrate_some(t: &Trees, from: Old, limit: usize) -> Result<(u64, u64), StoreError> {
+    let records = upgrade_tree(t, &t.audit, keys::MIGRATED_AUDIT, limit, |k, v| {
+        let r = upgrade_record(from, keys::number(k), v)?;
+        Ok(encode(&RecordRef {
+            entry: &r.entry,
+            promotion: r.promotion.as_ref(),
+        }))
+    })?;
+    let promotions = upgrade_tree(
+        t,
+        &t.promotions,
+        keys::MIGRATED_PROMOTIONS,
+        limit,
+        |k, v| {
+            let s = upgrade_stored_promotion(from, keys::number(k), v)?;
+            if from == Old::V2 {
+                // Before the chunk's transaction: appending is idempotent, and
+                // a chunk cut short is read again.
+                postings::append(
+                    &t.index,
+                    &keys::promotions_by_environment_prefix(&s.promotion.environment),
+                    s.promotion.id,
+                )?;
             }
-            None => decode_promotion(&k, &v)?.promotion,
-        };
-        postings::append(
-            &t.index,
-            &keys::promotions_by_environment_prefix(&promotion.environment),
-            promotion.id,
-        )?;
-        promotions += 1;
-    }
+            Ok(encode(&StoredPromotionRef {
+                audit: &s.audit,
+                promotion: &s.promotion,
+            }))
+        },
+    )?;
     Ok((records, promotions))
+}
+
+/// Rewrites each value of `tree` after the key its progress key `progress`
+/// names with `upgrade`, a chunk per transaction with the progress key, up
+/// to `limit` values.
+fn upgrade_tree(
+    t: &Trees,
+    tree: &sled::Tree,
+    progress: &[u8],
+    limit: usize,
+    upgrade: impl Fn(&[u8], &[u8]) -> Result<Vec<u8>, StoreError>,
+) -> Result<u64, StoreError> {
+    use sled::Transactional;
+    use sled::transaction::{ConflictableTransactionError, TransactionError};
+    use std::ops::Bound;
+    let mut after = t.meta.get(progress)?;
+    let mut done = 0;
+    while done < limit {
+        let from = after
+            .as_ref()
+            .map_or(Bound::Unbounded, |k| Bound::Excluded(k.clone()));
+        let mut chunk = Vec::new();
+        for kv in tree
+            .range::<sled::IVec, _>((from, Bound::Unbounded))
+            .take(MIGRATION_CHUNK.min(limit - done))
+        {
+            let (k, v) = kv?;
+            let upgraded = upgrade(&k, &v)?;
+            chunk.push((k, upgraded));
+        }
+        let Some((last, _)) = chunk.last() else {
+            break;
+        };
+        let last = last.clone();
+        (tree, &t.meta)
+            .transaction(|(tree, meta)| {
+                for (k, v) in &chunk {
+                    tree.insert(k, v.as_slice())?;
+                }
+                meta.insert(progress, &last)?;
+                Ok::<_, ConflictableTransactionError<std::convert::Infallible>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(e) => StoreError::from(e),
+                TransactionError::Abort(never) => match never {},
+            })?;
+        done += chunk.len();
+        after = Some(last);
+    }
+    Ok(done as u64)
 }

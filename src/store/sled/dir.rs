@@ -9,6 +9,7 @@
 
 use super::{FORMAT_VERSION, format_error, horizon, keys};
 use crate::store::StoreError;
+use crate::store::codec::Old;
 use std::path::{Path, PathBuf};
 
 /// The files sled 0.34 keeps in every database directory.
@@ -115,10 +116,12 @@ pub fn open_existing(dir: &Path) -> Result<sled::Db, DirError> {
     } else {
         None
     };
-    // Format 2 is checked as it is (its entries are encoded as in format 3;
-    // only a server migrates it).
+    // Formats 2 and 3 are checked as they are (`codec::decode_entry_v2`
+    // reads format 2's entries, format 3's are format 4's); only a server
+    // migrates them.
     match marker.as_deref().map(keys::read_u64) {
-        Some(Some(2 | FORMAT_VERSION)) => Ok(db),
+        Some(Some(FORMAT_VERSION)) => Ok(db),
+        Some(Some(n)) if Old::of(n).is_some() => Ok(db),
         Some(Some(n)) => Err(format_error(format!("store format {n}")).into()),
         Some(None) => Err(format_error("an unreadable store format marker".into()).into()),
         None => Err(format_error("store format 1 (written by an earlier prodgate)".into()).into()),

@@ -5,14 +5,15 @@
 //!
 //! Opened as `verify-log --data-dir` opens it ([`dir::open_existing`]): it
 //! refuses a running server's store and creates nothing. What only a
-//! server's start repairs (a format 2 directory, entries a failed flush
+//! server's start repairs (a directory in an earlier format, entries a failed flush
 //! refused) is refused with the one step that fixes it, rather than
 //! repaired here: the copy must be of a store a server would serve.
 
-use super::codec::{Record, decode_manifest, decode_promotion, decode_record};
+use super::keys::decode_manifest;
 use super::{Trees, dir, horizon, keys};
 use crate::domain::audit::{Verification, Verifier};
 use crate::domain::model::{Promotion, PromotionId};
+use crate::store::codec::{Record, decode_record, decode_stored_promotion};
 use crate::store::{StoreError, StoredManifest};
 use std::path::{Path, PathBuf};
 
@@ -40,8 +41,10 @@ fn needs_start(dir: &Path, why: &str) -> dir::DirError {
 impl Snapshot {
     pub fn open(dir: &Path) -> Result<Snapshot, dir::DirError> {
         let (trees, format) = super::open_offline(dir)?;
-        if format == Some(2) {
-            return Err(needs_start(dir, "is in store format 2"));
+        // The copy stores the records' bytes as they are: they must be in
+        // the format the PostgreSQL backend reads.
+        if let Some(n) = format.filter(|n| *n != super::FORMAT_VERSION) {
+            return Err(needs_start(dir, &format!("is in store format {n}")));
         }
         let refused = horizon::peek(dir).map_err(|source| dir::DirError::Unreadable {
             dir: dir.join(horizon::FILE_NAME),
@@ -69,7 +72,7 @@ impl Snapshot {
     pub fn audit(&self) -> impl Iterator<Item = Result<Exported, StoreError>> + '_ {
         self.trees.audit.iter().map(|kv| {
             let (k, v) = kv?;
-            let record = decode_record(&k, &v)?;
+            let record = decode_record(keys::number(&k), &v)?;
             if keys::read_u64(&k) != Some(record.entry.sequence) {
                 return Err(StoreError::Corrupt {
                     what: format!("audit entry {}", record.entry.sequence),
@@ -99,7 +102,7 @@ impl Snapshot {
     ) -> impl Iterator<Item = Result<(PromotionId, Promotion), StoreError>> + '_ {
         self.trees.promotions.iter().map(|kv| {
             let (k, v) = kv?;
-            let p = decode_promotion(&k, &v)?.promotion;
+            let p = decode_stored_promotion(keys::number(&k), &v)?.promotion;
             Ok((p.id, p))
         })
     }

@@ -1,4 +1,4 @@
-//! Key layout (store format 3). Numbers are big-endian so sled's byte order
+//! Key layout (store format 4). Numbers are big-endian so sled's byte order
 //! is numeric order.
 //!
 //! | tree         | key                                   | value                              |
@@ -13,26 +13,34 @@
 //! |              | `I` principal 0x00 request_id         | id                                 |
 //! |              | `C` repository 0x00 digest 0x00 check | sequence of its latest report      |
 //! |              | `T` repository 0x00 environment       | (empty): prodgate moved this tag   |
-//! | `meta`       | `format`                              | u64 (3)                            |
+//! | `meta`       | `format`                              | u64 (4)                            |
 //! |              | `moved-tags`                          | (empty): the `T` keys are complete |
+//! |              | `migrated-audit`, `migrated-promotions` | while migrating: the last key rewritten |
 //! | `manifests`  | repository 0x00 digest                | media type, bytes                  |
 //! | `policies`   | digest (`sha256:<hex>`)               | the policy's canonical JSON        |
 //!
 //! The `audit` tree is the source of truth; `promotions` and `index` are
 //! derived from it (see `Tx::commit`). Posting chunks are described in
-//! `postings`. Format 3 added `Event::attributes` at the end of the audit
-//! entry's event and `Promotion::superseded_by`, `break_glass`,
-//! `project`, `rollback` and `policy_digest` at the end of the promotion (in both record kinds) and the `e` index; a format 2 directory
-//! is migrated when it is opened (`migrate`). The `T` keys came later
-//! within format 3: a directory without the `moved-tags` marker gets them
-//! from its PROMOTED promotions when it is opened (`index_moved_tags`).
-//! (A build without them that writes to a marked directory leaves its own
-//! moves out of the index, so its tags are not watched for drift.) Repository, environment and principal names never contain
-//! 0x00: the repository grammar forbids it and config validation refuses it.
+//! `postings`. The records' encodings, and what each format changed in
+//! them, are in `store::codec`; besides those, format 3 added the `e`
+//! index. A directory of format 2 or 3 is migrated when it is opened
+//! (`derive::migrate`). The `T` keys came later within format 3: a
+//! directory without the `moved-tags` marker gets them from its PROMOTED
+//! promotions when it is opened (`index_moved_tags`). (A build without them
+//! that writes to a marked directory leaves its own moves out of the index,
+//! so its tags are not watched for drift.) Repository, environment and
+//! principal names never contain 0x00: the repository grammar forbids it
+//! and config validation refuses it.
 
 use crate::domain::model::State;
+use crate::store::StoredManifest;
 
 pub const FORMAT: &[u8] = b"format";
+/// While migrating from an earlier format: the last `audit` key rewritten.
+pub const MIGRATED_AUDIT: &[u8] = b"migrated-audit";
+/// While migrating from an earlier format: the last `promotions` key
+/// rewritten.
+pub const MIGRATED_PROMOTIONS: &[u8] = b"migrated-promotions";
 /// Marks a directory whose `T` keys cover every APPLIED entry.
 pub const MOVED_TAGS: &[u8] = b"moved-tags";
 
@@ -42,6 +50,12 @@ pub fn u64_key(n: u64) -> [u8; 8] {
 
 pub fn read_u64(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+/// The sequence or id an `audit` or `promotions` key holds, for decoding
+/// its value (0 names a malformed key in the error).
+pub fn number(key: &[u8]) -> u64 {
+    read_u64(key).unwrap_or(0)
 }
 
 /// The trailing 8 bytes of an index key: the id or sequence it points at.
@@ -147,4 +161,23 @@ pub fn policy(digest: &str) -> Vec<u8> {
 /// Index key = prefix followed by the id or sequence.
 pub fn indexed(prefix: &[u8], n: u64) -> Vec<u8> {
     with_u64(prefix.to_vec(), n)
+}
+
+/// A `manifests` value: `u32 BE length of media_type | media_type | bytes`.
+pub fn encode_manifest(m: &StoredManifest) -> Vec<u8> {
+    let mt = m.media_type.as_bytes();
+    let mut out = Vec::with_capacity(4 + mt.len() + m.bytes.len());
+    out.extend_from_slice(&u32::try_from(mt.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(mt);
+    out.extend_from_slice(&m.bytes);
+    out
+}
+
+pub fn decode_manifest(v: &[u8]) -> Option<StoredManifest> {
+    let len = u32::from_be_bytes(v.get(..4)?.try_into().ok()?) as usize;
+    let media_type = std::str::from_utf8(v.get(4..4 + len)?).ok()?.to_owned();
+    Some(StoredManifest {
+        media_type,
+        bytes: v.get(4 + len..)?.to_vec(),
+    })
 }

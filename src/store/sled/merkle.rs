@@ -16,10 +16,10 @@
 //! nodes (512 bytes) keep a proof's reads small; the chunk being filled is
 //! kept in memory (see [`Nodes`]).
 
-use super::codec::decode_entry;
 use super::{Trees, keys};
 use crate::domain::audit::AuditEntry;
 use crate::store::StoreError;
+use crate::store::codec::decode_entry;
 use crate::store::merkle::{self, NodeReader};
 
 /// Nodes per stored value.
@@ -239,7 +239,7 @@ pub fn repair(t: &Trees) -> Result<u64, StoreError> {
                 what: format!("audit entry {seq}"),
                 reason: "missing from the log".into(),
             })?;
-            append(t, &decode_entry(&key, &v)?)?;
+            append(t, &decode_entry(keys::number(&key), &v)?)?;
         }
     }
     // What `redo_derived` and the loop above appended, before the caller's

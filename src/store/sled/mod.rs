@@ -5,17 +5,17 @@
 //!   anyone is answered (group commit, fail closed).
 //! - `derive`: derived records, and the start-up repairs: finishing a
 //!   derivation a crash cut short, rolling back entries whose flush failed
-//!   (the refusal horizon, `horizon`), migrating format 2.
+//!   (the refusal horizon, `horizon`), migrating formats 2 and 3.
 //! - `export`: a stopped server's store, read for `prodgate migrate`.
-//! - `query`: reads through the indexes; `codec`: record encodings;
-//!   `keys`: the key layout; `postings`: packed posting lists.
+//! - `query`: reads through the indexes; `keys`: the key layout (records
+//!   are encoded by [`crate::store::codec`]); `postings`: packed posting
+//!   lists.
 //!
 //! Measured reasons for this shape (BENCHMARKS.md): sled 0.34 transactions
 //! and batches take a global lock that waits for a running flush, and sled
 //! keeps in-memory bookkeeping per 16-entry leaf, so keys are kept few
 //! (`postings`) and records compact (postcard).
 
-pub(crate) mod codec;
 mod derive;
 pub mod dir;
 pub(crate) mod export;
@@ -30,12 +30,12 @@ use crate::clock::Clock;
 use crate::domain::audit::{AuditEntry, Verification, Verifier};
 use crate::domain::drift::TagRecord;
 use crate::domain::model::{CheckReport, Promotion, PromotionId, State, Time};
+use crate::store::codec::{self, StoredPromotion, decode_stored_promotion};
 use crate::store::{
     Change, HistoryFilter, Job, ListFilter, Page, PageRequest, Storage, Store, StoreError,
     StoredManifest, StoredPolicy, WriterStats,
 };
 use async_trait::async_trait;
-use codec::{StoredPromotion, decode_promotion};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -53,8 +53,9 @@ const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 const CHANGES_CAPACITY: usize = 1024;
 /// The on-disk layout this build reads and writes (`keys` describes it).
 /// Format 1 (JSON records, one sled transaction per commit) had no marker;
-/// format 2 is migrated at open.
-const FORMAT_VERSION: u64 = 3;
+/// formats 2 and 3 (earlier record shapes, see `store::codec`) are migrated
+/// at open.
+const FORMAT_VERSION: u64 = 4;
 
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
@@ -157,12 +158,12 @@ impl SledStore {
         let (records, _) = broadcast::channel(CHANGES_CAPACITY);
         let stats = Arc::new(WriterStats::default());
         let (to_flusher, flusher_rx) = std::sync::mpsc::channel();
-        let durable = Arc::new(AtomicU64::new(state.next_sequence - 1));
+        let durable = Arc::new(AtomicU64::new(state.head.last_sequence()));
         let flusher = writer::Flusher {
             db: trees.db.clone(),
             horizon,
             durable: durable.clone(),
-            acknowledged: state.next_sequence - 1,
+            acknowledged: state.head.last_sequence(),
             poisoned: state.poisoned.clone(),
             changes: changes.clone(),
             records: records.clone(),
@@ -365,6 +366,7 @@ impl Storage for SledStore {
 /// refuses a directory that holds no prodgate store ([`dir::open_existing`]).
 pub fn verify_offline(dir: &Path) -> Result<Verification, dir::DirError> {
     let (trees, format) = open_offline(dir)?;
+    // Formats 3 and 4 store the entry alike.
     let decode = match format {
         Some(2) => codec::decode_entry_v2,
         _ => codec::decode_entry,
@@ -402,40 +404,48 @@ fn stored_promotion(
 ) -> Result<Option<StoredPromotion>, StoreError> {
     let key = keys::u64_key(id);
     tree.get(key)?
-        .map(|v| decode_promotion(&key, &v))
+        .map(|v| decode_stored_promotion(id, &v))
         .transpose()
 }
 
 fn format_error(found: String) -> StoreError {
     StoreError::Format {
         found,
-        supported: format!("{FORMAT_VERSION} (and migrates format 2)"),
+        supported: format!("{FORMAT_VERSION} (and migrates formats 2 and 3)"),
     }
 }
 
 /// Refuses a data directory in a format this build cannot read, migrates
-/// format 2, and marks a new directory.
+/// formats 2 and 3, and marks a new directory.
 fn check_format(t: &Trees) -> Result<(), StoreError> {
+    // One batch of one tree, applied atomically: the migration's progress
+    // markers go with the old format's marker.
     let mark = |t: &Trees| -> Result<(), StoreError> {
-        t.meta
-            .insert(keys::FORMAT, &keys::u64_key(FORMAT_VERSION))?;
+        let mut batch = sled::Batch::default();
+        batch.insert(keys::FORMAT, &keys::u64_key(FORMAT_VERSION));
+        batch.remove(keys::MIGRATED_AUDIT);
+        batch.remove(keys::MIGRATED_PROMOTIONS);
+        t.meta.apply_batch(batch)?;
         t.db.flush()?;
         Ok(())
     };
     match t.meta.get(keys::FORMAT)?.map(|v| keys::read_u64(&v)) {
         Some(Some(FORMAT_VERSION)) => Ok(()),
-        Some(Some(2)) => {
-            let (records, promotions) = derive::migrate(t)?;
+        Some(Some(n)) => {
+            let Some(from) = codec::Old::of(n) else {
+                return Err(format_error(format!("store format {n}")));
+            };
+            let (records, promotions) = derive::migrate(t, from)?;
+            // Every rewritten record is on disk before the marker says so.
             t.db.flush()?;
             mark(t)?;
             tracing::info!(
                 records,
                 promotions,
-                "migrated the data directory from store format 2 to 3"
+                "migrated the data directory from store format {n} to {FORMAT_VERSION}"
             );
             Ok(())
         }
-        Some(Some(n)) => Err(format_error(format!("store format {n}"))),
         Some(None) => Err(format_error("an unreadable store format marker".into())),
         None if t.audit.is_empty() && t.promotions.is_empty() => mark(t),
         None => Err(format_error(

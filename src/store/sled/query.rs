@@ -2,13 +2,14 @@
 //! indexes (never a full scan where an index or a seek can bound the walk),
 //! the deployed digest at a moment, and the chain check.
 
-use super::codec::{decode_entry, decode_manifest, decode_promotion};
+use super::keys::decode_manifest;
 use super::{Trees, keys, postings, request_id_of, stored_promotion};
 use crate::domain::audit::{AuditEntry, Verification, Verifier};
 use crate::domain::drift::TagRecord;
 use crate::domain::model::{
     Action, CheckReport, POLICY_ATTRIBUTE, Promotion, PromotionId, State, Time,
 };
+use crate::store::codec::{decode_entry, decode_stored_promotion};
 use crate::store::{
     CheckNames, HistoryFilter, ListFilter, Page, PageRequest, StoreError, StoredManifest,
     StoredPolicy,
@@ -123,7 +124,7 @@ impl Trees {
                     what: format!("audit entry {}", keys::read_u64(&key).unwrap_or(0)),
                     reason: "indexed but missing".into(),
                 })?;
-                decode_entry(&key, &v)
+                decode_entry(keys::number(&key), &v)
             })
             .filter(|e| {
                 e.as_ref()
@@ -202,7 +203,7 @@ impl Trees {
         let key = keys::u64_key(sequence);
         self.audit
             .get(key)?
-            .map(|v| decode_entry(&key, &v))
+            .map(|v| decode_entry(sequence, &v))
             .transpose()
     }
 
@@ -282,7 +283,7 @@ impl Trees {
                 };
                 for kv in walk {
                     let (k, v) = kv?;
-                    let p = decode_promotion(&k, &v)?.promotion;
+                    let p = decode_stored_promotion(keys::number(&k), &v)?.promotion;
                     if !builder.offer(p) {
                         break;
                     }
@@ -529,18 +530,18 @@ impl Trees {
     pub fn verify_with(
         &self,
         mut v: Verifier,
-        decode: fn(&[u8], &[u8]) -> Result<AuditEntry, StoreError>,
+        decode: fn(u64, &[u8]) -> Result<AuditEntry, StoreError>,
     ) -> Result<(Verification, Verifier), StoreError> {
         for kv in self.audit.range(keys::u64_key(v.next_sequence())..) {
             let (k, val) = kv?;
-            match decode(&k, &val) {
+            match decode(keys::number(&k), &val) {
                 Ok(e) => {
                     if !v.push(&e) {
                         break;
                     }
                 }
                 Err(e) => {
-                    v.fail(keys::read_u64(&k).unwrap_or(0), e.to_string());
+                    v.fail(keys::number(&k), e.to_string());
                     break;
                 }
             }

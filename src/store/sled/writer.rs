@@ -5,12 +5,13 @@
 //! of batch N, and one fsync acknowledges every write that queued meanwhile
 //! (group commit).
 
-use super::codec::{RecordRef, decode_entry, encode, encode_manifest};
 use super::derive::{derive, derive_event};
 use super::{Trees, horizon, keys, request_id_of, stored_promotion};
 use crate::clock::Clock;
-use crate::domain::audit::{AuditEntry, GENESIS, Hash};
+use crate::domain::audit::AuditEntry;
 use crate::domain::model::{Event, Promotion, PromotionId, State, Time};
+use crate::store::chain::{Appender, Head, Outbox};
+use crate::store::codec::{RecordRef, decode_entry, encode};
 use crate::store::{
     Change, CheckNames, Completion, Job, StoreError, StoredManifest, UnitOfWork, WriterStats,
 };
@@ -24,10 +25,7 @@ pub const MAX_BATCH: usize = 512;
 /// What only the writer thread knows: the chain's head and the id counter.
 pub struct WriterState {
     pub trees: Trees,
-    pub next_sequence: u64,
-    head_hash: Hash,
-    last_time: Time,
-    next_id: PromotionId,
+    pub head: Head,
     clock: Arc<dyn Clock>,
     /// Set by the flusher when a flush fails; shared with the writer so no
     /// later job commits anything.
@@ -36,53 +34,84 @@ pub struct WriterState {
 
 impl WriterState {
     pub fn load(trees: Trees, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
-        let (next_sequence, head_hash, last_time) = match trees.audit.last()? {
-            Some((k, v)) => {
-                let e = decode_entry(&k, &v)?;
-                (e.sequence + 1, e.hash, e.time)
-            }
-            None => (1, GENESIS, Time::ZERO),
+        let last = match trees.audit.last()? {
+            Some((k, v)) => Some(decode_entry(keys::number(&k), &v)?),
+            None => None,
         };
-        // Ids are never reused: promotions are never deleted, and the newest
-        // one's value is derived before the writer starts.
-        let next_id = trees
+        // The newest promotion's value is derived before the writer starts.
+        let max_id = trees
             .promotions
             .last()?
-            .and_then(|(k, _)| keys::read_u64(&k))
-            .map_or(1, |id| id + 1);
+            .and_then(|(k, _)| keys::read_u64(&k));
         Ok(Self {
+            head: Head::after(last.as_ref(), max_id),
             trees,
-            next_sequence,
-            head_hash,
-            last_time,
-            next_id,
             clock,
             poisoned: Arc::new(AtomicBool::new(false)),
         })
-    }
-
-    fn is_poisoned(&self) -> bool {
-        self.poisoned.load(Ordering::Acquire)
     }
 }
 
 /// A write job's view of the store, valid on the writer thread only.
 pub struct Tx<'a> {
-    pub state: &'a mut WriterState,
-    pub changed: &'a mut Vec<Change>,
-    pub recorded: &'a mut Vec<AuditEntry>,
-    pub writes: usize,
+    trees: &'a Trees,
+    clock: &'a dyn Clock,
+    poisoned: &'a AtomicBool,
+    chain: Appender<'a>,
+}
+
+impl<'a> Tx<'a> {
+    /// A job's view of `state`; what it commits goes to `outbox`.
+    pub fn new(state: &'a mut WriterState, outbox: &'a mut Outbox) -> Self {
+        Tx {
+            trees: &state.trees,
+            clock: state.clock.as_ref(),
+            poisoned: &state.poisoned,
+            chain: Appender::new(&mut state.head, outbox),
+        }
+    }
+
+    fn refuse_if_poisoned(&self) -> Result<(), StoreError> {
+        if self.poisoned.load(Ordering::Acquire) {
+            Err(StoreError::Poisoned)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// What follows a committed audit record: if writing it fails, the store is
+/// poisoned (refuses all writes until a restart re-derives it).
+fn derived(poisoned: &AtomicBool, result: Result<(), StoreError>) -> Result<(), StoreError> {
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "indexing a committed audit entry failed; refusing all further writes");
+        poisoned.store(true, Ordering::Release);
+    }
+    result
+}
+
+/// Writes the audit record: a single sled insert, the commit.
+fn insert_record(
+    t: &Trees,
+    entry: &AuditEntry,
+    promotion: Option<&Promotion>,
+) -> Result<(), StoreError> {
+    t.audit
+        .insert(
+            keys::u64_key(entry.sequence),
+            encode(&RecordRef { entry, promotion }),
+        )
+        .map(drop)
+        .map_err(StoreError::from)
 }
 
 impl UnitOfWork for Tx<'_> {
     fn now(&mut self) -> Time {
-        let now = self.state.clock.now().max(self.state.last_time);
-        self.state.last_time = now;
-        now
+        self.chain.now(self.clock)
     }
 
     fn get(&self, id: PromotionId) -> Result<Option<Promotion>, StoreError> {
-        Ok(stored_promotion(&self.state.trees.promotions, id)?.map(|s| s.promotion))
+        Ok(stored_promotion(&self.trees.promotions, id)?.map(|s| s.promotion))
     }
 
     fn find_request(
@@ -90,11 +119,11 @@ impl UnitOfWork for Tx<'_> {
         principal: &str,
         request_id: &str,
     ) -> Result<Option<PromotionId>, StoreError> {
-        request_id_of(&self.state.trees.index, principal, request_id)
+        request_id_of(&self.trees.index, principal, request_id)
     }
 
     fn next_id(&self) -> PromotionId {
-        self.state.next_id
+        self.chain.head().next_id
     }
 
     fn open_promotions(
@@ -105,8 +134,8 @@ impl UnitOfWork for Tx<'_> {
         // The open states are the short-lived ones, so their index is small;
         // the per-state walk avoids an index by repository and state.
         let mut open = Vec::new();
-        for state in [State::PendingApproval, State::Approved] {
-            for id in super::query::state_ids(&self.state.trees.index, state, 0) {
+        for state in [State::PendingApproval, State::Waiting, State::Approved] {
+            for id in super::query::state_ids(&self.trees.index, state, 0) {
                 if let Some(p) = self.get(id?)?
                     && p.repository == repository
                     && p.environment == environment
@@ -125,29 +154,23 @@ impl UnitOfWork for Tx<'_> {
         digest: &str,
         m: &StoredManifest,
     ) -> Result<(), StoreError> {
-        if self.state.is_poisoned() {
-            return Err(StoreError::Poisoned);
-        }
-        self.state
-            .trees
+        self.refuse_if_poisoned()?;
+        self.trees
             .manifests
-            .insert(keys::manifest(repository, digest), encode_manifest(m))?;
+            .insert(keys::manifest(repository, digest), keys::encode_manifest(m))?;
         Ok(())
     }
 
     fn put_policy(&mut self, digest: &str, canonical_json: &str) -> Result<(), StoreError> {
-        if self.state.is_poisoned() {
-            return Err(StoreError::Poisoned);
-        }
-        self.state
-            .trees
+        self.refuse_if_poisoned()?;
+        self.trees
             .policies
             .insert(keys::policy(digest), canonical_json.as_bytes())?;
         Ok(())
     }
 
     fn latest_policy(&self) -> Result<Option<String>, StoreError> {
-        self.state.trees.latest_policy()
+        self.trees.latest_policy()
     }
 
     /// The audit record, written in one sled insert, is the commit: sled
@@ -163,75 +186,30 @@ impl UnitOfWork for Tx<'_> {
         after: &Promotion,
         event: Option<Event>,
     ) -> Result<Option<AuditEntry>, StoreError> {
-        if self.state.is_poisoned() {
-            return Err(StoreError::Poisoned);
-        }
-        let stored = stored_promotion(&self.state.trees.promotions, after.id)?;
-        let Some(event) = event else {
-            // Only a repeated approval has no event, and it changes nothing.
-            return if stored.is_some_and(|s| s.promotion == *after) {
-                Ok(None)
-            } else {
-                Err(StoreError::Unaudited(after.id))
-            };
-        };
-        let time = after.updated_at.max(self.state.last_time);
-        let entry = AuditEntry::chain(self.state.head_hash, self.state.next_sequence, time, event);
-        let t = &self.state.trees;
-        t.audit.insert(
-            keys::u64_key(entry.sequence),
-            encode(&RecordRef {
-                entry: &entry,
-                promotion: Some(after),
-            }),
-        )?;
-        self.writes += 1;
-        self.state.next_sequence = entry.sequence + 1;
-        self.state.head_hash = entry.hash;
-        self.state.last_time = entry.time;
-        if stored.is_none() {
-            self.state.next_id = self.state.next_id.max(after.id + 1);
-        }
-        if let Err(e) = derive(t, stored.as_ref(), &entry, after) {
-            tracing::error!(error = %e, "indexing a committed audit entry failed; refusing all further writes");
-            self.state.poisoned.store(true, Ordering::Release);
-            return Err(e);
-        }
-        self.changed.push(Change {
-            entry: entry.clone(),
-            promotion: after.clone(),
-        });
-        Ok(Some(entry))
+        self.refuse_if_poisoned()?;
+        let (t, poisoned) = (self.trees, self.poisoned);
+        let stored = stored_promotion(&t.promotions, after.id)?;
+        self.chain.commit(
+            stored.as_ref().map(|s| &s.promotion),
+            after,
+            event,
+            |entry| insert_record(t, entry, Some(after)),
+            |entry| derived(poisoned, derive(t, stored.as_ref(), entry, after)),
+        )
     }
 
     /// Like `commit`, for an entry about no promotion: one insert of the
     /// record, then its indexes (`derive_event`). Published on the records
     /// stream, not as a [`Change`] (that stream is about promotions).
     fn record(&mut self, event: Event, at: Time) -> Result<AuditEntry, StoreError> {
-        if self.state.is_poisoned() {
-            return Err(StoreError::Poisoned);
-        }
-        let time = at.max(self.state.last_time);
-        let entry = AuditEntry::chain(self.state.head_hash, self.state.next_sequence, time, event);
-        let t = &self.state.trees;
-        t.audit.insert(
-            keys::u64_key(entry.sequence),
-            encode(&RecordRef {
-                entry: &entry,
-                promotion: None,
-            }),
-        )?;
-        self.writes += 1;
-        self.state.next_sequence = entry.sequence + 1;
-        self.state.head_hash = entry.hash;
-        self.state.last_time = entry.time;
-        if let Err(e) = derive_event(t, &entry) {
-            tracing::error!(error = %e, "indexing a committed audit entry failed; refusing all further writes");
-            self.state.poisoned.store(true, Ordering::Release);
-            return Err(e);
-        }
-        self.recorded.push(entry.clone());
-        Ok(entry)
+        self.refuse_if_poisoned()?;
+        let (t, poisoned) = (self.trees, self.poisoned);
+        self.chain.record(
+            event,
+            at,
+            |entry| insert_record(t, entry, None),
+            |entry| derived(poisoned, derive_event(t, entry)),
+        )
     }
 
     fn check_names(
@@ -241,21 +219,18 @@ impl UnitOfWork for Tx<'_> {
         check: &str,
         up_to: usize,
     ) -> Result<CheckNames, StoreError> {
-        self.state
-            .trees
-            .check_names(repository, digest, check, up_to)
+        self.trees.check_names(repository, digest, check, up_to)
     }
 
     fn writes(&self) -> usize {
-        self.writes
+        self.chain.writes()
     }
 }
 
 /// One committed batch on its way to the flusher.
 pub struct Committed {
     completions: Vec<Completion>,
-    changed: Vec<Change>,
-    recorded: Vec<AuditEntry>,
+    outbox: Outbox,
     writes: usize,
     /// The newest audit sequence once the batch was applied.
     last_sequence: u64,
@@ -273,22 +248,16 @@ pub fn run_writer(
     while let Some(batch) = crate::store::next_batch(&mut rx, MAX_BATCH) {
         let mut committed = Committed {
             completions: Vec::with_capacity(batch.len()),
-            changed: Vec::new(),
-            recorded: Vec::new(),
+            outbox: Outbox::default(),
             writes: 0,
             last_sequence: 0,
         };
         for job in batch {
-            let mut tx = Tx {
-                state: &mut state,
-                changed: &mut committed.changed,
-                recorded: &mut committed.recorded,
-                writes: 0,
-            };
+            let mut tx = Tx::new(&mut state, &mut committed.outbox);
             committed.completions.push(job(&mut tx));
-            committed.writes += tx.writes;
+            committed.writes += tx.writes();
         }
-        committed.last_sequence = state.next_sequence - 1;
+        committed.last_sequence = state.head.last_sequence();
         // The Merkle tree's partly filled chunk, so the flush covers it.
         if let Err(e) = state.trees.merkle.sync() {
             tracing::error!(error = %e, "storing Merkle nodes failed; refusing all further writes");
@@ -330,11 +299,11 @@ impl Flusher {
                     c(flushed.clone());
                 }
                 if flushed.is_ok() {
-                    for change in committed.changed {
+                    for change in committed.outbox.changed {
                         // No subscriber is fine.
                         let _ = self.changes.send(change);
                     }
-                    for entry in committed.recorded {
+                    for entry in committed.outbox.recorded {
                         let _ = self.records.send(entry);
                     }
                 }
