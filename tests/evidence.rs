@@ -223,10 +223,13 @@ async fn checkpoints_and_proofs_verify_independently_and_exports_round_trip() {
     );
     let mut server = TestServer::start(&config);
     let repo = format!("{}/app", registry.host);
-    registry.push_image("app", Some("staging"), 1024, 1).await;
     let mut alice = server.client("alice").await;
     let mut bob = server.client("bob").await;
-    for _ in 0..4 {
+    for i in 0..4 {
+        // A new image each time: production already carries the last one.
+        registry
+            .push_image("app", Some("staging"), 1024, 1 + i)
+            .await;
         let p = alice
             .request_promotion(request_to(&repo, "staging", "production"))
             .await

@@ -223,6 +223,8 @@ mod operated {
             .expect("approve")
             .into_inner();
         assert_eq!(done.state, PromotionState::Promoted as i32);
+        // A new image: production already carries the first.
+        registry.push_image("app", Some("staging"), 1024, 2).await;
         alice
             .request_promotion(request(&repo))
             .await

@@ -382,6 +382,10 @@ async fn webhooks_are_sent_once_however_many_replicas_see_the_change() {
     let servers: Vec<TestServer> = (0..REPLICAS).map(|_| TestServer::start(&config)).collect();
     let mut ids = Vec::new();
     for (ask, decide) in [(0, 1), (2, 0)] {
+        // A new image each time: production already carries the last one.
+        registry
+            .push_image("app", Some("staging"), 256, 60 + ask as u64)
+            .await;
         let p = servers[ask]
             .client("alice")
             .await

@@ -183,12 +183,17 @@ async fn acknowledged_writes_survive_sigkill() {
     w.registry.push_image("app", Some("staging"), 1024, 1).await;
     let repo = w.repo("app");
     let World {
-        registry: _registry,
+        registry,
         mut server,
     } = w;
     let acks: Arc<Mutex<HashMap<String, Vec<Ack>>>> = Arc::default();
     let mut rng = rand::rng();
     for cycle in 0..cycles {
+        // A new build on staging each cycle: once production carries a
+        // digest, requests for it change nothing and are refused.
+        registry
+            .push_image("app", Some("staging"), 1024, 2 + cycle as u64)
+            .await;
         let mut workers = Vec::new();
         for worker in 0..6 {
             let mut alice = server.client("alice").await;

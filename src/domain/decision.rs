@@ -234,6 +234,31 @@ pub fn reevaluate(p: &Promotion, f: &Facts<'_>) -> Option<Outcome> {
     Some(o)
 }
 
+/// One move of an environment's tag (an APPLIED entry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagMove {
+    /// The digest the move replaced ("" when the tag was new).
+    pub previous: String,
+    /// The move was a rollback's.
+    pub by_rollback: bool,
+}
+
+/// Rollback's default target, from the tag's moves newest first: the
+/// newest digest a move replaced that is not `current` and that no
+/// rollback moved the tag away from, so rolling back twice never brings
+/// back what the first rollback removed. `None`: nothing is left.
+pub fn rollback_target<'m>(moves: &'m [TagMove], current: &str) -> Option<&'m str> {
+    let rolled_away: Vec<&str> = moves
+        .iter()
+        .filter(|m| m.by_rollback)
+        .map(|m| m.previous.as_str())
+        .collect();
+    moves
+        .iter()
+        .map(|m| m.previous.as_str())
+        .find(|d| !d.is_empty() && *d != current && !rolled_away.contains(d))
+}
+
 /// Every gate of `p`, evaluated on `f` (also EvaluateGates' answer).
 pub fn evaluate(p: &Promotion, f: &Facts<'_>) -> GateReport {
     gates::evaluate(&gate_facts(p, f))
@@ -342,6 +367,22 @@ fn check_break_glass(
         return Err(Refusal::Unexplained { field });
     }
     Ok(())
+}
+
+/// Facts with nothing but the policy and the time, for tests where no gate
+/// besides the approvals is configured (so nothing else is read).
+#[cfg(test)]
+pub fn bare_facts(policy: &EnvironmentPolicy, now: Time) -> Facts<'_> {
+    Facts {
+        policy,
+        policy_digest: "",
+        now,
+        checks: &[],
+        soak_since: None,
+        signature: None,
+        prerequisite: None,
+        deployed: None,
+    }
 }
 
 #[cfg(test)]

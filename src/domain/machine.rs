@@ -389,52 +389,56 @@ fn require_approved(p: &Promotion) -> Result<(), DomainError> {
     }
 }
 
+/// What the tests here drive: the service decides through `decision`, and
+/// with no gate but the approvals configured these are its request and
+/// approve, in this module's terms.
 #[cfg(test)]
-mod tests {
-    use super::*;
+mod via_decision {
+    use super::{DomainError, NewPromotion, Outcome};
+    use crate::domain::decision::{self, Refusal};
+    use crate::domain::model::{Promotion, PromotionId, Time};
+    use crate::domain::policy::{EnvironmentPolicy, Principal};
 
-    /// The service decides through `decision`; with no gate but the
-    /// approvals configured, these are its request and approve.
-    fn decided<'a>(policy: &'a EnvironmentPolicy, now: Time) -> crate::domain::decision::Facts<'a> {
-        crate::domain::decision::Facts {
-            policy,
-            policy_digest: "",
-            now,
-            checks: &[],
-            soak_since: None,
-            signature: None,
-            prerequisite: None,
-            deployed: None,
-        }
-    }
-
-    fn request(
+    pub fn request(
         id: PromotionId,
         new: NewPromotion,
         requester: &Principal,
         policy: &EnvironmentPolicy,
         now: Time,
     ) -> Outcome {
-        crate::domain::decision::request(id, new, requester, false, &decided(policy, now))
-            .expect("no refusing gate is configured")
+        decision::request(
+            id,
+            new,
+            requester,
+            false,
+            &decision::bare_facts(policy, now),
+        )
+        .expect("no refusing gate is configured")
     }
 
-    fn approve(
+    pub fn approve(
         p: &Promotion,
         who: &Principal,
         policy: &EnvironmentPolicy,
         comment: &str,
         now: Time,
     ) -> Result<Outcome, DomainError> {
-        crate::domain::decision::approve(p, who, false, comment, &decided(policy, now)).map_err(
-            |r| match r {
-                crate::domain::decision::Refusal::Domain(d) => d,
+        decision::approve(p, who, false, comment, &decision::bare_facts(policy, now)).map_err(|r| {
+            match r {
+                Refusal::Domain(d) => d,
                 other => panic!("not a domain refusal: {other:?}"),
-            },
-        )
+            }
+        })
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
     use crate::domain::policy::Approver;
     use std::time::Duration;
+    use via_decision::{approve, request};
 
     fn who(name: &str, groups: &[&str]) -> Principal {
         Principal::new(name, groups.iter().map(|g| g.to_string()).collect())
@@ -601,48 +605,9 @@ mod proptests {
     use proptest::sample::Index;
     use proptest::test_runner::TestCaseError;
 
-    /// The service decides through `decision`; with no gate but the
-    /// approvals configured, these are its request and approve.
-    fn decided<'a>(policy: &'a EnvironmentPolicy, now: Time) -> crate::domain::decision::Facts<'a> {
-        crate::domain::decision::Facts {
-            policy,
-            policy_digest: "",
-            now,
-            checks: &[],
-            soak_since: None,
-            signature: None,
-            prerequisite: None,
-            deployed: None,
-        }
-    }
-
-    fn request(
-        id: PromotionId,
-        new: NewPromotion,
-        requester: &Principal,
-        policy: &EnvironmentPolicy,
-        now: Time,
-    ) -> Outcome {
-        crate::domain::decision::request(id, new, requester, false, &decided(policy, now))
-            .expect("no refusing gate is configured")
-    }
-
-    fn approve(
-        p: &Promotion,
-        who: &Principal,
-        policy: &EnvironmentPolicy,
-        comment: &str,
-        now: Time,
-    ) -> Result<Outcome, DomainError> {
-        crate::domain::decision::approve(p, who, false, comment, &decided(policy, now)).map_err(
-            |r| match r {
-                crate::domain::decision::Refusal::Domain(d) => d,
-                other => panic!("not a domain refusal: {other:?}"),
-            },
-        )
-    }
     use std::collections::{HashMap, HashSet};
     use std::time::Duration;
+    use via_decision::{approve, request};
 
     /// The principals acting. Approvers of every environment are `group:rm`,
     /// `carol` and `group:sre`, so alice, bob, carol and dave approve (by group

@@ -15,7 +15,6 @@ use crate::domain::policy::{EnvironmentPolicy, Principal};
 use crate::error::Error;
 use crate::registry::Manifest;
 use crate::store::{HistoryFilter, PageRequest, StoredManifest, UnitOfWork};
-use std::collections::HashSet;
 use std::sync::Arc;
 
 /// What an approver-facing call does to an undecided promotion.
@@ -279,31 +278,23 @@ impl Promotions {
         self.request_under(config, who, request).await
     }
 
-    /// The default rollback target: walking the tag's moves newest first,
-    /// the digest each move replaced, skipping the current one and every
-    /// digest a rollback moved the tag away from.
+    /// The default rollback target ([`decision::rollback_target`]) of
+    /// `environment`'s tag, which now carries `current`.
     async fn rollback_target(
         &self,
         repository: &str,
         environment: &str,
         current: &str,
     ) -> Result<Option<String>, Error> {
-        let moves = self.applied_history(repository, environment).await?;
-        let mut rolled_away: HashSet<String> = HashSet::new();
-        for (_, previous, promotion) in &moves {
-            let rollback = self
-                .store
-                .get(*promotion)
-                .await?
-                .is_some_and(|p| p.rollback);
-            if rollback {
-                rolled_away.insert(previous.clone());
-            }
+        let mut moves = Vec::new();
+        for (_, previous, promotion) in self.applied_history(repository, environment).await? {
+            let by_rollback = self.store.get(promotion).await?.is_some_and(|p| p.rollback);
+            moves.push(decision::TagMove {
+                previous,
+                by_rollback,
+            });
         }
-        Ok(moves
-            .into_iter()
-            .map(|(_, previous, _)| previous)
-            .find(|d| !d.is_empty() && d != current && !rolled_away.contains(d)))
+        Ok(decision::rollback_target(&moves, current).map(str::to_owned))
     }
 
     /// Every APPLIED move of `environment`'s tag of `repository`, newest

@@ -678,16 +678,7 @@ pub fn decide_approval(
     policy: &EnvironmentPolicy,
     now: Time,
 ) -> Result<machine::Outcome, StoreError> {
-    let facts = crate::domain::decision::Facts {
-        policy,
-        policy_digest: "",
-        now,
-        checks: &[],
-        soak_since: None,
-        signature: None,
-        prerequisite: None,
-        deployed: None,
-    };
+    let facts = crate::domain::decision::bare_facts(policy, now);
     crate::domain::decision::approve(p, who, false, "lgtm", &facts)
         .map_err(|r| StoreError::Backend(format!("{r:?}")))
 }

@@ -473,6 +473,29 @@ fn a_waiting_promotion_expires_after_wait_ttl_not_approval_ttl() {
     );
 }
 
+#[test]
+fn rollback_goes_back_past_what_rollbacks_removed() {
+    let m = |previous: &str, by_rollback| TagMove {
+        previous: previous.into(),
+        by_rollback,
+    };
+    // a, b, c applied; a rollback to b (from c): current b.
+    let moves = [m("c", true), m("b", false), m("a", false), m("", false)];
+    assert_eq!(rollback_target(&moves, "b"), Some("a"), "not c again");
+    // Then a rollback to a (from b): nothing is left.
+    let moves = [
+        m("b", true),
+        m("c", true),
+        m("b", false),
+        m("a", false),
+        m("", false),
+    ];
+    assert_eq!(rollback_target(&moves, "a"), None);
+    // z, then a applied twice in a row: the target is z, never a itself.
+    let moves = [m("a", false), m("z", false), m("", false)];
+    assert_eq!(rollback_target(&moves, "a"), Some("z"));
+}
+
 // ---- the property: approved only when every gate passes, approvals never lost ----
 
 const POOL: &[(&str, &[&str])] = &[

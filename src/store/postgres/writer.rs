@@ -66,7 +66,17 @@ pub struct Writer {
     conn: Option<Conn>,
     clock: Arc<dyn Clock>,
     shared: Shared,
+    /// When the connection last answered; see [`Writer::ready`].
+    used: std::time::Instant,
 }
+
+/// A connection idle this long is asked whether it still works before a
+/// batch uses it (one empty statement): PostgreSQL may have ended it
+/// meanwhile (a restart, an administrator), and the client learns that
+/// only from the next statement, which would refuse a batch that a fresh
+/// connection would have written. Under load batches follow each other
+/// closer than this, so they pay nothing.
+const IDLE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Writer {
     /// Connects and reads the head; the caller reports a failure at open.
@@ -80,6 +90,7 @@ impl Writer {
             conn: None,
             clock,
             shared,
+            used: std::time::Instant::now(),
         };
         w.ready()?;
         let Some(Conn { client, statements }) = w.conn.as_mut() else {
@@ -98,6 +109,13 @@ impl Writer {
         if self.conn.as_ref().is_some_and(|c| c.client.is_closed()) {
             self.conn = None;
         }
+        if self.used.elapsed() >= IDLE_CHECK
+            && let Some(c) = self.conn.as_mut()
+            && c.client.is_valid(IDLE_CHECK).is_err()
+        {
+            self.conn = None;
+        }
+        self.used = std::time::Instant::now();
         if self.conn.is_none() {
             let mut c = self
                 .config
