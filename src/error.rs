@@ -54,8 +54,14 @@ pub enum Error {
         environment: String,
         at: String,
     },
-    #[error("promotion {id} expired at {expires_at} without enough approvals")]
-    Expired { id: u64, expires_at: String },
+    #[error("promotion {id} expired at {expires_at} {why}")]
+    Expired {
+        id: u64,
+        expires_at: String,
+        /// `without enough approvals` (approval_ttl), or what it was still
+        /// waiting for (wait_ttl).
+        why: String,
+    },
     #[error(
         "{principal} may not report checks for {repository}: only the configured check_reporters may"
     )]

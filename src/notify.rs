@@ -70,6 +70,10 @@ pub struct Notification {
 /// action names, and `break_glass` when the call used break-glass.
 pub fn events_of(c: &Change) -> Vec<NotifyEvent> {
     let mut events: Vec<NotifyEvent> = event_of(c).into_iter().collect();
+    // A request that needs no approval may wait at once.
+    if c.entry.event.action == Action::Requested && c.promotion.state == State::Waiting {
+        events.push(NotifyEvent::Waiting);
+    }
     if c.entry
         .event
         .attributes
@@ -493,6 +497,10 @@ mod tests {
         assert_eq!(
             events_of(&change(Action::GatesPassed, State::Approved)),
             vec![NotifyEvent::GatesPassed]
+        );
+        assert_eq!(
+            events_of(&change(Action::Requested, State::Waiting)),
+            vec![NotifyEvent::Requested, NotifyEvent::Waiting]
         );
         assert_eq!(NotifyEvent::Waiting.name(), "waiting");
         assert_eq!(NotifyEvent::GatesPassed.name(), "gates_passed");

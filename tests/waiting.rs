@@ -424,3 +424,52 @@ async fn a_waiting_promotion_gives_way_to_a_newer_one_applied_first() {
     assert_eq!(older.state, PromotionState::Superseded as i32, "{older:?}");
     assert_eq!(older.superseded_by, hotfix.id);
 }
+
+#[tokio::test]
+async fn a_freeze_that_ends_seconds_later_lets_the_approval_ship_by_itself() {
+    let registry = TestRegistry::start().await;
+    let now = SystemTime::now();
+    let rfc = |t: SystemTime| humantime::format_rfc3339_millis(t).to_string();
+    let end = now + Duration::from_secs(3);
+    let keys = format!(
+        "\n[[freeze]]\nenvironments = [\"production\"]\nstart = \"{}\"\nend = \"{}\"\nreason = \"deploy review\"\n",
+        rfc(now - Duration::from_secs(60)),
+        rfc(end),
+    );
+    let server = TestServer::start(&config(&registry.host, &keys));
+    let mut alice = server.client("alice").await;
+    let p = candidate(&registry, &mut alice, 8).await;
+    let waiting = server
+        .client("bob")
+        .await
+        .approve(approve(&p.id))
+        .await
+        .expect("recorded in the freeze")
+        .into_inner();
+    assert_eq!(waiting.state, PromotionState::Waiting as i32, "{waiting:?}");
+    assert_eq!(waiting.waiting_for, ["freeze"]);
+    let opens = waiting.not_before.expect("the freeze's end");
+    let end_ms = end.duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
+    assert_eq!(
+        opens.seconds * 1000 + i64::from(opens.nanos) / 1_000_000,
+        end_ms,
+        "not_before is the freeze's end"
+    );
+    let done = wait_for_state(
+        &mut alice,
+        &p.id,
+        PromotionState::Promoted,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(done.promoted_at.unwrap().seconds >= opens.seconds);
+    // A finished promotion has no gates left to evaluate.
+    let e = alice
+        .evaluate_gates(prodgate::pb::EvaluateGatesRequest {
+            promotion_id: p.id.clone(),
+        })
+        .await
+        .expect_err("finished");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("PROMOTED"), "{e:?}");
+}

@@ -583,9 +583,16 @@ fn expire_due(tx: &mut dyn UnitOfWork, p: &Promotion, now: Time) -> Result<(), E
     match machine::expire_if_due(p, now) {
         Some(o) => {
             tx.commit(&o.promotion, o.event)?;
+            let why = match p.state {
+                State::Waiting => {
+                    format!("after waiting wait_ttl for {}", p.waiting_for.join(", "))
+                }
+                _ => "without enough approvals".to_owned(),
+            };
             Err(Error::Expired {
                 id: p.id,
                 expires_at: p.expires_at.rfc3339(Precision::Nanos),
+                why,
             })
         }
         None => Ok(()),
