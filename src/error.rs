@@ -2,6 +2,7 @@
 //! `api::error` maps each to one precise gRPC status.
 
 pub use crate::domain::decision::Blocker;
+use crate::domain::decision::Refusal;
 use crate::domain::machine::DomainError;
 use crate::registry::RegistryError;
 pub use crate::store::StoreError;
@@ -117,6 +118,29 @@ pub enum Error {
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// A decision's refusal as the service's error.
+impl From<Refusal> for Error {
+    fn from(r: Refusal) -> Error {
+        match r {
+            Refusal::Domain(d) => Error::Domain(d),
+            Refusal::BreakGlass {
+                principal,
+                environment,
+                allowed,
+            } => Error::NotBreakGlass {
+                principal,
+                environment,
+                allowed,
+            },
+            Refusal::Unexplained { field } => Error::InvalidArgument {
+                field,
+                message: "is required with break_glass: say why the window, freeze or soak must be overridden".into(),
+            },
+            Refusal::Blocked(blockers) => Error::Blocked(blockers),
+        }
+    }
 }
 
 /// The blockers' sentences, `; `-separated (each already names its gate's

@@ -95,6 +95,21 @@ fn terminal(s: PromotionState) -> bool {
     )
 }
 
+/// Puts on `path`'s staging tag a variant of its manifest with the same
+/// layers and an annotation naming `rep`, so each rep promotes a new digest.
+async fn restage(registry: &TestRegistry, path: &str, rep: usize) {
+    let (content_type, bytes) = registry
+        .manifest(path, "staging")
+        .await
+        .expect("the staged manifest");
+    let mut m: Value = serde_json::from_slice(&bytes).expect("a JSON manifest");
+    m["annotations"] = json!({ "bench.prodgate/rep": rep.to_string() });
+    let bytes = serde_json::to_vec(&m).expect("serialize the manifest");
+    registry
+        .put_manifest_bytes(path, "staging", &content_type, &bytes)
+        .await;
+}
+
 /// Approve → PROMOTED through prodgate; the clock starts at the final Approve.
 async fn prodgate_apply(
     alice: &mut Client,
@@ -294,7 +309,12 @@ pub async fn run(smoke: bool, registry: &TestRegistry, report: &mut Report) {
             (false, true) => (15, 5, 3),
         };
         let mut pg = Samples::default();
-        for _ in 0..n_prodgate {
+        for rep in 0..n_prodgate {
+            // A new manifest on staging for each rep (the same layers, an
+            // annotation naming the rep): a request for the digest
+            // production already carries would change nothing and is
+            // refused.
+            restage(registry, &path, rep).await;
             match prodgate_apply(&mut alice, &mut bob, &proxy, &repo).await {
                 Ok((v, tr)) => {
                     pg.ms.push(v);

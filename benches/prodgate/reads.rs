@@ -11,6 +11,7 @@ use crate::support::registry::{OCI_CONFIG, OCI_MANIFEST};
 use crate::support::server::{Client, TestServer, client_on};
 use prodgate::clock::SystemClock;
 use prodgate::config::{Config, Files};
+use prodgate::domain::decision;
 use prodgate::domain::machine::{self, NewPromotion};
 use prodgate::domain::model::{Promotion, PromotionId};
 use prodgate::domain::policy::{EnvironmentPolicy, Principal};
@@ -164,7 +165,10 @@ async fn load_story(
     let p: Promotion = store
         .write(move |tx: &mut dyn UnitOfWork| {
             let now = tx.now();
-            let o = machine::request(tx.next_id(), new, &requester, &pol, now);
+            // As the service decides it (no gate but approvals here).
+            let f = decision::bare_facts(&pol, now);
+            let o = decision::request(tx.next_id(), new, &requester, false, &f)
+                .map_err(PgError::from)?;
             tx.put_manifest(&o.promotion.repository, &o.promotion.digest, &manifest)?;
             tx.commit(&o.promotion, o.event)?;
             Ok::<_, PgError>(o.promotion)
@@ -184,7 +188,11 @@ async fn load_story(
         }
         Story::Promoted | Story::Canary => {
             step(store, id, move |p, now| {
-                machine::approve(p, &approver, &policy, "lgtm", now)
+                let f = decision::bare_facts(&policy, now);
+                decision::approve(p, &approver, false, "lgtm", &f).map_err(|r| match r {
+                    decision::Refusal::Domain(d) => d,
+                    other => unreachable!("no gate refuses here: {other:?}"),
+                })
             })
             .await?;
             step(store, id, move |p, now| machine::applied(p, &previous, now)).await?;

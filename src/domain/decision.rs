@@ -369,9 +369,9 @@ fn check_break_glass(
     Ok(())
 }
 
-/// Facts with nothing but the policy and the time, for tests where no gate
-/// besides the approvals is configured (so nothing else is read).
-#[cfg(test)]
+/// Facts with nothing but the policy and the time, for callers whose
+/// policy configures no gate besides the approvals, so nothing else needs
+/// reading (tests, the benchmark's bulk load).
 pub fn bare_facts(policy: &EnvironmentPolicy, now: Time) -> Facts<'_> {
     Facts {
         policy,

@@ -5,7 +5,7 @@
 use super::facts::Gathered;
 use super::{CheckInput, Promotions, RequestInput, RollbackInput, policy_of};
 use crate::config::Config;
-use crate::domain::decision::{self, Refusal};
+use crate::domain::decision;
 use crate::domain::machine::{self, NewPromotion, Outcome};
 use crate::domain::model::{
     Action, CheckReport, Precision, Promotion, PromotionId, State, Time, may_record_check,
@@ -32,28 +32,6 @@ pub struct Reevaluated {
     /// Still WAITING: the earliest time its gates may have changed by
     /// themselves (its `not_before`, else its deadline).
     pub next: Option<Time>,
-}
-
-impl From<Refusal> for Error {
-    fn from(r: Refusal) -> Error {
-        match r {
-            Refusal::Domain(d) => Error::Domain(d),
-            Refusal::BreakGlass {
-                principal,
-                environment,
-                allowed,
-            } => Error::NotBreakGlass {
-                principal,
-                environment,
-                allowed,
-            },
-            Refusal::Unexplained { field } => Error::InvalidArgument {
-                field,
-                message: "is required with break_glass: say why the window, freeze or soak must be overridden".into(),
-            },
-            Refusal::Blocked(blockers) => Error::Blocked(blockers),
-        }
-    }
 }
 
 impl Promotions {
