@@ -146,9 +146,13 @@ impl AuthError {
 
     /// UNAUTHENTICATED, except when prodgate could not get an issuer's keys:
     /// then the token may be fine and a retry may pass, so UNAVAILABLE.
+    /// Each with a `google.rpc.ErrorInfo`: `TOKEN_EXPIRED`, `TOKEN_INVALID`
+    /// (metadata `check`: [`AuthError::reason`]) or `REGISTRY_UNAVAILABLE`.
     pub fn to_status(&self) -> Status {
-        match self {
-            AuthError::KeysUnavailable { .. } => Status::unavailable(self.to_string()),
+        use crate::pb::ErrorReason as R;
+        let (code, reason) = match self {
+            AuthError::KeysUnavailable { .. } => (tonic::Code::Unavailable, R::RegistryUnavailable),
+            AuthError::Expired { .. } => (tonic::Code::Unauthenticated, R::TokenExpired),
             AuthError::Missing
             | AuthError::BadHeader(_)
             | AuthError::UnknownToken
@@ -158,14 +162,22 @@ impl AuthError {
             | AuthError::Algorithm { .. }
             | AuthError::UnknownKey { .. }
             | AuthError::Signature { .. }
-            | AuthError::Expired { .. }
             | AuthError::NotYetValid { .. }
             | AuthError::Audience { .. }
             | AuthError::MissingClaim { .. }
             | AuthError::Lifetime { .. }
             | AuthError::NoRule { .. }
-            | AuthError::Mapping { .. } => Status::unauthenticated(self.to_string()),
-        }
+            | AuthError::Mapping { .. } => (tonic::Code::Unauthenticated, R::TokenInvalid),
+        };
+        let metadata =
+            std::collections::HashMap::from([("check".to_owned(), self.reason().to_owned())]);
+        let details = tonic_types::ErrorDetails::with_error_info(
+            crate::api::error::reason_name(reason),
+            crate::api::error::DOMAIN,
+            metadata,
+        );
+        use tonic_types::StatusExt;
+        Status::with_error_details(code, self.to_string(), details)
     }
 }
 
@@ -371,7 +383,7 @@ pub fn principal<T>(req: &Request<T>) -> Result<Principal, Status> {
         .extensions()
         .get::<Principal>()
         .cloned()
-        .ok_or_else(|| Status::unauthenticated("no credentials"))?;
+        .ok_or_else(|| AuthError::Missing.to_status())?;
     tracing::Span::current().record("principal", p.name.as_str());
     Ok(p)
 }

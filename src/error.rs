@@ -27,6 +27,14 @@ pub enum Error {
     },
     #[error("promotion {0} does not exist")]
     PromotionNotFound(u64),
+    /// A request names an environment no `[[environment]]` defines.
+    #[error("environment: no environment named {name:?} is configured (known: {known})")]
+    UnknownEnvironment { name: String, known: String },
+    /// A request names a registry no `[[registry]]` configures.
+    #[error(
+        "repository: registry {host} is not configured; prodgate only promotes within its configured registries"
+    )]
+    UnknownRegistry { host: String },
     /// The source tag or digest is not in the registry.
     #[error("{0} was not found in the registry")]
     SourceNotFound(String),
@@ -162,6 +170,7 @@ impl Error {
                 gate,
                 subject: subject.to_owned(),
                 description: self.to_string(),
+                facts: Vec::new(),
             }]
         };
         match self {
@@ -171,6 +180,8 @@ impl Error {
             Error::InvalidArgument { .. }
             | Error::NotRequester { .. }
             | Error::PromotionNotFound(_)
+            | Error::UnknownEnvironment { .. }
+            | Error::UnknownRegistry { .. }
             | Error::SourceNotFound(_)
             | Error::RequestIdReused { .. }
             | Error::PolicyNotFound(_)

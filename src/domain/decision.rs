@@ -87,6 +87,9 @@ pub struct Blocker {
     pub gate: &'static str,
     pub subject: String,
     pub description: String,
+    /// Named facts for programs (snake_case keys): what a caller needs to
+    /// act without parsing `description`.
+    pub facts: Vec<(&'static str, String)>,
 }
 
 /// Why a command is refused. A refusal changes nothing and records nothing.
@@ -140,6 +143,12 @@ pub fn request(
                     .as_ref()
                     .map_or_else(|| "does not exist".to_owned(), |d| format!("points to {d}")),
             ),
+            facts: vec![
+                ("environment", f.policy.name.clone()),
+                ("requires", env.to_owned()),
+                ("digest", new.digest.clone()),
+                ("repository", new.repository.clone()),
+            ],
         });
     }
     if let Some(d) = f.deployed.filter(|d| d.digest == new.digest && !d.drifted) {
@@ -154,6 +163,10 @@ pub fn request(
                 d.promotion_id,
                 d.time.rfc3339(super::model::Precision::Seconds),
             ),
+            facts: vec![
+                ("promotion_id", d.promotion_id.to_string()),
+                ("digest", new.digest.clone()),
+            ],
         });
     }
     if !blockers.is_empty() {

@@ -78,12 +78,8 @@ impl Promotions {
             });
         }
         if config.registry(input.repository.host()).is_none() {
-            return Err(Error::InvalidArgument {
-                field: "repository",
-                message: format!(
-                    "registry {} is not configured; prodgate only promotes within its configured registries",
-                    input.repository.host()
-                ),
+            return Err(Error::UnknownRegistry {
+                host: input.repository.host().to_owned(),
             });
         }
         // A retried request answers from the record, whatever the tags do now.

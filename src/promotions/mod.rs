@@ -157,18 +157,14 @@ fn policy_of<'c>(
     config
         .governing(repository)
         .environment(environment)
-        .ok_or_else(|| Error::InvalidArgument {
-            field: "environment",
-            message: format!(
-                "no environment named {:?} is configured (known: {})",
-                crate::domain::names::echo(environment),
-                config
-                    .environments
-                    .iter()
-                    .map(|e| e.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+        .ok_or_else(|| Error::UnknownEnvironment {
+            name: crate::domain::names::echo(environment),
+            known: config
+                .environments
+                .iter()
+                .map(|e| e.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
         })
 }
 
