@@ -42,11 +42,25 @@ fn rewrite_status(headers: &mut HeaderMap) {
     };
     if status.code() == tonic::Code::OutOfRange && status.message().starts_with(TONIC_DECODE_LIMIT)
     {
-        // The message (sizes found and allowed) stays as it is.
-        headers.insert(
-            "grpc-status",
-            http::HeaderValue::from(tonic::Code::ResourceExhausted as i32),
+        // The message (sizes found and allowed) stays as it is; the reason
+        // is LIMIT_EXCEEDED, as for prodgate's own limits.
+        use tonic_types::StatusExt;
+        let details = tonic_types::ErrorDetails::with_error_info(
+            crate::api::error::reason_name(crate::pb::ErrorReason::LimitExceeded),
+            crate::api::error::DOMAIN,
+            std::collections::HashMap::from([("limit".to_owned(), "request_size".to_owned())]),
         );
+        let rewritten = tonic::Status::with_error_details(
+            tonic::Code::ResourceExhausted,
+            status.message(),
+            details,
+        );
+        if rewritten.add_header(headers).is_err() {
+            headers.insert(
+                "grpc-status",
+                http::HeaderValue::from(tonic::Code::ResourceExhausted as i32),
+            );
+        }
     }
 }
 
@@ -78,6 +92,11 @@ mod tests {
         let mut h = headers_of(&tonic_says);
         rewrite_status(&mut h);
         let s = tonic::Status::from_header_map(&h).expect("a status");
+        {
+            use tonic_types::StatusExt;
+            let info = s.get_details_error_info().expect("an ErrorInfo");
+            assert_eq!(info.reason, "LIMIT_EXCEEDED");
+        }
         assert_eq!(s.code(), tonic::Code::ResourceExhausted);
         assert_eq!(s.message(), tonic_says.message());
     }
