@@ -114,6 +114,7 @@ pub fn promotion(p: &Promotion) -> pb::Promotion {
         apply_attempts: p.apply_attempts,
         waiting_for: p.waiting_for.clone(),
         not_before: p.not_before.map(timestamp),
+        request_id: p.request_id.clone(),
     }
 }
 
@@ -287,6 +288,13 @@ pub fn check_result(c: &CheckReport) -> pb::CheckResult {
         details_url: c.details_url.clone(),
         comment: c.comment.clone(),
     }
+}
+
+/// ListPromotions' `request_id`: a key as RequestPromotion takes it; empty
+/// matches all.
+pub fn request_id_filter(s: &str) -> Result<Option<String>, Error> {
+    request_id(s)?;
+    Ok(optional(s))
 }
 
 /// An idempotency key: short and printable.

@@ -158,6 +158,7 @@ impl PromotionService for PromotionApi {
             state: convert::state_filter(r.state)?,
         };
         let limit = convert::page_size(r.page_size)?;
+        let request_id = convert::request_id_filter(&r.request_id)?;
         let (state, newest_first, awaiting_me) = (
             r.state.to_string(),
             r.newest_first.to_string(),
@@ -183,6 +184,7 @@ impl PromotionService for PromotionApi {
                 after,
                 limit,
                 newest_first: r.newest_first,
+                request: request_id.map(|key| (who.name.clone(), key)),
                 awaiting: r.awaiting_me.then_some(who),
                 project: convert::optional(&r.project),
             })

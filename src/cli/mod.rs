@@ -1014,6 +1014,7 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
                 newest_first,
                 awaiting_me: mine,
                 project: project.unwrap_or_default(),
+                request_id: String::new(),
             };
             commands::list(&client, filter, limit).await
         }

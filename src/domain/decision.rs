@@ -181,6 +181,36 @@ pub fn request(
     Ok(o)
 }
 
+/// An approver-facing call on an existing promotion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    Approve { break_glass: bool },
+    Reject,
+    Cancel,
+}
+
+/// Whether `call` by `who` repeats one whose effect `p` already records:
+/// `who`'s approval (with break-glass, if the call asks for it), or the
+/// REJECTED or CANCELLED end `who` gave it. Such a call is answered with
+/// `p` as it is now, whatever its state, and records nothing, so a client
+/// may retry any of them safely. It is asked before anything else (expiry,
+/// who may act, the state), since a retry's answer must not depend on what
+/// happened since the first call.
+///
+/// `ended_by` is the actor of the entry that ended `p` (its REJECTED or
+/// CANCELLED entry), which the record does not keep; `None` when `p` has
+/// not ended that way, or when that is not known.
+pub fn already_done(p: &Promotion, who: &Principal, call: Call, ended_by: Option<&str>) -> bool {
+    let ended_by_who = |state| p.state == state && ended_by.is_some_and(|a| who.is(a));
+    match call {
+        Call::Approve { break_glass } => {
+            p.approvals.iter().any(|a| who.is(&a.approver)) && (!break_glass || p.break_glass)
+        }
+        Call::Reject => ended_by_who(State::Rejected),
+        Call::Cancel => ended_by_who(State::Cancelled),
+    }
+}
+
 /// Records `who`'s approval (each person once; a repeat changes nothing),
 /// then, once the quorum is met, lets the other gates decide between
 /// APPROVED and WAITING. Never refused by a gate.

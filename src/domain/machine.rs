@@ -135,6 +135,10 @@ pub fn request(
     if p.rollback {
         e.attributes.insert("kind".into(), "rollback".into());
     }
+    if !p.request_id.is_empty() {
+        e.attributes
+            .insert(REQUEST_ID_ATTRIBUTE.into(), p.request_id.clone());
+    }
     Outcome {
         promotion: p,
         event: Some(e),
@@ -365,6 +369,10 @@ pub fn supersede(p: &Promotion, newer: &Promotion, now: Time) -> Option<Outcome>
         event: Some(e),
     })
 }
+
+/// The REQUESTED entry's attribute holding the idempotency key the
+/// promotion was requested with (absent without one).
+pub const REQUEST_ID_ATTRIBUTE: &str = "request_id";
 
 /// The APPROVED entry's attribute naming the approver's groups then,
 /// sorted and comma-separated.

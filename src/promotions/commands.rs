@@ -5,7 +5,7 @@
 use super::facts::Gathered;
 use super::{CheckInput, Promotions, RequestInput, RollbackInput, policy_of};
 use crate::config::Config;
-use crate::domain::decision;
+use crate::domain::decision::{self, Call};
 use crate::domain::machine::{self, NewPromotion, Outcome};
 use crate::domain::model::{
     Action, CheckReport, Precision, Promotion, PromotionId, State, Time, may_record_check,
@@ -16,14 +16,6 @@ use crate::error::Error;
 use crate::registry::Manifest;
 use crate::store::{HistoryFilter, PageRequest, StoredManifest, UnitOfWork};
 use std::sync::Arc;
-
-/// What an approver-facing call does to an undecided promotion.
-#[derive(Debug, Clone, Copy)]
-enum Verdict {
-    Approve { break_glass: bool },
-    Reject,
-    Cancel,
-}
 
 /// A re-evaluated WAITING promotion, and when to look at it again.
 #[derive(Debug, Clone)]
@@ -328,7 +320,7 @@ impl Promotions {
         let p = self
             .decide(
                 config.clone(),
-                Verdict::Approve { break_glass },
+                Call::Approve { break_glass },
                 who,
                 id,
                 comment,
@@ -343,7 +335,7 @@ impl Promotions {
         id: PromotionId,
         comment: String,
     ) -> Result<Promotion, Error> {
-        self.decide(self.config.get(), Verdict::Reject, who, id, comment)
+        self.decide(self.config.get(), Call::Reject, who, id, comment)
             .await
     }
 
@@ -353,44 +345,113 @@ impl Promotions {
         id: PromotionId,
         comment: String,
     ) -> Result<Promotion, Error> {
-        self.decide(self.config.get(), Verdict::Cancel, who, id, comment)
+        self.decide(self.config.get(), Call::Cancel, who, id, comment)
             .await
     }
 
     async fn decide(
         &self,
         config: Arc<Config>,
-        verdict: Verdict,
+        call: Call,
         who: Principal,
         id: PromotionId,
         comment: String,
     ) -> Result<Promotion, Error> {
-        // The gates' facts for an approval that may complete the quorum;
-        // read for any undecided promotion, since which approval completes
-        // it is decided on the writer.
-        let facts = match verdict {
-            Verdict::Approve { .. } => self.gather_for(&config, id).await?,
-            Verdict::Reject | Verdict::Cancel => Gathered::default(),
-        };
-        self.store
-            .write(move |tx: &mut dyn UnitOfWork| {
-                let p = tx.get(id)?.ok_or(Error::PromotionNotFound(id))?;
-                let now = tx.now();
-                expire_due(tx, &p, now)?;
-                let policy = policy_for(&config, &p, &who)?;
-                let o: Outcome = match verdict {
-                    Verdict::Approve { break_glass } => {
-                        let f = facts.facts(policy, &config.policy.digest, now);
-                        decision::approve(&p, &who, break_glass, &comment, &f)?
+        // Twice at most: a promotion that ended between the read of who
+        // ended it and the write job is read again, and an ended promotion
+        // never changes, so the second read finds its ending entry.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let ended_by = self.ended_by(id, call).await?;
+            // The gates' facts for an approval that may complete the
+            // quorum; read for any undecided promotion, since which
+            // approval completes it is decided on the writer.
+            let facts = match call {
+                Call::Approve { .. } => self.gather_for(&config, id).await?,
+                Call::Reject | Call::Cancel => Gathered::default(),
+            };
+            let (config, who, comment) = (config.clone(), who.clone(), comment.clone());
+            let decided = self
+                .store
+                .write(move |tx: &mut dyn UnitOfWork| {
+                    let p = tx.get(id)?.ok_or(Error::PromotionNotFound(id))?;
+                    // A retry is answered from the record first, before an
+                    // expiry or a refusal could make it look like a new call.
+                    if decision::already_done(&p, &who, call, ended_by.as_deref()) {
+                        return Ok(Some(p));
                     }
-                    Verdict::Reject => machine::reject(&p, &who, policy, &comment, now)?,
-                    Verdict::Cancel => machine::cancel(&p, &who, policy, &comment, now)?,
-                };
-                // A repeated approval has no event; commit writes nothing then.
-                tx.commit(&o.promotion, o.event)?;
-                Ok(o.promotion)
-            })
-            .await
+                    let ended_meanwhile = match call {
+                        Call::Reject => p.state == State::Rejected,
+                        Call::Cancel => p.state == State::Cancelled,
+                        Call::Approve { .. } => false,
+                    };
+                    if ended_meanwhile && ended_by.is_none() && attempts < 2 {
+                        return Ok(None);
+                    }
+                    let now = tx.now();
+                    expire_due(tx, &p, now)?;
+                    let policy = policy_for(&config, &p, &who)?;
+                    let o: Outcome = match call {
+                        Call::Approve { break_glass } => {
+                            let f = facts.facts(policy, &config.policy.digest, now);
+                            decision::approve(&p, &who, break_glass, &comment, &f)?
+                        }
+                        Call::Reject => machine::reject(&p, &who, policy, &comment, now)?,
+                        Call::Cancel => machine::cancel(&p, &who, policy, &comment, now)?,
+                    };
+                    // A repeated approval has no event; commit writes nothing then.
+                    tx.commit(&o.promotion, o.event)?;
+                    Ok::<_, Error>(Some(o.promotion))
+                })
+                .await?;
+            if let Some(p) = decided {
+                return Ok(p);
+            }
+        }
+    }
+
+    /// Who ended promotion `id` the way `call` would (the actor of its
+    /// REJECTED or CANCELLED entry), if it has ended that way. The record
+    /// keeps no such field, and none is added for this: the ending entry is
+    /// the promotion's newest (nothing is recorded about it after its end),
+    /// so one short read of its history, made only for a Reject or Cancel
+    /// of a promotion already ended that way, answers it; and since an
+    /// ended promotion never changes, what is read here still holds in the
+    /// write job.
+    async fn ended_by(&self, id: PromotionId, call: Call) -> Result<Option<String>, Error> {
+        let ending = match call {
+            Call::Reject => (State::Rejected, Action::Rejected),
+            Call::Cancel => (State::Cancelled, Action::Cancelled),
+            Call::Approve { .. } => return Ok(None),
+        };
+        if !self
+            .store
+            .get(id)
+            .await?
+            .is_some_and(|p| p.state == ending.0)
+        {
+            return Ok(None);
+        }
+        let page = self
+            .store
+            .history(
+                HistoryFilter {
+                    promotion_id: Some(id),
+                    ..Default::default()
+                },
+                PageRequest {
+                    after: None,
+                    limit: 8,
+                    newest_first: true,
+                },
+            )
+            .await?;
+        Ok(page
+            .items
+            .into_iter()
+            .find(|e| e.event.action == ending.1)
+            .map(|e| e.event.actor))
     }
 
     /// The gates' facts for promotion `id` when it is undecided (nothing

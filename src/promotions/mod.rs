@@ -53,6 +53,9 @@ pub struct ListQuery {
     pub awaiting: Option<Principal>,
     /// Only promotions of repositories this `[[project]]` governs now.
     pub project: Option<String>,
+    /// Only the promotion this principal (by name) requested with this
+    /// idempotency key, if any: (principal, key).
+    pub request: Option<(String, String)>,
 }
 
 /// A validated ReportCheck.

@@ -73,6 +73,9 @@ impl Promotions {
                 message: unknown_project(name, &config.projects),
             });
         }
+        if let Some((principal, key)) = &q.request {
+            return self.list_request(principal, key, &q).await;
+        }
         if q.awaiting.is_none() && q.project.is_none() {
             let page = self
                 .store
@@ -146,6 +149,57 @@ impl Promotions {
                 return Ok(Listing { items, next: None });
             }
         }
+    }
+
+    /// The page of a listing by idempotency key: the one promotion
+    /// `principal` requested with `key` (the store keeps the newest per
+    /// principal and key), if it matches the other filters; one page, never
+    /// a cursor.
+    async fn list_request(
+        &self,
+        principal: &str,
+        key: &str,
+        q: &ListQuery,
+    ) -> Result<Listing<Promotion>, Error> {
+        let Some(mut p) = self.store.find_request(principal, key).await? else {
+            return Ok(Listing {
+                items: Vec::new(),
+                next: None,
+            });
+        };
+        if machine::expire_if_due(&p, self.clock.now()).is_some() {
+            p = self.expire(p.id).await?;
+        }
+        let config = self.config.get();
+        let governance = config.governing(&p.repository);
+        let f = &q.filter;
+        let matches = f.repository.as_ref().is_none_or(|r| *r == p.repository)
+            && f.environment.as_ref().is_none_or(|e| *e == p.environment)
+            && f.state.is_none_or(|s| s == p.state)
+            && q.after.is_none_or(|after| match q.newest_first {
+                true => p.id < after,
+                false => p.id > after,
+            })
+            && q.project
+                .as_ref()
+                .is_none_or(|name| governance.project_name() == name)
+            && q.awaiting.as_ref().is_none_or(|who| {
+                governance
+                    .environment(&p.environment)
+                    .is_some_and(|policy| machine::may_approve(&p, who, policy, self.clock.now()))
+            });
+        if !matches {
+            return Ok(Listing {
+                items: Vec::new(),
+                next: None,
+            });
+        }
+        self.progress.overlay(&mut p);
+        self.refresh_waiting(&mut p).await;
+        Ok(Listing {
+            items: vec![p],
+            next: None,
+        })
     }
 
     pub async fn history(&self, q: HistoryQuery) -> Result<Listing<AuditEntry>, Error> {

@@ -605,6 +605,7 @@ async fn awaiting_me_lists_what_the_caller_may_approve_now_newest_first(b: Backe
         newest_first,
         awaiting: Some(who(name)),
         project: None,
+        request: None,
     };
     let ids = |l: Listing<Promotion>| l.items.iter().map(|p| p.id).collect::<Vec<_>>();
     // bob may approve alice's two, not his own; carol all three; alice none.

@@ -496,6 +496,127 @@ fn rollback_goes_back_past_what_rollbacks_removed() {
     assert_eq!(rollback_target(&moves, "a"), Some("z"));
 }
 
+#[test]
+fn a_repeated_call_whose_effect_is_recorded_is_already_done_whatever_the_state() {
+    let pol = policy();
+    let w = World::default();
+    let bob = who("bob", &["rm"]);
+    let sam = who("sam", &["security"]);
+    let p = requested(&pol, &w, t(0));
+    let approve = Call::Approve { break_glass: false };
+    assert!(
+        !already_done(&p, &bob, approve, None),
+        "nothing recorded yet"
+    );
+    let p = super::approve(&p, &bob, false, "", &w.facts(&pol, t(1)))
+        .unwrap()
+        .promotion;
+    assert!(already_done(&p, &bob, approve, None));
+    assert!(!already_done(&p, &sam, approve, None));
+    // Under an alias, the same person.
+    let mut robert = who("robert", &["rm"]);
+    robert.aliases = vec!["bob".into()];
+    assert!(already_done(&p, &robert, approve, None));
+    // Break-glass asked for now was not recorded: not a repeat.
+    let glass = Call::Approve { break_glass: true };
+    assert!(!already_done(&p, &bob, glass, None));
+    // Finished (whatever the end), bob's approval is still recorded.
+    for state in [
+        State::Promoted,
+        State::Expired,
+        State::Superseded,
+        State::Failed,
+    ] {
+        let ended = Promotion { state, ..p.clone() };
+        assert!(already_done(&ended, &bob, approve, None), "{state:?}");
+        assert!(!already_done(&ended, &sam, approve, None), "{state:?}");
+        assert!(!already_done(&ended, &bob, Call::Reject, Some("bob")));
+        assert!(!already_done(&ended, &bob, Call::Cancel, Some("bob")));
+    }
+    let glassy = Promotion {
+        break_glass: true,
+        state: State::Promoted,
+        ..p.clone()
+    };
+    assert!(already_done(&glassy, &bob, glass, None));
+
+    // Reject and cancel: the ending entry's actor, under any of their names.
+    let rejected = machine::reject(&p, &sam, &pol, "no", t(2))
+        .unwrap()
+        .promotion;
+    assert!(already_done(&rejected, &sam, Call::Reject, Some("sam")));
+    assert!(already_done(&rejected, &robert, Call::Reject, Some("bob")));
+    assert!(
+        !already_done(&rejected, &bob, Call::Reject, Some("sam")),
+        "someone else's"
+    );
+    assert!(
+        !already_done(&rejected, &sam, Call::Reject, None),
+        "not known"
+    );
+    assert!(
+        !already_done(&rejected, &sam, Call::Cancel, Some("sam")),
+        "not cancelled"
+    );
+    let cancelled = machine::cancel(&p, &who("alice", &["dev"]), &pol, "", t(2))
+        .unwrap()
+        .promotion;
+    assert!(already_done(
+        &cancelled,
+        &who("alice", &["dev"]),
+        Call::Cancel,
+        Some("alice")
+    ));
+    assert!(!already_done(&cancelled, &sam, Call::Cancel, Some("alice")));
+    assert!(!already_done(
+        &cancelled,
+        &who("alice", &["dev"]),
+        Call::Reject,
+        Some("alice")
+    ));
+    // Still pending: a reject or cancel is never a repeat.
+    assert!(!already_done(&p, &sam, Call::Reject, Some("sam")));
+    assert!(!already_done(&p, &sam, Call::Cancel, Some("sam")));
+}
+
+#[test]
+fn the_requested_entry_names_the_request_id() {
+    let pol = policy();
+    let w = World::default();
+    let keyed = NewPromotion {
+        request_id: "ci-run-7".into(),
+        ..new("ship")
+    };
+    let o = request(
+        1,
+        keyed,
+        &who("alice", &["dev"]),
+        false,
+        &w.facts(&pol, t(0)),
+    )
+    .unwrap();
+    assert_eq!(o.promotion.request_id, "ci-run-7");
+    let e = o.event.unwrap();
+    assert_eq!(
+        e.attributes
+            .get(machine::REQUEST_ID_ATTRIBUTE)
+            .map(String::as_str),
+        Some("ci-run-7")
+    );
+    let o = request(
+        1,
+        new("ship"),
+        &who("alice", &["dev"]),
+        false,
+        &w.facts(&pol, t(0)),
+    )
+    .unwrap();
+    assert!(
+        o.event.unwrap().attributes.is_empty(),
+        "no key, no attribute"
+    );
+}
+
 // ---- the property: approved only when every gate passes, approvals never lost ----
 
 const POOL: &[(&str, &[&str])] = &[
