@@ -686,6 +686,7 @@ pub async fn run(
         keepalive_interval: config.keepalive_interval,
         keepalive_timeout: crate::config::KEEPALIVE_TIMEOUT,
         idle_timeout: config.idle_timeout,
+        max_connection_age: config.max_connection_age,
     };
     // The accept loop stops (and closes the listening socket) when draining starts.
     let closing = draining.clone();

@@ -769,3 +769,42 @@ async fn a_listener_that_cannot_bind_ends_serve_at_once() {
     );
     assert!(!exited.log.contains("leadership ended"), "{}", exited.log);
 }
+
+#[tokio::test]
+async fn a_connection_past_max_connection_age_is_sent_goaway() {
+    const GOAWAY: u8 = 0x7;
+    let server = TestServer::start(&format!(
+        "max_connection_age = \"2s\"\nidle_timeout = \"1h\"\n{}",
+        standard_config(NO_REGISTRY)
+    ));
+    let mut s = TcpStream::connect(&server.addr).await.expect("connect");
+    s.write_all(PREFACE).await.expect("preface");
+    s.write_all(&[0, 0, 0, SETTINGS, 0, 0, 0, 0, 0])
+        .await
+        .expect("empty SETTINGS");
+    let opened = Instant::now();
+    // Answer the server's pings like a live client; wait for its GOAWAY.
+    tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let (kind, flags, payload) = read_frame(&mut s).await;
+            match kind {
+                GOAWAY => return,
+                PING if flags & ACK == 0 => {
+                    let mut ack = vec![0, 0, 8, PING, ACK, 0, 0, 0, 0];
+                    ack.extend_from_slice(&payload);
+                    s.write_all(&ack).await.expect("PING ack");
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("a GOAWAY once the connection is 2 s old, though idle_timeout is an hour");
+    let took = opened.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "GOAWAY after {took:?}, before the age"
+    );
+    // New calls are served (on a new connection).
+    health_within(&server, Duration::from_secs(10)).await;
+}

@@ -120,6 +120,10 @@ pub fn reloaded(
     );
     later("idle_timeout", file.idle_timeout != running.idle_timeout);
     later(
+        "max_connection_age",
+        file.max_connection_age != running.max_connection_age,
+    );
+    later(
         "keepalive_interval",
         file.keepalive_interval != running.keepalive_interval,
     );

@@ -70,6 +70,9 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a gRPC connection may stay open with no call in progress
 /// before the server closes it (GOAWAY); clients reconnect when they next call.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// As grpc-go's `MaxConnectionAge` is typically set: long enough to cost
+/// nothing, short enough that a new replica gets traffic within the hour.
+pub const DEFAULT_MAX_CONNECTION_AGE: Duration = Duration::from_secs(30 * 60);
 /// How often the server pings an HTTP/2 peer; one that does not answer
 /// within [`KEEPALIVE_TIMEOUT`] is closed.
 pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
@@ -371,6 +374,9 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// A connection with no call in progress for this long is closed.
     pub idle_timeout: Duration,
+    /// A connection this old is sent GOAWAY (its calls in progress finish),
+    /// so long-lived clients spread over replicas; `None`: no limit.
+    pub max_connection_age: Option<Duration>,
     /// HTTP/2 keepalive ping interval.
     pub keepalive_interval: Duration,
     /// Connections the metrics listener serves at once.

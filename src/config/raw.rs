@@ -21,6 +21,7 @@ pub(super) struct RawConfig {
     pub max_connections: Option<u32>,
     pub handshake_timeout: Option<String>,
     pub idle_timeout: Option<String>,
+    pub max_connection_age: Option<String>,
     pub keepalive_interval: Option<String>,
     pub metrics_max_connections: Option<u32>,
     pub max_watches_per_principal: Option<u32>,

@@ -11,10 +11,10 @@ use super::{
     CaCert, Config, ConfigError, ConfigWarning, DEFAULT_APPLY_DEADLINE, DEFAULT_APPLY_WAIT,
     DEFAULT_DATA_DIR, DEFAULT_DRIFT_CHECK, DEFAULT_EXPIRY_SWEEP, DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_LISTEN,
-    DEFAULT_MAX_CHECKS_PER_DIGEST, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_WATCHES_PER_PRINCIPAL,
-    DEFAULT_METRICS_MAX_CONNECTIONS, DEFAULT_REGISTRY_TIMEOUT, Files, Loaded, LogFormat,
-    NotifyConfig, NotifyEvent, PolicyVersion, PrincipalConfig, ProjectConfig, RegistryConfig,
-    RepositoryPattern, Secret, TlsConfig, credentials, invalid,
+    DEFAULT_MAX_CHECKS_PER_DIGEST, DEFAULT_MAX_CONNECTION_AGE, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_WATCHES_PER_PRINCIPAL, DEFAULT_METRICS_MAX_CONNECTIONS, DEFAULT_REGISTRY_TIMEOUT,
+    Files, Loaded, LogFormat, NotifyConfig, NotifyEvent, PolicyVersion, PrincipalConfig,
+    ProjectConfig, RegistryConfig, RepositoryPattern, Secret, TlsConfig, credentials, invalid,
 };
 use crate::domain::names::{Repository, validate_tag};
 use crate::domain::policy::{Approver, EnvironmentPolicy};
@@ -216,6 +216,13 @@ fn top_level(raw: &RawConfig) -> Result<Config, ConfigError> {
             raw.idle_timeout.as_deref(),
             DEFAULT_IDLE_TIMEOUT,
         )?,
+        // Zero: no limit.
+        max_connection_age: Some(any_duration(
+            "max_connection_age",
+            raw.max_connection_age.as_deref(),
+            DEFAULT_MAX_CONNECTION_AGE,
+        )?)
+        .filter(|d| !d.is_zero()),
         keepalive_interval: duration(
             "keepalive_interval",
             raw.keepalive_interval.as_deref(),

@@ -44,6 +44,8 @@ pub struct Settings {
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
     pub idle_timeout: Duration,
+    /// GOAWAY to a connection this old; `None`: never.
+    pub max_connection_age: Option<Duration>,
 }
 
 /// Serves every connection `incoming` yields with `service` until
@@ -91,6 +93,7 @@ pub async fn serve<IO, S, B>(
             service.clone(),
             builder.clone(),
             settings.idle_timeout,
+            settings.max_connection_age,
             closing.clone(),
         ));
     }
@@ -100,13 +103,17 @@ pub async fn serve<IO, S, B>(
 }
 
 /// One connection, until it closes: GOAWAY once it has been idle for
-/// `idle_timeout` or `closing` is cancelled; dropped once, after GOAWAY,
-/// nothing is open and [`CLOSE_GRACE`] has passed.
+/// `idle_timeout`, once it is `max_age` old, or when `closing` is
+/// cancelled; dropped once, after GOAWAY, nothing is open and
+/// [`CLOSE_GRACE`] has passed. Calls in progress at GOAWAY finish (a watch
+/// keeps its connection until it ends); new calls go to a new connection,
+/// which a client balancing over replicas may open elsewhere.
 async fn connection<IO, S, B>(
     io: IO,
     service: S,
     builder: hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor>,
     idle_timeout: Duration,
+    max_age: Option<Duration>,
     closing: CancellationToken,
 ) where
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
@@ -142,6 +149,13 @@ async fn connection<IO, S, B>(
     tokio::pin!(conn);
     let idle = idle(streams.clone(), idle_timeout);
     tokio::pin!(idle);
+    let aged = async {
+        match max_age {
+            Some(age) => tokio::time::sleep(age).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(aged);
     let mut goaway: Option<Instant> = None;
     loop {
         let dropped = async {
@@ -163,6 +177,11 @@ async fn connection<IO, S, B>(
             }
             _ = &mut idle, if goaway.is_none() => {
                 tracing::debug!(?idle_timeout, "connection idle: GOAWAY");
+                conn.as_mut().graceful_shutdown();
+                goaway = Some(Instant::now());
+            }
+            _ = &mut aged, if goaway.is_none() => {
+                tracing::debug!(?max_age, "connection reached max_connection_age: GOAWAY");
                 conn.as_mut().graceful_shutdown();
                 goaway = Some(Instant::now());
             }
