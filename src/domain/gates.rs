@@ -466,7 +466,7 @@ fn soak(f: &Facts<'_>) -> Option<GateResult> {
                     SOAK,
                     format!(
                         "{} left ({req} since {}, needs {})",
-                        show_duration(between(f.now, ready)),
+                        show_duration(f.now.until(ready)),
                         show(since),
                         show_duration(min)
                     ),
@@ -722,11 +722,6 @@ pub fn weekday_name(d: civil::Weekday) -> &'static str {
         civil::Weekday::Saturday => "sat",
         civil::Weekday::Sunday => "sun",
     }
-}
-
-/// From `a` to `b`, zero if `b` is not later.
-fn between(a: Time, b: Time) -> Duration {
-    a.until(b)
 }
 
 /// `12m`, `1h 30m`: whole seconds, rounded up so that "1s left" is never

@@ -88,29 +88,17 @@ fn refused_entries_are_rolled_back_to_the_horizon() {
     assert!(t.audit.is_empty());
 }
 
-/// The directory's database without sled's background flusher thread,
-/// which can still hold the directory's lock for a moment after the last
-/// handle is dropped: these tests reopen the same directory at once (and
-/// flush explicitly).
 /// Opens the store at `dir` for the server once the handles a test dropped
 /// have let go of it: sled's own threads can hold the directory's lock a
 /// moment after the last handle drops (seen in CI on a busy machine). The
 /// wait is bounded; any other error fails at once.
 fn reopen(dir: &std::path::Path) -> SledStore {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match SledStore::open(dir, Arc::new(SystemClock)) {
-            Ok(store) => return store,
-            Err(e) if e.to_string().contains("in use") && std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            Err(e) => panic!("cannot reopen {}: {e}", dir.display()),
-        }
-    }
+    when_free(|| SledStore::open(dir, Arc::new(SystemClock)))
 }
 
 /// `read`'s answer once the directory is free: a sled closed moments ago
-/// may still hold its lock (see [`reopen`]).
+/// may still hold its lock. The wait is bounded; any other error fails at
+/// once.
 fn when_free<T, E: std::fmt::Display>(read: impl Fn() -> Result<T, E>) -> T {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
@@ -124,6 +112,10 @@ fn when_free<T, E: std::fmt::Display>(read: impl Fn() -> Result<T, E>) -> T {
     }
 }
 
+/// The directory's database without sled's background flusher thread,
+/// which can still hold the directory's lock for a moment after the last
+/// handle is dropped: these tests reopen the same directory at once (and
+/// flush explicitly).
 fn open_without_flusher(dir: &std::path::Path) -> sled::Db {
     sled::Config::new()
         .path(dir)
