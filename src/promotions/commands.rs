@@ -17,13 +17,13 @@ use crate::registry::Manifest;
 use crate::store::{HistoryFilter, PageRequest, StoredManifest, UnitOfWork};
 use std::sync::Arc;
 
-/// A re-evaluated WAITING promotion, and when to look at it again.
+/// A re-evaluated WAITING promotion, and when its time gates may open.
 #[derive(Debug, Clone)]
 pub struct Reevaluated {
     pub promotion: Promotion,
-    /// Still WAITING: the earliest time its gates may have changed by
-    /// themselves (its `not_before`, else its deadline).
-    pub next: Option<Time>,
+    /// Still WAITING for a time gate: when they can all be open (its
+    /// deadline, `expires_at`, comes on top: see `waiting::due`).
+    pub not_before: Option<Time>,
 }
 
 impl Promotions {
@@ -480,30 +480,31 @@ impl Promotions {
                 if p.state != State::Waiting {
                     return Ok(Reevaluated {
                         promotion: p,
-                        next: None,
+                        not_before: None,
                     });
                 }
                 let now = tx.now();
-                let Some(policy) = config.governing(&p.repository).environment(&p.environment)
-                else {
-                    // No longer configured: it waits for its deadline.
-                    let next = Some(p.expires_at);
-                    return Ok(Reevaluated { promotion: p, next });
+                let decided = match config.governing(&p.repository).environment(&p.environment) {
+                    Some(policy) => {
+                        let f = facts.facts(policy, &config.policy.digest, now);
+                        decision::reevaluate(&p, &f).ok_or_else(|| decision::not_before(&p, &f))
+                    }
+                    // No longer configured: nothing can pass; it waits for
+                    // its deadline, and ends EXPIRED there.
+                    None => machine::expire_if_due(&p, now).ok_or(None),
                 };
-                let f = facts.facts(policy, &config.policy.digest, now);
-                match decision::reevaluate(&p, &f) {
-                    Some(o) => {
+                match decided {
+                    Ok(o) => {
                         tx.commit(&o.promotion, o.event)?;
                         Ok(Reevaluated {
                             promotion: o.promotion,
-                            next: None,
+                            not_before: None,
                         })
                     }
-                    None => {
-                        let at = decision::not_before(&p, &f);
-                        let next = Some(at.map_or(p.expires_at, |t| t.min(p.expires_at)));
-                        Ok(Reevaluated { promotion: p, next })
-                    }
+                    Err(not_before) => Ok(Reevaluated {
+                        promotion: p,
+                        not_before,
+                    }),
                 }
             })
             .await

@@ -890,6 +890,37 @@ async fn an_unsigned_digest_waits_for_its_signature_and_ships_once_signed() {
 }
 
 #[tokio::test]
+async fn a_waiting_promotion_whose_environment_is_gone_expires_at_its_deadline() {
+    let (w, _key, _keys) = signed_world().await;
+    let d = w.registry.push("v1", "one");
+    let p = w.request(&d).await;
+    let waiting = w
+        .promotions
+        .approve(who("bob"), p.id, String::new(), false)
+        .await
+        .unwrap();
+    assert_eq!(waiting.state, State::Waiting);
+    // The reload drops production: nothing can pass any more.
+    let without = POLICY[..POLICY
+        .find("[[environment]]\nname = \"production\"")
+        .unwrap()]
+        .to_owned();
+    w.promotions
+        .adopt(Config::parse(&without).unwrap())
+        .await
+        .unwrap();
+    let early = w.promotions.reevaluate(p.id).await.unwrap();
+    assert_eq!(early.promotion.state, State::Waiting);
+    assert_eq!(early.not_before, None, "it waits for its deadline only");
+    // Past its deadline, a look records the expiry (the waiting task would
+    // otherwise find it due again at once, for ever).
+    w.clock
+        .advance(w.clock.now().until(waiting.expires_at) + Duration::from_secs(1));
+    let late = w.promotions.reevaluate(p.id).await.unwrap();
+    assert_eq!(late.promotion.state, State::Expired);
+}
+
+#[tokio::test]
 async fn a_registry_failure_while_reading_signatures_is_unavailable_not_a_block() {
     let (w, key, _keys) = signed_world().await;
     let d = w.registry.push("v1", "one");

@@ -88,10 +88,10 @@ impl Schedule {
     }
 }
 
-/// When to look at `p` again by time alone: its `not_before`, a signature
+/// When to look at `p` again by time alone: `not_before`, a signature
 /// recheck, or its deadline, whichever comes first.
-fn due(p: &Promotion, next: Option<Time>, now: Time) -> Time {
-    let mut at = next.unwrap_or(p.expires_at).min(p.expires_at);
+fn due(p: &Promotion, not_before: Option<Time>, now: Time) -> Time {
+    let mut at = not_before.unwrap_or(p.expires_at).min(p.expires_at);
     if p.waiting_for.iter().any(|g| g == gates::SIGNATURE) {
         at = at.min(now.plus(SIGNATURE_RECHECK));
     }
@@ -179,7 +179,7 @@ async fn look(promotions: &Promotions, schedule: &mut Schedule, id: PromotionId,
     let now = promotions.clock.now();
     match promotions.reevaluate(id).await {
         Ok(r) if r.promotion.state == State::Waiting => {
-            let due = due(&r.promotion, r.next, now);
+            let due = due(&r.promotion, r.not_before, now);
             schedule.put(id, Waiting { due, ..w });
         }
         Ok(r) => {
