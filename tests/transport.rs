@@ -777,12 +777,14 @@ async fn a_connection_past_max_connection_age_is_sent_goaway() {
         "max_connection_age = \"2s\"\nidle_timeout = \"1h\"\n{}",
         standard_config(NO_REGISTRY)
     ));
+    // Before the connect: the server counts the age from its accept, which
+    // comes after this.
+    let opened = Instant::now();
     let mut s = TcpStream::connect(&server.addr).await.expect("connect");
     s.write_all(PREFACE).await.expect("preface");
     s.write_all(&[0, 0, 0, SETTINGS, 0, 0, 0, 0, 0])
         .await
         .expect("empty SETTINGS");
-    let opened = Instant::now();
     // Answer the server's pings like a live client; wait for its GOAWAY.
     tokio::time::timeout(Duration::from_secs(15), async {
         loop {
