@@ -422,6 +422,7 @@ async fn an_approval_waits_for_a_missing_or_failed_check_and_the_tag_moves_once_
     let gates = bob
         .evaluate_gates(prodgate::pb::EvaluateGatesRequest {
             promotion_id: p.id.clone(),
+            ..Default::default()
         })
         .await
         .expect("evaluate gates")

@@ -70,6 +70,7 @@ async fn a_required_group_must_be_among_the_approvers() {
     let report = alice
         .evaluate_gates(EvaluateGatesRequest {
             promotion_id: p.id.clone(),
+            ..Default::default()
         })
         .await
         .expect("evaluate")
@@ -137,6 +138,7 @@ async fn outside_the_allowed_hours_the_window_blocks() {
     let report = bob
         .evaluate_gates(EvaluateGatesRequest {
             promotion_id: p.id.clone(),
+            ..Default::default()
         })
         .await
         .expect("evaluate")
@@ -159,6 +161,7 @@ async fn soaked(c: &mut Client, id: &str, limit: Duration) {
         let report = c
             .evaluate_gates(EvaluateGatesRequest {
                 promotion_id: id.to_owned(),
+                ..Default::default()
             })
             .await
             .expect("evaluate")
@@ -188,6 +191,7 @@ async fn the_soak_gate_counts_down_and_an_approval_after_it_ships_at_once() {
     let report = bob
         .evaluate_gates(EvaluateGatesRequest {
             promotion_id: p.id.clone(),
+            ..Default::default()
         })
         .await
         .expect("evaluate")

@@ -165,6 +165,7 @@ async fn ids_beyond_64_bits_nul_filters_and_huge_names_answer_alike_on_every_bac
         let e = alice
             .evaluate_gates(EvaluateGatesRequest {
                 promotion_id: id.into(),
+                ..Default::default()
             })
             .await
             .expect_err(id);

@@ -298,6 +298,7 @@ async fn a_signed_image_is_promoted_and_its_approval_names_the_key() {
         .alice
         .evaluate_gates(EvaluateGatesRequest {
             promotion_id: id.clone(),
+            ..Default::default()
         })
         .await
         .expect("evaluate gates")
@@ -349,6 +350,7 @@ async fn refused(s: &mut Setup, id: &str) -> String {
         .bob
         .evaluate_gates(prodgate::pb::EvaluateGatesRequest {
             promotion_id: id.to_owned(),
+            ..Default::default()
         })
         .await
         .expect("evaluate")

@@ -467,6 +467,7 @@ async fn a_freeze_that_ends_seconds_later_lets_the_approval_ship_by_itself() {
     let e = alice
         .evaluate_gates(prodgate::pb::EvaluateGatesRequest {
             promotion_id: p.id.clone(),
+            ..Default::default()
         })
         .await
         .expect_err("finished");

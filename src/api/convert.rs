@@ -350,6 +350,51 @@ pub fn request_input(r: pb::RequestPromotionRequest) -> Result<RequestInput, Err
     })
 }
 
+/// What an EvaluateGates call asks about: a promotion, or a dry run.
+#[derive(Debug, Clone)]
+pub enum GatesQuery {
+    Promotion(PromotionId),
+    DryRun(RequestInput),
+}
+
+/// An EvaluateGates call: `promotion_id`, or all of `repository`,
+/// `environment` and `source` (a dry run), never both.
+pub fn gates_query(r: pb::EvaluateGatesRequest) -> Result<GatesQuery, Error> {
+    let dry_fields = [
+        ("repository", &r.repository),
+        ("environment", &r.environment),
+        ("source", &r.source),
+    ];
+    if !r.promotion_id.is_empty() {
+        if let Some((field, _)) = dry_fields.iter().find(|(_, v)| !v.is_empty()) {
+            return Err(invalid(
+                field,
+                "must be empty with promotion_id: give a promotion_id, or repository, environment and source for a dry run",
+            ));
+        }
+        return promotion_id(&r.promotion_id).map(GatesQuery::Promotion);
+    }
+    if dry_fields.iter().all(|(_, v)| v.is_empty()) {
+        return Err(invalid(
+            "promotion_id",
+            "is required (or repository, environment and source for a dry run)",
+        ));
+    }
+    if let Some((field, _)) = dry_fields.iter().find(|(_, v)| v.is_empty()) {
+        return Err(invalid(
+            field,
+            "is required for a dry run (repository, environment and source)",
+        ));
+    }
+    request_input(pb::RequestPromotionRequest {
+        repository: r.repository,
+        source: r.source,
+        environment: r.environment,
+        ..Default::default()
+    })
+    .map(GatesQuery::DryRun)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -362,10 +362,25 @@ impl PromotionService for PromotionApi {
         &self,
         req: Request<pb::EvaluateGatesRequest>,
     ) -> Result<Response<pb::GateReport>, Status> {
-        principal(&req)?;
-        let id = convert::promotion_id(&req.get_ref().promotion_id)?;
-        let report = self.promotions.evaluate_gates(id).await?;
+        let who = principal(&req)?;
+        let e = match convert::gates_query(req.into_inner())? {
+            convert::GatesQuery::Promotion(id) => self
+                .promotions
+                .evaluate_gates(id)
+                .await
+                .map_err(|e| error::status(e, &id.to_string()))?,
+            convert::GatesQuery::DryRun(input) => {
+                let repository = input.repository.to_string();
+                self.promotions
+                    .preview(who, input)
+                    .await
+                    .map_err(|e| error::status(e, &repository))?
+            }
+        };
+        let report = e.report;
         Ok(Response::new(pb::GateReport {
+            project: e.project,
+            policy_digest: e.policy_digest,
             ready: report.ready(),
             gates: report
                 .gates

@@ -70,6 +70,7 @@ pub async fn gates(g: &ClientArgs, id: String) -> Result<(), CliError> {
     let mut c = Client::connect(g).await?;
     let req = pb::EvaluateGatesRequest {
         promotion_id: id.clone(),
+        ..Default::default()
     };
     let r = c.api.evaluate_gates(c.unary(req)).await?.into_inner();
     Printer::stdout(g.output).gate_report(&r)?;

@@ -35,6 +35,9 @@ use super::signature::Verdict;
 pub const NOOP: &str = "noop";
 /// The gate a break-glass call by someone not allowed to fails.
 pub const BREAK_GLASS: &str = "break_glass";
+/// The gate a dry run by someone the project's `requesters` does not name
+/// fails (a real request is refused PERMISSION_DENIED instead).
+pub const REQUESTER: &str = "requester";
 
 /// What the decision rests on besides the promotion: the policy in force,
 /// the time, and what I/O found before the write job.
@@ -151,24 +154,7 @@ pub fn request(
             ],
         });
     }
-    if let Some(d) = f.deployed.filter(|d| d.digest == new.digest && !d.drifted) {
-        blockers.push(Blocker {
-            gate: NOOP,
-            subject: new.repository.clone(),
-            description: format!(
-                "the {} tag of {} already carries {} (promotion {} moved it there at {}); a promotion would change nothing",
-                f.policy.tag,
-                new.repository,
-                new.digest,
-                d.promotion_id,
-                d.time.rfc3339(super::model::Precision::Seconds),
-            ),
-            facts: vec![
-                ("promotion_id", d.promotion_id.to_string()),
-                ("digest", new.digest.clone()),
-            ],
-        });
-    }
+    blockers.extend(noop(&new, f));
     if !blockers.is_empty() {
         return Err(Refusal::Blocked(blockers));
     }
@@ -179,6 +165,73 @@ pub fn request(
     }
     settle(&mut o, f);
     Ok(o)
+}
+
+/// A request for the digest the target tag already carries (put there by
+/// prodgate and not drifted since) would change nothing.
+fn noop(new: &NewPromotion, f: &Facts<'_>) -> Option<Blocker> {
+    let d = f
+        .deployed
+        .filter(|d| d.digest == new.digest && !d.drifted)?;
+    Some(Blocker {
+        gate: NOOP,
+        subject: new.repository.clone(),
+        description: format!(
+            "the {} tag of {} already carries {} (promotion {} moved it there at {}); a promotion would change nothing",
+            f.policy.tag,
+            new.repository,
+            new.digest,
+            d.promotion_id,
+            d.time.rfc3339(super::model::Precision::Seconds),
+        ),
+        facts: vec![
+            ("promotion_id", d.promotion_id.to_string()),
+            ("digest", new.digest.clone()),
+        ],
+    })
+}
+
+/// What a request by `who` would meet now, recording nothing: the dry run
+/// EvaluateGates answers. Every gate [`evaluate`] reports for the promotion
+/// the request would open, with two more in front: [`REQUESTER`] (whether
+/// `who` may request here at all; `refused_requester` is the sentence when
+/// not, which a real request returns as PERMISSION_DENIED) and [`NOOP`]
+/// (whether the tag already carries the digest). `id` is a placeholder:
+/// nothing is opened.
+pub fn preview(
+    id: PromotionId,
+    new: NewPromotion,
+    who: &Principal,
+    refused_requester: Option<String>,
+    f: &Facts<'_>,
+) -> GateReport {
+    let requester = match refused_requester {
+        None => gates::pass(
+            REQUESTER,
+            format!("{} may request promotions of {}", who.name, new.repository),
+        ),
+        Some(why) => gates::block(REQUESTER, why),
+    };
+    let noop = match noop(&new, f) {
+        Some(b) => gates::block(NOOP, b.description),
+        None => gates::pass(
+            NOOP,
+            match f.deployed {
+                Some(d) if d.drifted => format!(
+                    "the {} tag was moved away from {} outside prodgate: a promotion puts it back",
+                    f.policy.tag, d.digest
+                ),
+                Some(d) => format!("the {} tag carries {} now", f.policy.tag, d.digest),
+                None => format!("prodgate has not moved the {} tag yet", f.policy.tag),
+            },
+        ),
+    };
+    let o = machine::request(id, new, who, f.policy, f.now);
+    let mut report = evaluate(&o.promotion, f);
+    let after_prerequisite = usize::from(report.gate(gates::PREREQUISITE).is_some());
+    report.gates.insert(after_prerequisite, noop);
+    report.gates.insert(0, requester);
+    report
 }
 
 /// An approver-facing call on an existing promotion.

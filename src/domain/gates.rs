@@ -163,7 +163,8 @@ pub fn evaluate(f: &Facts<'_>) -> GateReport {
     }
 }
 
-fn pass(name: &'static str, message: String) -> GateResult {
+/// A gate that passes, with what it found.
+pub fn pass(name: &'static str, message: String) -> GateResult {
     GateResult {
         name,
         passed: true,
@@ -172,7 +173,8 @@ fn pass(name: &'static str, message: String) -> GateResult {
     }
 }
 
-fn block(name: &'static str, message: String) -> GateResult {
+/// A gate that blocks, with what would unblock it.
+pub fn block(name: &'static str, message: String) -> GateResult {
     GateResult {
         name,
         passed: false,

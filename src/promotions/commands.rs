@@ -13,7 +13,6 @@ use crate::domain::model::{
 use crate::domain::names::Source;
 use crate::domain::policy::{EnvironmentPolicy, Principal};
 use crate::error::Error;
-use crate::registry::Manifest;
 use crate::store::{HistoryFilter, PageRequest, StoredManifest, UnitOfWork};
 use std::sync::Arc;
 
@@ -40,23 +39,11 @@ impl Promotions {
     ) -> Result<Promotion, Error> {
         let repository = input.repository.to_string();
         let governance = config.governing(&repository);
-        if governance.project().is_none()
-            && config.unclaimed_repositories == crate::config::Unclaimed::Refuse
-        {
-            return Err(Error::Unclaimed {
-                repository,
-                patterns: config.project_patterns(),
-            });
+        let (policy, refused) = admit(&config, &governance, &who, &input)?;
+        if let Some(refused) = refused {
+            return Err(refused);
         }
-        if !governance.may_request(&who) {
-            return Err(Error::NotRequester {
-                principal: who.name,
-                repository,
-                project: governance.project_name().to_owned(),
-                requesters: crate::config::describe(governance.requesters().unwrap_or_default()),
-            });
-        }
-        let mut policy = policy_of(&config, &repository, &input.environment)?.clone();
+        let mut policy = policy.clone();
         if input.rollback {
             policy.required_approvals = policy.rollback_approvals;
         }
@@ -69,11 +56,6 @@ impl Promotions {
                 ),
             });
         }
-        if config.registry(input.repository.host()).is_none() {
-            return Err(Error::UnknownRegistry {
-                host: input.repository.host().to_owned(),
-            });
-        }
         // A retried request answers from the record, whatever the tags do now.
         if !input.request_id.is_empty()
             && let Some(existing) = self
@@ -83,58 +65,13 @@ impl Promotions {
         {
             return same_request(existing, &input);
         }
-        let source_ref = input.source.as_reference().to_owned();
-        // Pin the manifest itself: the apply pushes these exact bytes. A digest
-        // already pinned for this repository is immutable content seen there
-        // before, so it needs no registry round trip; a tag always does.
-        let known = match &input.source {
-            Source::Digest(d) => self
-                .store
-                .manifest(&repository, d)
-                .await?
-                .map(|m| Manifest {
-                    digest: source_ref.clone(),
-                    media_type: m.media_type,
-                    bytes: m.bytes,
-                }),
-            Source::Tag(_) => None,
-        };
-        let manifest = match known {
-            Some(m) => m,
-            None => self
-                .registry
-                .fetch(&input.repository, &source_ref)
-                .await?
-                .ok_or_else(|| {
-                    Error::SourceNotFound(format!("{}:{source_ref}", input.repository))
-                })?,
-        };
-        let digest = manifest.digest.clone();
         // Decided at once when nobody approves: the gates' facts now.
-        let mut facts = if policy.required_approvals == 0 {
-            self.gather_gates(&repository, &policy, &digest).await?
-        } else {
-            Gathered::default()
-        };
-        // A rollback's digest passed the prerequisite when it was first
-        // promoted here.
-        if let Some(required) = policy.requires.as_ref().filter(|_| !input.rollback) {
-            let prereq = policy_of(&config, &repository, required)?;
-            // The source tag is the prerequisite's tag: the fetch just read it.
-            let carries = if source_ref == prereq.tag {
-                Some(digest.clone())
-            } else {
-                self.registry
-                    .resolve(&input.repository, &prereq.tag)
-                    .await?
-            };
-            facts.prerequisite = Some(decision::Prerequisite {
-                reference: format!("{}:{}", input.repository, prereq.tag),
-                environment: prereq.name.clone(),
-                carries,
-            });
-        }
-        facts.deployed = self.deployed_now(&repository, &input.environment).await?;
+        let all_gates = policy.required_approvals == 0;
+        let (manifest, facts) = self
+            .request_facts(&config, &input, &policy, all_gates)
+            .await?;
+        let source_ref = input.source.as_reference().to_owned();
+        let digest = manifest.digest.clone();
         let pinned = StoredManifest {
             media_type: manifest.media_type,
             bytes: manifest.bytes,
@@ -650,4 +587,39 @@ fn same_request(existing: Promotion, input: &RequestInput) -> Result<Promotion, 
             promotion_id: existing.id,
         })
     }
+}
+
+/// Whether `who` may request `input` at all under `config`: an error for a
+/// request nothing could allow (an unclaimed repository refused, an unknown
+/// environment or registry); otherwise the environment's policy, and a
+/// refusal when the governing project's `requesters` do not name `who` (a
+/// dry run reports that one as its `requester` gate instead).
+pub(super) fn admit<'c>(
+    config: &'c Config,
+    governance: &crate::config::Governance<'_>,
+    who: &Principal,
+    input: &RequestInput,
+) -> Result<(&'c EnvironmentPolicy, Option<Error>), Error> {
+    let repository = input.repository.to_string();
+    if governance.project().is_none()
+        && config.unclaimed_repositories == crate::config::Unclaimed::Refuse
+    {
+        return Err(Error::Unclaimed {
+            repository,
+            patterns: config.project_patterns(),
+        });
+    }
+    let refused = (!governance.may_request(who)).then(|| Error::NotRequester {
+        principal: who.name.clone(),
+        repository: repository.clone(),
+        project: governance.project_name().to_owned(),
+        requesters: crate::config::describe(governance.requesters().unwrap_or_default()),
+    });
+    let policy = policy_of(config, &repository, &input.environment)?;
+    if config.registry(input.repository.host()).is_none() {
+        return Err(Error::UnknownRegistry {
+            host: input.repository.host().to_owned(),
+        });
+    }
+    Ok((policy, refused))
 }

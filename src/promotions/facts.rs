@@ -2,13 +2,15 @@
 //! promotion, read before its write job (which runs on the writer and only
 //! reads the store). The pure half is `domain::decision`.
 
-use super::Promotions;
+use super::{Promotions, RequestInput, policy_of};
+use crate::config::Config;
 use crate::domain::decision::{self, Deployed, Prerequisite};
 use crate::domain::model::{CheckReport, Time};
-use crate::domain::names::Repository;
+use crate::domain::names::{Repository, Source};
 use crate::domain::policy::EnvironmentPolicy;
 use crate::domain::signature::{self, Verdict};
 use crate::error::Error;
+use crate::registry::Manifest;
 
 /// Facts read for one decision, owned so a write job can carry them.
 #[derive(Debug, Clone, Default)]
@@ -45,6 +47,73 @@ impl Gathered {
 }
 
 impl Promotions {
+    /// What a request for `input` under `policy` rests on: the manifest to
+    /// pin (the apply pushes these exact bytes) and the facts its decision
+    /// needs. `all_gates`: also the checks, soak and signature (a request
+    /// decided at once, or a dry run); otherwise only the prerequisite and
+    /// what the target tag carries.
+    pub(super) async fn request_facts(
+        &self,
+        config: &Config,
+        input: &RequestInput,
+        policy: &EnvironmentPolicy,
+        all_gates: bool,
+    ) -> Result<(Manifest, Gathered), Error> {
+        let repository = input.repository.to_string();
+        let source_ref = input.source.as_reference();
+        // A digest already pinned for this repository is immutable content
+        // seen there before, so it needs no registry round trip; a tag
+        // always does.
+        let known = match &input.source {
+            Source::Digest(d) => self
+                .store
+                .manifest(&repository, d)
+                .await?
+                .map(|m| Manifest {
+                    digest: source_ref.to_owned(),
+                    media_type: m.media_type,
+                    bytes: m.bytes,
+                }),
+            Source::Tag(_) => None,
+        };
+        let manifest = match known {
+            Some(m) => m,
+            None => self
+                .registry
+                .fetch(&input.repository, source_ref)
+                .await?
+                .ok_or_else(|| {
+                    Error::SourceNotFound(format!("{}:{source_ref}", input.repository))
+                })?,
+        };
+        let digest = &manifest.digest;
+        let mut facts = if all_gates {
+            self.gather_gates(&repository, policy, digest).await?
+        } else {
+            Gathered::default()
+        };
+        // A rollback's digest passed the prerequisite when it was first
+        // promoted here.
+        if let Some(required) = policy.requires.as_ref().filter(|_| !input.rollback) {
+            let prereq = policy_of(config, &repository, required)?;
+            // The source tag is the prerequisite's tag: the fetch just read it.
+            let carries = if source_ref == prereq.tag {
+                Some(digest.clone())
+            } else {
+                self.registry
+                    .resolve(&input.repository, &prereq.tag)
+                    .await?
+            };
+            facts.prerequisite = Some(Prerequisite {
+                reference: format!("{}:{}", input.repository, prereq.tag),
+                environment: prereq.name.clone(),
+                carries,
+            });
+        }
+        facts.deployed = self.deployed_now(&repository, &input.environment).await?;
+        Ok((manifest, facts))
+    }
+
     /// Reads what the checks, soak and signature gates of `policy` need for
     /// `digest` (nothing for a gate that is not configured).
     pub(super) async fn gather_gates(

@@ -78,6 +78,18 @@ pub struct HistoryQuery {
     pub newest_first: bool,
 }
 
+/// Every gate as it stands, and what it was evaluated under
+/// (EvaluateGates' answer).
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    pub report: crate::domain::gates::GateReport,
+    /// The `[[project]]` governing the repository now ("" for the
+    /// top-level defaults).
+    pub project: String,
+    /// The digest of the policy version the gates were evaluated under.
+    pub policy_digest: String,
+}
+
 /// A validated RequestPromotion.
 #[derive(Debug, Clone)]
 pub struct RequestInput {

@@ -2,14 +2,18 @@
 //! promotions, history and checks, the gates as they stand, the deployed
 //! digest, a recorded policy version, the log's verification.
 
-use super::{HistoryQuery, ListQuery, Listing, Promotions, policy_of, unknown_project};
+use super::{
+    Evaluation, HistoryQuery, ListQuery, Listing, Promotions, RequestInput, policy_of,
+    unknown_project,
+};
 use crate::domain::audit::{AuditEntry, Verification};
 use crate::domain::decision;
 use crate::domain::drift::TagRecord;
 use crate::domain::gates;
-use crate::domain::machine;
+use crate::domain::machine::{self, NewPromotion};
 use crate::domain::model::{CheckReport, Precision, Promotion, PromotionId, State, Time};
 use crate::domain::names::Repository;
+use crate::domain::policy::Principal;
 use crate::error::Error;
 use crate::store::{ListFilter, PageRequest, StoredPolicy};
 
@@ -244,7 +248,7 @@ impl Promotions {
     /// (the approvals gate says how many are missing). Reads only. A
     /// finished promotion has no gates left to pass: refused, naming its
     /// state.
-    pub async fn evaluate_gates(&self, id: PromotionId) -> Result<gates::GateReport, Error> {
+    pub async fn evaluate_gates(&self, id: PromotionId) -> Result<Evaluation, Error> {
         let p = self.get(id).await?;
         if p.state.is_terminal() {
             return Err(Error::Domain(machine::DomainError::NotPending {
@@ -268,7 +272,43 @@ impl Promotions {
             .clone();
         let facts = self.gather_gates(&p.repository, &policy, &p.digest).await?;
         let f = facts.facts(&policy, &config.policy.digest, self.clock.now());
-        Ok(decision::evaluate(&p, &f))
+        Ok(Evaluation {
+            report: decision::evaluate(&p, &f),
+            project: governing.project_name().to_owned(),
+            policy_digest: config.policy.digest.clone(),
+        })
+    }
+
+    /// The dry run: the gates a request by `who` for `input` would meet
+    /// now, resolving the source as RequestPromotion does, recording
+    /// nothing. Refused like a request only where no gate could say why
+    /// (unclaimed repository, unknown environment or registry, missing
+    /// source); a requester the project does not name is its `requester`
+    /// gate.
+    pub async fn preview(&self, who: Principal, input: RequestInput) -> Result<Evaluation, Error> {
+        let config = self.config.get();
+        let repository = input.repository.to_string();
+        let governance = config.governing(&repository);
+        let (policy, refused) = super::commands::admit(&config, &governance, &who, &input)?;
+        let (manifest, facts) = self.request_facts(&config, &input, policy, true).await?;
+        let new = NewPromotion {
+            project: governance.project_name().to_owned(),
+            repository,
+            environment: input.environment.clone(),
+            source: input.source.as_reference().to_owned(),
+            digest: manifest.digest,
+            reason: String::new(),
+            request_id: String::new(),
+            rollback: false,
+        };
+        let f = facts.facts(policy, &config.policy.digest, self.clock.now());
+        // Id 0 is never a promotion's: nothing is opened.
+        let report = decision::preview(0, new, &who, refused.map(|e| e.to_string()), &f);
+        Ok(Evaluation {
+            report,
+            project: governance.project_name().to_owned(),
+            policy_digest: config.policy.digest.clone(),
+        })
     }
 
     /// A recorded policy version; `None`: the running one.

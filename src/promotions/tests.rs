@@ -829,7 +829,7 @@ async fn a_signed_digest_passes_and_its_approval_names_the_key() {
     let d = w.registry.push("v1", "one");
     w.registry.sign(&d, &d, &key);
     let p = w.request(&d).await;
-    let gates = w.promotions.evaluate_gates(p.id).await.unwrap();
+    let gates = w.promotions.evaluate_gates(p.id).await.unwrap().report;
     let fingerprint = config_key_fingerprint(&w);
     let g = gates.gate(gates::SIGNATURE).expect("the signature gate");
     assert!(g.passed, "{g:?}");
@@ -865,7 +865,7 @@ async fn an_unsigned_digest_waits_for_its_signature_and_ships_once_signed() {
     assert_eq!(waiting.not_before, None, "no time gate blocks");
     assert_eq!(waiting.approvals.len(), 1);
     let tag = signature::legacy_tag(&d).unwrap();
-    let g = w.promotions.evaluate_gates(p.id).await.unwrap();
+    let g = w.promotions.evaluate_gates(p.id).await.unwrap().report;
     let m = &g.gate(gates::SIGNATURE).unwrap().message;
     assert!(m.starts_with("no signature of"), "{m}");
     assert!(m.contains(&format!("{REPO}:{tag}")), "{m}");
@@ -873,7 +873,7 @@ async fn an_unsigned_digest_waits_for_its_signature_and_ships_once_signed() {
     w.registry.sign(&d, &other, &key);
     let again = w.promotions.reevaluate(p.id).await.unwrap();
     assert_eq!(again.promotion.state, State::Waiting);
-    let g = w.promotions.evaluate_gates(p.id).await.unwrap();
+    let g = w.promotions.evaluate_gates(p.id).await.unwrap().report;
     let m = &g.gate(gates::SIGNATURE).unwrap().message;
     assert!(m.contains(&format!("it signs \"{other}\"")), "{m}");
     // Signed for real: it moves on by itself, recorded as GATES_PASSED.
@@ -955,7 +955,7 @@ async fn an_oversized_payload_is_not_read_and_blocks() {
         }
     }
     let p = w.request(&d).await;
-    let report = w.promotions.evaluate_gates(p.id).await.unwrap();
+    let report = w.promotions.evaluate_gates(p.id).await.unwrap().report;
     let g = report.gate(gates::SIGNATURE).unwrap();
     assert!(!g.passed, "{g:?}");
     assert!(g.message.contains("over the 65536-byte limit"), "{g:?}");

@@ -715,3 +715,91 @@ proptest! {
         }
     }
 }
+
+// ---- the dry run ----
+
+/// The names of a report's gates, and which block.
+fn verdicts(r: &GateReport) -> Vec<(&'static str, bool)> {
+    r.gates.iter().map(|g| (g.name, g.passed)).collect()
+}
+
+#[test]
+fn the_dry_run_reports_what_a_request_would_meet_in_request_order() {
+    let mut pol = policy();
+    pol.required_checks = vec!["e2e".into()];
+    let mut w = World {
+        prerequisite: Some(Prerequisite {
+            reference: format!("{REPO}:staging"),
+            environment: "staging".into(),
+            carries: Some(DIGEST.into()),
+        }),
+        ..World::default()
+    };
+    let alice = who("alice", &["dev"]);
+    let r = preview(0, new(""), &alice, None, &w.facts(&pol, t(0)));
+    assert_eq!(
+        verdicts(&r),
+        [
+            (REQUESTER, true),
+            (gates::PREREQUISITE, true),
+            (NOOP, true),
+            (gates::APPROVALS, false),
+            (gates::CHECKS, false),
+        ]
+    );
+    assert!(!r.ready(), "the e2e check is missing");
+    assert_eq!(
+        r.gate(NOOP).unwrap().message,
+        "prodgate has not moved the production tag yet"
+    );
+
+    // Everything a request would be refused for, at once: not a requester,
+    // the prerequisite not met, the tag carrying the digest already.
+    w.prerequisite.as_mut().unwrap().carries = None;
+    w.deployed = Some(Deployed {
+        digest: DIGEST.into(),
+        promotion_id: 7,
+        time: t(-60),
+        drifted: false,
+    });
+    w.checks = vec![passed("e2e", t(-10))];
+    let r = preview(
+        0,
+        new(""),
+        &alice,
+        Some("alice may not request promotions of team/app".into()),
+        &w.facts(&pol, t(0)),
+    );
+    assert_eq!(
+        verdicts(&r),
+        [
+            (REQUESTER, false),
+            (gates::PREREQUISITE, false),
+            (NOOP, false),
+            (gates::APPROVALS, false),
+            (gates::CHECKS, true),
+        ]
+    );
+    assert!(
+        r.gate(NOOP).unwrap().message.contains("promotion 7"),
+        "{r:?}"
+    );
+    assert_eq!(
+        r.gate(REQUESTER).unwrap().message,
+        "alice may not request promotions of team/app"
+    );
+
+    // A tag moved away outside prodgate: a request puts it back.
+    w.deployed.as_mut().unwrap().drifted = true;
+    let r = preview(0, new(""), &alice, None, &w.facts(&pol, t(0)));
+    assert!(r.gate(NOOP).unwrap().passed, "{r:?}");
+
+    // The same facts decide a real request the same way.
+    w.deployed.as_mut().unwrap().drifted = false;
+    let refused = request(1, new("ship"), &alice, false, &w.facts(&pol, t(0))).unwrap_err();
+    let Refusal::Blocked(b) = refused else {
+        panic!("{refused:?}")
+    };
+    let gates: Vec<&str> = b.iter().map(|b| b.gate).collect();
+    assert_eq!(gates, [gates::PREREQUISITE, NOOP]);
+}
