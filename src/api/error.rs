@@ -12,7 +12,7 @@ use crate::error::{Blocker, Error, StoreError};
 use crate::pb;
 use crate::registry::RegistryError;
 use std::collections::HashMap;
-use tonic::Status;
+use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, PreconditionViolation, StatusExt};
 
 impl From<Error> for Status {
@@ -48,7 +48,11 @@ pub fn status(e: Error, subject: &str) -> Status {
         _ => None,
     };
     let retry = matches!(e, Error::ShuttingDown);
-    let status = mapped(e);
+    if let Error::Store(s) = &e {
+        tracing::error!(error = %s, "storage failure");
+    }
+    let code = code(reason, &e);
+    let message = message(&e);
     let mut details = ErrorDetails::new();
     details.set_error_info(reason_name(reason), DOMAIN, metadata);
     if !blockers.is_empty() {
@@ -64,7 +68,7 @@ pub fn status(e: Error, subject: &str) -> Status {
     if retry {
         details.set_retry_info(Some(std::time::Duration::from_secs(1)));
     }
-    Status::with_error_details(status.code(), status.message(), details)
+    Status::with_error_details(code, message, details)
 }
 
 /// The ErrorInfo `domain` of every prodgate status.
@@ -77,8 +81,8 @@ pub fn reason_name(r: pb::ErrorReason) -> &'static str {
     name.strip_prefix("ERROR_REASON_").unwrap_or(name)
 }
 
-/// The reason of `e` and its metadata (snake_case keys). Exhaustive, like
-/// [`mapped`], so a new error is given a reason on purpose.
+/// The reason of `e` and its metadata (snake_case keys). Exhaustive, so a
+/// new error is given a reason (and by it a code) on purpose.
 fn reason(e: &Error, subject: &str) -> (pb::ErrorReason, HashMap<String, String>) {
     use pb::ErrorReason as R;
     let mut m = HashMap::new();
@@ -277,66 +281,50 @@ fn violation(b: Blocker, subject: &str) -> PreconditionViolation {
     PreconditionViolation::new(b.gate, subject, b.description)
 }
 
-/// The code and message of each error (and the field of an
-/// INVALID_ARGUMENT); [`status`] adds the blockers.
-fn mapped(e: Error) -> Status {
+/// The code of each reason, as the proto's `ErrorReason` documents it;
+/// `e` tells apart the two reasons that come with either of two codes.
+fn code(r: pb::ErrorReason, e: &Error) -> Code {
+    use pb::ErrorReason as R;
+    match r {
+        R::InvalidField if matches!(e, Error::OutOfRange { .. }) => Code::OutOfRange,
+        R::InvalidField | R::UnknownEnvironment | R::UnknownRegistry => Code::InvalidArgument,
+        R::SourceNotFound | R::PromotionNotFound | R::PolicyNotFound | R::NothingDeployed => {
+            Code::NotFound
+        }
+        R::PrerequisiteNotMet
+        | R::GatesBlocked
+        | R::NotOpen
+        | R::Noop
+        | R::UnclaimedRepository
+        | R::RollbackRefused
+        | R::RegistryRefused => Code::FailedPrecondition,
+        R::RequestIdConflict => Code::AlreadyExists,
+        R::NotApprover
+        | R::SelfApproval
+        | R::NotRequester
+        | R::NotBreakGlass
+        | R::NotCheckReporter
+        | R::NotAllowedToCancel => Code::PermissionDenied,
+        R::TokenExpired | R::TokenInvalid => Code::Unauthenticated,
+        R::LimitExceeded => Code::ResourceExhausted,
+        R::RegistryUnavailable | R::StoreUnavailable | R::ShuttingDown => Code::Unavailable,
+        R::Internal if matches!(e, Error::Store(StoreError::Corrupt { .. })) => Code::DataLoss,
+        R::Internal | R::Unspecified => Code::Internal,
+    }
+}
+
+/// The message a person reads: the error, and for a write the store could
+/// not make, that nothing was changed.
+fn message(e: &Error) -> String {
     let msg = e.to_string();
     match e {
-        Error::InvalidArgument { .. }
-        | Error::UnknownEnvironment { .. }
-        | Error::UnknownRegistry { .. } => Status::invalid_argument(msg),
-        Error::OutOfRange { .. } => Status::out_of_range(msg),
-        Error::Internal(_) => Status::internal(msg),
-        Error::NotRequester { .. } => Status::permission_denied(msg),
-        Error::PromotionNotFound(_)
-        | Error::SourceNotFound(_)
-        | Error::PolicyNotFound(_)
-        | Error::NothingDeployed { .. } => Status::not_found(msg),
-        Error::Blocked(_) | Error::Expired { .. } | Error::Unclaimed { .. } => {
-            Status::failed_precondition(msg)
+        Error::Store(StoreError::Read(_)) => format!("{msg}; retry"),
+        Error::Store(StoreError::Backend(_) | StoreError::Closed) => {
+            format!("the change was not recorded, so nothing was changed: {msg}; retry")
         }
-        Error::RequestIdReused { .. } => Status::already_exists(msg),
-        Error::NotCheckReporter { .. } | Error::NotBreakGlass { .. } => {
-            Status::permission_denied(msg)
+        Error::Store(StoreError::Flush(_) | StoreError::Poisoned) => {
+            format!("the change was not recorded, so nothing was changed: {msg}")
         }
-        Error::RollbackRefused { .. } => Status::failed_precondition(msg),
-        Error::TooManyChecks { .. } => Status::resource_exhausted(msg),
-        Error::ShuttingDown => Status::unavailable(msg),
-        Error::TooManyWatches { .. } => Status::resource_exhausted(msg),
-        Error::Domain(d) => match d {
-            DomainError::NotApprover { .. }
-            | DomainError::SelfApproval { .. }
-            | DomainError::NotAllowedToCancel { .. } => Status::permission_denied(msg),
-            DomainError::NotPending { .. } | DomainError::NotApproved { .. } => {
-                Status::failed_precondition(msg)
-            }
-        },
-        Error::Registry(r) => match r {
-            RegistryError::NotFound { .. } => Status::not_found(msg),
-            RegistryError::Unavailable { .. } | RegistryError::Protocol { .. } => {
-                Status::unavailable(msg)
-            }
-            RegistryError::Denied { .. }
-            | RegistryError::DigestMismatch { .. }
-            | RegistryError::Refused { .. }
-            | RegistryError::ManifestTooLarge { .. }
-            | RegistryError::BlobTooLarge { .. } => Status::failed_precondition(msg),
-        },
-        Error::Store(s) => {
-            tracing::error!(error = %s, "storage failure");
-            match s {
-                StoreError::Corrupt { .. } => Status::data_loss(msg),
-                StoreError::Format { .. } | StoreError::Unaudited(_) | StoreError::Unusable(_) => {
-                    Status::internal(msg)
-                }
-                StoreError::Read(_) => Status::unavailable(format!("{msg}; retry")),
-                StoreError::Backend(_) | StoreError::Closed => Status::unavailable(format!(
-                    "the change was not recorded, so nothing was changed: {msg}; retry"
-                )),
-                StoreError::Flush(_) | StoreError::Poisoned => Status::unavailable(format!(
-                    "the change was not recorded, so nothing was changed: {msg}"
-                )),
-            }
-        }
+        _ => msg,
     }
 }
