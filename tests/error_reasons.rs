@@ -216,6 +216,24 @@ async fn each_refusal_names_its_reason_and_the_facts_to_act_on() {
     assert_eq!(m["environment"], "production");
     assert_eq!(m["requires"], "staging");
     assert_eq!(m["digest"], other);
+    // The same reason when the source is the prerequisite's own tag and it
+    // does not exist: one reason for "not promoted there yet".
+    registry
+        .push_image("team/fresh", Some("dev"), 1024, 3)
+        .await;
+    let fresh = format!("{}/team/fresh", registry.host);
+    let e = alice
+        .request_promotion(request_to(&fresh, "staging", "production"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let (reason, m) = info(&e);
+    assert_eq!(reason, "PREREQUISITE_NOT_MET", "{e:?}");
+    assert_eq!(
+        (m["requires"].as_str(), m["digest"].as_str()),
+        ("staging", "")
+    );
+    assert!(e.message().contains("does not exist"), "{e:?}");
 
     // TOKEN_INVALID
     let e = server

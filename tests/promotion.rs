@@ -962,9 +962,16 @@ async fn malformed_requests_are_refused_precisely_and_write_nothing() {
         ),
         (
             "missing repository",
-            request_to(&w.repo("ghost"), "staging", "production"),
+            request_to(&w.repo("ghost"), "dev", "production"),
             Code::NotFound,
             "not found",
+        ),
+        (
+            // The prerequisite's own tag: not promoted there yet.
+            "missing repository, from the prerequisite's tag",
+            request_to(&w.repo("ghost"), "staging", "production"),
+            Code::FailedPrecondition,
+            "ghost:staging does not exist",
         ),
         (
             "missing digest",

@@ -205,3 +205,65 @@ async fn rolling_back_twice_never_brings_back_what_was_rolled_back() {
         .into_inner();
     assert_eq!(back.digest, three);
 }
+
+#[tokio::test]
+async fn a_rollback_retried_with_its_request_id_after_it_moved_the_tag_is_answered_from_the_record()
+{
+    let registry = TestRegistry::start().await;
+    let server = TestServer::start(&config(&registry.host, 0));
+    let repo = format!("{}/team/app", registry.host);
+    let (mut alice, mut bob) = (server.client("alice").await, server.client("bob").await);
+    let first = ship(&registry, &mut alice, &mut bob, 1).await;
+    let second = ship(&registry, &mut alice, &mut bob, 2).await;
+    ship(&registry, &mut alice, &mut bob, 3).await;
+    let keyed = RollbackRequest {
+        request_id: "inc-42".into(),
+        ..rollback(&repo, "")
+    };
+    let r = alice
+        .rollback(keyed.clone())
+        .await
+        .expect("rollback")
+        .into_inner();
+    assert_eq!(r.state, PromotionState::Promoted as i32, "{r:?}");
+    assert_eq!(r.digest, second);
+    let recorded = history(&mut alice, HistoryRequest::default()).await.len();
+    // The answer was lost; the retry must not roll back one step further
+    // (to `first`), nor be refused because the tag has moved.
+    let again = alice
+        .rollback(keyed.clone())
+        .await
+        .expect("the retry is answered")
+        .into_inner();
+    assert_eq!((again.id, again.digest), (r.id.clone(), second.clone()));
+    let by_digest = alice
+        .rollback(RollbackRequest {
+            digest: second.clone(),
+            ..keyed.clone()
+        })
+        .await
+        .expect("the retry naming the digest it went back to")
+        .into_inner();
+    assert_eq!(by_digest.id, r.id);
+    assert_eq!(
+        history(&mut alice, HistoryRequest::default()).await.len(),
+        recorded,
+        "retries record nothing"
+    );
+    // The key names that rollback: another target under it is a conflict.
+    let e = alice
+        .rollback(RollbackRequest {
+            digest: first,
+            ..keyed
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+    assert_eq!(
+        registry
+            .tag_digest("team/app", "production")
+            .await
+            .as_deref(),
+        Some(second.as_str())
+    );
+}

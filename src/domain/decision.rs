@@ -134,25 +134,13 @@ pub fn request(
         && let (Some(env), Some(pre)) = (f.policy.requires.as_deref(), f.prerequisite)
         && pre.carries.as_deref() != Some(new.digest.as_str())
     {
-        blockers.push(Blocker {
-            gate: gates::PREREQUISITE,
-            subject: new.repository.clone(),
-            description: format!(
-                "environment {} requires {env}: {} must first be promoted there, but {} {}",
-                f.policy.name,
-                new.digest,
-                pre.reference,
-                pre.carries
-                    .as_ref()
-                    .map_or_else(|| "does not exist".to_owned(), |d| format!("points to {d}")),
-            ),
-            facts: vec![
-                ("environment", f.policy.name.clone()),
-                ("requires", env.to_owned()),
-                ("digest", new.digest.clone()),
-                ("repository", new.repository.clone()),
-            ],
-        });
+        blockers.push(prerequisite_unmet(
+            &new.repository,
+            f.policy,
+            env,
+            pre,
+            &new.digest,
+        ));
     }
     blockers.extend(noop(&new, f));
     if !blockers.is_empty() {
@@ -165,6 +153,42 @@ pub fn request(
     }
     settle(&mut o, f);
     Ok(o)
+}
+
+/// The refusal of a request whose prerequisite is not met: `pre` (the
+/// `requires` environment's tag) does not carry `digest`. `digest` is ""
+/// when the source is that very tag and it does not exist, so there is no
+/// digest to speak of.
+pub fn prerequisite_unmet(
+    repository: &str,
+    policy: &EnvironmentPolicy,
+    requires: &str,
+    pre: &Prerequisite,
+    digest: &str,
+) -> Blocker {
+    let what = if digest.is_empty() {
+        "the image"
+    } else {
+        digest
+    };
+    Blocker {
+        gate: gates::PREREQUISITE,
+        subject: repository.to_owned(),
+        description: format!(
+            "environment {} requires {requires}: {what} must first be promoted there, but {} {}",
+            policy.name,
+            pre.reference,
+            pre.carries
+                .as_ref()
+                .map_or_else(|| "does not exist".to_owned(), |d| format!("points to {d}")),
+        ),
+        facts: vec![
+            ("environment", policy.name.clone()),
+            ("requires", requires.to_owned()),
+            ("digest", digest.to_owned()),
+            ("repository", repository.to_owned()),
+        ],
+    }
 }
 
 /// A request for the digest the target tag already carries (put there by

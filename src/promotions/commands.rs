@@ -125,6 +125,29 @@ impl Promotions {
         }
         let config = self.config.get();
         policy_of(&config, &repository, &input.environment)?;
+        // A retried rollback answers from the record: the default target
+        // is worked out anew below, and once the first call's rollback has
+        // moved the tag it is another digest.
+        if !input.request_id.is_empty()
+            && let Some(existing) = self
+                .store
+                .find_request(&who.name, &input.request_id)
+                .await?
+        {
+            let same = existing.rollback
+                && existing.repository == repository
+                && existing.environment == input.environment
+                && existing.reason == input.reason
+                && input.digest.as_ref().is_none_or(|d| *d == existing.digest);
+            return if same {
+                Ok(existing)
+            } else {
+                Err(Error::RequestIdReused {
+                    request_id: input.request_id,
+                    promotion_id: existing.id,
+                })
+            };
+        }
         let refused = |why: String| {
             Err(Error::RollbackRefused {
                 repository: repository.clone(),

@@ -78,13 +78,10 @@ impl Promotions {
         };
         let manifest = match known {
             Some(m) => m,
-            None => self
-                .registry
-                .fetch(&input.repository, source_ref)
-                .await?
-                .ok_or_else(|| {
-                    Error::SourceNotFound(format!("{}:{source_ref}", input.repository))
-                })?,
+            None => match self.registry.fetch(&input.repository, source_ref).await? {
+                Some(m) => m,
+                None => return Err(self.not_found(config, input, policy)),
+            },
         };
         let digest = &manifest.digest;
         let mut facts = if all_gates {
@@ -176,6 +173,43 @@ impl Promotions {
             prerequisite: None,
             deployed: None,
         })
+    }
+
+    /// A source the registry does not have: when it is the tag of the
+    /// environment `policy` requires, the prerequisite is what is not met
+    /// (one reason for "not promoted there yet", whatever the source).
+    fn not_found(
+        &self,
+        config: &Config,
+        input: &RequestInput,
+        policy: &EnvironmentPolicy,
+    ) -> Error {
+        let repository = input.repository.to_string();
+        let reference = input.source.as_reference();
+        let prereq = policy
+            .requires
+            .as_deref()
+            .filter(|_| !input.rollback)
+            .and_then(|r| policy_of(config, &repository, r).ok().map(|p| (r, p)));
+        match prereq {
+            Some((requires, pre))
+                if matches!(input.source, Source::Tag(_)) && pre.tag == reference =>
+            {
+                let facts = Prerequisite {
+                    reference: format!("{}:{}", input.repository, pre.tag),
+                    environment: pre.name.clone(),
+                    carries: None,
+                };
+                Error::Blocked(vec![decision::prerequisite_unmet(
+                    &repository,
+                    policy,
+                    requires,
+                    &facts,
+                    "",
+                )])
+            }
+            _ => Error::SourceNotFound(format!("{}:{reference}", input.repository)),
+        }
     }
 
     /// What prodgate last applied to `environment`'s tag of `repository`,
