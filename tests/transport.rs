@@ -810,3 +810,178 @@ async fn a_connection_past_max_connection_age_is_sent_goaway() {
     // New calls are served (on a new connection).
     health_within(&server, Duration::from_secs(10)).await;
 }
+
+/// `prodgate_rpcs_total` of `method` with `code` (0 before its first call).
+fn rpcs(m: &HashMap<String, f64>, method: &str, code: &str) -> f64 {
+    let key = format!(r#"prodgate_rpcs_total{{code="{code}",method="PromotionService/{method}"}}"#);
+    m.get(&key).copied().unwrap_or(0.0)
+}
+
+/// Scrapes until `rpcs` of `method` with `code` reaches `want` (the
+/// server counts a reset stream once it reads the reset, after the client
+/// has moved on); fails if it does not within ten seconds or goes past it.
+async fn rpcs_reach(metrics_addr: &str, method: &str, code: &str, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = parse_metrics(&scrape(metrics_addr).await);
+        let n = rpcs(&m, method, code);
+        assert!(n <= want, "{method} {code}: {n} counted, {want} calls made");
+        if n == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{method} {code}: {n} counted after 10 s, {want} calls made"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn cancelled_and_timed_out_calls_are_counted() {
+    use prodgate::pb::WatchPromotionRequest;
+    use support::registry::TestRegistry;
+    use support::server::registry_toml;
+    let registry = TestRegistry::start().await;
+    // A registry that accepts connections and never answers: a request by
+    // tag waits on it, and each accept says a call reached the server.
+    let stalled = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let stalled_host = stalled.local_addr().expect("addr").to_string();
+    let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = stalled.accept().await {
+            held.push(s);
+            let _ = accepted_tx.send(());
+        }
+    });
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let server = TestServer::start(&format!(
+        "metrics_listen = \"{metrics_addr}\"\n{}\n{}",
+        standard_config(&registry.host)
+            .replace("registry_timeout = \"3s\"", "registry_timeout = \"60s\""),
+        registry_toml(&stalled_host)
+    ));
+    let repo = format!("{}/acme/app", registry.host);
+    registry
+        .push_image("acme/app", Some("staging"), 512, 1)
+        .await;
+    let mut alice = server.client("alice").await;
+    let pending = alice
+        .request_promotion(support::request_to(&repo, "staging", "production"))
+        .await
+        .expect("request")
+        .into_inner()
+        .id;
+    let before = parse_metrics(&scrape(&metrics_addr).await);
+    let request = "RequestPromotion";
+    let watch = "WatchPromotion";
+    let stalled_request =
+        || support::request_to(&format!("{stalled_host}/acme/app"), "staging", "production");
+
+    // A unary call the client gives up on while the server waits on the
+    // registry: its response future is dropped.
+    {
+        let call = alice.request_promotion(stalled_request());
+        tokio::pin!(call);
+        tokio::select! {
+            r = &mut call => panic!("the stalled registry answered: {r:?}"),
+            _ = accepted.recv() => {}
+        }
+    }
+    rpcs_reach(
+        &metrics_addr,
+        request,
+        "CANCELLED",
+        rpcs(&before, request, "CANCELLED") + 1.0,
+    )
+    .await;
+
+    // The same with a deadline, which the client keeps by resetting the
+    // stream when it passes (as grpc-go and grpc core do).
+    let deadline = Duration::from_secs(1);
+    let mut req = tonic::Request::new(stalled_request());
+    req.set_timeout(deadline);
+    let r = tokio::time::timeout(deadline, alice.request_promotion(req)).await;
+    assert!(
+        !matches!(r, Ok(Ok(_))),
+        "the stalled registry answered: {r:?}"
+    );
+    rpcs_reach(
+        &metrics_addr,
+        request,
+        "DEADLINE_EXCEEDED",
+        rpcs(&before, request, "DEADLINE_EXCEEDED") + 1.0,
+    )
+    .await;
+
+    // A stream is counted when it ends, not when it starts: an open watch
+    // is not counted; dropped, it is CANCELLED.
+    let watch_request = || WatchPromotionRequest {
+        promotion_id: pending.clone(),
+    };
+    let mut stream = alice
+        .watch_promotion(watch_request())
+        .await
+        .expect("watch")
+        .into_inner();
+    stream.message().await.expect("first item").expect("state");
+    let open = parse_metrics(&scrape(&metrics_addr).await);
+    for code in ["OK", "CANCELLED", "DEADLINE_EXCEEDED"] {
+        assert_eq!(
+            rpcs(&open, watch, code),
+            rpcs(&before, watch, code),
+            "an open watch was counted as {code}"
+        );
+    }
+    drop(stream);
+    rpcs_reach(
+        &metrics_addr,
+        watch,
+        "CANCELLED",
+        rpcs(&before, watch, "CANCELLED") + 1.0,
+    )
+    .await;
+
+    // A watch with a deadline that passes while it is open.
+    let mut req = tonic::Request::new(watch_request());
+    req.set_timeout(deadline);
+    let started = Instant::now();
+    let mut stream = alice
+        .watch_promotion(req)
+        .await
+        .expect("watch")
+        .into_inner();
+    stream.message().await.expect("first item").expect("state");
+    let left = deadline.saturating_sub(started.elapsed());
+    let r = tokio::time::timeout(left, stream.message()).await;
+    assert!(
+        !matches!(r, Ok(Ok(Some(_)))),
+        "the pending promotion changed: {r:?}"
+    );
+    drop(stream);
+    rpcs_reach(
+        &metrics_addr,
+        watch,
+        "DEADLINE_EXCEEDED",
+        rpcs(&before, watch, "DEADLINE_EXCEEDED") + 1.0,
+    )
+    .await;
+
+    // Exactly the calls made: nothing else was counted as either.
+    let after = parse_metrics(&scrape(&metrics_addr).await);
+    for (method, code) in [
+        (request, "CANCELLED"),
+        (request, "DEADLINE_EXCEEDED"),
+        (watch, "CANCELLED"),
+        (watch, "DEADLINE_EXCEEDED"),
+    ] {
+        assert_eq!(
+            rpcs(&after, method, code),
+            rpcs(&before, method, code) + 1.0,
+            "{method} {code}"
+        );
+    }
+}
