@@ -495,7 +495,14 @@ where
             done: false,
         };
         let respond = async move {
-            let res = fut.await?;
+            let res = match fut.await {
+                Ok(res) => res,
+                Err(e) => {
+                    // No response at all (the routes here never fail).
+                    call.finish(tonic::Code::Internal);
+                    return Err(e);
+                }
+            };
             // Errors of unary calls come as trailers-only responses, with
             // the status in the headers; any other call ends with its
             // status in the trailers, counted when the body yields them.

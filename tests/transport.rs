@@ -1,8 +1,10 @@
 //! The transport against a real `prodgate serve`: idle and half-open
 //! connections are closed and capped, accept errors do not spin, made-up
 //! paths get no metrics labels of their own, reflection speaks v1alpha,
-//! over-limit requests are RESOURCE_EXHAUSTED, and /metrics has build and
-//! process metrics and a pending-approvals sample for every environment.
+//! over-limit requests are RESOURCE_EXHAUSTED, /metrics has build and
+//! process metrics and a pending-approvals sample for every environment,
+//! cancelled and timed-out calls are counted (streams when they end), and
+//! `client_auth = "optional"` lets token callers share the mTLS listener.
 
 mod support;
 
