@@ -2,8 +2,14 @@
 //! never from a request field: a bearer token matched against configured
 //! SHA-256 hashes in constant time, a JWT from a trusted `[[identity]]`
 //! issuer mapped by its rules, or, with mTLS, the common name of the
-//! verified client certificate. A token, when sent, takes precedence, so a
-//! job holding a machine certificate can still act as a token principal.
+//! verified client certificate. With `client_auth = "required"` (the
+//! default) every connection has a certificate, so it admits the caller to
+//! the listener and a token, when sent, takes precedence: a job holding a
+//! machine certificate can still act as a token principal. With
+//! `client_auth = "optional"` a certificate is presented by choice, so it
+//! is a claim of who calls: it must be bound to a principal, and with a
+//! token as well both must name the same one (or the token an alias of
+//! it), or the call is refused.
 //!
 //! - [`jwt`]: what makes a bearer token a JWT, its claims, its mapping;
 //! - [`keys`]: the issuers' signing keys (JWKS), cached and refreshed;
@@ -20,7 +26,7 @@ pub mod keys;
 pub mod layer;
 
 use crate::clock::Clock;
-use crate::config::{Config, JwsAlgorithm, Live};
+use crate::config::{ClientAuth, Config, JwsAlgorithm, Live};
 use crate::domain::policy::Principal;
 use crate::metrics::Metrics;
 use jwt::shown;
@@ -42,6 +48,12 @@ pub enum AuthError {
     UnknownToken,
     #[error("{0}")]
     Certificate(String),
+    #[error(
+        "the client certificate names principal {certificate:?} and the token names {token:?}: \
+         the two name different principals (send the token over a connection without the \
+         certificate, or neither)"
+    )]
+    PrincipalMismatch { certificate: String, token: String },
     #[error("{message}")]
     Malformed { message: String },
     #[error("{}", match issuer {
@@ -101,11 +113,12 @@ pub enum AuthError {
 
 impl AuthError {
     /// Every value of the `reason` label of `prodgate_auth_failures_total`.
-    pub const REASONS: [&'static str; 17] = [
+    pub const REASONS: [&'static str; 18] = [
         "missing_credentials",
         "bad_header",
         "unknown_token",
         "certificate",
+        "principal_mismatch",
         "malformed",
         "untrusted_issuer",
         "algorithm",
@@ -128,6 +141,7 @@ impl AuthError {
             AuthError::BadHeader(_) => "bad_header",
             AuthError::UnknownToken => "unknown_token",
             AuthError::Certificate(_) => "certificate",
+            AuthError::PrincipalMismatch { .. } => "principal_mismatch",
             AuthError::Malformed { .. } => "malformed",
             AuthError::UntrustedIssuer { .. } => "untrusted_issuer",
             AuthError::Algorithm { .. } => "algorithm",
@@ -157,6 +171,7 @@ impl AuthError {
             | AuthError::BadHeader(_)
             | AuthError::UnknownToken
             | AuthError::Certificate(_)
+            | AuthError::PrincipalMismatch { .. }
             | AuthError::Malformed { .. }
             | AuthError::UntrustedIssuer { .. }
             | AuthError::Algorithm { .. }
@@ -212,10 +227,7 @@ impl Authenticator {
         headers: &http::HeaderMap,
         certificate: Option<&[u8]>,
     ) -> Result<Principal, AuthError> {
-        let mut result = match (headers.get("authorization"), certificate) {
-            (None, Some(der)) => self.certificate(der),
-            (header, _) => self.bearer(header).await,
-        };
+        let mut result = self.identify(headers, certificate).await;
         if let Ok(who) = &mut result {
             who.aliases = self.config.get().other_names(&who.name);
         }
@@ -226,6 +238,48 @@ impl Authenticator {
             tracing::debug!(reason = e.reason(), error = %e, "call not authenticated");
         }
         result
+    }
+
+    async fn identify(
+        &self,
+        headers: &http::HeaderMap,
+        certificate: Option<&[u8]>,
+    ) -> Result<Principal, AuthError> {
+        let header = headers.get("authorization");
+        let (Some(der), Some(_)) = (certificate, header) else {
+            return match certificate {
+                Some(der) => self.certificate(der),
+                None => self.bearer(header).await,
+            };
+        };
+        let config = self.config.get();
+        let optional = config
+            .tls
+            .as_ref()
+            .and_then(|t| t.client_ca.as_ref())
+            .is_some_and(|ca| ca.auth == ClientAuth::Optional);
+        if !optional {
+            return self.bearer(header).await;
+        }
+        let by_certificate = self.certificate(der).map_err(|e| match e {
+            AuthError::Certificate(m) => AuthError::Certificate(format!(
+                "{m}; with client_auth = \"optional\" a certificate presented must name a \
+                 principal, even with a token"
+            )),
+            e => e,
+        })?;
+        let by_token = self.bearer(header).await?;
+        let same = by_token.name == by_certificate.name
+            || config
+                .other_names(&by_certificate.name)
+                .contains(&by_token.name);
+        if !same {
+            return Err(AuthError::PrincipalMismatch {
+                certificate: by_certificate.name,
+                token: by_token.name,
+            });
+        }
+        Ok(by_token)
     }
 
     /// The principal whose verified client certificate (DER) has this CN.

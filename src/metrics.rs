@@ -355,7 +355,11 @@ pub fn app(metrics: Arc<Metrics>, store: Store) -> axum::Router {
 
 /// Tower layer around every gRPC call: a `rpc` tracing span (method, and the
 /// principal and promotion id once the handler knows them), the call counter
-/// by method and status code, and one log line per call.
+/// by method and status code, and one log line per call. A call is counted
+/// when it ends: a unary refusal at its headers, anything else at its
+/// trailers (a WatchPromotion when its stream closes), and a call the
+/// client reset first (it cancelled, or its deadline passed) when hyper
+/// drops it, as CANCELLED or DEADLINE_EXCEEDED.
 ///
 /// Calls arrive here before routing and authentication, so the path is
 /// whatever a client sent: only methods the server serves get their own
@@ -449,9 +453,10 @@ where
     S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Send,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    RB: Send + 'static,
+    RB: http_body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
+    RB::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    type Response = S::Response;
+    type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
     type Future = BoxFuture<Result<Self::Response, Self::Error>>;
 
@@ -468,61 +473,199 @@ where
             None => Some(path.chars().take(LOGGED_PATH_CHARS).collect::<String>()),
         };
         let method = known.unwrap_or_else(|| Arc::from(UNKNOWN_METHOD));
-        let layer = self.layer.clone();
         let span = tracing::info_span!(
             "rpc",
             method = %method,
             principal = tracing::field::Empty,
             promotion = tracing::field::Empty
         );
+        let timeout = grpc_timeout(req.headers());
         let fut = {
             let _entered = span.enter();
             self.inner.call(req)
         };
-        let started = std::time::Instant::now();
-        let call = async move {
-            let res = fut.await;
-            if let Ok(r) = &res {
-                // Errors of unary calls come as trailers-only responses, with
-                // the status in the headers; a success puts it in trailers.
-                let code = r
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<i32>().ok())
-                    .map_or(tonic::Code::Ok, tonic::Code::from);
-                let name = code_name(code);
-                layer
-                    .metrics
-                    .rpcs
-                    .with_label_values(&[&*method, name])
-                    .inc();
-                let elapsed_us = started.elapsed().as_micros() as u64;
-                let refused = if unknown_path.is_some() {
-                    Some(&layer.refused.unknown)
-                } else if code == tonic::Code::Unauthenticated {
-                    Some(&layer.refused.unauthenticated)
-                } else {
-                    None
-                };
-                match refused {
-                    None => tracing::info!(code = name, elapsed_us, "rpc"),
-                    Some(throttle) => {
-                        if let Some(suppressed) = throttle.allow() {
-                            tracing::info!(
-                                code = name,
-                                elapsed_us,
-                                path = unknown_path.as_deref(),
-                                suppressed,
-                                "rpc refused"
-                            );
-                        }
-                    }
+        // Counted once, whichever way the call ends, even if dropped here.
+        let mut call = Call {
+            layer: self.layer.clone(),
+            method,
+            unknown_path,
+            span: span.clone(),
+            started: std::time::Instant::now(),
+            timeout,
+            done: false,
+        };
+        let respond = async move {
+            let res = match fut.await {
+                Ok(res) => res,
+                Err(e) => {
+                    // No response at all (the routes here never fail).
+                    call.finish(tonic::Code::Internal);
+                    return Err(e);
+                }
+            };
+            // Errors of unary calls come as trailers-only responses, with
+            // the status in the headers; any other call ends with its
+            // status in the trailers, counted when the body yields them.
+            if let Some(code) = status_in(res.headers()) {
+                call.finish(code);
+            }
+            Ok(res.map(|body| tonic::body::Body::new(Counted { body, call })))
+        };
+        Box::pin(tracing::Instrument::instrument(respond, span))
+    }
+}
+
+/// One call, counted and logged exactly once: with the status it ends
+/// with, or, when the response (its future or its body) is dropped first
+/// because the client reset the stream, as CANCELLED, or as
+/// DEADLINE_EXCEEDED once the call's `grpc-timeout` has passed (clients
+/// reset the stream at their deadline; the server itself does not end
+/// calls at theirs, see `server::grpc`).
+struct Call {
+    layer: RpcMetricsLayer,
+    method: Arc<str>,
+    unknown_path: Option<String>,
+    span: tracing::Span,
+    started: std::time::Instant,
+    /// The call's `grpc-timeout`, when it sent one.
+    timeout: Option<Duration>,
+    done: bool,
+}
+
+impl Call {
+    fn finish(&mut self, code: tonic::Code) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let _entered = self.span.enter();
+        let layer = &self.layer;
+        let name = code_name(code);
+        layer
+            .metrics
+            .rpcs
+            .with_label_values(&[&*self.method, name])
+            .inc();
+        let elapsed_us = self.started.elapsed().as_micros() as u64;
+        let refused = if self.unknown_path.is_some() {
+            Some(&layer.refused.unknown)
+        } else if code == tonic::Code::Unauthenticated {
+            Some(&layer.refused.unauthenticated)
+        } else {
+            None
+        };
+        match refused {
+            None => tracing::info!(code = name, elapsed_us, "rpc"),
+            Some(throttle) => {
+                if let Some(suppressed) = throttle.allow() {
+                    tracing::info!(
+                        code = name,
+                        elapsed_us,
+                        path = self.unknown_path.as_deref(),
+                        suppressed,
+                        "rpc refused"
+                    );
                 }
             }
-            res
+        }
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let code = match self.timeout {
+            Some(t) if deadline_passed(t, self.started.elapsed()) => tonic::Code::DeadlineExceeded,
+            _ => tonic::Code::Cancelled,
         };
-        Box::pin(tracing::Instrument::instrument(call, span))
+        self.finish(code);
+    }
+}
+
+/// The most a reset may come before the deadline as this server measures
+/// it and still be the client's deadline: the client's clock started
+/// earlier (it encoded and sent the call, which then crossed the network),
+/// so its deadline falls a little before ours. A tenth of the timeout, at
+/// most this.
+const DEADLINE_SLACK: Duration = Duration::from_millis(100);
+
+/// Whether a call with `timeout` that was dropped `elapsed` after it
+/// arrived ended at its client's deadline.
+fn deadline_passed(timeout: Duration, elapsed: Duration) -> bool {
+    elapsed + (timeout / 10).min(DEADLINE_SLACK) >= timeout
+}
+
+/// The `grpc-timeout` header: at most 8 digits and a unit (H, M, S, m, u,
+/// n), per the gRPC HTTP/2 protocol. tonic parses it only inside its own
+/// server loop, which prodgate does not use (see `server::grpc`).
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// The status code in `headers` (the headers of a trailers-only response,
+/// or trailers), if they carry one.
+fn status_in(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(tonic::Code::from)
+}
+
+/// A response body that counts its call when the trailers pass (a
+/// streaming call, such as WatchPromotion, only then has a status), or
+/// when it is dropped before they do.
+struct Counted<B> {
+    body: B,
+    call: Call,
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for Counted<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let frame = std::task::ready!(Pin::new(&mut this.body).poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(trailers) = f.trailers_ref() {
+                    // Trailers without a status: clients read that as INTERNAL.
+                    this.call
+                        .finish(status_in(trailers).unwrap_or(tonic::Code::Internal));
+                }
+            }
+            // hyper resets the stream: the client sees no status from us.
+            Some(Err(_)) => this.call.finish(tonic::Code::Internal),
+            None => this.call.finish(tonic::Code::Internal),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -570,5 +713,37 @@ mod tests {
             Some("Health/Check")
         );
         assert!(!labels.contains_key("/prodgate.v1.PromotionService/Nope"));
+    }
+
+    #[test]
+    fn grpc_timeout_is_parsed_per_the_protocol() {
+        let parse = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("grpc-timeout", v.parse().unwrap());
+            grpc_timeout(&h)
+        };
+        assert_eq!(parse("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(parse("999m"), Some(Duration::from_millis(999)));
+        assert_eq!(parse("5u"), Some(Duration::from_micros(5)));
+        assert_eq!(parse("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        for bad in ["", "S", "123456789S", "1s", "-1S", "1.5S", "1 S"] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn a_reset_just_before_the_deadline_is_the_clients_deadline() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        assert!(deadline_passed(s(1), s(1)));
+        assert!(deadline_passed(s(1), ms(950)));
+        assert!(!deadline_passed(s(1), ms(850)));
+        // At most DEADLINE_SLACK early, however long the timeout.
+        assert!(deadline_passed(s(60), s(60) - ms(99)));
+        assert!(!deadline_passed(s(60), s(59)));
+        assert!(!deadline_passed(ms(10), ms(5)));
     }
 }

@@ -20,7 +20,9 @@ use crate::auth::Authenticator;
 use crate::auth::layer::Authenticate;
 use crate::backoff::Delays;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, ConfigError, Live, Loaded, StorageConfig, TlsConfig};
+use crate::config::{
+    ClientAuth, ClientCa, Config, ConfigError, Live, Loaded, StorageConfig, TlsConfig,
+};
 use crate::metrics::{Metrics, RpcMetricsLayer};
 use crate::pb::promotion_service_server::PromotionServiceServer;
 use crate::promotions::Promotions;
@@ -128,7 +130,8 @@ fn read_certs(
 }
 
 /// The server's TLS: HTTP/2 only (ALPN `h2`, as gRPC clients require); with
-/// `client_ca`, clients must present a certificate it signed.
+/// `client_ca`, clients present a certificate it signed (or, with
+/// `client_auth = "optional"`, none at all: auth then wants a token).
 fn tls_acceptor(tls: &TlsConfig) -> Result<tokio_rustls::TlsAcceptor, ServerError> {
     let invalid = |key, path: &std::path::Path, message: String| ServerError::Tls {
         key,
@@ -144,7 +147,7 @@ fn tls_acceptor(tls: &TlsConfig) -> Result<tokio_rustls::TlsAcceptor, ServerErro
         .map_err(|e| invalid("cert", &tls.cert, e.to_string()))?;
     let builder = match &tls.client_ca {
         None => builder.with_no_client_auth(),
-        Some(ca) => {
+        Some(ClientCa { path: ca, auth }) => {
             let mut roots = rustls::RootCertStore::empty();
             for c in read_certs("client_ca", ca)? {
                 roots
@@ -152,9 +155,15 @@ fn tls_acceptor(tls: &TlsConfig) -> Result<tokio_rustls::TlsAcceptor, ServerErro
                     .map_err(|e| invalid("client_ca", ca, e.to_string()))?;
             }
             let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
-                    .build()
-                    .map_err(|e| invalid("client_ca", ca, e.to_string()))?;
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider);
+            // A certificate that is presented is verified all the same.
+            let verifier = match auth {
+                ClientAuth::Required => verifier,
+                ClientAuth::Optional => verifier.allow_unauthenticated(),
+            };
+            let verifier = verifier
+                .build()
+                .map_err(|e| invalid("client_ca", ca, e.to_string()))?;
             builder.with_client_cert_verifier(verifier)
         }
     };

@@ -19,9 +19,11 @@ const DEPLOY_FILES: &[&str] = &[
     "README.md",
     "ci/promote-to-production.yml",
     "kubernetes/gateway.yaml",
+    "kubernetes/headless-service.yaml",
     "kubernetes/kustomization.yaml",
     "kubernetes/postgres/cluster.yaml",
     "kubernetes/postgres/deployment.yaml",
+    "kubernetes/postgres/headless-service.yaml",
     "kubernetes/postgres/kustomization.yaml",
     "kubernetes/postgres/pdb.yaml",
     "kubernetes/postgres/prodgate.toml",
@@ -491,7 +493,60 @@ struct Kubernetes {
     config: toml::Table,
     statefulset: Yaml,
     service: Yaml,
+    /// The Service without a virtual IP, for client-side balancing.
+    headless: Yaml,
     secret: Yaml,
+}
+
+/// Files a kit's resources list: a headless Service (`clusterIP: None`)
+/// goes to `headless`, any other Service to `service`; each at most once.
+fn take_service(doc: Yaml, service: &mut Option<Yaml>, headless: &mut Option<Yaml>) {
+    let slot = match &doc["spec"]["clusterIP"] {
+        Yaml::String(ip) if ip == "None" => headless,
+        _ => service,
+    };
+    let name = str_at(&doc, "metadata.name").to_owned();
+    assert!(
+        slot.replace(doc).is_none(),
+        "two Services of the kind of {name}"
+    );
+}
+
+/// A headless Service for gRPC clients that balance over the pods
+/// themselves: no virtual IP, it selects exactly the pods `pod_labels`
+/// labels, and it has the gRPC port, at the container's own port (clients
+/// reach the pods directly; a headless Service maps no port).
+fn assert_headless_grpc_service(headless: &Yaml, pod_labels: &Yaml, container_ports: &[Yaml]) {
+    assert_eq!(str_at(headless, "metadata.name"), "prodgate-headless");
+    assert_eq!(str_at(headless, "spec.clusterIP"), "None");
+    assert!(
+        labels_subset(at(headless, "spec.selector"), pod_labels),
+        "the headless Service selects other pods"
+    );
+    assert!(
+        !bool_or_false(headless, "spec.publishNotReadyAddresses"),
+        "only ready pods belong in the DNS answer"
+    );
+    let ports = vec_at(headless, "spec.ports");
+    assert_eq!(ports.len(), 1, "the gRPC port only");
+    let grpc = named(ports, "grpc");
+    assert_eq!(int_at(grpc, "port"), GRPC_PORT);
+    assert_eq!(
+        int_at(
+            named(container_ports, str_at(grpc, "targetPort")),
+            "containerPort"
+        ),
+        GRPC_PORT
+    );
+    assert_eq!(str_at(grpc, "appProtocol"), "kubernetes.io/h2c");
+}
+
+fn bool_or_false(y: &Yaml, path: &str) -> bool {
+    let mut node = y;
+    for key in path.split('.') {
+        node = &node[key];
+    }
+    node.as_bool().unwrap_or(false)
 }
 
 fn kubernetes() -> Kubernetes {
@@ -504,11 +559,12 @@ fn kubernetes() -> Kubernetes {
     );
     let mut statefulset = None;
     let mut service = None;
+    let mut headless = None;
     for r in &resources {
         for doc in yaml_docs(&format!("kubernetes/{r}")) {
             match str_at(&doc, "kind") {
                 "StatefulSet" => assert!(statefulset.replace(doc).is_none(), "two StatefulSets"),
-                "Service" => assert!(service.replace(doc).is_none(), "two Services"),
+                "Service" => take_service(doc, &mut service, &mut headless),
                 // gateway.yaml, when an overlay or an edit enables it.
                 "Gateway" | "GRPCRoute" => {}
                 other => panic!("deploy/kubernetes/{r}: unexpected kind {other}"),
@@ -527,6 +583,7 @@ fn kubernetes() -> Kubernetes {
         config_text,
         statefulset: statefulset.expect("a StatefulSet"),
         service: service.expect("a Service"),
+        headless: headless.expect("a headless Service"),
         secret,
     }
 }
@@ -722,6 +779,29 @@ fn kubernetes_service_exposes_grpc_and_metrics() {
     }
 }
 
+#[test]
+fn kubernetes_headless_service_lets_clients_balance_over_the_pods() {
+    let k = kubernetes();
+    assert_headless_grpc_service(
+        &k.headless,
+        at(&k.statefulset, "spec.template.metadata.labels"),
+        vec_at(&k.statefulset, "spec.template.spec.containers.0.ports"),
+    );
+    // The ClusterIP Service keeps its virtual IP for everyone else.
+    assert!(k.service["spec"]["clusterIP"].is_badvalue());
+    assert_eq!(str_at(&k.service, "spec.type"), "ClusterIP");
+    // The README and the manifest give clients the same target and policy.
+    let target = "dns:///prodgate-headless.<namespace>.svc.cluster.local:50051";
+    for doc in ["kubernetes/headless-service.yaml", "README.md"] {
+        let text = read(doc).replace("\n# ", " ").replace('\n', " ");
+        assert!(text.contains(target), "deploy/{doc} does not name {target}");
+        assert!(
+            text.contains("round_robin"),
+            "deploy/{doc} does not name round_robin"
+        );
+    }
+}
+
 // ---------------------------------------------------------------- Kubernetes on PostgreSQL
 
 /// The PostgreSQL kit (`kubernetes/postgres/`): what its kustomization
@@ -732,6 +812,7 @@ struct PostgresKit {
     deployment: Yaml,
     pdb: Yaml,
     service: Yaml,
+    headless: Yaml,
     cluster: Yaml,
 }
 
@@ -741,6 +822,7 @@ fn postgres_kit() -> PostgresKit {
     let mut deployment = None;
     let mut pdb = None;
     let mut service = None;
+    let mut headless = None;
     for r in strings(vec_at(&k, "resources")) {
         assert!(
             !r.contains('/'),
@@ -750,7 +832,7 @@ fn postgres_kit() -> PostgresKit {
             match str_at(&doc, "kind") {
                 "Deployment" => assert!(deployment.replace(doc).is_none(), "two Deployments"),
                 "PodDisruptionBudget" => assert!(pdb.replace(doc).is_none(), "two PDBs"),
-                "Service" => assert!(service.replace(doc).is_none(), "two Services"),
+                "Service" => take_service(doc, &mut service, &mut headless),
                 other => panic!("deploy/kubernetes/postgres/{r}: unexpected kind {other}"),
             }
         }
@@ -766,6 +848,7 @@ fn postgres_kit() -> PostgresKit {
         deployment: deployment.expect("a Deployment"),
         pdb: pdb.expect("a PodDisruptionBudget"),
         service: service.expect("a Service"),
+        headless: headless.expect("a headless Service"),
         cluster,
     }
 }
@@ -814,6 +897,17 @@ fn kubernetes_postgres_deployment_is_three_ready_replicas_kept_two_by_the_pdb() 
         "the two kits' Services differ"
     );
     assert!(labels_subset(at(&k.service, "spec.selector"), pod_labels));
+    // So is the headless one, for clients that balance over the replicas.
+    assert_eq!(
+        read("kubernetes/postgres/headless-service.yaml"),
+        read("kubernetes/headless-service.yaml"),
+        "the two kits' headless Services differ"
+    );
+    assert_headless_grpc_service(
+        &k.headless,
+        pod_labels,
+        vec_at(d, "spec.template.spec.containers.0.ports"),
+    );
 
     let pod = at(d, "spec.template.spec");
     assert!(

@@ -1,8 +1,10 @@
 //! The transport against a real `prodgate serve`: idle and half-open
 //! connections are closed and capped, accept errors do not spin, made-up
 //! paths get no metrics labels of their own, reflection speaks v1alpha,
-//! over-limit requests are RESOURCE_EXHAUSTED, and /metrics has build and
-//! process metrics and a pending-approvals sample for every environment.
+//! over-limit requests are RESOURCE_EXHAUSTED, /metrics has build and
+//! process metrics and a pending-approvals sample for every environment,
+//! cancelled and timed-out calls are counted (streams when they end), and
+//! `client_auth = "optional"` lets token callers share the mTLS listener.
 
 mod support;
 
@@ -809,4 +811,368 @@ async fn a_connection_past_max_connection_age_is_sent_goaway() {
     );
     // New calls are served (on a new connection).
     health_within(&server, Duration::from_secs(10)).await;
+}
+
+/// `prodgate_rpcs_total` of `method` with `code` (0 before its first call).
+fn rpcs(m: &HashMap<String, f64>, method: &str, code: &str) -> f64 {
+    let key = format!(r#"prodgate_rpcs_total{{code="{code}",method="PromotionService/{method}"}}"#);
+    m.get(&key).copied().unwrap_or(0.0)
+}
+
+/// Scrapes until `rpcs` of `method` with `code` reaches `want` (the
+/// server counts a reset stream once it reads the reset, after the client
+/// has moved on); fails if it does not within ten seconds or goes past it.
+async fn rpcs_reach(metrics_addr: &str, method: &str, code: &str, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = parse_metrics(&scrape(metrics_addr).await);
+        let n = rpcs(&m, method, code);
+        assert!(n <= want, "{method} {code}: {n} counted, {want} calls made");
+        if n == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{method} {code}: {n} counted after 10 s, {want} calls made"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn cancelled_and_timed_out_calls_are_counted() {
+    use prodgate::pb::WatchPromotionRequest;
+    use support::registry::TestRegistry;
+    use support::server::registry_toml;
+    let registry = TestRegistry::start().await;
+    // A registry that accepts connections and never answers: a request by
+    // tag waits on it, and each accept says a call reached the server.
+    let stalled = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let stalled_host = stalled.local_addr().expect("addr").to_string();
+    let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = stalled.accept().await {
+            held.push(s);
+            let _ = accepted_tx.send(());
+        }
+    });
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let server = TestServer::start(&format!(
+        "metrics_listen = \"{metrics_addr}\"\n{}\n{}",
+        standard_config(&registry.host)
+            .replace("registry_timeout = \"3s\"", "registry_timeout = \"60s\""),
+        registry_toml(&stalled_host)
+    ));
+    let repo = format!("{}/acme/app", registry.host);
+    registry
+        .push_image("acme/app", Some("staging"), 512, 1)
+        .await;
+    let mut alice = server.client("alice").await;
+    let pending = alice
+        .request_promotion(support::request_to(&repo, "staging", "production"))
+        .await
+        .expect("request")
+        .into_inner()
+        .id;
+    let before = parse_metrics(&scrape(&metrics_addr).await);
+    let request = "RequestPromotion";
+    let watch = "WatchPromotion";
+    let stalled_request =
+        || support::request_to(&format!("{stalled_host}/acme/app"), "staging", "production");
+
+    // A unary call the client gives up on while the server waits on the
+    // registry: its response future is dropped.
+    {
+        let call = alice.request_promotion(stalled_request());
+        tokio::pin!(call);
+        tokio::select! {
+            r = &mut call => panic!("the stalled registry answered: {r:?}"),
+            _ = accepted.recv() => {}
+        }
+    }
+    rpcs_reach(
+        &metrics_addr,
+        request,
+        "CANCELLED",
+        rpcs(&before, request, "CANCELLED") + 1.0,
+    )
+    .await;
+
+    // The same with a deadline, which the client keeps by resetting the
+    // stream when it passes (as grpc-go and grpc core do).
+    let deadline = Duration::from_secs(1);
+    let mut req = tonic::Request::new(stalled_request());
+    req.set_timeout(deadline);
+    let r = tokio::time::timeout(deadline, alice.request_promotion(req)).await;
+    assert!(
+        !matches!(r, Ok(Ok(_))),
+        "the stalled registry answered: {r:?}"
+    );
+    rpcs_reach(
+        &metrics_addr,
+        request,
+        "DEADLINE_EXCEEDED",
+        rpcs(&before, request, "DEADLINE_EXCEEDED") + 1.0,
+    )
+    .await;
+
+    // A stream is counted when it ends, not when it starts: an open watch
+    // is not counted; dropped, it is CANCELLED.
+    let watch_request = || WatchPromotionRequest {
+        promotion_id: pending.clone(),
+    };
+    let mut stream = alice
+        .watch_promotion(watch_request())
+        .await
+        .expect("watch")
+        .into_inner();
+    stream.message().await.expect("first item").expect("state");
+    let open = parse_metrics(&scrape(&metrics_addr).await);
+    for code in ["OK", "CANCELLED", "DEADLINE_EXCEEDED"] {
+        assert_eq!(
+            rpcs(&open, watch, code),
+            rpcs(&before, watch, code),
+            "an open watch was counted as {code}"
+        );
+    }
+    drop(stream);
+    rpcs_reach(
+        &metrics_addr,
+        watch,
+        "CANCELLED",
+        rpcs(&before, watch, "CANCELLED") + 1.0,
+    )
+    .await;
+
+    // A watch with a deadline that passes while it is open.
+    let mut req = tonic::Request::new(watch_request());
+    req.set_timeout(deadline);
+    let started = Instant::now();
+    let mut stream = alice
+        .watch_promotion(req)
+        .await
+        .expect("watch")
+        .into_inner();
+    stream.message().await.expect("first item").expect("state");
+    let left = deadline.saturating_sub(started.elapsed());
+    let r = tokio::time::timeout(left, stream.message()).await;
+    assert!(
+        !matches!(r, Ok(Ok(Some(_)))),
+        "the pending promotion changed: {r:?}"
+    );
+    drop(stream);
+    rpcs_reach(
+        &metrics_addr,
+        watch,
+        "DEADLINE_EXCEEDED",
+        rpcs(&before, watch, "DEADLINE_EXCEEDED") + 1.0,
+    )
+    .await;
+
+    // Exactly the calls made: nothing else was counted as either.
+    let after = parse_metrics(&scrape(&metrics_addr).await);
+    for (method, code) in [
+        (request, "CANCELLED"),
+        (request, "DEADLINE_EXCEEDED"),
+        (watch, "CANCELLED"),
+        (watch, "DEADLINE_EXCEEDED"),
+    ] {
+        assert_eq!(
+            rpcs(&after, method, code),
+            rpcs(&before, method, code) + 1.0,
+            "{method} {code}"
+        );
+    }
+}
+
+/// PEM files in `dir` of a CA, a server certificate it issued for
+/// localhost, and client certificates (certificate, key) it issued for
+/// each of `clients` (the CN); plus a client certificate from another CA.
+struct Pki {
+    ca: String,
+    cert: String,
+    key: String,
+    ca_pem: String,
+    clients: HashMap<String, (String, String)>,
+    stranger: (String, String),
+}
+
+fn mtls_pki(dir: &std::path::Path, clients: &[&str]) -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let authority = || {
+        let key = KeyPair::generate().expect("ca key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).expect("ca cert");
+        (cert.pem(), Issuer::new(params, key))
+    };
+    let leaf = |issuer: &Issuer<'_, KeyPair>, names: Vec<String>, cn: &str| {
+        let key = KeyPair::generate().expect("leaf key");
+        let mut params = CertificateParams::new(names).expect("leaf params");
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let cert = params.signed_by(&key, issuer).expect("leaf cert");
+        (cert.pem(), key.serialize_pem())
+    };
+    let (ca_pem, issuer) = authority();
+    let (_, other) = authority();
+    let (server_cert, server_key) = leaf(&issuer, vec!["localhost".into()], "prodgate");
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).expect("write pem");
+        p.to_str().expect("utf-8").to_owned()
+    };
+    Pki {
+        ca: write("ca.pem", &ca_pem),
+        cert: write("server.pem", &server_cert),
+        key: write("server.key", &server_key),
+        clients: clients
+            .iter()
+            .map(|cn| (cn.to_string(), leaf(&issuer, vec![], cn)))
+            .collect(),
+        stranger: leaf(&other, vec![], "deploy-bot"),
+        ca_pem,
+    }
+}
+
+/// A TLS channel to `server` trusting `ca_pem`, with a client certificate
+/// when `identity` is given.
+async fn tls_channel(
+    server: &TestServer,
+    ca_pem: &str,
+    identity: Option<&(String, String)>,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    prodgate::server::install_crypto_provider();
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    tonic::transport::Channel::from_shared(format!("https://{}", server.addr))
+        .expect("uri")
+        .tls_config(tls)?
+        .connect()
+        .await
+}
+
+#[tokio::test]
+async fn optional_client_auth_lets_token_callers_share_the_mtls_listener() {
+    use prodgate::pb::promotion_service_client::PromotionServiceClient;
+    use sha2::{Digest, Sha256};
+    use support::registry::TestRegistry;
+    use support::server::Bearer;
+    use tonic_types::StatusExt;
+    let registry = TestRegistry::start().await;
+    let repo = format!("{}/acme/app", registry.host);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = mtls_pki(dir.path(), &["deploy-bot", "nobody"]);
+    // deploy-bot holds a certificate and a token; "nobody" is a CN the CA
+    // signed that no principal is bound to.
+    let bot = format!(
+        "[[principal]]\nname = \"deploy-bot\"\ncertificate_cn = \"deploy-bot\"\n\
+         token_sha256 = \"{}\"\ngroups = []\n",
+        hex::encode(Sha256::digest(token("deploy-bot").as_bytes()))
+    );
+    let config = |client_auth: &str| {
+        format!(
+            "{}\n{bot}\n[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n{client_auth}",
+            standard_config(&registry.host),
+            pki.cert,
+            pki.key,
+            pki.ca
+        )
+    };
+    let server = TestServer::start(&config("client_auth = \"optional\"\n"));
+    let certificate = |cn: &str| pki.clients.get(cn).expect("client certificate");
+    let (bare, bot_cert, nobody_cert) = (
+        tls_channel(&server, &pki.ca_pem, None)
+            .await
+            .expect("a connection without a client certificate"),
+        tls_channel(&server, &pki.ca_pem, Some(certificate("deploy-bot")))
+            .await
+            .expect("mTLS connect"),
+        tls_channel(&server, &pki.ca_pem, Some(certificate("nobody")))
+            .await
+            .expect("mTLS connect"),
+    );
+    // Who made the call: the requester of a fresh promotion.
+    let mut seed = 0;
+    let mut request_as = async |channel: &tonic::transport::Channel, token: Option<&str>| {
+        seed += 1;
+        registry
+            .push_image("acme/app", Some("staging"), 256, seed)
+            .await;
+        let req = support::request_to(&repo, "staging", "production");
+        let r = match token {
+            Some(t) => {
+                PromotionServiceClient::with_interceptor(channel.clone(), Bearer::token(t))
+                    .request_promotion(req)
+                    .await
+            }
+            None => {
+                PromotionServiceClient::new(channel.clone())
+                    .request_promotion(req)
+                    .await
+            }
+        };
+        r.map(|p| p.into_inner().requested_by)
+    };
+
+    let by = |r: Result<String, tonic::Status>| r.unwrap_or_else(|e| panic!("refused: {e:?}"));
+    assert_eq!(by(request_as(&bare, Some(&token("bob"))).await), "bob");
+    assert_eq!(by(request_as(&bot_cert, None).await), "deploy-bot");
+    assert_eq!(
+        by(request_as(&bot_cert, Some(&token("deploy-bot"))).await),
+        "deploy-bot"
+    );
+    let unauthenticated = |r: Result<String, tonic::Status>, check: &str| {
+        let e = r.expect_err("two identities got through");
+        assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+        let info = e.get_details_error_info().expect("ErrorInfo");
+        assert_eq!(info.reason, "TOKEN_INVALID", "{e:?}");
+        assert_eq!(info.metadata.get("check").map(String::as_str), Some(check));
+        e
+    };
+    let e = unauthenticated(
+        request_as(&bot_cert, Some(&token("bob"))).await,
+        "principal_mismatch",
+    );
+    assert!(
+        e.message().contains("\"deploy-bot\"")
+            && e.message().contains("\"bob\"")
+            && e.message().contains("different principals"),
+        "{e:?}"
+    );
+    // A certificate presented must be known, token or not.
+    let e = unauthenticated(
+        request_as(&nobody_cert, Some(&token("bob"))).await,
+        "certificate",
+    );
+    assert!(e.message().contains("\"nobody\""), "{e:?}");
+    unauthenticated(request_as(&nobody_cert, None).await, "certificate");
+    unauthenticated(request_as(&bare, None).await, "missing_credentials");
+    // A certificate is still verified when one is presented.
+    let stranger = match tls_channel(&server, &pki.ca_pem, Some(&pki.stranger)).await {
+        Err(_) => true,
+        Ok(ch) => request_as(&ch, Some(&token("bob"))).await.is_err(),
+    };
+    assert!(stranger, "a certificate from another CA got through");
+
+    // "required" (the default): no certificate, no call, token or not; with
+    // one, a token says who acts, as before.
+    drop(server);
+    let server = TestServer::start(&config(""));
+    let refused = match tls_channel(&server, &pki.ca_pem, None).await {
+        Err(_) => true,
+        Ok(ch) => request_as(&ch, Some(&token("bob"))).await.is_err(),
+    };
+    assert!(refused, "a token caller without a certificate got through");
+    let bot_cert = tls_channel(&server, &pki.ca_pem, Some(certificate("deploy-bot")))
+        .await
+        .expect("mTLS connect");
+    assert_eq!(by(request_as(&bot_cert, Some(&token("bob"))).await), "bob");
 }

@@ -88,7 +88,11 @@ pub fn reloaded(
                 t.key.display(),
                 t.client_ca
                     .as_ref()
-                    .map(|c| format!(" client_ca {}", c.display()))
+                    .map(|c| format!(
+                        " client_ca {} client_auth {}",
+                        c.path.display(),
+                        c.auth.name()
+                    ))
                     .unwrap_or_default()
             ),
         };
@@ -222,6 +226,28 @@ required_approvals = 2
             warnings.iter().map(|w| w.key.as_str()).collect::<Vec<_>>(),
             ["max_checks_per_digest", "registry_timeout"]
         );
+    }
+
+    #[test]
+    fn client_auth_changes_are_refused_like_client_ca() {
+        use crate::config::{ClientAuth, ClientCa, TlsConfig};
+        let mut running = config("");
+        running.tls = Some(TlsConfig {
+            cert: "server.pem".into(),
+            key: "server.key".into(),
+            client_ca: Some(ClientCa {
+                path: "ca.pem".into(),
+                auth: ClientAuth::Required,
+            }),
+        });
+        let mut file = running.clone();
+        if let Some(ca) = file.tls.as_mut().and_then(|t| t.client_ca.as_mut()) {
+            ca.auth = ClientAuth::Optional;
+        }
+        let e = reloaded(&running, file).unwrap_err();
+        assert_eq!(e.key, "tls");
+        assert!(e.running.ends_with("client_auth required"), "{e}");
+        assert!(e.file.ends_with("client_auth optional"), "{e}");
     }
 
     #[test]

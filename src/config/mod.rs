@@ -267,8 +267,38 @@ pub enum LogFormat {
 pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
-    /// When set, clients must present a certificate signed by this CA.
-    pub client_ca: Option<PathBuf>,
+    /// When set, client certificates signed by this CA are verified.
+    pub client_ca: Option<ClientCa>,
+}
+
+/// `client_ca` and `client_auth` of `[tls]`: `client_auth` means nothing
+/// without a CA, so it lives beside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCa {
+    pub path: PathBuf,
+    pub auth: ClientAuth,
+}
+
+/// Whether a client must present a certificate (`client_auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Every connection presents a certificate `client_ca` signed (the
+    /// default); a token, when sent as well, says who acts.
+    Required,
+    /// A connection may come without one, and then authenticate with a
+    /// token; a certificate presented must be bound to a principal, and
+    /// with a token as well both must name the same one.
+    Optional,
+}
+
+impl ClientAuth {
+    /// The value as written in the file.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientAuth::Required => "required",
+            ClientAuth::Optional => "optional",
+        }
+    }
 }
 
 /// Events a webhook can subscribe to.
@@ -766,6 +796,34 @@ approval_ttl = "2h"
         assert_eq!(checked.config.notify[0].secret, None);
         assert_eq!(checked.warnings.len(), 1, "{:?}", checked.warnings);
         assert_eq!(checked.warnings[0].key, "notify[0].secret_file");
+    }
+
+    #[test]
+    fn client_auth_is_required_by_default_and_needs_client_ca() {
+        let with = |tls: &str| {
+            Config::parse_with(
+                &format!("{}[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n{tls}", base()),
+                Files::WarnIfAbsent,
+            )
+            .map(|c| c.config.tls.and_then(|t| t.client_ca).map(|ca| ca.auth))
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(with(""), Ok(None));
+        assert_eq!(
+            with("client_ca = \"ca.pem\"\n"),
+            Ok(Some(ClientAuth::Required))
+        );
+        assert_eq!(
+            with("client_ca = \"ca.pem\"\nclient_auth = \"optional\"\n"),
+            Ok(Some(ClientAuth::Optional))
+        );
+        let e = with("client_auth = \"optional\"\n").unwrap_err();
+        assert!(e.starts_with("tls.client_auth: needs client_ca"), "{e}");
+        let e = with("client_ca = \"ca.pem\"\nclient_auth = \"maybe\"\n").unwrap_err();
+        assert!(
+            e.starts_with("tls.client_auth: \"maybe\" is not one of"),
+            "{e}"
+        );
     }
 
     #[test]

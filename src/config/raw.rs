@@ -72,6 +72,7 @@ pub(super) struct RawTls {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: Option<PathBuf>,
+    pub client_auth: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

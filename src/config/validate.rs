@@ -8,9 +8,9 @@ use super::raw::{
     RawConfig, RawEnvironment, RawNotify, RawPrincipal, RawProject, RawRegistry, RawTls,
 };
 use super::{
-    CaCert, Config, ConfigError, ConfigWarning, DEFAULT_APPLY_DEADLINE, DEFAULT_APPLY_WAIT,
-    DEFAULT_DATA_DIR, DEFAULT_DRIFT_CHECK, DEFAULT_EXPIRY_SWEEP, DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_LISTEN,
+    CaCert, ClientAuth, ClientCa, Config, ConfigError, ConfigWarning, DEFAULT_APPLY_DEADLINE,
+    DEFAULT_APPLY_WAIT, DEFAULT_DATA_DIR, DEFAULT_DRIFT_CHECK, DEFAULT_EXPIRY_SWEEP,
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_LISTEN,
     DEFAULT_MAX_CHECKS_PER_DIGEST, DEFAULT_MAX_CONNECTION_AGE, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_WATCHES_PER_PRINCIPAL, DEFAULT_METRICS_MAX_CONNECTIONS, DEFAULT_REGISTRY_TIMEOUT,
     Files, Loaded, LogFormat, NotifyConfig, NotifyEvent, PolicyVersion, PrincipalConfig,
@@ -257,10 +257,30 @@ fn tls(t: RawTls, cx: &mut Cx) -> Result<TlsConfig, ConfigError> {
     if let Some(ca) = &t.client_ca {
         cx.read("tls.client_ca", ca)?;
     }
+    let auth = match t.client_auth.as_deref() {
+        None | Some("required") => ClientAuth::Required,
+        Some("optional") => ClientAuth::Optional,
+        Some(other) => {
+            return Err(invalid(
+                "tls.client_auth",
+                format!("{other:?} is not one of \"required\", \"optional\""),
+            ));
+        }
+    };
+    let client_ca = match t.client_ca {
+        Some(path) => Some(ClientCa { path, auth }),
+        None if t.client_auth.is_some() => {
+            return Err(invalid(
+                "tls.client_auth",
+                "needs client_ca: it says whether clients must present a certificate that CA signed",
+            ));
+        }
+        None => None,
+    };
     Ok(TlsConfig {
         cert: t.cert,
         key: t.key,
-        client_ca: t.client_ca,
+        client_ca,
     })
 }
 

@@ -12,7 +12,8 @@
 //! the connection's `ConnectInfo` in each request's extensions, GOAWAY to
 //! every connection at shutdown); the one thing left out is tonic's
 //! server-side `grpc-timeout`, which the client enforces itself by
-//! resetting the stream at its deadline (hyper then drops the call).
+//! resetting the stream at its deadline (hyper then drops the call, and
+//! the metrics layer counts it as DEADLINE_EXCEEDED).
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
