@@ -119,6 +119,24 @@ impl Waiter {
         line
     }
 
+    /// Reads up to the promotion's id (`id:` in table output, the first
+    /// line with `-o json`): what was read, and the id.
+    fn until_id(&mut self) -> (String, String) {
+        let mut seen = String::new();
+        loop {
+            let line = self.line();
+            seen.push_str(&line);
+            let id = match line.strip_prefix("id:") {
+                Some(id) => id.trim().to_owned(),
+                None if line.starts_with('{') => {
+                    id_of(&serde_json::from_str(&line).expect("a JSON line"))
+                }
+                None => continue,
+            };
+            return (seen, id);
+        }
+    }
+
     fn finish(mut self, mut seen: String) -> Out {
         self.stdout.read_to_string(&mut seen).expect("read stdout");
         let mut stderr = String::new();
@@ -720,6 +738,7 @@ fn local_commands_need_no_server() {
         "  5  --wait ended",
         "  6  --wait gave up after --timeout",
         "  7  gates: at least one gate blocks",
+        "  8  --wait failed after the promotion was made: it exists",
     ] {
         assert!(help.stdout.contains(line), "{line:?}");
     }
@@ -1051,25 +1070,8 @@ async fn wait_survives_a_server_restart_and_prints_the_final_state() {
         a.push("--wait");
         a
     }));
-    let mut seen = String::new();
-    let id = loop {
-        let line = job.line();
-        seen.push_str(&line);
-        if let Some(id) = line.strip_prefix("id:") {
-            break id.trim().to_owned();
-        }
-    };
-    // The server logs each call once its answer starts, streams included:
-    // once the watch is in the log, the restart interrupts it.
-    let started = std::time::Instant::now();
-    while !server.log().contains("PromotionService/WatchPromotion") {
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(30),
-            "the watch never started: {}",
-            server.log()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let (seen, id) = job.until_id();
+    watching(&server, 1).await;
     server.kill_and_restart_in_place();
     table(
         &server,
@@ -1088,6 +1090,169 @@ async fn wait_survives_a_server_restart_and_prints_the_final_state() {
     assert!(
         out.stderr
             .starts_with(&format!("prodgate: lost the watch of promotion {id} (")),
+        "{out:#?}"
+    );
+    assert_eq!(out.stderr.lines().count(), 1, "{out:#?}");
+}
+
+/// Returns once `n` WatchPromotion calls have started. The server logs each
+/// call once its answer starts, streams included: once a watch is in the
+/// log, a restart interrupts it.
+async fn watching(server: &TestServer, n: usize) {
+    let started = std::time::Instant::now();
+    while server
+        .log()
+        .matches("PromotionService/WatchPromotion")
+        .count()
+        < n
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "{n} watches never started: {}",
+            server.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// `request --wait --token-file PATH` as a CI job runs it.
+fn with_token_file(server: &TestServer, path: &std::path::Path, args: &[&str]) -> Command {
+    let mut c = prodgate();
+    c.arg("--server")
+        .arg(url(server))
+        .arg("--token-file")
+        .arg(path)
+        .args(args);
+    c
+}
+
+/// A wait that cannot go on once the promotion exists (its token refused
+/// when it watches again after a restart, its token file emptied) exits 8,
+/// not 3 ("refused, recorded nothing"), and names the promotion and how to
+/// look it up; with -o json, stdout keeps the promotion it printed.
+#[tokio::test]
+async fn a_wait_whose_token_goes_bad_exits_8_naming_the_promotion() {
+    let World {
+        registry,
+        mut server,
+    } = World::start().await;
+    registry.push_image("app", Some("staging"), 1024, 11).await;
+    let repo = format!("{}/app", registry.host);
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    let mut jobs = Vec::new();
+    for (env, file, output) in [
+        ("production", "garbage", "json"),
+        ("prod2", "empty", "table"),
+    ] {
+        let path = dir.path().join(file);
+        std::fs::write(&path, format!("{}\n", token("alice"))).expect("write the token file");
+        let mut args = request_args(&repo, env);
+        // The limit only keeps a broken build from hanging the test.
+        args.extend(["--wait", "--timeout", "60s", "-o", output]);
+        let mut job = Waiter::start(with_token_file(&server, &path, &args));
+        let (seen, id) = job.until_id();
+        jobs.push((job, seen, id, path));
+    }
+    watching(&server, 2).await;
+    std::fs::write(&jobs[0].3, "not-a-token\n").expect("rewrite the token file");
+    std::fs::write(&jobs[1].3, "").expect("empty the token file");
+    server.kill_and_restart_in_place();
+
+    let mut outs = Vec::new();
+    for (job, seen, id, path) in jobs {
+        let out = job.finish(seen).code(8);
+        assert!(
+            out.stderr
+                .starts_with(&format!("prodgate: lost the watch of promotion {id} (")),
+            "{out:#?}"
+        );
+        let last = out.stderr.lines().last().unwrap_or_default().to_owned();
+        assert!(
+            last.starts_with(&format!(
+                "prodgate: promotion {id} exists, but following it failed: "
+            )) && last.ends_with(&format!(
+                "; `prodgate get {id}` shows where it stands (`prodgate get {id} --wait` \
+                 follows it again)"
+            )),
+            "{out:#?}"
+        );
+        outs.push((out, last, id, path));
+    }
+    let [(garbage, why, id, path), (empty, why2, id2, path2)] = &outs[..] else {
+        unreachable!("two jobs")
+    };
+    // The server refused the token: its answer, and where the token came from.
+    assert!(
+        why.contains("refused (UNAUTHENTICATED): ")
+            && why.contains(&format!(
+                "the token came from --token-file {}: check that it holds your token",
+                path.display()
+            )),
+        "{garbage:#?}"
+    );
+    let first = garbage.one();
+    assert_eq!(id_of(&first), *id);
+    assert_eq!(first["state"], "PROMOTION_STATE_PENDING_APPROVAL");
+    // The file was empty: nothing was sent.
+    assert!(
+        why2.contains(&format!(
+            "following it failed: the token from --token-file {} is empty; ",
+            path2.display()
+        )),
+        "{empty:#?}"
+    );
+    assert!(
+        empty
+            .stdout
+            .lines()
+            .any(|l| l.strip_prefix("id:").map(str::trim) == Some(id2.as_str())),
+        "{empty:#?}"
+    );
+
+    // Both go on on the server, as the message says.
+    for id in [id, id2] {
+        let got = json(&server, "bob", &["get", id]).ok().one();
+        assert_eq!(got["state"], "PROMOTION_STATE_PENDING_APPROVAL");
+    }
+}
+
+/// A token rotated while a wait runs: the server restarts knowing only the
+/// new one, the job has written it to its --token-file, and the wait goes
+/// on to PROMOTED with it.
+#[tokio::test]
+async fn a_wait_reads_its_token_file_again_when_it_watches_again() {
+    let World {
+        registry,
+        mut server,
+    } = World::start().await;
+    let digest = registry.push_image("app", Some("staging"), 1024, 12).await;
+    let repo = format!("{}/app", registry.host);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("token");
+    std::fs::write(&path, token("alice")).expect("write the token file");
+
+    let mut args = request_args(&repo, "production");
+    args.extend(["--wait", "--timeout", "60s"]);
+    let mut job = Waiter::start(with_token_file(&server, &path, &args));
+    let (seen, id) = job.until_id();
+    watching(&server, 1).await;
+    let rotated = "alice-rotated-token";
+    server.write_config(&standard_config(&registry.host).replace(
+        &sha256_hex(token("alice").as_bytes()),
+        &sha256_hex(rotated.as_bytes()),
+    ));
+    std::fs::write(&path, rotated).expect("rewrite the token file");
+    server.kill_and_restart_in_place();
+    // The token the job started with is no good any more.
+    table(&server, "alice", &["get", &id]).code(3);
+    table(&server, "bob", &["approve", &id, "--comment", "lgtm"]).ok();
+
+    let out = job.finish(seen).ok();
+    assert!(
+        out.stdout.ends_with(&format!(
+            "promotion {id}: PROMOTED (approvals 1/1): {repo}:production is {repo}@{digest}\n"
+        )),
         "{out:#?}"
     );
     assert_eq!(out.stderr.lines().count(), 1, "{out:#?}");

@@ -17,6 +17,7 @@ const DEPLOY_FILES: &[&str] = &[
     "Dockerfile",
     "Dockerfile.dockerignore",
     "README.md",
+    "ci/promote-to-production.gitlab-ci.yml",
     "ci/promote-to-production.yml",
     "kubernetes/gateway.yaml",
     "kubernetes/headless-service.yaml",
@@ -1504,9 +1505,12 @@ fn ci_workflow_requests_the_promotion_through_prodgate() {
     assert_eq!(flag_value(argv, "--output"), Some("json"));
     assert!(argv.iter().any(|a| a == "--wait"));
     assert!(flag_value(argv, "--reason").is_some());
-    assert_eq!(
-        flag_value(argv, "--request-id").map(|id| id.contains("GITHUB_RUN_ID")),
-        Some(true)
+    // The run's ID, which every attempt of the run shares: a re-run follows
+    // the promotion the first attempt opened.
+    let request_id = flag_value(argv, "--request-id").expect("--request-id");
+    assert!(
+        request_id.contains("$GITHUB_RUN_ID") && !request_id.contains("ATTEMPT"),
+        "the request ID {request_id:?} must be the same for every attempt of a run"
     );
     let server = step["env"]["PRODGATE_SERVER"].as_str().unwrap_or_default();
     assert!(
@@ -1545,8 +1549,9 @@ fn ci_workflow_requests_the_promotion_through_prodgate() {
         round < std::time::Duration::from_secs(5 * 60),
         "a round of waiting ({timeout}) must end well before GitHub's short-lived token does"
     );
+    // The loop starts each round with a fresh token.
     assert!(
-        script.contains("6) continue"),
+        case_arm(script, "6").contains("continue"),
         "a round that runs out starts another"
     );
 
@@ -1588,17 +1593,196 @@ fn ci_workflow_requests_the_promotion_through_prodgate() {
         "only the main branch may promote"
     );
 
-    // Every exit code is handled and explained.
-    for code in ["0", "3", "4", "5"] {
+    assert!(
+        case_arm(script, "8").contains("continue"),
+        "a promotion whose watch failed is followed again, with a fresh token"
+    );
+    assert_exit_codes_handled("deploy/ci/promote-to-production.yml", &file, script);
+}
+
+/// The first `case` arm of `script` for `code`: from `code)` to `;;`.
+fn case_arm<'a>(script: &'a str, code: &str) -> &'a str {
+    let start = script
+        .lines()
+        .map(str::trim_start)
+        .find(|l| l.starts_with(&format!("{code})")))
+        .and_then(|l| script.find(l))
+        .unwrap_or_else(|| panic!("no `{code})` arm in the script"));
+    let arm = &script[start..];
+    arm.find(";;").map_or(arm, |end| &arm[..end])
+}
+
+/// The codes of `prodgate --help`'s "Exit codes:" list.
+fn exit_codes() -> Vec<String> {
+    let help = text(&prodgate(&["--help"]).stdout);
+    let list = help
+        .split_once("Exit codes:")
+        .map(|(_, list)| list)
+        .expect("`prodgate --help` lists the exit codes");
+    let codes: Vec<String> = list
+        .lines()
+        .filter_map(|l| l.strip_prefix("  ")?.split_once("  "))
+        .map(|(code, _)| code.to_owned())
+        .filter(|code| code.parse::<u8>().is_ok())
+        .collect();
+    assert!(codes.len() >= 9, "exit codes in --help: {codes:?}\n{help}");
+    codes
+}
+
+/// A CI file explains every exit code `prodgate --help` lists, in a
+/// comment `#   N  …`, and no other; its script branches on the outcomes
+/// of `request --wait`.
+fn assert_exit_codes_handled(origin: &str, file: &str, script: &str) {
+    let codes = exit_codes();
+    let explained: Vec<String> = file
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("#   ")?.split_once("  "))
+        .map(|(code, _)| code.to_owned())
+        .filter(|code| code.parse::<u8>().is_ok())
+        .collect();
+    assert_eq!(
+        explained, codes,
+        "{origin}: the exit codes explained differ from `prodgate --help`'s"
+    );
+    for code in ["0", "3", "4", "5", "6", "8"] {
         assert!(
             script.contains(&format!("{code})")),
-            "exit code {code} not handled"
+            "{origin}: exit code {code} not handled"
         );
     }
-    for code in ["3", "4", "5"] {
+}
+
+/// The GitLab [[identity]] kept commented out in the Kubernetes config,
+/// uncommented: the lines from `# [[identity]]` for GitLab's issuer to the
+/// end of that comment block.
+fn gitlab_identity() -> String {
+    let config = read("kubernetes/prodgate.toml");
+    let lines: Vec<&str> = config.lines().collect();
+    let start = lines
+        .windows(2)
+        .position(|w| w[0] == "# [[identity]]" && w[1].contains("gitlab.com"))
+        .expect("a commented-out GitLab [[identity]] in deploy/kubernetes/prodgate.toml");
+    lines[start..]
+        .iter()
+        .map_while(|l| l.strip_prefix("# "))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+#[test]
+fn gitlab_job_requests_the_promotion_with_its_id_token() {
+    let origin = "deploy/ci/promote-to-production.gitlab-ci.yml";
+    let file = read("ci/promote-to-production.gitlab-ci.yml");
+    let ci = yaml_doc("ci/promote-to-production.gitlab-ci.yml");
+    let job = at(&ci, "promote-to-production");
+    let script: String = strings(vec_at(job, "script")).join("\n");
+    for forbidden in ["docker push", "docker tag", "docker pull"] {
         assert!(
-            file.contains(&format!("#   {code}  ")),
-            "exit code {code} not explained"
+            !script.contains(forbidden),
+            "{origin} still runs {forbidden}"
         );
     }
+    let requests: Vec<Vec<String>> = prodgate_commands(&script)
+        .into_iter()
+        .filter(|argv| argv.first().map(String::as_str) == Some("request"))
+        .collect();
+    let [argv] = &requests[..] else {
+        panic!("{origin}: expected one `prodgate request`, found {requests:?}");
+    };
+    assert_cli(origin, argv);
+    let repository = argv[1]
+        .strip_prefix('$')
+        .expect("repository from the variables");
+    assert!(
+        str_at(&ci, &format!("variables.{repository}")).contains('/'),
+        "{origin}: {repository} is not set in the variables"
+    );
+    assert_eq!(flag_value(argv, "--output"), Some("json"));
+    assert!(argv.iter().any(|a| a == "--wait"));
+    assert_eq!(flag_value(argv, "--reason"), Some("$PROMOTION_REASON"));
+    str_at(&ci, "variables.PROMOTION_REASON.description");
+    // The same for every retry of the job: a retry follows the promotion.
+    assert_eq!(flag_value(argv, "--request-id"), Some("$CI_PIPELINE_ID"));
+
+    // The job's own ID token for prodgate's audience, through a file.
+    assert!(
+        !file.contains("PRODGATE_TOKEN"),
+        "{origin} uses a static PRODGATE_TOKEN"
+    );
+    let audience = str_at(job, "id_tokens.PRODGATE_ID_TOKEN.aud");
+    assert_eq!(flag_value(argv, "--token-file"), Some("$token_file"));
+    assert!(
+        script.contains("\"$PRODGATE_ID_TOKEN\" > \"$token_file\""),
+        "{origin}: the ID token is written to the --token-file"
+    );
+    let rules = vec_at(job, "rules");
+    assert!(
+        !rules.is_empty()
+            && rules.iter().all(|r| r["if"]
+                .as_str()
+                .is_some_and(|c| c.contains("$CI_COMMIT_REF_PROTECTED == \"true\""))),
+        "{origin}: the job runs on protected refs only"
+    );
+    assert_eq!(strings(vec_at(job, "image.entrypoint")), [""]);
+    let github = yaml_doc("ci/promote-to-production.yml");
+    assert_eq!(
+        str_at(job, "image.name")
+            .strip_prefix('$')
+            .map(|v| str_at(&ci, &format!("variables.{v}"))),
+        Some(str_at(&github, "env.PRODGATE_IMAGE")),
+        "{origin}: the CLI from the same image as the GitHub workflow"
+    );
+
+    // The job outlives the approval TTL (so it sees EXPIRED), its wait
+    // ends before the job is killed, and its token lives as long as the job.
+    let job_timeout = humantime::parse_duration(str_at(job, "timeout")).expect("timeout");
+    let wait = flag_value(argv, "--timeout").expect("--timeout");
+    let wait = humantime::parse_duration(wait).expect("a duration");
+    assert!(
+        wait < job_timeout,
+        "{origin}: --timeout must end before the job's"
+    );
+    let config = toml_table(
+        "deploy/kubernetes/prodgate.toml",
+        &read("kubernetes/prodgate.toml"),
+    );
+    let production = config["environment"]
+        .as_array()
+        .expect("[[environment]]")
+        .iter()
+        .find(|e| e["name"].as_str() == flag_value(argv, "--env"))
+        .expect("the target environment in the Kubernetes config");
+    let ttl = production["approval_ttl"].as_str().expect("approval_ttl");
+    assert!(
+        humantime::parse_duration(ttl).expect("a duration") < wait,
+        "{origin}: the wait outlasts approval_ttl {ttl}"
+    );
+
+    // The commented-out identity, once uncommented, is a valid config that
+    // maps this job's token on protected refs.
+    let identity = gitlab_identity();
+    let with_gitlab = format!("{}\n{identity}", read("kubernetes/prodgate.toml"));
+    assert_config_ok("deploy/kubernetes/prodgate.toml with GitLab", &with_gitlab);
+    let gitlab: toml::Table = toml_table("the GitLab [[identity]]", &identity);
+    let gitlab = &gitlab["identity"].as_array().expect("[[identity]]")[0];
+    assert_eq!(gitlab["issuer"].as_str(), Some("https://gitlab.com"));
+    assert_eq!(gitlab["audience"].as_str(), Some(audience));
+    let max = gitlab["max_lifetime"].as_str().expect("max_lifetime");
+    assert!(
+        humantime::parse_duration(max).expect("a duration") >= job_timeout,
+        "GitLab's ID token lives as long as the job: max_lifetime {max} is too short"
+    );
+    let rule = &gitlab["rule"].as_array().expect("[[identity.rule]]")[0];
+    assert_eq!(
+        rule["claims"]["ref_protected"].as_str(),
+        Some("true"),
+        "only protected refs may promote"
+    );
+    assert!(
+        rule["principal"]
+            .as_str()
+            .is_some_and(|p| p.contains("{project_path}"))
+    );
+
+    assert_exit_codes_handled(origin, &file, &script);
 }

@@ -5,7 +5,7 @@
 use super::error::chain;
 use super::{CliError, ClientArgs, Source};
 use crate::pb::promotion_service_client::PromotionServiceClient;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::metadata::{Ascii, MetadataValue};
@@ -22,6 +22,10 @@ pub type Api = PromotionServiceClient<InterceptedService<Channel, Bearer>>;
 pub struct Client {
     pub api: Api,
     timeout: Duration,
+    /// Kept for [`Client::reread_token`], which authenticates the calls
+    /// after it with the token `--token-file` holds then.
+    channel: Channel,
+    token_file: Option<PathBuf>,
 }
 
 impl Client {
@@ -31,9 +35,33 @@ impl Client {
         let bearer = Bearer(token(g)?);
         let channel = channel(g).await?;
         Ok(Client {
-            api: PromotionServiceClient::with_interceptor(channel, bearer),
+            api: PromotionServiceClient::with_interceptor(channel.clone(), bearer),
             timeout: g.call_timeout(),
+            channel,
+            token_file: g.token_file.clone(),
         })
+    }
+
+    /// Reads `--token-file` again and authenticates the calls that follow
+    /// with what it holds now, so that a `--wait` outliving its OIDC token
+    /// goes on with the fresh one a job wrote there meanwhile. A token
+    /// given otherwise stays as it was, and so does one from a pipe
+    /// (`--token-file <(…)`, /dev/stdin), which holds its token only once.
+    pub fn reread_token(&mut self) -> Result<(), CliError> {
+        let Some(path) = &self.token_file else {
+            return Ok(());
+        };
+        let read_error = |source| CliError::ReadFile {
+            what: "the token file",
+            path: path.clone(),
+            source,
+        };
+        if !std::fs::metadata(path).map_err(read_error)?.is_file() {
+            return Ok(());
+        }
+        let bearer = Bearer(Some(file_token(path)?));
+        self.api = PromotionServiceClient::with_interceptor(self.channel.clone(), bearer);
+        Ok(())
     }
 
     /// Wraps a unary request with the `--timeout` deadline. Streams get no
@@ -123,27 +151,42 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, CliError> {
 /// `--token-file` wins over `--token`/PRODGATE_TOKEN: a file named on the
 /// command line is the more deliberate choice than an inherited variable.
 fn token(g: &ClientArgs) -> Result<Option<MetadataValue<Ascii>>, CliError> {
-    let token = match (&g.token_file, &g.token) {
-        (Some(path), _) => {
-            let bytes = read("the token file", path)?;
-            let text = String::from_utf8(bytes).map_err(|_| CliError::BadToken)?;
-            Some(text.trim().to_owned())
+    match (&g.token_file, &g.token) {
+        (Some(path), _) => file_token(path).map(Some),
+        (None, Some(t)) => {
+            let from = match g.origin.token {
+                Source::Env => "PRODGATE_TOKEN",
+                Source::Flag | Source::Default => "--token",
+            };
+            bearer(t, || from.to_owned()).map(Some)
         }
-        (None, Some(t)) => Some(t.trim().to_owned()),
-        (None, None) => None,
-    };
-    match token {
-        None => Ok(None),
-        Some(t) if t.is_empty() => Err(CliError::EmptyToken),
-        Some(t) if t.chars().any(|c| !c.is_ascii_graphic()) => Err(CliError::BadToken),
-        Some(t) => {
-            let mut v =
-                MetadataValue::try_from(format!("Bearer {t}")).map_err(|_| CliError::BadToken)?;
-            // Keeps the token out of any Debug output of the request.
-            v.set_sensitive(true);
-            Ok(Some(v))
-        }
+        (None, None) => Ok(None),
     }
+}
+
+/// The token in `path`, surrounding whitespace trimmed.
+fn file_token(path: &Path) -> Result<MetadataValue<Ascii>, CliError> {
+    let from = || format!("--token-file {}", path.display());
+    let bytes = read("the token file", path)?;
+    let text = String::from_utf8(bytes).map_err(|_| CliError::BadToken { from: from() })?;
+    bearer(&text, from)
+}
+
+/// The `authorization` value for `token`; `from` names where it came from,
+/// for the error.
+fn bearer(token: &str, from: impl Fn() -> String) -> Result<MetadataValue<Ascii>, CliError> {
+    let t = token.trim();
+    if t.is_empty() {
+        return Err(CliError::EmptyToken { from: from() });
+    }
+    let bad = || CliError::BadToken { from: from() };
+    if t.chars().any(|c| !c.is_ascii_graphic()) {
+        return Err(bad());
+    }
+    let mut v = MetadataValue::try_from(format!("Bearer {t}")).map_err(|_| bad())?;
+    // Keeps the token out of any Debug output of the request.
+    v.set_sensitive(true);
+    Ok(v)
 }
 
 /// Adds `authorization: Bearer <token>` to every call; without a token the
@@ -162,8 +205,19 @@ impl tonic::service::Interceptor for Bearer {
 
 /// Adds to a failed client call what to change: where the token came from
 /// when the server does not accept it, and which setting named the server
-/// (and whether it speaks TLS or not) when it cannot be reached.
+/// (and whether it speaks TLS or not) when it cannot be reached. After a
+/// `--wait` lost its promotion, the hint is for the failure inside.
 pub async fn explain(e: CliError, g: &ClientArgs) -> CliError {
+    match e {
+        CliError::FollowFailed { id, error } => CliError::FollowFailed {
+            id,
+            error: Box::new(hint(*error, g).await),
+        },
+        e => hint(e, g).await,
+    }
+}
+
+async fn hint(e: CliError, g: &ClientArgs) -> CliError {
     let hint = match &e {
         CliError::Status(s) if s.code() == tonic::Code::Unauthenticated && !e.is_transport() => {
             Some(token_hint(g))
@@ -347,4 +401,47 @@ async fn probe(url: &str) -> Option<Speaks> {
         }
     };
     tokio::time::timeout(PROBE_TIMEOUT, attempt).await.ok()?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_that_cannot_be_sent_names_where_it_came_from() {
+        let from = || "--token-file /run/t".to_owned();
+        let err = |t: &str| bearer(t, from).map(|_| ()).unwrap_err().to_string();
+        assert_eq!(err(" \n"), "the token from --token-file /run/t is empty");
+        assert_eq!(
+            err("two words"),
+            "the token from --token-file /run/t must be printable ASCII without spaces"
+        );
+        let v = bearer(" abc\n", from).expect("a token");
+        assert_eq!(v.to_str().ok(), Some("Bearer abc"));
+        assert!(v.is_sensitive());
+    }
+
+    #[tokio::test]
+    async fn a_token_file_is_read_again_and_a_pipe_is_not() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("token");
+        std::fs::write(&path, "first\n").expect("write the token");
+        let channel = Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+        let mut c = Client {
+            api: PromotionServiceClient::with_interceptor(channel.clone(), Bearer(None)),
+            timeout: Duration::from_secs(1),
+            channel,
+            token_file: Some(path.clone()),
+        };
+        c.reread_token().expect("a readable token file");
+        std::fs::write(&path, "").expect("empty the token file");
+        assert!(matches!(c.reread_token(), Err(CliError::EmptyToken { .. })));
+        std::fs::remove_file(&path).expect("remove the token file");
+        assert!(matches!(c.reread_token(), Err(CliError::ReadFile { .. })));
+        // Not a regular file: what was read at the start stays.
+        c.token_file = Some(dir.path().to_owned());
+        c.reread_token().expect("a directory is left alone");
+        c.token_file = None;
+        c.reread_token().expect("no --token-file");
+    }
 }

@@ -120,7 +120,9 @@ pub async fn checks(g: &ClientArgs, repository: String, digest: String) -> Resul
 
 /// Prints the answer of request/approve/rollback with `print`, then follows
 /// it if asked to (through WAITING and APPROVED to a final state), until
-/// `--timeout` after `started` if one was given.
+/// `--timeout` after `started` if one was given. Once there is an answer,
+/// a failure to follow it says that the promotion exists
+/// ([`wait::failed_after`]).
 async fn answer(
     g: &ClientArgs,
     c: &mut Client,
@@ -130,16 +132,19 @@ async fn answer(
     print: fn(&mut Printer, &pb::Promotion) -> Result<(), CliError>,
 ) -> Result<(), CliError> {
     let out = &mut Printer::stdout(g.output);
-    print(out, &p)?;
-    if follow {
-        let limit = g.timeout.map(|t| wait::Limit {
-            deadline: started + t,
-            after: t,
-        });
-        wait::follow(c, out, p, limit).await
-    } else {
-        Ok(())
+    if !follow {
+        return print(out, &p);
     }
+    let limit = g.timeout.map(|t| wait::Limit {
+        deadline: started + t,
+        after: t,
+    });
+    let id = p.id.clone();
+    let followed = async {
+        print(out, &p)?;
+        wait::follow(c, out, p, limit).await
+    };
+    followed.await.map_err(|e| wait::failed_after(&id, e))
 }
 
 /// Every promotion matching `filter` (or the first `limit` in the order

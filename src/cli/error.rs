@@ -17,6 +17,7 @@ pub enum Exit {
     NotPromoted = 5,
     WaitTimedOut = 6,
     GateBlocks = 7,
+    FollowFailed = 8,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -28,10 +29,11 @@ pub enum CliError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the token is empty")]
-    EmptyToken,
-    #[error("the token must be printable ASCII without spaces")]
-    BadToken,
+    /// `from` says where the token came from (`--token-file PATH`, …).
+    #[error("the token from {from} is empty")]
+    EmptyToken { from: String },
+    #[error("the token from {from} must be printable ASCII without spaces")]
+    BadToken { from: String },
     #[error("invalid --server {url:?}: {reason}")]
     BadServer { url: String, reason: String },
     #[error("--ca-cert, --cert and --key need an https:// --server, not {0}")]
@@ -88,6 +90,15 @@ pub enum CliError {
         state: String,
         after: std::time::Duration,
     },
+    /// `--wait` failed after the promotion was made (or approved, or
+    /// found): it exists on the server and goes on there; only following
+    /// it here failed, for `error`'s reason. A code of its own: 3 tells a
+    /// script that nothing was recorded.
+    #[error(
+        "promotion {id} exists, but following it failed: {error}; `prodgate get {id}` shows \
+         where it stands (`prodgate get {id} --wait` follows it again)"
+    )]
+    FollowFailed { id: String, error: Box<CliError> },
     /// `gates`: at least one gate blocks (the report is on stdout);
     /// `gates` lists the blocking ones by name.
     #[error("promotion {id} is blocked by {gates}")]
@@ -114,8 +125,8 @@ impl CliError {
     pub fn exit(&self) -> Exit {
         match self {
             CliError::ReadFile { .. }
-            | CliError::EmptyToken
-            | CliError::BadToken
+            | CliError::EmptyToken { .. }
+            | CliError::BadToken { .. }
             | CliError::BadServer { .. }
             | CliError::TlsWithoutHttps(_)
             | CliError::Tls(_)
@@ -139,6 +150,7 @@ impl CliError {
             CliError::NotPromoted { .. } => Exit::NotPromoted,
             CliError::WaitTimedOut { .. } => Exit::WaitTimedOut,
             CliError::GateBlocks { .. } => Exit::GateBlocks,
+            CliError::FollowFailed { .. } => Exit::FollowFailed,
             CliError::Hinted { error, .. } => error.exit(),
         }
     }
@@ -345,6 +357,33 @@ mod tests {
             "connection closed",
         )));
         assert_eq!(CliError::Status(closed).exit(), Exit::Unreachable);
+    }
+
+    #[test]
+    fn a_failure_after_the_promotion_exists_names_it_and_the_way_back() {
+        let refused = CliError::Hinted {
+            error: Box::new(CliError::Status(Status::unauthenticated("token expired"))),
+            hint: "the token came from --token-file t: check that it holds your token".into(),
+        };
+        let e = CliError::FollowFailed {
+            id: "7".into(),
+            error: Box::new(refused),
+        };
+        assert_eq!(e.exit(), Exit::FollowFailed);
+        assert_eq!(Exit::FollowFailed as u8, 8);
+        assert_eq!(
+            e.line(),
+            "prodgate: promotion 7 exists, but following it failed: refused (UNAUTHENTICATED): \
+             token expired; the token came from --token-file t: check that it holds your token; \
+             `prodgate get 7` shows where it stands (`prodgate get 7 --wait` follows it again)"
+        );
+        // Whatever failed inside, even a closed stdout, the id is worth a line.
+        let closed = CliError::FollowFailed {
+            id: "7".into(),
+            error: Box::new(CliError::Output(std::io::ErrorKind::BrokenPipe.into())),
+        };
+        assert!(closed.is_reportable());
+        assert_eq!(closed.exit(), Exit::FollowFailed);
     }
 
     #[test]

@@ -20,6 +20,11 @@
 //! | 5 | `--wait` ended in a terminal state other than `PROMOTED` (`FAILED`, `REJECTED`, `CANCELLED`, `EXPIRED`, `SUPERSEDED`) |
 //! | 6 | `--wait` gave up after `--timeout`; the promotion was still in progress and goes on on the server |
 //! | 7 | `gates`: at least one gate blocks the promotion now (approvals included); the report is on stdout |
+//! | 8 | `--wait` failed after the promotion was known: it exists and goes on on the server, but following it failed (a refusal when watching again, e.g. an expired token; an unreadable `--token-file`; stdout closed). stderr names the promotion, `prodgate get ID` and the error; `-o json` stdout has the lines printed until then |
+//!
+//! A `--wait` already watching retries a lost connection by itself (until
+//! `--timeout`), so 3 and 4 come only from its first call (the request,
+//! approval or lookup); after it, the outcomes are 0, 5, 6 and 8.
 
 pub mod client;
 pub mod commands;
@@ -67,7 +72,10 @@ Exit codes:
      instead of PROMOTED
   6  --wait gave up after --timeout; the promotion goes on without it
   7  gates: at least one gate blocks (approvals included); the report is
-     on stdout";
+     on stdout
+  8  --wait failed after the promotion was made: it exists and goes on,
+     but following it failed (e.g. the token was refused when watching
+     again); stderr names it and `prodgate get ID`";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -106,7 +114,9 @@ pub struct ClientArgs {
     #[arg(long, env = "PRODGATE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Read the bearer token from this file (surrounding whitespace is
-    /// trimmed); wins over --token and PRODGATE_TOKEN.
+    /// trimmed); wins over --token and PRODGATE_TOKEN. --wait reads it
+    /// again whenever it watches again, so a refreshed token written there
+    /// is used.
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
     /// Output format.
@@ -229,7 +239,8 @@ pub enum Command {
         #[arg(long)]
         break_glass: bool,
         /// Follow the promotion until it ends; exit 5 unless it ends
-        /// PROMOTED, 6 if --timeout runs out first.
+        /// PROMOTED, 6 if --timeout runs out first, 8 if following it
+        /// fails (it exists: `prodgate get ID`).
         #[arg(long)]
         wait: bool,
         #[command(flatten)]
@@ -256,7 +267,8 @@ pub enum Command {
         #[arg(long)]
         break_glass: bool,
         /// Follow the promotion until it ends; exit 5 unless it ends
-        /// PROMOTED, 6 if --timeout runs out first.
+        /// PROMOTED, 6 if --timeout runs out first, 8 if following it
+        /// fails (it exists: `prodgate get ID`).
         #[arg(long)]
         wait: bool,
         #[command(flatten)]
@@ -274,7 +286,8 @@ pub enum Command {
         #[arg(long)]
         break_glass: bool,
         /// Follow the promotion until it ends; exit 5 unless it ends
-        /// PROMOTED, 6 if --timeout runs out first.
+        /// PROMOTED, 6 if --timeout runs out first, 8 if following it
+        /// fails (it exists: `prodgate get ID`).
         #[arg(long)]
         wait: bool,
         #[command(flatten)]
@@ -306,7 +319,7 @@ pub enum Command {
         id: String,
         /// Follow the promotion until it ends (through WAITING: it moves on
         /// by itself); exit 5 unless it ends PROMOTED, 6 if --timeout runs
-        /// out first.
+        /// out first, 8 if following it fails.
         #[arg(long)]
         wait: bool,
         #[command(flatten)]

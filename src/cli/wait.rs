@@ -2,7 +2,9 @@
 //! reaches a terminal state, printing each change, and turns the end state
 //! into the exit code a CI job needs (0 only for PROMOTED). A server that
 //! restarts or drops the connection meanwhile is watched again, with capped
-//! backoff, for as long as `--timeout` allows (without one, until it ends).
+//! backoff, for as long as `--timeout` allows (without one, until it ends),
+//! with the token `--token-file` holds by then. Any other failure is
+//! [`CliError::FollowFailed`] ([`failed_after`]): the promotion exists.
 
 use super::CliError;
 use super::client::Client;
@@ -118,6 +120,21 @@ pub async fn follow(
     }
 }
 
+/// What a `--wait` that failed after promotion `id` was known exits with:
+/// an end state other than PROMOTED (5) and `--timeout` (6) are answers to
+/// the wait; anything else (a refusal when watching again, such as an
+/// expired token, an unreadable token file, stdout closed) leaves a
+/// promotion that exists and goes on, and says so (8).
+pub fn failed_after(id: &str, e: CliError) -> CliError {
+    match e {
+        CliError::NotPromoted { .. } | CliError::WaitTimedOut { .. } => e,
+        error => CliError::FollowFailed {
+            id: id.to_owned(),
+            error: Box::new(error),
+        },
+    }
+}
+
 /// One WatchPromotion stream, until `last` is terminal (`Ok`) or the stream
 /// fails or ends. `heard` says whether the server sent anything.
 async fn watch(
@@ -126,6 +143,9 @@ async fn watch(
     last: &mut pb::Promotion,
     heard: &mut bool,
 ) -> Result<(), CliError> {
+    // An OIDC token may expire during a long wait: the job that refreshes
+    // it writes the new one to the same file.
+    c.reread_token()?;
     let req = pb::WatchPromotionRequest {
         promotion_id: last.id.clone(),
     };
@@ -180,6 +200,7 @@ fn end_state(p: &pb::Promotion) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::Exit;
 
     #[test]
     fn a_wait_goes_on_through_waiting_and_approved() {
@@ -202,5 +223,40 @@ mod tests {
             ..before.clone()
         };
         assert_ne!(milestone(&before), milestone(&after));
+    }
+
+    #[test]
+    fn only_an_end_state_and_the_timeout_are_answers_to_a_wait() {
+        let end = CliError::NotPromoted {
+            id: "3".into(),
+            state: "REJECTED".into(),
+            detail: String::new(),
+        };
+        assert_eq!(failed_after("3", end).exit(), Exit::NotPromoted);
+        let timed_out = CliError::WaitTimedOut {
+            id: "3".into(),
+            state: "PENDING_APPROVAL".into(),
+            after: Duration::from_secs(1),
+        };
+        assert_eq!(failed_after("3", timed_out).exit(), Exit::WaitTimedOut);
+        // A refusal, a token file gone, an ended stream, a closed stdout:
+        // the promotion is there all the same.
+        for e in [
+            CliError::Status(tonic::Status::unauthenticated("unknown token")),
+            CliError::Status(tonic::Status::unavailable("draining")),
+            CliError::EmptyToken {
+                from: "--token-file t".into(),
+            },
+            CliError::WatchEnded("3".into()),
+            CliError::Output(std::io::ErrorKind::BrokenPipe.into()),
+        ] {
+            let shown = e.to_string();
+            match failed_after("3", e) {
+                CliError::FollowFailed { id, error } => {
+                    assert_eq!((id.as_str(), error.to_string()), ("3", shown));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 }
