@@ -1917,3 +1917,48 @@ async fn policy_diff_shows_what_a_reload_changed() {
     let same = table(&server, "bob", &["policy", "diff", &new, &new]).ok();
     assert!(same.stdout.ends_with("no change\n"), "{same:#?}");
 }
+
+#[tokio::test]
+async fn gates_with_source_and_env_is_a_dry_run_that_records_nothing() {
+    let w = World::start().await;
+    w.registry
+        .push_image("app", Some("staging"), 1024, 11)
+        .await;
+    w.registry.push_image("app", Some("dev"), 1024, 12).await;
+    let repo = w.repo("app");
+    let s = &w.server;
+    let ask = |source| {
+        [
+            "gates",
+            repo.as_str(),
+            "--source",
+            source,
+            "--env",
+            "production",
+        ]
+    };
+    // Only the approval is missing: a request would be accepted.
+    let allowed = table(s, "alice", &ask("staging")).ok();
+    assert!(allowed.stdout.contains("pass  requester"), "{allowed:#?}");
+    assert!(allowed.stdout.contains("BLOCK approvals"), "{allowed:#?}");
+    let report = json(s, "alice", &ask("staging")).ok().one();
+    assert!(
+        report["policyDigest"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("sha256:")),
+        "{report}"
+    );
+    // dev's image never reached staging: exit 7, naming the gate.
+    let blocked = table(s, "alice", &ask("dev")).code(7);
+    assert_eq!(
+        blocked.stderr,
+        format!("prodgate: a request of {repo}:dev to production is blocked by prerequisite\n"),
+        "{blocked:#?}"
+    );
+    assert!(
+        json(s, "alice", &["list"]).ok().lines().is_empty(),
+        "a dry run records nothing"
+    );
+    // Half a dry run is a usage error.
+    table(s, "alice", &["gates", &repo, "--source", "staging"]).code(2);
+}

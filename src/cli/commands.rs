@@ -84,7 +84,48 @@ pub async fn gates(g: &ClientArgs, id: String) -> Result<(), CliError> {
         Ok(())
     } else {
         Err(CliError::GateBlocks {
-            id,
+            subject: format!("promotion {id}"),
+            gates: blocking.join(", "),
+        })
+    }
+}
+
+/// The gates a request would meet now (EvaluateGates' dry run), recording
+/// nothing. Blocks (exit 7) when a gate other than the approvals still to
+/// be given (their count, the required groups) fails.
+pub async fn dry_run(
+    g: &ClientArgs,
+    repository: String,
+    source: String,
+    environment: String,
+) -> Result<(), CliError> {
+    let mut c = Client::connect(g).await?;
+    let req = pb::EvaluateGatesRequest {
+        repository: repository.clone(),
+        environment: environment.clone(),
+        source: source.clone(),
+        ..Default::default()
+    };
+    let r = c.api.evaluate_gates(c.unary(req)).await?.into_inner();
+    Printer::stdout(g.output).gate_report(&r)?;
+    let blocking: Vec<&str> = r
+        .gates
+        .iter()
+        .filter(|g| !g.passed && g.name != "approvals" && g.name != "required_groups")
+        .map(|g| g.name.as_str())
+        .collect();
+    if blocking.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::GateBlocks {
+            subject: format!(
+                "a request of {repository}{}{source} to {environment}",
+                if source.starts_with("sha256:") {
+                    "@"
+                } else {
+                    ":"
+                }
+            ),
             gates: blocking.join(", "),
         })
     }

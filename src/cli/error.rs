@@ -100,9 +100,10 @@ pub enum CliError {
     )]
     FollowFailed { id: String, error: Box<CliError> },
     /// `gates`: at least one gate blocks (the report is on stdout);
-    /// `gates` lists the blocking ones by name.
-    #[error("promotion {id} is blocked by {gates}")]
-    GateBlocks { id: String, gates: String },
+    /// `gates` lists the blocking ones by name; `subject` names what they
+    /// block (`promotion 7`, or a dry run's request).
+    #[error("{subject} is blocked by {gates}")]
+    GateBlocks { subject: String, gates: String },
     /// Another error with what to change ([`super::client::explain`]).
     #[error("{error}; {hint}")]
     Hinted { error: Box<CliError>, hint: String },

@@ -327,9 +327,19 @@ pub enum Command {
     },
     /// Evaluate every gate of a promotion now: what blocks it, and why.
     /// Exits 7 when any gate blocks (approvals included), 0 when none does.
+    /// With --source and --env, a dry run instead: the gates a request of
+    /// REPOSITORY by you would meet now, recording nothing; exits 7 when a
+    /// request would be refused or wait for a gate other than the approvals
+    /// still to be given.
     Gates {
-        /// Promotion ID.
-        id: String,
+        /// Promotion ID, or with --source and --env, a repository.
+        target: String,
+        /// Dry run: the tag or digest a request would promote.
+        #[arg(long, requires = "env")]
+        source: Option<String>,
+        /// Dry run: the environment a request would target.
+        #[arg(long, alias = "environment", requires = "source")]
+        env: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -953,7 +963,13 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
             commands::cancel(&client, req).await
         }
         Command::Get { id, wait, client } => commands::get(&client, id, wait).await,
-        Command::Gates { id, client } => commands::gates(&client, id).await,
+        Command::Gates {
+            target,
+            source: Some(source),
+            env: Some(env),
+            client,
+        } => commands::dry_run(&client, target, source, env).await,
+        Command::Gates { target, client, .. } => commands::gates(&client, target).await,
         Command::Policy {
             action: Some(PolicyAction::Diff { a, b }),
             client,
