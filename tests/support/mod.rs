@@ -1,7 +1,9 @@
-//! Real parts for integration tests: Debian's `docker-registry` and a
+//! Real parts for integration tests: Debian's `docker-registry`, a
 //! `prodgate serve` process, each on a free loopback port with temp storage,
-//! and a private PostgreSQL cluster for the PostgreSQL backend.
+//! a private PostgreSQL cluster for the PostgreSQL backend, and a headless
+//! chromium for the browser tests.
 #![allow(dead_code)]
+pub mod browser;
 pub mod hostile;
 pub mod oidc;
 pub mod postgres;
