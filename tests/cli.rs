@@ -1095,14 +1095,15 @@ async fn wait_survives_a_server_restart_and_prints_the_final_state() {
     assert_eq!(out.stderr.lines().count(), 1, "{out:#?}");
 }
 
-/// Returns once `n` WatchPromotion calls have started. The server logs each
-/// call once its answer starts, streams included: once a watch is in the
-/// log, a restart interrupts it.
+/// Returns once `n` WatchPromotion calls have started. The server logs
+/// `watch opened` (within the call's span, which names the method) once a
+/// stream is open: once a watch is in the log, a restart interrupts it.
 async fn watching(server: &TestServer, n: usize) {
     let started = std::time::Instant::now();
     while server
         .log()
-        .matches("PromotionService/WatchPromotion")
+        .lines()
+        .filter(|l| l.contains("PromotionService/WatchPromotion") && l.contains("watch opened"))
         .count()
         < n
     {

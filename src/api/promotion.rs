@@ -46,6 +46,9 @@ impl PromotionService for PromotionApi {
         let who = principal(&req)?;
         let id = convert::promotion_id(&req.get_ref().promotion_id)?;
         let changes = self.promotions.watch(&who, id).await?;
+        // A stream's call is logged (and counted) when it ends; this line
+        // says it is open (a client may restart a server once it shows).
+        tracing::info!(promotion = id, "watch opened");
         let stream = tokio_stream::StreamExt::map(
             tokio_stream::wrappers::ReceiverStream::new(changes),
             |change| match change {
