@@ -33,6 +33,8 @@
 //! - [`auth`]: the caller's identity from credentials: static tokens, JWTs
 //!   of trusted `[[identity]]` issuers (JWKS cached and rotated), mTLS.
 //! - [`api`]: gRPC handlers, conversions, page tokens, error -> status.
+//! - [`console`]: the approvers' web console (server-rendered pages on a
+//!   listener of their own), another client of [`promotions`].
 //! - [`server`]: wires it all up and serves until shutdown.
 //! - [`cli`]: the command line: `serve`, local tools, the gRPC client subcommands.
 //! - [`evidence`]: the audit log's signed checkpoints, inclusion and
@@ -50,6 +52,7 @@ pub mod backoff;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod domain;
 pub mod drift;
 pub mod error;

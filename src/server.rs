@@ -74,6 +74,14 @@ pub enum ServerError {
     Descriptors(#[from] prost::DecodeError),
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("cannot listen for the console on {addr}: {source}")]
+    ConsoleListen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("console.session_key_file could not be read")]
+    ConsoleKey,
     #[error("cannot listen for metrics on {addr}: {source}")]
     MetricsListen {
         addr: String,
@@ -98,6 +106,10 @@ pub enum ServerError {
 }
 
 /// Installs the process-wide TLS crypto provider (ring). Safe to call twice.
+/// The console's idle limit at least: its event streams send a comment
+/// every 15 s.
+const CONSOLE_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub fn install_crypto_provider() {
     // Err means one is already installed, which is what we want.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -529,6 +541,15 @@ pub async fn run(
             })?),
             None => None,
         };
+    let console_listener = match &config.console {
+        Some(c) => Some(TcpListener::bind(&c.listen).await.map_err(|source| {
+            ServerError::ConsoleListen {
+                addr: c.listen.clone(),
+                source,
+            }
+        })?),
+        None => None,
+    };
     let metrics = Metrics::new(config.environments.iter().map(|e| e.name.clone()).collect())?;
     let opening = std::time::Instant::now();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -612,9 +633,25 @@ pub async fn run(
     let evidence = crate::evidence::Evidence::new(store.clone(), config.checkpoint.as_ref());
     let api = PromotionServiceServer::new(PromotionApi::new(promotions.clone(), evidence.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let authenticator = Authenticator::new(live.clone(), clock.clone(), Some(metrics.clone()))
-        .map_err(ServerError::Auth)?;
-    let authenticated: Svc = Authenticate::new(api, Arc::new(authenticator));
+    let authenticator = Arc::new(
+        Authenticator::new(live.clone(), clock.clone(), Some(metrics.clone()))
+            .map_err(ServerError::Auth)?,
+    );
+    let authenticated: Svc = Authenticate::new(api, authenticator.clone());
+    let console = match (&config.console, console_listener) {
+        (Some(c), Some(l)) => {
+            let app = crate::console::Console::new(
+                promotions.clone(),
+                authenticator.clone(),
+                live.clone(),
+                c.clone(),
+                clock.clone(),
+            )
+            .ok_or(ServerError::ConsoleKey)?;
+            Some((l, c.max_connections, crate::console::router(Arc::new(app))))
+        }
+        _ => None,
+    };
     let routes = tonic::service::Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -664,6 +701,23 @@ pub async fn run(
                 idle_timeout: config.idle_timeout,
             },
             crate::metrics::app(metrics.clone(), store.clone()),
+            stop.clone(),
+        ));
+    }
+    if let Some((l, max_connections, app)) = console {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(%addr, "serving the console");
+        }
+        background.spawn(http1::serve(
+            l,
+            http1::Limits {
+                setting: "console.max_connections",
+                max_connections,
+                head_timeout: config.handshake_timeout,
+                // Above the event streams' keep-alive comments (15 s).
+                idle_timeout: config.idle_timeout.max(CONSOLE_IDLE_TIMEOUT),
+            },
+            app,
             stop.clone(),
         ));
     }

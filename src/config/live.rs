@@ -158,6 +158,7 @@ pub fn reloaded(
     );
     later("log_format", file.log_format != running.log_format);
     later("checkpoint", file.checkpoint != running.checkpoint);
+    later("console", file.console != running.console);
     let next = Config {
         principals: file.principals,
         identities: file.identities,

@@ -20,6 +20,7 @@
 //! - [`version`]: the effective policy's canonical JSON and digest.
 
 mod checkpoint;
+mod console;
 mod credentials;
 mod identity;
 mod keys;
@@ -34,6 +35,7 @@ mod version;
 
 pub use crate::domain::policy::describe;
 pub use checkpoint::{CheckpointConfig, DEFAULT_PUBLISH_INTERVAL, PublishConfig};
+pub use console::ConsoleConfig;
 pub use identity::{
     DEFAULT_ALGORITHMS, IdentityConfig, IdentityRule, JwsAlgorithm, Key, KeyKind, KeySet,
     KeySource, MAX_JWKS_BYTES, Template,
@@ -420,6 +422,8 @@ pub struct Config {
     pub max_checks_per_digest: usize,
     pub log_format: LogFormat,
     pub tls: Option<TlsConfig>,
+    /// The approvers' web console; `None`: not served.
+    pub console: Option<ConsoleConfig>,
     pub notify: Vec<NotifyConfig>,
     pub registries: Vec<RegistryConfig>,
     pub principals: Vec<PrincipalConfig>,

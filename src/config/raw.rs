@@ -30,6 +30,7 @@ pub(super) struct RawConfig {
     pub log_format: Option<String>,
     pub docker_config: Option<PathBuf>,
     pub tls: Option<RawTls>,
+    pub console: Option<super::console::RawConsole>,
     #[serde(default)]
     pub notify: Vec<RawNotify>,
     #[serde(default)]

@@ -29,6 +29,10 @@ pub(super) fn config(raw: RawConfig, files: Files) -> Result<Loaded, ConfigError
     };
     let mut c = top_level(&raw)?;
     c.tls = raw.tls.map(|t| tls(t, &mut cx)).transpose()?;
+    c.console = raw
+        .console
+        .map(|r| super::console::console(r, &mut cx))
+        .transpose()?;
     c.notify = raw
         .notify
         .into_iter()
@@ -234,6 +238,7 @@ fn top_level(raw: &RawConfig) -> Result<Config, ConfigError> {
         max_checks_per_digest,
         log_format,
         tls: None,
+        console: None,
         notify: Vec::new(),
         registries: Vec::new(),
         principals: Vec::new(),
