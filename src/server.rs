@@ -341,6 +341,9 @@ struct Leader {
     evidence: crate::evidence::Evidence,
     metrics: Arc<Metrics>,
     notify: Vec<crate::config::NotifyConfig>,
+    slack: Vec<crate::config::SlackConfig>,
+    /// The console's public URL, which Slack messages link to.
+    console_url: Option<String>,
 }
 
 /// The subscriptions of what reports each committed change once (the
@@ -351,6 +354,7 @@ struct Followers {
     metrics_records: broadcast::Receiver<crate::domain::audit::AuditEntry>,
     notify_changes: broadcast::Receiver<crate::store::Change>,
     notify_records: broadcast::Receiver<crate::domain::audit::AuditEntry>,
+    slack_changes: broadcast::Receiver<crate::store::Change>,
 }
 
 impl Followers {
@@ -360,6 +364,7 @@ impl Followers {
             metrics_records: store.subscribe_records(),
             notify_changes: store.subscribe(),
             notify_records: store.subscribe_records(),
+            slack_changes: store.subscribe(),
         }
     }
 }
@@ -474,6 +479,14 @@ async fn lead(leader: Leader, stop: CancellationToken, from_start: Followers) {
                 leader.notify.clone(),
                 followers.notify_changes,
                 followers.notify_records,
+            ),
+        ));
+        running.spawn(until_stopped(
+            term.clone(),
+            crate::notify::slack::run(
+                leader.slack.clone(),
+                leader.console_url.clone(),
+                followers.slack_changes,
             ),
         ));
         running.close();
@@ -637,6 +650,9 @@ pub async fn run(
             evidence,
             metrics: metrics.clone(),
             notify: config.notify.clone(),
+            slack: config.slack.clone(),
+            // `[console] public_url`, once the console exists.
+            console_url: None,
         },
         stop.clone(),
         Followers::subscribe(&store),

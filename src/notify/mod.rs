@@ -1,6 +1,8 @@
 //! Webhook notifications: a JSON POST per promotion event (from the store's
 //! changes) and per drift entry (from its promotion-less records) to each
-//! configured `[[notify]]` URL that subscribed to it. Each webhook has its own bounded
+//! configured `[[notify]]` URL that subscribed to it ([`slack`]: the
+//! `kind = "slack"` entries, approval requests in a channel and their
+//! buttons). Each webhook has its own bounded
 //! queue and delivery task with retries, so a slow or dead receiver never
 //! blocks or fails a promotion; when its queue is full, events are dropped
 //! with a warning.
@@ -20,6 +22,8 @@
 //! Redirects are never followed: a receiver's 3xx is a failed attempt. A
 //! followed redirect would hand the signed body to an address nobody
 //! configured (and 302/303 would turn the POST into a GET).
+
+pub mod slack;
 
 use crate::backoff::Delays;
 use crate::config::{NotifyConfig, NotifyEvent, Secret};
