@@ -437,7 +437,21 @@ async fn a_signed_click_approves_as_the_mapped_principal_and_nothing_else_record
         said.starts_with(&format!("You approved promotion {id} (")),
         "{said}"
     );
+
+    // The same signed request again (a replay within its five minutes):
+    // answered from the record, no second entry.
+    let again = click("U0BOB", "approve", id, &hook(5));
+    assert_eq!(console.signed(&again).await, 200);
+    console.interactions.settled().await;
+    assert_eq!(console.audit().await, after);
+    assert!(
+        slack.calls_to("hooks/actions/T0TEAM/5/")[0].body["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("You approved"),
+    );
     assert_eq!(slack.calls_to("elsewhere").len(), 0);
+    assert_eq!(slack.calls_to("other").len(), 0);
 }
 
 #[tokio::test]

@@ -14,8 +14,9 @@
 //! address nobody configured).
 //!
 //! Where each message is (channel id and `ts`) is kept in memory only, for
-//! the newest [`REMEMBERED`] promotions: after a restart, or for a promotion
-//! older than those, the message is left as it was rather than a new one
+//! the newest [`REMEMBERED`] promotions, by the leading replica (which alone
+//! posts): after a restart or a change of leader, or for a promotion older
+//! than those, the message is left as it was rather than a new one
 //! posted mid-way (a second message would read as a second request). The
 //! console page it links to always shows the current state.
 

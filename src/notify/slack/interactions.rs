@@ -18,6 +18,10 @@
 //!   interaction's `response_url`: only when it is under a configured
 //!   `hooks_url` (same scheme, host and port, path under its path), never
 //!   anywhere else.
+//!
+//! A verified request can be replayed within its five minutes; that is
+//! harmless here, since an approval or rejection already recorded for the
+//! same person is a repeat the use cases answer without a new entry.
 
 use crate::config::{Config, Live, Secret};
 use crate::domain::model::{Promotion, PromotionId};
@@ -286,7 +290,8 @@ pub async fn interactions(
         &body,
         unix_now(),
     ) {
-        tracing::warn!(refused = %r, "Slack interaction refused");
+        // Debug, as for refused gRPC credentials: anyone can send these.
+        tracing::debug!(refused = %r, "Slack interaction refused");
         return (StatusCode::UNAUTHORIZED, r.to_string()).into_response();
     }
     let interaction = match parse(&body) {
