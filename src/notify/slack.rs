@@ -43,15 +43,9 @@ pub const REMEMBERED: usize = 10_000;
 /// well before, since the other lines share the message.
 const REASON_CHARS: usize = 1500;
 
-/// The HTTP client of every Slack call (Web API and `response_url`): a
-/// timeout, no proxy, no redirects followed, prodgate's user agent.
-pub(crate) fn client() -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .timeout(TIMEOUT)
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("prodgate/", env!("CARGO_PKG_VERSION")))
-        .build()
+/// The HTTP client of every Slack call (Web API and `response_url`).
+fn client() -> Result<reqwest::Client, reqwest::Error> {
+    super::client(TIMEOUT)
 }
 
 /// What a committed change asks of a Slack notifier.

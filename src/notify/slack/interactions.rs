@@ -34,7 +34,7 @@ use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio_util::task::TaskTracker;
 
 /// Where the console serves the handler.
@@ -263,13 +263,6 @@ impl SlackInteractions {
     }
 }
 
-/// Now in Unix seconds, from the wall clock: Slack's timestamps are its.
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
 /// The handler of [`PATH`]: 401 when the signature or timestamp does not
 /// verify (nothing recorded), 413 over [`MAX_BODY`], 400 for a verified
 /// body that is no interaction, otherwise 200 at once, the decision and
@@ -288,7 +281,8 @@ pub async fn interactions(
         header("x-slack-request-timestamp"),
         header("x-slack-signature"),
         &body,
-        unix_now(),
+        // The wall clock, not the injected one: Slack's timestamps are its.
+        i64::try_from(crate::notify::unix_seconds()).unwrap_or(i64::MAX),
     ) {
         // Debug, as for refused gRPC credentials: anyone can send these.
         tracing::debug!(refused = %r, "Slack interaction refused");
