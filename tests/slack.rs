@@ -181,6 +181,59 @@ async fn a_request_is_posted_with_both_buttons_and_updated_as_it_moves_on() {
     assert!(!log.contains(BOT_TOKEN) && !log.contains("s3cr3t"), "{log}");
 }
 
+#[tokio::test]
+async fn a_slack_that_keeps_refusing_never_holds_a_promotion_back() {
+    let registry = TestRegistry::start().await;
+    let slack = FakeSlack::start().await;
+    // Every Web API call is rate limited: the notifier waits and retries.
+    slack.rate_limit(u32::MAX);
+    let secrets = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&format!(
+        "{}{}",
+        standard_config(&registry.host),
+        slack_toml(secrets.path(), &slack)
+    ));
+    let mut alice = server.client("alice").await;
+    let repo = format!("{}/team/app", registry.host);
+    registry.push_image("team/app", Some("dev"), 1024, 2).await;
+    let staged = alice
+        .request_promotion(request_to(&repo, "dev", "staging"))
+        .await
+        .expect("staging")
+        .into_inner();
+    wait_for_state(
+        &mut alice,
+        &staged.id,
+        PromotionState::Promoted,
+        Duration::from_secs(10),
+    )
+    .await;
+    let p = alice
+        .request_promotion(request_to(&repo, "staging", "production"))
+        .await
+        .expect("request production")
+        .into_inner();
+    server
+        .client("bob")
+        .await
+        .approve(approve(&p.id))
+        .await
+        .expect("bob approves");
+    wait_for_state(
+        &mut alice,
+        &p.id,
+        PromotionState::Promoted,
+        Duration::from_secs(10),
+    )
+    .await;
+    let calls = slack.calls();
+    assert!(
+        calls.iter().all(|c| c.what == "429 chat.postMessage"),
+        "{calls:#?}"
+    );
+    assert!(!server.log().contains(BOT_TOKEN));
+}
+
 /// The use cases and the interactions handler in this process, served on a
 /// free port, with the fake Slack as `hooks_url`.
 struct Console {
