@@ -42,7 +42,9 @@
 //! - [`error`]: the service error every use case returns.
 //! - [`telemetry`]: logs (text or JSON).
 //! - [`metrics`]: Prometheus counters and the `/metrics` endpoint.
-//! - [`notify`]: webhook notifications of promotion and drift events.
+//! - [`notify`]: webhook notifications of promotion and drift events;
+//!   [`notify::slack`]: approval requests in Slack, updated as promotions
+//!   move on, and the handler of their Approve/Reject buttons.
 
 pub mod api;
 pub mod apply;

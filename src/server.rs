@@ -101,6 +101,8 @@ pub enum ServerError {
     },
     #[error("cannot set up authentication: {0}")]
     Auth(String),
+    #[error("cannot set up Slack interactions: {0}")]
+    Slack(String),
     #[error("cannot record the policy version in the audit log: {0}")]
     Policy(crate::error::Error),
 }
@@ -353,6 +355,9 @@ struct Leader {
     evidence: crate::evidence::Evidence,
     metrics: Arc<Metrics>,
     notify: Vec<crate::config::NotifyConfig>,
+    slack: Vec<crate::config::SlackConfig>,
+    /// The console's public URL, which Slack messages link to.
+    console_url: Option<String>,
 }
 
 /// The subscriptions of what reports each committed change once (the
@@ -363,6 +368,7 @@ struct Followers {
     metrics_records: broadcast::Receiver<crate::domain::audit::AuditEntry>,
     notify_changes: broadcast::Receiver<crate::store::Change>,
     notify_records: broadcast::Receiver<crate::domain::audit::AuditEntry>,
+    slack_changes: broadcast::Receiver<crate::store::Change>,
 }
 
 impl Followers {
@@ -372,6 +378,7 @@ impl Followers {
             metrics_records: store.subscribe_records(),
             notify_changes: store.subscribe(),
             notify_records: store.subscribe_records(),
+            slack_changes: store.subscribe(),
         }
     }
 }
@@ -486,6 +493,14 @@ async fn lead(leader: Leader, stop: CancellationToken, from_start: Followers) {
                 leader.notify.clone(),
                 followers.notify_changes,
                 followers.notify_records,
+            ),
+        ));
+        running.spawn(until_stopped(
+            term.clone(),
+            crate::notify::slack::run(
+                leader.slack.clone(),
+                leader.console_url.clone(),
+                followers.slack_changes,
             ),
         ));
         running.close();
@@ -648,7 +663,18 @@ pub async fn run(
                 clock.clone(),
             )
             .ok_or(ServerError::ConsoleKey)?;
-            Some((l, c.max_connections, crate::console::router(Arc::new(app))))
+            let mut router = crate::console::router(Arc::new(app));
+            // Slack's buttons post here, signed by Slack (no session, no
+            // CSRF token: the signature is the authentication).
+            if let Some(slack) = crate::notify::slack::interactions::SlackInteractions::new(
+                live.clone(),
+                promotions.clone(),
+            )
+            .map_err(ServerError::Slack)?
+            {
+                router = router.merge(slack.router());
+            }
+            Some((l, c.max_connections, router))
         }
         _ => None,
     };
@@ -674,6 +700,9 @@ pub async fn run(
             evidence,
             metrics: metrics.clone(),
             notify: config.notify.clone(),
+            slack: config.slack.clone(),
+            // `[console] public_url`, once the console exists.
+            console_url: config.console.as_ref().map(|c| c.public_url.clone()),
         },
         stop.clone(),
         Followers::subscribe(&store),

@@ -109,7 +109,10 @@ pub fn reloaded(
         }
     };
     later("registry", file.registries != running.registries);
-    later("notify", file.notify != running.notify);
+    later(
+        "notify",
+        file.notify != running.notify || file.slack != running.slack,
+    );
     later(
         "metrics_listen",
         file.metrics_listen != running.metrics_listen,
