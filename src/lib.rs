@@ -33,6 +33,8 @@
 //! - [`auth`]: the caller's identity from credentials: static tokens, JWTs
 //!   of trusted `[[identity]]` issuers (JWKS cached and rotated), mTLS.
 //! - [`api`]: gRPC handlers, conversions, page tokens, error -> status.
+//! - [`console`]: the approvers' web console (server-rendered pages on a
+//!   listener of their own), another client of [`promotions`].
 //! - [`server`]: wires it all up and serves until shutdown.
 //! - [`cli`]: the command line: `serve`, local tools, the gRPC client subcommands.
 //! - [`evidence`]: the audit log's signed checkpoints, inclusion and
@@ -40,7 +42,9 @@
 //! - [`error`]: the service error every use case returns.
 //! - [`telemetry`]: logs (text or JSON).
 //! - [`metrics`]: Prometheus counters and the `/metrics` endpoint.
-//! - [`notify`]: webhook notifications of promotion and drift events.
+//! - [`notify`]: webhook notifications of promotion and drift events;
+//!   [`notify::slack`]: approval requests in Slack, updated as promotions
+//!   move on, and the handler of their Approve/Reject buttons.
 
 pub mod api;
 pub mod apply;
@@ -50,6 +54,7 @@ pub mod backoff;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod domain;
 pub mod drift;
 pub mod error;

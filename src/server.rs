@@ -74,6 +74,14 @@ pub enum ServerError {
     Descriptors(#[from] prost::DecodeError),
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("cannot listen for the console on {addr}: {source}")]
+    ConsoleListen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("console.session_key_file could not be read")]
+    ConsoleKey,
     #[error("cannot listen for metrics on {addr}: {source}")]
     MetricsListen {
         addr: String,
@@ -93,11 +101,17 @@ pub enum ServerError {
     },
     #[error("cannot set up authentication: {0}")]
     Auth(String),
+    #[error("cannot set up Slack interactions: {0}")]
+    Slack(String),
     #[error("cannot record the policy version in the audit log: {0}")]
     Policy(crate::error::Error),
 }
 
 /// Installs the process-wide TLS crypto provider (ring). Safe to call twice.
+/// The console's idle limit at least: its event streams send a comment
+/// every 15 s.
+const CONSOLE_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub fn install_crypto_provider() {
     // Err means one is already installed, which is what we want.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -341,6 +355,9 @@ struct Leader {
     evidence: crate::evidence::Evidence,
     metrics: Arc<Metrics>,
     notify: Vec<crate::config::NotifyConfig>,
+    slack: Vec<crate::config::SlackConfig>,
+    /// The console's public URL, which Slack messages link to.
+    console_url: Option<String>,
 }
 
 /// The subscriptions of what reports each committed change once (the
@@ -351,6 +368,7 @@ struct Followers {
     metrics_records: broadcast::Receiver<crate::domain::audit::AuditEntry>,
     notify_changes: broadcast::Receiver<crate::store::Change>,
     notify_records: broadcast::Receiver<crate::domain::audit::AuditEntry>,
+    slack_changes: broadcast::Receiver<crate::store::Change>,
 }
 
 impl Followers {
@@ -360,6 +378,7 @@ impl Followers {
             metrics_records: store.subscribe_records(),
             notify_changes: store.subscribe(),
             notify_records: store.subscribe_records(),
+            slack_changes: store.subscribe(),
         }
     }
 }
@@ -476,6 +495,14 @@ async fn lead(leader: Leader, stop: CancellationToken, from_start: Followers) {
                 followers.notify_records,
             ),
         ));
+        running.spawn(until_stopped(
+            term.clone(),
+            crate::notify::slack::run(
+                leader.slack.clone(),
+                leader.console_url.clone(),
+                followers.slack_changes,
+            ),
+        ));
         running.close();
         running.wait().await;
         drop(leadership);
@@ -529,6 +556,15 @@ pub async fn run(
             })?),
             None => None,
         };
+    let console_listener = match &config.console {
+        Some(c) => Some(TcpListener::bind(&c.listen).await.map_err(|source| {
+            ServerError::ConsoleListen {
+                addr: c.listen.clone(),
+                source,
+            }
+        })?),
+        None => None,
+    };
     let metrics = Metrics::new(config.environments.iter().map(|e| e.name.clone()).collect())?;
     let opening = std::time::Instant::now();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -612,9 +648,36 @@ pub async fn run(
     let evidence = crate::evidence::Evidence::new(store.clone(), config.checkpoint.as_ref());
     let api = PromotionServiceServer::new(PromotionApi::new(promotions.clone(), evidence.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let authenticator = Authenticator::new(live.clone(), clock.clone(), Some(metrics.clone()))
-        .map_err(ServerError::Auth)?;
-    let authenticated: Svc = Authenticate::new(api, Arc::new(authenticator));
+    let authenticator = Arc::new(
+        Authenticator::new(live.clone(), clock.clone(), Some(metrics.clone()))
+            .map_err(ServerError::Auth)?,
+    );
+    let authenticated: Svc = Authenticate::new(api, authenticator.clone());
+    let console = match (&config.console, console_listener) {
+        (Some(c), Some(l)) => {
+            let app = crate::console::Console::new(
+                promotions.clone(),
+                authenticator.clone(),
+                live.clone(),
+                c.clone(),
+                clock.clone(),
+            )
+            .ok_or(ServerError::ConsoleKey)?;
+            let mut router = crate::console::router(Arc::new(app));
+            // Slack's buttons post here, signed by Slack (no session, no
+            // CSRF token: the signature is the authentication).
+            if let Some(slack) = crate::notify::slack::interactions::SlackInteractions::new(
+                live.clone(),
+                promotions.clone(),
+            )
+            .map_err(ServerError::Slack)?
+            {
+                router = router.merge(slack.router());
+            }
+            Some((l, c.max_connections, router))
+        }
+        _ => None,
+    };
     let routes = tonic::service::Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -637,6 +700,9 @@ pub async fn run(
             evidence,
             metrics: metrics.clone(),
             notify: config.notify.clone(),
+            slack: config.slack.clone(),
+            // `[console] public_url`, once the console exists.
+            console_url: config.console.as_ref().map(|c| c.public_url.clone()),
         },
         stop.clone(),
         Followers::subscribe(&store),
@@ -664,6 +730,23 @@ pub async fn run(
                 idle_timeout: config.idle_timeout,
             },
             crate::metrics::app(metrics.clone(), store.clone()),
+            stop.clone(),
+        ));
+    }
+    if let Some((l, max_connections, app)) = console {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(%addr, "serving the console");
+        }
+        background.spawn(http1::serve(
+            l,
+            http1::Limits {
+                setting: "console.max_connections",
+                max_connections,
+                head_timeout: config.handshake_timeout,
+                // Above the event streams' keep-alive comments (15 s).
+                idle_timeout: config.idle_timeout.max(CONSOLE_IDLE_TIMEOUT),
+            },
+            app,
             stop.clone(),
         ));
     }

@@ -19,6 +19,7 @@ const DEPLOY_FILES: &[&str] = &[
     "README.md",
     "ci/promote-to-production.gitlab-ci.yml",
     "ci/promote-to-production.yml",
+    "dev-console.key",
     "kubernetes/gateway.yaml",
     "kubernetes/headless-service.yaml",
     "kubernetes/kustomization.yaml",

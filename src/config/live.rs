@@ -109,7 +109,10 @@ pub fn reloaded(
         }
     };
     later("registry", file.registries != running.registries);
-    later("notify", file.notify != running.notify);
+    later(
+        "notify",
+        file.notify != running.notify || file.slack != running.slack,
+    );
     later(
         "metrics_listen",
         file.metrics_listen != running.metrics_listen,
@@ -158,6 +161,7 @@ pub fn reloaded(
     );
     later("log_format", file.log_format != running.log_format);
     later("checkpoint", file.checkpoint != running.checkpoint);
+    later("console", file.console != running.console);
     let next = Config {
         principals: file.principals,
         identities: file.identities,

@@ -20,6 +20,7 @@
 //! - [`version`]: the effective policy's canonical JSON and digest.
 
 mod checkpoint;
+mod console;
 mod credentials;
 mod identity;
 mod keys;
@@ -34,6 +35,7 @@ mod version;
 
 pub use crate::domain::policy::describe;
 pub use checkpoint::{CheckpointConfig, DEFAULT_PUBLISH_INTERVAL, PublishConfig};
+pub use console::ConsoleConfig;
 pub use identity::{
     DEFAULT_ALGORITHMS, IdentityConfig, IdentityRule, JwsAlgorithm, Key, KeyKind, KeySet,
     KeySource, MAX_JWKS_BYTES, Template,
@@ -93,6 +95,11 @@ pub const DEFAULT_APPLY_DEADLINE: Duration = Duration::from_secs(3600);
 /// `wait_ttl`: how long a promotion that has its approvals may wait for
 /// the other gates (WAITING) before it ends EXPIRED.
 pub const DEFAULT_WAIT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Slack's Web API (`[[notify]] api_url`).
+pub const DEFAULT_SLACK_API_URL: &str = "https://slack.com/api";
+/// Where Slack's `response_url`s live (`[[notify]] hooks_url`).
+pub const DEFAULT_SLACK_HOOKS_URL: &str = "https://hooks.slack.com/";
 
 /// What to do with the files a config names and the server reads when it
 /// starts (registry `password_file` and `ca_cert`, `[tls]` files,
@@ -365,6 +372,26 @@ pub struct NotifyConfig {
     pub secret: Option<Secret>,
 }
 
+/// `[[notify]] kind = "slack"`: approval requests posted to a Slack
+/// channel, whose buttons come back as interactions (see
+/// [`crate::notify::slack`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlackConfig {
+    /// Where messages go: a channel id (`C0123…`) or name (`#releases`).
+    pub channel: String,
+    /// From `bot_token_file` (`xoxb-…`); `None` only when `check-config`
+    /// did not find the file on this machine.
+    pub bot_token: Option<Secret>,
+    /// From `signing_secret_file`: verifies the interactions Slack sends;
+    /// `None` as for `bot_token`.
+    pub signing_secret: Option<Secret>,
+    /// The Web API base, without a trailing slash (`https://slack.com/api`).
+    pub api_url: String,
+    /// The only base prodgate posts an interaction's `response_url` under,
+    /// with a trailing slash (`https://hooks.slack.com/`).
+    pub hooks_url: String,
+}
+
 /// Key material read from a file. Its `Debug` shows only the length, so a
 /// config printed with `{:?}` (or a log of one) carries no secret.
 #[derive(Clone, PartialEq, Eq)]
@@ -420,7 +447,12 @@ pub struct Config {
     pub max_checks_per_digest: usize,
     pub log_format: LogFormat,
     pub tls: Option<TlsConfig>,
+    /// The approvers' web console; `None`: not served.
+    pub console: Option<ConsoleConfig>,
+    /// `[[notify]]` webhooks (the default kind).
     pub notify: Vec<NotifyConfig>,
+    /// `[[notify]] kind = "slack"` entries, in file order.
+    pub slack: Vec<SlackConfig>,
     pub registries: Vec<RegistryConfig>,
     pub principals: Vec<PrincipalConfig>,
     /// Issuers whose JWTs authenticate callers, mapped to principals by
@@ -458,6 +490,22 @@ impl Config {
             .filter(|n| *n != name)
             .cloned()
             .collect()
+    }
+
+    /// The principal that claims `alias` in its `aliases` (as
+    /// `slack:U0123ABCD`), acting under that alias: the audit log records
+    /// the alias, the principal's groups count, and its other names are the
+    /// same person. `None` when no principal claims it.
+    pub fn principal_by_alias(&self, alias: &str) -> Option<crate::domain::policy::Principal> {
+        let p = self
+            .principals
+            .iter()
+            .find(|p| p.aliases.iter().any(|a| a == alias))?;
+        Some(crate::domain::policy::Principal {
+            name: alias.to_owned(),
+            groups: p.groups.clone(),
+            aliases: self.other_names(alias),
+        })
     }
 
     /// The file at `path`, every file it names read ([`Files::Read`]);
@@ -796,6 +844,104 @@ approval_ttl = "2h"
         assert_eq!(checked.config.notify[0].secret, None);
         assert_eq!(checked.warnings.len(), 1, "{:?}", checked.warnings);
         assert_eq!(checked.warnings[0].key, "notify[0].secret_file");
+    }
+
+    #[test]
+    fn a_slack_notifier_reads_its_secrets_and_checks_its_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("bot.token");
+        let signing = dir.path().join("signing.secret");
+        std::fs::write(&token, "xoxb-s3cr3t-token\n").unwrap();
+        std::fs::write(&signing, "s1gn1ng-s3cr3t\n").unwrap();
+        let slack = |extra: &str| {
+            format!(
+                "{}[[notify]]\nkind = \"slack\"\nchannel = \"C0RELEASE\"\nbot_token_file = {:?}\n\
+                 signing_secret_file = {:?}\n{extra}",
+                base(),
+                token.display().to_string(),
+                signing.display().to_string()
+            )
+        };
+        let c = Config::parse(&slack("")).unwrap();
+        assert!(c.notify.is_empty());
+        let s = &c.slack[0];
+        assert_eq!(s.channel, "C0RELEASE");
+        assert_eq!(s.bot_token.as_ref().unwrap().expose(), b"xoxb-s3cr3t-token");
+        assert_eq!(
+            s.signing_secret.as_ref().unwrap().expose(),
+            b"s1gn1ng-s3cr3t"
+        );
+        assert_eq!(s.api_url, DEFAULT_SLACK_API_URL);
+        assert_eq!(s.hooks_url, DEFAULT_SLACK_HOOKS_URL);
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+
+        let c = Config::parse(&slack(
+            "api_url = \"http://127.0.0.1:9/api/\"\nhooks_url = \"http://127.0.0.1:9/hooks\"\n",
+        ))
+        .unwrap();
+        assert_eq!(c.slack[0].api_url, "http://127.0.0.1:9/api");
+        assert_eq!(c.slack[0].hooks_url, "http://127.0.0.1:9/hooks/");
+
+        let refused = |extra: &str| Config::parse(&slack(extra)).unwrap_err().to_string();
+        let e = refused("url = \"https://x.example/\"\n");
+        assert!(
+            e.starts_with("notify[0].url: only for kind = \"webhook\""),
+            "{e}"
+        );
+        let e = refused("events = [\"promoted\"]\n");
+        assert!(e.starts_with("notify[0].events: "), "{e}");
+        let e = refused("hooks_url = \"https://u:p@hooks.example/\"\n");
+        assert!(
+            e.starts_with("notify[0].hooks_url: ") && !e.contains(":p@"),
+            "{e}"
+        );
+        let e = refused("api_url = \"ftp://slack.example\"\n");
+        assert!(e.starts_with("notify[0].api_url: "), "{e}");
+
+        let e = Config::parse(&format!("{}[[notify]]\nkind = \"slack\"\n", base()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("notify[0].channel: required"), "{e}");
+        let e = Config::parse(&format!("{}[[notify]]\nkind = \"pager\"\n", base()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("notify[0].kind: "), "{e}");
+        let e = Config::parse(&format!(
+            "{}[[notify]]\nevents = [\"promoted\"]\nchannel = \"C1\"\n",
+            base()
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("notify[0].channel: only for kind = \"slack\""),
+            "{e}"
+        );
+        let e = Config::parse(&format!("{}[[notify]]\nevents = [\"promoted\"]\n", base()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("notify[0].url: required"), "{e}");
+
+        // check-config on another machine: absent files are warnings.
+        std::fs::remove_file(&token).unwrap();
+        let checked = Config::parse_with(&slack(""), Files::WarnIfAbsent).unwrap();
+        assert_eq!(checked.config.slack[0].bot_token, None);
+        assert_eq!(checked.warnings[0].key, "notify[0].bot_token_file");
+    }
+
+    #[test]
+    fn a_slack_alias_acts_as_its_principal_under_its_own_name() {
+        let c = Config::parse(&format!(
+            "{}[[principal]]\nname = \"bob\"\ntoken_sha256 = \"{TOKEN_HASH}\"\ngroups = [\"rm\"]\naliases = [\"slack:U0BOB\", \"sso:bob\"]\n",
+            base()
+        ))
+        .unwrap();
+        let who = c.principal_by_alias("slack:U0BOB").unwrap();
+        assert_eq!(who.name, "slack:U0BOB");
+        assert_eq!(who.groups, ["rm"]);
+        assert_eq!(who.aliases, ["bob", "sso:bob"]);
+        assert!(c.principal_by_alias("slack:U0NOBODY").is_none());
+        assert!(c.principal_by_alias("bob").is_none(), "a name is no alias");
     }
 
     #[test]

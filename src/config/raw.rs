@@ -30,6 +30,7 @@ pub(super) struct RawConfig {
     pub log_format: Option<String>,
     pub docker_config: Option<PathBuf>,
     pub tls: Option<RawTls>,
+    pub console: Option<super::console::RawConsole>,
     #[serde(default)]
     pub notify: Vec<RawNotify>,
     #[serde(default)]
@@ -78,9 +79,18 @@ pub(super) struct RawTls {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawNotify {
-    pub url: String,
-    pub events: Vec<String>,
+    /// `"webhook"` (the default) or `"slack"`.
+    pub kind: Option<String>,
+    // A webhook's keys.
+    pub url: Option<String>,
+    pub events: Option<Vec<String>>,
     pub secret_file: Option<PathBuf>,
+    // A Slack notifier's keys.
+    pub channel: Option<String>,
+    pub bot_token_file: Option<PathBuf>,
+    pub signing_secret_file: Option<PathBuf>,
+    pub api_url: Option<String>,
+    pub hooks_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -13,8 +13,9 @@ use super::{
     DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_LISTEN,
     DEFAULT_MAX_CHECKS_PER_DIGEST, DEFAULT_MAX_CONNECTION_AGE, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_WATCHES_PER_PRINCIPAL, DEFAULT_METRICS_MAX_CONNECTIONS, DEFAULT_REGISTRY_TIMEOUT,
-    Files, Loaded, LogFormat, NotifyConfig, NotifyEvent, PolicyVersion, PrincipalConfig,
-    ProjectConfig, RegistryConfig, RepositoryPattern, Secret, TlsConfig, credentials, invalid,
+    DEFAULT_SLACK_API_URL, DEFAULT_SLACK_HOOKS_URL, Files, Loaded, LogFormat, NotifyConfig,
+    NotifyEvent, PolicyVersion, PrincipalConfig, ProjectConfig, RegistryConfig, RepositoryPattern,
+    Secret, SlackConfig, TlsConfig, credentials, invalid,
 };
 use crate::domain::names::{Repository, validate_tag};
 use crate::domain::policy::{Approver, EnvironmentPolicy};
@@ -29,12 +30,23 @@ pub(super) fn config(raw: RawConfig, files: Files) -> Result<Loaded, ConfigError
     };
     let mut c = top_level(&raw)?;
     c.tls = raw.tls.map(|t| tls(t, &mut cx)).transpose()?;
-    c.notify = raw
-        .notify
-        .into_iter()
-        .enumerate()
-        .map(|(i, n)| notify(i, n, &mut cx))
-        .collect::<Result<_, _>>()?;
+    c.console = raw
+        .console
+        .map(|r| super::console::console(r, &mut cx))
+        .transpose()?;
+    for (i, n) in raw.notify.into_iter().enumerate() {
+        match notify(i, n, &mut cx)? {
+            Notifier::Webhook(w) => c.notify.push(w),
+            Notifier::Slack(s) => c.slack.push(s),
+        }
+    }
+    if !c.slack.is_empty() && c.console.is_none() {
+        cx.warn(
+            "notify",
+            "a Slack notifier without [console]: its messages have no link, and the Approve and \
+             Reject buttons have nowhere to post ({console public_url}/slack/interactions)",
+        );
+    }
     let docker = credentials::DockerConfig::load(raw.docker_config.as_deref(), &mut cx)?;
     c.registries = registries(raw.registry, docker.as_ref(), &mut cx)?;
     c.principals = principals(raw.principal)?;
@@ -234,7 +246,9 @@ fn top_level(raw: &RawConfig) -> Result<Config, ConfigError> {
         max_checks_per_digest,
         log_format,
         tls: None,
+        console: None,
         notify: Vec::new(),
+        slack: Vec::new(),
         registries: Vec::new(),
         principals: Vec::new(),
         identities: Vec::new(),
@@ -284,16 +298,68 @@ fn tls(t: RawTls, cx: &mut Cx) -> Result<TlsConfig, ConfigError> {
     })
 }
 
-/// `[[notify]]` number `i`.
-fn notify(i: usize, n: RawNotify, cx: &mut Cx) -> Result<NotifyConfig, ConfigError> {
-    if !(n.url.starts_with("http://") || n.url.starts_with("https://")) {
+/// One `[[notify]]` entry, by its `kind`.
+enum Notifier {
+    Webhook(NotifyConfig),
+    Slack(SlackConfig),
+}
+
+/// `[[notify]]` number `i`: a webhook (the default `kind`) or Slack. A key
+/// of the other kind is refused rather than ignored.
+fn notify(i: usize, n: RawNotify, cx: &mut Cx) -> Result<Notifier, ConfigError> {
+    let key = |k: &str| format!("notify[{i}].{k}");
+    let kind = n.kind.as_deref().unwrap_or("webhook");
+    let only = |k: &str, present: bool, of: &str| match present {
+        true => Err(invalid(key(k), format!("only for kind = \"{of}\""))),
+        false => Ok(()),
+    };
+    match kind {
+        "webhook" => {
+            only("channel", n.channel.is_some(), "slack")?;
+            only("bot_token_file", n.bot_token_file.is_some(), "slack")?;
+            only(
+                "signing_secret_file",
+                n.signing_secret_file.is_some(),
+                "slack",
+            )?;
+            only("api_url", n.api_url.is_some(), "slack")?;
+            only("hooks_url", n.hooks_url.is_some(), "slack")?;
+            webhook(i, n, cx).map(Notifier::Webhook)
+        }
+        "slack" => {
+            only("url", n.url.is_some(), "webhook")?;
+            only("secret_file", n.secret_file.is_some(), "webhook")?;
+            if n.events.is_some() {
+                return Err(invalid(
+                    key("events"),
+                    "a Slack notifier posts each approval request and updates that message as \
+                     the promotion moves on; it takes no events list",
+                ));
+            }
+            slack(i, n, cx).map(Notifier::Slack)
+        }
+        other => Err(invalid(
+            key("kind"),
+            format!("{other:?} is not one of webhook, slack"),
+        )),
+    }
+}
+
+fn webhook(i: usize, n: RawNotify, cx: &mut Cx) -> Result<NotifyConfig, ConfigError> {
+    let url = n
+        .url
+        .ok_or_else(|| invalid(format!("notify[{i}].url"), "required for a webhook"))?;
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err(invalid(
             format!("notify[{i}].url"),
-            format!("{:?} is not an http(s) URL", n.url),
+            format!("{url:?} is not an http(s) URL"),
         ));
     }
+    let names = n
+        .events
+        .ok_or_else(|| invalid(format!("notify[{i}].events"), "required for a webhook"))?;
     let mut events = Vec::new();
-    for (j, e) in n.events.iter().enumerate() {
+    for (j, e) in names.iter().enumerate() {
         let ev = NotifyEvent::ALL
             .into_iter()
             .find(|x| x.name() == e)
@@ -310,28 +376,87 @@ fn notify(i: usize, n: RawNotify, cx: &mut Cx) -> Result<NotifyConfig, ConfigErr
     }
     let secret = match &n.secret_file {
         None => None,
-        Some(path) => {
-            let key = format!("notify[{i}].secret_file");
-            match cx.read(&key, path)? {
-                None => None,
-                Some(mut bytes) => {
-                    // `echo KEY > file` leaves a newline the sender's key lacks.
-                    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                        bytes.pop();
-                    }
-                    if bytes.is_empty() {
-                        return Err(invalid(key, format!("{} is empty", path.display())));
-                    }
-                    Some(Secret::new(bytes))
-                }
-            }
-        }
+        Some(path) => secret_file(&format!("notify[{i}].secret_file"), path, cx)?,
     };
     Ok(NotifyConfig {
-        url: n.url,
+        url,
         events,
         secret,
     })
+}
+
+fn slack(i: usize, n: RawNotify, cx: &mut Cx) -> Result<SlackConfig, ConfigError> {
+    let key = |k: &str| format!("notify[{i}].{k}");
+    let channel = n
+        .channel
+        .filter(|c| !c.trim().is_empty())
+        .ok_or_else(|| invalid(key("channel"), "required for kind = \"slack\""))?;
+    let file = |k: &str, path: Option<PathBuf>, cx: &mut Cx| match path {
+        None => Err(invalid(key(k), "required for kind = \"slack\"")),
+        Some(path) => secret_file(&key(k), &path, cx),
+    };
+    let bot_token = file("bot_token_file", n.bot_token_file, cx)?;
+    let signing_secret = file("signing_secret_file", n.signing_secret_file, cx)?;
+    let api_url = base_url(
+        &key("api_url"),
+        n.api_url.as_deref().unwrap_or(DEFAULT_SLACK_API_URL),
+    )?;
+    let mut hooks_url = base_url(
+        &key("hooks_url"),
+        n.hooks_url.as_deref().unwrap_or(DEFAULT_SLACK_HOOKS_URL),
+    )?;
+    // A prefix of whole path segments: `/hooks` must not admit `/hooksevil`.
+    if !hooks_url.ends_with('/') {
+        hooks_url.push('/');
+    }
+    Ok(SlackConfig {
+        channel,
+        bot_token,
+        signing_secret,
+        api_url: api_url.trim_end_matches('/').to_owned(),
+        hooks_url,
+    })
+}
+
+/// An http(s) URL with a host and nothing a base cannot have (user,
+/// query, fragment), as written.
+fn base_url(key: &str, url: &str) -> Result<String, ConfigError> {
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| invalid(key, format!("{url:?} is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(invalid(key, format!("{url:?} is not an http(s) URL")));
+    }
+    if !parsed.username().is_empty()
+        || parsed.password().is_some()
+        || parsed.query().is_some()
+        || parsed.fragment().is_some()
+    {
+        return Err(invalid(
+            key,
+            format!(
+                "{}://{}{} must be a plain base URL, without a user, query or fragment",
+                parsed.scheme(),
+                parsed.host_str().unwrap_or(""),
+                parsed.path()
+            ),
+        ));
+    }
+    Ok(url.to_owned())
+}
+
+/// A key file (`echo KEY > file` leaves a newline the sender's key lacks,
+/// so trailing line breaks go); `None` when `check-config` did not find it.
+fn secret_file(key: &str, path: &Path, cx: &mut Cx) -> Result<Option<Secret>, ConfigError> {
+    let Some(mut bytes) = cx.read(key, path)? else {
+        return Ok(None);
+    };
+    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        bytes.pop();
+    }
+    if bytes.is_empty() {
+        return Err(invalid(key, format!("{} is empty", path.display())));
+    }
+    Ok(Some(Secret::new(bytes)))
 }
 
 /// Every `[[registry]]`: hosts are unique and parse as registry hosts.

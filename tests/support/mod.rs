@@ -10,6 +10,7 @@ pub mod postgres;
 pub mod proxy;
 pub mod registry;
 pub mod server;
+pub mod slack;
 pub mod token_server;
 
 use registry::TestRegistry;

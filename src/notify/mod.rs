@@ -1,9 +1,10 @@
 //! Webhook notifications: a JSON POST per promotion event (from the store's
 //! changes) and per drift entry (from its promotion-less records) to each
-//! configured `[[notify]]` URL that subscribed to it. Each webhook has its own bounded
-//! queue and delivery task with retries, so a slow or dead receiver never
-//! blocks or fails a promotion; when its queue is full, events are dropped
-//! with a warning.
+//! configured `[[notify]]` URL that subscribed to it. Each webhook has its
+//! own bounded queue and delivery task with retries, so a slow or dead
+//! receiver never blocks or fails a promotion; when its queue is full,
+//! events are dropped with a warning. [`slack`] owns the `kind = "slack"`
+//! entries: approval requests in a channel, and their buttons.
 //!
 //! Every delivery is signed when its webhook has a `secret_file`, twice
 //! with the same key, so receivers can reuse the verification they have:
@@ -20,6 +21,8 @@
 //! Redirects are never followed: a receiver's 3xx is a failed attempt. A
 //! followed redirect would hand the signed body to an address nobody
 //! configured (and 302/303 would turn the POST into a GET).
+
+pub mod slack;
 
 use crate::backoff::Delays;
 use crate::config::{NotifyConfig, NotifyEvent, Secret};
@@ -192,13 +195,7 @@ pub async fn run(
     if hooks.is_empty() {
         return;
     }
-    let client = match reqwest::Client::builder()
-        .timeout(TIMEOUT)
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("prodgate/", env!("CARGO_PKG_VERSION")))
-        .build()
-    {
+    let client = match client(TIMEOUT) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the webhook client; notifications are off");
@@ -247,6 +244,17 @@ pub async fn run(
             },
         }
     }
+}
+
+/// The HTTP client of every notification (webhooks, Slack): a timeout, no
+/// proxy, no redirects followed, prodgate's user agent.
+fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("prodgate/", env!("CARGO_PKG_VERSION")))
+        .build()
 }
 
 fn hmac(key: &Secret) -> Hmac<Sha256> {

@@ -1,0 +1,541 @@
+//! The approvers' web console (`[console]`): server-rendered pages on a
+//! listener of their own, another client of the same use cases as the gRPC
+//! API: every action goes through `Promotions` with the signed-in
+//! principal, so authorization and the audit entry are the gRPC call's.
+//!
+//! - Sign-in: `token_login` (a `[[principal]]` token, checked by the gRPC
+//!   authenticator; development and the README). The session is a sealed
+//!   cookie ([`session`]).
+//! - Pages: `/` (what awaits me, my requests, the latest) and
+//!   `/promotions/{id}` (state, approvals, gates, audit entries; Approve,
+//!   Reject, Cancel, break-glass). `GET /promotions/{id}/events` streams a
+//!   `change` event per change (Server-Sent Events); `console.js` then
+//!   re-reads the page's live section.
+//! - Safety: every state change is a POST carrying the session's CSRF
+//!   token and an `Origin` equal to `public_url`'s (else 403, nothing
+//!   recorded); a Content-Security-Policy that allows no inline script or
+//!   style; maud escapes every value ([`pages`]); the listener has the
+//!   connection cap and deadlines of `server::http1`.
+
+pub mod pages;
+pub mod session;
+
+use crate::auth::Authenticator;
+use crate::clock::Clock;
+use crate::config::{ConsoleConfig, Live};
+use crate::domain::machine;
+use crate::domain::model::{PromotionId, State};
+use crate::domain::policy::Principal;
+use crate::error::Error;
+use crate::promotions::{HistoryQuery, ListQuery, Promotions};
+use crate::store::{HistoryFilter, ListFilter};
+use axum::Router;
+use axum::extract::{Form, Path, State as Extract};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use maud::Markup;
+use pages::Reader;
+use serde::Deserialize;
+use session::{Sealer, Session, Via};
+use std::sync::Arc;
+
+/// The policy every console response carries: scripts and styles from
+/// this origin only (no inline ones), forms post here only, no framing.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+     connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// The largest form the console reads (a comment is at most 4096 bytes).
+const MAX_FORM: usize = 16 * 1024;
+
+/// Promotions listed per section of `/`.
+const LISTED: usize = 50;
+
+pub struct Console {
+    promotions: Promotions,
+    auth: Arc<Authenticator>,
+    live: Live,
+    config: ConsoleConfig,
+    sealer: Sealer,
+    clock: Arc<dyn Clock>,
+}
+
+impl Console {
+    /// `None` when the session key could not be read (only `check-config`
+    /// tolerates that; `serve` reads every file).
+    pub fn new(
+        promotions: Promotions,
+        auth: Arc<Authenticator>,
+        live: Live,
+        config: ConsoleConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Option<Console> {
+        let key = config.session_key.clone()?;
+        let sealer = Sealer::new(key.expose(), config.secure_cookies(), config.session_ttl);
+        Some(Console {
+            promotions,
+            auth,
+            live,
+            config,
+            sealer,
+            clock,
+        })
+    }
+
+    /// The principal a session acts as now: a token session's groups are
+    /// the running config's (a principal removed since has no session).
+    fn principal(&self, s: &Session) -> Option<Principal> {
+        let config = self.live.get();
+        let mut who = match s.via {
+            Via::Token => {
+                let p = config.principals.iter().find(|p| p.name == s.principal)?;
+                Principal::new(p.name.clone(), p.groups.clone())
+            }
+            Via::Oidc => Principal::new(s.principal.clone(), s.groups.clone()),
+        };
+        who.aliases = config.other_names(&who.name);
+        Some(who)
+    }
+
+    fn session(&self, headers: &HeaderMap) -> Option<(Session, Principal)> {
+        let s = self.sealer.open(headers, self.clock.now())?;
+        let who = self.principal(&s)?;
+        Some((s, who))
+    }
+}
+
+type Shared = Arc<Console>;
+
+/// Every route of the console.
+pub fn router(console: Shared) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/login", get(login_page).post(login))
+        .route("/logout", post(logout))
+        .route("/promotions/{id}", get(promotion_page))
+        .route("/promotions/{id}/approve", post(approve))
+        .route("/promotions/{id}/reject", post(reject))
+        .route("/promotions/{id}/cancel", post(cancel))
+        .route("/promotions/{id}/events", get(events))
+        .route("/static/console.js", get(script))
+        .route("/static/console.css", get(style))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM))
+        .layer(axum::middleware::map_response(secure_headers))
+        .with_state(console)
+}
+
+async fn secure_headers(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert("content-security-policy", HeaderValue::from_static(CSP));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    r
+}
+
+fn page(status: StatusCode, markup: Markup) -> Response {
+    (status, markup).into_response()
+}
+
+fn to_login() -> Response {
+    Redirect::to("/login").into_response()
+}
+
+/// Refused before anything is read or recorded: a POST whose `Origin` is
+/// not the console's own (a cross-site form), or without the session's
+/// CSRF token.
+fn forbidden(reader: Option<&Reader<'_>>, why: &str) -> Response {
+    page(
+        StatusCode::FORBIDDEN,
+        pages::problem(reader, "Refused", why),
+    )
+}
+
+fn same_origin(c: &Console, headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .is_some_and(|o| o == c.config.origin)
+}
+
+async fn script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("console.js"),
+    )
+        .into_response()
+}
+
+async fn style() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("console.css"),
+    )
+        .into_response()
+}
+
+async fn login_page(Extract(c): Extract<Shared>, headers: HeaderMap) -> Response {
+    if c.session(&headers).is_some() {
+        return Redirect::to("/").into_response();
+    }
+    page(StatusCode::OK, pages::login(c.config.token_login, None))
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+async fn login(
+    Extract(c): Extract<Shared>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    if !same_origin(&c, &headers) {
+        return forbidden(None, "this form must be sent from the console's own pages");
+    }
+    if !c.config.token_login {
+        return page(StatusCode::NOT_FOUND, pages::login(false, None));
+    }
+    let refused = || {
+        page(
+            StatusCode::UNAUTHORIZED,
+            pages::login(true, Some("That token is not accepted.")),
+        )
+    };
+    let Ok(value) = HeaderValue::from_str(&format!("Bearer {}", form.token.trim())) else {
+        return refused();
+    };
+    let mut bearer = HeaderMap::new();
+    bearer.insert(header::AUTHORIZATION, value);
+    let Ok(who) = c.auth.authenticate(&bearer, None).await else {
+        return refused();
+    };
+    // A token that names a [[principal]] keeps its groups in the config; a
+    // JWT pasted here is an identity's (its rules mapped the groups).
+    let via = if c.live.get().principals.iter().any(|p| p.name == who.name) {
+        Via::Token
+    } else {
+        Via::Oidc
+    };
+    let s = Session::new(
+        who.name,
+        who.groups,
+        via,
+        c.clock.now(),
+        c.config.session_ttl,
+    );
+    ([(header::SET_COOKIE, c.sealer.seal(&s))], Redirect::to("/")).into_response()
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn logout(
+    Extract(c): Extract<Shared>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let session = c.session(&headers);
+    if let Some((s, _)) = &session
+        && (!same_origin(&c, &headers) || !s.csrf_matches(&form.csrf))
+    {
+        return forbidden(None, "sign out from the console's own pages");
+    }
+    (
+        [(header::SET_COOKIE, c.sealer.clear())],
+        Redirect::to("/login"),
+    )
+        .into_response()
+}
+
+fn reader<'a>(s: &'a Session, who: &'a Principal) -> Reader<'a> {
+    Reader {
+        name: &who.name,
+        groups: &who.groups,
+        csrf: &s.csrf,
+    }
+}
+
+async fn index(Extract(c): Extract<Shared>, headers: HeaderMap) -> Response {
+    let Some((s, who)) = c.session(&headers) else {
+        return to_login();
+    };
+    let listed = |awaiting: Option<Principal>, state: Option<State>| ListQuery {
+        filter: ListFilter {
+            state,
+            ..ListFilter::default()
+        },
+        after: None,
+        limit: LISTED,
+        newest_first: true,
+        awaiting,
+        project: None,
+        request: None,
+    };
+    let awaiting = c
+        .promotions
+        .list(listed(Some(who.clone()), Some(State::PendingApproval)))
+        .await;
+    let latest = c.promotions.list(listed(None, None)).await;
+    match (awaiting, latest) {
+        (Ok(awaiting), Ok(latest)) => {
+            let mine: Vec<_> = latest
+                .items
+                .iter()
+                .filter(|p| who.is(&p.requested_by))
+                .cloned()
+                .collect();
+            page(
+                StatusCode::OK,
+                pages::index(&reader(&s, &who), &awaiting.items, &mine, &latest.items),
+            )
+        }
+        (Err(e), _) | (_, Err(e)) => failure(Some(&reader(&s, &who)), e),
+    }
+}
+
+/// A use case's refusal as the console answers it: the HTTP status of its
+/// gRPC code, and the sentence the gRPC call would carry.
+fn refusal(e: Error, subject: &str) -> (StatusCode, String) {
+    let status = crate::api::error::status(e, subject);
+    let code = match status.code() {
+        tonic::Code::NotFound => StatusCode::NOT_FOUND,
+        tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
+        tonic::Code::InvalidArgument | tonic::Code::OutOfRange => StatusCode::BAD_REQUEST,
+        tonic::Code::FailedPrecondition | tonic::Code::AlreadyExists => StatusCode::CONFLICT,
+        tonic::Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (code, status.message().to_owned())
+}
+
+/// A use case's error as a page of its own.
+fn failure(reader: Option<&Reader<'_>>, e: Error) -> Response {
+    let (code, message) = refusal(e, "");
+    page(code, pages::problem(reader, "Refused", &message))
+}
+
+fn promotion_id(raw: &str) -> Option<PromotionId> {
+    crate::api::convert::promotion_id(raw).ok()
+}
+
+async fn promotion_page(
+    Extract(c): Extract<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some((s, who)) = c.session(&headers) else {
+        return to_login();
+    };
+    render_promotion(&c, &s, &who, &id, StatusCode::OK, None).await
+}
+
+async fn render_promotion(
+    c: &Console,
+    s: &Session,
+    who: &Principal,
+    raw_id: &str,
+    status: StatusCode,
+    error: Option<&str>,
+) -> Response {
+    let r = reader(s, who);
+    let Some(id) = promotion_id(raw_id) else {
+        return page(
+            StatusCode::NOT_FOUND,
+            pages::problem(Some(&r), "Not found", "no such promotion"),
+        );
+    };
+    let p = match c.promotions.get(id).await {
+        Ok(p) => p,
+        Err(e) => return failure(Some(&r), e),
+    };
+    let gates = if p.state.is_terminal() {
+        None
+    } else {
+        c.promotions.evaluate_gates(id).await.ok().map(|e| e.report)
+    };
+    let history = c
+        .promotions
+        .history(HistoryQuery {
+            filter: HistoryFilter {
+                promotion_id: Some(id),
+                ..HistoryFilter::default()
+            },
+            after: None,
+            limit: 1000,
+            newest_first: false,
+        })
+        .await;
+    let entries = match history {
+        Ok(l) => l.items,
+        Err(e) => return failure(Some(&r), e),
+    };
+    let config = c.live.get();
+    let policy = config
+        .governing(&p.repository)
+        .environment(&p.environment)
+        .cloned();
+    let open = p.state.is_undecided();
+    let approver = policy.as_ref().is_some_and(|pol| {
+        machine::may_approve(&p, who, pol, c.clock.now()) || pol.is_approver(who)
+    });
+    let actions = pages::Actions {
+        decide: open && approver,
+        cancel: open && (approver || who.is(&p.requested_by)),
+        break_glass: open && policy.as_ref().is_some_and(|pol| pol.may_break_glass(who)),
+    };
+    page(
+        status,
+        pages::promotion(&r, &p, gates.as_ref(), &entries, &actions, error),
+    )
+}
+
+#[derive(Deserialize)]
+struct DecideForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    comment: String,
+    #[serde(default)]
+    break_glass: Option<String>,
+}
+
+#[derive(Clone, Copy)]
+enum Decision {
+    Approve,
+    Reject,
+    Cancel,
+}
+
+async fn approve(
+    c: Extract<Shared>,
+    id: Path<String>,
+    headers: HeaderMap,
+    form: Form<DecideForm>,
+) -> Response {
+    decide(c, id, headers, form, Decision::Approve).await
+}
+
+async fn reject(
+    c: Extract<Shared>,
+    id: Path<String>,
+    headers: HeaderMap,
+    form: Form<DecideForm>,
+) -> Response {
+    decide(c, id, headers, form, Decision::Reject).await
+}
+
+async fn cancel(
+    c: Extract<Shared>,
+    id: Path<String>,
+    headers: HeaderMap,
+    form: Form<DecideForm>,
+) -> Response {
+    decide(c, id, headers, form, Decision::Cancel).await
+}
+
+/// Approve, Reject or Cancel, as the gRPC call would: the same use case,
+/// the signed-in principal, the same refusals (shown on the page).
+async fn decide(
+    Extract(c): Extract<Shared>,
+    Path(raw_id): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<DecideForm>,
+    decision: Decision,
+) -> Response {
+    let Some((s, who)) = c.session(&headers) else {
+        return to_login();
+    };
+    if !same_origin(&c, &headers) {
+        return forbidden(
+            Some(&reader(&s, &who)),
+            "this form must be sent from the console's own pages",
+        );
+    }
+    if !s.csrf_matches(&form.csrf) {
+        return forbidden(
+            Some(&reader(&s, &who)),
+            "the form's CSRF token is missing or stale: reload the page and try again",
+        );
+    }
+    let Some(id) = promotion_id(&raw_id) else {
+        return page(
+            StatusCode::NOT_FOUND,
+            pages::problem(Some(&reader(&s, &who)), "Not found", "no such promotion"),
+        );
+    };
+    let comment = match crate::api::convert::text("comment", &form.comment) {
+        Ok(t) => t,
+        Err(e) => return failure(Some(&reader(&s, &who)), e),
+    };
+    let break_glass = form.break_glass.as_deref() == Some("true");
+    let done = match decision {
+        Decision::Approve => {
+            c.promotions
+                .approve(who.clone(), id, comment, break_glass)
+                .await
+        }
+        Decision::Reject => c.promotions.reject(who.clone(), id, comment).await,
+        Decision::Cancel => c.promotions.cancel(who.clone(), id, comment).await,
+    };
+    match done {
+        Ok(_) => Redirect::to(&format!("/promotions/{id}")).into_response(),
+        Err(e) => {
+            let (code, message) = refusal(e, &id.to_string());
+            render_promotion(&c, &s, &who, &raw_id, code, Some(&message)).await
+        }
+    }
+}
+
+/// `change` whenever the promotion changes (the first is its state now),
+/// `end` after a terminal state: the page's script re-reads the live
+/// section on each. A comment every 15 s keeps proxies from closing it.
+async fn events(
+    Extract(c): Extract<Shared>,
+    Path(raw_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let Some((s, who)) = c.session(&headers) else {
+        return StatusCode::UNAUTHORIZED.into_response();
+    };
+    let Some(id) = promotion_id(&raw_id) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let changes = match c.promotions.watch(&who, id).await {
+        Ok(rx) => rx,
+        Err(e) => return failure(Some(&reader(&s, &who)), e),
+    };
+    let stream = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::ReceiverStream::new(changes),
+        |change| {
+            let event = match change {
+                Ok(p) if p.state.is_terminal() => {
+                    Event::default().event("end").data(p.state.label())
+                }
+                Ok(p) => Event::default().event("change").data(p.state.label()),
+                Err(_) => Event::default().event("end").data("lost"),
+            };
+            Ok::<_, std::convert::Infallible>(event)
+        },
+    );
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+        .into_response()
+}

@@ -1,0 +1,295 @@
+//! The approvers' console in a real browser (Debian's chromium through
+//! chromedriver, `support::browser`), against a real `prodgate serve` and a
+//! real registry: sign-in with a token, what awaits me, a promotion page
+//! that updates live when another approver acts over gRPC, Approve with a
+//! comment (the audit entry names the signed-in principal), Reject, Cancel,
+//! text a user wrote shown as text, and forged POSTs refused.
+
+mod support;
+
+use prodgate::pb::{self, HistoryRequest, PromotionState};
+use std::path::Path;
+use std::time::Duration;
+use support::browser::Browser;
+use support::registry::{TestRegistry, free_port};
+use support::server::{Client, TestServer, standard_config};
+use support::{approve, get, history, request_to, wait_for_state};
+
+/// A reason that would run script if it were not escaped.
+const HOSTILE: &str = "<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned'\"> ship 1.4";
+
+struct Console {
+    server: TestServer,
+    registry: TestRegistry,
+    base: String,
+    _key: tempfile::NamedTempFile,
+}
+
+impl Console {
+    async fn start() -> Console {
+        let registry = TestRegistry::start().await;
+        let key = tempfile::NamedTempFile::new().expect("key file");
+        std::fs::write(key.path(), hex::encode(rand::random::<[u8; 32]>())).expect("write key");
+        let port = free_port();
+        let base = format!("http://127.0.0.1:{port}");
+        let config = format!(
+            "{}\n[console]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{base}\"\n\
+             session_key_file = {:?}\ntoken_login = true\n",
+            standard_config(&registry.host),
+            key.path()
+        );
+        let server = TestServer::start(&config);
+        Console {
+            server,
+            registry,
+            base,
+            _key: key,
+        }
+    }
+
+    fn repo(&self) -> String {
+        format!("{}/team/app", self.registry.host)
+    }
+
+    async fn client(&self, who: &str) -> Client {
+        self.server.client(who).await
+    }
+
+    /// A promotion of a new image, through staging, to `env`, by `who`.
+    async fn candidate(&self, who: &str, env: &str, seed: u64, reason: &str) -> pb::Promotion {
+        self.registry
+            .push_image("team/app", Some("staging"), 1024, seed)
+            .await;
+        let mut c = self.client(who).await;
+        c.request_promotion(pb::RequestPromotionRequest {
+            reason: reason.into(),
+            ..request_to(&self.repo(), "staging", env)
+        })
+        .await
+        .expect("request")
+        .into_inner()
+    }
+}
+
+async fn sign_in(b: &Browser, base: &str, token: &str) {
+    b.goto(&format!("{base}/")).await;
+    b.wait_for("input[name=token]").await;
+    b.fill("input[name=token]", token).await;
+    b.click("form[action='/login'] button[type=submit]").await;
+    b.wait_for("form.logout").await;
+}
+
+/// The entries of promotion `id` with `action`.
+async fn entries(c: &mut Client, id: &str, action: pb::AuditAction) -> Vec<pb::AuditEntry> {
+    history(
+        c,
+        HistoryRequest {
+            promotion_id: id.into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .into_iter()
+    .filter(|e| e.action == action as i32)
+    .collect()
+}
+
+#[tokio::test]
+async fn an_approver_signs_in_sees_what_awaits_and_decides_in_the_browser() {
+    let w = Console::start().await;
+    let mut alice = w.client("alice").await;
+    // prod2 needs two approvals: dave's over gRPC, then bob's in the page.
+    let shipped = w.candidate("alice", "prod2", 1, HOSTILE).await;
+    let browser = Browser::start().await;
+    browser
+        .run("console_approver", async |b| {
+            // Signed out: the sign-in form; a wrong token is refused.
+            b.goto(&format!("{}/", w.base)).await;
+            b.fill("input[name=token]", "not-a-token").await;
+            b.click("form[action='/login'] button[type=submit]").await;
+            b.wait_for_text(".error", "That token is not accepted.")
+                .await;
+            sign_in(b, &w.base, "bob-token").await;
+            let cookie = b
+                .cookie("prodgate_session")
+                .await
+                .expect("a session cookie");
+            assert_eq!(cookie.http_only(), Some(true));
+            assert_eq!(format!("{:?}", cookie.same_site()), "Some(Lax)");
+
+            // What awaits bob: the promotion, its reason as text.
+            b.wait_for(&format!("#awaiting a[href='/promotions/{}']", shipped.id))
+                .await;
+            let listed = b.text("#awaiting td.reason").await;
+            assert_eq!(listed, HOSTILE);
+            assert_eq!(b.title().await, "Awaiting · prodgate", "no script ran");
+            if let Ok(dir) = std::env::var("PRODGATE_CONSOLE_SCREENSHOTS") {
+                b.screenshot(&Path::new(&dir).join("console-awaiting.png"))
+                    .await;
+            }
+
+            // The promotion's page; dave approves over gRPC meanwhile, and
+            // the page shows it without a reload.
+            b.click(&format!("#awaiting a[href='/promotions/{}']", shipped.id))
+                .await;
+            assert_eq!(b.text("#reason").await, HOSTILE);
+            assert_eq!(
+                b.title().await,
+                format!("Promotion {} · prodgate", shipped.id)
+            );
+            b.wait_for_text("#state", "PENDING_APPROVAL").await;
+            w.client("dave")
+                .await
+                .approve(approve(&shipped.id))
+                .await
+                .expect("dave approves");
+            b.wait_for_text("#approvals li:first-child strong", "dave")
+                .await;
+            if let Ok(dir) = std::env::var("PRODGATE_CONSOLE_SCREENSHOTS") {
+                b.screenshot(&Path::new(&dir).join("console-promotion.png"))
+                    .await;
+            }
+
+            // bob approves with a comment: the second approval ships it.
+            b.fill("#comment", "checked the <b>changelog</b>").await;
+            b.click("#approve").await;
+            wait_for_state(
+                &mut alice,
+                &shipped.id,
+                PromotionState::Promoted,
+                Duration::from_secs(30),
+            )
+            .await;
+            b.wait_for_text("#state", "PROMOTED").await;
+            b.wait_for_text("#approvals li:last-child q", "checked the <b>changelog</b>")
+                .await;
+            let approved = entries(&mut alice, &shipped.id, pb::AuditAction::Approved).await;
+            let bobs: Vec<_> = approved.iter().filter(|e| e.actor == "bob").collect();
+            assert_eq!(bobs.len(), 1, "{approved:?}");
+            assert_eq!(bobs[0].comment, "checked the <b>changelog</b>");
+
+            // Reject another one.
+            let doomed = w.candidate("alice", "production", 2, "1.5").await;
+            b.goto(&format!("{}/promotions/{}", w.base, doomed.id))
+                .await;
+            b.fill("#comment", "not this week").await;
+            b.click("#reject").await;
+            b.wait_for_text("#state", "REJECTED").await;
+            let p = get(&mut alice, &doomed.id).await;
+            assert_eq!(p.state, PromotionState::Rejected as i32);
+            let rejected = entries(&mut alice, &doomed.id, pb::AuditAction::Rejected).await;
+            assert_eq!(rejected[0].actor, "bob");
+
+            // bob cancels his own request.
+            let own = w.candidate("bob", "production", 3, "mine").await;
+            b.goto(&format!("{}/promotions/{}", w.base, own.id)).await;
+            b.click("#cancel").await;
+            b.wait_for_text("#state", "CANCELLED").await;
+
+            // Log out: back to the sign-in form, the session gone.
+            b.click("form.logout button").await;
+            b.wait_for("input[name=token]").await;
+            assert!(b.cookie("prodgate_session").await.is_none());
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn forged_posts_are_refused_and_record_nothing() {
+    let w = Console::start().await;
+    let mut alice = w.client("alice").await;
+    let p = w.candidate("alice", "production", 1, "1.4").await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    // Sign in as bob without a browser: the session cookie and the CSRF
+    // token of the page's form.
+    let signed = http
+        .post(format!("{}/login", w.base))
+        .header("origin", &w.base)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("token=bob-token")
+        .send()
+        .await
+        .expect("sign in");
+    assert_eq!(signed.status(), 303);
+    let cookie = signed.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let page = http
+        .get(format!("{}/promotions/{}", w.base, p.id))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    let html = page.text().await.unwrap();
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("a csrf field")
+        .to_owned();
+    let before = history(&mut alice, HistoryRequest::default()).await.len();
+    let post = |origin: &'static str, body: String| {
+        let (http, cookie, url) = (
+            http.clone(),
+            cookie.clone(),
+            format!("{}/promotions/{}/approve", w.base, p.id),
+        );
+        let origin = if origin.is_empty() {
+            w.base.clone()
+        } else {
+            origin.to_owned()
+        };
+        async move {
+            http.post(url)
+                .header("origin", origin)
+                .header("cookie", cookie)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .await
+                .expect("post")
+                .status()
+        }
+    };
+    // From another site, with the right token: refused.
+    assert_eq!(
+        post("http://evil.example", format!("csrf={csrf}")).await,
+        403
+    );
+    // From here, without the token, or with another: refused.
+    assert_eq!(post("", "comment=x".into()).await, 403);
+    assert_eq!(post("", format!("csrf={}", "0".repeat(64))).await, 403);
+    assert_eq!(
+        history(&mut alice, HistoryRequest::default()).await.len(),
+        before
+    );
+    assert_eq!(
+        get(&mut alice, &p.id).await.state,
+        PromotionState::PendingApproval as i32
+    );
+    // The same form, properly sent: recorded.
+    assert_eq!(post("", format!("csrf={csrf}&comment=ok")).await, 303);
+    wait_for_state(
+        &mut alice,
+        &p.id,
+        PromotionState::Promoted,
+        Duration::from_secs(30),
+    )
+    .await;
+}
