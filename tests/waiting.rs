@@ -428,24 +428,38 @@ async fn a_waiting_promotion_gives_way_to_a_newer_one_applied_first() {
 #[tokio::test]
 async fn a_freeze_that_ends_seconds_later_lets_the_approval_ship_by_itself() {
     let registry = TestRegistry::start().await;
-    let now = SystemTime::now();
     let rfc = |t: SystemTime| humantime::format_rfc3339_millis(t).to_string();
-    let end = now + Duration::from_secs(3);
-    let keys = format!(
-        "\n[[freeze]]\nenvironments = [\"production\"]\nstart = \"{}\"\nend = \"{}\"\nreason = \"deploy review\"\n",
-        rfc(now - Duration::from_secs(60)),
-        rfc(end),
-    );
-    let server = TestServer::start(&config(&registry.host, &keys));
-    let mut alice = server.client("alice").await;
-    let p = candidate(&registry, &mut alice, 8).await;
-    let waiting = server
-        .client("bob")
-        .await
-        .approve(approve(&p.id))
-        .await
-        .expect("recorded in the freeze")
-        .into_inner();
+    // The freeze must still hold when bob approves: on a machine slow
+    // enough to start the server, ship staging and request in more than
+    // the window, try again with a window twice as long.
+    let mut window = Duration::from_secs(3);
+    let (_server, mut alice, p, waiting, end) = loop {
+        let now = SystemTime::now();
+        let end = now + window;
+        let keys = format!(
+            "\n[[freeze]]\nenvironments = [\"production\"]\nstart = \"{}\"\nend = \"{}\"\nreason = \"deploy review\"\n",
+            rfc(now - Duration::from_secs(60)),
+            rfc(end),
+        );
+        let server = TestServer::start(&config(&registry.host, &keys));
+        let mut alice = server.client("alice").await;
+        let p = candidate(&registry, &mut alice, 8 + window.as_secs()).await;
+        let waiting = server
+            .client("bob")
+            .await
+            .approve(approve(&p.id))
+            .await
+            .expect("recorded in the freeze")
+            .into_inner();
+        if waiting.state == PromotionState::Waiting as i32 {
+            break (server, alice, p, waiting, end);
+        }
+        assert!(
+            SystemTime::now() >= end && window < Duration::from_secs(48),
+            "not WAITING although the freeze held: {waiting:?}"
+        );
+        window *= 2;
+    };
     assert_eq!(waiting.state, PromotionState::Waiting as i32, "{waiting:?}");
     assert_eq!(waiting.waiting_for, ["freeze"]);
     let opens = waiting.not_before.expect("the freeze's end");
@@ -459,7 +473,7 @@ async fn a_freeze_that_ends_seconds_later_lets_the_approval_ship_by_itself() {
         &mut alice,
         &p.id,
         PromotionState::Promoted,
-        Duration::from_secs(20),
+        window + Duration::from_secs(20),
     )
     .await;
     assert!(done.promoted_at.unwrap().seconds >= opens.seconds);

@@ -51,9 +51,12 @@ impl Approver {
         }
     }
 
+    /// Whether `p` is this member. A name matches the person under any of
+    /// their names: bob's Slack or IdP alias is bob, as "approved once per
+    /// person" counts him.
     pub fn matches(&self, p: &Principal) -> bool {
         match self {
-            Approver::Principal(name) => *name == p.name,
+            Approver::Principal(name) => p.is(name),
             Approver::Group(g) => p.groups.iter().any(|pg| pg == g),
         }
     }
@@ -228,5 +231,22 @@ pub struct Freeze {
 impl Freeze {
     pub fn contains(&self, t: Time) -> bool {
         self.start <= t && t < self.end
+    }
+}
+
+#[cfg(test)]
+mod person_tests {
+    use super::*;
+
+    #[test]
+    fn a_name_matches_the_person_under_any_of_their_names() {
+        let mut bob_on_slack = Principal::new("slack:U0BOB", vec![]);
+        bob_on_slack.aliases = vec!["bob".into()];
+        assert!(Approver::parse("bob").matches(&bob_on_slack));
+        assert!(Approver::parse("slack:U0BOB").matches(&bob_on_slack));
+        assert!(!Approver::parse("carol").matches(&bob_on_slack));
+        assert!(!Approver::parse("group:bob").matches(&bob_on_slack));
+        // Without the alias known, a name is only itself.
+        assert!(!Approver::parse("bob").matches(&Principal::new("slack:U0BOB", vec![])));
     }
 }
