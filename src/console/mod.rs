@@ -17,6 +17,7 @@
 //!   style; maud escapes every value ([`pages`]); the listener has the
 //!   connection cap and deadlines of `server::http1`.
 
+pub mod image;
 pub mod pages;
 pub mod session;
 
@@ -24,7 +25,8 @@ use crate::auth::Authenticator;
 use crate::clock::Clock;
 use crate::config::{ConsoleConfig, Live};
 use crate::domain::machine;
-use crate::domain::model::{PromotionId, State};
+use crate::domain::model::{Promotion, PromotionId, State};
+use crate::domain::names::Repository;
 use crate::domain::policy::Principal;
 use crate::error::Error;
 use crate::promotions::{HistoryQuery, ListQuery, Promotions};
@@ -58,6 +60,8 @@ pub struct Console {
     config: ConsoleConfig,
     sealer: Sealer,
     clock: Arc<dyn Clock>,
+    /// Images described on promotion pages, by digest.
+    images: image::Images,
 }
 
 impl Console {
@@ -79,6 +83,7 @@ impl Console {
             config,
             sealer,
             clock,
+            images: image::Images::default(),
         })
     }
 
@@ -386,6 +391,7 @@ async fn render_promotion(
         Ok(l) => l.items,
         Err(e) => return failure(Some(&r), e),
     };
+    let changes = what_changes(c, &p).await;
     let config = c.live.get();
     let policy = config
         .governing(&p.repository)
@@ -402,8 +408,53 @@ async fn render_promotion(
     };
     page(
         status,
-        pages::promotion(&r, &p, gates.as_ref(), &entries, &actions, error),
+        pages::promotion(&r, &p, gates.as_ref(), &entries, &changes, &actions, error),
     )
+}
+
+/// How long the page waits for the registry to describe an image: past
+/// it the column says so and the page renders anyway.
+const DESCRIBE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn describe(c: &Console, repository: &str, digest: &str) -> Result<image::Image, String> {
+    let registry = c.promotions.registry();
+    match tokio::time::timeout(
+        DESCRIBE_DEADLINE,
+        c.images.describe(registry.as_ref(), repository, digest),
+    )
+    .await
+    {
+        Ok(described) => described,
+        Err(_) => Err(format!(
+            "the registry did not answer within {}s",
+            DESCRIBE_DEADLINE.as_secs()
+        )),
+    }
+}
+
+/// The environment's digest now (GetDeployed's record) and the candidate,
+/// each described; a failure is shown in its column, never fails the page.
+async fn what_changes(c: &Console, p: &Promotion) -> pages::WhatChanges {
+    let deployed = match Repository::parse(&p.repository) {
+        Ok(repo) => c.promotions.deployed(&repo, &p.environment, None).await,
+        Err(e) => Err(Error::InvalidArgument {
+            field: "repository",
+            message: e.to_string(),
+        }),
+    };
+    let candidate = describe(c, &p.repository, &p.digest);
+    let now = async {
+        match deployed {
+            Ok(record) => pages::Carried::Digest {
+                since: record.applied.time,
+                image: Box::new(describe(c, &p.repository, record.expected()).await),
+            },
+            Err(Error::NothingDeployed { .. }) => pages::Carried::Nothing,
+            Err(e) => pages::Carried::Unknown(refusal(e, "").1),
+        }
+    };
+    let (now, candidate) = tokio::join!(now, candidate);
+    pages::WhatChanges { now, candidate }
 }
 
 #[derive(Deserialize)]

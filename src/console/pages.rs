@@ -3,6 +3,7 @@
 //! reasons, comments and anything a registry wrote show as text. No inline
 //! script or style: the CSP allows only `/static/console.{js,css}`.
 
+use super::image::Image;
 use crate::domain::audit::AuditEntry;
 use crate::domain::gates::GateReport;
 use crate::domain::model::{Precision, Promotion, State, Time};
@@ -131,6 +132,101 @@ pub fn index(
     )
 }
 
+/// What the environment's tag carries now, by prodgate's record.
+pub enum Carried {
+    /// No APPLIED entry: prodgate never moved this tag.
+    Nothing,
+    /// The record could not be read.
+    Unknown(String),
+    Digest {
+        since: Time,
+        image: Box<Result<Image, String>>,
+    },
+}
+
+/// "What changes": the digest the environment carries now beside the
+/// candidate, each described from its manifest and config.
+pub struct WhatChanges {
+    pub now: Carried,
+    pub candidate: Result<Image, String>,
+}
+
+/// `1.2 MiB (1258291 bytes)`.
+fn size(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} bytes");
+    }
+    // Precision is lost only above 2^53 bytes, far past any image.
+    #[allow(clippy::cast_precision_loss)]
+    let mut v = n as f64 / 1024.0;
+    let mut unit = UNITS[0];
+    for u in &UNITS[1..] {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    format!("{v:.1} {unit} ({n} bytes)")
+}
+
+fn image_facts(image: &Result<Image, String>) -> Markup {
+    html! {
+        @match image {
+            Err(why) => p.error.unreadable { "could not read: " (why) }
+            Ok(i) => dl.facts {
+                dt { "Digest" } dd.digest { (i.digest) }
+                dt { "Created" } dd.created { (i.created.as_deref().unwrap_or("-")) }
+                dt { "Version" } dd.version { (i.version.as_deref().unwrap_or("-")) }
+                dt { "Revision" } dd.revision {
+                    @match (i.revision.as_deref(), i.revision_link()) {
+                        (Some(r), Some(link)) => a href=(link) rel="noopener noreferrer" { (r) },
+                        (Some(r), None) => (r),
+                        (None, Some(link)) => a href=(link) rel="noopener noreferrer" { (link) },
+                        (None, None) => "-",
+                    }
+                }
+                dt { "Source" } dd.source { (i.source.as_deref().unwrap_or("-")) }
+                dt { "Size" } dd.size {
+                    @match i.size { Some(n) => (size(n)), None => "-" }
+                    @if let Some(p) = &i.described { " (" (p.to_string()) ")" }
+                }
+                @if !i.platforms.is_empty() {
+                    dt { "Platforms" } dd.platforms {
+                        (i.platforms.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn what_changes(p: &Promotion, w: &WhatChanges) -> Markup {
+    html! {
+        section #changes {
+            h2 { "What changes" }
+            div.changes {
+                div #now {
+                    h3 { "Now in " (p.environment) }
+                    @match &w.now {
+                        Carried::Nothing => p.empty { "nothing yet" },
+                        Carried::Unknown(why) => p.error.unreadable { "could not read: " (why) },
+                        Carried::Digest { since, image } => {
+                            p.since { "since " time datetime=(time(*since)) { (time(*since)) } }
+                            (image_facts(image))
+                        }
+                    }
+                }
+                div #candidate {
+                    h3 { "Candidate" }
+                    (image_facts(&w.candidate))
+                }
+            }
+        }
+    }
+}
+
 /// What the reader may do on a promotion page.
 pub struct Actions {
     /// Approve and Reject (open, and the reader may approve).
@@ -147,6 +243,7 @@ pub fn promotion(
     p: &Promotion,
     gates: Option<&GateReport>,
     entries: &[AuditEntry],
+    changes: &WhatChanges,
     actions: &Actions,
     error: Option<&str>,
 ) -> Markup {
@@ -202,6 +299,7 @@ pub fn promotion(
                     }
                 }
             }
+            (what_changes(p, changes))
             @if actions.decide || actions.cancel {
                 section #decide {
                     h2 { "Decide" }
