@@ -64,13 +64,13 @@ impl Image {
     /// `.source` is an http(s) URL.
     pub fn revision_link(&self) -> Option<String> {
         let source = self.source.as_deref()?.trim();
+        if !super::pages::is_http_url(source) {
+            return None;
+        }
         let lower = source.to_ascii_lowercase();
         let rest = lower
             .strip_prefix("https://")
             .or_else(|| lower.strip_prefix("http://"))?;
-        if rest.is_empty() || source.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return None;
-        }
         let host = rest.split(['/', '?', '#']).next().unwrap_or("");
         let forge = matches!(
             host,

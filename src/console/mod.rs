@@ -50,6 +50,9 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 /// The largest form the console reads (a comment is at most 4096 bytes).
 const MAX_FORM: usize = 16 * 1024;
 
+/// Checks shown on a promotion page (the latest report of each).
+const CHECKS_SHOWN: usize = 100;
+
 /// Promotions listed per section of `/`.
 const LISTED: usize = 50;
 
@@ -392,6 +395,16 @@ async fn render_promotion(
         Err(e) => return failure(Some(&r), e),
     };
     let changes = what_changes(c, &p).await;
+    let checks = match Repository::parse(&p.repository) {
+        Ok(repo) => c
+            .promotions
+            .list_checks(&repo, &p.digest, None, CHECKS_SHOWN)
+            .await
+            .map(|l| l.items)
+            .map_err(|e| refusal(e, "").1),
+        Err(e) => Err(e.to_string()),
+    };
+    let checkpoint_size = c.promotions.checkpoint_size();
     let config = c.live.get();
     let policy = config
         .governing(&p.repository)
@@ -408,7 +421,19 @@ async fn render_promotion(
     };
     page(
         status,
-        pages::promotion(&r, &p, gates.as_ref(), &entries, &changes, &actions, error),
+        pages::promotion(
+            &r,
+            &pages::PromotionView {
+                promotion: &p,
+                gates: gates.as_ref(),
+                entries: &entries,
+                checkpoint_size,
+                checks: &checks,
+                changes: &changes,
+                actions: &actions,
+                error,
+            },
+        ),
     )
 }
 

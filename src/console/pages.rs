@@ -6,7 +6,7 @@
 use super::image::Image;
 use crate::domain::audit::AuditEntry;
 use crate::domain::gates::GateReport;
-use crate::domain::model::{Precision, Promotion, State, Time};
+use crate::domain::model::{CheckReport, CheckStatus, Precision, Promotion, State, Time};
 use maud::{DOCTYPE, Markup, html};
 
 /// What every signed-in page knows about the reader.
@@ -237,16 +237,32 @@ pub struct Actions {
     pub break_glass: bool,
 }
 
+/// Everything a promotion page shows.
+pub struct PromotionView<'a> {
+    pub promotion: &'a Promotion,
+    /// `None` once it is finished (or the gates could not be evaluated).
+    pub gates: Option<&'a GateReport>,
+    pub entries: &'a [AuditEntry],
+    /// The current checkpoint's size: entries up to it are included.
+    pub checkpoint_size: u64,
+    pub checks: &'a Result<Vec<CheckReport>, String>,
+    pub changes: &'a WhatChanges,
+    pub actions: &'a Actions,
+    pub error: Option<&'a str>,
+}
+
 /// `/promotions/{id}`.
-pub fn promotion(
-    reader: &Reader<'_>,
-    p: &Promotion,
-    gates: Option<&GateReport>,
-    entries: &[AuditEntry],
-    changes: &WhatChanges,
-    actions: &Actions,
-    error: Option<&str>,
-) -> Markup {
+pub fn promotion(reader: &Reader<'_>, view: &PromotionView<'_>) -> Markup {
+    let PromotionView {
+        promotion: p,
+        gates,
+        entries,
+        checkpoint_size,
+        checks,
+        changes,
+        actions,
+        error,
+    } = *view;
     let title = format!("Promotion {}", p.id);
     layout(
         &title,
@@ -300,6 +316,7 @@ pub fn promotion(
                 }
             }
             (what_changes(p, changes))
+            (check_list(checks))
             @if actions.decide || actions.cancel {
                 section #decide {
                     h2 { "Decide" }
@@ -328,11 +345,14 @@ pub fn promotion(
             section #history {
                 h2 { "Audit entries" }
                 table {
-                    thead { tr { th { "Sequence" } th { "Time" } th { "Action" } th { "Actor" } th { "Comment" } } }
+                    thead { tr { th { "Sequence" } th { "Checkpoint" } th { "Time" } th { "Action" } th { "Actor" } th { "Comment" } } }
                     tbody {
                         @for e in entries {
                             tr {
                                 td { (e.sequence) }
+                                td.checkpoint {
+                                    @if e.sequence <= checkpoint_size { "included" } @else { "not yet" }
+                                }
                                 td { time datetime=(time(e.time)) { (time(e.time)) } }
                                 td { (action_name(e)) }
                                 td { (e.event.actor) }
@@ -344,6 +364,51 @@ pub fn promotion(
             }
         },
     )
+}
+
+/// Whether `s` may be a link's target: an http(s) URL, nothing else
+/// (`javascript:`, `data:` and relative references are shown as text).
+pub fn is_http_url(s: &str) -> bool {
+    let lower = s.trim().to_ascii_lowercase();
+    lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"))
+        .is_some_and(|rest| !rest.is_empty())
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// The candidate's checks: the latest report of each.
+fn check_list(checks: &Result<Vec<CheckReport>, String>) -> Markup {
+    html! {
+        section #checks {
+            h2 { "Checks" }
+            @match checks {
+                Err(why) => p.error { "could not read: " (why) },
+                Ok(list) if list.is_empty() => p.empty { "No check has reported on this digest." },
+                Ok(list) => table {
+                    thead { tr { th { "Check" } th { "Status" } th { "Reported by" } th { "Time" } th { "Details" } } }
+                    tbody {
+                        @for c in list {
+                            tr class=(if c.status == CheckStatus::Passed { "pass" } else { "block" }) {
+                                td.check { (c.check) }
+                                td.status { (c.status.label()) }
+                                td.reporter { (c.reported_by) }
+                                td { time datetime=(time(c.time)) { (time(c.time)) } }
+                                td.details {
+                                    @if is_http_url(&c.details_url) {
+                                        a href=(c.details_url.trim()) rel="noopener noreferrer" { "details" }
+                                    } @else if !c.details_url.is_empty() {
+                                        (c.details_url)
+                                    }
+                                    @if !c.comment.is_empty() { " " q { (c.comment) } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn action_name(e: &AuditEntry) -> &'static str {
@@ -367,4 +432,19 @@ pub fn problem(reader: Option<&Reader<'_>>, title: &str, message: &str) -> Marku
             p { a href="/" { "Back to what awaits you" } }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_http_urls_become_links() {
+        assert!(is_http_url("https://ci.example/run/1"));
+        assert!(is_http_url("HTTP://ci.example"));
+        assert!(!is_http_url("javascript:alert(1)"));
+        assert!(!is_http_url("https://"));
+        assert!(!is_http_url("/relative"));
+        assert!(!is_http_url("https://a.example/x y"));
+    }
 }
