@@ -6,7 +6,7 @@
 
 use crate::domain::names::Repository;
 use crate::registry::{Registry, RegistryError};
-use serde_json::Value;
+use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
@@ -110,75 +110,56 @@ pub enum Parsed {
     },
 }
 
-fn strings(v: &Value) -> HashMap<String, String> {
-    v.as_object()
-        .map(|o| {
-            o.iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn text(v: &Value, key: &str) -> String {
-    v.get(key).and_then(Value::as_str).unwrap_or("").to_owned()
-}
-
 /// A manifest's JSON: an image manifest (`config` and `layers`) or an
-/// index (`manifests`).
+/// index (`manifests`), read with oci-spec's types.
 pub fn parse_manifest(bytes: &[u8]) -> Result<Parsed, String> {
-    let doc: Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("the manifest is not JSON: {e}"))?;
-    let annotations = strings(&doc["annotations"]);
-    if let Some(list) = doc.get("manifests").and_then(Value::as_array) {
-        let manifests = list
+    let image = serde_json::from_slice::<ImageManifest>(bytes);
+    if let Ok(m) = image {
+        let size = m
+            .layers()
             .iter()
-            .filter_map(|m| {
-                let digest = m.get("digest")?.as_str()?.to_owned();
-                let p = m.get("platform")?;
-                let platform = Platform {
-                    os: text(p, "os"),
-                    architecture: text(p, "architecture"),
-                    variant: text(p, "variant"),
-                };
-                (platform.os != "unknown").then_some((digest, platform))
-            })
-            .collect();
-        return Ok(Parsed::Index {
-            manifests,
-            annotations,
+            .map(|l| l.size())
+            .fold(m.config().size(), u64::saturating_add);
+        return Ok(Parsed::Image {
+            config_digest: m.config().digest().to_string(),
+            size,
+            annotations: m.annotations().clone().unwrap_or_default(),
         });
     }
-    let config = doc
-        .get("config")
-        .ok_or("the manifest has neither config nor manifests")?;
-    let config_digest = config
-        .get("digest")
-        .and_then(Value::as_str)
-        .ok_or("the manifest's config has no digest")?
-        .to_owned();
-    let size_of = |d: &Value| d.get("size").and_then(Value::as_u64).unwrap_or(0);
-    let layers: u64 = doc
-        .get("layers")
-        .and_then(Value::as_array)
-        .map(|l| l.iter().map(size_of).fold(0, u64::saturating_add))
-        .unwrap_or(0);
-    Ok(Parsed::Image {
-        config_digest,
-        size: size_of(config).saturating_add(layers),
-        annotations,
-    })
+    match serde_json::from_slice::<ImageIndex>(bytes) {
+        Ok(index) => Ok(Parsed::Index {
+            manifests: index
+                .manifests()
+                .iter()
+                .filter_map(|m| {
+                    let p = m.platform().as_ref()?;
+                    let platform = Platform {
+                        os: p.os().to_string(),
+                        architecture: p.architecture().to_string(),
+                        variant: p.variant().clone().unwrap_or_default(),
+                    };
+                    (platform.os != "unknown").then(|| (m.digest().to_string(), platform))
+                })
+                .collect(),
+            annotations: index.annotations().clone().unwrap_or_default(),
+        }),
+        Err(_) => Err(match image {
+            Err(e) => format!("neither an image manifest nor an index: {e}"),
+            Ok(_) => "neither an image manifest nor an index".to_owned(),
+        }),
+    }
 }
 
 /// A config blob's `created` and `config.Labels`.
 pub fn parse_config(bytes: &[u8]) -> Result<(Option<String>, HashMap<String, String>), String> {
-    let doc: Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("the config is not JSON: {e}"))?;
-    let created = doc
-        .get("created")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    Ok((created, strings(&doc["config"]["Labels"])))
+    let config = serde_json::from_slice::<ImageConfiguration>(bytes)
+        .map_err(|e| format!("the config is not an OCI image config: {e}"))?;
+    let labels = config
+        .config()
+        .as_ref()
+        .and_then(|c| c.labels().clone())
+        .unwrap_or_default();
+    Ok((config.created().clone(), labels))
 }
 
 /// Fills the OCI keys from the manifest's annotations, then the config's
@@ -316,10 +297,10 @@ mod tests {
     const MANIFEST: &str = r#"{
       "schemaVersion": 2,
       "mediaType": "application/vnd.oci.image.manifest.v1+json",
-      "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": "sha256:c0", "size": 100},
+      "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc", "size": 100},
       "layers": [
-        {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": "sha256:l1", "size": 1000},
-        {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": "sha256:l2", "size": 24}
+        {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": "sha256:1111111111111111111111111111111111111111111111111111111111111111", "size": 1000},
+        {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": "sha256:2222222222222222222222222222222222222222222222222222222222222222", "size": 24}
       ],
       "annotations": {"org.opencontainers.image.version": "1.4.0"}
     }"#;
@@ -339,11 +320,11 @@ mod tests {
       "schemaVersion": 2,
       "mediaType": "application/vnd.oci.image.index.v1+json",
       "manifests": [
-        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:a", "size": 1,
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "size": 1,
          "platform": {"os": "linux", "architecture": "amd64"}},
-        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:b", "size": 1,
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", "size": 1,
          "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
-        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:att", "size": 1,
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff", "size": 1,
          "platform": {"os": "unknown", "architecture": "unknown"}}
       ]
     }"#;
@@ -358,7 +339,10 @@ mod tests {
         else {
             panic!("an image");
         };
-        assert_eq!(config_digest, "sha256:c0");
+        assert_eq!(
+            config_digest,
+            "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc"
+        );
         assert_eq!(size, 1124);
         assert_eq!(annotations[VERSION], "1.4.0");
     }
@@ -387,7 +371,10 @@ mod tests {
         };
         let shown: Vec<String> = manifests.iter().map(|(_, p)| p.to_string()).collect();
         assert_eq!(shown, ["linux/amd64", "linux/arm64/v8"]);
-        assert_eq!(manifests[0].0, "sha256:a");
+        assert_eq!(
+            manifests[0].0,
+            "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+        );
     }
 
     #[test]
@@ -423,9 +410,15 @@ mod tests {
 
     #[test]
     fn what_is_not_a_manifest_says_why() {
-        assert!(parse_manifest(b"nope").unwrap_err().contains("not JSON"));
+        assert!(parse_manifest(b"nope").unwrap_err().contains("neither"));
         assert!(parse_manifest(b"{}").unwrap_err().contains("neither"));
-        let (created, labels) = parse_config(b"{}").unwrap();
+        assert!(
+            parse_config(b"[]")
+                .unwrap_err()
+                .contains("not an OCI image config")
+        );
+        let bare = br#"{"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}"#;
+        let (created, labels) = parse_config(bare).unwrap();
         assert_eq!((created, labels.len()), (None, 0));
     }
 }

@@ -17,6 +17,7 @@
 //!   style; maud escapes every value ([`pages`]); the listener has the
 //!   connection cap and deadlines of `server::http1`.
 
+mod browse;
 pub mod image;
 pub mod pages;
 pub mod session;
@@ -125,6 +126,9 @@ pub fn router(console: Shared) -> Router {
         .route("/promotions/{id}/reject", post(reject))
         .route("/promotions/{id}/cancel", post(cancel))
         .route("/promotions/{id}/events", get(events))
+        .route("/history", get(browse::history))
+        .route("/deployed", get(browse::deployed))
+        .route("/policy", get(browse::policy))
         .route("/static/console.js", get(script))
         .route("/static/console.css", get(style))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM))

@@ -4,10 +4,14 @@
 //! script or style: the CSP allows only `/static/console.{js,css}`.
 
 use super::image::Image;
+use crate::cli::policy::{Change, entry, render};
 use crate::domain::audit::AuditEntry;
+use crate::domain::drift::TagRecord;
 use crate::domain::gates::GateReport;
 use crate::domain::model::{CheckReport, CheckStatus, Precision, Promotion, State, Time};
+use crate::store::StoredPolicy;
 use maud::{DOCTYPE, Markup, html};
+use serde_json::{Map, Value};
 
 /// What every signed-in page knows about the reader.
 pub struct Reader<'a> {
@@ -45,6 +49,9 @@ fn layout(title: &str, reader: Option<&Reader<'_>>, body: Markup) -> Markup {
                     @if let Some(r) = reader {
                         nav {
                             a href="/" { "Awaiting" }
+                            a href="/history" { "History" }
+                            a href="/deployed" { "Deployed" }
+                            a href="/policy" { "Policy" }
                         }
                         span.who {
                             (r.name)
@@ -357,6 +364,224 @@ pub fn promotion(reader: &Reader<'_>, view: &PromotionView<'_>) -> Markup {
                                 td { (action_name(e)) }
                                 td { (e.event.actor) }
                                 td { (e.event.comment) }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// A promotion id as a link to its page; none for entries about no
+/// promotion (id 0).
+fn promotion_link(id: u64) -> Markup {
+    html! {
+        @if id == 0 { "-" } @else { a href={ "/promotions/" (id) } { (id) } }
+    }
+}
+
+/// What `/history`'s form was sent with, echoed back into it.
+pub struct HistoryFields<'a> {
+    pub repository: &'a str,
+    pub environment: &'a str,
+    pub since: &'a str,
+    pub until: &'a str,
+}
+
+/// `/history`: the audit log, newest first, filtered.
+pub fn history(
+    reader: &Reader<'_>,
+    f: &HistoryFields<'_>,
+    entries: &[AuditEntry],
+    next: Option<&str>,
+    error: Option<&str>,
+) -> Markup {
+    layout(
+        "History",
+        Some(reader),
+        html! {
+            h1 { "History" }
+            form #history-filter method="get" action="/history" {
+                label { "Repository " input name="repository" value=(f.repository) placeholder="registry.example/team/app"; }
+                label { "Environment " input name="environment" value=(f.environment); }
+                label { "Since " input name="since" value=(f.since) placeholder="2026-11-26T14:32:00Z"; }
+                label { "Until " input name="until" value=(f.until) placeholder="RFC 3339"; }
+                div.buttons { button type="submit" { "Filter" } }
+            }
+            @if let Some(e) = error { p.error role="alert" { (e) } }
+            @if entries.is_empty() && error.is_none() { p.empty { "No entry matches." } }
+            @if !entries.is_empty() {
+                table #entries {
+                    thead { tr { th { "Sequence" } th { "Time" } th { "Action" } th { "Promotion" } th { "Repository" } th { "Environment" } th { "Digest" } th { "Actor" } th { "Comment" } } }
+                    tbody {
+                        @for e in entries {
+                            tr {
+                                td { (e.sequence) }
+                                td { time datetime=(time(e.time)) { (time(e.time)) } }
+                                td.action { (action_name(e)) }
+                                td.promotion { (promotion_link(e.event.promotion_id)) }
+                                td.repository { (e.event.repository) }
+                                td.environment { (e.event.environment) }
+                                td.digest { (e.event.digest) }
+                                td { (e.event.actor) }
+                                td { (e.event.comment) }
+                            }
+                        }
+                    }
+                }
+            }
+            @if let Some(n) = next { p { a #next href=(n) { "Older entries" } } }
+        },
+    )
+}
+
+/// One tag on `/deployed`: its record then (`None`: nothing then), or why
+/// it could not be read.
+pub struct DeployedRow {
+    pub repository: String,
+    pub environment: String,
+    pub record: Result<Option<TagRecord>, String>,
+}
+
+fn drift(record: &TagRecord) -> Markup {
+    html! {
+        @if record.drifted() {
+            @let observed = record.drift.last().map_or("", |e| e.event.digest.as_str());
+            span.drift.block {
+                "drifted: the tag carries "
+                @if observed.is_empty() { "nothing (deleted)" } @else { span.digest { (observed) } }
+            }
+        } @else if record.drift.is_empty() {
+            span.drift { "none" }
+        } @else {
+            span.drift { "restored" }
+        }
+    }
+}
+
+/// `/deployed` (now) and `/deployed?at=` (then).
+pub fn deployed(
+    reader: &Reader<'_>,
+    at: &str,
+    rows: &[DeployedRow],
+    more: bool,
+    error: Option<&str>,
+) -> Markup {
+    let then = !at.trim().is_empty() && error.is_none();
+    layout(
+        "Deployed",
+        Some(reader),
+        html! {
+            h1 {
+                @if then { "What ran at " (at.trim()) } @else { "Deployed now" }
+            }
+            form #deployed-at method="get" action="/deployed" {
+                label { "At " input name="at" value=(at) placeholder="2026-11-26T14:32:00Z"; }
+                div.buttons { button type="submit" { "Show" } @if then { a href="/deployed" { "Now" } } }
+            }
+            @if let Some(e) = error { p.error role="alert" { (e) } }
+            @if rows.is_empty() && error.is_none() { p.empty { "prodgate has moved no tag yet." } }
+            @if !rows.is_empty() {
+                table #deployed {
+                    thead { tr { th { "Repository" } th { "Environment" } th { "Digest" } th { "Since" } th { "Promotion" } th { "Drift" } } }
+                    tbody {
+                        @for r in rows {
+                            tr {
+                                td.repository { (r.repository) }
+                                td.environment { (r.environment) }
+                                @match &r.record {
+                                    Err(why) => td.error colspan="4" { "could not read: " (why) },
+                                    Ok(None) => td.empty colspan="4" { "nothing then" },
+                                    Ok(Some(record)) => {
+                                        td.digest { (record.expected()) }
+                                        td.since { time datetime=(time(record.applied.time)) { (time(record.applied.time)) } }
+                                        td { (promotion_link(record.applied.event.promotion_id)) }
+                                        td { (drift(record)) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                @if more { p.hint { "Only the first " (rows.len()) " tags are shown." } }
+            }
+        },
+    )
+}
+
+/// The version before the running policy, and what changed from it.
+pub enum Previous {
+    /// No earlier version is recorded (or none in reach).
+    None,
+    Unreadable(String),
+    Diff {
+        policy: StoredPolicy,
+        changes: Vec<Change>,
+    },
+}
+
+fn section_keys(keys: &Map<String, Value>) -> Markup {
+    html! {
+        ul.keys {
+            @for (k, v) in keys {
+                @if let Some(line) = entry(k, v) { li { (line) } }
+            }
+        }
+    }
+}
+
+/// `/policy`: the running policy cut into sections (principals,
+/// environments with their gates, projects), then the diff to the
+/// version before it.
+pub fn policy(
+    reader: &Reader<'_>,
+    running: &StoredPolicy,
+    sections: &[(String, Map<String, Value>)],
+    previous: &Previous,
+) -> Markup {
+    layout(
+        "Policy",
+        Some(reader),
+        html! {
+            h1 { "Policy in force" }
+            dl.facts {
+                dt { "Digest" } dd.digest #policy-digest { (running.digest) }
+                dt { "First recorded" } dd { time datetime=(time(running.first_recorded)) { (time(running.first_recorded)) } }
+            }
+            section #policy-sections {
+                @for (name, keys) in sections {
+                    @if name == "policy" {
+                        h2 { "Defaults" }
+                    } @else if name.starts_with("principal ") {
+                        h3.principal { (name) }
+                    } @else {
+                        h2 { (name) }
+                    }
+                    (section_keys(keys))
+                }
+            }
+            section #policy-diff {
+                h2 { "Changes from the version before" }
+                @match previous {
+                    Previous::None => p.empty { "No earlier version is recorded." },
+                    Previous::Unreadable(why) => p.error { "could not read: " (why) },
+                    Previous::Diff { policy, changes } => {
+                        p { "From " span.digest { (policy.digest) } " (first recorded "
+                            time datetime=(time(policy.first_recorded)) { (time(policy.first_recorded)) } ")" }
+                        @if changes.is_empty() { p.empty { "No change." } } @else {
+                            table {
+                                thead { tr { th { "Section" } th { "Key" } th { "Before" } th { "Now" } } }
+                                tbody {
+                                    @for c in changes {
+                                        tr {
+                                            td { (c.section) }
+                                            td { @if c.key.is_empty() { "(whole section)" } @else { (c.key) } }
+                                            td { (c.old.as_ref().map_or_else(|| "(unset)".to_owned(), render)) }
+                                            td { (c.new.as_ref().map_or_else(|| "(unset)".to_owned(), render)) }
+                                        }
+                                    }
+                                }
                             }
                         }
                     }
