@@ -298,6 +298,8 @@ pub fn promotion(reader: &Reader<'_>, view: &PromotionView<'_>) -> Markup {
                     @if !p.failure_message.is_empty() { dt { "Failure" } dd { (p.failure_message) } }
                     @if !p.policy_digest.is_empty() { dt { "Policy" } dd.digest { (p.policy_digest) } }
                 }
+                (what_changes(p, changes))
+                (check_list(checks))
                 h2 { "Approvals " (p.approvals.len()) " of " (p.required_approvals) }
                 ul #approvals {
                     @for a in &p.approvals {
@@ -322,8 +324,6 @@ pub fn promotion(reader: &Reader<'_>, view: &PromotionView<'_>) -> Markup {
                     }
                 }
             }
-            (what_changes(p, changes))
-            (check_list(checks))
             @if actions.decide || actions.cancel {
                 section #decide {
                     h2 { "Decide" }
