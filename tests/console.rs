@@ -28,6 +28,8 @@ struct Console {
     server: TestServer,
     registry: TestRegistry,
     base: String,
+    /// The config the server started with.
+    config: String,
     _key: tempfile::NamedTempFile,
 }
 
@@ -49,6 +51,7 @@ impl Console {
             server,
             registry,
             base,
+            config,
             _key: key,
         }
     }
@@ -463,4 +466,63 @@ async fn a_promotion_shows_what_changes_and_the_log_deployed_and_policy_pages_re
             );
         })
         .await;
+
+    // A reload adds an environment: /policy shows it as the change from
+    // the version before.
+    let old = alice
+        .get_policy(pb::GetPolicyRequest::default())
+        .await
+        .expect("policy")
+        .into_inner()
+        .digest;
+    w.server.write_config(&format!(
+        "{}\n[[environment]]\nname = \"canary\"\ntag = \"canary\"\nrequired_approvals = 0\n",
+        w.config
+    ));
+    w.server.hangup();
+    // The reload runs in the server process: poll until it took effect.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while alice
+        .get_policy(pb::GetPolicyRequest::default())
+        .await
+        .expect("policy")
+        .into_inner()
+        .digest
+        == old
+    {
+        assert!(std::time::Instant::now() < deadline, "never reloaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    browser
+        .run("console_policy_diff", async |b| {
+            b.goto(&format!("{}/policy", w.base)).await;
+            b.wait_for_text("#policy-diff td", "environment canary")
+                .await;
+            assert_eq!(
+                b.text("#policy-diff td:nth-child(2)").await,
+                "(whole section)"
+            );
+            assert!(b.text("#policy-diff p").await.contains(&old));
+        })
+        .await;
+
+    // Every page needs a session.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    for path in [
+        "/history",
+        "/deployed",
+        "/deployed?at=2026-01-01T00:00:00Z",
+        "/policy",
+    ] {
+        let r = http
+            .get(format!("{}{path}", w.base))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 303, "{path}");
+        assert_eq!(r.headers()["location"], "/login", "{path}");
+    }
 }

@@ -421,4 +421,149 @@ mod tests {
         let (created, labels) = parse_config(bare).unwrap();
         assert_eq!((created, labels.len()), (None, 0));
     }
+
+    /// A registry of a few manifests and blobs that counts its reads and
+    /// can be made unavailable.
+    #[derive(Default)]
+    struct Fake {
+        manifests: Mutex<HashMap<String, crate::registry::Manifest>>,
+        blobs: Mutex<HashMap<String, Vec<u8>>>,
+        reads: std::sync::atomic::AtomicUsize,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    fn digest_of(bytes: &[u8]) -> String {
+        use sha2::Digest;
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+    }
+
+    impl Fake {
+        fn manifest(&self, json: &str) -> String {
+            let digest = digest_of(json.as_bytes());
+            self.manifests.lock().unwrap().insert(
+                digest.clone(),
+                crate::registry::Manifest {
+                    digest: digest.clone(),
+                    media_type: String::new(),
+                    bytes: json.as_bytes().to_vec(),
+                },
+            );
+            digest
+        }
+
+        fn unavailable(&self) -> Result<(), RegistryError> {
+            self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            match self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                true => Err(RegistryError::Unavailable {
+                    registry: "reg.test".into(),
+                    reason: "HTTP 503".into(),
+                    retry_after: None,
+                }),
+                false => Ok(()),
+            }
+        }
+    }
+
+    fn unused() -> RegistryError {
+        RegistryError::Protocol {
+            registry: "reg.test".into(),
+            message: "not in this fake".into(),
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Registry for Fake {
+        async fn resolve(&self, _: &Repository, _: &str) -> Result<Option<String>, RegistryError> {
+            Err(unused())
+        }
+        async fn fetch(
+            &self,
+            _: &Repository,
+            reference: &str,
+        ) -> Result<Option<crate::registry::Manifest>, RegistryError> {
+            self.unavailable()?;
+            Ok(self.manifests.lock().unwrap().get(reference).cloned())
+        }
+        async fn fetch_blob(
+            &self,
+            _: &Repository,
+            digest: &str,
+            _: usize,
+        ) -> Result<Option<Vec<u8>>, RegistryError> {
+            self.unavailable()?;
+            Ok(self.blobs.lock().unwrap().get(digest).cloned())
+        }
+        async fn move_tag(
+            &self,
+            _: &Repository,
+            _: &crate::registry::Manifest,
+            _: &str,
+        ) -> Result<crate::registry::Moved, RegistryError> {
+            Err(unused())
+        }
+        async fn push_blob(&self, _: &Repository, _: &[u8]) -> Result<String, RegistryError> {
+            Err(unused())
+        }
+        async fn push_manifest(
+            &self,
+            _: &Repository,
+            _: &crate::registry::Manifest,
+            _: &str,
+        ) -> Result<(), RegistryError> {
+            Err(unused())
+        }
+        async fn fetch_index(
+            &self,
+            _: &Repository,
+            _: &str,
+        ) -> Result<Option<crate::registry::Manifest>, RegistryError> {
+            Err(unused())
+        }
+    }
+
+    const REPO: &str = "reg.test/team/app";
+
+    #[tokio::test]
+    async fn an_index_is_described_from_its_first_platform_and_kept() {
+        let fake = Fake::default();
+        fake.blobs.lock().unwrap().insert(
+            "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc".into(),
+            CONFIG.as_bytes().to_vec(),
+        );
+        let child = fake.manifest(MANIFEST);
+        let index = fake.manifest(&INDEX.replace(
+            "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            &child,
+        ));
+        let images = Images::default();
+        let image = images.describe(&fake, REPO, &index).await.unwrap();
+        assert_eq!(image.digest, index);
+        assert_eq!(image.platforms.len(), 2);
+        assert_eq!(image.described.as_ref().unwrap().to_string(), "linux/amd64");
+        assert_eq!(image.size, Some(1124));
+        assert_eq!(image.version.as_deref(), Some("1.4.0"));
+        assert_eq!(image.revision.as_deref(), Some("0123abc"));
+        // Index, child manifest, config: three reads, then none.
+        let reads = || fake.reads.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(reads(), 3);
+        fake.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(images.describe(&fake, REPO, &index).await.unwrap(), image);
+        assert_eq!(reads(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_failure_is_a_sentence_and_not_kept() {
+        let fake = Fake::default();
+        let digest = fake.manifest(MANIFEST);
+        let images = Images::default();
+        fake.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        let why = images.describe(&fake, REPO, &digest).await.unwrap_err();
+        assert_eq!(why, "registry reg.test is unavailable: HTTP 503");
+        fake.down.store(false, std::sync::atomic::Ordering::SeqCst);
+        // The config blob is missing: said so.
+        let why = images.describe(&fake, REPO, &digest).await.unwrap_err();
+        assert!(why.starts_with("config sha256:ccc"), "{why}");
+        let missing = images.describe(&fake, REPO, "sha256:0").await.unwrap_err();
+        assert_eq!(missing, "sha256:0 is not in the registry");
+    }
 }

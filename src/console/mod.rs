@@ -7,17 +7,19 @@
 //!   authenticator; development and the README). The session is a sealed
 //!   cookie ([`session`]).
 //! - Pages: `/` (what awaits me, my requests, the latest) and
-//!   `/promotions/{id}` (state, approvals, gates, audit entries; Approve,
-//!   Reject, Cancel, break-glass). `GET /promotions/{id}/events` streams a
-//!   `change` event per change (Server-Sent Events); `console.js` then
-//!   re-reads the page's live section.
+//!   `/promotions/{id}` (state, what changes ([`image`]: both images read
+//!   from the registry), checks, approvals, gates, audit entries and their
+//!   checkpoint inclusion; Approve, Reject, Cancel, break-glass).
+//!   `GET /promotions/{id}/events` streams a `change` event per change
+//!   (Server-Sent Events); `console.js` then re-reads the page's live
+//!   section. `/history`, `/deployed` and `/policy` read only ([`browse`]).
 //! - Safety: every state change is a POST carrying the session's CSRF
 //!   token and an `Origin` equal to `public_url`'s (else 403, nothing
 //!   recorded); a Content-Security-Policy that allows no inline script or
 //!   style; maud escapes every value ([`pages`]); the listener has the
 //!   connection cap and deadlines of `server::http1`.
 
-mod browse;
+pub mod browse;
 pub mod image;
 pub mod pages;
 pub mod session;
