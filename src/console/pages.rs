@@ -381,6 +381,13 @@ fn promotion_link(id: u64) -> Markup {
     }
 }
 
+/// `sha256:` and the first 12 hex digits: enough to tell digests apart in
+/// a table; the whole digest is the cell's title.
+fn short_digest(d: &str) -> &str {
+    let end = d.find(':').map_or(0, |i| i + 1) + 12;
+    d.get(..end).unwrap_or(d)
+}
+
 /// What `/history`'s form was sent with, echoed back into it.
 pub struct HistoryFields<'a> {
     pub repository: &'a str,
@@ -423,7 +430,7 @@ pub fn history(
                                 td.promotion { (promotion_link(e.event.promotion_id)) }
                                 td.repository { (e.event.repository) }
                                 td.environment { (e.event.environment) }
-                                td.digest { (e.event.digest) }
+                                td.digest title=(e.event.digest) { (short_digest(&e.event.digest)) }
                                 td { (e.event.actor) }
                                 td { (e.event.comment) }
                             }
@@ -524,7 +531,8 @@ pub enum Previous {
 fn section_keys(keys: &Map<String, Value>) -> Markup {
     html! {
         ul.keys {
-            @for (k, v) in keys {
+            // The document's format version says nothing to a reader.
+            @for (k, v) in keys.iter().filter(|(k, _)| *k != "format") {
                 @if let Some(line) = entry(k, v) { li { (line) } }
             }
         }
@@ -671,5 +679,15 @@ mod tests {
         assert!(!is_http_url("https://"));
         assert!(!is_http_url("/relative"));
         assert!(!is_http_url("https://a.example/x y"));
+    }
+
+    #[test]
+    fn short_digests_keep_the_algorithm() {
+        assert_eq!(
+            short_digest(&format!("sha256:{}", "ab".repeat(32))),
+            "sha256:abababababab"
+        );
+        assert_eq!(short_digest(""), "");
+        assert_eq!(short_digest("sha256:ab"), "sha256:ab");
     }
 }
