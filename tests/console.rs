@@ -3,7 +3,9 @@
 //! real registry: sign-in with a token, what awaits me, a promotion page
 //! that updates live when another approver acts over gRPC, Approve with a
 //! comment (the audit entry names the signed-in principal), Reject, Cancel,
-//! text a user wrote shown as text, and forged POSTs refused.
+//! text a user wrote shown as text, and forged POSTs refused; what a
+//! promotion changes (both images described from the registry), checks,
+//! `/history`, `/deployed` (now and then) and `/policy`.
 
 mod support;
 
@@ -15,6 +17,10 @@ use support::registry::{TestRegistry, free_port};
 use support::server::{Client, TestServer, standard_config};
 use support::{approve, get, history, request_to, wait_for_state};
 
+const REVISION: &str = "org.opencontainers.image.revision";
+const SOURCE: &str = "org.opencontainers.image.source";
+const VERSION: &str = "org.opencontainers.image.version";
+
 /// A reason that would run script if it were not escaped.
 const HOSTILE: &str = "<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned'\"> ship 1.4";
 
@@ -22,6 +28,8 @@ struct Console {
     server: TestServer,
     registry: TestRegistry,
     base: String,
+    /// The config the server started with.
+    config: String,
     _key: tempfile::NamedTempFile,
 }
 
@@ -33,7 +41,7 @@ impl Console {
         let port = free_port();
         let base = format!("http://127.0.0.1:{port}");
         let config = format!(
-            "{}\n[console]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{base}\"\n\
+            "check_reporters = [\"carol\"]\n{}\n[console]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{base}\"\n\
              session_key_file = {:?}\ntoken_login = true\n",
             standard_config(&registry.host),
             key.path()
@@ -43,6 +51,7 @@ impl Console {
             server,
             registry,
             base,
+            config,
             _key: key,
         }
     }
@@ -145,10 +154,6 @@ async fn an_approver_signs_in_sees_what_awaits_and_decides_in_the_browser() {
                 .expect("dave approves");
             b.wait_for_text("#approvals li:first-child strong", "dave")
                 .await;
-            if let Ok(dir) = std::env::var("PRODGATE_CONSOLE_SCREENSHOTS") {
-                b.screenshot(&Path::new(&dir).join("console-promotion.png"))
-                    .await;
-            }
 
             // bob approves with a comment: the second approval ships it.
             b.fill("#comment", "checked the <b>changelog</b>").await;
@@ -292,4 +297,232 @@ async fn forged_posts_are_refused_and_record_nothing() {
         Duration::from_secs(30),
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_promotion_shows_what_changes_and_the_log_deployed_and_policy_pages_read() {
+    let w = Console::start().await;
+    let mut alice = w.client("alice").await;
+    let labeled = |seed: u64, revision: &'static str, version: &'static str| {
+        let registry = &w.registry;
+        async move {
+            registry
+                .push_labeled_image(
+                    "team/app",
+                    Some("staging"),
+                    2048,
+                    seed,
+                    &[
+                        (REVISION, revision),
+                        (SOURCE, "https://github.com/acme/app"),
+                        (VERSION, version),
+                    ],
+                )
+                .await
+        }
+    };
+    let request = async |c: &mut Client, env: &str, reason: &str| {
+        c.request_promotion(pb::RequestPromotionRequest {
+            reason: reason.into(),
+            ..request_to(&w.repo(), "staging", env)
+        })
+        .await
+        .expect("request")
+        .into_inner()
+    };
+    // 1.4.0 runs in production (bob approved it over gRPC)...
+    let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let before_any = prodgate::domain::model::Time::from_system(an_hour_ago)
+        .rfc3339(prodgate::domain::model::Precision::Seconds);
+    let running = labeled(1, "0a1b2c3d", "1.4.0").await;
+    let first = request(&mut alice, "production", "1.4.0").await;
+    w.client("bob")
+        .await
+        .approve(approve(&first.id))
+        .await
+        .expect("bob approves");
+    wait_for_state(
+        &mut alice,
+        &first.id,
+        PromotionState::Promoted,
+        Duration::from_secs(30),
+    )
+    .await;
+    // ... and 1.5.0 waits to replace it; a CI check reported on it.
+    let candidate = labeled(2, "4e5f6a7b", "1.5.0").await;
+    let second = request(&mut alice, "production", "1.5.0: faster checkout").await;
+    w.client("carol")
+        .await
+        .report_check(pb::ReportCheckRequest {
+            repository: w.repo(),
+            digest: candidate.clone(),
+            check: "unit-tests".into(),
+            status: pb::CheckStatus::Passed as i32,
+            details_url: "https://ci.example/runs/42".into(),
+            comment: String::new(),
+        })
+        .await
+        .expect("a check report");
+    // A label holding script, on its way to prod2 (where nothing ran yet).
+    let hostile = labeled(3, "deadbeef", HOSTILE).await;
+    let third = request(&mut alice, "prod2", "hostile labels").await;
+
+    let browser = Browser::start().await;
+    browser
+        .run("console_pages", async |b| {
+            sign_in(b, &w.base, "bob-token").await;
+            b.goto(&format!("{}/promotions/{}", w.base, second.id))
+                .await;
+            assert_eq!(b.text("#now .digest").await, running);
+            assert_eq!(b.text("#candidate .digest").await, candidate);
+            assert_eq!(b.text("#now .version").await, "1.4.0");
+            assert_eq!(b.text("#candidate .version").await, "1.5.0");
+            assert_eq!(b.text("#candidate .created").await, "2026-12-01T10:00:00Z");
+            let link = b.wait_for("#candidate .revision a").await;
+            assert_eq!(
+                link.attr("href").await.expect("href").as_deref(),
+                Some("https://github.com/acme/app/commit/4e5f6a7b")
+            );
+            assert_eq!(
+                link.attr("rel").await.expect("rel").as_deref(),
+                Some("noopener noreferrer")
+            );
+            assert_eq!(b.text("#checks td.check").await, "unit-tests");
+            assert_eq!(b.text("#checks td.reporter").await, "carol");
+            let details = b.wait_for("#checks td.details a").await;
+            assert_eq!(
+                details.attr("href").await.expect("href").as_deref(),
+                Some("https://ci.example/runs/42")
+            );
+            b.wait_for_text("#history td.checkpoint", "included").await;
+            if let Ok(dir) = std::env::var("PRODGATE_CONSOLE_SCREENSHOTS") {
+                b.screenshot(&Path::new(&dir).join("console-promotion.png"))
+                    .await;
+            }
+
+            // A label is text: shown as written, no script run.
+            b.goto(&format!("{}/promotions/{}", w.base, third.id)).await;
+            assert_eq!(b.text("#now .empty").await, "nothing yet");
+            assert_eq!(b.text("#candidate .digest").await, hostile);
+            assert_eq!(b.text("#candidate .version").await, HOSTILE);
+            assert_eq!(
+                b.title().await,
+                format!("Promotion {} · prodgate", third.id),
+                "no script ran"
+            );
+
+            // /history, filtered by environment through its form.
+            b.click("header nav a[href='/history']").await;
+            b.wait_for("#history-filter").await;
+            b.fill("#history-filter input[name=environment]", "prod2")
+                .await;
+            b.click("#history-filter button[type=submit]").await;
+            b.wait_for_text("#entries td.environment", "prod2").await;
+            let envs = b
+                .client()
+                .find_all(fantoccini::Locator::Css("#entries td.environment"))
+                .await
+                .expect("rows");
+            for e in envs {
+                assert_eq!(e.text().await.expect("text"), "prod2");
+            }
+            assert!(
+                b.client()
+                    .find(fantoccini::Locator::Css(&format!(
+                        "#entries a[href='/promotions/{}']",
+                        third.id
+                    )))
+                    .await
+                    .is_ok()
+            );
+            b.fill("#history-filter input[name=environment]", "nowhere")
+                .await;
+            b.click("#history-filter button[type=submit]").await;
+            b.wait_for_text("p.empty", "No entry matches.").await;
+
+            // /deployed now, and before anything ran.
+            b.click("header nav a[href='/deployed']").await;
+            b.wait_for_text("#deployed td.environment", "production")
+                .await;
+            assert_eq!(b.text("#deployed td.repository").await, w.repo());
+            assert_eq!(b.text("#deployed td.digest").await, running);
+            assert_eq!(b.text("#deployed .drift").await, "none");
+            b.goto(&format!("{}/deployed?at={before_any}", w.base))
+                .await;
+            b.wait_for_text("h1", &format!("What ran at {before_any}"))
+                .await;
+            assert_eq!(b.text("#deployed td.empty").await, "nothing then");
+
+            // /policy: the running policy, by section.
+            b.click("header nav a[href='/policy']").await;
+            b.wait_for_text("h1", "Policy in force").await;
+            assert!(b.text("#policy-digest").await.starts_with("sha256:"));
+            let sections = b.text("#policy-sections").await;
+            assert!(sections.contains("environment production"), "{sections}");
+            assert!(sections.contains("required_approvals: 2"), "{sections}");
+            assert_eq!(
+                b.text("#policy-diff p.empty").await,
+                "No earlier version is recorded."
+            );
+        })
+        .await;
+
+    // A reload adds an environment: /policy shows it as the change from
+    // the version before.
+    let old = alice
+        .get_policy(pb::GetPolicyRequest::default())
+        .await
+        .expect("policy")
+        .into_inner()
+        .digest;
+    w.server.write_config(&format!(
+        "{}\n[[environment]]\nname = \"canary\"\ntag = \"canary\"\nrequired_approvals = 0\n",
+        w.config
+    ));
+    w.server.hangup();
+    // The reload runs in the server process: poll until it took effect.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while alice
+        .get_policy(pb::GetPolicyRequest::default())
+        .await
+        .expect("policy")
+        .into_inner()
+        .digest
+        == old
+    {
+        assert!(std::time::Instant::now() < deadline, "never reloaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    browser
+        .run("console_policy_diff", async |b| {
+            b.goto(&format!("{}/policy", w.base)).await;
+            b.wait_for_text("#policy-diff td", "environment canary")
+                .await;
+            assert_eq!(
+                b.text("#policy-diff td:nth-child(2)").await,
+                "(whole section)"
+            );
+            assert!(b.text("#policy-diff p").await.contains(&old));
+        })
+        .await;
+
+    // Every page needs a session.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    for path in [
+        "/history",
+        "/deployed",
+        "/deployed?at=2026-01-01T00:00:00Z",
+        "/policy",
+    ] {
+        let r = http
+            .get(format!("{}{path}", w.base))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 303, "{path}");
+        assert_eq!(r.headers()["location"], "/login", "{path}");
+    }
 }

@@ -111,7 +111,7 @@ pub struct Change {
 /// The document cut into named sections of keys: `policy` (the top-level
 /// keys), `principal NAME`, `environment NAME`, `project NAME` and
 /// `project NAME environment ENV`, in document order.
-fn sections(doc: &Map<String, Value>) -> Vec<(String, Map<String, Value>)> {
+pub fn sections(doc: &Map<String, Value>) -> Vec<(String, Map<String, Value>)> {
     let mut out = Vec::new();
     let mut top = Map::new();
     let named = |v: &Value| {
@@ -223,7 +223,7 @@ pub fn changes(old: &Map<String, Value>, new: &Map<String, Value>) -> Vec<Change
 
 /// A value as a person reads it: strings bare, lists comma-separated,
 /// `*_seconds` as durations by the caller, the rest as compact JSON.
-fn render(v: &Value) -> String {
+pub fn render(v: &Value) -> String {
     match v {
         Value::Null => "(none)".to_owned(),
         Value::String(s) => s.clone(),
@@ -236,7 +236,7 @@ fn render(v: &Value) -> String {
 /// `key: value`, with `*_seconds` keys shown as durations (`approval_ttl:
 /// 1day`); `None` for keys at a value that says nothing (unset, false,
 /// empty), which the summary leaves out.
-fn entry(key: &str, v: &Value) -> Option<String> {
+pub fn entry(key: &str, v: &Value) -> Option<String> {
     match v {
         Value::Null | Value::Bool(false) => None,
         Value::Array(a) if a.is_empty() => None,

@@ -7,16 +7,20 @@
 //!   authenticator; development and the README). The session is a sealed
 //!   cookie ([`session`]).
 //! - Pages: `/` (what awaits me, my requests, the latest) and
-//!   `/promotions/{id}` (state, approvals, gates, audit entries; Approve,
-//!   Reject, Cancel, break-glass). `GET /promotions/{id}/events` streams a
-//!   `change` event per change (Server-Sent Events); `console.js` then
-//!   re-reads the page's live section.
+//!   `/promotions/{id}` (state, what changes ([`image`]: both images read
+//!   from the registry), checks, approvals, gates, audit entries and their
+//!   checkpoint inclusion; Approve, Reject, Cancel, break-glass).
+//!   `GET /promotions/{id}/events` streams a `change` event per change
+//!   (Server-Sent Events); `console.js` then re-reads the page's live
+//!   section. `/history`, `/deployed` and `/policy` read only ([`browse`]).
 //! - Safety: every state change is a POST carrying the session's CSRF
 //!   token and an `Origin` equal to `public_url`'s (else 403, nothing
 //!   recorded); a Content-Security-Policy that allows no inline script or
 //!   style; maud escapes every value ([`pages`]); the listener has the
 //!   connection cap and deadlines of `server::http1`.
 
+pub mod browse;
+pub mod image;
 pub mod pages;
 pub mod session;
 
@@ -24,7 +28,8 @@ use crate::auth::Authenticator;
 use crate::clock::Clock;
 use crate::config::{ConsoleConfig, Live};
 use crate::domain::machine;
-use crate::domain::model::{PromotionId, State};
+use crate::domain::model::{Promotion, PromotionId, State};
+use crate::domain::names::Repository;
 use crate::domain::policy::Principal;
 use crate::error::Error;
 use crate::promotions::{HistoryQuery, ListQuery, Promotions};
@@ -48,6 +53,9 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 /// The largest form the console reads (a comment is at most 4096 bytes).
 const MAX_FORM: usize = 16 * 1024;
 
+/// Checks shown on a promotion page (the latest report of each).
+const CHECKS_SHOWN: usize = 100;
+
 /// Promotions listed per section of `/`.
 const LISTED: usize = 50;
 
@@ -58,6 +66,8 @@ pub struct Console {
     config: ConsoleConfig,
     sealer: Sealer,
     clock: Arc<dyn Clock>,
+    /// Images described on promotion pages, by digest.
+    images: image::Images,
 }
 
 impl Console {
@@ -79,6 +89,7 @@ impl Console {
             config,
             sealer,
             clock,
+            images: image::Images::default(),
         })
     }
 
@@ -117,6 +128,9 @@ pub fn router(console: Shared) -> Router {
         .route("/promotions/{id}/reject", post(reject))
         .route("/promotions/{id}/cancel", post(cancel))
         .route("/promotions/{id}/events", get(events))
+        .route("/history", get(browse::history))
+        .route("/deployed", get(browse::deployed))
+        .route("/policy", get(browse::policy))
         .route("/static/console.js", get(script))
         .route("/static/console.css", get(style))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM))
@@ -386,6 +400,17 @@ async fn render_promotion(
         Ok(l) => l.items,
         Err(e) => return failure(Some(&r), e),
     };
+    let changes = what_changes(c, &p).await;
+    let checks = match Repository::parse(&p.repository) {
+        Ok(repo) => c
+            .promotions
+            .list_checks(&repo, &p.digest, None, CHECKS_SHOWN)
+            .await
+            .map(|l| l.items)
+            .map_err(|e| refusal(e, "").1),
+        Err(e) => Err(e.to_string()),
+    };
+    let checkpoint_size = c.promotions.checkpoint_size();
     let config = c.live.get();
     let policy = config
         .governing(&p.repository)
@@ -402,8 +427,65 @@ async fn render_promotion(
     };
     page(
         status,
-        pages::promotion(&r, &p, gates.as_ref(), &entries, &actions, error),
+        pages::promotion(
+            &r,
+            &pages::PromotionView {
+                promotion: &p,
+                gates: gates.as_ref(),
+                entries: &entries,
+                checkpoint_size,
+                checks: &checks,
+                changes: &changes,
+                actions: &actions,
+                error,
+            },
+        ),
     )
+}
+
+/// How long the page waits for the registry to describe an image: past
+/// it the column says so and the page renders anyway.
+const DESCRIBE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn describe(c: &Console, repository: &str, digest: &str) -> Result<image::Image, String> {
+    let registry = c.promotions.registry();
+    match tokio::time::timeout(
+        DESCRIBE_DEADLINE,
+        c.images.describe(registry.as_ref(), repository, digest),
+    )
+    .await
+    {
+        Ok(described) => described,
+        Err(_) => Err(format!(
+            "the registry did not answer within {}s",
+            DESCRIBE_DEADLINE.as_secs()
+        )),
+    }
+}
+
+/// The environment's digest now (GetDeployed's record) and the candidate,
+/// each described; a failure is shown in its column, never fails the page.
+async fn what_changes(c: &Console, p: &Promotion) -> pages::WhatChanges {
+    let deployed = match Repository::parse(&p.repository) {
+        Ok(repo) => c.promotions.deployed(&repo, &p.environment, None).await,
+        Err(e) => Err(Error::InvalidArgument {
+            field: "repository",
+            message: e.to_string(),
+        }),
+    };
+    let candidate = describe(c, &p.repository, &p.digest);
+    let now = async {
+        match deployed {
+            Ok(record) => pages::Carried::Digest {
+                since: record.applied.time,
+                image: Box::new(describe(c, &p.repository, record.expected()).await),
+            },
+            Err(Error::NothingDeployed { .. }) => pages::Carried::Nothing,
+            Err(e) => pages::Carried::Unknown(refusal(e, "").1),
+        }
+    };
+    let (now, candidate) = tokio::join!(now, candidate);
+    pages::WhatChanges { now, candidate }
 }
 
 #[derive(Deserialize)]

@@ -3,10 +3,15 @@
 //! reasons, comments and anything a registry wrote show as text. No inline
 //! script or style: the CSP allows only `/static/console.{js,css}`.
 
+use super::image::Image;
+use crate::cli::policy::{Change, entry, render};
 use crate::domain::audit::AuditEntry;
+use crate::domain::drift::TagRecord;
 use crate::domain::gates::GateReport;
-use crate::domain::model::{Precision, Promotion, State, Time};
+use crate::domain::model::{CheckReport, CheckStatus, Precision, Promotion, State, Time};
+use crate::store::StoredPolicy;
 use maud::{DOCTYPE, Markup, html};
+use serde_json::{Map, Value};
 
 /// What every signed-in page knows about the reader.
 pub struct Reader<'a> {
@@ -44,6 +49,9 @@ fn layout(title: &str, reader: Option<&Reader<'_>>, body: Markup) -> Markup {
                     @if let Some(r) = reader {
                         nav {
                             a href="/" { "Awaiting" }
+                            a href="/history" { "History" }
+                            a href="/deployed" { "Deployed" }
+                            a href="/policy" { "Policy" }
                         }
                         span.who {
                             (r.name)
@@ -131,6 +139,101 @@ pub fn index(
     )
 }
 
+/// What the environment's tag carries now, by prodgate's record.
+pub enum Carried {
+    /// No APPLIED entry: prodgate never moved this tag.
+    Nothing,
+    /// The record could not be read.
+    Unknown(String),
+    Digest {
+        since: Time,
+        image: Box<Result<Image, String>>,
+    },
+}
+
+/// "What changes": the digest the environment carries now beside the
+/// candidate, each described from its manifest and config.
+pub struct WhatChanges {
+    pub now: Carried,
+    pub candidate: Result<Image, String>,
+}
+
+/// `1.2 MiB (1258291 bytes)`.
+fn size(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} bytes");
+    }
+    // Precision is lost only above 2^53 bytes, far past any image.
+    #[allow(clippy::cast_precision_loss)]
+    let mut v = n as f64 / 1024.0;
+    let mut unit = UNITS[0];
+    for u in &UNITS[1..] {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    format!("{v:.1} {unit} ({n} bytes)")
+}
+
+fn image_facts(image: &Result<Image, String>) -> Markup {
+    html! {
+        @match image {
+            Err(why) => p.error.unreadable { "could not read: " (why) }
+            Ok(i) => dl.facts {
+                dt { "Digest" } dd.digest { (i.digest) }
+                dt { "Created" } dd.created { (i.created.as_deref().unwrap_or("-")) }
+                dt { "Version" } dd.version { (i.version.as_deref().unwrap_or("-")) }
+                dt { "Revision" } dd.revision {
+                    @match (i.revision.as_deref(), i.revision_link()) {
+                        (Some(r), Some(link)) => a href=(link) rel="noopener noreferrer" { (r) },
+                        (Some(r), None) => (r),
+                        (None, Some(link)) => a href=(link) rel="noopener noreferrer" { (link) },
+                        (None, None) => "-",
+                    }
+                }
+                dt { "Source" } dd.source { (i.source.as_deref().unwrap_or("-")) }
+                dt { "Size" } dd.size {
+                    @match i.size { Some(n) => (size(n)), None => "-" }
+                    @if let Some(p) = &i.described { " (" (p.to_string()) ")" }
+                }
+                @if !i.platforms.is_empty() {
+                    dt { "Platforms" } dd.platforms {
+                        (i.platforms.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn what_changes(p: &Promotion, w: &WhatChanges) -> Markup {
+    html! {
+        section #changes {
+            h2 { "What changes" }
+            div.changes {
+                div #now {
+                    h3 { "Now in " (p.environment) }
+                    @match &w.now {
+                        Carried::Nothing => p.empty { "nothing yet" },
+                        Carried::Unknown(why) => p.error.unreadable { "could not read: " (why) },
+                        Carried::Digest { since, image } => {
+                            p.since { "since " time datetime=(time(*since)) { (time(*since)) } }
+                            (image_facts(image))
+                        }
+                    }
+                }
+                div #candidate {
+                    h3 { "Candidate" }
+                    (image_facts(&w.candidate))
+                }
+            }
+        }
+    }
+}
+
 /// What the reader may do on a promotion page.
 pub struct Actions {
     /// Approve and Reject (open, and the reader may approve).
@@ -141,15 +244,32 @@ pub struct Actions {
     pub break_glass: bool,
 }
 
+/// Everything a promotion page shows.
+pub struct PromotionView<'a> {
+    pub promotion: &'a Promotion,
+    /// `None` once it is finished (or the gates could not be evaluated).
+    pub gates: Option<&'a GateReport>,
+    pub entries: &'a [AuditEntry],
+    /// The current checkpoint's size: entries up to it are included.
+    pub checkpoint_size: u64,
+    pub checks: &'a Result<Vec<CheckReport>, String>,
+    pub changes: &'a WhatChanges,
+    pub actions: &'a Actions,
+    pub error: Option<&'a str>,
+}
+
 /// `/promotions/{id}`.
-pub fn promotion(
-    reader: &Reader<'_>,
-    p: &Promotion,
-    gates: Option<&GateReport>,
-    entries: &[AuditEntry],
-    actions: &Actions,
-    error: Option<&str>,
-) -> Markup {
+pub fn promotion(reader: &Reader<'_>, view: &PromotionView<'_>) -> Markup {
+    let PromotionView {
+        promotion: p,
+        gates,
+        entries,
+        checkpoint_size,
+        checks,
+        changes,
+        actions,
+        error,
+    } = *view;
     let title = format!("Promotion {}", p.id);
     layout(
         &title,
@@ -178,6 +298,8 @@ pub fn promotion(
                     @if !p.failure_message.is_empty() { dt { "Failure" } dd { (p.failure_message) } }
                     @if !p.policy_digest.is_empty() { dt { "Policy" } dd.digest { (p.policy_digest) } }
                 }
+                (what_changes(p, changes))
+                (check_list(checks))
                 h2 { "Approvals " (p.approvals.len()) " of " (p.required_approvals) }
                 ul #approvals {
                     @for a in &p.approvals {
@@ -230,11 +352,14 @@ pub fn promotion(
             section #history {
                 h2 { "Audit entries" }
                 table {
-                    thead { tr { th { "Sequence" } th { "Time" } th { "Action" } th { "Actor" } th { "Comment" } } }
+                    thead { tr { th { "Sequence" } th { "Checkpoint" } th { "Time" } th { "Action" } th { "Actor" } th { "Comment" } } }
                     tbody {
                         @for e in entries {
                             tr {
                                 td { (e.sequence) }
+                                td.checkpoint {
+                                    @if e.sequence <= checkpoint_size { "included" } @else { "not yet" }
+                                }
                                 td { time datetime=(time(e.time)) { (time(e.time)) } }
                                 td { (action_name(e)) }
                                 td { (e.event.actor) }
@@ -246,6 +371,277 @@ pub fn promotion(
             }
         },
     )
+}
+
+/// A promotion id as a link to its page; none for entries about no
+/// promotion (id 0).
+fn promotion_link(id: u64) -> Markup {
+    html! {
+        @if id == 0 { "-" } @else { a href={ "/promotions/" (id) } { (id) } }
+    }
+}
+
+/// `sha256:` and the first 12 hex digits: enough to tell digests apart in
+/// a table; the whole digest is the cell's title.
+fn short_digest(d: &str) -> &str {
+    let end = d.find(':').map_or(0, |i| i + 1) + 12;
+    d.get(..end).unwrap_or(d)
+}
+
+/// What `/history`'s form was sent with, echoed back into it.
+pub struct HistoryFields<'a> {
+    pub repository: &'a str,
+    pub environment: &'a str,
+    pub since: &'a str,
+    pub until: &'a str,
+}
+
+/// `/history`: the audit log, newest first, filtered.
+pub fn history(
+    reader: &Reader<'_>,
+    f: &HistoryFields<'_>,
+    entries: &[AuditEntry],
+    next: Option<&str>,
+    error: Option<&str>,
+) -> Markup {
+    layout(
+        "History",
+        Some(reader),
+        html! {
+            h1 { "History" }
+            form #history-filter method="get" action="/history" {
+                label { "Repository " input name="repository" value=(f.repository) placeholder="registry.example/team/app"; }
+                label { "Environment " input name="environment" value=(f.environment); }
+                label { "Since " input name="since" value=(f.since) placeholder="2026-11-26T14:32:00Z"; }
+                label { "Until " input name="until" value=(f.until) placeholder="RFC 3339"; }
+                div.buttons { button type="submit" { "Filter" } }
+            }
+            @if let Some(e) = error { p.error role="alert" { (e) } }
+            @if entries.is_empty() && error.is_none() { p.empty { "No entry matches." } }
+            @if !entries.is_empty() {
+                table #entries {
+                    thead { tr { th { "Sequence" } th { "Time" } th { "Action" } th { "Promotion" } th { "Repository" } th { "Environment" } th { "Digest" } th { "Actor" } th { "Comment" } } }
+                    tbody {
+                        @for e in entries {
+                            tr {
+                                td { (e.sequence) }
+                                td { time datetime=(time(e.time)) { (time(e.time)) } }
+                                td.action { (action_name(e)) }
+                                td.promotion { (promotion_link(e.event.promotion_id)) }
+                                td.repository { (e.event.repository) }
+                                td.environment { (e.event.environment) }
+                                td.digest title=(e.event.digest) { (short_digest(&e.event.digest)) }
+                                td { (e.event.actor) }
+                                td { (e.event.comment) }
+                            }
+                        }
+                    }
+                }
+            }
+            @if let Some(n) = next { p { a #next href=(n) { "Older entries" } } }
+        },
+    )
+}
+
+/// One tag on `/deployed`: its record then (`None`: nothing then), or why
+/// it could not be read.
+pub struct DeployedRow {
+    pub repository: String,
+    pub environment: String,
+    pub record: Result<Option<TagRecord>, String>,
+}
+
+fn drift(record: &TagRecord) -> Markup {
+    html! {
+        @if record.drifted() {
+            @let observed = record.drift.last().map_or("", |e| e.event.digest.as_str());
+            span.drift.block {
+                "drifted: the tag carries "
+                @if observed.is_empty() { "nothing (deleted)" } @else { span.digest { (observed) } }
+            }
+        } @else if record.drift.is_empty() {
+            span.drift { "none" }
+        } @else {
+            span.drift { "restored" }
+        }
+    }
+}
+
+/// `/deployed` (now) and `/deployed?at=` (then).
+pub fn deployed(
+    reader: &Reader<'_>,
+    at: &str,
+    rows: &[DeployedRow],
+    more: bool,
+    error: Option<&str>,
+) -> Markup {
+    let then = !at.trim().is_empty() && error.is_none();
+    layout(
+        "Deployed",
+        Some(reader),
+        html! {
+            h1 {
+                @if then { "What ran at " (at.trim()) } @else { "Deployed now" }
+            }
+            form #deployed-at method="get" action="/deployed" {
+                label { "At " input name="at" value=(at) placeholder="2026-11-26T14:32:00Z"; }
+                div.buttons { button type="submit" { "Show" } @if then { a href="/deployed" { "Now" } } }
+            }
+            @if let Some(e) = error { p.error role="alert" { (e) } }
+            @if rows.is_empty() && error.is_none() { p.empty { "prodgate has moved no tag yet." } }
+            @if !rows.is_empty() {
+                table #deployed {
+                    thead { tr { th { "Repository" } th { "Environment" } th { "Digest" } th { "Since" } th { "Promotion" } th { "Drift" } } }
+                    tbody {
+                        @for r in rows {
+                            tr {
+                                td.repository { (r.repository) }
+                                td.environment { (r.environment) }
+                                @match &r.record {
+                                    Err(why) => td.error colspan="4" { "could not read: " (why) },
+                                    Ok(None) => td.empty colspan="4" { "nothing then" },
+                                    Ok(Some(record)) => {
+                                        td.digest { (record.expected()) }
+                                        td.since { time datetime=(time(record.applied.time)) { (time(record.applied.time)) } }
+                                        td { (promotion_link(record.applied.event.promotion_id)) }
+                                        td { (drift(record)) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                @if more { p.hint { "Only the first " (rows.len()) " tags are shown." } }
+            }
+        },
+    )
+}
+
+/// The version before the running policy, and what changed from it.
+pub enum Previous {
+    /// No earlier version is recorded (or none in reach).
+    None,
+    Unreadable(String),
+    Diff {
+        policy: StoredPolicy,
+        changes: Vec<Change>,
+    },
+}
+
+fn section_keys(keys: &Map<String, Value>) -> Markup {
+    html! {
+        ul.keys {
+            // The document's format version says nothing to a reader.
+            @for (k, v) in keys.iter().filter(|(k, _)| *k != "format") {
+                @if let Some(line) = entry(k, v) { li { (line) } }
+            }
+        }
+    }
+}
+
+/// `/policy`: the running policy cut into sections (principals,
+/// environments with their gates, projects), then the diff to the
+/// version before it.
+pub fn policy(
+    reader: &Reader<'_>,
+    running: &StoredPolicy,
+    sections: &[(String, Map<String, Value>)],
+    previous: &Previous,
+) -> Markup {
+    layout(
+        "Policy",
+        Some(reader),
+        html! {
+            h1 { "Policy in force" }
+            dl.facts {
+                dt { "Digest" } dd.digest #policy-digest { (running.digest) }
+                dt { "First recorded" } dd { time datetime=(time(running.first_recorded)) { (time(running.first_recorded)) } }
+            }
+            section #policy-sections {
+                @for (name, keys) in sections {
+                    @if name == "policy" {
+                        h2 { "Defaults" }
+                    } @else if name.starts_with("principal ") {
+                        h3.principal { (name) }
+                    } @else {
+                        h2 { (name) }
+                    }
+                    (section_keys(keys))
+                }
+            }
+            section #policy-diff {
+                h2 { "Changes from the version before" }
+                @match previous {
+                    Previous::None => p.empty { "No earlier version is recorded." },
+                    Previous::Unreadable(why) => p.error { "could not read: " (why) },
+                    Previous::Diff { policy, changes } => {
+                        p { "From " span.digest { (policy.digest) } " (first recorded "
+                            time datetime=(time(policy.first_recorded)) { (time(policy.first_recorded)) } ")" }
+                        @if changes.is_empty() { p.empty { "No change." } } @else {
+                            table {
+                                thead { tr { th { "Section" } th { "Key" } th { "Before" } th { "Now" } } }
+                                tbody {
+                                    @for c in changes {
+                                        tr {
+                                            td { (c.section) }
+                                            td { @if c.key.is_empty() { "(whole section)" } @else { (c.key) } }
+                                            td { (c.old.as_ref().map_or_else(|| "(unset)".to_owned(), render)) }
+                                            td { (c.new.as_ref().map_or_else(|| "(unset)".to_owned(), render)) }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// Whether `s` may be a link's target: an http(s) URL, nothing else
+/// (`javascript:`, `data:` and relative references are shown as text).
+pub fn is_http_url(s: &str) -> bool {
+    let lower = s.trim().to_ascii_lowercase();
+    lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"))
+        .is_some_and(|rest| !rest.is_empty())
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// The candidate's checks: the latest report of each.
+fn check_list(checks: &Result<Vec<CheckReport>, String>) -> Markup {
+    html! {
+        section #checks {
+            h2 { "Checks" }
+            @match checks {
+                Err(why) => p.error { "could not read: " (why) },
+                Ok(list) if list.is_empty() => p.empty { "No check has reported on this digest." },
+                Ok(list) => table {
+                    thead { tr { th { "Check" } th { "Status" } th { "Reported by" } th { "Time" } th { "Details" } } }
+                    tbody {
+                        @for c in list {
+                            tr class=(if c.status == CheckStatus::Passed { "pass" } else { "block" }) {
+                                td.check { (c.check) }
+                                td.status { (c.status.label()) }
+                                td.reporter { (c.reported_by) }
+                                td { time datetime=(time(c.time)) { (time(c.time)) } }
+                                td.details {
+                                    @if is_http_url(&c.details_url) {
+                                        a href=(c.details_url.trim()) rel="noopener noreferrer" { "details" }
+                                    } @else if !c.details_url.is_empty() {
+                                        (c.details_url)
+                                    }
+                                    @if !c.comment.is_empty() { " " q { (c.comment) } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn action_name(e: &AuditEntry) -> &'static str {
@@ -269,4 +665,29 @@ pub fn problem(reader: Option<&Reader<'_>>, title: &str, message: &str) -> Marku
             p { a href="/" { "Back to what awaits you" } }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_http_urls_become_links() {
+        assert!(is_http_url("https://ci.example/run/1"));
+        assert!(is_http_url("HTTP://ci.example"));
+        assert!(!is_http_url("javascript:alert(1)"));
+        assert!(!is_http_url("https://"));
+        assert!(!is_http_url("/relative"));
+        assert!(!is_http_url("https://a.example/x y"));
+    }
+
+    #[test]
+    fn short_digests_keep_the_algorithm() {
+        assert_eq!(
+            short_digest(&format!("sha256:{}", "ab".repeat(32))),
+            "sha256:abababababab"
+        );
+        assert_eq!(short_digest(""), "");
+        assert_eq!(short_digest("sha256:ab"), "sha256:ab");
+    }
 }

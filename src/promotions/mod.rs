@@ -136,6 +136,12 @@ pub struct Promotions {
 }
 
 impl Promotions {
+    /// The registry the use cases read: the console describes images
+    /// (manifest and config) through it, reading only.
+    pub fn registry(&self) -> Arc<dyn Registry> {
+        self.registry.clone()
+    }
+
     /// Changes once per adopted configuration.
     pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
         self.reloaded.subscribe()

@@ -345,6 +345,25 @@ impl Promotions {
         })
     }
 
+    /// How many entries the current checkpoint covers: the tree head's
+    /// size (every durable entry; `evidence::Evidence::checkpoint` signs
+    /// the same head). An entry is included when its sequence is at most
+    /// this.
+    pub fn checkpoint_size(&self) -> u64 {
+        self.store.tree_size()
+    }
+
+    /// Every repository and environment whose tag prodgate moved (an
+    /// APPLIED entry exists), sorted, at most `limit` of them; `true` when
+    /// some were left out.
+    pub async fn moved_tags(&self, limit: usize) -> Result<(Vec<(String, String)>, bool), Error> {
+        let mut all = self.store.moved_tags().await?;
+        all.sort();
+        let more = all.len() > limit;
+        all.truncate(limit);
+        Ok((all, more))
+    }
+
     pub async fn verify(&self) -> Result<Verification, Error> {
         Ok(self.store.verify().await?)
     }

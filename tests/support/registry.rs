@@ -333,18 +333,40 @@ impl TestRegistry {
         layer_bytes: usize,
         seed: u64,
     ) -> String {
+        self.push_labeled_image(repo, tag, layer_bytes, seed, &[])
+            .await
+    }
+
+    /// [`TestRegistry::push_image`] whose config also carries `labels` (`config.Labels`, e.g.
+    /// `org.opencontainers.image.revision`) and a `created` time.
+    pub async fn push_labeled_image(
+        &self,
+        repo: &str,
+        tag: Option<&str>,
+        layer_bytes: usize,
+        seed: u64,
+        labels: &[(&str, &str)],
+    ) -> String {
+        let mut all = serde_json::Map::new();
+        all.insert("prodgate.test.seed".into(), json!(seed.to_string()));
+        for (k, v) in labels {
+            all.insert((*k).into(), json!(v));
+        }
         let mut layer = vec![0; layer_bytes];
         StdRng::seed_from_u64(seed).fill_bytes(&mut layer);
         let layer_len = layer.len();
         let layer_digest = self.upload_blob(repo, layer).await;
-        let config = serde_json::to_vec(&json!({
+        let mut config = json!({
             "architecture": "amd64",
             "os": "linux",
-            "config": { "Labels": { "prodgate.test.seed": seed.to_string() } },
+            "config": { "Labels": all },
             // The layer is an uncompressed tar type, so its diff_id is its digest.
             "rootfs": { "type": "layers", "diff_ids": [layer_digest] },
-        }))
-        .expect("serialize the image config");
+        });
+        if !labels.is_empty() {
+            config["created"] = json!("2026-12-01T10:00:00Z");
+        }
+        let config = serde_json::to_vec(&config).expect("serialize the image config");
         let config_digest = self.push_blob(repo, &config).await;
         let manifest = serde_json::to_vec(&json!({
             "schemaVersion": 2,
