@@ -26,7 +26,7 @@ pub mod keys;
 pub mod layer;
 
 use crate::clock::Clock;
-use crate::config::{ClientAuth, Config, JwsAlgorithm, Live};
+use crate::config::{ClientAuth, Config, IdentityConfig, JwsAlgorithm, Live};
 use crate::domain::policy::Principal;
 use crate::metrics::Metrics;
 use jwt::shown;
@@ -341,6 +341,39 @@ impl Authenticator {
             .ok_or_else(|| AuthError::UntrustedIssuer {
                 issuer: iss.map(str::to_owned),
             })?;
+        let claims = self.verified_claims(identity, &t).await?;
+        jwt::map_to_principal(&claims, identity)
+    }
+
+    /// An OpenID Connect ID token the console received from `identity`'s
+    /// token endpoint: the same checks as a bearer JWT of that issuer (its
+    /// `alg`, key, signature, time claims and `aud` = the identity's
+    /// `audience`, which the console sets to its `client_id`), returning
+    /// the verified claims; the caller checks `nonce` and maps them with
+    /// [`jwt::map_to_principal`].
+    pub async fn verify_id_token(
+        &self,
+        token: &str,
+        identity: &IdentityConfig,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, AuthError> {
+        let t = jwt::parse(token).ok_or_else(|| AuthError::Malformed {
+            message: "the identity provider's ID token is not a JWT".into(),
+        })?;
+        let iss = t.claims.get("iss").and_then(|v| v.as_str());
+        if iss != Some(identity.issuer.as_str()) {
+            return Err(AuthError::UntrustedIssuer {
+                issuer: iss.map(str::to_owned),
+            });
+        }
+        self.verified_claims(identity, &t).await
+    }
+
+    /// `alg`, key, signature and claims of a token of `identity`.
+    async fn verified_claims(
+        &self,
+        identity: &IdentityConfig,
+        t: &jwt::Unverified<'_>,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, AuthError> {
         let issuer = || identity.issuer.clone();
         let alg = JwsAlgorithm::from_name(&t.alg)
             .filter(|a| identity.algorithms.contains(a))
@@ -406,7 +439,7 @@ impl Authenticator {
             kid: kid.clone(),
         })?;
         jwt::check_claims(&verified.claims, identity, self.clock.now().seconds)?;
-        jwt::map_to_principal(&verified.claims, identity)
+        Ok(verified.claims)
     }
 }
 

@@ -1,10 +1,12 @@
 //! `[console]`: the approvers' web console, on a listener of its own (see
 //! `crate::console`). Its session cookie is sealed with a key derived from
 //! `session_key_file`, so replicas that share that file share sessions and
-//! nothing else.
+//! nothing else. With `identity`, people sign in through that
+//! `[[identity]]`'s OpenID Connect provider (`client_id`,
+//! `client_secret_file`, redirect `{public_url}/auth/callback`).
 
 use super::validate::{Cx, duration};
-use super::{ConfigError, Secret, invalid};
+use super::{ConfigError, IdentityConfig, Secret, invalid};
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -26,6 +28,25 @@ pub(super) struct RawConsole {
     pub token_login: bool,
     pub session_ttl: Option<String>,
     pub max_connections: Option<u32>,
+    pub identity: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret_file: Option<PathBuf>,
+    pub scopes: Option<Vec<String>>,
+}
+
+/// Sign-in through an `[[identity]]`'s OpenID Connect provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleOidc {
+    /// The `name` of the `[[identity]]` whose issuer, keys and rules apply.
+    pub identity: String,
+    pub client_id: String,
+    /// `None`: a public client (PKCE only), or `check-config` could not
+    /// read the file.
+    pub client_secret: Option<Secret>,
+    /// Asked for besides `openid`, which is always asked for.
+    pub scopes: Vec<String>,
+    /// `{public_url}/auth/callback`.
+    pub redirect_uri: String,
 }
 
 /// `[console]`, validated.
@@ -46,6 +67,7 @@ pub struct ConsoleConfig {
     pub token_login: bool,
     pub session_ttl: Duration,
     pub max_connections: usize,
+    pub oidc: Option<ConsoleOidc>,
 }
 
 impl ConsoleConfig {
@@ -123,7 +145,63 @@ pub(super) fn console(raw: RawConsole, cx: &mut Cx) -> Result<ConsoleConfig, Con
         0 => return Err(invalid("console.max_connections", "must be at least 1")),
         n => n as usize,
     };
+    let oidc = match (raw.identity, raw.client_id) {
+        (None, None) => {
+            if raw.client_secret_file.is_some() || raw.scopes.is_some() {
+                return Err(invalid(
+                    "console.identity",
+                    "client_secret_file and scopes are for OpenID Connect sign-in: name the [[identity]] to sign in with",
+                ));
+            }
+            None
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "console.identity",
+                "client_id is set without identity: name the [[identity]] (its `name` key) to sign in with",
+            ));
+        }
+        (Some(_), None) => {
+            return Err(invalid(
+                "console.client_id",
+                "required with identity: the client id the identity provider registered for the console",
+            ));
+        }
+        (Some(identity), Some(client_id)) => {
+            if client_id.trim().is_empty() || client_id.chars().any(char::is_control) {
+                return Err(invalid("console.client_id", "must not be empty"));
+            }
+            let client_secret = match &raw.client_secret_file {
+                None => None,
+                Some(path) => super::validate::secret_file("console.client_secret_file", path, cx)?,
+            };
+            let mut scopes = Vec::new();
+            for (i, s) in raw.scopes.unwrap_or_default().into_iter().enumerate() {
+                if s.is_empty()
+                    || !s
+                        .chars()
+                        .all(|c| c.is_ascii_graphic() && c != '"' && c != '\\')
+                {
+                    return Err(invalid(
+                        format!("console.scopes[{i}]"),
+                        format!("{s:?} is not a scope (printable ASCII, no spaces)"),
+                    ));
+                }
+                if s != "openid" && !scopes.contains(&s) {
+                    scopes.push(s);
+                }
+            }
+            Some(ConsoleOidc {
+                identity,
+                client_id,
+                client_secret,
+                scopes,
+                redirect_uri: format!("{public_url}/auth/callback"),
+            })
+        }
+    };
     Ok(ConsoleConfig {
+        oidc,
         listen: raw.listen,
         public_url,
         origin,
@@ -136,6 +214,52 @@ pub(super) fn console(raw: RawConsole, cx: &mut Cx) -> Result<ConsoleConfig, Con
         )?,
         max_connections,
     })
+}
+
+/// `console.identity` must name an `[[identity]]` whose issuer serves
+/// discovery over HTTPS (plain HTTP only on loopback, for tests).
+pub(super) fn check_identity(
+    console: &ConsoleConfig,
+    identities: &[IdentityConfig],
+) -> Result<(), ConfigError> {
+    let Some(oidc) = &console.oidc else {
+        return Ok(());
+    };
+    let Some(identity) = identities
+        .iter()
+        .find(|i| i.name.as_deref() == Some(oidc.identity.as_str()))
+    else {
+        let named: Vec<String> = identities
+            .iter()
+            .filter_map(|i| i.name.as_ref().map(|n| format!("{n:?}")))
+            .collect();
+        let why = if identities.is_empty() {
+            "there is no [[identity]]".to_owned()
+        } else if named.is_empty() {
+            "no [[identity]] has a `name`: give the one to sign in with `name = ...`".to_owned()
+        } else {
+            format!("the named identities are {}", named.join(", "))
+        };
+        return Err(invalid(
+            "console.identity",
+            format!("{:?} names no [[identity]]: {why}", oidc.identity),
+        ));
+    };
+    let url = reqwest::Url::parse(&identity.issuer).ok();
+    let https = url.as_ref().is_some_and(|u| {
+        u.scheme() == "https"
+            || (u.scheme() == "http" && is_loopback(u.host_str().unwrap_or_default()))
+    });
+    if !https {
+        return Err(invalid(
+            "console.identity",
+            format!(
+                "the issuer {:?} is not an https:// URL: sign-in reads its discovery document at {{issuer}}/.well-known/openid-configuration",
+                identity.issuer
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn is_loopback(host: &str) -> bool {
