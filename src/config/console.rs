@@ -270,3 +270,95 @@ fn is_loopback(host: &str) -> bool {
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError};
+
+    /// A config with `[console]` plus `console` and `identity` lines, and
+    /// the files they read; the error's key and message, or the config.
+    fn parse(console: &str, identity: &str) -> Result<Config, (String, String)> {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("session.key");
+        std::fs::write(&key, "k".repeat(40)).unwrap();
+        let secret = dir.path().join("client.secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let jwks = dir.path().join("jwks.json");
+        std::fs::write(
+            &jwks,
+            r#"{"keys": [{"kty": "RSA", "kid": "k1", "n": "AQAB", "e": "AQAB"}]}"#,
+        )
+        .unwrap();
+        let text = format!(
+            "{identity}\n[console]\nlisten = \"127.0.0.1:8080\"\npublic_url = \"https://console.acme.test\"\n\
+             session_key_file = {key:?}\n{console}\n"
+        )
+        .replace("JWKS", &format!("{jwks:?}"))
+        .replace("SECRET", &format!("{secret:?}"));
+        Config::parse(&text).map_err(|e| match e {
+            ConfigError::Invalid { key, message } => (key, message),
+            e => (String::new(), e.to_string()),
+        })
+    }
+
+    const SSO: &str = "[[identity]]\nname = \"sso\"\nissuer = \"https://sso.acme.test\"\n\
+         audience = \"prodgate\"\njwks_file = JWKS\n[[identity.rule]]\nprincipal = \"sso:{sub}\"\n";
+
+    #[test]
+    fn oidc_sign_in_names_a_named_identity_and_a_client() {
+        let c = parse(
+            "identity = \"sso\"\nclient_id = \"console\"\nclient_secret_file = SECRET\n\
+             scopes = [\"email\", \"openid\", \"groups\", \"email\"]",
+            SSO,
+        )
+        .unwrap();
+        let oidc = c.console.unwrap().oidc.unwrap();
+        assert_eq!(oidc.identity, "sso");
+        assert_eq!(oidc.client_id, "console");
+        assert_eq!(
+            oidc.client_secret.as_ref().map(|s| s.expose().to_vec()),
+            Some(b"s3cret".to_vec())
+        );
+        assert_eq!(oidc.scopes, ["email", "groups"]);
+        assert_eq!(oidc.redirect_uri, "https://console.acme.test/auth/callback");
+        assert!(!format!("{oidc:?}").contains("s3cret"), "never logged");
+        // A public client: no secret.
+        let c = parse("identity = \"sso\"\nclient_id = \"console\"", SSO).unwrap();
+        assert!(c.console.unwrap().oidc.unwrap().client_secret.is_none());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let key = |console: &str, identity: &str| parse(console, identity).unwrap_err();
+        let (k, m) = key("identity = \"corp\"\nclient_id = \"c\"", SSO);
+        assert_eq!(k, "console.identity");
+        assert!(m.contains("\"corp\"") && m.contains("\"sso\""), "{m}");
+        let unnamed = SSO.replace("name = \"sso\"\n", "");
+        let (k, m) = key("identity = \"sso\"\nclient_id = \"c\"", &unnamed);
+        assert_eq!(k, "console.identity");
+        assert!(m.contains("no [[identity]] has a `name`"), "{m}");
+        let (k, m) = key("identity = \"sso\"\nclient_id = \"c\"", "");
+        assert_eq!(k, "console.identity");
+        assert!(m.contains("there is no [[identity]]"), "{m}");
+        assert_eq!(key("identity = \"sso\"", SSO).0, "console.client_id");
+        assert_eq!(key("client_id = \"c\"", SSO).0, "console.identity");
+        assert_eq!(
+            key("client_secret_file = SECRET", SSO).0,
+            "console.identity"
+        );
+        assert_eq!(
+            key(
+                "identity = \"sso\"\nclient_id = \"c\"\nscopes = [\"a b\"]",
+                SSO
+            )
+            .0,
+            "console.scopes[0]"
+        );
+        let plain = SSO.replace("https://sso.acme.test", "http://sso.acme.test");
+        let (k, m) = key("identity = \"sso\"\nclient_id = \"c\"", &plain);
+        assert_eq!(k, "console.identity");
+        assert!(m.contains("https://"), "{m}");
+        let twice = format!("{SSO}{}", SSO.replace("sso.acme", "other.acme"));
+        assert_eq!(key("", &twice).0, "identity[1].name");
+    }
+}
