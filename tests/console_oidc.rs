@@ -3,7 +3,8 @@
 //! serve`, with an OpenID Connect provider of the tests' own
 //! (`support::idp`): the code flow with PKCE, the ID token's claims mapped
 //! by the identity's rules to the principal that then approves (the audit
-//! entry names it), and a wrong `nonce` or `state` refused with no session.
+//! entry names it), and a wrong `nonce` or `state`, a forged ID token and
+//! a person no rule maps refused with no session.
 
 mod support;
 
@@ -239,7 +240,7 @@ async fn an_approver_signs_in_at_the_identity_provider_and_approves_as_the_mappe
 }
 
 #[tokio::test]
-async fn a_wrong_nonce_or_state_is_refused_without_a_session() {
+async fn a_wrong_nonce_state_or_signature_or_an_unmapped_person_is_refused_without_a_session() {
     let w = World::start().await;
     let browser = Browser::start().await;
     browser
@@ -282,8 +283,47 @@ async fn a_wrong_nonce_or_state_is_refused_without_a_session() {
             assert!(b.cookie("prodgate_session").await.is_none());
             assert_eq!(w.idp.token_calls().len(), exchanges, "no code exchanged");
 
-            // A sound sign-in still works afterwards.
+            // An ID token signed by a key that is not the issuer's.
+            w.idp.set_knobs(Knobs {
+                forged: true,
+                ..Knobs::default()
+            });
+            b.click("#oidc").await;
+            b.wait_for_text(
+                ".error",
+                &format!(
+                    "The identity provider's ID token is not accepted: token from {:?}: \
+                     the signature does not verify with key \"idp-1\".",
+                    w.idp.issuer
+                ),
+            )
+            .await;
+            assert!(b.cookie("prodgate_session").await.is_none());
+
+            // Someone no rule maps.
             w.idp.set_knobs(Knobs::default());
+            w.idp.set_person(
+                json!({"sub": "00u43", "email": "eve@acme.test", "email_verified": "false"}),
+            );
+            b.click("#oidc").await;
+            b.wait_for_text(
+                ".error",
+                &format!(
+                    "You are signed in at the identity provider, but prodgate does not know you: \
+                     token from {:?} matched no rule.",
+                    w.idp.issuer
+                ),
+            )
+            .await;
+            assert!(b.cookie("prodgate_session").await.is_none());
+
+            // A sound sign-in still works afterwards.
+            w.idp.set_person(json!({
+                "sub": "00u42",
+                "email": "rosa@acme.test",
+                "email_verified": "true",
+                "groups": ["release-managers", "everyone"],
+            }));
             b.click("#oidc").await;
             b.wait_for_text(
                 "span.who",

@@ -402,8 +402,16 @@ async fn oidc_callback(
     };
     let unreachable = |e: oidc::ProviderError| {
         tracing::warn!(error = %e, "console: OpenID Connect sign-in failed at the provider");
+        // The provider said no (a used or expired code, a client it does
+        // not know): the sign-in is refused; otherwise it did not answer.
+        let status = match e {
+            oidc::ProviderError::Refused { .. } => StatusCode::UNAUTHORIZED,
+            oidc::ProviderError::Http { .. } | oidc::ProviderError::Discovery { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+        };
         refused(
-            StatusCode::BAD_GATEWAY,
+            status,
             "The identity provider did not complete the sign-in; try again.",
         )
     };

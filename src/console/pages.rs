@@ -72,6 +72,8 @@ pub fn login(token_login: bool, issuer: Option<&str>, error: Option<&str>) -> Ma
             h1 { "Sign in" }
             @if let Some(e) = error { p.error role="alert" { (e) } }
             @if let Some(issuer) = issuer {
+                // A link, not a form: the CSP's `form-action 'self'` would
+                // stop a form's redirect on to the provider.
                 p { a.button #oidc href="/auth/login" { "Sign in with " (issuer) } }
             }
             @if token_login {

@@ -41,6 +41,9 @@ pub struct Knobs {
     pub wrong_nonce: bool,
     /// `/authorize` redirects back with a state other than the one it got.
     pub wrong_state: bool,
+    /// The ID token is signed by a key not in the JWKS, under the JWKS
+    /// key's `kid`.
+    pub forged: bool,
 }
 
 struct Pending {
@@ -54,6 +57,8 @@ struct Inner {
     client_id: String,
     client_secret: String,
     key: SigningKey,
+    /// Signs when `forged` is set.
+    other_key: SigningKey,
     /// The claims of the person who signs in (besides iss, aud, exp, iat, nonce).
     person: Mutex<Value>,
     knobs: Mutex<Knobs>,
@@ -82,6 +87,7 @@ impl FakeIdp {
             client_id: client_id.to_owned(),
             client_secret: client_secret.to_owned(),
             key: SigningKey::es256("idp-1"),
+            other_key: SigningKey::es256("idp-1"),
             person: Mutex::new(person),
             knobs: Mutex::default(),
             codes: Mutex::default(),
@@ -108,6 +114,11 @@ impl FakeIdp {
 
     pub fn set_knobs(&self, knobs: Knobs) {
         *self.inner.knobs.lock().unwrap() = knobs;
+    }
+
+    /// The claims of whoever signs in next.
+    pub fn set_person(&self, person: Value) {
+        *self.inner.person.lock().unwrap() = person;
     }
 
     pub fn authorizations(&self) -> Vec<Authorization> {
@@ -262,7 +273,8 @@ fn answer(
             bad("invalid_grant", "code_verifier does not fit the challenge"),
         );
     }
-    let nonce = if idp.knobs.lock().unwrap().wrong_nonce {
+    let knobs = *idp.knobs.lock().unwrap();
+    let nonce = if knobs.wrong_nonce {
         b64(&rand::random::<[u8; 32]>())
     } else {
         pending.nonce
@@ -286,7 +298,7 @@ fn answer(
                 "access_token": b64(&rand::random::<[u8; 16]>()),
                 "token_type": "Bearer",
                 "expires_in": 300,
-                "id_token": idp.key.sign(&claims),
+                "id_token": if knobs.forged { &idp.other_key } else { &idp.key }.sign(&claims),
             }),
         ),
     )
