@@ -3,8 +3,9 @@
 //! serve`, with an OpenID Connect provider of the tests' own
 //! (`support::idp`): the code flow with PKCE, the ID token's claims mapped
 //! by the identity's rules to the principal that then approves (the audit
-//! entry names it), and a wrong `nonce` or `state`, a forged ID token and
-//! a person no rule maps refused with no session.
+//! entry names it); a wrong `nonce` or `state`, a forged ID token, one
+//! issued to another client (`azp`) and a person no rule maps are refused
+//! with no session.
 
 mod support;
 
@@ -317,8 +318,24 @@ async fn a_wrong_nonce_state_or_signature_or_an_unmapped_person_is_refused_witho
             .await;
             assert!(b.cookie("prodgate_session").await.is_none());
 
+            // A token issued to another client (`azp`).
+            w.idp.set_person(json!({
+                "sub": "00u42",
+                "email": "rosa@acme.test",
+                "email_verified": "true",
+                "azp": "someone-else",
+            }));
+            b.click("#oidc").await;
+            b.wait_for_text(
+                ".error",
+                "The identity provider's ID token was issued to another client.",
+            )
+            .await;
+            assert!(b.cookie("prodgate_session").await.is_none());
+
             // A sound sign-in still works afterwards.
             w.idp.set_person(json!({
+                "azp": CLIENT_ID,
                 "sub": "00u42",
                 "email": "rosa@acme.test",
                 "email_verified": "true",

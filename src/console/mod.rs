@@ -437,6 +437,18 @@ async fn oidc_callback(
             );
         }
     };
+    // OpenID Connect Core 3.1.3.7: a token for several audiences names
+    // the party it was issued to in `azp`, which must be this console.
+    if claims
+        .get("azp")
+        .is_some_and(|azp| azp.as_str() != Some(client.client_id.as_str()))
+    {
+        tracing::warn!("console: an ID token was issued to another client (azp)");
+        return refused(
+            StatusCode::UNAUTHORIZED,
+            "The identity provider's ID token was issued to another client.",
+        );
+    }
     let nonce = claims.get("nonce").and_then(|n| n.as_str());
     if !nonce.is_some_and(|n| oidc::same(n, &flow.nonce)) {
         tracing::warn!("console: an ID token carried a nonce that is not the sign-in's");
