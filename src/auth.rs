@@ -15,6 +15,10 @@
 //! - [`keys`]: the issuers' signing keys (JWKS), cached and refreshed;
 //! - [`layer`]: the tower service in front of the API that runs all this.
 //!
+//! The console's OpenID Connect sign-in verifies its ID tokens here too
+//! ([`Authenticator::verify_id_token`]): the same keys, algorithms and
+//! claim checks as a bearer JWT of that `[[identity]]`, then its rules.
+//!
 //! Verifying a JWT may have to fetch the issuer's keys (the first call, or
 //! a token signed with a key the issuer just rotated in), which is I/O, so
 //! authentication is async and runs in [`layer::Authenticate`] rather than
