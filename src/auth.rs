@@ -15,6 +15,10 @@
 //! - [`keys`]: the issuers' signing keys (JWKS), cached and refreshed;
 //! - [`layer`]: the tower service in front of the API that runs all this.
 //!
+//! The console's OpenID Connect sign-in verifies its ID tokens here too
+//! ([`Authenticator::verify_id_token`]): the same keys, algorithms and
+//! claim checks as a bearer JWT of that `[[identity]]`, then its rules.
+//!
 //! Verifying a JWT may have to fetch the issuer's keys (the first call, or
 //! a token signed with a key the issuer just rotated in), which is I/O, so
 //! authentication is async and runs in [`layer::Authenticate`] rather than
@@ -26,7 +30,7 @@ pub mod keys;
 pub mod layer;
 
 use crate::clock::Clock;
-use crate::config::{ClientAuth, Config, JwsAlgorithm, Live};
+use crate::config::{ClientAuth, Config, IdentityConfig, JwsAlgorithm, Live};
 use crate::domain::policy::Principal;
 use crate::metrics::Metrics;
 use jwt::shown;
@@ -341,6 +345,39 @@ impl Authenticator {
             .ok_or_else(|| AuthError::UntrustedIssuer {
                 issuer: iss.map(str::to_owned),
             })?;
+        let claims = self.verified_claims(identity, &t).await?;
+        jwt::map_to_principal(&claims, identity)
+    }
+
+    /// An OpenID Connect ID token the console received from `identity`'s
+    /// token endpoint: the same checks as a bearer JWT of that issuer (its
+    /// `alg`, key, signature, time claims and `aud` = the identity's
+    /// `audience`, which the console sets to its `client_id`), returning
+    /// the verified claims; the caller checks `nonce` and maps them with
+    /// [`jwt::map_to_principal`].
+    pub async fn verify_id_token(
+        &self,
+        token: &str,
+        identity: &IdentityConfig,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, AuthError> {
+        let t = jwt::parse(token).ok_or_else(|| AuthError::Malformed {
+            message: "the identity provider's ID token is not a JWT".into(),
+        })?;
+        let iss = t.claims.get("iss").and_then(|v| v.as_str());
+        if iss != Some(identity.issuer.as_str()) {
+            return Err(AuthError::UntrustedIssuer {
+                issuer: iss.map(str::to_owned),
+            });
+        }
+        self.verified_claims(identity, &t).await
+    }
+
+    /// `alg`, key, signature and claims of a token of `identity`.
+    async fn verified_claims(
+        &self,
+        identity: &IdentityConfig,
+        t: &jwt::Unverified<'_>,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, AuthError> {
         let issuer = || identity.issuer.clone();
         let alg = JwsAlgorithm::from_name(&t.alg)
             .filter(|a| identity.algorithms.contains(a))
@@ -406,7 +443,7 @@ impl Authenticator {
             kid: kid.clone(),
         })?;
         jwt::check_claims(&verified.claims, identity, self.clock.now().seconds)?;
-        jwt::map_to_principal(&verified.claims, identity)
+        Ok(verified.claims)
     }
 }
 

@@ -34,7 +34,8 @@
 //!   of trusted `[[identity]]` issuers (JWKS cached and rotated), mTLS.
 //! - [`api`]: gRPC handlers, conversions, page tokens, error -> status.
 //! - [`console`]: the approvers' web console (server-rendered pages on a
-//!   listener of their own), another client of [`promotions`].
+//!   listener of their own, sign-in through OpenID Connect), another client
+//!   of [`promotions`].
 //! - [`server`]: wires it all up and serves until shutdown.
 //! - [`cli`]: the command line: `serve`, local tools, the gRPC client subcommands.
 //! - [`evidence`]: the audit log's signed checkpoints, inclusion and

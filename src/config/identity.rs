@@ -28,6 +28,8 @@ const MAX_KEYS: usize = 64;
 /// One trusted issuer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdentityConfig {
+    /// How `[console] identity` names it (its `name` key), if it has one.
+    pub name: Option<String>,
     /// The exact `iss` its tokens carry.
     pub issuer: String,
     /// Must be among the token's `aud`.
@@ -397,6 +399,15 @@ pub(super) fn identities(
                 ),
             ));
         }
+        if let Some(name) = &r.name {
+            check_name(&key("name"), name)?;
+            if let Some(j) = out.iter().position(|x| x.name.as_ref() == Some(name)) {
+                return Err(invalid(
+                    key("name"),
+                    format!("{name:?} is also identity[{j}]'s name: names are unique"),
+                ));
+            }
+        }
         if r.audience.trim().is_empty() {
             return Err(invalid(
                 key("audience"),
@@ -475,6 +486,7 @@ pub(super) fn identities(
             }
         }
         out.push(IdentityConfig {
+            name: r.name,
             issuer: r.issuer,
             audience: r.audience,
             keys,
@@ -488,7 +500,7 @@ pub(super) fn identities(
 
 /// `jwks_url`: HTTPS, or plain HTTP to a loopback IP (a sidecar, tests),
 /// without credentials in it.
-fn jwks_url(key: &str, text: &str) -> Result<String, ConfigError> {
+pub(super) fn jwks_url(key: &str, text: &str) -> Result<String, ConfigError> {
     let url = reqwest::Url::parse(text)
         .map_err(|e| invalid(key, format!("{text:?} is not a URL: {e}")))?;
     if !url.username().is_empty() || url.password().is_some() {

@@ -35,7 +35,7 @@ mod version;
 
 pub use crate::domain::policy::describe;
 pub use checkpoint::{CheckpointConfig, DEFAULT_PUBLISH_INTERVAL, PublishConfig};
-pub use console::ConsoleConfig;
+pub use console::{ConsoleConfig, ConsoleOidc};
 pub use identity::{
     DEFAULT_ALGORITHMS, IdentityConfig, IdentityRule, JwsAlgorithm, Key, KeyKind, KeySet,
     KeySource, MAX_JWKS_BYTES, Template,

@@ -110,6 +110,8 @@ pub(super) struct RawPrincipal {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawIdentity {
+    /// How `[console] identity` refers to it.
+    pub name: Option<String>,
     pub issuer: String,
     pub audience: String,
     pub jwks_url: Option<String>,

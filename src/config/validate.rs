@@ -51,6 +51,9 @@ pub(super) fn config(raw: RawConfig, files: Files) -> Result<Loaded, ConfigError
     c.registries = registries(raw.registry, docker.as_ref(), &mut cx)?;
     c.principals = principals(raw.principal)?;
     c.identities = super::identity::identities(raw.identity, &c.principals, &mut cx)?;
+    if let Some(console) = &c.console {
+        super::console::check_identity(console, &c.identities)?;
+    }
     let people = People::new(&c.principals, &c.identities);
     c.check_reporters = members("check_reporters", &raw.check_reporters, &people, &mut cx)?;
     c.environments = environments(&raw.environment, &people, &c.check_reporters, &mut cx)?;
@@ -446,7 +449,11 @@ fn base_url(key: &str, url: &str) -> Result<String, ConfigError> {
 
 /// A key file (`echo KEY > file` leaves a newline the sender's key lacks,
 /// so trailing line breaks go); `None` when `check-config` did not find it.
-fn secret_file(key: &str, path: &Path, cx: &mut Cx) -> Result<Option<Secret>, ConfigError> {
+pub(super) fn secret_file(
+    key: &str,
+    path: &Path,
+    cx: &mut Cx,
+) -> Result<Option<Secret>, ConfigError> {
     let Some(mut bytes) = cx.read(key, path)? else {
         return Ok(None);
     };

@@ -3,9 +3,12 @@
 //! API: every action goes through `Promotions` with the signed-in
 //! principal, so authorization and the audit entry are the gRPC call's.
 //!
-//! - Sign-in: `token_login` (a `[[principal]]` token, checked by the gRPC
-//!   authenticator; development and the README). The session is a sealed
-//!   cookie ([`session`]).
+//! - Sign-in: through the company's identity provider (`[console]
+//!   identity`: OpenID Connect, code flow with PKCE; `GET /auth/login`
+//!   starts it, `GET /auth/callback` finishes it, [`oidc`]), and for
+//!   development `token_login` (a `[[principal]]` token, checked by the
+//!   gRPC authenticator). The session is a sealed cookie ([`session`]);
+//!   Log out clears it and any sign-in under way.
 //! - Pages: `/` (what awaits me, my requests, the latest) and
 //!   `/promotions/{id}` (state, what changes ([`image`]: both images read
 //!   from the registry), checks, approvals, gates, audit entries and their
@@ -21,6 +24,7 @@
 
 pub mod browse;
 pub mod image;
+pub mod oidc;
 pub mod pages;
 pub mod session;
 
@@ -68,6 +72,7 @@ pub struct Console {
     clock: Arc<dyn Clock>,
     /// Images described on promotion pages, by digest.
     images: image::Images,
+    provider: oidc::Provider,
 }
 
 impl Console {
@@ -82,7 +87,11 @@ impl Console {
     ) -> Option<Console> {
         let key = config.session_key.clone()?;
         let sealer = Sealer::new(key.expose(), config.secure_cookies(), config.session_ttl);
+        let provider = oidc::Provider::new()
+            .map_err(|e| tracing::error!(error = %e, "console: no OpenID Connect client"))
+            .ok()?;
         Some(Console {
+            provider,
             promotions,
             auth,
             live,
@@ -123,6 +132,8 @@ pub fn router(console: Shared) -> Router {
         .route("/", get(index))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
+        .route("/auth/login", get(oidc_login))
+        .route("/auth/callback", get(oidc_callback))
         .route("/promotions/{id}", get(promotion_page))
         .route("/promotions/{id}/approve", post(approve))
         .route("/promotions/{id}/reject", post(reject))
@@ -203,7 +214,22 @@ async fn login_page(Extract(c): Extract<Shared>, headers: HeaderMap) -> Response
     if c.session(&headers).is_some() {
         return Redirect::to("/").into_response();
     }
-    page(StatusCode::OK, pages::login(c.config.token_login, None))
+    page(StatusCode::OK, sign_in_page(&c, None))
+}
+
+/// The sign-in page as configured: the identity provider's button and/or
+/// the token form, with `error` above them.
+fn sign_in_page(c: &Console, error: Option<&str>) -> Markup {
+    let issuer = c.config.oidc.as_ref().map(|o| {
+        c.live
+            .get()
+            .identities
+            .iter()
+            .find(|i| i.name.as_deref() == Some(o.identity.as_str()))
+            .map(|i| i.issuer.clone())
+            .unwrap_or_else(|| o.identity.clone())
+    });
+    pages::login(c.config.token_login, issuer.as_deref(), error)
 }
 
 #[derive(Deserialize)]
@@ -220,12 +246,12 @@ async fn login(
         return forbidden(None, "this form must be sent from the console's own pages");
     }
     if !c.config.token_login {
-        return page(StatusCode::NOT_FOUND, pages::login(false, None));
+        return page(StatusCode::NOT_FOUND, sign_in_page(&c, None));
     }
     let refused = || {
         page(
             StatusCode::UNAUTHORIZED,
-            pages::login(true, Some("That token is not accepted.")),
+            sign_in_page(&c, Some("That token is not accepted.")),
         )
     };
     let Ok(value) = HeaderValue::from_str(&format!("Bearer {}", form.token.trim())) else {
@@ -271,8 +297,206 @@ async fn logout(
         return forbidden(None, "sign out from the console's own pages");
     }
     (
-        [(header::SET_COOKIE, c.sealer.clear())],
+        axum::response::AppendHeaders([
+            (header::SET_COOKIE, c.sealer.clear()),
+            (header::SET_COOKIE, c.sealer.clear_as(session::FLOW_COOKIE)),
+        ]),
         Redirect::to("/login"),
+    )
+        .into_response()
+}
+
+/// Starts the OpenID Connect sign-in: a new `state`, `nonce` and PKCE
+/// verifier in the flow cookie, and the browser sent to the provider. A
+/// GET: it changes nothing but that cookie, which only the callback reads.
+async fn oidc_login(Extract(c): Extract<Shared>) -> Response {
+    let Some(client) = &c.config.oidc else {
+        return page(StatusCode::NOT_FOUND, sign_in_page(&c, None));
+    };
+    let Some(identity) = oidc::identity(&c.live.get().identities, client) else {
+        return oidc_refused(
+            &c,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The console's identity provider is not configured any more.",
+        );
+    };
+    let discovery = match c.provider.discover(&identity.issuer).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "console: OpenID Connect discovery failed");
+            return oidc_refused(
+                &c,
+                StatusCode::BAD_GATEWAY,
+                "The identity provider cannot be reached; try again in a moment.",
+            );
+        }
+    };
+    let flow = oidc::Flow::new(&client.identity, c.clock.now().seconds);
+    let to = oidc::Provider::authorization_url(&discovery, client, &flow);
+    (
+        [(header::SET_COOKIE, flow.cookie(&c.sealer))],
+        Redirect::to(&to),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct Callback {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+}
+
+/// The sign-in page with `why`, the sign-in under way ended, no session.
+fn oidc_refused(c: &Console, status: StatusCode, why: &str) -> Response {
+    (
+        status,
+        [(header::SET_COOKIE, c.sealer.clear_as(session::FLOW_COOKIE))],
+        sign_in_page(c, Some(why)),
+    )
+        .into_response()
+}
+
+/// Where the provider sends the browser back: `state` must be the flow
+/// cookie's, the code is exchanged with the PKCE verifier, and the ID
+/// token must verify as the identity's (keys, `iss`, `aud` = `client_id`,
+/// `exp`), carry the flow's `nonce`, and map through its rules.
+async fn oidc_callback(
+    Extract(c): Extract<Shared>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<Callback>,
+) -> Response {
+    let refused = |status, why: &str| oidc_refused(&c, status, why);
+    let Some(client) = &c.config.oidc else {
+        return page(StatusCode::NOT_FOUND, sign_in_page(&c, None));
+    };
+    let now = c.clock.now().seconds;
+    let flow = c
+        .sealer
+        .open_as::<oidc::Flow>(&headers, session::FLOW_COOKIE)
+        .filter(|f| f.expires > now && f.identity == client.identity);
+    let Some(flow) = flow else {
+        return refused(
+            StatusCode::BAD_REQUEST,
+            "This sign-in was not started here, or took too long: sign in again.",
+        );
+    };
+    if let Some(error) = &q.error {
+        tracing::info!(error = %error, "console: the identity provider refused a sign-in");
+        return refused(
+            StatusCode::UNAUTHORIZED,
+            &format!(
+                "The identity provider did not sign you in ({}).",
+                crate::auth::jwt::shown(error)
+            ),
+        );
+    }
+    if !q
+        .state
+        .as_deref()
+        .is_some_and(|s| oidc::same(s, &flow.state))
+    {
+        tracing::info!("console: a sign-in came back with a state that is not its own");
+        return refused(
+            StatusCode::BAD_REQUEST,
+            "The sign-in's state does not match the one this browser started: sign in again.",
+        );
+    }
+    let Some(code) = q.code.as_deref().filter(|s| !s.is_empty()) else {
+        return refused(
+            StatusCode::BAD_REQUEST,
+            "The identity provider sent no authorization code: sign in again.",
+        );
+    };
+    let Some(identity) = oidc::identity(&c.live.get().identities, client) else {
+        return refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The console's identity provider is not configured any more.",
+        );
+    };
+    let unreachable = |e: oidc::ProviderError| {
+        tracing::warn!(error = %e, "console: OpenID Connect sign-in failed at the provider");
+        // The provider said no (a used or expired code, a client it does
+        // not know): the sign-in is refused; otherwise it did not answer.
+        let status = match e {
+            oidc::ProviderError::Refused { .. } => StatusCode::UNAUTHORIZED,
+            oidc::ProviderError::Http { .. } | oidc::ProviderError::Discovery { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+        };
+        refused(
+            status,
+            "The identity provider did not complete the sign-in; try again.",
+        )
+    };
+    let discovery = match c.provider.discover(&identity.issuer).await {
+        Ok(d) => d,
+        Err(e) => return unreachable(e),
+    };
+    let id_token = match c
+        .provider
+        .exchange(&discovery, client, code, &flow.verifier)
+        .await
+    {
+        Ok(t) => t,
+        Err(e) => return unreachable(e),
+    };
+    let claims = match c.auth.verify_id_token(&id_token, &identity).await {
+        Ok(claims) => claims,
+        Err(e) => {
+            tracing::warn!(reason = e.reason(), error = %e, "console: an ID token was refused");
+            return refused(
+                StatusCode::UNAUTHORIZED,
+                &format!("The identity provider's ID token is not accepted: {e}."),
+            );
+        }
+    };
+    // OpenID Connect Core 3.1.3.7: a token for several audiences names
+    // the party it was issued to in `azp`, which must be this console.
+    if claims
+        .get("azp")
+        .is_some_and(|azp| azp.as_str() != Some(client.client_id.as_str()))
+    {
+        tracing::warn!("console: an ID token was issued to another client (azp)");
+        return refused(
+            StatusCode::UNAUTHORIZED,
+            "The identity provider's ID token was issued to another client.",
+        );
+    }
+    let nonce = claims.get("nonce").and_then(|n| n.as_str());
+    if !nonce.is_some_and(|n| oidc::same(n, &flow.nonce)) {
+        tracing::warn!("console: an ID token carried a nonce that is not the sign-in's");
+        return refused(
+            StatusCode::UNAUTHORIZED,
+            "The ID token's nonce does not match this sign-in: sign in again.",
+        );
+    }
+    let who = match crate::auth::jwt::map_to_principal(&claims, &identity) {
+        Ok(who) => who,
+        Err(e) => {
+            tracing::info!(reason = e.reason(), error = %e, "console: an ID token mapped to no principal");
+            return refused(
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "You are signed in at the identity provider, but prodgate does not know you: {e}."
+                ),
+            );
+        }
+    };
+    tracing::info!(principal = %who.name, "console: signed in through OpenID Connect");
+    let s = Session::new(
+        who.name,
+        who.groups,
+        Via::Oidc,
+        c.clock.now(),
+        c.config.session_ttl,
+    );
+    (
+        axum::response::AppendHeaders([
+            (header::SET_COOKIE, c.sealer.seal(&s)),
+            (header::SET_COOKIE, c.sealer.clear_as(session::FLOW_COOKIE)),
+        ]),
+        Redirect::to("/"),
     )
         .into_response()
 }

@@ -69,14 +69,21 @@ fn layout(title: &str, reader: Option<&Reader<'_>>, body: Markup) -> Markup {
     }
 }
 
-/// The sign-in page: the token form when `token_login` is on.
-pub fn login(token_login: bool, error: Option<&str>) -> Markup {
+/// The sign-in page: the identity provider's button when `[console]
+/// identity` is set (`issuer` names it), the token form when `token_login`
+/// is on.
+pub fn login(token_login: bool, issuer: Option<&str>, error: Option<&str>) -> Markup {
     layout(
         "Sign in",
         None,
         html! {
             h1 { "Sign in" }
             @if let Some(e) = error { p.error role="alert" { (e) } }
+            @if let Some(issuer) = issuer {
+                // A link, not a form: the CSP's `form-action 'self'` would
+                // stop a form's redirect on to the provider.
+                p { a.button #oidc href="/auth/login" { "Sign in with " (issuer) } }
+            }
             @if token_login {
                 form method="post" action="/login" {
                     label for="token" { "Token" }
@@ -84,7 +91,8 @@ pub fn login(token_login: bool, error: Option<&str>) -> Markup {
                     button type="submit" { "Sign in" }
                 }
                 p.hint { "For development: the token of a [[principal]] in the server's config." }
-            } @else {
+            }
+            @if issuer.is_none() && !token_login {
                 p { "No sign-in method is configured: set [console] token_login or identity." }
             }
         },

@@ -6,14 +6,24 @@
 //! on the server, so replicas sharing the key file share sessions; signing
 //! out clears the cookie (a copy taken before stays valid until it
 //! expires, at most `session_ttl`).
+//!
+//! An OpenID Connect sign-in under way keeps its `state`, `nonce` and PKCE
+//! verifier in a second cookie, [`FLOW_COOKIE`], sealed under the same key
+//! and living [`FLOW_TTL`]: the callback finds them there, so a replica
+//! other than the one that started the sign-in can finish it.
 
 use crate::domain::model::Time;
 use cookie::{Cookie, CookieJar, Key, SameSite};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// The cookie's name.
 pub const COOKIE: &str = "prodgate_session";
+/// The cookie of a sign-in under way at the identity provider.
+pub const FLOW_COOKIE: &str = "prodgate_oidc";
+/// How long a sign-in may take at the identity provider.
+pub const FLOW_TTL: Duration = Duration::from_secs(10 * 60);
 
 /// How the session was opened, which says where its groups come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,10 +94,13 @@ impl Sealer {
         }
     }
 
-    fn build(&self, value: String, max_age: Duration) -> Cookie<'static> {
-        Cookie::build((COOKIE, value))
+    fn build(&self, name: &'static str, value: String, max_age: Duration) -> Cookie<'static> {
+        Cookie::build((name, value))
             .http_only(true)
             .secure(self.secure)
+            // Lax, not Strict: the identity provider's redirect back to
+            // the callback is a cross-site top-level GET that must carry
+            // the sign-in cookie.
             .same_site(SameSite::Lax)
             .path("/")
             .max_age(cookie::time::Duration::seconds(
@@ -98,9 +111,20 @@ impl Sealer {
 
     /// The `Set-Cookie` value that stores `s`.
     pub fn seal(&self, s: &Session) -> String {
-        let json = serde_json::to_string(s).expect("a session serializes");
+        self.seal_as(COOKIE, s, self.ttl)
+    }
+
+    /// The `Set-Cookie` value that stores `value` sealed in cookie `name`.
+    pub fn seal_as<T: Serialize>(
+        &self,
+        name: &'static str,
+        value: &T,
+        max_age: Duration,
+    ) -> String {
+        let json = serde_json::to_string(value).expect("a cookie's value serializes");
         let mut jar = CookieJar::new();
-        jar.private_mut(&self.key).add(self.build(json, self.ttl));
+        jar.private_mut(&self.key)
+            .add(self.build(name, json, max_age));
         jar.delta()
             .next()
             .map(|c| c.to_string())
@@ -109,28 +133,37 @@ impl Sealer {
 
     /// The `Set-Cookie` value that removes the session.
     pub fn clear(&self) -> String {
-        self.build(String::new(), Duration::ZERO).to_string()
+        self.clear_as(COOKIE)
+    }
+
+    /// The `Set-Cookie` value that removes cookie `name`.
+    pub fn clear_as(&self, name: &'static str) -> String {
+        self.build(name, String::new(), Duration::ZERO).to_string()
     }
 
     /// The unexpired session a `Cookie` header carries, if any: a cookie
     /// that does not open under the key (forged, or sealed under another)
     /// is no session.
     pub fn open(&self, headers: &http::HeaderMap, now: Time) -> Option<Session> {
+        self.open_as::<Session>(headers, COOKIE)
+            .filter(|s| s.expires > now.seconds)
+    }
+
+    /// The value sealed in cookie `name`, if one opens under the key.
+    pub fn open_as<T: DeserializeOwned>(&self, headers: &http::HeaderMap, name: &str) -> Option<T> {
         for header in headers.get_all(http::header::COOKIE) {
             let Ok(text) = header.to_str() else { continue };
             for c in Cookie::split_parse(text).flatten() {
-                if c.name() != COOKIE {
+                if c.name() != name {
                     continue;
                 }
                 let mut jar = CookieJar::new();
                 jar.add_original(c.into_owned());
-                let Some(opened) = jar.private(&self.key).get(COOKIE) else {
+                let Some(opened) = jar.private(&self.key).get(name) else {
                     continue;
                 };
-                if let Ok(s) = serde_json::from_str::<Session>(opened.value())
-                    && s.expires > now.seconds
-                {
-                    return Some(s);
+                if let Ok(v) = serde_json::from_str::<T>(opened.value()) {
+                    return Some(v);
                 }
             }
         }

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 pub mod browser;
 pub mod hostile;
+pub mod idp;
 pub mod oidc;
 pub mod postgres;
 pub mod proxy;
