@@ -13,7 +13,8 @@ use prodgate::pb::{self, HistoryRequest, PromotionState};
 use std::path::Path;
 use std::time::Duration;
 use support::browser::Browser;
-use support::registry::{TestRegistry, free_port};
+use support::console::{ConsoleSetup, sign_in};
+use support::registry::TestRegistry;
 use support::server::{Client, TestServer, standard_config};
 use support::{approve, get, history, request_to, wait_for_state};
 
@@ -30,29 +31,25 @@ struct Console {
     base: String,
     /// The config the server started with.
     config: String,
-    _key: tempfile::NamedTempFile,
+    _setup: ConsoleSetup,
 }
 
 impl Console {
     async fn start() -> Console {
         let registry = TestRegistry::start().await;
-        let key = tempfile::NamedTempFile::new().expect("key file");
-        std::fs::write(key.path(), hex::encode(rand::random::<[u8; 32]>())).expect("write key");
-        let port = free_port();
-        let base = format!("http://127.0.0.1:{port}");
+        let setup = ConsoleSetup::new();
         let config = format!(
-            "check_reporters = [\"carol\"]\n{}\n[console]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{base}\"\n\
-             session_key_file = {:?}\ntoken_login = true\n",
+            "check_reporters = [\"carol\"]\n{}{}",
             standard_config(&registry.host),
-            key.path()
+            setup.toml("token_login = true\n")
         );
         let server = TestServer::start(&config);
         Console {
             server,
             registry,
-            base,
+            base: setup.base.clone(),
             config,
-            _key: key,
+            _setup: setup,
         }
     }
 
@@ -78,14 +75,6 @@ impl Console {
         .expect("request")
         .into_inner()
     }
-}
-
-async fn sign_in(b: &Browser, base: &str, token: &str) {
-    b.goto(&format!("{base}/")).await;
-    b.wait_for("input[name=token]").await;
-    b.fill("input[name=token]", token).await;
-    b.click("form[action='/login'] button[type=submit]").await;
-    b.wait_for("form.logout").await;
 }
 
 /// The entries of promotion `id` with `action`.

@@ -7,27 +7,24 @@ mod support;
 use prodgate::pb::{self, HistoryRequest, PromotionState};
 use std::time::Duration;
 use support::browser::Browser;
-use support::registry::{TestRegistry, free_port};
+use support::console::{ConsoleSetup, sign_in};
+use support::registry::TestRegistry;
 use support::server::{TestServer, standard_config};
 use support::{history, request_to, wait_for_state};
 
 #[tokio::test]
 async fn an_approver_named_by_break_glass_ships_through_a_freeze_with_a_reason() {
     let registry = TestRegistry::start().await;
-    let key = tempfile::NamedTempFile::new().expect("key file");
-    std::fs::write(key.path(), "b".repeat(64)).expect("write key");
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
+    let console = ConsoleSetup::new();
+    let base = console.base.clone();
     let server = TestServer::start(&format!(
         "{}\n[[environment]]\nname = \"frozen\"\ntag = \"frozen\"\n\
          approvers = [\"group:release-managers\"]\nrequired_approvals = 1\n\
          break_glass = [\"bob\"]\n\n\
          [[freeze]]\nenvironments = [\"frozen\"]\nstart = \"2000-01-01T00:00:00Z\"\n\
-         end = \"2100-01-01T00:00:00Z\"\nreason = \"year-end change freeze\"\n\n\
-         [console]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{base}\"\n\
-         session_key_file = {:?}\ntoken_login = true\n",
+         end = \"2100-01-01T00:00:00Z\"\nreason = \"year-end change freeze\"\n{}",
         standard_config(&registry.host),
-        key.path()
+        console.toml("token_login = true\n")
     ));
     registry
         .push_image("team/app", Some("staging"), 1024, 1)
@@ -45,10 +42,7 @@ async fn an_approver_named_by_break_glass_ships_through_a_freeze_with_a_reason()
     let browser = Browser::start().await;
     browser
         .run("console_break_glass", async |b| {
-            b.goto(&format!("{base}/")).await;
-            b.fill("input[name=token]", "bob-token").await;
-            b.click("form[action='/login'] button[type=submit]").await;
-            b.wait_for("form.logout").await;
+            sign_in(b, &base, "bob-token").await;
             b.goto(&format!("{base}/promotions/{}", p.id)).await;
             // An approval alone waits for the freeze to end.
             b.click("#approve").await;

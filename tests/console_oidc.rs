@@ -13,8 +13,9 @@ use prodgate::pb::{self, HistoryRequest, PromotionState};
 use serde_json::json;
 use std::time::Duration;
 use support::browser::Browser;
+use support::console::ConsoleSetup;
 use support::idp::{FakeIdp, Knobs};
-use support::registry::{TestRegistry, free_port};
+use support::registry::TestRegistry;
 use support::server::{TestServer, standard_config};
 use support::{history, request_to, wait_for_state};
 
@@ -28,7 +29,7 @@ struct World {
     registry: TestRegistry,
     idp: FakeIdp,
     base: String,
-    _files: tempfile::TempDir,
+    _console: ConsoleSetup,
 }
 
 impl World {
@@ -45,13 +46,10 @@ impl World {
             }),
         )
         .await;
-        let files = tempfile::tempdir().expect("a temp dir");
-        let key = files.path().join("session.key");
-        std::fs::write(&key, hex::encode(rand::random::<[u8; 32]>())).expect("write key");
-        let secret = files.path().join("client.secret");
+        let console = ConsoleSetup::new();
+        let secret = console.dir.path().join("client.secret");
         std::fs::write(&secret, format!("{CLIENT_SECRET}\n")).expect("write secret");
-        let port = free_port();
-        let base = format!("http://127.0.0.1:{port}");
+        let base = console.base.clone();
         let issuer = &idp.issuer;
         let config = format!(
             r#"{}
@@ -64,17 +62,12 @@ jwks_url = "{issuer}/jwks"
 claims = {{ email_verified = "true" }}
 principal = "sso:{{email}}"
 groups_claim = "groups"
-
-[console]
-listen = "127.0.0.1:{port}"
-public_url = "{base}"
-session_key_file = {key:?}
-identity = "company"
-client_id = "{CLIENT_ID}"
-client_secret_file = {secret:?}
-scopes = ["email", "groups"]
-"#,
+{}"#,
             standard_config(&registry.host),
+            console.toml(&format!(
+                "identity = \"company\"\nclient_id = \"{CLIENT_ID}\"\n\
+                 client_secret_file = {secret:?}\nscopes = [\"email\", \"groups\"]\n"
+            )),
         );
         let server = TestServer::start(&config);
         World {
@@ -82,7 +75,7 @@ scopes = ["email", "groups"]
             registry,
             idp,
             base,
-            _files: files,
+            _console: console,
         }
     }
 

@@ -557,15 +557,12 @@ async fn a_click_on_a_real_server_approves_through_its_console_listener() {
     let registry = TestRegistry::start().await;
     registry.push_image("team/app", Some("dev"), 1024, 9).await;
     let slack = FakeSlack::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("console.key");
-    std::fs::write(&key, "k".repeat(64)).unwrap();
-    let port = support::registry::free_port();
-    let base = format!("http://127.0.0.1:{port}");
+    let console = support::console::ConsoleSetup::new();
+    let base = console.base.clone();
     let server = TestServer::start(&format!(
-        "{}\n[console]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{base}\"\nsession_key_file = {:?}\n",
-        interactions_config(&registry.host, dir.path(), &slack),
-        key.display().to_string(),
+        "{}{}",
+        interactions_config(&registry.host, console.dir.path(), &slack),
+        console.toml(""),
     ));
     let mut alice = server.client("alice").await;
     let repo = format!("{}/team/app", registry.host);

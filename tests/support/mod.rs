@@ -4,6 +4,7 @@
 //! chromium for the browser tests.
 #![allow(dead_code)]
 pub mod browser;
+pub mod console;
 pub mod hostile;
 pub mod idp;
 pub mod oidc;
