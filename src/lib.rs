@@ -26,6 +26,8 @@
 //! - [`apply`]: the worker that moves tags of APPROVED promotions.
 //! - [`backoff`]: the retry loops' one backoff policy (first pause,
 //!   doubling, capped; jitter).
+//! - [`attest`]: signed in-toto statements (SLSA VSA in a DSSE envelope)
+//!   of what prodgate promoted, for admission controllers.
 //! - [`attach`]: the record of each APPLIED promotion, pushed as an OCI
 //!   artifact referring to the promoted image (`attach_record`).
 //! - [`drift`]: the watch that notices (and may undo) tag moves made
@@ -50,6 +52,7 @@
 pub mod api;
 pub mod apply;
 pub mod attach;
+pub mod attest;
 pub mod auth;
 pub mod backoff;
 pub mod cli;

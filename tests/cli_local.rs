@@ -217,3 +217,46 @@ async fn a_running_servers_store_is_named_as_locked() {
     let after = verify_offline(&data);
     assert_eq!(after.code, Some(0), "{after:#?}");
 }
+
+#[test]
+fn keygen_attest_writes_a_key_pair_that_check_config_takes_and_never_overwrites() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let keys = dir.path().to_str().expect("utf-8 path");
+    let made = prodgate(&["keygen", "--attest", "--out", keys], None);
+    assert_eq!(made.code, Some(0), "{made:?}");
+    let private = dir.path().join("attest.key");
+    let public = std::fs::read_to_string(dir.path().join("attest.pub")).expect("attest.pub");
+    assert!(public.starts_with("-----BEGIN PUBLIC KEY-----"), "{public}");
+    let pem = std::fs::read_to_string(&private).expect("attest.key");
+    assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+    assert!(
+        !made.stdout.contains("BEGIN PRIVATE KEY"),
+        "the key is not printed"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&private).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // Never over a key that exists.
+    let again = prodgate(&["keygen", "--attest", "--out", keys], None);
+    assert_eq!(again.code, Some(1), "{again:?}");
+    assert_eq!(std::fs::read_to_string(&private).unwrap(), pem);
+    // Neither a name nor --attest: a usage error.
+    assert_eq!(prodgate(&["keygen", "--out", keys], None).code, Some(2));
+
+    // check-config takes the key.
+    let config = dir.path().join("prodgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[registry]]\nhost = \"reg.test\"\n[[environment]]\nname = \"staging\"\ntag = \"staging\"\n\
+             required_approvals = 0\n[attest]\nkey_file = {:?}\nverifier_id = \"https://prodgate.acme.test\"\n",
+            private.display().to_string()
+        ),
+    )
+    .unwrap();
+    let checked = prodgate(&["check-config", config.to_str().unwrap()], None);
+    assert_eq!(checked.code, Some(0), "{checked:?}");
+}

@@ -40,31 +40,49 @@ pub fn keygen(name: &str, dir: &Path, out: &mut Printer) -> Result<(), CliError>
     })?;
     let private = dir.join(format!("{name}.key"));
     let public = dir.join(format!("{name}.pub"));
-    let write = |path: &Path, text: &str, mode: u32| -> Result<(), CliError> {
-        let mut o = std::fs::OpenOptions::new();
-        o.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut o, mode);
-        #[cfg(not(unix))]
-        let _ = mode;
-        let mut f = o.open(path).map_err(|source| CliError::WriteFile {
-            path: path.to_owned(),
-            source,
-        })?;
-        f.write_all(format!("{text}\n").as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(|source| CliError::WriteFile {
-                path: path.to_owned(),
-                source,
-            })
-    };
-    write(&private, &skey, 0o600)?;
-    write(&public, &vkey, 0o644)?;
+    write_new(&private, &skey, 0o600)?;
+    write_new(&public, &vkey, 0o644)?;
     out.raw(&format!(
         "private key: {}  ([checkpoint] key_file; keep it secret)\nverifier key: {}  (give it to auditors)\n{vkey}\n",
         private.display(),
         public.display()
     ))
+}
+
+/// Writes `attest.key` (ECDSA P-256, PKCS#8 PEM, mode 0600) and
+/// `attest.pub` in `dir`; never overwrites a key.
+pub fn keygen_attest(dir: &Path, out: &mut Printer) -> Result<(), CliError> {
+    let (private_pem, public_pem) = crate::attest::keygen();
+    let private = dir.join("attest.key");
+    let public = dir.join("attest.pub");
+    write_new(&private, private_pem.trim_end(), 0o600)?;
+    write_new(&public, public_pem.trim_end(), 0o644)?;
+    out.raw(&format!(
+        "private key: {}  ([attest] key_file; keep it secret)\npublic key: {}  (cosign verify-attestation --key, admission policies)\n",
+        private.display(),
+        public.display()
+    ))
+}
+
+/// Creates `path` (never over an existing file) holding `text` and a
+/// newline, with `mode` on Unix, synced before it returns.
+fn write_new(path: &Path, text: &str, mode: u32) -> Result<(), CliError> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, mode);
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut f = o.open(path).map_err(|source| CliError::WriteFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    f.write_all(format!("{text}\n").as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|source| CliError::WriteFile {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 /// Checks a signed checkpoint note against `key`; returns its size and root.

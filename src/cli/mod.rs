@@ -503,8 +503,13 @@ pub enum Command {
     /// key_file) and NAME.pub (the verifier key auditors use), in DIR.
     Keygen {
         /// The key's name, shown in every signature (e.g. prodgate.example.com).
+        #[arg(long, required_unless_present = "attest", conflicts_with = "attest")]
+        name: Option<String>,
+        /// An attestation key pair instead ([attest] key_file): DIR/attest.key
+        /// (ECDSA P-256, PKCS#8 PEM, mode 0600) and DIR/attest.pub (the PEM
+        /// public key `cosign verify-attestation --key` takes).
         #[arg(long)]
-        name: String,
+        attest: bool,
         /// Directory to write the two files to.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
@@ -856,7 +861,19 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
         Command::Serve(args) => serve::serve(args).await,
         Command::CheckConfig { file, strict } => local::check_config(&file, strict, out),
         Command::Completions { shell } => local::completions(shell, &mut command(), out),
-        Command::Keygen { name, out: dir } => evidence::keygen(&name, &dir, out),
+        Command::Keygen {
+            attest: true,
+            out: dir,
+            ..
+        } => evidence::keygen_attest(&dir, out),
+        Command::Keygen {
+            name: Some(name),
+            out: dir,
+            ..
+        } => evidence::keygen(&name, &dir, out),
+        Command::Keygen { name: None, .. } => Err(CliError::Evidence(
+            "--name NAME (a checkpoint key) or --attest (an attestation key)".into(),
+        )),
         Command::VerifyExport { file, verifier_key } => {
             evidence::verify_export(&file, &verifier_key, out)
         }

@@ -161,6 +161,7 @@ pub fn reloaded(
     );
     later("log_format", file.log_format != running.log_format);
     later("checkpoint", file.checkpoint != running.checkpoint);
+    later("attest", file.attest != running.attest);
     later("console", file.console != running.console);
     let next = Config {
         principals: file.principals,

@@ -19,6 +19,7 @@
 //! - [`live`]: the running config and what a reload may change;
 //! - [`version`]: the effective policy's canonical JSON and digest.
 
+mod attest;
 mod checkpoint;
 mod console;
 mod credentials;
@@ -34,6 +35,7 @@ mod validate;
 mod version;
 
 pub use crate::domain::policy::describe;
+pub use attest::AttestConfig;
 pub use checkpoint::{CheckpointConfig, DEFAULT_PUBLISH_INTERVAL, PublishConfig};
 pub use console::{ConsoleConfig, ConsoleOidc};
 pub use identity::{
@@ -471,6 +473,8 @@ pub struct Config {
     pub policy: PolicyVersion,
     /// Signed checkpoints of the audit log; `None`: heads are unsigned.
     pub checkpoint: Option<CheckpointConfig>,
+    /// The key and verifier id of signed attestations; `None`: none are made.
+    pub attest: Option<AttestConfig>,
 }
 
 impl Config {

@@ -49,6 +49,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub freeze: Vec<RawFreeze>,
     pub checkpoint: Option<super::checkpoint::RawCheckpoint>,
+    pub attest: Option<super::attest::RawAttest>,
     pub storage: Option<super::storage::RawStorage>,
 }
 

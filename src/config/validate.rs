@@ -68,6 +68,10 @@ pub(super) fn config(raw: RawConfig, files: Files) -> Result<Loaded, ConfigError
         .checkpoint
         .map(|r| super::checkpoint::checkpoint(r, &c.data_dir, &mut cx))
         .transpose()?;
+    c.attest = raw
+        .attest
+        .map(|r| super::attest::attest(r, &mut cx))
+        .transpose()?;
     Ok(Loaded {
         config: c,
         warnings: cx.warnings,
@@ -263,6 +267,7 @@ fn top_level(raw: &RawConfig) -> Result<Config, ConfigError> {
             canonical_json: String::new(),
         },
         checkpoint: None,
+        attest: None,
     })
 }
 
