@@ -30,6 +30,7 @@ mod pattern;
 mod policy;
 mod project;
 mod raw;
+pub mod reading;
 mod storage;
 mod validate;
 mod version;

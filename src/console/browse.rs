@@ -219,7 +219,7 @@ pub(super) async fn policy(Extract(c): Extract<Shared>, headers: HeaderMap) -> R
         Ok(Some(digest)) => match c.promotions.policy(Some(&digest)).await {
             Ok(p) => match document(&p.canonical_json) {
                 Some(old) => pages::Previous::Diff {
-                    changes: crate::cli::policy::changes(&old, &doc),
+                    changes: crate::config::reading::changes(&old, &doc),
                     policy: p,
                 },
                 None => pages::Previous::Unreadable(format!("{digest} is not a JSON object")),
@@ -229,7 +229,7 @@ pub(super) async fn policy(Extract(c): Extract<Shared>, headers: HeaderMap) -> R
         Ok(None) => pages::Previous::None,
         Err(e) => pages::Previous::Unreadable(refusal(e, "").1),
     };
-    let sections = crate::cli::policy::sections(&doc);
+    let sections = crate::config::reading::sections(&doc);
     page(
         StatusCode::OK,
         pages::policy(&r, &running, &sections, &previous),

@@ -4,7 +4,7 @@
 //! script or style: the CSP allows only `/static/console.{js,css}`.
 
 use super::image::Image;
-use crate::cli::policy::{Change, entry, render};
+use crate::config::reading::{Change, entry, render};
 use crate::domain::audit::AuditEntry;
 use crate::domain::drift::TagRecord;
 use crate::domain::gates::GateReport;
