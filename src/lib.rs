@@ -55,6 +55,7 @@ pub mod attach;
 pub mod attest;
 pub mod auth;
 pub mod backoff;
+pub mod body;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -356,16 +356,11 @@ async fn fetch(http: &reqwest::Client, url: &str) -> Result<KeySet, (String, Opt
     {
         return Err(too_big());
     }
-    let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
+    let (body, complete) = crate::body::read_capped(&mut resp, MAX_JWKS_BYTES)
         .await
-        .map_err(|e| fail(format!("cannot read the JWKS from {url}: {e}")))?
-    {
-        if body.len() + chunk.len() > MAX_JWKS_BYTES {
-            return Err(too_big());
-        }
-        body.extend_from_slice(&chunk);
+        .map_err(|e| fail(format!("cannot read the JWKS from {url}: {e}")))?;
+    if !complete {
+        return Err(too_big());
     }
     KeySet::parse(&body).map_err(|m| fail(format!("{url}: {m}")))
 }

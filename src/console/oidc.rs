@@ -333,14 +333,11 @@ async fn read(url: &str, mut resp: reqwest::Response) -> Result<Vec<u8>, Provide
     if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
         return Err(too_big());
     }
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| http_error(url, e))? {
-        if body.len() + chunk.len() > MAX_BODY {
-            return Err(too_big());
-        }
-        body.extend_from_slice(&chunk);
+    match crate::body::read_capped(&mut resp, MAX_BODY).await {
+        Ok((body, true)) => Ok(body),
+        Ok((_, false)) => Err(too_big()),
+        Err(e) => Err(http_error(url, e)),
     }
-    Ok(body)
 }
 
 #[cfg(test)]

@@ -472,12 +472,11 @@ impl Api {
 /// Reads a Web API answer, bounded: Slack's answers are small.
 async fn answer(mut r: reqwest::Response) -> Result<Answer, String> {
     const LIMIT: usize = 1 << 20;
-    let mut bytes = Vec::new();
-    while let Some(chunk) = r.chunk().await.map_err(|e| e.without_url().to_string())? {
-        if bytes.len() + chunk.len() > LIMIT {
-            return Err("the answer is larger than 1 MiB".into());
-        }
-        bytes.extend_from_slice(&chunk);
+    let (bytes, complete) = crate::body::read_capped(&mut r, LIMIT)
+        .await
+        .map_err(|e| e.without_url().to_string())?;
+    if !complete {
+        return Err("the answer is larger than 1 MiB".into());
     }
     serde_json::from_slice(&bytes).map_err(|e| format!("the answer is not Slack's JSON: {e}"))
 }

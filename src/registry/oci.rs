@@ -45,6 +45,7 @@ use super::credentials::{Credentials, Current};
 use super::{
     INDEX_MEDIA_TYPE, MANIFEST_LIMIT, Manifest, Moved, PUSH_BLOB_LIMIT, Registry, RegistryError,
 };
+use crate::body::read_capped;
 use crate::config::{CredentialSource, RegistryCredentials};
 use crate::domain::names::Repository;
 use async_trait::async_trait;
@@ -784,25 +785,6 @@ fn basic_authorization(user: &str, password: &str) -> Option<HeaderValue> {
     use base64::Engine;
     let b = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
     sensitive(&format!("Basic {b}"))
-}
-
-/// Reads at most `limit` bytes of the body, streaming; `complete` is false
-/// when more followed (the rest is never read: dropping the response closes
-/// the connection). At most one network chunk beyond `limit` is ever held.
-async fn read_capped(
-    res: &mut reqwest::Response,
-    limit: usize,
-) -> Result<(Vec<u8>, bool), reqwest::Error> {
-    let mut buf = Vec::new();
-    while let Some(chunk) = res.chunk().await? {
-        let room = limit - buf.len();
-        if chunk.len() > room {
-            buf.extend_from_slice(&chunk[..room]);
-            return Ok((buf, false));
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok((buf, true))
 }
 
 /// A manifest body, refused over [`MANIFEST_LIMIT`]: by its `Content-Length`
