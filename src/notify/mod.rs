@@ -257,7 +257,8 @@ fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
         .build()
 }
 
-fn hmac(key: &Secret) -> Hmac<Sha256> {
+/// HMAC-SHA256 under `key`, for webhook and Slack signatures.
+pub(crate) fn hmac(key: &Secret) -> Hmac<Sha256> {
     // HMAC accepts keys of any length; `new_from_slice` cannot fail for it.
     <Hmac<Sha256> as Mac>::new_from_slice(key.expose())
         .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"))
