@@ -31,7 +31,6 @@ pub mod session;
 use crate::auth::Authenticator;
 use crate::clock::Clock;
 use crate::config::{ConsoleConfig, Live};
-use crate::domain::machine;
 use crate::domain::model::{Promotion, PromotionId, State};
 use crate::domain::names::Repository;
 use crate::domain::policy::Principal;
@@ -221,13 +220,7 @@ async fn login_page(Extract(c): Extract<Shared>, headers: HeaderMap) -> Response
 /// the token form, with `error` above them.
 fn sign_in_page(c: &Console, error: Option<&str>) -> Markup {
     let issuer = c.config.oidc.as_ref().map(|o| {
-        c.live
-            .get()
-            .identities
-            .iter()
-            .find(|i| i.name.as_deref() == Some(o.identity.as_str()))
-            .map(|i| i.issuer.clone())
-            .unwrap_or_else(|| o.identity.clone())
+        oidc::identity(&c.live.get().identities, o).map_or_else(|| o.identity.clone(), |i| i.issuer)
     });
     pages::login(c.config.token_login, issuer.as_deref(), error)
 }
@@ -606,7 +599,7 @@ async fn render_promotion(
     let gates = if p.state.is_terminal() {
         None
     } else {
-        c.promotions.evaluate_gates(id).await.ok().map(|e| e.report)
+        c.promotions.gates_of(&p).await.ok().map(|e| e.report)
     };
     let history = c
         .promotions
@@ -641,9 +634,9 @@ async fn render_promotion(
         .environment(&p.environment)
         .cloned();
     let open = p.state.is_undecided();
-    let approver = policy.as_ref().is_some_and(|pol| {
-        machine::may_approve(&p, who, pol, c.clock.now()) || pol.is_approver(who)
-    });
+    // Any approver sees the buttons (`may_approve` implies one); the use
+    // case says why a given call is refused.
+    let approver = policy.as_ref().is_some_and(|pol| pol.is_approver(who));
     let actions = pages::Actions {
         decide: open && approver,
         cancel: open && (approver || who.is(&p.requested_by)),

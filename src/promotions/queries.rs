@@ -249,7 +249,13 @@ impl Promotions {
     /// finished promotion has no gates left to pass: refused, naming its
     /// state.
     pub async fn evaluate_gates(&self, id: PromotionId) -> Result<Evaluation, Error> {
-        let p = self.get(id).await?;
+        self.gates_of(&self.get(id).await?).await
+    }
+
+    /// [`Promotions::evaluate_gates`] of a promotion already read (as
+    /// [`Promotions::get`] returns it).
+    pub async fn gates_of(&self, p: &Promotion) -> Result<Evaluation, Error> {
+        let id = p.id;
         if p.state.is_terminal() {
             return Err(Error::Domain(machine::DomainError::NotPending {
                 id,
@@ -273,7 +279,7 @@ impl Promotions {
         let facts = self.gather_gates(&p.repository, &policy, &p.digest).await?;
         let f = facts.facts(&policy, &config.policy.digest, self.clock.now());
         Ok(Evaluation {
-            report: decision::evaluate(&p, &f),
+            report: decision::evaluate(p, &f),
             project: governing.project_name().to_owned(),
             policy_digest: config.policy.digest.clone(),
         })
