@@ -6,8 +6,9 @@
 
 use crate::domain::names::Repository;
 use crate::registry::{Registry, RegistryError};
+use hashlink::LruCache;
 use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 /// Descriptions kept; the oldest goes first.
@@ -184,17 +185,18 @@ fn fill(
 /// A repository and a digest in it.
 type Key = (String, String);
 
-/// The descriptions kept, and their keys oldest first (for eviction).
-#[derive(Default)]
-struct Kept {
-    map: HashMap<Key, Image>,
-    order: VecDeque<Key>,
+/// Reads and describes images, keeping each description by digest (read
+/// with `peek`, so the oldest description goes first).
+pub struct Images {
+    cache: Mutex<LruCache<Key, Image>>,
 }
 
-/// Reads and describes images, keeping each description by digest.
-#[derive(Default)]
-pub struct Images {
-    cache: Mutex<Kept>,
+impl Default for Images {
+    fn default() -> Images {
+        Images {
+            cache: Mutex::new(LruCache::new(CACHED)),
+        }
+    }
 }
 
 impl Images {
@@ -208,22 +210,14 @@ impl Images {
     ) -> Result<Image, String> {
         let key = (repository.to_owned(), digest.to_owned());
         if let Ok(cache) = self.cache.lock()
-            && let Some(hit) = cache.map.get(&key)
+            && let Some(hit) = cache.peek(&key)
         {
             return Ok(hit.clone());
         }
         let repo = Repository::parse(repository).map_err(|e| e.to_string())?;
         let image = read(registry, &repo, digest).await?;
         if let Ok(mut cache) = self.cache.lock() {
-            let Kept { map, order } = &mut *cache;
-            if map.insert(key.clone(), image.clone()).is_none() {
-                order.push_back(key);
-            }
-            while order.len() > CACHED {
-                if let Some(old) = order.pop_front() {
-                    map.remove(&old);
-                }
-            }
+            cache.insert(key, image.clone());
         }
         Ok(image)
     }

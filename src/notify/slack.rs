@@ -26,8 +26,8 @@ use crate::backoff::Delays;
 use crate::config::{Secret, SlackConfig};
 use crate::domain::model::{Action, Promotion, PromotionId, State};
 use crate::store::Change;
+use hashlink::LruCache;
 use serde_json::{Value, json};
-use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 
@@ -297,28 +297,12 @@ pub async fn run(
 }
 
 /// Where each posted message is: channel id and `ts` by promotion, the
-/// newest [`REMEMBERED`] only.
-#[derive(Default)]
-struct Messages {
-    at: HashMap<PromotionId, (String, String)>,
-    order: VecDeque<PromotionId>,
-}
-
-impl Messages {
-    fn insert(&mut self, id: PromotionId, channel: String, ts: String) {
-        if self.at.insert(id, (channel, ts)).is_none() {
-            self.order.push_back(id);
-        }
-        while self.order.len() > REMEMBERED {
-            if let Some(old) = self.order.pop_front() {
-                self.at.remove(&old);
-            }
-        }
-    }
-}
+/// newest [`REMEMBERED`] only (read with `peek`, so the oldest post goes
+/// first).
+type Messages = LruCache<PromotionId, (String, String)>;
 
 async fn deliver(api: Api, channel: String, console: Option<String>, mut rx: mpsc::Receiver<Job>) {
-    let mut messages = Messages::default();
+    let mut messages = Messages::new(REMEMBERED);
     while let Some(job) = rx.recv().await {
         match job {
             Job::Post(p) => {
@@ -326,7 +310,9 @@ async fn deliver(api: Api, channel: String, console: Option<String>, mut rx: mps
                 let body = json!({"channel": channel, "text": text, "blocks": blocks});
                 match api.call("chat.postMessage", &body).await {
                     Ok(posted) => match (posted.channel, posted.ts) {
-                        (Some(c), Some(ts)) => messages.insert(p.id, c, ts),
+                        (Some(c), Some(ts)) => {
+                            messages.insert(p.id, (c, ts));
+                        }
                         _ => tracing::warn!(
                             promotion = p.id,
                             "chat.postMessage answered without channel and ts; the message will not be updated"
@@ -338,7 +324,7 @@ async fn deliver(api: Api, channel: String, console: Option<String>, mut rx: mps
                 }
             }
             Job::Update(p, status) => {
-                let Some((c, ts)) = messages.at.get(&p.id).cloned() else {
+                let Some((c, ts)) = messages.peek(&p.id).cloned() else {
                     tracing::debug!(
                         promotion = p.id,
                         "no Slack message of this promotion is known here (not posted, or before a restart)"
@@ -637,12 +623,12 @@ mod tests {
 
     #[test]
     fn the_newest_messages_are_remembered() {
-        let mut m = Messages::default();
+        let mut m = Messages::new(REMEMBERED);
         for id in 0..(REMEMBERED as u64 + 5) {
-            m.insert(id, "C1".into(), format!("{id}.0"));
+            m.insert(id, ("C1".into(), format!("{id}.0")));
         }
-        assert_eq!(m.at.len(), REMEMBERED);
-        assert!(!m.at.contains_key(&4) && m.at.contains_key(&5));
+        assert_eq!(m.len(), REMEMBERED);
+        assert!(m.peek(&4).is_none() && m.peek(&5).is_some());
     }
 
     #[test]
