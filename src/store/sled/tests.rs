@@ -104,7 +104,12 @@ fn when_free<T, E: std::fmt::Display>(read: impl Fn() -> Result<T, E>) -> T {
     loop {
         match read() {
             Ok(v) => return v,
-            Err(e) if e.to_string().contains("in use") && std::time::Instant::now() < deadline => {
+            // sled's own "in use", or prodgate's "locked by another process"
+            // for the same lock, depending on which saw it first.
+            Err(e)
+                if (e.to_string().contains("in use") || e.to_string().contains("locked by"))
+                    && std::time::Instant::now() < deadline =>
+            {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
             Err(e) => panic!("cannot read the directory: {e}"),
