@@ -22,6 +22,7 @@
 //! while the registry was down). Shutdown drops the tasks in flight: an
 //! artifact pushed without its index entry is harmless and made again.
 
+pub mod attestation;
 pub mod record;
 
 use crate::apply::TagLocks;
