@@ -19,6 +19,8 @@ const DEPLOY_FILES: &[&str] = &[
     "README.md",
     "ci/promote-to-production.gitlab-ci.yml",
     "ci/promote-to-production.yml",
+    "dev-attest.key",
+    "dev-attest.pub",
     "dev-console.key",
     "kubernetes/gateway.yaml",
     "kubernetes/headless-service.yaml",
