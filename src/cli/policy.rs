@@ -6,7 +6,7 @@
 //! structs that wrote it: a key a newer server adds shows up here without a
 //! change to the client, and a document is never rejected for its shape.
 //! An environment's keys the document leaves out at their default
-//! (`wait_ttl_seconds`, see `config::LEFT_OUT_AT_DEFAULT`) are read at that
+//! (`wait_ttl_seconds`, `attest`, see `config::LEFT_OUT_AT_DEFAULT`) are read at that
 //! default, so every environment shows them and a diff says `7days → 1h`
 //! rather than "added".
 

@@ -114,4 +114,37 @@ mod tests {
         );
         assert!(!e.contains("c2VjcmV0"), "never the file's content: {e}");
     }
+
+    #[test]
+    fn attest_true_needs_an_attest_section_and_changes_no_digest_while_false() {
+        let base = "[[registry]]\nhost = \"reg.test\"\n[[environment]]\nname = \"staging\"\ntag = \"staging\"\nrequired_approvals = 0\n";
+        let e = Config::parse(&format!("{base}attest = true\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("environment[0].attest") && e.contains("[attest]"),
+            "{e}"
+        );
+        let in_project = format!(
+            "{base}[[project]]\nname = \"pay\"\nrepositories = [\"reg.test/pay/*\"]\n\
+             [[project.environment]]\nname = \"staging\"\nattest = true\n"
+        );
+        let e = Config::parse(&in_project).unwrap_err().to_string();
+        assert!(e.starts_with("project[0].environment[0].attest"), "{e}");
+
+        // `attest = false` is what a config without the key meant: same digest.
+        let without = Config::parse(base).unwrap();
+        let off = Config::parse(&format!("{base}attest = false\n")).unwrap();
+        assert_eq!(without.policy.digest, off.policy.digest);
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("attest.key");
+        std::fs::write(&key, crate::attest::keygen().0).unwrap();
+        let on = Config::parse(&with(&key, "https://p.test").replace(
+            "required_approvals = 0\n",
+            "required_approvals = 0\nattest = true\n",
+        ))
+        .unwrap();
+        assert_ne!(on.policy.digest, without.policy.digest);
+        assert!(on.environments[0].attest);
+    }
 }

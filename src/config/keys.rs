@@ -249,6 +249,11 @@ gate_keys! {
             "restore_on_drift": json::plain;
         attach_record: bool => bool = false, as_written,
             "attach_record": json::plain;
+        /// Sign an in-toto attestation of each APPLIED promotion (needs
+        /// `[attest]`; `validate` says so). Written only when true
+        /// (`json::unless_false`).
+        attest: bool => bool = false, as_written,
+            "attest": json::unless_false;
         signature_keys: Vec<PathBuf> => Vec<SignatureKey> = Vec::new(), signature_keys,
             "signature_keys": json::fingerprints;
         break_glass: Vec<String> => Vec<Approver> = Vec::new(), break_glass,
@@ -349,6 +354,11 @@ mod tests {
                 json!(false),
             ),
             s("attach_record", "true", json!(true), "false", json!(false)),
+            Sample {
+                // Left out of the document while false.
+                alone: Some(Value::Null),
+                ..s("attest", "true", json!(true), "false", Value::Null)
+            },
             s(
                 "signature_keys",
                 &format!("[{key_file}]"),
@@ -431,7 +441,14 @@ mod tests {
             ));
         }
         s.push_str("[[project]]\nname = \"web\"\nrepositories = [\"r.test/web/*\"]\n");
+        // `attest = true` needs it; the key file need not exist (`parse`).
+        s.push_str("[attest]\nkey_file = \"/nonexistent/attest.key\"\nverifier_id = \"https://p.test\"\n");
         s
+    }
+
+    /// Parsed as `check-config` does: the files it names need not exist.
+    fn parse(text: &str) -> Result<Config, crate::config::ConfigError> {
+        Config::parse_with(text, crate::config::Files::WarnIfAbsent).map(|l| l.config)
     }
 
     /// Production's entry in the document: top-level, or in project `n`.
@@ -468,7 +485,7 @@ mod tests {
         declared.sort_unstable();
         assert_eq!(sampled, declared, "every declared key needs its sample");
 
-        let defaults = Config::parse(&config("", None)).unwrap();
+        let defaults = parse(&config("", None)).unwrap();
         for s in &samples {
             let name = GATE_KEYS
                 .iter()
@@ -478,7 +495,7 @@ mod tests {
 
             // The top-level value, inherited by both projects.
             let c =
-                Config::parse(&config(&s.top, None)).unwrap_or_else(|e| panic!("{}: {e}", s.key));
+                parse(&config(&s.top, None)).unwrap_or_else(|e| panic!("{}: {e}", s.key));
             let top = production(&c, None);
             assert_eq!(top[name], s.top_json, "{} at the top level", s.key);
             assert_ne!(top[name], at_default[name], "{}: not its default", s.key);
@@ -486,7 +503,7 @@ mod tests {
             assert_eq!(production(&c, Some(1)), top, "{} inherited", s.key);
 
             // Overridden in project pay only.
-            let c = Config::parse(&config(&s.top, Some(&s.project)))
+            let c = parse(&config(&s.top, Some(&s.project)))
                 .unwrap_or_else(|e| panic!("{} overridden: {e}", s.key));
             assert_eq!(production(&c, None), top, "{}", s.key);
             let pay = production(&c, Some(0));
@@ -502,7 +519,7 @@ mod tests {
             assert_eq!(production(&c, Some(1)), top, "{}", s.key);
 
             // Overridden in a project whose top level leaves it out.
-            let c = Config::parse(&config("", Some(&s.project)))
+            let c = parse(&config("", Some(&s.project)))
                 .unwrap_or_else(|e| panic!("{} only in the project: {e}", s.key));
             assert_eq!(production(&c, None), at_default, "{}", s.key);
             let alone = s.alone.as_ref().unwrap_or(&s.project_json);
@@ -526,8 +543,9 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), count, "a name written twice: {names:?}");
-        // wait_ttl away from its default, so that every key is written.
-        let c = Config::parse(&config("wait_ttl = \"1h\"", None)).unwrap();
+        // The keys left out at their default away from it, so that every
+        // key is written.
+        let c = parse(&config("wait_ttl = \"1h\"\nattest = true", None)).unwrap();
         let written: Vec<String> = production(&c, None)
             .as_object()
             .unwrap()

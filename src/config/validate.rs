@@ -72,6 +72,28 @@ pub(super) fn config(raw: RawConfig, files: Files) -> Result<Loaded, ConfigError
         .attest
         .map(|r| super::attest::attest(r, &mut cx))
         .transpose()?;
+    if c.attest.is_none() {
+        let top = raw
+            .environment
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.attest == Some(true))
+            .map(|(i, _)| format!("environment[{i}].attest"));
+        let projects = raw.project.iter().enumerate().flat_map(|(j, p)| {
+            p.environment
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.attest == Some(true))
+                .map(move |(i, _)| format!("project[{j}].environment[{i}].attest"))
+        });
+        if let Some(key) = top.chain(projects).next() {
+            return Err(invalid(
+                key,
+                "attest = true needs an [attest] section with key_file (make one with \
+                 `prodgate keygen --attest --out DIR`) and verifier_id",
+            ));
+        }
+    }
     Ok(Loaded {
         config: c,
         warnings: cx.warnings,

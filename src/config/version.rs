@@ -24,7 +24,8 @@
 //! `wait_ttl` is the default 7d ([`LEFT_OUT_AT_DEFAULT`]): a config written
 //! before the key existed keeps its digest, and that document already
 //! meant 7d, since an older prodgate (which never writes the key) has no
-//! other wait. An auditor re-hashes the document with SHA-256 to check it
+//! other wait. `attest` is left out while false for the same reason: an
+//! older prodgate never signed attestations. An auditor re-hashes the document with SHA-256 to check it
 //! against its digest.
 //!
 //! An environment's gate keys are written as [`super::keys`] declares them
@@ -52,8 +53,26 @@ const FORMAT: u32 = 4;
 /// An environment's keys the document leaves out while they hold their
 /// default, with that default (see the module's comment); `prodgate policy`
 /// shows them at it.
-pub const LEFT_OUT_AT_DEFAULT: [(&str, u64); 1] =
-    [("wait_ttl_seconds", DEFAULT_WAIT_TTL.as_secs())];
+pub const LEFT_OUT_AT_DEFAULT: [(&str, LeftOut); 2] = [
+    ("attest", LeftOut::Flag(false)),
+    ("wait_ttl_seconds", LeftOut::Seconds(DEFAULT_WAIT_TTL.as_secs())),
+];
+
+/// The default of a key the document leaves out there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeftOut {
+    Flag(bool),
+    Seconds(u64),
+}
+
+impl From<LeftOut> for serde_json::Value {
+    fn from(d: LeftOut) -> serde_json::Value {
+        match d {
+            LeftOut::Flag(b) => b.into(),
+            LeftOut::Seconds(s) => s.into(),
+        }
+    }
+}
 
 /// One version of the effective policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,8 +252,16 @@ pub(super) mod json {
     /// does not set `wait_ttl` keeps the digest it had before the key
     /// existed (see the module's comment).
     pub fn wait_ttl(d: &Duration) -> Option<Json> {
-        let [(_, default)] = LEFT_OUT_AT_DEFAULT;
-        (d.as_secs() != default).then_some(Json::Number(d.as_secs()))
+        let [_, (_, default)] = LEFT_OUT_AT_DEFAULT;
+        (default != super::LeftOut::Seconds(d.as_secs())).then_some(Json::Number(d.as_secs()))
+    }
+
+    /// `true`, or left out: a key whose `false` means what a document
+    /// without it meant, because an older prodgate never did what `true`
+    /// asks (see the module's comment), so a config that does not set it
+    /// keeps its digest.
+    pub fn unless_false(on: &bool) -> Option<Json> {
+        on.then_some(Json::Bool(true))
     }
 }
 

@@ -471,6 +471,7 @@ mod tests {
             freezes: Vec::new(),
             restore_on_drift: false,
             attach_record: false,
+            attest: false,
             signature_keys: Vec::new(),
             wait_ttl: Duration::from_secs(7 * 24 * 3600),
         }
@@ -673,6 +674,7 @@ mod proptests {
             freezes: Vec::new(),
             restore_on_drift: false,
             attach_record: false,
+            attest: false,
             signature_keys: Vec::new(),
             wait_ttl: Duration::from_secs(7 * 24 * 3600),
         }

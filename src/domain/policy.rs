@@ -119,6 +119,10 @@ pub struct EnvironmentPolicy {
     /// After a promotion is applied, push its record as an OCI artifact
     /// referring to the promoted digest (see `attach`).
     pub attach_record: bool,
+    /// After a promotion is applied, sign an in-toto attestation (a SLSA
+    /// VSA) of it and store it under the image's cosign attestation tag
+    /// (see `attest` and `attach`).
+    pub attest: bool,
     /// How long a promotion that has its approvals may wait for the other
     /// gates (WAITING), counted from when it started waiting, before it
     /// ends EXPIRED.

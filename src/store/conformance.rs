@@ -664,6 +664,7 @@ pub fn policy() -> EnvironmentPolicy {
         freezes: Vec::new(),
         restore_on_drift: false,
         attach_record: false,
+        attest: false,
         signature_keys: Vec::new(),
         wait_ttl: Duration::from_secs(7 * 24 * 3600),
     }

@@ -49,6 +49,7 @@ fn policy() -> EnvironmentPolicy {
         freezes: Vec::new(),
         restore_on_drift: false,
         attach_record: false,
+        attest: false,
         signature_keys: Vec::new(),
         wait_ttl: WAIT_TTL,
     }
