@@ -48,6 +48,7 @@ pub struct Metrics {
     auth_failures: IntCounterVec,
     drift_detected: IntCounterVec,
     attach_failures: IntCounterVec,
+    attest_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -170,6 +171,17 @@ impl Metrics {
             attach_failures.with_label_values(&[e.as_str()]);
         }
         registry.register(Box::new(attach_failures.clone()))?;
+        let attest_failures = IntCounterVec::new(
+            Opts::new(
+                "attest_failures_total",
+                "Failed attempts to sign and store a promotion's attestation under the image's .att tag (each is retried), by environment",
+            ),
+            &["environment"],
+        )?;
+        for e in &environments {
+            attest_failures.with_label_values(&[e.as_str()]);
+        }
+        registry.register(Box::new(attest_failures.clone()))?;
         registry.register(Box::new(config_reloads.clone()))?;
         registry.register(Box::new(store_commits.clone()))?;
         registry.register(Box::new(store_flushes.clone()))?;
@@ -199,6 +211,7 @@ impl Metrics {
             auth_failures,
             drift_detected,
             attach_failures,
+            attest_failures,
         }))
     }
 
@@ -219,6 +232,12 @@ impl Metrics {
     /// (a configured environment's name).
     pub fn attach_failure(&self, environment: &str) {
         self.attach_failures.with_label_values(&[environment]).inc();
+    }
+
+    /// One failed attempt to store an attestation for an image of
+    /// `environment` (a configured environment's name).
+    pub fn attest_failure(&self, environment: &str) {
+        self.attest_failures.with_label_values(&[environment]).inc();
     }
 
     /// One registry request: `operation` like "GET manifest", `outcome` the

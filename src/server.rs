@@ -428,12 +428,35 @@ async fn lead(leader: Leader, stop: CancellationToken, from_start: Followers) {
             leader.registry.clone(),
             leader.evidence.clone(),
             crate::attach::Settings {
+                kind: crate::attach::Kind::Record,
                 config: leader.config.clone(),
                 clock: leader.clock.clone(),
                 metrics: Some(leader.metrics.clone()),
             },
             term.clone(),
         ));
+        // `[attest]` is read at start (`config::live`): no key, no worker.
+        if let Some((a, attestor)) = config
+            .attest
+            .as_ref()
+            .and_then(|a| Some((a, a.attestor()?)))
+        {
+            running.spawn(crate::attach::run(
+                leader.store.clone(),
+                leader.registry.clone(),
+                leader.evidence.clone(),
+                crate::attach::Settings {
+                    kind: crate::attach::Kind::Attestation {
+                        attestor,
+                        verifier_id: a.verifier_id.clone(),
+                    },
+                    config: leader.config.clone(),
+                    clock: leader.clock.clone(),
+                    metrics: Some(leader.metrics.clone()),
+                },
+                term.clone(),
+            ));
+        }
         if let Some(every) = config.drift_check_interval {
             running.spawn(crate::drift::run(
                 leader.store.clone(),

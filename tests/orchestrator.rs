@@ -28,25 +28,12 @@ fn readme_program() -> String {
     body[..body.find("\n```").expect("the block's end") + 1].to_owned()
 }
 
-fn python() -> PathBuf {
-    let python = std::env::var_os("PRODGATE_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/var/tmp/prodgate-proto-venv/bin/python".into());
-    assert!(
-        python.exists(),
-        "{} does not exist: run scripts/test, or set PRODGATE_TEST_PYTHON to the python \
-         scripts/python-env prints",
-        python.display()
-    );
-    python
-}
-
 /// The program and its generated client in a fresh directory.
 fn workspace() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("promote.py"), readme_program()).expect("write promote.py");
     let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
-    let out = std::process::Command::new(python())
+    let out = std::process::Command::new(support::python())
         .args(["-m", "grpc_tools.protoc"])
         .arg(format!("-I{}", proto.display()))
         .arg(format!("--python_out={}", dir.path().display()))
@@ -60,7 +47,7 @@ fn workspace() -> tempfile::TempDir {
 
 /// Starts `promote.py` as `who` with `args`.
 fn promote(dir: &Path, server: &TestServer, who: &str, args: &[&str]) -> Child {
-    Command::new(python())
+    Command::new(support::python())
         .arg("promote.py")
         .args(args)
         .current_dir(dir)

@@ -442,7 +442,9 @@ mod tests {
         }
         s.push_str("[[project]]\nname = \"web\"\nrepositories = [\"r.test/web/*\"]\n");
         // `attest = true` needs it; the key file need not exist (`parse`).
-        s.push_str("[attest]\nkey_file = \"/nonexistent/attest.key\"\nverifier_id = \"https://p.test\"\n");
+        s.push_str(
+            "[attest]\nkey_file = \"/nonexistent/attest.key\"\nverifier_id = \"https://p.test\"\n",
+        );
         s
     }
 
@@ -494,8 +496,7 @@ mod tests {
             let at_default = production(&defaults, None);
 
             // The top-level value, inherited by both projects.
-            let c =
-                parse(&config(&s.top, None)).unwrap_or_else(|e| panic!("{}: {e}", s.key));
+            let c = parse(&config(&s.top, None)).unwrap_or_else(|e| panic!("{}: {e}", s.key));
             let top = production(&c, None);
             assert_eq!(top[name], s.top_json, "{} at the top level", s.key);
             assert_ne!(top[name], at_default[name], "{}: not its default", s.key);

@@ -55,7 +55,10 @@ const FORMAT: u32 = 4;
 /// shows them at it.
 pub const LEFT_OUT_AT_DEFAULT: [(&str, LeftOut); 2] = [
     ("attest", LeftOut::Flag(false)),
-    ("wait_ttl_seconds", LeftOut::Seconds(DEFAULT_WAIT_TTL.as_secs())),
+    (
+        "wait_ttl_seconds",
+        LeftOut::Seconds(DEFAULT_WAIT_TTL.as_secs()),
+    ),
 ];
 
 /// The default of a key the document leaves out there.

@@ -194,3 +194,19 @@ pub async fn assert_one_chain(c: &mut Client) -> Vec<pb::AuditEntry> {
     assert_eq!(v.head_hash, prev);
     entries
 }
+
+/// The Python that `scripts/python-env` makes (grpcio-tools, grpcio-status,
+/// securesystemslib): `PRODGATE_TEST_PYTHON` as `scripts/test` sets it, or
+/// that script's default venv.
+pub fn python() -> std::path::PathBuf {
+    let python = std::env::var_os("PRODGATE_TEST_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/var/tmp/prodgate-proto-venv/bin/python".into());
+    assert!(
+        python.exists(),
+        "{} does not exist: run scripts/test, or set PRODGATE_TEST_PYTHON to the python \
+         scripts/python-env prints",
+        python.display()
+    );
+    python
+}
