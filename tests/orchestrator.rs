@@ -8,7 +8,7 @@ mod support;
 
 use prodgate::pb::{self, HistoryRequest, ListPromotionsRequest};
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::registry::TestRegistry;
