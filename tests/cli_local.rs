@@ -220,12 +220,14 @@ async fn a_running_servers_store_is_named_as_locked() {
 
 #[test]
 fn keygen_attest_writes_a_key_pair_that_check_config_takes_and_never_overwrites() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let keys = dir.path().to_str().expect("utf-8 path");
+    let top = tempfile::tempdir().expect("temp dir");
+    // A directory that does not exist yet is made.
+    let dir = top.path().join("keys");
+    let keys = dir.to_str().expect("utf-8 path");
     let made = prodgate(&["keygen", "--attest", "--out", keys], None);
     assert_eq!(made.code, Some(0), "{made:?}");
-    let private = dir.path().join("attest.key");
-    let public = std::fs::read_to_string(dir.path().join("attest.pub")).expect("attest.pub");
+    let private = dir.join("attest.key");
+    let public = std::fs::read_to_string(dir.join("attest.pub")).expect("attest.pub");
     assert!(public.starts_with("-----BEGIN PUBLIC KEY-----"), "{public}");
     let pem = std::fs::read_to_string(&private).expect("attest.key");
     assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"));
@@ -247,7 +249,7 @@ fn keygen_attest_writes_a_key_pair_that_check_config_takes_and_never_overwrites(
     assert_eq!(prodgate(&["keygen", "--out", keys], None).code, Some(2));
 
     // check-config takes the key.
-    let config = dir.path().join("prodgate.toml");
+    let config = dir.join("prodgate.toml");
     std::fs::write(
         &config,
         format!(

@@ -65,8 +65,15 @@ pub fn keygen_attest(dir: &Path, out: &mut Printer) -> Result<(), CliError> {
 }
 
 /// Creates `path` (never over an existing file) holding `text` and a
-/// newline, with `mode` on Unix, synced before it returns.
+/// newline, with `mode` on Unix, synced before it returns; its directory
+/// is made when missing (`keygen --out /etc/prodgate/keys`).
 fn write_new(path: &Path, text: &str, mode: u32) -> Result<(), CliError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| CliError::WriteFile {
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
     let mut o = std::fs::OpenOptions::new();
     o.write(true).create_new(true);
     #[cfg(unix)]
