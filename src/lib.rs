@@ -27,7 +27,8 @@
 //! - [`backoff`]: the retry loops' one backoff policy (first pause,
 //!   doubling, capped; jitter).
 //! - [`attest`]: signed in-toto statements (SLSA VSA in a DSSE envelope)
-//!   of what prodgate promoted, for admission controllers.
+//!   of what prodgate promoted, for admission controllers; [`attest::verify`]
+//!   checks one as they do (`prodgate verify-image`).
 //! - [`attach`]: the record of each APPLIED promotion, pushed as an OCI
 //!   artifact referring to the promoted image (`attach_record`).
 //! - [`drift`]: the watch that notices (and may undo) tag moves made

@@ -27,7 +27,7 @@ use crate::metrics::{Metrics, RpcMetricsLayer};
 use crate::pb::promotion_service_server::PromotionServiceServer;
 use crate::promotions::Promotions;
 use crate::registry::Registry;
-use crate::registry::oci::{OciRegistry, RegistryHost};
+use crate::registry::oci::OciRegistry;
 use crate::store::StoreError;
 use std::future::Future;
 use std::sync::Arc;
@@ -203,24 +203,6 @@ fn open_file_limit() -> Option<u64> {
 /// files, registry and webhook connections, the metrics listener and its
 /// scrapes. A generous guess; the point is to warn before the limit bites.
 const OTHER_DESCRIPTORS: u64 = 256;
-
-fn registry_hosts(config: &Config) -> Vec<RegistryHost> {
-    config
-        .registries
-        .iter()
-        .map(|r| RegistryHost {
-            host: r.host.clone(),
-            insecure: r.insecure,
-            credentials: r.credentials.clone(),
-            credential_source: r.credential_source.clone(),
-            ca_certificates: r
-                .ca_cert
-                .as_ref()
-                .map(|c| c.certificates.clone())
-                .unwrap_or_default(),
-        })
-        .collect()
-}
 
 /// Runs `task` until `stop` is cancelled (tasks that loop forever).
 async fn until_stopped<T>(stop: CancellationToken, task: impl Future<Output = T>) {
@@ -602,11 +584,8 @@ pub async fn run(
         took_ms = u64::try_from(opening.elapsed().as_millis()).unwrap_or(u64::MAX),
         "store opened"
     );
-    let registry: Arc<dyn Registry> = Arc::new(OciRegistry::new(
-        registry_hosts(&config),
-        config.registry_timeout,
-        Some(metrics.clone()),
-    )?);
+    let registry: Arc<dyn Registry> =
+        Arc::new(OciRegistry::from_config(&config, Some(metrics.clone()))?);
     // Cancelled when shutdown starts: no new connections, open watches end.
     let draining = CancellationToken::new();
     // Cancelled once in-flight calls are done: background tasks stop.

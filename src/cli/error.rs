@@ -18,6 +18,7 @@ pub enum Exit {
     WaitTimedOut = 6,
     GateBlocks = 7,
     FollowFailed = 8,
+    NotAttested = 9,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +121,20 @@ pub enum CliError {
     /// The bundle or proof does not verify; what failed is the message.
     #[error("NOT VERIFIED: {0}")]
     NotVerified(String),
+    /// `verify-image --key`: the file is not an attestation public key.
+    #[error("{}: {reason}", path.display())]
+    NotAnAttestKey {
+        path: PathBuf,
+        reason: crate::attest::verify::NotAPublicKey,
+    },
+    /// `verify-image`: the registry failed or refused; retrying may help
+    /// when [`crate::registry::RegistryError::is_transient`].
+    #[error("{0}")]
+    Registry(#[from] crate::registry::RegistryError),
+    /// `verify-image`: no layer was accepted; the report (each layer's
+    /// reason, the verdict) is on stdout.
+    #[error("{image} carries no valid attestation for {environment}")]
+    NotAttested { image: String, environment: String },
 }
 
 impl CliError {
@@ -142,7 +157,13 @@ impl CliError {
             | CliError::WriteFile { .. }
             | CliError::Evidence(_)
             | CliError::NotVerified(_)
+            | CliError::NotAnAttestKey { .. }
             | CliError::Output(_) => Exit::Local,
+            // The registry in the server's place: a refusal or a missing
+            // image is 3, "try again later" is 4.
+            CliError::Registry(e) if e.is_transient() => Exit::Unreachable,
+            CliError::Registry(_) => Exit::Refused,
+            CliError::NotAttested { .. } => Exit::NotAttested,
             CliError::Connect { .. } | CliError::NotServing(_) | CliError::WatchEnded(_) => {
                 Exit::Unreachable
             }
@@ -211,7 +232,7 @@ impl CliError {
     /// choice, not a failure worth a message.
     pub fn is_reportable(&self) -> bool {
         match self {
-            CliError::ChainBroken => false,
+            CliError::ChainBroken | CliError::NotAttested { .. } => false,
             CliError::Output(e) => e.kind() != std::io::ErrorKind::BrokenPipe,
             CliError::Hinted { error, .. } => error.is_reportable(),
             _ => true,
@@ -385,6 +406,33 @@ mod tests {
         };
         assert!(closed.is_reportable());
         assert_eq!(closed.exit(), Exit::FollowFailed);
+    }
+
+    #[test]
+    fn verify_image_tells_a_verdict_from_a_registry_refusal_and_an_outage() {
+        use crate::registry::RegistryError;
+        let outage = CliError::Registry(RegistryError::Unavailable {
+            registry: "r.example".into(),
+            reason: "HTTP 503".into(),
+            retry_after: None,
+        });
+        assert_eq!(outage.exit(), Exit::Unreachable);
+        let denied = CliError::Registry(RegistryError::Denied {
+            registry: "r.example".into(),
+            status: 401,
+        });
+        assert_eq!(denied.exit(), Exit::Refused);
+        let missing = CliError::Registry(RegistryError::NotFound {
+            reference: "r.example/app:v1".into(),
+        });
+        assert_eq!(missing.exit(), Exit::Refused);
+        let verdict = CliError::NotAttested {
+            image: "r.example/app@sha256:ab".into(),
+            environment: "production".into(),
+        };
+        assert_eq!(verdict.exit() as u8, 9);
+        // Its report is on stdout already.
+        assert!(!verdict.is_reportable());
     }
 
     #[test]

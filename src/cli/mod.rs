@@ -1,7 +1,8 @@
 //! The `prodgate` command line: flag definitions, dispatch to one thin
 //! function per subcommand, and the exit-code contract.
 //!
-//! `serve`, `check-config`, `verify-log --data-dir`, `migrate` and
+//! `serve`, `check-config`, `verify-log --data-dir`, `migrate`,
+//! `verify-image` (it reads the registry, not the server) and
 //! `completions` work locally; every other subcommand is a gRPC client of a running server and
 //! takes the [`ClientArgs`] (`--server`, `--token`, TLS flags, `-o`,
 //! `--timeout`; see [`client`]).
@@ -13,14 +14,15 @@
 //! | code | meaning |
 //! |------|---------|
 //! | 0 | success |
-//! | 1 | local error: a flag value that does not parse, a file that cannot be read, an invalid config, a broken audit chain (`verify-log`) |
+//! | 1 | local error: a flag value that does not parse, a file that cannot be read, an invalid config, a broken audit chain (`verify-log`), a `verify-image --key` that is no attestation public key |
 //! | 2 | usage error (unknown subcommand or flag, missing argument) |
-//! | 3 | refused by the server: any gRPC status it answered except `UNAVAILABLE` and `DEADLINE_EXCEEDED` |
-//! | 4 | server unreachable or unavailable: connection refused, TLS failure, a connection closed or reset mid-call (whatever status tonic labels it with, e.g. `UNKNOWN`), `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `health` not `SERVING` |
+//! | 3 | refused by the server: any gRPC status it answered except `UNAVAILABLE` and `DEADLINE_EXCEEDED`; for `verify-image`, by the registry: credentials refused, IMAGE not there, an answer prodgate does not accept |
+//! | 4 | server unreachable or unavailable: connection refused, TLS failure, a connection closed or reset mid-call (whatever status tonic labels it with, e.g. `UNKNOWN`), `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `health` not `SERVING`; for `verify-image`, the registry unreachable or unavailable (a timeout, 429, 5xx) |
 //! | 5 | `--wait` ended in a terminal state other than `PROMOTED` (`FAILED`, `REJECTED`, `CANCELLED`, `EXPIRED`, `SUPERSEDED`) |
 //! | 6 | `--wait` gave up after `--timeout`; the promotion was still in progress and goes on on the server |
 //! | 7 | `gates`: at least one gate blocks the promotion now (approvals included); the report is on stdout |
 //! | 8 | `--wait` failed after the promotion was known: it exists and goes on on the server, but following it failed (a refusal when watching again, e.g. an expired token; an unreadable `--token-file`; stdout closed). stderr names the promotion, `prodgate get ID` and the error; `-o json` stdout has the lines printed until then |
+//! | 9 | `verify-image`: the image's digest carries no valid attestation for the environment (no attestation tag, or every layer skipped or rejected); the report is on stdout |
 //!
 //! A `--wait` already watching retries a lost connection by itself (until
 //! `--timeout`), so 3 and 4 come only from its first call (the request,
@@ -37,6 +39,7 @@ pub mod policy;
 pub mod serve;
 pub mod table;
 pub mod time;
+pub mod verify_image;
 pub mod wait;
 
 use crate::pb;
@@ -53,21 +56,24 @@ const LONG_ABOUT: &str = "\
 Gated, audited promotion of container images.
 
 `prodgate serve` runs the gRPC service; the other subcommands are its client
-(or, for check-config, verify-log --data-dir, migrate and completions, local
-tools).
+(or, for check-config, verify-log --data-dir, migrate, verify-image and
+completions, local tools).
 `prodgate <subcommand> --help` lists a client subcommand's connection options
 (--server, --token, TLS, --output, --timeout).
 
 Exit codes:
   0  success
   1  local error: a flag value that does not parse, a file that cannot be read,
-     an invalid config, a broken audit chain (verify-log)
+     an invalid config, a broken audit chain (verify-log), a verify-image
+     --key that is no attestation public key
   2  usage error (unknown subcommand or flag, missing argument)
   3  refused by the server: any gRPC status it answered except UNAVAILABLE
-     and DEADLINE_EXCEEDED (the message on stderr names the status)
+     and DEADLINE_EXCEEDED (the message on stderr names the status); for
+     verify-image, by the registry (credentials, IMAGE not there)
   4  server unreachable or unavailable: connection refused, TLS failure, a
      connection closed or reset mid-call, UNAVAILABLE, DEADLINE_EXCEEDED,
-     health not SERVING
+     health not SERVING; for verify-image, the registry unreachable or
+     unavailable
   5  --wait ended in FAILED, REJECTED, CANCELLED, EXPIRED or SUPERSEDED
      instead of PROMOTED
   6  --wait gave up after --timeout; the promotion goes on without it
@@ -75,7 +81,9 @@ Exit codes:
      on stdout
   8  --wait failed after the promotion was made: it exists and goes on,
      but following it failed (e.g. the token was refused when watching
-     again); stderr names it and `prodgate get ID`";
+     again); stderr names it and `prodgate get ID`
+  9  verify-image: no valid attestation for the environment; the report is
+     on stdout";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -589,6 +597,43 @@ pub enum Command {
         #[arg(long, value_name = "KEY", alias = "key")]
         verifier_key: String,
     },
+    /// Check, without the server, that IMAGE carries a valid prodgate
+    /// attestation for ENV: the check an admission controller makes.
+    ///
+    /// IMAGE is resolved to its digest (a digest is used as is); the layers
+    /// under cosign's attestation tag sha256-<hex>.att are read (the first
+    /// 64, each envelope up to 1 MiB), and a layer is accepted when a
+    /// signature by --key verifies over its DSSE envelope and the in-toto
+    /// statement inside is a SLSA VSA about that digest that PASSED for
+    /// ENV. Prints one line per layer (accepted, skipped: another
+    /// predicate, or rejected, with the reason) and the verdict.
+    ///
+    /// With --config, the registry is reached as `serve` reaches it (the
+    /// file's [[registry]] entries: credentials, insecure, ca_cert);
+    /// without, anonymously over HTTPS.
+    ///
+    /// Exit codes: 0 a layer is accepted; 9 none is (no attestation tag,
+    /// every layer skipped or rejected); 1 --key is no public key or
+    /// --config is invalid; 3 the registry refused the credentials, has no
+    /// IMAGE or answered what prodgate does not accept; 4 the registry is
+    /// unreachable or unavailable (try again).
+    VerifyImage {
+        /// host[:port]/repository:tag, host[:port]/repository@sha256:<hex>,
+        /// or host[:port]/repository (tag latest).
+        #[arg(value_parser = verify_image::image)]
+        image: verify_image::Image,
+        /// The environment the image must be attested for.
+        #[arg(long, alias = "environment")]
+        env: String,
+        /// The attestation public key: the attest.pub of `prodgate keygen
+        /// --attest` (PEM, ECDSA P-256).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// prodgate's configuration file (TOML): its [[registry]] entries
+        /// say how to reach the registry.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Print a shell completion script.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -618,6 +663,7 @@ impl Command {
             | Command::CheckConfig { .. }
             | Command::Keygen { .. }
             | Command::VerifyExport { .. }
+            | Command::VerifyImage { .. }
             | Command::Migrate { .. }
             | Command::Completions { .. } => None,
             Command::Request { client, .. }
@@ -877,6 +923,12 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
         Command::VerifyExport { file, verifier_key } => {
             evidence::verify_export(&file, &verifier_key, out)
         }
+        Command::VerifyImage {
+            image,
+            env,
+            key,
+            config,
+        } => verify_image::verify_image(&image, &env, &key, config.as_deref(), out).await,
         Command::Checkpoint {
             verifier_key,
             client,

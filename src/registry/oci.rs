@@ -46,7 +46,7 @@ use super::{
     INDEX_MEDIA_TYPE, MANIFEST_LIMIT, Manifest, Moved, PUSH_BLOB_LIMIT, Registry, RegistryError,
 };
 use crate::body::read_capped;
-use crate::config::{CredentialSource, RegistryCredentials};
+use crate::config::{Config, CredentialSource, RegistryCredentials};
 use crate::domain::names::Repository;
 use async_trait::async_trait;
 use reqwest::header::{
@@ -101,6 +101,26 @@ pub struct RegistryHost {
 }
 
 impl RegistryHost {
+    /// The config's `[[registry]]` entries: credentials (and where to read
+    /// them again), `insecure`, `ca_cert`.
+    pub fn configured(config: &Config) -> Vec<RegistryHost> {
+        config
+            .registries
+            .iter()
+            .map(|r| RegistryHost {
+                host: r.host.clone(),
+                insecure: r.insecure,
+                credentials: r.credentials.clone(),
+                credential_source: r.credential_source.clone(),
+                ca_certificates: r
+                    .ca_cert
+                    .as_ref()
+                    .map(|c| c.certificates.clone())
+                    .unwrap_or_default(),
+            })
+            .collect()
+    }
+
     /// A registry without credentials or extra roots.
     pub fn anonymous(host: &str, insecure: bool) -> Self {
         Self {
@@ -235,6 +255,21 @@ fn http_client(timeout: Duration, roots: &[Vec<u8>]) -> Result<reqwest::Client, 
 }
 
 impl OciRegistry {
+    /// The client `serve` uses, and `verify-image --config`: the config's
+    /// `[[registry]]` entries ([`RegistryHost::configured`]) and
+    /// `registry_timeout`; any other host is anonymous HTTPS with the
+    /// system's roots.
+    pub fn from_config(
+        config: &Config,
+        metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+    ) -> Result<Self, RegistryError> {
+        Self::new(
+            RegistryHost::configured(config),
+            config.registry_timeout,
+            metrics,
+        )
+    }
+
     pub fn new(
         hosts: Vec<RegistryHost>,
         timeout: Duration,

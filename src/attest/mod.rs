@@ -3,13 +3,16 @@
 //! Summary Attestation, in a DSSE envelope signed with an ECDSA P-256 key,
 //! the kind `cosign import-key-pair` takes and `cosign verify-attestation
 //! --key` checks. This module is pure: building the statement, the DSSE
-//! pre-authentication encoding, the signature, and making a key pair.
+//! pre-authentication encoding, the signature, and making a key pair;
+//! [`verify`] is the other side, what an admission controller checks.
 //!
 //! DSSE (<https://github.com/secure-systems-lab/dsse>, protocol v1): the
 //! signature covers `PAE(type, body) = "DSSEv1" SP LEN(type) SP type SP
 //! LEN(body) SP body`, LEN in ASCII decimal; the envelope carries the body
 //! base64-encoded (standard alphabet, padded) and each signature's `sig`
 //! base64 of the ASN.1 DER ECDSA signature, as cosign writes it.
+
+pub mod verify;
 
 use base64::Engine;
 use p256::ecdsa::signature::Signer;
