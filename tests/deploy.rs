@@ -22,6 +22,8 @@ const DEPLOY_FILES: &[&str] = &[
     "dev-attest.key",
     "dev-attest.pub",
     "dev-console.key",
+    "kubernetes/admission/kyverno-clusterpolicy.yaml",
+    "kubernetes/admission/policy-controller-clusterimagepolicy.yaml",
     "kubernetes/gateway.yaml",
     "kubernetes/headless-service.yaml",
     "kubernetes/kustomization.yaml",
@@ -1113,6 +1115,293 @@ fn kubernetes_gateway_exposes_only_grpc_over_tls_from_cert_manager() {
         read("ci/promote-to-production.yml").contains(&format!("https://{hostname},")),
         "deploy/ci/promote-to-production.yml should name https://{hostname} as PRODGATE_SERVER"
     );
+}
+
+// ---------------------------------------------------------------- admission policies
+
+const KYVERNO_POLICY: &str = "kubernetes/admission/kyverno-clusterpolicy.yaml";
+const POLICY_CONTROLLER_POLICY: &str =
+    "kubernetes/admission/policy-controller-clusterimagepolicy.yaml";
+
+/// A PEM block's lines, trimmed, without blank ones: what a YAML block
+/// scalar and the key file must agree on whatever their indentation and
+/// trailing newline.
+fn pem_lines(pem: &str) -> Vec<&str> {
+    pem.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// The dev attestation public key, which both policies carry (to be
+/// replaced by the user's `attest.pub`).
+fn dev_attest_pub() -> String {
+    let public = read("dev-attest.pub");
+    let lines = pem_lines(&public);
+    assert_eq!(lines.first(), Some(&"-----BEGIN PUBLIC KEY-----"));
+    assert_eq!(lines.last(), Some(&"-----END PUBLIC KEY-----"));
+    public
+}
+
+/// The predicate of the VSA prodgate signs for `environment`, as
+/// `prodgate::attest` builds it.
+fn vsa_predicate(environment: &str) -> serde_json::Value {
+    let summary = prodgate::attest::Summary {
+        verifier_id: "https://prodgate.example.com",
+        repository: "registry.example.com/team/app",
+        digest: "sha256:1111111111111111111111111111111111111111111111111111111111111111",
+        environment,
+        project: "",
+        policy_digest: "sha256:2222222222222222222222222222222222222222222222222222222222222222",
+        time_verified: "2026-12-07T16:00:00Z",
+        extra: serde_json::Map::new(),
+    };
+    let statement = prodgate::attest::statement(&summary);
+    assert_eq!(statement["predicateType"], prodgate::attest::VSA_TYPE);
+    statement["predicate"].clone()
+}
+
+/// Whether a Kyverno `Equals` condition on `{{ field }}` holds for
+/// `predicate` (the only form the policy uses: a top-level field).
+fn kyverno_equals_holds(condition: &Yaml, predicate: &serde_json::Value) -> bool {
+    let key = str_at(condition, "key");
+    let field = key
+        .strip_prefix("{{")
+        .and_then(|k| k.strip_suffix("}}"))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("condition key {key:?} is not `{{{{ field }}}}`"));
+    assert!(
+        field.chars().all(|c| c.is_ascii_alphanumeric()),
+        "condition key {key:?} is not a plain predicate field"
+    );
+    assert_eq!(str_at(condition, "operator"), "Equals");
+    predicate[field].as_str() == Some(str_at(condition, "value"))
+}
+
+#[test]
+fn admission_policies_stay_out_of_the_kustomizations() {
+    // Each needs its engine's CRDs, and they are alternatives: applied one
+    // at a time with `kubectl apply -f`, never by a kit.
+    for kit in [
+        "kubernetes/kustomization.yaml",
+        "kubernetes/postgres/kustomization.yaml",
+    ] {
+        let resources = strings(vec_at(&yaml_doc(kit), "resources"));
+        assert!(
+            !resources.iter().any(|r| r.contains("admission")),
+            "deploy/{kit} applies an admission policy: {resources:?}"
+        );
+    }
+    assert!(
+        !DEPLOY_FILES
+            .iter()
+            .any(|f| f.starts_with("kubernetes/admission/kustomization")),
+        "the admission policies are applied one at a time"
+    );
+    let readme = read("README.md");
+    for f in [KYVERNO_POLICY, POLICY_CONTROLLER_POLICY] {
+        assert!(
+            readme.contains(&format!("kubectl apply -f deploy/{f}")),
+            "deploy/README.md does not say how to apply {f}"
+        );
+        assert!(
+            read(f).contains(&format!("kubectl apply -f deploy/{f}")),
+            "deploy/{f} does not say how to apply it"
+        );
+    }
+}
+
+#[test]
+fn kyverno_policy_admits_only_prodgate_s_production_vsa() {
+    let origin = format!("deploy/{KYVERNO_POLICY}");
+    let p = yaml_doc(KYVERNO_POLICY);
+    assert_eq!(str_at(&p, "apiVersion"), "kyverno.io/v1", "{origin}");
+    assert_eq!(str_at(&p, "kind"), "ClusterPolicy", "{origin}");
+    let text = read(KYVERNO_POLICY);
+    assert!(
+        text.contains("Kyverno 1.19"),
+        "{origin}: say which Kyverno schema it follows"
+    );
+
+    let rules = vec_at(&p, "spec.rules");
+    let verify: Vec<&Yaml> = rules
+        .iter()
+        .flat_map(|r| r["verifyImages"].as_vec().into_iter().flatten())
+        .collect();
+    let [verify] = verify[..] else {
+        panic!("{origin}: expected one verifyImages entry, found {verify:?}");
+    };
+    for rule in rules {
+        let kinds = strings(vec_at(&rule["match"]["any"][0], "resources.kinds"));
+        assert_eq!(kinds, ["Pod"], "{origin}: the rule matches Pods");
+    }
+    assert!(!vec_at(verify, "imageReferences").is_empty());
+    // Enforced, with tags resolved to the digest that is checked.
+    assert_eq!(str_at(verify, "failureAction"), "Enforce", "{origin}");
+    assert!(bool_at(verify, "mutateDigest"), "{origin}: mutateDigest");
+    assert!(bool_at(verify, "verifyDigest"), "{origin}: verifyDigest");
+    assert!(bool_at(verify, "required"), "{origin}: required");
+
+    let attestations = vec_at(verify, "attestations");
+    let [attestation] = attestations else {
+        panic!("{origin}: expected one attestation check, found {attestations:?}");
+    };
+    assert_eq!(
+        str_at(attestation, "type"),
+        prodgate::attest::VSA_TYPE,
+        "{origin}: the predicate type prodgate signs"
+    );
+
+    // The dev key, with the Rekor and certificate-timestamp checks off (a
+    // plain key, nothing uploaded to Rekor).
+    let entries: Vec<&Yaml> = vec_at(attestation, "attestors")
+        .iter()
+        .flat_map(|a| vec_at(a, "entries"))
+        .collect();
+    let [entry] = entries[..] else {
+        panic!("{origin}: expected one attestor entry, found {entries:?}");
+    };
+    let public = dev_attest_pub();
+    assert_eq!(
+        pem_lines(str_at(entry, "keys.publicKeys")),
+        pem_lines(&public),
+        "{origin}: the key is deploy/dev-attest.pub"
+    );
+    assert!(bool_at(entry, "keys.rekor.ignoreTlog"), "{origin}");
+    assert!(bool_at(entry, "keys.ctlog.ignoreSCT"), "{origin}");
+
+    // Every condition is required (`all`), and together they hold for the
+    // production VSA prodgate signs and for no other environment's.
+    let blocks = vec_at(attestation, "conditions");
+    assert!(
+        blocks.iter().all(|b| b["any"].is_badvalue()),
+        "{origin}: an `any` block would let a VSA through on one condition"
+    );
+    let conditions: Vec<&Yaml> = blocks.iter().flat_map(|b| vec_at(b, "all")).collect();
+    let fields: BTreeSet<&str> = conditions.iter().map(|c| str_at(c, "key")).collect();
+    assert_eq!(
+        fields,
+        BTreeSet::from(["{{ environment }}", "{{ verificationResult }}"]),
+        "{origin}"
+    );
+    let holds = |environment: &str| {
+        let predicate = vsa_predicate(environment);
+        conditions
+            .iter()
+            .all(|c| kyverno_equals_holds(c, &predicate))
+    };
+    assert!(holds("production"), "{origin}: rejects a production VSA");
+    for other in ["staging", "dev", "production-eu"] {
+        assert!(!holds(other), "{origin}: admits a {other} VSA");
+    }
+}
+
+#[test]
+fn policy_controller_policy_admits_only_prodgate_s_production_vsa() {
+    let origin = format!("deploy/{POLICY_CONTROLLER_POLICY}");
+    let p = yaml_doc(POLICY_CONTROLLER_POLICY);
+    assert_eq!(
+        str_at(&p, "apiVersion"),
+        "policy.sigstore.dev/v1beta1",
+        "{origin}"
+    );
+    assert_eq!(str_at(&p, "kind"), "ClusterImagePolicy", "{origin}");
+    let text = read(POLICY_CONTROLLER_POLICY);
+    assert!(
+        text.contains("policy-controller v0.15"),
+        "{origin}: say which policy-controller it follows"
+    );
+    assert!(
+        text.contains("policy.sigstore.dev/include=true"),
+        "{origin}: say how a namespace opts in"
+    );
+    assert_eq!(str_at(&p, "spec.mode"), "enforce", "{origin}");
+    let images = vec_at(&p, "spec.images");
+    assert!(
+        !images.is_empty() && images.iter().all(|i| !str_at(i, "glob").is_empty()),
+        "{origin}: images"
+    );
+
+    let authorities = vec_at(&p, "spec.authorities");
+    let [authority] = authorities else {
+        panic!("{origin}: expected one authority, found {authorities:?}");
+    };
+    let public = dev_attest_pub();
+    assert_eq!(
+        pem_lines(str_at(authority, "key.data")),
+        pem_lines(&public),
+        "{origin}: the key is deploy/dev-attest.pub"
+    );
+    // For a key authority, no `ctlog` is what turns the Rekor check off.
+    for absent in ["ctlog", "keyless", "static", "rfc3161timestamp"] {
+        assert!(
+            authority[absent].is_badvalue(),
+            "{origin}: the authority must have no `{absent}`"
+        );
+    }
+
+    let attestations = vec_at(authority, "attestations");
+    let [attestation] = attestations else {
+        panic!("{origin}: expected one attestation, found {attestations:?}");
+    };
+    assert_eq!(
+        str_at(attestation, "predicateType"),
+        prodgate::attest::VSA_TYPE,
+        "{origin}"
+    );
+    assert_eq!(str_at(attestation, "policy.type"), "cue", "{origin}");
+    // The CUE is unified with the Statement: the predicate type, and the
+    // two fields inside `predicate: { … }`, with the values prodgate writes
+    // for production.
+    let cue = str_at(attestation, "policy.data");
+    let cue = cue.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        cue.contains(&format!(
+            "predicateType: \"{}\"",
+            prodgate::attest::VSA_TYPE
+        )),
+        "{origin}: {cue}"
+    );
+    let inside = cue
+        .split_once("predicate: {")
+        .and_then(|(_, rest)| rest.split_once('}'))
+        .map(|(inside, _)| inside)
+        .unwrap_or_else(|| panic!("{origin}: no `predicate: {{ … }}` in {cue}"));
+    // `field: "value"` pairs and nothing else.
+    let tokens: Vec<&str> = inside.split_whitespace().collect();
+    assert!(tokens.len().is_multiple_of(2), "{origin}: {cue}");
+    let mut fields: Vec<(&str, &str)> = tokens
+        .chunks(2)
+        .map(|pair| {
+            let field = pair[0]
+                .strip_suffix(':')
+                .unwrap_or_else(|| panic!("{origin}: {:?} is not `field:`", pair[0]));
+            let value = pair[1]
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or_else(|| panic!("{origin}: {:?} is not a string", pair[1]));
+            (field, value)
+        })
+        .collect();
+    fields.sort();
+    assert_eq!(
+        fields,
+        [
+            ("environment", "production"),
+            ("verificationResult", "PASSED")
+        ],
+        "{origin}: {cue}"
+    );
+    let holds = |environment: &str| {
+        let predicate = vsa_predicate(environment);
+        fields
+            .iter()
+            .all(|(field, value)| predicate[*field].as_str() == Some(*value))
+    };
+    assert!(holds("production"), "{origin}: rejects a production VSA");
+    for other in ["staging", "dev", "production-eu"] {
+        assert!(!holds(other), "{origin}: admits a {other} VSA");
+    }
 }
 
 // ---------------------------------------------------------------- Dockerfile
