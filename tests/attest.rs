@@ -403,3 +403,91 @@ async fn a_failing_registry_neither_fails_the_promotion_nor_loses_the_attestatio
     assert_eq!(m["layers"].as_array().unwrap().len(), 1, "{m}");
     s.verified_statement("app", &m, &id).await;
 }
+
+/// `prodgate verify-image IMAGE --env ENV --key KEY --config <the server's
+/// own config>`: its exit code and what it printed.
+fn verify_image(s: &Setup, image: &str, env: &str, key: &Path) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_prodgate"))
+        .args(["verify-image", image, "--env", env, "--key"])
+        .arg(key)
+        .arg("--config")
+        .arg(s.server.dir().join("prodgate.toml"))
+        .output()
+        .expect("run verify-image");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn verify_image_accepts_what_prodgate_promoted_and_nothing_else() {
+    let s = start().await;
+    let digest = s.registry.push_image("app", Some("dev"), 1024, 5).await;
+    let staged = s.promote("app", "dev", "staging").await;
+    s.attestations("app", &digest, &staged).await;
+    let key = s.public_key();
+    let image = format!("{}:staging", s.repo("app"));
+
+    // Promoted to staging only: refused for production, accepted for staging.
+    let (code, out) = verify_image(&s, &image, "production", &key);
+    assert_eq!(code, Some(9), "{out}");
+    assert!(
+        out.contains("for environment staging, not production"),
+        "{out}"
+    );
+    let (code, out) = verify_image(&s, &image, "staging", &key);
+    assert_eq!(code, Some(0), "{out}");
+
+    let shipped = s.promote("app", "staging", "production").await;
+    let m = s.attestations("app", &digest, &shipped).await;
+    let image = format!("{}:production", s.repo("app"));
+    let (code, out) = verify_image(&s, &image, "production", &key);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&format!("VSA PASSED for production, promotion {shipped}")),
+        "{out}"
+    );
+
+    // Another key: refused.
+    let other = tempfile::tempdir().unwrap();
+    prodgate(&["keygen", "--attest", "--out"], other.path());
+    let (code, out) = verify_image(&s, &image, "production", &other.path().join("attest.pub"));
+    assert_eq!(code, Some(9), "{out}");
+    assert!(out.contains("does not verify"), "{out}");
+
+    // The production envelope with its payload changed (staging's says
+    // staging, so it stays refused): refused.
+    let ours = layer_of(&m, &shipped).unwrap().clone();
+    let envelope = s.blob("app", ours["digest"].as_str().unwrap()).await;
+    let mut e: Value = serde_json::from_slice(&envelope).unwrap();
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut st: Value =
+        serde_json::from_slice(&b64.decode(e["payload"].as_str().unwrap()).unwrap()).unwrap();
+    st["predicate"]["promotionId"] = json!("9999");
+    e["payload"] = json!(b64.encode(serde_json::to_vec(&st).unwrap()));
+    let tampered = serde_json::to_vec(&e).unwrap();
+    let tampered_digest = s.registry.push_blob("app", &tampered).await;
+    let mut forged = m.clone();
+    for l in forged["layers"].as_array_mut().unwrap() {
+        if l["digest"] == ours["digest"] {
+            l["digest"] = json!(tampered_digest);
+            l["size"] = json!(tampered.len());
+        }
+    }
+    let tag = format!("{}.att", digest.replace("sha256:", "sha256-"));
+    s.registry
+        .put_manifest_bytes(
+            "app",
+            &tag,
+            OCI_MANIFEST,
+            &serde_json::to_vec(&forged).unwrap(),
+        )
+        .await;
+    let (code, out) = verify_image(&s, &image, "production", &key);
+    assert_eq!(code, Some(9), "{out}");
+    assert!(out.contains("does not verify"), "{out}");
+}

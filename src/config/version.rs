@@ -771,9 +771,9 @@ allowed_days = ["sat"]
     fn the_deploy_examples_keep_their_digests() {
         for (file, digest) in [
             (
-                // Since staging and production attest.
+                // Since production attests.
                 "prodgate.example.toml",
-                "sha256:e85c390199f37f8dee921e909b282eabaa4a914f93e32481eb32b40685d3d438",
+                "sha256:41a161ade48429074c89ca8e5911e259cdaedb6e0f11e115578344e0a8bea5d9",
             ),
             (
                 "prodgate.oidc.example.toml",
