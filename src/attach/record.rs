@@ -317,6 +317,7 @@ mod tests {
             rollback: false,
             waiting_for: Vec::new(),
             not_before: None,
+            release_id: None,
             policy_digest: format!("sha256:{}", "c".repeat(64)),
             last_apply_error: String::new(),
             apply_attempts: 0,

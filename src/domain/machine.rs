@@ -128,6 +128,7 @@ pub fn request(
         policy_digest: String::new(),
         waiting_for: Vec::new(),
         not_before: None,
+        release_id: None,
         last_apply_error: String::new(),
         apply_attempts: 0,
     };

@@ -272,6 +272,10 @@ pub struct Promotion {
     /// While WAITING: the earliest time the time gates can all be open;
     /// `None` when only checks or a signature block.
     pub not_before: Option<Time>,
+    /// The release it is a member of: the id of the release's first member
+    /// (a release's members are created in one write, so their ids follow
+    /// one another from it). `None` for a promotion of its own.
+    pub release_id: Option<PromotionId>,
     /// While APPROVED: the last transient registry error of the tag move and
     /// how many attempts were made. Progress, not state: it is not audited
     /// (one entry per retry would flood the log), so it is not stored with

@@ -299,6 +299,7 @@ impl From<PromotionV3> for Promotion {
             // No promotion waited before format 4 (`State::Waiting` is new).
             waiting_for: Vec::new(),
             not_before: None,
+            release_id: None,
             last_apply_error: String::new(),
             apply_attempts: 0,
         }
@@ -582,6 +583,7 @@ mod tests {
             policy_digest: "sha256:p".into(),
             waiting_for: vec![],
             not_before: None,
+            release_id: None,
             last_apply_error: String::new(),
             apply_attempts: 0,
         }

@@ -122,6 +122,7 @@ fn promotion(required: u32, approved_by: &[&str]) -> Promotion {
         policy_digest: String::new(),
         waiting_for: Vec::new(),
         not_before: None,
+        release_id: None,
         last_apply_error: String::new(),
         apply_attempts: 0,
     }
