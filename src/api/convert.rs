@@ -5,9 +5,10 @@ use crate::domain::model::{CheckReport, CheckStatus};
 use crate::domain::model::{Promotion, PromotionId, State, Time};
 use crate::domain::names::{Repository, Source, echo};
 use crate::domain::names::{validate_check_name, validate_digest};
+use crate::domain::release::{MAX_COMPONENTS, Release};
 use crate::error::Error;
 use crate::pb;
-use crate::promotions::{CheckInput, RequestInput, RollbackInput};
+use crate::promotions::{CheckInput, ReleaseInput, RequestInput, RollbackInput};
 
 /// Longest free-text field (reason, comment).
 pub const MAX_TEXT: usize = 4096;
@@ -115,6 +116,72 @@ pub fn promotion(p: &Promotion) -> pb::Promotion {
         waiting_for: p.waiting_for.clone(),
         not_before: p.not_before.map(timestamp),
         request_id: p.request_id.clone(),
+        release_id: p.release_id.map(|id| id.to_string()).unwrap_or_default(),
+    }
+}
+
+/// A release as the API shows it: its members, each as [`promotion`].
+pub fn release(r: &Release) -> pb::Release {
+    pb::Release {
+        id: r.id.to_string(),
+        environment: r.environment().to_owned(),
+        state: state(r.state()) as i32,
+        members: r.members.iter().map(promotion).collect(),
+        requested_by: r.requested_by().to_owned(),
+        reason: r.reason().to_owned(),
+        approvals: promotion(&r.members[0]).approvals,
+        created_at: Some(timestamp(r.created_at())),
+        updated_at: Some(timestamp(r.updated_at())),
+        failure_message: r.failure_message().to_owned(),
+    }
+}
+
+/// A RequestRelease, validated: each component as RequestPromotion's
+/// repository and source (the field named `components[i].…`).
+pub fn release_input(r: pb::RequestReleaseRequest) -> Result<ReleaseInput, Error> {
+    if r.environment.is_empty() {
+        return Err(invalid("environment", "is required"));
+    }
+    request_id(&r.request_id)?;
+    // Counted before anything is parsed: the count and the distinctness
+    // are checked again by the use case, which also refuses too few.
+    if r.components.len() > MAX_COMPONENTS {
+        return Err(invalid(
+            "components",
+            format!(
+                "has {} components; a release has at most {MAX_COMPONENTS}",
+                r.components.len()
+            ),
+        ));
+    }
+    let mut components = Vec::with_capacity(r.components.len());
+    for (i, c) in r.components.iter().enumerate() {
+        let repository =
+            repository("components", &c.repository).map_err(|e| at(i, "repository", e))?;
+        let source = Source::parse(&c.source).map_err(|e| {
+            invalid(
+                "components",
+                format!("components[{i}].source: {:?} {e}", echo(&c.source)),
+            )
+        })?;
+        components.push((repository, source));
+    }
+    Ok(ReleaseInput {
+        environment: text("environment", &r.environment)?,
+        reason: text("reason", &r.reason)?,
+        request_id: r.request_id,
+        components,
+        break_glass: r.break_glass,
+    })
+}
+
+/// `e` (about the `components` field) said of `components[i].field`.
+fn at(i: usize, field: &str, e: Error) -> Error {
+    match e {
+        Error::InvalidArgument { message, .. } => {
+            invalid("components", format!("components[{i}].{field} {message}"))
+        }
+        other => other,
     }
 }
 
@@ -151,8 +218,13 @@ pub fn policy_digest(s: &str) -> Result<Option<&str>, Error> {
 }
 
 pub fn promotion_id(s: &str) -> Result<PromotionId, Error> {
+    promotion_id_field("promotion_id", s)
+}
+
+/// A promotion id given in `field` (a release's id is its first member's).
+pub fn promotion_id_field(field: &'static str, s: &str) -> Result<PromotionId, Error> {
     if s.is_empty() {
-        return Err(invalid("promotion_id", "is required"));
+        return Err(invalid(field, "is required"));
     }
     match s.parse::<PromotionId>() {
         Ok(id) if id > 0 && !s.starts_with(['+', '0']) => {
@@ -160,7 +232,7 @@ pub fn promotion_id(s: &str) -> Result<PromotionId, Error> {
             Ok(id)
         }
         _ => Err(invalid(
-            "promotion_id",
+            field,
             format!(
                 "{:?} is not a promotion id (a positive decimal number)",
                 echo(s)

@@ -99,6 +99,26 @@ impl PromotionService for PromotionApi {
         Ok(Response::new(convert::promotion(&p)))
     }
 
+    async fn request_release(
+        &self,
+        req: Request<pb::RequestReleaseRequest>,
+    ) -> Result<Response<pb::Release>, Status> {
+        let who = principal(&req)?;
+        let input = convert::release_input(req.into_inner())?;
+        let r = self.promotions.request_release(who, input).await?;
+        Ok(Response::new(convert::release(&r)))
+    }
+
+    async fn get_release(
+        &self,
+        req: Request<pb::GetReleaseRequest>,
+    ) -> Result<Response<pb::Release>, Status> {
+        principal(&req)?;
+        let id = convert::promotion_id_field("release_id", &req.get_ref().release_id)?;
+        let r = self.promotions.release(id).await?;
+        Ok(Response::new(convert::release(&r)))
+    }
+
     async fn approve(
         &self,
         req: Request<pb::ApproveRequest>,

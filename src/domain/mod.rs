@@ -10,4 +10,5 @@ pub mod machine;
 pub mod model;
 pub mod names;
 pub mod policy;
+pub mod release;
 pub mod signature;

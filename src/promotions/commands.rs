@@ -309,6 +309,12 @@ impl Promotions {
             .await
     }
 
+    /// Approve, Reject or Cancel of promotion `id`, and of every other
+    /// member of its release, if it is one's (a member is never decided
+    /// apart from its release): each member decided on the writer, then all
+    /// committed in the same job; a refusal of any member commits nothing
+    /// (but an expiry found on the way, as for a single promotion). Answers
+    /// the promotion `id` as it stands after.
     async fn decide(
         &self,
         config: Arc<Config>,
@@ -317,52 +323,87 @@ impl Promotions {
         id: PromotionId,
         comment: String,
     ) -> Result<Promotion, Error> {
+        let ids = match self.store.get(id).await? {
+            Some(p) => self.members_of(&p).await?,
+            None => return Err(Error::PromotionNotFound(id)),
+        };
         // Twice at most: a promotion that ended between the read of who
         // ended it and the write job is read again, and an ended promotion
         // never changes, so the second read finds its ending entry.
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let ended_by = self.ended_by(id, call).await?;
-            // The gates' facts for an approval that may complete the
-            // quorum; read for any undecided promotion, since which
-            // approval completes it is decided on the writer.
-            let facts = match call {
-                Call::Approve { .. } => self.gather_for(&config, id).await?,
-                Call::Reject | Call::Cancel => Gathered::default(),
-            };
+            let mut members = Vec::with_capacity(ids.len());
+            for &mid in &ids {
+                let ended_by = self.ended_by(mid, call).await?;
+                // The gates' facts for an approval that may complete the
+                // quorum; read for any undecided promotion, since which
+                // approval completes it is decided on the writer.
+                let facts = match call {
+                    Call::Approve { .. } => self.gather_for(&config, mid).await?,
+                    Call::Reject | Call::Cancel => Gathered::default(),
+                };
+                members.push((mid, ended_by, facts));
+            }
             let (config, who, comment) = (config.clone(), who.clone(), comment.clone());
             let decided = self
                 .store
                 .write(move |tx: &mut dyn UnitOfWork| {
-                    let p = tx.get(id)?.ok_or(Error::PromotionNotFound(id))?;
-                    // A retry is answered from the record first, before an
-                    // expiry or a refusal could make it look like a new call.
-                    if decision::already_done(&p, &who, call, ended_by.as_deref()) {
-                        return Ok(Some(p));
-                    }
-                    let ended_meanwhile = match call {
-                        Call::Reject => p.state == State::Rejected,
-                        Call::Cancel => p.state == State::Cancelled,
-                        Call::Approve { .. } => false,
-                    };
-                    if ended_meanwhile && ended_by.is_none() && attempts < 2 {
-                        return Ok(None);
-                    }
-                    let now = tx.now();
-                    expire_due(tx, &p, now)?;
-                    let policy = policy_for(&config, &p, &who)?;
-                    let o: Outcome = match call {
-                        Call::Approve { break_glass } => {
-                            let f = facts.facts(policy, &config.policy.digest, now);
-                            decision::approve(&p, &who, break_glass, &comment, &f)?
+                    let mut outcomes = Vec::with_capacity(members.len());
+                    for (mid, ended_by, facts) in &members {
+                        let p = tx.get(*mid)?.ok_or(Error::PromotionNotFound(*mid))?;
+                        // A retry is answered from the record first, before
+                        // an expiry or a refusal could make it look like a
+                        // new call.
+                        if decision::already_done(&p, &who, call, ended_by.as_deref()) {
+                            outcomes.push(Err(p));
+                            continue;
                         }
-                        Call::Reject => machine::reject(&p, &who, policy, &comment, now)?,
-                        Call::Cancel => machine::cancel(&p, &who, policy, &comment, now)?,
-                    };
-                    // A repeated approval has no event; commit writes nothing then.
-                    tx.commit(&o.promotion, o.event)?;
-                    Ok::<_, Error>(Some(o.promotion))
+                        let ended_meanwhile = match call {
+                            Call::Reject => p.state == State::Rejected,
+                            Call::Cancel => p.state == State::Cancelled,
+                            Call::Approve { .. } => false,
+                        };
+                        if ended_meanwhile && ended_by.is_none() && attempts < 2 {
+                            return Ok(None);
+                        }
+                        let now = tx.now();
+                        expire_due(tx, &p, now)?;
+                        let policy = policy_for(&config, &p, &who)?;
+                        let o: Outcome = match call {
+                            Call::Approve { break_glass } => {
+                                let f = facts.facts(policy, &config.policy.digest, now);
+                                decision::approve(&p, &who, break_glass, &comment, &f)?
+                            }
+                            Call::Reject => machine::reject(&p, &who, policy, &comment, now)?,
+                            Call::Cancel => machine::cancel(&p, &who, policy, &comment, now)?,
+                        };
+                        outcomes.push(Ok(o));
+                    }
+                    let mut answer = None;
+                    for o in outcomes {
+                        let p = match o {
+                            Err(done) => done,
+                            Ok(mut o) => {
+                                if let (Some(rid), Some(e)) =
+                                    (o.promotion.release_id, o.event.as_mut())
+                                {
+                                    e.attributes.insert(
+                                        super::releases::RELEASE_ATTRIBUTE.to_owned(),
+                                        rid.to_string(),
+                                    );
+                                }
+                                // A repeated approval has no event; commit
+                                // writes nothing then.
+                                tx.commit(&o.promotion, o.event)?;
+                                o.promotion
+                            }
+                        };
+                        if p.id == id {
+                            answer = Some(p);
+                        }
+                    }
+                    answer.map(Some).ok_or(Error::PromotionNotFound(id))
                 })
                 .await?;
             if let Some(p) = decided {
@@ -597,7 +638,7 @@ fn expire_due(tx: &mut dyn UnitOfWork, p: &Promotion, now: Time) -> Result<(), E
 
 /// An idempotent retry returns the original; a reused key with other
 /// parameters is refused.
-fn same_request(existing: Promotion, input: &RequestInput) -> Result<Promotion, Error> {
+pub(super) fn same_request(existing: Promotion, input: &RequestInput) -> Result<Promotion, Error> {
     let same = existing.repository == input.repository.to_string()
         && existing.source == input.source.as_reference()
         && existing.environment == input.environment

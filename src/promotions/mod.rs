@@ -10,12 +10,14 @@
 //! - [`queries`]: reads (get, list, history, gates, checks, policy);
 //! - [`watch`]: WatchPromotion streams and waiting for a tag move;
 //! - [`policy`]: recording the policy version in force;
-//! - [`waiting`]: the leader's task that moves WAITING promotions on.
+//! - [`waiting`]: the leader's task that moves WAITING promotions on;
+//! - [`releases`]: several promotions requested and decided as one.
 
 mod commands;
 mod facts;
 mod policy;
 mod queries;
+mod releases;
 pub mod waiting;
 mod watch;
 
@@ -32,6 +34,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::store::{HistoryFilter, ListFilter};
+pub use releases::ReleaseInput;
 use watch::Watches;
 
 /// One page of a listing and the cursor to continue after (`None` at the

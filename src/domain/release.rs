@@ -1,0 +1,126 @@
+//! A release: several promotions to one environment, requested together
+//! and decided as one. It has no record of its own: its members carry its
+//! id ([`Promotion::release_id`], the first member's id), and everything a
+//! release shows is derived from them here.
+
+use super::model::{Approval, Promotion, PromotionId, State, Time};
+
+/// The fewest components a release has (one is a promotion).
+pub const MIN_COMPONENTS: usize = 2;
+/// The most: each member is pinned, gated and moved on its own.
+pub const MAX_COMPONENTS: usize = 50;
+
+/// A release and its members, in the order requested.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Release {
+    pub id: PromotionId,
+    pub members: Vec<Promotion>,
+}
+
+impl Release {
+    /// The release of `members` (its first member's id names it). `None`
+    /// when they are none or are not all members of that release.
+    pub fn of(members: Vec<Promotion>) -> Option<Release> {
+        let id = members.first()?.id;
+        members
+            .iter()
+            .all(|m| m.release_id == Some(id))
+            .then_some(Release { id, members })
+    }
+
+    fn first(&self) -> &Promotion {
+        // `of` refuses an empty list.
+        &self.members[0]
+    }
+
+    pub fn environment(&self) -> &str {
+        &self.first().environment
+    }
+
+    pub fn requested_by(&self) -> &str {
+        &self.first().requested_by
+    }
+
+    pub fn reason(&self) -> &str {
+        &self.first().reason
+    }
+
+    /// Every member carries the release's approvals.
+    pub fn approvals(&self) -> &[Approval] {
+        &self.first().approvals
+    }
+
+    pub fn created_at(&self) -> Time {
+        self.first().created_at
+    }
+
+    /// The latest change of any member.
+    pub fn updated_at(&self) -> Time {
+        self.members
+            .iter()
+            .map(|m| m.updated_at)
+            .max()
+            .unwrap_or(self.first().updated_at)
+    }
+
+    /// The first member's failure message that is not empty.
+    pub fn failure_message(&self) -> &str {
+        self.members
+            .iter()
+            .map(|m| m.failure_message.as_str())
+            .find(|m| !m.is_empty())
+            .unwrap_or("")
+    }
+
+    /// The state of the whole: [`state_of`] the members'.
+    pub fn state(&self) -> State {
+        state_of(self.members.iter().map(|m| m.state))
+    }
+}
+
+/// The state of a release whose members are in `states`: theirs when they
+/// agree; otherwise FAILED if any failed, else the ending of a member that
+/// ended otherwise than PROMOTED, else the least advanced one's
+/// (PENDING_APPROVAL, WAITING, APPROVED, PROMOTED in that order).
+pub fn state_of(states: impl IntoIterator<Item = State>) -> State {
+    let states: Vec<State> = states.into_iter().collect();
+    if states.contains(&State::Failed) {
+        return State::Failed;
+    }
+    if let Some(ended) = states
+        .iter()
+        .find(|s| s.is_terminal() && **s != State::Promoted)
+    {
+        return *ended;
+    }
+    let rank = |s: &State| match s {
+        State::PendingApproval => 0,
+        State::Waiting => 1,
+        State::Approved => 2,
+        _ => 3,
+    };
+    states
+        .iter()
+        .min_by_key(|s| rank(s))
+        .copied()
+        .unwrap_or(State::PendingApproval)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use State::*;
+
+    #[test]
+    fn the_state_of_the_whole_is_the_least_advanced_unless_one_ended_otherwise() {
+        assert_eq!(state_of([Promoted, Promoted]), Promoted);
+        assert_eq!(state_of([Approved, Promoted, Approved]), Approved);
+        assert_eq!(state_of([Waiting, Approved]), Waiting);
+        assert_eq!(state_of([PendingApproval, Waiting]), PendingApproval);
+        assert_eq!(state_of([Promoted, Failed, Promoted]), Failed);
+        assert_eq!(state_of([Superseded, Failed]), Failed);
+        assert_eq!(state_of([Promoted, Superseded]), Superseded);
+        assert_eq!(state_of([Cancelled, Cancelled]), Cancelled);
+        assert_eq!(state_of([Approved, Expired]), Expired);
+    }
+}

@@ -1,0 +1,251 @@
+//! Releases: several images shipped to one environment as one
+//! ([`crate::domain::release`]). A release is requested in one write (one
+//! promotion per component, each admitted and pinned exactly as
+//! RequestPromotion would, each carrying the release's id); it is read back
+//! from its members, whose ids follow one another from the release's.
+
+use super::commands::{admit, same_request};
+use super::{Promotions, RequestInput};
+use crate::domain::decision;
+use crate::domain::machine::NewPromotion;
+use crate::domain::model::{Promotion, PromotionId};
+use crate::domain::names::{Repository, Source};
+use crate::domain::policy::Principal;
+use crate::domain::release::{MAX_COMPONENTS, MIN_COMPONENTS, Release};
+use crate::error::Error;
+use crate::store::{StoredManifest, UnitOfWork};
+
+/// The audit attribute naming the release on each member's entries.
+pub const RELEASE_ATTRIBUTE: &str = "release";
+
+/// A validated RequestRelease.
+#[derive(Debug, Clone)]
+pub struct ReleaseInput {
+    pub environment: String,
+    pub reason: String,
+    pub request_id: String,
+    /// In the order their tags are to move; distinct repositories.
+    pub components: Vec<(Repository, Source)>,
+    pub break_glass: bool,
+}
+
+impl ReleaseInput {
+    /// The RequestPromotion each component would be (the request id is the
+    /// release's, kept by its first member only).
+    fn member(&self, i: usize) -> RequestInput {
+        let (repository, source) = &self.components[i];
+        RequestInput {
+            repository: repository.clone(),
+            source: source.clone(),
+            environment: self.environment.clone(),
+            reason: self.reason.clone(),
+            request_id: if i == 0 {
+                self.request_id.clone()
+            } else {
+                String::new()
+            },
+            break_glass: self.break_glass,
+            rollback: false,
+        }
+    }
+}
+
+/// Checks the count and the distinctness of the components.
+pub fn check_components(components: &[(Repository, Source)]) -> Result<(), Error> {
+    if !(MIN_COMPONENTS..=MAX_COMPONENTS).contains(&components.len()) {
+        return Err(Error::InvalidArgument {
+            field: "components",
+            message: format!(
+                "has {} components; a release has {MIN_COMPONENTS} to {MAX_COMPONENTS} (one image is a RequestPromotion)",
+                components.len()
+            ),
+        });
+    }
+    for (i, (repo, _)) in components.iter().enumerate() {
+        if let Some(j) = components[..i].iter().position(|(r, _)| r == repo) {
+            return Err(Error::InvalidArgument {
+                field: "components",
+                message: format!(
+                    "components[{i}] repeats the repository of components[{j}] ({repo}): each image of a release is a different repository"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+impl Promotions {
+    /// Opens a release: every component admitted, its source resolved and
+    /// its gates' facts read first; then one write creates every member.
+    /// A refused component refuses the whole and records nothing.
+    pub async fn request_release(
+        &self,
+        who: Principal,
+        input: ReleaseInput,
+    ) -> Result<Release, Error> {
+        check_components(&input.components)?;
+        let config = self.config.get();
+        let mut members = Vec::with_capacity(input.components.len());
+        for i in 0..input.components.len() {
+            let member = input.member(i);
+            let repository = member.repository.to_string();
+            let governance = config.governing(&repository);
+            let (policy, refused) = admit(&config, &governance, &who, &member)?;
+            if let Some(refused) = refused {
+                return Err(refused);
+            }
+            if policy.required_approvals > 0 && input.reason.trim().is_empty() {
+                return Err(Error::InvalidArgument {
+                    field: "reason",
+                    message: format!(
+                        "is required: {repository} needs approval in {}; say what this release ships and why",
+                        policy.name
+                    ),
+                });
+            }
+            members.push((member, governance.project_name().to_owned(), policy.clone()));
+        }
+        // A retried request answers from the record, whatever the tags do now.
+        if !input.request_id.is_empty()
+            && let Some(first) = self
+                .store
+                .find_request(&who.name, &input.request_id)
+                .await?
+        {
+            return self.same_release(first.id, &input).await;
+        }
+        let mut pinned = Vec::with_capacity(members.len());
+        for (member, project, policy) in members {
+            let all_gates = policy.required_approvals == 0;
+            let (manifest, facts) = self
+                .request_facts(&config, &member, &policy, all_gates)
+                .await?;
+            let new = NewPromotion {
+                project,
+                repository: member.repository.to_string(),
+                environment: member.environment.clone(),
+                source: member.source.as_reference().to_owned(),
+                digest: manifest.digest.clone(),
+                reason: member.reason.clone(),
+                request_id: member.request_id.clone(),
+                rollback: false,
+            };
+            let stored = StoredManifest {
+                media_type: manifest.media_type,
+                bytes: manifest.bytes,
+            };
+            pinned.push((new, stored, facts, policy));
+        }
+        let job_config = config.clone();
+        let (break_glass, request_id, retry) =
+            (input.break_glass, input.request_id.clone(), input.clone());
+        let created = self
+            .store
+            .write(move |tx: &mut dyn UnitOfWork| {
+                if !request_id.is_empty()
+                    && let Some(first) = tx.find_request(&who.name, &request_id)?
+                {
+                    return Ok(Err(first));
+                }
+                let now = tx.now();
+                let release_id = tx.next_id();
+                // Decided before anything is committed: one refusal records
+                // nothing.
+                let mut decided = Vec::with_capacity(pinned.len());
+                for (i, (new, _, facts, policy)) in pinned.iter().enumerate() {
+                    let f = facts.facts(policy, &job_config.policy.digest, now);
+                    let id = release_id + i as PromotionId;
+                    let mut o = decision::request(id, new.clone(), &who, break_glass, &f)?;
+                    o.promotion.release_id = Some(release_id);
+                    if let Some(e) = o.event.as_mut() {
+                        e.attributes
+                            .insert(RELEASE_ATTRIBUTE.to_owned(), release_id.to_string());
+                    }
+                    decided.push(o);
+                }
+                let mut members = Vec::with_capacity(decided.len());
+                for ((_, stored, _, _), o) in pinned.iter().zip(decided) {
+                    if tx.next_id() != o.promotion.id {
+                        return Err(Error::Internal(format!(
+                            "release {release_id}: member ids are not consecutive"
+                        )));
+                    }
+                    tx.put_manifest(&o.promotion.repository, &o.promotion.digest, stored)?;
+                    tx.commit(&o.promotion, o.event)?;
+                    members.push(o.promotion);
+                }
+                Ok(Ok(members))
+            })
+            .await?;
+        match created {
+            Ok(members) => Release::of(members)
+                .ok_or_else(|| Error::Internal("a release was created without members".into())),
+            Err(first) => self.same_release(first, &retry).await,
+        }
+    }
+
+    /// The release `id` names: `id` is its first member's id.
+    pub async fn release(&self, id: PromotionId) -> Result<Release, Error> {
+        let first = self.get(id).await?;
+        if first.release_id != Some(id) {
+            return Err(Error::PromotionNotFound(id));
+        }
+        let mut members = vec![first];
+        let mut next = id;
+        while members.len() < crate::domain::release::MAX_COMPONENTS {
+            next += 1;
+            match self.store.get(next).await? {
+                Some(p) if p.release_id == Some(id) => members.push(p),
+                _ => break,
+            }
+        }
+        Release::of(members).ok_or(Error::PromotionNotFound(id))
+    }
+
+    /// The ids of the members of `p`'s release, `p`'s own id alone if it
+    /// is none's member.
+    pub(super) async fn members_of(&self, p: &Promotion) -> Result<Vec<PromotionId>, Error> {
+        match p.release_id {
+            None => Ok(vec![p.id]),
+            Some(rid) => Ok(self
+                .release(rid)
+                .await?
+                .members
+                .iter()
+                .map(|m| m.id)
+                .collect()),
+        }
+    }
+
+    /// A retried RequestRelease: the release whose first member is `first`,
+    /// if the request was the same; a reused key otherwise.
+    async fn same_release(
+        &self,
+        first: PromotionId,
+        input: &ReleaseInput,
+    ) -> Result<Release, Error> {
+        let existing = self.get(first).await?;
+        let Some(rid) = existing.release_id.filter(|r| *r == first) else {
+            // The key opened a single promotion.
+            return Err(Error::RequestIdReused {
+                request_id: input.request_id.clone(),
+                promotion_id: first,
+            });
+        };
+        let release = self.release(rid).await?;
+        let same = release.members.len() == input.components.len()
+            && release
+                .members
+                .iter()
+                .zip(0..)
+                .all(|(m, i)| same_request(m.clone(), &input.member(i)).is_ok());
+        if same {
+            Ok(release)
+        } else {
+            Err(Error::RequestIdReused {
+                request_id: input.request_id.clone(),
+                promotion_id: rid,
+            })
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! Releases against a real `prodgate serve` and a real registry: several
+//! images requested in one call, one promotion per component created in
+//! one write, read back as one release, and approved, rejected or
+//! cancelled as one (a member is never decided apart from its release).
+
+mod support;
+
+use prodgate::pb::{
+    self, GetReleaseRequest, HistoryRequest, ListPromotionsRequest, PromotionState, RejectRequest,
+    ReleaseComponent, RequestReleaseRequest,
+};
+use std::time::Duration;
+use support::registry::TestRegistry;
+use support::server::{TestServer, standard_config};
+use support::{approve, history, wait_for_state};
+use tonic::Code;
+
+const LIMIT: Duration = Duration::from_secs(30);
+const PATHS: [&str; 3] = ["shop/api", "shop/worker", "shop/web"];
+
+struct Setup {
+    registry: TestRegistry,
+    server: TestServer,
+}
+
+impl Setup {
+    /// Three repositories whose `staging` tags carry an image each.
+    async fn start() -> (Setup, Vec<String>) {
+        let registry = TestRegistry::start().await;
+        let server = TestServer::start(&standard_config(&registry.host));
+        let mut digests = Vec::new();
+        for (i, path) in PATHS.iter().enumerate() {
+            digests.push(
+                registry
+                    .push_image(path, Some("staging"), 512, 10 + i as u64)
+                    .await,
+            );
+        }
+        (Setup { registry, server }, digests)
+    }
+
+    fn repo(&self, path: &str) -> String {
+        format!("{}/{path}", self.registry.host)
+    }
+
+    fn request(&self, paths: &[&str], request_id: &str) -> RequestReleaseRequest {
+        RequestReleaseRequest {
+            environment: "production".into(),
+            reason: "shop 2.0: api, worker and web together".into(),
+            request_id: request_id.into(),
+            components: paths
+                .iter()
+                .map(|p| ReleaseComponent {
+                    repository: self.repo(p),
+                    source: "staging".into(),
+                })
+                .collect(),
+            break_glass: false,
+        }
+    }
+
+    async fn release(&self, id: &str) -> pb::Release {
+        self.server
+            .client("alice")
+            .await
+            .get_release(GetReleaseRequest {
+                release_id: id.into(),
+            })
+            .await
+            .expect("get release")
+            .into_inner()
+    }
+
+    /// How many promotions exist.
+    async fn count(&self) -> usize {
+        self.server
+            .client("alice")
+            .await
+            .list_promotions(ListPromotionsRequest {
+                page_size: 1000,
+                ..Default::default()
+            })
+            .await
+            .expect("list")
+            .into_inner()
+            .promotions
+            .len()
+    }
+}
+
+// Multi-threaded: the test blocks in the server's drop while clients close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_release_is_requested_in_one_write_and_approved_once() {
+    let (s, digests) = Setup::start().await;
+    let mut alice = s.server.client("alice").await;
+    let r = alice
+        .request_release(s.request(&PATHS, "shop-2.0"))
+        .await
+        .expect("request release")
+        .into_inner();
+    assert_eq!(r.state, PromotionState::PendingApproval as i32);
+    assert_eq!(r.environment, "production");
+    assert_eq!(r.requested_by, "alice");
+    assert_eq!(r.members.len(), 3);
+    // One member per component, in order, each pinned to what staging
+    // carried, each naming the release (its first member's id).
+    for (i, m) in r.members.iter().enumerate() {
+        assert_eq!(m.repository, s.repo(PATHS[i]));
+        assert_eq!(m.digest, digests[i]);
+        assert_eq!(m.release_id, r.id);
+        assert_eq!(m.state, PromotionState::PendingApproval as i32);
+    }
+    assert_eq!(r.members[0].id, r.id);
+    assert_eq!(r.members[0].request_id, "shop-2.0");
+    // Their REQUESTED entries name the release.
+    for m in &r.members {
+        let entries = history(
+            &mut alice,
+            HistoryRequest {
+                promotion_id: m.id.clone(),
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(entries[0].attributes["release"], r.id, "{entries:?}");
+    }
+    assert_eq!(s.release(&r.id).await, r, "GetRelease answers the same");
+
+    // A retry with the same key returns the release; nothing new is opened.
+    let again = alice
+        .request_release(s.request(&PATHS, "shop-2.0"))
+        .await
+        .expect("retry")
+        .into_inner();
+    assert_eq!(again.id, r.id);
+    assert_eq!(s.count().await, 3);
+
+    // Approving any member approves the release: every tag moves.
+    let mut bob = s.server.client("bob").await;
+    bob.approve(approve(&r.members[1].id))
+        .await
+        .expect("approve a member");
+    for (i, m) in r.members.iter().enumerate() {
+        let p = wait_for_state(&mut bob, &m.id, PromotionState::Promoted, LIMIT).await;
+        assert_eq!(p.approvals.len(), 1, "{p:?}");
+        assert_eq!(p.approvals[0].approver, "bob");
+        assert_eq!(
+            s.registry
+                .tag_digest(PATHS[i], "production")
+                .await
+                .as_deref(),
+            Some(digests[i].as_str())
+        );
+    }
+    let done = s.release(&r.id).await;
+    assert_eq!(done.state, PromotionState::Promoted as i32);
+    assert_eq!(done.approvals.len(), 1);
+    // The approvals are recorded once per member, in the same commit, each
+    // naming the release.
+    let approved: Vec<pb::AuditEntry> = history(&mut bob, HistoryRequest::default())
+        .await
+        .into_iter()
+        .filter(|e| e.action == pb::AuditAction::Approved as i32)
+        .collect();
+    assert_eq!(approved.len(), 3, "{approved:?}");
+    assert!(approved.iter().all(|e| e.attributes["release"] == r.id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn rejecting_a_member_rejects_the_release() {
+    let (s, _) = Setup::start().await;
+    let r = s
+        .server
+        .client("alice")
+        .await
+        .request_release(s.request(&PATHS[..2], ""))
+        .await
+        .expect("request release")
+        .into_inner();
+    s.server
+        .client("bob")
+        .await
+        .reject(RejectRequest {
+            promotion_id: r.members[0].id.clone(),
+            comment: "not this week".into(),
+        })
+        .await
+        .expect("reject");
+    let after = s.release(&r.id).await;
+    assert_eq!(after.state, PromotionState::Rejected as i32);
+    assert!(
+        after
+            .members
+            .iter()
+            .all(|m| m.state == PromotionState::Rejected as i32)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_refused_component_refuses_the_release_and_records_nothing() {
+    let (s, _) = Setup::start().await;
+    let mut alice = s.server.client("alice").await;
+    // One component: that is a promotion.
+    let e = alice
+        .request_release(s.request(&PATHS[..1], ""))
+        .await
+        .expect_err("one component");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("2 to 50"), "{e:?}");
+    // The same repository twice.
+    let e = alice
+        .request_release(s.request(&["shop/api", "shop/api"], ""))
+        .await
+        .expect_err("twice");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("components[1] repeats"), "{e:?}");
+    // A component not in staging (its source, the prerequisite's tag, does
+    // not exist): refused as its own request would be, naming it.
+    let e = alice
+        .request_release(s.request(&["shop/api", "shop/missing"], ""))
+        .await
+        .expect_err("a missing source");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("shop/missing"), "{e:?}");
+    // A malformed component is named by its index.
+    let mut bad = s.request(&PATHS[..2], "");
+    bad.components[1].source = "no such tag!".into();
+    let e = alice.request_release(bad).await.expect_err("bad source");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("components[1].source"), "{e:?}");
+    assert_eq!(s.count().await, 0, "nothing was recorded");
+    // GetRelease of a promotion of its own: NOT_FOUND.
+    let single = alice
+        .request_promotion(support::request_to(
+            &s.repo("shop/api"),
+            "staging",
+            "production",
+        ))
+        .await
+        .expect("a single promotion")
+        .into_inner();
+    let e = alice
+        .get_release(GetReleaseRequest {
+            release_id: single.id.clone(),
+        })
+        .await
+        .expect_err("not a release");
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+}
