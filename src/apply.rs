@@ -30,6 +30,7 @@ use crate::config::Live;
 use crate::domain::machine;
 use crate::domain::model::{Promotion, PromotionId, State, Time};
 use crate::domain::names::Repository;
+use crate::domain::release::{self, Turn};
 use crate::error::Error;
 use crate::registry::{Manifest, Moved, Registry, RegistryError};
 use crate::store::{Store, UnitOfWork};
@@ -164,6 +165,12 @@ pub async fn run(
         tokio::select! {
             _ = stop.cancelled() => break,
             change = changes.recv() => match change {
+                // A member's change may be another member's turn.
+                Ok(c) if c.promotion.release_id.is_some() => {
+                    if let Some(rid) = c.promotion.release_id {
+                        lanes.enqueue_release(rid).await;
+                    }
+                }
                 Ok(c) if c.promotion.state == State::Approved => lanes.enqueue(&c.promotion),
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -218,6 +225,19 @@ impl Lanes {
                 }
             }
             Err(e) => tracing::error!(error = %e, "cannot list approved promotions"),
+        }
+    }
+
+    /// The APPROVED members of release `rid`, each to its lane (where it
+    /// waits for its turn: [`crate::domain::release::turn`]).
+    async fn enqueue_release(&mut self, rid: PromotionId) {
+        match self.worker.store.release_members(rid).await {
+            Ok(members) => {
+                for m in members.iter().filter(|m| m.state == State::Approved) {
+                    self.enqueue(m);
+                }
+            }
+            Err(e) => tracing::error!(release = rid, error = %e, "cannot read a release's members"),
         }
     }
 
@@ -295,6 +315,19 @@ impl Worker {
             }
             if *newest.borrow_and_update() > id && give_way(store, id).await {
                 return;
+            }
+            // A release's member moves in its turn; a member that ended
+            // otherwise stops the rest.
+            if let Some(rid) = p.release_id {
+                match self.release_turn(rid, id).await {
+                    Turn::Go => {}
+                    Turn::Wait => return,
+                    Turn::Stop(why) => {
+                        tracing::error!(promotion = id, release = rid, error = %why, "release stopped");
+                        record(store, id, Err(why)).await;
+                        return;
+                    }
+                }
             }
             // While APPROVED, `updated_at` is when it was approved.
             let deadline = self
@@ -377,6 +410,24 @@ impl Worker {
 }
 
 impl Worker {
+    /// Whether member `id` of release `rid` may move now (a store that
+    /// cannot be read: not now; its next change brings it back).
+    async fn release_turn(&self, rid: PromotionId, id: PromotionId) -> Turn {
+        match self.store.release_members(rid).await {
+            Ok(members) => {
+                let view: Vec<(PromotionId, State, &str)> = members
+                    .iter()
+                    .map(|m| (m.id, m.state, m.repository.as_str()))
+                    .collect();
+                release::turn(&view, id)
+            }
+            Err(e) => {
+                tracing::error!(release = rid, error = %e, "cannot read a release's members");
+                Turn::Wait
+            }
+        }
+    }
+
     /// The apply deadline passed: one last read of the tag decides. The
     /// digest already there means a push whose answer was lost (applied);
     /// anything else, or no answer, ends the promotion FAILED.

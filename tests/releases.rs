@@ -26,8 +26,13 @@ struct Setup {
 impl Setup {
     /// Three repositories whose `staging` tags carry an image each.
     async fn start() -> (Setup, Vec<String>) {
+        Setup::start_with(|c| c).await
+    }
+
+    /// As [`Setup::start`], with the config `edit` makes of the standard one.
+    async fn start_with(edit: impl FnOnce(String) -> String) -> (Setup, Vec<String>) {
         let registry = TestRegistry::start().await;
-        let server = TestServer::start(&standard_config(&registry.host));
+        let server = TestServer::start(&edit(standard_config(&registry.host)));
         let mut digests = Vec::new();
         for (i, path) in PATHS.iter().enumerate() {
             digests.push(
@@ -154,6 +159,15 @@ async fn a_release_is_requested_in_one_write_and_approved_once() {
     }
     let done = s.release(&r.id).await;
     assert_eq!(done.state, PromotionState::Promoted as i32);
+    // The tags moved in the order given.
+    let applied: Vec<String> = history(&mut bob, HistoryRequest::default())
+        .await
+        .into_iter()
+        .filter(|e| e.action == pb::AuditAction::Applied as i32)
+        .map(|e| e.promotion_id)
+        .collect();
+    let ids: Vec<String> = r.members.iter().map(|m| m.id.clone()).collect();
+    assert_eq!(applied, ids);
     assert_eq!(done.approvals.len(), 1);
     // The approvals are recorded once per member, in the same commit, each
     // naming the release.
@@ -246,4 +260,64 @@ async fn a_refused_component_refuses_the_release_and_records_nothing() {
         .await
         .expect_err("not a release");
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_member_waiting_for_its_check_holds_the_whole_release() {
+    // shop/web's production needs an e2e check; the others do not.
+    let (s, digests) = Setup::start_with(|c| {
+        format!(
+            "check_reporters = [\"alice\"]\n{c}\n[[project]]\nname = \"web\"\n\
+             repositories = [\"*/shop/web\"]\n[[project.environment]]\nname = \"production\"\n\
+             required_checks = [\"e2e\"]\n"
+        )
+    })
+    .await;
+    let mut alice = s.server.client("alice").await;
+    let r = alice
+        .request_release(s.request(&PATHS, ""))
+        .await
+        .expect("request release")
+        .into_inner();
+    let mut bob = s.server.client("bob").await;
+    // Approve answers once the tag moved, or after apply_wait (1 s) without
+    // the move: api is approved but may not move while web waits.
+    let api = bob
+        .approve(approve(&r.members[0].id))
+        .await
+        .expect("approve")
+        .into_inner();
+    assert_eq!(api.state, PromotionState::Approved as i32, "{api:?}");
+    let held = s.release(&r.id).await;
+    assert_eq!(held.state, PromotionState::Waiting as i32, "{held:?}");
+    assert_eq!(held.members[2].state, PromotionState::Waiting as i32);
+    assert_eq!(held.members[2].waiting_for, vec!["checks".to_owned()]);
+    for path in &PATHS {
+        assert_eq!(
+            s.registry.tag_digest(path, "production").await,
+            None,
+            "{path} moved"
+        );
+    }
+    // The check passes: the release moves, all of it.
+    alice
+        .report_check(pb::ReportCheckRequest {
+            repository: s.repo("shop/web"),
+            digest: digests[2].clone(),
+            check: "e2e".into(),
+            status: pb::CheckStatus::Passed as i32,
+            details_url: String::new(),
+            comment: String::new(),
+        })
+        .await
+        .expect("report");
+    for m in &r.members {
+        wait_for_state(&mut bob, &m.id, PromotionState::Promoted, LIMIT).await;
+    }
+    for (i, path) in PATHS.iter().enumerate() {
+        assert_eq!(
+            s.registry.tag_digest(path, "production").await.as_deref(),
+            Some(digests[i].as_str())
+        );
+    }
 }

@@ -186,18 +186,9 @@ impl Promotions {
 
     /// The release `id` names: `id` is its first member's id.
     pub async fn release(&self, id: PromotionId) -> Result<Release, Error> {
-        let first = self.get(id).await?;
-        if first.release_id != Some(id) {
-            return Err(Error::PromotionNotFound(id));
-        }
-        let mut members = vec![first];
-        let mut next = id;
-        while members.len() < crate::domain::release::MAX_COMPONENTS {
-            next += 1;
-            match self.store.get(next).await? {
-                Some(p) if p.release_id == Some(id) => members.push(p),
-                _ => break,
-            }
+        let mut members = self.store.release_members(id).await?;
+        for m in &mut members {
+            self.progress.overlay(m);
         }
         Release::of(members).ok_or(Error::PromotionNotFound(id))
     }

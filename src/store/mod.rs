@@ -413,6 +413,23 @@ impl Store {
         Self(backend)
     }
 
+    /// The members of release `id`, in order: a release's members are
+    /// created in one write job, so their ids follow one another from its
+    /// first member's, which is the release's id. Empty when `id` names no
+    /// release.
+    pub async fn release_members(&self, id: PromotionId) -> Result<Vec<Promotion>, StoreError> {
+        let mut members = Vec::new();
+        let mut next = id;
+        while members.len() < crate::domain::release::MAX_COMPONENTS {
+            match self.get(next).await? {
+                Some(p) if p.release_id == Some(id) => members.push(p),
+                _ => break,
+            }
+            next += 1;
+        }
+        Ok(members)
+    }
+
     /// Runs `job` and answers after its writes are durable. The job's own
     /// error (a refusal) is returned as is; a job that wrote nothing is not
     /// failed by a later flush error.
