@@ -316,18 +316,12 @@ impl Worker {
             if *newest.borrow_and_update() > id && give_way(store, id).await {
                 return;
             }
-            // A release's member moves in its turn; a member that ended
-            // otherwise stops the rest.
+            // A release moves as one, from its first member's lane.
             if let Some(rid) = p.release_id {
-                match self.release_turn(rid, id).await {
-                    Turn::Go => {}
-                    Turn::Wait => return,
-                    Turn::Stop(why) => {
-                        tracing::error!(promotion = id, release = rid, error = %why, "release stopped");
-                        record(store, id, Err(why)).await;
-                        return;
-                    }
+                if rid == id {
+                    self.apply_release(rid, stop).await;
                 }
+                return;
             }
             // While APPROVED, `updated_at` is when it was approved.
             let deadline = self
@@ -410,22 +404,176 @@ impl Worker {
 }
 
 impl Worker {
-    /// Whether member `id` of release `rid` may move now (a store that
-    /// cannot be read: not now; its next change brings it back).
-    async fn release_turn(&self, rid: PromotionId, id: PromotionId) -> Turn {
-        match self.store.release_members(rid).await {
-            Ok(members) => {
-                let view: Vec<(PromotionId, State, &str)> = members
-                    .iter()
-                    .map(|m| (m.id, m.state, m.repository.as_str()))
-                    .collect();
-                release::turn(&view, id)
-            }
+    /// Moves every tag of release `rid` in the order given, once all its
+    /// members are approved, then records them all APPLIED in one write.
+    /// A move that fails for good (or past the first member's
+    /// `apply_deadline`) moves the tags already moved back to what they
+    /// carried, and records every member FAILED in one write, naming the
+    /// member that failed and what was undone. Nothing is recorded before
+    /// the end: after a crash the members are still APPROVED and the next
+    /// start runs the same plan again (moving a tag to the digest it
+    /// carries is harmless).
+    async fn apply_release(&self, rid: PromotionId, stop: &CancellationToken) {
+        let members = match self.store.release_members(rid).await {
+            Ok(m) => m,
             Err(e) => {
                 tracing::error!(release = rid, error = %e, "cannot read a release's members");
-                Turn::Wait
+                return;
+            }
+        };
+        let view: Vec<(PromotionId, State, &str)> = members
+            .iter()
+            .map(|m| (m.id, m.state, m.repository.as_str()))
+            .collect();
+        match release::turn(&view) {
+            Turn::Go => {}
+            Turn::Wait => return,
+            Turn::Stop(why) => {
+                tracing::error!(release = rid, error = %why, "release stopped");
+                record_release(&self.store, rid, Err((why, Vec::new()))).await;
+                return;
             }
         }
+        let moving: Vec<&Promotion> = members
+            .iter()
+            .filter(|m| m.state == State::Approved)
+            .collect();
+        let deadline = moving.first().and_then(|p| {
+            self.config
+                .get()
+                .governing(&p.repository)
+                .environment(&p.environment)
+                .and_then(|e| e.apply_deadline)
+                .map(|d| (d, p.updated_at.plus(d)))
+        });
+        let mut moved: Vec<(&Promotion, Moved)> = Vec::new();
+        for p in &moving {
+            match self.move_member(p, deadline, stop).await {
+                Some(Ok(m)) => moved.push((p, m)),
+                // Stopping: nothing recorded; the next start moves again.
+                None => return,
+                Some(Err(e)) => {
+                    let undone = self.move_back(&moved).await;
+                    let why = format!(
+                        "release {rid}: member {} ({}) could not move: {e}; {}",
+                        p.id,
+                        p.repository,
+                        describe_undone(&undone)
+                    );
+                    tracing::error!(release = rid, error = %why, "release failed");
+                    record_release(&self.store, rid, Err((why, undone))).await;
+                    return;
+                }
+            }
+        }
+        tracing::info!(release = rid, members = moved.len(), "release applied");
+        let applied = moved
+            .into_iter()
+            .map(|(p, m)| (p.id, m.previous_digest))
+            .collect();
+        record_release(&self.store, rid, Ok(applied)).await;
+    }
+
+    /// One member's move, retried while the registry fails transiently and
+    /// `deadline` has not passed: the move, the error that ends the
+    /// release, or `None` when stopping.
+    async fn move_member(
+        &self,
+        p: &Promotion,
+        deadline: Option<(Duration, Time)>,
+        stop: &CancellationToken,
+    ) -> Option<Result<Moved, String>> {
+        let repo = match Repository::parse(&p.repository) {
+            Ok(r) => r,
+            Err(e) => return Some(Err(format!("stored repository is invalid: {e}"))),
+        };
+        let mut backoff = Delays::new(FIRST_BACKOFF, MAX_BACKOFF);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let tag = self.tags.lock(&p.repository, &p.environment).await;
+            let result =
+                move_pinned(&self.store, self.registry.as_ref(), &repo, &p.digest, &p.target_tag)
+                    .await;
+            drop(tag);
+            match result {
+                Ok(mut moved) => {
+                    if moved.previous_digest == p.digest
+                        && let Ok(Some(e)) = self
+                            .store
+                            .deployed_at(&p.repository, &p.environment, None)
+                            .await
+                    {
+                        // Moved before a restart: what it carried before is
+                        // what prodgate last moved it to.
+                        moved.previous_digest = e.event.digest;
+                    }
+                    return Some(Ok(moved));
+                }
+                Err(e) if e.is_transient() => {
+                    let wait = jitter(backoff.next_delay());
+                    if let Some((limit, at)) = deadline
+                        && self.clock.now() >= at
+                    {
+                        return Some(Err(format!(
+                            "not within apply_deadline ({}); last error: {e}",
+                            humantime::format_duration(limit)
+                        )));
+                    }
+                    tracing::warn!(promotion = p.id, attempt, error = %e, retry_in = ?wait,
+                        "release member's tag move failed; retrying");
+                    self.progress.note(p.id, e.to_string(), attempt);
+                    let wait = match deadline {
+                        Some((_, at)) => wait.min(until(self.clock.now(), at)),
+                        None => wait,
+                    };
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = stop.cancelled() => return None,
+                    }
+                }
+                Err(e) => return Some(Err(e.to_string())),
+            }
+        }
+    }
+
+    /// Moves the tags of `moved` back to what they carried, newest first:
+    /// per member, what became of its tag.
+    async fn move_back(&self, moved: &[(&Promotion, Moved)]) -> Vec<(PromotionId, String)> {
+        let mut undone = Vec::new();
+        for (p, m) in moved.iter().rev() {
+            let what = if m.previous_digest.is_empty() {
+                format!(
+                    "left {} at {}: the tag did not exist before, and the registry API cannot remove a tag",
+                    p.target_tag, p.digest
+                )
+            } else {
+                let tag = self.tags.lock(&p.repository, &p.environment).await;
+                let back = match Repository::parse(&p.repository) {
+                    Ok(repo) => move_pinned(
+                        &self.store,
+                        self.registry.as_ref(),
+                        &repo,
+                        &m.previous_digest,
+                        &p.target_tag,
+                    )
+                    .await
+                    .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                drop(tag);
+                match back {
+                    Ok(_) => format!("moved {} back to {}", p.target_tag, m.previous_digest),
+                    Err(e) => format!(
+                        "could not move {} back to {}: {e}; it carries {}",
+                        p.target_tag, m.previous_digest, p.digest
+                    ),
+                }
+            };
+            undone.push((p.id, what));
+        }
+        undone.reverse();
+        undone
     }
 
     /// The apply deadline passed: one last read of the tag decides. The
@@ -550,6 +698,84 @@ pub async fn move_pinned(
             })?,
     };
     registry.move_tag(repo, &manifest, tag).await
+}
+
+/// Per member: the digest its tag carried before (applied), or what became
+/// of its tag (undone).
+type PerMember = Vec<(PromotionId, String)>;
+
+/// How a release ended: every member moved (with what each tag carried
+/// before), or the failure message and what was undone.
+type ReleaseOutcome = Result<PerMember, (String, PerMember)>;
+
+/// What was undone, for the failure message.
+fn describe_undone(undone: &[(PromotionId, String)]) -> String {
+    if undone.is_empty() {
+        return "no tag had moved".into();
+    }
+    let parts: Vec<String> = undone
+        .iter()
+        .map(|(id, what)| format!("member {id}: {what}"))
+        .collect();
+    format!("undone: {}", parts.join("; "))
+}
+
+/// Records a release's outcome in one write: every APPROVED member APPLIED
+/// (with the digest its tag carried before; each supersedes the older open
+/// promotions of its tag, as a single one does), or every APPROVED member
+/// FAILED with the message, the moved ones with attribute `compensation`
+/// saying what became of their tag. Each entry has attribute `release`.
+async fn record_release(
+    store: &Store,
+    rid: PromotionId,
+    outcome: ReleaseOutcome,
+) {
+    let written = store
+        .write(move |tx: &mut dyn UnitOfWork| {
+            let now = tx.now();
+            let mut id = rid;
+            while let Some(p) = tx.get(id)?.filter(|p| p.release_id == Some(rid)) {
+                id += 1;
+                if p.state != State::Approved {
+                    continue;
+                }
+                let mut o = match &outcome {
+                    Ok(applied) => {
+                        let previous = applied
+                            .iter()
+                            .find(|(m, _)| *m == p.id)
+                            .map_or("", |(_, d)| d.as_str());
+                        machine::applied(&p, previous, now)?
+                    }
+                    Err((message, _)) => machine::apply_failed(&p, message, now)?,
+                };
+                if let Some(e) = o.event.as_mut() {
+                    e.attributes.insert("release".into(), rid.to_string());
+                    if let Err((_, undone)) = &outcome
+                        && let Some((_, what)) = undone.iter().find(|(m, _)| *m == p.id)
+                    {
+                        e.attributes.insert("compensation".into(), what.clone());
+                    }
+                }
+                tx.commit(&o.promotion, o.event)?;
+                if o.promotion.state == State::Promoted {
+                    for older in tx.open_promotions(&p.repository, &p.environment)? {
+                        if older.release_id == Some(rid) {
+                            continue;
+                        }
+                        if let Some(s) = machine::supersede(&older, &o.promotion, now) {
+                            tx.commit(&s.promotion, s.event)?;
+                        }
+                    }
+                }
+            }
+            Ok::<_, Error>(())
+        })
+        .await;
+    if let Err(e) = written {
+        // The members stay APPROVED and the release is applied again after a restart.
+        tracing::error!(release = rid, error = %e, "cannot record the release");
+    }
 }
 
 /// Records the outcome; an applied promotion supersedes, in the same write,

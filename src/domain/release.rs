@@ -106,44 +106,39 @@ pub fn state_of(states: impl IntoIterator<Item = State>) -> State {
         .unwrap_or(State::PendingApproval)
 }
 
-/// Whether a release's APPROVED member may move its tag now.
+/// Whether a release's tags may move now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Turn {
-    /// Every member is approved and every one before it has moved.
+    /// Every member is approved (none ended): move them all, in order.
     Go,
-    /// A member is still undecided, or one before it has not moved yet:
-    /// its change brings this one back.
+    /// A member is still undecided: its change brings the release back.
     Wait,
-    /// A member ended otherwise than PROMOTED: the release moves no
-    /// further, and this member ends FAILED with this message.
+    /// A member ended otherwise than PROMOTED: the release does not move,
+    /// and its APPROVED members end FAILED with this message.
     Stop(String),
 }
 
-/// The turn of member `id` of the release whose members, in order, are
-/// `members` (id, state, repository): tags move in the order requested,
-/// and only once the whole release is approved.
-pub fn turn(members: &[(PromotionId, State, &str)], id: PromotionId) -> Turn {
+/// The turn of the release whose members, in order, are `members` (id,
+/// state, repository): tags move only once the whole release is approved.
+pub fn turn(members: &[(PromotionId, State, &str)]) -> Turn {
     if let Some((ended, state, repository)) = members
         .iter()
         .find(|(_, s, _)| s.is_terminal() && *s != State::Promoted)
     {
         return Turn::Stop(format!(
-            "release {}: member {ended} ({repository}) ended {}, so the release moves no further",
-            members.first().map_or(id, |m| m.0),
+            "release {}: member {ended} ({repository}) ended {}, so the release does not move",
+            members.first().map_or(*ended, |m| m.0),
             state.label()
         ));
     }
     if members.iter().any(|(_, s, _)| s.is_undecided()) {
         return Turn::Wait;
     }
-    if members
-        .iter()
-        .take_while(|(m, _, _)| *m != id)
-        .any(|(_, s, _)| *s != State::Promoted)
-    {
-        return Turn::Wait;
+    if members.iter().any(|(_, s, _)| *s == State::Approved) {
+        Turn::Go
+    } else {
+        Turn::Wait
     }
-    Turn::Go
 }
 
 #[cfg(test)]
@@ -165,7 +160,7 @@ mod tests {
     }
 
     #[test]
-    fn members_move_in_order_once_all_are_approved_and_stop_after_one_ends() {
+    fn a_release_moves_once_every_member_is_approved_and_never_after_one_ended() {
         let m = |states: [State; 3]| -> Vec<(PromotionId, State, &'static str)> {
             states
                 .iter()
@@ -173,17 +168,15 @@ mod tests {
                 .map(|(i, s)| (1 + i as PromotionId, *s, "reg.test/app"))
                 .collect()
         };
-        assert_eq!(turn(&m([Approved, Approved, Approved]), 1), Turn::Go);
-        assert_eq!(turn(&m([Approved, Approved, Approved]), 2), Turn::Wait);
-        assert_eq!(turn(&m([Promoted, Approved, Approved]), 2), Turn::Go);
-        assert_eq!(turn(&m([Promoted, Approved, Approved]), 3), Turn::Wait);
-        assert_eq!(turn(&m([Approved, Waiting, Approved]), 1), Turn::Wait);
-        assert_eq!(
-            turn(&m([Approved, Approved, PendingApproval]), 1),
-            Turn::Wait
-        );
-        match turn(&m([Promoted, Failed, Approved]), 3) {
-            Turn::Stop(why) => assert!(why.contains("member 2") && why.contains("FAILED"), "{why}"),
+        assert_eq!(turn(&m([Approved, Approved, Approved])), Turn::Go);
+        assert_eq!(turn(&m([Approved, Waiting, Approved])), Turn::Wait);
+        assert_eq!(turn(&m([Approved, Approved, PendingApproval])), Turn::Wait);
+        assert_eq!(turn(&m([Promoted, Promoted, Promoted])), Turn::Wait);
+        match turn(&m([Approved, Superseded, Approved])) {
+            Turn::Stop(why) => assert!(
+                why.contains("member 2") && why.contains("SUPERSEDED"),
+                "{why}"
+            ),
             other => panic!("{other:?}"),
         }
     }
