@@ -26,6 +26,7 @@ macro_rules! conformance_suite {
         $crate::store::conformance::conformance_suite!(
             $open:
             a_commit_reads_back_by_id_state_request_and_history,
+            a_release_member_reads_back_with_its_release,
             a_change_without_an_entry_is_refused_and_writes_nothing,
             entry_times_never_go_back_when_the_clock_does,
             check_reports_page_by_name_and_a_job_counts_them,
@@ -304,6 +305,63 @@ pub async fn a_commit_reads_back_by_id_state_request_and_history(store: Store, c
         (vec![5], false)
     );
     verified(&store, 5).await;
+}
+
+/// A release's member (store format 5) keeps its `release_id` through every
+/// read, the change published and a change of state; a promotion of its own
+/// has none.
+pub async fn a_release_member_reads_back_with_its_release(store: Store, clock: ManualClock) {
+    let mut changes = store.subscribe();
+    let member = store
+        .write(|uow| {
+            let now = uow.now();
+            let id = uow.next_id();
+            let mut o = machine::request(
+                id,
+                new_promotion("r.io/a", "k7"),
+                &who("alice"),
+                &policy(),
+                now,
+            );
+            o.promotion.release_id = Some(7);
+            uow.commit(&o.promotion, o.event)?;
+            Ok::<_, StoreError>(o.promotion)
+        })
+        .await
+        .unwrap();
+    assert_eq!(member.release_id, Some(7));
+    clock.set(at(10));
+    let alone = request(&store, "r.io/b", "").await;
+    assert_eq!(alone.release_id, None);
+    assert_eq!(changes.recv().await.unwrap().promotion, member);
+    assert_eq!(changes.recv().await.unwrap().promotion, alone);
+
+    assert_eq!(store.get(member.id).await.unwrap(), Some(member.clone()));
+    assert_eq!(store.get(alone.id).await.unwrap(), Some(alone.clone()));
+    assert_eq!(
+        store.find_request("alice", "k7").await.unwrap(),
+        Some(member.clone())
+    );
+    assert_eq!(
+        store.in_state(State::PendingApproval).await.unwrap(),
+        [member.clone(), alone.clone()]
+    );
+    clock.set(at(20));
+    let waiting = approve(&store, &member, true).await;
+    assert_eq!(waiting.release_id, Some(7));
+    assert_eq!(changes.recv().await.unwrap().promotion, waiting);
+    assert_eq!(store.get(member.id).await.unwrap(), Some(waiting.clone()));
+    assert_eq!(
+        store.in_state(State::Waiting).await.unwrap(),
+        std::slice::from_ref(&waiting)
+    );
+    let listed = store
+        .list(ListFilter::default(), page(10, false, None))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(listed, [waiting, alone]);
+    verified(&store, 3).await;
 }
 
 /// A job that changes a promotion without an audit entry is refused and

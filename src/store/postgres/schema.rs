@@ -100,6 +100,8 @@ const MIGRATIONS: &[Migration] = &[
     // 2: store format 4 (`Approval::groups`, `Promotion::waiting_for` and
     // `not_before`); the database held format 3 until then.
     Migration::Records(Old::V3),
+    // 3: store format 5 (`Promotion::release_id`); format 4 until then.
+    Migration::Records(Old::V4),
 ];
 
 /// Brings the database's schema to this build's version, or refuses one a

@@ -302,13 +302,30 @@ async fn a_batch_that_loses_its_connection_is_refused_whole_and_the_chain_goes_o
     assert_eq!(store.tree_head().await.unwrap().size, 2);
 }
 
-/// A database the previous build wrote (schema version 1, records in store
-/// format 3) has its records re-encoded when opened, and reads back as it
-/// was written, with approvals in no group and nothing waiting.
+/// A database of format 3 records (schema version 1, as the build before
+/// format 4 left it) has its records re-encoded when opened, and reads back
+/// as it was written, with approvals in no group, nothing waiting and no
+/// promotion a release's member.
 #[tokio::test]
 async fn a_database_of_format_3_records_is_re_encoded_when_opened() {
+    a_database_of_earlier_records_is_re_encoded_when_opened(3).await;
+}
+
+/// A database of format 4 records (schema version 2, as the build before
+/// format 5 left it) has its records re-encoded when opened (schema
+/// migration 3), and reads back as it was written, with no promotion a
+/// release's member; its entries keep their bytes and hashes.
+#[tokio::test]
+async fn a_database_of_format_4_records_is_re_encoded_when_opened() {
+    a_database_of_earlier_records_is_re_encoded_when_opened(4).await;
+}
+
+/// Writes every kind of record with this build, rewrites the records as
+/// store format `format` (3 or 4) wrote them and forgets the schema
+/// migrations that came after that format, then opens the database.
+async fn a_database_of_earlier_records_is_re_encoded_when_opened(format: u64) {
     use crate::domain::model::State;
-    use crate::store::codec::{decode_record, written};
+    use crate::store::codec::{decode_record, encode, written};
     use crate::store::{HistoryFilter, PageRequest};
     let Some(cluster) = pg_support::Cluster::shared() else {
         return;
@@ -342,22 +359,33 @@ async fn a_database_of_format_3_records_is_re_encoded_when_opened() {
     let held = read(store).await;
     assert_eq!(held.0[0].as_ref().unwrap().approvals.len(), 1);
 
-    // As the previous build left it: every record in format 3, and schema
-    // migration 2 not applied.
+    // As the earlier build left it: every record in format `format`, and
+    // the schema migrations after it not applied (format 3 had schema
+    // version 1, format 4 version 2).
     let (client, connection) = super::client_config(&config(&db, Duration::MAX))
         .unwrap()
         .connect(tokio_postgres::NoTls)
         .await
         .unwrap();
     let connection = tokio::spawn(connection);
+    type RecordWriter =
+        fn(&crate::domain::audit::AuditEntry, Option<&crate::domain::model::Promotion>) -> Vec<u8>;
+    type PromotionWriter = fn(&crate::domain::model::Promotion) -> Vec<u8>;
+    let (record_old, promotion_old): (RecordWriter, PromotionWriter) = match format {
+        3 => (written::record_v3, written::promotion_v3),
+        4 => (written::record_v4, written::promotion_v4),
+        _ => panic!("no format {format} records are written here"),
+    };
+    let mut entries = Vec::new();
     for r in client
-        .query("SELECT sequence, record FROM audit", &[])
+        .query("SELECT sequence, record FROM audit ORDER BY sequence", &[])
         .await
         .unwrap()
     {
         let sequence: i64 = r.get(0);
         let record = decode_record(sequence as u64, r.get(1)).unwrap();
-        let old = written::record_v3(&record.entry, record.promotion.as_ref());
+        let old = record_old(&record.entry, record.promotion.as_ref());
+        entries.push((sequence, encode(&record.entry)));
         client
             .execute(
                 "UPDATE audit SET record = $2 WHERE sequence = $1",
@@ -371,17 +399,18 @@ async fn a_database_of_format_3_records_is_re_encoded_when_opened() {
         client
             .execute(
                 "UPDATE promotions SET record = $2 WHERE id = $1",
-                &[&id, &written::promotion_v3(p)],
+                &[&id, &promotion_old(p)],
             )
             .await
             .unwrap();
     }
     client
-        .execute("DELETE FROM schema_migrations WHERE version = 2", &[])
+        .execute(
+            "DELETE FROM schema_migrations WHERE version > $1",
+            &[&(format as i32 - 2)],
+        )
         .await
         .unwrap();
-    drop(client);
-    connection.await.unwrap().unwrap();
 
     let store = open(&db).await;
     assert_eq!(read(store.clone()).await, held);
@@ -389,6 +418,33 @@ async fn a_database_of_format_3_records_is_re_encoded_when_opened() {
     assert_eq!(approved.approvals[0].approver, "bob");
     assert!(approved.approvals[0].groups.is_empty());
     assert!(approved.waiting_for.is_empty() && approved.not_before.is_none());
+    assert_eq!(approved.release_id, None);
+    // Every schema migration recorded; each entry the same bytes as before,
+    // followed by its promotion in the current format.
+    let versions: Vec<i32> = client
+        .query(
+            "SELECT version FROM schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, [1, 2, 3]);
+    for (sequence, entry) in &entries {
+        let r = client
+            .query_one("SELECT record FROM audit WHERE sequence = $1", &[sequence])
+            .await
+            .unwrap();
+        let bytes: &[u8] = r.get(0);
+        assert!(bytes.starts_with(entry), "entry {sequence} changed");
+        let record = decode_record(*sequence as u64, bytes).unwrap();
+        assert_eq!(record.entry.computed_hash(), record.entry.hash);
+        assert!(record.promotion.is_none_or(|p| p.release_id.is_none()));
+    }
+    drop(client);
+    connection.await.unwrap().unwrap();
     // Opening again applies nothing more.
     drop(store);
     let store = open(&db).await;

@@ -328,8 +328,12 @@ const MIGRATION_CHUNK: usize = 1000;
 /// that also advances the tree's progress key in `meta`, so a chunk is
 /// rewritten whole or not at all and a run cut short goes on after the
 /// last whole chunk at the next start, never reading a rewritten record as
-/// the old format. The caller flushes, then marks the format (which removes
-/// the progress keys). Returns how many records of each tree it rewrote.
+/// the old format. The progress keys name the format they migrate to: a
+/// format 2 or 3 directory whose migration to format 4 an earlier build cut
+/// short holds that build's progress keys (`keys::MIGRATED_AUDIT_4`), and
+/// the records up to them are read as format 4. The caller flushes, then
+/// marks the format (which removes the progress keys). Returns how many
+/// records of each tree it rewrote.
 pub fn migrate(t: &Trees, from: Old) -> Result<(u64, u64), StoreError> {
     migrate_some(t, from, usize::MAX)
 }
@@ -337,8 +341,16 @@ pub fn migrate(t: &Trees, from: Old) -> Result<(u64, u64), StoreError> {
 /// [`migrate`], stopping after `limit` records of each tree (as a crash
 /// would; for tests).
 pub(super) fn migrate_some(t: &Trees, from: Old, limit: usize) -> Result<(u64, u64), StoreError> {
+    // Only a format 2 or 3 directory can hold them: marking format 4
+    // removed them.
+    let to_4_audit = t.meta.get(keys::MIGRATED_AUDIT_4)?;
+    let to_4_promotions = t.meta.get(keys::MIGRATED_PROMOTIONS_4)?;
+    let written_in = |to_4: &Option<sled::IVec>, k: &[u8]| match to_4 {
+        Some(last) if k <= last.as_ref() => Old::V4,
+        _ => from,
+    };
     let records = upgrade_tree(t, &t.audit, keys::MIGRATED_AUDIT, limit, |k, v| {
-        let r = upgrade_record(from, keys::number(k), v)?;
+        let r = upgrade_record(written_in(&to_4_audit, k), keys::number(k), v)?;
         Ok(encode(&RecordRef {
             entry: &r.entry,
             promotion: r.promotion.as_ref(),
@@ -350,7 +362,7 @@ pub(super) fn migrate_some(t: &Trees, from: Old, limit: usize) -> Result<(u64, u
         keys::MIGRATED_PROMOTIONS,
         limit,
         |k, v| {
-            let s = upgrade_stored_promotion(from, keys::number(k), v)?;
+            let s = upgrade_stored_promotion(written_in(&to_4_promotions, k), keys::number(k), v)?;
             if from == Old::V2 {
                 // Before the chunk's transaction: appending is idempotent, and
                 // a chunk cut short is read again.

@@ -116,9 +116,9 @@ pub fn open_existing(dir: &Path) -> Result<sled::Db, DirError> {
     } else {
         None
     };
-    // Formats 2 and 3 are checked as they are (`codec::decode_entry_v2`
-    // reads format 2's entries, format 3's are format 4's); only a server
-    // migrates them.
+    // Formats 2, 3 and 4 are checked as they are (`codec::decode_entry_v2`
+    // reads format 2's entries, format 3's and 4's are format 5's); only a
+    // server migrates them.
     match marker.as_deref().map(keys::read_u64) {
         Some(Some(FORMAT_VERSION)) => Ok(db),
         Some(Some(n)) if Old::of(n).is_some() => Ok(db),

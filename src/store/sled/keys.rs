@@ -1,4 +1,4 @@
-//! Key layout (store format 4). Numbers are big-endian so sled's byte order
+//! Key layout (store format 5). Numbers are big-endian so sled's byte order
 //! is numeric order.
 //!
 //! | tree         | key                                   | value                              |
@@ -13,9 +13,10 @@
 //! |              | `I` principal 0x00 request_id         | id                                 |
 //! |              | `C` repository 0x00 digest 0x00 check | sequence of its latest report      |
 //! |              | `T` repository 0x00 environment       | (empty): prodgate moved this tag   |
-//! | `meta`       | `format`                              | u64 (4)                            |
+//! | `meta`       | `format`                              | u64 (5)                            |
 //! |              | `moved-tags`                          | (empty): the `T` keys are complete |
-//! |              | `migrated-audit`, `migrated-promotions` | while migrating: the last key rewritten |
+//! |              | `migrated-audit-5`, `migrated-promotions-5` | while migrating: the last key rewritten |
+//! |              | `migrated-audit`, `migrated-promotions` | an earlier build's migration to format 4, cut short: the last key it rewrote |
 //! | `manifests`  | repository 0x00 digest                | media type, bytes                  |
 //! | `policies`   | digest (`sha256:<hex>`)               | the policy's canonical JSON        |
 //!
@@ -23,7 +24,7 @@
 //! derived from it (see `Tx::commit`). Posting chunks are described in
 //! `postings`. The records' encodings, and what each format changed in
 //! them, are in `store::codec`; besides those, format 3 added the `e`
-//! index. A directory of format 2 or 3 is migrated when it is opened
+//! index. A directory of format 2, 3 or 4 is migrated when it is opened
 //! (`derive::migrate`). The `T` keys came later within format 3: a
 //! directory without the `moved-tags` marker gets them from its PROMOTED
 //! promotions when it is opened (`index_moved_tags`). (A build without them
@@ -37,10 +38,17 @@ use crate::store::StoredManifest;
 
 pub const FORMAT: &[u8] = b"format";
 /// While migrating from an earlier format: the last `audit` key rewritten.
-pub const MIGRATED_AUDIT: &[u8] = b"migrated-audit";
+/// The keys name the format they migrate to, so that a build never takes
+/// the progress of a migration to another format for its own.
+pub const MIGRATED_AUDIT: &[u8] = b"migrated-audit-5";
 /// While migrating from an earlier format: the last `promotions` key
 /// rewritten.
-pub const MIGRATED_PROMOTIONS: &[u8] = b"migrated-promotions";
+pub const MIGRATED_PROMOTIONS: &[u8] = b"migrated-promotions-5";
+/// The progress keys of the format 4 build's migration (from format 2 or
+/// 3), which did not name their format: left by one cut short, they say
+/// up to which key the records are in format 4 already.
+pub const MIGRATED_AUDIT_4: &[u8] = b"migrated-audit";
+pub const MIGRATED_PROMOTIONS_4: &[u8] = b"migrated-promotions";
 /// Marks a directory whose `T` keys cover every APPLIED entry.
 pub const MOVED_TAGS: &[u8] = b"moved-tags";
 

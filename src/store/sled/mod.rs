@@ -5,7 +5,7 @@
 //!   anyone is answered (group commit, fail closed).
 //! - `derive`: derived records, and the start-up repairs: finishing a
 //!   derivation a crash cut short, rolling back entries whose flush failed
-//!   (the refusal horizon, `horizon`), migrating formats 2 and 3.
+//!   (the refusal horizon, `horizon`), migrating formats 2, 3 and 4.
 //! - `export`: a stopped server's store, read for `prodgate migrate`.
 //! - `query`: reads through the indexes; `keys`: the key layout (records
 //!   are encoded by [`crate::store::codec`]); `postings`: packed posting
@@ -53,9 +53,9 @@ const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 const CHANGES_CAPACITY: usize = 1024;
 /// The on-disk layout this build reads and writes (`keys` describes it).
 /// Format 1 (JSON records, one sled transaction per commit) had no marker;
-/// formats 2 and 3 (earlier record shapes, see `store::codec`) are migrated
-/// at open.
-const FORMAT_VERSION: u64 = 4;
+/// formats 2, 3 and 4 (earlier record shapes, see `store::codec`) are
+/// migrated at open.
+const FORMAT_VERSION: u64 = 5;
 
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
@@ -366,7 +366,7 @@ impl Storage for SledStore {
 /// refuses a directory that holds no prodgate store ([`dir::open_existing`]).
 pub fn verify_offline(dir: &Path) -> Result<Verification, dir::DirError> {
     let (trees, format) = open_offline(dir)?;
-    // Formats 3 and 4 store the entry alike.
+    // Formats 3, 4 and 5 store the entry alike.
     let decode = match format {
         Some(2) => codec::decode_entry_v2,
         _ => codec::decode_entry,
@@ -411,12 +411,12 @@ fn stored_promotion(
 fn format_error(found: String) -> StoreError {
     StoreError::Format {
         found,
-        supported: format!("{FORMAT_VERSION} (and migrates formats 2 and 3)"),
+        supported: format!("{FORMAT_VERSION} (and migrates formats 2, 3 and 4)"),
     }
 }
 
 /// Refuses a data directory in a format this build cannot read, migrates
-/// formats 2 and 3, and marks a new directory.
+/// formats 2, 3 and 4, and marks a new directory.
 fn check_format(t: &Trees) -> Result<(), StoreError> {
     // One batch of one tree, applied atomically: the migration's progress
     // markers go with the old format's marker.
@@ -425,6 +425,8 @@ fn check_format(t: &Trees) -> Result<(), StoreError> {
         batch.insert(keys::FORMAT, &keys::u64_key(FORMAT_VERSION));
         batch.remove(keys::MIGRATED_AUDIT);
         batch.remove(keys::MIGRATED_PROMOTIONS);
+        batch.remove(keys::MIGRATED_AUDIT_4);
+        batch.remove(keys::MIGRATED_PROMOTIONS_4);
         t.meta.apply_batch(batch)?;
         t.db.flush()?;
         Ok(())

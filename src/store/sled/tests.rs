@@ -139,12 +139,16 @@ fn a_data_directory_of_the_earlier_format_is_refused_with_a_reason() {
         audit.insert(keys::u64_key(1), &b"{}"[..]).unwrap();
         db.flush().unwrap();
     }
-    let Err(e) = SledStore::open(dir.path(), Arc::new(SystemClock)) else {
-        panic!("a format 1 directory was opened");
-    };
-    assert!(matches!(e, StoreError::Format { .. }), "{e}");
+    // Once sled's lock of the directory just closed is free.
+    let e = when_free(
+        || match SledStore::open(dir.path(), Arc::new(SystemClock)) {
+            Ok(_) => panic!("a format 1 directory was opened"),
+            Err(e @ StoreError::Format { .. }) => Ok(e),
+            Err(e) => Err(e),
+        },
+    );
     assert!(e.to_string().contains("store format 1"), "{e}");
-    assert!(e.to_string().contains("format 4"), "{e}");
+    assert!(e.to_string().contains("format 5"), "{e}");
 }
 
 /// [`crate::store::conformance::every_kind`] as the writer runs it.
@@ -198,10 +202,12 @@ fn contents(t: &Trees) -> Contents {
 }
 
 /// Writes every kind of record in `dir` with this build, reads it back, then
-/// rewrites its records byte for byte as store format `format` (2 or 3)
+/// rewrites its records byte for byte as store format `format` (2, 3 or 4)
 /// wrote them and marks the directory so: a directory as the earlier build
-/// left it. Returns what the store held.
-fn an_earlier_directory(dir: &std::path::Path, format: u64) -> Contents {
+/// left it. `cut_short_to_4` (format 2 or 3): the format 4 build's
+/// migration of it was cut short, after it rewrote the first record of each
+/// tree in format 4 and kept its progress. Returns what the store held.
+fn an_earlier_directory(dir: &std::path::Path, format: u64, cut_short_to_4: bool) -> Contents {
     use crate::store::codec::{decode_record, decode_stored_promotion, written};
     let t = Trees::open(open_without_flusher(dir)).unwrap();
     every_kind(&t, format >= 3);
@@ -209,17 +215,29 @@ fn an_earlier_directory(dir: &std::path::Path, format: u64) -> Contents {
     let held = contents(&t);
     assert_eq!(held.promotions[1].approvals.len(), 1, "{held:?}");
     let all = |tree: &sled::Tree| -> Vec<_> { tree.iter().map(Result::unwrap).collect() };
-    for (k, v) in all(&t.audit) {
+    assert!(!cut_short_to_4 || format < 4);
+    for (i, (k, v)) in all(&t.audit).into_iter().enumerate() {
         let r = decode_record(keys::number(&k), &v).unwrap();
         let old = match format {
+            _ if cut_short_to_4 && i == 0 => {
+                t.meta.insert(keys::MIGRATED_AUDIT_4, &k).unwrap();
+                written::record_v4(&r.entry, r.promotion.as_ref())
+            }
+            4 => written::record_v4(&r.entry, r.promotion.as_ref()),
             3 => written::record_v3(&r.entry, r.promotion.as_ref()),
             _ => written::record_v2(&r.entry, r.promotion.as_ref().unwrap()),
         };
         t.audit.insert(k, old).unwrap();
     }
-    for (k, v) in all(&t.promotions) {
+    for (i, (k, v)) in all(&t.promotions).into_iter().enumerate() {
         let s = decode_stored_promotion(keys::number(&k), &v).unwrap();
-        let old = written::stored_promotion(&s.audit, &s.promotion, format == 3);
+        let written_in = if cut_short_to_4 && i == 0 {
+            t.meta.insert(keys::MIGRATED_PROMOTIONS_4, &k).unwrap();
+            4
+        } else {
+            format
+        };
+        let old = written::stored_promotion(&s.audit, &s.promotion, written_in);
         t.promotions.insert(k, old).unwrap();
     }
     if format == 2 {
@@ -240,11 +258,25 @@ fn an_earlier_directory(dir: &std::path::Path, format: u64) -> Contents {
 /// An earlier directory is checked offline as it is, refused by the copy to
 /// PostgreSQL (which stores the bytes as they are), and migrated by a
 /// server's start, also after a start that migrated only part of it: it
-/// then holds what it held, in the current format.
-async fn an_earlier_directory_is_migrated_when_opened(format: u64) {
-    use crate::store::codec::Old;
+/// then holds what it held, in the current format, with its entries'
+/// bytes and hashes, and its chain verifies.
+async fn an_earlier_directory_is_migrated_when_opened(format: u64, cut_short_to_4: bool) {
+    use crate::store::codec::{Old, encode};
     let dir = tempfile::tempdir().unwrap();
-    let held = an_earlier_directory(dir.path(), format);
+    let held = an_earlier_directory(dir.path(), format, cut_short_to_4);
+    let entry_bytes = |t: &Trees| -> Vec<Vec<u8>> {
+        t.audit
+            .iter()
+            .map(|kv| encode(&crate::store::codec::decode_entry(0, &kv.unwrap().1).unwrap()))
+            .collect()
+    };
+    let before = {
+        let t = Trees::open(open_without_flusher(dir.path())).unwrap();
+        // Format 2's entries do not decode as the current shape's.
+        let before = if format >= 3 { entry_bytes(&t) } else { vec![] };
+        t.db.flush().unwrap();
+        before
+    };
     let entries = held.entries.len() as u64;
     // Offline: verify-log reads it as it is, migrate refuses it.
     let v = when_free(|| verify_offline(dir.path()));
@@ -282,14 +314,33 @@ async fn an_earlier_directory_is_migrated_when_opened(format: u64) {
         meta(keys::FORMAT).and_then(|v| keys::read_u64(&v)),
         Some(FORMAT_VERSION)
     );
-    assert_eq!(meta(keys::MIGRATED_AUDIT), None);
-    assert_eq!(meta(keys::MIGRATED_PROMOTIONS), None);
+    for key in [
+        keys::MIGRATED_AUDIT,
+        keys::MIGRATED_PROMOTIONS,
+        keys::MIGRATED_AUDIT_4,
+        keys::MIGRATED_PROMOTIONS_4,
+    ] {
+        assert_eq!(meta(key), None);
+    }
+    if format >= 3 {
+        assert_eq!(
+            entry_bytes(&store.trees),
+            before,
+            "an entry's bytes changed"
+        );
+    }
+    for e in contents(&store.trees).entries {
+        assert_eq!(e.computed_hash(), e.hash, "entry {}", e.sequence);
+    }
     // Old approvals are kept, in no group; nothing waits.
     let approved = store.get(1).await.unwrap().unwrap();
     assert_eq!(approved.approvals[0].approver, "bob");
     assert_eq!(approved.approvals[0].comment, "lgtm");
     assert!(approved.approvals[0].groups.is_empty());
     assert!(approved.waiting_for.is_empty() && approved.not_before.is_none());
+    // No promotion was a release's member before format 5.
+    assert!(held.promotions.iter().all(|p| p.release_id.is_none()));
+    assert_eq!(approved.release_id, None);
     // The chain goes on from the migrated head.
     let at = Time {
         seconds: 1_800_000_000,
@@ -305,13 +356,69 @@ async fn an_earlier_directory_is_migrated_when_opened(format: u64) {
 }
 
 #[tokio::test]
+async fn a_format_4_directory_is_migrated_when_opened() {
+    an_earlier_directory_is_migrated_when_opened(4, false).await;
+}
+
+#[tokio::test]
 async fn a_format_3_directory_is_migrated_when_opened() {
-    an_earlier_directory_is_migrated_when_opened(3).await;
+    an_earlier_directory_is_migrated_when_opened(3, false).await;
 }
 
 #[tokio::test]
 async fn a_format_2_directory_is_migrated_when_opened() {
-    an_earlier_directory_is_migrated_when_opened(2).await;
+    an_earlier_directory_is_migrated_when_opened(2, false).await;
+}
+
+/// A format 3 or 2 directory the format 4 build began to migrate: the
+/// records its progress keys cover are read as format 4.
+#[tokio::test]
+async fn a_format_3_directory_a_migration_to_format_4_left_cut_short_is_migrated() {
+    an_earlier_directory_is_migrated_when_opened(3, true).await;
+}
+
+#[tokio::test]
+async fn a_format_2_directory_a_migration_to_format_4_left_cut_short_is_migrated() {
+    an_earlier_directory_is_migrated_when_opened(2, true).await;
+}
+
+/// A directory of a later format than this build's is refused, and left as
+/// it is.
+#[test]
+fn a_data_directory_of_a_later_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let t = Trees::open(open_without_flusher(dir.path())).unwrap();
+        three_commits(&t);
+        t.meta
+            .insert(keys::FORMAT, &keys::u64_key(FORMAT_VERSION + 1))
+            .unwrap();
+        t.db.flush().unwrap();
+    }
+    horizon::Horizon::open(dir.path()).unwrap();
+    let e = when_free(
+        || match SledStore::open(dir.path(), Arc::new(SystemClock)) {
+            Ok(_) => panic!("a directory of a later format was opened"),
+            Err(e @ StoreError::Format { .. }) => Ok(e),
+            Err(e) => Err(e),
+        },
+    );
+    let later = format!("store format {}", FORMAT_VERSION + 1);
+    assert!(e.to_string().contains(&later), "{e}");
+    let t = Trees::open(when_free(|| {
+        sled::Config::new()
+            .path(dir.path())
+            .flush_every_ms(None)
+            .open()
+    }))
+    .unwrap();
+    assert_eq!(
+        t.meta
+            .get(keys::FORMAT)
+            .unwrap()
+            .and_then(|v| keys::read_u64(&v)),
+        Some(FORMAT_VERSION + 1)
+    );
 }
 
 /// A store written with one sled key per Merkle node (tree `merkle`, the
