@@ -492,21 +492,30 @@ impl Worker {
         loop {
             attempt += 1;
             let tag = self.tags.lock(&p.repository, &p.environment).await;
-            let result =
-                move_pinned(&self.store, self.registry.as_ref(), &repo, &p.digest, &p.target_tag)
-                    .await;
+            let result = move_pinned(
+                &self.store,
+                self.registry.as_ref(),
+                &repo,
+                &p.digest,
+                &p.target_tag,
+            )
+            .await;
             drop(tag);
             match result {
                 Ok(mut moved) => {
-                    if moved.previous_digest == p.digest
-                        && let Ok(Some(e)) = self
+                    if moved.previous_digest == p.digest {
+                        // Moved before a restart: what it carried before is
+                        // what prodgate last moved it to, or unknown (empty)
+                        // when prodgate never moved it (a move back then
+                        // leaves it, and says so).
+                        moved.previous_digest = match self
                             .store
                             .deployed_at(&p.repository, &p.environment, None)
                             .await
-                    {
-                        // Moved before a restart: what it carried before is
-                        // what prodgate last moved it to.
-                        moved.previous_digest = e.event.digest;
+                        {
+                            Ok(Some(e)) => e.event.digest,
+                            _ => String::new(),
+                        };
                     }
                     return Some(Ok(moved));
                 }
@@ -725,11 +734,7 @@ fn describe_undone(undone: &[(PromotionId, String)]) -> String {
 /// promotions of its tag, as a single one does), or every APPROVED member
 /// FAILED with the message, the moved ones with attribute `compensation`
 /// saying what became of their tag. Each entry has attribute `release`.
-async fn record_release(
-    store: &Store,
-    rid: PromotionId,
-    outcome: ReleaseOutcome,
-) {
+async fn record_release(store: &Store, rid: PromotionId, outcome: ReleaseOutcome) {
     let written = store
         .write(move |tx: &mut dyn UnitOfWork| {
             let now = tx.now();

@@ -321,3 +321,177 @@ async fn a_member_waiting_for_its_check_holds_the_whole_release() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_member_the_registry_refuses_moves_the_others_back_and_fails_the_release() {
+    use support::proxy::{Fault, FaultProxy};
+    let registry = TestRegistry::start().await;
+    let proxy = FaultProxy::start(&registry.host).await;
+    // What production carries before the release, and the release's images.
+    let mut before = Vec::new();
+    let mut digests = Vec::new();
+    for (i, path) in PATHS.iter().enumerate() {
+        before.push(
+            registry
+                .push_image(path, Some("production"), 512, 20 + i as u64)
+                .await,
+        );
+        digests.push(
+            registry
+                .push_image(path, Some("staging"), 512, 30 + i as u64)
+                .await,
+        );
+    }
+    let server = TestServer::start(&standard_config(&proxy.host));
+    let s = Setup { registry, server };
+    let repo = |path: &str| format!("{}/{path}", proxy.host);
+    // The registry refuses web's production tag for good.
+    proxy.inject(
+        "PUT",
+        "/shop/web/manifests/production",
+        Fault::Status {
+            code: 400,
+            retry_after: None,
+        },
+        usize::MAX,
+    );
+    let mut req = s.request(&PATHS, "");
+    for (c, path) in req.components.iter_mut().zip(PATHS) {
+        c.repository = repo(path);
+    }
+    let r = s
+        .server
+        .client("alice")
+        .await
+        .request_release(req)
+        .await
+        .expect("request release")
+        .into_inner();
+    let mut bob = s.server.client("bob").await;
+    bob.approve(approve(&r.id)).await.expect("approve");
+    for m in &r.members {
+        let p = wait_for_state(&mut bob, &m.id, PromotionState::Failed, LIMIT).await;
+        assert!(
+            p.failure_message.contains(&format!(
+                "member {} ({})",
+                r.members[2].id,
+                repo("shop/web")
+            )),
+            "{p:?}"
+        );
+        assert!(p.failure_message.contains("undone"), "{p:?}");
+    }
+    // api and worker moved, then moved back; web never moved.
+    for (i, path) in PATHS.iter().enumerate() {
+        assert_eq!(
+            s.registry.tag_digest(path, "production").await.as_deref(),
+            Some(before[i].as_str()),
+            "{path}"
+        );
+    }
+    // Every member's failure is recorded with the release, the moved ones
+    // with what became of their tag.
+    let failed: Vec<pb::AuditEntry> = history(&mut bob, HistoryRequest::default())
+        .await
+        .into_iter()
+        .filter(|e| e.action == pb::AuditAction::ApplyFailed as i32)
+        .collect();
+    assert_eq!(failed.len(), 3, "{failed:?}");
+    assert!(failed.iter().all(|e| e.attributes["release"] == r.id));
+    for (i, m) in r.members.iter().enumerate().take(2) {
+        let e = failed.iter().find(|e| e.promotion_id == m.id).unwrap();
+        assert_eq!(
+            e.attributes["compensation"],
+            format!("moved production back to {}", before[i]),
+            "{e:?}"
+        );
+    }
+    assert!(
+        !failed
+            .iter()
+            .find(|e| e.promotion_id == r.members[2].id)
+            .unwrap()
+            .attributes
+            .contains_key("compensation")
+    );
+    assert_eq!(s.release(&r.id).await.state, PromotionState::Failed as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn prodgate_killed_between_two_members_moves_resumes_the_release() {
+    use support::proxy::{Fault, FaultProxy};
+    let registry = TestRegistry::start().await;
+    let proxy = FaultProxy::start(&registry.host).await;
+    let mut digests = Vec::new();
+    for (i, path) in PATHS.iter().enumerate() {
+        digests.push(
+            registry
+                .push_image(path, Some("staging"), 512, 40 + i as u64)
+                .await,
+        );
+    }
+    let server = TestServer::start(&standard_config(&proxy.host));
+    let mut s = Setup { registry, server };
+    // worker's move hangs, so the kill comes after api's and before its own.
+    proxy.inject(
+        "PUT",
+        "/shop/worker/manifests/production",
+        Fault::Delay(Duration::from_secs(60)),
+        1,
+    );
+    let mut req = s.request(&PATHS, "");
+    for (c, path) in req.components.iter_mut().zip(PATHS) {
+        c.repository = format!("{}/{path}", proxy.host);
+    }
+    let r = s
+        .server
+        .client("alice")
+        .await
+        .request_release(req)
+        .await
+        .expect("request release")
+        .into_inner();
+    s.server
+        .client("bob")
+        .await
+        .approve(approve(&r.id))
+        .await
+        .expect("approve");
+    let deadline = std::time::Instant::now() + LIMIT;
+    while s
+        .registry
+        .tag_digest("shop/api", "production")
+        .await
+        .is_none()
+    {
+        assert!(std::time::Instant::now() < deadline, "api never moved");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Nothing is recorded yet: the release is APPROVED as a whole.
+    assert_eq!(
+        s.release(&r.id).await.state,
+        PromotionState::Approved as i32
+    );
+    s.server.kill_and_restart();
+    proxy.clear();
+    let mut bob = s.server.client("bob").await;
+    for m in &r.members {
+        wait_for_state(&mut bob, &m.id, PromotionState::Promoted, LIMIT).await;
+    }
+    for (i, path) in PATHS.iter().enumerate() {
+        assert_eq!(
+            s.registry.tag_digest(path, "production").await.as_deref(),
+            Some(digests[i].as_str())
+        );
+    }
+    // api's APPLIED entry does not claim production carried its own digest
+    // before (what it found after the restart): prodgate never moved that
+    // tag before, so what it carried is not known.
+    let applied: Vec<pb::AuditEntry> = history(&mut bob, HistoryRequest::default())
+        .await
+        .into_iter()
+        .filter(|e| e.action == pb::AuditAction::Applied as i32)
+        .collect();
+    assert_eq!(applied.len(), 3);
+    assert_eq!(applied[0].previous_digest, "");
+}
