@@ -495,3 +495,83 @@ async fn prodgate_killed_between_two_members_moves_resumes_the_release() {
     assert_eq!(applied.len(), 3);
     assert_eq!(applied[0].previous_digest, "");
 }
+
+/// `prodgate ARGS` as `who` against the server, and its exit code and stdout.
+fn cli(s: &Setup, who: &str, args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_prodgate"))
+        .env_remove("PRODGATE_CONFIG")
+        .env("PRODGATE_SERVER", format!("http://{}", s.server.addr))
+        .env("PRODGATE_TOKEN", support::server::token(who))
+        .args(args)
+        .output()
+        .expect("run prodgate");
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn the_cli_requests_shows_and_approves_a_release() {
+    let (s, digests) = Setup::start().await;
+    let api = format!("{}:staging", s.repo("shop/api"));
+    let web = format!("{}@{}", s.repo("shop/web"), digests[2]);
+    let (code, out) = cli(
+        &s,
+        "alice",
+        &[
+            "release",
+            &api,
+            &web,
+            "--env",
+            "production",
+            "--reason",
+            "shop 2.0",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    let r: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
+    let id = r["id"].as_str().unwrap().to_owned();
+    assert_eq!(r["members"].as_array().unwrap().len(), 2);
+    assert_eq!(r["members"][1]["digest"], digests[2]);
+
+    // Approving the second member approves the release.
+    let second = r["members"][1]["id"].as_str().unwrap().to_owned();
+    let (code, out) = cli(&s, "bob", &["approve", &second]);
+    assert_eq!(code, Some(0), "{out}");
+    let mut bob = s.server.client("bob").await;
+    wait_for_state(&mut bob, &id, PromotionState::Promoted, LIMIT).await;
+    let (code, out) = cli(&s, "bob", &["get-release", &id]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(&format!("release:      {id}")), "{out}");
+    assert!(out.contains("state:        PROMOTED"), "{out}");
+    assert!(
+        out.contains("shop/api") && out.contains("shop/web"),
+        "{out}"
+    );
+    let (_, out) = cli(&s, "bob", &["get", &second]);
+    assert!(out.contains(&format!("release:      {id}")), "{out}");
+
+    // A component without a source is a bad flag value (exit 1).
+    let (code, out) = cli(
+        &s,
+        "alice",
+        &[
+            "release",
+            &s.repo("shop/api"),
+            &web,
+            "--env",
+            "production",
+            "--reason",
+            "x",
+        ],
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("REPOSITORY:SOURCE"), "{out}");
+}

@@ -34,6 +34,42 @@ pub async fn request(
     answer(g, &mut c, p, follow, started, Printer::promotion).await
 }
 
+pub async fn release(g: &ClientArgs, req: pb::RequestReleaseRequest) -> Result<(), CliError> {
+    let mut c = Client::connect(g).await?;
+    let r = c.api.request_release(c.unary(req)).await?.into_inner();
+    Printer::stdout(g.output).release(&r)
+}
+
+pub async fn get_release(g: &ClientArgs, id: String) -> Result<(), CliError> {
+    let mut c = Client::connect(g).await?;
+    let req = pb::GetReleaseRequest { release_id: id };
+    let r = c.api.get_release(c.unary(req)).await?.into_inner();
+    Printer::stdout(g.output).release(&r)
+}
+
+/// `REPOSITORY:TAG` or `REPOSITORY@sha256:…` (a colon before the last `/`
+/// is the registry's port).
+pub fn release_component(s: &str) -> Result<pb::ReleaseComponent, String> {
+    let (repository, source) = match s.split_once('@') {
+        Some((repo, digest)) => (repo, digest),
+        None => {
+            let last = s.rfind('/').unwrap_or(0);
+            match s[last..].rfind(':') {
+                Some(i) => (&s[..last + i], &s[last + i + 1..]),
+                None => {
+                    return Err(format!(
+                        "{s:?}: give each image as REPOSITORY:SOURCE (e.g. registry.example.com/shop/api:staging) or REPOSITORY@sha256:…"
+                    ));
+                }
+            }
+        }
+    };
+    Ok(pb::ReleaseComponent {
+        repository: repository.to_owned(),
+        source: source.to_owned(),
+    })
+}
+
 pub async fn approve(
     g: &ClientArgs,
     req: pb::ApproveRequest,

@@ -61,6 +61,11 @@ pub fn promotion(p: &pb::Promotion) -> String {
     unknown_enum(line(&known), "state", placeholder.as_str_name(), p.state)
 }
 
+/// A release as one line (its members inside, as the server sent them).
+pub fn release(r: &pb::Release) -> String {
+    line(r)
+}
+
 pub fn audit_entry(e: &pb::AuditEntry) -> String {
     if pb::AuditAction::try_from(e.action).is_ok() {
         return line(e);

@@ -254,6 +254,37 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Request a release: several images to one environment, approved
+    /// once and applied as one (tags move in the order given; a move that
+    /// fails moves the others back). Approve, reject or cancel it by any
+    /// member's id.
+    Release {
+        /// Each image as REPOSITORY:SOURCE (a tag) or REPOSITORY@sha256:…,
+        /// e.g. registry.example.com/shop/api:staging; 2 to 50, each a
+        /// different repository, in the order their tags are to move.
+        #[arg(required = true, num_args = 2.., value_parser = commands::release_component)]
+        components: Vec<pb::ReleaseComponent>,
+        /// Target environment.
+        #[arg(long, alias = "environment")]
+        env: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+        /// Idempotency key: repeating the request with it returns the first release.
+        #[arg(long)]
+        request_id: Option<String>,
+        /// As `request --break-glass`, for every member.
+        #[arg(long)]
+        break_glass: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show a release (by its id, its first member's) with its members.
+    GetRelease {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Roll an environment's tag back to a digest prodgate moved it to
     /// before (default: the one before its current digest).
     Rollback {
@@ -667,6 +698,8 @@ impl Command {
             | Command::Migrate { .. }
             | Command::Completions { .. } => None,
             Command::Request { client, .. }
+            | Command::Release { client, .. }
+            | Command::GetRelease { client, .. }
             | Command::Approve { client, .. }
             | Command::Reject { client, .. }
             | Command::Cancel { client, .. }
@@ -975,6 +1008,27 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
             local::migrate(&from_sled, target, out).await
         }
         Command::Health { client } => commands::health(&client).await,
+        Command::Release {
+            components,
+            env,
+            reason,
+            request_id,
+            break_glass,
+            client,
+        } => {
+            commands::release(
+                &client,
+                pb::RequestReleaseRequest {
+                    environment: env,
+                    reason,
+                    request_id: request_id.unwrap_or_default(),
+                    components,
+                    break_glass,
+                },
+            )
+            .await
+        }
+        Command::GetRelease { id, client } => commands::get_release(&client, id).await,
         Command::Request {
             repository,
             source,

@@ -59,6 +59,14 @@ impl Printer {
         }
     }
 
+    /// A release: its summary, then one row per member.
+    pub fn release(&mut self, r: &pb::Release) -> Result<(), CliError> {
+        match self.format {
+            Format::Json => self.line(&json::release(r)),
+            Format::Table => self.raw(&table::release(r, SystemTime::now())),
+        }
+    }
+
     pub fn promotions(&mut self, ps: &[pb::Promotion]) -> Result<(), CliError> {
         match self.format {
             Format::Json => ps.iter().try_for_each(|p| self.line(&json::promotion(p))),

@@ -154,6 +154,24 @@ pub fn promotions(ps: &[pb::Promotion], now: SystemTime) -> String {
     grid(&rows)
 }
 
+/// A release: who asked for what and its state, then its members as
+/// `promotions` lists them, in the order their tags move.
+pub fn release(r: &pb::Release, now: SystemTime) -> String {
+    let mut out = format!(
+        "release:      {}\nstate:        {}\nenvironment:  {}\nrequested by: {}\nreason:       {}\n",
+        clean(&r.id),
+        state_label(r.state),
+        clean(&r.environment),
+        clean(&r.requested_by),
+        clean(&r.reason),
+    );
+    if !r.failure_message.is_empty() {
+        out.push_str(&format!("failure:      {}\n", clean(&r.failure_message)));
+    }
+    out.push_str(&promotions(&r.members, now));
+    out
+}
+
 /// The audit log shows absolute times: it is read against other logs.
 pub fn audit_entries(es: &[pb::AuditEntry]) -> String {
     let header = [
@@ -233,6 +251,9 @@ pub fn promotion(p: &pb::Promotion, now: SystemTime) -> String {
             "rollback",
             "yes: back to a digest this tag carried before".into(),
         ));
+    }
+    if !p.release_id.is_empty() {
+        rows.push(("release", clean(&p.release_id)));
     }
     rows.push(("requested by", clean(&p.requested_by)));
     rows.push(("reason", clean(&p.reason)));
