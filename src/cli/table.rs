@@ -169,6 +169,9 @@ pub fn release(r: &pb::Release, now: SystemTime) -> String {
         out.push_str(&format!("failure:      {}\n", clean(&r.failure_message)));
     }
     out.push_str(&promotions(&r.members, now));
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
     out
 }
 

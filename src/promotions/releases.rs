@@ -136,6 +136,7 @@ impl Promotions {
             };
             pinned.push((new, stored, facts, policy));
         }
+        let mut changes = self.store.subscribe();
         let job_config = config.clone();
         let (break_glass, request_id, retry) =
             (input.break_glass, input.request_id.clone(), input.clone());
@@ -178,8 +179,25 @@ impl Promotions {
             })
             .await?;
         match created {
-            Ok(members) => Release::of(members)
-                .ok_or_else(|| Error::Internal("a release was created without members".into())),
+            Ok(members) => {
+                let rid = members.first().map(|m| m.id);
+                let first = members.first().cloned();
+                let release = Release::of(members).ok_or_else(|| {
+                    Error::Internal("a release was created without members".into())
+                })?;
+                // Decided at once (no approvals needed): as a request does,
+                // wait up to apply_wait for the tags, which are recorded
+                // together, so the first member's end is the release's.
+                match (first, rid) {
+                    (Some(first), Some(rid))
+                        if first.state == crate::domain::model::State::Approved =>
+                    {
+                        self.settled(&config, first, &mut changes).await;
+                        self.release(rid).await
+                    }
+                    _ => Ok(release),
+                }
+            }
             Err(first) => self.same_release(first, &retry).await,
         }
     }
