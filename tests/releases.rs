@@ -140,6 +140,17 @@ async fn a_release_is_requested_in_one_write_and_approved_once() {
     assert_eq!(again.id, r.id);
     assert_eq!(s.count().await, 3);
 
+    // A watch of the release sees it now, then each change, to its end.
+    let mut watch = alice
+        .watch_release(pb::WatchReleaseRequest {
+            release_id: r.id.clone(),
+        })
+        .await
+        .expect("watch release")
+        .into_inner();
+    let now = watch.message().await.expect("first").expect("the release");
+    assert_eq!(now.state, PromotionState::PendingApproval as i32);
+
     // Approving any member approves the release: every tag moves.
     let mut bob = s.server.client("bob").await;
     bob.approve(approve(&r.members[1].id))
@@ -159,6 +170,43 @@ async fn a_release_is_requested_in_one_write_and_approved_once() {
     }
     let done = s.release(&r.id).await;
     assert_eq!(done.state, PromotionState::Promoted as i32);
+    let mut last = now;
+    while let Some(next) = watch.message().await.expect("a change") {
+        last = next;
+    }
+    assert_eq!(last, done, "the watch ends with the release as it ended");
+    // Listed, by environment and by the state of the whole; GetDeployed
+    // names the release.
+    let listed = alice
+        .list_releases(pb::ListReleasesRequest {
+            environment: "production".into(),
+            state: PromotionState::Promoted as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("list releases")
+        .into_inner();
+    assert_eq!(listed.releases, vec![done.clone()]);
+    assert!(listed.next_page_token.is_empty());
+    let none = alice
+        .list_releases(pb::ListReleasesRequest {
+            environment: "staging".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("list releases")
+        .into_inner();
+    assert!(none.releases.is_empty());
+    let deployed = alice
+        .get_deployed(pb::GetDeployedRequest {
+            repository: s.repo("shop/web"),
+            environment: "production".into(),
+            at: None,
+        })
+        .await
+        .expect("deployed")
+        .into_inner();
+    assert_eq!(deployed.release_id, r.id);
     // The tags moved in the order given.
     let applied: Vec<String> = history(&mut bob, HistoryRequest::default())
         .await

@@ -34,10 +34,13 @@ fn token_error(e: String) -> Status {
 
 type PromotionStream =
     std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Promotion, Status>> + Send>>;
+type ReleaseStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Release, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl PromotionService for PromotionApi {
     type WatchPromotionStream = PromotionStream;
+    type WatchReleaseStream = ReleaseStream;
 
     async fn watch_promotion(
         &self,
@@ -76,11 +79,19 @@ impl PromotionService for PromotionApi {
             .await?;
         let drifted = record.drifted();
         let e = record.applied;
+        // The promotion that moved the tag has ended: reading it changes nothing.
+        let release_id = self
+            .promotions
+            .get(e.event.promotion_id)
+            .await
+            .ok()
+            .and_then(|p| p.release_id);
         Ok(Response::new(pb::Deployed {
             digest: e.event.digest,
             promotion_id: e.event.promotion_id.to_string(),
             since: Some(convert::timestamp(e.time)),
             drifted,
+            release_id: release_id.map(|id| id.to_string()).unwrap_or_default(),
         }))
     }
 
@@ -117,6 +128,49 @@ impl PromotionService for PromotionApi {
         let id = convert::promotion_id_field("release_id", &req.get_ref().release_id)?;
         let r = self.promotions.release(id).await?;
         Ok(Response::new(convert::release(&r)))
+    }
+
+    async fn list_releases(
+        &self,
+        req: Request<pb::ListReleasesRequest>,
+    ) -> Result<Response<pb::ListReleasesResponse>, Status> {
+        principal(&req)?;
+        let r = req.into_inner();
+        let environment = convert::name_filter("environment", &r.environment)?;
+        let state = convert::state_filter(r.state)?;
+        let limit = convert::page_size(r.page_size)?;
+        // "releases" first: a ListPromotions token never continues this.
+        let state_text = r.state.to_string();
+        let fp = page_token::fingerprint(&["releases", r.environment.as_str(), &state_text]);
+        let after = page_token::decode(&r.page_token, Kind::Promotions, fp).map_err(token_error)?;
+        let (releases, next) = self
+            .promotions
+            .list_releases(environment, state, after, limit)
+            .await?;
+        Ok(Response::new(pb::ListReleasesResponse {
+            releases: releases.iter().map(convert::release).collect(),
+            next_page_token: next
+                .map(|n| page_token::encode(Kind::Promotions, fp, n))
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn watch_release(
+        &self,
+        req: Request<pb::WatchReleaseRequest>,
+    ) -> Result<Response<Self::WatchReleaseStream>, Status> {
+        let who = principal(&req)?;
+        let id = convert::promotion_id_field("release_id", &req.get_ref().release_id)?;
+        let changes = self.promotions.watch_release(&who, id).await?;
+        tracing::info!(release = id, "release watch opened");
+        let stream = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::ReceiverStream::new(changes),
+            |change| match change {
+                Ok(r) => Ok(convert::release(&r)),
+                Err(e) => Err(Status::from(e)),
+            },
+        );
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn approve(

@@ -223,6 +223,7 @@ mod tests {
             promotion_id: "7".into(),
             since: None,
             drifted: false,
+            release_id: String::new(),
         };
         assert_eq!(parse(&deployed(&d)).get("drifted"), None);
         d.drifted = true;

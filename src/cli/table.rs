@@ -401,6 +401,9 @@ pub fn deployed(d: &pb::Deployed, repository: &str, now: SystemTime) -> String {
         ("digest", reference(repository, &d.digest)),
         ("promotion", clean(&d.promotion_id)),
     ];
+    if !d.release_id.is_empty() {
+        rows.push(("release", clean(&d.release_id)));
+    }
     if let Some(t) = &d.since {
         rows.push(("since", moment(t, now)));
     }
@@ -540,6 +543,7 @@ mod tests {
             promotion_id: "7".into(),
             since: at(820),
             drifted: false,
+            release_id: String::new(),
         };
         assert!(!deployed(&d, "r/app", now).contains("drifted"));
         d.drifted = true;

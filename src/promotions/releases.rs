@@ -8,12 +8,14 @@ use super::commands::{admit, same_request};
 use super::{Promotions, RequestInput};
 use crate::domain::decision;
 use crate::domain::machine::NewPromotion;
+use crate::domain::model::State;
 use crate::domain::model::{Promotion, PromotionId};
 use crate::domain::names::{Repository, Source};
 use crate::domain::policy::Principal;
 use crate::domain::release::{MAX_COMPONENTS, MIN_COMPONENTS, Release};
 use crate::error::Error;
-use crate::store::{StoredManifest, UnitOfWork};
+use crate::store::{ListFilter, PageRequest, StoredManifest, UnitOfWork};
+use tokio::sync::{broadcast, mpsc};
 
 /// The audit attribute naming the release on each member's entries.
 pub const RELEASE_ATTRIBUTE: &str = "release";
@@ -257,4 +259,121 @@ impl Promotions {
             })
         }
     }
+
+    /// Releases in id order after `after`, matching `environment` and
+    /// `state` (the release's): at most `limit`, from at most
+    /// [`LIST_SCAN`] promotions looked at per call; the cursor to continue
+    /// after (`None` at the end).
+    pub async fn list_releases(
+        &self,
+        environment: Option<String>,
+        state: Option<State>,
+        after: Option<PromotionId>,
+        limit: usize,
+    ) -> Result<(Vec<Release>, Option<PromotionId>), Error> {
+        let mut out = Vec::new();
+        let mut cursor = after;
+        let mut scanned = 0;
+        loop {
+            let page = self
+                .store
+                .list(
+                    ListFilter {
+                        environment: environment.clone(),
+                        ..ListFilter::default()
+                    },
+                    PageRequest {
+                        after: cursor,
+                        limit: LIST_PAGE,
+                        newest_first: false,
+                    },
+                )
+                .await?;
+            for p in &page.items {
+                scanned += 1;
+                cursor = Some(p.id);
+                if p.release_id != Some(p.id) {
+                    continue;
+                }
+                let r = self.release(p.id).await?;
+                if state.is_none_or(|s| r.state() == s) {
+                    out.push(r);
+                    if out.len() == limit {
+                        return Ok((out, cursor));
+                    }
+                }
+            }
+            if !page.more {
+                return Ok((out, None));
+            }
+            if scanned >= LIST_SCAN {
+                return Ok((out, cursor));
+            }
+        }
+    }
+
+    /// The release now, then again whenever one of its members changes,
+    /// until every member has ended; counted as a watch of `who`.
+    pub async fn watch_release(
+        &self,
+        who: &Principal,
+        id: PromotionId,
+    ) -> Result<mpsc::Receiver<Result<Release, Error>>, Error> {
+        let limit = self.config.get().max_watches_per_principal;
+        let slot = self.watches.open(&who.name, limit)?;
+        // Subscribe before reading, so no change between the two is missed.
+        let mut changes = self.store.subscribe();
+        let mut attempts = self.progress.subscribe();
+        let first = self.release(id).await?;
+        let (tx, rx) = mpsc::channel(16);
+        let this = self.clone();
+        let draining = self.draining.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut last = first;
+            if tx.send(Ok(last.clone())).await.is_err() {
+                return;
+            }
+            while !last.members.iter().all(|m| m.state.is_terminal()) {
+                let members: Vec<PromotionId> = last.members.iter().map(|m| m.id).collect();
+                let changed = tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = draining.cancelled() => {
+                        let _ = tx.send(Err(Error::ShuttingDown)).await;
+                        return;
+                    }
+                    change = changes.recv() => match change {
+                        Ok(c) => c.promotion.release_id == Some(id),
+                        Err(broadcast::error::RecvError::Lagged(_)) => true,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                    attempt = attempts.recv() => match attempt {
+                        Ok(n) => members.contains(&n),
+                        Err(broadcast::error::RecvError::Lagged(_)) => true,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                };
+                if !changed {
+                    continue;
+                }
+                let Ok(next) = this.release(id).await else {
+                    return;
+                };
+                if next != last {
+                    last = next;
+                    if tx.send(Ok(last.clone())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
 }
+
+/// Promotions read per store page by `list_releases`.
+const LIST_PAGE: usize = 200;
+/// Promotions looked at per `list_releases` call before it answers a page
+/// that may be short, with a cursor: a listing of a store with few
+/// releases among many promotions stays bounded per call.
+pub const LIST_SCAN: usize = 5000;

@@ -19,13 +19,17 @@ pub(super) struct Watches {
 }
 
 /// One open watch, counted until dropped (when its task ends).
-struct WatchSlot {
+pub(super) struct WatchSlot {
     watches: Arc<Watches>,
     principal: String,
 }
 
 impl Watches {
-    fn open(self: &Arc<Self>, principal: &str, limit: usize) -> Result<WatchSlot, Error> {
+    pub(super) fn open(
+        self: &Arc<Self>,
+        principal: &str,
+        limit: usize,
+    ) -> Result<WatchSlot, Error> {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let n = open.entry(principal.to_owned()).or_default();
         if *n >= limit {
