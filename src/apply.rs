@@ -318,9 +318,7 @@ impl Worker {
             }
             // A release moves as one, from its first member's lane.
             if let Some(rid) = p.release_id {
-                if rid == id {
-                    self.apply_release(rid, stop).await;
-                }
+                self.release_member(rid, id, newest, stop).await;
                 return;
             }
             // While APPROVED, `updated_at` is when it was approved.
@@ -404,6 +402,57 @@ impl Worker {
 }
 
 impl Worker {
+    /// Holds member `id`'s lane while it is APPROVED, so a promotion of the
+    /// same tag approved after it moves after the release (or, newer,
+    /// supersedes the member, as it would a single promotion, which stops
+    /// the release). The release is run again at each change of a member.
+    async fn release_member(
+        &self,
+        rid: PromotionId,
+        id: PromotionId,
+        newest: &mut watch::Receiver<PromotionId>,
+        stop: &CancellationToken,
+    ) {
+        let mut changes = self.store.subscribe();
+        loop {
+            // The first member's lane moves the release; once the first
+            // member is no longer APPROVED (it ended, or still waits), any
+            // member's lane may find the release stopped and record it.
+            let first_approved = rid != id
+                && current(&self.store, rid)
+                    .await
+                    .is_some_and(|f| f.state == State::Approved);
+            if !first_approved {
+                self.apply_release(rid, stop).await;
+            }
+            match current(&self.store, id).await {
+                Some(p) if p.state == State::Approved => {}
+                _ => return,
+            }
+            if *newest.borrow_and_update() > id && give_way(&self.store, id).await {
+                return;
+            }
+            // Until a member changes, or a newer promotion of this tag comes.
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return,
+                    changed = newest.changed() => match changed {
+                        Ok(()) => break,
+                        // The lane is going away: shutting down.
+                        Err(_) => return,
+                    },
+                    change = changes.recv() => match change {
+                        Ok(c) if c.promotion.release_id == Some(rid) => break,
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                }
+            }
+        }
+    }
+
     /// Moves every tag of release `rid` in the order given, once all its
     /// members are approved, then records them all APPLIED in one write.
     /// A move that fails for good (or past the first member's

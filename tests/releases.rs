@@ -623,3 +623,64 @@ async fn the_cli_requests_shows_and_approves_a_release() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("REPOSITORY:SOURCE"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_newer_promotion_of_a_members_tag_supersedes_it_and_stops_the_release() {
+    // shop/web's production needs an e2e check, so the release is held.
+    let (s, digests) = Setup::start_with(|c| {
+        format!(
+            "check_reporters = [\"alice\"]\n{c}\n[[project]]\nname = \"web\"\n\
+             repositories = [\"*/shop/web\"]\n[[project.environment]]\nname = \"production\"\n\
+             required_checks = [\"e2e\"]\n"
+        )
+    })
+    .await;
+    let mut alice = s.server.client("alice").await;
+    let r = alice
+        .request_release(s.request(&["shop/api", "shop/web"], ""))
+        .await
+        .expect("request release")
+        .into_inner();
+    let mut bob = s.server.client("bob").await;
+    bob.approve(approve(&r.id)).await.expect("approve");
+    // A promotion of api of its own, approved after the release: it moves
+    // api's tag, and the release's api member gives way to it.
+    let single = alice
+        .request_promotion(support::request_to(
+            &s.repo("shop/api"),
+            "staging",
+            "production",
+        ))
+        .await
+        .expect("request")
+        .into_inner();
+    bob.approve(approve(&single.id))
+        .await
+        .expect("approve single");
+    wait_for_state(&mut bob, &single.id, PromotionState::Promoted, LIMIT).await;
+    let api = wait_for_state(&mut bob, &r.id, PromotionState::Superseded, LIMIT).await;
+    assert_eq!(api.superseded_by, single.id);
+    assert_eq!(
+        s.registry
+            .tag_digest("shop/api", "production")
+            .await
+            .as_deref(),
+        Some(digests[0].as_str())
+    );
+    // web's check passes: the release does not move, web ends FAILED.
+    alice
+        .report_check(pb::ReportCheckRequest {
+            repository: s.repo("shop/web"),
+            digest: digests[2].clone(),
+            check: "e2e".into(),
+            status: pb::CheckStatus::Passed as i32,
+            details_url: String::new(),
+            comment: String::new(),
+        })
+        .await
+        .expect("report");
+    let web = wait_for_state(&mut bob, &r.members[1].id, PromotionState::Failed, LIMIT).await;
+    assert!(web.failure_message.contains("ended SUPERSEDED"), "{web:?}");
+    assert_eq!(s.registry.tag_digest("shop/web", "production").await, None);
+    assert_eq!(s.release(&r.id).await.state, PromotionState::Failed as i32);
+}
