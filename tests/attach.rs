@@ -8,7 +8,6 @@ mod support;
 
 use prodgate::pb::{AuditAction, HistoryRequest, PromotionState};
 use serde_json::{Value, json};
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -110,29 +109,11 @@ impl Setup {
     }
 
     async fn blob(&self, path: &str, digest: &str) -> Vec<u8> {
-        let r = reqwest::get(self.registry.url(&format!("/v2/{path}/blobs/{digest}")))
-            .await
-            .expect("GET a blob");
-        assert!(r.status().is_success(), "{}", r.status());
-        r.bytes().await.expect("blob body").to_vec()
+        self.registry.blob(path, digest).await
     }
 
     async fn metric(&self, name: &str) -> f64 {
-        let body = reqwest::get(format!("http://{}/metrics", self.metrics))
-            .await
-            .expect("scrape")
-            .text()
-            .await
-            .expect("body");
-        let samples: HashMap<&str, f64> = body
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (k, v) = l.rsplit_once(' ')?;
-                Some((k, v.parse().ok()?))
-            })
-            .collect();
-        samples.get(name).copied().unwrap_or(-1.0)
+        support::metric(&self.metrics, name).await
     }
 
     /// A cosign-3-style Sigstore bundle referring to `digest`, listed in

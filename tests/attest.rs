@@ -10,7 +10,6 @@ mod support;
 
 use prodgate::pb::{AuditAction, HistoryRequest, PromotionState, RollbackRequest};
 use serde_json::{Value, json};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -128,11 +127,7 @@ impl Setup {
     }
 
     async fn blob(&self, path: &str, digest: &str) -> Vec<u8> {
-        let r = reqwest::get(self.registry.url(&format!("/v2/{path}/blobs/{digest}")))
-            .await
-            .expect("GET a blob");
-        assert!(r.status().is_success(), "{}", r.status());
-        r.bytes().await.expect("blob body").to_vec()
+        self.registry.blob(path, digest).await
     }
 
     /// The Statement of `promotion`'s envelope, verified by securesystemslib
@@ -148,21 +143,7 @@ impl Setup {
     }
 
     async fn metric(&self, name: &str) -> f64 {
-        let body = reqwest::get(format!("http://{}/metrics", self.metrics))
-            .await
-            .expect("scrape")
-            .text()
-            .await
-            .expect("body");
-        let samples: HashMap<&str, f64> = body
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (k, v) = l.rsplit_once(' ')?;
-                Some((k, v.parse().ok()?))
-            })
-            .collect();
-        samples.get(name).copied().unwrap_or(-1.0)
+        support::metric(&self.metrics, name).await
     }
 
     /// An attestation as `cosign attest` writes it (a provenance envelope

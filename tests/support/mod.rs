@@ -210,3 +210,22 @@ pub fn python() -> std::path::PathBuf {
     );
     python
 }
+
+/// The value of sample `name` (with its labels, as exposed) at the
+/// Prometheus endpoint `http://{addr}/metrics`; -1 when it is absent.
+pub async fn metric(addr: &str, name: &str) -> f64 {
+    let body = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body");
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k, v.parse::<f64>().ok()?))
+        })
+        .find(|(k, _)| *k == name)
+        .map_or(-1.0, |(_, v)| v)
+}

@@ -283,6 +283,16 @@ impl TestRegistry {
             .unwrap_or_else(|e| format!("<cannot read the registry log: {e}>"))
     }
 
+    /// The blob `digest` of `repo`, read anonymously (an open registry);
+    /// fails the test unless the registry serves it.
+    pub async fn blob(&self, repo: &str, digest: &str) -> Vec<u8> {
+        let r = reqwest::get(self.url(&format!("/v2/{repo}/blobs/{digest}")))
+            .await
+            .expect("GET a blob");
+        assert!(r.status().is_success(), "{}", r.status());
+        r.bytes().await.expect("blob body").to_vec()
+    }
+
     /// Monolithic blob upload; returns `sha256:<hex>`.
     pub async fn push_blob(&self, repo: &str, data: &[u8]) -> String {
         self.upload_blob(repo, data.to_vec()).await
