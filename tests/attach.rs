@@ -92,7 +92,7 @@ impl Setup {
         let tag = digest.replace("sha256:", "sha256-");
         let deadline = Instant::now() + LIMIT;
         loop {
-            if let Some((content_type, bytes)) = self.registry.manifest(path, &tag).await {
+            if let Some((content_type, bytes)) = self.registry.manifest_polled(path, &tag).await {
                 assert_eq!(content_type, OCI_INDEX);
                 let index: Value = serde_json::from_slice(&bytes).expect("index JSON");
                 if record_entry(&index, promotion).is_some() {

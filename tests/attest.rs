@@ -110,7 +110,7 @@ impl Setup {
         let tag = format!("{}.att", digest.replace("sha256:", "sha256-"));
         let deadline = Instant::now() + LIMIT;
         loop {
-            if let Some((content_type, bytes)) = self.registry.manifest(path, &tag).await {
+            if let Some((content_type, bytes)) = self.registry.manifest_polled(path, &tag).await {
                 assert_eq!(content_type, OCI_MANIFEST);
                 let manifest: Value = serde_json::from_slice(&bytes).expect("manifest JSON");
                 if layer_of(&manifest, promotion).is_some() {

@@ -465,6 +465,23 @@ impl TestRegistry {
 
     /// The manifest's content type and exact bytes; `None` if the registry answers 404.
     pub async fn manifest(&self, repo: &str, reference: &str) -> Option<(String, Vec<u8>)> {
+        self.get_manifest(repo, reference, false).await
+    }
+
+    /// As [`TestRegistry::manifest`], for polling a tag another process is
+    /// writing: Distribution's filesystem driver answers a read that meets
+    /// the write with a 500 ("unknown error"), which is `None` here too (the
+    /// caller polls again, within its deadline).
+    pub async fn manifest_polled(&self, repo: &str, reference: &str) -> Option<(String, Vec<u8>)> {
+        self.get_manifest(repo, reference, true).await
+    }
+
+    async fn get_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        polled: bool,
+    ) -> Option<(String, Vec<u8>)> {
         let url = self.manifest_url(repo, reference);
         let resp = self
             .request(Method::GET, &url, repo)
@@ -472,7 +489,7 @@ impl TestRegistry {
             .send()
             .await
             .expect("GET a manifest");
-        if resp.status() == StatusCode::NOT_FOUND {
+        if resp.status() == StatusCode::NOT_FOUND || (polled && resp.status().is_server_error()) {
             return None;
         }
         let resp = expect_status(resp, StatusCode::OK, format!("GET {url}")).await;
