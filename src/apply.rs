@@ -23,6 +23,13 @@
 //! clock) ends FAILED with the last error, unless a final read of the tag
 //! finds the digest already there (a push whose answer was lost), which
 //! records it as applied.
+//!
+//! A release's members wait in their tags' lanes like any promotion; once
+//! every member is approved and its lane holds it ([`Held`]), the first
+//! member's lane moves all the tags in order and records them in one
+//! write (or moves back what moved and records them all FAILED). A
+//! supersession of a member supersedes its whole release in the same
+//! write.
 
 use crate::backoff::{Delays, jitter};
 use crate::clock::Clock;
@@ -34,7 +41,7 @@ use crate::domain::release::{self, Turn};
 use crate::error::Error;
 use crate::registry::{Manifest, Moved, Registry, RegistryError};
 use crate::store::{Store, UnitOfWork};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -155,6 +162,7 @@ pub async fn run(
             clock: settings.clock,
             progress: settings.progress,
             tags: settings.tags,
+            held: Held::default(),
         },
         stop: stop.clone(),
         lanes: HashMap::new(),
@@ -165,12 +173,8 @@ pub async fn run(
         tokio::select! {
             _ = stop.cancelled() => break,
             change = changes.recv() => match change {
-                // A member's change may be another member's turn.
-                Ok(c) if c.promotion.release_id.is_some() => {
-                    if let Some(rid) = c.promotion.release_id {
-                        lanes.enqueue_release(rid).await;
-                    }
-                }
+                // A release member too: it waits for its release's turn
+                // in its lane, where its siblings' changes reach it.
                 Ok(c) if c.promotion.state == State::Approved => lanes.enqueue(&c.promotion),
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -199,6 +203,56 @@ struct Worker {
     clock: Arc<dyn Clock>,
     progress: Progress,
     tags: TagLocks,
+    held: Held,
+}
+
+/// The release members their lanes hold now: each at the head of its
+/// tag's lane, waiting for its release's turn. A release moves only once
+/// its lanes hold every member it moves, so a release never moves a tag
+/// whose lane is still busy with another promotion: two releases (or a
+/// release and a single promotion) sharing a tag move one after the other,
+/// in the order they reached its lane. (Waiting cannot go round in a
+/// circle: a member queued behind an older promotion of its tag makes that
+/// one give way, as a newer approval always does.)
+#[derive(Clone, Default)]
+struct Held {
+    ids: Arc<Mutex<HashSet<PromotionId>>>,
+    /// Bumped at every change of `ids`.
+    changed: Arc<watch::Sender<()>>,
+}
+
+impl Held {
+    fn ids(&self) -> std::sync::MutexGuard<'_, HashSet<PromotionId>> {
+        self.ids.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Holds `id` until the guard is dropped.
+    fn hold(&self, id: PromotionId) -> Holding {
+        self.ids().insert(id);
+        self.changed.send_modify(|_| {});
+        Holding {
+            held: self.clone(),
+            id,
+        }
+    }
+
+    fn all(&self, members: &[&Promotion]) -> bool {
+        let ids = self.ids();
+        members.iter().all(|m| ids.contains(&m.id))
+    }
+}
+
+/// A member held by its lane; let go when dropped.
+struct Holding {
+    held: Held,
+    id: PromotionId,
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        self.held.ids().remove(&self.id);
+        self.held.changed.send_modify(|_| {});
+    }
 }
 
 /// One repository environment's queue, and the newest promotion approved
@@ -225,19 +279,6 @@ impl Lanes {
                 }
             }
             Err(e) => tracing::error!(error = %e, "cannot list approved promotions"),
-        }
-    }
-
-    /// The APPROVED members of release `rid`, each to its lane (where it
-    /// waits for its turn: [`crate::domain::release::turn`]).
-    async fn enqueue_release(&mut self, rid: PromotionId) {
-        match self.worker.store.release_members(rid).await {
-            Ok(members) => {
-                for m in members.iter().filter(|m| m.state == State::Approved) {
-                    self.enqueue(m);
-                }
-            }
-            Err(e) => tracing::error!(release = rid, error = %e, "cannot read a release's members"),
         }
     }
 
@@ -414,6 +455,10 @@ impl Worker {
         stop: &CancellationToken,
     ) {
         let mut changes = self.store.subscribe();
+        // Subscribed before holding: the first member's lane sees every
+        // member its siblings' lanes hold from now on.
+        let mut held = self.held.changed.subscribe();
+        let _holding = self.held.hold(id);
         loop {
             // The first member's lane moves the release; once the first
             // member is no longer APPROVED (it ended, or still waits), any
@@ -448,6 +493,8 @@ impl Worker {
                         Err(broadcast::error::RecvError::Lagged(_)) => break,
                         Err(broadcast::error::RecvError::Closed) => return,
                     },
+                    // Another member held: maybe the release's turn.
+                    Ok(()) = held.changed(), if id == rid => break,
                 }
             }
         }
@@ -487,6 +534,12 @@ impl Worker {
             .iter()
             .filter(|m| m.state == State::Approved)
             .collect();
+        if !self.held.all(&moving) {
+            // A member's lane is still busy with an earlier promotion of
+            // its tag; that lane holds it once done, which brings the
+            // release back here.
+            return;
+        }
         let deadline = moving.first().and_then(|p| {
             self.config
                 .get()
@@ -696,14 +749,10 @@ async fn give_way(store: &Store, id: PromotionId) -> bool {
                 .open_promotions(&p.repository, &p.environment)?
                 .into_iter()
                 .rfind(|o| o.id > id && o.state == State::Approved);
-            let outcome = newer.and_then(|n| {
-                let now = tx.now();
-                machine::supersede(&p, &n, now)
-            });
-            match outcome {
-                Some(o) => {
-                    tx.commit(&o.promotion, o.event)?;
-                    Ok::<_, Error>(true)
+            match newer {
+                Some(n) => {
+                    let now = tx.now();
+                    supersede(tx, &p, &n, now)
                 }
                 None => Ok(false),
             }
@@ -787,9 +836,7 @@ async fn record_release(store: &Store, rid: PromotionId, outcome: ReleaseOutcome
     let written = store
         .write(move |tx: &mut dyn UnitOfWork| {
             let now = tx.now();
-            let mut id = rid;
-            while let Some(p) = tx.get(id)?.filter(|p| p.release_id == Some(rid)) {
-                id += 1;
+            for p in members_in(tx, rid)? {
                 if p.state != State::Approved {
                     continue;
                 }
@@ -803,24 +850,15 @@ async fn record_release(store: &Store, rid: PromotionId, outcome: ReleaseOutcome
                     }
                     Err((message, _)) => machine::apply_failed(&p, message, now)?,
                 };
-                if let Some(e) = o.event.as_mut() {
-                    e.attributes.insert("release".into(), rid.to_string());
-                    if let Err((_, undone)) = &outcome
-                        && let Some((_, what)) = undone.iter().find(|(m, _)| *m == p.id)
-                    {
-                        e.attributes.insert("compensation".into(), what.clone());
-                    }
+                release::mark(&mut o);
+                if let (Some(e), Err((_, undone))) = (o.event.as_mut(), &outcome)
+                    && let Some((_, what)) = undone.iter().find(|(m, _)| *m == p.id)
+                {
+                    e.attributes.insert("compensation".into(), what.clone());
                 }
                 tx.commit(&o.promotion, o.event)?;
                 if o.promotion.state == State::Promoted {
-                    for older in tx.open_promotions(&p.repository, &p.environment)? {
-                        if older.release_id == Some(rid) {
-                            continue;
-                        }
-                        if let Some(s) = machine::supersede(&older, &o.promotion, now) {
-                            tx.commit(&s.promotion, s.event)?;
-                        }
-                    }
+                    supersede_older(tx, &o.promotion, now)?;
                 }
             }
             Ok::<_, Error>(())
@@ -845,11 +883,7 @@ async fn record(store: &Store, id: PromotionId, outcome: Result<Moved, String>) 
             };
             tx.commit(&o.promotion, o.event)?;
             if o.promotion.state == State::Promoted {
-                for older in tx.open_promotions(&p.repository, &p.environment)? {
-                    if let Some(s) = machine::supersede(&older, &o.promotion, now) {
-                        tx.commit(&s.promotion, s.event)?;
-                    }
-                }
+                supersede_older(tx, &o.promotion, now)?;
             }
             Ok::<_, Error>(())
         })
@@ -858,4 +892,51 @@ async fn record(store: &Store, id: PromotionId, outcome: Result<Moved, String>) 
         // The promotion stays APPROVED and is applied again after a restart.
         tracing::error!(promotion = id, error = %e, "cannot record the tag move");
     }
+}
+
+/// The members of release `rid` as the write job `tx` sees them, in
+/// order (their ids follow one another from `rid`).
+fn members_in(tx: &dyn UnitOfWork, rid: PromotionId) -> Result<Vec<Promotion>, Error> {
+    let mut members = Vec::new();
+    let mut id = rid;
+    while let Some(p) = tx.get(id)?.filter(|p| p.release_id == Some(rid)) {
+        members.push(p);
+        id += 1;
+    }
+    Ok(members)
+}
+
+/// Supersedes, in `tx`, every promotion of `applied`'s tag older than it
+/// and still open (none of its own release's: they are recorded with it).
+fn supersede_older(tx: &mut dyn UnitOfWork, applied: &Promotion, now: Time) -> Result<(), Error> {
+    for older in tx.open_promotions(&applied.repository, &applied.environment)? {
+        if older.release_id.is_none() || older.release_id != applied.release_id {
+            supersede(tx, &older, applied, now)?;
+        }
+    }
+    Ok(())
+}
+
+/// Supersedes `older` by `newer` of the same tag in `tx`, and with it every
+/// other open member of `older`'s release, if it is one's (a release
+/// superseded in any member is superseded whole). Whether `older` was.
+fn supersede(
+    tx: &mut dyn UnitOfWork,
+    older: &Promotion,
+    newer: &Promotion,
+    now: Time,
+) -> Result<bool, Error> {
+    let Some(mut o) = machine::supersede(older, newer, now) else {
+        return Ok(false);
+    };
+    release::mark(&mut o);
+    tx.commit(&o.promotion, o.event)?;
+    if let Some(rid) = older.release_id {
+        for sibling in members_in(tx, rid)? {
+            if let Some(s) = release::superseded_with(&sibling, &o.promotion, newer, now) {
+                tx.commit(&s.promotion, s.event)?;
+            }
+        }
+    }
+    Ok(true)
 }

@@ -14,6 +14,7 @@ use support::registry::TestRegistry;
 use support::server::{TestServer, standard_config};
 use support::{approve, history, wait_for_state};
 use tonic::Code;
+use tonic_types::StatusExt;
 
 const LIMIT: Duration = Duration::from_secs(30);
 const PATHS: [&str; 3] = ["shop/api", "shop/worker", "shop/web"];
@@ -276,14 +277,29 @@ async fn a_refused_component_refuses_the_release_and_records_nothing() {
         .expect_err("twice");
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("components[1] repeats"), "{e:?}");
-    // A component not in staging (its source, the prerequisite's tag, does
-    // not exist): refused as its own request would be, naming it.
+    // Components not in staging (their source, the prerequisite's tag, does
+    // not exist): refused as their own requests would be, one blocker per
+    // component, each under its repository.
     let e = alice
-        .request_release(s.request(&["shop/api", "shop/missing"], ""))
+        .request_release(s.request(&["shop/missing", "shop/api", "shop/gone"], ""))
         .await
         .expect_err("a missing source");
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     assert!(e.message().contains("shop/missing"), "{e:?}");
+    let violations: Vec<(String, String)> = e
+        .get_details_precondition_failure()
+        .expect("a PreconditionFailure")
+        .violations
+        .into_iter()
+        .map(|v| (v.r#type, v.subject))
+        .collect();
+    assert_eq!(
+        violations,
+        [
+            ("prerequisite".to_owned(), s.repo("shop/missing")),
+            ("prerequisite".to_owned(), s.repo("shop/gone")),
+        ]
+    );
     // A malformed component is named by its index.
     let mut bad = s.request(&PATHS[..2], "");
     bad.components[1].source = "no such tag!".into();
@@ -625,7 +641,7 @@ async fn the_cli_requests_shows_and_approves_a_release() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-async fn a_newer_promotion_of_a_members_tag_supersedes_it_and_stops_the_release() {
+async fn a_newer_promotion_of_a_members_tag_supersedes_the_whole_release() {
     // shop/web's production needs an e2e check, so the release is held.
     let (s, digests) = Setup::start_with(|c| {
         format!(
@@ -667,20 +683,135 @@ async fn a_newer_promotion_of_a_members_tag_supersedes_it_and_stops_the_release(
             .as_deref(),
         Some(digests[0].as_str())
     );
-    // web's check passes: the release does not move, web ends FAILED.
-    alice
-        .report_check(pb::ReportCheckRequest {
-            repository: s.repo("shop/web"),
-            digest: digests[2].clone(),
-            check: "e2e".into(),
-            status: pb::CheckStatus::Passed as i32,
-            details_url: String::new(),
-            comment: String::new(),
-        })
-        .await
-        .expect("report");
-    let web = wait_for_state(&mut bob, &r.members[1].id, PromotionState::Failed, LIMIT).await;
-    assert!(web.failure_message.contains("ended SUPERSEDED"), "{web:?}");
+    // Superseded in one member, the release is superseded whole, in the
+    // same write: web, still waiting for its check, ends with it.
+    let web = s.release(&r.id).await.members[1].clone();
+    assert_eq!(web.state, PromotionState::Superseded as i32, "{web:?}");
+    assert_eq!(web.superseded_by, single.id);
+    assert_eq!(
+        s.release(&r.id).await.state,
+        PromotionState::Superseded as i32
+    );
+    let entries = history(
+        &mut bob,
+        HistoryRequest {
+            promotion_id: web.id.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let last = entries.last().expect("entries");
+    assert_eq!(last.action, pb::AuditAction::Superseded as i32);
+    assert_eq!(last.attributes["release"], r.id);
+    assert!(
+        last.comment.contains(&format!("member {} ", r.id)),
+        "{last:?}"
+    );
+    let api_entry = history(
+        &mut bob,
+        HistoryRequest {
+            promotion_id: r.id.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        api_entry.last().expect("entries").sequence + 1,
+        last.sequence,
+        "both supersessions are one write"
+    );
     assert_eq!(s.registry.tag_digest("shop/web", "production").await, None);
-    assert_eq!(s.release(&r.id).await.state, PromotionState::Failed as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn two_releases_sharing_a_tag_move_one_after_the_other() {
+    use support::proxy::{Fault, FaultProxy};
+    let registry = TestRegistry::start().await;
+    let proxy = FaultProxy::start(&registry.host).await;
+    let mut digests = Vec::new();
+    for (i, path) in PATHS.iter().enumerate() {
+        digests.push(
+            registry
+                .push_image(path, Some("staging"), 512, 60 + i as u64)
+                .await,
+        );
+    }
+    let server = TestServer::start(&standard_config(&proxy.host));
+    let s = Setup { registry, server };
+    let through = |paths: &[&str]| {
+        let mut req = s.request(paths, "");
+        for (c, path) in req.components.iter_mut().zip(paths) {
+            c.repository = format!("{}/{path}", proxy.host);
+        }
+        req
+    };
+    let mut alice = s.server.client("alice").await;
+    let mut bob = s.server.client("bob").await;
+    // Release A moves api, then worker, whose move hangs a while.
+    proxy.inject(
+        "PUT",
+        "/shop/worker/manifests/production",
+        Fault::Delay(Duration::from_secs(4)),
+        1,
+    );
+    let a = alice
+        .request_release(through(&["shop/api", "shop/worker"]))
+        .await
+        .expect("request A")
+        .into_inner();
+    bob.approve(approve(&a.id)).await.expect("approve A");
+    let deadline = std::time::Instant::now() + LIMIT;
+    while s
+        .registry
+        .tag_digest("shop/api", "production")
+        .await
+        .is_none()
+    {
+        assert!(std::time::Instant::now() < deadline, "A never moved api");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Meanwhile a newer api reaches staging, and release B (web, then api)
+    // is approved: its api waits for A's lane, so B moves after A.
+    let api2 = s
+        .registry
+        .push_image("shop/api", Some("staging"), 512, 70)
+        .await;
+    let b = alice
+        .request_release(through(&["shop/web", "shop/api"]))
+        .await
+        .expect("request B")
+        .into_inner();
+    assert_eq!(
+        s.release(&a.id).await.state,
+        PromotionState::Approved as i32,
+        "A still moving"
+    );
+    bob.approve(approve(&b.id)).await.expect("approve B");
+    for m in a.members.iter().chain(&b.members) {
+        wait_for_state(&mut bob, &m.id, PromotionState::Promoted, LIMIT).await;
+    }
+    // Each tag carries what the record says moved it last.
+    let carried = [api2.as_str(), digests[1].as_str(), digests[2].as_str()];
+    for (path, digest) in PATHS.iter().zip(carried) {
+        assert_eq!(
+            s.registry.tag_digest(path, "production").await.as_deref(),
+            Some(digest),
+            "{path}"
+        );
+    }
+    let applied: Vec<pb::AuditEntry> = history(&mut bob, HistoryRequest::default())
+        .await
+        .into_iter()
+        .filter(|e| e.action == pb::AuditAction::Applied as i32)
+        .collect();
+    let ids: Vec<&str> = applied.iter().map(|e| e.promotion_id.as_str()).collect();
+    let order: Vec<&str> = a
+        .members
+        .iter()
+        .chain(&b.members)
+        .map(|m| m.id.as_str())
+        .collect();
+    assert_eq!(ids, order, "A recorded whole, then B");
+    // B's api moved from A's api.
+    assert_eq!(applied[3].previous_digest, digests[0]);
 }

@@ -442,7 +442,7 @@ mod via_decision {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     use crate::domain::policy::Approver;
@@ -485,7 +485,9 @@ mod tests {
         }
     }
 
-    fn pending(required: u32) -> Promotion {
+    /// A promotion of r.io/app to production, PENDING_APPROVAL (for other
+    /// modules' tests too).
+    pub(crate) fn pending(required: u32) -> Promotion {
         let new = NewPromotion {
             repository: "r.io/app".into(),
             environment: "production".into(),

@@ -3,7 +3,59 @@
 //! id ([`Promotion::release_id`], the first member's id), and everything a
 //! release shows is derived from them here.
 
-use super::model::{Approval, Promotion, PromotionId, State, Time};
+use super::machine::{self, Outcome};
+use super::model::{Action, Approval, Promotion, PromotionId, SERVICE_ACTOR, State, Time};
+
+/// The audit attribute naming the release on each member's entries.
+pub const RELEASE_ATTRIBUTE: &str = "release";
+
+/// Names the release on `o`'s entry when its promotion is a member of one.
+pub fn mark(o: &mut Outcome) {
+    if let (Some(rid), Some(e)) = (o.promotion.release_id, o.event.as_mut()) {
+        e.attributes
+            .insert(RELEASE_ATTRIBUTE.to_owned(), rid.to_string());
+    }
+}
+
+/// A release superseded in any member is superseded whole: `sibling`, an
+/// open member of the release `member` belongs to, ends SUPERSEDED with
+/// it, by the same `newer` promotion (of `member`'s tag). `None` when
+/// `sibling` is no open member of that release.
+pub fn superseded_with(
+    sibling: &Promotion,
+    member: &Promotion,
+    newer: &Promotion,
+    now: Time,
+) -> Option<Outcome> {
+    let open = !sibling.state.is_terminal();
+    let same_release = sibling.release_id.is_some() && sibling.release_id == member.release_id;
+    if !open || !same_release || sibling.id == member.id {
+        return None;
+    }
+    let mut next = sibling.clone();
+    next.state = State::Superseded;
+    next.superseded_by = Some(newer.id);
+    next.updated_at = now;
+    let comment = format!(
+        "superseded with its release {}: member {} ({}) was superseded by promotion {} ({})",
+        member.release_id.unwrap_or(member.id),
+        member.id,
+        member.repository,
+        newer.id,
+        newer.digest
+    );
+    let mut o = Outcome {
+        event: Some(machine::entry(
+            &next,
+            Action::Superseded,
+            SERVICE_ACTOR,
+            &comment,
+        )),
+        promotion: next,
+    };
+    mark(&mut o);
+    Some(o)
+}
 
 /// The fewest components a release has (one is a promotion).
 pub const MIN_COMPONENTS: usize = 2;
@@ -157,6 +209,57 @@ mod tests {
         assert_eq!(state_of([Promoted, Superseded]), Superseded);
         assert_eq!(state_of([Cancelled, Cancelled]), Cancelled);
         assert_eq!(state_of([Approved, Expired]), Expired);
+    }
+
+    #[test]
+    fn a_member_superseded_takes_its_open_siblings_with_it() {
+        let now = Time {
+            seconds: 1_800_000_000,
+            nanos: 0,
+        };
+        let member = |id: PromotionId, repo: &str, state: State| Promotion {
+            id,
+            repository: repo.into(),
+            state,
+            release_id: Some(7),
+            ..machine::tests::pending(1)
+        };
+        let newer = Promotion {
+            release_id: None,
+            digest: "sha256:2".into(),
+            ..member(20, "reg.test/api", Approved)
+        };
+        let api = member(7, "reg.test/api", Superseded);
+        let web = member(8, "reg.test/web", Waiting);
+        let o = superseded_with(&web, &api, &newer, now).expect("an open sibling");
+        assert_eq!(o.promotion.state, Superseded);
+        assert_eq!(o.promotion.superseded_by, Some(20));
+        let e = o.event.expect("an entry");
+        assert_eq!(e.action, Action::Superseded);
+        assert_eq!(e.attributes[RELEASE_ATTRIBUTE], "7");
+        assert!(
+            e.comment.contains("member 7 (reg.test/api)"),
+            "{}",
+            e.comment
+        );
+        // Not a sibling, already ended, or the member itself: nothing.
+        let mut other = member(9, "reg.test/db", Approved);
+        other.release_id = Some(9);
+        assert_eq!(superseded_with(&other, &api, &newer, now), None);
+        assert_eq!(
+            superseded_with(&member(8, "reg.test/web", Promoted), &api, &newer, now),
+            None
+        );
+        assert_eq!(superseded_with(&api, &api, &newer, now), None);
+        let single = Promotion {
+            release_id: None,
+            ..member(8, "reg.test/web", Approved)
+        };
+        let lone = Promotion {
+            release_id: None,
+            ..api.clone()
+        };
+        assert_eq!(superseded_with(&single, &lone, &newer, now), None);
     }
 
     #[test]

@@ -385,14 +385,7 @@ impl Promotions {
                         let p = match o {
                             Err(done) => done,
                             Ok(mut o) => {
-                                if let (Some(rid), Some(e)) =
-                                    (o.promotion.release_id, o.event.as_mut())
-                                {
-                                    e.attributes.insert(
-                                        super::releases::RELEASE_ATTRIBUTE.to_owned(),
-                                        rid.to_string(),
-                                    );
-                                }
+                                crate::domain::release::mark(&mut o);
                                 // A repeated approval has no event; commit
                                 // writes nothing then.
                                 tx.commit(&o.promotion, o.event)?;

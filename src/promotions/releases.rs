@@ -12,13 +12,10 @@ use crate::domain::model::State;
 use crate::domain::model::{Promotion, PromotionId};
 use crate::domain::names::{Repository, Source};
 use crate::domain::policy::Principal;
-use crate::domain::release::{MAX_COMPONENTS, MIN_COMPONENTS, Release};
+use crate::domain::release::{self, MAX_COMPONENTS, MIN_COMPONENTS, Release};
 use crate::error::Error;
 use crate::store::{ListFilter, PageRequest, StoredManifest, UnitOfWork};
 use tokio::sync::{broadcast, mpsc};
-
-/// The audit attribute naming the release on each member's entries.
-pub const RELEASE_ATTRIBUTE: &str = "release";
 
 /// A validated RequestRelease.
 #[derive(Debug, Clone)]
@@ -117,11 +114,17 @@ impl Promotions {
             return self.same_release(first.id, &input).await;
         }
         let mut pinned = Vec::with_capacity(members.len());
+        // Every component's blockers, not only the first one's.
+        let mut blocked = Blocked::default();
         for (member, project, policy) in members {
             let all_gates = policy.required_approvals == 0;
-            let (manifest, facts) = self
+            let facts = self
                 .request_facts(&config, &member, &policy, all_gates)
-                .await?;
+                .await;
+            let Some((manifest, facts)) = blocked.take(facts, &member.repository.to_string())?
+            else {
+                continue;
+            };
             let new = NewPromotion {
                 project,
                 repository: member.repository.to_string(),
@@ -138,6 +141,7 @@ impl Promotions {
             };
             pinned.push((new, stored, facts, policy));
         }
+        blocked.refuse()?;
         let mut changes = self.store.subscribe();
         let job_config = config.clone();
         let (break_glass, request_id, retry) =
@@ -155,17 +159,19 @@ impl Promotions {
                 // Decided before anything is committed: one refusal records
                 // nothing.
                 let mut decided = Vec::with_capacity(pinned.len());
+                let mut blocked = Blocked::default();
                 for (i, (new, _, facts, policy)) in pinned.iter().enumerate() {
                     let f = facts.facts(policy, &job_config.policy.digest, now);
                     let id = release_id + i as PromotionId;
-                    let mut o = decision::request(id, new.clone(), &who, break_glass, &f)?;
-                    o.promotion.release_id = Some(release_id);
-                    if let Some(e) = o.event.as_mut() {
-                        e.attributes
-                            .insert(RELEASE_ATTRIBUTE.to_owned(), release_id.to_string());
+                    let o = decision::request(id, new.clone(), &who, break_glass, &f)
+                        .map_err(Error::from);
+                    if let Some(mut o) = blocked.take(o, &new.repository)? {
+                        o.promotion.release_id = Some(release_id);
+                        release::mark(&mut o);
+                        decided.push(o);
                     }
-                    decided.push(o);
                 }
+                blocked.refuse()?;
                 let mut members = Vec::with_capacity(decided.len());
                 for ((_, stored, _, _), o) in pinned.iter().zip(decided) {
                     if tx.next_id() != o.promotion.id {
@@ -377,3 +383,38 @@ const LIST_PAGE: usize = 200;
 /// that may be short, with a cursor: a listing of a store with few
 /// releases among many promotions stays bounded per call.
 pub const LIST_SCAN: usize = 5000;
+
+/// The blockers of a release's components, gathered so that one refusal
+/// names them all, each under its component's repository (the subject a
+/// blocker of a single request has before its promotion exists).
+#[derive(Default)]
+struct Blocked(Vec<crate::error::Blocker>);
+
+impl Blocked {
+    /// `result`'s value; its blockers kept under `repository` (then
+    /// `None`); any other error returned at once.
+    fn take<T>(&mut self, result: Result<T, Error>, repository: &str) -> Result<Option<T>, Error> {
+        match result {
+            Ok(v) => Ok(Some(v)),
+            Err(Error::Blocked(blockers)) => {
+                self.0.extend(blockers.into_iter().map(|mut b| {
+                    if b.subject.is_empty() {
+                        b.subject = repository.to_owned();
+                    }
+                    b
+                }));
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The refusal naming every blocker kept, if any.
+    fn refuse(self) -> Result<(), Error> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Blocked(self.0))
+        }
+    }
+}
