@@ -788,6 +788,7 @@ async fn record_release(store: &Store, rid: PromotionId, outcome: ReleaseOutcome
         .write(move |tx: &mut dyn UnitOfWork| {
             let now = tx.now();
             let mut id = rid;
+            let mut promoted = Vec::new();
             while let Some(p) = tx.get(id)?.filter(|p| p.release_id == Some(rid)) {
                 id += 1;
                 if p.state != State::Approved {
@@ -813,13 +814,18 @@ async fn record_release(store: &Store, rid: PromotionId, outcome: ReleaseOutcome
                 }
                 tx.commit(&o.promotion, o.event)?;
                 if o.promotion.state == State::Promoted {
-                    for older in tx.open_promotions(&p.repository, &p.environment)? {
-                        if older.release_id == Some(rid) {
-                            continue;
-                        }
-                        if let Some(s) = machine::supersede(&older, &o.promotion, now) {
-                            tx.commit(&s.promotion, s.event)?;
-                        }
+                    promoted.push(o.promotion);
+                }
+            }
+            // After every member's entry, so that the release's entries
+            // follow one another (notifiers show them as one step).
+            for newer in &promoted {
+                for older in tx.open_promotions(&newer.repository, &newer.environment)? {
+                    if older.release_id == Some(rid) {
+                        continue;
+                    }
+                    if let Some(s) = machine::supersede(&older, newer, now) {
+                        tx.commit(&s.promotion, s.event)?;
                     }
                 }
             }
