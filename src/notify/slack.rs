@@ -462,6 +462,8 @@ pub async fn run(
             Ok(step) => {
                 let job = match step.release {
                     None => job_of(step.first()),
+                    // A release that needs no approval has no message.
+                    Some(_) if step.first().promotion.required_approvals == 0 => None,
                     Some(rid) => {
                         // A request holds every member; a later step is
                         // shown with the whole.

@@ -113,6 +113,10 @@ pub struct Steps {
     ready: VecDeque<Step>,
     /// A change received whose release's last member is being read.
     held: Option<Change>,
+    /// When the open step ends if no change comes: a deadline rather than
+    /// a timeout per call, so calls cancelled by a `select!` (a drift
+    /// record arriving) do not put it off.
+    quiet: tokio::time::Instant,
 }
 
 impl Steps {
@@ -124,6 +128,7 @@ impl Steps {
             gather: Gather::default(),
             ready: VecDeque::new(),
             held: None,
+            quiet: tokio::time::Instant::now(),
         }
     }
 
@@ -138,11 +143,12 @@ impl Steps {
                 let last = self.last_member(c.promotion.release_id).await;
                 if let Some(c) = self.held.take() {
                     self.ready.extend(self.gather.push(c, last));
+                    self.quiet = tokio::time::Instant::now() + QUIET;
                 }
                 continue;
             }
             let received = if self.gather.is_open() {
-                match tokio::time::timeout(QUIET, self.changes.recv()).await {
+                match tokio::time::timeout_at(self.quiet, self.changes.recv()).await {
                     Ok(r) => r,
                     Err(_) => {
                         self.ready.extend(self.gather.flush());
@@ -273,6 +279,45 @@ pub(crate) mod tests {
         // Without the member count, a change of another action, another
         // promotion or an earlier member ends the step just as well.
         assert_eq!(steps(seq, false), want);
+    }
+
+    /// A stream whose release 10 the store does not know (so its member
+    /// count cannot be read), read while another source ticks faster than
+    /// [`QUIET`]: the open step still ends after a quiet period, and the
+    /// single change after it follows.
+    #[tokio::test]
+    async fn without_the_member_count_a_step_ends_when_the_stream_is_quiet() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::sled::open(
+            &dir.path().join("data"),
+            std::sync::Arc::new(crate::clock::SystemClock),
+        )
+        .expect("sled");
+        let (tx, rx) = broadcast::channel(16);
+        let mut steps = Steps::new(rx, store);
+        for id in [10, 11] {
+            tx.send(change(id, Some(10), Action::Approved))
+                .expect("sent");
+        }
+        let mut ticks = tokio::time::interval(QUIET / 5);
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while got.len() < 2 {
+            tokio::select! {
+                s = steps.next() => {
+                    let s = s.expect("a step");
+                    got.push(s.changes.iter().map(|c| c.promotion.id).collect::<Vec<_>>());
+                    if got.len() == 1 {
+                        tx.send(change(13, None, Action::Requested)).expect("sent");
+                    }
+                }
+                _ = ticks.tick() => {}
+                _ = tokio::time::sleep_until(deadline) => panic!("no steps in time: {got:?}"),
+            }
+        }
+        assert_eq!(got, [vec![10, 11], vec![13]]);
+        drop(tx);
+        assert!(steps.next().await.is_err(), "closed");
     }
 
     #[test]
