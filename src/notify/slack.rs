@@ -61,7 +61,7 @@ fn client() -> Result<reqwest::Client, reqwest::Error> {
 /// What a message is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Subject {
-    One(Promotion),
+    One(Box<Promotion>),
     Release(Release),
 }
 
@@ -97,7 +97,9 @@ fn job_of(c: &Change) -> Option<Job> {
     let p = &c.promotion;
     let e = &c.entry.event;
     match e.action {
-        Action::Requested if p.required_approvals > 0 => Some(Job::Post(Subject::One(p.clone()))),
+        Action::Requested if p.required_approvals > 0 => {
+            Some(Job::Post(Subject::One(Box::new(p.clone()))))
+        }
         Action::Requested => None,
         Action::Approved
         | Action::GatesPassed
@@ -107,7 +109,7 @@ fn job_of(c: &Change) -> Option<Job> {
         | Action::Cancelled
         | Action::Expired
         | Action::Superseded => Some(Job::Update(
-            Subject::One(p.clone()),
+            Subject::One(Box::new(p.clone())),
             status(e.action, p, &e.actor, &e.comment),
         )),
         Action::CheckReported
@@ -804,7 +806,7 @@ pub(crate) mod tests {
         let p = promotion(State::PendingApproval);
         assert_eq!(
             job_of(&change(Action::Requested, p.clone())),
-            Some(Job::Post(Subject::One(p.clone())))
+            Some(Job::Post(Subject::One(Box::new(p.clone()))))
         );
         let free = Promotion {
             required_approvals: 0,
