@@ -239,7 +239,7 @@ fn notification(event: NotifyEvent, c: &Change) -> Notification {
 /// the event, and `members` holds every member entry of the step.
 pub fn step_notifications(step: &Step) -> Vec<(NotifyEvent, Notification)> {
     let mut events: Vec<(NotifyEvent, &Change)> = Vec::new();
-    for c in &step.changes {
+    for c in step.changes() {
         for e in events_of(c) {
             if !events.iter().any(|(seen, _)| *seen == e) {
                 events.push((e, c));
@@ -250,8 +250,8 @@ pub fn step_notifications(step: &Step) -> Vec<(NotifyEvent, Notification)> {
         .into_iter()
         .map(|(event, c)| {
             let mut n = notification(event, c);
-            if step.release.is_some() {
-                n.members = step.changes.iter().map(Member::of).collect();
+            if step.release().is_some() {
+                n.members = step.changes().iter().map(Member::of).collect();
             }
             (event, n)
         })
@@ -604,10 +604,7 @@ mod tests {
         }
         // The last member still waits for a check.
         changes[2].promotion.state = State::Waiting;
-        let step = Step {
-            release: Some(10),
-            changes,
-        };
+        let step = Step::new(Some(10), changes).expect("a step");
         let sent = step_notifications(&step);
         let events: Vec<_> = sent
             .iter()
@@ -637,14 +634,11 @@ mod tests {
         assert_eq!(body["members"][1]["repository"], "r.io/app11");
         assert_eq!(
             body["members"][1]["entry_hash"],
-            hex::encode(step.changes[1].entry.hash)
+            hex::encode(step.changes()[1].entry.hash)
         );
 
         // A single promotion: as before, with an empty release_id and no members.
-        let one = Step {
-            release: None,
-            changes: vec![change(9, None, Action::Requested)],
-        };
+        let one = Step::new(None, vec![change(9, None, Action::Requested)]).expect("a step");
         let sent = step_notifications(&one);
         assert_eq!(sent.len(), 1);
         let body = serde_json::to_value(&sent[0].1).expect("json");

@@ -22,11 +22,12 @@
 //! address nobody configured).
 //!
 //! Where each message is (channel id and `ts`) is kept in memory only, for
-//! the newest [`REMEMBERED`] promotions and releases (by release id), by the leading replica (which alone
-//! posts): after a restart or a change of leader, or for a promotion older
-//! than those, the message is left as it was rather than a new one
-//! posted mid-way (a second message would read as a second request). The
-//! console page it links to always shows the current state.
+//! the newest [`REMEMBERED`] promotions and releases (by release id), by
+//! the leading replica (which alone posts): after a restart or a change of
+//! leader, or for a promotion older than those, the message is left as it
+//! was rather than a new one posted mid-way (a second message would read
+//! as a second request). The console page it links to always shows the
+//! current state.
 
 pub mod interactions;
 
@@ -126,7 +127,7 @@ fn job_of(c: &Change) -> Option<Job> {
 /// members they are about.
 fn release_job(rid: PromotionId, step: &Step, stored: Vec<Promotion>) -> Option<Job> {
     let mut members = stored;
-    for c in &step.changes {
+    for c in step.changes() {
         match members.iter_mut().find(|m| m.id == c.promotion.id) {
             Some(m) => *m = c.promotion.clone(),
             None => members.push(c.promotion.clone()),
@@ -137,7 +138,9 @@ fn release_job(rid: PromotionId, step: &Step, stored: Vec<Promotion>) -> Option<
     let first = step.first();
     let e = &first.entry.event;
     match e.action {
-        Action::Requested if first.promotion.required_approvals > 0 => {
+        // Members may be governed by different projects: the release
+        // waits for approval if any of them does.
+        Action::Requested if release.members.iter().any(|m| m.required_approvals > 0) => {
             Some(Job::Post(Subject::Release(release)))
         }
         Action::Requested => None,
@@ -462,10 +465,8 @@ pub async fn run(
     loop {
         match steps.next().await {
             Ok(step) => {
-                let job = match step.release {
+                let job = match step.release() {
                     None => job_of(step.first()),
-                    // A release that needs no approval has no message.
-                    Some(_) if step.first().promotion.required_approvals == 0 => None,
                     Some(rid) => {
                         // A request holds every member; a later step is
                         // shown with the whole.
@@ -821,52 +822,34 @@ pub(crate) mod tests {
         assert_eq!(job_of(&change(Action::CheckReported, p)), None);
     }
 
-    /// Release 42 of three members in `state`, and its step of `action`.
-    fn release(state: State, action: Action) -> (Vec<Promotion>, Step) {
-        use crate::domain::audit::{AuditEntry, GENESIS};
-        use crate::domain::model::Event;
-        let members: Vec<Promotion> = (0..3)
-            .map(|i| Promotion {
-                id: 42 + i,
-                repository: format!("r.io/shop/part{i}"),
-                digest: format!("sha256:{}", i.to_string().repeat(64)),
-                release_id: Some(42),
-                ..promotion(state)
+    /// Release 42 of three members in `state`, and their changes by `action`.
+    fn release(state: State, action: Action) -> (Vec<Promotion>, Vec<Change>) {
+        let changes: Vec<Change> = (0..3)
+            .map(|i| {
+                let mut c = crate::notify::steps::tests::change(42 + i, Some(42), action);
+                c.promotion = Promotion {
+                    repository: format!("r.io/shop/part{i}"),
+                    digest: format!("sha256:{}", i.to_string().repeat(64)),
+                    ..c.promotion
+                };
+                c.promotion.state = state;
+                c
             })
             .collect();
-        let changes = members
-            .iter()
-            .map(|p| Change {
-                entry: AuditEntry::chain(
-                    GENESIS,
-                    p.id,
-                    Time::ZERO,
-                    Event {
-                        action,
-                        actor: "bob".into(),
-                        promotion_id: p.id,
-                        repository: p.repository.clone(),
-                        environment: p.environment.clone(),
-                        digest: p.digest.clone(),
-                        previous_digest: String::new(),
-                        comment: String::new(),
-                        attributes: Default::default(),
-                    },
-                ),
-                promotion: p.clone(),
-            })
-            .collect();
-        let step = Step {
-            release: Some(42),
+        (
+            changes.iter().map(|c| c.promotion.clone()).collect(),
             changes,
-        };
-        (members, step)
+        )
+    }
+
+    fn step(changes: Vec<Change>) -> Step {
+        Step::new(Some(42), changes).expect("a step")
     }
 
     #[test]
     fn a_release_is_one_message_listing_its_members_with_buttons_on_its_id() {
-        let (members, step) = release(State::PendingApproval, Action::Requested);
-        let Some(Job::Post(subject)) = release_job(42, &step, Vec::new()) else {
+        let (members, changes) = release(State::PendingApproval, Action::Requested);
+        let Some(Job::Post(subject)) = release_job(42, &step(changes), Vec::new()) else {
             panic!("a request that needs approval is posted");
         };
         assert_eq!(subject.id(), 42);
@@ -899,24 +882,22 @@ pub(crate) mod tests {
         );
         // A request that needs no approval posts nothing.
         let (_, mut free) = release(State::Approved, Action::Requested);
-        for c in &mut free.changes {
+        for c in &mut free {
             c.promotion.required_approvals = 0;
         }
-        assert_eq!(release_job(42, &free, Vec::new()), None);
+        assert_eq!(release_job(42, &step(free), Vec::new()), None);
     }
 
     #[test]
     fn a_release_step_updates_its_message_with_the_whole() {
         // Approved: members 42 and 43 in the step, 44 read from the store
         // as it stands (WAITING for its check): the whole waits.
-        let (mut stored, step) = release(State::Approved, Action::Approved);
+        let (mut stored, changes) = release(State::Approved, Action::Approved);
         stored[2].state = State::Waiting;
         stored[2].waiting_for = vec!["soak".into()];
-        let step = Step {
-            changes: step.changes[..2].to_vec(),
-            ..step
-        };
-        let Some(Job::Update(Subject::Release(r), line)) = release_job(42, &step, stored) else {
+        let approved = step(changes[..2].to_vec());
+        let Some(Job::Update(Subject::Release(r), line)) = release_job(42, &approved, stored)
+        else {
             panic!("an update");
         };
         assert_eq!(r.members.len(), 3);
@@ -930,17 +911,14 @@ pub(crate) mod tests {
             "each member's state"
         );
         // Promoted: every tag moved.
-        let (_, step) = release(State::Promoted, Action::Applied);
-        let Some(Job::Update(_, line)) = release_job(42, &step, Vec::new()) else {
+        let promoted = step(release(State::Promoted, Action::Applied).1);
+        let Some(Job::Update(subject, line)) = release_job(42, &promoted, Vec::new()) else {
             panic!("an update");
         };
         assert!(line.contains("*Promoted*: all 3 tags moved"), "{line}");
-        let Some(Job::Update(subject, _)) = release_job(42, &step, Vec::new()) else {
-            panic!("an update");
-        };
         assert!(buttons(&subject.message(Some(&line), None).1).is_empty());
         // A step of another release's members is no job of this one.
-        assert_eq!(release_job(7, &step, Vec::new()), None);
+        assert_eq!(release_job(7, &promoted, Vec::new()), None);
     }
 
     #[test]

@@ -28,13 +28,17 @@ pub const RELEASES: usize = 256;
 /// one release step in commit order (ascending member id).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
-    /// The release the changes are members of, if any.
-    pub release: Option<PromotionId>,
-    /// Never empty.
-    pub changes: Vec<Change>,
+    release: Option<PromotionId>,
+    /// Never empty: [`Step::new`] refuses none.
+    changes: Vec<Change>,
 }
 
 impl Step {
+    /// The step of `changes` (of `release`, if any); `None` when empty.
+    pub fn new(release: Option<PromotionId>, changes: Vec<Change>) -> Option<Step> {
+        (!changes.is_empty()).then_some(Step { release, changes })
+    }
+
     fn one(c: Change) -> Step {
         Step {
             release: None,
@@ -42,9 +46,19 @@ impl Step {
         }
     }
 
+    /// The release the changes are members of, if any.
+    pub fn release(&self) -> Option<PromotionId> {
+        self.release
+    }
+
+    pub fn changes(&self) -> &[Change] {
+        &self.changes
+    }
+
     /// The step's first change.
     pub fn first(&self) -> &Change {
-        // Every constructor puts one change in, and nothing takes one out.
+        // Never empty (`new` refuses it; the others put one in), and
+        // nothing takes a change out.
         &self.changes[0]
     }
 }
@@ -91,10 +105,9 @@ impl Gather {
 
     /// The open step, ended now.
     pub fn flush(&mut self) -> Option<Step> {
-        self.open.take().map(|(rid, _, changes)| Step {
-            release: Some(rid),
-            changes,
-        })
+        self.open
+            .take()
+            .and_then(|(rid, _, changes)| Step::new(Some(rid), changes))
     }
 
     /// Whether a step is open.
@@ -243,8 +256,8 @@ pub(crate) mod tests {
         out.into_iter()
             .map(|s| {
                 (
-                    s.release,
-                    s.changes.iter().map(|c| c.promotion.id).collect(),
+                    s.release(),
+                    s.changes().iter().map(|c| c.promotion.id).collect(),
                 )
             })
             .collect()
@@ -306,7 +319,7 @@ pub(crate) mod tests {
             tokio::select! {
                 s = steps.next() => {
                     let s = s.expect("a step");
-                    got.push(s.changes.iter().map(|c| c.promotion.id).collect::<Vec<_>>());
+                    got.push(s.changes().iter().map(|c| c.promotion.id).collect::<Vec<_>>());
                     if got.len() == 1 {
                         tx.send(change(13, None, Action::Requested)).expect("sent");
                     }
@@ -329,7 +342,7 @@ pub(crate) mod tests {
         );
         let done = g.push(change(11, Some(10), Action::Approved), Some(11));
         assert_eq!(done.len(), 1);
-        assert_eq!(done[0].changes.len(), 2);
+        assert_eq!(done[0].changes().len(), 2);
         assert!(!g.is_open(), "nothing waits for a quiet period");
     }
 
