@@ -64,7 +64,8 @@ impl Step {
 }
 
 /// The release step being gathered: consecutive changes of one release
-/// with one action, each of a later member than the one before.
+/// with one action, each of a later member than the one before, so it
+/// holds at most a release's members ([`crate::domain::release::MAX_COMPONENTS`]).
 #[derive(Debug, Default)]
 pub struct Gather {
     open: Option<(PromotionId, Action, Vec<Change>)>,
