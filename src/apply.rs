@@ -836,6 +836,7 @@ async fn record_release(store: &Store, rid: PromotionId, outcome: ReleaseOutcome
     let written = store
         .write(move |tx: &mut dyn UnitOfWork| {
             let now = tx.now();
+            let mut promoted = Vec::new();
             for p in members_in(tx, rid)? {
                 if p.state != State::Approved {
                     continue;
@@ -858,8 +859,13 @@ async fn record_release(store: &Store, rid: PromotionId, outcome: ReleaseOutcome
                 }
                 tx.commit(&o.promotion, o.event)?;
                 if o.promotion.state == State::Promoted {
-                    supersede_older(tx, &o.promotion, now)?;
+                    promoted.push(o.promotion);
                 }
+            }
+            // After every member's entry, so that the release's entries
+            // follow one another (notifiers show them as one step).
+            for newer in &promoted {
+                supersede_older(tx, newer, now)?;
             }
             Ok::<_, Error>(())
         })

@@ -47,6 +47,7 @@
 //! - [`telemetry`]: logs (text or JSON).
 //! - [`metrics`]: Prometheus counters and the `/metrics` endpoint.
 //! - [`notify`]: webhook notifications of promotion and drift events;
+//!   [`notify::steps`]: a release's entries of one write as one item;
 //!   [`notify::slack`]: approval requests in Slack, updated as promotions
 //!   move on, and the handler of their Approve/Reject buttons.
 

@@ -496,6 +496,7 @@ async fn lead(leader: Leader, stop: CancellationToken, from_start: Followers) {
             term.clone(),
             crate::notify::run(
                 leader.notify.clone(),
+                leader.store.clone(),
                 followers.notify_changes,
                 followers.notify_records,
             ),
@@ -505,6 +506,7 @@ async fn lead(leader: Leader, stop: CancellationToken, from_start: Followers) {
             crate::notify::slack::run(
                 leader.slack.clone(),
                 leader.console_url.clone(),
+                leader.store.clone(),
                 followers.slack_changes,
             ),
         ));

@@ -587,19 +587,6 @@ mod operated {
         assert_eq!(events, ["requested", "approved", "promoted"]);
     }
 
-    /// `v1,<base64 HMAC-SHA256 of "id.timestamp.body">`: a Standard Webhooks
-    /// receiver's own check, written from the specification, not from
-    /// prodgate's code.
-    fn standard_webhooks_signature(key: &[u8], id: &str, timestamp: &str, body: &str) -> String {
-        use hmac::{Hmac, Mac};
-        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key).expect("key");
-        mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
-        format!(
-            "v1,{}",
-            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-        )
-    }
-
     fn unix_now() -> i64 {
         let since = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -613,7 +600,6 @@ mod operated {
     #[tokio::test]
     async fn webhooks_are_signed_and_name_their_audit_entry() {
         use axum::{Router, http::HeaderMap, routing::post};
-        use hmac::{Hmac, Mac};
         use tokio::sync::mpsc;
         let (tx, mut rx) = mpsc::unbounded_channel::<(HeaderMap, String)>();
         let app = Router::new().route(
@@ -672,9 +658,7 @@ mod operated {
                     .expect("receiver open");
             // The receiver's check: HMAC-SHA256 of the raw body, the trailing
             // newline of the secret file not part of the key.
-            let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(b"s3cret-key").expect("key");
-            mac.update(body.as_bytes());
-            let want = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+            let want = crate::support::webhook::github_signature(b"s3cret-key", &body);
             let header = |name: &str| {
                 headers
                     .get(name)
@@ -696,7 +680,7 @@ mod operated {
             );
             assert_eq!(
                 header("webhook-signature"),
-                standard_webhooks_signature(b"s3cret-key", &id, &timestamp, &body)
+                crate::support::webhook::standard_signature(b"s3cret-key", &id, &timestamp, &body)
             );
             let n: serde_json::Value = serde_json::from_str(&body).expect("json body");
             assert_eq!(
@@ -832,7 +816,12 @@ mod operated {
                 let timestamp = header(headers, "webhook-timestamp");
                 assert_eq!(
                     header(headers, "webhook-signature"),
-                    standard_webhooks_signature(b"s3cret-key", &id, &timestamp, body),
+                    crate::support::webhook::standard_signature(
+                        b"s3cret-key",
+                        &id,
+                        &timestamp,
+                        body
+                    ),
                     "{path}: attempt {i} signed with its own timestamp"
                 );
             }

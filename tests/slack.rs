@@ -18,7 +18,7 @@ use prodgate::config::{Config, Live};
 use prodgate::domain::names::{Repository, Source};
 use prodgate::domain::policy::Principal;
 use prodgate::notify::slack::interactions::{PATH, SlackInteractions};
-use prodgate::pb::PromotionState;
+use prodgate::pb::{PromotionState, ReleaseComponent, RequestReleaseRequest};
 use prodgate::promotions::{HistoryFilter, HistoryQuery, Promotions, RequestInput};
 use prodgate::registry::oci::{OciRegistry, RegistryHost};
 use serde_json::{Value, json};
@@ -614,4 +614,194 @@ async fn a_click_on_a_real_server_approves_through_its_console_listener() {
     )
     .await;
     assert_eq!(done.approvals[0].approver, "slack:U0BOB");
+}
+
+/// A release is one item, in Slack and in webhooks: one message listing
+/// every member with buttons on the release's id (a signed click approves
+/// every member), rewritten as the whole moves; and one webhook delivery
+/// per step of the release (requested, approved, promoted), each naming
+/// every member, signed as any delivery.
+#[tokio::test]
+async fn a_release_is_one_message_and_one_delivery_per_step() {
+    const PATHS: [&str; 3] = ["shop/api", "shop/worker", "shop/web"];
+    let registry = TestRegistry::start().await;
+    let mut digests = Vec::new();
+    for (i, path) in PATHS.iter().enumerate() {
+        digests.push(
+            registry
+                .push_image(path, Some("dev"), 512, 30 + i as u64)
+                .await,
+        );
+    }
+    let slack = FakeSlack::start().await;
+    let mut hook = support::webhook::Receiver::start().await;
+    let console = support::console::ConsoleSetup::new();
+    let base = console.base.clone();
+    let key = console.dir.path().join("hook.secret");
+    std::fs::write(&key, "hook-s3cret\n").unwrap();
+    let server = TestServer::start(&format!(
+        "{}\n[[notify]]\nurl = {:?}\nevents = [\"requested\", \"approved\", \"promoted\"]\n\
+         secret_file = {:?}\n{}",
+        interactions_config(&registry.host, console.dir.path(), &slack),
+        hook.url,
+        key.display().to_string(),
+        console.toml(""),
+    ));
+    let mut alice = server.client("alice").await;
+    let r = alice
+        .request_release(RequestReleaseRequest {
+            environment: "production".into(),
+            reason: "shop 2.0 <!here>".into(),
+            request_id: String::new(),
+            components: PATHS
+                .iter()
+                .map(|p| ReleaseComponent {
+                    repository: format!("{}/{p}", registry.host),
+                    source: "dev".into(),
+                })
+                .collect(),
+            break_glass: false,
+        })
+        .await
+        .expect("request the release")
+        .into_inner();
+    let ids: Vec<String> = r.members.iter().map(|m| m.id.clone()).collect();
+    assert_eq!(ids.len(), 3);
+
+    // One message, listing every member, its buttons on the release's id.
+    let calls = slack
+        .wait_for("chat.postMessage", Duration::from_secs(20), |c| {
+            !named(c, "chat.postMessage").is_empty()
+        })
+        .await;
+    let posts = named(&calls, "chat.postMessage");
+    let post = posts[0].clone();
+    assert_eq!(
+        buttons(&post.body),
+        [
+            ("approve".to_owned(), r.id.clone()),
+            ("reject".to_owned(), r.id.clone())
+        ]
+    );
+    let text = post.body["blocks"].to_string();
+    for (path, digest) in PATHS.iter().zip(&digests) {
+        assert!(
+            text.contains(&format!("{}/{path}", registry.host)),
+            "{text}"
+        );
+        // The short digest: the algorithm and 12 hex digits.
+        assert!(text.contains(&format!("`{}`", &digest[..19])), "{text}");
+    }
+    assert!(
+        text.contains(&format!("{base}/releases/{}", r.id)),
+        "{text}"
+    );
+    assert!(text.contains("alice") && text.contains("shop 2.0 &lt;!here&gt;"));
+
+    // bob's signed click on the release's Approve approves every member,
+    // and the tags move.
+    let body = click(
+        "U0BOB",
+        "approve",
+        r.id.parse().unwrap(),
+        &format!("{}/hooks/actions/T0TEAM/1/x", slack.base),
+    );
+    let now = unix_now();
+    let answer = reqwest::Client::new()
+        .post(format!("{base}{PATH}"))
+        .header("x-slack-request-timestamp", now.to_string())
+        .header(
+            "x-slack-signature",
+            slack_signature(SIGNING_SECRET, now, &body),
+        )
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .expect("post the click");
+    assert_eq!(answer.status(), 200);
+    for id in &ids {
+        let m = wait_for_state(
+            &mut alice,
+            id,
+            PromotionState::Promoted,
+            Duration::from_secs(20),
+        )
+        .await;
+        assert_eq!(m.approvals[0].approver, "slack:U0BOB");
+    }
+    let calls = slack
+        .wait_for(
+            "chat.update saying Promoted",
+            Duration::from_secs(20),
+            |c| {
+                named(c, "chat.update")
+                    .iter()
+                    .any(|u| u.body["blocks"].to_string().contains("*Promoted*"))
+            },
+        )
+        .await;
+    assert_eq!(named(&calls, "chat.postMessage").len(), 1, "{calls:#?}");
+    let updates = named(&calls, "chat.update");
+    for u in &updates {
+        assert_eq!(
+            u.body["ts"], post.answered["ts"],
+            "the release's one message"
+        );
+    }
+    let approved = updates[0].body["blocks"].to_string();
+    assert!(approved.contains("*Approved* by <@U0BOB>"), "{approved}");
+    let last = updates.last().unwrap();
+    let shipped = last.body["blocks"].to_string();
+    assert!(shipped.contains("all 3 tags moved"), "{shipped}");
+    assert_eq!(shipped.matches("PROMOTED").count(), 3, "{shipped}");
+    assert!(buttons(&last.body).is_empty(), "no buttons once promoted");
+    let said = slack.calls_to("hooks/actions/T0TEAM/1/")[0].body["text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        said.starts_with(&format!("You approved release {}", r.id)),
+        "{said}"
+    );
+
+    // The webhook: one delivery per step, in order, each the first
+    // member's with every member's entry; deliveries of one receiver come
+    // in commit order, so a delivery per member would have come first.
+    let mut steps = Vec::new();
+    for _ in 0..3 {
+        let d = hook.next(Duration::from_secs(20)).await;
+        assert!(d.signed_with(b"hook-s3cret"), "{:?} {}", d.headers, d.body);
+        let n = d.json();
+        assert_eq!(d.header("x-prodgate-event"), n["event"].as_str().unwrap());
+        assert_eq!(n["release_id"], r.id.as_str());
+        assert_eq!(n["promotion_id"], r.id.as_str());
+        let members = n["members"].as_array().expect("members").clone();
+        let listed: Vec<&str> = members
+            .iter()
+            .map(|m| m["promotion_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(listed, ids.iter().map(String::as_str).collect::<Vec<_>>());
+        for (m, digest) in members.iter().zip(&digests) {
+            assert_eq!(m["digest"], digest.as_str());
+            assert_eq!(m["target_tag"], "production");
+        }
+        steps.push((
+            n["event"].as_str().unwrap().to_owned(),
+            members
+                .iter()
+                .map(|m| m["state"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>(),
+        ));
+    }
+    let all = |s: &str| vec![s.to_owned(); 3];
+    assert_eq!(
+        steps,
+        [
+            ("requested".to_owned(), all("PENDING_APPROVAL")),
+            ("approved".to_owned(), all("APPROVED")),
+            ("promoted".to_owned(), all("PROMOTED")),
+        ]
+    );
+    assert!(!server.log().contains("hook-s3cret"));
 }

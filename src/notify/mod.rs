@@ -18,23 +18,32 @@
 //! Unix seconds (so each attempt is signed anew). The body carries the audit
 //! entry's `sequence` and `entry_hash`.
 //!
+//! A release is one item: the entries one write recorded for its members
+//! (its request, its approval, its tags moved; see [`steps`]) are one
+//! delivery, whose top-level fields are its first member's and whose
+//! `members` lists every member entry of that step (promotion id,
+//! repository, tag, digests, state, `sequence`, `entry_hash`), in commit
+//! order. Every body carries `release_id`: the release's id, or `""`.
+//!
 //! Redirects are never followed: a receiver's 3xx is a failed attempt. A
 //! followed redirect would hand the signed body to an address nobody
 //! configured (and 302/303 would turn the POST into a GET).
 
 pub mod slack;
+pub mod steps;
 
 use crate::backoff::Delays;
 use crate::config::{NotifyConfig, NotifyEvent, Secret};
 use crate::domain::audit::AuditEntry;
 use crate::domain::model::{Action, Promotion, State};
 use crate::pb;
-use crate::store::Change;
+use crate::store::{Change, Store};
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::Sha256;
 use std::time::{Duration, SystemTime};
+use steps::{Step, Steps};
 use tokio::sync::{broadcast, mpsc};
 
 const QUEUE: usize = 1000;
@@ -47,7 +56,8 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 /// check the entry against `History`; `action` is that entry's action (as
 /// the proto names it). A drift notification is about no promotion: its
 /// promotion fields are empty, `digest` and `previous_digest` are the
-/// entry's.
+/// entry's. A release step's notification is its first member's, with
+/// `release_id` and every member entry of the step in `members`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Notification {
     pub event: &'static str,
@@ -67,6 +77,40 @@ pub struct Notification {
     pub previous_digest: String,
     pub failure_message: String,
     pub superseded_by: String,
+    /// The release the promotion is a member of, or empty.
+    pub release_id: String,
+    /// A release step's member entries, in commit order; absent otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<Member>,
+}
+
+/// One member entry of a release step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Member {
+    pub promotion_id: String,
+    pub repository: String,
+    pub target_tag: String,
+    pub digest: String,
+    pub previous_digest: String,
+    pub state: &'static str,
+    pub sequence: u64,
+    pub entry_hash: String,
+}
+
+impl Member {
+    fn of(c: &Change) -> Member {
+        let p = &c.promotion;
+        Member {
+            promotion_id: p.id.to_string(),
+            repository: p.repository.clone(),
+            target_tag: p.target_tag.clone(),
+            digest: p.digest.clone(),
+            previous_digest: p.previous_digest.clone(),
+            state: p.state.label(),
+            sequence: c.entry.sequence,
+            entry_hash: hex::encode(c.entry.hash),
+        }
+    }
 }
 
 /// The events a committed change represents: the one its audit entry's
@@ -159,6 +203,8 @@ fn record_notification(event: NotifyEvent, e: &AuditEntry) -> Notification {
         previous_digest: ev.previous_digest.clone(),
         failure_message: String::new(),
         superseded_by: String::new(),
+        release_id: String::new(),
+        members: Vec::new(),
     }
 }
 
@@ -182,14 +228,43 @@ fn notification(event: NotifyEvent, c: &Change) -> Notification {
         previous_digest: p.previous_digest.clone(),
         failure_message: p.failure_message.clone(),
         superseded_by: p.superseded_by.map(|id| id.to_string()).unwrap_or_default(),
+        release_id: p.release_id.map(|id| id.to_string()).unwrap_or_default(),
+        members: Vec::new(),
     }
 }
 
-/// Fans committed changes and drift records out to the webhooks until the
-/// change stream closes.
+/// The notifications of a step, one per event any of its changes
+/// represents, in order: a single change's as before; a release step's
+/// top-level fields are those of its first member entry that represents
+/// the event, and `members` holds every member entry of the step.
+pub fn step_notifications(step: &Step) -> Vec<(NotifyEvent, Notification)> {
+    let mut events: Vec<(NotifyEvent, &Change)> = Vec::new();
+    for c in step.changes() {
+        for e in events_of(c) {
+            if !events.iter().any(|(seen, _)| *seen == e) {
+                events.push((e, c));
+            }
+        }
+    }
+    events
+        .into_iter()
+        .map(|(event, c)| {
+            let mut n = notification(event, c);
+            if step.release().is_some() {
+                n.members = step.changes().iter().map(Member::of).collect();
+            }
+            (event, n)
+        })
+        .collect()
+}
+
+/// Fans committed changes (a release's step as one) and drift records out
+/// to the webhooks until the change stream closes. `store` is read for a
+/// release's member count.
 pub async fn run(
     hooks: Vec<NotifyConfig>,
-    mut changes: broadcast::Receiver<Change>,
+    store: Store,
+    changes: broadcast::Receiver<Change>,
     mut records: broadcast::Receiver<AuditEntry>,
 ) {
     if hooks.is_empty() {
@@ -210,6 +285,7 @@ pub async fn run(
             (h, tx)
         })
         .collect();
+    let mut changes = Steps::new(changes, store);
     let send = |event: NotifyEvent, n: &dyn Fn() -> Notification| {
         for (hook, tx) in &queues {
             if hook.events.contains(&event) && tx.try_send(n()).is_err() {
@@ -220,10 +296,10 @@ pub async fn run(
     let mut records_open = true;
     loop {
         tokio::select! {
-            c = changes.recv() => match c {
-                Ok(c) => {
-                    for event in events_of(&c) {
-                        send(event, &|| notification(event, &c));
+            s = changes.next() => match s {
+                Ok(step) => {
+                    for (event, n) in step_notifications(&step) {
+                        send(event, &|| n.clone());
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -514,6 +590,60 @@ mod tests {
         );
         assert_eq!(NotifyEvent::Waiting.name(), "waiting");
         assert_eq!(NotifyEvent::GatesPassed.name(), "gates_passed");
+    }
+
+    #[test]
+    fn a_release_step_is_one_notification_per_event_naming_every_member() {
+        use crate::domain::model::State;
+        use steps::tests::change;
+        let mut changes: Vec<Change> = (10..13)
+            .map(|id| change(id, Some(10), Action::Approved))
+            .collect();
+        for c in &mut changes {
+            c.promotion.state = State::Approved;
+        }
+        // The last member still waits for a check.
+        changes[2].promotion.state = State::Waiting;
+        let step = Step::new(Some(10), changes).expect("a step");
+        let sent = step_notifications(&step);
+        let events: Vec<_> = sent
+            .iter()
+            .map(|(e, n)| (*e, n.promotion_id.as_str()))
+            .collect();
+        assert_eq!(
+            events,
+            [(NotifyEvent::Approved, "10"), (NotifyEvent::Waiting, "12")]
+        );
+        for (_, n) in &sent {
+            assert_eq!(n.release_id, "10");
+            let members: Vec<_> = n
+                .members
+                .iter()
+                .map(|m| (m.promotion_id.as_str(), m.state, m.sequence))
+                .collect();
+            assert_eq!(
+                members,
+                [
+                    ("10", "APPROVED", 10),
+                    ("11", "APPROVED", 11),
+                    ("12", "WAITING", 12)
+                ]
+            );
+        }
+        let body = serde_json::to_value(&sent[0].1).expect("json");
+        assert_eq!(body["members"][1]["repository"], "r.io/app11");
+        assert_eq!(
+            body["members"][1]["entry_hash"],
+            hex::encode(step.changes()[1].entry.hash)
+        );
+
+        // A single promotion: as before, with an empty release_id and no members.
+        let one = Step::new(None, vec![change(9, None, Action::Requested)]).expect("a step");
+        let sent = step_notifications(&one);
+        assert_eq!(sent.len(), 1);
+        let body = serde_json::to_value(&sent[0].1).expect("json");
+        assert_eq!(body["release_id"], "");
+        assert!(body.get("members").is_none(), "{body}");
     }
 
     #[test]

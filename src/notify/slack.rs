@@ -6,6 +6,14 @@
 //! what happened and by whom; the buttons go once it can no longer be
 //! approved or rejected. The buttons come back through [`interactions`].
 //!
+//! A release is one message: posted once its request (every member, one
+//! write: a [`super::steps::Step`]) is complete, listing each member's
+//! repository and short digest, with buttons whose `value` is the release
+//! id (deciding any member decides the release), linked to the console's
+//! `/releases/{id}`; each later step of the release rewrites it with the
+//! state of the whole (its members as the store holds them, read once per
+//! step) and who acted.
+//!
 //! As with webhooks, each notifier has its own bounded queue and delivery
 //! task: Slack being slow, down or refusing never blocks or fails a
 //! promotion; a full queue drops the event with a warning. Each call is
@@ -14,18 +22,21 @@
 //! address nobody configured).
 //!
 //! Where each message is (channel id and `ts`) is kept in memory only, for
-//! the newest [`REMEMBERED`] promotions, by the leading replica (which alone
-//! posts): after a restart or a change of leader, or for a promotion older
-//! than those, the message is left as it was rather than a new one
-//! posted mid-way (a second message would read as a second request). The
-//! console page it links to always shows the current state.
+//! the newest [`REMEMBERED`] promotions and releases (by release id), by
+//! the leading replica (which alone posts): after a restart or a change of
+//! leader, or for a promotion older than those, the message is left as it
+//! was rather than a new one posted mid-way (a second message would read
+//! as a second request). The console page it links to always shows the
+//! current state.
 
 pub mod interactions;
 
+use super::steps::{Step, Steps};
 use crate::backoff::Delays;
 use crate::config::{Secret, SlackConfig};
 use crate::domain::model::{Action, Promotion, PromotionId, State};
-use crate::store::Change;
+use crate::domain::release::Release;
+use crate::store::{Change, Store};
 use hashlink::LruCache;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -48,13 +59,37 @@ fn client() -> Result<reqwest::Client, reqwest::Error> {
     super::client(TIMEOUT)
 }
 
-/// What a committed change asks of a Slack notifier.
+/// What a message is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Subject {
+    One(Box<Promotion>),
+    Release(Release),
+}
+
+impl Subject {
+    /// The promotion's id, or the release's: the key of its message.
+    fn id(&self) -> PromotionId {
+        match self {
+            Subject::One(p) => p.id,
+            Subject::Release(r) => r.id,
+        }
+    }
+
+    fn message(&self, status: Option<&str>, console: Option<&str>) -> (String, Value) {
+        match self {
+            Subject::One(p) => message(p, status, console),
+            Subject::Release(r) => release_message(r, status, console),
+        }
+    }
+}
+
+/// What a committed step asks of a Slack notifier.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Job {
     /// A new approval request: post its message.
-    Post(Promotion),
-    /// A later step of a promotion: rewrite its message with this status.
-    Update(Promotion, String),
+    Post(Subject),
+    /// A later step: rewrite its message with this status.
+    Update(Subject, String),
 }
 
 /// The job a committed change makes, if any: a post for a request that
@@ -63,7 +98,9 @@ fn job_of(c: &Change) -> Option<Job> {
     let p = &c.promotion;
     let e = &c.entry.event;
     match e.action {
-        Action::Requested if p.required_approvals > 0 => Some(Job::Post(p.clone())),
+        Action::Requested if p.required_approvals > 0 => {
+            Some(Job::Post(Subject::One(Box::new(p.clone()))))
+        }
         Action::Requested => None,
         Action::Approved
         | Action::GatesPassed
@@ -73,13 +110,87 @@ fn job_of(c: &Change) -> Option<Job> {
         | Action::Cancelled
         | Action::Expired
         | Action::Superseded => Some(Job::Update(
-            p.clone(),
+            Subject::One(Box::new(p.clone())),
             status(e.action, p, &e.actor, &e.comment),
         )),
         Action::CheckReported
         | Action::PolicyChanged
         | Action::DriftDetected
         | Action::DriftRestored => None,
+    }
+}
+
+/// The job a step of release `rid` makes, if any: a post for a request
+/// that needs approval (the step holds every member), an update for each
+/// later step. `stored` is the release's members as the store holds them
+/// (read for a later step only); the step's own entries stand for the
+/// members they are about.
+fn release_job(rid: PromotionId, step: &Step, stored: Vec<Promotion>) -> Option<Job> {
+    let mut members = stored;
+    for c in step.changes() {
+        match members.iter_mut().find(|m| m.id == c.promotion.id) {
+            Some(m) => *m = c.promotion.clone(),
+            None => members.push(c.promotion.clone()),
+        }
+    }
+    members.sort_by_key(|m| m.id);
+    let release = Release::of(members).filter(|r| r.id == rid)?;
+    let first = step.first();
+    let e = &first.entry.event;
+    match e.action {
+        // Members may be governed by different projects: the release
+        // waits for approval if any of them does.
+        Action::Requested if release.members.iter().any(|m| m.required_approvals > 0) => {
+            Some(Job::Post(Subject::Release(release)))
+        }
+        Action::Requested => None,
+        Action::Approved
+        | Action::GatesPassed
+        | Action::Applied
+        | Action::ApplyFailed
+        | Action::Rejected
+        | Action::Cancelled
+        | Action::Expired
+        | Action::Superseded => {
+            let line = release_status(e.action, &release, &first.promotion, &e.actor, &e.comment);
+            Some(Job::Update(Subject::Release(release), line))
+        }
+        Action::CheckReported
+        | Action::PolicyChanged
+        | Action::DriftDetected
+        | Action::DriftRestored => None,
+    }
+}
+
+/// The status line of release `r` after `action` by `actor`, of which `p`
+/// is the first member entry: as a promotion's, in the state of the whole.
+fn release_status(
+    action: Action,
+    r: &Release,
+    p: &Promotion,
+    actor: &str,
+    comment: &str,
+) -> String {
+    match action {
+        Action::Applied => format!(
+            ":rocket: *Promoted*: all {} tags moved (approved by {})",
+            r.members.len(),
+            approvers(p)
+        ),
+        Action::Superseded => format!(
+            ":arrow_heading_down: *Superseded*: {} by a newer promotion; the release stops",
+            escape(&p.repository)
+        ),
+        _ => {
+            let mut whole = p.clone();
+            whole.state = r.state();
+            whole.waiting_for = r
+                .members
+                .iter()
+                .flat_map(|m| m.waiting_for.iter().cloned())
+                .collect();
+            status(action, &whole, actor, comment)
+        }
     }
 }
 
@@ -171,9 +282,50 @@ fn clip(s: &str, n: usize) -> String {
     }
 }
 
-/// The console page of promotion `id`, when the console's public URL is known.
-fn console_link(console: Option<&str>, id: PromotionId) -> Option<String> {
-    console.map(|c| format!("{}/promotions/{id}", c.trim_end_matches('/')))
+/// The console page `{public_url}/{page}/{id}` (`promotions` or
+/// `releases`), when the console's public URL is known.
+fn console_link(console: Option<&str>, page: &str, id: PromotionId) -> Option<String> {
+    console.map(|c| format!("{}/{page}/{id}", c.trim_end_matches('/')))
+}
+
+fn section(text: String) -> Value {
+    json!({"type": "section", "text": {"type": "mrkdwn", "text": text}})
+}
+
+/// The reason, cut, if there is one.
+fn reason_block(reason: &str) -> Option<Value> {
+    (!reason.trim().is_empty())
+        .then(|| section(format!("*Reason*\n{}", escape(&clip(reason, REASON_CHARS)))))
+}
+
+/// `{Promotion|Release} {id}` and the link to its console page.
+fn context_block(what: &str, page: &str, id: PromotionId, console: Option<&str>) -> Value {
+    let context = match console_link(console, page, id) {
+        Some(url) => format!(
+            "{what} {id} · <{}|Open in the prodgate console>",
+            escape(&url)
+        ),
+        None => format!("{what} {id}"),
+    };
+    json!({
+        "type": "context",
+        "elements": [{"type": "mrkdwn", "text": context}],
+    })
+}
+
+/// Approve and Reject, their `value` the id the decision is made on.
+fn buttons_block(id: PromotionId) -> Value {
+    let id = id.to_string();
+    json!({
+        "type": "actions",
+        "block_id": "prodgate",
+        "elements": [
+            {"type": "button", "action_id": "approve", "style": "primary",
+             "text": {"type": "plain_text", "text": "Approve"}, "value": id},
+            {"type": "button", "action_id": "reject", "style": "danger",
+             "text": {"type": "plain_text", "text": "Reject"}, "value": id},
+        ],
+    })
 }
 
 /// The message of promotion `p` (its `text` fallback and `blocks`), with
@@ -186,7 +338,7 @@ pub fn message(p: &Promotion, status: Option<&str>, console: Option<&str>) -> (S
     );
     let mut blocks = Vec::new();
     if let Some(s) = status {
-        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": s}}));
+        blocks.push(section(s.to_owned()));
     }
     blocks.push(json!({
         "type": "section",
@@ -202,39 +354,69 @@ pub fn message(p: &Promotion, status: Option<&str>, console: Option<&str>) -> (S
             {"type": "mrkdwn", "text": format!("*Requested by*\n{}", who(&p.requested_by))},
         ],
     }));
-    if !p.reason.trim().is_empty() {
-        blocks.push(json!({
-            "type": "section",
-            "text": {"type": "mrkdwn", "text": format!(
-                "*Reason*\n{}",
-                escape(&clip(&p.reason, REASON_CHARS))
-            )},
-        }));
-    }
-    let context = match console_link(console, p.id) {
-        Some(url) => format!(
-            "Promotion {} · <{}|Open in the prodgate console>",
-            p.id,
-            escape(&url)
-        ),
-        None => format!("Promotion {}", p.id),
-    };
-    blocks.push(json!({
-        "type": "context",
-        "elements": [{"type": "mrkdwn", "text": context}],
-    }));
+    blocks.extend(reason_block(&p.reason));
+    blocks.push(context_block("Promotion", "promotions", p.id, console));
     if p.state.is_undecided() {
-        let id = p.id.to_string();
-        blocks.push(json!({
-            "type": "actions",
-            "block_id": "prodgate",
-            "elements": [
-                {"type": "button", "action_id": "approve", "style": "primary",
-                 "text": {"type": "plain_text", "text": "Approve"}, "value": id},
-                {"type": "button", "action_id": "reject", "style": "danger",
-                 "text": {"type": "plain_text", "text": "Reject"}, "value": id},
-            ],
-        }));
+        blocks.push(buttons_block(p.id));
+    }
+    (text, Value::Array(blocks))
+}
+
+/// Members listed per section: 50 lines would pass Slack's 3000
+/// characters of a section text.
+const MEMBERS_PER_SECTION: usize = 10;
+
+/// The message of release `r`: as a promotion's, with a line per member
+/// (repository, short digest, and its state once the release moved on),
+/// and buttons on the release's id while the whole may be decided.
+pub fn release_message(
+    r: &Release,
+    status: Option<&str>,
+    console: Option<&str>,
+) -> (String, Value) {
+    let text = format!(
+        "Approval requested: release {} ({} images) to {}",
+        r.id,
+        r.members.len(),
+        r.environment()
+    );
+    let mut blocks = Vec::new();
+    if let Some(s) = status {
+        blocks.push(section(s.to_owned()));
+    }
+    blocks.push(json!({
+        "type": "section",
+        "text": {"type": "mrkdwn", "text": format!(
+            "*Approval requested* to release {} images to *{}* together",
+            r.members.len(),
+            escape(r.environment())
+        )},
+        "fields": [
+            {"type": "mrkdwn", "text": format!("*Environment*\n{}", escape(r.environment()))},
+            {"type": "mrkdwn", "text": format!("*Requested by*\n{}", who(r.requested_by()))},
+        ],
+    }));
+    for chunk in r.members.chunks(MEMBERS_PER_SECTION) {
+        let lines: Vec<String> = chunk
+            .iter()
+            .map(|m| {
+                let state = match status {
+                    Some(_) => format!(" · {}", m.state.label()),
+                    None => String::new(),
+                };
+                format!(
+                    "• `{}` `{}`{state}",
+                    escape(&m.repository),
+                    escape(&crate::cli::table::short_digest(&m.digest))
+                )
+            })
+            .collect();
+        blocks.push(section(lines.join("\n")));
+    }
+    blocks.extend(reason_block(r.reason()));
+    blocks.push(context_block("Release", "releases", r.id, console));
+    if r.state().is_undecided() {
+        blocks.push(buttons_block(r.id));
     }
     (text, Value::Array(blocks))
 }
@@ -245,7 +427,8 @@ pub fn message(p: &Promotion, status: Option<&str>, console: Option<&str>) -> (S
 pub async fn run(
     notifiers: Vec<SlackConfig>,
     console: Option<String>,
-    mut changes: broadcast::Receiver<Change>,
+    store: Store,
+    changes: broadcast::Receiver<Change>,
 ) {
     if notifiers.is_empty() {
         return;
@@ -278,13 +461,29 @@ pub async fn run(
         ));
         queues.push((channel, tx));
     }
+    let mut steps = Steps::new(changes, store.clone());
     loop {
-        match changes.recv().await {
-            Ok(c) => {
-                let Some(job) = job_of(&c) else { continue };
+        match steps.next().await {
+            Ok(step) => {
+                let job = match step.release() {
+                    None => job_of(step.first()),
+                    Some(rid) => {
+                        // A request holds every member; a later step is
+                        // shown with the whole.
+                        let stored = match step.first().entry.event.action {
+                            Action::Requested => Vec::new(),
+                            _ => store.release_members(rid).await.unwrap_or_else(|e| {
+                                tracing::warn!(release = rid, error = %e, "cannot read a release's members; its message shows this step's");
+                                Vec::new()
+                            }),
+                        };
+                        release_job(rid, &step, stored)
+                    }
+                };
+                let Some(job) = job else { continue };
                 for (channel, tx) in &queues {
                     if tx.try_send(job.clone()).is_err() {
-                        tracing::warn!(%channel, promotion = c.promotion.id, "Slack queue full; event dropped");
+                        tracing::warn!(%channel, id = step.first().promotion.id, "Slack queue full; event dropped");
                     }
                 }
             }
@@ -296,8 +495,8 @@ pub async fn run(
     }
 }
 
-/// Where each posted message is: channel id and `ts` by promotion, the
-/// newest [`REMEMBERED`] only (read with `peek`, so the oldest post goes
+/// Where each posted message is: channel id and `ts` by promotion (or
+/// release), the newest [`REMEMBERED`] only (read with `peek`, so the oldest post goes
 /// first).
 type Messages = LruCache<PromotionId, (String, String)>;
 
@@ -306,35 +505,35 @@ async fn deliver(api: Api, channel: String, console: Option<String>, mut rx: mps
     while let Some(job) = rx.recv().await {
         match job {
             Job::Post(p) => {
-                let (text, blocks) = message(&p, None, console.as_deref());
+                let (text, blocks) = p.message(None, console.as_deref());
                 let body = json!({"channel": channel, "text": text, "blocks": blocks});
                 match api.call("chat.postMessage", &body).await {
                     Ok(posted) => match (posted.channel, posted.ts) {
                         (Some(c), Some(ts)) => {
-                            messages.insert(p.id, (c, ts));
+                            messages.insert(p.id(), (c, ts));
                         }
                         _ => tracing::warn!(
-                            promotion = p.id,
+                            id = p.id(),
                             "chat.postMessage answered without channel and ts; the message will not be updated"
                         ),
                     },
                     Err(e) => {
-                        tracing::error!(%channel, promotion = p.id, error = %e, "Slack message not posted")
+                        tracing::error!(%channel, id = p.id(), error = %e, "Slack message not posted")
                     }
                 }
             }
             Job::Update(p, status) => {
-                let Some((c, ts)) = messages.peek(&p.id).cloned() else {
+                let Some((c, ts)) = messages.peek(&p.id()).cloned() else {
                     tracing::debug!(
-                        promotion = p.id,
+                        id = p.id(),
                         "no Slack message of this promotion is known here (not posted, or before a restart)"
                     );
                     continue;
                 };
-                let (text, blocks) = message(&p, Some(&status), console.as_deref());
+                let (text, blocks) = p.message(Some(&status), console.as_deref());
                 let body = json!({"channel": c, "ts": ts, "text": text, "blocks": blocks});
                 if let Err(e) = api.call("chat.update", &body).await {
-                    tracing::error!(%channel, promotion = p.id, error = %e, "Slack message not updated");
+                    tracing::error!(%channel, id = p.id(), error = %e, "Slack message not updated");
                 }
             }
         }
@@ -468,11 +667,12 @@ async fn answer(mut r: reqwest::Response) -> Result<Answer, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::domain::model::{Approval, Time};
 
-    fn promotion(state: State) -> Promotion {
+    /// Promotion 42 of `r.io/team/app` to production, in `state`.
+    pub(crate) fn promotion(state: State) -> Promotion {
         Promotion {
             id: 42,
             repository: "r.io/team/app".into(),
@@ -607,7 +807,7 @@ mod tests {
         let p = promotion(State::PendingApproval);
         assert_eq!(
             job_of(&change(Action::Requested, p.clone())),
-            Some(Job::Post(p.clone()))
+            Some(Job::Post(Subject::One(Box::new(p.clone()))))
         );
         let free = Promotion {
             required_approvals: 0,
@@ -620,6 +820,105 @@ mod tests {
             Some(Job::Update(..))
         ));
         assert_eq!(job_of(&change(Action::CheckReported, p)), None);
+    }
+
+    /// Release 42 of three members in `state`, and their changes by `action`.
+    fn release(state: State, action: Action) -> (Vec<Promotion>, Vec<Change>) {
+        let changes: Vec<Change> = (0..3)
+            .map(|i| {
+                let mut c = crate::notify::steps::tests::change(42 + i, Some(42), action);
+                c.promotion = Promotion {
+                    repository: format!("r.io/shop/part{i}"),
+                    digest: format!("sha256:{}", i.to_string().repeat(64)),
+                    ..c.promotion
+                };
+                c.promotion.state = state;
+                c
+            })
+            .collect();
+        (
+            changes.iter().map(|c| c.promotion.clone()).collect(),
+            changes,
+        )
+    }
+
+    fn step(changes: Vec<Change>) -> Step {
+        Step::new(Some(42), changes).expect("a step")
+    }
+
+    #[test]
+    fn a_release_is_one_message_listing_its_members_with_buttons_on_its_id() {
+        let (members, changes) = release(State::PendingApproval, Action::Requested);
+        let Some(Job::Post(subject)) = release_job(42, &step(changes), Vec::new()) else {
+            panic!("a request that needs approval is posted");
+        };
+        assert_eq!(subject.id(), 42);
+        let (text, blocks) = subject.message(None, Some("https://prodgate.example.com"));
+        assert!(
+            text.contains("release 42") && text.contains("3 images"),
+            "{text}"
+        );
+        assert_eq!(
+            buttons(&blocks),
+            [
+                ("approve".into(), "42".into()),
+                ("reject".into(), "42".into())
+            ]
+        );
+        let all = blocks.to_string();
+        for m in &members {
+            assert!(all.contains(&m.repository), "{all}");
+            assert!(
+                all.contains(&m.digest[..19]) && !all.contains(&m.digest),
+                "{all}"
+            );
+        }
+        assert!(
+            all.contains("<https://prodgate.example.com/releases/42|Open in the prodgate console>")
+        );
+        assert!(
+            all.contains("fix &lt;script&gt;") && all.contains("alice"),
+            "{all}"
+        );
+        // A request that needs no approval posts nothing.
+        let (_, mut free) = release(State::Approved, Action::Requested);
+        for c in &mut free {
+            c.promotion.required_approvals = 0;
+        }
+        assert_eq!(release_job(42, &step(free), Vec::new()), None);
+    }
+
+    #[test]
+    fn a_release_step_updates_its_message_with_the_whole() {
+        // Approved: members 42 and 43 in the step, 44 read from the store
+        // as it stands (WAITING for its check): the whole waits.
+        let (mut stored, changes) = release(State::Approved, Action::Approved);
+        stored[2].state = State::Waiting;
+        stored[2].waiting_for = vec!["soak".into()];
+        let approved = step(changes[..2].to_vec());
+        let Some(Job::Update(Subject::Release(r), line)) = release_job(42, &approved, stored)
+        else {
+            panic!("an update");
+        };
+        assert_eq!(r.members.len(), 3);
+        assert_eq!(r.state(), State::Waiting);
+        assert!(line.contains("*Waiting* for soak"), "{line}");
+        let (_, blocks) = Subject::Release(r).message(Some(&line), None);
+        // Waiting, it may still be rejected, as a promotion may.
+        assert_eq!(buttons(&blocks).len(), 2);
+        assert!(
+            blocks.to_string().contains("WAITING"),
+            "each member's state"
+        );
+        // Promoted: every tag moved.
+        let promoted = step(release(State::Promoted, Action::Applied).1);
+        let Some(Job::Update(subject, line)) = release_job(42, &promoted, Vec::new()) else {
+            panic!("an update");
+        };
+        assert!(line.contains("*Promoted*: all 3 tags moved"), "{line}");
+        assert!(buttons(&subject.message(Some(&line), None).1).is_empty());
+        // A step of another release's members is no job of this one.
+        assert_eq!(release_job(7, &promoted, Vec::new()), None);
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod registry;
 pub mod server;
 pub mod slack;
 pub mod token_server;
+pub mod webhook;
 
 use registry::TestRegistry;
 use server::{TestServer, standard_config};

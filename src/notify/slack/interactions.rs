@@ -342,8 +342,17 @@ async fn act(inner: &Inner, i: Interaction) {
     respond(&inner.client, &url, &sentence).await;
 }
 
-/// The sentence of a recorded decision.
+/// The sentence of a recorded decision: of the release, when `p` is one's
+/// member (its members were decided together).
 fn outcome(d: Decision, p: &Promotion) -> String {
+    if let Some(rid) = p.release_id {
+        let what = format!("release {rid} (to {})", p.environment);
+        return match d {
+            // The state of the whole shows in the release's message.
+            Decision::Approve => format!("You approved {what}: every member at once."),
+            Decision::Reject => format!("You rejected {what}: every member at once."),
+        };
+    }
     let what = format!("{} to {}", p.repository, p.environment);
     match d {
         Decision::Approve => format!(
