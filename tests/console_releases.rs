@@ -7,14 +7,14 @@
 
 mod support;
 
-use prodgate::pb::{self, HistoryRequest, PromotionState, ReleaseComponent, RequestReleaseRequest};
+use prodgate::pb::{self, PromotionState, ReleaseComponent, RequestReleaseRequest};
 use std::path::Path;
 use std::time::Duration;
 use support::browser::Browser;
 use support::console::{ConsoleSetup, sign_in};
 use support::registry::TestRegistry;
 use support::server::{Client, TestServer, standard_config};
-use support::{approve, history, wait_for_state};
+use support::{approve, entries, wait_for_state};
 
 const PATHS: [&str; 3] = ["shop/api", "shop/worker", "shop/web"];
 const LIMIT: Duration = Duration::from_secs(30);
@@ -254,17 +254,7 @@ async fn a_release_is_one_row_one_page_and_one_approval_in_the_browser() {
             registry.tag_digest(PATHS[i], "production").await.as_deref(),
             Some(candidates[i].as_str())
         );
-        let approved: Vec<_> = history(
-            &mut alice,
-            HistoryRequest {
-                promotion_id: m.id.clone(),
-                ..Default::default()
-            },
-        )
-        .await
-        .into_iter()
-        .filter(|e| e.action == pb::AuditAction::Approved as i32)
-        .collect();
+        let approved = entries(&mut alice, &m.id, pb::AuditAction::Approved).await;
         assert_eq!(approved.len(), 1, "{approved:?}");
         assert_eq!(approved[0].actor, "bob");
         assert_eq!(approved[0].comment, "shop 2.1 <b>lgtm</b>");
