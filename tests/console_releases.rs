@@ -3,7 +3,8 @@
 //! `prodgate serve` and a real registry: `/` lists the release as one row,
 //! its page shows every member with what it changes, a member's page says
 //! its buttons decide the whole release, and one Approve in the browser
-//! moves every tag while another tab on the page follows live.
+//! moves every tag while another tab on the page follows live; Reject
+//! and the requester's Cancel there end every member.
 
 mod support;
 
@@ -71,6 +72,18 @@ async fn promoted(c: &mut Client, r: &pb::Release) {
     }
 }
 
+/// A registry, and a server with the console (token sign-in) on it.
+async fn start() -> (TestRegistry, ConsoleSetup, TestServer) {
+    let registry = TestRegistry::start().await;
+    let setup = ConsoleSetup::new();
+    let server = TestServer::start(&format!(
+        "{}{}",
+        standard_config(&registry.host),
+        setup.toml("token_login = true\n")
+    ));
+    (registry, setup, server)
+}
+
 /// How many elements match `css` now.
 async fn count(b: &Browser, css: &str) -> usize {
     b.client()
@@ -83,13 +96,7 @@ async fn count(b: &Browser, css: &str) -> usize {
 // Multi-threaded: the test blocks in the server's drop while clients close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn a_release_is_one_row_one_page_and_one_approval_in_the_browser() {
-    let registry = TestRegistry::start().await;
-    let setup = ConsoleSetup::new();
-    let server = TestServer::start(&format!(
-        "{}{}",
-        standard_config(&registry.host),
-        setup.toml("token_login = true\n")
-    ));
+    let (registry, setup, server) = start().await;
     let base = setup.base.clone();
     let mut alice = server.client("alice").await;
     // Shop 2.0 runs in production (bob approved it over gRPC) ...
@@ -259,5 +266,79 @@ async fn a_release_is_one_row_one_page_and_one_approval_in_the_browser() {
         assert_eq!(approved[0].actor, "bob");
         assert_eq!(approved[0].comment, "shop 2.1 <b>lgtm</b>");
         assert_eq!(approved[0].attributes["release"], r.id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn reject_and_the_requesters_cancel_on_a_release_page_end_every_member() {
+    let (registry, setup, server) = start().await;
+    let base = setup.base.clone();
+    let mut alice = server.client("alice").await;
+    push_all(&registry, 10, "2.0.0").await;
+    let doomed = request(&mut alice, &registry.host, "shop 2.0").await;
+    let withdrawn = request(&mut alice, &registry.host, "shop 2.0, again").await;
+    // A promotion of its own is no release.
+    let single = alice
+        .request_promotion(pb::RequestPromotionRequest {
+            reason: "api alone".into(),
+            ..support::request_to(
+                &format!("{}/{}", registry.host, PATHS[0]),
+                "staging",
+                "prod2",
+            )
+        })
+        .await
+        .expect("request")
+        .into_inner();
+
+    let browser = Browser::start().await;
+    browser
+        .run("console_release_reject_cancel", async |b| {
+            sign_in(b, &base, "bob-token").await;
+            b.goto(&format!("{base}/releases/{}", single.id)).await;
+            b.wait_for_text("h1", "Not found").await;
+
+            b.goto(&format!("{base}/releases/{}", doomed.id)).await;
+            b.fill("#comment", "not this week").await;
+            b.click("#reject").await;
+            b.wait_for_text("#state", "REJECTED").await;
+            for m in &doomed.members {
+                b.wait_for_text(&format!("#member-{} dd.member-state", m.id), "REJECTED")
+                    .await;
+            }
+
+            // alice may not approve: only her Cancel is offered.
+            b.click("form.logout button").await;
+            sign_in(b, &base, "alice-token").await;
+            b.goto(&format!("{base}/releases/{}", withdrawn.id)).await;
+            b.wait_for("#cancel").await;
+            assert_eq!(count(b, "#approve").await, 0);
+            b.click("#cancel").await;
+            b.wait_for_text("#state", "CANCELLED").await;
+        })
+        .await;
+
+    for (release, action, state, actor) in [
+        (
+            &doomed,
+            pb::AuditAction::Rejected,
+            PromotionState::Rejected,
+            "bob",
+        ),
+        (
+            &withdrawn,
+            pb::AuditAction::Cancelled,
+            PromotionState::Cancelled,
+            "alice",
+        ),
+    ] {
+        for m in &release.members {
+            let p = support::get(&mut alice, &m.id).await;
+            assert_eq!(p.state, state as i32, "{p:?}");
+            let ended = entries(&mut alice, &m.id, action).await;
+            assert_eq!(ended.len(), 1, "{ended:?}");
+            assert_eq!(ended[0].actor, actor);
+            assert_eq!(ended[0].attributes["release"], release.id);
+        }
     }
 }
