@@ -16,7 +16,7 @@ use support::browser::Browser;
 use support::console::{ConsoleSetup, sign_in};
 use support::registry::TestRegistry;
 use support::server::{Client, TestServer, standard_config};
-use support::{approve, get, history, request_to, wait_for_state};
+use support::{approve, entries, get, history, request_to, wait_for_state};
 
 const REVISION: &str = "org.opencontainers.image.revision";
 const SOURCE: &str = "org.opencontainers.image.source";
@@ -75,21 +75,6 @@ impl Console {
         .expect("request")
         .into_inner()
     }
-}
-
-/// The entries of promotion `id` with `action`.
-async fn entries(c: &mut Client, id: &str, action: pb::AuditAction) -> Vec<pb::AuditEntry> {
-    history(
-        c,
-        HistoryRequest {
-            promotion_id: id.into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .into_iter()
-    .filter(|e| e.action == action as i32)
-    .collect()
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
-// prodgate console: live countdowns, and the live section of a promotion
-// page re-read when the server says it changed (Server-Sent Events). No
-// inline script anywhere: the Content-Security-Policy allows this file only.
+// prodgate console: live countdowns, and the live section of a promotion's
+// or a release's page re-read when the server says it changed (Server-Sent
+// Events). No inline script anywhere: the Content-Security-Policy allows
+// this file only.
 "use strict";
 
 function tick() {

@@ -9,13 +9,16 @@
 //!   development `token_login` (a `[[principal]]` token, checked by the
 //!   gRPC authenticator). The session is a sealed cookie ([`session`]);
 //!   Log out clears it and any sign-in under way.
-//! - Pages: `/` (what awaits me, my requests, the latest) and
-//!   `/promotions/{id}` (state, what changes ([`image`]: both images read
-//!   from the registry), checks, approvals, gates, audit entries and their
-//!   checkpoint inclusion; Approve, Reject, Cancel, break-glass).
-//!   `GET /promotions/{id}/events` streams a `change` event per change
-//!   (Server-Sent Events); `console.js` then re-reads the page's live
-//!   section. `/history`, `/deployed` and `/policy` read only ([`browse`]).
+//! - Pages: `/` (what awaits me, my requests, the latest; a release is
+//!   one row), `/promotions/{id}` (state, what changes ([`image`]: both
+//!   images read from the registry), checks, approvals, gates, audit
+//!   entries and their checkpoint inclusion; Approve, Reject, Cancel,
+//!   break-glass) and `/releases/{id}` (the whole and each member's facts,
+//!   the same buttons deciding every member at once, [`release`]).
+//!   `GET /promotions/{id}/events` and `/releases/{id}/events` stream a
+//!   `change` event per change (Server-Sent Events); `console.js` then
+//!   re-reads the page's live section. `/history`, `/deployed` and
+//!   `/policy` read only ([`browse`]).
 //! - Safety: every state change is a POST carrying the session's CSRF
 //!   token and an `Origin` equal to `public_url`'s (else 403, nothing
 //!   recorded); a Content-Security-Policy that allows no inline script or
@@ -26,6 +29,7 @@ pub mod browse;
 pub mod image;
 pub mod oidc;
 pub mod pages;
+pub mod release;
 pub mod session;
 
 use crate::auth::Authenticator;
@@ -33,7 +37,8 @@ use crate::clock::Clock;
 use crate::config::{ConsoleConfig, Live};
 use crate::domain::model::{Promotion, PromotionId, State};
 use crate::domain::names::Repository;
-use crate::domain::policy::Principal;
+use crate::domain::policy::{EnvironmentPolicy, Principal};
+use crate::domain::release::Release;
 use crate::error::Error;
 use crate::promotions::{HistoryQuery, ListQuery, Promotions};
 use crate::store::{HistoryFilter, ListFilter};
@@ -41,7 +46,7 @@ use axum::Router;
 use axum::extract::{Form, Path, State as Extract};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use maud::Markup;
 use pages::Reader;
 use serde::Deserialize;
@@ -133,11 +138,8 @@ pub fn router(console: Shared) -> Router {
         .route("/logout", post(logout))
         .route("/auth/login", get(oidc_login))
         .route("/auth/callback", get(oidc_callback))
-        .route("/promotions/{id}", get(promotion_page))
-        .route("/promotions/{id}/approve", post(approve))
-        .route("/promotions/{id}/reject", post(reject))
-        .route("/promotions/{id}/cancel", post(cancel))
-        .route("/promotions/{id}/events", get(events))
+        .merge(subject_routes(Subject::Promotion))
+        .merge(subject_routes(Subject::Release))
         .route("/history", get(browse::history))
         .route("/deployed", get(browse::deployed))
         .route("/policy", get(browse::policy))
@@ -146,6 +148,85 @@ pub fn router(console: Shared) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM))
         .layer(axum::middleware::map_response(secure_headers))
         .with_state(console)
+}
+
+/// A promotion's or a release's page, buttons and change stream: the
+/// same handlers, told the subject by the route.
+fn subject_routes(subject: Subject) -> Router<Shared> {
+    let base = subject.base();
+    let decider = |decision: Decision| -> MethodRouter<Shared> {
+        post(
+            move |c: Extract<Shared>, id: Path<String>, h: HeaderMap, f: Form<DecideForm>| {
+                decide(c, id, h, f, decision, subject)
+            },
+        )
+    };
+    Router::new()
+        .route(
+            &format!("{base}/{{id}}"),
+            get(move |c: Extract<Shared>, id: Path<String>, h: HeaderMap| show(c, id, h, subject)),
+        )
+        .route(
+            &format!("{base}/{{id}}/approve"),
+            decider(Decision::Approve),
+        )
+        .route(&format!("{base}/{{id}}/reject"), decider(Decision::Reject))
+        .route(&format!("{base}/{{id}}/cancel"), decider(Decision::Cancel))
+        .route(
+            &format!("{base}/{{id}}/events"),
+            get(move |c: Extract<Shared>, id: Path<String>, h: HeaderMap| {
+                events(c, id, h, subject)
+            }),
+        )
+}
+
+/// What a page, its buttons and its change stream are about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Subject {
+    Promotion,
+    /// A release, named by its first member's id.
+    Release,
+}
+
+impl Subject {
+    fn base(self) -> &'static str {
+        match self {
+            Subject::Promotion => "/promotions",
+            Subject::Release => "/releases",
+        }
+    }
+
+    fn path(self, id: PromotionId) -> String {
+        format!("{}/{id}", self.base())
+    }
+
+    /// Its page: 404 when `raw_id` names none.
+    async fn render(
+        self,
+        c: &Shared,
+        s: &Session,
+        who: &Principal,
+        raw_id: &str,
+        status: StatusCode,
+        error: Option<&str>,
+    ) -> Response {
+        match self {
+            Subject::Promotion => render_promotion(c, s, who, raw_id, status, error).await,
+            Subject::Release => release::render(c, s, who, raw_id, status, error).await,
+        }
+    }
+}
+
+/// 404: `{id}` names no promotion (or, for a release's routes, no release).
+fn not_found(reader: &Reader<'_>, subject: Subject) -> Response {
+    let what = match subject {
+        Subject::Promotion => "no such promotion",
+        Subject::Release => "no such release",
+    };
+    page(
+        StatusCode::NOT_FOUND,
+        pages::problem(Some(reader), "Not found", what),
+    )
 }
 
 async fn secure_headers(mut r: Response) -> Response {
@@ -523,20 +604,26 @@ async fn index(Extract(c): Extract<Shared>, headers: HeaderMap) -> Response {
         .list(listed(Some(who.clone()), Some(State::PendingApproval)))
         .await;
     let latest = c.promotions.list(listed(None, None)).await;
-    match (awaiting, latest) {
-        (Ok(awaiting), Ok(latest)) => {
+    let rows = match (awaiting, latest) {
+        (Ok(awaiting), Ok(latest)) => tokio::try_join!(
+            release::rows(&c, awaiting.items),
+            release::rows(&c, latest.items)
+        ),
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    };
+    match rows {
+        Ok((awaiting, latest)) => {
             let mine: Vec<_> = latest
-                .items
                 .iter()
-                .filter(|p| who.is(&p.requested_by))
+                .filter(|row| who.is(row.requested_by()))
                 .cloned()
                 .collect();
             page(
                 StatusCode::OK,
-                pages::index(&reader(&s, &who), &awaiting.items, &mine, &latest.items),
+                pages::index(&reader(&s, &who), &awaiting, &mine, &latest),
             )
         }
-        (Err(e), _) | (_, Err(e)) => failure(Some(&reader(&s, &who)), e),
+        Err(e) => failure(Some(&reader(&s, &who)), e),
     }
 }
 
@@ -566,15 +653,19 @@ fn promotion_id(raw: &str) -> Option<PromotionId> {
     crate::api::convert::promotion_id(raw).ok()
 }
 
-async fn promotion_page(
+/// `/promotions/{id}` or `/releases/{id}`.
+async fn show(
     Extract(c): Extract<Shared>,
     Path(id): Path<String>,
     headers: HeaderMap,
+    subject: Subject,
 ) -> Response {
     let Some((s, who)) = c.session(&headers) else {
         return to_login();
     };
-    render_promotion(&c, &s, &who, &id, StatusCode::OK, None).await
+    subject
+        .render(&c, &s, &who, &id, StatusCode::OK, None)
+        .await
 }
 
 async fn render_promotion(
@@ -587,19 +678,11 @@ async fn render_promotion(
 ) -> Response {
     let r = reader(s, who);
     let Some(id) = promotion_id(raw_id) else {
-        return page(
-            StatusCode::NOT_FOUND,
-            pages::problem(Some(&r), "Not found", "no such promotion"),
-        );
+        return not_found(&r, Subject::Promotion);
     };
     let p = match c.promotions.get(id).await {
         Ok(p) => p,
         Err(e) => return failure(Some(&r), e),
-    };
-    let gates = if p.state.is_terminal() {
-        None
-    } else {
-        c.promotions.gates_of(&p).await.ok().map(|e| e.report)
     };
     let history = c
         .promotions
@@ -617,47 +700,88 @@ async fn render_promotion(
         Ok(l) => l.items,
         Err(e) => return failure(Some(&r), e),
     };
-    let changes = what_changes(c, &p).await;
-    let checks = match Repository::parse(&p.repository) {
-        Ok(repo) => c
-            .promotions
-            .list_checks(&repo, &p.digest, None, CHECKS_SHOWN)
-            .await
-            .map(|l| l.items)
-            .map_err(|e| refusal(e, "").1),
-        Err(e) => Err(e.to_string()),
+    // A member's buttons decide its whole release: judged on every member.
+    let release = match p.release_id {
+        Some(rid) => match c.promotions.release(rid).await {
+            Ok(release) => Some(release),
+            Err(e) => return failure(Some(&r), e),
+        },
+        None => None,
     };
-    let checkpoint_size = c.promotions.checkpoint_size();
-    let config = c.live.get();
-    let policy = config
-        .governing(&p.repository)
-        .environment(&p.environment)
-        .cloned();
-    let open = p.state.is_undecided();
-    // Any approver sees the buttons (`may_approve` implies one); the use
-    // case says why a given call is refused.
-    let approver = policy.as_ref().is_some_and(|pol| pol.is_approver(who));
-    let actions = pages::Actions {
-        decide: open && approver,
-        cancel: open && (approver || who.is(&p.requested_by)),
-        break_glass: open && policy.as_ref().is_some_and(|pol| pol.may_break_glass(who)),
-    };
+    let decided = release
+        .as_ref()
+        .map_or(std::slice::from_ref(&p), |r| r.members.as_slice());
+    let actions = actions(c, who, decided);
+    let facts = member_facts(c, &p).await;
     page(
         status,
         pages::promotion(
             &r,
             &pages::PromotionView {
                 promotion: &p,
-                gates: gates.as_ref(),
+                facts: &facts,
                 entries: &entries,
-                checkpoint_size,
-                checks: &checks,
-                changes: &changes,
+                checkpoint_size: c.promotions.checkpoint_size(),
                 actions: &actions,
+                release: release.as_ref().map(|r| (r.id, r.members.len())),
                 error,
             },
         ),
     )
+}
+
+/// What `who` may do about `members`: a promotion alone, or every member
+/// of a release (decided together, so each member's policy must allow
+/// it). Any approver sees the buttons (`may_approve` implies one); the use
+/// case says why a given call is refused.
+fn actions(c: &Console, who: &Principal, members: &[Promotion]) -> pages::Actions {
+    let config = c.live.get();
+    let each = |allowed: &dyn Fn(&EnvironmentPolicy) -> bool| {
+        !members.is_empty()
+            && members.iter().all(|m| {
+                config
+                    .governing(&m.repository)
+                    .environment(&m.environment)
+                    .is_some_and(allowed)
+            })
+    };
+    let open = !members.is_empty() && members.iter().all(|m| m.state.is_undecided());
+    let approver = each(&|pol| pol.is_approver(who));
+    let requester = members.first().is_some_and(|m| who.is(&m.requested_by));
+    pages::Actions {
+        decide: open && approver,
+        cancel: open && (approver || requester),
+        break_glass: open && each(&|pol| pol.may_break_glass(who)),
+    }
+}
+
+/// A promotion's gates (while it is open), checks and what it changes,
+/// read together.
+async fn member_facts(c: &Console, p: &Promotion) -> pages::MemberFacts {
+    let gates = async {
+        if p.state.is_terminal() {
+            None
+        } else {
+            c.promotions.gates_of(p).await.ok().map(|e| e.report)
+        }
+    };
+    let checks = async {
+        match Repository::parse(&p.repository) {
+            Ok(repo) => c
+                .promotions
+                .list_checks(&repo, &p.digest, None, CHECKS_SHOWN)
+                .await
+                .map(|l| l.items)
+                .map_err(|e| refusal(e, "").1),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    let (gates, checks, changes) = tokio::join!(gates, checks, what_changes(c, p));
+    pages::MemberFacts {
+        gates,
+        checks,
+        changes,
+    }
 }
 
 /// How long the page waits for the registry to describe an image: past
@@ -722,33 +846,6 @@ enum Decision {
     Cancel,
 }
 
-async fn approve(
-    c: Extract<Shared>,
-    id: Path<String>,
-    headers: HeaderMap,
-    form: Form<DecideForm>,
-) -> Response {
-    decide(c, id, headers, form, Decision::Approve).await
-}
-
-async fn reject(
-    c: Extract<Shared>,
-    id: Path<String>,
-    headers: HeaderMap,
-    form: Form<DecideForm>,
-) -> Response {
-    decide(c, id, headers, form, Decision::Reject).await
-}
-
-async fn cancel(
-    c: Extract<Shared>,
-    id: Path<String>,
-    headers: HeaderMap,
-    form: Form<DecideForm>,
-) -> Response {
-    decide(c, id, headers, form, Decision::Cancel).await
-}
-
 /// Approve, Reject or Cancel, as the gRPC call would: the same use case,
 /// the signed-in principal, the same refusals (shown on the page).
 async fn decide(
@@ -757,6 +854,7 @@ async fn decide(
     headers: HeaderMap,
     Form(form): Form<DecideForm>,
     decision: Decision,
+    subject: Subject,
 ) -> Response {
     let Some((s, who)) = c.session(&headers) else {
         return to_login();
@@ -774,11 +872,14 @@ async fn decide(
         );
     }
     let Some(id) = promotion_id(&raw_id) else {
-        return page(
-            StatusCode::NOT_FOUND,
-            pages::problem(Some(&reader(&s, &who)), "Not found", "no such promotion"),
-        );
+        return not_found(&reader(&s, &who), subject);
     };
+    // A promotion's id on a release's route decides nothing.
+    if subject == Subject::Release
+        && let Err(e) = c.promotions.release(id).await
+    {
+        return release::refused(&reader(&s, &who), e);
+    }
     let comment = match crate::api::convert::text("comment", &form.comment) {
         Ok(t) => t,
         Err(e) => return failure(Some(&reader(&s, &who)), e),
@@ -794,41 +895,60 @@ async fn decide(
         Decision::Cancel => c.promotions.cancel(who.clone(), id, comment).await,
     };
     match done {
-        Ok(_) => Redirect::to(&format!("/promotions/{id}")).into_response(),
+        Ok(_) => Redirect::to(&subject.path(id)).into_response(),
         Err(e) => {
             let (code, message) = refusal(e, &id.to_string());
-            render_promotion(&c, &s, &who, &raw_id, code, Some(&message)).await
+            subject
+                .render(&c, &s, &who, &raw_id, code, Some(&message))
+                .await
         }
     }
 }
 
-/// `change` whenever the promotion changes (the first is its state now),
-/// `end` after a terminal state: the page's script re-reads the live
-/// section on each. A comment every 15 s keeps proxies from closing it.
+/// `change` whenever the promotion (or the release) changes, the first
+/// its state now; `end` once it has ended (every member, for a release):
+/// the page's script re-reads the live section on each. A comment every
+/// 15 s keeps proxies from closing it.
 async fn events(
     Extract(c): Extract<Shared>,
     Path(raw_id): Path<String>,
     headers: HeaderMap,
+    subject: Subject,
 ) -> Response {
-    use axum::response::sse::{Event, KeepAlive, Sse};
     let Some((s, who)) = c.session(&headers) else {
         return StatusCode::UNAUTHORIZED.into_response();
     };
     let Some(id) = promotion_id(&raw_id) else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    let changes = match c.promotions.watch(&who, id).await {
-        Ok(rx) => rx,
-        Err(e) => return failure(Some(&reader(&s, &who)), e),
+    let watched = match subject {
+        Subject::Promotion => c
+            .promotions
+            .watch(&who, id)
+            .await
+            .map(|rx| stream(rx, |p: &Promotion| (p.state, p.state.is_terminal()))),
+        Subject::Release => c.promotions.watch_release(&who, id).await.map(|rx| {
+            stream(rx, |r: &Release| {
+                (r.state(), r.members.iter().all(|m| m.state.is_terminal()))
+            })
+        }),
     };
+    watched.unwrap_or_else(|e| failure(Some(&reader(&s, &who)), e))
+}
+
+/// Server-Sent Events of a watch: each item's state label, as `end` when
+/// `read` says it has ended, else as `change`.
+fn stream<T: Send + 'static>(
+    changes: tokio::sync::mpsc::Receiver<Result<T, Error>>,
+    read: fn(&T) -> (State, bool),
+) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
     let stream = tokio_stream::StreamExt::map(
         tokio_stream::wrappers::ReceiverStream::new(changes),
-        |change| {
-            let event = match change {
-                Ok(p) if p.state.is_terminal() => {
-                    Event::default().event("end").data(p.state.label())
-                }
-                Ok(p) => Event::default().event("change").data(p.state.label()),
+        move |change| {
+            let event = match change.as_ref().map(read) {
+                Ok((state, true)) => Event::default().event("end").data(state.label()),
+                Ok((state, false)) => Event::default().event("change").data(state.label()),
                 Err(_) => Event::default().event("end").data("lost"),
             };
             Ok::<_, std::convert::Infallible>(event)

@@ -8,7 +8,10 @@ use crate::config::reading::{Change, entry, render};
 use crate::domain::audit::AuditEntry;
 use crate::domain::drift::TagRecord;
 use crate::domain::gates::GateReport;
-use crate::domain::model::{CheckReport, CheckStatus, Precision, Promotion, State, Time};
+use crate::domain::model::{
+    Approval, CheckReport, CheckStatus, Precision, Promotion, PromotionId, State, Time,
+};
+use crate::domain::release::Release;
 use crate::store::StoredPolicy;
 use maud::{DOCTYPE, Markup, html};
 use serde_json::{Map, Value};
@@ -99,20 +102,48 @@ pub fn login(token_login: bool, issuer: Option<&str>, error: Option<&str>) -> Ma
     )
 }
 
-fn promotion_rows(ps: &[Promotion]) -> Markup {
+/// One row of a list on `/`: a promotion, or a release (its members
+/// shown as one row).
+#[derive(Debug, Clone)]
+pub enum Row {
+    Promotion(Box<Promotion>),
+    Release(Release),
+}
+
+impl Row {
+    pub fn requested_by(&self) -> &str {
+        match self {
+            Row::Promotion(p) => &p.requested_by,
+            Row::Release(r) => r.requested_by(),
+        }
+    }
+}
+
+fn rows(rows: &[Row]) -> Markup {
     html! {
         table.promotions {
             thead { tr { th { "ID" } th { "State" } th { "Repository" } th { "Environment" } th { "Requested by" } th { "Reason" } th { "Created" } } }
             tbody {
-                @for p in ps {
-                    tr {
-                        td { a href={ "/promotions/" (p.id) } { (p.id) } }
-                        td { span class={ "state " (state_class(p.state)) } { (p.state.label()) } }
-                        td { (p.repository) }
-                        td { (p.environment) }
-                        td { (p.requested_by) }
-                        td.reason { (p.reason) }
-                        td { time datetime=(time(p.created_at)) { (time(p.created_at)) } }
+                @for row in rows {
+                    @match row {
+                        Row::Promotion(p) => tr {
+                            td { a href={ "/promotions/" (p.id) } { (p.id) } }
+                            td { (state_badge(p.state)) }
+                            td { (p.repository) }
+                            td { (p.environment) }
+                            td { (p.requested_by) }
+                            td.reason { (p.reason) }
+                            td { (moment(p.created_at)) }
+                        },
+                        Row::Release(r) => tr.release {
+                            td { a href={ "/releases/" (r.id) } { "release " (r.id) } }
+                            td { (state_badge(r.state())) }
+                            td.images { (r.members.len()) " images" }
+                            td { (r.environment()) }
+                            td { (r.requested_by()) }
+                            td.reason { (r.reason()) }
+                            td { (moment(r.created_at())) }
+                        },
                     }
                 }
             }
@@ -120,31 +151,49 @@ fn promotion_rows(ps: &[Promotion]) -> Markup {
     }
 }
 
+fn state_badge(s: State) -> Markup {
+    html! { span class={ "state " (state_class(s)) } { (s.label()) } }
+}
+
+fn moment(t: Time) -> Markup {
+    html! { time datetime=(time(t)) { (time(t)) } }
+}
+
 /// `/`: what awaits the reader, their recent requests, the latest.
-pub fn index(
-    reader: &Reader<'_>,
-    awaiting: &[Promotion],
-    mine: &[Promotion],
-    latest: &[Promotion],
-) -> Markup {
+pub fn index(reader: &Reader<'_>, awaiting: &[Row], mine: &[Row], latest: &[Row]) -> Markup {
     layout(
         "Awaiting",
         Some(reader),
         html! {
             section #awaiting {
                 h1 { "Awaiting your approval" }
-                @if awaiting.is_empty() { p.empty { "Nothing awaits you." } } @else { (promotion_rows(awaiting)) }
+                @if awaiting.is_empty() { p.empty { "Nothing awaits you." } } @else { (rows(awaiting)) }
             }
             section #mine {
                 h2 { "Your recent requests" }
-                @if mine.is_empty() { p.empty { "None." } } @else { (promotion_rows(mine)) }
+                @if mine.is_empty() { p.empty { "None." } } @else { (rows(mine)) }
             }
             section #latest {
                 h2 { "Latest promotions" }
-                @if latest.is_empty() { p.empty { "None yet." } } @else { (promotion_rows(latest)) }
+                @if latest.is_empty() { p.empty { "None yet." } } @else { (rows(latest)) }
             }
         },
     )
+}
+
+/// Where a block is shown: alone on a promotion's page (its elements
+/// carry ids), or as one member's on a release's page (classes only, so
+/// no id repeats).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Page,
+    Member,
+}
+
+impl Scope {
+    fn id(self, name: &str) -> Option<&str> {
+        (self == Scope::Page).then_some(name)
+    }
 }
 
 /// What the environment's tag carries now, by prodgate's record.
@@ -217,29 +266,38 @@ fn image_facts(image: &Result<Image, String>) -> Markup {
     }
 }
 
-fn what_changes(p: &Promotion, w: &WhatChanges) -> Markup {
+fn what_changes(environment: &str, w: &WhatChanges, scope: Scope) -> Markup {
     html! {
-        section #changes {
+        section.what-changes id=[scope.id("changes")] {
             h2 { "What changes" }
             div.changes {
-                div #now {
-                    h3 { "Now in " (p.environment) }
+                div.now id=[scope.id("now")] {
+                    h3 { "Now in " (environment) }
                     @match &w.now {
                         Carried::Nothing => p.empty { "nothing yet" },
                         Carried::Unknown(why) => p.error.unreadable { "could not read: " (why) },
                         Carried::Digest { since, image } => {
-                            p.since { "since " time datetime=(time(*since)) { (time(*since)) } }
+                            p.since { "since " (moment(*since)) }
                             (image_facts(image))
                         }
                     }
                 }
-                div #candidate {
+                div.candidate id=[scope.id("candidate")] {
                     h3 { "Candidate" }
                     (image_facts(&w.candidate))
                 }
             }
         }
     }
+}
+
+/// What a promotion page shows of one promotion beside its record, read
+/// for it (a release's page reads it for each member).
+pub struct MemberFacts {
+    /// `None` once it is finished (or the gates could not be evaluated).
+    pub gates: Option<GateReport>,
+    pub checks: Result<Vec<CheckReport>, String>,
+    pub changes: WhatChanges,
 }
 
 /// What the reader may do on a promotion page.
@@ -255,14 +313,13 @@ pub struct Actions {
 /// Everything a promotion page shows.
 pub struct PromotionView<'a> {
     pub promotion: &'a Promotion,
-    /// `None` once it is finished (or the gates could not be evaluated).
-    pub gates: Option<&'a GateReport>,
+    pub facts: &'a MemberFacts,
     pub entries: &'a [AuditEntry],
     /// The current checkpoint's size: entries up to it are included.
     pub checkpoint_size: u64,
-    pub checks: &'a Result<Vec<CheckReport>, String>,
-    pub changes: &'a WhatChanges,
     pub actions: &'a Actions,
+    /// The release it is a member of: its id and how many images it has.
+    pub release: Option<(PromotionId, usize)>,
     pub error: Option<&'a str>,
 }
 
@@ -270,15 +327,22 @@ pub struct PromotionView<'a> {
 pub fn promotion(reader: &Reader<'_>, view: &PromotionView<'_>) -> Markup {
     let PromotionView {
         promotion: p,
-        gates,
+        facts,
         entries,
         checkpoint_size,
-        checks,
-        changes,
         actions,
+        release,
         error,
     } = *view;
     let title = format!("Promotion {}", p.id);
+    let note = release.map(|(id, images)| {
+        html! {
+            p.hint #decides-release {
+                "These buttons decide all " (images) " images of "
+                a href={ "/releases/" (id) } { "release " (id) } " together."
+            }
+        }
+    });
     layout(
         &title,
         Some(reader),
@@ -287,16 +351,14 @@ pub fn promotion(reader: &Reader<'_>, view: &PromotionView<'_>) -> Markup {
             @if let Some(e) = error { p.error role="alert" { (e) } }
             section #live data-watch={ "/promotions/" (p.id) "/events" } {
                 dl.facts {
-                    dt { "State" } dd #state { span class={ "state " (state_class(p.state)) } { (p.state.label()) } }
-                    @if p.state == State::Waiting {
-                        dt { "Waiting for" } dd #waiting-for { (p.waiting_for.join(", ")) }
-                        @if let Some(t) = p.not_before {
-                            dt { "Not before" } dd { time data-countdown=(time(t)) datetime=(time(t)) { (time(t)) } }
+                    dt { "State" } dd #state { (state_badge(p.state)) }
+                    @if let Some((id, images)) = release {
+                        dt { "Release" } dd #member-of {
+                            "member of " a href={ "/releases/" (id) } { "release " (id) } " (" (images) " images)"
                         }
                     }
-                    @if !p.state.is_terminal() {
-                        dt { "Expires" } dd { time data-countdown=(time(p.expires_at)) datetime=(time(p.expires_at)) { (time(p.expires_at)) } }
-                    }
+                    (waiting(p, Scope::Page))
+                    @if !p.state.is_terminal() { dt { "Expires" } dd { (countdown(p.expires_at)) } }
                     dt { "Repository" } dd { (p.repository) }
                     dt { "Environment" } dd { (p.environment) " (tag " (p.target_tag) ")" }
                     dt { "Digest" } dd.digest { (p.digest) }
@@ -306,57 +368,12 @@ pub fn promotion(reader: &Reader<'_>, view: &PromotionView<'_>) -> Markup {
                     @if !p.failure_message.is_empty() { dt { "Failure" } dd { (p.failure_message) } }
                     @if !p.policy_digest.is_empty() { dt { "Policy" } dd.digest { (p.policy_digest) } }
                 }
-                (what_changes(p, changes))
-                (check_list(checks))
-                h2 { "Approvals " (p.approvals.len()) " of " (p.required_approvals) }
-                ul #approvals {
-                    @for a in &p.approvals {
-                        li {
-                            strong { (a.approver) }
-                            @if !a.groups.is_empty() { " (" (a.groups.join(", ")) ")" }
-                            " at " time datetime=(time(a.time)) { (time(a.time)) }
-                            @if !a.comment.is_empty() { ": " q { (a.comment) } }
-                        }
-                    }
-                }
-                @if let Some(g) = gates {
-                    h2 { "Gates" }
-                    table #gates {
-                        @for gate in &g.gates {
-                            tr class=(if gate.passed { "pass" } else { "block" }) {
-                                td { (if gate.passed { "pass" } else { "BLOCK" }) }
-                                td { (gate.name) }
-                                td { (gate.message) }
-                            }
-                        }
-                    }
-                }
+                (what_changes(&p.environment, &facts.changes, Scope::Page))
+                (check_list(&facts.checks, Scope::Page))
+                (approval_list(&p.approvals, p.required_approvals))
+                (gate_table(facts.gates.as_ref(), Scope::Page))
             }
-            @if actions.decide || actions.cancel {
-                section #decide {
-                    h2 { "Decide" }
-                    form method="post" {
-                        input type="hidden" name="csrf" value=(reader.csrf);
-                        label for="comment" { "Comment" }
-                        textarea #comment name="comment" rows="3" maxlength="4096" {}
-                        @if actions.break_glass {
-                            label.break-glass {
-                                input type="checkbox" name="break_glass" value="true";
-                                " Break glass (overrides window, freeze and soak; say why in the comment)"
-                            }
-                        }
-                        div.buttons {
-                            @if actions.decide {
-                                button #approve type="submit" formaction={ "/promotions/" (p.id) "/approve" } { "Approve" }
-                                button #reject type="submit" formaction={ "/promotions/" (p.id) "/reject" } { "Reject" }
-                            }
-                            @if actions.cancel {
-                                button #cancel type="submit" formaction={ "/promotions/" (p.id) "/cancel" } { "Cancel" }
-                            }
-                        }
-                    }
-                }
-            }
+            (decide_form(reader, &format!("/promotions/{}", p.id), actions, note))
             section #history {
                 h2 { "Audit entries" }
                 table {
@@ -368,7 +385,7 @@ pub fn promotion(reader: &Reader<'_>, view: &PromotionView<'_>) -> Markup {
                                 td.checkpoint {
                                     @if e.sequence <= checkpoint_size { "included" } @else { "not yet" }
                                 }
-                                td { time datetime=(time(e.time)) { (time(e.time)) } }
+                                td { (moment(e.time)) }
                                 td { (action_name(e)) }
                                 td { (e.event.actor) }
                                 td { (e.event.comment) }
@@ -379,6 +396,160 @@ pub fn promotion(reader: &Reader<'_>, view: &PromotionView<'_>) -> Markup {
             }
         },
     )
+}
+
+/// Everything a release page shows.
+pub struct ReleaseView<'a> {
+    pub release: &'a Release,
+    /// Each member's facts, in the members' order.
+    pub facts: &'a [MemberFacts],
+    pub actions: &'a Actions,
+    pub error: Option<&'a str>,
+}
+
+/// `/releases/{id}`: the whole, its approvals, then each member with what
+/// it changes.
+pub fn release(reader: &Reader<'_>, view: &ReleaseView<'_>) -> Markup {
+    let ReleaseView {
+        release: r,
+        facts,
+        actions,
+        error,
+    } = *view;
+    let state = r.state();
+    let images = r.members.len();
+    // Each member needs its own approvals; the release moves once all have.
+    let required = r.members.iter().map(|m| m.required_approvals).max();
+    let note = html! {
+        p.hint #decides-release { "These buttons decide all " (images) " images together." }
+    };
+    layout(
+        &format!("Release {}", r.id),
+        Some(reader),
+        html! {
+            h1 { "Release " (r.id) ": " (images) " images → " (r.environment()) }
+            @if let Some(e) = error { p.error role="alert" { (e) } }
+            section #live data-watch={ "/releases/" (r.id) "/events" } {
+                dl.facts {
+                    dt { "State" } dd #state { (state_badge(state)) }
+                    @if !state.is_terminal() {
+                        @if let Some(m) = r.members.first() { dt { "Expires" } dd { (countdown(m.expires_at)) } }
+                    }
+                    dt { "Environment" } dd #environment { (r.environment()) }
+                    dt { "Requested by" } dd #requested-by { (r.requested_by()) }
+                    dt { "Reason" } dd #reason { (r.reason()) }
+                    dt { "Created" } dd { (moment(r.created_at())) }
+                    dt { "Updated" } dd { (moment(r.updated_at())) }
+                    @if !r.failure_message().is_empty() { dt { "Failure" } dd #failure { (r.failure_message()) } }
+                }
+                (approval_list(r.approvals(), required.unwrap_or(0)))
+                h2 { "Members" }
+                ol #members {
+                    @for (m, f) in r.members.iter().zip(facts) { (member(m, f)) }
+                }
+            }
+            (decide_form(reader, &format!("/releases/{}", r.id), actions, Some(note)))
+        },
+    )
+}
+
+/// One member on its release's page.
+fn member(m: &Promotion, f: &MemberFacts) -> Markup {
+    html! {
+        li.member id={ "member-" (m.id) } {
+            h2 { a.promotion href={ "/promotions/" (m.id) } { "Promotion " (m.id) } ": " span.repository { (m.repository) } }
+            dl.facts {
+                dt { "State" } dd.member-state { (state_badge(m.state)) }
+                dt { "Digest" } dd.digest title=(m.digest) { (short_digest(&m.digest)) }
+                (waiting(m, Scope::Member))
+                @if !m.failure_message.is_empty() { dt { "Failure" } dd.failure { (m.failure_message) } }
+            }
+            (what_changes(&m.environment, &f.changes, Scope::Member))
+            (check_list(&f.checks, Scope::Member))
+            (gate_table(f.gates.as_ref(), Scope::Member))
+        }
+    }
+}
+
+/// A time that counts down (or up) in the page's script.
+fn countdown(t: Time) -> Markup {
+    html! { time data-countdown=(time(t)) datetime=(time(t)) { (time(t)) } }
+}
+
+/// What a WAITING promotion waits for, as `dt`/`dd` pairs.
+fn waiting(p: &Promotion, scope: Scope) -> Markup {
+    html! {
+        @if p.state == State::Waiting {
+            dt { "Waiting for" } dd.waiting-for id=[scope.id("waiting-for")] { (p.waiting_for.join(", ")) }
+            @if let Some(t) = p.not_before { dt { "Not before" } dd { (countdown(t)) } }
+        }
+    }
+}
+
+fn approval_list(approvals: &[Approval], required: u32) -> Markup {
+    html! {
+        h2 { "Approvals " (approvals.len()) " of " (required) }
+        ul #approvals {
+            @for a in approvals {
+                li {
+                    strong { (a.approver) }
+                    @if !a.groups.is_empty() { " (" (a.groups.join(", ")) ")" }
+                    " at " (moment(a.time))
+                    @if !a.comment.is_empty() { ": " q { (a.comment) } }
+                }
+            }
+        }
+    }
+}
+
+fn gate_table(gates: Option<&GateReport>, scope: Scope) -> Markup {
+    html! {
+        @if let Some(g) = gates {
+            h2 { "Gates" }
+            table.gates id=[scope.id("gates")] {
+                @for gate in &g.gates {
+                    tr class=(if gate.passed { "pass" } else { "block" }) {
+                        td { (if gate.passed { "pass" } else { "BLOCK" }) }
+                        td { (gate.name) }
+                        td { (gate.message) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Approve, Reject, Cancel (and break-glass) as `actions` allows, posting
+/// to `{base}/approve|reject|cancel`; `note` says what they decide.
+fn decide_form(reader: &Reader<'_>, base: &str, actions: &Actions, note: Option<Markup>) -> Markup {
+    html! {
+        @if actions.decide || actions.cancel {
+            section #decide {
+                h2 { "Decide" }
+                @if let Some(n) = note { (n) }
+                form method="post" {
+                    input type="hidden" name="csrf" value=(reader.csrf);
+                    label for="comment" { "Comment" }
+                    textarea #comment name="comment" rows="3" maxlength="4096" {}
+                    @if actions.break_glass {
+                        label.break-glass {
+                            input type="checkbox" name="break_glass" value="true";
+                            " Break glass (overrides window, freeze and soak; say why in the comment)"
+                        }
+                    }
+                    div.buttons {
+                        @if actions.decide {
+                            button #approve type="submit" formaction={ (base) "/approve" } { "Approve" }
+                            button #reject type="submit" formaction={ (base) "/reject" } { "Reject" }
+                        }
+                        @if actions.cancel {
+                            button #cancel type="submit" formaction={ (base) "/cancel" } { "Cancel" }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// A promotion id as a link to its page; none for entries about no
@@ -619,9 +790,9 @@ pub fn is_http_url(s: &str) -> bool {
 }
 
 /// The candidate's checks: the latest report of each.
-fn check_list(checks: &Result<Vec<CheckReport>, String>) -> Markup {
+fn check_list(checks: &Result<Vec<CheckReport>, String>, scope: Scope) -> Markup {
     html! {
-        section #checks {
+        section.checks id=[scope.id("checks")] {
             h2 { "Checks" }
             @match checks {
                 Err(why) => p.error { "could not read: " (why) },

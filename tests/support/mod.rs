@@ -66,6 +66,21 @@ pub async fn history(c: &mut Client, filter: HistoryRequest) -> Vec<pb::AuditEnt
     }
 }
 
+/// The entries of promotion `id` with `action`.
+pub async fn entries(c: &mut Client, id: &str, action: pb::AuditAction) -> Vec<pb::AuditEntry> {
+    history(
+        c,
+        HistoryRequest {
+            promotion_id: id.into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .into_iter()
+    .filter(|e| e.action == action as i32)
+    .collect()
+}
+
 /// The audit actions recorded for one promotion, in order.
 pub async fn actions_of(c: &mut Client, promotion_id: &str) -> Vec<pb::AuditAction> {
     history(
