@@ -4,6 +4,7 @@
 use super::client::{self, Client};
 use super::output::Printer;
 use super::{CliError, ClientArgs, wait};
+use crate::domain::names::{Reference, split_image};
 use crate::pb;
 use std::time::Instant;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -47,21 +48,16 @@ pub async fn get_release(g: &ClientArgs, id: String) -> Result<(), CliError> {
     Printer::stdout(g.output).release(&r)
 }
 
-/// `REPOSITORY:TAG` or `REPOSITORY@sha256:…` (a colon before the last `/`
-/// is the registry's port).
+/// `REPOSITORY:TAG` or `REPOSITORY@sha256:…` ([`split_image`]).
 pub fn release_component(s: &str) -> Result<pb::ReleaseComponent, String> {
-    let (repository, source) = match s.split_once('@') {
-        Some((repo, digest)) => (repo, digest),
-        None => {
-            let last = s.rfind('/').unwrap_or(0);
-            match s[last..].rfind(':') {
-                Some(i) => (&s[..last + i], &s[last + i + 1..]),
-                None => {
-                    return Err(format!(
-                        "{s:?}: give each image as REPOSITORY:SOURCE (e.g. registry.example.com/shop/api:staging) or REPOSITORY@sha256:…"
-                    ));
-                }
-            }
+    let (repository, source) = match split_image(s) {
+        (repository, Some(Reference::Tag(source) | Reference::Digest(source))) => {
+            (repository, source)
+        }
+        (_, None) => {
+            return Err(format!(
+                "{s:?}: give each image as REPOSITORY:SOURCE (e.g. registry.example.com/shop/api:staging) or REPOSITORY@sha256:…"
+            ));
         }
     };
     Ok(pb::ReleaseComponent {

@@ -42,6 +42,7 @@ pub mod time;
 pub mod verify_image;
 pub mod wait;
 
+use crate::domain::names::{Reference, split_image};
 use crate::pb;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
@@ -736,22 +737,15 @@ fn repository(s: &str) -> Result<String, String> {
 /// command that was probably meant, instead of the server's generic
 /// INVALID_ARGUMENT. A colon before the first `/` is the registry's port.
 fn untagged(s: &str, for_request: bool) -> Result<String, String> {
-    let Some(slash) = s.find('/') else {
+    // Without a `/`, any colon is a port (`127.0.0.1:5000`): the server
+    // says what is wrong with such a repository.
+    if !s.contains('/') {
         return Ok(s.to_owned());
-    };
-    let (repo, reference) = if let Some((repo, digest)) = s.split_once('@') {
-        (repo, digest)
-    } else {
-        let last = s.rfind('/').unwrap_or(slash);
-        match s[last..].split_once(':') {
-            Some((tail, tag)) => (&s[..last + tail.len()], tag),
-            None => return Ok(s.to_owned()),
-        }
-    };
-    let what = if reference.contains(':') {
-        "digest"
-    } else {
-        "tag"
+    }
+    let (repo, what, reference) = match split_image(s) {
+        (_, None) => return Ok(s.to_owned()),
+        (repo, Some(Reference::Tag(tag))) => (repo, "tag", tag),
+        (repo, Some(Reference::Digest(digest))) => (repo, "digest", digest),
     };
     Err(if for_request {
         format!(
