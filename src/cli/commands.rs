@@ -4,7 +4,6 @@
 use super::client::{self, Client};
 use super::output::Printer;
 use super::{CliError, ClientArgs, wait};
-use crate::domain::names::{Reference, split_image};
 use crate::pb;
 use std::time::Instant;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -46,24 +45,6 @@ pub async fn get_release(g: &ClientArgs, id: String) -> Result<(), CliError> {
     let req = pb::GetReleaseRequest { release_id: id };
     let r = c.api.get_release(c.unary(req)).await?.into_inner();
     Printer::stdout(g.output).release(&r)
-}
-
-/// `REPOSITORY:TAG` or `REPOSITORY@sha256:…` ([`split_image`]).
-pub fn release_component(s: &str) -> Result<pb::ReleaseComponent, String> {
-    let (repository, source) = match split_image(s) {
-        (repository, Some(Reference::Tag(source) | Reference::Digest(source))) => {
-            (repository, source)
-        }
-        (_, None) => {
-            return Err(format!(
-                "{s:?}: give each image as REPOSITORY:SOURCE (e.g. registry.example.com/shop/api:staging) or REPOSITORY@sha256:…"
-            ));
-        }
-    };
-    Ok(pb::ReleaseComponent {
-        repository: repository.to_owned(),
-        source: source.to_owned(),
-    })
 }
 
 pub async fn approve(
