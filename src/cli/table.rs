@@ -350,7 +350,11 @@ pub fn promotion(p: &pb::Promotion, now: SystemTime) -> String {
         ));
     }
     if !p.release_id.is_empty() {
-        rows.push(("release", clean(&p.release_id)));
+        let id = clean(&p.release_id);
+        rows.push((
+            "release",
+            format!("{id} (with its other members: prodgate get-release {id})"),
+        ));
     }
     rows.push(("requested by", clean(&p.requested_by)));
     rows.push(("reason", clean(&p.reason)));
