@@ -684,3 +684,270 @@ async fn a_newer_promotion_of_a_members_tag_supersedes_it_and_stops_the_release(
     assert_eq!(s.registry.tag_digest("shop/web", "production").await, None);
     assert_eq!(s.release(&r.id).await.state, PromotionState::Failed as i32);
 }
+
+/// A release file with `components` (repository path, source) in that
+/// order, after the keys in `head`.
+fn release_file(s: &Setup, head: &str, components: &[(&str, &str)]) -> String {
+    let mut text = head.to_owned();
+    for (path, source) in components {
+        text.push_str(&format!(
+            "\n[[component]]\nrepository = \"{}\"\nsource = \"{source}\"\n",
+            s.repo(path)
+        ));
+    }
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn the_cli_requests_a_release_from_a_file_in_the_files_order() {
+    let (s, digests) = Setup::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("release.toml");
+    let path = file.to_str().expect("a UTF-8 path");
+    // web, api, worker: not the order the repositories were made in.
+    let head = "environment = \"staging\"\nreason = \"shop 2.0\"\nrequest_id = \"shop-2.0\"\n";
+    let order = [
+        ("shop/web", digests[2].as_str()),
+        ("shop/api", "staging"),
+        ("shop/worker", "staging"),
+    ];
+    std::fs::write(&file, release_file(&s, head, &order)).expect("write the file");
+    // --env on the command line wins over the file's environment.
+    let (code, out) = cli(
+        &s,
+        "alice",
+        &[
+            "release",
+            "--from-file",
+            path,
+            "--env",
+            "production",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    let r: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
+    assert_eq!(r["environment"], "production");
+    assert_eq!(r["reason"], "shop 2.0");
+    assert_eq!(r["state"], "PROMOTION_STATE_PENDING_APPROVAL");
+    let members = r["members"].as_array().expect("members");
+    let repositories: Vec<&str> = members
+        .iter()
+        .map(|m| m["repository"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        repositories,
+        [
+            s.repo("shop/web"),
+            s.repo("shop/api"),
+            s.repo("shop/worker")
+        ]
+    );
+    let pinned: Vec<&str> = members
+        .iter()
+        .map(|m| m["digest"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(pinned, [&*digests[2], &*digests[0], &*digests[1]]);
+    assert_eq!(members[0]["requestId"], "shop-2.0");
+    assert_eq!(s.count().await, 3);
+
+    // Refused before anything is sent, each naming what to change; nothing
+    // is recorded. A key the format does not have: the file, the key, the
+    // line (its 7th: the first component's).
+    let typo = dir.path().join("typo.toml");
+    let text = release_file(&s, head, &order).replacen("source =", "tag =", 1);
+    std::fs::write(&typo, text).expect("write the file");
+    let typo = typo.to_str().expect("a UTF-8 path");
+    let (code, out) = cli(&s, "alice", &["release", "--from-file", typo]);
+    assert_eq!(code, Some(1), "{out}");
+    for want in [typo, "unknown field `tag`", "line 7"] {
+        assert!(out.contains(want), "{want:?} in {out}");
+    }
+    // A file that is not there.
+    let missing = dir.path().join("missing.toml");
+    let missing = missing.to_str().expect("a UTF-8 path");
+    let (code, out) = cli(&s, "alice", &["release", "--from-file", missing]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!("cannot read release file {missing}")),
+        "{out}"
+    );
+    // A file and components on the command line: which one is meant?
+    let api = format!("{}:staging", s.repo("shop/api"));
+    let web = format!("{}:staging", s.repo("shop/web"));
+    let (code, out) = cli(
+        &s,
+        "alice",
+        &[
+            "release",
+            "--from-file",
+            path,
+            &api,
+            &web,
+            "--env",
+            "production",
+            "--reason",
+            "x",
+        ],
+    );
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("--from-file") && out.contains("cannot be used with"),
+        "{out}"
+    );
+    assert_eq!(s.count().await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn list_shows_a_release_as_one_row_with_its_members_beneath() {
+    let (s, digests) = Setup::start().await;
+    s.registry
+        .push_image("team/app", Some("staging"), 512, 99)
+        .await;
+    let mut alice = s.server.client("alice").await;
+    let single = |env: &str| support::request_to(&s.repo("team/app"), "staging", env);
+    let before = alice
+        .request_promotion(single("production"))
+        .await
+        .expect("request")
+        .into_inner();
+    let r = alice
+        .request_release(s.request(&PATHS, ""))
+        .await
+        .expect("request release")
+        .into_inner();
+    let after = alice
+        .request_promotion(single("prod2"))
+        .await
+        .expect("request")
+        .into_inner();
+
+    let (code, out) = cli(&s, "alice", &["list"]);
+    assert_eq!(code, Some(0), "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 1 + 1 + 1 + 3 + 1, "{out}");
+    let header = lines[0];
+    let at = |col: &str| header.find(col).expect("column");
+    let first_word = |l: &str| l.split_whitespace().next().unwrap_or_default().to_owned();
+    assert_eq!(first_word(lines[1]), before.id, "{out}");
+    assert_eq!(
+        lines[1].find(&s.repo("team/app")),
+        Some(at("REPOSITORY")),
+        "{out}"
+    );
+    // The release: one row for the whole, its members indented beneath in
+    // the order their tags move.
+    let release = lines[2];
+    assert_eq!(first_word(release), r.id, "{out}");
+    assert_eq!(release.find("PENDING_APPROVAL"), Some(at("STATE")), "{out}");
+    assert_eq!(
+        release.find("release: 3 images"),
+        Some(at("REPOSITORY")),
+        "{out}"
+    );
+    assert_eq!(release.find("production"), Some(at("ENV")), "{out}");
+    assert_eq!(release.find("alice"), Some(at("REQUESTED BY")), "{out}");
+    for (i, m) in r.members.iter().enumerate() {
+        let line = lines[3 + i];
+        assert!(line.starts_with(&format!("  {} ", m.id)), "{out}");
+        assert_eq!(line.find("PENDING_APPROVAL"), Some(at("STATE")), "{out}");
+        assert_eq!(
+            line.find(&s.repo(PATHS[i])),
+            Some(at("REPOSITORY")),
+            "{out}"
+        );
+        assert_eq!(line.find(&digests[i][..19]), Some(at("DIGEST")), "{out}");
+    }
+    assert_eq!(first_word(lines[6]), after.id, "{out}");
+    assert!(lines[6].contains("prod2"), "{out}");
+
+    // Filtered to one member, the release still shows as such.
+    let (code, out) = cli(&s, "alice", &["list", "--repository", &s.repo("shop/web")]);
+    assert_eq!(code, Some(0), "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[1].contains("release: 1 image"), "{out}");
+    assert!(
+        lines[2].starts_with(&format!("  {} ", r.members[2].id)),
+        "{out}"
+    );
+
+    // -o json stays one Promotion per line, each member naming its release.
+    let (code, out) = cli(&s, "alice", &["list", "-o", "json"]);
+    assert_eq!(code, Some(0), "{out}");
+    let listed: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let releases: Vec<&str> = listed
+        .iter()
+        .map(|p| p["releaseId"].as_str().unwrap_or_default())
+        .collect();
+    let id = r.id.as_str();
+    assert_eq!(releases, ["", id, id, id, ""], "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn approving_or_rejecting_a_member_prints_the_whole_release() {
+    let (s, _) = Setup::start().await;
+    let mut alice = s.server.client("alice").await;
+    let r = alice
+        .request_release(s.request(&PATHS, ""))
+        .await
+        .expect("request release")
+        .into_inner();
+    let (code, out) = cli(&s, "bob", &["approve", &r.members[1].id]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(&format!("release:      {}\n", r.id)), "{out}");
+    // Every member, each with its state: approved, or promoted already.
+    for (i, m) in r.members.iter().enumerate() {
+        let row = out
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(m.id.as_str()))
+            .unwrap_or_else(|| panic!("no row for member {} in {out}", m.id));
+        assert!(row.contains(&s.repo(PATHS[i])), "{out}");
+        assert!(
+            row.contains("APPROVED") || row.contains("PROMOTED"),
+            "{out}"
+        );
+    }
+
+    // Rejecting one member of another release shows all of them rejected.
+    let to_prod2 = |paths: &[&str]| RequestReleaseRequest {
+        environment: "prod2".into(),
+        ..s.request(paths, "")
+    };
+    let r = alice
+        .request_release(to_prod2(&PATHS[..2]))
+        .await
+        .expect("request release")
+        .into_inner();
+    let (code, out) = cli(
+        &s,
+        "bob",
+        &["reject", &r.members[0].id, "--comment", "not this week"],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("state:        REJECTED\n"), "{out}");
+    for m in &r.members {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&format!("{} ", m.id)) && l.contains("REJECTED")),
+            "{out}"
+        );
+    }
+
+    // -o json is the one Promotion the call answered, as for any promotion.
+    let r = alice
+        .request_release(to_prod2(&PATHS[1..]))
+        .await
+        .expect("request release")
+        .into_inner();
+    let (code, out) = cli(&s, "alice", &["cancel", &r.members[1].id, "-o", "json"]);
+    assert_eq!(code, Some(0), "{out}");
+    let p: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
+    assert_eq!(p["id"], r.members[1].id.as_str());
+    assert_eq!(p["releaseId"], r.id.as_str());
+    assert_eq!(p["state"], "PROMOTION_STATE_CANCELLED");
+}
