@@ -951,3 +951,34 @@ async fn approving_or_rejecting_a_member_prints_the_whole_release() {
     assert_eq!(p["releaseId"], r.id.as_str());
     assert_eq!(p["state"], "PROMOTION_STATE_CANCELLED");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn approving_a_member_that_waits_for_its_check_says_what_it_waits_for() {
+    // shop/web's production needs an e2e check; the others do not.
+    let (s, _) = Setup::start_with(|c| {
+        format!(
+            "check_reporters = [\"alice\"]\n{c}\n[[project]]\nname = \"web\"\n\
+             repositories = [\"*/shop/web\"]\n[[project.environment]]\nname = \"production\"\n\
+             required_checks = [\"e2e\"]\n"
+        )
+    })
+    .await;
+    let r = s
+        .server
+        .client("alice")
+        .await
+        .request_release(s.request(&PATHS, ""))
+        .await
+        .expect("request release")
+        .into_inner();
+    let web = &r.members[2].id;
+    let (code, out) = cli(&s, "bob", &["approve", web]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("state:        WAITING\n"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&format!("{web} ")) && l.contains("WAITING")),
+        "{out}"
+    );
+    assert!(out.ends_with("recorded; waiting for: checks\n"), "{out}");
+}

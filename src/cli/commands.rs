@@ -77,10 +77,10 @@ pub async fn cancel(g: &ClientArgs, req: pb::CancelRequest) -> Result<(), CliErr
 /// How an approve/reject/cancel prints the promotion `p` it decided. A
 /// release's member is decided with its whole release, so a table shows
 /// the release as it is now, every member with its state (read with
-/// GetRelease; the promotion itself is then not printed again). `-o json`
-/// stays the Promotion the call answered, the one shape scripts parse. If
-/// the release cannot be read, the decision stands: stderr says so and the
-/// promotion is printed as `print` does.
+/// GetRelease), and of `p` itself only what it waits for if WAITING.
+/// `-o json` stays the Promotion the call answered, the one shape scripts
+/// parse. If the release cannot be read, the decision stands: stderr says
+/// so and `p` is printed as `print` does.
 async fn with_release(
     g: &ClientArgs,
     c: &mut Client,
@@ -96,7 +96,14 @@ async fn with_release(
     match c.api.get_release(c.unary(req)).await {
         Ok(r) => {
             Printer::stdout(g.output).release(&r.into_inner())?;
-            Ok(|_, _| Ok(()))
+            // The member approved may wait for a gate of its own.
+            Ok(|out, p| {
+                if p.state == pb::PromotionState::Waiting as i32 {
+                    out.raw(&table::approval_waiting(p))
+                } else {
+                    Ok(())
+                }
+            })
         }
         Err(e) => {
             eprintln!(
