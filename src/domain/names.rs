@@ -341,5 +341,21 @@ mod tests {
         assert_eq!(split_image("r.io/a:b:c"), ("r.io/a", Some(Tag("b:c"))));
         assert_eq!(split_image(""), ("", None));
         assert_eq!(split_image("é/ü:ß"), ("é/ü", Some(Tag("ß"))));
+        // Nothing is lost or added (the fuzz target checks it on any input).
+        for s in [
+            "h:1/a:b@c:d/e",
+            "a@b@c",
+            ":/:",
+            "/",
+            "h:5000",
+            "h:5000/a/b:c:d",
+        ] {
+            let joined = match split_image(s) {
+                (name, Some(Tag(t))) => format!("{name}:{t}"),
+                (name, Some(Digest(d))) => format!("{name}@{d}"),
+                (name, None) => name.to_owned(),
+            };
+            assert_eq!(joined, s);
+        }
     }
 }
