@@ -44,6 +44,19 @@ impl Setup {
         (Setup { registry, server }, digests)
     }
 
+    /// As [`Setup::start`], where shop/web's production needs an e2e
+    /// check (alice reports checks); the others do not.
+    async fn with_web_check() -> (Setup, Vec<String>) {
+        Setup::start_with(|c| {
+            format!(
+                "check_reporters = [\"alice\"]\n{c}\n[[project]]\nname = \"web\"\n\
+                 repositories = [\"*/shop/web\"]\n[[project.environment]]\nname = \"production\"\n\
+                 required_checks = [\"e2e\"]\n"
+            )
+        })
+        .await
+    }
+
     fn repo(&self, path: &str) -> String {
         format!("{}/{path}", self.registry.host)
     }
@@ -62,6 +75,17 @@ impl Setup {
                 .collect(),
             break_glass: false,
         }
+    }
+
+    /// The release `req` opens, requested by alice.
+    async fn open(&self, req: RequestReleaseRequest) -> pb::Release {
+        self.server
+            .client("alice")
+            .await
+            .request_release(req)
+            .await
+            .expect("request release")
+            .into_inner()
     }
 
     async fn release(&self, id: &str) -> pb::Release {
@@ -312,15 +336,7 @@ async fn a_refused_component_refuses_the_release_and_records_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn a_member_waiting_for_its_check_holds_the_whole_release() {
-    // shop/web's production needs an e2e check; the others do not.
-    let (s, digests) = Setup::start_with(|c| {
-        format!(
-            "check_reporters = [\"alice\"]\n{c}\n[[project]]\nname = \"web\"\n\
-             repositories = [\"*/shop/web\"]\n[[project.environment]]\nname = \"production\"\n\
-             required_checks = [\"e2e\"]\n"
-        )
-    })
-    .await;
+    let (s, digests) = Setup::with_web_check().await;
     let mut alice = s.server.client("alice").await;
     let r = alice
         .request_release(s.request(&PATHS, ""))
@@ -563,12 +579,21 @@ fn cli(s: &Setup, who: &str, args: &[&str]) -> (Option<i32>, String) {
     )
 }
 
+/// `prodgate ARGS -o json` as `who`, which must succeed with one line: its
+/// object.
+fn cli_json(s: &Setup, who: &str, args: &[&str]) -> serde_json::Value {
+    let args = [args, &["-o", "json"]].concat();
+    let (code, out) = cli(s, who, &args);
+    assert_eq!(code, Some(0), "{out}");
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: not one JSON line: {out}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn the_cli_requests_shows_and_approves_a_release() {
     let (s, digests) = Setup::start().await;
     let api = format!("{}:staging", s.repo("shop/api"));
     let web = format!("{}@{}", s.repo("shop/web"), digests[2]);
-    let (code, out) = cli(
+    let r = cli_json(
         &s,
         "alice",
         &[
@@ -579,12 +604,8 @@ async fn the_cli_requests_shows_and_approves_a_release() {
             "production",
             "--reason",
             "shop 2.0",
-            "-o",
-            "json",
         ],
     );
-    assert_eq!(code, Some(0), "{out}");
-    let r: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
     let id = r["id"].as_str().unwrap().to_owned();
     assert_eq!(r["members"].as_array().unwrap().len(), 2);
     assert_eq!(r["members"][1]["digest"], digests[2]);
@@ -627,14 +648,7 @@ async fn the_cli_requests_shows_and_approves_a_release() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn a_newer_promotion_of_a_members_tag_supersedes_it_and_stops_the_release() {
     // shop/web's production needs an e2e check, so the release is held.
-    let (s, digests) = Setup::start_with(|c| {
-        format!(
-            "check_reporters = [\"alice\"]\n{c}\n[[project]]\nname = \"web\"\n\
-             repositories = [\"*/shop/web\"]\n[[project.environment]]\nname = \"production\"\n\
-             required_checks = [\"e2e\"]\n"
-        )
-    })
-    .await;
+    let (s, digests) = Setup::with_web_check().await;
     let mut alice = s.server.client("alice").await;
     let r = alice
         .request_release(s.request(&["shop/api", "shop/web"], ""))
@@ -713,21 +727,11 @@ async fn the_cli_requests_a_release_from_a_file_in_the_files_order() {
     ];
     std::fs::write(&file, release_file(&s, head, &order)).expect("write the file");
     // --env on the command line wins over the file's environment.
-    let (code, out) = cli(
+    let r = cli_json(
         &s,
         "alice",
-        &[
-            "release",
-            "--from-file",
-            path,
-            "--env",
-            "production",
-            "-o",
-            "json",
-        ],
+        &["release", "--from-file", path, "--env", "production"],
     );
-    assert_eq!(code, Some(0), "{out}");
-    let r: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
     assert_eq!(r["environment"], "production");
     assert_eq!(r["reason"], "shop 2.0");
     assert_eq!(r["state"], "PROMOTION_STATE_PENDING_APPROVAL");
@@ -812,11 +816,7 @@ async fn list_shows_a_release_as_one_row_with_its_members_beneath() {
         .await
         .expect("request")
         .into_inner();
-    let r = alice
-        .request_release(s.request(&PATHS, ""))
-        .await
-        .expect("request release")
-        .into_inner();
+    let r = s.open(s.request(&PATHS, "")).await;
     let after = alice
         .request_promotion(single("prod2"))
         .await
@@ -891,12 +891,7 @@ async fn list_shows_a_release_as_one_row_with_its_members_beneath() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn approving_or_rejecting_a_member_prints_the_whole_release() {
     let (s, _) = Setup::start().await;
-    let mut alice = s.server.client("alice").await;
-    let r = alice
-        .request_release(s.request(&PATHS, ""))
-        .await
-        .expect("request release")
-        .into_inner();
+    let r = s.open(s.request(&PATHS, "")).await;
     let (code, out) = cli(&s, "bob", &["approve", &r.members[1].id]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains(&format!("release:      {}\n", r.id)), "{out}");
@@ -918,11 +913,7 @@ async fn approving_or_rejecting_a_member_prints_the_whole_release() {
         environment: "prod2".into(),
         ..s.request(paths, "")
     };
-    let r = alice
-        .request_release(to_prod2(&PATHS[..2]))
-        .await
-        .expect("request release")
-        .into_inner();
+    let r = s.open(to_prod2(&PATHS[..2])).await;
     let (code, out) = cli(
         &s,
         "bob",
@@ -939,14 +930,8 @@ async fn approving_or_rejecting_a_member_prints_the_whole_release() {
     }
 
     // -o json is the one Promotion the call answered, as for any promotion.
-    let r = alice
-        .request_release(to_prod2(&PATHS[1..]))
-        .await
-        .expect("request release")
-        .into_inner();
-    let (code, out) = cli(&s, "alice", &["cancel", &r.members[1].id, "-o", "json"]);
-    assert_eq!(code, Some(0), "{out}");
-    let p: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
+    let r = s.open(to_prod2(&PATHS[1..])).await;
+    let p = cli_json(&s, "alice", &["cancel", &r.members[1].id]);
     assert_eq!(p["id"], r.members[1].id.as_str());
     assert_eq!(p["releaseId"], r.id.as_str());
     assert_eq!(p["state"], "PROMOTION_STATE_CANCELLED");
@@ -954,23 +939,8 @@ async fn approving_or_rejecting_a_member_prints_the_whole_release() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn approving_a_member_that_waits_for_its_check_says_what_it_waits_for() {
-    // shop/web's production needs an e2e check; the others do not.
-    let (s, _) = Setup::start_with(|c| {
-        format!(
-            "check_reporters = [\"alice\"]\n{c}\n[[project]]\nname = \"web\"\n\
-             repositories = [\"*/shop/web\"]\n[[project.environment]]\nname = \"production\"\n\
-             required_checks = [\"e2e\"]\n"
-        )
-    })
-    .await;
-    let r = s
-        .server
-        .client("alice")
-        .await
-        .request_release(s.request(&PATHS, ""))
-        .await
-        .expect("request release")
-        .into_inner();
+    let (s, _) = Setup::with_web_check().await;
+    let r = s.open(s.request(&PATHS, "")).await;
     let web = &r.members[2].id;
     let (code, out) = cli(&s, "bob", &["approve", web]);
     assert_eq!(code, Some(0), "{out}");

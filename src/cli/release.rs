@@ -202,6 +202,14 @@ repository = "127.0.0.1:5000/shop/api"
 source = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 "#;
 
+    /// The error of [`FILE`] with `from` replaced by `to`.
+    fn refused(from: &str, to: &str) -> FileError {
+        match parse(&FILE.replace(from, to), Overrides::default()) {
+            Ok(r) => panic!("{from:?} -> {to:?} accepted: {r:?}"),
+            Err(e) => e,
+        }
+    }
+
     fn repositories(r: &pb::RequestReleaseRequest) -> Vec<&str> {
         r.components.iter().map(|c| c.repository.as_str()).collect()
     }
@@ -269,11 +277,7 @@ source = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
 
     #[test]
     fn an_unknown_key_is_refused_naming_it_and_its_line() {
-        let e = parse(
-            &FILE.replace("source = \"staging\"", "tag = \"staging\""),
-            Overrides::default(),
-        )
-        .unwrap_err();
+        let e = refused("source = \"staging\"", "tag = \"staging\"");
         let FileError::Toml(message) = &e else {
             panic!("{e:?}");
         };
@@ -285,11 +289,7 @@ source = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
             "{e}"
         );
         // A component without its source.
-        let e = parse(
-            &FILE.replace("source = \"staging\"\n", ""),
-            Overrides::default(),
-        )
-        .unwrap_err();
+        let e = refused("source = \"staging\"\n", "");
         assert!(e.to_string().contains("missing field `source`"), "{e}");
         // Not TOML at all, or the wrong type.
         for bad in [
@@ -307,33 +307,21 @@ source = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
 
     #[test]
     fn a_bad_component_is_named_by_its_line_and_key() {
-        let e = parse(
-            &FILE.replace("127.0.0.1:5000/shop/api", "127.0.0.1:5000/shop/API"),
-            Overrides::default(),
-        )
-        .unwrap_err();
+        let e = refused("127.0.0.1:5000/shop/api", "127.0.0.1:5000/shop/API");
         match &e {
             FileError::Component {
                 line, index, key, ..
             } => assert_eq!((*line, *index, *key), (11, 2, "repository")),
             other => panic!("{other:?}"),
         }
-        let e = parse(
-            &FILE.replace("\"staging\"", "\"no tag\""),
-            Overrides::default(),
-        )
-        .unwrap_err();
+        let e = refused("\"staging\"", "\"no tag\"");
         assert!(
             e.to_string()
                 .starts_with("line 8: [[component]] 1: source \"no tag\""),
             "{e}"
         );
         // A tag on the repository belongs in source.
-        let e = parse(
-            &FILE.replace("shop/web\"", "shop/web:staging\""),
-            Overrides::default(),
-        )
-        .unwrap_err();
+        let e = refused("shop/web\"", "shop/web:staging\"");
         assert!(e.to_string().contains("names no tag"), "{e}");
         // One component is a promotion, not a release; 51 are too many.
         let one = FILE

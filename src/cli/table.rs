@@ -653,11 +653,12 @@ mod tests {
         );
     }
 
-    #[test]
-    fn list_columns_line_up() {
-        let now = UNIX_EPOCH + Duration::from_secs(1_000);
-        let p = |id: &str, state, repo: &str| pb::Promotion {
+    /// A promotion as `list` gets it, 3m old at 1000 s; `release` empty
+    /// for none.
+    fn listed(id: &str, release: &str, state: pb::PromotionState, repo: &str) -> pb::Promotion {
+        pb::Promotion {
             id: id.into(),
+            release_id: release.into(),
             repository: repo.into(),
             environment: "production".into(),
             digest: format!("sha256:{}", "a".repeat(64)),
@@ -666,7 +667,13 @@ mod tests {
             required_approvals: 1,
             created_at: at(820),
             ..Default::default()
-        };
+        }
+    }
+
+    #[test]
+    fn list_columns_line_up() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000);
+        let p = |id: &str, state, repo: &str| listed(id, "", state, repo);
         let text = promotions(
             &[
                 p("7", pb::PromotionState::PendingApproval, "r/app"),
@@ -695,20 +702,9 @@ mod tests {
     #[test]
     fn a_release_is_one_row_with_its_members_beneath() {
         let now = UNIX_EPOCH + Duration::from_secs(1_000);
-        let p = |id: &str, release: &str, state, repo: &str| pb::Promotion {
-            id: id.into(),
-            release_id: release.into(),
-            repository: repo.into(),
-            environment: "production".into(),
-            digest: format!("sha256:{}", "a".repeat(64)),
-            state: state as i32,
-            requested_by: "alice".into(),
-            required_approvals: 1,
-            created_at: at(820),
-            ..Default::default()
-        };
+        let p = listed;
         use pb::PromotionState::{Approved, PendingApproval, Promoted, Waiting};
-        let listed = [
+        let page = [
             p("4", "", Promoted, "r/app"),
             // Newest first: the members come in reverse; they are shown in
             // the order their tags move.
@@ -717,7 +713,7 @@ mod tests {
             p("5", "5", Approved, "r/shop/api"),
             p("8", "", PendingApproval, "r/app"),
         ];
-        let text = listing(&listed, now);
+        let text = listing(&page, now);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 7, "{text}");
         let at = |col: &str| lines[0].find(col).expect("column");
