@@ -251,22 +251,48 @@ fn whole_state(members: &[&pb::Promotion]) -> String {
 /// A release: who asked for what and its state, then its members as
 /// `promotions` lists them, in the order their tags move.
 pub fn release(r: &pb::Release, now: SystemTime) -> String {
-    let mut out = format!(
-        "release:      {}\nstate:        {}\nenvironment:  {}\nrequested by: {}\nreason:       {}\n",
-        clean(&r.id),
-        state_label(r.state),
-        clean(&r.environment),
-        clean(&r.requested_by),
-        clean(&r.reason),
+    let mut rows = vec![
+        ("release", clean(&r.id)),
+        ("state", state_label(r.state)),
+        ("environment", clean(&r.environment)),
+        ("requested by", clean(&r.requested_by)),
+        ("reason", clean(&r.reason)),
+    ];
+    // Every member carries the release's approvals and the count it needs.
+    let count = r.members.first().map_or_else(
+        || r.approvals.len().to_string(),
+        |m| format!("{}/{}", r.approvals.len(), m.required_approvals),
     );
+    rows.extend(approval_rows(&r.approvals, count, now));
     if !r.failure_message.is_empty() {
-        out.push_str(&format!("failure:      {}\n", clean(&r.failure_message)));
+        rows.push(("failure", clean(&r.failure_message)));
     }
+    let mut out = key_values(&rows);
     out.push_str(&promotions(&r.members, now));
-    if !out.ends_with('\n') {
-        out.push('\n');
-    }
     out
+}
+
+/// `approvals: 1/2` (`count`), then each approver with their groups, when
+/// and their comment, one line each.
+fn approval_rows(
+    given: &[pb::Approval],
+    count: String,
+    now: SystemTime,
+) -> Vec<(&'static str, String)> {
+    let mut rows = vec![("approvals", count)];
+    let approvers: Vec<String> = given.iter().map(approver).collect();
+    let approver_width = approvers.iter().map(|a| a.width()).max().unwrap_or(0);
+    for (a, who) in given.iter().zip(&approvers) {
+        let mut line = format!("  {}", pad(who, approver_width));
+        if let Some(t) = &a.time {
+            line.push_str(&format!("  {}", moment(t, now)));
+        }
+        if !a.comment.is_empty() {
+            line.push_str(&format!("  {:?}", clean(&a.comment)));
+        }
+        rows.push(("", line));
+    }
+    rows
 }
 
 /// The audit log shows absolute times: it is read against other logs.
@@ -358,19 +384,7 @@ pub fn promotion(p: &pb::Promotion, now: SystemTime) -> String {
     }
     rows.push(("requested by", clean(&p.requested_by)));
     rows.push(("reason", clean(&p.reason)));
-    rows.push(("approvals", approvals(p)));
-    let approvers: Vec<String> = p.approvals.iter().map(approver).collect();
-    let approver_width = approvers.iter().map(|a| a.width()).max().unwrap_or(0);
-    for (a, who) in p.approvals.iter().zip(&approvers) {
-        let mut line = format!("  {}", pad(who, approver_width));
-        if let Some(t) = &a.time {
-            line.push_str(&format!("  {}", moment(t, now)));
-        }
-        if !a.comment.is_empty() {
-            line.push_str(&format!("  {:?}", clean(&a.comment)));
-        }
-        rows.push(("", line));
-    }
+    rows.extend(approval_rows(&p.approvals, approvals(p), now));
     if !p.waiting_for.is_empty() {
         let names: Vec<String> = p.waiting_for.iter().map(|g| clean(g)).collect();
         rows.push(("waiting for", names.join(", ")));
@@ -784,6 +798,50 @@ mod tests {
             text.lines()
                 .nth(1)
                 .is_some_and(|l| l.starts_with("5    42  ")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_release_shows_its_approvals_once_then_its_members() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_795_703_520 + 180);
+        let approval = pb::Approval {
+            approver: "bob".into(),
+            comment: "lgtm".into(),
+            time: at(1_795_703_520),
+            groups: vec!["release-managers".into()],
+        };
+        let approved = pb::PromotionState::Approved;
+        let mut members = vec![
+            listed("5", "5", approved, "r/shop/api"),
+            listed("6", "5", approved, "r/shop/web"),
+        ];
+        for m in &mut members {
+            m.approvals = vec![approval.clone()];
+        }
+        let r = pb::Release {
+            id: "5".into(),
+            environment: "production".into(),
+            state: approved as i32,
+            members,
+            requested_by: "alice".into(),
+            reason: "shop 2.0".into(),
+            approvals: vec![approval],
+            ..Default::default()
+        };
+        let text = release(&r, now);
+        let head = format!(
+            "release:      5\nstate:        APPROVED\nenvironment:  production\n\
+             requested by: alice\nreason:       shop 2.0\napprovals:    1/1\n\
+             {}bob (release-managers)  2026-11-26T14:32:00Z (3m ago)  \"lgtm\"\nID  STATE ",
+            " ".repeat(16)
+        );
+        assert!(text.starts_with(&head), "{text}");
+        assert_eq!(text.matches("bob").count(), 1, "{text}");
+        assert!(
+            text.lines()
+                .nth(9)
+                .is_some_and(|l| l.starts_with("6   APPROVED  r/shop/web")),
             "{text}"
         );
     }
