@@ -42,6 +42,7 @@ const DEPLOY_FILES: &[&str] = &[
     "prodgate.oidc.example.toml",
     "prodgate.projects.example.toml",
     "registry-dev.yml",
+    "release.example.toml",
     "systemd/prodgate.service",
 ];
 
@@ -1642,6 +1643,90 @@ fn systemd_unit_runs_a_real_subcommand_hardened() {
             .iter()
             .any(|(s, k, v)| s == "Install" && k == "WantedBy" && v == "multi-user.target")
     );
+}
+
+// ---------------------------------------------------------------- releases
+
+/// The `prodgate …` command lines of the ```sh blocks in the top-level
+/// README's section that starts with `heading`.
+fn readme_commands(heading: &str) -> Vec<Vec<String>> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    let readme = std::fs::read_to_string(&path).expect("read README.md");
+    let start = readme
+        .find(heading)
+        .unwrap_or_else(|| panic!("README.md has no {heading:?}"));
+    let section = &readme[start..];
+    let section = section[heading.len()..]
+        .find("\n##")
+        .map_or(section, |end| &section[..heading.len() + end]);
+    let blocks: String = section
+        .split("```sh\n")
+        .skip(1)
+        .filter_map(|b| b.split_once("```").map(|(code, _)| code))
+        .collect();
+    prodgate_commands(&blocks)
+}
+
+#[test]
+fn release_example_is_the_readme_s_release_and_its_commands_are_real() {
+    let origin = "deploy/release.example.toml";
+    let file = prodgate::cli::release::parse(&read("release.example.toml"), Default::default())
+        .unwrap_or_else(|e| panic!("{origin}: {e}"));
+    let commands = readme_commands("### Releases");
+    for argv in &commands {
+        assert_cli("README.md \"Releases\"", argv);
+    }
+    let from_file = ["release", "--from-file", "deploy/release.example.toml"].map(String::from);
+    assert!(
+        commands.iter().any(|argv| argv[..] == from_file[..]),
+        "README.md \"Releases\" runs no `prodgate {}`: {commands:?}",
+        from_file.join(" ")
+    );
+    // The file is the README's production release: the same request id
+    // returns the release that command opened.
+    let [argv] = &commands
+        .iter()
+        .filter(|a| {
+            a.first().is_some_and(|s| s == "release")
+                && flag_value(a, "--env") == Some("production")
+        })
+        .collect::<Vec<_>>()[..]
+    else {
+        panic!("README.md \"Releases\": expected one release to production: {commands:?}");
+    };
+    let components: Vec<(String, String)> = argv[1..]
+        .iter()
+        .take_while(|a| !a.starts_with('-'))
+        .map(|a| prodgate::cli::release::component(a).unwrap_or_else(|e| panic!("{a}: {e}")))
+        .map(|c| (c.repository, c.source))
+        .collect();
+    let in_file: Vec<(String, String)> = file
+        .components
+        .iter()
+        .map(|c| (c.repository.clone(), c.source.clone()))
+        .collect();
+    assert_eq!(in_file, components, "{origin}: the components");
+    assert_eq!(Some(file.environment.as_str()), flag_value(argv, "--env"));
+    assert_eq!(Some(file.reason.as_str()), flag_value(argv, "--reason"));
+    assert_eq!(
+        Some(file.request_id.as_str()),
+        flag_value(argv, "--request-id")
+    );
+    assert!(!file.break_glass, "{origin}: break_glass");
+    // The repositories are the dev registry's, as in the example config.
+    let config = toml_table(
+        "deploy/prodgate.example.toml",
+        &read("prodgate.example.toml"),
+    );
+    let host = config["registry"].as_array().expect("[[registry]]")[0]["host"]
+        .as_str()
+        .expect("host");
+    for (repository, _) in &in_file {
+        assert!(
+            repository.starts_with(&format!("{host}/")),
+            "{origin}: {repository} is not on {host}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------- CI workflow

@@ -45,6 +45,19 @@ impl Setup {
         (Setup { registry, server }, digests)
     }
 
+    /// As [`Setup::start`], where shop/web's production needs an e2e
+    /// check (alice reports checks); the others do not.
+    async fn with_web_check() -> (Setup, Vec<String>) {
+        Setup::start_with(|c| {
+            format!(
+                "check_reporters = [\"alice\"]\n{c}\n[[project]]\nname = \"web\"\n\
+                 repositories = [\"*/shop/web\"]\n[[project.environment]]\nname = \"production\"\n\
+                 required_checks = [\"e2e\"]\n"
+            )
+        })
+        .await
+    }
+
     fn repo(&self, path: &str) -> String {
         format!("{}/{path}", self.registry.host)
     }
@@ -63,6 +76,17 @@ impl Setup {
                 .collect(),
             break_glass: false,
         }
+    }
+
+    /// The release `req` opens, requested by alice.
+    async fn open(&self, req: RequestReleaseRequest) -> pb::Release {
+        self.server
+            .client("alice")
+            .await
+            .request_release(req)
+            .await
+            .expect("request release")
+            .into_inner()
     }
 
     async fn release(&self, id: &str) -> pb::Release {
@@ -328,15 +352,7 @@ async fn a_refused_component_refuses_the_release_and_records_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn a_member_waiting_for_its_check_holds_the_whole_release() {
-    // shop/web's production needs an e2e check; the others do not.
-    let (s, digests) = Setup::start_with(|c| {
-        format!(
-            "check_reporters = [\"alice\"]\n{c}\n[[project]]\nname = \"web\"\n\
-             repositories = [\"*/shop/web\"]\n[[project.environment]]\nname = \"production\"\n\
-             required_checks = [\"e2e\"]\n"
-        )
-    })
-    .await;
+    let (s, digests) = Setup::with_web_check().await;
     let mut alice = s.server.client("alice").await;
     let r = alice
         .request_release(s.request(&PATHS, ""))
@@ -579,12 +595,21 @@ fn cli(s: &Setup, who: &str, args: &[&str]) -> (Option<i32>, String) {
     )
 }
 
+/// `prodgate ARGS -o json` as `who`, which must succeed with one line: its
+/// object.
+fn cli_json(s: &Setup, who: &str, args: &[&str]) -> serde_json::Value {
+    let args = [args, &["-o", "json"]].concat();
+    let (code, out) = cli(s, who, &args);
+    assert_eq!(code, Some(0), "{out}");
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: not one JSON line: {out}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn the_cli_requests_shows_and_approves_a_release() {
     let (s, digests) = Setup::start().await;
     let api = format!("{}:staging", s.repo("shop/api"));
     let web = format!("{}@{}", s.repo("shop/web"), digests[2]);
-    let (code, out) = cli(
+    let r = cli_json(
         &s,
         "alice",
         &[
@@ -595,12 +620,8 @@ async fn the_cli_requests_shows_and_approves_a_release() {
             "production",
             "--reason",
             "shop 2.0",
-            "-o",
-            "json",
         ],
     );
-    assert_eq!(code, Some(0), "{out}");
-    let r: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
     let id = r["id"].as_str().unwrap().to_owned();
     assert_eq!(r["members"].as_array().unwrap().len(), 2);
     assert_eq!(r["members"][1]["digest"], digests[2]);
@@ -643,14 +664,7 @@ async fn the_cli_requests_shows_and_approves_a_release() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn a_newer_promotion_of_a_members_tag_supersedes_the_whole_release() {
     // shop/web's production needs an e2e check, so the release is held.
-    let (s, digests) = Setup::start_with(|c| {
-        format!(
-            "check_reporters = [\"alice\"]\n{c}\n[[project]]\nname = \"web\"\n\
-             repositories = [\"*/shop/web\"]\n[[project.environment]]\nname = \"production\"\n\
-             required_checks = [\"e2e\"]\n"
-        )
-    })
-    .await;
+    let (s, digests) = Setup::with_web_check().await;
     let mut alice = s.server.client("alice").await;
     let r = alice
         .request_release(s.request(&["shop/api", "shop/web"], ""))
@@ -814,4 +828,258 @@ async fn two_releases_sharing_a_tag_move_one_after_the_other() {
     assert_eq!(ids, order, "A recorded whole, then B");
     // B's api moved from A's api.
     assert_eq!(applied[3].previous_digest, digests[0]);
+}
+
+/// A release file with `components` (repository path, source) in that
+/// order, after the keys in `head`.
+fn release_file(s: &Setup, head: &str, components: &[(&str, &str)]) -> String {
+    let mut text = head.to_owned();
+    for (path, source) in components {
+        text.push_str(&format!(
+            "\n[[component]]\nrepository = \"{}\"\nsource = \"{source}\"\n",
+            s.repo(path)
+        ));
+    }
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn the_cli_requests_a_release_from_a_file_in_the_files_order() {
+    let (s, digests) = Setup::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("release.toml");
+    let path = file.to_str().expect("a UTF-8 path");
+    // web, api, worker: not the order the repositories were made in.
+    let head = "environment = \"staging\"\nreason = \"shop 2.0\"\nrequest_id = \"shop-2.0\"\n";
+    let order = [
+        ("shop/web", digests[2].as_str()),
+        ("shop/api", "staging"),
+        ("shop/worker", "staging"),
+    ];
+    std::fs::write(&file, release_file(&s, head, &order)).expect("write the file");
+    // --env on the command line wins over the file's environment.
+    let r = cli_json(
+        &s,
+        "alice",
+        &["release", "--from-file", path, "--env", "production"],
+    );
+    assert_eq!(r["environment"], "production");
+    assert_eq!(r["reason"], "shop 2.0");
+    assert_eq!(r["state"], "PROMOTION_STATE_PENDING_APPROVAL");
+    let members = r["members"].as_array().expect("members");
+    let repositories: Vec<&str> = members
+        .iter()
+        .map(|m| m["repository"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        repositories,
+        [
+            s.repo("shop/web"),
+            s.repo("shop/api"),
+            s.repo("shop/worker")
+        ]
+    );
+    let pinned: Vec<&str> = members
+        .iter()
+        .map(|m| m["digest"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(pinned, [&*digests[2], &*digests[0], &*digests[1]]);
+    assert_eq!(members[0]["requestId"], "shop-2.0");
+    assert_eq!(s.count().await, 3);
+
+    // Refused before anything is sent, each naming what to change; nothing
+    // is recorded. A key the format does not have: the file, the key, the
+    // line (its 7th: the first component's).
+    let typo = dir.path().join("typo.toml");
+    let text = release_file(&s, head, &order).replacen("source =", "tag =", 1);
+    std::fs::write(&typo, text).expect("write the file");
+    let typo = typo.to_str().expect("a UTF-8 path");
+    let (code, out) = cli(&s, "alice", &["release", "--from-file", typo]);
+    assert_eq!(code, Some(1), "{out}");
+    for want in [typo, "unknown field `tag`", "line 7"] {
+        assert!(out.contains(want), "{want:?} in {out}");
+    }
+    // A file that is not there.
+    let missing = dir.path().join("missing.toml");
+    let missing = missing.to_str().expect("a UTF-8 path");
+    let (code, out) = cli(&s, "alice", &["release", "--from-file", missing]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!("cannot read release file {missing}")),
+        "{out}"
+    );
+    // A file and components on the command line: which one is meant?
+    let api = format!("{}:staging", s.repo("shop/api"));
+    let web = format!("{}:staging", s.repo("shop/web"));
+    let (code, out) = cli(
+        &s,
+        "alice",
+        &[
+            "release",
+            "--from-file",
+            path,
+            &api,
+            &web,
+            "--env",
+            "production",
+            "--reason",
+            "x",
+        ],
+    );
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("--from-file") && out.contains("cannot be used with"),
+        "{out}"
+    );
+    assert_eq!(s.count().await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn list_shows_a_release_as_one_row_with_its_members_beneath() {
+    let (s, digests) = Setup::start().await;
+    s.registry
+        .push_image("team/app", Some("staging"), 512, 99)
+        .await;
+    let mut alice = s.server.client("alice").await;
+    let single = |env: &str| support::request_to(&s.repo("team/app"), "staging", env);
+    let before = alice
+        .request_promotion(single("production"))
+        .await
+        .expect("request")
+        .into_inner();
+    let r = s.open(s.request(&PATHS, "")).await;
+    let after = alice
+        .request_promotion(single("prod2"))
+        .await
+        .expect("request")
+        .into_inner();
+
+    let (code, out) = cli(&s, "alice", &["list"]);
+    assert_eq!(code, Some(0), "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 1 + 1 + 1 + 3 + 1, "{out}");
+    let header = lines[0];
+    let at = |col: &str| header.find(col).expect("column");
+    let first_word = |l: &str| l.split_whitespace().next().unwrap_or_default().to_owned();
+    assert_eq!(first_word(lines[1]), before.id, "{out}");
+    assert_eq!(
+        lines[1].find(&s.repo("team/app")),
+        Some(at("REPOSITORY")),
+        "{out}"
+    );
+    // The release: one row for the whole, its members indented beneath in
+    // the order their tags move.
+    let release = lines[2];
+    assert_eq!(first_word(release), r.id, "{out}");
+    assert_eq!(release.find("PENDING_APPROVAL"), Some(at("STATE")), "{out}");
+    assert_eq!(
+        release.find("release: 3 images"),
+        Some(at("REPOSITORY")),
+        "{out}"
+    );
+    assert_eq!(release.find("production"), Some(at("ENV")), "{out}");
+    assert_eq!(release.find("alice"), Some(at("REQUESTED BY")), "{out}");
+    for (i, m) in r.members.iter().enumerate() {
+        let line = lines[3 + i];
+        assert!(line.starts_with(&format!("  {} ", m.id)), "{out}");
+        assert_eq!(line.find("PENDING_APPROVAL"), Some(at("STATE")), "{out}");
+        assert_eq!(
+            line.find(&s.repo(PATHS[i])),
+            Some(at("REPOSITORY")),
+            "{out}"
+        );
+        assert_eq!(line.find(&digests[i][..19]), Some(at("DIGEST")), "{out}");
+    }
+    assert_eq!(first_word(lines[6]), after.id, "{out}");
+    assert!(lines[6].contains("prod2"), "{out}");
+
+    // Filtered to one member, the release still shows as such.
+    let (code, out) = cli(&s, "alice", &["list", "--repository", &s.repo("shop/web")]);
+    assert_eq!(code, Some(0), "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[1].contains("release: 1 image"), "{out}");
+    assert!(
+        lines[2].starts_with(&format!("  {} ", r.members[2].id)),
+        "{out}"
+    );
+
+    // -o json stays one Promotion per line, each member naming its release.
+    let (code, out) = cli(&s, "alice", &["list", "-o", "json"]);
+    assert_eq!(code, Some(0), "{out}");
+    let listed: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let releases: Vec<&str> = listed
+        .iter()
+        .map(|p| p["releaseId"].as_str().unwrap_or_default())
+        .collect();
+    let id = r.id.as_str();
+    assert_eq!(releases, ["", id, id, id, ""], "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn approving_or_rejecting_a_member_prints_the_whole_release() {
+    let (s, _) = Setup::start().await;
+    let r = s.open(s.request(&PATHS, "")).await;
+    let (code, out) = cli(&s, "bob", &["approve", &r.members[1].id]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(&format!("release:      {}\n", r.id)), "{out}");
+    // Every member, each with its state: approved, or promoted already.
+    for (i, m) in r.members.iter().enumerate() {
+        let row = out
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(m.id.as_str()))
+            .unwrap_or_else(|| panic!("no row for member {} in {out}", m.id));
+        assert!(row.contains(&s.repo(PATHS[i])), "{out}");
+        assert!(
+            row.contains("APPROVED") || row.contains("PROMOTED"),
+            "{out}"
+        );
+    }
+
+    // Rejecting one member of another release shows all of them rejected.
+    let to_prod2 = |paths: &[&str]| RequestReleaseRequest {
+        environment: "prod2".into(),
+        ..s.request(paths, "")
+    };
+    let r = s.open(to_prod2(&PATHS[..2])).await;
+    let (code, out) = cli(
+        &s,
+        "bob",
+        &["reject", &r.members[0].id, "--comment", "not this week"],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("state:        REJECTED\n"), "{out}");
+    for m in &r.members {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&format!("{} ", m.id)) && l.contains("REJECTED")),
+            "{out}"
+        );
+    }
+
+    // -o json is the one Promotion the call answered, as for any promotion.
+    let r = s.open(to_prod2(&PATHS[1..])).await;
+    let p = cli_json(&s, "alice", &["cancel", &r.members[1].id]);
+    assert_eq!(p["id"], r.members[1].id.as_str());
+    assert_eq!(p["releaseId"], r.id.as_str());
+    assert_eq!(p["state"], "PROMOTION_STATE_CANCELLED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn approving_a_member_that_waits_for_its_check_says_what_it_waits_for() {
+    let (s, _) = Setup::with_web_check().await;
+    let r = s.open(s.request(&PATHS, "")).await;
+    let web = &r.members[2].id;
+    let (code, out) = cli(&s, "bob", &["approve", web]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("state:        WAITING\n"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&format!("{web} ")) && l.contains("WAITING")),
+        "{out}"
+    );
+    assert!(out.ends_with("recorded; waiting for: checks\n"), "{out}");
 }

@@ -1,8 +1,11 @@
-//! The name grammar on arbitrary UTF-8: repositories, tags, digests, sources.
+//! The name grammar on arbitrary UTF-8: repositories, tags, digests, sources,
+//! image references.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use prodgate::domain::names::{Repository, Source, validate_digest, validate_tag};
+use prodgate::domain::names::{
+    Reference, Repository, Source, split_image, validate_digest, validate_tag,
+};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else {
@@ -40,4 +43,14 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(_) => assert!(!tag && !digest, "{s:?} validates but does not parse"),
     }
+
+    // An image reference is cut without losing or adding anything.
+    let (name, reference) = split_image(s);
+    let joined = match reference {
+        Some(Reference::Tag(t)) => format!("{name}:{t}"),
+        Some(Reference::Digest(d)) => format!("{name}@{d}"),
+        None => name.to_owned(),
+    };
+    assert_eq!(joined, s);
+    assert!(!name.contains('@'), "{s:?}: {name:?}");
 });

@@ -3,8 +3,9 @@
 
 use super::client::{self, Client};
 use super::output::Printer;
-use super::{CliError, ClientArgs, wait};
+use super::{CliError, ClientArgs, Format, table, wait};
 use crate::pb;
+use crate::telemetry::visible;
 use std::time::Instant;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -47,29 +48,6 @@ pub async fn get_release(g: &ClientArgs, id: String) -> Result<(), CliError> {
     Printer::stdout(g.output).release(&r)
 }
 
-/// `REPOSITORY:TAG` or `REPOSITORY@sha256:…` (a colon before the last `/`
-/// is the registry's port).
-pub fn release_component(s: &str) -> Result<pb::ReleaseComponent, String> {
-    let (repository, source) = match s.split_once('@') {
-        Some((repo, digest)) => (repo, digest),
-        None => {
-            let last = s.rfind('/').unwrap_or(0);
-            match s[last..].rfind(':') {
-                Some(i) => (&s[..last + i], &s[last + i + 1..]),
-                None => {
-                    return Err(format!(
-                        "{s:?}: give each image as REPOSITORY:SOURCE (e.g. registry.example.com/shop/api:staging) or REPOSITORY@sha256:…"
-                    ));
-                }
-            }
-        }
-    };
-    Ok(pb::ReleaseComponent {
-        repository: repository.to_owned(),
-        source: source.to_owned(),
-    })
-}
-
 pub async fn approve(
     g: &ClientArgs,
     req: pb::ApproveRequest,
@@ -78,19 +56,66 @@ pub async fn approve(
     let started = Instant::now();
     let mut c = Client::connect(g).await?;
     let p = c.api.approve(c.unary(req)).await?.into_inner();
-    answer(g, &mut c, p, follow, started, Printer::approval).await
+    let print = with_release(g, &mut c, &p, Printer::approval).await?;
+    answer(g, &mut c, p, follow, started, print).await
 }
 
 pub async fn reject(g: &ClientArgs, req: pb::RejectRequest) -> Result<(), CliError> {
     let mut c = Client::connect(g).await?;
     let p = c.api.reject(c.unary(req)).await?.into_inner();
-    Printer::stdout(g.output).promotion(&p)
+    let print = with_release(g, &mut c, &p, Printer::promotion).await?;
+    print(&mut Printer::stdout(g.output), &p)
 }
 
 pub async fn cancel(g: &ClientArgs, req: pb::CancelRequest) -> Result<(), CliError> {
     let mut c = Client::connect(g).await?;
     let p = c.api.cancel(c.unary(req)).await?.into_inner();
-    Printer::stdout(g.output).promotion(&p)
+    let print = with_release(g, &mut c, &p, Printer::promotion).await?;
+    print(&mut Printer::stdout(g.output), &p)
+}
+
+/// How an approve/reject/cancel prints the promotion `p` it decided. A
+/// release's member is decided with its whole release, so a table shows
+/// the release as it is now, every member with its state (read with
+/// GetRelease), and of `p` itself only what it waits for if WAITING.
+/// `-o json` stays the Promotion the call answered, the one shape scripts
+/// parse. If the release cannot be read, the decision stands: stderr says
+/// so and `p` is printed as `print` does.
+async fn with_release(
+    g: &ClientArgs,
+    c: &mut Client,
+    p: &pb::Promotion,
+    print: Print,
+) -> Result<Print, CliError> {
+    if p.release_id.is_empty() || g.output != Format::Table {
+        return Ok(print);
+    }
+    let req = pb::GetReleaseRequest {
+        release_id: p.release_id.clone(),
+    };
+    match c.api.get_release(c.unary(req)).await {
+        Ok(r) => {
+            Printer::stdout(g.output).release(&r.into_inner())?;
+            // The member approved may wait for a gate of its own.
+            Ok(|out, p| {
+                if p.state == pb::PromotionState::Waiting as i32 {
+                    out.raw(&table::approval_waiting(p))
+                } else {
+                    Ok(())
+                }
+            })
+        }
+        Err(e) => {
+            eprintln!(
+                "prodgate: promotion {} is {}; its release {} cannot be shown: {}",
+                visible(&p.id),
+                table::state_label(p.state),
+                visible(&p.release_id),
+                visible(&CliError::Status(e).to_string())
+            );
+            Ok(print)
+        }
+    }
 }
 
 pub async fn get(g: &ClientArgs, id: String, follow: bool) -> Result<(), CliError> {
@@ -195,6 +220,9 @@ pub async fn checks(g: &ClientArgs, repository: String, digest: String) -> Resul
     Printer::stdout(g.output).checks(&all)
 }
 
+/// Prints one promotion, in the format of a [`Printer`].
+type Print = fn(&mut Printer, &pb::Promotion) -> Result<(), CliError>;
+
 /// Prints the answer of request/approve/rollback with `print`, then follows
 /// it if asked to (through WAITING and APPROVED to a final state), until
 /// `--timeout` after `started` if one was given. Once there is an answer,
@@ -206,7 +234,7 @@ async fn answer(
     p: pb::Promotion,
     follow: bool,
     started: Instant,
-    print: fn(&mut Printer, &pb::Promotion) -> Result<(), CliError>,
+    print: Print,
 ) -> Result<(), CliError> {
     let out = &mut Printer::stdout(g.output);
     if !follow {

@@ -45,6 +45,13 @@ pub enum CliError {
     NotPem { path: PathBuf, want: &'static str },
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
+    /// `release --from-file`: the file is no release; `error` says what is
+    /// wrong and where (the key, the line).
+    #[error("{}: {error}", path.display())]
+    ReleaseFile {
+        path: PathBuf,
+        error: super::release::FileError,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -148,6 +155,7 @@ impl CliError {
             | CliError::Tls(_)
             | CliError::NotPem { .. }
             | CliError::Config(_)
+            | CliError::ReleaseFile { .. }
             | CliError::Listen { .. }
             | CliError::Server(_)
             | CliError::Store(_)
@@ -219,7 +227,11 @@ impl CliError {
             // a caret under the column, what was expected. Its line breaks
             // are the layout, so they stay; anything else unprintable is
             // still made visible.
-            CliError::Config(crate::config::ConfigError::Parse { .. }) => {
+            CliError::Config(crate::config::ConfigError::Parse { .. })
+            | CliError::ReleaseFile {
+                error: super::release::FileError::Toml(_),
+                ..
+            } => {
                 let lines: Vec<_> = text.lines().map(crate::telemetry::visible).collect();
                 format!("prodgate: {}", lines.join("\n"))
             }

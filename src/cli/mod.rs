@@ -36,12 +36,14 @@ pub mod json;
 pub mod local;
 pub mod output;
 pub mod policy;
+pub mod release;
 pub mod serve;
 pub mod table;
 pub mod time;
 pub mod verify_image;
 pub mod wait;
 
+use crate::domain::names::{Reference, split_image};
 use crate::pb;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
@@ -258,18 +260,35 @@ pub enum Command {
     /// once and applied as one (tags move in the order given; a move that
     /// fails moves the others back). Approve, reject or cancel it by any
     /// member's id.
+    ///
+    /// The images come from the command line or from a TOML file
+    /// (--from-file), never both: `environment`, `reason`, optional
+    /// `request_id` and `break_glass`, and one `[[component]]` table per
+    /// image (`repository`, `source`: a tag or sha256: digest), in the
+    /// order the tags are to move. --env, --reason, --request-id and
+    /// --break-glass given with --from-file win over the file's.
     Release {
         /// Each image as REPOSITORY:SOURCE (a tag) or REPOSITORY@sha256:…,
         /// e.g. registry.example.com/shop/api:staging; 2 to 50, each a
         /// different repository, in the order their tags are to move.
-        #[arg(required = true, num_args = 2.., value_parser = commands::release_component)]
+        #[arg(
+            num_args = 2..,
+            required_unless_present = "from_file",
+            conflicts_with = "from_file",
+            value_parser = release::component
+        )]
         components: Vec<pb::ReleaseComponent>,
-        /// Target environment.
-        #[arg(long, alias = "environment")]
-        env: String,
-        /// Why (recorded in the audit log).
-        #[arg(long)]
-        reason: String,
+        /// The release as a TOML file (at most 1 MiB) instead of
+        /// COMPONENTS; unknown keys are refused.
+        #[arg(long, value_name = "FILE")]
+        from_file: Option<PathBuf>,
+        /// Target environment (with --from-file: instead of the file's).
+        #[arg(long, alias = "environment", required_unless_present = "from_file")]
+        env: Option<String>,
+        /// Why, recorded in the audit log (with --from-file: instead of the
+        /// file's).
+        #[arg(long, required_unless_present = "from_file")]
+        reason: Option<String>,
         /// Idempotency key: repeating the request with it returns the first release.
         #[arg(long)]
         request_id: Option<String>,
@@ -736,22 +755,15 @@ fn repository(s: &str) -> Result<String, String> {
 /// command that was probably meant, instead of the server's generic
 /// INVALID_ARGUMENT. A colon before the first `/` is the registry's port.
 fn untagged(s: &str, for_request: bool) -> Result<String, String> {
-    let Some(slash) = s.find('/') else {
+    // Without a `/`, any colon is a port (`127.0.0.1:5000`): the server
+    // says what is wrong with such a repository.
+    if !s.contains('/') {
         return Ok(s.to_owned());
-    };
-    let (repo, reference) = if let Some((repo, digest)) = s.split_once('@') {
-        (repo, digest)
-    } else {
-        let last = s.rfind('/').unwrap_or(slash);
-        match s[last..].split_once(':') {
-            Some((tail, tag)) => (&s[..last + tail.len()], tag),
-            None => return Ok(s.to_owned()),
-        }
-    };
-    let what = if reference.contains(':') {
-        "digest"
-    } else {
-        "tag"
+    }
+    let (repo, what, reference) = match split_image(s) {
+        (_, None) => return Ok(s.to_owned()),
+        (repo, Some(Reference::Tag(tag))) => (repo, "tag", tag),
+        (repo, Some(Reference::Digest(digest))) => (repo, "digest", digest),
     };
     Err(if for_request {
         format!(
@@ -1010,23 +1022,33 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
         Command::Health { client } => commands::health(&client).await,
         Command::Release {
             components,
+            from_file,
             env,
             reason,
             request_id,
             break_glass,
             client,
         } => {
-            commands::release(
-                &client,
-                pb::RequestReleaseRequest {
-                    environment: env,
-                    reason,
+            let req = match from_file {
+                Some(path) => release::from_file(
+                    &path,
+                    release::Overrides {
+                        environment: env,
+                        reason,
+                        request_id,
+                        break_glass,
+                    },
+                )?,
+                // clap requires --env and --reason without --from-file.
+                None => pb::RequestReleaseRequest {
+                    environment: env.unwrap_or_default(),
+                    reason: reason.unwrap_or_default(),
                     request_id: request_id.unwrap_or_default(),
                     components,
                     break_glass,
                 },
-            )
-            .await
+            };
+            commands::release(&client, req).await
         }
         Command::GetRelease { id, client } => commands::get_release(&client, id).await,
         Command::Request {

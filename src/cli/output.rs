@@ -67,10 +67,14 @@ impl Printer {
         }
     }
 
+    /// The answer of `list`: in a table, a release's members grouped under
+    /// one row for the release ([`table::listing`]); with `-o json`, one
+    /// Promotion per line as for a single promotion (each member's
+    /// `releaseId` names its release).
     pub fn promotions(&mut self, ps: &[pb::Promotion]) -> Result<(), CliError> {
         match self.format {
             Format::Json => ps.iter().try_for_each(|p| self.line(&json::promotion(p))),
-            Format::Table => self.raw(&table::promotions(ps, SystemTime::now())),
+            Format::Table => self.raw(&table::listing(ps, SystemTime::now())),
         }
     }
 

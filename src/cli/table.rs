@@ -3,9 +3,12 @@
 //! `--output json`.
 
 use super::time::{Precision, relative, rfc3339};
-use crate::domain::gates;
+use crate::api::convert;
+use crate::domain::model::State;
+use crate::domain::{gates, release};
 use crate::pb;
 use crate::pb::Timestamp;
+use std::collections::HashMap;
 use std::time::SystemTime;
 use unicode_width::UnicodeWidthStr;
 
@@ -127,52 +130,169 @@ fn grid(rows: &[Vec<String>]) -> String {
     out
 }
 
+const LIST_HEADER: [&str; 8] = [
+    "ID",
+    "STATE",
+    "REPOSITORY",
+    "ENV",
+    "DIGEST",
+    "REQUESTED BY",
+    "APPROVALS",
+    "AGE",
+];
+
+/// Indent of a release's members under its row in `list`.
+const MEMBER_INDENT: &str = "  ";
+
+fn header() -> Vec<String> {
+    LIST_HEADER.map(str::to_owned).to_vec()
+}
+
+fn promotion_row(p: &pb::Promotion, now: SystemTime) -> Vec<String> {
+    vec![
+        clean(&p.id),
+        state_label(p.state),
+        or_dash(clean(&p.repository)),
+        or_dash(clean(&p.environment)),
+        or_dash(short_digest(&p.digest)),
+        or_dash(clean(&p.requested_by)),
+        approvals(p),
+        age(p.created_at.as_ref(), now),
+    ]
+}
+
+/// Every promotion a row of its own: a release's members as `release`
+/// shows them.
 pub fn promotions(ps: &[pb::Promotion], now: SystemTime) -> String {
-    let header = [
-        "ID",
-        "STATE",
-        "REPOSITORY",
-        "ENV",
-        "DIGEST",
-        "REQUESTED BY",
-        "APPROVALS",
-        "AGE",
-    ];
-    let mut rows = vec![header.map(str::to_owned).to_vec()];
-    rows.extend(ps.iter().map(|p| {
-        vec![
-            clean(&p.id),
-            state_label(p.state),
-            or_dash(clean(&p.repository)),
-            or_dash(clean(&p.environment)),
-            or_dash(short_digest(&p.digest)),
-            or_dash(clean(&p.requested_by)),
-            approvals(p),
-            age(p.created_at.as_ref(), now),
-        ]
-    }));
+    let mut rows = vec![header()];
+    rows.extend(ps.iter().map(|p| promotion_row(p, now)));
     grid(&rows)
+}
+
+/// `list`: one row per promotion, except that the members of a release
+/// make one row for the release (its id, the state of the whole, its
+/// environment, requester, approvals and age, how many images) with each
+/// member indented beneath it (id, state, repository, short digest), in
+/// the order their tags move. A release's members are grouped where the
+/// first of them appears; when a filter or --limit leaves some out, the
+/// row is of those listed (the count and the state are theirs; `prodgate
+/// get-release ID` shows the whole).
+pub fn listing(ps: &[pb::Promotion], now: SystemTime) -> String {
+    let mut releases: HashMap<&str, Vec<&pb::Promotion>> = HashMap::new();
+    for p in ps.iter().filter(|p| !p.release_id.is_empty()) {
+        releases.entry(&p.release_id).or_default().push(p);
+    }
+    let mut rows = vec![header()];
+    for p in ps {
+        if p.release_id.is_empty() {
+            rows.push(promotion_row(p, now));
+            continue;
+        }
+        // The first of its members seen takes the whole group; the rest
+        // are already shown.
+        let Some(mut members) = releases.remove(p.release_id.as_str()) else {
+            continue;
+        };
+        members.sort_by_key(|m| (m.id.parse::<u64>().ok(), m.id.as_str()));
+        rows.push(release_row(&p.release_id, &members, now));
+        rows.extend(members.iter().map(|m| {
+            vec![
+                format!("{MEMBER_INDENT}{}", clean(&m.id)),
+                state_label(m.state),
+                or_dash(clean(&m.repository)),
+                String::new(),
+                or_dash(short_digest(&m.digest)),
+            ]
+        }));
+    }
+    grid(&rows)
+}
+
+/// A release's row in `list`, from the `members` listed (at least one).
+fn release_row(id: &str, members: &[&pb::Promotion], now: SystemTime) -> Vec<String> {
+    let Some(first) = members.first() else {
+        return vec![clean(id)];
+    };
+    let images = match members.len() {
+        1 => "release: 1 image".to_owned(),
+        n => format!("release: {n} images"),
+    };
+    vec![
+        clean(id),
+        whole_state(members),
+        images,
+        or_dash(clean(&first.environment)),
+        String::new(),
+        or_dash(clean(&first.requested_by)),
+        // Every member carries the release's approvals.
+        approvals(first),
+        age(first.created_at.as_ref(), now),
+    ]
+}
+
+/// The state of the whole as the server derives Release.state
+/// ([`crate::domain::release::state_of`]), from the members listed; a
+/// state this client does not know is shown as it came.
+fn whole_state(members: &[&pb::Promotion]) -> String {
+    let known = |m: &&pb::Promotion| {
+        State::ALL
+            .into_iter()
+            .find(|s| convert::state(*s) as i32 == m.state)
+    };
+    match members.iter().map(known).collect::<Option<Vec<State>>>() {
+        Some(states) => state_label(convert::state(release::state_of(states)) as i32),
+        None => members
+            .iter()
+            .find(|m| known(m).is_none())
+            .map_or_else(String::new, |m| state_label(m.state)),
+    }
 }
 
 /// A release: who asked for what and its state, then its members as
 /// `promotions` lists them, in the order their tags move.
 pub fn release(r: &pb::Release, now: SystemTime) -> String {
-    let mut out = format!(
-        "release:      {}\nstate:        {}\nenvironment:  {}\nrequested by: {}\nreason:       {}\n",
-        clean(&r.id),
-        state_label(r.state),
-        clean(&r.environment),
-        clean(&r.requested_by),
-        clean(&r.reason),
+    let mut rows = vec![
+        ("release", clean(&r.id)),
+        ("state", state_label(r.state)),
+        ("environment", clean(&r.environment)),
+        ("requested by", clean(&r.requested_by)),
+        ("reason", clean(&r.reason)),
+    ];
+    // Every member carries the release's approvals and the count it needs.
+    let count = r.members.first().map_or_else(
+        || r.approvals.len().to_string(),
+        |m| format!("{}/{}", r.approvals.len(), m.required_approvals),
     );
+    rows.extend(approval_rows(&r.approvals, count, now));
     if !r.failure_message.is_empty() {
-        out.push_str(&format!("failure:      {}\n", clean(&r.failure_message)));
+        rows.push(("failure", clean(&r.failure_message)));
     }
+    let mut out = key_values(&rows);
     out.push_str(&promotions(&r.members, now));
-    if !out.ends_with('\n') {
-        out.push('\n');
-    }
     out
+}
+
+/// `approvals: 1/2` (`count`), then each approver with their groups, when
+/// and their comment, one line each.
+fn approval_rows(
+    given: &[pb::Approval],
+    count: String,
+    now: SystemTime,
+) -> Vec<(&'static str, String)> {
+    let mut rows = vec![("approvals", count)];
+    let approvers: Vec<String> = given.iter().map(approver).collect();
+    let approver_width = approvers.iter().map(|a| a.width()).max().unwrap_or(0);
+    for (a, who) in given.iter().zip(&approvers) {
+        let mut line = format!("  {}", pad(who, approver_width));
+        if let Some(t) = &a.time {
+            line.push_str(&format!("  {}", moment(t, now)));
+        }
+        if !a.comment.is_empty() {
+            line.push_str(&format!("  {:?}", clean(&a.comment)));
+        }
+        rows.push(("", line));
+    }
+    rows
 }
 
 /// The audit log shows absolute times: it is read against other logs.
@@ -256,23 +376,15 @@ pub fn promotion(p: &pb::Promotion, now: SystemTime) -> String {
         ));
     }
     if !p.release_id.is_empty() {
-        rows.push(("release", clean(&p.release_id)));
+        let id = clean(&p.release_id);
+        rows.push((
+            "release",
+            format!("{id} (with its other members: prodgate get-release {id})"),
+        ));
     }
     rows.push(("requested by", clean(&p.requested_by)));
     rows.push(("reason", clean(&p.reason)));
-    rows.push(("approvals", approvals(p)));
-    let approvers: Vec<String> = p.approvals.iter().map(approver).collect();
-    let approver_width = approvers.iter().map(|a| a.width()).max().unwrap_or(0);
-    for (a, who) in p.approvals.iter().zip(&approvers) {
-        let mut line = format!("  {}", pad(who, approver_width));
-        if let Some(t) = &a.time {
-            line.push_str(&format!("  {}", moment(t, now)));
-        }
-        if !a.comment.is_empty() {
-            line.push_str(&format!("  {:?}", clean(&a.comment)));
-        }
-        rows.push(("", line));
-    }
+    rows.extend(approval_rows(&p.approvals, approvals(p), now));
     if !p.waiting_for.is_empty() {
         let names: Vec<String> = p.waiting_for.iter().map(|g| clean(g)).collect();
         rows.push(("waiting for", names.join(", ")));
@@ -555,11 +667,12 @@ mod tests {
         );
     }
 
-    #[test]
-    fn list_columns_line_up() {
-        let now = UNIX_EPOCH + Duration::from_secs(1_000);
-        let p = |id: &str, state, repo: &str| pb::Promotion {
+    /// A promotion as `list` gets it, 3m old at 1000 s; `release` empty
+    /// for none.
+    fn listed(id: &str, release: &str, state: pb::PromotionState, repo: &str) -> pb::Promotion {
+        pb::Promotion {
             id: id.into(),
+            release_id: release.into(),
             repository: repo.into(),
             environment: "production".into(),
             digest: format!("sha256:{}", "a".repeat(64)),
@@ -568,7 +681,13 @@ mod tests {
             required_approvals: 1,
             created_at: at(820),
             ..Default::default()
-        };
+        }
+    }
+
+    #[test]
+    fn list_columns_line_up() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000);
+        let p = |id: &str, state, repo: &str| listed(id, "", state, repo);
         let text = promotions(
             &[
                 p("7", pb::PromotionState::PendingApproval, "r/app"),
@@ -592,6 +711,139 @@ mod tests {
         );
         assert!(lines[2].contains("sha256:aaaaaaaaaaaa  alice"), "{text}");
         assert!(lines[2].ends_with("0/1        3m ago"), "{text}");
+    }
+
+    #[test]
+    fn a_release_is_one_row_with_its_members_beneath() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000);
+        let p = listed;
+        use pb::PromotionState::{Approved, PendingApproval, Promoted, Waiting};
+        let page = [
+            p("4", "", Promoted, "r/app"),
+            // Newest first: the members come in reverse; they are shown in
+            // the order their tags move.
+            p("7", "5", Approved, "r/shop/web"),
+            p("6", "5", Waiting, "r/shop/worker"),
+            p("5", "5", Approved, "r/shop/api"),
+            p("8", "", PendingApproval, "r/app"),
+        ];
+        let text = listing(&page, now);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 7, "{text}");
+        let at = |col: &str| lines[0].find(col).expect("column");
+        assert!(lines[1].starts_with("4    PROMOTED  "), "{text}");
+        // The release: the least advanced member's state, how many images.
+        let release = lines[2];
+        assert!(release.starts_with("5    WAITING  "), "{text}");
+        assert_eq!(release.find("release: 3 images"), Some(at("REPOSITORY")));
+        assert_eq!(release.find("production"), Some(at("ENV")));
+        assert_eq!(release.find("alice"), Some(at("REQUESTED BY")));
+        assert!(release.ends_with("0/1        3m ago"), "{text}");
+        assert!(!release.contains("sha256"), "{text}");
+        for (line, (id, state, repo)) in lines[3..6].iter().zip([
+            ("5", "APPROVED", "r/shop/api"),
+            ("6", "WAITING", "r/shop/worker"),
+            ("7", "APPROVED", "r/shop/web"),
+        ]) {
+            assert!(line.starts_with(&format!("  {id}  ")), "{text}");
+            assert_eq!(line.find(state), Some(at("STATE")), "{text}");
+            assert_eq!(line.find(repo), Some(at("REPOSITORY")), "{text}");
+            assert_eq!(
+                line.find("sha256:aaaaaaaaaaaa"),
+                Some(at("DIGEST")),
+                "{text}"
+            );
+            assert!(line.ends_with("sha256:aaaaaaaaaaaa"), "{text}");
+        }
+        assert!(lines[6].starts_with("8    PENDING_APPROVAL"), "{text}");
+
+        // A filter that left members out still groups what it has; a
+        // member apart from the others joins them.
+        let text = listing(
+            &[
+                p("6", "5", Promoted, "r/shop/worker"),
+                p("9", "", Promoted, "r/app"),
+                p("7", "5", Promoted, "r/shop/web"),
+            ],
+            now,
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5, "{text}");
+        assert!(
+            lines[1].starts_with("5    PROMOTED  release: 2 images"),
+            "{text}"
+        );
+        assert!(lines[2].starts_with("  6  PROMOTED"), "{text}");
+        assert!(lines[3].starts_with("  7  PROMOTED"), "{text}");
+        assert!(lines[4].starts_with("9    PROMOTED"), "{text}");
+        // A state this client does not know is shown as its number; a
+        // release id a terminal would act on is escaped.
+        let text = listing(
+            &[
+                p("5", "5\u{1b}", Promoted, "r/a"),
+                p("6", "5\u{1b}", Promoted, "r/b"),
+            ],
+            now,
+        );
+        assert!(
+            text.lines()
+                .nth(1)
+                .is_some_and(|l| l.starts_with(r"5\u{1b}  PROMOTED  release: 2 images")),
+            "{text}"
+        );
+        let mut odd = p("5", "5", Promoted, "r/a");
+        odd.state = 42;
+        let text = listing(&[odd, p("6", "5", Promoted, "r/b")], now);
+        assert!(
+            text.lines()
+                .nth(1)
+                .is_some_and(|l| l.starts_with("5    42  ")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_release_shows_its_approvals_once_then_its_members() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_795_703_520 + 180);
+        let approval = pb::Approval {
+            approver: "bob".into(),
+            comment: "lgtm".into(),
+            time: at(1_795_703_520),
+            groups: vec!["release-managers".into()],
+        };
+        let approved = pb::PromotionState::Approved;
+        let mut members = vec![
+            listed("5", "5", approved, "r/shop/api"),
+            listed("6", "5", approved, "r/shop/web"),
+        ];
+        for m in &mut members {
+            m.approvals = vec![approval.clone()];
+        }
+        let r = pb::Release {
+            id: "5".into(),
+            environment: "production".into(),
+            state: approved as i32,
+            members,
+            requested_by: "alice".into(),
+            reason: "shop 2.0".into(),
+            approvals: vec![approval],
+            ..Default::default()
+        };
+        let text = release(&r, now);
+        let head = format!(
+            "release:      5\nstate:        APPROVED\nenvironment:  production\n\
+             requested by: alice\nreason:       shop 2.0\napprovals:    1/1\n\
+             {}bob (release-managers)  2026-11-26T14:32:00Z (3m ago)  \"lgtm\"\nID  STATE ",
+            " ".repeat(16)
+        );
+        assert!(text.starts_with(&head), "{text}");
+        assert_eq!(text.matches("bob").count(), 1, "{text}");
+        assert!(
+            text.lines()
+                .nth(9)
+                .is_some_and(|l| l.starts_with("6   APPROVED  r/shop/web")),
+            "{text}"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::attach::attestation::{self, Layer, PREDICATE_TYPE_ANNOTATION};
 use crate::attest::VSA_TYPE;
 use crate::attest::verify::{self, Accepted, PublicKey, Rejection};
 use crate::config::{Config, DEFAULT_REGISTRY_TIMEOUT, Files};
-use crate::domain::names::{Repository, Source, echo, validate_digest};
+use crate::domain::names::{Reference, Repository, Source, echo, split_image, validate_digest};
 use crate::registry::oci::OciRegistry;
 use crate::registry::{Registry, RegistryError};
 use crate::telemetry::visible;
@@ -50,21 +50,16 @@ impl std::fmt::Display for Image {
 /// the last `/` is the registry's port.
 pub fn image(s: &str) -> Result<Image, String> {
     let usage = "expected host[:port]/repository[:tag] or host[:port]/repository@sha256:<hex>";
-    let (name, reference) = match s.split_once('@') {
-        Some((name, digest)) => {
+    let (name, reference) = match split_image(s) {
+        (name, Some(Reference::Digest(digest))) => {
             validate_digest(digest).map_err(|e| format!("{usage}: {e}"))?;
             (name, Source::Digest(digest.to_owned()))
         }
-        None => {
-            let last = s.rfind('/').unwrap_or(0);
-            match s[last..].split_once(':') {
-                Some((tail, tag)) => {
-                    let reference = Source::parse(tag).map_err(|e| format!("{usage}: {e}"))?;
-                    (&s[..last + tail.len()], reference)
-                }
-                None => (s, Source::Tag("latest".to_owned())),
-            }
+        (name, Some(Reference::Tag(tag))) => {
+            let reference = Source::parse(tag).map_err(|e| format!("{usage}: {e}"))?;
+            (name, reference)
         }
+        (name, None) => (name, Source::Tag("latest".to_owned())),
     };
     let repo =
         Repository::parse(name).map_err(|e| format!("{usage}: repository {:?} {e}", echo(name)))?;

@@ -231,6 +231,30 @@ impl Source {
     }
 }
 
+/// What follows the name in an image reference, not validated yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reference<'a> {
+    /// After `:`, e.g. `staging`.
+    Tag(&'a str),
+    /// After `@`, e.g. `sha256:…`.
+    Digest(&'a str),
+}
+
+/// Cuts an image reference as docker does: `name@digest`, `name:tag` or
+/// `name` alone. A colon before the last `/` belongs to the registry's
+/// port (`127.0.0.1:5000/team/app`). Nothing is validated: the one place
+/// that knows where a name ends, for every command that takes an image.
+pub fn split_image(s: &str) -> (&str, Option<Reference<'_>>) {
+    if let Some((name, digest)) = s.split_once('@') {
+        return (name, Some(Reference::Digest(digest)));
+    }
+    let last = s.rfind('/').unwrap_or(0);
+    match s[last..].split_once(':') {
+        Some((tail, tag)) => (&s[..last + tail.len()], Some(Reference::Tag(tag))),
+        None => (s, None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,6 +318,44 @@ mod tests {
             &format!("sha256:{}", "ab".repeat(33)),
         ] {
             assert!(Source::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn image_references_are_cut_where_docker_cuts_them() {
+        use Reference::{Digest, Tag};
+        assert_eq!(
+            split_image("127.0.0.1:5000/team/app:v1"),
+            ("127.0.0.1:5000/team/app", Some(Tag("v1")))
+        );
+        assert_eq!(
+            split_image("127.0.0.1:5000/team/app"),
+            ("127.0.0.1:5000/team/app", None)
+        );
+        assert_eq!(
+            split_image("r.io/app@sha256:ab"),
+            ("r.io/app", Some(Digest("sha256:ab")))
+        );
+        assert_eq!(split_image("app:v1"), ("app", Some(Tag("v1"))));
+        assert_eq!(split_image("r.io/app:"), ("r.io/app", Some(Tag(""))));
+        assert_eq!(split_image("r.io/a:b:c"), ("r.io/a", Some(Tag("b:c"))));
+        assert_eq!(split_image(""), ("", None));
+        assert_eq!(split_image("é/ü:ß"), ("é/ü", Some(Tag("ß"))));
+        // Nothing is lost or added (the fuzz target checks it on any input).
+        for s in [
+            "h:1/a:b@c:d/e",
+            "a@b@c",
+            ":/:",
+            "/",
+            "h:5000",
+            "h:5000/a/b:c:d",
+        ] {
+            let joined = match split_image(s) {
+                (name, Some(Tag(t))) => format!("{name}:{t}"),
+                (name, Some(Digest(d))) => format!("{name}@{d}"),
+                (name, None) => name.to_owned(),
+            };
+            assert_eq!(joined, s);
         }
     }
 }
