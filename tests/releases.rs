@@ -10,6 +10,7 @@ use prodgate::pb::{
     ReleaseComponent, RequestReleaseRequest,
 };
 use std::time::Duration;
+use support::proxy::{Fault, FaultProxy};
 use support::registry::TestRegistry;
 use support::server::{TestServer, standard_config};
 use support::{approve, history, wait_for_state};
@@ -22,6 +23,9 @@ const PATHS: [&str; 3] = ["shop/api", "shop/worker", "shop/web"];
 struct Setup {
     registry: TestRegistry,
     server: TestServer,
+    /// Between prodgate and the registry, in the tests that inject faults;
+    /// the repositories prodgate knows are then under its host.
+    proxy: Option<FaultProxy>,
 }
 
 impl Setup {
@@ -42,7 +46,57 @@ impl Setup {
                     .await,
             );
         }
-        (Setup { registry, server }, digests)
+        let proxy = None;
+        (
+            Setup {
+                registry,
+                server,
+                proxy,
+            },
+            digests,
+        )
+    }
+
+    /// As [`Setup::start`], with prodgate reaching the registry through a
+    /// fault proxy; the `staging` images from `seed` on. Returns the
+    /// images `production` carried before when `production_seed` is given
+    /// (pushed from that seed on), else nothing for them.
+    async fn behind_proxy(
+        seed: u64,
+        production_seed: Option<u64>,
+    ) -> (Setup, Vec<String>, Vec<String>) {
+        let registry = TestRegistry::start().await;
+        let proxy = FaultProxy::start(&registry.host).await;
+        let (mut before, mut digests) = (Vec::new(), Vec::new());
+        for (i, path) in PATHS.iter().enumerate() {
+            if let Some(p) = production_seed {
+                before.push(
+                    registry
+                        .push_image(path, Some("production"), 512, p + i as u64)
+                        .await,
+                );
+            }
+            digests.push(
+                registry
+                    .push_image(path, Some("staging"), 512, seed + i as u64)
+                    .await,
+            );
+        }
+        let server = TestServer::start(&standard_config(&proxy.host));
+        let proxy = Some(proxy);
+        (
+            Setup {
+                registry,
+                server,
+                proxy,
+            },
+            digests,
+            before,
+        )
+    }
+
+    fn proxy(&self) -> &FaultProxy {
+        self.proxy.as_ref().expect("a setup behind a proxy")
     }
 
     /// As [`Setup::start`], where shop/web's production needs an e2e
@@ -59,7 +113,11 @@ impl Setup {
     }
 
     fn repo(&self, path: &str) -> String {
-        format!("{}/{path}", self.registry.host)
+        let host = match &self.proxy {
+            Some(p) => &p.host,
+            None => &self.registry.host,
+        };
+        format!("{host}/{path}")
     }
 
     fn request(&self, paths: &[&str], request_id: &str) -> RequestReleaseRequest {
@@ -404,29 +462,11 @@ async fn a_member_waiting_for_its_check_holds_the_whole_release() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn a_member_the_registry_refuses_moves_the_others_back_and_fails_the_release() {
-    use support::proxy::{Fault, FaultProxy};
-    let registry = TestRegistry::start().await;
-    let proxy = FaultProxy::start(&registry.host).await;
-    // What production carries before the release, and the release's images.
-    let mut before = Vec::new();
-    let mut digests = Vec::new();
-    for (i, path) in PATHS.iter().enumerate() {
-        before.push(
-            registry
-                .push_image(path, Some("production"), 512, 20 + i as u64)
-                .await,
-        );
-        digests.push(
-            registry
-                .push_image(path, Some("staging"), 512, 30 + i as u64)
-                .await,
-        );
-    }
-    let server = TestServer::start(&standard_config(&proxy.host));
-    let s = Setup { registry, server };
-    let repo = |path: &str| format!("{}/{path}", proxy.host);
+    // What production carries before the release.
+    let (s, _, before) = Setup::behind_proxy(30, Some(20)).await;
+    let repo = |path: &str| s.repo(path);
     // The registry refuses web's production tag for good.
-    proxy.inject(
+    s.proxy().inject(
         "PUT",
         "/shop/web/manifests/production",
         Fault::Status {
@@ -435,15 +475,11 @@ async fn a_member_the_registry_refuses_moves_the_others_back_and_fails_the_relea
         },
         usize::MAX,
     );
-    let mut req = s.request(&PATHS, "");
-    for (c, path) in req.components.iter_mut().zip(PATHS) {
-        c.repository = repo(path);
-    }
     let r = s
         .server
         .client("alice")
         .await
-        .request_release(req)
+        .request_release(s.request(&PATHS, ""))
         .await
         .expect("request release")
         .into_inner();
@@ -499,35 +535,19 @@ async fn a_member_the_registry_refuses_moves_the_others_back_and_fails_the_relea
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn prodgate_killed_between_two_members_moves_resumes_the_release() {
-    use support::proxy::{Fault, FaultProxy};
-    let registry = TestRegistry::start().await;
-    let proxy = FaultProxy::start(&registry.host).await;
-    let mut digests = Vec::new();
-    for (i, path) in PATHS.iter().enumerate() {
-        digests.push(
-            registry
-                .push_image(path, Some("staging"), 512, 40 + i as u64)
-                .await,
-        );
-    }
-    let server = TestServer::start(&standard_config(&proxy.host));
-    let mut s = Setup { registry, server };
+    let (mut s, digests, _) = Setup::behind_proxy(40, None).await;
     // worker's move hangs, so the kill comes after api's and before its own.
-    proxy.inject(
+    s.proxy().inject(
         "PUT",
         "/shop/worker/manifests/production",
         Fault::Delay(Duration::from_secs(60)),
         1,
     );
-    let mut req = s.request(&PATHS, "");
-    for (c, path) in req.components.iter_mut().zip(PATHS) {
-        c.repository = format!("{}/{path}", proxy.host);
-    }
     let r = s
         .server
         .client("alice")
         .await
-        .request_release(req)
+        .request_release(s.request(&PATHS, ""))
         .await
         .expect("request release")
         .into_inner();
@@ -553,7 +573,7 @@ async fn prodgate_killed_between_two_members_moves_resumes_the_release() {
         PromotionState::Approved as i32
     );
     s.server.kill_and_restart();
-    proxy.clear();
+    s.proxy().clear();
     let mut bob = s.server.client("bob").await;
     for m in &r.members {
         wait_for_state(&mut bob, &m.id, PromotionState::Promoted, LIMIT).await;
@@ -739,37 +759,18 @@ async fn a_newer_promotion_of_a_members_tag_supersedes_the_whole_release() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn two_releases_sharing_a_tag_move_one_after_the_other() {
-    use support::proxy::{Fault, FaultProxy};
-    let registry = TestRegistry::start().await;
-    let proxy = FaultProxy::start(&registry.host).await;
-    let mut digests = Vec::new();
-    for (i, path) in PATHS.iter().enumerate() {
-        digests.push(
-            registry
-                .push_image(path, Some("staging"), 512, 60 + i as u64)
-                .await,
-        );
-    }
-    let server = TestServer::start(&standard_config(&proxy.host));
-    let s = Setup { registry, server };
-    let through = |paths: &[&str]| {
-        let mut req = s.request(paths, "");
-        for (c, path) in req.components.iter_mut().zip(paths) {
-            c.repository = format!("{}/{path}", proxy.host);
-        }
-        req
-    };
+    let (s, digests, _) = Setup::behind_proxy(60, None).await;
     let mut alice = s.server.client("alice").await;
     let mut bob = s.server.client("bob").await;
     // Release A moves api, then worker, whose move hangs a while.
-    proxy.inject(
+    s.proxy().inject(
         "PUT",
         "/shop/worker/manifests/production",
         Fault::Delay(Duration::from_secs(4)),
         1,
     );
     let a = alice
-        .request_release(through(&["shop/api", "shop/worker"]))
+        .request_release(s.request(&["shop/api", "shop/worker"], ""))
         .await
         .expect("request A")
         .into_inner();
@@ -791,7 +792,7 @@ async fn two_releases_sharing_a_tag_move_one_after_the_other() {
         .push_image("shop/api", Some("staging"), 512, 70)
         .await;
     let b = alice
-        .request_release(through(&["shop/web", "shop/api"]))
+        .request_release(s.request(&["shop/web", "shop/api"], ""))
         .await
         .expect("request B")
         .into_inner();
