@@ -95,6 +95,15 @@ impl Setup {
         )
     }
 
+    /// Waits (up to [`LIMIT`]) until `path`'s production tag exists.
+    async fn moved(&self, path: &str) {
+        let deadline = std::time::Instant::now() + LIMIT;
+        while self.registry.tag_digest(path, "production").await.is_none() {
+            assert!(std::time::Instant::now() < deadline, "{path} never moved");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn proxy(&self) -> &FaultProxy {
         self.proxy.as_ref().expect("a setup behind a proxy")
     }
@@ -557,16 +566,7 @@ async fn prodgate_killed_between_two_members_moves_resumes_the_release() {
         .approve(approve(&r.id))
         .await
         .expect("approve");
-    let deadline = std::time::Instant::now() + LIMIT;
-    while s
-        .registry
-        .tag_digest("shop/api", "production")
-        .await
-        .is_none()
-    {
-        assert!(std::time::Instant::now() < deadline, "api never moved");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    s.moved("shop/api").await;
     // Nothing is recorded yet: the release is APPROVED as a whole.
     assert_eq!(
         s.release(&r.id).await.state,
@@ -775,16 +775,7 @@ async fn two_releases_sharing_a_tag_move_one_after_the_other() {
         .expect("request A")
         .into_inner();
     bob.approve(approve(&a.id)).await.expect("approve A");
-    let deadline = std::time::Instant::now() + LIMIT;
-    while s
-        .registry
-        .tag_digest("shop/api", "production")
-        .await
-        .is_none()
-    {
-        assert!(std::time::Instant::now() < deadline, "A never moved api");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    s.moved("shop/api").await;
     // Meanwhile a newer api reaches staging, and release B (web, then api)
     // is approved: its api waits for A's lane, so B moves after A.
     let api2 = s

@@ -97,11 +97,28 @@ enum Job {
 fn job_of(c: &Change) -> Option<Job> {
     let p = &c.promotion;
     let e = &c.entry.event;
-    match e.action {
-        Action::Requested if p.required_approvals > 0 => {
-            Some(Job::Post(Subject::One(Box::new(p.clone()))))
+    match asks(e.action)? {
+        Asks::Post => {
+            (p.required_approvals > 0).then(|| Job::Post(Subject::One(Box::new(p.clone()))))
         }
-        Action::Requested => None,
+        Asks::Update => Some(Job::Update(
+            Subject::One(Box::new(p.clone())),
+            status(e.action, p, &e.actor, &e.comment),
+        )),
+    }
+}
+
+/// What an entry asks of the message about its promotion or release.
+enum Asks {
+    /// A request: a message is posted if it needs approval.
+    Post,
+    /// A later step: the message is rewritten.
+    Update,
+}
+
+fn asks(action: Action) -> Option<Asks> {
+    match action {
+        Action::Requested => Some(Asks::Post),
         Action::Approved
         | Action::GatesPassed
         | Action::Applied
@@ -109,10 +126,7 @@ fn job_of(c: &Change) -> Option<Job> {
         | Action::Rejected
         | Action::Cancelled
         | Action::Expired
-        | Action::Superseded => Some(Job::Update(
-            Subject::One(Box::new(p.clone())),
-            status(e.action, p, &e.actor, &e.comment),
-        )),
+        | Action::Superseded => Some(Asks::Update),
         Action::CheckReported
         | Action::PolicyChanged
         | Action::DriftDetected
@@ -137,28 +151,18 @@ fn release_job(rid: PromotionId, step: &Step, stored: Vec<Promotion>) -> Option<
     let release = Release::of(members).filter(|r| r.id == rid)?;
     let first = step.first();
     let e = &first.entry.event;
-    match e.action {
+    match asks(e.action)? {
         // Members may be governed by different projects: the release
         // waits for approval if any of them does.
-        Action::Requested if release.members.iter().any(|m| m.required_approvals > 0) => {
-            Some(Job::Post(Subject::Release(release)))
-        }
-        Action::Requested => None,
-        Action::Approved
-        | Action::GatesPassed
-        | Action::Applied
-        | Action::ApplyFailed
-        | Action::Rejected
-        | Action::Cancelled
-        | Action::Expired
-        | Action::Superseded => {
+        Asks::Post => release
+            .members
+            .iter()
+            .any(|m| m.required_approvals > 0)
+            .then_some(Job::Post(Subject::Release(release))),
+        Asks::Update => {
             let line = release_status(e.action, &release, &first.promotion, &e.actor, &e.comment);
             Some(Job::Update(Subject::Release(release), line))
         }
-        Action::CheckReported
-        | Action::PolicyChanged
-        | Action::DriftDetected
-        | Action::DriftRestored => None,
     }
 }
 
