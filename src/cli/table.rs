@@ -12,9 +12,6 @@ use std::collections::HashMap;
 use std::time::SystemTime;
 use unicode_width::UnicodeWidthStr;
 
-/// Hex digits of a digest shown in columns: enough to tell images apart.
-const SHORT_DIGEST_HEX: usize = 12;
-
 /// Column separator.
 const GAP: &str = "  ";
 
@@ -61,15 +58,9 @@ fn is(p: &pb::Promotion, state: pb::PromotionState) -> bool {
     p.state == state as i32
 }
 
-/// `sha256:0123456789ab`.
+/// `sha256:0123456789ab`, safe for a terminal.
 pub fn short_digest(d: &str) -> String {
-    let (algo, hex) = d.split_once(':').unwrap_or(("", d));
-    let short: String = hex.chars().take(SHORT_DIGEST_HEX).collect();
-    if algo.is_empty() {
-        clean(&short)
-    } else {
-        clean(&format!("{algo}:{short}"))
-    }
+    clean(crate::domain::names::short_digest(d))
 }
 
 /// `s` followed by spaces up to `width` terminal cells. Not `{:width$}`,

@@ -240,6 +240,13 @@ pub enum Reference<'a> {
     Digest(&'a str),
 }
 
+/// `sha256:` and the first 12 hex digits: enough to tell digests apart in
+/// a table, a page or a chat message (each shows the whole one nearby).
+pub fn short_digest(d: &str) -> &str {
+    let end = d.find(':').map_or(0, |i| i + 1) + 12;
+    d.get(..end).unwrap_or(d)
+}
+
 /// Cuts an image reference as docker does: `name@digest`, `name:tag` or
 /// `name` alone. A colon before the last `/` belongs to the registry's
 /// port (`127.0.0.1:5000/team/app`). Nothing is validated: the one place
@@ -319,6 +326,18 @@ mod tests {
         ] {
             assert!(Source::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn short_digests_keep_the_algorithm() {
+        assert_eq!(
+            short_digest(&format!("sha256:{}", "ab".repeat(32))),
+            "sha256:abababababab"
+        );
+        assert_eq!(short_digest(""), "");
+        assert_eq!(short_digest("sha256:ab"), "sha256:ab");
+        // Never cut inside a character.
+        assert_eq!(short_digest("sha256:aéééééé"), "sha256:aéééééé");
     }
 
     #[test]

@@ -411,7 +411,7 @@ pub fn release_message(
                 format!(
                     "• `{}` `{}`{state}",
                     escape(&m.repository),
-                    escape(&crate::cli::table::short_digest(&m.digest))
+                    escape(crate::domain::names::short_digest(&m.digest))
                 )
             })
             .collect();

@@ -104,10 +104,13 @@ fn when_free<T, E: std::fmt::Display>(read: impl Fn() -> Result<T, E>) -> T {
     loop {
         match read() {
             Ok(v) => return v,
-            // sled's own "in use", or prodgate's "locked by another process"
-            // for the same lock, depending on which saw it first.
+            // prodgate's "in use" or "locked by another process", or sled's
+            // own "could not acquire lock", for the same lock, depending on
+            // which saw it first.
             Err(e)
-                if (e.to_string().contains("in use") || e.to_string().contains("locked by"))
+                if ["in use", "locked by", "could not acquire lock"]
+                    .iter()
+                    .any(|m| e.to_string().contains(m))
                     && std::time::Instant::now() < deadline =>
             {
                 std::thread::sleep(std::time::Duration::from_millis(10));
@@ -120,13 +123,9 @@ fn when_free<T, E: std::fmt::Display>(read: impl Fn() -> Result<T, E>) -> T {
 /// The directory's database without sled's background flusher thread,
 /// which can still hold the directory's lock for a moment after the last
 /// handle is dropped: these tests reopen the same directory at once (and
-/// flush explicitly).
+/// flush explicitly), once a handle closed moments before has let go.
 fn open_without_flusher(dir: &std::path::Path) -> sled::Db {
-    sled::Config::new()
-        .path(dir)
-        .flush_every_ms(None)
-        .open()
-        .unwrap()
+    when_free(|| sled::Config::new().path(dir).flush_every_ms(None).open())
 }
 
 #[test]
