@@ -49,7 +49,11 @@ fn deploy_configs(dir: &Path, found: &mut Vec<PathBuf>) {
         let path = entry.expect("dir entry").path();
         if path.is_dir() {
             deploy_configs(&path, found);
-        } else if path.extension().is_some_and(|e| e == "toml") {
+        } else if path.extension().is_some_and(|e| e == "toml")
+            // A release for `prodgate release --from-file`, not a config
+            // (tests/deploy.rs checks it).
+            && path.file_name().is_some_and(|n| n != "release.example.toml")
+        {
             found.push(path);
         }
     }
