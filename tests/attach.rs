@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::proxy::{Fault, FaultProxy};
-use support::registry::{TestRegistry, free_port};
+use support::registry::TestRegistry;
 use support::server::{TestServer, standard_config};
 use support::{approve, expected_hash, history, request_to, wait_for_state};
 
@@ -29,7 +29,6 @@ struct Setup {
     registry: TestRegistry,
     proxy: FaultProxy,
     server: TestServer,
-    metrics: String,
     _keys: tempfile::TempDir,
 }
 
@@ -47,9 +46,8 @@ async fn start() -> Setup {
     keygen(keys.path());
     let registry = TestRegistry::start().await;
     let proxy = FaultProxy::start(&registry.host).await;
-    let metrics = format!("127.0.0.1:{}", free_port());
     let config = format!(
-        "metrics_listen = \"{metrics}\"\n{}\n[checkpoint]\norigin = \"{ORIGIN}\"\nkey_file = {:?}\n",
+        "metrics_listen = \"127.0.0.1:0\"\n{}\n[checkpoint]\norigin = \"{ORIGIN}\"\nkey_file = {:?}\n",
         standard_config(&proxy.host).replace(
             "name = \"production\"\ntag = \"production\"\n",
             "name = \"production\"\ntag = \"production\"\nattach_record = true\n",
@@ -62,7 +60,6 @@ async fn start() -> Setup {
         registry,
         proxy,
         server,
-        metrics,
         _keys: keys,
     }
 }
@@ -113,7 +110,7 @@ impl Setup {
     }
 
     async fn metric(&self, name: &str) -> f64 {
-        support::metric(&self.metrics, name).await
+        support::metric(self.server.metrics_addr(), name).await
     }
 
     /// A cosign-3-style Sigstore bundle referring to `digest`, listed in

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::proxy::{Fault, FaultProxy};
-use support::registry::{TestRegistry, free_port};
+use support::registry::TestRegistry;
 use support::server::{TestServer, standard_config};
 use support::{approve, history, request_to, wait_for_state};
 
@@ -29,7 +29,6 @@ struct Setup {
     registry: TestRegistry,
     proxy: FaultProxy,
     server: TestServer,
-    metrics: String,
     keys: tempfile::TempDir,
 }
 
@@ -48,9 +47,8 @@ async fn start() -> Setup {
     prodgate(&["keygen", "--attest", "--out"], keys.path());
     let registry = TestRegistry::start().await;
     let proxy = FaultProxy::start(&registry.host).await;
-    let metrics = format!("127.0.0.1:{}", free_port());
     let config = format!(
-        "metrics_listen = \"{metrics}\"\n{}\n[checkpoint]\norigin = \"attest.test/audit\"\nkey_file = {:?}\n\
+        "metrics_listen = \"127.0.0.1:0\"\n{}\n[checkpoint]\norigin = \"attest.test/audit\"\nkey_file = {:?}\n\
          [attest]\nkey_file = {:?}\nverifier_id = \"{VERIFIER}\"\n",
         standard_config(&proxy.host)
             .replace(
@@ -70,7 +68,6 @@ async fn start() -> Setup {
         registry,
         proxy,
         server,
-        metrics,
         keys,
     }
 }
@@ -143,7 +140,7 @@ impl Setup {
     }
 
     async fn metric(&self, name: &str) -> f64 {
-        support::metric(&self.metrics, name).await
+        support::metric(self.server.metrics_addr(), name).await
     }
 
     /// An attestation as `cosign attest` writes it (a provenance envelope

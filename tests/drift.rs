@@ -7,7 +7,7 @@ mod support;
 use prodgate::pb::{self, AuditAction, GetDeployedRequest, HistoryRequest, PromotionState};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use support::registry::{TestRegistry, free_port};
+use support::registry::TestRegistry;
 use support::server::{Client, TestServer, standard_config};
 use support::{approve, expected_hash, history, request_to, wait_for_state};
 use tokio::sync::mpsc;
@@ -37,7 +37,6 @@ events = [\"drift\"]
 struct Setup {
     registry: TestRegistry,
     server: TestServer,
-    metrics: String,
     hooks: mpsc::UnboundedReceiver<serde_json::Value>,
 }
 
@@ -60,12 +59,10 @@ async fn start() -> Setup {
     let hook = listener.local_addr().expect("addr").to_string();
     tokio::spawn(async move { axum::serve(listener, app).await });
     let registry = TestRegistry::start().await;
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let server = TestServer::start(&config(&registry.host, &metrics, &hook));
+    let server = TestServer::start(&config(&registry.host, "127.0.0.1:0", &hook));
     Setup {
         registry,
         server,
-        metrics,
         hooks,
     }
 }
@@ -99,7 +96,7 @@ impl Setup {
 
     /// The metric samples, by name with labels.
     async fn metrics(&self) -> HashMap<String, f64> {
-        let body = reqwest::get(format!("http://{}/metrics", self.metrics))
+        let body = reqwest::get(format!("http://{}/metrics", self.server.metrics_addr()))
             .await
             .expect("scrape")
             .text()

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use support::hostile::{Hostile, Reply};
 use support::oidc::{SigningKey, hs256, jwks, now, unsigned};
-use support::registry::{TestRegistry, free_port};
+use support::registry::TestRegistry;
 use support::server::{TestServer, registry_toml, standard_config};
 use support::{approve, history, request_to};
 use tonic::Code;
@@ -241,9 +241,8 @@ async fn bad_tokens_are_refused_naming_the_check_and_counted_by_reason() {
     std::fs::write(&jwks_file, jwks(&[&ci_key, &rsa])).expect("write the JWKS");
     let idp_key = SigningKey::rs256("idp-1");
     let idp = jwks_server(Arc::new(Mutex::new(jwks(&[&idp_key])))).await;
-    let metrics = format!("127.0.0.1:{}", free_port());
     let config = format!(
-        "metrics_listen = \"{metrics}\"\n{}{}{}",
+        "metrics_listen = \"127.0.0.1:0\"\n{}{}{}",
         registry_toml("127.0.0.1:1"),
         support::server::principals_toml(),
         identities(&jwks_file, &format!("{}/jwks", idp.url())),
@@ -369,7 +368,7 @@ async fn bad_tokens_are_refused_naming_the_check_and_counted_by_reason() {
             "the log shows a token"
         );
     }
-    let counted = failures(&metrics).await;
+    let counted = failures(server.metrics_addr()).await;
     for (reason, n) in &expected {
         assert_eq!(counted.get(reason), Some(n), "reason {reason}: {counted:?}");
     }

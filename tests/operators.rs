@@ -198,9 +198,8 @@ mod operated {
     async fn metrics_describe_a_flow() {
         let registry = TestRegistry::start().await;
         registry.push_image("app", Some("staging"), 1024, 1).await;
-        let metrics_addr = format!("127.0.0.1:{}", free_port());
         let server = TestServer::start(&format!(
-            "metrics_listen = \"{metrics_addr}\"\n{}",
+            "metrics_listen = \"127.0.0.1:0\"\n{}",
             standard_config(&registry.host)
         ));
         let repo = format!("{}/app", registry.host);
@@ -230,7 +229,7 @@ mod operated {
             .await
             .expect("second, left pending");
 
-        let body = reqwest::get(format!("http://{metrics_addr}/metrics"))
+        let body = reqwest::get(format!("http://{}/metrics", server.metrics_addr()))
             .await
             .expect("scrape")
             .text()

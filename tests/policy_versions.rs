@@ -11,7 +11,7 @@ use prodgate::pb::{self, AuditAction, GetPolicyRequest, HistoryRequest, Promotio
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use support::registry::{TestRegistry, free_port};
+use support::registry::TestRegistry;
 use support::server::{TestServer, standard_config};
 use support::{approve, expected_hash, history, request_to};
 use tonic::Code;
@@ -40,7 +40,8 @@ async fn reloads(metrics: &str) -> HashMap<String, f64> {
 /// Sends SIGHUP and waits until the server counts one more reload with
 /// `result`. The reload runs in another process: its counter is how a
 /// client observes that it finished.
-async fn reload(server: &TestServer, metrics: &str, result: &str) {
+async fn reload(server: &TestServer, result: &str) {
+    let metrics = server.metrics_addr();
     let before = reloads(metrics).await.get(result).copied().unwrap_or(0.0);
     server.hangup();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -79,8 +80,7 @@ async fn policy_versions_are_recorded_named_and_reloaded_without_a_restart() {
     let registry = TestRegistry::start().await;
     registry.push_image("app", Some("staging"), 1024, 1).await;
     let repo = format!("{}/app", registry.host);
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let config = with_metrics(&metrics, &standard_config(&registry.host));
+    let config = with_metrics("127.0.0.1:0", &standard_config(&registry.host));
     let mut server = TestServer::start(&config);
     let mut alice = server.client("alice").await;
 
@@ -164,7 +164,7 @@ async fn policy_versions_are_recorded_named_and_reloaded_without_a_restart() {
         );
     assert_ne!(changed, config);
     server.write_config(&changed);
-    reload(&server, &metrics, "success").await;
+    reload(&server, "success").await;
     assert_eq!(server.pid(), pid);
     let second = policy(&mut alice, "").await;
     assert_ne!(second.digest, first.digest);
@@ -208,7 +208,7 @@ async fn policy_versions_are_recorded_named_and_reloaded_without_a_restart() {
 
     // An invalid file keeps the running config and names the key.
     server.write_config(&changed.replace("required_approvals = 1", "required_approvals = -1"));
-    reload(&server, &metrics, "failure").await;
+    reload(&server, "failure").await;
     assert_eq!(policy(&mut alice, "").await.digest, second.digest);
     assert!(
         server.log().contains("required_approvals"),
@@ -223,7 +223,7 @@ async fn policy_versions_are_recorded_named_and_reloaded_without_a_restart() {
         cert.display().to_string(),
         cert.display().to_string()
     ));
-    reload(&server, &metrics, "failure").await;
+    reload(&server, "failure").await;
     assert!(server.log().contains("tls: changed"), "{}", server.log());
     let entries = history(&mut alice, HistoryRequest::default()).await;
     assert_eq!(

@@ -22,13 +22,6 @@ const NO_REGISTRY: &str = "127.0.0.1:9";
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
 /// Open descriptors of process `pid`.
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -365,11 +358,11 @@ async fn call_path(
 
 #[tokio::test]
 async fn made_up_paths_get_no_labels_of_their_own() {
-    let metrics_addr = format!("127.0.0.1:{}", free_port());
     let server = TestServer::start(&format!(
-        "metrics_listen = \"{metrics_addr}\"\n{}",
+        "metrics_listen = \"127.0.0.1:0\"\n{}",
         standard_config(NO_REGISTRY)
     ));
+    let metrics_addr = server.metrics_addr().to_owned();
     let channel = server.channel().await;
     let started = Instant::now();
     let n = 150;
@@ -549,9 +542,8 @@ async fn oversized_requests_are_resource_exhausted_for_every_method() {
 
 #[tokio::test]
 async fn metrics_have_build_process_and_every_environment() {
-    let metrics_addr = format!("127.0.0.1:{}", free_port());
     let mut server = TestServer::start(&format!(
-        "metrics_listen = \"{metrics_addr}\"\n{}",
+        "metrics_listen = \"127.0.0.1:0\"\n{}",
         standard_config(NO_REGISTRY)
     ));
     for round in ["first start", "after a restart"] {
@@ -560,7 +552,7 @@ async fn metrics_have_build_process_and_every_environment() {
         }
         // Answered only once the server (and its metrics listener) is up.
         health_check(&server).await.expect("health check");
-        let body = scrape(&metrics_addr).await;
+        let body = scrape(server.metrics_addr()).await;
         let m = parse_metrics(&body);
         let get = |k: &str| {
             *m.get(k)
@@ -703,11 +695,11 @@ async fn a_peer_that_does_not_answer_keepalive_pings_is_closed() {
 #[tokio::test]
 async fn silent_metrics_clients_cannot_take_the_grpc_listeners_descriptors() {
     raise_own_open_file_limit();
-    let metrics_addr = format!("127.0.0.1:{}", free_port());
     let server = TestServer::start(&format!(
-        "metrics_listen = \"{metrics_addr}\"\nhandshake_timeout = \"2s\"\n{}",
+        "metrics_listen = \"127.0.0.1:0\"\nhandshake_timeout = \"2s\"\n{}",
         standard_config(NO_REGISTRY)
     ));
+    let metrics_addr = server.metrics_addr().to_owned();
     let pid = server.pid();
     health_within(&server, Duration::from_secs(10)).await;
     limit_open_files(pid, 1024);
@@ -859,13 +851,13 @@ async fn cancelled_and_timed_out_calls_are_counted() {
             let _ = accepted_tx.send(());
         }
     });
-    let metrics_addr = format!("127.0.0.1:{}", free_port());
     let server = TestServer::start(&format!(
-        "metrics_listen = \"{metrics_addr}\"\n{}\n{}",
+        "metrics_listen = \"127.0.0.1:0\"\n{}\n{}",
         standard_config(&registry.host)
             .replace("registry_timeout = \"3s\"", "registry_timeout = \"60s\""),
         registry_toml(&stalled_host)
     ));
+    let metrics_addr = server.metrics_addr().to_owned();
     let repo = format!("{}/acme/app", registry.host);
     registry
         .push_image("acme/app", Some("staging"), 512, 1)

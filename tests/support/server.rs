@@ -158,6 +158,11 @@ pub fn principals_toml() -> String {
 
 pub struct TestServer {
     pub addr: String,
+    /// Where the process serves `/metrics`, when its config has
+    /// `metrics_listen` (give `127.0.0.1:0`: a port the test picked could
+    /// be taken by another process before the server binds it). A restart
+    /// binds anew.
+    metrics: Option<String>,
     child: Child,
     /// Copies the rest of the server's log to `server.log`; ends when the
     /// process does.
@@ -211,9 +216,11 @@ impl TestServer {
         data_dir: PathBuf,
         env: Vec<(String, std::ffi::OsString)>,
     ) -> TestServer {
-        let (child, addr, log_copier) = spawn_child(dir.path(), &data_dir, &env, "127.0.0.1:0");
+        let (child, addr, metrics, log_copier) =
+            spawn_child(dir.path(), &data_dir, &env, "127.0.0.1:0");
         TestServer {
             addr,
+            metrics,
             child,
             log_copier: Some(log_copier),
             dir,
@@ -243,6 +250,13 @@ impl TestServer {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
+    /// The `host:port` of `/metrics` (the config must set `metrics_listen`).
+    pub fn metrics_addr(&self) -> &str {
+        self.metrics
+            .as_deref()
+            .expect("the server's config sets metrics_listen")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -268,10 +282,11 @@ impl TestServer {
     pub fn kill_and_restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.reap();
-        let (child, addr, log_copier) =
+        let (child, addr, metrics, log_copier) =
             spawn_child(self.dir.path(), &self.data_dir, &self.env, "127.0.0.1:0");
         self.child = child;
         self.addr = addr;
+        self.metrics = metrics;
         self.log_copier = Some(log_copier);
     }
 
@@ -288,10 +303,11 @@ impl TestServer {
     pub fn kill_and_restart_in_place(&mut self) {
         let _ = self.child.kill();
         let _ = self.reap();
-        let (child, addr, log_copier) =
+        let (child, addr, metrics, log_copier) =
             spawn_child(self.dir.path(), &self.data_dir, &self.env, &self.addr);
         self.child = child;
         self.addr = addr;
+        self.metrics = metrics;
         self.log_copier = Some(log_copier);
     }
 
@@ -406,7 +422,7 @@ fn spawn_child(
     data_dir: &Path,
     env: &[(String, std::ffi::OsString)],
     listen: &str,
-) -> (Child, String, JoinHandle<()>) {
+) -> (Child, String, Option<String>, JoinHandle<()>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_prodgate"))
         .arg("serve")
         .arg("--config")
@@ -430,6 +446,8 @@ fn spawn_child(
     // The server logs its address once its store is open and the socket
     // bound, so connecting right after this line cannot race its start-up.
     let mut addr = None;
+    // Logged before "listening".
+    let mut metrics = None;
     let mut line = String::new();
     while addr.is_none() {
         line.clear();
@@ -438,7 +456,8 @@ fn spawn_child(
             Ok(_) => {
                 log.write_all(line.as_bytes())
                     .expect("write the server log");
-                addr = listening_addr(&line);
+                addr = logged_addr(&line, "listening");
+                metrics = metrics.or_else(|| logged_addr(&line, "serving metrics at /metrics"));
             }
         }
     }
@@ -451,7 +470,7 @@ fn spawn_child(
         );
     };
     let copier = std::thread::spawn(move || copy_log(stderr, log));
-    (child, addr, copier)
+    (child, addr, metrics, copier)
 }
 
 fn copy_log(mut from: BufReader<ChildStderr>, mut to: std::fs::File) {
@@ -460,13 +479,15 @@ fn copy_log(mut from: BufReader<ChildStderr>, mut to: std::fs::File) {
 
 /// The `addr` of the server's `listening` log line, in text
 /// (`INFO prodgate::server: listening addr=127.0.0.1:4711 …`) or JSON.
-fn listening_addr(line: &str) -> Option<String> {
+/// The `addr` of a log line whose message is `message`, in either log
+/// format.
+fn logged_addr(line: &str, message: &str) -> Option<String> {
     if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
-        return (v["message"] == "listening")
+        return (v["message"] == message)
             .then(|| v["addr"].as_str().map(str::to_owned))
             .flatten();
     }
-    let (_, fields) = line.split_once(": listening ")?;
+    let (_, fields) = line.split_once(&format!(": {message} "))?;
     fields
         .split_whitespace()
         .find_map(|f| f.strip_prefix("addr="))
