@@ -758,6 +758,48 @@ async fn a_newer_promotion_of_a_members_tag_supersedes_the_whole_release() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_release_supersedes_an_older_promotion_of_a_members_tag() {
+    let (s, digests) = Setup::start().await;
+    let mut alice = s.server.client("alice").await;
+    let mut bob = s.server.client("bob").await;
+    // A promotion of api of its own, still pending when the release ships.
+    let single = alice
+        .request_promotion(support::request_to(
+            &s.repo("shop/api"),
+            "staging",
+            "production",
+        ))
+        .await
+        .expect("request")
+        .into_inner();
+    let r = alice
+        .request_release(s.request(&["shop/api", "shop/worker"], ""))
+        .await
+        .expect("request release")
+        .into_inner();
+    bob.approve(approve(&r.id)).await.expect("approve");
+    for m in &r.members {
+        wait_for_state(&mut bob, &m.id, PromotionState::Promoted, LIMIT).await;
+    }
+    // Moving api's tag superseded the older open promotion of it, in the
+    // same write, as a single promotion's move does.
+    let older = wait_for_state(&mut bob, &single.id, PromotionState::Superseded, LIMIT).await;
+    assert_eq!(older.superseded_by, r.members[0].id);
+    let entries = history(
+        &mut bob,
+        HistoryRequest {
+            promotion_id: single.id.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let last = entries.last().expect("entries");
+    assert_eq!(last.action, pb::AuditAction::Superseded as i32);
+    assert!(last.comment.contains(&digests[0]), "{last:?}");
+    assert!(!last.attributes.contains_key("release"), "{last:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn two_releases_sharing_a_tag_move_one_after_the_other() {
     let (s, digests, _) = Setup::behind_proxy(60, None).await;
     let mut alice = s.server.client("alice").await;
