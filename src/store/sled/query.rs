@@ -457,6 +457,9 @@ impl Trees {
         environment: &str,
         at: Option<Time>,
     ) -> Result<Option<AuditEntry>, StoreError> {
+        if !self.ever_moved(repository, environment)? {
+            return Ok(None);
+        }
         let prefix = keys::audit_by_repository_prefix(repository);
         let end = match at {
             Some(t) => self.last_at_or_before(t, self.audit_len()?)?,
@@ -469,6 +472,17 @@ impl Trees {
             }
         }
         Ok(None)
+    }
+
+    /// Whether prodgate ever moved the tag (its `T` key, written with the
+    /// first APPLIED entry): without one, the walks above would read every
+    /// entry of the repository to find none. Every request reads its
+    /// target tag's record (the no-op fact), so an environment nothing was
+    /// applied to yet cost a request a walk of the whole repository.
+    fn ever_moved(&self, repository: &str, environment: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .index
+            .contains_key(keys::moved_tag(repository, environment))?)
     }
 
     pub fn moved_tags(&self) -> Result<Vec<(String, String)>, StoreError> {
@@ -497,6 +511,9 @@ impl Trees {
         environment: &str,
         at: Option<Time>,
     ) -> Result<Option<TagRecord>, StoreError> {
+        if !self.ever_moved(repository, environment)? {
+            return Ok(None);
+        }
         let prefix = keys::audit_by_repository_prefix(repository);
         let end = match at {
             Some(t) => self.last_at_or_before(t, self.audit_len()?)?,
