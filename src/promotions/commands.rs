@@ -13,7 +13,7 @@ use crate::domain::model::{
 use crate::domain::names::Source;
 use crate::domain::policy::{EnvironmentPolicy, Principal};
 use crate::error::Error;
-use crate::store::{HistoryFilter, PageRequest, StoredManifest, UnitOfWork};
+use crate::store::{HistoryFilter, PageRequest, UnitOfWork};
 use std::sync::Arc;
 
 /// A re-evaluated WAITING promotion, and when its time gates may open.
@@ -67,15 +67,11 @@ impl Promotions {
         }
         // Decided at once when nobody approves: the gates' facts now.
         let all_gates = policy.required_approvals == 0;
-        let (manifest, facts) = self
+        let (resolved, facts) = self
             .request_facts(&config, &input, &policy, all_gates)
             .await?;
         let source_ref = input.source.as_reference().to_owned();
-        let digest = manifest.digest.clone();
-        let pinned = StoredManifest {
-            media_type: manifest.media_type,
-            bytes: manifest.bytes,
-        };
+        let digest = resolved.digest.clone();
         let mut changes = self.store.subscribe();
         let job_config = config.clone();
         let new = NewPromotion {
@@ -102,7 +98,7 @@ impl Promotions {
                 let now = tx.now();
                 let f = facts.facts(&policy, &job_config.policy.digest, now);
                 let o = decision::request(tx.next_id(), new, &who, input.break_glass, &f)?;
-                tx.put_manifest(&o.promotion.repository, &o.promotion.digest, &pinned)?;
+                resolved.pin(tx, &o.promotion.repository)?;
                 tx.commit(&o.promotion, o.event)?;
                 Ok(o.promotion)
             })

@@ -11,6 +11,7 @@ use crate::domain::policy::EnvironmentPolicy;
 use crate::domain::signature::{self, Verdict};
 use crate::error::Error;
 use crate::registry::Manifest;
+use crate::store::StoredManifest;
 
 /// Facts read for one decision, owned so a write job can carry them.
 #[derive(Debug, Clone, Default)]
@@ -58,7 +59,7 @@ impl Promotions {
         input: &RequestInput,
         policy: &EnvironmentPolicy,
         all_gates: bool,
-    ) -> Result<(Manifest, Gathered), Error> {
+    ) -> Result<(Resolved, Gathered), Error> {
         let repository = input.repository.to_string();
         let source_ref = input.source.as_reference();
         // A digest already pinned for this repository is immutable content
@@ -76,6 +77,7 @@ impl Promotions {
                 }),
             Source::Tag(_) => None,
         };
+        let stored = known.is_some();
         let manifest = match known {
             Some(m) => m,
             None => match self.registry.fetch(&input.repository, source_ref).await? {
@@ -108,7 +110,14 @@ impl Promotions {
             });
         }
         facts.deployed = self.deployed_now(&repository, &input.environment).await?;
-        Ok((manifest, facts))
+        let resolved = Resolved {
+            digest: manifest.digest,
+            pin: (!stored).then_some(StoredManifest {
+                media_type: manifest.media_type,
+                bytes: manifest.bytes,
+            }),
+        };
+        Ok((resolved, facts))
     }
 
     /// Reads what the checks, soak and signature gates of `policy` need for
@@ -231,5 +240,28 @@ impl Promotions {
                 // back, so it is not a no-op.
                 drifted: r.drifted(),
             }))
+    }
+}
+
+/// The image a request resolved its source to: the digest it pins, and
+/// the manifest's bytes to pin with it, unless the store holds them
+/// already (pins are content-addressed: a digest requested before is not
+/// written again).
+pub(super) struct Resolved {
+    pub digest: String,
+    pub pin: Option<StoredManifest>,
+}
+
+impl Resolved {
+    /// Pins the manifest in `tx` if it is not stored yet.
+    pub fn pin(
+        &self,
+        tx: &mut dyn crate::store::UnitOfWork,
+        repository: &str,
+    ) -> Result<(), Error> {
+        if let Some(m) = &self.pin {
+            tx.put_manifest(repository, &self.digest, m)?;
+        }
+        Ok(())
     }
 }

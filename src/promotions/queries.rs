@@ -296,13 +296,13 @@ impl Promotions {
         let repository = input.repository.to_string();
         let governance = config.governing(&repository);
         let (policy, refused) = super::commands::admit(&config, &governance, &who, &input)?;
-        let (manifest, facts) = self.request_facts(&config, &input, policy, true).await?;
+        let (resolved, facts) = self.request_facts(&config, &input, policy, true).await?;
         let new = NewPromotion {
             project: governance.project_name().to_owned(),
             repository,
             environment: input.environment.clone(),
             source: input.source.as_reference().to_owned(),
-            digest: manifest.digest,
+            digest: resolved.digest,
             reason: String::new(),
             request_id: String::new(),
             rollback: false,

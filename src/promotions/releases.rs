@@ -14,7 +14,7 @@ use crate::domain::names::{Repository, Source};
 use crate::domain::policy::Principal;
 use crate::domain::release::{self, MAX_COMPONENTS, MIN_COMPONENTS, Release};
 use crate::error::Error;
-use crate::store::{ListFilter, PageRequest, StoredManifest, UnitOfWork};
+use crate::store::{ListFilter, PageRequest, UnitOfWork};
 use tokio::sync::{broadcast, mpsc};
 
 /// A validated RequestRelease.
@@ -121,7 +121,7 @@ impl Promotions {
             let facts = self
                 .request_facts(&config, &member, &policy, all_gates)
                 .await;
-            let Some((manifest, facts)) = blocked.take(facts, &member.repository.to_string())?
+            let Some((resolved, facts)) = blocked.take(facts, &member.repository.to_string())?
             else {
                 continue;
             };
@@ -130,16 +130,12 @@ impl Promotions {
                 repository: member.repository.to_string(),
                 environment: member.environment.clone(),
                 source: member.source.as_reference().to_owned(),
-                digest: manifest.digest.clone(),
+                digest: resolved.digest.clone(),
                 reason: member.reason.clone(),
                 request_id: member.request_id.clone(),
                 rollback: false,
             };
-            let stored = StoredManifest {
-                media_type: manifest.media_type,
-                bytes: manifest.bytes,
-            };
-            pinned.push((new, stored, facts, policy));
+            pinned.push((new, resolved, facts, policy));
         }
         blocked.refuse()?;
         let mut changes = self.store.subscribe();
@@ -173,13 +169,13 @@ impl Promotions {
                 }
                 blocked.refuse()?;
                 let mut members = Vec::with_capacity(decided.len());
-                for ((_, stored, _, _), o) in pinned.iter().zip(decided) {
+                for ((_, resolved, _, _), o) in pinned.iter().zip(decided) {
                     if tx.next_id() != o.promotion.id {
                         return Err(Error::Internal(format!(
                             "release {release_id}: member ids are not consecutive"
                         )));
                     }
-                    tx.put_manifest(&o.promotion.repository, &o.promotion.digest, stored)?;
+                    resolved.pin(tx, &o.promotion.repository)?;
                     tx.commit(&o.promotion, o.event)?;
                     members.push(o.promotion);
                 }
