@@ -37,13 +37,15 @@ struct Console {
 impl Console {
     async fn start() -> Console {
         let registry = TestRegistry::start().await;
-        let setup = ConsoleSetup::new();
-        let config = format!(
-            "check_reporters = [\"carol\"]\n{}{}",
-            standard_config(&registry.host),
-            setup.toml("token_login = true\n")
-        );
-        let server = TestServer::start(&config);
+        let config_of = |setup: &ConsoleSetup| {
+            format!(
+                "check_reporters = [\"carol\"]\n{}{}",
+                standard_config(&registry.host),
+                setup.toml("token_login = true\n")
+            )
+        };
+        let (setup, server) = ConsoleSetup::serve(config_of);
+        let config = config_of(&setup);
         Console {
             server,
             registry,

@@ -9,23 +9,24 @@ use std::time::Duration;
 use support::browser::Browser;
 use support::console::{ConsoleSetup, sign_in};
 use support::registry::TestRegistry;
-use support::server::{TestServer, standard_config};
+use support::server::standard_config;
 use support::{history, request_to, wait_for_state};
 
 #[tokio::test]
 async fn an_approver_named_by_break_glass_ships_through_a_freeze_with_a_reason() {
     let registry = TestRegistry::start().await;
-    let console = ConsoleSetup::new();
-    let base = console.base.clone();
-    let server = TestServer::start(&format!(
-        "{}\n[[environment]]\nname = \"frozen\"\ntag = \"frozen\"\n\
+    let (console, server) = ConsoleSetup::serve(|console| {
+        format!(
+            "{}\n[[environment]]\nname = \"frozen\"\ntag = \"frozen\"\n\
          approvers = [\"group:release-managers\"]\nrequired_approvals = 1\n\
          break_glass = [\"bob\"]\n\n\
          [[freeze]]\nenvironments = [\"frozen\"]\nstart = \"2000-01-01T00:00:00Z\"\n\
          end = \"2100-01-01T00:00:00Z\"\nreason = \"year-end change freeze\"\n{}",
-        standard_config(&registry.host),
-        console.toml("token_login = true\n")
-    ));
+            standard_config(&registry.host),
+            console.toml("token_login = true\n")
+        )
+    });
+    let base = console.base.clone();
     registry
         .push_image("team/app", Some("staging"), 1024, 1)
         .await;

@@ -46,13 +46,12 @@ impl World {
             }),
         )
         .await;
-        let console = ConsoleSetup::new();
-        let secret = console.dir.path().join("client.secret");
-        std::fs::write(&secret, format!("{CLIENT_SECRET}\n")).expect("write secret");
-        let base = console.base.clone();
         let issuer = &idp.issuer;
-        let config = format!(
-            r#"{}
+        let config_of = |console: &ConsoleSetup| {
+            let secret = console.dir.path().join("client.secret");
+            std::fs::write(&secret, format!("{CLIENT_SECRET}\n")).expect("write secret");
+            format!(
+                r#"{}
 [[identity]]
 name = "company"
 issuer = "{issuer}"
@@ -63,13 +62,15 @@ claims = {{ email_verified = "true" }}
 principal = "sso:{{email}}"
 groups_claim = "groups"
 {}"#,
-            standard_config(&registry.host),
-            console.toml(&format!(
-                "identity = \"company\"\nclient_id = \"{CLIENT_ID}\"\n\
+                standard_config(&registry.host),
+                console.toml(&format!(
+                    "identity = \"company\"\nclient_id = \"{CLIENT_ID}\"\n\
                  client_secret_file = {secret:?}\nscopes = [\"email\", \"groups\"]\n"
-            )),
-        );
-        let server = TestServer::start(&config);
+                )),
+            )
+        };
+        let (console, server) = ConsoleSetup::serve(config_of);
+        let base = console.base.clone();
         World {
             server,
             registry,

@@ -75,12 +75,13 @@ async fn promoted(c: &mut Client, r: &pb::Release) {
 /// A registry, and a server with the console (token sign-in) on it.
 async fn start() -> (TestRegistry, ConsoleSetup, TestServer) {
     let registry = TestRegistry::start().await;
-    let setup = ConsoleSetup::new();
-    let server = TestServer::start(&format!(
-        "{}{}",
-        standard_config(&registry.host),
-        setup.toml("token_login = true\n")
-    ));
+    let (setup, server) = ConsoleSetup::serve(|setup| {
+        format!(
+            "{}{}",
+            standard_config(&registry.host),
+            setup.toml("token_login = true\n")
+        )
+    });
     (registry, setup, server)
 }
 

@@ -557,13 +557,14 @@ async fn a_click_on_a_real_server_approves_through_its_console_listener() {
     let registry = TestRegistry::start().await;
     registry.push_image("team/app", Some("dev"), 1024, 9).await;
     let slack = FakeSlack::start().await;
-    let console = support::console::ConsoleSetup::new();
+    let (console, server) = support::console::ConsoleSetup::serve(|console| {
+        format!(
+            "{}{}",
+            interactions_config(&registry.host, console.dir.path(), &slack),
+            console.toml(""),
+        )
+    });
     let base = console.base.clone();
-    let server = TestServer::start(&format!(
-        "{}{}",
-        interactions_config(&registry.host, console.dir.path(), &slack),
-        console.toml(""),
-    ));
     let mut alice = server.client("alice").await;
     let repo = format!("{}/team/app", registry.host);
     let p = alice
@@ -635,18 +636,19 @@ async fn a_release_is_one_message_and_one_delivery_per_step() {
     }
     let slack = FakeSlack::start().await;
     let mut hook = support::webhook::Receiver::start().await;
-    let console = support::console::ConsoleSetup::new();
+    let (console, server) = support::console::ConsoleSetup::serve(|console| {
+        let key = console.dir.path().join("hook.secret");
+        std::fs::write(&key, "hook-s3cret\n").unwrap();
+        format!(
+            "{}\n[[notify]]\nurl = {:?}\nevents = [\"requested\", \"approved\", \"promoted\"]\n\
+             secret_file = {:?}\n{}",
+            interactions_config(&registry.host, console.dir.path(), &slack),
+            hook.url,
+            key.display().to_string(),
+            console.toml(""),
+        )
+    });
     let base = console.base.clone();
-    let key = console.dir.path().join("hook.secret");
-    std::fs::write(&key, "hook-s3cret\n").unwrap();
-    let server = TestServer::start(&format!(
-        "{}\n[[notify]]\nurl = {:?}\nevents = [\"requested\", \"approved\", \"promoted\"]\n\
-         secret_file = {:?}\n{}",
-        interactions_config(&registry.host, console.dir.path(), &slack),
-        hook.url,
-        key.display().to_string(),
-        console.toml(""),
-    ));
     let mut alice = server.client("alice").await;
     let r = alice
         .request_release(RequestReleaseRequest {

@@ -4,6 +4,7 @@
 
 use super::browser::Browser;
 use super::registry::free_port;
+use super::server::TestServer;
 use std::path::PathBuf;
 use tempfile::TempDir;
 
@@ -30,6 +31,23 @@ impl ConsoleSetup {
             key,
             dir,
         }
+    }
+
+    /// A console set-up and the server `config_of` it runs, on another
+    /// port when the one chosen was taken before the server bound it (the
+    /// port must be known before the start: it is in `public_url`).
+    /// `config_of` may run more than once, each time for a new set-up.
+    pub fn serve(config_of: impl Fn(&ConsoleSetup) -> String) -> (ConsoleSetup, TestServer) {
+        const ATTEMPTS: usize = 5;
+        for _ in 0..ATTEMPTS {
+            let setup = ConsoleSetup::new();
+            match TestServer::try_start(&config_of(&setup)) {
+                Ok(server) => return (setup, server),
+                Err(log) if log.contains("cannot listen for the console") => {}
+                Err(log) => panic!("prodgate did not start; log:\n{log}"),
+            }
+        }
+        panic!("the console's port was taken in each of {ATTEMPTS} attempts");
     }
 
     /// The `[console]` section, with `extra` keys after the listener's.

@@ -211,13 +211,34 @@ impl TestServer {
         Self::spawn(dir, data_dir.to_owned(), Vec::new())
     }
 
+    /// Like [`TestServer::start`], or the log of a server that ended
+    /// before it listened (e.g. a port in its config was taken).
+    pub fn try_start(config: &str) -> Result<TestServer, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("prodgate-test-")
+            .tempdir()
+            .expect("create a temp dir for the server");
+        let data_dir = dir.path().join("data");
+        write_config_file(dir.path(), config, &data_dir);
+        let spawned = try_spawn_child(dir.path(), &data_dir, &[], "127.0.0.1:0")?;
+        Ok(Self::of(spawned, dir, data_dir, Vec::new()))
+    }
+
     fn spawn(
         dir: TempDir,
         data_dir: PathBuf,
         env: Vec<(String, std::ffi::OsString)>,
     ) -> TestServer {
-        let (child, addr, metrics, log_copier) =
-            spawn_child(dir.path(), &data_dir, &env, "127.0.0.1:0");
+        let spawned = spawn_child(dir.path(), &data_dir, &env, "127.0.0.1:0");
+        Self::of(spawned, dir, data_dir, env)
+    }
+
+    fn of(
+        (child, addr, metrics, log_copier): Spawned,
+        dir: TempDir,
+        data_dir: PathBuf,
+        env: Vec<(String, std::ffi::OsString)>,
+    ) -> TestServer {
         TestServer {
             addr,
             metrics,
@@ -417,12 +438,27 @@ fn write_config_file(dir: &Path, config: &str, data_dir: &Path) {
 /// Runs `prodgate serve` in `dir` on `listen` and returns once it is
 /// listening: its address, and the thread that copies the rest of its log to
 /// `server.log`.
+/// A started `prodgate serve`: the process, its gRPC address, its metrics
+/// address (if it serves them), and the thread copying its log.
+type Spawned = (Child, String, Option<String>, JoinHandle<()>);
+
 fn spawn_child(
     dir: &Path,
     data_dir: &Path,
     env: &[(String, std::ffi::OsString)],
     listen: &str,
-) -> (Child, String, Option<String>, JoinHandle<()>) {
+) -> Spawned {
+    try_spawn_child(dir, data_dir, env, listen)
+        .unwrap_or_else(|log| panic!("prodgate did not start; log:\n{log}"))
+}
+
+/// [`spawn_child`], or the log of a process that ended before it listened.
+fn try_spawn_child(
+    dir: &Path,
+    data_dir: &Path,
+    env: &[(String, std::ffi::OsString)],
+    listen: &str,
+) -> Result<Spawned, String> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_prodgate"))
         .arg("serve")
         .arg("--config")
@@ -464,13 +500,10 @@ fn spawn_child(
     let Some(addr) = addr else {
         let _ = child.kill();
         let _ = child.wait();
-        panic!(
-            "prodgate did not start; log:\n{}",
-            std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
-        );
+        return Err(std::fs::read_to_string(dir.join("server.log")).unwrap_or_default());
     };
     let copier = std::thread::spawn(move || copy_log(stderr, log));
-    (child, addr, metrics, copier)
+    Ok((child, addr, metrics, copier))
 }
 
 fn copy_log(mut from: BufReader<ChildStderr>, mut to: std::fs::File) {
