@@ -176,70 +176,41 @@ pub struct TestServer {
 impl TestServer {
     /// Starts `prodgate serve` with `config` (listen and data_dir are set here).
     pub fn start(config: &str) -> TestServer {
-        let dir = tempfile::Builder::new()
-            .prefix("prodgate-test-")
-            .tempdir()
-            .expect("create a temp dir for the server");
-        let data_dir = dir.path().join("data");
-        write_config_file(dir.path(), config, &data_dir);
-        Self::spawn(dir, data_dir, Vec::new())
-    }
-
-    /// Like [`TestServer::start`], with extra environment variables (e.g. a
-    /// `PATH` with a fake credential helper first).
-    pub fn start_with_env(config: &str, env: &[(&str, std::ffi::OsString)]) -> TestServer {
-        let dir = tempfile::Builder::new()
-            .prefix("prodgate-test-")
-            .tempdir()
-            .expect("create a temp dir for the server");
-        let data_dir = dir.path().join("data");
-        write_config_file(dir.path(), config, &data_dir);
-        let env = env
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.clone()))
-            .collect();
-        Self::spawn(dir, data_dir, env)
-    }
-
-    /// Like [`TestServer::start`], with the data directory at `data_dir`.
-    pub fn start_with_data_dir(config: &str, data_dir: &Path) -> TestServer {
-        let dir = tempfile::Builder::new()
-            .prefix("prodgate-test-")
-            .tempdir()
-            .expect("create a temp dir for the server");
-        write_config_file(dir.path(), config, data_dir);
-        Self::spawn(dir, data_dir.to_owned(), Vec::new())
+        Self::try_start(config).unwrap_or_else(|log| did_not_start(&log))
     }
 
     /// Like [`TestServer::start`], or the log of a server that ended
     /// before it listened (e.g. a port in its config was taken).
     pub fn try_start(config: &str) -> Result<TestServer, String> {
-        let dir = tempfile::Builder::new()
-            .prefix("prodgate-test-")
-            .tempdir()
-            .expect("create a temp dir for the server");
-        let data_dir = dir.path().join("data");
-        write_config_file(dir.path(), config, &data_dir);
-        let spawned = try_spawn_child(dir.path(), &data_dir, &[], "127.0.0.1:0")?;
-        Ok(Self::of(spawned, dir, data_dir, Vec::new()))
+        let (dir, data_dir) = prepare(config, None);
+        Self::try_spawn(dir, data_dir, Vec::new())
     }
 
-    fn spawn(
+    /// Like [`TestServer::start`], with extra environment variables (e.g. a
+    /// `PATH` with a fake credential helper first).
+    pub fn start_with_env(config: &str, env: &[(&str, std::ffi::OsString)]) -> TestServer {
+        let (dir, data_dir) = prepare(config, None);
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        Self::try_spawn(dir, data_dir, env).unwrap_or_else(|log| did_not_start(&log))
+    }
+
+    /// Like [`TestServer::start`], with the data directory at `data_dir`.
+    pub fn start_with_data_dir(config: &str, data_dir: &Path) -> TestServer {
+        let (dir, data_dir) = prepare(config, Some(data_dir));
+        Self::try_spawn(dir, data_dir, Vec::new()).unwrap_or_else(|log| did_not_start(&log))
+    }
+
+    fn try_spawn(
         dir: TempDir,
         data_dir: PathBuf,
         env: Vec<(String, std::ffi::OsString)>,
-    ) -> TestServer {
-        let spawned = spawn_child(dir.path(), &data_dir, &env, "127.0.0.1:0");
-        Self::of(spawned, dir, data_dir, env)
-    }
-
-    fn of(
-        (child, addr, metrics, log_copier): Spawned,
-        dir: TempDir,
-        data_dir: PathBuf,
-        env: Vec<(String, std::ffi::OsString)>,
-    ) -> TestServer {
-        TestServer {
+    ) -> Result<TestServer, String> {
+        let (child, addr, metrics, log_copier) =
+            try_spawn_child(dir.path(), &data_dir, &env, "127.0.0.1:0")?;
+        Ok(TestServer {
             addr,
             metrics,
             child,
@@ -247,7 +218,7 @@ impl TestServer {
             dir,
             data_dir,
             env,
-        }
+        })
     }
 
     /// Waits for the process to end and its log to be copied in full.
@@ -435,21 +406,36 @@ fn write_config_file(dir: &Path, config: &str, data_dir: &Path) {
         .expect("write the config");
 }
 
-/// Runs `prodgate serve` in `dir` on `listen` and returns once it is
-/// listening: its address, and the thread that copies the rest of its log to
-/// `server.log`.
+/// A server's own directory, holding its config for `data_dir` (by
+/// default `data/` inside it).
+fn prepare(config: &str, data_dir: Option<&Path>) -> (TempDir, PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix("prodgate-test-")
+        .tempdir()
+        .expect("create a temp dir for the server");
+    let data_dir = data_dir.map_or_else(|| dir.path().join("data"), Path::to_owned);
+    write_config_file(dir.path(), config, &data_dir);
+    (dir, data_dir)
+}
+
 /// A started `prodgate serve`: the process, its gRPC address, its metrics
 /// address (if it serves them), and the thread copying its log.
 type Spawned = (Child, String, Option<String>, JoinHandle<()>);
 
+/// Runs `prodgate serve` in `dir` on `listen` and returns once it is
+/// listening: its addresses, and the thread that copies the rest of its log
+/// to `server.log`.
 fn spawn_child(
     dir: &Path,
     data_dir: &Path,
     env: &[(String, std::ffi::OsString)],
     listen: &str,
 ) -> Spawned {
-    try_spawn_child(dir, data_dir, env, listen)
-        .unwrap_or_else(|log| panic!("prodgate did not start; log:\n{log}"))
+    try_spawn_child(dir, data_dir, env, listen).unwrap_or_else(|log| did_not_start(&log))
+}
+
+fn did_not_start(log: &str) -> ! {
+    panic!("prodgate did not start; log:\n{log}")
 }
 
 /// [`spawn_child`], or the log of a process that ended before it listened.
