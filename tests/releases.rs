@@ -129,6 +129,21 @@ impl Setup {
         format!("{host}/{path}")
     }
 
+    /// alice's promotion of `path` alone, from staging to production.
+    async fn single(&self, path: &str) -> pb::Promotion {
+        self.server
+            .client("alice")
+            .await
+            .request_promotion(support::request_to(
+                &self.repo(path),
+                "staging",
+                "production",
+            ))
+            .await
+            .expect("a promotion of its own")
+            .into_inner()
+    }
+
     fn request(&self, paths: &[&str], request_id: &str) -> RequestReleaseRequest {
         RequestReleaseRequest {
             environment: "production".into(),
@@ -211,14 +226,7 @@ async fn a_release_is_requested_in_one_write_and_approved_once() {
     assert_eq!(r.members[0].request_id, "shop-2.0");
     // Their REQUESTED entries name the release.
     for m in &r.members {
-        let entries = history(
-            &mut alice,
-            HistoryRequest {
-                promotion_id: m.id.clone(),
-                ..Default::default()
-            },
-        )
-        .await;
+        let entries = support::promotion_history(&mut alice, &m.id).await;
         assert_eq!(entries[0].attributes["release"], r.id, "{entries:?}");
     }
     assert_eq!(s.release(&r.id).await, r, "GetRelease answers the same");
@@ -399,15 +407,7 @@ async fn a_refused_component_refuses_the_release_and_records_nothing() {
     assert!(e.message().contains("components[1].source"), "{e:?}");
     assert_eq!(s.count().await, 0, "nothing was recorded");
     // GetRelease of a promotion of its own: NOT_FOUND.
-    let single = alice
-        .request_promotion(support::request_to(
-            &s.repo("shop/api"),
-            "staging",
-            "production",
-        ))
-        .await
-        .expect("a single promotion")
-        .into_inner();
+    let single = s.single("shop/api").await;
     let e = alice
         .get_release(GetReleaseRequest {
             release_id: single.id.clone(),
@@ -695,15 +695,7 @@ async fn a_newer_promotion_of_a_members_tag_supersedes_the_whole_release() {
     bob.approve(approve(&r.id)).await.expect("approve");
     // A promotion of api of its own, approved after the release: it moves
     // api's tag, and the release's api member gives way to it.
-    let single = alice
-        .request_promotion(support::request_to(
-            &s.repo("shop/api"),
-            "staging",
-            "production",
-        ))
-        .await
-        .expect("request")
-        .into_inner();
+    let single = s.single("shop/api").await;
     bob.approve(approve(&single.id))
         .await
         .expect("approve single");
@@ -726,14 +718,7 @@ async fn a_newer_promotion_of_a_members_tag_supersedes_the_whole_release() {
         s.release(&r.id).await.state,
         PromotionState::Superseded as i32
     );
-    let entries = history(
-        &mut bob,
-        HistoryRequest {
-            promotion_id: web.id.clone(),
-            ..Default::default()
-        },
-    )
-    .await;
+    let entries = support::promotion_history(&mut bob, &web.id).await;
     let last = entries.last().expect("entries");
     assert_eq!(last.action, pb::AuditAction::Superseded as i32);
     assert_eq!(last.attributes["release"], r.id);
@@ -741,14 +726,7 @@ async fn a_newer_promotion_of_a_members_tag_supersedes_the_whole_release() {
         last.comment.contains(&format!("member {} ", r.id)),
         "{last:?}"
     );
-    let api_entry = history(
-        &mut bob,
-        HistoryRequest {
-            promotion_id: r.id.clone(),
-            ..Default::default()
-        },
-    )
-    .await;
+    let api_entry = support::promotion_history(&mut bob, &r.id).await;
     assert_eq!(
         api_entry.last().expect("entries").sequence + 1,
         last.sequence,
@@ -763,15 +741,7 @@ async fn a_release_supersedes_an_older_promotion_of_a_members_tag() {
     let mut alice = s.server.client("alice").await;
     let mut bob = s.server.client("bob").await;
     // A promotion of api of its own, still pending when the release ships.
-    let single = alice
-        .request_promotion(support::request_to(
-            &s.repo("shop/api"),
-            "staging",
-            "production",
-        ))
-        .await
-        .expect("request")
-        .into_inner();
+    let single = s.single("shop/api").await;
     let r = alice
         .request_release(s.request(&["shop/api", "shop/worker"], ""))
         .await
@@ -785,14 +755,7 @@ async fn a_release_supersedes_an_older_promotion_of_a_members_tag() {
     // same write, as a single promotion's move does.
     let older = wait_for_state(&mut bob, &single.id, PromotionState::Superseded, LIMIT).await;
     assert_eq!(older.superseded_by, r.members[0].id);
-    let entries = history(
-        &mut bob,
-        HistoryRequest {
-            promotion_id: single.id.clone(),
-            ..Default::default()
-        },
-    )
-    .await;
+    let entries = support::promotion_history(&mut bob, &single.id).await;
     let last = entries.last().expect("entries");
     assert_eq!(last.action, pb::AuditAction::Superseded as i32);
     assert!(last.comment.contains(&digests[0]), "{last:?}");

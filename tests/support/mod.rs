@@ -66,8 +66,8 @@ pub async fn history(c: &mut Client, filter: HistoryRequest) -> Vec<pb::AuditEnt
     }
 }
 
-/// The entries of promotion `id` with `action`.
-pub async fn entries(c: &mut Client, id: &str, action: pb::AuditAction) -> Vec<pb::AuditEntry> {
+/// Every audit entry of promotion `id`, in order.
+pub async fn promotion_history(c: &mut Client, id: &str) -> Vec<pb::AuditEntry> {
     history(
         c,
         HistoryRequest {
@@ -76,24 +76,24 @@ pub async fn entries(c: &mut Client, id: &str, action: pb::AuditAction) -> Vec<p
         },
     )
     .await
-    .into_iter()
-    .filter(|e| e.action == action as i32)
-    .collect()
+}
+
+/// The entries of promotion `id` with `action`.
+pub async fn entries(c: &mut Client, id: &str, action: pb::AuditAction) -> Vec<pb::AuditEntry> {
+    promotion_history(c, id)
+        .await
+        .into_iter()
+        .filter(|e| e.action == action as i32)
+        .collect()
 }
 
 /// The audit actions recorded for one promotion, in order.
 pub async fn actions_of(c: &mut Client, promotion_id: &str) -> Vec<pb::AuditAction> {
-    history(
-        c,
-        HistoryRequest {
-            promotion_id: promotion_id.to_owned(),
-            ..Default::default()
-        },
-    )
-    .await
-    .iter()
-    .map(|e| pb::AuditAction::try_from(e.action).expect("known action"))
-    .collect()
+    promotion_history(c, promotion_id)
+        .await
+        .iter()
+        .map(|e| pb::AuditAction::try_from(e.action).expect("known action"))
+        .collect()
 }
 
 pub async fn get(c: &mut Client, id: &str) -> pb::Promotion {
