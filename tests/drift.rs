@@ -96,19 +96,7 @@ impl Setup {
 
     /// The metric samples, by name with labels.
     async fn metrics(&self) -> HashMap<String, f64> {
-        let body = reqwest::get(format!("http://{}/metrics", self.server.metrics_addr()))
-            .await
-            .expect("scrape")
-            .text()
-            .await
-            .expect("body");
-        body.lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-            .filter_map(|l| {
-                let (k, v) = l.rsplit_once(' ')?;
-                Some((k.to_owned(), v.parse().ok()?))
-            })
-            .collect()
+        support::parse_metrics(&support::scrape(self.server.metrics_addr()).await)
     }
 
     /// Manifest HEADs sent to the registry so far: each drift check of the

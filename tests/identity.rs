@@ -110,13 +110,9 @@ async fn list_as(server: &TestServer, token: &str) -> Result<(), tonic::Status> 
 
 /// `prodgate_auth_failures_total` by reason, scraped now.
 async fn failures(metrics: &str) -> HashMap<String, u64> {
-    let body = reqwest::get(format!("http://{metrics}/metrics"))
+    support::scrape(metrics)
         .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("body");
-    body.lines()
+        .lines()
         .filter_map(|l| l.strip_prefix("prodgate_auth_failures_total{reason=\""))
         .filter_map(|l| {
             let (reason, value) = l.split_once("\"} ")?;

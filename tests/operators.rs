@@ -184,16 +184,6 @@ mod operated {
     }
 
     /// `name{labels} value` lines of a Prometheus text exposition.
-    fn parse_metrics(text: &str) -> HashMap<String, f64> {
-        text.lines()
-            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-            .map(|l| {
-                let (k, v) = l.rsplit_once(' ').expect("sample line");
-                (k.to_owned(), v.parse::<f64>().expect("sample value"))
-            })
-            .collect()
-    }
-
     #[tokio::test]
     async fn metrics_describe_a_flow() {
         let registry = TestRegistry::start().await;
@@ -229,13 +219,8 @@ mod operated {
             .await
             .expect("second, left pending");
 
-        let body = reqwest::get(format!("http://{}/metrics", server.metrics_addr()))
-            .await
-            .expect("scrape")
-            .text()
-            .await
-            .expect("body");
-        let m = parse_metrics(&body);
+        let body = crate::support::scrape(server.metrics_addr()).await;
+        let m = crate::support::parse_metrics(&body);
         let get = |k: &str| {
             *m.get(k)
                 .unwrap_or_else(|| panic!("{k} missing in:\n{body}"))

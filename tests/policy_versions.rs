@@ -22,13 +22,9 @@ fn with_metrics(metrics: &str, config: &str) -> String {
 
 /// `prodgate_config_reloads_total` by result, scraped now.
 async fn reloads(metrics: &str) -> HashMap<String, f64> {
-    let body = reqwest::get(format!("http://{metrics}/metrics"))
+    support::scrape(metrics)
         .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("body");
-    body.lines()
+        .lines()
         .filter_map(|l| l.strip_prefix("prodgate_config_reloads_total{result=\""))
         .filter_map(|l| {
             let (result, value) = l.split_once("\"} ")?;

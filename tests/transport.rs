@@ -304,27 +304,7 @@ async fn accept_errors_back_off_instead_of_spinning() {
     );
 }
 
-/// `name{labels} value` lines of a Prometheus text exposition.
-fn parse_metrics(text: &str) -> HashMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| {
-            let (k, v) = l.rsplit_once(' ').expect("sample line");
-            (k.to_owned(), v.parse::<f64>().expect("sample value"))
-        })
-        .collect()
-}
-
-async fn scrape(addr: &str) -> String {
-    // reqwest is built without a crypto provider of its own.
-    prodgate::server::install_crypto_provider();
-    reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("body")
-}
+use support::{parse_metrics, scrape};
 
 /// A call of `path` with `message` (as a protobuf `BytesValue`: any bytes
 /// the server is asked to decode), optionally as `principal`; the status it

@@ -227,21 +227,34 @@ pub fn python() -> std::path::PathBuf {
     python
 }
 
-/// The value of sample `name` (with its labels, as exposed) at the
-/// Prometheus endpoint `http://{addr}/metrics`; -1 when it is absent.
-pub async fn metric(addr: &str, name: &str) -> f64 {
-    let body = reqwest::get(format!("http://{addr}/metrics"))
+/// The Prometheus text at `http://{addr}/metrics`.
+pub async fn scrape(addr: &str) -> String {
+    // reqwest is built without a crypto provider of its own.
+    prodgate::server::install_crypto_provider();
+    reqwest::get(format!("http://{addr}/metrics"))
         .await
         .expect("scrape")
         .text()
         .await
-        .expect("body");
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k, v.parse::<f64>().ok()?))
+        .expect("body")
+}
+
+/// `name{labels} value` lines of a Prometheus text exposition.
+pub fn parse_metrics(text: &str) -> std::collections::HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (k, v) = l.rsplit_once(' ').expect("sample line");
+            (k.to_owned(), v.parse::<f64>().expect("sample value"))
         })
-        .find(|(k, _)| *k == name)
-        .map_or(-1.0, |(_, v)| v)
+        .collect()
+}
+
+/// The value of sample `name` (with its labels, as exposed) at the
+/// Prometheus endpoint `http://{addr}/metrics`; -1 when it is absent.
+pub async fn metric(addr: &str, name: &str) -> f64 {
+    parse_metrics(&scrape(addr).await)
+        .get(name)
+        .copied()
+        .unwrap_or(-1.0)
 }
