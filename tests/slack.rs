@@ -68,6 +68,22 @@ fn buttons(body: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Every call once the fake Slack has had a `chat.update` saying
+/// *Promoted*.
+async fn promoted_update(slack: &FakeSlack) -> Vec<Call> {
+    slack
+        .wait_for(
+            "chat.update saying Promoted",
+            Duration::from_secs(20),
+            |c| {
+                named(c, "chat.update")
+                    .iter()
+                    .any(|u| u.body["blocks"].to_string().contains("*Promoted*"))
+            },
+        )
+        .await
+}
+
 fn named<'c>(calls: &'c [Call], what: &str) -> Vec<&'c Call> {
     calls.iter().filter(|c| c.what == what).collect()
 }
@@ -148,17 +164,7 @@ async fn a_request_is_posted_with_both_buttons_and_updated_as_it_moves_on() {
         .approve(approve(&p.id))
         .await
         .expect("bob approves");
-    let calls = slack
-        .wait_for(
-            "chat.update saying Promoted",
-            Duration::from_secs(20),
-            |c| {
-                named(c, "chat.update")
-                    .iter()
-                    .any(|u| u.body["blocks"].to_string().contains("*Promoted*"))
-            },
-        )
-        .await;
+    let calls = promoted_update(&slack).await;
     let updates = named(&calls, "chat.update");
     assert!(updates.len() >= 2, "{updates:#?}");
     let ts = &post.answered["ts"];
@@ -732,17 +738,7 @@ async fn a_release_is_one_message_and_one_delivery_per_step() {
         .await;
         assert_eq!(m.approvals[0].approver, "slack:U0BOB");
     }
-    let calls = slack
-        .wait_for(
-            "chat.update saying Promoted",
-            Duration::from_secs(20),
-            |c| {
-                named(c, "chat.update")
-                    .iter()
-                    .any(|u| u.body["blocks"].to_string().contains("*Promoted*"))
-            },
-        )
-        .await;
+    let calls = promoted_update(&slack).await;
     assert_eq!(named(&calls, "chat.postMessage").len(), 1, "{calls:#?}");
     let updates = named(&calls, "chat.update");
     for u in &updates {
