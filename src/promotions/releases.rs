@@ -5,6 +5,7 @@
 //! from its members, whose ids follow one another from the release's.
 
 use super::commands::{admit, same_request};
+use super::watch::Followed;
 use super::{Promotions, RequestInput};
 use crate::domain::decision;
 use crate::domain::machine::NewPromotion;
@@ -14,8 +15,9 @@ use crate::domain::names::{Repository, Source};
 use crate::domain::policy::Principal;
 use crate::domain::release::{self, MAX_COMPONENTS, MIN_COMPONENTS, Release};
 use crate::error::Error;
+use crate::store::Change;
 use crate::store::{ListFilter, PageRequest, UnitOfWork};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
 /// A validated RequestRelease.
 #[derive(Debug, Clone)]
@@ -321,55 +323,16 @@ impl Promotions {
         who: &Principal,
         id: PromotionId,
     ) -> Result<mpsc::Receiver<Result<Release, Error>>, Error> {
-        let limit = self.config.get().max_watches_per_principal;
-        let slot = self.watches.open(&who.name, limit)?;
-        // Subscribe before reading, so no change between the two is missed.
-        let mut changes = self.store.subscribe();
-        let mut attempts = self.progress.subscribe();
-        let first = self.release(id).await?;
-        let (tx, rx) = mpsc::channel(16);
-        let this = self.clone();
-        let draining = self.draining.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let mut last = first;
-            if tx.send(Ok(last.clone())).await.is_err() {
-                return;
-            }
-            while !last.members.iter().all(|m| m.state.is_terminal()) {
-                let members: Vec<PromotionId> = last.members.iter().map(|m| m.id).collect();
-                let changed = tokio::select! {
-                    _ = tx.closed() => return,
-                    _ = draining.cancelled() => {
-                        let _ = tx.send(Err(Error::ShuttingDown)).await;
-                        return;
-                    }
-                    change = changes.recv() => match change {
-                        Ok(c) => c.promotion.release_id == Some(id),
-                        Err(broadcast::error::RecvError::Lagged(_)) => true,
-                        Err(broadcast::error::RecvError::Closed) => return,
-                    },
-                    attempt = attempts.recv() => match attempt {
-                        Ok(n) => members.contains(&n),
-                        Err(broadcast::error::RecvError::Lagged(_)) => true,
-                        Err(broadcast::error::RecvError::Closed) => return,
-                    },
-                };
-                if !changed {
-                    continue;
-                }
-                let Ok(next) = this.release(id).await else {
-                    return;
-                };
-                if next != last {
-                    last = next;
-                    if tx.send(Ok(last.clone())).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(rx)
+        self.follow(
+            who,
+            Followed {
+                read: move |this: Promotions| async move { this.release(id).await },
+                ended: |r: &Release| r.members.iter().all(|m| m.state.is_terminal()),
+                concerns: move |c: &Change| (c.promotion.release_id == Some(id)).then_some(None),
+                retried: |r: &Release, n: PromotionId| r.members.iter().any(|m| m.id == n),
+            },
+        )
+        .await
     }
 }
 

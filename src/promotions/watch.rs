@@ -67,12 +67,50 @@ impl Promotions {
         who: &Principal,
         id: PromotionId,
     ) -> Result<mpsc::Receiver<Result<Promotion, Error>>, Error> {
+        let progress = self.progress.clone();
+        self.follow(
+            who,
+            Followed {
+                read: move |this: Promotions| async move { this.get(id).await },
+                ended: |p: &Promotion| p.state.is_terminal(),
+                // The change holds the promotion as it is now.
+                concerns: move |c: &Change| {
+                    (c.promotion.id == id).then(|| {
+                        let mut p = c.promotion.clone();
+                        progress.overlay(&mut p);
+                        Some(p)
+                    })
+                },
+                retried: move |_: &Promotion, n: PromotionId| n == id,
+            },
+        )
+        .await
+    }
+
+    /// `f.read()` now, then again at each change or tag-move retry that
+    /// concerns it, sent when it differs from the last sent, until it has
+    /// ended or the receiver is dropped; counted as a watch of `who`. When
+    /// the server shuts down first, the last item is
+    /// [`Error::ShuttingDown`]. Missed changes (a lagging subscription) are
+    /// read from the record.
+    pub(super) async fn follow<T, R, Fut, C, A>(
+        &self,
+        who: &Principal,
+        f: Followed<R, fn(&T) -> bool, C, A>,
+    ) -> Result<mpsc::Receiver<Result<T, Error>>, Error>
+    where
+        T: Clone + PartialEq + Send + 'static,
+        R: Fn(Promotions) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T, Error>> + Send,
+        C: Fn(&Change) -> Option<Option<T>> + Send + 'static,
+        A: Fn(&T, PromotionId) -> bool + Send + 'static,
+    {
         let limit = self.config.get().max_watches_per_principal;
         let slot = self.watches.open(&who.name, limit)?;
         // Subscribe before reading, so no change between the two is missed.
         let mut changes = self.store.subscribe();
         let mut attempts = self.progress.subscribe();
-        let first = self.get(id).await?;
+        let first = (f.read)(self.clone()).await?;
         let (tx, rx) = mpsc::channel(16);
         let this = self.clone();
         let draining = self.draining.clone();
@@ -83,38 +121,34 @@ impl Promotions {
             if tx.send(Ok(last.clone())).await.is_err() {
                 return;
             }
-            while !last.state.is_terminal() {
-                let next = tokio::select! {
+            while !(f.ended)(&last) {
+                let told = tokio::select! {
                     _ = tx.closed() => return,
                     _ = draining.cancelled() => {
                         let _ = tx.send(Err(Error::ShuttingDown)).await;
                         return;
                     }
                     change = changes.recv() => match change {
-                        Ok(c) if c.promotion.id == id => {
-                            let mut p = c.promotion;
-                            this.progress.overlay(&mut p);
-                            p
-                        }
-                        Ok(_) => continue,
-                        // Missed changes: the record is the truth.
-                        Err(broadcast::error::RecvError::Lagged(_)) => match this.get(id).await {
-                            Ok(p) => p,
-                            Err(_) => return,
+                        Ok(c) => match (f.concerns)(&c) {
+                            Some(told) => told,
+                            None => continue,
                         },
+                        Err(broadcast::error::RecvError::Lagged(_)) => None,
                         Err(broadcast::error::RecvError::Closed) => return,
                     },
-                    // A retry of the tag move: show its error and count.
+                    // A retry of a tag move: show its error and count.
                     attempt = attempts.recv() => match attempt {
-                        Ok(n) if n != id => continue,
-                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                            match this.get(id).await {
-                                Ok(p) => p,
-                                Err(_) => return,
-                            }
-                        }
+                        Ok(n) if !(f.retried)(&last, n) => continue,
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => None,
                         // The worker's progress lives as long as `this`.
                         Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                };
+                let next = match told {
+                    Some(next) => next,
+                    None => match (f.read)(this.clone()).await {
+                        Ok(next) => next,
+                        Err(_) => return,
                     },
                 };
                 if next != last {
@@ -158,4 +192,15 @@ impl Promotions {
             _ => self.get(id).await.unwrap_or(p),
         }
     }
+}
+
+/// What [`Promotions::follow`] streams: how to read it, when it has
+/// ended, whether a change concerns it (`Some(Some(t))`: it is `t` now;
+/// `Some(None)`: read it again), and whether a tag-move retry of a
+/// promotion id does.
+pub(super) struct Followed<R, E, C, A> {
+    pub read: R,
+    pub ended: E,
+    pub concerns: C,
+    pub retried: A,
 }
