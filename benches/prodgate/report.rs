@@ -202,6 +202,20 @@ pub fn loadavg() -> String {
         .join(" ")
 }
 
+/// CPU time (user + system) `/proc/<pid>/stat` has counted for `pid`
+/// (`"self"` for the bench), in seconds; 0 if unreadable. Clock ticks are
+/// 1/100 s on Linux (`sysconf(_SC_CLK_TCK)`), fine enough for phases of
+/// seconds.
+pub fn cpu_seconds(pid: &str) -> f64 {
+    let stat = read(&format!("/proc/{pid}/stat"));
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: state is the first, utime the 12th, stime the 13th.
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (tick(11) + tick(12)) as f64 / 100.0
+}
+
 /// A `kB` field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`); 0 if absent.
 pub fn proc_status_kb(pid: u32, key: &str) -> u64 {
     read(&format!("/proc/{pid}/status"))

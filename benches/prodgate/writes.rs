@@ -6,7 +6,7 @@
 use crate::load::{
     Caller, ClientResult, Load, Percentiles, channels, closed_loop, micros_since, percentiles,
 };
-use crate::report::{Report, loadavg, print_table, proc_status_kb, r2};
+use crate::report::{Report, cpu_seconds, loadavg, median, print_table, proc_status_kb, r2};
 use crate::setup::{config, http_client, start_server};
 use crate::support::registry::{MANIFEST_ACCEPT, TestRegistry, free_port};
 use crate::support::server::{Client, client_on};
@@ -183,10 +183,14 @@ async fn health_load(chans: &[Channel], clients: usize, dur: Duration) -> Load {
 
 /// One interleaved round: writes, then empty RPCs, on the same connections
 /// right after, so both meet the same machine (other work on it, the
-/// allocator's state, the data directory's size).
+/// allocator's state, the data directory's size). With each phase's CPU
+/// per call, of the server and of the bench (the client) apart: the ratio
+/// moves with both.
 struct Round {
     writes: f64,
     empty: f64,
+    write_cpu: CallCpu,
+    empty_cpu: CallCpu,
 }
 
 impl Round {
@@ -195,13 +199,26 @@ impl Round {
     }
 }
 
-/// The median of `v` (the mean of the middle two for an even count).
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+/// CPU microseconds per call in one phase: the server's, the bench's.
+#[derive(Clone, Copy)]
+struct CallCpu {
+    server_us: f64,
+    client_us: f64,
+}
+
+impl CallCpu {
+    /// Runs `phase`, counting the CPU both processes spent per call in it.
+    async fn of(server_pid: u32, phase: impl std::future::Future<Output = Load>) -> (Load, Self) {
+        let pid = server_pid.to_string();
+        let (s0, c0) = (cpu_seconds(&pid), cpu_seconds("self"));
+        let l = phase.await;
+        let (s1, c1) = (cpu_seconds(&pid), cpu_seconds("self"));
+        let per_call = |secs: f64| secs * 1e6 / l.ops.max(1) as f64;
+        let cpu = CallCpu {
+            server_us: per_call(s1 - s0),
+            client_us: per_call(c1 - c0),
+        };
+        (l, cpu)
     }
 }
 
@@ -209,6 +226,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// empty RPCs: writes per empty RPC judged per round, since the machine's
 /// speed drifts between rounds more than within one.
 async fn interleaved(
+    server_pid: u32,
     chans: &[Channel],
     clients: usize,
     repo: &str,
@@ -218,8 +236,9 @@ async fn interleaved(
 ) -> Vec<Round> {
     let mut out = Vec::with_capacity(rounds);
     for _ in 0..rounds {
-        let w = write_load(chans, clients, repo, digest, dur).await;
-        let h = health_load(chans, clients, dur).await;
+        let (w, write_cpu) =
+            CallCpu::of(server_pid, write_load(chans, clients, repo, digest, dur)).await;
+        let (h, empty_cpu) = CallCpu::of(server_pid, health_load(chans, clients, dur)).await;
         for (what, l) in [("writes", &w), ("health", &h)] {
             if let Some(e) = &l.first_error {
                 eprintln!(
@@ -231,6 +250,8 @@ async fn interleaved(
         out.push(Round {
             writes: w.rate(),
             empty: h.rate(),
+            write_cpu,
+            empty_cpu,
         });
     }
     out
@@ -409,19 +430,28 @@ pub async fn run(smoke: bool, registry: &TestRegistry, report: &mut Report) {
         (64, 5, Duration::from_secs(2))
     };
     let ichans = channels(&server, ic).await;
-    let rounds = interleaved(&ichans, ic, &repo, &digest, rounds_n, phase).await;
+    let rounds = interleaved(server.pid(), &ichans, ic, &repo, &digest, rounds_n, phase).await;
     for (i, r) in rounds.iter().enumerate() {
         report.require(format!("interleaved round {} writes/s", i + 1), r.writes);
         report.require(format!("interleaved round {} empty RPC/s", i + 1), r.empty);
     }
-    let ratio = median(rounds.iter().map(Round::ratio).collect());
+    let ratio = median(&rounds.iter().map(Round::ratio).collect::<Vec<_>>());
     print_table(
         &format!(
             "writes: interleaved rounds at {ic} clients ({:.1} s of RequestPromotion -> Reject, then {:.1} s of Health/Check, per round)",
             phase.as_secs_f64(),
             phase.as_secs_f64()
         ),
-        &["round", "writes/s", "empty RPC/s", "writes/empty"],
+        &[
+            "round",
+            "writes/s",
+            "empty RPC/s",
+            "writes/empty",
+            "server CPU us/write",
+            "/empty",
+            "bench CPU us/write",
+            "/empty",
+        ],
         &rounds
             .iter()
             .enumerate()
@@ -431,14 +461,25 @@ pub async fn run(smoke: bool, registry: &TestRegistry, report: &mut Report) {
                     format!("{:.0}", r.writes),
                     format!("{:.0}", r.empty),
                     format!("{:.3}", r.ratio()),
+                    format!("{:.0}", r.write_cpu.server_us),
+                    format!("{:.0}", r.empty_cpu.server_us),
+                    format!("{:.0}", r.write_cpu.client_us),
+                    format!("{:.0}", r.empty_cpu.client_us),
                 ]
             })
-            .chain(std::iter::once(vec![
-                "median".to_owned(),
-                format!("{:.0}", median(rounds.iter().map(|r| r.writes).collect())),
-                format!("{:.0}", median(rounds.iter().map(|r| r.empty).collect())),
-                format!("{ratio:.3}"),
-            ]))
+            .chain(std::iter::once({
+                let m = |f: fn(&Round) -> f64| median(&rounds.iter().map(f).collect::<Vec<_>>());
+                vec![
+                    "median".to_owned(),
+                    format!("{:.0}", m(|r| r.writes)),
+                    format!("{:.0}", m(|r| r.empty)),
+                    format!("{ratio:.3}"),
+                    format!("{:.0}", m(|r| r.write_cpu.server_us)),
+                    format!("{:.0}", m(|r| r.empty_cpu.server_us)),
+                    format!("{:.0}", m(|r| r.write_cpu.client_us)),
+                    format!("{:.0}", m(|r| r.empty_cpu.client_us)),
+                ]
+            }))
             .collect::<Vec<_>>(),
     );
     if !smoke {
@@ -457,6 +498,10 @@ pub async fn run(smoke: bool, registry: &TestRegistry, report: &mut Report) {
             "writes_per_s": r2(r.writes),
             "empty_rpc_per_s": r2(r.empty),
             "ratio": r.ratio(),
+            "server_cpu_us_per_write": r2(r.write_cpu.server_us),
+            "server_cpu_us_per_empty": r2(r.empty_cpu.server_us),
+            "bench_cpu_us_per_write": r2(r.write_cpu.client_us),
+            "bench_cpu_us_per_empty": r2(r.empty_cpu.client_us),
         })).collect::<Vec<_>>(),
         "median_ratio": ratio,
     });
