@@ -191,16 +191,24 @@ impl SledStore {
     }
 
     /// Runs `f` (reads) on the blocking pool, off the async worker threads:
-    /// a sled read may wait for the disk. Its failures are
-    /// [`StoreError::Read`]: nothing was changed by them.
+    /// a walk or a scan reads many pages, and a page sled does not hold
+    /// waits for the disk. Its failures are [`StoreError::Read`]: nothing
+    /// was changed by them.
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Trees) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        self.blocking(f).await.map_err(|e| match e {
-            StoreError::Backend(m) => StoreError::Read(m),
-            other => other,
-        })
+        self.blocking(f).await.map_err(read_failed)
+    }
+
+    /// Runs `f`, a lookup of a few keys, right on the calling async worker.
+    /// Such a lookup costs a few microseconds from sled's cache, at worst a
+    /// `pread` of one page, while handing it to the blocking pool and back
+    /// costs two thread wake-ups: measured at 64 clients (issue 23), moving
+    /// the write path's lookups here cut the server's CPU per write from
+    /// ~300 to ~180 µs. Walks and scans stay on the pool ([`Self::read`]).
+    fn lookup<T>(&self, f: impl FnOnce(&Trees) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        f(&self.trees).map_err(read_failed)
     }
 
     /// Runs `f` on the blocking pool.
@@ -212,6 +220,14 @@ impl SledStore {
         tokio::task::spawn_blocking(move || f(&trees))
             .await
             .map_err(|e| StoreError::Backend(format!("storage task failed: {e}")))?
+    }
+}
+
+/// A failed read changed nothing: [`StoreError::Read`].
+fn read_failed(e: StoreError) -> StoreError {
+    match e {
+        StoreError::Backend(m) => StoreError::Read(m),
+        other => other,
     }
 }
 
@@ -234,7 +250,7 @@ impl Storage for SledStore {
     }
 
     async fn get(&self, id: PromotionId) -> Result<Option<Promotion>, StoreError> {
-        self.read(move |t| t.get(id)).await
+        self.lookup(|t| t.get(id))
     }
 
     async fn find_request(
@@ -242,9 +258,7 @@ impl Storage for SledStore {
         principal: &str,
         request_id: &str,
     ) -> Result<Option<Promotion>, StoreError> {
-        let (principal, request_id) = (principal.to_owned(), request_id.to_owned());
-        self.read(move |t| t.find_request(&principal, &request_id))
-            .await
+        self.lookup(|t| t.find_request(principal, request_id))
     }
 
     async fn manifest(
@@ -252,8 +266,7 @@ impl Storage for SledStore {
         repository: &str,
         digest: &str,
     ) -> Result<Option<StoredManifest>, StoreError> {
-        let (repository, digest) = (repository.to_owned(), digest.to_owned());
-        self.read(move |t| t.manifest(&repository, &digest)).await
+        self.lookup(|t| t.manifest(repository, digest))
     }
 
     async fn in_state(&self, state: State) -> Result<Vec<Promotion>, StoreError> {
@@ -282,6 +295,10 @@ impl Storage for SledStore {
         environment: &str,
         at: Option<Time>,
     ) -> Result<Option<AuditEntry>, StoreError> {
+        // A tag never moved has nothing to walk: answered here.
+        if !self.lookup(|t| t.ever_moved(repository, environment))? {
+            return Ok(None);
+        }
         let (repository, environment) = (repository.to_owned(), environment.to_owned());
         self.read(move |t| t.deployed_at(&repository, &environment, at))
             .await
@@ -297,6 +314,11 @@ impl Storage for SledStore {
         environment: &str,
         at: Option<Time>,
     ) -> Result<Option<TagRecord>, StoreError> {
+        // Every request reads its target tag's record: a tag never moved
+        // (any environment nothing was applied to yet) is answered here.
+        if !self.lookup(|t| t.ever_moved(repository, environment))? {
+            return Ok(None);
+        }
         let (repository, environment) = (repository.to_owned(), environment.to_owned());
         self.read(move |t| t.tag_record(&repository, &environment, at))
             .await

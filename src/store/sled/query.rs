@@ -479,7 +479,11 @@ impl Trees {
     /// entry of the repository to find none. Every request reads its
     /// target tag's record (the no-op fact), so an environment nothing was
     /// applied to yet cost a request a walk of the whole repository.
-    fn ever_moved(&self, repository: &str, environment: &str) -> Result<bool, StoreError> {
+    pub(super) fn ever_moved(
+        &self,
+        repository: &str,
+        environment: &str,
+    ) -> Result<bool, StoreError> {
         Ok(self
             .index
             .contains_key(keys::moved_tag(repository, environment))?)
