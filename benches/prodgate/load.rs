@@ -110,6 +110,8 @@ pub async fn closed_loop<C: Caller>(
 /// One load level's outcome.
 pub struct Load {
     pub ops: u64,
+    /// The first kind of call alone (RequestPromotion in a write cycle).
+    pub requests: u64,
     pub errors: u64,
     pub secs: f64,
     pub all: Percentiles,
@@ -122,10 +124,12 @@ pub struct Load {
 impl Load {
     /// All of a level's calls as one distribution, measured from `start`.
     pub fn new(r: ClientResult, start: Instant) -> Load {
+        let requests = r.request.len() as u64;
         let mut lat = r.request;
         lat.extend(r.reject);
         Load {
             ops: lat.len() as u64,
+            requests,
             errors: r.errors,
             secs: start.elapsed().as_secs_f64(),
             all: percentiles(lat),

@@ -39,12 +39,13 @@ pub fn raw_fsync_rate(dir: &Path, dur: Duration) -> (f64, Percentiles) {
     (rate, percentiles(lat))
 }
 
-/// A RequestPromotion → Reject cycle: two durable writes.
+/// A RequestPromotion → Reject cycle: two durable writes. `source` is a
+/// digest (no registry call once pinned) or a tag (one HEAD).
 struct WriteCycle {
     alice: Client,
     bob: Client,
     repo: String,
-    digest: String,
+    source: String,
 }
 
 impl Caller for WriteCycle {
@@ -54,7 +55,7 @@ impl Caller for WriteCycle {
             .alice
             .request_promotion(RequestPromotionRequest {
                 repository: self.repo.clone(),
-                source: self.digest.clone(),
+                source: self.source.clone(),
                 environment: "production".into(),
                 reason: "bench write".into(),
                 request_id: String::new(),
@@ -83,12 +84,13 @@ impl Caller for WriteCycle {
     }
 }
 
-/// RequestPromotion → Reject cycles by `clients` clients until `dur` passes.
+/// RequestPromotion → Reject cycles by `clients` clients until `dur` passes,
+/// requesting `source` (a digest or a tag).
 pub async fn write_load(
     chans: &[Channel],
     clients: usize,
     repo: &str,
-    digest: &str,
+    source: &str,
     dur: Duration,
 ) -> Load {
     let callers = (0..clients)
@@ -98,7 +100,7 @@ pub async fn write_load(
                 alice: client_on(ch, "alice"),
                 bob: client_on(ch, "bob"),
                 repo: repo.to_owned(),
-                digest: digest.to_owned(),
+                source: source.to_owned(),
             }
         })
         .collect();
@@ -253,6 +255,34 @@ async fn interleaved(
             write_cpu,
             empty_cpu,
         });
+    }
+    out
+}
+
+/// Requests by tag beside the registry's own GET of that tag's manifest,
+/// interleaved as [`interleaved`] does: RequestPromotion by tag (each
+/// followed by a Reject, so nothing stays open) counted as requests/s, then
+/// manifest GETs by `clients` clients straight at the registry. Each request
+/// makes one registry round trip (a HEAD of the tag, its digest pinned).
+async fn by_tag_rounds(
+    chans: &[Channel],
+    clients: usize,
+    repo: &str,
+    tag: &str,
+    tag_url: &str,
+    rounds: usize,
+    dur: Duration,
+) -> Vec<(f64, f64)> {
+    let mut out = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let w = write_load(chans, clients, repo, tag, dur).await;
+        let g = registry_load(tag_url, clients, dur).await;
+        for (what, l) in [("requests by tag", &w), ("registry GET", &g)] {
+            if let Some(e) = &l.first_error {
+                eprintln!("writes: {what}: {} errors, first: {e}", l.errors);
+            }
+        }
+        out.push((w.requests as f64 / w.secs, g.rate()));
     }
     out
 }
@@ -491,6 +521,58 @@ pub async fn run(smoke: bool, registry: &TestRegistry, report: &mut Report) {
             ratio >= 0.5,
         );
     }
+    // Requests by tag ÷ the registry's manifest GET of the tag, per round.
+    let tag_url = format!("http://{}/v2/bench/writes/manifests/staging", registry.host);
+    let tag_rounds = by_tag_rounds(&ichans, ic, &repo, "staging", &tag_url, rounds_n, phase).await;
+    let tag_ratio = median(&tag_rounds.iter().map(|(r, g)| r / g).collect::<Vec<_>>());
+    print_table(
+        &format!(
+            "writes: requests by tag at {ic} clients ({:.1} s of RequestPromotion of a tag -> Reject, then {:.1} s of the registry's manifest GET of the tag, per round)",
+            phase.as_secs_f64(),
+            phase.as_secs_f64()
+        ),
+        &[
+            "round",
+            "requests by tag/s",
+            "registry GET/s",
+            "requests/GET",
+        ],
+        &tag_rounds
+            .iter()
+            .enumerate()
+            .map(|(i, (r, g))| {
+                vec![
+                    (i + 1).to_string(),
+                    format!("{r:.0}"),
+                    format!("{g:.0}"),
+                    format!("{:.3}", r / g),
+                ]
+            })
+            .chain(std::iter::once(vec![
+                "median".to_owned(),
+                String::new(),
+                String::new(),
+                format!("{tag_ratio:.3}"),
+            ]))
+            .collect::<Vec<_>>(),
+    );
+    if !smoke {
+        report.target(
+            "writes",
+            "requests by tag / registry manifest GET at 64 clients (median of interleaved rounds)",
+            ">= 0.8",
+            format!("{tag_ratio:.3}"),
+            tag_ratio >= 0.8,
+        );
+    }
+    let by_tag_json = json!({
+        "rounds": tag_rounds.iter().map(|(r, g)| json!({
+            "requests_per_s": r2(*r),
+            "registry_get_per_s": r2(*g),
+            "ratio": r / g,
+        })).collect::<Vec<_>>(),
+        "median_ratio": tag_ratio,
+    });
     let interleaved_json = json!({
         "clients": ic,
         "phase_seconds": phase.as_secs_f64(),
@@ -572,6 +654,7 @@ pub async fn run(smoke: bool, registry: &TestRegistry, report: &mut Report) {
             },
             "levels": json_levels,
             "interleaved": interleaved_json,
+            "requests_by_tag": by_tag_json,
             "server_peak_rss_kib": rss_kb,
             "loadavg_before": load_before,
             "loadavg_after": loadavg(),
