@@ -35,7 +35,11 @@
 //! a promotion read or written earlier in the batch is answered from the
 //! batch, and an id never handed out is known to be absent without asking.
 //! RequestPromotion then costs about four round trips and Reject two, plus
-//! five per batch (BEGIN, the lock, the head, NOTIFY, COMMIT).
+//! two per batch: BEGIN, the lock and the head go as one simple query (its
+//! statements run in order, each with a snapshot of its own, so the head's
+//! is taken once the lock is held), NOTIFY and COMMIT as another. A batch
+//! holds the lock from the first to the second, and every replica's
+//! batches wait for those round trips (BENCHMARKS.md, issue 23).
 
 use super::{Shared, backend, entry, int, uint};
 use crate::clock::Clock;
@@ -96,12 +100,15 @@ impl Writer {
             used: std::time::Instant::now(),
         };
         w.ready()?;
-        let Some(Conn { client, statements }) = w.conn.as_mut() else {
+        let Some(Conn { client, .. }) = w.conn.as_mut() else {
             return Err(StoreError::Closed);
         };
         // Everything committed before this start counts as published: a
         // subscriber hears of changes made after it subscribed.
-        let last = load_head(client, statements)?.last_sequence();
+        let answer = client
+            .simple_query(&format!("EXECUTE {HEAD}"))
+            .map_err(|e| backend("reading the audit log's head", e))?;
+        let last = head_of(&answer)?.last_sequence();
         w.shared.durable.fetch_max(last, Ordering::AcqRel);
         *w.shared.lock_published() = last;
         Ok(w)
@@ -156,27 +163,22 @@ impl Writer {
     /// Runs `job` and every job queued by the time the log's lock is held
     /// in one transaction, and answers them.
     fn run_batch(&mut self, job: Job, rx: &mut mpsc::Receiver<Job>) {
-        let mut down = self.ready().err();
+        let mut failed = self.ready().err();
         let mut head = Head::default();
         let mut outbox = Outbox::default();
         let mut writes = 0;
-        let (client, statements) = match self.conn.as_mut() {
+        let (mut client, statements) = match self.conn.as_mut() {
             Some(Conn { client, statements }) => (Some(client), Some(&*statements)),
             None => (None, None),
         };
-        let txn = match (&down, client, statements) {
-            (None, Some(c), Some(st)) => match begin(c, st) {
-                Ok((t, h)) => {
-                    head = h;
-                    Some(t)
-                }
-                Err(e) => {
-                    down = Some(e);
-                    None
-                }
-            },
-            _ => None,
-        };
+        let asked = std::time::Instant::now();
+        if let (None, Some(c)) = (&failed, client.as_deref_mut()) {
+            match begin(c) {
+                Ok(h) => head = h,
+                Err(e) => failed = Some(e),
+            }
+        }
+        let locked = std::time::Instant::now();
         // The batch is taken only now, with the lock held (or its taking
         // failed): the jobs that queued while this replica waited for it,
         // behind the other replicas' batches, join this transaction rather
@@ -195,9 +197,9 @@ impl Writer {
         let mut completions: Vec<Completion> = Vec::with_capacity(jobs.len());
         let first = head.next_sequence;
         let batch = RefCell::new(Batch {
-            txn,
+            client,
             statements,
-            failed: down,
+            failed,
             nodes: HashMap::new(),
             promotions: HashMap::new(),
         });
@@ -210,17 +212,28 @@ impl Writer {
             completions.push(job(&mut tx));
             writes += tx.chain.writes();
         }
-        let Batch { txn, failed, .. } = batch.into_inner();
+        let Batch { client, failed, .. } = batch.into_inner();
         let last = head.last_sequence();
-        let outcome = match (failed, txn) {
-            // Dropping the transaction rolls it back.
-            (Some(e), _) => Err(e),
-            (None, Some(txn)) => match statements {
-                Some(st) => notify_and_commit(txn, st, writes > 0, last),
-                None => Err(StoreError::Closed),
-            },
+        let mut rolled_back = true;
+        let outcome = match (failed, client) {
+            (Some(e), Some(c)) => {
+                rolled_back = rollback(c);
+                Err(e)
+            }
+            (Some(e), None) => Err(e),
+            (None, Some(c)) => commit(c, writes > 0, last).inspect_err(|_| {
+                rolled_back = rollback(c);
+            }),
             (None, None) => Err(StoreError::Closed),
         };
+        tracing::debug!(
+            jobs = completions.len(),
+            writes,
+            lock_wait_us = (locked - asked).as_micros() as u64,
+            lock_held_us = locked.elapsed().as_micros() as u64,
+            ok = outcome.is_ok(),
+            "a write batch ended"
+        );
         match &outcome {
             Ok(()) => {
                 if writes > 0 {
@@ -235,9 +248,10 @@ impl Writer {
                     tracing::error!(error = %e, jobs = completions.len(), "a write batch was rolled back; its writes were refused");
                 }
                 // A connection that no longer answers is opened anew for
-                // the next batch, not reused until TCP gives up on it.
+                // the next batch, not reused until TCP gives up on it; one
+                // whose transaction may still be open is not reused at all.
                 if let Some(c) = self.conn.as_mut()
-                    && c.client.is_valid(VALID_CHECK).is_err()
+                    && (!rolled_back || c.client.is_valid(VALID_CHECK).is_err())
                 {
                     self.conn = None;
                 }
@@ -272,37 +286,79 @@ impl Writer {
     }
 }
 
-/// Starts a batch's transaction: the log's lock first, then the head as
-/// the replicas committed it.
-fn begin<'c>(
-    c: &'c mut postgres::Client,
-    st: &Statements,
-) -> Result<(postgres::Transaction<'c>, Head), StoreError> {
-    let mut t = c
-        .transaction()
-        .map_err(|e| backend("starting a transaction", e))?;
-    // Its own statement: under READ COMMITTED the head's statement below
-    // takes its snapshot after the lock is held, so it sees the batch the
-    // previous holder committed.
-    t.execute(&st.lock, &[&LOG_LOCK])
-        .map_err(|e| backend("taking the audit log's lock", e))?;
-    let head = load_head(&mut t, st)?;
-    Ok((t, head))
+/// The prepared statement (SQL `PREPARE`, once per connection) that reads
+/// the chain's head: one row even when the log is empty (NULL sequence and
+/// record), the record as hex, as a simple query answers in text.
+const HEAD: &str = "prodgate_head";
+
+/// Starts a batch's transaction in one round trip: BEGIN, the log's lock,
+/// then the head as the replicas committed it. Separate statements of one
+/// simple query: under READ COMMITTED each takes its own snapshot, so the
+/// head's is taken after the lock is held and sees the batch the previous
+/// holder committed. An error may leave the transaction open: the caller
+/// rolls it back.
+fn begin(c: &mut postgres::Client) -> Result<Head, StoreError> {
+    let answer = c
+        .simple_query(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({LOG_LOCK}); EXECUTE {HEAD}"
+        ))
+        .map_err(|e| backend("taking the audit log's lock and reading its head", e))?;
+    head_of(&answer)
 }
 
-/// Commits; a batch that wrote tells the other replicas (NOTIFY is
-/// delivered at COMMIT, and only if it commits).
-fn notify_and_commit(
-    mut txn: postgres::Transaction<'_>,
-    st: &Statements,
-    wrote: bool,
-    last: u64,
-) -> Result<(), StoreError> {
-    if wrote {
-        txn.execute(&st.notify, &[&CHANNEL, &last.to_string()])
-            .map_err(|e| backend("notifying the other replicas", e))?;
-    }
-    txn.commit().map_err(|e| backend("committing the batch", e))
+/// The chain's head from the answer to [`HEAD`]: its last row (the lock's
+/// statement answers one too).
+fn head_of(answer: &[postgres::SimpleQueryMessage]) -> Result<Head, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        what: "the audit log's head".into(),
+        reason,
+    };
+    let row = answer
+        .iter()
+        .rev()
+        .find_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .ok_or_else(|| corrupt("no row".into()))?;
+    let max_id: i64 = row
+        .get(0)
+        .unwrap_or("0")
+        .parse()
+        .map_err(|e| corrupt(format!("the highest promotion id: {e}")))?;
+    let last = match (row.get(1), row.get(2)) {
+        (Some(sequence), Some(record)) => {
+            let sequence: i64 = sequence
+                .parse()
+                .map_err(|e| corrupt(format!("the last sequence: {e}")))?;
+            let record =
+                hex::decode(record).map_err(|e| corrupt(format!("the last record: {e}")))?;
+            Some(decode_entry(uint(sequence), &record)?)
+        }
+        _ => None,
+    };
+    Ok(Head::after(last.as_ref(), u64::try_from(max_id).ok()))
+}
+
+/// Commits in one round trip; a batch that wrote tells the other replicas
+/// (NOTIFY is delivered at COMMIT, and only if it commits). A simple
+/// query stops at its first failed statement, so a failed NOTIFY never
+/// reaches COMMIT; the caller rolls back after any error.
+fn commit(c: &mut postgres::Client, wrote: bool, last: u64) -> Result<(), StoreError> {
+    let sql = if wrote {
+        format!("SELECT pg_notify('{CHANNEL}', '{last}'); COMMIT")
+    } else {
+        "COMMIT".to_owned()
+    };
+    c.batch_execute(&sql)
+        .map_err(|e| backend("committing the batch", e))
+}
+
+/// Ends a failed batch's transaction; false if the connection may still be
+/// inside it (then it is not used again). Outside a transaction (BEGIN
+/// never ran, or a failed COMMIT ended it) ROLLBACK only warns.
+fn rollback(c: &mut postgres::Client) -> bool {
+    c.batch_execute("ROLLBACK").is_ok()
 }
 
 /// One connection and the writer's statements prepared on it.
@@ -314,11 +370,10 @@ struct Conn {
 /// Every statement the writer runs, prepared once per connection: a
 /// statement sent as text is parsed and described in a round trip of its
 /// own each time it runs, and round trips are what a write costs here
-/// (see BENCHMARKS.md, "Issue 13").
+/// (see BENCHMARKS.md, "Issue 13"). The batch's first and last round trips
+/// are simple queries instead ([`begin`], [`commit`]): several statements
+/// in one message, the head's among them prepared by SQL ([`HEAD`]).
 struct Statements {
-    lock: postgres::Statement,
-    head: postgres::Statement,
-    notify: postgres::Statement,
     get_promotion: postgres::Statement,
     find_request: postgres::Statement,
     open_promotions: postgres::Statement,
@@ -347,15 +402,7 @@ impl Statements {
             c.prepare(sql)
                 .map_err(|e| backend("preparing the writer's statements", e))
         };
-        Ok(Statements {
-            lock: prepare("SELECT pg_advisory_xact_lock($1)")?,
-            // One row even when the log is empty (NULL sequence and record).
-            head: prepare(
-                "SELECT (SELECT coalesce(max(id), 0) FROM promotions), last.sequence, last.record
-                 FROM (SELECT 1) AS one
-                 LEFT JOIN (SELECT sequence, record FROM audit ORDER BY sequence DESC LIMIT 1) AS last ON true",
-            )?,
-            notify: prepare("SELECT pg_notify($1, $2)")?,
+        let statements = Statements {
             get_promotion: prepare("SELECT record FROM promotions WHERE id = $1")?,
             find_request: prepare(
                 "SELECT id FROM promotions WHERE requested_by = $1 AND request_id = $2 AND request_id <> '' ORDER BY id DESC LIMIT 1",
@@ -397,7 +444,15 @@ impl Statements {
                         (SELECT count(*) FROM (SELECT 1 FROM checks WHERE repository = $1 AND digest = $2 LIMIT $4) AS c)",
             )?,
             merkle_node: prepare("SELECT hash FROM merkle WHERE node = $1")?,
-        })
+        };
+        c.batch_execute(&format!(
+            "PREPARE {HEAD} AS
+             SELECT (SELECT coalesce(max(id), 0) FROM promotions), last.sequence, encode(last.record, 'hex')
+             FROM (SELECT 1) AS one
+             LEFT JOIN (SELECT sequence, record FROM audit ORDER BY sequence DESC LIMIT 1) AS last ON true"
+        ))
+        .map_err(|e| backend("preparing the writer's statements", e))?;
+        Ok(statements)
     }
 }
 
@@ -409,22 +464,11 @@ pub fn run(mut w: Writer, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
-fn load_head(c: &mut impl postgres::GenericClient, st: &Statements) -> Result<Head, StoreError> {
-    let row = c
-        .query_one(&st.head, &[])
-        .map_err(|e| backend("reading the audit log's head", e))?;
-    let last = match (row.get(1), row.get(2)) {
-        (Some(sequence), Some(record)) => Some(decode_entry(uint(sequence), record)?),
-        _ => None,
-    };
-    let max_id: i64 = row.get(0);
-    Ok(Head::after(last.as_ref(), u64::try_from(max_id).ok()))
-}
-
-/// The batch's transaction; after the first error every later statement
-/// of the batch fails with it (PostgreSQL refuses them anyway).
+/// The batch's transaction (begun on `client` by [`begin`]); after the
+/// first error every later statement of the batch fails with it
+/// (PostgreSQL refuses them anyway).
 struct Batch<'c> {
-    txn: Option<postgres::Transaction<'c>>,
+    client: Option<&'c mut postgres::Client>,
     statements: Option<&'c Statements>,
     failed: Option<StoreError>,
     /// Merkle nodes written in this batch, so appending reads them without
@@ -440,15 +484,15 @@ impl Batch<'_> {
     fn run<T>(
         &mut self,
         doing: &str,
-        f: impl FnOnce(&mut postgres::Transaction<'_>, &Statements) -> Result<T, postgres::Error>,
+        f: impl FnOnce(&mut postgres::Client, &Statements) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
-        let (Some(txn), Some(st)) = (self.txn.as_mut(), self.statements) else {
+        let (Some(client), Some(st)) = (self.client.as_deref_mut(), self.statements) else {
             return Err(StoreError::Closed);
         };
-        f(txn, st).map_err(|e| {
+        f(client, st).map_err(|e| {
             let e = backend(doing, e);
             self.failed = Some(e.clone());
             e
