@@ -29,17 +29,20 @@
 //! not a restart of prodgate.
 //!
 //! What a write costs here is round trips to the database, one after the
-//! other on the writer's connection, so a write makes as few as it can:
-//! every statement is prepared once per connection ([`Statements`]); the
-//! audit row, its Merkle nodes and the promotion's row go in one statement;
-//! a promotion read or written earlier in the batch is answered from the
-//! batch, and an id never handed out is known to be absent without asking.
-//! RequestPromotion then costs about four round trips and Reject two, plus
-//! two per batch: BEGIN, the lock and the head go as one simple query (its
-//! statements run in order, each with a snapshot of its own, so the head's
-//! is taken once the lock is held), NOTIFY and COMMIT as another. A batch
-//! holds the lock from the first to the second, and every replica's
-//! batches wait for those round trips (BENCHMARKS.md, issue 23).
+//! other on the writer's connection and, on several replicas, inside the
+//! log's lock that every replica's batches wait for (BENCHMARKS.md, issue
+//! 23), so a write makes as few as it can: every statement is prepared
+//! once per connection ([`Statements`]); the batch's audit rows, their
+//! Merkle nodes and promotion rows are sent together in one statement
+//! before COMMIT, not one per entry (the batch answers its own reads of
+//! what it wrote meanwhile, see [`Batch::send_appends`]); a promotion read
+//! or written earlier in the batch is answered from the batch, and an id
+//! never handed out is known to be absent without asking. RequestPromotion
+//! then costs about two round trips (its request id, the open promotions)
+//! and Reject one (the promotion), plus three per batch: BEGIN, the lock
+//! and the head as one simple query (its statements run in order, each
+//! with a snapshot of its own, so the head's is taken once the lock is
+//! held), the appends, and NOTIFY with COMMIT as another simple query.
 
 use super::{Shared, backend, entry, int, uint};
 use crate::clock::Clock;
@@ -202,6 +205,7 @@ impl Writer {
             failed,
             nodes: HashMap::new(),
             promotions: HashMap::new(),
+            appends: Appends::default(),
         });
         for job in jobs {
             let mut tx = Tx {
@@ -212,6 +216,8 @@ impl Writer {
             completions.push(job(&mut tx));
             writes += tx.chain.writes();
         }
+        // An error here is the batch's: it refuses every job in it.
+        let _ = batch.borrow_mut().send_appends();
         let Batch { client, failed, .. } = batch.into_inner();
         let last = head.last_sequence();
         let mut rolled_back = true;
@@ -381,20 +387,11 @@ struct Statements {
     put_policy: postgres::Statement,
     latest_policy: postgres::Statement,
     append: postgres::Statement,
-    append_with_promotion: postgres::Statement,
     moved_tag: postgres::Statement,
     check: postgres::Statement,
     check_names: postgres::Statement,
     merkle_node: postgres::Statement,
 }
-
-/// The audit row and its Merkle nodes: parameters 1 to 10 of both appends.
-const INSERT_AUDIT: &str = "audit_row AS (
-        INSERT INTO audit (sequence, time_seconds, time_nanos, action, promotion_id, repository, environment, record)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-    ), merkle_rows AS (
-        INSERT INTO merkle (node, hash) SELECT * FROM unnest($9::bigint[], $10::bytea[])
-    )";
 
 impl Statements {
     fn prepare(c: &mut postgres::Client) -> Result<Statements, StoreError> {
@@ -421,15 +418,19 @@ impl Statements {
             )?,
             // Data-modifying WITH clauses run exactly once, whether or not
             // the main statement reads them, and all of them or none commit.
-            append: prepare(&format!(
-                "WITH {INSERT_AUDIT} SELECT 1"
-            ))?,
-            append_with_promotion: prepare(&format!(
-                "WITH {INSERT_AUDIT}
+            // A promotion appears once ([`Appends`] keeps its last row), as
+            // ON CONFLICT cannot update one row twice in a statement.
+            append: prepare(
+                "WITH audit_rows AS (
+                    INSERT INTO audit (sequence, time_seconds, time_nanos, action, promotion_id, repository, environment, record)
+                    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::integer[], $4::smallint[], $5::bigint[], $6::text[], $7::text[], $8::bytea[])
+                 ), merkle_rows AS (
+                    INSERT INTO merkle (node, hash) SELECT * FROM unnest($9::bigint[], $10::bytea[])
+                 )
                  INSERT INTO promotions (id, repository, environment, state, requested_by, request_id, record)
-                 VALUES ($5, $11, $12, $13, $14, $15, $16)
-                 ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, record = EXCLUDED.record"
-            ))?,
+                 SELECT * FROM unnest($11::bigint[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::bytea[])
+                 ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, record = EXCLUDED.record",
+            )?,
             moved_tag: prepare(
                 "INSERT INTO moved_tags (repository, environment) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             )?,
@@ -475,12 +476,97 @@ struct Batch<'c> {
     /// a round trip.
     nodes: HashMap<u64, [u8; 32]>,
     /// Promotions read or written in this batch, as this transaction sees
-    /// them. Nothing else changes them meanwhile: every writer holds the
-    /// log's lock for its whole transaction.
+    /// them, the batch's unsent writes included. Nothing else changes them
+    /// meanwhile: every writer holds the log's lock for its whole
+    /// transaction.
     promotions: HashMap<PromotionId, Option<Promotion>>,
+    /// Appends not sent yet (see [`Batch::send_appends`]).
+    appends: Appends,
+}
+
+/// The audit rows, Merkle nodes and promotion rows the batch appended and
+/// has not sent yet, as the columns of the one statement that sends them.
+#[derive(Default)]
+struct Appends {
+    sequence: Vec<i64>,
+    seconds: Vec<i64>,
+    nanos: Vec<i32>,
+    action: Vec<i16>,
+    promotion_id: Vec<Option<i64>>,
+    repository: Vec<String>,
+    environment: Vec<String>,
+    record: Vec<Vec<u8>>,
+    node: Vec<i64>,
+    hash: Vec<Vec<u8>>,
+    /// Each promotion's last row in the batch, by id.
+    promotions: std::collections::BTreeMap<i64, PromotionRow>,
+}
+
+struct PromotionRow {
+    repository: String,
+    environment: String,
+    state: &'static str,
+    requested_by: String,
+    request_id: String,
+    record: Vec<u8>,
 }
 
 impl Batch<'_> {
+    /// Sends the batch's appends in one statement. A batch appends without
+    /// a round trip each and sends them all before it commits, or before a
+    /// statement that could see them: reading the log itself
+    /// ([`UnitOfWork::latest_policy`]) or indexing an entry (a check row
+    /// refers to its audit row). The other reads cannot: a promotion the
+    /// batch wrote is answered from [`Batch::promotions`] (merged into
+    /// what the database returns), a Merkle node from [`Batch::nodes`].
+    fn send_appends(&mut self) -> Result<(), StoreError> {
+        if self.appends.sequence.is_empty() {
+            return Ok(());
+        }
+        let a = std::mem::take(&mut self.appends);
+        let mut ids = Vec::with_capacity(a.promotions.len());
+        let mut p_repository = Vec::with_capacity(a.promotions.len());
+        let mut p_environment = Vec::with_capacity(a.promotions.len());
+        let mut state = Vec::with_capacity(a.promotions.len());
+        let mut requested_by = Vec::with_capacity(a.promotions.len());
+        let mut request_id = Vec::with_capacity(a.promotions.len());
+        let mut p_record = Vec::with_capacity(a.promotions.len());
+        for (id, p) in a.promotions {
+            ids.push(id);
+            p_repository.push(p.repository);
+            p_environment.push(p.environment);
+            state.push(p.state);
+            requested_by.push(p.requested_by);
+            request_id.push(p.request_id);
+            p_record.push(p.record);
+        }
+        self.run("appending audit entries", |c, st| {
+            c.execute(
+                &st.append,
+                &[
+                    &a.sequence,
+                    &a.seconds,
+                    &a.nanos,
+                    &a.action,
+                    &a.promotion_id,
+                    &a.repository,
+                    &a.environment,
+                    &a.record,
+                    &a.node,
+                    &a.hash,
+                    &ids,
+                    &p_repository,
+                    &p_environment,
+                    &state,
+                    &requested_by,
+                    &request_id,
+                    &p_record,
+                ],
+            )
+        })?;
+        Ok(())
+    }
+
     fn run<T>(
         &mut self,
         doing: &str,
@@ -528,8 +614,9 @@ pub fn node_hash(index: u64, bytes: &[u8]) -> Result<[u8; 32], StoreError> {
     })
 }
 
-/// Inserts the audit row, the entry's Merkle nodes and, for a promotion's
-/// entry, the promotion's row, in one statement (one round trip).
+/// Adds the audit row, the entry's Merkle nodes and, for a promotion's
+/// entry, the promotion's row to the batch's appends (sent by
+/// [`Batch::send_appends`]).
 fn append(
     batch: &RefCell<Batch<'_>>,
     entry: &AuditEntry,
@@ -544,41 +631,31 @@ fn append(
     let indexes = (0..nodes.len() as u64)
         .map(|i| int(first + i))
         .collect::<Result<Vec<i64>, _>>()?;
-    let hashes: Vec<&[u8]> = nodes.iter().map(|h| h.as_slice()).collect();
     let mut b = batch.borrow_mut();
-    let audit: [&(dyn postgres::types::ToSql + Sync); 10] = [
-        &seq,
-        &entry.time.seconds,
-        &nanos,
-        &action,
-        &id,
-        &entry.event.repository,
-        &entry.event.environment,
-        &record,
-        &indexes,
-        &hashes,
-    ];
-    match promotion {
-        None => b.run("appending an audit entry", |t, st| {
-            t.execute(&st.append, &audit)
-        })?,
-        Some(p) => {
-            let (state, stored) = (p.state.label(), encode(p));
-            let mut params = audit.to_vec();
-            params.extend_from_slice(&[
-                &p.repository as &(dyn postgres::types::ToSql + Sync),
-                &p.environment,
-                &state,
-                &p.requested_by,
-                &p.request_id,
-                &stored,
-            ]);
-            b.run(
-                "appending an audit entry and storing its promotion",
-                |t, st| t.execute(&st.append_with_promotion, &params),
-            )?
-        }
-    };
+    let a = &mut b.appends;
+    a.sequence.push(seq);
+    a.seconds.push(entry.time.seconds);
+    a.nanos.push(nanos);
+    a.action.push(action);
+    a.promotion_id.push(id);
+    a.repository.push(entry.event.repository.clone());
+    a.environment.push(entry.event.environment.clone());
+    a.record.push(record);
+    a.node.extend(indexes);
+    a.hash.extend(nodes.iter().map(|h| h.to_vec()));
+    if let (Some(p), Some(id)) = (promotion, id) {
+        a.promotions.insert(
+            id,
+            PromotionRow {
+                repository: p.repository.clone(),
+                environment: p.environment.clone(),
+                state: p.state.label(),
+                requested_by: p.requested_by.clone(),
+                request_id: p.request_id.clone(),
+                record: encode(p),
+            },
+        );
+    }
     for (i, h) in nodes.into_iter().enumerate() {
         b.nodes.insert(first + i as u64, h);
     }
@@ -595,6 +672,9 @@ fn index(
     promotion: Option<&Promotion>,
 ) -> Result<(), StoreError> {
     let indexed = Indexed::of(entry, promotion);
+    if indexed.moved_tag.is_some() || indexed.check.is_some() {
+        batch.borrow_mut().send_appends()?;
+    }
     if let Some((repository, environment)) = indexed.moved_tag {
         batch.borrow_mut().run("indexing a moved tag", |t, st| {
             t.execute(&st.moved_tag, &[&repository, &environment])
@@ -638,13 +718,22 @@ impl UnitOfWork for Tx<'_, '_> {
         principal: &str,
         request_id: &str,
     ) -> Result<Option<PromotionId>, StoreError> {
-        let row = self
-            .batch
-            .borrow_mut()
-            .run("reading a request id", |t, st| {
-                t.query_opt(&st.find_request, &[&principal, &request_id])
-            })?;
-        Ok(row.and_then(|r| u64::try_from(r.get::<_, i64>(0)).ok()))
+        let mut b = self.batch.borrow_mut();
+        let row = b.run("reading a request id", |t, st| {
+            t.query_opt(&st.find_request, &[&principal, &request_id])
+        })?;
+        let stored = row.and_then(|r| u64::try_from(r.get::<_, i64>(0)).ok());
+        // A promotion this batch opened is not in the database yet.
+        let batch = b
+            .promotions
+            .values()
+            .flatten()
+            .filter(|p| {
+                !request_id.is_empty() && p.requested_by == principal && p.request_id == request_id
+            })
+            .map(|p| p.id)
+            .max();
+        Ok(stored.max(batch))
     }
 
     fn next_id(&self) -> PromotionId {
@@ -661,18 +750,34 @@ impl UnitOfWork for Tx<'_, '_> {
             State::Waiting.label(),
             State::Approved.label(),
         );
-        let rows = self
-            .batch
-            .borrow_mut()
-            .run("reading open promotions", |t, st| {
-                t.query(
-                    &st.open_promotions,
-                    &[&repository, &environment, &pending, &waiting, &approved],
+        let mut b = self.batch.borrow_mut();
+        let rows = b.run("reading open promotions", |t, st| {
+            t.query(
+                &st.open_promotions,
+                &[&repository, &environment, &pending, &waiting, &approved],
+            )
+        })?;
+        let mut open = std::collections::BTreeMap::new();
+        for r in &rows {
+            let p = decode_promotion(uint(r.get(0)), r.get(1))?;
+            open.insert(p.id, p);
+        }
+        // The batch's own writes are not in the database yet: what it holds
+        // of a promotion replaces the row, and decides whether it is open.
+        for p in b.promotions.values().flatten() {
+            if p.repository == repository && p.environment == environment {
+                open.insert(p.id, p.clone());
+            }
+        }
+        Ok(open
+            .into_values()
+            .filter(|p| {
+                matches!(
+                    p.state,
+                    State::PendingApproval | State::Waiting | State::Approved
                 )
-            })?;
-        rows.iter()
-            .map(|r| decode_promotion(uint(r.get(0)), r.get(1)))
-            .collect()
+            })
+            .collect())
     }
 
     fn put_manifest(
@@ -701,12 +806,11 @@ impl UnitOfWork for Tx<'_, '_> {
 
     fn latest_policy(&self) -> Result<Option<String>, StoreError> {
         let action = Action::PolicyChanged.number() as i16;
-        let row = self
-            .batch
-            .borrow_mut()
-            .run("reading the latest policy", |t, st| {
-                t.query_opt(&st.latest_policy, &[&action])
-            })?;
+        let mut b = self.batch.borrow_mut();
+        b.send_appends()?;
+        let row = b.run("reading the latest policy", |t, st| {
+            t.query_opt(&st.latest_policy, &[&action])
+        })?;
         match row {
             Some(r) => Ok(entry(&r)?.event.attributes.get(POLICY_ATTRIBUTE).cloned()),
             None => Ok(None),
