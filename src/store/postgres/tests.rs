@@ -302,6 +302,70 @@ async fn a_batch_that_loses_its_connection_is_refused_whole_and_the_chain_goes_o
     assert_eq!(store.tree_head().await.unwrap().size, 2);
 }
 
+/// A batch sends its audit rows and promotions in one statement before it
+/// commits (or before a statement that could see them), so what a job
+/// reads of its own earlier writes comes from the batch: a new promotion by
+/// id, by request id and among the open ones, a change made to it since,
+/// and a policy it recorded.
+#[tokio::test]
+async fn a_job_reads_its_own_writes_before_the_batch_sends_them() {
+    use crate::domain::machine;
+    use crate::store::conformance::{T0, decide_approval, new_promotion, policy, who};
+    let clock = ManualClock::at(T0);
+    let Some((store, _keep)) = fresh(&clock).await else {
+        return;
+    };
+    let (first, approved, second, read) = store
+        .write(|uow| -> Result<_, StoreError> {
+            let now = uow.now();
+            let new = |uow: &mut dyn crate::store::UnitOfWork, key: &str| {
+                let o = machine::request(
+                    uow.next_id(),
+                    new_promotion("r.io/a", key),
+                    &who("alice"),
+                    &policy(),
+                    now,
+                );
+                uow.commit(&o.promotion, o.event).map(|_| o.promotion)
+            };
+            let first = new(uow, "k1")?;
+            let env = first.environment.clone();
+            let by_id = uow.get(first.id)?;
+            let by_request = uow.find_request(&first.requested_by, "k1")?;
+            let open_before = uow.open_promotions("r.io/a", &env)?;
+            let a = decide_approval(&first, &who("bob"), &policy(), now)?;
+            uow.commit(&a.promotion, a.event)?;
+            let second = new(uow, "k2")?;
+            let open_after = uow.open_promotions("r.io/a", &env)?;
+            uow.record(policy_changed("sha256:p"), now)?;
+            let policy = uow.latest_policy()?;
+            Ok((
+                first,
+                a.promotion,
+                second,
+                (by_id, by_request, open_before, open_after, policy),
+            ))
+        })
+        .await
+        .unwrap();
+    let (by_id, by_request, open_before, open_after, policy) = read;
+    assert_eq!(by_id.as_ref(), Some(&first));
+    assert_eq!(by_request, Some(first.id));
+    assert_eq!(open_before, std::slice::from_ref(&first));
+    assert_eq!(open_after, [approved.clone(), second.clone()]);
+    assert_eq!(policy.as_deref(), Some("sha256:p"));
+    // And the database holds what the batch read: one gapless chain.
+    assert_eq!(store.get(first.id).await.unwrap(), Some(approved));
+    assert_eq!(store.get(second.id).await.unwrap(), Some(second));
+    let v = store.verify().await.unwrap();
+    assert_eq!(
+        (v.entries_checked, v.first_bad_sequence),
+        (4, None),
+        "{v:?}"
+    );
+    assert_eq!(store.tree_head().await.unwrap().size, 4);
+}
+
 /// A database of format 3 records (schema version 1, as the build before
 /// format 4 left it) has its records re-encoded when opened, and reads back
 /// as it was written, with approvals in no group, nothing waiting and no

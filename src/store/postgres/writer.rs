@@ -7,15 +7,18 @@
 //! a transaction-level advisory lock on the log ([`LOG_LOCK`]) and only then
 //! reads the chain's head (sequence, hash, time, next promotion id), so the
 //! head is never trusted from memory across transactions and the batches of
-//! all replicas form one gapless chain. An advisory lock rather than
-//! `SELECT … FOR UPDATE` on a head row: it needs no row rewritten per batch
-//! (no dead tuples on the hottest row), the head is read from the audit
-//! table itself (so it cannot disagree with it), and it is released at
-//! COMMIT after the commit is visible, so the next holder's statements
-//! (READ COMMITTED: a snapshot per statement) see every earlier batch. The
-//! unit of work's reads (request ids, open promotions, approvals) run after
-//! the lock in the same transaction, so concurrent approvals on different
-//! replicas are decided one after the other, as on sled.
+//! all replicas form one gapless chain. The batches take turns, so a batch
+//! takes its jobs from the queue only once it holds the lock: what queued
+//! during the other replicas' turns joins it (larger batches, not more).
+//! An advisory lock rather than `SELECT … FOR UPDATE` on a head row: it
+//! needs no row rewritten per batch (no dead tuples on the hottest row),
+//! the head is read from the audit table itself (so it cannot disagree
+//! with it), and it is released at COMMIT after the commit is visible, so
+//! the next holder's statements (READ COMMITTED: a snapshot per statement)
+//! see every earlier batch. The unit of work's reads (request ids, open
+//! promotions, approvals) run after the lock in the same transaction, so
+//! concurrent approvals on different replicas are decided one after the
+//! other, as on sled.
 //!
 //! A database error in a batch rolls the whole transaction back: every job
 //! in it that wrote is refused with [`StoreError::Backend`], and the chain's
@@ -26,13 +29,20 @@
 //! not a restart of prodgate.
 //!
 //! What a write costs here is round trips to the database, one after the
-//! other on the writer's connection, so a write makes as few as it can:
-//! every statement is prepared once per connection ([`Statements`]); the
-//! audit row, its Merkle nodes and the promotion's row go in one statement;
-//! a promotion read or written earlier in the batch is answered from the
-//! batch, and an id never handed out is known to be absent without asking.
-//! RequestPromotion then costs about four round trips and Reject two, plus
-//! five per batch (BEGIN, the lock, the head, NOTIFY, COMMIT).
+//! other on the writer's connection and, on several replicas, inside the
+//! log's lock that every replica's batches wait for (BENCHMARKS.md, issue
+//! 23), so a write makes as few as it can: every statement is prepared
+//! once per connection ([`Statements`]); the batch's audit rows, their
+//! Merkle nodes and promotion rows are sent together in one statement
+//! before COMMIT, not one per entry (the batch answers its own reads of
+//! what it wrote meanwhile, see [`Batch::send_appends`]); a promotion read
+//! or written earlier in the batch is answered from the batch, and an id
+//! never handed out is known to be absent without asking. RequestPromotion
+//! then costs about two round trips (its request id, the open promotions)
+//! and Reject one (the promotion), plus three per batch: BEGIN, the lock
+//! and the head as one simple query (its statements run in order, each
+//! with a snapshot of its own, so the head's is taken once the lock is
+//! held), the appends, and NOTIFY with COMMIT as another simple query.
 
 use super::{Shared, backend, entry, int, uint};
 use crate::clock::Clock;
@@ -93,12 +103,15 @@ impl Writer {
             used: std::time::Instant::now(),
         };
         w.ready()?;
-        let Some(Conn { client, statements }) = w.conn.as_mut() else {
+        let Some(Conn { client, .. }) = w.conn.as_mut() else {
             return Err(StoreError::Closed);
         };
         // Everything committed before this start counts as published: a
         // subscriber hears of changes made after it subscribed.
-        let last = load_head(client, statements)?.last_sequence();
+        let answer = client
+            .simple_query(&format!("EXECUTE {HEAD}"))
+            .map_err(|e| backend("reading the audit log's head", e))?;
+        let last = head_of(&answer)?.last_sequence();
         w.shared.durable.fetch_max(last, Ordering::AcqRel);
         *w.shared.lock_published() = last;
         Ok(w)
@@ -150,37 +163,49 @@ impl Writer {
         Ok(())
     }
 
-    /// Runs one batch in one transaction and answers it.
-    fn run_batch(&mut self, jobs: Vec<Job>) {
-        let mut down = self.ready().err();
+    /// Runs `job` and every job queued by the time the log's lock is held
+    /// in one transaction, and answers them.
+    fn run_batch(&mut self, job: Job, rx: &mut mpsc::Receiver<Job>) {
+        let mut failed = self.ready().err();
         let mut head = Head::default();
         let mut outbox = Outbox::default();
-        let mut completions: Vec<Completion> = Vec::with_capacity(jobs.len());
         let mut writes = 0;
-        let (client, statements) = match self.conn.as_mut() {
+        let (mut client, statements) = match self.conn.as_mut() {
             Some(Conn { client, statements }) => (Some(client), Some(&*statements)),
             None => (None, None),
         };
-        let txn = match (&down, client, statements) {
-            (None, Some(c), Some(st)) => match begin(c, st) {
-                Ok((t, h)) => {
-                    head = h;
-                    Some(t)
-                }
-                Err(e) => {
-                    down = Some(e);
-                    None
-                }
-            },
-            _ => None,
-        };
+        let asked = std::time::Instant::now();
+        if let (None, Some(c)) = (&failed, client.as_deref_mut()) {
+            match begin(c) {
+                Ok(h) => head = h,
+                Err(e) => failed = Some(e),
+            }
+        }
+        let locked = std::time::Instant::now();
+        // The batch is taken only now, with the lock held (or its taking
+        // failed): the jobs that queued while this replica waited for it,
+        // behind the other replicas' batches, join this transaction rather
+        // than the next, so contention makes batches larger instead of
+        // more numerous. Taken before the lock, they were a third as large
+        // on three replicas as on one, each paying a batch's round trips
+        // and COMMIT inside the lock. A failed start refuses them all at
+        // once, as before, rather than reconnecting once per job.
+        let mut jobs = vec![job];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut completions: Vec<Completion> = Vec::with_capacity(jobs.len());
         let first = head.next_sequence;
         let batch = RefCell::new(Batch {
-            txn,
+            client,
             statements,
-            failed: down,
+            failed,
             nodes: HashMap::new(),
             promotions: HashMap::new(),
+            appends: Appends::default(),
         });
         for job in jobs {
             let mut tx = Tx {
@@ -191,17 +216,30 @@ impl Writer {
             completions.push(job(&mut tx));
             writes += tx.chain.writes();
         }
-        let Batch { txn, failed, .. } = batch.into_inner();
+        // An error here is the batch's: it refuses every job in it.
+        let _ = batch.borrow_mut().send_appends();
+        let Batch { client, failed, .. } = batch.into_inner();
         let last = head.last_sequence();
-        let outcome = match (failed, txn) {
-            // Dropping the transaction rolls it back.
-            (Some(e), _) => Err(e),
-            (None, Some(txn)) => match statements {
-                Some(st) => notify_and_commit(txn, st, writes > 0, last),
-                None => Err(StoreError::Closed),
-            },
+        let mut rolled_back = true;
+        let outcome = match (failed, client) {
+            (Some(e), Some(c)) => {
+                rolled_back = rollback(c);
+                Err(e)
+            }
+            (Some(e), None) => Err(e),
+            (None, Some(c)) => commit(c, writes > 0, last).inspect_err(|_| {
+                rolled_back = rollback(c);
+            }),
             (None, None) => Err(StoreError::Closed),
         };
+        tracing::debug!(
+            jobs = completions.len(),
+            writes,
+            lock_wait_us = (locked - asked).as_micros() as u64,
+            lock_held_us = locked.elapsed().as_micros() as u64,
+            ok = outcome.is_ok(),
+            "a write batch ended"
+        );
         match &outcome {
             Ok(()) => {
                 if writes > 0 {
@@ -216,9 +254,10 @@ impl Writer {
                     tracing::error!(error = %e, jobs = completions.len(), "a write batch was rolled back; its writes were refused");
                 }
                 // A connection that no longer answers is opened anew for
-                // the next batch, not reused until TCP gives up on it.
+                // the next batch, not reused until TCP gives up on it; one
+                // whose transaction may still be open is not reused at all.
                 if let Some(c) = self.conn.as_mut()
-                    && c.client.is_valid(VALID_CHECK).is_err()
+                    && (!rolled_back || c.client.is_valid(VALID_CHECK).is_err())
                 {
                     self.conn = None;
                 }
@@ -253,37 +292,79 @@ impl Writer {
     }
 }
 
-/// Starts a batch's transaction: the log's lock first, then the head as
-/// the replicas committed it.
-fn begin<'c>(
-    c: &'c mut postgres::Client,
-    st: &Statements,
-) -> Result<(postgres::Transaction<'c>, Head), StoreError> {
-    let mut t = c
-        .transaction()
-        .map_err(|e| backend("starting a transaction", e))?;
-    // Its own statement: under READ COMMITTED the head's statement below
-    // takes its snapshot after the lock is held, so it sees the batch the
-    // previous holder committed.
-    t.execute(&st.lock, &[&LOG_LOCK])
-        .map_err(|e| backend("taking the audit log's lock", e))?;
-    let head = load_head(&mut t, st)?;
-    Ok((t, head))
+/// The prepared statement (SQL `PREPARE`, once per connection) that reads
+/// the chain's head: one row even when the log is empty (NULL sequence and
+/// record), the record as hex, as a simple query answers in text.
+const HEAD: &str = "prodgate_head";
+
+/// Starts a batch's transaction in one round trip: BEGIN, the log's lock,
+/// then the head as the replicas committed it. Separate statements of one
+/// simple query: under READ COMMITTED each takes its own snapshot, so the
+/// head's is taken after the lock is held and sees the batch the previous
+/// holder committed. An error may leave the transaction open: the caller
+/// rolls it back.
+fn begin(c: &mut postgres::Client) -> Result<Head, StoreError> {
+    let answer = c
+        .simple_query(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({LOG_LOCK}); EXECUTE {HEAD}"
+        ))
+        .map_err(|e| backend("taking the audit log's lock and reading its head", e))?;
+    head_of(&answer)
 }
 
-/// Commits; a batch that wrote tells the other replicas (NOTIFY is
-/// delivered at COMMIT, and only if it commits).
-fn notify_and_commit(
-    mut txn: postgres::Transaction<'_>,
-    st: &Statements,
-    wrote: bool,
-    last: u64,
-) -> Result<(), StoreError> {
-    if wrote {
-        txn.execute(&st.notify, &[&CHANNEL, &last.to_string()])
-            .map_err(|e| backend("notifying the other replicas", e))?;
-    }
-    txn.commit().map_err(|e| backend("committing the batch", e))
+/// The chain's head from the answer to [`HEAD`]: its last row (the lock's
+/// statement answers one too).
+fn head_of(answer: &[postgres::SimpleQueryMessage]) -> Result<Head, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        what: "the audit log's head".into(),
+        reason,
+    };
+    let row = answer
+        .iter()
+        .rev()
+        .find_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .ok_or_else(|| corrupt("no row".into()))?;
+    let max_id: i64 = row
+        .get(0)
+        .unwrap_or("0")
+        .parse()
+        .map_err(|e| corrupt(format!("the highest promotion id: {e}")))?;
+    let last = match (row.get(1), row.get(2)) {
+        (Some(sequence), Some(record)) => {
+            let sequence: i64 = sequence
+                .parse()
+                .map_err(|e| corrupt(format!("the last sequence: {e}")))?;
+            let record =
+                hex::decode(record).map_err(|e| corrupt(format!("the last record: {e}")))?;
+            Some(decode_entry(uint(sequence), &record)?)
+        }
+        _ => None,
+    };
+    Ok(Head::after(last.as_ref(), u64::try_from(max_id).ok()))
+}
+
+/// Commits in one round trip; a batch that wrote tells the other replicas
+/// (NOTIFY is delivered at COMMIT, and only if it commits). A simple
+/// query stops at its first failed statement, so a failed NOTIFY never
+/// reaches COMMIT; the caller rolls back after any error.
+fn commit(c: &mut postgres::Client, wrote: bool, last: u64) -> Result<(), StoreError> {
+    let sql = if wrote {
+        format!("SELECT pg_notify('{CHANNEL}', '{last}'); COMMIT")
+    } else {
+        "COMMIT".to_owned()
+    };
+    c.batch_execute(&sql)
+        .map_err(|e| backend("committing the batch", e))
+}
+
+/// Ends a failed batch's transaction; false if the connection may still be
+/// inside it (then it is not used again). Outside a transaction (BEGIN
+/// never ran, or a failed COMMIT ended it) ROLLBACK only warns.
+fn rollback(c: &mut postgres::Client) -> bool {
+    c.batch_execute("ROLLBACK").is_ok()
 }
 
 /// One connection and the writer's statements prepared on it.
@@ -295,11 +376,10 @@ struct Conn {
 /// Every statement the writer runs, prepared once per connection: a
 /// statement sent as text is parsed and described in a round trip of its
 /// own each time it runs, and round trips are what a write costs here
-/// (see BENCHMARKS.md, "Issue 13").
+/// (see BENCHMARKS.md, "Issue 13"). The batch's first and last round trips
+/// are simple queries instead ([`begin`], [`commit`]): several statements
+/// in one message, the head's among them prepared by SQL ([`HEAD`]).
 struct Statements {
-    lock: postgres::Statement,
-    head: postgres::Statement,
-    notify: postgres::Statement,
     get_promotion: postgres::Statement,
     find_request: postgres::Statement,
     open_promotions: postgres::Statement,
@@ -307,20 +387,11 @@ struct Statements {
     put_policy: postgres::Statement,
     latest_policy: postgres::Statement,
     append: postgres::Statement,
-    append_with_promotion: postgres::Statement,
     moved_tag: postgres::Statement,
     check: postgres::Statement,
     check_names: postgres::Statement,
     merkle_node: postgres::Statement,
 }
-
-/// The audit row and its Merkle nodes: parameters 1 to 10 of both appends.
-const INSERT_AUDIT: &str = "audit_row AS (
-        INSERT INTO audit (sequence, time_seconds, time_nanos, action, promotion_id, repository, environment, record)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-    ), merkle_rows AS (
-        INSERT INTO merkle (node, hash) SELECT * FROM unnest($9::bigint[], $10::bytea[])
-    )";
 
 impl Statements {
     fn prepare(c: &mut postgres::Client) -> Result<Statements, StoreError> {
@@ -328,15 +399,7 @@ impl Statements {
             c.prepare(sql)
                 .map_err(|e| backend("preparing the writer's statements", e))
         };
-        Ok(Statements {
-            lock: prepare("SELECT pg_advisory_xact_lock($1)")?,
-            // One row even when the log is empty (NULL sequence and record).
-            head: prepare(
-                "SELECT (SELECT coalesce(max(id), 0) FROM promotions), last.sequence, last.record
-                 FROM (SELECT 1) AS one
-                 LEFT JOIN (SELECT sequence, record FROM audit ORDER BY sequence DESC LIMIT 1) AS last ON true",
-            )?,
-            notify: prepare("SELECT pg_notify($1, $2)")?,
+        let statements = Statements {
             get_promotion: prepare("SELECT record FROM promotions WHERE id = $1")?,
             find_request: prepare(
                 "SELECT id FROM promotions WHERE requested_by = $1 AND request_id = $2 AND request_id <> '' ORDER BY id DESC LIMIT 1",
@@ -355,15 +418,19 @@ impl Statements {
             )?,
             // Data-modifying WITH clauses run exactly once, whether or not
             // the main statement reads them, and all of them or none commit.
-            append: prepare(&format!(
-                "WITH {INSERT_AUDIT} SELECT 1"
-            ))?,
-            append_with_promotion: prepare(&format!(
-                "WITH {INSERT_AUDIT}
+            // A promotion appears once ([`Appends`] keeps its last row), as
+            // ON CONFLICT cannot update one row twice in a statement.
+            append: prepare(
+                "WITH audit_rows AS (
+                    INSERT INTO audit (sequence, time_seconds, time_nanos, action, promotion_id, repository, environment, record)
+                    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::integer[], $4::smallint[], $5::bigint[], $6::text[], $7::text[], $8::bytea[])
+                 ), merkle_rows AS (
+                    INSERT INTO merkle (node, hash) SELECT * FROM unnest($9::bigint[], $10::bytea[])
+                 )
                  INSERT INTO promotions (id, repository, environment, state, requested_by, request_id, record)
-                 VALUES ($5, $11, $12, $13, $14, $15, $16)
-                 ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, record = EXCLUDED.record"
-            ))?,
+                 SELECT * FROM unnest($11::bigint[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::bytea[])
+                 ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, record = EXCLUDED.record",
+            )?,
             moved_tag: prepare(
                 "INSERT INTO moved_tags (repository, environment) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             )?,
@@ -378,57 +445,140 @@ impl Statements {
                         (SELECT count(*) FROM (SELECT 1 FROM checks WHERE repository = $1 AND digest = $2 LIMIT $4) AS c)",
             )?,
             merkle_node: prepare("SELECT hash FROM merkle WHERE node = $1")?,
-        })
+        };
+        c.batch_execute(&format!(
+            "PREPARE {HEAD} AS
+             SELECT (SELECT coalesce(max(id), 0) FROM promotions), last.sequence, encode(last.record, 'hex')
+             FROM (SELECT 1) AS one
+             LEFT JOIN (SELECT sequence, record FROM audit ORDER BY sequence DESC LIMIT 1) AS last ON true"
+        ))
+        .map_err(|e| backend("preparing the writer's statements", e))?;
+        Ok(statements)
     }
 }
 
-/// Runs batches until every sender is gone.
+/// Runs batches until every sender is gone: a job waiting alone starts
+/// one, and the batch gathers the rest once it holds the log's lock.
 pub fn run(mut w: Writer, mut rx: mpsc::Receiver<Job>) {
-    while let Some(batch) = crate::store::next_batch(&mut rx, MAX_BATCH) {
-        w.run_batch(batch);
+    while let Some(first) = rx.blocking_recv() {
+        w.run_batch(first, &mut rx);
     }
 }
 
-fn load_head(c: &mut impl postgres::GenericClient, st: &Statements) -> Result<Head, StoreError> {
-    let row = c
-        .query_one(&st.head, &[])
-        .map_err(|e| backend("reading the audit log's head", e))?;
-    let last = match (row.get(1), row.get(2)) {
-        (Some(sequence), Some(record)) => Some(decode_entry(uint(sequence), record)?),
-        _ => None,
-    };
-    let max_id: i64 = row.get(0);
-    Ok(Head::after(last.as_ref(), u64::try_from(max_id).ok()))
-}
-
-/// The batch's transaction; after the first error every later statement
-/// of the batch fails with it (PostgreSQL refuses them anyway).
+/// The batch's transaction (begun on `client` by [`begin`]); after the
+/// first error every later statement of the batch fails with it
+/// (PostgreSQL refuses them anyway).
 struct Batch<'c> {
-    txn: Option<postgres::Transaction<'c>>,
+    client: Option<&'c mut postgres::Client>,
     statements: Option<&'c Statements>,
     failed: Option<StoreError>,
     /// Merkle nodes written in this batch, so appending reads them without
     /// a round trip.
     nodes: HashMap<u64, [u8; 32]>,
     /// Promotions read or written in this batch, as this transaction sees
-    /// them. Nothing else changes them meanwhile: every writer holds the
-    /// log's lock for its whole transaction.
+    /// them, the batch's unsent writes included. Nothing else changes them
+    /// meanwhile: every writer holds the log's lock for its whole
+    /// transaction.
     promotions: HashMap<PromotionId, Option<Promotion>>,
+    /// Appends not sent yet (see [`Batch::send_appends`]).
+    appends: Appends,
+}
+
+/// The audit rows, Merkle nodes and promotion rows the batch appended and
+/// has not sent yet, as the columns of the one statement that sends them.
+#[derive(Default)]
+struct Appends {
+    sequence: Vec<i64>,
+    seconds: Vec<i64>,
+    nanos: Vec<i32>,
+    action: Vec<i16>,
+    promotion_id: Vec<Option<i64>>,
+    repository: Vec<String>,
+    environment: Vec<String>,
+    record: Vec<Vec<u8>>,
+    node: Vec<i64>,
+    hash: Vec<Vec<u8>>,
+    /// Each promotion's last row in the batch, by id.
+    promotions: std::collections::BTreeMap<i64, PromotionRow>,
+}
+
+struct PromotionRow {
+    repository: String,
+    environment: String,
+    state: &'static str,
+    requested_by: String,
+    request_id: String,
+    record: Vec<u8>,
 }
 
 impl Batch<'_> {
+    /// Sends the batch's appends in one statement. A batch appends without
+    /// a round trip each and sends them all before it commits, or before a
+    /// statement that could see them: reading the log itself
+    /// ([`UnitOfWork::latest_policy`]) or indexing an entry (a check row
+    /// refers to its audit row). The other reads cannot: a promotion the
+    /// batch wrote is answered from [`Batch::promotions`] (merged into
+    /// what the database returns), a Merkle node from [`Batch::nodes`].
+    fn send_appends(&mut self) -> Result<(), StoreError> {
+        if self.appends.sequence.is_empty() {
+            return Ok(());
+        }
+        let a = std::mem::take(&mut self.appends);
+        let mut ids = Vec::with_capacity(a.promotions.len());
+        let mut p_repository = Vec::with_capacity(a.promotions.len());
+        let mut p_environment = Vec::with_capacity(a.promotions.len());
+        let mut state = Vec::with_capacity(a.promotions.len());
+        let mut requested_by = Vec::with_capacity(a.promotions.len());
+        let mut request_id = Vec::with_capacity(a.promotions.len());
+        let mut p_record = Vec::with_capacity(a.promotions.len());
+        for (id, p) in a.promotions {
+            ids.push(id);
+            p_repository.push(p.repository);
+            p_environment.push(p.environment);
+            state.push(p.state);
+            requested_by.push(p.requested_by);
+            request_id.push(p.request_id);
+            p_record.push(p.record);
+        }
+        self.run("appending audit entries", |c, st| {
+            c.execute(
+                &st.append,
+                &[
+                    &a.sequence,
+                    &a.seconds,
+                    &a.nanos,
+                    &a.action,
+                    &a.promotion_id,
+                    &a.repository,
+                    &a.environment,
+                    &a.record,
+                    &a.node,
+                    &a.hash,
+                    &ids,
+                    &p_repository,
+                    &p_environment,
+                    &state,
+                    &requested_by,
+                    &request_id,
+                    &p_record,
+                ],
+            )
+        })?;
+        Ok(())
+    }
+
     fn run<T>(
         &mut self,
         doing: &str,
-        f: impl FnOnce(&mut postgres::Transaction<'_>, &Statements) -> Result<T, postgres::Error>,
+        f: impl FnOnce(&mut postgres::Client, &Statements) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
-        let (Some(txn), Some(st)) = (self.txn.as_mut(), self.statements) else {
+        let (Some(client), Some(st)) = (self.client.as_deref_mut(), self.statements) else {
             return Err(StoreError::Closed);
         };
-        f(txn, st).map_err(|e| {
+        f(client, st).map_err(|e| {
             let e = backend(doing, e);
             self.failed = Some(e.clone());
             e
@@ -464,8 +614,9 @@ pub fn node_hash(index: u64, bytes: &[u8]) -> Result<[u8; 32], StoreError> {
     })
 }
 
-/// Inserts the audit row, the entry's Merkle nodes and, for a promotion's
-/// entry, the promotion's row, in one statement (one round trip).
+/// Adds the audit row, the entry's Merkle nodes and, for a promotion's
+/// entry, the promotion's row to the batch's appends (sent by
+/// [`Batch::send_appends`]).
 fn append(
     batch: &RefCell<Batch<'_>>,
     entry: &AuditEntry,
@@ -480,41 +631,31 @@ fn append(
     let indexes = (0..nodes.len() as u64)
         .map(|i| int(first + i))
         .collect::<Result<Vec<i64>, _>>()?;
-    let hashes: Vec<&[u8]> = nodes.iter().map(|h| h.as_slice()).collect();
     let mut b = batch.borrow_mut();
-    let audit: [&(dyn postgres::types::ToSql + Sync); 10] = [
-        &seq,
-        &entry.time.seconds,
-        &nanos,
-        &action,
-        &id,
-        &entry.event.repository,
-        &entry.event.environment,
-        &record,
-        &indexes,
-        &hashes,
-    ];
-    match promotion {
-        None => b.run("appending an audit entry", |t, st| {
-            t.execute(&st.append, &audit)
-        })?,
-        Some(p) => {
-            let (state, stored) = (p.state.label(), encode(p));
-            let mut params = audit.to_vec();
-            params.extend_from_slice(&[
-                &p.repository as &(dyn postgres::types::ToSql + Sync),
-                &p.environment,
-                &state,
-                &p.requested_by,
-                &p.request_id,
-                &stored,
-            ]);
-            b.run(
-                "appending an audit entry and storing its promotion",
-                |t, st| t.execute(&st.append_with_promotion, &params),
-            )?
-        }
-    };
+    let a = &mut b.appends;
+    a.sequence.push(seq);
+    a.seconds.push(entry.time.seconds);
+    a.nanos.push(nanos);
+    a.action.push(action);
+    a.promotion_id.push(id);
+    a.repository.push(entry.event.repository.clone());
+    a.environment.push(entry.event.environment.clone());
+    a.record.push(record);
+    a.node.extend(indexes);
+    a.hash.extend(nodes.iter().map(|h| h.to_vec()));
+    if let (Some(p), Some(id)) = (promotion, id) {
+        a.promotions.insert(
+            id,
+            PromotionRow {
+                repository: p.repository.clone(),
+                environment: p.environment.clone(),
+                state: p.state.label(),
+                requested_by: p.requested_by.clone(),
+                request_id: p.request_id.clone(),
+                record: encode(p),
+            },
+        );
+    }
     for (i, h) in nodes.into_iter().enumerate() {
         b.nodes.insert(first + i as u64, h);
     }
@@ -531,6 +672,9 @@ fn index(
     promotion: Option<&Promotion>,
 ) -> Result<(), StoreError> {
     let indexed = Indexed::of(entry, promotion);
+    if indexed.moved_tag.is_some() || indexed.check.is_some() {
+        batch.borrow_mut().send_appends()?;
+    }
     if let Some((repository, environment)) = indexed.moved_tag {
         batch.borrow_mut().run("indexing a moved tag", |t, st| {
             t.execute(&st.moved_tag, &[&repository, &environment])
@@ -574,13 +718,22 @@ impl UnitOfWork for Tx<'_, '_> {
         principal: &str,
         request_id: &str,
     ) -> Result<Option<PromotionId>, StoreError> {
-        let row = self
-            .batch
-            .borrow_mut()
-            .run("reading a request id", |t, st| {
-                t.query_opt(&st.find_request, &[&principal, &request_id])
-            })?;
-        Ok(row.and_then(|r| u64::try_from(r.get::<_, i64>(0)).ok()))
+        let mut b = self.batch.borrow_mut();
+        let row = b.run("reading a request id", |t, st| {
+            t.query_opt(&st.find_request, &[&principal, &request_id])
+        })?;
+        let stored = row.and_then(|r| u64::try_from(r.get::<_, i64>(0)).ok());
+        // A promotion this batch opened is not in the database yet.
+        let batch = b
+            .promotions
+            .values()
+            .flatten()
+            .filter(|p| {
+                !request_id.is_empty() && p.requested_by == principal && p.request_id == request_id
+            })
+            .map(|p| p.id)
+            .max();
+        Ok(stored.max(batch))
     }
 
     fn next_id(&self) -> PromotionId {
@@ -597,18 +750,34 @@ impl UnitOfWork for Tx<'_, '_> {
             State::Waiting.label(),
             State::Approved.label(),
         );
-        let rows = self
-            .batch
-            .borrow_mut()
-            .run("reading open promotions", |t, st| {
-                t.query(
-                    &st.open_promotions,
-                    &[&repository, &environment, &pending, &waiting, &approved],
+        let mut b = self.batch.borrow_mut();
+        let rows = b.run("reading open promotions", |t, st| {
+            t.query(
+                &st.open_promotions,
+                &[&repository, &environment, &pending, &waiting, &approved],
+            )
+        })?;
+        let mut open = std::collections::BTreeMap::new();
+        for r in &rows {
+            let p = decode_promotion(uint(r.get(0)), r.get(1))?;
+            open.insert(p.id, p);
+        }
+        // The batch's own writes are not in the database yet: what it holds
+        // of a promotion replaces the row, and decides whether it is open.
+        for p in b.promotions.values().flatten() {
+            if p.repository == repository && p.environment == environment {
+                open.insert(p.id, p.clone());
+            }
+        }
+        Ok(open
+            .into_values()
+            .filter(|p| {
+                matches!(
+                    p.state,
+                    State::PendingApproval | State::Waiting | State::Approved
                 )
-            })?;
-        rows.iter()
-            .map(|r| decode_promotion(uint(r.get(0)), r.get(1)))
-            .collect()
+            })
+            .collect())
     }
 
     fn put_manifest(
@@ -637,12 +806,11 @@ impl UnitOfWork for Tx<'_, '_> {
 
     fn latest_policy(&self) -> Result<Option<String>, StoreError> {
         let action = Action::PolicyChanged.number() as i16;
-        let row = self
-            .batch
-            .borrow_mut()
-            .run("reading the latest policy", |t, st| {
-                t.query_opt(&st.latest_policy, &[&action])
-            })?;
+        let mut b = self.batch.borrow_mut();
+        b.send_appends()?;
+        let row = b.run("reading the latest policy", |t, st| {
+            t.query_opt(&st.latest_policy, &[&action])
+        })?;
         match row {
             Some(r) => Ok(entry(&r)?.event.attributes.get(POLICY_ATTRIBUTE).cloned()),
             None => Ok(None),
