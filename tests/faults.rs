@@ -336,6 +336,45 @@ async fn a_digest_already_pinned_in_the_repository_is_not_fetched_again() {
     assert_eq!(e.code(), tonic::Code::NotFound);
 }
 
+/// A request by tag costs one HEAD of the tag when its digest is pinned in
+/// the repository already, and a HEAD plus a GET of that digest when not.
+#[tokio::test]
+async fn a_request_by_tag_fetches_only_a_digest_not_pinned_yet() {
+    let f = Faulty::start().await;
+    let before = f.proxy.requests().len();
+    let (_, digest, mut alice) = f.pending().await;
+    let seen = |from: usize| -> Vec<String> {
+        f.proxy.requests()[from..]
+            .iter()
+            .filter(|r| r.path.contains("/manifests/"))
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect()
+    };
+    // First seen here: the tag's HEAD, then exactly the bytes it named.
+    assert_eq!(
+        seen(before),
+        [
+            "HEAD /v2/app/manifests/staging".to_owned(),
+            format!("GET /v2/app/manifests/{digest}"),
+        ]
+    );
+    let before = f.proxy.requests().len();
+    let again = alice
+        .request_promotion(RequestPromotionRequest {
+            repository: format!("{}/app", f.proxy.host),
+            source: "staging".into(),
+            environment: "prod2".into(),
+            reason: "same image, by tag".into(),
+            request_id: String::new(),
+            break_glass: false,
+        })
+        .await
+        .expect("request by tag")
+        .into_inner();
+    assert_eq!(again.digest, digest);
+    assert_eq!(seen(before), ["HEAD /v2/app/manifests/staging"]);
+}
+
 /// "One bad manifest blocks a tag forever": while an approved promotion
 /// keeps failing, its last error and attempt count are visible, and a newer
 /// approved promotion of the same tag supersedes it instead of queueing

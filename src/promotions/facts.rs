@@ -63,27 +63,29 @@ impl Promotions {
         let repository = input.repository.to_string();
         let source_ref = input.source.as_reference();
         // A digest already pinned for this repository is immutable content
-        // seen there before, so it needs no registry round trip; a tag
-        // always does.
-        let known = match &input.source {
-            Source::Digest(d) => self
-                .store
-                .manifest(&repository, d)
-                .await?
-                .map(|m| Manifest {
-                    digest: source_ref.to_owned(),
-                    media_type: m.media_type,
-                    bytes: m.bytes,
-                }),
-            Source::Tag(_) => None,
+        // seen there before, so it needs no registry round trip. A tag
+        // needs one: a HEAD names its digest, and only a digest not pinned
+        // yet is then fetched (by digest, so exactly those bytes).
+        let digest = match &input.source {
+            Source::Digest(d) => Some(d.clone()),
+            Source::Tag(t) => self.registry.resolve(&input.repository, t).await?,
+        };
+        let known = match &digest {
+            Some(d) => self.store.manifest(&repository, d).await?,
+            None => None,
         };
         let stored = known.is_some();
-        let manifest = match known {
-            Some(m) => m,
-            None => match self.registry.fetch(&input.repository, source_ref).await? {
+        let manifest = match (digest, known) {
+            (Some(digest), Some(m)) => Manifest {
+                digest,
+                media_type: m.media_type,
+                bytes: m.bytes,
+            },
+            (Some(digest), None) => match self.registry.fetch(&input.repository, &digest).await? {
                 Some(m) => m,
                 None => return Err(self.not_found(config, input, policy)),
             },
+            (None, _) => return Err(self.not_found(config, input, policy)),
         };
         let digest = &manifest.digest;
         let mut facts = if all_gates {
