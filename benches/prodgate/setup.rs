@@ -51,9 +51,10 @@ approval_ttl = "24h"
 /// On a data directory (the reads scenario, which judges resident memory)
 /// the server runs with glibc's `MALLOC_ARENA_MAX=2`, as `deploy/` runs it
 /// (the Dockerfile and the systemd unit): at 1,000,000 entries glibc's
-/// default arenas keep another 23–32 MiB of freed memory (BENCHMARKS.md,
-/// "Issue 23: peak RSS"). A `MALLOC_ARENA_MAX` in the bench's own
-/// environment is passed on instead, for A/B runs.
+/// default arenas raised the peak by about 24 MiB (medians 211 and 187 MiB
+/// over three and four runs; BENCHMARKS.md, "Issue 23: peak RSS"). A
+/// `MALLOC_ARENA_MAX` in the bench's own environment is passed on instead,
+/// for A/B runs.
 pub fn start_server(config: &str, data_dir: Option<&Path>) -> TestServer {
     tokio::task::block_in_place(|| match data_dir {
         Some(d) => {
