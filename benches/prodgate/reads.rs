@@ -668,6 +668,12 @@ pub async fn run(smoke: bool, report: &mut Report) {
         }
         let p = percentiles(lat);
         let name = kind.name();
+        // Resident memory after each kind of call, so the table shows which
+        // reads raise the peak (issue 23: the whole VerifyAuditLog walk).
+        let (rss, peak) = (
+            proc_status_kb(server.pid(), "VmRSS:"),
+            proc_status_kb(server.pid(), "VmHWM:"),
+        );
         if let Some(e) = &first {
             eprintln!("reads {name}: {errors} errors, first: {e}");
         }
@@ -682,10 +688,12 @@ pub async fn run(smoke: bool, report: &mut Report) {
             format!("{:.2}", p.p50),
             format!("{:.2}", p.p99),
             format!("{:.2}", p.max),
+            (rss / 1024).to_string(),
+            (peak / 1024).to_string(),
         ]);
         json_calls.insert(
             name.to_owned(),
-            json!({ "calls": p.n, "errors": errors, "p50_ms": p.p50, "p99_ms": p.p99, "max_ms": p.max, "first_error": first }),
+            json!({ "calls": p.n, "errors": errors, "p50_ms": p.p50, "p99_ms": p.p99, "max_ms": p.max, "first_error": first, "rss_kib_after": rss, "peak_kib_after": peak }),
         );
     }
     let rss_end = proc_status_kb(server.pid(), "VmRSS:");
@@ -712,7 +720,16 @@ pub async fn run(smoke: bool, report: &mut Report) {
             hwm / 1024,
             rss_restart / 1024
         ),
-        &["call", "calls", "errors", "p50 ms", "p99 ms", "max ms"],
+        &[
+            "call",
+            "calls",
+            "errors",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "RSS MiB after",
+            "peak MiB after",
+        ],
         &rows,
     );
     for (name, p99) in &page_p99 {

@@ -47,9 +47,23 @@ approval_ttl = "24h"
 /// runtime's worker threads. The server logs at `info`, its default (the
 /// tests' servers log at `debug`: a line per call, which costs a write
 /// measured here as part of every RPC).
+///
+/// On a data directory (the reads scenario, which judges resident memory)
+/// the server runs with glibc's `MALLOC_ARENA_MAX=2`, as `deploy/` runs it
+/// (the Dockerfile and the systemd unit): at 1,000,000 entries glibc's
+/// default arenas raised the peak by about 24 MiB (medians 211 and 187 MiB
+/// over three and four runs; BENCHMARKS.md, "Issue 23: peak RSS"). A
+/// `MALLOC_ARENA_MAX` in the bench's own environment is passed on instead,
+/// for A/B runs.
 pub fn start_server(config: &str, data_dir: Option<&Path>) -> TestServer {
     tokio::task::block_in_place(|| match data_dir {
-        Some(d) => TestServer::start_with_data_dir(config, d),
+        Some(d) => {
+            let arenas = match std::env::var_os("MALLOC_ARENA_MAX") {
+                Some(_) => vec![],
+                None => vec![("MALLOC_ARENA_MAX", "2".into())],
+            };
+            TestServer::start_with_data_dir_and_env(config, d, &arenas)
+        }
         None => TestServer::start_with_env(config, &[("RUST_LOG", "info".into())]),
     })
 }

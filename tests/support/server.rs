@@ -199,8 +199,21 @@ impl TestServer {
 
     /// Like [`TestServer::start`], with the data directory at `data_dir`.
     pub fn start_with_data_dir(config: &str, data_dir: &Path) -> TestServer {
+        Self::start_with_data_dir_and_env(config, data_dir, &[])
+    }
+
+    /// [`TestServer::start_with_data_dir`] with extra environment variables.
+    pub fn start_with_data_dir_and_env(
+        config: &str,
+        data_dir: &Path,
+        env: &[(&str, std::ffi::OsString)],
+    ) -> TestServer {
         let (dir, data_dir) = prepare(config, Some(data_dir));
-        Self::try_spawn(dir, data_dir, Vec::new()).unwrap_or_else(|log| did_not_start(&log))
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        Self::try_spawn(dir, data_dir, env).unwrap_or_else(|log| did_not_start(&log))
     }
 
     fn try_spawn(
