@@ -58,11 +58,11 @@ approval_ttl = "24h"
 pub fn start_server(config: &str, data_dir: Option<&Path>) -> TestServer {
     tokio::task::block_in_place(|| match data_dir {
         Some(d) => {
-            let arenas = match std::env::var_os("MALLOC_ARENA_MAX") {
-                Some(_) => vec![],
-                None => vec![("MALLOC_ARENA_MAX", "2".into())],
-            };
-            TestServer::start_with_data_dir_and_env(config, d, &arenas)
+            let mut env = vec![("RUST_LOG", "info".into())];
+            if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+                env.push(("MALLOC_ARENA_MAX", "2".into()));
+            }
+            TestServer::start_with_data_dir_and_env(config, d, &env)
         }
         None => TestServer::start_with_env(config, &[("RUST_LOG", "info".into())]),
     })
