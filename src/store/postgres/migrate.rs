@@ -16,7 +16,7 @@
 //! transaction, and a database that already holds anything is refused: the
 //! copy never merges into, or races, a chain that a server writes.
 
-use super::{action, client_config, entry, int, schema, writer::node_hash};
+use super::{AuditRows, client_config, entry, int, schema, writer::node_hash};
 use crate::config::PostgresConfig;
 use crate::domain::audit::{Hash, Verifier};
 use crate::domain::model::{Promotion, PromotionId};
@@ -179,57 +179,19 @@ impl NodeReader for Nodes {
     }
 }
 
-/// A chunk of audit rows, as the column arrays of one INSERT.
-#[derive(Default)]
-struct AuditRows {
-    sequence: Vec<i64>,
-    seconds: Vec<i64>,
-    nanos: Vec<i32>,
-    action: Vec<i16>,
-    promotion_id: Vec<Option<i64>>,
-    repository: Vec<String>,
-    environment: Vec<String>,
-    record: Vec<Vec<u8>>,
-}
-
-impl AuditRows {
-    fn push(&mut self, e: Exported) -> Result<(), StoreError> {
-        let entry = &e.record.entry;
-        self.sequence.push(int(entry.sequence)?);
-        self.seconds.push(entry.time.seconds);
-        self.nanos
-            .push(i32::try_from(entry.time.nanos).unwrap_or(i32::MAX));
-        self.action.push(action(entry.event.action));
-        self.promotion_id
-            .push(e.record.promotion.as_ref().map(|p| int(p.id)).transpose()?);
-        self.repository.push(entry.event.repository.clone());
-        self.environment.push(entry.event.environment.clone());
-        self.record.push(e.bytes);
-        Ok(())
+/// Inserts `rows` and empties it.
+fn copy_rows(rows: &mut AuditRows, txn: &mut postgres::Transaction<'_>) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
     }
-
-    fn flush(&mut self, txn: &mut postgres::Transaction<'_>) -> Result<(), StoreError> {
-        if self.sequence.is_empty() {
-            return Ok(());
-        }
-        txn.execute(
-            "INSERT INTO audit (sequence, time_seconds, time_nanos, action, promotion_id, repository, environment, record)
-             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::smallint[], $5::bigint[], $6::text[], $7::text[], $8::bytea[])",
-            &[
-                &self.sequence,
-                &self.seconds,
-                &self.nanos,
-                &self.action,
-                &self.promotion_id,
-                &self.repository,
-                &self.environment,
-                &self.record,
-            ],
-        )
-        .map_err(|e| pg("copying audit entries", e))?;
-        *self = AuditRows::default();
-        Ok(())
-    }
+    txn.execute(
+        "INSERT INTO audit (sequence, time_seconds, time_nanos, action, promotion_id, repository, environment, record)
+         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::smallint[], $5::bigint[], $6::text[], $7::text[], $8::bytea[])",
+        &rows.params(),
+    )
+    .map_err(|e| pg("copying audit entries", e))?;
+    *rows = AuditRows::default();
+    Ok(())
 }
 
 /// Copies everything; returns what it copied (the head and root as sled
@@ -276,12 +238,13 @@ fn copy(snapshot: &Snapshot, txn: &mut postgres::Transaction<'_>) -> Result<Repo
             promotions.insert(p.id, p.clone());
         }
         entries = entry.sequence;
-        rows.push(exported)?;
+        let promotion_id = promotion.map(|p| p.id);
+        rows.push(entry, promotion_id, exported.bytes)?;
         if rows.sequence.len() == CHUNK {
-            rows.flush(txn)?;
+            copy_rows(&mut rows, txn)?;
         }
     }
-    rows.flush(txn)?;
+    copy_rows(&mut rows, txn)?;
     let verified = verifier.finish();
     if let Some(sequence) = verified.first_bad_sequence {
         return Err(MigrateError::SourceBroken {

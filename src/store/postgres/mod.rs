@@ -375,6 +375,62 @@ fn action(a: Action) -> i16 {
     i16::try_from(a.number()).unwrap_or(i16::MAX)
 }
 
+/// Audit rows as the column arrays of one multi-row INSERT (`unnest`), in
+/// the audit table's column order: how the writer sends a batch's entries
+/// and how `migrate` copies a sled log.
+#[derive(Default)]
+struct AuditRows {
+    sequence: Vec<i64>,
+    seconds: Vec<i64>,
+    nanos: Vec<i32>,
+    action: Vec<i16>,
+    promotion_id: Vec<Option<i64>>,
+    repository: Vec<String>,
+    environment: Vec<String>,
+    record: Vec<Vec<u8>>,
+}
+
+impl AuditRows {
+    /// Adds `entry`'s row: its stored `record` bytes, and the promotion it
+    /// is about, if any.
+    fn push(
+        &mut self,
+        entry: &AuditEntry,
+        promotion: Option<PromotionId>,
+        record: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        self.sequence.push(int(entry.sequence)?);
+        self.seconds.push(entry.time.seconds);
+        self.nanos
+            .push(i32::try_from(entry.time.nanos).unwrap_or(i32::MAX));
+        self.action.push(action(entry.event.action));
+        self.promotion_id.push(promotion.map(int).transpose()?);
+        self.repository.push(entry.event.repository.clone());
+        self.environment.push(entry.event.environment.clone());
+        self.record.push(record);
+        Ok(())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.sequence.is_empty()
+    }
+
+    /// The eight columns, as the first eight parameters of a statement
+    /// that `unnest`s them.
+    fn params(&self) -> [&(dyn ToSql + Sync); 8] {
+        [
+            &self.sequence,
+            &self.seconds,
+            &self.nanos,
+            &self.action,
+            &self.promotion_id,
+            &self.repository,
+            &self.environment,
+            &self.record,
+        ]
+    }
+}
+
 impl PgStore {
     pub async fn open(
         config: &PostgresConfig,

@@ -44,7 +44,7 @@
 //! with a snapshot of its own, so the head's is taken once the lock is
 //! held), the appends, and NOTIFY with COMMIT as another simple query.
 
-use super::{Shared, backend, entry, int, uint};
+use super::{AuditRows, Shared, backend, entry, int, uint};
 use crate::clock::Clock;
 use crate::domain::audit::AuditEntry;
 use crate::domain::model::{Action, Event, POLICY_ATTRIBUTE, Promotion, PromotionId, State, Time};
@@ -57,6 +57,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
+use tokio_postgres::types::ToSql;
 
 /// How many queued jobs one transaction may hold at most.
 pub const MAX_BATCH: usize = 512;
@@ -488,14 +489,7 @@ struct Batch<'c> {
 /// has not sent yet, as the columns of the one statement that sends them.
 #[derive(Default)]
 struct Appends {
-    sequence: Vec<i64>,
-    seconds: Vec<i64>,
-    nanos: Vec<i32>,
-    action: Vec<i16>,
-    promotion_id: Vec<Option<i64>>,
-    repository: Vec<String>,
-    environment: Vec<String>,
-    record: Vec<Vec<u8>>,
+    audit: AuditRows,
     node: Vec<i64>,
     hash: Vec<Vec<u8>>,
     /// Each promotion's last row in the batch, by id.
@@ -520,7 +514,7 @@ impl Batch<'_> {
     /// batch wrote is answered from [`Batch::promotions`] (merged into
     /// what the database returns), a Merkle node from [`Batch::nodes`].
     fn send_appends(&mut self) -> Result<(), StoreError> {
-        if self.appends.sequence.is_empty() {
+        if self.appends.audit.is_empty() {
             return Ok(());
         }
         let a = std::mem::take(&mut self.appends);
@@ -541,28 +535,19 @@ impl Batch<'_> {
             p_record.push(p.record);
         }
         self.run("appending audit entries", |c, st| {
-            c.execute(
-                &st.append,
-                &[
-                    &a.sequence,
-                    &a.seconds,
-                    &a.nanos,
-                    &a.action,
-                    &a.promotion_id,
-                    &a.repository,
-                    &a.environment,
-                    &a.record,
-                    &a.node,
-                    &a.hash,
-                    &ids,
-                    &p_repository,
-                    &p_environment,
-                    &state,
-                    &requested_by,
-                    &request_id,
-                    &p_record,
-                ],
-            )
+            let mut params = a.audit.params().to_vec();
+            params.extend([
+                &a.node as &(dyn ToSql + Sync),
+                &a.hash,
+                &ids,
+                &p_repository,
+                &p_environment,
+                &state,
+                &requested_by,
+                &request_id,
+                &p_record,
+            ]);
+            c.execute(&st.append, &params)
         })?;
         Ok(())
     }
@@ -623,24 +608,14 @@ fn append(
     promotion: Option<&Promotion>,
 ) -> Result<(), StoreError> {
     let record = encode(&RecordRef { entry, promotion });
-    let seq = int(entry.sequence)?;
     let id = promotion.map(|p| int(p.id)).transpose()?;
-    let action = i16::try_from(entry.event.action.number()).unwrap_or(i16::MAX);
-    let nanos = i32::try_from(entry.time.nanos).unwrap_or(i32::MAX);
     let (first, nodes) = nodes_for(entry.sequence, &entry.hash, batch)?;
     let indexes = (0..nodes.len() as u64)
         .map(|i| int(first + i))
         .collect::<Result<Vec<i64>, _>>()?;
     let mut b = batch.borrow_mut();
     let a = &mut b.appends;
-    a.sequence.push(seq);
-    a.seconds.push(entry.time.seconds);
-    a.nanos.push(nanos);
-    a.action.push(action);
-    a.promotion_id.push(id);
-    a.repository.push(entry.event.repository.clone());
-    a.environment.push(entry.event.environment.clone());
-    a.record.push(record);
+    a.audit.push(entry, promotion.map(|p| p.id), record)?;
     a.node.extend(indexes);
     a.hash.extend(nodes.iter().map(|h| h.to_vec()));
     if let (Some(p), Some(id)) = (promotion, id) {
