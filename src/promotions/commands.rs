@@ -72,7 +72,6 @@ impl Promotions {
             .await?;
         let source_ref = input.source.as_reference().to_owned();
         let digest = resolved.digest.clone();
-        let mut changes = self.store.subscribe();
         let job_config = config.clone();
         let new = NewPromotion {
             project: governance.project_name().to_owned(),
@@ -103,7 +102,7 @@ impl Promotions {
                 Ok(o.promotion)
             })
             .await?;
-        Ok(self.settled(&config, created, &mut changes).await)
+        Ok(self.settled(&config, created).await)
     }
 
     /// Opens a promotion back to a digest prodgate applied to the
@@ -271,7 +270,6 @@ impl Promotions {
         comment: String,
         break_glass: bool,
     ) -> Result<Promotion, Error> {
-        let mut changes = self.store.subscribe();
         let config = self.config.get();
         let p = self
             .decide(
@@ -282,7 +280,7 @@ impl Promotions {
                 comment,
             )
             .await?;
-        Ok(self.settled(&config, p, &mut changes).await)
+        Ok(self.settled(&config, p).await)
     }
 
     pub async fn reject(
@@ -319,10 +317,10 @@ impl Promotions {
         id: PromotionId,
         comment: String,
     ) -> Result<Promotion, Error> {
-        let ids = match self.store.get(id).await? {
-            Some(p) => self.members_of(&p).await?,
-            None => return Err(Error::PromotionNotFound(id)),
+        let Some(first) = self.store.get(id).await? else {
+            return Err(Error::PromotionNotFound(id));
         };
+        let ids = self.members_of(&first).await?;
         // Twice at most: a promotion that ended between the read of who
         // ended it and the write job is read again, and an ended promotion
         // never changes, so the second read finds its ending entry.
@@ -331,12 +329,18 @@ impl Promotions {
             attempts += 1;
             let mut members = Vec::with_capacity(ids.len());
             for &mid in &ids {
-                let ended_by = self.ended_by(mid, call).await?;
+                // Promotion `id` as just read, on the first attempt; the
+                // second reads it again.
+                let read = match (mid == id && attempts == 1).then(|| first.clone()) {
+                    Some(p) => Some(p),
+                    None => self.store.get(mid).await?,
+                };
+                let ended_by = self.ended_by(read.as_ref(), call).await?;
                 // The gates' facts for an approval that may complete the
                 // quorum; read for any undecided promotion, since which
                 // approval completes it is decided on the writer.
                 let facts = match call {
-                    Call::Approve { .. } => self.gather_for(&config, mid).await?,
+                    Call::Approve { .. } => self.gather_for(&config, read.as_ref()).await?,
                     Call::Reject | Call::Cancel => Gathered::default(),
                 };
                 members.push((mid, ended_by, facts));
@@ -409,20 +413,15 @@ impl Promotions {
     /// of a promotion already ended that way, answers it; and since an
     /// ended promotion never changes, what is read here still holds in the
     /// write job.
-    async fn ended_by(&self, id: PromotionId, call: Call) -> Result<Option<String>, Error> {
+    async fn ended_by(&self, p: Option<&Promotion>, call: Call) -> Result<Option<String>, Error> {
         let ending = match call {
             Call::Reject => (State::Rejected, Action::Rejected),
             Call::Cancel => (State::Cancelled, Action::Cancelled),
             Call::Approve { .. } => return Ok(None),
         };
-        if !self
-            .store
-            .get(id)
-            .await?
-            .is_some_and(|p| p.state == ending.0)
-        {
+        let Some(id) = p.filter(|p| p.state == ending.0).map(|p| p.id) else {
             return Ok(None);
-        }
+        };
         let page = self
             .store
             .history(
@@ -444,10 +443,10 @@ impl Promotions {
             .map(|e| e.event.actor))
     }
 
-    /// The gates' facts for promotion `id` when it is undecided (nothing
+    /// The gates' facts for promotion `p` when it is undecided (nothing
     /// otherwise: no gate is evaluated for it).
-    async fn gather_for(&self, config: &Config, id: PromotionId) -> Result<Gathered, Error> {
-        match self.store.get(id).await? {
+    async fn gather_for(&self, config: &Config, p: Option<&Promotion>) -> Result<Gathered, Error> {
+        match p {
             Some(p) if p.state.is_undecided() => {
                 match config.governing(&p.repository).environment(&p.environment) {
                     Some(policy) => self.gather_gates(&p.repository, policy, &p.digest).await,
@@ -463,7 +462,8 @@ impl Promotions {
     /// look again.
     pub async fn reevaluate(&self, id: PromotionId) -> Result<Reevaluated, Error> {
         let config = self.config.get();
-        let facts = self.gather_for(&config, id).await?;
+        let read = self.store.get(id).await?;
+        let facts = self.gather_for(&config, read.as_ref()).await?;
         self.store
             .write(move |tx: &mut dyn UnitOfWork| {
                 let p = tx.get(id)?.ok_or(Error::PromotionNotFound(id))?;

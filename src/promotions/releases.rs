@@ -140,7 +140,6 @@ impl Promotions {
             pinned.push((new, resolved, facts, policy));
         }
         blocked.refuse()?;
-        let mut changes = self.store.subscribe();
         let job_config = config.clone();
         let (break_glass, request_id, retry) =
             (input.break_glass, input.request_id.clone(), input.clone());
@@ -198,7 +197,7 @@ impl Promotions {
                     (Some(first), Some(rid))
                         if first.state == crate::domain::model::State::Approved =>
                     {
-                        self.settled(&config, first, &mut changes).await;
+                        self.settled(&config, first).await;
                         self.release(rid).await
                     }
                     _ => Ok(release),

@@ -163,17 +163,23 @@ impl Promotions {
     }
 
     /// Waits up to `apply_wait` for an APPROVED promotion's tag move, so the
-    /// common case answers PROMOTED; a slow registry answers APPROVED.
-    pub(super) async fn settled(
-        &self,
-        config: &Config,
-        p: Promotion,
-        changes: &mut broadcast::Receiver<Change>,
-    ) -> Promotion {
+    /// common case answers PROMOTED; a slow registry answers APPROVED. It
+    /// subscribes to changes only then, after the write, and reads the
+    /// record once subscribed, so an apply that ended in between is not
+    /// missed; an answer that cannot wait subscribes to nothing (held
+    /// through every write, a subscription cost each write the broadcast's
+    /// bookkeeping; issue 23).
+    pub(super) async fn settled(&self, config: &Config, p: Promotion) -> Promotion {
         if p.state != State::Approved || config.apply_wait.is_zero() {
             return p;
         }
         let id = p.id;
+        let mut changes = self.store.subscribe();
+        let p = match self.get(id).await {
+            Ok(now) if now.state.is_terminal() => return now,
+            Ok(now) => now,
+            Err(_) => p,
+        };
         let wait = async {
             loop {
                 match changes.recv().await {
