@@ -52,9 +52,9 @@ approval_ttl = "24h"
 /// the server runs with glibc's `MALLOC_ARENA_MAX=2`, as `deploy/` runs it
 /// (the Dockerfile and the systemd unit): at 1,000,000 entries glibc's
 /// default arenas raised the peak by about 24 MiB (medians 211 and 187 MiB
-/// over three and four runs; BENCHMARKS.md, "Issue 23: peak RSS"). A
-/// `MALLOC_ARENA_MAX` in the bench's own environment is passed on instead,
-/// for A/B runs.
+/// over three and four runs; BENCHMARKS.md, "Issue 23", "Peak RSS at
+/// 1,000,000 entries"). A `MALLOC_ARENA_MAX` in the bench's own
+/// environment is passed on instead, for A/B runs.
 pub fn start_server(config: &str, data_dir: Option<&Path>) -> TestServer {
     tokio::task::block_in_place(|| match data_dir {
         Some(d) => {
