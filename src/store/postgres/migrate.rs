@@ -25,7 +25,7 @@ use crate::store::chain::Indexed;
 use crate::store::codec::encode;
 use crate::store::merkle::{self, NodeReader};
 use crate::store::sled::dir::DirError;
-use crate::store::sled::export::{Exported, Snapshot};
+use crate::store::sled::export::Snapshot;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
