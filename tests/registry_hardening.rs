@@ -175,6 +175,7 @@ async fn redirects_off_the_registry_are_refused() {
     // Host header of each request.
     let registry = {
         let (manifest, other) = (manifest.clone(), other.clone());
+        let near_by_digest = format!("/v2/near/manifests/{}", digest_of(&manifest));
         Hostile::start(move |r| {
             let own = r.host().unwrap_or_default().to_owned();
             let port = own.rsplit(':').next().unwrap_or_default().to_owned();
@@ -190,6 +191,8 @@ async fn redirects_off_the_registry_are_refused() {
                     Reply::status(307).header("location", "/v2/near/manifests/blob-store")
                 }
                 "/v2/near/manifests/blob-store" => Reply::manifest(&manifest),
+                // The digest the tag's HEAD named, fetched next.
+                p if p == near_by_digest => Reply::manifest(&manifest),
                 _ => Reply::status(404),
             }
         })
@@ -247,6 +250,7 @@ async fn manifests_over_four_mib_are_refused_without_reading_them() {
     };
     let registry = {
         let edge = edge.clone();
+        let edge_by_digest = format!("/v2/edge/manifests/{}", digest_of(&edge));
         Hostile::start(move |r| {
             let generated = |sized| Reply::Generated {
                 status: 200,
@@ -257,10 +261,13 @@ async fn manifests_over_four_mib_are_refused_without_reading_them() {
                 len: if sized { 100 * MIB } else { 256 * MIB },
                 sized,
             };
+            // The tags answer HEAD without a digest, so prodgate GETs them;
+            // `edge` names its digest, which is fetched next.
             match r.path() {
                 "/v2/announced/manifests/v1" => generated(true),
                 "/v2/streamed/manifests/v1" => generated(false),
                 "/v2/edge/manifests/v1" => Reply::manifest(&edge),
+                p if p == edge_by_digest => Reply::manifest(&edge),
                 _ => Reply::status(404),
             }
         })
@@ -325,6 +332,9 @@ async fn error_bodies_and_token_answers_are_bounded() {
     let realm = Hostile::start(move |_| huge(200)).await;
     let realm_url = format!("{}/token", realm.url());
     let registry = Hostile::start(move |r| match r.path() {
+        // A HEAD without a digest: prodgate GETs the tag, and the GET's
+        // error body is what must be bounded.
+        "/v2/noisy/manifests/v1" if r.method == "HEAD" => Reply::status(200),
         "/v2/noisy/manifests/v1" => huge(400),
         _ => Reply::status(401).header(
             "www-authenticate",
