@@ -746,12 +746,7 @@ impl UnitOfWork for Tx<'_, '_> {
         }
         Ok(open
             .into_values()
-            .filter(|p| {
-                matches!(
-                    p.state,
-                    State::PendingApproval | State::Waiting | State::Approved
-                )
-            })
+            .filter(|p| !p.state.is_terminal())
             .collect())
     }
 
