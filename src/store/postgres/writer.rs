@@ -647,7 +647,9 @@ fn index(
     promotion: Option<&Promotion>,
 ) -> Result<(), StoreError> {
     let indexed = Indexed::of(entry, promotion);
-    if indexed.moved_tag.is_some() || indexed.check.is_some() {
+    // A check's row refers to its audit row; a moved tag's row refers to
+    // nothing, so it needs no appends sent first.
+    if indexed.check.is_some() {
         batch.borrow_mut().send_appends()?;
     }
     if let Some((repository, environment)) = indexed.moved_tag {
