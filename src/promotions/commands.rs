@@ -331,9 +331,10 @@ impl Promotions {
             for &mid in &ids {
                 // Promotion `id` as just read, on the first attempt; the
                 // second reads it again.
-                let read = match (mid == id && attempts == 1).then(|| first.clone()) {
-                    Some(p) => Some(p),
-                    None => self.store.get(mid).await?,
+                let read = if mid == id && attempts == 1 {
+                    Some(first.clone())
+                } else {
+                    self.store.get(mid).await?
                 };
                 let ended_by = self.ended_by(read.as_ref(), call).await?;
                 // The gates' facts for an approval that may complete the

@@ -166,9 +166,7 @@ impl Promotions {
     /// common case answers PROMOTED; a slow registry answers APPROVED. It
     /// subscribes to changes only then, after the write, and reads the
     /// record once subscribed, so an apply that ended in between is not
-    /// missed; an answer that cannot wait subscribes to nothing (held
-    /// through every write, a subscription cost each write the broadcast's
-    /// bookkeeping; issue 23).
+    /// missed; an answer that cannot wait subscribes to nothing.
     pub(super) async fn settled(&self, config: &Config, p: Promotion) -> Promotion {
         if p.state != State::Approved || config.apply_wait.is_zero() {
             return p;

@@ -206,7 +206,7 @@ impl SledStore {
     /// `pread` of one page, while handing it to the blocking pool and back
     /// costs two thread wake-ups: measured at 64 clients (issue 23), moving
     /// the write path's lookups here cut the server's CPU per write from
-    /// ~300 to ~180 µs. Walks and scans stay on the pool ([`Self::read`]).
+    /// ~300 to ~155 µs. Walks and scans stay on the pool ([`Self::read`]).
     fn lookup<T>(&self, f: impl FnOnce(&Trees) -> Result<T, StoreError>) -> Result<T, StoreError> {
         f(&self.trees).map_err(read_failed)
     }
