@@ -9,7 +9,7 @@ use std::time::Duration;
 use support::proxy::{Fault, FaultProxy};
 use support::registry::TestRegistry;
 use support::server::{Client, TestServer, standard_config};
-use support::{actions_of, approve, wait_for_state};
+use support::{actions_of, approve, request_to, wait_for_state};
 
 /// prodgate talks to the registry only through the proxy.
 struct Faulty {
@@ -50,6 +50,15 @@ impl Faulty {
             .expect("request")
             .into_inner();
         (p.id, digest, alice)
+    }
+
+    /// The requests prodgate sent through the proxy since the `from`th,
+    /// as "METHOD path".
+    fn requests_since(&self, from: usize) -> Vec<String> {
+        self.proxy.requests()[from..]
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect()
     }
 
     async fn approve(&self, id: &str) -> prodgate::pb::Promotion {
@@ -314,12 +323,8 @@ async fn a_digest_already_pinned_in_the_repository_is_not_fetched_again() {
         .expect("request by digest")
         .into_inner();
     assert_eq!(again.digest, digest);
-    let during: Vec<String> = f.proxy.requests()[before..]
-        .iter()
-        .map(|r| format!("{} {}", r.method, r.path))
-        .collect();
     // Only the prerequisite check: staging must still carry the digest.
-    assert_eq!(during, ["HEAD /v2/app/manifests/staging"]);
+    assert_eq!(f.requests_since(before), ["HEAD /v2/app/manifests/staging"]);
     // A digest never seen in the repository is still looked up, and refused.
     let unknown = format!("sha256:{}", "0".repeat(64));
     let e = alice
@@ -343,16 +348,9 @@ async fn a_request_by_tag_fetches_only_a_digest_not_pinned_yet() {
     let f = Faulty::start().await;
     let before = f.proxy.requests().len();
     let (_, digest, mut alice) = f.pending().await;
-    let seen = |from: usize| -> Vec<String> {
-        f.proxy.requests()[from..]
-            .iter()
-            .filter(|r| r.path.contains("/manifests/"))
-            .map(|r| format!("{} {}", r.method, r.path))
-            .collect()
-    };
     // First seen here: the tag's HEAD, then exactly the bytes it named.
     assert_eq!(
-        seen(before),
+        f.requests_since(before),
         [
             "HEAD /v2/app/manifests/staging".to_owned(),
             format!("GET /v2/app/manifests/{digest}"),
@@ -360,19 +358,16 @@ async fn a_request_by_tag_fetches_only_a_digest_not_pinned_yet() {
     );
     let before = f.proxy.requests().len();
     let again = alice
-        .request_promotion(RequestPromotionRequest {
-            repository: format!("{}/app", f.proxy.host),
-            source: "staging".into(),
-            environment: "prod2".into(),
-            reason: "same image, by tag".into(),
-            request_id: String::new(),
-            break_glass: false,
-        })
+        .request_promotion(request_to(
+            &format!("{}/app", f.proxy.host),
+            "staging",
+            "prod2",
+        ))
         .await
         .expect("request by tag")
         .into_inner();
     assert_eq!(again.digest, digest);
-    assert_eq!(seen(before), ["HEAD /v2/app/manifests/staging"]);
+    assert_eq!(f.requests_since(before), ["HEAD /v2/app/manifests/staging"]);
 }
 
 /// "One bad manifest blocks a tag forever": while an approved promotion
