@@ -10,7 +10,7 @@ use crate::report::{Report, cpu_seconds, loadavg, median, print_table, proc_stat
 use crate::setup::{config, http_client, start_server};
 use crate::support::registry::{MANIFEST_ACCEPT, TestRegistry, free_port};
 use crate::support::server::{Client, client_on};
-use prodgate::pb::{RejectRequest, RequestPromotionRequest};
+use prodgate::pb::{GetPromotionRequest, RejectRequest, RequestPromotionRequest};
 use reqwest::header::ACCEPT;
 use serde_json::json;
 use std::io::Write;
@@ -202,21 +202,66 @@ async fn health_load(chans: &[Channel], clients: usize, dur: Duration) -> Load {
     Load::new(all, start)
 }
 
-/// One interleaved round: writes, then empty RPCs, on the same connections
-/// right after, so both meet the same machine (other work on it, the
-/// allocator's state, the data directory's size). With each phase's CPU
-/// per call, of the server and of the bench (the client) apart: the ratio
-/// moves with both.
+/// GetPromotion of one promotion: the same authentication, request
+/// handling and response as a write, with no write. What a write costs
+/// beyond this is the store's part (the job, its wake-ups, the flush).
+struct ReadOne {
+    client: Client,
+    id: String,
+}
+
+impl Caller for ReadOne {
+    async fn call(&mut self, r: &mut ClientResult) {
+        let t = Instant::now();
+        match self
+            .client
+            .get_promotion(GetPromotionRequest {
+                promotion_id: self.id.clone(),
+            })
+            .await
+        {
+            Ok(_) => r.request.push(micros_since(t)),
+            Err(e) => r.error(e),
+        }
+    }
+}
+
+/// GetPromotion of `id` by `clients` clients until `dur` passes.
+async fn read_load(chans: &[Channel], clients: usize, id: &str, dur: Duration) -> Load {
+    let callers = (0..clients)
+        .map(|i| ReadOne {
+            client: client_on(&chans[i % chans.len()], "alice"),
+            id: id.to_owned(),
+        })
+        .collect();
+    let (all, start) = closed_loop(callers, dur, "read").await;
+    Load::new(all, start)
+}
+
+/// One interleaved round: writes, then reads of one promotion, then empty
+/// RPCs, on the same connections right after each other, so all three
+/// meet the same machine (other work on it, the allocator's state, the
+/// data directory's size). With each phase's CPU per call, of the server
+/// and of the bench (the client) apart: the ratio moves with both. The
+/// read is the floor of a write: a write does all it does, and the store's
+/// part besides, so reads ÷ empty bounds what writes ÷ empty could reach
+/// with a store that cost nothing.
 struct Round {
     writes: f64,
+    reads: f64,
     empty: f64,
     write_cpu: CallCpu,
+    read_cpu: CallCpu,
     empty_cpu: CallCpu,
 }
 
 impl Round {
     fn ratio(&self) -> f64 {
         self.writes / self.empty
+    }
+
+    fn read_ratio(&self) -> f64 {
+        self.reads / self.empty
     }
 }
 
@@ -255,12 +300,28 @@ async fn interleaved(
     rounds: usize,
     dur: Duration,
 ) -> Vec<Round> {
+    // The promotion the read phase reads: pending, like those the writes
+    // phase creates before their Reject.
+    let id = client_on(&chans[0], "alice")
+        .request_promotion(RequestPromotionRequest {
+            repository: repo.to_owned(),
+            source: digest.to_owned(),
+            environment: "production".into(),
+            reason: "bench read".into(),
+            request_id: String::new(),
+            break_glass: false,
+        })
+        .await
+        .expect("RequestPromotion for the read phase")
+        .into_inner()
+        .id;
     let mut out = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         let (w, write_cpu) =
             CallCpu::of(server_pid, write_load(chans, clients, repo, digest, dur)).await;
+        let (g, read_cpu) = CallCpu::of(server_pid, read_load(chans, clients, &id, dur)).await;
         let (h, empty_cpu) = CallCpu::of(server_pid, health_load(chans, clients, dur)).await;
-        for (what, l) in [("writes", &w), ("health", &h)] {
+        for (what, l) in [("writes", &w), ("reads", &g), ("health", &h)] {
             if let Some(e) = &l.first_error {
                 eprintln!(
                     "writes: interleaved {what}: {} errors, first: {e}",
@@ -270,8 +331,10 @@ async fn interleaved(
         }
         out.push(Round {
             writes: w.rate(),
+            reads: g.rate(),
             empty: h.rate(),
             write_cpu,
+            read_cpu,
             empty_cpu,
         });
     }
@@ -483,22 +546,27 @@ pub async fn run(smoke: bool, registry: &TestRegistry, report: &mut Report) {
     for (i, r) in rounds.iter().enumerate() {
         report.require(format!("interleaved round {} writes/s", i + 1), r.writes);
         report.require(format!("interleaved round {} empty RPC/s", i + 1), r.empty);
+        report.require(format!("interleaved round {} reads/s", i + 1), r.reads);
     }
     let ratio = median(&rounds.iter().map(Round::ratio).collect::<Vec<_>>());
+    let read_ratio = median(&rounds.iter().map(Round::read_ratio).collect::<Vec<_>>());
     print_table(
         &format!(
-            "writes: interleaved rounds at {ic} clients ({:.1} s of RequestPromotion -> Reject, then {:.1} s of Health/Check, per round)",
+            "writes: interleaved rounds at {ic} clients ({:.1} s each of RequestPromotion -> Reject, GetPromotion, Health/Check, per round)",
             phase.as_secs_f64(),
-            phase.as_secs_f64()
         ),
         &[
             "round",
             "writes/s",
+            "reads/s",
             "empty RPC/s",
             "writes/empty",
+            "reads/empty",
             "server CPU us/write",
+            "/read",
             "/empty",
             "bench CPU us/write",
+            "/read",
             "/empty",
         ],
         &rounds
@@ -508,11 +576,15 @@ pub async fn run(smoke: bool, registry: &TestRegistry, report: &mut Report) {
                 vec![
                     (i + 1).to_string(),
                     format!("{:.0}", r.writes),
+                    format!("{:.0}", r.reads),
                     format!("{:.0}", r.empty),
                     format!("{:.3}", r.ratio()),
+                    format!("{:.3}", r.read_ratio()),
                     format!("{:.0}", r.write_cpu.server_us),
+                    format!("{:.0}", r.read_cpu.server_us),
                     format!("{:.0}", r.empty_cpu.server_us),
                     format!("{:.0}", r.write_cpu.client_us),
+                    format!("{:.0}", r.read_cpu.client_us),
                     format!("{:.0}", r.empty_cpu.client_us),
                 ]
             })
@@ -521,11 +593,15 @@ pub async fn run(smoke: bool, registry: &TestRegistry, report: &mut Report) {
                 vec![
                     "median".to_owned(),
                     format!("{:.0}", m(|r| r.writes)),
+                    format!("{:.0}", m(|r| r.reads)),
                     format!("{:.0}", m(|r| r.empty)),
                     format!("{ratio:.3}"),
+                    format!("{read_ratio:.3}"),
                     format!("{:.0}", m(|r| r.write_cpu.server_us)),
+                    format!("{:.0}", m(|r| r.read_cpu.server_us)),
                     format!("{:.0}", m(|r| r.empty_cpu.server_us)),
                     format!("{:.0}", m(|r| r.write_cpu.client_us)),
+                    format!("{:.0}", m(|r| r.read_cpu.client_us)),
                     format!("{:.0}", m(|r| r.empty_cpu.client_us)),
                 ]
             }))
@@ -597,14 +673,19 @@ pub async fn run(smoke: bool, registry: &TestRegistry, report: &mut Report) {
         "phase_seconds": phase.as_secs_f64(),
         "rounds": rounds.iter().map(|r| json!({
             "writes_per_s": r2(r.writes),
+            "reads_per_s": r2(r.reads),
             "empty_rpc_per_s": r2(r.empty),
             "ratio": r.ratio(),
+            "read_ratio": r.read_ratio(),
             "server_cpu_us_per_write": r2(r.write_cpu.server_us),
+            "server_cpu_us_per_read": r2(r.read_cpu.server_us),
             "server_cpu_us_per_empty": r2(r.empty_cpu.server_us),
             "bench_cpu_us_per_write": r2(r.write_cpu.client_us),
+            "bench_cpu_us_per_read": r2(r.read_cpu.client_us),
             "bench_cpu_us_per_empty": r2(r.empty_cpu.client_us),
         })).collect::<Vec<_>>(),
         "median_ratio": ratio,
+        "median_read_ratio": read_ratio,
     });
     let rss_kb = proc_status_kb(server.pid(), "VmHWM:");
     print_table(
