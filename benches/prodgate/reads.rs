@@ -4,7 +4,7 @@
 //! entry.
 
 use crate::load::{micros_since, percentiles};
-use crate::report::{MIB, Report, loadavg, ms, print_table, proc_status_kb, r2};
+use crate::report::{MIB, Report, loadavg, ms, print_table, r2, resident_kib};
 use crate::setup::{config, start_server};
 use crate::support::hostile::digest_of;
 use crate::support::registry::{OCI_CONFIG, OCI_MANIFEST};
@@ -636,7 +636,7 @@ pub async fn run(smoke: bool, report: &mut Report) {
     // The first start after the load is a restart after a million writes:
     // sled replays its log since its last start-up snapshot.
     let (server, mut alice, listening_ms, startup_ms) = start_and_connect(&data).await;
-    let rss_start = proc_status_kb(server.pid(), "VmRSS:");
+    let rss_start = resident_kib(server.pid()).now;
 
     let mut rng = StdRng::seed_from_u64(42);
     let repo_picks: Vec<String> = (0..calls)
@@ -671,8 +671,8 @@ pub async fn run(smoke: bool, report: &mut Report) {
         // Resident memory after each kind of call, so the table shows which
         // reads raise the peak (issue 23: the whole VerifyAuditLog walk).
         let (rss, peak) = (
-            proc_status_kb(server.pid(), "VmRSS:"),
-            proc_status_kb(server.pid(), "VmHWM:"),
+            resident_kib(server.pid()).now,
+            resident_kib(server.pid()).peak,
         );
         if let Some(e) = &first {
             eprintln!("reads {name}: {errors} errors, first: {e}");
@@ -696,8 +696,8 @@ pub async fn run(smoke: bool, report: &mut Report) {
             json!({ "calls": p.n, "errors": errors, "p50_ms": p.p50, "p99_ms": p.p99, "max_ms": p.max, "first_error": first, "rss_kib_after": rss, "peak_kib_after": peak }),
         );
     }
-    let rss_end = proc_status_kb(server.pid(), "VmRSS:");
-    let hwm = proc_status_kb(server.pid(), "VmHWM:");
+    let rss_end = resident_kib(server.pid()).now;
+    let hwm = resident_kib(server.pid()).peak;
     report.require("reads server RSS", rss_end as f64);
     report.require("reads startup", startup_ms);
     // A clean stop and an immediate second start: nothing to replay now.
@@ -708,7 +708,7 @@ pub async fn run(smoke: bool, report: &mut Report) {
     let stop_ms = ms(stopped.elapsed());
     drop(server);
     let (server, alice, _, restart_ms) = start_and_connect(&data).await;
-    let rss_restart = proc_status_kb(server.pid(), "VmRSS:");
+    let rss_restart = resident_kib(server.pid()).now;
     drop(alice);
     drop(server);
     print_table(

@@ -202,25 +202,39 @@ pub fn loadavg() -> String {
         .join(" ")
 }
 
-/// CPU time (user + system) `/proc/<pid>/stat` has counted for `pid`
-/// (`"self"` for the bench), in seconds; 0 if unreadable. Clock ticks are
-/// 1/100 s on Linux (`sysconf(_SC_CLK_TCK)`), fine enough for phases of
-/// seconds.
+/// CPU time (user + system) the kernel has counted for `pid` (`"self"` for
+/// the bench), in seconds; 0 if unreadable. In clock ticks (1/100 s here),
+/// fine enough for phases of seconds.
 pub fn cpu_seconds(pid: &str) -> f64 {
-    let stat = read(&format!("/proc/{pid}/stat"));
-    // Fields after the command name, which is in parentheses and may hold
-    // spaces: state is the first, utime the 12th, stime the 13th.
-    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    (tick(11) + tick(12)) as f64 / 100.0
+    let process = match pid {
+        "self" => procfs::process::Process::myself(),
+        pid => pid
+            .parse()
+            .map_err(|_| procfs::ProcError::Other(format!("not a pid: {pid}")))
+            .and_then(procfs::process::Process::new),
+    };
+    process.and_then(|p| p.stat()).map_or(0.0, |st| {
+        (st.utime + st.stime) as f64 / procfs::ticks_per_second() as f64
+    })
 }
 
-/// A `kB` field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`); 0 if absent.
-pub fn proc_status_kb(pid: u32, key: &str) -> u64 {
-    read(&format!("/proc/{pid}/status"))
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|r| r.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+/// What `/proc/<pid>/status` says of a process's memory, in KiB.
+#[derive(Clone, Copy)]
+pub struct Resident {
+    /// `VmRSS`: resident now.
+    pub now: u64,
+    /// `VmHWM`: the most it has been resident.
+    pub peak: u64,
+}
+
+/// `pid`'s resident memory now and at its peak; zeros if unreadable.
+pub fn resident_kib(pid: u32) -> Resident {
+    let status = i32::try_from(pid)
+        .ok()
+        .and_then(|pid| procfs::process::Process::new(pid).ok())
+        .and_then(|p| p.status().ok());
+    Resident {
+        now: status.as_ref().and_then(|s| s.vmrss).unwrap_or(0),
+        peak: status.as_ref().and_then(|s| s.vmhwm).unwrap_or(0),
+    }
 }

@@ -6,7 +6,7 @@
 use crate::load::{
     Caller, ClientResult, Load, Percentiles, channels, closed_loop, micros_since, percentiles,
 };
-use crate::report::{Report, cpu_seconds, loadavg, median, print_table, proc_status_kb, r2};
+use crate::report::{Report, cpu_seconds, loadavg, median, print_table, r2, resident_kib};
 use crate::setup::{config, http_client, start_server};
 use crate::support::registry::{MANIFEST_ACCEPT, TestRegistry, free_port};
 use crate::support::server::{Client, client_on};
@@ -687,7 +687,7 @@ pub async fn run(smoke: bool, registry: &TestRegistry, report: &mut Report) {
         "median_ratio": ratio,
         "median_read_ratio": read_ratio,
     });
-    let rss_kb = proc_status_kb(server.pid(), "VmHWM:");
+    let rss_kb = resident_kib(server.pid()).peak;
     print_table(
         &format!(
             "writes: RequestPromotion -> Reject cycles, every RPC one durable write ({}s per level; server peak RSS {} MiB)",
