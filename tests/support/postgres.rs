@@ -73,17 +73,30 @@ fn may_skip() -> bool {
 }
 
 fn run(what: &str, cmd: &mut Command) {
+    if let Err(e) = try_run(what, cmd) {
+        panic!("{e}");
+    }
+}
+
+fn try_run(what: &str, cmd: &mut Command) -> Result<(), String> {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
-    assert!(
-        out.status.success(),
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!(
         "{what} failed ({}): {}{}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    );
+    ))
 }
+
+/// How many ports a cluster's start tries: the port is free when chosen
+/// but is only bound when the postmaster starts, so another process (a
+/// test binary running beside this one) may take it in between.
+const START_ATTEMPTS: usize = 5;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -149,7 +162,6 @@ impl Cluster {
                 .args(["--locale=C", "--no-sync"])
                 .arg(format!("--pwfile={}", pwfile.display())),
         );
-        let port = free_port();
         let durability = if durable {
             "fsync = on\nsynchronous_commit = on\n"
         } else {
@@ -158,28 +170,50 @@ impl Cluster {
             "fsync = off\n"
         };
         let conf = format!(
-            "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+            "\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
              {durability}max_connections = 300\n",
             dir.join("run").display()
         );
         let conf_path = data.join("postgresql.conf");
         let mut text = std::fs::read_to_string(&conf_path).expect("postgresql.conf");
         text.push_str(&conf);
-        std::fs::write(&conf_path, text).expect("postgresql.conf");
-        let cluster = Cluster {
+        let mut cluster = Cluster {
             bin,
             dir,
-            port,
+            port: 0,
             password,
             watchdog: Mutex::new(None),
         };
-        cluster.pg_ctl("start");
+        let mut attempt = 1;
+        loop {
+            cluster.port = free_port();
+            // A fresh log, so that what is read below is this attempt's.
+            let _ = std::fs::remove_file(cluster.dir.join("log"));
+            std::fs::write(&conf_path, format!("{text}port = {}\n", cluster.port))
+                .expect("postgresql.conf");
+            let Err(e) = cluster.try_pg_ctl("start") else {
+                break;
+            };
+            let log = std::fs::read_to_string(cluster.dir.join("log")).unwrap_or_default();
+            // Only a port taken since it was chosen is worth another try.
+            assert!(
+                attempt < START_ATTEMPTS && log.contains("could not bind"),
+                "{e}\nPostgreSQL's log:\n{log}"
+            );
+            attempt += 1;
+        }
         cluster.watch();
         Some(cluster)
     }
 
     fn pg_ctl(&self, action: &str) {
-        run(
+        if let Err(e) = self.try_pg_ctl(action) {
+            panic!("{e}");
+        }
+    }
+
+    fn try_pg_ctl(&self, action: &str) -> Result<(), String> {
+        try_run(
             &format!("pg_ctl {action}"),
             Command::new("runuser")
                 .args(["-u", "postgres", "--"])
@@ -189,7 +223,7 @@ impl Cluster {
                 .args(["-w", "-m", "fast", "-l"])
                 .arg(self.dir.join("log"))
                 .arg(action),
-        );
+        )
     }
 
     /// Starts the watchdog that stops the cluster and removes its directory
