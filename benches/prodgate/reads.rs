@@ -4,7 +4,7 @@
 //! entry.
 
 use crate::load::{micros_since, percentiles};
-use crate::report::{MIB, Report, loadavg, ms, print_table, r2, resident_kib};
+use crate::report::{MIB, Report, Resident, loadavg, ms, print_table, r2, resident_kib};
 use crate::setup::{config, start_server};
 use crate::support::hostile::digest_of;
 use crate::support::registry::{OCI_CONFIG, OCI_MANIFEST};
@@ -670,10 +670,7 @@ pub async fn run(smoke: bool, report: &mut Report) {
         let name = kind.name();
         // Resident memory after each kind of call, so the table shows which
         // reads raise the peak (issue 23: the whole VerifyAuditLog walk).
-        let (rss, peak) = (
-            resident_kib(server.pid()).now,
-            resident_kib(server.pid()).peak,
-        );
+        let Resident { now: rss, peak } = resident_kib(server.pid());
         if let Some(e) = &first {
             eprintln!("reads {name}: {errors} errors, first: {e}");
         }
@@ -696,8 +693,10 @@ pub async fn run(smoke: bool, report: &mut Report) {
             json!({ "calls": p.n, "errors": errors, "p50_ms": p.p50, "p99_ms": p.p99, "max_ms": p.max, "first_error": first, "rss_kib_after": rss, "peak_kib_after": peak }),
         );
     }
-    let rss_end = resident_kib(server.pid()).now;
-    let hwm = resident_kib(server.pid()).peak;
+    let Resident {
+        now: rss_end,
+        peak: hwm,
+    } = resident_kib(server.pid());
     report.require("reads server RSS", rss_end as f64);
     report.require("reads startup", startup_ms);
     // A clean stop and an immediate second start: nothing to replay now.

@@ -243,9 +243,9 @@ async fn read_load(chans: &[Channel], clients: usize, id: &str, dur: Duration) -
 /// meet the same machine (other work on it, the allocator's state, the
 /// data directory's size). With each phase's CPU per call, of the server
 /// and of the bench (the client) apart: the ratio moves with both. The
-/// read is the floor of a write: a write does all it does, and the store's
-/// part besides, so reads ÷ empty bounds what writes ÷ empty could reach
-/// with a store that cost nothing.
+/// read is the floor of a write: a write does everything the read does,
+/// and the store's part besides, so reads ÷ empty bounds what writes ÷
+/// empty could reach with a store that cost nothing.
 struct Round {
     writes: f64,
     reads: f64,
