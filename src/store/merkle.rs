@@ -66,6 +66,26 @@ pub fn nodes_for(
     ))
 }
 
+/// The stored indexes of the perfect subtrees a tree of `size` entries is
+/// made of, largest (leftmost) first: its frontier. Appending the entries
+/// after `size` reads no stored node but these and the nodes those appends
+/// store themselves ([`nodes_for`] reads only left siblings of the subtrees
+/// it completes, and a left sibling entirely within the first `size`
+/// entries whose right sibling is not is one of these), so a writer that
+/// holds them needs to read nothing else.
+pub fn frontier(size: u64) -> Vec<u64> {
+    let mut start = 0;
+    (0..u64::BITS as u8)
+        .rev()
+        .filter(|&level| size >> level & 1 == 1)
+        .map(|level| {
+            let index = tlog::stored_hash_index(level, start >> level);
+            start += 1 << level;
+            index
+        })
+        .collect()
+}
+
 /// How many nodes a tree of `size` entries has stored.
 pub fn stored_count(size: u64) -> u64 {
     tlog::stored_hash_count(size)
@@ -161,6 +181,35 @@ mod tests {
                 h.update(mth(&leaves[k..]));
                 h.finalize().into()
             }
+        }
+    }
+
+    /// A writer holding only a tree's frontier appends exactly the nodes a
+    /// writer holding the whole tree does (what the PostgreSQL writer keeps
+    /// across its batches instead of reading them back).
+    #[test]
+    fn the_frontier_is_all_that_appending_reads() {
+        let mut full = MemoryNodes::default();
+        for seq in 1..=300u64 {
+            full.append(seq, &entry_hash(seq));
+        }
+        for size in 0..=260u64 {
+            let indexes = frontier(size);
+            assert_eq!(indexes.len() as u32, size.count_ones(), "size {size}");
+            let mut kept = MemoryNodes(indexes.iter().map(|&i| (i, full.0[&i])).collect());
+            if size > 0 {
+                assert_eq!(root(size, &kept).unwrap(), root(size, &full).unwrap());
+            }
+            for seq in size + 1..=size + 40 {
+                kept.push(seq, &entry_hash(seq)).unwrap();
+            }
+            for (i, h) in &kept.0 {
+                assert_eq!(full.0.get(i), Some(h), "size {size}, node {i}");
+            }
+            assert_eq!(
+                root(size + 40, &kept).unwrap(),
+                root(size + 40, &full).unwrap()
+            );
         }
     }
 

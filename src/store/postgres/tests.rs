@@ -366,6 +366,122 @@ async fn a_job_reads_its_own_writes_before_the_batch_sends_them() {
     assert_eq!(store.tree_head().await.unwrap().size, 4);
 }
 
+/// Each writer keeps the Merkle frontier its last batch left and uses it
+/// only while the head is where it left it: batches on two replicas of one
+/// database, interleaved unevenly (so that either finds the head moved or
+/// not, across subtrees of every size up to 64), store exactly the nodes a
+/// tree rebuilt from the entries has, and both serve its roots and proofs.
+#[tokio::test]
+async fn replicas_keep_the_merkle_frontier_only_while_the_head_is_theirs() {
+    use crate::store::codec::decode_record;
+    use crate::store::merkle::{MemoryNodes, consistency_proof, inclusion_proof, root};
+    let Some(cluster) = pg_support::Cluster::shared() else {
+        return;
+    };
+    let db = cluster.database();
+    let (a, b) = (open(&db).await, open(&db).await);
+    let at = Time {
+        seconds: 1_800_000_000,
+        nanos: 0,
+    };
+    // (replica, entries in one job): each job one batch, as each is awaited.
+    let pattern = [
+        (0, 1),
+        (0, 1),
+        (0, 3),
+        (1, 1),
+        (0, 2),
+        (0, 1),
+        (1, 5),
+        (1, 1),
+        (0, 7),
+        (0, 1),
+        (0, 1),
+        (1, 2),
+        (0, 16),
+        (0, 1),
+        (1, 1),
+        (1, 3),
+        (0, 1),
+        (0, 20),
+        (1, 1),
+        (0, 2),
+    ];
+    let mut n = 0;
+    for (replica, entries) in pattern {
+        let store = if replica == 0 { &a } else { &b };
+        let first = n;
+        store
+            .write(move |uow| -> Result<(), StoreError> {
+                for i in 0..entries {
+                    uow.record(policy_changed(&format!("sha256:{}", first + i)), at)?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        n += entries;
+    }
+    let size = n as u64;
+    assert_eq!(size, 71);
+
+    let (client, connection) = super::client_config(&config(&db, Duration::MAX))
+        .unwrap()
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let mut rebuilt = MemoryNodes::default();
+    for r in client
+        .query("SELECT sequence, record FROM audit ORDER BY sequence", &[])
+        .await
+        .unwrap()
+    {
+        let sequence = r.get::<_, i64>(0) as u64;
+        let entry = decode_record(sequence, r.get(1)).unwrap().entry;
+        rebuilt.push(sequence, &entry.hash).unwrap();
+    }
+    let stored: std::collections::HashMap<u64, [u8; 32]> = client
+        .query("SELECT node, hash FROM merkle", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let h: &[u8] = r.get(1);
+            (r.get::<_, i64>(0) as u64, h.try_into().unwrap())
+        })
+        .collect();
+    assert_eq!(stored, rebuilt.0, "the stored Merkle nodes");
+    drop(client);
+    connection.await.unwrap().unwrap();
+
+    for store in [&a, &b] {
+        assert_eq!(
+            store.verify().await.unwrap().first_bad_sequence,
+            None,
+            "the chain"
+        );
+        for s in 1..=size {
+            assert_eq!(
+                store.tree_root(s).await.unwrap(),
+                root(s, &rebuilt).unwrap()
+            );
+        }
+        for (index, s) in [(0, 1), (6, 7), (40, 71), (70, 71)] {
+            assert_eq!(
+                store.inclusion_proof(index, s).await.unwrap(),
+                inclusion_proof(index, s, &rebuilt).unwrap()
+            );
+        }
+        for (from, to) in [(1, 71), (7, 32), (33, 71), (64, 71)] {
+            assert_eq!(
+                store.consistency_proof(from, to).await.unwrap(),
+                consistency_proof(from, to, &rebuilt).unwrap()
+            );
+        }
+    }
+}
+
 /// A database of format 3 records (schema version 1, as the build before
 /// format 4 left it) has its records re-encoded when opened, and reads back
 /// as it was written, with approvals in no group, nothing waiting and no

@@ -43,6 +43,9 @@
 //! and the head as one simple query (its statements run in order, each
 //! with a snapshot of its own, so the head's is taken once the lock is
 //! held), the appends, and NOTIFY with COMMIT as another simple query.
+//! The Merkle nodes a batch's appends join (the tree's frontier) cost
+//! nothing when this replica wrote the head the batch found ([`Frontier`]),
+//! and one round trip otherwise.
 
 use super::{AuditRows, Shared, backend, entry, int, uint};
 use crate::clock::Clock;
@@ -50,7 +53,7 @@ use crate::domain::audit::AuditEntry;
 use crate::domain::model::{Action, Event, POLICY_ATTRIBUTE, Promotion, PromotionId, State, Time};
 use crate::store::chain::{Appender, Head, Indexed, Outbox};
 use crate::store::codec::{RecordRef, decode_entry, decode_promotion, encode};
-use crate::store::merkle::{NodeReader, nodes_for};
+use crate::store::merkle::{NodeReader, frontier, nodes_for};
 use crate::store::{CheckNames, Completion, Job, StoreError, StoredManifest, UnitOfWork};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -79,6 +82,21 @@ pub struct Writer {
     shared: Shared,
     /// When the connection last answered; see [`Writer::ready`].
     used: std::time::Instant,
+    /// The Merkle frontier this replica's last committed batch left, for
+    /// the next batch if no other replica wrote in between.
+    frontier: Option<Frontier>,
+}
+
+/// The Merkle tree's frontier ([`frontier`]) as a committed batch left it:
+/// the nodes the next batch's appends read. Nodes are a function of the
+/// entries, and a head of the same sequence and hash is the same chain
+/// (every entry hashes the one before it), so when the next batch finds
+/// the head where this one left it, these are the nodes the database holds
+/// and need not be read under the log's lock.
+struct Frontier {
+    sequence: u64,
+    hash: crate::domain::audit::Hash,
+    nodes: HashMap<u64, [u8; 32]>,
 }
 
 /// A connection idle this long is asked whether it still works before a
@@ -102,6 +120,7 @@ impl Writer {
             clock,
             shared,
             used: std::time::Instant::now(),
+            frontier: None,
         };
         w.ready()?;
         let Some(Conn { client, .. }) = w.conn.as_mut() else {
@@ -182,6 +201,16 @@ impl Writer {
                 Err(e) => failed = Some(e),
             }
         }
+        // Kept only for the head it was left at: another replica's entries
+        // (or a failed batch) since then mean reading the frontier again.
+        let nodes = self
+            .frontier
+            .take()
+            .filter(|f| {
+                failed.is_none() && (f.sequence, f.hash) == (head.last_sequence(), head.hash)
+            })
+            .map(|f| f.nodes)
+            .unwrap_or_default();
         let locked = std::time::Instant::now();
         // The batch is taken only now, with the lock held (or its taking
         // failed): the jobs that queued while this replica waited for it,
@@ -204,7 +233,9 @@ impl Writer {
             client,
             statements,
             failed,
-            nodes: HashMap::new(),
+            size: head.last_sequence(),
+            frontier_read: false,
+            nodes,
             promotions: HashMap::new(),
             appends: Appends::default(),
         });
@@ -219,7 +250,13 @@ impl Writer {
         }
         // An error here is the batch's: it refuses every job in it.
         let _ = batch.borrow_mut().send_appends();
-        let Batch { client, failed, .. } = batch.into_inner();
+        let Batch {
+            client,
+            failed,
+            nodes,
+            frontier_read,
+            ..
+        } = batch.into_inner();
         let last = head.last_sequence();
         let mut rolled_back = true;
         let outcome = match (failed, client) {
@@ -238,6 +275,7 @@ impl Writer {
             writes,
             lock_wait_us = (locked - asked).as_micros() as u64,
             lock_held_us = locked.elapsed().as_micros() as u64,
+            frontier_read,
             ok = outcome.is_ok(),
             "a write batch ended"
         );
@@ -249,6 +287,16 @@ impl Writer {
                     stats.commits.fetch_add(writes as u64, Ordering::Relaxed);
                 }
                 self.shared.durable.fetch_max(last, Ordering::AcqRel);
+                // The frontier of the tree this batch committed: nodes it
+                // wrote or read (none missing unless the batch needed none).
+                self.frontier = Some(Frontier {
+                    sequence: last,
+                    hash: head.hash,
+                    nodes: frontier(last)
+                        .into_iter()
+                        .filter_map(|i| nodes.get(&i).map(|h| (i, *h)))
+                        .collect(),
+                });
             }
             Err(e) => {
                 if writes > 0 {
@@ -392,6 +440,7 @@ struct Statements {
     check: postgres::Statement,
     check_names: postgres::Statement,
     merkle_node: postgres::Statement,
+    merkle_nodes: postgres::Statement,
 }
 
 impl Statements {
@@ -446,6 +495,7 @@ impl Statements {
                         (SELECT count(*) FROM (SELECT 1 FROM checks WHERE repository = $1 AND digest = $2 LIMIT $4) AS c)",
             )?,
             merkle_node: prepare("SELECT hash FROM merkle WHERE node = $1")?,
+            merkle_nodes: prepare("SELECT node, hash FROM merkle WHERE node = ANY($1)")?,
         };
         c.batch_execute(&format!(
             "PREPARE {HEAD} AS
@@ -473,8 +523,13 @@ struct Batch<'c> {
     client: Option<&'c mut postgres::Client>,
     statements: Option<&'c Statements>,
     failed: Option<StoreError>,
-    /// Merkle nodes written in this batch, so appending reads them without
-    /// a round trip.
+    /// How many entries the log held when the batch began.
+    size: u64,
+    /// Whether the frontier of the tree of `size` was read (see
+    /// [`NodeReader`] for the batch).
+    frontier_read: bool,
+    /// Merkle nodes this batch wrote, read, or was handed from the last
+    /// batch ([`Frontier`]), so appending reads each at most once.
     nodes: HashMap<u64, [u8; 32]>,
     /// Promotions read or written in this batch, as this transaction sees
     /// them, the batch's unsent writes included. Nothing else changes them
@@ -578,17 +633,46 @@ struct Tx<'a, 'c> {
     chain: Appender<'a>,
 }
 
+/// Appending reads only the nodes of the tree's frontier when the batch
+/// began, and nodes the batch wrote itself (see [`frontier`]): the first
+/// node not at hand reads every frontier node not at hand, in one round
+/// trip rather than one per node, each under the log's lock.
 impl NodeReader for RefCell<Batch<'_>> {
     fn node(&self, index: u64) -> Result<Option<[u8; 32]>, StoreError> {
         let mut b = self.borrow_mut();
         if let Some(h) = b.nodes.get(&index) {
             return Ok(Some(*h));
         }
+        if !b.frontier_read {
+            b.frontier_read = true;
+            let missing = frontier(b.size)
+                .into_iter()
+                .filter(|i| !b.nodes.contains_key(i))
+                .map(int)
+                .collect::<Result<Vec<i64>, _>>()?;
+            let rows = b.run("reading the Merkle tree's frontier", |t, st| {
+                t.query(&st.merkle_nodes, &[&missing])
+            })?;
+            for r in rows {
+                let i = uint(r.get(0));
+                let h = node_hash(i, r.get(1))?;
+                b.nodes.insert(i, h);
+            }
+            if let Some(h) = b.nodes.get(&index) {
+                return Ok(Some(*h));
+            }
+        }
+        // Not a frontier node: the tree code asked for one it should not
+        // need; read it as asked, and let it judge.
         let i = int(index)?;
         let row = b.run("reading a Merkle node", |t, st| {
             t.query_opt(&st.merkle_node, &[&i])
         })?;
-        row.map(|r| node_hash(index, r.get(0))).transpose()
+        let h = row.map(|r| node_hash(index, r.get(0))).transpose()?;
+        if let Some(h) = h {
+            b.nodes.insert(index, h);
+        }
+        Ok(h)
     }
 }
 
