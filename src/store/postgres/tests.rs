@@ -407,6 +407,12 @@ async fn replicas_keep_the_merkle_frontier_only_while_the_head_is_theirs() {
         (1, 1),
         (0, 2),
     ];
+    let (client, connection) = super::client_config(&config(&db, Duration::MAX))
+        .unwrap()
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
     let mut n = 0;
     for (replica, entries) in pattern {
         let store = if replica == 0 { &a } else { &b };
@@ -421,16 +427,21 @@ async fn replicas_keep_the_merkle_frontier_only_while_the_head_is_theirs() {
             .await
             .unwrap();
         n += entries;
+        // What a batch reads with the head when it moved: the frontier.
+        let mut read: Vec<u64> = client
+            .query(super::writer::FRONTIER_SQL, &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, i64>(0) as u64)
+            .collect();
+        read.sort_unstable();
+        let mut want = crate::store::merkle::frontier(n as u64);
+        want.sort_unstable();
+        assert_eq!(read, want, "the frontier of {n} entries");
     }
     let size = n as u64;
     assert_eq!(size, 71);
-
-    let (client, connection) = super::client_config(&config(&db, Duration::MAX))
-        .unwrap()
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    let connection = tokio::spawn(connection);
     let mut rebuilt = MemoryNodes::default();
     for r in client
         .query("SELECT sequence, record FROM audit ORDER BY sequence", &[])

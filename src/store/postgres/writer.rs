@@ -44,8 +44,9 @@
 //! with a snapshot of its own, so the head's is taken once the lock is
 //! held), the appends, and NOTIFY with COMMIT as another simple query.
 //! The Merkle nodes a batch's appends join (the tree's frontier) cost
-//! nothing when this replica wrote the head the batch found ([`Frontier`]),
-//! and one round trip otherwise.
+//! nothing when this replica wrote the head the batch found ([`Frontier`]);
+//! when another replica did, they are read with the head ([`FRONTIER`]),
+//! or, if the listener had not heard of it yet, in one round trip.
 
 use super::{AuditRows, Shared, backend, entry, int, uint};
 use crate::clock::Clock;
@@ -194,23 +195,32 @@ impl Writer {
             Some(Conn { client, statements }) => (Some(client), Some(&*statements)),
             None => (None, None),
         };
+        // Another replica committed since this one's last batch, as far as
+        // the listener heard: the head moved, and the frontier is read in
+        // the round trip that reads the head. A guess either way: a
+        // frontier not read here is read when first needed.
+        let moved = self
+            .frontier
+            .as_ref()
+            .is_none_or(|f| f.sequence < self.shared.durable.load(Ordering::Acquire));
+        let mut read = None;
         let asked = std::time::Instant::now();
         if let (None, Some(c)) = (&failed, client.as_deref_mut()) {
-            match begin(c) {
-                Ok(h) => head = h,
+            match begin(c, moved) {
+                Ok((h, nodes)) => (head, read) = (h, nodes),
                 Err(e) => failed = Some(e),
             }
         }
         // Kept only for the head it was left at: another replica's entries
         // (or a failed batch) since then mean reading the frontier again.
-        let nodes = self
-            .frontier
-            .take()
-            .filter(|f| {
-                failed.is_none() && (f.sequence, f.hash) == (head.last_sequence(), head.hash)
-            })
-            .map(|f| f.nodes)
-            .unwrap_or_default();
+        let carried = self.frontier.take().filter(|f| {
+            failed.is_none() && (f.sequence, f.hash) == (head.last_sequence(), head.hash)
+        });
+        let (nodes, frontier_read) = match (carried, read) {
+            (Some(f), _) => (f.nodes, false),
+            (None, Some(nodes)) => (nodes, true),
+            (None, None) => (HashMap::new(), false),
+        };
         let locked = std::time::Instant::now();
         // The batch is taken only now, with the lock held (or its taking
         // failed): the jobs that queued while this replica waited for it,
@@ -234,7 +244,7 @@ impl Writer {
             statements,
             failed,
             size: head.last_sequence(),
-            frontier_read: false,
+            frontier_read,
             nodes,
             promotions: HashMap::new(),
             appends: Appends::default(),
@@ -350,16 +360,74 @@ const HEAD: &str = "prodgate_head";
 /// then the head as the replicas committed it. Separate statements of one
 /// simple query: under READ COMMITTED each takes its own snapshot, so the
 /// head's is taken after the lock is held and sees the batch the previous
-/// holder committed. An error may leave the transaction open: the caller
-/// rolls it back.
-fn begin(c: &mut postgres::Client) -> Result<Head, StoreError> {
+/// holder committed. With `frontier`, then the Merkle frontier of that
+/// head ([`FRONTIER`]), in the same round trip. An error may leave the
+/// transaction open: the caller rolls it back.
+fn begin(
+    c: &mut postgres::Client,
+    frontier: bool,
+) -> Result<(Head, Option<MerkleNodes>), StoreError> {
+    let mut sql = format!("BEGIN; SELECT pg_advisory_xact_lock({LOG_LOCK}); EXECUTE {HEAD}");
+    if frontier {
+        sql.push_str(&format!("; EXECUTE {FRONTIER}"));
+    }
     let answer = c
-        .simple_query(&format!(
-            "BEGIN; SELECT pg_advisory_xact_lock({LOG_LOCK}); EXECUTE {HEAD}"
-        ))
+        .simple_query(&sql)
         .map_err(|e| backend("taking the audit log's lock and reading its head", e))?;
-    head_of(&answer)
+    // The head's statement is the third (BEGIN, the lock, the head); the
+    // frontier's rows follow it.
+    let head_end = answer
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| matches!(m, postgres::SimpleQueryMessage::CommandComplete(_)))
+        .nth(2)
+        .map_or(answer.len(), |(i, _)| i + 1);
+    let head = head_of(&answer[..head_end])?;
+    if !frontier {
+        return Ok((head, None));
+    }
+    let corrupt = |reason: String| StoreError::Corrupt {
+        what: "the audit log's Merkle frontier".into(),
+        reason,
+    };
+    let mut nodes = HashMap::new();
+    for m in &answer[head_end..] {
+        if let postgres::SimpleQueryMessage::Row(r) = m {
+            let (Some(node), Some(hash)) = (r.get(0), r.get(1)) else {
+                return Err(corrupt("a NULL column".into()));
+            };
+            let node: u64 = node
+                .parse()
+                .map_err(|e| corrupt(format!("a node index: {e}")))?;
+            let hash = hex::decode(hash).map_err(|e| corrupt(format!("node {node}: {e}")))?;
+            nodes.insert(node, node_hash(node, &hash)?);
+        }
+    }
+    Ok((head, Some(nodes)))
 }
+
+/// Merkle nodes by stored hash index.
+type MerkleNodes = HashMap<u64, [u8; 32]>;
+
+/// The prepared statement that reads the Merkle frontier
+/// ([`crate::store::merkle::frontier`]) of the log as this transaction
+/// sees it, hashes as hex: stored hash index `stored_hash_index(level, k)`
+/// of `tlog` computed in SQL for each level whose bit is set in the
+/// log's size, with `k` the subtree's first leaf over its width.
+const FRONTIER: &str = "prodgate_frontier";
+
+/// [`FRONTIER`]'s query. For each level `l` of the frontier, tlog's index:
+/// `n = ((k + 1) << l) - 1` with `k` the subtree's first leaf `>> l`, then
+/// the sum of `n >> j` over every `j`, plus `l`; cast back to bigint, so
+/// that the index on `node` answers.
+pub(super) const FRONTIER_SQL: &str = "WITH size AS (SELECT coalesce(max(sequence), 0) AS s FROM audit),
+     levels AS (
+         SELECT l, ((((s >> (l + 1)) << 1) + 1) << l) - 1 AS n
+         FROM size, generate_series(0, 62) AS l
+         WHERE (s >> l) & 1 = 1
+     )
+SELECT node, encode(hash, 'hex') FROM merkle
+WHERE node IN (SELECT (l + (SELECT sum(n >> j) FROM generate_series(0, 62) AS j))::bigint FROM levels)";
 
 /// The chain's head from the answer to [`HEAD`]: its last row (the lock's
 /// statement answers one too).
@@ -497,6 +565,8 @@ impl Statements {
             merkle_node: prepare("SELECT hash FROM merkle WHERE node = $1")?,
             merkle_nodes: prepare("SELECT node, hash FROM merkle WHERE node = ANY($1)")?,
         };
+        c.batch_execute(&format!("PREPARE {FRONTIER} AS {FRONTIER_SQL}"))
+            .map_err(|e| backend("preparing the writer's statements", e))?;
         c.batch_execute(&format!(
             "PREPARE {HEAD} AS
              SELECT (SELECT coalesce(max(id), 0) FROM promotions), last.sequence, encode(last.record, 'hex')
