@@ -300,7 +300,7 @@ impl Storage for SledStore {
             return Ok(None);
         }
         let (repository, environment) = (repository.to_owned(), environment.to_owned());
-        self.read(move |t| t.deployed_at(&repository, &environment, at))
+        self.read(move |t| t.walk_to_deployed(&repository, &environment, at))
             .await
     }
 
@@ -320,7 +320,7 @@ impl Storage for SledStore {
             return Ok(None);
         }
         let (repository, environment) = (repository.to_owned(), environment.to_owned());
-        self.read(move |t| t.tag_record(&repository, &environment, at))
+        self.read(move |t| t.walk_to_tag_record(&repository, &environment, at))
             .await
     }
 

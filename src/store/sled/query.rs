@@ -460,6 +460,17 @@ impl Trees {
         if !self.ever_moved(repository, environment)? {
             return Ok(None);
         }
+        self.walk_to_deployed(repository, environment, at)
+    }
+
+    /// [`Trees::deployed_at`] for a tag [`Trees::ever_moved`] said moved:
+    /// the walk without the check (the caller made it already).
+    pub(super) fn walk_to_deployed(
+        &self,
+        repository: &str,
+        environment: &str,
+        at: Option<Time>,
+    ) -> Result<Option<AuditEntry>, StoreError> {
         let prefix = keys::audit_by_repository_prefix(repository);
         let end = match at {
             Some(t) => self.last_at_or_before(t, self.audit_len()?)?,
@@ -518,6 +529,17 @@ impl Trees {
         if !self.ever_moved(repository, environment)? {
             return Ok(None);
         }
+        self.walk_to_tag_record(repository, environment, at)
+    }
+
+    /// [`Trees::tag_record`] for a tag [`Trees::ever_moved`] said moved:
+    /// the walk without the check (the caller made it already).
+    pub(super) fn walk_to_tag_record(
+        &self,
+        repository: &str,
+        environment: &str,
+        at: Option<Time>,
+    ) -> Result<Option<TagRecord>, StoreError> {
         let prefix = keys::audit_by_repository_prefix(repository);
         let end = match at {
             Some(t) => self.last_at_or_before(t, self.audit_len()?)?,
