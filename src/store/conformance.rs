@@ -122,7 +122,7 @@ async fn approve(store: &Store, p: &Promotion, wait: bool) -> Promotion {
 }
 
 /// Checks the whole chain and that the tree covers every entry.
-async fn verified(store: &Store, entries: u64) {
+pub async fn verified(store: &Store, entries: u64) {
     let v = store.verify().await.unwrap();
     assert_eq!(
         (v.first_bad_sequence, v.entries_checked),

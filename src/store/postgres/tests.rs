@@ -293,13 +293,7 @@ async fn a_batch_that_loses_its_connection_is_refused_whole_and_the_chain_goes_o
         .unwrap();
     assert_eq!(entry.sequence, 2);
     assert_eq!(changes.recv().await.unwrap(), entry);
-    let v = store.verify().await.unwrap();
-    assert_eq!(
-        (v.entries_checked, v.first_bad_sequence),
-        (2, None),
-        "{v:?}"
-    );
-    assert_eq!(store.tree_head().await.unwrap().size, 2);
+    crate::store::conformance::verified(&store, 2).await;
 }
 
 /// A batch sends its audit rows and promotions in one statement before it
@@ -357,13 +351,7 @@ async fn a_job_reads_its_own_writes_before_the_batch_sends_them() {
     // And the database holds what the batch read: one gapless chain.
     assert_eq!(store.get(first.id).await.unwrap(), Some(approved));
     assert_eq!(store.get(second.id).await.unwrap(), Some(second));
-    let v = store.verify().await.unwrap();
-    assert_eq!(
-        (v.entries_checked, v.first_bad_sequence),
-        (4, None),
-        "{v:?}"
-    );
-    assert_eq!(store.tree_head().await.unwrap().size, 4);
+    crate::store::conformance::verified(&store, 4).await;
 }
 
 /// Each writer keeps the Merkle frontier its last batch left and uses it
@@ -467,11 +455,7 @@ async fn replicas_keep_the_merkle_frontier_only_while_the_head_is_theirs() {
     connection.await.unwrap().unwrap();
 
     for store in [&a, &b] {
-        assert_eq!(
-            store.verify().await.unwrap().first_bad_sequence,
-            None,
-            "the chain"
-        );
+        crate::store::conformance::verified(store, size).await;
         for s in 1..=size {
             assert_eq!(
                 store.tree_root(s).await.unwrap(),
