@@ -202,16 +202,14 @@ pub fn loadavg() -> String {
         .join(" ")
 }
 
-/// CPU time (user + system) the kernel has counted for `pid` (`"self"` for
-/// the bench), in seconds; 0 if unreadable. In clock ticks (1/100 s here),
-/// fine enough for phases of seconds.
-pub fn cpu_seconds(pid: &str) -> f64 {
-    let process = match pid {
-        "self" => procfs::process::Process::myself(),
-        pid => pid
-            .parse()
-            .map_err(|_| procfs::ProcError::Other(format!("not a pid: {pid}")))
-            .and_then(procfs::process::Process::new),
+/// CPU time (user + system) the kernel has counted for process `pid` (the
+/// bench itself for `None`), in seconds; 0 if unreadable. In clock ticks
+/// (1/100 s here), fine enough for phases of seconds.
+pub fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let process = match pid.map(i32::try_from) {
+        None => procfs::process::Process::myself(),
+        Some(Ok(pid)) => procfs::process::Process::new(pid),
+        Some(Err(e)) => Err(procfs::ProcError::Other(e.to_string())),
     };
     process.and_then(|p| p.stat()).map_or(0.0, |st| {
         (st.utime + st.stime) as f64 / procfs::ticks_per_second() as f64

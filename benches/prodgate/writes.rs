@@ -275,10 +275,10 @@ struct CallCpu {
 impl CallCpu {
     /// Runs `phase`, counting the CPU both processes spent per call in it.
     async fn of(server_pid: u32, phase: impl std::future::Future<Output = Load>) -> (Load, Self) {
-        let pid = server_pid.to_string();
-        let (s0, c0) = (cpu_seconds(&pid), cpu_seconds("self"));
+        let server = Some(server_pid);
+        let (s0, c0) = (cpu_seconds(server), cpu_seconds(None));
         let l = phase.await;
-        let (s1, c1) = (cpu_seconds(&pid), cpu_seconds("self"));
+        let (s1, c1) = (cpu_seconds(server), cpu_seconds(None));
         let per_call = |secs: f64| secs * 1e6 / l.ops.max(1) as f64;
         let cpu = CallCpu {
             server_us: per_call(s1 - s0),
